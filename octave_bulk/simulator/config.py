@@ -1,0 +1,223 @@
+"""Simulator settings and the small text formats the ``simulate`` command accepts.
+
+- latency: ``instant``, ``fast`` (median 50 ms), ``realistic`` (median 40 s), or
+  ``MEDIAN[:SIGMA]`` such as ``1s``, ``200ms:0.3`` (lognormal: median and log-space sigma).
+- rate limit: ``none`` or ``RATE/s`` / ``RATE/min`` with an optional ``:BURST`` (token bucket).
+- faults: ``kind=rate`` pairs, comma separated, e.g. ``500=0.02,reset=0.01``; ``all=0.1``
+  spreads 10 % evenly over every random fault kind.
+- Retry-After mix: ``seconds=1,date=1,absent=1`` (weights of the three forms a 429 carries).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "FAULT_KINDS",
+    "FORCEABLE_KINDS",
+    "LATENCY_PRESETS",
+    "Latency",
+    "RateLimit",
+    "RetryAfterMix",
+    "SimulatorConfig",
+    "parse_faults",
+    "parse_forced",
+    "parse_latency",
+    "parse_rate_limit",
+    "parse_retry_after_mix",
+]
+
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "hang",
+    "reset",
+    "truncate",
+    "invalid_json",
+    "not_found",
+)
+"""Kinds that can be injected at a random rate, in the fixed order used to pick a fate."""
+
+FORCEABLE_KINDS: tuple[str, ...] = (*FAULT_KINDS, "400", "401", "402", "403", "ok")
+"""Kinds that can be forced for one requestId (``--force RID=KIND``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Lognormal service time: ``median`` seconds, ``sigma`` the log-space spread."""
+
+    median: float = 0.0
+    sigma: float = 0.0
+
+
+LATENCY_PRESETS: dict[str, Latency] = {
+    "instant": Latency(0.0, 0.0),
+    "fast": Latency(0.05, 0.4),
+    # The real agent: 30-60 s typical (octave-api.md §3); median 40 s with a long right tail.
+    "realistic": Latency(40.0, 0.3),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Server-side token bucket: ``rate`` tokens per second, at most ``burst`` banked."""
+
+    rate: float
+    burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfterMix:
+    """Relative weights of the three Retry-After forms a 429 carries."""
+
+    seconds: float = 1.0
+    date: float = 1.0
+    absent: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """Everything that shapes the simulator's behaviour. Same config + seed = same fates."""
+
+    seed: int = 0
+    latency: Latency = field(default_factory=Latency)
+    rate_limit: RateLimit | None = None
+    retry_after_mix: RetryAfterMix = field(default_factory=RetryAfterMix)
+    faults: dict[str, float] = field(default_factory=dict)
+    forced: dict[str, str] = field(default_factory=dict)
+    """requestId -> kind, applied to every attempt of that id (``ok`` forces success)."""
+    emails_min: int = 2
+    emails_max: int = 3
+    api_key: str | None = None
+    """When set, only this key is accepted; otherwise any non-empty key is."""
+    hang_seconds: float = 3600.0
+    usage_per_run: float = 1.0
+    credits_max: float = 100_000.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.emails_min <= self.emails_max <= 7:
+            msg = "emails range must satisfy 1 <= min <= max <= 7"
+            raise ValueError(msg)
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown:
+            msg = f"unknown fault kind(s): {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}"
+            raise ValueError(msg)
+        if sum(self.faults.values()) > 1.0 + 1e-9:
+            msg = "fault rates add up to more than 1"
+            raise ValueError(msg)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def _parse_seconds(text: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        msg = f"bad duration {text!r}: use e.g. 50ms, 1.5s, 2m"
+        raise ValueError(msg)
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+def parse_latency(text: str) -> Latency:
+    """Parse a latency preset name or ``MEDIAN[:SIGMA]``."""
+    text = text.strip().lower()
+    if text in LATENCY_PRESETS:
+        return LATENCY_PRESETS[text]
+    median_text, _, sigma_text = text.partition(":")
+    sigma = float(sigma_text) if sigma_text else 0.4
+    if sigma < 0:
+        msg = "latency sigma must be >= 0"
+        raise ValueError(msg)
+    return Latency(_parse_seconds(median_text), sigma)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
+
+
+def parse_rate(text: str) -> float:
+    """Parse ``N/s`` or ``N/min`` into requests per second."""
+    match = _RATE.match(text.lower())
+    if not match:
+        msg = f"bad rate {text!r}: use e.g. 2/s or 90/min"
+        raise ValueError(msg)
+    value = float(match.group(1))
+    per_second = value if match.group(2).startswith("s") else value / 60.0
+    if per_second <= 0:
+        msg = "rate must be > 0"
+        raise ValueError(msg)
+    return per_second
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """Parse ``none`` or ``RATE[:BURST]``; the burst defaults to one second's worth / 10, min 1."""
+    text = text.strip().lower()
+    if text in {"", "none", "off", "0"}:
+        return None
+    rate_text, _, burst_text = text.partition(":")
+    rate = parse_rate(rate_text)
+    burst = float(burst_text) if burst_text else max(1.0, rate / 10)
+    if burst < 1:
+        msg = "rate-limit burst must be >= 1"
+        raise ValueError(msg)
+    return RateLimit(rate=rate, burst=burst)
+
+
+def _pairs(text: str, what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            msg = f"bad {what} entry {item!r}: use key=value"
+            raise ValueError(msg)
+        pairs[key.strip().lower()] = value.strip()
+    return pairs
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """Parse ``kind=rate,...``; ``all=R`` spreads R evenly over every random fault kind."""
+    rates: dict[str, float] = {}
+    for kind, value in _pairs(text, "fault").items():
+        rate = float(value)
+        if not 0 <= rate <= 1:
+            msg = f"fault rate for {kind} must be between 0 and 1"
+            raise ValueError(msg)
+        if kind == "all":
+            for each in FAULT_KINDS:
+                rates[each] = rates.get(each, 0.0) + rate / len(FAULT_KINDS)
+        elif kind in FAULT_KINDS:
+            rates[kind] = rates.get(kind, 0.0) + rate
+        else:
+            msg = f"unknown fault kind {kind!r}; known: all, {', '.join(FAULT_KINDS)}"
+            raise ValueError(msg)
+    return rates
+
+
+def parse_forced(text: str) -> dict[str, str]:
+    """Parse ``requestId=kind,...`` (kinds: the fault kinds, 400, 401, 402, 403, ok)."""
+    forced = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        rid, sep, kind = item.rpartition("=")
+        if not sep or kind not in FORCEABLE_KINDS:
+            msg = f"bad forced fault {item!r}: use requestId=kind, kind in {FORCEABLE_KINDS}"
+            raise ValueError(msg)
+        forced[rid] = kind
+    return forced
+
+
+def parse_retry_after_mix(text: str) -> RetryAfterMix:
+    """Parse ``seconds=W,date=W,absent=W`` weights (missing forms weigh 0)."""
+    weights = {k: float(v) for k, v in _pairs(text, "retry-after").items()}
+    unknown = set(weights) - {"seconds", "date", "absent"}
+    if unknown or not weights or any(w < 0 for w in weights.values()):
+        msg = "retry-after mix takes non-negative weights for seconds, date, absent"
+        raise ValueError(msg)
+    return RetryAfterMix(
+        seconds=weights.get("seconds", 0.0),
+        date=weights.get("date", 0.0),
+        absent=weights.get("absent", 0.0),
+    )

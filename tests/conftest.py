@@ -1,0 +1,54 @@
+"""Shared fixtures: asyncio only, a clean environment, and simulators on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from octave_bulk.simulator import RunningSimulator, SimulatorConfig, serve_simulator
+
+DATA = Path(__file__).parent / "data"
+TEST_KEY = "oct_test_key_do_not_leak_7f3a9c"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real key or endpoint from the developer's shell ever reaches a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("OCTAVE_"):
+            monkeypatch.delenv(name)
+
+
+def load_json(name: str) -> Any:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def live_sim() -> Iterator[RunningSimulator]:
+    """A default simulator (instant, no faults) on 127.0.0.1, fresh for each test."""
+    with serve_simulator(SimulatorConfig()) as running:
+        yield running
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Any]:
+    """Factory for simulators with a given config; all are stopped after the test."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+
+        def start(**kwargs: Any) -> RunningSimulator:
+            return stack.enter_context(serve_simulator(SimulatorConfig(**kwargs)))
+
+        yield start

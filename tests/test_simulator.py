@@ -1,0 +1,413 @@
+"""The simulator as a client sees it: over a real loopback socket, and via ASGITransport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from octave_bulk.models import SequenceResponse
+from octave_bulk.simulator import (
+    FAULT_KINDS,
+    RetryAfterMix,
+    Simulator,
+    SimulatorConfig,
+    parse_faults,
+    parse_forced,
+    parse_latency,
+    parse_rate_limit,
+    parse_retry_after_mix,
+)
+from tests.conftest import TEST_KEY, load_json
+
+RUN = "/api/v2/agents/sequence/run"
+HEADERS = {"api_key": TEST_KEY}
+
+
+def contact(rid: str = "r1", **extra: Any) -> dict[str, Any]:
+    return {
+        "agentOId": "ca_test",
+        "email": "maria.lopez@northwind.io",
+        "firstName": "Maria",
+        "lastName": "Lopez",
+        "jobTitle": "VP Revenue Operations",
+        "companyName": "Northwind Traders",
+        "companyDomain": "northwind.io",
+        "requestId": rid,
+        **extra,
+    }
+
+
+def asgi_client(**config: Any) -> httpx.AsyncClient:
+    app = Simulator(SimulatorConfig(**config))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
+
+
+# --- auth and validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"api_key": ""}])
+async def test_missing_or_empty_key_is_401_with_envelope(headers: dict[str, str]) -> None:
+    async with asgi_client() as client:
+        response = await client.post(RUN, json=contact(), headers=headers)
+    assert response.status_code == 401
+    body = response.json()
+    assert body["message"] == "Invalid API key"
+    assert body["_metadata"]["message"] == "Unauthorized"
+    assert body["_metadata"]["usage"] == 0
+
+
+async def test_configured_key_rejects_others() -> None:
+    async with asgi_client(api_key="right") as client:
+        wrong = await client.post(RUN, json=contact(), headers={"api_key": "wrong"})
+        right = await client.post(RUN, json=contact(), headers={"api_key": "right"})
+    assert (wrong.status_code, right.status_code) == (401, 200)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"runtimeContext": {"step1": "x"}}, "runtimeContext: key 'step1' is not allowed"),
+        ({"outputFormat": "pdf"}, "outputFormat: Input should be 'text', 'html' or 'markdown'"),
+        ({"agentOId": None}, "exactly one of agentOId or experimentOId"),
+        ({"experimentOId": "ae_1"}, "exactly one of agentOId or experimentOId"),
+        ({"firstName": 7}, "firstName: Input should be a valid string"),
+    ],
+)
+async def test_bad_body_is_400_naming_the_field(body: dict[str, Any], fragment: str) -> None:
+    async with asgi_client() as client:
+        response = await client.post(RUN, json=contact(**body), headers=HEADERS)
+    assert response.status_code == 400
+    assert fragment in response.json()["message"]
+
+
+async def test_invalid_json_body_is_400() -> None:
+    async with asgi_client() as client:
+        response = await client.post(RUN, content=b"{not json", headers=HEADERS)
+    assert response.status_code == 400
+    assert "Invalid JSON" in response.json()["message"]
+
+
+async def test_validate_key_route_reports_credits() -> None:
+    async with asgi_client(usage_per_run=2.5, credits_max=100) as client:
+        await client.post(RUN, json=contact(), headers=HEADERS)
+        response = await client.get("/api/v2/api-key/validate", headers=HEADERS)
+        unauthorised = await client.get("/api/v2/api-key/validate")
+    assert unauthorised.status_code == 401
+    credits = response.json()["data"]["credits"]
+    assert credits["totalUsed"] == 2.5
+    assert credits["totalRemaining"] == 97.5
+    assert set(credits) >= {"totalMax", "quotaUsed", "quotaAvailable", "quotaMax", "period"}
+
+
+# --- content --------------------------------------------------------------------------------
+
+
+async def test_seed_example_gets_a_schema_valid_personalised_answer() -> None:
+    body = load_json("seed_example_1.json")
+    async with asgi_client() as client:
+        response = await client.post(RUN, json=body, headers=HEADERS)
+    assert response.status_code == 200
+    assert 3_000 <= len(response.content) <= 7_000
+    parsed = SequenceResponse.model_validate_json(response.content)
+    assert parsed.found and 2 <= len(parsed.emails) <= 3
+    assert parsed.metadata.credits == 1.0
+    for step, email in enumerate(parsed.emails, start=1):
+        assert email.email is not None and email.subject is not None
+        assert "Sarah" in email.email
+        assert 4 <= len(email.subject.split()) <= 10
+        assert 60 <= len(email.email.split()) <= 150
+        # runtimeContext.all reaches every step; instructions "1" only the first.
+        assert "NICE Ltd expanded their AI partner program" in email.email
+        assert ("Lead with a specific detail" in email.email) == (step == 1)
+
+
+async def test_email_count_is_configurable() -> None:
+    async with asgi_client(emails_min=4, emails_max=4) as client:
+        response = await client.post(RUN, json=contact(), headers=HEADERS)
+    assert len(response.json()["data"]["emails"]) == 4
+
+
+async def test_step_keys_reach_only_their_step() -> None:
+    extra = {"runtimeContext": {"2": "the team opened a Lisbon office last month"}}
+    async with asgi_client(emails_min=3, emails_max=3) as client:
+        response = await client.post(RUN, json=contact(**extra), headers=HEADERS)
+    texts = [e["email"] for e in response.json()["data"]["emails"]]
+    assert ["Lisbon office" in t for t in texts] == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "check"),
+    [
+        ("text", lambda t: "<p>" not in t and "**" not in t and "\n\n" in t),
+        ("html", lambda t: t.startswith("<p>") and t.endswith("</p>")),
+        ("markdown", lambda t: "**" in t and "<p>" not in t),
+    ],
+)
+async def test_output_format_shapes_the_text(fmt: str, check: Any) -> None:
+    async with asgi_client() as client:
+        response = await client.post(RUN, json=contact(outputFormat=fmt), headers=HEADERS)
+    assert all(check(e["email"]) for e in response.json()["data"]["emails"])
+
+
+@pytest.mark.parametrize(
+    ("lang", "greeting"), [("es", ("Hola", "Buenos")), ("de", ("Hallo", "Guten"))]
+)
+async def test_lang_is_honoured(lang: str, greeting: tuple[str, ...]) -> None:
+    async with asgi_client() as client:
+        response = await client.post(RUN, json=contact(lang=lang), headers=HEADERS)
+    first = response.json()["data"]["emails"][0]["sections"]["greeting"]
+    assert first.startswith(greeting)
+
+
+async def test_same_seed_same_content_other_seed_other_content() -> None:
+    async with asgi_client(seed=1) as a, asgi_client(seed=1) as b, asgi_client(seed=2) as c:
+        texts = [
+            (await client.post(RUN, json=contact(), headers=HEADERS)).json()["data"]["emails"]
+            for client in (a, b, c)
+        ]
+    assert texts[0] == texts[1] != texts[2]
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+
+async def test_latency_follows_the_configured_median() -> None:
+    latency = parse_latency("100ms:0.2")
+    async with asgi_client(latency=latency) as client:
+
+        async def timed(i: int) -> float:
+            start = time.perf_counter()
+            await client.post(RUN, json=contact(f"lat{i}"), headers=HEADERS)
+            return time.perf_counter() - start
+
+        durations = sorted(await asyncio.gather(*(timed(i) for i in range(40))))
+    median = durations[len(durations) // 2]
+    assert 0.07 <= median <= 0.2
+    assert durations[0] < durations[-1]  # a distribution, not a constant
+
+
+def test_latency_presets() -> None:
+    assert parse_latency("instant").median == 0
+    assert parse_latency("fast").median == pytest.approx(0.05)
+    assert parse_latency("realistic").median == pytest.approx(40)
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_latency("soon")
+
+
+# --- rate limit -----------------------------------------------------------------------------
+
+
+async def test_rate_limit_actually_limits() -> None:
+    limit = parse_rate_limit("4/s:2")
+    async with asgi_client(rate_limit=limit) as client:
+        first = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"rl{i}"), headers=HEADERS) for i in range(10))
+        )
+        await asyncio.sleep(0.6)  # two more tokens
+        later = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"rl2-{i}"), headers=HEADERS) for i in range(4))
+        )
+        stats = (await client.get("/__simulator/stats")).json()
+    assert sorted(r.status_code for r in first) == [200, 200] + [429] * 8
+    assert sorted(r.status_code for r in later) == [200, 200, 429, 429]
+    assert stats["totals"]["rate_limited"] == 10
+
+
+@pytest.mark.parametrize("form", ["seconds", "date", "absent"])
+async def test_429_retry_after_forms(form: str) -> None:
+    mix = RetryAfterMix(**{k: float(k == form) for k in ("seconds", "date", "absent")})
+    async with asgi_client(rate_limit=parse_rate_limit("1/min:1"), retry_after_mix=mix) as client:
+        await client.post(RUN, json=contact("a"), headers=HEADERS)
+        limited = await client.post(RUN, json=contact("b"), headers=HEADERS)
+    assert limited.status_code == 429
+    header = limited.headers.get("retry-after")
+    if form == "seconds":
+        assert header is not None and 1 <= int(header) <= 60
+    elif form == "date":
+        assert header is not None and parsedate_to_datetime(header).tzinfo is not None
+    else:
+        assert header is None
+    assert limited.json()["_metadata"]["message"] == "Too many requests"
+
+
+# --- faults, one per kind, over a real socket ----------------------------------------------
+
+
+def post(url: str, rid: str, timeout: float = 5.0) -> httpx.Response:
+    return httpx.post(url + RUN, json=contact(rid), headers=HEADERS, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["500", "504"])
+def test_server_errors_carry_the_envelope(make_sim: Any, kind: str) -> None:
+    sim = make_sim(faults={kind: 1.0})
+    response = post(sim.url, "x")
+    assert response.status_code == int(kind)
+    assert response.json()["_metadata"]["usage"] == 0
+
+
+def test_502_has_an_html_body(make_sim: Any) -> None:
+    response = post(make_sim(faults={"502": 1.0}).url, "x")
+    assert response.status_code == 502
+    assert response.headers["content-type"].startswith("text/html")
+    with pytest.raises(ValueError):
+        orjson.loads(response.content)
+
+
+def test_503_carries_retry_after(make_sim: Any) -> None:
+    response = post(make_sim(faults={"503": 1.0}).url, "x")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+
+
+def test_429_fault(make_sim: Any) -> None:
+    response = post(make_sim(faults={"429": 1.0}).url, "x")
+    assert response.status_code == 429
+
+
+def test_hang_outlasts_the_client_timeout(make_sim: Any) -> None:
+    sim = make_sim(faults={"hang": 1.0})
+    start = time.perf_counter()
+    with pytest.raises(httpx.ReadTimeout):
+        post(sim.url, "x", timeout=0.5)
+    assert time.perf_counter() - start < 3
+
+
+def test_hang_ends_with_504_after_hang_seconds(make_sim: Any) -> None:
+    response = post(make_sim(faults={"hang": 1.0}, hang_seconds=0.2).url, "x")
+    assert response.status_code == 504
+
+
+def test_reset_drops_the_connection(make_sim: Any) -> None:
+    sim = make_sim(faults={"reset": 1.0})
+    with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+        post(sim.url, "x")
+
+
+def test_truncated_body(make_sim: Any) -> None:
+    sim = make_sim(faults={"truncate": 1.0})
+    with httpx.stream("POST", sim.url + RUN, json=contact("x"), headers=HEADERS) as response:
+        assert response.status_code == 200
+        declared = int(response.headers["content-length"])
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            for chunk in response.iter_raw():
+                received += chunk
+    assert 0 < len(received) < declared
+
+
+def test_invalid_json_body(make_sim: Any) -> None:
+    response = post(make_sim(faults={"invalid_json": 1.0}).url, "x")
+    assert response.status_code == 200
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(response.content)
+
+
+def test_not_found(make_sim: Any) -> None:
+    response = post(make_sim(faults={"not_found": 1.0}).url, "x")
+    assert response.status_code == 200
+    parsed = SequenceResponse.model_validate_json(response.content)
+    assert parsed.found is False and parsed.emails == []
+
+
+def test_every_fault_kind_has_a_test() -> None:
+    tested = {"500", "504", "502", "503", "429", "hang", "reset", "truncate", "invalid_json"}
+    assert tested | {"not_found"} == set(FAULT_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"), [("400", 400), ("401", 401), ("402", 402), ("403", 403)]
+)
+def test_forced_kinds_for_one_request_id(make_sim: Any, kind: str, status: int) -> None:
+    sim = make_sim(forced={"victim": kind})
+    assert post(sim.url, "victim").status_code == status
+    assert post(sim.url, "bystander").status_code == 200
+
+
+def test_fault_rates_are_rates(make_sim: Any) -> None:
+    sim = make_sim(faults={"500": 0.3}, seed=5)
+    with httpx.Client(base_url=sim.url, headers=HEADERS) as client:
+        statuses = [client.post(RUN, json=contact(f"r{i}")).status_code for i in range(200)]
+    assert 40 <= statuses.count(500) <= 80
+    assert statuses.count(200) + statuses.count(500) == 200
+
+
+# --- determinism and stats ------------------------------------------------------------------
+
+
+async def _fates(url: str, concurrency: int, ids: list[str], attempts: int) -> dict[str, list[int]]:
+    fates: dict[str, list[int]] = {rid: [] for rid in ids}
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+
+        async def one(rid: str) -> None:
+            for _ in range(attempts):
+                async with gate:
+                    response = await client.post(RUN, json=contact(rid), headers=HEADERS)
+                fates[rid].append(response.status_code)
+
+        await asyncio.gather(*(one(rid) for rid in ids))
+    return fates
+
+
+async def test_fates_do_not_depend_on_concurrency_or_timing(make_sim: Any) -> None:
+    faults = parse_faults("500=0.1,502=0.1,503=0.1,504=0.1,429=0.1")
+    latency = parse_latency("5ms:1.0")
+    ids = [f"c{i}" for i in range(40)]
+    one = await _fates(make_sim(seed=7, faults=faults, latency=latency).url, 1, ids, 3)
+    many = await _fates(make_sim(seed=7, faults=faults, latency=latency).url, 32, ids, 3)
+    other = await _fates(make_sim(seed=8, faults=faults, latency=latency).url, 32, ids, 3)
+    assert one == many
+    assert one != other
+    assert any(status != 200 for statuses in one.values() for status in statuses)
+
+
+def test_stats_count_calls_and_successes_per_request_id_and_reset(make_sim: Any) -> None:
+    sim = make_sim(forced={"bad": "500"})
+    for rid in ("a", "a", "b", "bad", "bad"):
+        post(sim.url, rid)
+    stats = httpx.get(sim.url + "/__simulator/stats").json()
+    assert stats["calls"] == {"a": 2, "b": 1, "bad": 2}
+    assert stats["successes"] == {"a": 2, "b": 1}
+    assert stats["totals"]["calls"] == 5
+    assert stats["by_status"] == {"200": 3, "500": 2}
+    assert "calls" not in httpx.get(sim.url + "/__simulator/stats?detail=0").json()
+    httpx.post(sim.url + "/__simulator/reset")
+    assert httpx.get(sim.url + "/__simulator/stats").json()["calls"] == {}
+
+
+async def test_max_in_flight_is_counted(make_sim: Any) -> None:
+    sim = make_sim(latency=parse_latency("200ms:0"))
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        await asyncio.gather(
+            *(client.post(RUN, json=contact(f"m{i}"), headers=HEADERS) for i in range(5))
+        )
+    assert sim.stats()["max_in_flight"] == 5
+
+
+# --- config parsing -------------------------------------------------------------------------
+
+
+def test_config_parsers() -> None:
+    assert parse_rate_limit("none") is None
+    limit = parse_rate_limit("90/min")
+    assert limit is not None and limit.rate == pytest.approx(1.5) and limit.burst == 1
+    assert parse_faults("all=0.2")["reset"] == pytest.approx(0.02)
+    assert parse_forced("a=ok,b=401") == {"a": "ok", "b": "401"}
+    assert parse_retry_after_mix("seconds=1").date == 0
+    for bad, parser in [
+        ("fire=0.1", parse_faults),
+        ("500=2", parse_faults),
+        ("5/hour", parse_rate_limit),
+        ("a=boom", parse_forced),
+        ("soon=1", parse_retry_after_mix),
+    ]:
+        with pytest.raises(ValueError):
+            parser(bad)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="add up to more than 1"):
+        SimulatorConfig(faults={"500": 0.7, "502": 0.7})
