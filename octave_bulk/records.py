@@ -1,0 +1,102 @@
+"""The records that flow between pipeline stages: input contacts and rejected rows.
+
+A reader yields, for every input record, exactly one of :class:`Contact` (valid, canonical
+field names) or :class:`Reject` (with the line it starts on, a reason code and the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from octave_bulk.models import MAX_STEPS
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "CONTENT_FIELDS",
+    "IDENTITY_FIELDS",
+    "REJECT_REASONS",
+    "Contact",
+    "Reject",
+]
+
+IDENTITY_FIELDS: tuple[str, ...] = (
+    "email",
+    "firstName",
+    "lastName",
+    "jobTitle",
+    "companyName",
+    "companyDomain",
+    "linkedInProfile",
+    "crmContactId",
+    "crmLeadId",
+    "crmAccountId",
+    "lang",
+    "requestId",
+)
+"""Contact fields sent as-is in the request body (SPEC.md §5)."""
+
+CONTENT_FIELDS: tuple[str, ...] = (
+    "context",
+    *(f"context_{n}" for n in range(1, MAX_STEPS + 1)),
+    "instructions",
+    *(f"instructions_{n}" for n in range(1, MAX_STEPS + 1)),
+)
+"""Per-row content: ``context`` / ``instructions`` go to the ``all`` key, ``_N`` to step N."""
+
+CANONICAL_FIELDS: tuple[str, ...] = IDENTITY_FIELDS + CONTENT_FIELDS
+
+REJECT_REASONS: dict[str, str] = {
+    "missing_identity": "the row has neither an email nor a LinkedIn profile",
+    "invalid_email": "the email address is not valid",
+    "invalid_linkedin": "the LinkedIn profile is not a LinkedIn URL",
+    "field_too_long": "a field is longer than the API accepts",
+    "field_too_large": "a cell is larger than the reader's field-size cap",
+    "invalid_field": "a field fails the request model",
+    "malformed_record": "the record cannot be parsed (NUL byte, unterminated quote, bad JSON)",
+    "ragged_row": "the row has more cells than the header",
+    "duplicate": "the same request as an earlier row",
+}
+"""Every reason code a reject can carry, with its meaning."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One valid input record, by canonical field name (empty values left out).
+
+    Attributes:
+        line: 1-based line of the input where the record starts.
+        fields: canonical field -> value, see ``CANONICAL_FIELDS``.
+    """
+
+    line: int
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """An input record that will never become a request.
+
+    Attributes:
+        line: 1-based line where the record starts.
+        reason: a code from ``REJECT_REASONS``.
+        field: the canonical field (or source column) at fault, when there is one.
+        message: a sentence for the user.
+        row: the record as read (source column -> value), or its raw text when unparseable.
+    """
+
+    line: int
+    reason: str
+    field: str | None
+    message: str
+    row: dict[str, Any] | str
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``OUT.rejects.ndjson`` line (SPEC.md §4)."""
+        return {
+            "line": self.line,
+            "reason": self.reason,
+            "field": self.field,
+            "message": self.message,
+            "row": self.row,
+        }

@@ -1,0 +1,95 @@
+"""Request builder: a :class:`Contact` plus the run's settings becomes one Sequence Agent request.
+
+The ``requestId`` is the row's own when it has one; otherwise it is derived from everything
+that shapes the emails (target, contact fields, context, instructions, format, language, ...),
+so the same input and settings give the same ids on every run and any change that would change
+the emails gives new ones. It is the resume key, the dedup key and the join key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from octave_bulk.models import OutputFormat, SequenceRequest
+from octave_bulk.records import IDENTITY_FIELDS, Contact, Reject
+
+__all__ = ["RequestSpec", "build_request", "derive_request_id"]
+
+_ID_PREFIX = "ob-"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """The run-wide parts of every request (from settings)."""
+
+    agent_o_id: str | None = None
+    experiment_o_id: str | None = None
+    output_format: OutputFormat = OutputFormat.TEXT
+    lang: str | None = None
+    context: str | None = None
+    instructions: str | None = None
+    playbook_selection_context: str | None = None
+    custom_context: dict[str, Any] | None = None
+    include_full_annotation: bool | None = None
+    extra_context: dict[str, str] = field(default_factory=dict)
+    """Step key -> text added to runtimeContext for every row (from config)."""
+    extra_instructions: dict[str, str] = field(default_factory=dict)
+
+
+def _merge(
+    global_all: str | None, preset: dict[str, str], row: dict[str, str], prefix: str
+) -> dict[str, str]:
+    """runtimeContext/runtimeInstructions: global and row text for ``all``, ``prefix_N`` for N."""
+    merged: dict[str, list[str]] = {}
+    for key, text in preset.items():
+        merged.setdefault(key, []).append(text)
+    if global_all:
+        merged.setdefault("all", []).append(global_all)
+    for name, text in row.items():
+        if name == prefix:
+            merged.setdefault("all", []).append(text)
+        elif name.startswith(prefix + "_"):
+            merged.setdefault(name[len(prefix) + 1 :], []).append(text)
+    return {key: "\n\n".join(parts) for key, parts in merged.items()}
+
+
+def derive_request_id(wire: dict[str, Any]) -> str:
+    """A stable id from a request body (``requestId`` itself excluded)."""
+    payload = {k: v for k, v in wire.items() if k != "requestId"}
+    digest = hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _ID_PREFIX + digest[:32]
+
+
+def build_request(contact: Contact, spec: RequestSpec) -> SequenceRequest | Reject:
+    """Build the request for one contact, or a reject naming the field the model refused."""
+    row = contact.fields
+    body: dict[str, Any] = {name: row[name] for name in IDENTITY_FIELDS if row.get(name)}
+    if spec.lang and "lang" not in body:
+        body["lang"] = spec.lang
+    context = _merge(spec.context, spec.extra_context, row, "context")
+    instructions = _merge(spec.instructions, spec.extra_instructions, row, "instructions")
+    body |= {
+        "agentOId": spec.agent_o_id,
+        "experimentOId": spec.experiment_o_id,
+        "outputFormat": spec.output_format.value,
+        "runtimeContext": context or None,
+        "runtimeInstructions": instructions or None,
+        "playbookSelectionContext": spec.playbook_selection_context,
+        "customContext": spec.custom_context,
+        "includeFullAnnotation": spec.include_full_annotation,
+    }
+    try:
+        request = SequenceRequest.model_validate({k: v for k, v in body.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"]) or None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return Reject(contact.line, "invalid_field", where, message, dict(row))
+    if request.request_id:
+        return request
+    return request.model_copy(update={"request_id": derive_request_id(request.to_wire())})
