@@ -6,12 +6,16 @@ Exit codes and user-facing error text are decided here and nowhere else (SPEC.md
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import click
 
 from octave_bulk import simulator as sim
+from octave_bulk.errors import ConfigError, InputError, OctaveBulkError, StateError
 
 __all__ = ["cli", "main"]
 
@@ -146,6 +150,270 @@ def simulate(
     run_forever(sim.Simulator(config), sock)
 
 
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of ``run`` (each also settable in the TOML file and via OCTAVE_* env)."""
+    options = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            help="TOML file with settings (flags win over env, env over the file).",
+        ),
+        click.option(
+            "--agent", "agent_oid", help="Sequence agent to run (ca_...); env OCTAVE_AGENT_OID."
+        ),
+        click.option("--experiment", "experiment_oid", help="Experiment to run instead (ae_...)."),
+        click.option(
+            "--base-url",
+            help="API base URL; env OCTAVE_BASE_URL [default: https://app.octavehq.com].",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False),
+            help="File holding the API key (else env OCTAVE_API_KEY).",
+        ),
+        click.option("--rate", help="Rate ceiling, e.g. 2/s, 90/min, or none [default: 2/s]."),
+        click.option("--concurrency", type=int, help="Calls in flight at most [default: 32]."),
+        click.option(
+            "--adaptive/--no-adaptive",
+            default=None,
+            help="Slow the pool down on 429 and climb back [default: on].",
+        ),
+        click.option(
+            "--timeout", type=float, help="Read timeout per call, seconds [default: 180]."
+        ),
+        click.option("--max-attempts", type=int, help="Attempts per contact per run [default: 5]."),
+        click.option(
+            "--output-format",
+            type=click.Choice(["text", "html", "markdown"]),
+            help="Format of the emails [default: text].",
+        ),
+        click.option("--lang", help="Language when the row has none (e.g. en, es)."),
+        click.option("--context", help="runtimeContext.all for every contact."),
+        click.option("--instructions", help="runtimeInstructions.all for every contact."),
+        click.option(
+            "--profile",
+            type=click.Choice(["auto", "hubspot", "salesforce", "apollo", "linkedin", "generic"]),
+            help="Input column profile [default: auto].",
+        ),
+        click.option(
+            "--map",
+            "map_",
+            multiple=True,
+            help='Column override "Source Column=field" (repeatable).',
+        ),
+        click.option(
+            "--format",
+            "input_format",
+            type=click.Choice(["auto", "csv", "ndjson"]),
+            help="Input format [default: by extension].",
+        ),
+        click.option("--encoding", help="Input encoding [default: detected]."),
+        click.option("--delimiter", help="CSV delimiter [default: sniffed among , ; tab |]."),
+        click.option("--skip-lines", type=int, help="Lines to skip before the CSV header."),
+        click.option(
+            "--max-calls",
+            type=int,
+            help="Stop after this many paid calls, retries included (exit 5).",
+        ),
+        click.option("--limit", type=int, help="Only the first N contacts."),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            default=None,
+            help="Validate and show what would be sent; no calls, no files.",
+        ),
+        click.option(
+            "--retry-failed",
+            is_flag=True,
+            default=None,
+            help="Also retry contacts that failed for good before.",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Progress bar on stderr [default: when stderr is a terminal].",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            help="Log events as text or JSON lines [default: text].",
+        ),
+        click.option(
+            "--log-file",
+            type=click.Path(dir_okay=False),
+            help="Also write log events to this file.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(config_file: str | None, api_key_file: str | None, **flags: Any) -> Any:
+    from octave_bulk.settings import Settings
+
+    if "map_" in flags:
+        value = flags.pop("map_")
+        flags["map"] = tuple(value) or None
+    return Settings.load(config_file, api_key_file=api_key_file, **flags)
+
+
+def _fail(exc: OctaveBulkError) -> None:
+    hints = {
+        ConfigError: "fix the setting and run again; nothing was sent.",
+        InputError: "fix the input file and run again; nothing was sent.",
+        StateError: "nothing was sent.",
+    }
+    hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
+    click.echo(f"error: {exc}", err=True)
+    if hint:
+        click.echo(f"  {hint}", err=True)
+    sys.exit(2)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    counts = summary.get("counts", {})
+    out = summary.get("outputs", {})
+    lines = [
+        f"exit {summary.get('exit_code')} ({summary.get('stop_reason') or 'finished'}) "
+        f"in {summary.get('wall_seconds')} s",
+        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v),
+        f"  paid calls {summary.get('paid_calls')}, credits {summary.get('credits')}, "
+        f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
+    ]
+    if summary.get("fatal_error"):
+        lines.append(f"  stopped: {summary['fatal_error']}")
+    if out:
+        lines.append(f"  results: {out.get('results')}")
+        lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
+        lines.append(f"  summary: {out.get('summary')}")
+    if summary.get("exit_code") in (3,):
+        lines.append("  fix the key or credits, then run the same command again to resume.")
+    elif summary.get("exit_code") in (4, 5, 130):
+        lines.append("  run the same command again to resume where it stopped.")
+    click.echo("\n".join(lines), err=True)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
+)
+@_run_options
+def run(
+    input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
+) -> None:
+    """Run the Sequence Agent for every contact of INPUT (CSV or NDJSON, - for stdin).
+
+    Re-running the same command resumes: contacts already in OUT are skipped.
+    """
+    from octave_bulk.engine import run_batch
+    from octave_bulk.progress import configure_logging
+
+    try:
+        settings = _settings(config_file, api_key_file, **flags)
+        configure_logging(
+            settings.log_format, str(settings.log_file) if settings.log_file else None
+        )
+        summary = anyio.run(lambda: run_batch(input_path, output, settings, handle_signals=True))
+    except OctaveBulkError as exc:
+        _fail(exc)
+        return
+    if summary.get("dry_run"):
+        import json
+
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary)
+    sys.exit(summary["exit_code"])
+
+
+@cli.command()
+@click.argument("output", metavar="OUT.ndjson")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(output: str, as_json: bool) -> None:
+    """What a run has done so far (works while a run is in progress)."""
+    import json
+
+    from octave_bulk.status import read_status
+
+    try:
+        info = read_status(output)
+    except OctaveBulkError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(
+        f"{info['output']}: {'running (' + info['running'] + ')' if info['running'] else 'not running'}"
+    )
+    for key in (
+        "succeeded",
+        "failed_retryable",
+        "failed_permanent",
+        "rejected",
+        "credits",
+        "in_flight",
+        "outcome_unknown",
+    ):
+        click.echo(f"  {key.replace('_', ' ')}: {info[key]}")
+    last = info.get("last_run")
+    if last:
+        click.echo(
+            f"  last run: {last.get('run_id')} finished {last.get('finished_at')} exit {last.get('exit_code')} ({last.get('stop_reason') or 'finished'})"
+        )
+
+
+@cli.command()
+@click.option("--contacts", default=200, show_default=True, help="How many sample contacts.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="octave-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the sample input and the results.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar [default: when stderr is a terminal].",
+)
+def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
+    """A real batch against the built-in simulator: no API key, no network."""
+    from octave_bulk.demo import run_demo
+    from octave_bulk.progress import configure_logging
+
+    configure_logging("text")
+    click.echo(
+        f"demo: {contacts} sample contacts -> the built-in Octave simulator (faults and a rate limit on)",
+        err=True,
+    )
+    try:
+        summary = anyio.run(lambda: run_demo(Path(out_dir), contacts, progress=progress))
+    except OctaveBulkError as exc:
+        _fail(exc)
+        return
+    _print_summary(summary)
+    click.echo(f"  next: octave-bulk status {Path(out_dir) / 'results.ndjson'}", err=True)
+    sys.exit(summary["exit_code"])
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``octave-bulk`` console script."""
-    return cli.main(args=argv, prog_name="octave-bulk")
+    try:
+        return cli.main(args=argv, prog_name="octave-bulk")
+    except Exception as exc:  # a bug: show where, but never the key
+        text = "".join(traceback.format_exception(exc))
+        click.echo(_redact(text), err=True)
+        click.echo("internal error: please report it with the lines above.", err=True)
+        sys.exit(1)
+
+
+def _redact(text: str) -> str:
+    import os
+
+    key = os.environ.get("OCTAVE_API_KEY")
+    return text.replace(key, "***") if key else text

@@ -1,0 +1,601 @@
+"""The run: one task group, bounded streams, graceful stops, the summary.
+
+::
+
+    source (thread) ──work stream (bounded)──▶ N workers ──outcome stream (bounded)──▶ sink
+      read, build request, requestId,            pacer.acquire → one call,          write line,
+      dedup, skip done                           retries, classify                   group fsync
+
+Backpressure runs from the sink to the reader, so memory depends on the concurrency, not on
+the input. Stops: ``max_calls`` and the breaker stop dispatch and let calls in flight finish;
+SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at once); 401/402/403
+stop at once. Every stop flushes, fsyncs and writes the summary; every stop is resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from octave_bulk.checkpoint import (
+    ErrorsScan,
+    IdSet,
+    InflightSlots,
+    OutputPaths,
+    RunLock,
+    id_key,
+    scan_errors,
+    scan_results,
+    write_json_atomic,
+)
+from octave_bulk.client import CallSuccess, OctaveClient, make_http_client
+from octave_bulk.errors import ApiError, ConfigError, FatalApiError
+from octave_bulk.intake import open_contacts
+from octave_bulk.pacing import Pacer
+from octave_bulk.progress import Progress, log_event
+from octave_bulk.records import Contact, Reject
+from octave_bulk.report import RunStats
+from octave_bulk.requests import RequestSpec, build_request
+from octave_bulk.settings import Settings
+from octave_bulk.sink import Failure, NdjsonAppender, Sink, Success, utc_now
+
+__all__ = ["EXIT_CODES", "run_batch"]
+
+EXIT_CODES = {
+    "ok": 0,
+    "some_failed": 1,
+    "fatal": 3,
+    "breaker": 4,
+    "max_calls": 5,
+    "interrupted": 130,
+}
+"""Exit code per way a run ends (SPEC.md §7); usage/config/input errors are 2 (in the CLI)."""
+
+_READ_BATCH = 64  # records read per hop to the reader thread
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkItem:
+    request_id: str
+    body: bytes
+    contact: dict[str, Any]
+
+
+class _Stopped(Exception):
+    """Dispatch stopped before this attempt could be sent (not an API outcome)."""
+
+
+class _Run:
+    def __init__(
+        self,
+        settings: Settings,
+        paths: OutputPaths,
+        contacts: Iterable[Contact | Reject],
+        stats: RunStats,
+        errors_scan: ErrorsScan,
+        done: IdSet,
+        input_path: Path | None = None,
+    ) -> None:
+        self.settings, self.paths, self.stats = settings, paths, stats
+        self.input_path = input_path
+        self.contacts = contacts
+        self.done, self.errors_scan = done, errors_scan
+        self.seen = IdSet()
+        self.spec = request_spec(settings)
+        self.stop_reason: str | None = None
+        self.fatal: FatalApiError | None = None
+        self.consecutive_failures = 0
+        self.dispatch_scope = anyio.CancelScope()
+        self.run_id = uuid.uuid4().hex[:12]
+
+    # --- stopping ---------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def stop(self, reason: str, *, drain: bool = True) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log_event("stopping", reason=reason, run_id=self.run_id, in_flight=self.stats.in_flight)
+        if not drain:
+            self.dispatch_scope.cancel()
+        elif math.isinf(self.dispatch_scope.deadline):
+            self.dispatch_scope.deadline = anyio.current_time() + self.settings.drain_timeout
+
+    async def watch_signals(self) -> None:
+        interrupted = False
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not interrupted:
+                    interrupted = True
+                    log_event("signal", signal=name, action="draining calls in flight")
+                    self.stop("interrupted")
+                    self.stop_reason = "interrupted"  # wins over an earlier graceful stop
+                else:
+                    log_event("signal", signal=name, action="stopping now")
+                    self.dispatch_scope.cancel()
+
+    # --- source -----------------------------------------------------------------------
+
+    async def source(
+        self, work: MemoryObjectSendStream[_WorkItem], rejects: NdjsonAppender
+    ) -> None:
+        async with work:
+            records = iter(self.contacts)
+            limit = self.settings.limit
+            accepted = 0
+            while not self.stopping and (limit is None or accepted < limit):
+                batch = await anyio.to_thread.run_sync(_take, records, _READ_BATCH)
+                if not batch:
+                    break
+                for record in batch:
+                    item = self._admit(record, rejects.write)
+                    if item is not None:
+                        accepted += 1
+                        if item is not _SKIP:
+                            self.stats.queued += 1
+                            await work.send(item)
+                    if self.stopping or (limit is not None and accepted >= limit):
+                        break
+            self.stats.input_done = True
+
+    def _admit(
+        self, record: Contact | Reject, write_reject: Callable[[bytes], None]
+    ) -> _WorkItem | None:
+        """A work item, _SKIP (already done / failed for good), or None (rejected)."""
+        stats = self.stats
+        stats.read += 1
+        if isinstance(record, Contact):
+            built = build_request(record, self.spec)
+            if isinstance(built, Reject):
+                record = built
+            else:
+                request_id = built.request_id or ""
+                key = id_key(request_id)
+                if not self.seen.add(key):
+                    first = f"the same request as an earlier row (requestId {request_id})"
+                    record = Reject(record.line, "duplicate", "requestId", first, record.fields)
+                elif key in self.done:
+                    stats.skipped_done += 1
+                    return _SKIP
+                elif key in self.errors_scan.permanent and not self.settings.retry_failed:
+                    stats.skipped_failed += 1
+                    return _SKIP
+                else:
+                    wire = built.to_wire()
+                    return _WorkItem(request_id, orjson.dumps(wire), wire)
+        if record.reason == "duplicate":
+            stats.duplicate += 1
+        else:
+            stats.rejected += 1
+        stats.rejects_by_reason[record.reason] += 1
+        write_reject(orjson.dumps(record.to_record(), default=str) + b"\n")
+        return None
+
+    # --- workers ----------------------------------------------------------------------
+
+    async def worker(
+        self,
+        work: MemoryObjectReceiveStream[_WorkItem],
+        outcomes: MemoryObjectSendStream[Success | Failure],
+        client: OctaveClient,
+        pacer: Pacer,
+        slots: InflightSlots,
+    ) -> None:
+        async with work, outcomes:
+            async for item in work:
+                if self.stopping:
+                    break
+                outcome = await self._process(item, client, pacer, slots)
+                if outcome is not None:
+                    # A received response must reach the sink even during a hard stop.
+                    with anyio.CancelScope(shield=True):
+                        await outcomes.send(outcome)
+
+    async def _process(
+        self, item: _WorkItem, client: OctaveClient, pacer: Pacer, slots: InflightSlots
+    ) -> Success | Failure | None:
+        settings, stats = self.settings, self.stats
+        attempts = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=self._backoff,
+            retry=retry_if_exception(lambda exc: isinstance(exc, ApiError) and exc.retryable),
+            reraise=True,
+            sleep=self._sleep_unless_stopping,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    if attempts > 1:
+                        stats.retried += 1
+                    result, slot, latency = await self._attempt(item, client, pacer, slots)
+        except (_Stopped, FatalApiError):
+            # Not this contact's fault: nothing is recorded, the next run sends it again.
+            return None
+        except ApiError as exc:
+            return Failure(item.request_id, item.contact, exc, attempts, None)
+        stats.latency.add(latency)
+        return Success(
+            request_id=item.request_id,
+            contact=item.contact,
+            raw=result.raw,
+            credits=result.response.metadata.credits,
+            attempts=attempts,
+            latency_ms=round(latency),
+            slot=slot,
+        )
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        self.stats.retrying += 1
+        try:
+            if not self.stopping:
+                await anyio.sleep(seconds)
+        finally:
+            self.stats.retrying -= 1
+        if self.stopping:
+            raise _Stopped
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """Full jitter (AWS): uniform(0, min(cap, initial * 2^(n-1))), at least Retry-After."""
+        settings = self.settings
+        cap = min(settings.backoff_max, settings.backoff_initial * 2 ** (state.attempt_number - 1))
+        wait = random.uniform(0, cap)
+        exc = state.outcome.exception() if state.outcome else None
+        # A 429's Retry-After pauses the whole pool in the pacer; other statuses' (503) count here.
+        if isinstance(exc, ApiError) and exc.retry_after is not None and exc.status != 429:
+            wait = max(wait, min(exc.retry_after, settings.backoff_max))
+        return wait
+
+    async def _attempt(
+        self, item: _WorkItem, client: OctaveClient, pacer: Pacer, slots: InflightSlots
+    ) -> tuple[CallSuccess, int, float]:
+        stats, settings = self.stats, self.settings
+        if self.stopping:
+            raise _Stopped
+        sent_at = await pacer.acquire()
+        if self.stopping:
+            raise _Stopped
+        if settings.max_calls is not None and stats.calls >= settings.max_calls:
+            self.stop("max_calls")
+            raise _Stopped
+        stats.calls += 1
+        stats.in_flight += 1
+        slot = slots.claim(item.request_id)
+        started = time.perf_counter()
+        try:
+            result = await client.run_sequence(item.body, item.request_id)
+        except ApiError as exc:
+            slots.release(slot)  # an error answer: nothing was delivered that we could lose
+            self._count_error(exc, pacer, sent_at)
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.calls_by_status["200"] += 1
+        pacer.on_accepted()
+        self.consecutive_failures = 0
+        return result, slot, (time.perf_counter() - started) * 1000
+
+    def _count_error(self, exc: ApiError, pacer: Pacer, sent_at: float) -> None:
+        stats = self.stats
+        stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
+        if exc.status == 429:
+            stats.rate_limited += 1
+            pause = pacer.on_429(sent_at, exc.retry_after)
+            log_event("rate_limited", pause_s=round(pause, 2), rate=_rounded(pacer.rate))
+            return
+        pacer.on_accepted()
+        if exc.kind == "timeout":
+            stats.timeouts += 1
+        if isinstance(exc, FatalApiError):
+            self.fatal = exc
+            self.stop("fatal", drain=False)
+        elif exc.retryable:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.settings.breaker_threshold:
+                self.stop("breaker")
+        else:
+            self.consecutive_failures = 0
+
+    # --- sink callbacks ---------------------------------------------------------------
+
+    def on_durable(self, outcome: Success | Failure) -> None:
+        stats = self.stats
+        if isinstance(outcome, Success):
+            stats.succeeded += 1
+            stats.credits += outcome.credits
+        elif outcome.error.retryable:
+            stats.failed_retryable += 1
+            stats.failures_by_kind[outcome.error.kind] += 1
+        else:
+            stats.failed_permanent += 1
+            stats.failures_by_kind[outcome.error.kind] += 1
+
+    # --- the whole run ----------------------------------------------------------------
+
+    async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
+        settings, paths = self.settings, self.paths
+        pacer = Pacer(
+            settings.rate,
+            adaptive=settings.adaptive,
+            pause_backoff=settings.backoff_initial,
+            pause_backoff_max=settings.backoff_max,
+        )
+        results = NdjsonAppender(paths.results)
+        errors = NdjsonAppender(paths.errors)
+        rejects = NdjsonAppender(paths.rejects, truncate=True)
+        slots = InflightSlots(paths.inflight)
+        sink = Sink(
+            results=results,
+            errors=errors,
+            on_durable=self.on_durable,
+            release_slot=slots.release,
+            batch=settings.fsync_batch,
+            interval=settings.fsync_interval,
+        )
+        progress = Progress(
+            self.stats,
+            bar=bar,
+            total_hint=_count_lines(self.input_path) if bar else None,
+            heartbeat_interval=settings.heartbeat_interval,
+            run_id=self.run_id,
+        )
+        work_send, work_recv = anyio.create_memory_object_stream[_WorkItem](settings.concurrency)
+        out_send, out_recv = anyio.create_memory_object_stream[Success | Failure](
+            settings.concurrency * 2
+        )
+        try:
+            async with anyio.create_task_group() as helpers:
+                helpers.start_soon(progress.run)
+                helpers.start_soon(_every, settings.fsync_interval / 2, sink.commit_if_due)
+                if handle_signals:
+                    helpers.start_soon(self.watch_signals)
+                async with anyio.create_task_group() as pipeline:
+                    pipeline.start_soon(sink.run, out_recv)
+                    with self.dispatch_scope:
+                        async with anyio.create_task_group() as dispatch:
+                            dispatch.start_soon(self.source, work_send, rejects)
+                            async with work_recv, out_send:
+                                for _ in range(settings.concurrency):
+                                    dispatch.start_soon(
+                                        self.worker,
+                                        work_recv.clone(),
+                                        out_send.clone(),
+                                        client,
+                                        pacer,
+                                        slots,
+                                    )
+                    # Dispatch is over (done, stopped or cancelled): unblock the reader thread's
+                    # consumer side and let the sink drain what it has.
+                    self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
+                helpers.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sink.commit()
+            for appender in (results, errors, rejects):
+                appender.close()
+            slots.sync()
+            slots.close()
+        self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
+
+
+_SKIP = _WorkItem("", b"", {})  # sentinel: already done, or failed for good
+
+
+def _take(records: Iterator[Contact | Reject], count: int) -> list[Contact | Reject]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= count:
+            break
+    return batch
+
+
+async def _every(interval: float, action: Any) -> None:
+    while True:
+        await anyio.sleep(interval)
+        await action()
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _count_lines(path: Path | None) -> int | None:
+    """Input records, roughly (lines minus the header), for the progress bar's total."""
+    if path is None or not path.is_file():
+        return None
+    lines = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return max(0, lines - 1)
+
+
+def request_spec(settings: Settings) -> RequestSpec:
+    """The run-wide request fields from settings."""
+    return RequestSpec(
+        agent_o_id=settings.agent_oid,
+        experiment_o_id=settings.experiment_oid,
+        output_format=settings.output_format,
+        lang=settings.lang,
+        context=settings.context,
+        instructions=settings.instructions,
+        playbook_selection_context=settings.playbook_selection_context,
+        include_full_annotation=settings.include_full_annotation,
+    )
+
+
+def _exit_code(run: _Run) -> int:
+    if run.stop_reason in EXIT_CODES:
+        return EXIT_CODES[run.stop_reason]
+    stats = run.stats
+    if stats.failed or stats.rejected or stats.duplicate or stats.skipped_failed:
+        return EXIT_CODES["some_failed"]
+    return EXIT_CODES["ok"]
+
+
+async def run_batch(
+    input_path: str | Path,
+    output: str | Path,
+    settings: Settings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    handle_signals: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
+    errors/rejects files. Usable inside any running asyncio loop.
+
+    Args:
+        input_path: CSV or NDJSON file, or ``-`` for stdin.
+        output: ``OUT.ndjson``; side files are named after it.
+        settings: the run's settings (API key, target, pacing, ...).
+        http_client: an ``httpx.AsyncClient`` to use (its base_url is the API); by default one
+            is built from the settings and closed at the end.
+        handle_signals: stop gracefully on SIGINT/SIGTERM (main thread only; the CLI does).
+
+    Returns:
+        The summary also written to ``OUT.summary.json``; ``exit_code`` says how it ended.
+
+    Raises:
+        ConfigError, InputError, StateError: before anything was sent.
+    """
+    if not (settings.agent_oid or settings.experiment_oid):
+        raise ConfigError(
+            "no target: give --agent ca_... (or OCTAVE_AGENT_OID) or --experiment ae_..."
+        )
+    if settings.api_key is None and not settings.dry_run:
+        raise ConfigError("no API key: set OCTAVE_API_KEY or use --api-key-file PATH")
+    paths = OutputPaths.for_output(output)
+    if settings.dry_run:
+        return _dry_run(input_path, paths, settings)
+    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(paths.lock)
+    lock.acquire()
+    try:
+        return await _locked_run(input_path, paths, settings, http_client, handle_signals)
+    finally:
+        lock.release()
+
+
+async def _locked_run(
+    input_path: str | Path,
+    paths: OutputPaths,
+    settings: Settings,
+    http_client: httpx.AsyncClient | None,
+    handle_signals: bool,
+) -> dict[str, Any]:
+    stats = RunStats()
+    unknown = InflightSlots.leftovers(paths.inflight)
+    scan = scan_results(paths.results)
+    errors_scan = scan_errors(paths.errors, scan.done)
+    stats.outcome_unknown = sum(1 for rid in unknown if id_key(rid) not in scan.done)
+    with open_contacts(input_path, settings) as reader:
+        file = Path(input_path) if str(input_path) != "-" else None
+        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, file)
+        bar = settings.progress if settings.progress is not None else _stderr_is_tty()
+        bar = bar and settings.log_format != "json"
+        log_event(
+            "start",
+            run_id=run.run_id,
+            input=str(input_path),
+            output=str(paths.results),
+            already_done=scan.lines,
+            repaired_bytes=scan.repaired_bytes,
+            outcome_unknown=stats.outcome_unknown,
+            mapping=getattr(reader, "mapping_text", None),
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            http = http_client
+            if http is None:
+                http = make_http_client(
+                    base_url=settings.base_url,
+                    concurrency=settings.concurrency,
+                    timeout=settings.timeout,
+                    connect_timeout=settings.connect_timeout,
+                    transport=settings.transport,
+                )
+                await stack.enter_async_context(http)
+            key = settings.api_key or SecretStr("")  # checked by run_batch
+            await run.execute(OctaveClient(http, key), handle_signals=handle_signals, bar=bar)
+    exit_code = _exit_code(run)
+    summary = stats.summary(
+        tool="octave-bulk",
+        run_id=run.run_id,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.started)),
+        finished_at=utc_now(),
+        exit_code=exit_code,
+        stop_reason=run.stop_reason,
+        fatal_error=run.fatal.message if run.fatal else None,
+        resumable=exit_code != 0,
+        input=str(input_path),
+        outputs={
+            "results": str(paths.results),
+            "errors": str(paths.errors),
+            "rejects": str(paths.rejects),
+            "summary": str(paths.summary),
+        },
+        already_done_before_run=scan.lines,
+        repaired_bytes=scan.repaired_bytes,
+        unknown_request_ids=unknown[:100],
+        settings=settings.redacted(),
+    )
+    write_json_atomic(paths.summary, summary)
+    log_event(
+        "stop",
+        run_id=run.run_id,
+        exit_code=exit_code,
+        reason=run.stop_reason or "finished",
+        counts=stats.counts(),
+        calls=stats.calls,
+        credits=stats.credits,
+    )
+    return summary
+
+
+def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> dict[str, Any]:
+    """Read and build every request, print nothing, send nothing, write nothing."""
+    stats = RunStats()
+    done = scan_results(paths.results).done if paths.results.exists() else IdSet()
+    errors_scan = ErrorsScan(permanent=set(), retryable=set())
+    example: dict[str, Any] | None = None
+    with open_contacts(input_path, settings) as reader:
+        run = _Run(settings, paths, reader, stats, errors_scan, done)
+        for record in reader:
+            item = run._admit(record, lambda _line: None)
+            if item is not None and item is not _SKIP:
+                stats.queued += 1
+                example = example or item.contact
+            if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
+                break
+    return stats.summary(
+        dry_run=True,
+        would_send=stats.queued,
+        example_request=example,
+        exit_code=1 if stats.rejected or stats.duplicate else 0,
+        settings=settings.redacted(),
+    )
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

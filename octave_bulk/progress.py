@@ -1,0 +1,170 @@
+"""What a person or a log collector sees while a run goes: a progress bar, or heartbeat events.
+
+On a terminal (and unless disabled) a rich progress bar on stderr shows done/total, ok, failed,
+retrying, 429s, rate and ETA. Otherwise, and always with ``--log-format json``, a heartbeat
+event is logged every ``heartbeat_interval`` seconds. Events go through the ``octave_bulk``
+logger as one line each: readable text, or one JSON object per line; they carry counts, never
+the API key and never request or response bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import anyio
+import orjson
+
+from octave_bulk.report import RunStats
+
+__all__ = ["JsonFormatter", "Progress", "TextFormatter", "configure_logging", "log_event"]
+
+logger = logging.getLogger("octave_bulk")
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a structured event (``start``, ``heartbeat``, ``stop``, ...)."""
+    logger.log(level, event, extra={"event_fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            **getattr(record, "event_fields", {}),
+        }
+        return orjson.dumps(payload, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS event key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "event_fields", {})
+        parts = [time.strftime("%H:%M:%S", time.localtime(record.created)), record.getMessage()]
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                value = " ".join(f"{k}={v}" for k, v in value.items() if v)
+            parts.append(
+                f"{key}={value}" if not isinstance(value, str) or " " not in value else value
+            )
+        return " ".join(str(p) for p in parts)
+
+
+def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:
+    """Send ``octave_bulk`` events to stderr (and a file), as text or JSON lines."""
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    logger.handlers.clear()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class Progress:
+    """Drives the bar (when ``bar`` is true) and the heartbeat events until cancelled.
+
+    Args:
+        stats: the run's counters.
+        bar: draw a rich progress bar on stderr.
+        total_hint: estimated number of input records (None when unknown, e.g. stdin).
+        heartbeat_interval: seconds between heartbeat events when there is no bar.
+        run_id: carried by every heartbeat.
+    """
+
+    def __init__(
+        self,
+        stats: RunStats,
+        *,
+        bar: bool,
+        total_hint: int | None,
+        heartbeat_interval: float,
+        run_id: str,
+    ) -> None:
+        self._stats, self._bar, self._total_hint = stats, bar, total_hint
+        self._heartbeat_interval, self._run_id = heartbeat_interval, run_id
+
+    async def run(self) -> None:
+        """Update until cancelled."""
+        if self._bar:
+            await self._run_bar()
+        else:
+            while True:
+                await anyio.sleep(self._heartbeat_interval)
+                self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Log one heartbeat event with the counts so far."""
+        stats = self._stats
+        log_event(
+            "heartbeat",
+            run_id=self._run_id,
+            elapsed_s=round(stats.elapsed(), 1),
+            in_flight=stats.in_flight,
+            calls=stats.calls,
+            credits=stats.credits,
+            counts=stats.counts(),
+        )
+
+    def _processed(self) -> int:
+        s = self._stats
+        return s.finished + s.rejected + s.duplicate + s.skipped_done + s.skipped_failed
+
+    async def _run_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        stats = self._stats
+        columns = (
+            TextColumn("[bold]octave-bulk"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "ok [green]{task.fields[ok]}[/] failed [red]{task.fields[failed]}[/] "
+                "retrying {task.fields[retrying]} 429s {task.fields[r429]} "
+                "{task.fields[rate]:.1f}/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as bar:
+            task = bar.add_task(
+                "run", total=self._total_hint, ok=0, failed=0, retrying=0, r429=0, rate=0.0
+            )
+            try:
+                while True:
+                    total = self._total_hint
+                    if stats.input_done or total is None or total < stats.read:
+                        total = stats.read if stats.input_done else max(total or 0, stats.read)
+                    elapsed = stats.elapsed()
+                    bar.update(
+                        task,
+                        completed=self._processed(),
+                        total=total or None,
+                        ok=stats.succeeded,
+                        failed=stats.failed,
+                        retrying=stats.retrying,
+                        r429=stats.rate_limited,
+                        rate=stats.succeeded / elapsed if elapsed > 0 else 0.0,
+                    )
+                    await anyio.sleep(0.25)
+            finally:
+                bar.update(task, completed=self._processed())

@@ -1,0 +1,122 @@
+"""Run counters and the summary written to ``OUT.summary.json`` (SPEC.md §4).
+
+Counters are plain attributes updated by the engine; latencies go into a log-bucket histogram
+(1 % resolution, constant memory) so p50/p95 cost nothing per contact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LatencyHistogram", "RunStats"]
+
+
+class LatencyHistogram:
+    """Latencies in buckets growing by 1 % from 1 ms: p50/p95 within 1 %, any number of calls."""
+
+    _BASE = math.log(1.01)
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self.count = 0
+
+    def add(self, milliseconds: float) -> None:
+        """Record one latency."""
+        self._buckets[int(math.log(max(milliseconds, 1.0)) / self._BASE)] += 1
+        self.count += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0-100) in milliseconds, None without data."""
+        if not self.count:
+            return None
+        rank = q / 100 * self.count
+        seen = 0
+        for bucket in sorted(self._buckets):
+            seen += self._buckets[bucket]
+            if seen >= rank:
+                return round(math.exp((bucket + 0.5) * self._BASE), 1)
+        return None  # pragma: no cover - rank <= count
+
+
+@dataclass
+class RunStats:
+    """What one run has done so far; read by progress, heartbeat, summary and metrics."""
+
+    started: float = field(default_factory=time.time)
+    read: int = 0
+    rejected: int = 0
+    duplicate: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    queued: int = 0
+    succeeded: int = 0
+    failed_retryable: int = 0
+    failed_permanent: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    timeouts: int = 0
+    calls: int = 0
+    in_flight: int = 0
+    retrying: int = 0
+    credits: float = 0.0
+    outcome_unknown: int = 0
+    not_sent: int = 0
+    rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    failures_by_kind: Counter[str] = field(default_factory=Counter)
+    calls_by_status: Counter[str] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    input_done: bool = False
+
+    @property
+    def failed(self) -> int:
+        """Contacts whose attempts in this run ended in failure."""
+        return self.failed_retryable + self.failed_permanent
+
+    @property
+    def finished(self) -> int:
+        """Contacts with a durable outcome in this run."""
+        return self.succeeded + self.failed
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.time() - self.started
+
+    def counts(self) -> dict[str, Any]:
+        """The counters, as written in the summary and heartbeat."""
+        return {
+            "read": self.read,
+            "rejected": self.rejected,
+            "duplicate": self.duplicate,
+            "skipped_done": self.skipped_done,
+            "skipped_failed": self.skipped_failed,
+            "queued": self.queued,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "failed_retryable": self.failed_retryable,
+            "failed_permanent": self.failed_permanent,
+            "not_sent": self.not_sent,
+            "retried": self.retried,
+            "rate_limited_429": self.rate_limited,
+            "timeouts": self.timeouts,
+            "outcome_unknown": self.outcome_unknown,
+        }
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """The whole report; ``extra`` adds run identity, settings, paths and the exit code."""
+        wall = self.elapsed()
+        return {
+            **extra,
+            "wall_seconds": round(wall, 3),
+            "counts": self.counts(),
+            "paid_calls": self.calls,
+            "credits": self.credits,
+            "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
+            "latency_ms": {"p50": self.latency.percentile(50), "p95": self.latency.percentile(95)},
+            "rejects_by_reason": dict(self.rejects_by_reason),
+            "failures_by_kind": dict(self.failures_by_kind),
+            "calls_by_status": dict(self.calls_by_status),
+        }

@@ -1,0 +1,248 @@
+"""Run settings: one frozen object, built once at the edge from flags, environment and TOML.
+
+Precedence: explicit arguments (CLI flags) > environment (``OCTAVE_<NAME>``) > the TOML file
+given with ``--config`` > built-in defaults. The API key comes only from ``OCTAVE_API_KEY`` or
+a key file, never from a flag or the config file, and is held as a ``SecretStr``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from octave_bulk.errors import ConfigError
+from octave_bulk.models import OutputFormat, StepMapping
+
+__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_rate"]
+
+DEFAULT_BASE_URL = "https://app.octavehq.com"
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config", default=None)
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+
+
+def parse_rate(value: str | float | None) -> float | None:
+    """``2/s``, ``90/min``, ``3600/h`` or a bare number (per second) -> per second; none -> None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "off", ""}):
+        return None
+    if isinstance(value, int | float):
+        per_second = float(value)
+    else:
+        match = _RATE.match(value.lower())
+        if not match:
+            msg = f"bad rate {value!r}: use e.g. 2/s, 90/min or none"
+            raise ValueError(msg)
+        unit = (match.group(2) or "s")[0]
+        per_second = float(match.group(1)) / {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    if per_second <= 0:
+        msg = "rate must be > 0 (or none)"
+        raise ValueError(msg)
+    return per_second
+
+
+class _TomlFile(PydanticBaseSettingsSource):
+    """The ``--config`` TOML file: unknown keys and a key in the file are config errors."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _CONFIG_FILE.get()
+        self.data: dict[str, Any] = {}
+        if path is None:
+            return
+        try:
+            with open(path, "rb") as handle:
+                self.data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        known = set(settings_cls.model_fields)
+        for key in self.data:
+            if key == "api_key":
+                raise ConfigError(
+                    f"{path}: api_key does not belong in a config file; "
+                    "set OCTAVE_API_KEY or use --api-key-file"
+                )
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r} (see configs/default.toml)")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+class Settings(BaseSettings):
+    """Everything a run needs. Build it with :meth:`load` (or directly, in library code)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OCTAVE_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # Target and credentials
+    base_url: str = Field(DEFAULT_BASE_URL, description="API base URL")
+    api_key: SecretStr | None = Field(None, description="from OCTAVE_API_KEY or a key file only")
+    agent_oid: str | None = Field(None, description="Sequence agent (ca_...)")
+    experiment_oid: str | None = Field(None, description="experiment (ae_...) instead of an agent")
+
+    # Pacing
+    rate: float | None = Field(2.0, description="ceiling in requests per second; None = no ceiling")
+    concurrency: int = Field(32, description="in-flight cap")
+    adaptive: bool = Field(True, description="slow down pool-wide on 429 and climb back")
+    timeout: float = Field(180.0, description="read timeout per call, seconds")
+    connect_timeout: float = Field(10.0, description="connect timeout, seconds")
+    max_attempts: int = Field(5, description="attempts per contact per run, retries included")
+    backoff_initial: float = Field(1.0, description="first retry backoff cap, seconds")
+    backoff_max: float = Field(60.0, description="largest retry backoff, seconds")
+    breaker_threshold: int = Field(25, description="consecutive failed attempts that stop the run")
+    drain_timeout: float = Field(120.0, description="on SIGINT/SIGTERM, wait this long for calls")
+    transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport")
+
+    # Content
+    output_format: OutputFormat = Field(OutputFormat.TEXT, description="text, html or markdown")
+    lang: str | None = Field(None, description="default language when the row has none")
+    context: str | None = Field(None, description="runtimeContext.all for every contact")
+    instructions: str | None = Field(None, description="runtimeInstructions.all for every contact")
+    context_templates: StepMapping = Field(
+        default_factory=dict, description="step key -> text with {Column} placeholders"
+    )
+    instruction_templates: StepMapping = Field(
+        default_factory=dict, description="step key -> text with {Column} placeholders"
+    )
+    playbook_selection_context: str | None = Field(None, description="sent as is")
+    include_full_annotation: bool | None = Field(None, description="sent as is")
+
+    # Input mapping
+    profile: Literal["auto", "hubspot", "salesforce", "apollo", "linkedin", "generic"] = "auto"
+    map: tuple[str, ...] = Field((), description='"Source Column=field" overrides')
+    input_format: Literal["auto", "csv", "ndjson"] = "auto"
+    encoding: str | None = None
+    delimiter: str | None = None
+    skip_lines: int | None = None
+
+    # Safety
+    max_calls: int | None = Field(None, description="stop after this many paid calls")
+    limit: int | None = Field(None, description="only the first N contacts")
+    dry_run: bool = False
+    retry_failed: bool = Field(False, description="also retry permanent failures on resume")
+
+    # Output and durability
+    progress: bool | None = Field(None, description="None: on when stderr is a terminal")
+    log_format: Literal["text", "json"] = "text"
+    log_file: Path | None = None
+    heartbeat_interval: float = Field(30.0, description="seconds between heartbeat log lines")
+    fsync_interval: float = Field(1.0, description="group commit: fsync at least this often")
+    fsync_batch: int = Field(256, description="group commit: fsync after this many records")
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> float | None:
+        return parse_rate(value)
+
+    @field_validator(
+        "concurrency", "max_attempts", "fsync_batch", "breaker_threshold", "max_calls", "limit"
+    )
+    @classmethod
+    def _positive_int(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator(
+        "timeout",
+        "connect_timeout",
+        "backoff_initial",
+        "backoff_max",
+        "drain_timeout",
+        "fsync_interval",
+        "heartbeat_interval",
+    )
+    @classmethod
+    def _positive_float(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Settings:
+        if self.agent_oid and self.experiment_oid:
+            raise ValueError("set either an agent or an experiment, not both")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFile(settings_cls))
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        *,
+        api_key_file: str | Path | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from flags (``overrides``; None means "not given"), env and a file.
+
+        Raises:
+            ConfigError: a bad value, an unknown key in the file, or an unreadable key file.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if api_key_file is not None:
+            try:
+                key = Path(api_key_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{api_key_file}: cannot read the key file: {exc.strerror}"
+                ) from None
+            if not key:
+                raise ConfigError(f"{api_key_file}: the key file is empty")
+            given["api_key"] = SecretStr(key)
+        token = _CONFIG_FILE.set(Path(config_file) if config_file else None)
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            lines = [
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+                f"{str(err['msg']).removeprefix('Value error, ')}"
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as JSON-ready data with the key reduced to its last 4 characters."""
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        data["api_key"] = self.key_fingerprint()
+        return data
+
+    def key_fingerprint(self) -> str | None:
+        """``…abcd``: enough to tell keys apart, never enough to use one."""
+        if self.api_key is None:
+            return None
+        return "…" + self.api_key.get_secret_value()[-4:]

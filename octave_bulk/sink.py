@@ -1,0 +1,206 @@
+"""The sink: outcomes become NDJSON lines, made durable by group commit.
+
+Each record is one ``os.write`` of one whole line (never two records in one write, never a
+line split over two), so a kill -9 can tear at most the line being written, which the next
+start repairs. Lines are fsynced in groups: after ``batch`` records or ``interval`` seconds,
+whichever comes first, and always when the stream ends. A result counts as done only once its
+group is durable; then its in-flight slot is released.
+
+Record shapes (SPEC.md §4) - ``requestId`` is always the first key, for the resume scan:
+
+- results: ``requestId, contact, response, attempts, latencyMs, completedAt``
+- errors: ``requestId, contact, error{kind, status, message, retryable}, attempts, failedAt``
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from octave_bulk.errors import ApiError
+
+__all__ = [
+    "Failure",
+    "NdjsonAppender",
+    "Sink",
+    "Success",
+    "failure_line",
+    "success_line",
+    "utc_now",
+]
+
+
+def utc_now() -> str:
+    """Current time, ISO 8601 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class NdjsonAppender:
+    """Append-only NDJSON file, created with mode 0600."""
+
+    def __init__(self, path: Path, *, truncate: bool = False) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+        self.path = path
+        self._fd = os.open(path, flags, 0o600)
+        self.dirty = False
+
+    def write(self, line: bytes) -> None:
+        """Write one whole line (``line`` must end with a newline)."""
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.dirty = True
+
+    def sync(self) -> None:
+        """fsync if anything was written since the last sync."""
+        if self.dirty:
+            self.dirty = False
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Sync and close."""
+        self.sync()
+        os.close(self._fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A contact's sequence, received complete and valid."""
+
+    request_id: str
+    contact: dict[str, Any]
+    raw: bytes
+    credits: float
+    attempts: int
+    latency_ms: int
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A contact whose attempts in this run ended in failure."""
+
+    request_id: str
+    contact: dict[str, Any]
+    error: ApiError
+    attempts: int
+    slot: int | None
+
+
+def success_line(item: Success) -> bytes:
+    """The results-file line for a success."""
+    raw = item.raw
+    # The body goes in verbatim; a pretty-printed body would break the one-line rule.
+    response: Any = orjson.Fragment(raw) if b"\n" not in raw else orjson.loads(raw)
+    record = {
+        "requestId": item.request_id,
+        "contact": item.contact,
+        "response": response,
+        "attempts": item.attempts,
+        "latencyMs": item.latency_ms,
+        "completedAt": utc_now(),
+    }
+    return orjson.dumps(record) + b"\n"
+
+
+def failure_line(item: Failure) -> bytes:
+    """The errors-file line for a failure."""
+    error = item.error
+    record = {
+        "requestId": item.request_id,
+        "contact": item.contact,
+        "error": {
+            "kind": error.kind,
+            "status": error.status,
+            "message": error.message,
+            "retryable": error.retryable,
+        },
+        "attempts": item.attempts,
+        "failedAt": utc_now(),
+    }
+    return orjson.dumps(record) + b"\n"
+
+
+class Sink:
+    """Consumes outcomes, writes them, commits them in groups.
+
+    Args:
+        results: the results appender.
+        errors: the errors appender.
+        on_durable: called once per outcome after its line is fsynced.
+        release_slot: frees an in-flight slot (after the outcome is durable).
+        sync_slots: fsyncs the in-flight slot file.
+        batch: records per group commit.
+        interval: longest time a record waits for its commit, seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        results: NdjsonAppender,
+        errors: NdjsonAppender,
+        on_durable: Callable[[Success | Failure], None],
+        release_slot: Callable[[int], None],
+        batch: int,
+        interval: float,
+    ) -> None:
+        self._results, self._errors = results, errors
+        self._on_durable, self._release_slot = on_durable, release_slot
+        self._batch, self._interval = batch, interval
+        self._pending: list[Success | Failure] = []
+        self._oldest = 0.0
+        self._lock = anyio.Lock()
+
+    async def run(self, outcomes: MemoryObjectReceiveStream[Success | Failure]) -> None:
+        """Write every outcome until the stream closes, then commit what is left."""
+        async with outcomes:
+            async for item in outcomes:
+                self._write(item)
+                if self._pending and (
+                    len(self._pending) >= self._batch
+                    or time.monotonic() - self._oldest >= self._interval
+                ):
+                    await self.commit()
+        await self.commit()
+
+    def _write(self, item: Success | Failure) -> None:
+        if isinstance(item, Success):
+            self._results.write(success_line(item))
+        else:
+            self._errors.write(failure_line(item))
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(item)
+
+    async def commit_if_due(self) -> None:
+        """Commit when the oldest pending record has waited ``interval`` (called by a timer)."""
+        if self._pending and time.monotonic() - self._oldest >= self._interval:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """fsync what was written, then mark it durable and free its slots."""
+        # Shielded: a result that was written must be committed even while the run is cancelled.
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if not self._pending:
+                    return
+                group, self._pending = self._pending, []
+                await anyio.to_thread.run_sync(self._sync_files)
+        for item in group:
+            if item.slot is not None:
+                self._release_slot(item.slot)
+            self._on_durable(item)
+
+    def _sync_files(self) -> None:
+        self._results.sync()
+        self._errors.sync()

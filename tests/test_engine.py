@@ -1,0 +1,297 @@
+"""The engine end to end, in-process, against the simulator over loopback."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from octave_bulk.engine import run_batch
+from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.simulator import parse_faults, parse_latency, parse_rate_limit
+from tests.helpers import read_lines, side, sim_settings, write_contacts
+
+
+async def test_each_contact_one_line_one_call(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    lines = read_lines(out)
+    assert sorted(line["requestId"] for line in lines) == rids
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1)
+    assert summary["exit_code"] == 0
+    assert summary["counts"]["succeeded"] == 120 and summary["paid_calls"] == 120
+    assert summary["credits"] == 120.0
+    first = lines[0]
+    assert list(first) == [
+        "requestId",
+        "contact",
+        "response",
+        "attempts",
+        "latencyMs",
+        "completedAt",
+    ]
+    assert first["contact"]["agentOId"] == "ca_test" and first["attempts"] == 1
+    assert first["response"]["found"] is True and first["response"]["data"]["emails"]
+    for path in (
+        out,
+        side(out, ".errors.ndjson"),
+        side(out, ".rejects.ndjson"),
+        side(out, ".summary.json"),
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_max_in_flight_is_capped(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(latency=parse_latency("50ms:0.2"))
+    write_contacts(tmp_path / "in.csv", 60)
+    await run_batch(
+        tmp_path / "in.csv", tmp_path / "o.ndjson", sim_settings(sim.url, concurrency=5)
+    )
+    assert sim.stats()["max_in_flight"] == 5
+
+
+async def test_derived_request_ids_are_stable_and_resume_skips(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 30, ids=False)
+    out = tmp_path / "out.ndjson"
+    await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    again = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert again["counts"]["skipped_done"] == 30 and again["paid_calls"] == 0
+    assert len(read_lines(out)) == 30
+    assert all(n == 1 for n in sim.stats()["calls"].values())
+    # A change that changes the emails (here the output format) makes new ids.
+    html = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, output_format="html"))
+    assert html["counts"]["succeeded"] == 30
+
+
+@pytest.mark.parametrize(
+    "kind", ["429", "500", "502", "503", "504", "reset", "truncate", "invalid_json", "hang"]
+)
+async def test_retryable_faults_end_in_success(make_sim: Any, tmp_path: Path, kind: str) -> None:
+    sim = make_sim(seed=3, faults={kind: 0.1}, hang_seconds=30)
+    rids = write_contacts(tmp_path / "in.csv", 80)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, timeout=0.5, max_attempts=6, breaker_threshold=1000)
+    summary = await run_batch(tmp_path / "in.csv", out, settings)
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    calls = sim.stats()["calls"]
+    assert max(calls.values()) <= 6
+    assert sum(calls.values()) > len(rids)  # the faults did happen and were retried
+    assert summary["counts"]["retried"] == sum(calls.values()) - len(rids)
+    assert summary["exit_code"] == 0
+
+
+async def test_all_fault_kinds_together(make_sim: Any, tmp_path: Path) -> None:
+    faults = parse_faults(
+        "429=0.01,500=0.01,502=0.01,503=0.01,504=0.01,reset=0.01,truncate=0.01,invalid_json=0.01,hang=0.01"
+    )
+    sim = make_sim(seed=11, faults=faults, hang_seconds=30)
+    rids = write_contacts(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, timeout=0.5, max_attempts=6, concurrency=16)
+    summary = await run_batch(tmp_path / "in.csv", out, settings)
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    assert max(sim.stats()["calls"].values()) <= 6
+    assert summary["exit_code"] == 0
+
+
+async def test_not_found_fails_once_and_is_not_retried(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(seed=5, faults={"not_found": 0.1})
+    rids = write_contacts(tmp_path / "in.csv", 100)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    stats = sim.stats()
+    missing = {rid for rid in rids if rid not in stats["successes"]}
+    assert missing, "the seed should produce some found: false"
+    errors = read_lines(side(out, ".errors.ndjson"))
+    assert {e["requestId"] for e in errors} == missing
+    assert all(e["error"]["kind"] == "not_found" and not e["error"]["retryable"] for e in errors)
+    assert all(stats["calls"][rid] == 1 for rid in missing)
+    assert len(read_lines(out)) == len(rids) - len(missing)
+    assert summary["exit_code"] == 1 and summary["counts"]["failed_permanent"] == len(missing)
+    # On resume, permanent failures are skipped unless --retry-failed.
+    again = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert again["paid_calls"] == 0 and again["counts"]["skipped_failed"] == len(missing)
+    retried = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, retry_failed=True))
+    assert retried["paid_calls"] == len(missing)
+
+
+async def test_400_fails_that_contact_only(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00007": "400"})
+    rids = write_contacts(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert sorted(line["requestId"] for line in read_lines(out)) == [
+        r for r in rids if r != "c-00007"
+    ]
+    [error] = read_lines(side(out, ".errors.ndjson"))
+    assert error["requestId"] == "c-00007"
+    assert error["error"] == {
+        "kind": "http_400",
+        "status": 400,
+        "message": "HTTP 400: Invalid request body",
+        "retryable": False,
+    }
+    assert sim.stats()["calls"]["c-00007"] == 1
+    assert summary["exit_code"] == 1
+
+
+@pytest.mark.parametrize(("kind", "exit_code"), [("401", 3), ("402", 3), ("403", 3)])
+async def test_auth_and_credit_errors_stop_the_run_fast(
+    make_sim: Any, tmp_path: Path, kind: str, exit_code: int
+) -> None:
+    sim = make_sim(latency=parse_latency("100ms:0"), forced={"c-00003": kind})
+    rids = write_contacts(tmp_path / "in.csv", 300)
+    out = tmp_path / "out.ndjson"
+    started = time.perf_counter()
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, concurrency=4))
+    assert time.perf_counter() - started < 3
+    assert summary["exit_code"] == exit_code and summary["stop_reason"] == "fatal"
+    assert summary["fatal_error"].startswith(f"HTTP {kind}")
+    assert read_lines(side(out, ".errors.ndjson")) == []  # the contact is not blamed
+    done = {line["requestId"] for line in read_lines(out)}
+    assert done == set(sim.stats()["successes"])  # nothing that was paid for is lost
+    assert len(done) < len(rids)
+
+
+async def test_wrong_key_then_right_key_resumes(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(api_key="the-right-key")
+    rids = write_contacts(tmp_path / "in.csv", 50)
+    out = tmp_path / "out.ndjson"
+    wrong = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, api_key="wrong"))
+    assert wrong["exit_code"] == 3 and read_lines(out) == []
+    right = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url, api_key="the-right-key")
+    )
+    assert right["exit_code"] == 0
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+
+
+async def test_breaker_stops_a_failing_api_resumably(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(faults={"500": 1.0})
+    write_contacts(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, breaker_threshold=10, max_attempts=3, concurrency=4)
+    summary = await run_batch(tmp_path / "in.csv", out, settings)
+    assert summary["exit_code"] == 4 and summary["stop_reason"] == "breaker"
+    assert summary["paid_calls"] < 40
+    errors = read_lines(side(out, ".errors.ndjson"))
+    assert errors and all(e["error"]["retryable"] for e in errors)
+
+
+async def test_max_calls_stops_with_exit_5_and_resumes(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    rids = write_contacts(tmp_path / "in.csv", 50)
+    out = tmp_path / "out.ndjson"
+    first = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, max_calls=20))
+    assert first["exit_code"] == 5 and first["paid_calls"] == 20
+    assert sim.stats()["totals"]["calls"] == 20
+    second = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert second["exit_code"] == 0 and second["paid_calls"] == 30
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    assert all(n == 1 for n in sim.stats()["calls"].values())
+
+
+async def test_limit_and_dry_run(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 50)
+    out = tmp_path / "out.ndjson"
+    dry = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, dry_run=True, limit=10))
+    assert dry["would_send"] == 10 and dry["example_request"]["agentOId"] == "ca_test"
+    assert not out.exists() and sim.stats()["totals"] == {}
+    limited = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, limit=10))
+    assert limited["counts"]["succeeded"] == 10 and len(read_lines(out)) == 10
+
+
+async def test_duplicate_rows_are_sent_once(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path = tmp_path / "in.csv"
+    write_contacts(path, 5, ids=False)
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([*rows, rows[2], rows[4]]) + "\n")
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(path, out, sim_settings(sim.url))
+    assert summary["counts"]["duplicate"] == 2 and summary["exit_code"] == 1
+    assert sum(sim.stats()["calls"].values()) == 5
+    rejects = read_lines(side(out, ".rejects.ndjson"))
+    assert [(r["line"], r["reason"]) for r in rejects] == [(7, "duplicate"), (8, "duplicate")]
+
+
+async def test_rate_ceiling_paces_smoothly(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 40)
+    started = time.perf_counter()
+    await run_batch(tmp_path / "in.csv", tmp_path / "o.ndjson", sim_settings(sim.url, rate="20/s"))
+    elapsed = time.perf_counter() - started
+    assert elapsed >= 1.7  # 40 calls at 20/s, with a burst of one call at most
+
+
+async def test_429_storm_adapts(make_sim: Any, tmp_path: Path) -> None:
+    mix = {"seconds": 0.0, "date": 0.0, "absent": 1.0}
+    from octave_bulk.simulator import RetryAfterMix
+
+    sim = make_sim(rate_limit=parse_rate_limit("40/s:2"), retry_after_mix=RetryAfterMix(**mix))
+    rids = write_contacts(tmp_path / "in.csv", 240)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(
+        sim.url, rate="200/s", concurrency=16, max_attempts=20, backoff_initial=0.2
+    )
+    summary = await run_batch(tmp_path / "in.csv", out, settings)
+    assert summary["exit_code"] == 0
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    limited = summary["counts"]["rate_limited_429"]
+    assert 0 < limited < 0.2 * summary["paid_calls"]
+
+
+async def test_resume_repairs_a_torn_line_and_reports_unknown(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    rids = write_contacts(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.ndjson"
+    await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, limit=10))
+    lines = out.read_bytes().splitlines(keepends=True)
+    # Simulate a kill: the last line torn in half, and two calls left "in flight".
+    out.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    torn_id = json.loads(lines[-1])["requestId"]
+    slot = side(out, ".inflight")
+    slot.write_bytes((torn_id + "\n").encode().ljust(256, b"\0") + b"c-00019\n".ljust(256, b"\0"))
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert summary["repaired_bytes"] > 0
+    assert summary["counts"]["outcome_unknown"] == 2
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    assert Counter(sim.stats()["calls"].values()) == Counter({1: 19, 2: 1})
+
+
+async def test_second_run_on_same_output_is_refused(make_sim: Any, tmp_path: Path) -> None:
+    from octave_bulk.checkpoint import OutputPaths, RunLock
+
+    write_contacts(tmp_path / "in.csv", 3)
+    out = tmp_path / "out.ndjson"
+    holder = RunLock(OutputPaths.for_output(out).lock)
+    holder.acquire()
+    try:
+        with pytest.raises(StateError, match="another run is using this output"):
+            await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url))
+    finally:
+        holder.release()
+
+
+async def test_missing_key_or_target_is_a_config_error(tmp_path: Path) -> None:
+    from octave_bulk.settings import Settings
+
+    write_contacts(tmp_path / "in.csv", 1)
+    with pytest.raises(ConfigError, match="no API key"):
+        await run_batch(tmp_path / "in.csv", tmp_path / "o.ndjson", Settings.load(agent_oid="ca_1"))
+    with pytest.raises(ConfigError, match="no target"):
+        await run_batch(tmp_path / "in.csv", tmp_path / "o.ndjson", Settings.load(api_key="k"))
+    assert not (tmp_path / "o.ndjson").exists()
