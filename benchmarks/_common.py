@@ -110,8 +110,15 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
-    """Print rows as a table and write them with the machine to results/NAME.json."""
+def report(
+    name: str,
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    *,
+    smoke: bool = False,
+) -> None:
+    """Print rows as a table and write them with the machine to results/NAME.json
+    (results/smoke/NAME.json for smoke runs, which are not kept)."""
     if rows:
         keys = list(rows[0])
         widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
@@ -119,10 +126,11 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None =
         print("-+-".join("-" * widths[k] for k in keys))
         for row in rows:
             print(" | ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
-    RESULTS.mkdir(exist_ok=True)
+    folder = RESULTS / "smoke" if smoke else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {RESULTS / (name + '.json')}")
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {folder / (name + '.json')}")
 
 
 def _fmt(value: Any) -> str:

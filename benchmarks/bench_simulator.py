@@ -125,7 +125,7 @@ def main() -> None:
         "plain_httpx_loop_req_per_s": httpx_rate,
         "ratio_capacity_to_httpx_loop": capacity / httpx_rate,
     }
-    report("simulator", rows, summary)
+    report("simulator", rows, summary, smoke=args.smoke)
     print(
         f"\nsimulator capacity ≈ {capacity:,.0f} req/s per server core; plain httpx loop "
         f"{httpx_rate:,.0f} req/s; ratio {capacity / httpx_rate:.1f}x (target: > 1)"

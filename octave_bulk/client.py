@@ -102,7 +102,7 @@ class OctaveClient:
         headers = {**self._headers, "x-external-request-id": request_id}
         try:
             response = await self._http.post(RUN_PATH, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             raise _transport_error(exc, request_id) from None
         return _classify(response, request_id)
 
@@ -132,7 +132,7 @@ _CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wi
 )
 
 
-def _transport_error(exc: httpx.HTTPError, request_id: str | None) -> RetryableApiError:
+def _transport_error(exc: httpx.HTTPError | OSError, request_id: str | None) -> RetryableApiError:
     # httpx-aiohttp maps several aiohttp errors onto a few httpx classes (a reset becomes
     # ConnectTimeout); the original cause names what actually happened.
     cause = exc.__cause__ or exc

@@ -245,7 +245,7 @@ class Simulator:
         elif kind == "hang":
             await self._hang(receive, send)
         elif kind == "reset":
-            await self._drop(scope, receive, reset=True)
+            await self._drop(scope, receive, send, reset=True)
         elif kind == "truncate":
             raw = self._success_body(request, rid)
             await _send_start(send, 200, len(raw), b"application/json")
@@ -253,7 +253,7 @@ class Simulator:
                 {"type": "http.response.body", "body": raw[: len(raw) // 2], "more_body": True}
             )
             self.by_status[200] += 1
-            await self._drop(scope, receive, reset=False)
+            await self._drop(scope, receive, send, reset=False)
         elif kind == "invalid_json":
             raw = b'{"_metadata": {"requestId": "sim_broken", "usage": 0}, "found": tr<upstream error>'
             await _send(send, 200, raw, b"application/json")
@@ -321,14 +321,16 @@ class Simulator:
         except TimeoutError:
             await self._error(send, "504")
 
-    async def _drop(self, scope: Scope, receive: Receive, *, reset: bool) -> None:
+    async def _drop(self, scope: Scope, receive: Receive, send: Send, *, reset: bool) -> None:
         """Drop the connection, then wait for the server to notice (so it logs nothing)."""
         abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
         if abort is None:
-            # In-process transports have no socket: a truncated body just ends here.
+            # In-process transports have no socket: a reset becomes an OSError, and a
+            # truncated body simply ends short of its content-length.
             if reset:
                 msg = "simulated connection reset"
                 raise ConnectionResetError(msg)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         abort(reset)
         while (await receive())["type"] != "http.disconnect":

@@ -39,7 +39,8 @@ class _AbortableProtocol(HttpToolsProtocol):
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             # Linger 0 makes close() send an RST: the client sees "connection reset by peer".
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):  # the client may be gone already
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
 
