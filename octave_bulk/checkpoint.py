@@ -60,13 +60,19 @@ def id_key(request_id: str) -> int:
 
 class IdSet:
     """A set of 64-bit keys in an open-addressing table: ~16 bytes per id instead of ~80-110
-    for a Python set of strings or bytes (perf-notes §6)."""
+    for a Python set of strings or bytes (perf-notes §6).
 
-    def __init__(self, capacity: int = 1024) -> None:
+    Args:
+        capacity: expected number of keys (the table grows past it anyway).
+        with_values: also keep one unsigned integer per key (see :meth:`setdefault`).
+    """
+
+    def __init__(self, capacity: int = 1024, *, with_values: bool = False) -> None:
         size = 1024
         while size * 0.6 < capacity:
             size *= 2
         self._table = array("Q", bytes(8 * size))
+        self._values = array("Q", bytes(8 * size)) if with_values else None
         self._mask = size - 1
         self._count = 0
 
@@ -86,30 +92,45 @@ class IdSet:
 
     def add(self, key: int) -> bool:
         """Add a key; True when it was not there yet."""
+        return self._insert(key, 0) < 0
+
+    def setdefault(self, key: int, value: int) -> int:
+        """The value kept for ``key``, storing ``value`` first if the key is new."""
+        slot = self._insert(key, value)
+        if slot < 0:
+            return value
+        return self._values[slot] if self._values is not None else 0
+
+    def _insert(self, key: int, value: int) -> int:
+        """-1 when inserted, else the slot where the key already was."""
         if (self._count + 1) * 10 > len(self._table) * 7:
             self._grow()
         table, mask = self._table, self._mask
         i = key & mask
-        while (value := table[i]) != 0:
-            if value == key:
-                return False
+        while (present := table[i]) != 0:
+            if present == key:
+                return i
             i = (i + 1) & mask
         table[i] = key
+        if self._values is not None:
+            self._values[i] = value
         self._count += 1
-        return True
+        return -1
 
     def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", bytes(16 * len(old)))
+        old_keys, old_values = self._table, self._values
+        self._table = array("Q", bytes(16 * len(old_keys)))
+        self._values = None if old_values is None else array("Q", bytes(16 * len(old_keys)))
         self._mask = len(self._table) - 1
         self._count = 0
-        for key in old:
+        for slot, key in enumerate(old_keys):
             if key:
-                self.add(key)
+                self._insert(key, old_values[slot] if old_values is not None else 0)
 
     def nbytes(self) -> int:
         """Memory held by the table."""
-        return self._table.itemsize * len(self._table)
+        values = 0 if self._values is None else self._values.itemsize * len(self._values)
+        return self._table.itemsize * len(self._table) + values
 
 
 @dataclass(frozen=True)

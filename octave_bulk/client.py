@@ -1,10 +1,11 @@
 """One contact, one API call: the HTTP client, its headers, and outcome classification.
 
-Transport: httpx's API on the ``httpx-aiohttp`` transport by default. Measured on this kind of
-machine against an instant local server, httpx's own transport managed 120-550 req/s and got
-slower as concurrency grew, while httpx on aiohttp reached ~2,000-3,400 req/s (perf-notes §2,
-benchmarks/bench_simulator.py). ``Settings.transport = "httpx"`` swaps it back; tests inject
-any ``httpx.AsyncClient`` (e.g. on ``httpx.ASGITransport``).
+Transport: httpx's API (``httpx.Request`` / ``httpx.Response``) on the ``httpx-aiohttp``
+transport by default. Measured on this kind of machine against an instant local server,
+httpx's own transport managed 120-550 req/s and got slower as concurrency grew, while httpx on
+aiohttp reached ~2,000-3,400 req/s (perf-notes §2, benchmarks/bench_simulator.py).
+``Settings.transport = "httpx"`` swaps it back; tests inject any transport (e.g.
+``httpx.ASGITransport`` or ``httpx.MockTransport``).
 
 Classification (SPEC.md §6.3-6.4):
 
@@ -26,10 +27,10 @@ import orjson
 from pydantic import SecretStr, ValidationError
 
 from octave_bulk.errors import ApiError, FatalApiError, RetryableApiError, TerminalApiError
-from octave_bulk.models import ErrorResponse, SequenceResponse
+from octave_bulk.models import ErrorResponse
 from octave_bulk.pacing import parse_retry_after
 
-__all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_http_client"]
+__all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_transport"]
 
 RUN_PATH = "/api/v2/agents/sequence/run"
 VALIDATE_PATH = "/api/v2/api-key/validate"
@@ -40,51 +41,56 @@ USER_AGENT = "octave-bulk"
 
 @dataclass(frozen=True, slots=True)
 class CallSuccess:
-    """A complete, valid response: the raw body (kept byte for byte) and its parsed form."""
+    """A complete, valid response: the raw body (kept byte for byte) and the credits it used."""
 
     raw: bytes
-    response: SequenceResponse
+    credits: float
+    emails: int
 
 
-def make_http_client(
-    *,
-    base_url: str,
-    concurrency: int,
-    timeout: float,
-    connect_timeout: float,
-    transport: str = "aiohttp",
-) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` with explicit timeouts and a pool at least the in-flight cap."""
+def make_transport(*, concurrency: int, transport: str = "aiohttp") -> httpx.AsyncBaseTransport:
+    """The HTTP transport, with a connection pool a little above the in-flight cap."""
     limits = httpx.Limits(
-        max_connections=concurrency + 8,  # a little headroom over the worker count
+        max_connections=concurrency + 8,
         max_keepalive_connections=concurrency + 8,
         keepalive_expiry=30.0,
     )
-    timeouts = httpx.Timeout(
-        connect=connect_timeout, read=timeout, write=30.0, pool=connect_timeout
-    )
-    chosen: httpx.AsyncBaseTransport
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        chosen = AiohttpTransport(limits=limits, trust_env=True)
-    elif transport == "httpx":
-        chosen = httpx.AsyncHTTPTransport(limits=limits, retries=0, trust_env=True)
-    else:
-        raise ValueError(f"unknown transport {transport!r}: use aiohttp or httpx")
-    return httpx.AsyncClient(base_url=base_url, timeout=timeouts, limits=limits, transport=chosen)
+        chosen: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, trust_env=True)
+        return chosen
+    if transport == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits, retries=0, trust_env=True)
+    raise ValueError(f"unknown transport {transport!r}: use aiohttp or httpx")
 
 
 class OctaveClient:
     """Sends one request at a time; never retries (the engine owns retries and pacing).
 
+    Requests are ``httpx.Request`` objects handed straight to the transport: the client-level
+    machinery of ``httpx.AsyncClient`` (URL merging, cookies, auth and event hooks, redirects)
+    is not needed here and cost ~100 us of CPU per call (benchmarks/README.md).
+
     Args:
-        http: the shared client (its base_url points at the API or a simulator).
+        transport: any httpx transport (aiohttp-backed by default; ASGI/Mock in tests).
+        base_url: the API (or a simulator), e.g. ``https://app.octavehq.com``.
         api_key: sent as the ``api_key`` header; never logged, never part of an error.
+        timeout: read timeout, seconds. connect_timeout: connect (and pool) timeout.
     """
 
-    def __init__(self, http: httpx.AsyncClient, api_key: SecretStr) -> None:
-        self._http = http
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        base_url: str,
+        api_key: SecretStr,
+        timeout: float = 180.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._transport = transport
+        self._run_url = httpx.URL(base_url.rstrip("/") + RUN_PATH)
+        self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
         self._headers = {
             "api_key": api_key.get_secret_value(),
             "content-type": "application/json",
@@ -92,6 +98,27 @@ class OctaveClient:
             "x-request-source": USER_AGENT,
             "user-agent": USER_AGENT,
         }
+        self._extensions = {
+            "timeout": {
+                "connect": connect_timeout,
+                "read": timeout,
+                "write": 30.0,
+                "pool": connect_timeout,
+            }
+        }
+
+    async def _send(
+        self, method: str, url: httpx.URL, headers: dict[str, str], body: bytes | None
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method, url, content=body, headers=headers, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def run_sequence(self, body: bytes, request_id: str) -> CallSuccess:
         """POST one sequence request.
@@ -101,7 +128,7 @@ class OctaveClient:
         """
         headers = {**self._headers, "x-external-request-id": request_id}
         try:
-            response = await self._http.post(RUN_PATH, content=body, headers=headers)
+            response = await self._send("POST", self._run_url, headers, body)
         except (httpx.HTTPError, OSError) as exc:
             raise _transport_error(exc, request_id) from None
         return _classify(response, request_id)
@@ -109,8 +136,8 @@ class OctaveClient:
     async def validate_key(self) -> dict[str, object]:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""
         try:
-            response = await self._http.get(VALIDATE_PATH, headers=self._headers)
-        except httpx.HTTPError as exc:
+            response = await self._send("GET", self._validate_url, self._headers, None)
+        except (httpx.HTTPError, OSError) as exc:
             raise _transport_error(exc, None) from None
         if response.status_code != 200:
             raise _status_error(response, None)
@@ -180,24 +207,38 @@ def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
     if response.status_code != 200:
         raise _status_error(response, request_id)
     raw = response.content
+    # orjson plus a few checks, not the pydantic model: the body is stored byte for byte, so
+    # only what decides success is examined (half the CPU of a full model validation).
     try:
-        parsed = SequenceResponse.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        kind = "invalid_json" if first["type"] == "json_invalid" else "invalid_body"
-        where = ".".join(str(p) for p in first["loc"])
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise RetryableApiError(
-            f"HTTP 200 with an unusable body: {where + ': ' if where else ''}{first['msg']}",
-            kind=kind,
+            f"HTTP 200 with a body that is not JSON: {exc}"[:300],
+            kind="invalid_json",
             status=200,
             request_id=request_id,
         ) from None
-    if not parsed.found or not parsed.emails:
-        why = parsed.message or ("found: false" if not parsed.found else "no emails")
+    metadata = payload.get("_metadata") if isinstance(payload, dict) else None
+    found = payload.get("found") if isinstance(payload, dict) else None
+    if not isinstance(metadata, dict) or not isinstance(found, bool):
+        raise RetryableApiError(
+            "HTTP 200 without the response envelope (_metadata, found)",
+            kind="invalid_body",
+            status=200,
+            request_id=request_id,
+        )
+    data = payload.get("data")
+    emails = data.get("emails") if isinstance(data, dict) else None
+    if not found or not isinstance(emails, list) or not emails:
+        why = payload.get("message") or ("found: false" if not found else "no emails")
         raise TerminalApiError(
             f"no sequence produced: {why}"[:500],
             kind="not_found",
             status=200,
             request_id=request_id,
         )
-    return CallSuccess(raw=raw, response=parsed)
+    usage = metadata.get("usage")
+    credits = (
+        float(usage) if isinstance(usage, int | float) and not isinstance(usage, bool) else 0.0
+    )
+    return CallSuccess(raw=raw, credits=credits, emails=len(emails))

@@ -59,18 +59,20 @@ _LANGS = ["en"] * 8 + ["es", "de"]
 
 
 def write_sample_contacts(path: Path, count: int, *, seed: int = 7) -> None:
-    """A CSV of ``count`` plausible contacts (canonical column names), deterministic by seed."""
+    """A CSV of ``count`` plausible contacts shaped like a HubSpot export, deterministic by seed."""
     rng = random.Random(seed)
-    columns = ["email", "firstName", "lastName", "jobTitle", "companyName", "companyDomain", "lang"]
+    columns = ["Record ID", "First Name", "Last Name", "Email", "Job Title", "Company Name"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer.writerow([*columns, "Website URL", "Language"])
         for n in range(count):
             first, last = rng.choice(_FIRST), rng.choice(_LAST)
             company, domain = rng.choice(_COMPANIES)
             email = f"{first.lower()}.{last.lower()}{n}@{domain}"
+            title, lang = rng.choice(_TITLES), rng.choice(_LANGS)
+            record_id = str(51000 + n)
             writer.writerow(
-                [email, first, last, rng.choice(_TITLES), company, domain, rng.choice(_LANGS)]
+                [record_id, first, last, email, title, company, f"https://www.{domain}/", lang]
             )
 
 

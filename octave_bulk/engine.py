@@ -20,7 +20,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import httpx
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from octave_bulk.checkpoint import (
     ErrorsScan,
@@ -43,7 +43,7 @@ from octave_bulk.checkpoint import (
     scan_results,
     write_json_atomic,
 )
-from octave_bulk.client import CallSuccess, OctaveClient, make_http_client
+from octave_bulk.client import CallSuccess, OctaveClient, make_transport
 from octave_bulk.errors import ApiError, ConfigError, FatalApiError
 from octave_bulk.intake import open_contacts
 from octave_bulk.pacing import Pacer
@@ -76,6 +76,9 @@ class _WorkItem:
     contact: dict[str, Any]
 
 
+_Attempted = tuple[CallSuccess, int, float]  # (result, in-flight slot, latency ms)
+
+
 class _Stopped(Exception):
     """Dispatch stopped before this attempt could be sent (not an API outcome)."""
 
@@ -95,7 +98,7 @@ class _Run:
         self.input_path = input_path
         self.contacts = contacts
         self.done, self.errors_scan = done, errors_scan
-        self.seen = IdSet()
+        self.seen = IdSet(with_values=True)  # requestId key -> line of its first row
         self.spec = request_spec(settings)
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
@@ -167,11 +170,12 @@ class _Run:
             if isinstance(built, Reject):
                 record = built
             else:
-                request_id = built.request_id or ""
+                request_id = built.request_id
                 key = id_key(request_id)
-                if not self.seen.add(key):
-                    first = f"the same request as an earlier row (requestId {request_id})"
-                    record = Reject(record.line, "duplicate", "requestId", first, record.fields)
+                first = self.seen.setdefault(key, record.line)
+                if first != record.line:
+                    message = f"the same request as line {first} (requestId {request_id})"
+                    record = Reject(record.line, "duplicate", "requestId", message, record.fields)
                 elif key in self.done:
                     stats.skipped_done += 1
                     return _SKIP
@@ -179,8 +183,7 @@ class _Run:
                     stats.skipped_failed += 1
                     return _SKIP
                 else:
-                    wire = built.to_wire()
-                    return _WorkItem(request_id, orjson.dumps(wire), wire)
+                    return _WorkItem(request_id, orjson.dumps(built.wire), built.wire)
         if record.reason == "duplicate":
             stats.duplicate += 1
         else:
@@ -212,37 +215,59 @@ class _Run:
     async def _process(
         self, item: _WorkItem, client: OctaveClient, pacer: Pacer, slots: InflightSlots
     ) -> Success | Failure | None:
-        settings, stats = self.settings, self.stats
         attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=self._backoff,
-            retry=retry_if_exception(lambda exc: isinstance(exc, ApiError) and exc.retryable),
-            reraise=True,
-            sleep=self._sleep_unless_stopping,
-        )
+
+        async def attempt() -> tuple[CallSuccess, int, float]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self.stats.retried += 1
+            return await self._attempt(item, client, pacer, slots)
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    if attempts > 1:
-                        stats.retried += 1
-                    result, slot, latency = await self._attempt(item, client, pacer, slots)
+            try:
+                result, slot, latency = await attempt()
+            except ApiError as first:
+                # The retry machinery is only built on the (rare) retry path.
+                if not first.retryable or self.settings.max_attempts < 2:
+                    raise
+                result, slot, latency = await self._retry(attempt, first)
         except (_Stopped, FatalApiError):
             # Not this contact's fault: nothing is recorded, the next run sends it again.
             return None
         except ApiError as exc:
             return Failure(item.request_id, item.contact, exc, attempts, None)
-        stats.latency.add(latency)
+        self.stats.latency.add(latency)
         return Success(
             request_id=item.request_id,
             contact=item.contact,
             raw=result.raw,
-            credits=result.response.metadata.credits,
+            credits=result.credits,
             attempts=attempts,
             latency_ms=round(latency),
             slot=slot,
         )
+
+    async def _retry(
+        self, attempt: Callable[[], Awaitable[_Attempted]], first: ApiError
+    ) -> _Attempted:
+        """Attempts 2..max_attempts, each after a backoff (tenacity)."""
+        await self._sleep_unless_stopping(self._wait(first, 1))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts - 1),
+            wait=lambda state: self._wait(
+                state.outcome.exception() if state.outcome else None, state.attempt_number + 1
+            ),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ApiError) and exc.retryable),
+            reraise=True,
+            sleep=self._sleep_unless_stopping,
+        )
+        async for step in retrying:
+            with step:
+                return await attempt()
+        raise AssertionError(
+            "unreachable: tenacity either returns or re-raises"
+        )  # pragma: no cover
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         self.stats.retrying += 1
@@ -254,12 +279,11 @@ class _Run:
         if self.stopping:
             raise _Stopped
 
-    def _backoff(self, state: RetryCallState) -> float:
+    def _wait(self, exc: BaseException | None, failed_attempts: int) -> float:
         """Full jitter (AWS): uniform(0, min(cap, initial * 2^(n-1))), at least Retry-After."""
         settings = self.settings
-        cap = min(settings.backoff_max, settings.backoff_initial * 2 ** (state.attempt_number - 1))
+        cap = min(settings.backoff_max, settings.backoff_initial * 2 ** (failed_attempts - 1))
         wait = random.uniform(0, cap)
-        exc = state.outcome.exception() if state.outcome else None
         # A 429's Retry-After pauses the whole pool in the pacer; other statuses' (503) count here.
         if isinstance(exc, ApiError) and exc.retry_after is not None and exc.status != 429:
             wait = max(wait, min(exc.retry_after, settings.backoff_max))
@@ -458,7 +482,7 @@ async def run_batch(
     output: str | Path,
     settings: Settings,
     *,
-    http_client: httpx.AsyncClient | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
@@ -468,8 +492,8 @@ async def run_batch(
         input_path: CSV or NDJSON file, or ``-`` for stdin.
         output: ``OUT.ndjson``; side files are named after it.
         settings: the run's settings (API key, target, pacing, ...).
-        http_client: an ``httpx.AsyncClient`` to use (its base_url is the API); by default one
-            is built from the settings and closed at the end.
+        transport: an httpx transport to send through (e.g. ``httpx.ASGITransport`` in tests);
+            by default one is built from the settings and closed at the end.
         handle_signals: stop gracefully on SIGINT/SIGTERM (main thread only; the CLI does).
 
     Returns:
@@ -491,7 +515,7 @@ async def run_batch(
     lock = RunLock(paths.lock)
     lock.acquire()
     try:
-        return await _locked_run(input_path, paths, settings, http_client, handle_signals)
+        return await _locked_run(input_path, paths, settings, transport, handle_signals)
     finally:
         lock.release()
 
@@ -500,7 +524,7 @@ async def _locked_run(
     input_path: str | Path,
     paths: OutputPaths,
     settings: Settings,
-    http_client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
     handle_signals: bool,
 ) -> dict[str, Any]:
     stats = RunStats()
@@ -521,21 +545,24 @@ async def _locked_run(
             already_done=scan.lines,
             repaired_bytes=scan.repaired_bytes,
             outcome_unknown=stats.outcome_unknown,
-            mapping=getattr(reader, "mapping_text", None),
+            input_format=reader.format,
+            encoding=reader.encoding,
+            mapping=reader.mapping.render(),
         )
         async with contextlib.AsyncExitStack() as stack:
-            http = http_client
-            if http is None:
-                http = make_http_client(
-                    base_url=settings.base_url,
-                    concurrency=settings.concurrency,
-                    timeout=settings.timeout,
-                    connect_timeout=settings.connect_timeout,
-                    transport=settings.transport,
+            if transport is None:
+                transport = make_transport(
+                    concurrency=settings.concurrency, transport=settings.transport
                 )
-                await stack.enter_async_context(http)
-            key = settings.api_key or SecretStr("")  # checked by run_batch
-            await run.execute(OctaveClient(http, key), handle_signals=handle_signals, bar=bar)
+                await stack.enter_async_context(transport)
+            client = OctaveClient(
+                transport,
+                base_url=settings.base_url,
+                api_key=settings.api_key or SecretStr(""),  # checked by run_batch
+                timeout=settings.timeout,
+                connect_timeout=settings.connect_timeout,
+            )
+            await run.execute(client, handle_signals=handle_signals, bar=bar)
     exit_code = _exit_code(run)
     summary = stats.summary(
         tool="octave-bulk",
@@ -546,7 +573,13 @@ async def _locked_run(
         stop_reason=run.stop_reason,
         fatal_error=run.fatal.message if run.fatal else None,
         resumable=exit_code != 0,
-        input=str(input_path),
+        input={
+            "path": str(input_path),
+            "format": reader.format,
+            "encoding": reader.encoding,
+            "encoding_note": reader.encoding_note,
+            "mapping": reader.mapping.to_dict(),
+        },
         outputs={
             "results": str(paths.results),
             "errors": str(paths.errors),

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from octave_bulk.models import OutputFormat, SequenceRequest
 from octave_bulk.records import IDENTITY_FIELDS, Contact, Reject
 
-__all__ = ["RequestSpec", "build_request", "derive_request_id"]
+__all__ = ["BuiltRequest", "RequestSpec", "build_request", "derive_request_id"]
 
 _ID_PREFIX = "ob-"
 
@@ -65,31 +65,45 @@ def derive_request_id(wire: dict[str, Any]) -> str:
     return _ID_PREFIX + digest[:32]
 
 
-def build_request(contact: Contact, spec: RequestSpec) -> SequenceRequest | Reject:
+@dataclass(frozen=True, slots=True)
+class BuiltRequest:
+    """A request that passed the model: its requestId and the JSON body to send."""
+
+    request_id: str
+    wire: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body as sent (camelCase keys, no empty fields)."""
+        return self.wire
+
+
+def build_request(contact: Contact, spec: RequestSpec) -> BuiltRequest | Reject:
     """Build the request for one contact, or a reject naming the field the model refused."""
     row = contact.fields
     body: dict[str, Any] = {name: row[name] for name in IDENTITY_FIELDS if row.get(name)}
     if spec.lang and "lang" not in body:
         body["lang"] = spec.lang
-    context = _merge(spec.context, spec.extra_context, row, "context")
-    instructions = _merge(spec.instructions, spec.extra_instructions, row, "instructions")
-    body |= {
-        "agentOId": spec.agent_o_id,
-        "experimentOId": spec.experiment_o_id,
-        "outputFormat": spec.output_format.value,
-        "runtimeContext": context or None,
-        "runtimeInstructions": instructions or None,
+    optional = {
+        "runtimeContext": _merge(spec.context, spec.extra_context, row, "context"),
+        "runtimeInstructions": _merge(
+            spec.instructions, spec.extra_instructions, row, "instructions"
+        ),
         "playbookSelectionContext": spec.playbook_selection_context,
         "customContext": spec.custom_context,
         "includeFullAnnotation": spec.include_full_annotation,
+        "agentOId": spec.agent_o_id,
+        "experimentOId": spec.experiment_o_id,
     }
+    body["outputFormat"] = spec.output_format.value
+    body |= {key: value for key, value in optional.items() if value is not None and value != {}}
     try:
-        request = SequenceRequest.model_validate({k: v for k, v in body.items() if v is not None})
+        # The model only checks; the body sent is the dict built here (already in wire form).
+        SequenceRequest.model_validate(body)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in error["loc"]) or None
         message = str(error["msg"]).removeprefix("Value error, ")
         return Reject(contact.line, "invalid_field", where, message, dict(row))
-    if request.request_id:
-        return request
-    return request.model_copy(update={"request_id": derive_request_id(request.to_wire())})
+    if not body.get("requestId"):
+        body["requestId"] = derive_request_id(body)
+    return BuiltRequest(body["requestId"], body)

@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     encoding: str | None = None
     delimiter: str | None = None
     skip_lines: int | None = None
+    max_field_bytes: int = Field(64 * 1024, description="a bigger cell rejects its row")
 
     # Safety
     max_calls: int | None = Field(None, description="stop after this many paid calls")
@@ -151,7 +152,13 @@ class Settings(BaseSettings):
         return parse_rate(value)
 
     @field_validator(
-        "concurrency", "max_attempts", "fsync_batch", "breaker_threshold", "max_calls", "limit"
+        "concurrency",
+        "max_attempts",
+        "fsync_batch",
+        "breaker_threshold",
+        "max_calls",
+        "limit",
+        "max_field_bytes",
     )
     @classmethod
     def _positive_int(cls, value: int | None) -> int | None:

@@ -135,3 +135,51 @@ def test_simulate_answers_the_seed_example(tmp_path: Path) -> None:
 def test_simulate_rejects_bad_options(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["simulate", "--faults", "fire=1"])
     assert result.exit_code == 2 and "unknown fault kind 'fire'" in result.output
+
+
+def test_validate_counts_and_writes_rejects(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "Email,First Name,Company\n"
+        "ann@acme.com,Ann,Acme\n"
+        "not-an-email,Bob,Acme\n"
+        ",Cy,Acme\n"
+        "ann@acme.com,Ann,Acme\n",
+        encoding="utf-8",
+    )
+    result = runner.invoke(cli, ["validate", str(path), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert (report["read"], report["valid"]) == (4, 1)
+    assert report["rejected"] == {"invalid_email": 1, "missing_identity": 1, "duplicate": 1}
+    rejects = [
+        json.loads(line) for line in (tmp_path / "leads.rejects.ndjson").read_text().splitlines()
+    ]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (3, "invalid_email"),
+        (4, "missing_identity"),
+        (5, "duplicate"),
+    ]
+    assert "line 2" in rejects[2]["message"]
+
+
+def test_validate_shows_the_mapping(runner: CliRunner, tmp_path: Path) -> None:
+    exports = Path(__file__).parent / "data" / "exports"
+    out = str(tmp_path / "v.ndjson")
+    apollo = runner.invoke(cli, ["validate", str(exports / "apollo_export.csv"), "-o", out])
+    assert "profile: apollo (detected from the header)" in apollo.output
+    assert "Person Linkedin Url     -> linkedInProfile" in apollo.output
+    assert apollo.exit_code == 1 and "invalid_linkedin: 1" in apollo.output
+    linkedin = runner.invoke(
+        cli, ["validate", str(exports / "linkedin_connections.csv"), "-o", out]
+    )
+    assert linkedin.exit_code == 0 and "profile: linkedin" in linkedin.output
+
+
+def test_validate_unreadable_or_bad_header_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    missing = runner.invoke(cli, ["validate", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "cannot open" in missing.output
+    dup = tmp_path / "dup.csv"
+    dup.write_text("Email,email\na@b.co,c@d.co\n")
+    result = runner.invoke(cli, ["validate", str(dup)])
+    assert result.exit_code == 2 and "duplicate" in result.output.lower()

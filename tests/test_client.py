@@ -9,26 +9,34 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from octave_bulk.client import OctaveClient, make_http_client
+from octave_bulk.client import OctaveClient, make_transport
 from octave_bulk.errors import FatalApiError, RetryableApiError, TerminalApiError
+from octave_bulk.models import SequenceResponse
 from octave_bulk.simulator import Simulator, SimulatorConfig
 from tests.conftest import TEST_KEY
 
 BODY = orjson.dumps({"agentOId": "ca_1", "email": "a@b.co", "requestId": "r1"})
 
 
-def client_for(**config: Any) -> tuple[OctaveClient, httpx.AsyncClient]:
-    app = Simulator(SimulatorConfig(**config))
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
-    return OctaveClient(http, SecretStr(TEST_KEY)), http
+def client_for(**config: Any) -> tuple[OctaveClient, httpx.AsyncBaseTransport]:
+    transport = httpx.ASGITransport(app=Simulator(SimulatorConfig(**config)))
+    return octave(transport, "http://sim", TEST_KEY), transport
+
+
+def octave(
+    transport: httpx.AsyncBaseTransport, url: str, key: str = "k", timeout: float = 2
+) -> OctaveClient:
+    return OctaveClient(transport, base_url=url, api_key=SecretStr(key), timeout=timeout)
 
 
 async def test_success_keeps_the_raw_body() -> None:
     client, http = client_for()
     async with http:
         result = await client.run_sequence(BODY, "r1")
-    assert result.response.found and result.response.emails
+    parsed = SequenceResponse.model_validate_json(result.raw)
+    assert parsed.found and len(parsed.emails) == result.emails
     assert orjson.loads(result.raw)["_metadata"]["usage"] == 1.0
+    assert result.credits == 1.0 and result.emails >= 1
 
 
 @pytest.mark.parametrize(
@@ -74,9 +82,8 @@ async def test_headers_sent() -> None:
         seen.update(request.headers)
         return httpx.Response(200, json={"_metadata": {}, "found": True, "data": {"emails": [{}]}})
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://x")
-    async with http:
-        await OctaveClient(http, SecretStr("k1")).run_sequence(BODY, "r1")
+    async with httpx.MockTransport(handler) as transport:
+        await octave(transport, "http://x", "k1").run_sequence(BODY, "r1")
     assert seen["api_key"] == "k1"
     assert seen["x-request-source"] == "octave-bulk"
     assert seen["x-external-request-id"] == "r1"
@@ -86,38 +93,32 @@ async def test_empty_emails_is_not_found() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"_metadata": {}, "found": True, "data": {"emails": []}})
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://x")
-    async with http:
+    async with httpx.MockTransport(handler) as transport:
         with pytest.raises(TerminalApiError, match="no emails"):
-            await OctaveClient(http, SecretStr("k")).run_sequence(BODY, "r1")
+            await octave(transport, "http://x").run_sequence(BODY, "r1")
 
 
 async def test_transport_errors_over_a_real_socket(make_sim: Any) -> None:
     sim = make_sim(faults={"reset": 1.0})
-    for transport in ("aiohttp", "httpx"):
-        http = make_http_client(
-            base_url=sim.url, concurrency=2, timeout=2, connect_timeout=2, transport=transport
-        )
-        async with http:
+    for name in ("aiohttp", "httpx"):
+        async with make_transport(concurrency=2, transport=name) as transport:
             with pytest.raises(RetryableApiError) as caught:
-                await OctaveClient(http, SecretStr("k")).run_sequence(BODY, "r1")
+                await octave(transport, sim.url).run_sequence(BODY, "r1")
         assert caught.value.kind in {"connection_reset", "disconnected", "transport"}
 
 
 async def test_read_timeout_is_a_timeout(make_sim: Any) -> None:
     sim = make_sim(faults={"hang": 1.0})
-    http = make_http_client(base_url=sim.url, concurrency=2, timeout=0.3, connect_timeout=2)
-    async with http:
+    async with make_transport(concurrency=2) as transport:
         with pytest.raises(RetryableApiError) as caught:
-            await OctaveClient(http, SecretStr("k")).run_sequence(BODY, "r1")
+            await octave(transport, sim.url, timeout=0.3).run_sequence(BODY, "r1")
     assert caught.value.kind == "timeout"
 
 
 async def test_validate_key(make_sim: Any) -> None:
     sim = make_sim(api_key="good")
-    http = make_http_client(base_url=sim.url, concurrency=1, timeout=2, connect_timeout=2)
-    async with http:
-        data = await OctaveClient(http, SecretStr("good")).validate_key()
+    async with make_transport(concurrency=1) as transport:
+        data = await octave(transport, sim.url, "good").validate_key()
         with pytest.raises(FatalApiError):
-            await OctaveClient(http, SecretStr("bad")).validate_key()
+            await octave(transport, sim.url, "bad").validate_key()
     assert data["data"]["credits"]["totalMax"] == 100_000.0  # type: ignore[index]
