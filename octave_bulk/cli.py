@@ -285,7 +285,7 @@ def _settings(config_file: str | None, api_key_file: str | None, **flags: Any) -
 def _fail(exc: OctaveBulkError) -> None:
     hints = {
         ConfigError: "fix the setting and run again; nothing was sent.",
-        InputError: "fix the input file and run again; nothing was sent.",
+        InputError: "fix the input file and try again; nothing was sent or changed.",
         StateError: "nothing was sent.",
     }
     hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
@@ -413,6 +413,57 @@ def validate(
         if report.rejected_total:
             click.echo(f"rejects: {report.rejects_path}")
     sys.exit(1 if report.rejected_total else 0)
+
+
+@cli.command()
+@click.argument("results", metavar="OUT.ndjson")
+@click.option("-o", "--output", "target", required=True, help="CSV file to write, or - for stdout.")
+@click.option(
+    "--preset",
+    type=click.Choice(["generic", "instantly", "smartlead", "lemlist"]),
+    default="generic",
+    show_default=True,
+    help="Column names for the sequencer you import into.",
+)
+@click.option(
+    "--body-format",
+    type=click.Choice(["text", "html"]),
+    default="text",
+    show_default=True,
+    help="Email bodies as plain text or HTML.",
+)
+@click.option(
+    "--max-field-chars",
+    type=int,
+    help="Cut subjects/bodies longer than this, with a warning [default: per preset; 0: off].",
+)
+def export(
+    results: str, target: str, preset: str, body_format: str, max_field_chars: int | None
+) -> None:
+    """One CSV row per successful contact, ready to import into a sequencer.
+
+    Identity columns, then step1_subject, step1_body ... stepN_*, num_steps, request_id,
+    completed_at. Cells that could run as spreadsheet formulas are escaped.
+    """
+    from octave_bulk.export import export_results
+
+    try:
+        report = export_results(
+            Path(results),
+            target,
+            preset=preset,
+            body_format=body_format,  # type: ignore[arg-type]
+            max_field_chars=max_field_chars,
+        )
+    except OctaveBulkError as exc:
+        _fail(exc)
+        return
+    for warning in report.warnings():
+        click.echo(f"warning: {warning}", err=True)
+    where = "stdout" if target == "-" else target
+    click.echo(
+        f"exported {report.rows} contacts with up to {report.steps} steps to {where}", err=True
+    )
 
 
 @cli.command()

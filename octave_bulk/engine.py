@@ -93,12 +93,15 @@ class _Run:
         errors_scan: ErrorsScan,
         done: IdSet,
         input_path: Path | None = None,
+        expected_rows: int | None = None,
     ) -> None:
         self.settings, self.paths, self.stats = settings, paths, stats
         self.input_path = input_path
+        self.expected_rows = expected_rows
         self.contacts = contacts
         self.done, self.errors_scan = done, errors_scan
-        self.seen = IdSet(with_values=True)  # requestId key -> line of its first row
+        # requestId key -> line of its first row; sized from the input so it never grows
+        self.seen = IdSet(expected_rows or 1024, with_values=True)
         self.spec = request_spec(settings)
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
@@ -378,7 +381,7 @@ class _Run:
         progress = Progress(
             self.stats,
             bar=bar,
-            total_hint=_count_lines(self.input_path) if bar else None,
+            total_hint=self.expected_rows,
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
         )
@@ -534,7 +537,8 @@ async def _locked_run(
     stats.outcome_unknown = sum(1 for rid in unknown if id_key(rid) not in scan.done)
     with open_contacts(input_path, settings) as reader:
         file = Path(input_path) if str(input_path) != "-" else None
-        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, file)
+        expected = _count_lines(file)
+        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, file, expected)
         bar = settings.progress if settings.progress is not None else _stderr_is_tty()
         bar = bar and settings.log_format != "json"
         log_event(
