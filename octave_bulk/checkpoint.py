@@ -41,6 +41,7 @@ __all__ = [
     "repair_tail",
     "scan_errors",
     "scan_results",
+    "write_atomic",
     "write_json_atomic",
 ]
 
@@ -373,11 +374,18 @@ def _utc_now() -> str:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Replace ``path`` with JSON, crash-consistently: temp file, fsync, rename, fsync dir."""
+    """Replace ``path`` with JSON, crash-consistently (see :func:`write_atomic`)."""
+    write_atomic(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file (0600), fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

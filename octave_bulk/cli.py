@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+from pydantic import SecretStr
 
 from octave_bulk import simulator as sim
 from octave_bulk.errors import ConfigError, InputError, OctaveBulkError, StateError
@@ -218,6 +219,11 @@ def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--log-format",
             type=click.Choice(["text", "json"]),
             help="Log events as text or JSON lines [default: text].",
+        ),
+        click.option(
+            "--metrics-textfile",
+            type=click.Path(dir_okay=False),
+            help="Write Prometheus textfile metrics here at the end of the run.",
         ),
         click.option(
             "--log-file",
@@ -536,6 +542,70 @@ def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
     _print_summary(summary)
     click.echo(f"  next: octave-bulk status {Path(out_dir) / 'results.ndjson'}", err=True)
     sys.exit(summary["exit_code"])
+
+
+@cli.command()
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings."
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    help="File holding the API key (else env OCTAVE_API_KEY).",
+)
+@click.option("--base-url", help="API base URL; env OCTAVE_BASE_URL.")
+def doctor(config_file: str | None, api_key_file: str | None, base_url: str | None) -> None:
+    """Check the settings and the API key: fingerprint, workspace and credits left.
+
+    Exit 0: all good; 2: a settings problem; 3: the key was refused; 1: the API could not be reached.
+    """
+    from octave_bulk.client import OctaveClient, make_transport
+    from octave_bulk.errors import ApiError, FatalApiError
+
+    try:
+        settings = _settings(config_file, api_key_file, base_url=base_url)
+    except OctaveBulkError as exc:
+        _fail(exc)
+        return
+    click.echo(f"config: ok{f' ({config_file})' if config_file else ''}")
+    click.echo(f"base url: {settings.base_url}")
+    target = settings.agent_oid or settings.experiment_oid
+    click.echo(f"target: {target or 'none set (give --agent to run)'}")
+    if settings.api_key is None:
+        click.echo("key: none - set OCTAVE_API_KEY or use --api-key-file", err=True)
+        sys.exit(2)
+    click.echo(f"key: {settings.key_fingerprint()}")
+
+    async def check() -> dict[str, Any]:
+        async with make_transport(concurrency=1, transport=settings.transport) as transport:
+            client = OctaveClient(
+                transport,
+                base_url=settings.base_url,
+                api_key=settings.api_key or SecretStr(""),
+                timeout=settings.connect_timeout + 20,
+                connect_timeout=settings.connect_timeout,
+            )
+            return await client.validate_key()
+
+    try:
+        payload = _run_async(check)
+    except FatalApiError as exc:
+        click.echo(f"key: refused ({exc.message})", err=True)
+        sys.exit(3)
+    except ApiError as exc:
+        click.echo(f"API: cannot validate the key ({exc.message})", err=True)
+        sys.exit(1)
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        data = {}
+    click.echo(f"workspace: {data.get('workspaceName')} ({data.get('workspaceOId')})")
+    credits = data.get("credits")
+    if isinstance(credits, dict):
+        click.echo(
+            f"credits: {credits.get('totalRemaining')} left of {credits.get('totalMax')} "
+            f"(used {credits.get('totalUsed')}, period {credits.get('period')})"
+        )
+    click.echo("key: valid")
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -46,6 +46,7 @@ from octave_bulk.checkpoint import (
 from octave_bulk.client import CallSuccess, OctaveClient, make_transport
 from octave_bulk.errors import ApiError, ConfigError, FatalApiError
 from octave_bulk.intake import open_contacts
+from octave_bulk.metrics import write_metrics
 from octave_bulk.pacing import Pacer
 from octave_bulk.progress import Progress, log_event
 from octave_bulk.records import Contact, Reject
@@ -596,6 +597,8 @@ async def _locked_run(
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, summary)
+    if settings.metrics_textfile is not None:
+        write_metrics(settings.metrics_textfile, summary, output=str(paths.results))
     log_event(
         "stop",
         run_id=run.run_id,

@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     progress: bool | None = Field(None, description="None: on when stderr is a terminal")
     log_format: Literal["text", "json"] = "text"
     log_file: Path | None = None
+    metrics_textfile: Path | None = Field(None, description="Prometheus textfile written at exit")
     heartbeat_interval: float = Field(30.0, description="seconds between heartbeat log lines")
     fsync_interval: float = Field(1.0, description="group commit: fsync at least this often")
     fsync_batch: int = Field(256, description="group commit: fsync after this many records")
@@ -252,4 +253,5 @@ class Settings(BaseSettings):
         """``…abcd``: enough to tell keys apart, never enough to use one."""
         if self.api_key is None:
             return None
-        return "…" + self.api_key.get_secret_value()[-4:]
+        key = self.api_key.get_secret_value()
+        return "…" + key[-4:] if len(key) >= 12 else "(a key of under 12 characters)"
