@@ -354,7 +354,7 @@ def run(
         import json
 
         click.echo(json.dumps(summary, indent=2, default=str))
-    else:
+    elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
         _print_summary(summary)
     sys.exit(summary["exit_code"])
 

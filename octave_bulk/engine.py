@@ -327,8 +327,10 @@ class _Run:
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
         if exc.status == 429:
             stats.rate_limited += 1
+            before = (pacer.rate, pacer.paused_until)
             pause = pacer.on_429(sent_at, exc.retry_after)
-            log_event("rate_limited", pause_s=round(pause, 2), rate=_rounded(pacer.rate))
+            if (pacer.rate, pacer.paused_until) != before:  # one event per new pause or slow-down
+                log_event("rate_limited", pause_s=round(pause, 2), rate=_rounded(pacer.rate))
             return
         pacer.on_accepted()
         if exc.kind == "timeout":

@@ -1,0 +1,141 @@
+"""Daily use: JSON logs, Prometheus metrics, doctor, the lock, and what README.md covers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from octave_bulk.cli import cli
+from tests.conftest import TEST_KEY
+from tests.helpers import side, write_contacts
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_json_logs_are_one_object_per_line(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00001": "429"})
+    write_contacts(tmp_path / "in.csv", 20)
+    log = tmp_path / "run.log"
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.ndjson"),
+        "--agent", "ca_1", "--base-url", sim.url, "--rate", "none", "--log-format", "json",
+        "--log-file", str(log), "--max-attempts", "2",
+    ]  # fmt: skip
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={"OCTAVE_API_KEY": TEST_KEY, "PATH": ""}
+    )
+    assert result.returncode == 1, result.stderr
+    for text in (result.stderr, log.read_text()):
+        events = [json.loads(line) for line in text.splitlines()]
+        names = [e["event"] for e in events]
+        assert names[0] == "start" and names[-1] == "stop"
+        assert "rate_limited" in names
+        run_ids = {e["run_id"] for e in events if "run_id" in e}
+        assert len(run_ids) == 1
+        stop = events[-1]
+        assert stop["exit_code"] == 1 and stop["counts"]["succeeded"] == 19
+        assert all(e["level"] in {"info", "warning"} for e in events)
+        assert TEST_KEY not in text
+        assert "emails" not in text  # no response bodies in logs
+
+
+def test_metrics_textfile(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00002": "not_found"})
+    write_contacts(tmp_path / "in.csv", 5)
+    prom = tmp_path / "octave.prom"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.ndjson"), "--agent", "ca_1",
+            "--base-url", sim.url, "--rate", "none", "--metrics-textfile", str(prom)]  # fmt: skip
+    first = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+    assert first.exit_code == 1
+    text = prom.read_text()
+    assert re.search(r'octave_bulk_contacts\{output=".*o.ndjson",status="succeeded"\} 4', text)
+    assert re.search(r'octave_bulk_api_calls\{output=".*",code="200"\} 5', text)
+    assert "octave_bulk_last_exit_code" in text and "} 1\n" in text
+    assert not re.search(r"^octave_bulk_last_success_timestamp_seconds ", text, re.M)  # none yet
+    args_ok = [*args, "--retry-failed"]
+    sim.app.config = sim.app.config.__class__()  # the API recovers
+    assert CliRunner().invoke(cli, args_ok, env={"OCTAVE_API_KEY": TEST_KEY}).exit_code == 0
+    success = re.search(
+        r"^octave_bulk_last_success_timestamp_seconds (\S+)", prom.read_text(), re.M
+    )
+    assert success is not None
+    sim.app.config = sim.app.config.__class__(faults={"500": 1.0})
+    write_contacts(tmp_path / "in.csv", 6)
+    args_fail = [*args, "--max-attempts", "1"]
+    assert CliRunner().invoke(cli, args_fail, env={"OCTAVE_API_KEY": TEST_KEY}).exit_code == 1
+    carried = re.search(
+        r"^octave_bulk_last_success_timestamp_seconds (\S+)", prom.read_text(), re.M
+    )
+    assert carried is not None and carried.group(1) == success.group(1)
+    assert prom.stat().st_mode & 0o777 == 0o600
+
+
+def test_doctor_against_the_simulator(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(api_key=TEST_KEY)
+    runner = CliRunner()
+    good = runner.invoke(cli, ["doctor", "--base-url", sim.url], env={"OCTAVE_API_KEY": TEST_KEY})
+    assert good.exit_code == 0, good.output
+    assert f"key: …{TEST_KEY[-4:]}" in good.output and "credits: 100000.0 left" in good.output
+    assert TEST_KEY not in good.output
+    bad = runner.invoke(
+        cli, ["doctor", "--base-url", sim.url], env={"OCTAVE_API_KEY": "oct_wrong_key_123"}
+    )
+    assert bad.exit_code == 3 and "refused" in bad.output
+    none = runner.invoke(cli, ["doctor", "--base-url", sim.url])
+    assert none.exit_code == 2 and "OCTAVE_API_KEY" in none.output
+    down = runner.invoke(
+        cli, ["doctor", "--base-url", "http://127.0.0.1:9"], env={"OCTAVE_API_KEY": TEST_KEY}
+    )
+    assert down.exit_code == 1
+
+
+def test_second_run_on_the_same_output_exits_2_naming_the_holder(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    from octave_bulk.checkpoint import OutputPaths, RunLock
+
+    write_contacts(tmp_path / "in.csv", 2)
+    out = tmp_path / "o.ndjson"
+    holder = RunLock(OutputPaths.for_output(out).lock)
+    holder.acquire()
+    try:
+        args = [
+            "run",
+            str(tmp_path / "in.csv"),
+            "-o",
+            str(out),
+            "--agent",
+            "ca_1",
+            "--base-url",
+            make_sim().url,
+        ]
+        result = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+        assert result.exit_code == 2
+        assert "another run is using this output" in result.output and '"pid"' in result.output
+        status = CliRunner().invoke(cli, ["status", str(out)])
+        assert "running (" in status.output
+    finally:
+        holder.release()
+    assert not side(out, ".errors.ndjson").exists()
+
+
+def _walk(group: click.Group) -> list[tuple[str, click.Command]]:
+    return sorted(group.commands.items())
+
+
+@pytest.mark.parametrize(("name", "command"), _walk(cli))
+def test_readme_documents_every_command_and_option(name: str, command: click.Command) -> None:
+    assert f"octave-bulk {name}" in README, f"command {name} is not in README.md"
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for flag in param.opts + param.secondary_opts:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in README, f"{name} {flag} is not in README.md"
