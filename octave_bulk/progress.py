@@ -9,9 +9,11 @@ the API key and never request or response bodies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -69,6 +71,23 @@ def configure_logging(log_format: str = "text", log_file: str | None = None) -> 
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def _logs_above(_bar: object) -> Iterator[None]:
+    """While the bar is live, send log events through rich's stderr proxy (above the bar)."""
+    handlers = [
+        h
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__
+    ]
+    for handler in handlers:
+        handler.setStream(sys.stderr)  # rich has replaced sys.stderr with a proxy by now
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)
 
 
 class Progress:
@@ -145,7 +164,10 @@ class Progress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as bar:
+        with (
+            Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as bar,
+            _logs_above(bar),
+        ):
             task = bar.add_task(
                 "run", total=self._total_hint, ok=0, failed=0, retrying=0, r429=0, rate=0.0
             )
