@@ -44,7 +44,7 @@ from octave_bulk.checkpoint import (
     write_json_atomic,
 )
 from octave_bulk.client import CallSuccess, OctaveClient, make_transport
-from octave_bulk.errors import ApiError, ConfigError, FatalApiError
+from octave_bulk.errors import ApiError, ConfigError, FatalApiError, StateError
 from octave_bulk.intake import open_contacts
 from octave_bulk.metrics import write_metrics
 from octave_bulk.pacing import Pacer
@@ -157,8 +157,11 @@ class _Run:
                     if item is not None:
                         accepted += 1
                         if item is not _SKIP:
+                            try:
+                                await work.send(item)
+                            except anyio.BrokenResourceError:  # every worker has stopped
+                                return
                             self.stats.queued += 1
-                            await work.send(item)
                     if self.stopping or (limit is not None and accepted >= limit):
                         break
             self.stats.input_done = True
@@ -522,6 +525,11 @@ async def run_batch(
     lock.acquire()
     try:
         return await _locked_run(input_path, paths, settings, transport, handle_signals)
+    except* OSError as group:  # the output's disk: full, read-only, not a file...
+        raise StateError(
+            f"cannot use the output files ({group.exceptions[0]}); every result written "
+            "before this is safe: fix the cause, then run the same command to resume"
+        ) from None
     finally:
         lock.release()
 

@@ -295,3 +295,11 @@ async def test_missing_key_or_target_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no target"):
         await run_batch(tmp_path / "in.csv", tmp_path / "o.ndjson", Settings.load(api_key="k"))
     assert not (tmp_path / "o.ndjson").exists()
+
+
+async def test_unwritable_output_is_a_state_error(make_sim: Any, tmp_path: Path) -> None:
+    write_contacts(tmp_path / "in.csv", 3)
+    out = tmp_path / "out.ndjson"
+    side(out, ".errors.ndjson").mkdir()  # cannot be opened as a file
+    with pytest.raises(StateError, match="cannot use the output files"):
+        await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url))
