@@ -386,8 +386,7 @@ def validate(
 
     from octave_bulk.checkpoint import OutputPaths
     from octave_bulk.contacts import validate_input
-    from octave_bulk.engine import request_spec
-    from octave_bulk.intake import reader_options
+    from octave_bulk.intake import reader_options, request_spec
 
     try:
         settings = _settings(config_file, None, **flags)

@@ -33,7 +33,6 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from email_validator import EmailNotValidError, validate_email
 
-from octave_bulk.checkpoint import IdSet, id_key
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.models import MAX_STEPS
 from octave_bulk.profiles import (
@@ -44,7 +43,7 @@ from octave_bulk.profiles import (
     resolve_mapping,
 )
 from octave_bulk.records import CONTENT_FIELDS, IDENTITY_FIELDS, Contact, Reject
-from octave_bulk.requests import BuiltRequest, RequestSpec, build_request
+from octave_bulk.requests import BuiltRequest, RequestBuilder, RequestSpec
 from octave_bulk.source import RawRecord, RecordSource
 
 __all__ = [
@@ -611,22 +610,17 @@ def validate_input(
         ConfigError: bad options, overrides or templates.
     """
     counts: collections.Counter[str] = collections.Counter()
-    first_line = IdSet(with_values=True)  # requestId key -> line of its first row, ~26 B each
+    builder = RequestBuilder(spec)
     valid = 0
     with ContactReader(path, options) as reader:
         out = _open_private(rejects_path) if rejects_path is not None else None
         try:
             for item in reader:
                 if isinstance(item, Contact):
-                    built = build_request(item, spec)
+                    built = builder.build(item)
                     if isinstance(built, BuiltRequest):
-                        request_id = built.request_id
-                        first = first_line.setdefault(id_key(request_id), item.line)
-                        if first == item.line:
-                            valid += 1
-                            continue
-                        msg = f"the same request as line {first} (requestId {request_id})"
-                        built = Reject(item.line, "duplicate", "requestId", msg, dict(item.fields))
+                        valid += 1
+                        continue
                     item = built
                 counts[item.reason] += 1
                 if out is not None:

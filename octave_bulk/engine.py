@@ -45,13 +45,13 @@ from octave_bulk.checkpoint import (
 )
 from octave_bulk.client import CallSuccess, OctaveClient, make_transport
 from octave_bulk.errors import ApiError, ConfigError, FatalApiError, StateError
-from octave_bulk.intake import open_contacts
+from octave_bulk.intake import open_contacts, request_spec
 from octave_bulk.metrics import write_metrics
 from octave_bulk.pacing import Pacer
 from octave_bulk.progress import Progress, log_event
 from octave_bulk.records import Contact, Reject
 from octave_bulk.report import RunStats
-from octave_bulk.requests import RequestSpec, build_request
+from octave_bulk.requests import RequestBuilder
 from octave_bulk.settings import Settings
 from octave_bulk.sink import Failure, NdjsonAppender, Sink, Success, utc_now
 
@@ -101,9 +101,7 @@ class _Run:
         self.expected_rows = expected_rows
         self.contacts = contacts
         self.done, self.errors_scan = done, errors_scan
-        # requestId key -> line of its first row; sized from the input so it never grows
-        self.seen = IdSet(expected_rows or 1024, with_values=True)
-        self.spec = request_spec(settings)
+        self.builder = RequestBuilder(request_spec(settings), expected_rows or 1024)
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
         self.consecutive_failures = 0
@@ -173,24 +171,17 @@ class _Run:
         stats = self.stats
         stats.read += 1
         if isinstance(record, Contact):
-            built = build_request(record, self.spec)
+            built = self.builder.build(record)
             if isinstance(built, Reject):
                 record = built
+            elif built.key in self.done:
+                stats.skipped_done += 1
+                return _SKIP
+            elif built.key in self.errors_scan.permanent and not self.settings.retry_failed:
+                stats.skipped_failed += 1
+                return _SKIP
             else:
-                request_id = built.request_id
-                key = id_key(request_id)
-                first = self.seen.setdefault(key, record.line)
-                if first != record.line:
-                    message = f"the same request as line {first} (requestId {request_id})"
-                    record = Reject(record.line, "duplicate", "requestId", message, record.fields)
-                elif key in self.done:
-                    stats.skipped_done += 1
-                    return _SKIP
-                elif key in self.errors_scan.permanent and not self.settings.retry_failed:
-                    stats.skipped_failed += 1
-                    return _SKIP
-                else:
-                    return _WorkItem(request_id, orjson.dumps(built.wire), built.wire)
+                return _WorkItem(built.request_id, orjson.dumps(built.wire), built.wire)
         if record.reason == "duplicate":
             stats.duplicate += 1
         else:
@@ -461,20 +452,6 @@ def _count_lines(path: Path | None) -> int | None:
         while chunk := handle.read(1 << 20):
             lines += chunk.count(b"\n")
     return max(0, lines - 1)
-
-
-def request_spec(settings: Settings) -> RequestSpec:
-    """The run-wide request fields from settings."""
-    return RequestSpec(
-        agent_o_id=settings.agent_oid,
-        experiment_o_id=settings.experiment_oid,
-        output_format=settings.output_format,
-        lang=settings.lang,
-        context=settings.context,
-        instructions=settings.instructions,
-        playbook_selection_context=settings.playbook_selection_context,
-        include_full_annotation=settings.include_full_annotation,
-    )
 
 
 def _exit_code(run: _Run) -> int:

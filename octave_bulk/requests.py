@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from octave_bulk.checkpoint import IdSet, id_key
 from octave_bulk.models import OutputFormat, SequenceRequest
 from octave_bulk.records import IDENTITY_FIELDS, Contact, Reject
 
-__all__ = ["BuiltRequest", "RequestSpec", "build_request", "derive_request_id"]
+__all__ = ["BuiltRequest", "RequestBuilder", "RequestSpec", "build_request", "derive_request_id"]
 
 _ID_PREFIX = "ob-"
 
@@ -67,9 +68,10 @@ def derive_request_id(wire: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BuiltRequest:
-    """A request that passed the model: its requestId and the JSON body to send."""
+    """A request that passed the model: its requestId, its done-set key, the body to send."""
 
     request_id: str
+    key: int
     wire: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
@@ -106,4 +108,29 @@ def build_request(contact: Contact, spec: RequestSpec) -> BuiltRequest | Reject:
         return Reject(contact.line, "invalid_field", where, message, dict(row))
     if not body.get("requestId"):
         body["requestId"] = derive_request_id(body)
-    return BuiltRequest(body["requestId"], body)
+    return BuiltRequest(body["requestId"], id_key(body["requestId"]), body)
+
+
+class RequestBuilder:
+    """Builds requests row by row; a row with the requestId of an earlier row becomes a
+    ``duplicate`` reject naming that row's line (the first one wins, and is sent once).
+
+    Args:
+        spec: the run-wide request fields.
+        expected_rows: input size, to size the table of first lines (~17 bytes per row).
+    """
+
+    def __init__(self, spec: RequestSpec, expected_rows: int = 1024) -> None:
+        self.spec = spec
+        self._first_line = IdSet(expected_rows, with_values=True)
+
+    def build(self, contact: Contact) -> BuiltRequest | Reject:
+        """The request for this row, or why it will not be sent."""
+        built = build_request(contact, self.spec)
+        if isinstance(built, Reject):
+            return built
+        first = self._first_line.setdefault(built.key, contact.line)
+        if first == contact.line:
+            return built
+        message = f"the same request as line {first} (requestId {built.request_id})"
+        return Reject(contact.line, "duplicate", "requestId", message, dict(contact.fields))
