@@ -321,9 +321,9 @@ class _Run:
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
         if exc.status == 429:
             stats.rate_limited += 1
-            before = (pacer.rate, pacer.paused_until)
+            rate, was_paused = pacer.rate, pacer.paused_until > time.monotonic()
             pause = pacer.on_429(sent_at, exc.retry_after)
-            if (pacer.rate, pacer.paused_until) != before:  # one event per new pause or slow-down
+            if pacer.rate != rate or not was_paused:  # one event per new pause or slow-down
                 log_event("rate_limited", pause_s=round(pause, 2), rate=_rounded(pacer.rate))
             return
         pacer.on_accepted()

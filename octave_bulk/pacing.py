@@ -5,11 +5,16 @@ Three gates, in order:
 1. **Pause** - a 429 stops dispatch for the whole pool until its ``Retry-After`` (seconds or
    HTTP date) has passed, or for a jittered exponential backoff when the server gave none;
    a Retry-After beyond ``max_pause`` (600 s by default) is clamped so the run stays alive.
-2. **Adaptive rate** - AIMD, as in TCP congestion control: on a 429 the effective rate drops
-   multiplicatively to a fraction of the rate the server was actually accepting, once per
-   congestion epoch (429s for calls sent before the last decrease do not count again); while
-   429s stay away it grows back by a small fraction per second toward the ceiling. Spacing at
-   the effective rate is GCRA-style virtual scheduling (each caller books the next slot).
+2. **Adaptive rate** - a bracketing search for the server's limit, in the spirit of TCP's
+   multiplicative decrease: a 429 for a call sent at the current rate marks that rate as too
+   high and drops back to the last rate that was sustained without a 429 (to half when none
+   is known yet, and by 15 % when that rate itself failed; never below 90 % of the rate the
+   server was accepting over the last 2 s). After every quiet period (2 s, or 10 calls' worth, whichever is longer)
+   the rate is known to be good and climbs by 10 % - toward the ceiling, but not onto a rate
+   that failed; a failed rate is forgiven by 10 % per 30 quiet seconds, so the search re-probes
+   now and then and follows a limit that rises. Calls sent before the last change do not
+   count against the new rate. Spacing at the effective rate is GCRA-style virtual scheduling
+   (each caller books the next slot; a booking is re-checked against a pause after waking).
 3. **Ceiling** - aiolimiter with a bucket of 10 ms worth of tokens (at least 1): exact
    steady rate with a start-of-run burst of ``max(1, rate / 100)`` calls, instead of the
    full second's worth that ``AsyncLimiter(rate, 1)`` would let out at once (perf-notes §4).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -28,10 +34,12 @@ from aiolimiter import AsyncLimiter
 
 __all__ = ["Pacer", "parse_retry_after"]
 
-_DECREASE = 0.9  # new rate = 0.9 x the rate the server accepted (or x the current rate)
-_INCREASE_PER_S = 0.01  # then +1 % per second without a 429
+_CLIMB = 1.10  # after a quiet period the rate grows by 10 %
+_QUIET_S = 2.0  # ... a quiet period lasts at least this long
+_QUIET_CALLS = 10  # ... and at least this many calls at the current rate
+_FORGIVE_S = 30.0  # a failed rate is forgiven by 10 % per this many quiet seconds
 _MIN_RATE = 0.05  # never below one call per 20 s
-_MIN_EPOCH_S = 1.0  # an acceptance estimate needs at least this much history
+_MIN_PAUSE = 0.25  # an HTTP-date Retry-After can parse to 0 (1 s resolution): pause anyway
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -61,7 +69,8 @@ class Pacer:
         ceiling: the rate never exceeded, calls per second; None for no ceiling.
         adaptive: whether 429s lower the effective rate (the pause applies either way).
         pause_backoff: first pause when a 429 carries no Retry-After, doubled per consecutive
-            429 epoch up to ``pause_backoff_max``, with full jitter.
+            429 up to ``pause_backoff_max``, with jitter (half to all of it).
+        max_pause: the longest pause a Retry-After can impose.
         clock: monotonic clock, replaceable in tests.
     """
 
@@ -78,6 +87,8 @@ class Pacer:
         self.ceiling = ceiling
         self.adaptive = adaptive
         self.rate = ceiling  # effective rate; None = unlimited
+        self.good: float | None = None  # highest rate sustained without a 429
+        self.failed: float | None = None  # lowest rate that drew a 429 (forgiven over time)
         self._clock = clock
         self._pause_backoff, self._pause_backoff_max = pause_backoff, pause_backoff_max
         self._max_pause = max_pause
@@ -87,69 +98,121 @@ class Pacer:
             self._limiter = AsyncLimiter(burst, burst / ceiling)
         self.paused_until = 0.0
         self._next_slot = 0.0
-        self._last_decrease = -1.0
-        self._last_update = clock()
-        self._epoch_start = clock()
-        self._epoch_accepted = 0
-        self._quiet_epochs = 0
+        self._changed_at = clock()  # calls sent before this do not judge the current rate
+        self._calls_since_change = 0
+        self._last_429 = clock()
         self._backoff_level = 0
+        self._sent: deque[float] = deque(maxlen=512)  # recent send times, to measure the rate
+        self._accepted: deque[float] = deque(maxlen=512)  # recent answers that were not 429s
 
     async def acquire(self) -> float:
         """Wait until a call may be sent; returns the send time (pass it to :meth:`on_429`)."""
-        # A loop, not an Event: another 429 may push the pause further while we sleep.
-        while (wait := self.paused_until - self._clock()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(wait)
-        self._grow()
-        if self.rate is not None and (self.ceiling is None or self.rate < self.ceiling):
-            now = self._clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.rate
-            if slot > now:
-                await anyio.sleep(slot - now)
-        if self._limiter is not None:
-            await self._limiter.acquire()
-        return self._clock()
+        while True:
+            # A loop, not an Event: another 429 may push the pause further while we sleep.
+            while (wait := self.paused_until - self._clock()) > 0:  # noqa: ASYNC110
+                await anyio.sleep(wait)
+            self._climb()
+            rate = self.rate
+            if rate is not None and (self.ceiling is None or rate < self.ceiling):
+                now = self._clock()
+                slot = max(now, self._next_slot)
+                self._next_slot = slot + 1.0 / rate
+                if slot > now:
+                    await anyio.sleep(slot - now)
+            if self._limiter is not None and not self._paused():
+                await self._limiter.acquire()
+            if self._paused():
+                continue  # a 429 arrived while we waited for our turn: wait out the pause
+            sent = self._clock()
+            self._sent.append(sent)
+            self._calls_since_change += 1
+            return sent
+
+    def _paused(self) -> bool:
+        return self.paused_until > self._clock()
 
     def on_accepted(self) -> None:
         """A call came back without a 429 (success or any other outcome)."""
-        self._epoch_accepted += 1
         self._backoff_level = 0
+        self._accepted.append(self._clock())
 
     def on_429(self, sent_at: float, retry_after: float | None) -> float:
-        """Pause the pool and (if adaptive) lower the rate; returns the pause in seconds."""
+        """Pause the pool and (if adaptive) step the rate down; returns the pause in seconds.
+
+        A 429 for a call sent before the last change (it was already on the wire when an
+        earlier 429 paused the pool) neither extends the pause nor escalates the backoff: the
+        pool has reacted already. Only calls sent since say something about the current state.
+        """
         now = self._clock()
-        if retry_after is None:
+        fresh = sent_at >= self._changed_at
+        if retry_after is not None:
+            pause = min(max(retry_after, _MIN_PAUSE), self._max_pause)
+        elif fresh:
             cap = min(self._pause_backoff_max, self._pause_backoff * 2**self._backoff_level)
             pause = random.uniform(cap / 2, cap)
             self._backoff_level += 1
         else:
-            pause = min(retry_after, self._max_pause)
-        self.paused_until = max(self.paused_until, now + pause)
-        if self.adaptive and sent_at >= self._last_decrease:
-            self._decrease(now)
+            return max(0.0, self.paused_until - now)
+        if fresh or self.paused_until > now:
+            self.paused_until = max(self.paused_until, now + pause)
+        self._last_429 = now
+        if fresh and self.adaptive:
+            self._step_down(now)
         return pause
 
-    def _decrease(self, now: float) -> None:
-        elapsed = now - self._epoch_start
-        accepted = self._epoch_accepted / elapsed if elapsed >= _MIN_EPOCH_S else None
-        current = self.rate
-        if current is None:
-            current = accepted if accepted else None
-        elif accepted:
-            current = min(current, accepted)
-        if current is not None:
-            self.rate = max(_MIN_RATE, current * _DECREASE)
-        self._last_decrease = now
-        # The next epoch starts when the pause ends: that is when calls flow again.
-        self._epoch_start = max(now, self.paused_until)
-        self._epoch_accepted = 0
-        self._last_update = self._epoch_start
+    @staticmethod
+    def _measured(times: deque[float], now: float, least: int) -> float | None:
+        """Events per second over the last 2 s, when there are at least ``least`` of them."""
+        recent = [t for t in times if t > now - 2.0]
+        if len(recent) < least:
+            return None
+        return len(recent) / max(now - recent[0], 0.05)
 
-    def _grow(self) -> None:
-        now = self._clock()
-        if self.rate is None or now <= self._last_update:
+    def _step_down(self, now: float) -> None:
+        current = self.rate if self.rate is not None else self._measured(self._sent, now, 2)
+        if current is None:
+            return  # unlimited and too little history: the pause alone has to do
+        self.failed = current if self.failed is None else min(self.failed, current)
+        if self.good is not None and self.good < current:
+            self.rate = self.good  # back to the last rate that held
+            return self._after_change(now)
+        # The "good" rate itself drew a 429 (a slow leak that a short quiet period missed, or
+        # a limit that went down): a modest step. Nothing known yet: halve. Either way not
+        # below 90 % of what the server was accepting just now.
+        target = current * (0.85 if self.good is not None else 0.5)
+        accepted = self._measured(self._accepted, now, _QUIET_CALLS)
+        if accepted is not None:
+            target = max(target, min(current, accepted) * 0.9)
+        self.rate = max(_MIN_RATE, target)
+        self.good = None
+        self._after_change(now)
+
+    def _after_change(self, now: float) -> None:
+        resume = max(now, self.paused_until)
+        self._mark_change(resume)
+        self._next_slot = max(self._next_slot, resume)
+
+    def _mark_change(self, when: float) -> None:
+        self._changed_at = when
+        self._calls_since_change = 0
+
+    def _climb(self) -> None:
+        rate, now = self.rate, self._clock()
+        if rate is None or now < self._changed_at + _QUIET_S:
             return
-        if self.ceiling is None or self.rate < self.ceiling:
-            grown = self.rate * (1.0 + _INCREASE_PER_S) ** (now - self._last_update)
-            self.rate = grown if self.ceiling is None else min(self.ceiling, grown)
-        self._last_update = now
+        if self._calls_since_change < _QUIET_CALLS:
+            return
+        self.good = rate if self.good is None else max(self.good, rate)
+        if self.failed is not None and now - self._last_429 >= _FORGIVE_S:
+            self.failed *= _CLIMB
+            self._last_429 = now
+            if self.ceiling is not None and self.failed >= self.ceiling:
+                self.failed = None
+        target = rate * _CLIMB
+        if self.ceiling is not None:
+            target = min(self.ceiling, target)
+        if self.failed is not None and target >= self.failed * 0.97:
+            target = rate  # one step would land on a rate that failed: hold here
+        if target > rate:
+            self.rate = target
+        self._mark_change(now)

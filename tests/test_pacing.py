@@ -1,4 +1,4 @@
-"""The pacer's rules on a fake clock: pauses, AIMD decrease and growth, Retry-After parsing."""
+"""The pacer's rules on a fake clock: pauses, the bracketing rate search, Retry-After parsing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def quiet_period(pacer: Pacer, clock: Clock, seconds: float = 2.5, calls: int = 20) -> None:
+    """Simulate sending ``calls`` calls without a 429 over ``seconds``."""
+    for _ in range(calls):
+        clock.now += seconds / calls
+        pacer._calls_since_change += 1
+    pacer._climb()
 
 
 def test_parse_retry_after_both_forms() -> None:
@@ -38,42 +46,72 @@ def test_429_pauses_the_pool_for_retry_after() -> None:
     assert pacer.paused_until == clock.now + 2.0
     pacer.on_429(sent_at=clock.now, retry_after=900.0)  # clamped so the run stays alive
     assert pacer.paused_until == clock.now + 600.0
+    assert pacer.on_429(sent_at=clock.now, retry_after=0.0) == 0.25  # a date in the past
 
 
 def test_429_without_retry_after_backs_off_exponentially_with_jitter() -> None:
     clock = Clock()
-    pacer = Pacer(10.0, pause_backoff=1.0, pause_backoff_max=8.0, clock=clock)
+    pacer = Pacer(10.0, adaptive=False, pause_backoff=1.0, pause_backoff_max=8.0, clock=clock)
     pauses = [pacer.on_429(sent_at=clock.now, retry_after=None) for _ in range(6)]
     assert 0.5 <= pauses[0] <= 1.0 and 1.0 <= pauses[1] <= 2.0 and 2.0 <= pauses[2] <= 4.0
     assert all(4.0 <= p <= 8.0 for p in pauses[3:])
-    pacer.on_accepted()  # success resets the backoff
+    pacer.on_accepted()  # an answer resets the backoff
     assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 1.0
 
 
-def test_decrease_once_per_epoch_to_the_accepted_rate() -> None:
+def test_stale_429s_neither_extend_the_pause_nor_escalate() -> None:
     clock = Clock()
     pacer = Pacer(100.0, clock=clock)
-    clock.now += 2.0
-    for _ in range(60):  # the server accepted 30/s over the last two seconds
-        pacer.on_accepted()
-    sent_before = clock.now - 0.1
-    pacer.on_429(sent_at=sent_before, retry_after=0.0)
-    assert pacer.rate == pytest.approx(27.0)  # 0.9 x accepted
-    pacer.on_429(sent_at=sent_before, retry_after=0.0)  # same epoch: no second decrease
-    assert pacer.rate == pytest.approx(27.0)
+    first = pacer.on_429(sent_at=clock.now, retry_after=None)
+    paused_until = pacer.paused_until
+    for _ in range(5):  # calls that were already on the wire when the pool paused
+        pacer.on_429(sent_at=clock.now - 0.01, retry_after=None)
+    assert pacer.paused_until == paused_until and pacer.rate == 50.0
+    clock.now = paused_until + 0.1
+    assert first <= 1.0
+    assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 2.0  # backoff level 1, not 6
 
 
-def test_rate_grows_back_toward_the_ceiling_without_429s() -> None:
+def test_search_halves_then_settles_below_the_limit() -> None:
     clock = Clock()
-    pacer = Pacer(50.0, clock=clock)
-    pacer.on_429(sent_at=clock.now, retry_after=0.0)
-    low = pacer.rate
-    assert low is not None and low == pytest.approx(45.0)
-    clock.now += 5
-    pacer._grow()
-    assert pacer.rate == pytest.approx(45.0 * 1.01**5)
-    clock.now += 3600
-    pacer._grow()
+    pacer = Pacer(200.0, clock=clock)
+    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    assert pacer.rate == 100.0 and pacer.failed == 200.0
+    stale = clock.now - 0.5  # sent before the change: says nothing about 100/s
+    pacer.on_429(sent_at=stale, retry_after=1.0)
+    assert pacer.rate == 100.0
+    clock.now += 1.5
+    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    assert pacer.rate == 50.0 and pacer.failed == 100.0
+    clock.now += 1.0  # the pause
+    quiet_period(pacer, clock)
+    assert pacer.good == 50.0 and pacer.rate == pytest.approx(55.0)
+    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    assert pacer.rate == 50.0 and pacer.failed == pytest.approx(55.0)  # back to the good rate
+    clock.now += 1.0
+    quiet_period(pacer, clock)
+    assert pacer.rate == 50.0  # 55 failed: one more step would land on it, so hold
+    pacer.on_429(sent_at=clock.now, retry_after=1.0)  # and now 50 fails too
+    assert pacer.rate == pytest.approx(42.5) and pacer.good is None
+
+
+def test_a_failed_rate_is_forgiven_and_the_ceiling_is_reached_again() -> None:
+    clock = Clock()
+    pacer = Pacer(60.0, clock=clock)
+    pacer.on_429(sent_at=clock.now, retry_after=0.5)
+    assert pacer.rate == 30.0
+    clock.now += 0.5
+    for _ in range(60):  # a long quiet stretch: 2.5 minutes without a 429
+        quiet_period(pacer, clock)
+    assert pacer.rate == 60.0 and pacer.failed is None
+
+
+def test_calls_before_a_quiet_period_ends_do_not_climb() -> None:
+    clock = Clock()
+    pacer = Pacer(100.0, clock=clock)
+    pacer.on_429(sent_at=clock.now, retry_after=0.5)
+    clock.now += 3.0
+    pacer._climb()  # time passed, but no calls were sent at the new rate yet
     assert pacer.rate == 50.0
 
 
@@ -86,7 +124,16 @@ def test_non_adaptive_pauses_but_keeps_the_rate() -> None:
 
 async def test_acquire_waits_out_the_pause() -> None:
     pacer = Pacer(None)
-    pacer.on_429(sent_at=0.0, retry_after=0.2)
+    pacer.on_429(sent_at=time.monotonic(), retry_after=0.3)
     started = time.monotonic()
     await pacer.acquire()
-    assert time.monotonic() - started >= 0.19
+    assert time.monotonic() - started >= 0.29
+
+
+async def test_acquire_spaces_calls_at_the_effective_rate() -> None:
+    pacer = Pacer(1000.0)
+    pacer.rate = 50.0  # as after a 429: GCRA spacing applies below the ceiling
+    started = time.monotonic()
+    for _ in range(11):
+        await pacer.acquire()
+    assert time.monotonic() - started == pytest.approx(0.2, abs=0.05)
