@@ -41,7 +41,7 @@ def request_bodies(csv_path: Path, out: Path) -> None:
         for record in reader:
             if isinstance(record, Contact):
                 built = build_request(record, spec)
-                handle.write(json.dumps(built.to_wire()) + "\n")  # type: ignore[union-attr]
+                handle.write(json.dumps(built.wire) + "\n")  # type: ignore[union-attr]
 
 
 def child_cpu(before: resource.struct_rusage) -> float:

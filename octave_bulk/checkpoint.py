@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,9 +245,10 @@ class ResultsScan:
     bad_lines: int
 
 
-def scan_results(path: Path) -> ResultsScan:
-    """Repair the tail of the results file and build its done-set."""
-    repaired = repair_tail(path)
+def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
+    """Repair the tail of the results file (unless ``repair`` is false: then a torn last line
+    is only ignored, for readers that must not write) and build its done-set."""
+    repaired = repair_tail(path) if repair else 0
     size = path.stat().st_size if path.exists() else 0
     # Sized from the file (results lines are ~2-5 KB) so that the table rarely has to grow.
     done, lines, bad = IdSet(size // 2048), 0, 0
@@ -255,6 +256,8 @@ def scan_results(path: Path) -> ResultsScan:
         add = done.add
         with open(path, "rb", buffering=1 << 20) as handle:
             for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # a torn tail we may not repair
                 lines += 1
                 rid = line_request_id(line)
                 if rid is None:
@@ -269,12 +272,13 @@ class ErrorsScan:
     """Contacts whose last recorded run ended in failure and that have not succeeded since."""
 
     permanent: set[int]
-    retryable: set[int]
 
 
-def scan_errors(path: Path, done: IdSet) -> ErrorsScan:
-    """Repair the errors file's tail; the last record of each id decides its kind."""
-    repair_tail(path)
+def scan_errors(path: Path, done: IdSet, *, repair: bool = True) -> ErrorsScan:
+    """Repair the errors file's tail (unless ``repair`` is false); the last record of each id
+    decides its kind."""
+    if repair:
+        repair_tail(path)
     last: dict[int, bool] = {}
     for record in iter_ndjson(path):
         rid = record.get("requestId")
@@ -282,20 +286,31 @@ def scan_errors(path: Path, done: IdSet) -> ErrorsScan:
             key = id_key(rid)
             if key not in done:
                 last[key] = bool((record.get("error") or {}).get("retryable"))
-    return ErrorsScan(
-        permanent={k for k, retryable in last.items() if not retryable},
-        retryable={k for k, retryable in last.items() if retryable},
-    )
+    return ErrorsScan(permanent={k for k, retryable in last.items() if not retryable})
 
 
 class InflightSlots:
-    """Fixed-size slots in ``OUT.inflight``, one per call on the wire (see module docstring)."""
+    """Fixed-size slots in ``OUT.inflight``, one per call on the wire (see module docstring).
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the slot file (emptied at start).
+        carry: ids whose outcome is still unknown from an earlier run: they keep a slot until
+            they succeed (:meth:`settle`), so a run that dies before re-sending them does not
+            forget them.
+    """
+
+    def __init__(self, path: Path, carry: Iterable[str] = ()) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(self._fd, 0)
         self._free: list[int] = []
         self._used = 0
+        self._carried = {rid: self.claim(rid) for rid in carry}
+
+    def settle(self, request_id: str) -> None:
+        """A carried id now has a durable success: its old outcome no longer matters."""
+        slot = self._carried.pop(request_id, None)
+        if slot is not None:
+            self.release(slot)
 
     @staticmethod
     def leftovers(path: Path) -> list[str]:
@@ -378,11 +393,12 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_atomic(path, orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file (0600), fsync, rename, fsync the directory."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow it
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

@@ -292,7 +292,7 @@ def _fail(exc: OctaveBulkError) -> None:
     hints = {
         ConfigError: "fix the setting and run again; nothing was sent.",
         InputError: "fix the input file and try again; nothing was sent or changed.",
-        StateError: "nothing was sent.",
+        StateError: "nothing already written is lost; run the same command again once fixed.",
     }
     hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
     click.echo(f"error: {exc}", err=True)
@@ -313,6 +313,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     ]
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
+    if summary.get("input_error"):
+        lines.append(
+            f"  stopped: {summary['input_error']}; fix the input, then run again to resume."
+        )
     if out:
         lines.append(f"  results: {out.get('results')}")
         lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
@@ -539,7 +543,7 @@ def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
         _fail(exc)
         return
     _print_summary(summary)
-    click.echo(f"  next: octave-bulk status {Path(out_dir) / 'results.ndjson'}", err=True)
+    click.echo(f"  next: octave-bulk status {Path(out_dir) / 'demo-results.ndjson'}", err=True)
     sys.exit(summary["exit_code"])
 
 

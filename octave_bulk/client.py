@@ -20,14 +20,18 @@ Classification (SPEC.md §6.3-6.4):
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 
 from octave_bulk.errors import ApiError, FatalApiError, RetryableApiError, TerminalApiError
-from octave_bulk.models import ErrorResponse
+from octave_bulk.models import ErrorResponse, credits_of
 from octave_bulk.pacing import parse_retry_after
 
 __all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_transport"]
@@ -35,7 +39,20 @@ __all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_transport"]
 RUN_PATH = "/api/v2/agents/sequence/run"
 VALIDATE_PATH = "/api/v2/api-key/validate"
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-FATAL_STATUSES = {401: "unauthorized", 402: "payment_required", 403: "forbidden"}
+FATAL_STATUSES = {
+    401: "unauthorized",
+    402: "payment_required",
+    403: "forbidden",
+    # The endpoint itself is wrong (base URL, path, a redirect to a login page, an unknown
+    # agent): every other contact would fail the same way, so the whole run stops.
+    301: "bad_endpoint",
+    302: "bad_endpoint",
+    303: "bad_endpoint",
+    307: "bad_endpoint",
+    308: "bad_endpoint",
+    404: "bad_endpoint",
+    405: "bad_endpoint",
+}
 USER_AGENT = "octave-bulk"
 
 
@@ -45,23 +62,39 @@ class CallSuccess:
 
     raw: bytes
     credits: float
-    emails: int
 
 
-def make_transport(*, concurrency: int, transport: str = "aiohttp") -> httpx.AsyncBaseTransport:
-    """The HTTP transport, with a connection pool a little above the in-flight cap."""
+def _env_proxy(base_url: str) -> httpx.Proxy | None:
+    """The proxy for ``base_url`` from HTTP(S)_PROXY / NO_PROXY, as curl and httpx read them.
+
+    Needed because requests go straight to the transport, past the AsyncClient that would
+    otherwise apply these variables."""
+    url = httpx.URL(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme)
+    if not proxy or urllib.request.proxy_bypass(url.host):
+        return None
+    return httpx.Proxy(proxy)
+
+
+def make_transport(
+    *, concurrency: int, transport: str = "aiohttp", base_url: str | None = None
+) -> httpx.AsyncBaseTransport:
+    """The HTTP transport, with a connection pool a little above the in-flight cap and the
+    environment's proxy for ``base_url`` (if any)."""
     limits = httpx.Limits(
         max_connections=concurrency + 8,
         max_keepalive_connections=concurrency + 8,
         keepalive_expiry=30.0,
     )
+    proxy = _env_proxy(base_url) if base_url else None
     if transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        chosen: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, trust_env=True)
+        chosen: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, proxy=proxy)
         return chosen
     if transport == "httpx":
-        return httpx.AsyncHTTPTransport(limits=limits, retries=0, trust_env=True)
+        return httpx.AsyncHTTPTransport(limits=limits, retries=0, proxy=proxy)
     raise ValueError(f"unknown transport {transport!r}: use aiohttp or httpx")
 
 
@@ -126,10 +159,12 @@ class OctaveClient:
         Raises:
             RetryableApiError, TerminalApiError, FatalApiError: see the module docstring.
         """
-        headers = {**self._headers, "x-external-request-id": request_id}
+        # Header values must be ASCII; the body keeps the requestId exactly as given.
+        header_id = request_id if request_id.isascii() else quote(request_id, safe="")
+        headers = {**self._headers, "x-external-request-id": header_id}
         try:
             response = await self._send("POST", self._run_url, headers, body)
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:
             raise _transport_error(exc, request_id) from None
         return _classify(response, request_id)
 
@@ -137,7 +172,7 @@ class OctaveClient:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""
         try:
             response = await self._send("GET", self._validate_url, self._headers, None)
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:
             raise _transport_error(exc, None) from None
         if response.status_code != 200:
             raise _status_error(response, None)
@@ -159,15 +194,16 @@ _CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wi
 )
 
 
-def _transport_error(exc: httpx.HTTPError | OSError, request_id: str | None) -> RetryableApiError:
+def _transport_error(exc: Exception, request_id: str | None) -> RetryableApiError:
     # httpx-aiohttp maps several aiohttp errors onto a few httpx classes (a reset becomes
-    # ConnectTimeout); the original cause names what actually happened.
-    cause = exc.__cause__ or exc
+    # ConnectTimeout) and some not at all (a bad status line from a proxy); the original cause
+    # names what actually happened.
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
     name = type(cause).__name__
+    fallback = "transport" if isinstance(exc, httpx.HTTPError | OSError) else "protocol"
+    kind = next((k for fragment, k in _CAUSE_KINDS if fragment in name), fallback)
     if isinstance(cause, TimeoutError | asyncio.TimeoutError):
         kind = "timeout"
-    else:
-        kind = next((k for fragment, k in _CAUSE_KINDS if fragment in name), "transport")
     detail = str(cause) or name
     return RetryableApiError(f"{name}: {detail}"[:300], kind=kind, request_id=request_id)
 
@@ -212,12 +248,15 @@ def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RetryableApiError(
-            f"HTTP 200 with a body that is not JSON: {exc}"[:300],
-            kind="invalid_json",
-            status=200,
-            request_id=request_id,
-        ) from None
+        repaired = _lenient_json(raw)
+        if repaired is None:
+            raise RetryableApiError(
+                f"HTTP 200 with a body that is not JSON: {exc}"[:300],
+                kind="invalid_json",
+                status=200,
+                request_id=request_id,
+            ) from None
+        raw, payload = repaired
     metadata = payload.get("_metadata") if isinstance(payload, dict) else None
     found = payload.get("found") if isinstance(payload, dict) else None
     if not isinstance(metadata, dict) or not isinstance(found, bool):
@@ -237,8 +276,26 @@ def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
             status=200,
             request_id=request_id,
         )
-    usage = metadata.get("usage")
-    credits = (
-        float(usage) if isinstance(usage, int | float) and not isinstance(usage, bool) else 0.0
-    )
-    return CallSuccess(raw=raw, credits=credits, emails=len(emails))
+    return CallSuccess(raw=raw, credits=credits_of(metadata.get("usage")))
+
+
+def _lenient_json(raw: bytes) -> tuple[bytes, Any] | None:
+    """A body that is valid JSON but that orjson refuses (a BOM, lone surrogate escapes from
+    cut emoji, 1e400) is paid for: keep it, re-encoded so that every later reader can parse
+    it (lone surrogates become U+FFFD). None when it is not JSON at all."""
+    try:
+        payload = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    payload = clean(payload)
+    return orjson.dumps(payload), payload

@@ -79,11 +79,13 @@ def write_sample_contacts(path: Path, count: int, *, seed: int = 7) -> None:
 def prepare_demo(out_dir: Path, contacts: int) -> tuple[Path, Path]:
     """Write the sample input and remove an earlier demo's results: (input, output)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    input_path = out_dir / "contacts.csv"
+    input_path = out_dir / "demo-contacts.csv"
     write_sample_contacts(input_path, contacts)
-    for stale in out_dir.glob("results.*"):  # each demo starts from scratch
+    # Each demo starts from scratch; its files have names of their own so that it never
+    # touches a real run's results in the same directory.
+    for stale in out_dir.glob("demo-results.*"):
         stale.unlink()
-    return input_path, out_dir / "results.ndjson"
+    return input_path, out_dir / "demo-results.ndjson"
 
 
 async def run_demo(out_dir: Path, contacts: int, *, progress: bool | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ stop at once. Every stop flushes, fsyncs and writes the summary; every stop is r
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -44,7 +45,14 @@ from octave_bulk.checkpoint import (
     write_json_atomic,
 )
 from octave_bulk.client import CallSuccess, OctaveClient, make_transport
-from octave_bulk.errors import ApiError, ConfigError, FatalApiError, StateError
+from octave_bulk.errors import (
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    OctaveBulkError,
+    RetryableApiError,
+    StateError,
+)
 from octave_bulk.intake import open_contacts, request_spec
 from octave_bulk.metrics import write_metrics
 from octave_bulk.pacing import Pacer
@@ -60,6 +68,7 @@ __all__ = ["EXIT_CODES", "run_batch"]
 EXIT_CODES = {
     "ok": 0,
     "some_failed": 1,
+    "input_error": 2,
     "fatal": 3,
     "breaker": 4,
     "max_calls": 5,
@@ -93,19 +102,22 @@ class _Run:
         stats: RunStats,
         errors_scan: ErrorsScan,
         done: IdSet,
-        input_path: Path | None = None,
         expected_rows: int | None = None,
     ) -> None:
         self.settings, self.paths, self.stats = settings, paths, stats
-        self.input_path = input_path
         self.expected_rows = expected_rows
         self.contacts = contacts
         self.done, self.errors_scan = done, errors_scan
         self.builder = RequestBuilder(request_spec(settings), expected_rows or 1024)
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
+        self.input_error: OctaveBulkError | None = None
         self.consecutive_failures = 0
         self.dispatch_scope = anyio.CancelScope()
+        self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
+        self.pacer: Pacer | None = None
+        self.slots: InflightSlots | None = None
+        self.carried: list[str] = []  # outcome unknown from an earlier run, not done since
         self.run_id = uuid.uuid4().hex[:12]
 
     # --- stopping ---------------------------------------------------------------------
@@ -114,13 +126,15 @@ class _Run:
     def stopping(self) -> bool:
         return self.stop_reason is not None
 
-    def stop(self, reason: str, *, drain: bool = True) -> None:
+    def stop(self, reason: str) -> None:
+        """Stop dispatching; calls in flight finish within ``drain_timeout`` (then cancelled)."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log_event("stopping", reason=reason, run_id=self.run_id, in_flight=self.stats.in_flight)
-        if not drain:
-            self.dispatch_scope.cancel()
-        elif math.isinf(self.dispatch_scope.deadline):
+        self.stopped.set()
+        if self.pacer is not None:
+            self.pacer.stop()
+        if math.isinf(self.dispatch_scope.deadline):
             self.dispatch_scope.deadline = anyio.current_time() + self.settings.drain_timeout
 
     async def watch_signals(self) -> None:
@@ -147,7 +161,15 @@ class _Run:
             limit = self.settings.limit
             accepted = 0
             while not self.stopping and (limit is None or accepted < limit):
-                batch = await anyio.to_thread.run_sync(_take, records, _READ_BATCH)
+                try:
+                    # Abandoned on a hard stop: a reader blocked on a pipe must not hold us.
+                    batch = await anyio.to_thread.run_sync(
+                        _take, records, _READ_BATCH, abandon_on_cancel=True
+                    )
+                except OctaveBulkError as exc:  # the input broke mid-file (found too late)
+                    self.input_error = exc
+                    self.stop("input_error")
+                    break
                 if not batch:
                     break
                 for record in batch:
@@ -204,7 +226,12 @@ class _Run:
             async for item in work:
                 if self.stopping:
                     break
-                outcome = await self._process(item, client, pacer, slots)
+                try:
+                    outcome = await self._process(item, client, pacer, slots)
+                except Exception as exc:  # a bug must cost one contact, not the whole run
+                    log_event("internal_error", level=logging.ERROR, error=repr(exc)[:300])
+                    error = RetryableApiError(f"internal error: {exc!r}"[:300], kind="internal")
+                    outcome = Failure(item.request_id, item.contact, error, 1, None)
                 if outcome is not None:
                     # A received response must reach the sink even during a hard stop.
                     with anyio.CancelScope(shield=True):
@@ -270,8 +297,8 @@ class _Run:
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         self.stats.retrying += 1
         try:
-            if not self.stopping:
-                await anyio.sleep(seconds)
+            with anyio.move_on_after(seconds):
+                await self.stopped.wait()
         finally:
             self.stats.retrying -= 1
         if self.stopping:
@@ -290,15 +317,12 @@ class _Run:
     async def _attempt(
         self, item: _WorkItem, client: OctaveClient, pacer: Pacer, slots: InflightSlots
     ) -> tuple[CallSuccess, int, float]:
-        stats, settings = self.stats, self.settings
-        if self.stopping:
+        if self.stopping or self._budget_spent():  # checked before waiting for a slot...
             raise _Stopped
         sent_at = await pacer.acquire()
-        if self.stopping:
+        if self.stopping or self._budget_spent():  # ... and after: others may have spent it
             raise _Stopped
-        if settings.max_calls is not None and stats.calls >= settings.max_calls:
-            self.stop("max_calls")
-            raise _Stopped
+        stats = self.stats
         stats.calls += 1
         stats.in_flight += 1
         slot = slots.claim(item.request_id)
@@ -316,6 +340,14 @@ class _Run:
         self.consecutive_failures = 0
         return result, slot, (time.perf_counter() - started) * 1000
 
+    def _budget_spent(self) -> bool:
+        """True (and the run stops) once --max-calls calls have been sent."""
+        limit = self.settings.max_calls
+        if limit is not None and self.stats.calls >= limit:
+            self.stop("max_calls")
+            return True
+        return False
+
     def _count_error(self, exc: ApiError, pacer: Pacer, sent_at: float) -> None:
         stats = self.stats
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
@@ -331,7 +363,7 @@ class _Run:
             stats.timeouts += 1
         if isinstance(exc, FatalApiError):
             self.fatal = exc
-            self.stop("fatal", drain=False)
+            self.stop("fatal")  # no new calls; the ones in flight are paid for: let them land
         elif exc.retryable:
             self.consecutive_failures += 1
             if self.consecutive_failures >= self.settings.breaker_threshold:
@@ -346,6 +378,8 @@ class _Run:
         if isinstance(outcome, Success):
             stats.succeeded += 1
             stats.credits += outcome.credits
+            if self.slots is not None:
+                self.slots.settle(outcome.request_id)
         elif outcome.error.retryable:
             stats.failed_retryable += 1
             stats.failures_by_kind[outcome.error.kind] += 1
@@ -357,7 +391,7 @@ class _Run:
 
     async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
         settings, paths = self.settings, self.paths
-        pacer = Pacer(
+        pacer = self.pacer = Pacer(
             settings.rate,
             adaptive=settings.adaptive,
             pause_backoff=settings.backoff_initial,
@@ -366,7 +400,7 @@ class _Run:
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, truncate=True)
-        slots = InflightSlots(paths.inflight)
+        slots = self.slots = InflightSlots(paths.inflight, carry=self.carried)
         sink = Sink(
             results=results,
             errors=errors,
@@ -504,7 +538,7 @@ async def run_batch(
         return await _locked_run(input_path, paths, settings, transport, handle_signals)
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         raise StateError(
-            f"cannot use the output files ({group.exceptions[0]}); every result written "
+            f"cannot use the output files ({_first_leaf(group)}); every result written "
             "before this is safe: fix the cause, then run the same command to resume"
         ) from None
     finally:
@@ -522,11 +556,14 @@ async def _locked_run(
     unknown = InflightSlots.leftovers(paths.inflight)
     scan = scan_results(paths.results)
     errors_scan = scan_errors(paths.errors, scan.done)
-    stats.outcome_unknown = sum(1 for rid in unknown if id_key(rid) not in scan.done)
+    carried = [rid for rid in unknown if id_key(rid) not in scan.done]
+    stats.outcome_unknown = len(carried)
+    if scan.bad_lines:
+        log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
     with open_contacts(input_path, settings) as reader:
-        file = Path(input_path) if str(input_path) != "-" else None
-        expected = _count_lines(file)
-        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, file, expected)
+        expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
+        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, expected)
+        run.carried = carried
         bar = settings.progress if settings.progress is not None else _stderr_is_tty()
         bar = bar and settings.log_format != "json"
         log_event(
@@ -544,7 +581,9 @@ async def _locked_run(
         async with contextlib.AsyncExitStack() as stack:
             if transport is None:
                 transport = make_transport(
-                    concurrency=settings.concurrency, transport=settings.transport
+                    concurrency=settings.concurrency,
+                    transport=settings.transport,
+                    base_url=settings.base_url,
                 )
                 await stack.enter_async_context(transport)
             client = OctaveClient(
@@ -564,6 +603,7 @@ async def _locked_run(
         exit_code=exit_code,
         stop_reason=run.stop_reason,
         fatal_error=run.fatal.message if run.fatal else None,
+        input_error=str(run.input_error) if run.input_error else None,
         resumable=exit_code != 0,
         input={
             "path": str(input_path),
@@ -580,7 +620,8 @@ async def _locked_run(
         },
         already_done_before_run=scan.lines,
         repaired_bytes=scan.repaired_bytes,
-        unknown_request_ids=unknown[:100],
+        corrupt_result_lines=scan.bad_lines,
+        unknown_request_ids=carried[:100],
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, summary)
@@ -601,8 +642,9 @@ async def _locked_run(
 def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> dict[str, Any]:
     """Read and build every request, print nothing, send nothing, write nothing."""
     stats = RunStats()
-    done = scan_results(paths.results).done if paths.results.exists() else IdSet()
-    errors_scan = ErrorsScan(permanent=set(), retryable=set())
+    # Read-only: a dry run must not repair (or race) the files of a run that may be going.
+    done = scan_results(paths.results, repair=False).done
+    errors_scan = scan_errors(paths.errors, done, repair=False)
     example: dict[str, Any] | None = None
     with open_contacts(input_path, settings) as reader:
         run = _Run(settings, paths, reader, stats, errors_scan, done)
@@ -620,6 +662,11 @@ def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> 
         exit_code=1 if stats.rejected or stats.duplicate else 0,
         settings=settings.redacted(),
     )
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _stderr_is_tty() -> bool:

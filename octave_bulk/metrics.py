@@ -16,7 +16,9 @@ from octave_bulk.checkpoint import write_atomic
 
 __all__ = ["write_metrics"]
 
-_LAST_SUCCESS = re.compile(rb"^octave_bulk_last_success_timestamp_seconds (\S+)$", re.MULTILINE)
+_LAST_SUCCESS = re.compile(
+    rb"^octave_bulk_last_success_timestamp_seconds\{[^}]*\} (\S+)$", re.MULTILINE
+)
 
 
 def _escape(value: str) -> str:
@@ -39,7 +41,7 @@ def write_metrics(path: Path, summary: dict[str, Any], *, output: str) -> None:
         "# TYPE octave_bulk_last_success_timestamp_seconds gauge",
     ]
     if last_success is not None:
-        lines.append(f"octave_bulk_last_success_timestamp_seconds {last_success:.3f}")
+        lines.append(f"octave_bulk_last_success_timestamp_seconds{{{label}}} {last_success:.3f}")
     lines += [
         "# HELP octave_bulk_last_exit_code Exit code of the last run.",
         "# TYPE octave_bulk_last_exit_code gauge",
@@ -63,4 +65,5 @@ def write_metrics(path: Path, summary: dict[str, Any], *, output: str) -> None:
         "# TYPE octave_bulk_credits_used gauge",
         f"octave_bulk_credits_used{{{label}}} {summary.get('credits', 0)}",
     ]
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
+    # 0644: node_exporter runs as its own user, and these numbers are not secret.
+    write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)

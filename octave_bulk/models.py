@@ -37,6 +37,7 @@ __all__ = [
     "SequenceRequest",
     "SequenceResponse",
     "StepMapping",
+    "credits_of",
 ]
 
 MAX_STEPS = 7
@@ -59,6 +60,13 @@ def _check_step_keys(value: dict[str, str]) -> dict[str, str]:
 
 StepMapping = Annotated[dict[str, str], AfterValidator(_check_step_keys)]
 """A runtimeContext / runtimeInstructions mapping: keys ``all`` and ``1`` ... ``MAX_STEPS``."""
+
+
+def credits_of(usage: object) -> float:
+    """Credits from a ``_metadata.usage`` value: a number, else 0 (booleans are not numbers)."""
+    if isinstance(usage, int | float) and not isinstance(usage, bool):
+        return float(usage)
+    return 0.0
 
 
 class OutputFormat(enum.StrEnum):
@@ -150,7 +158,7 @@ class Metadata(_ResponseModel):
     @property
     def credits(self) -> float:
         """Credits this call used, 0 when the API did not say."""
-        return float(self.usage) if isinstance(self.usage, int | float) else 0.0
+        return credits_of(self.usage)
 
 
 class EmailSections(_ResponseModel):

@@ -102,15 +102,27 @@ class Pacer:
         self._calls_since_change = 0
         self._last_429 = clock()
         self._backoff_level = 0
+        self._stopped = anyio.Event()
         self._sent: deque[float] = deque(maxlen=512)  # recent send times, to measure the rate
         self._accepted: deque[float] = deque(maxlen=512)  # recent answers that were not 429s
 
+    def stop(self) -> None:
+        """Wake every waiter now: the run is stopping (callers check that after acquire)."""
+        self._stopped.set()
+
+    async def _nap(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._stopped.wait()
+
     async def acquire(self) -> float:
-        """Wait until a call may be sent; returns the send time (pass it to :meth:`on_429`)."""
-        while True:
+        """Wait until a call may be sent; returns the send time (pass it to :meth:`on_429`).
+
+        Returns early, without a slot, once :meth:`stop` was called.
+        """
+        while not self._stopped.is_set():
             # A loop, not an Event: another 429 may push the pause further while we sleep.
-            while (wait := self.paused_until - self._clock()) > 0:  # noqa: ASYNC110
-                await anyio.sleep(wait)
+            while (wait := self.paused_until - self._clock()) > 0 and not self._stopped.is_set():
+                await self._nap(wait)
             self._climb()
             rate = self.rate
             if rate is not None and (self.ceiling is None or rate < self.ceiling):
@@ -118,7 +130,7 @@ class Pacer:
                 slot = max(now, self._next_slot)
                 self._next_slot = slot + 1.0 / rate
                 if slot > now:
-                    await anyio.sleep(slot - now)
+                    await self._nap(slot - now)
             if self._limiter is not None and not self._paused():
                 await self._limiter.acquire()
             if self._paused():
@@ -127,6 +139,7 @@ class Pacer:
             self._sent.append(sent)
             self._calls_since_change += 1
             return sent
+        return self._clock()
 
     def _paused(self) -> bool:
         return self.paused_until > self._clock()

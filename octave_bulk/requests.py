@@ -9,7 +9,7 @@ the emails gives new ones. It is the resume key, the dedup key and the join key.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,20 +35,12 @@ class RequestSpec:
     context: str | None = None
     instructions: str | None = None
     playbook_selection_context: str | None = None
-    custom_context: dict[str, Any] | None = None
     include_full_annotation: bool | None = None
-    extra_context: dict[str, str] = field(default_factory=dict)
-    """Step key -> text added to runtimeContext for every row (from config)."""
-    extra_instructions: dict[str, str] = field(default_factory=dict)
 
 
-def _merge(
-    global_all: str | None, preset: dict[str, str], row: dict[str, str], prefix: str
-) -> dict[str, str]:
+def _merge(global_all: str | None, row: dict[str, str], prefix: str) -> dict[str, str]:
     """runtimeContext/runtimeInstructions: global and row text for ``all``, ``prefix_N`` for N."""
     merged: dict[str, list[str]] = {}
-    for key, text in preset.items():
-        merged.setdefault(key, []).append(text)
     if global_all:
         merged.setdefault("all", []).append(global_all)
     for name, text in row.items():
@@ -74,10 +66,6 @@ class BuiltRequest:
     key: int
     wire: dict[str, Any]
 
-    def to_wire(self) -> dict[str, Any]:
-        """The body as sent (camelCase keys, no empty fields)."""
-        return self.wire
-
 
 def build_request(contact: Contact, spec: RequestSpec) -> BuiltRequest | Reject:
     """Build the request for one contact, or a reject naming the field the model refused."""
@@ -86,12 +74,9 @@ def build_request(contact: Contact, spec: RequestSpec) -> BuiltRequest | Reject:
     if spec.lang and "lang" not in body:
         body["lang"] = spec.lang
     optional = {
-        "runtimeContext": _merge(spec.context, spec.extra_context, row, "context"),
-        "runtimeInstructions": _merge(
-            spec.instructions, spec.extra_instructions, row, "instructions"
-        ),
+        "runtimeContext": _merge(spec.context, row, "context"),
+        "runtimeInstructions": _merge(spec.instructions, row, "instructions"),
         "playbookSelectionContext": spec.playbook_selection_context,
-        "customContext": spec.custom_context,
         "includeFullAnnotation": spec.include_full_annotation,
         "agentOId": spec.agent_o_id,
         "experimentOId": spec.experiment_o_id,

@@ -105,7 +105,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, description="attempts per contact per run, retries included")
     backoff_initial: float = Field(1.0, description="first retry backoff cap, seconds")
     backoff_max: float = Field(60.0, description="largest retry backoff, seconds")
-    breaker_threshold: int = Field(25, description="consecutive failed attempts that stop the run")
+    breaker_threshold: int = Field(
+        100, description="failed attempts in a row (pool-wide) that stop the run; > 2 x concurrency"
+    )
     drain_timeout: float = Field(120.0, description="on SIGINT/SIGTERM, wait this long for calls")
     transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport")
 
@@ -220,6 +222,10 @@ class Settings(BaseSettings):
             ConfigError: a bad value, an unknown key in the file, or an unreadable key file.
         """
         given = {k: v for k, v in overrides.items() if v is not None}
+        # A target given as a flag replaces a target from the environment or the file.
+        for chosen, other in (("agent_oid", "experiment_oid"), ("experiment_oid", "agent_oid")):
+            if chosen in given and other not in given:
+                given[other] = None
         if api_key_file is not None:
             try:
                 key = Path(api_key_file).read_text(encoding="utf-8").strip()

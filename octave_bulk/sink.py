@@ -139,7 +139,6 @@ class Sink:
         errors: the errors appender.
         on_durable: called once per outcome after its line is fsynced.
         release_slot: frees an in-flight slot (after the outcome is durable).
-        sync_slots: fsyncs the in-flight slot file.
         batch: records per group commit.
         interval: longest time a record waits for its commit, seconds.
     """

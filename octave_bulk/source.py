@@ -182,7 +182,11 @@ class _Lines:
         if self.pending:
             line = self.pending.popleft()
         else:
-            line = self._readline(MAX_LINE_CHARS)
+            try:
+                line = self._readline(MAX_LINE_CHARS)
+            except UnicodeError as exc:  # bytes the chosen codec cannot take at all (UTF-16)
+                msg = f"cannot decode the input ({exc}); try --encoding"
+                raise InputError(msg, path=self._label, line=self.lineno + 1) from None
             if not line:
                 return None
             if len(line) >= MAX_LINE_CHARS and line[-1] not in "\r\n":
@@ -649,17 +653,25 @@ def _sniff_delimiter(sample: list[str]) -> str:
     return best
 
 
+def _width(cells: list[str]) -> int:
+    """Cells up to the last non-empty one (Excel pads rows with empty trailing cells)."""
+    width = len(cells)
+    while width and not cells[width - 1].strip():
+        width -= 1
+    return width
+
+
 def _find_header(records: list[tuple[int, list[str]]], offset: int) -> int | None:
     """The line of the first record that looks like a header (skipping a preamble)."""
     filled = [(start, cells) for start, cells in records if "".join(cells).strip()]
     if not filled:
         return None
-    widths = collections.Counter(len(cells) for _, cells in filled if len(cells) > 1)
+    widths = collections.Counter(_width(cells) for _, cells in filled if _width(cells) > 1)
     if not widths:
         return offset + filled[0][0]
     modal = max(widths.items(), key=lambda item: (item[1], item[0]))[0]
     for start, cells in filled:
-        if sum(1 for c in cells if c.strip()) >= 2 and 2 * len(cells) >= modal:
+        if sum(1 for c in cells if c.strip()) >= 2 and 2 * _width(cells) >= modal:
             return offset + start
     return offset + filled[0][0]
 

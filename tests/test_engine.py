@@ -303,3 +303,84 @@ async def test_unwritable_output_is_a_state_error(make_sim: Any, tmp_path: Path)
     side(out, ".errors.ndjson").mkdir()  # cannot be opened as a file
     with pytest.raises(StateError, match="cannot use the output files"):
         await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url))
+
+
+async def test_non_ascii_request_ids_are_sent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path = tmp_path / "in.csv"
+    path.write_text("requestId,email\nréf-1,a@acme.io\n参照-2,b@acme.io\n", encoding="utf-8")
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(path, out, sim_settings(sim.url))
+    assert summary["exit_code"] == 0
+    assert sorted(line["requestId"] for line in read_lines(out)) == ["réf-1", "参照-2"]
+
+
+async def test_wrong_endpoint_stops_the_run(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url + "/wrong", concurrency=2)
+    )
+    assert summary["exit_code"] == 3 and summary["paid_calls"] <= 2
+    assert "HTTP 404" in summary["fatal_error"]
+    assert read_lines(side(out, ".errors.ndjson")) == []  # no contact is blamed for it
+
+
+async def test_input_broken_mid_file_stops_with_exit_2_and_keeps_what_was_done(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    path = tmp_path / "in.csv"
+    # Bigger than the reader's 1 MiB sample, so that the bad bytes are met mid-run.
+    rows = "".join(f"p{n}@acme.io,P{n}\n" for n in range(40_000))
+    path.write_bytes(("email,name\n" + rows).encode("utf-16") + b"\x00")  # an odd last byte
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(path, out, sim_settings(sim.url))
+    assert summary["exit_code"] == 2 and summary["stop_reason"] == "input_error"
+    assert "cannot decode" in summary["input_error"]
+    assert len(read_lines(out)) == summary["counts"]["succeeded"] > 0
+
+
+async def test_dry_run_writes_nothing_even_to_a_torn_output(make_sim: Any, tmp_path: Path) -> None:
+    write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    out.write_bytes(b'{"requestId":"c-00000","contact":{}}\n{"requestId":"c-000')
+    before = out.read_bytes()
+    dry = await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url, dry_run=True))
+    assert out.read_bytes() == before
+    assert dry["would_send"] == 4 and dry["counts"]["skipped_done"] == 1
+
+
+async def test_unknown_outcomes_are_remembered_until_resolved(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    from octave_bulk.checkpoint import InflightSlots
+
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.ndjson"
+    slots = side(out, ".inflight")
+    slots.write_bytes(b"c-00019\n".ljust(256, b"\0"))
+    first = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, limit=5))
+    assert first["counts"]["outcome_unknown"] == 1
+    assert InflightSlots.leftovers(slots) == ["c-00019"]  # not re-sent yet: still unknown
+    second = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url))
+    assert second["counts"]["outcome_unknown"] == 1 and second["exit_code"] == 0
+    assert InflightSlots.leftovers(slots) == []
+
+
+async def test_a_stop_wakes_workers_waiting_out_a_long_pause(make_sim: Any, tmp_path: Path) -> None:
+    from octave_bulk.simulator import RetryAfterMix
+
+    sim = make_sim(rate_limit=parse_rate_limit("1/min:1"), retry_after_mix=RetryAfterMix(1, 0, 0))
+    write_contacts(tmp_path / "in.csv", 10)
+    out = tmp_path / "out.ndjson"
+    started = time.perf_counter()
+    # Two calls: the first succeeds, the second gets "Retry-After: 60" and the pool pauses;
+    # --max-calls 2 then stops the run, which must not sit out the minute.
+    summary = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url, max_calls=2, concurrency=1)
+    )
+    assert time.perf_counter() - started < 5
+    assert summary["exit_code"] == 5 and summary["counts"]["succeeded"] == 1

@@ -177,3 +177,19 @@ def _wait_for(condition: Any, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def test_sigint_during_a_long_429_pause_stops_at_once(make_sim: Any, tmp_path: Path) -> None:
+    from octave_bulk.simulator import RetryAfterMix, parse_rate_limit
+
+    mix = RetryAfterMix(seconds=1, date=0, absent=0)
+    sim = make_sim(rate_limit=parse_rate_limit("1/min:1"), retry_after_mix=mix)
+    write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    run = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "1")
+    _wait_for(lambda: sim.stats()["totals"].get("rate_limited", 0) >= 1)  # paused for 60 s
+    started = time.perf_counter()
+    run.signal(signal.SIGINT)
+    code, log = run.finish(timeout=30)
+    assert code == 130, log
+    assert time.perf_counter() - started < 5

@@ -90,3 +90,9 @@ def test_parse_rate() -> None:
     assert parse_rate("none") is None
     with pytest.raises(ValueError, match="rate must be > 0"):
         parse_rate("0/s")
+
+
+def test_a_target_flag_replaces_the_other_target_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCTAVE_AGENT_OID", "ca_from_env")
+    settings = Settings.load(experiment_oid="ae_from_flag")
+    assert (settings.agent_oid, settings.experiment_oid) == (None, "ae_from_flag")

@@ -160,6 +160,19 @@ def test_skip_lines_skips_exactly_n_lines(tmp_path: Path) -> None:
     assert lines_of(items) == [(4, "ok")]
 
 
+def test_rows_padded_by_excel_do_not_hide_a_narrow_header(tmp_path: Path) -> None:
+    text = "email,name,x\n" + "".join(f"p{n}@acme.io,P{n},1,,,,,\n" for n in range(4))
+    source, items = read(write(tmp_path, text))
+    assert source.header_line == 1 and source.headers == ("email", "name", "x")
+    assert lines_of(items) == [(n, "ok") for n in range(2, 6)]
+
+
+def test_undecodable_bytes_for_the_codec_are_an_input_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "email,name\na@b.co,Ann\n".encode("utf-16") + b"\x00")
+    with pytest.raises(InputError, match=r"in\.csv:\d+: cannot decode the input"):
+        read(path)
+
+
 def test_headers_are_trimmed_and_empty_ones_named(tmp_path: Path) -> None:
     source, _ = read(write(tmp_path, "  Email , First Name,,\na@b.co,Ann,,\n"))
     assert source.headers == ("Email", "First Name", "column 3", "column 4")
