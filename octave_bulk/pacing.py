@@ -6,17 +6,20 @@ Three gates, in order:
    HTTP date) has passed, or for a jittered exponential backoff when the server gave none;
    a Retry-After beyond ``max_pause`` (600 s by default) is clamped so the run stays alive.
 2. **Adaptive rate** - a bracketing search for the server's limit, in the spirit of TCP's
-   multiplicative decrease: a 429 for a call sent at the current rate marks that rate as too
-   high and drops back to the last rate that was sustained without a 429 (to half when none
-   is known yet, and by 15 % when that rate itself failed; never below 90 % of the rate the
-   server was accepting over the last 2 s). After every quiet period (2 s, or 10 calls' worth, whichever is longer)
-   the rate is known to be good and climbs by 10 % - toward the ceiling, but not onto a rate
-   that failed; a failed rate is forgiven by 10 % per 30 quiet seconds, so the search re-probes
-   now and then and follows a limit that rises. Calls sent before the last change do not
-   count against the new rate. Spacing at the effective rate is GCRA-style virtual scheduling
-   (each caller books the next slot; a booking is re-checked against a pause after waking).
-3. **Ceiling** - aiolimiter with a bucket of 10 ms worth of tokens (at least 1): exact
-   steady rate with a start-of-run burst of ``max(1, rate / 100)`` calls, instead of the
+   multiplicative decrease. A 429 for a call sent at the current rate is a strike against it;
+   the second strike (or two 429s within a second) steps the rate down: back to the last rate
+   that was sustained without a 429 when there is one below, else by 10 % - or, while the
+   run is still probing (no quiet period yet), by half, never below 90 % of what the server
+   was accepting over the last 2 s. After every quiet period (2 s and 10 calls without a 429)
+   the rate is known to hold and climbs 10 % toward the ceiling, but not onto a rate that
+   drew a step down; such a rate is forgiven by 10 % every 30 s, so the search re-probes and
+   follows a limit that rises. One strike is not enough because a sporadic 429 says little
+   about the rate, while a rate above the limit draws a 429 in every pause-and-resume cycle.
+   Calls sent before the last change do not count. Spacing at the effective rate is
+   GCRA-style virtual scheduling (each caller books the next slot; a booking is re-checked
+   against a pause after waking).
+3. **Ceiling** - aiolimiter with a bucket of 10 ms worth of tokens (at least 2): exact
+   steady rate with a start-of-run burst of ``max(2, rate / 100)`` calls, instead of the
    full second's worth that ``AsyncLimiter(rate, 1)`` would let out at once (perf-notes §4).
 
 The in-flight cap is separate: it is the number of workers (``Settings.concurrency``).
@@ -94,13 +97,19 @@ class Pacer:
         self._max_pause = max_pause
         self._limiter: AsyncLimiter | None = None
         if ceiling is not None:
-            burst = max(1.0, ceiling * 0.01)
+            # A 1-token bucket cannot bank the event loop's timer lateness: it delivered 96 %
+            # of 50/s here; 2 tokens deliver the rate (perf-notes §4, measured at 50/s).
+            burst = max(2.0, ceiling * 0.01)
             self._limiter = AsyncLimiter(burst, burst / ceiling)
         self.paused_until = 0.0
         self._next_slot = 0.0
         self._changed_at = clock()  # calls sent before this do not judge the current rate
-        self._calls_since_change = 0
-        self._last_429 = clock()
+        self._quiet_since = clock()  # the last change or fresh 429
+        self._calls_since_quiet = 0
+        self._strikes = 0  # fresh 429s at the current rate
+        self._last_strike = -1e9
+        self._settled = False  # a quiet period has passed: no more halving
+        self._failed_at = clock()  # when ``failed`` was last set or forgiven
         self._backoff_level = 0
         self._stopped = anyio.Event()
         self._sent: deque[float] = deque(maxlen=512)  # recent send times, to measure the rate
@@ -137,7 +146,7 @@ class Pacer:
                 continue  # a 429 arrived while we waited for our turn: wait out the pause
             sent = self._clock()
             self._sent.append(sent)
-            self._calls_since_change += 1
+            self._calls_since_quiet += 1
             return sent
         return self._clock()
 
@@ -168,9 +177,13 @@ class Pacer:
             return max(0.0, self.paused_until - now)
         if fresh or self.paused_until > now:
             self.paused_until = max(self.paused_until, now + pause)
-        self._last_429 = now
         if fresh and self.adaptive:
-            self._step_down(now)
+            self._strikes += 1
+            close_behind = now - self._last_strike <= 1.0
+            self._last_strike = now
+            self._quiet_since, self._calls_since_quiet = now, 0
+            if self._strikes >= 2 or close_behind:
+                self._step_down(now)
         return pause
 
     @staticmethod
@@ -186,39 +199,38 @@ class Pacer:
         if current is None:
             return  # unlimited and too little history: the pause alone has to do
         self.failed = current if self.failed is None else min(self.failed, current)
+        self._failed_at = now
         if self.good is not None and self.good < current:
-            self.rate = self.good  # back to the last rate that held
-            return self._after_change(now)
-        # The "good" rate itself drew a 429 (a slow leak that a short quiet period missed, or
-        # a limit that went down): a modest step. Nothing known yet: halve. Either way not
-        # below 90 % of what the server was accepting just now.
-        target = current * (0.85 if self.good is not None else 0.5)
-        accepted = self._measured(self._accepted, now, _QUIET_CALLS)
-        if accepted is not None:
-            target = max(target, min(current, accepted) * 0.9)
+            target = self.good  # back to the last rate that held
+        elif self._settled:
+            target = current * 0.9  # the rate that held drew 429s too: a modest step
+            self.good = None
+        else:
+            target = current / 2  # still probing: halve, but not below what the server took
+            accepted = self._measured(self._accepted, now, _QUIET_CALLS)
+            if accepted is not None:
+                target = max(target, min(current, accepted) * 0.9)
         self.rate = max(_MIN_RATE, target)
-        self.good = None
-        self._after_change(now)
-
-    def _after_change(self, now: float) -> None:
         resume = max(now, self.paused_until)
-        self._mark_change(resume)
+        self._changed(resume)
         self._next_slot = max(self._next_slot, resume)
 
-    def _mark_change(self, when: float) -> None:
-        self._changed_at = when
-        self._calls_since_change = 0
+    def _changed(self, when: float) -> None:
+        self._changed_at = self._quiet_since = when
+        self._calls_since_quiet = 0
+        self._strikes = 0
 
     def _climb(self) -> None:
         rate, now = self.rate, self._clock()
-        if rate is None or now < self._changed_at + _QUIET_S:
+        if rate is None or now < self._quiet_since + _QUIET_S:
             return
-        if self._calls_since_change < _QUIET_CALLS:
+        if self._calls_since_quiet < _QUIET_CALLS:
             return
+        self._settled = True
         self.good = rate if self.good is None else max(self.good, rate)
-        if self.failed is not None and now - self._last_429 >= _FORGIVE_S:
+        if self.failed is not None and now - self._failed_at >= _FORGIVE_S:
             self.failed *= _CLIMB
-            self._last_429 = now
+            self._failed_at = now
             if self.ceiling is not None and self.failed >= self.ceiling:
                 self.failed = None
         target = rate * _CLIMB
@@ -228,4 +240,6 @@ class Pacer:
             target = rate  # one step would land on a rate that failed: hold here
         if target > rate:
             self.rate = target
-        self._mark_change(now)
+            self._changed(now)
+        else:  # the rate held: earlier strikes are forgiven
+            self._quiet_since, self._calls_since_quiet, self._strikes = now, 0, 0

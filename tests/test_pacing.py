@@ -23,8 +23,15 @@ def quiet_period(pacer: Pacer, clock: Clock, seconds: float = 2.5, calls: int = 
     """Simulate sending ``calls`` calls without a 429 over ``seconds``."""
     for _ in range(calls):
         clock.now += seconds / calls
-        pacer._calls_since_change += 1
+        pacer._calls_since_quiet += 1
     pacer._climb()
+
+
+def overload(pacer: Pacer, clock: Clock, retry_after: float | None = 1.0) -> None:
+    """Two 429s close together for calls sent at the current rate: the server's limit."""
+    pacer.on_429(sent_at=clock.now, retry_after=retry_after)
+    clock.now += 0.01
+    pacer.on_429(sent_at=clock.now - 0.005, retry_after=retry_after)
 
 
 def test_parse_retry_after_both_forms() -> None:
@@ -59,46 +66,71 @@ def test_429_without_retry_after_backs_off_exponentially_with_jitter() -> None:
     assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 1.0
 
 
+def test_an_isolated_429_pauses_but_keeps_the_rate() -> None:
+    clock = Clock()
+    pacer = Pacer(50.0, clock=clock)
+    for _ in range(3):  # sporadic 429s with the rate holding in between: noise, not a limit
+        pacer.on_429(sent_at=clock.now, retry_after=0.5)
+        assert pacer.paused_until == clock.now + 0.5
+        clock.now += 0.5
+        quiet_period(pacer, clock)
+    assert pacer.rate == 50.0 and pacer.failed is None
+
+
+def test_a_rate_just_above_the_limit_draws_one_429_per_cycle_and_steps_down() -> None:
+    clock = Clock()
+    pacer = Pacer(56.0, clock=clock)
+    quiet_period(pacer, clock)  # settled at 56 (a burst allowance hid the overshoot)
+    for _ in range(2):  # run ~0.85 s, one 429, pause 1 s: shorter than a quiet period
+        clock.now += 0.85
+        pacer._calls_since_quiet += 40
+        pacer.on_429(sent_at=clock.now, retry_after=1.0)
+        clock.now += 1.0
+    assert pacer.rate == pytest.approx(56.0 * 0.9)
+
+
 def test_stale_429s_neither_extend_the_pause_nor_escalate() -> None:
     clock = Clock()
     pacer = Pacer(100.0, clock=clock)
+    pacer.on_429(sent_at=clock.now, retry_after=None)
     first = pacer.on_429(sent_at=clock.now, retry_after=None)
     paused_until = pacer.paused_until
     for _ in range(5):  # calls that were already on the wire when the pool paused
         pacer.on_429(sent_at=clock.now - 0.01, retry_after=None)
     assert pacer.paused_until == paused_until and pacer.rate == 50.0
     clock.now = paused_until + 0.1
-    assert first <= 1.0
-    assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 2.0  # backoff level 1, not 6
+    assert first <= 2.0
+    assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 4.0  # backoff level 2, not 7
 
 
 def test_search_halves_then_settles_below_the_limit() -> None:
     clock = Clock()
     pacer = Pacer(200.0, clock=clock)
-    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    overload(pacer, clock)
     assert pacer.rate == 100.0 and pacer.failed == 200.0
     stale = clock.now - 0.5  # sent before the change: says nothing about 100/s
     pacer.on_429(sent_at=stale, retry_after=1.0)
+    pacer.on_429(sent_at=stale, retry_after=1.0)
     assert pacer.rate == 100.0
     clock.now += 1.5
-    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    overload(pacer, clock)
     assert pacer.rate == 50.0 and pacer.failed == 100.0
     clock.now += 1.0  # the pause
     quiet_period(pacer, clock)
     assert pacer.good == 50.0 and pacer.rate == pytest.approx(55.0)
-    pacer.on_429(sent_at=clock.now, retry_after=1.0)
+    overload(pacer, clock)
     assert pacer.rate == 50.0 and pacer.failed == pytest.approx(55.0)  # back to the good rate
     clock.now += 1.0
     quiet_period(pacer, clock)
     assert pacer.rate == 50.0  # 55 failed: one more step would land on it, so hold
-    pacer.on_429(sent_at=clock.now, retry_after=1.0)  # and now 50 fails too
-    assert pacer.rate == pytest.approx(42.5) and pacer.good is None
+    overload(pacer, clock)  # and now 50 fails too
+    assert pacer.rate == pytest.approx(45.0) and pacer.good is None
 
 
 def test_a_failed_rate_is_forgiven_and_the_ceiling_is_reached_again() -> None:
     clock = Clock()
     pacer = Pacer(60.0, clock=clock)
-    pacer.on_429(sent_at=clock.now, retry_after=0.5)
+    overload(pacer, clock, retry_after=0.5)
     assert pacer.rate == 30.0
     clock.now += 0.5
     for _ in range(60):  # a long quiet stretch: 2.5 minutes without a 429
@@ -109,7 +141,7 @@ def test_a_failed_rate_is_forgiven_and_the_ceiling_is_reached_again() -> None:
 def test_calls_before_a_quiet_period_ends_do_not_climb() -> None:
     clock = Clock()
     pacer = Pacer(100.0, clock=clock)
-    pacer.on_429(sent_at=clock.now, retry_after=0.5)
+    overload(pacer, clock, retry_after=0.5)
     clock.now += 3.0
     pacer._climb()  # time passed, but no calls were sent at the new rate yet
     assert pacer.rate == 50.0
