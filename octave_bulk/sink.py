@@ -15,16 +15,14 @@ Record shapes (SPEC.md §4) - ``requestId`` is always the first key, for the res
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from octave_bulk.errors import ApiError
 
@@ -132,7 +130,12 @@ def failure_line(item: Failure) -> bytes:
 
 
 class Sink:
-    """Consumes outcomes, writes them, commits them in groups.
+    """Takes outcomes from the workers, writes each at once, commits them in groups.
+
+    ``write`` is synchronous: a line is in the file (the OS's page cache) the moment a worker
+    hands its outcome over, with no await in between, so not even a hard stop can lose a
+    response that was received. ``run`` is the committer: it fsyncs after ``batch`` records
+    or ``interval`` seconds, whichever comes first, until :meth:`close`.
 
     Args:
         results: the results appender.
@@ -157,44 +160,42 @@ class Sink:
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
         self._pending: list[Success | Failure] = []
-        self._oldest = 0.0
-        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._closed = False
 
-    async def run(self, outcomes: MemoryObjectReceiveStream[Success | Failure]) -> None:
-        """Write every outcome until the stream closes, then commit what is left."""
-        async with outcomes:
-            async for item in outcomes:
-                self._write(item)
-                if self._pending and (
-                    len(self._pending) >= self._batch
-                    or time.monotonic() - self._oldest >= self._interval
-                ):
-                    await self.commit()
-        await self.commit()
-
-    def _write(self, item: Success | Failure) -> None:
+    def write(self, item: Success | Failure) -> None:
+        """Write one outcome's line now; it becomes durable at the next group commit."""
         if isinstance(item, Success):
             self._results.write(success_line(item))
+            item = replace(item, raw=b"")  # the body is written; do not hold it until the commit
         else:
             self._errors.write(failure_line(item))
-        if not self._pending:
-            self._oldest = time.monotonic()
         self._pending.append(item)
+        if len(self._pending) >= self._batch:
+            self._wake.set()
 
-    async def commit_if_due(self) -> None:
-        """Commit when the oldest pending record has waited ``interval`` (called by a timer)."""
-        if self._pending and time.monotonic() - self._oldest >= self._interval:
+    def close(self) -> None:
+        """No more outcomes: the committer commits what is left and returns."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Commit in groups until closed, then commit the rest."""
+        while not self._closed:
+            with anyio.move_on_after(self._interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
             await self.commit()
+        await self.commit()
 
     async def commit(self) -> None:
         """fsync what was written, then mark it durable and free its slots."""
-        # Shielded: a result that was written must be committed even while the run is cancelled.
+        if not self._pending:
+            return
+        group, self._pending = self._pending, []
+        # Shielded: what was written must be committed even while the run is cancelled.
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                if not self._pending:
-                    return
-                group, self._pending = self._pending, []
-                await anyio.to_thread.run_sync(self._sync_files)
+            await anyio.to_thread.run_sync(self._sync_files)
         for item in group:
             if item.slot is not None:
                 self._release_slot(item.slot)
