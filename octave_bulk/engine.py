@@ -180,7 +180,7 @@ class _Run:
                         accepted += 1
                         if item is not _SKIP:
                             try:
-                                await work.send(item)
+                                await _put(work, item)
                             except anyio.BrokenResourceError:  # every worker has stopped
                                 return
                             self.stats.queued += 1
@@ -225,7 +225,7 @@ class _Run:
         slots: InflightSlots,
     ) -> None:
         async with work:
-            async for item in work:
+            while (item := await _next(work)) is not None:
                 if self.stopping:
                     break
                 try:
@@ -448,6 +448,32 @@ class _Run:
 
 
 _SKIP = _WorkItem("", b"", {})  # sentinel: already done, or failed for good
+
+
+# anyio's send()/receive() always yield to the event loop first (a checkpoint), even when an
+# item or a free slot is ready. With 64 workers that forced extra loop iterations costing
+# ~30-70 us of CPU per contact (measured against an instant server); the *_nowait fast path
+# keeps the bounded stream and its backpressure and only awaits when it has to wait anyway.
+
+
+async def _next(stream: MemoryObjectReceiveStream[_WorkItem]) -> _WorkItem | None:
+    """The next item, or None when the stream is closed and drained."""
+    try:
+        return stream.receive_nowait()
+    except anyio.WouldBlock:
+        try:
+            return await stream.receive()
+        except anyio.EndOfStream:
+            return None
+    except anyio.EndOfStream:
+        return None
+
+
+async def _put(stream: MemoryObjectSendStream[_WorkItem], item: _WorkItem) -> None:
+    try:
+        stream.send_nowait(item)
+    except anyio.WouldBlock:
+        await stream.send(item)
 
 
 def _take(records: Iterator[Contact | Reject], count: int) -> list[Contact | Reject]:
