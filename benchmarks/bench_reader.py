@@ -117,7 +117,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--stage", stage, "--file", str(path)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results.append(json.loads(out.splitlines()[-1]))
-    report("reader", results, {"input_rows": rows, "input_mb": size_mb})
+    report("reader", results, {"input_rows": rows, "input_mb": size_mb}, smoke=args.smoke)
     reader = results[0]
     print(
         f"\nContactReader: {reader['rows_per_s']:,.0f} rows/s on {rows:,} rows ({size_mb:,.0f} MB), "

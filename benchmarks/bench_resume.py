@@ -1,0 +1,241 @@
+"""Resume: how long a re-run takes to send its first new request, and what the done-set costs.
+
+Builds OUT.ndjson with D realistic done lines (D = 200,000, then 1,000,000): 64 real result
+lines from a small engine run against the simulator, repeated with their requestId replaced, so
+lines keep the engine's layout and the simulator's ~4-6 KB bodies. The input CSV has the D done
+contacts first, then 16 new ones. The engine runs on CPU 1 against an instant simulator on CPU 0.
+
+"Time to first new request" is measured from spawning ``octave-bulk run`` to the first new line
+appearing in OUT.ndjson (its size, polled every ~5 ms from here; at instant latency the line
+follows the request by a few ms): interpreter start, imports, repairing and scanning OUT.ndjson,
+then reading and skipping the D done rows of the input. Rows per size:
+
+* ``resume``: the real re-run described above, page cache warm (the file was just written).
+  Target: <= 1 s per 200k done lines, i.e. time / (D / 200k) <= 1.
+* ``resume_cold``: the same after dropping OUT.ndjson and the CSV from the page cache.
+* ``scan_only``: an input holding only the 16 new contacts, so the cost is the OUT scan alone.
+* ``fresh`` (once): no OUT.ndjson and 16 contacts: the fixed start-up cost (it dominates the
+  per-200k figure of the 20k-line smoke form, which is therefore not comparable to the target).
+
+Memory of the done-set: ``scan_results`` in a fresh process; ``IdSet.nbytes() / len`` and the
+RSS growth of that process over the scan, per id. Target: <= 100 bytes per id.
+
+Disk: D lines of ~5 KB (about 5 GB at 1M) in a temporary directory, deleted at the end; when the
+disk has less room, D is reduced and the result says so.
+
+    python benchmarks/bench_resume.py [--sizes 200000 1000000] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from _common import (
+    ENGINE_ENV,
+    Noise,
+    clear_outputs,
+    engine_cmd,
+    quietest,
+    report,
+    run_child,
+    simulator,
+    write_contacts,
+)
+
+NEW = 16
+TEMPLATES = 64
+TARGET_S_PER_200K = 1.0
+TARGET_BYTES_PER_ID = 100
+
+
+def templates(url: str, work: Path) -> list[list[bytes]]:
+    """Real result lines, each split around its requestId (it occurs in requestId and contact)."""
+    ids = write_contacts(work / "t.csv", TEMPLATES)
+    out = work / "t.ndjson"
+    flags = ("--rate", "none", "--concurrency", "8")
+    child = run_child(engine_cmd(work / "t.csv", out, url, *flags), env=ENGINE_ENV)
+    assert child.returncode == 0, child.stderr
+    lines = out.read_bytes().splitlines(keepends=True)
+    by_id = {orjson.loads(line)["requestId"]: line for line in lines}
+    parts = [by_id[rid].split(rid.encode()) for rid in ids]
+    clear_outputs(out)
+    return parts
+
+
+def append_lines(out: Path, parts: list[list[bytes]], start: int, stop: int) -> None:
+    """Done lines for requestIds c-START..c-STOP (the ids write_contacts gives those rows)."""
+    with open(out, "ab") as handle:
+        chunk: list[bytes] = []
+        for i in range(start, stop):
+            chunk.append(f"c-{i:05d}".encode().join(parts[i % TEMPLATES]))
+            if len(chunk) == 4096:
+                handle.write(b"".join(chunk))
+                chunk.clear()
+        handle.write(b"".join(chunk))
+
+
+def new_contacts_csv(path: Path, done: int) -> None:
+    """Only the NEW contacts after the done ones (same ids as in the full CSV)."""
+    write_contacts(path, NEW, start=done)
+
+
+def drop_cache(*paths: Path) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def first_request(url: str, csv: Path, out: Path, done_bytes: int, cold: bool = False) -> dict:
+    """Spawn a run; seconds until its first new line lands in OUT; then let it finish."""
+    for path in out.parent.glob(out.stem + ".*"):
+        if path != out:
+            path.unlink()
+    if out.exists():
+        os.truncate(out, done_bytes)  # forget the previous measurement's new lines
+    if cold:
+        drop_cache(*(p for p in (out, csv) if p.exists()))
+    first: list[float] = []
+    start = time.perf_counter()
+
+    def watch(_pid: int) -> None:
+        if not first and out.exists() and out.stat().st_size > done_bytes:
+            first.append(time.perf_counter() - start)
+
+    flags = ("--rate", "none", "--concurrency", "8")
+    child = run_child(engine_cmd(csv, out, url, *flags), env=ENGINE_ENV, timeout=600, poll=watch)
+    assert child.returncode == 0, child.stderr
+    summary = orjson.loads(out.with_name(out.stem + ".summary.json").read_bytes())
+    assert summary["counts"]["succeeded"] == NEW, summary["counts"]
+    return {"first_request_s": first[0], "process_s": child.wall}
+
+
+def scan_memory(out: Path) -> dict:
+    """scan_results in a fresh process: its time, the IdSet's size and the RSS it added."""
+    code = """
+import json, resource, sys, time
+from pathlib import Path
+import psutil
+from octave_bulk.checkpoint import scan_results
+rss0 = psutil.Process().memory_info().rss
+peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+t = time.perf_counter()
+scan = scan_results(Path(sys.argv[1]))
+seconds = time.perf_counter() - t
+rss1 = psutil.Process().memory_info().rss
+peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak1 - rss0 if peak1 > peak0 else rss1 - rss0
+print(json.dumps({"ids": len(scan.done), "lines": scan.lines, "seconds": seconds,
+    "nbytes": scan.done.nbytes(), "rss_delta": rss1 - rss0, "peak_delta": peak}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)], check=True, capture_output=True, text=True
+    )
+    return json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--smoke", action="store_true", help="20,000 done lines")
+    args = parser.parse_args()
+    sizes = [20_000] if args.smoke else sorted(args.sizes)
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp, simulator("--latency", "instant") as sim:
+        work = Path(tmp)
+        parts = templates(sim.url, work)
+        line_bytes = sum(len(b"c-00000".join(p)) for p in parts) / len(parts)
+        room = shutil.disk_usage(work).free - 2e9  # keep 2 GB free
+        if sizes[-1] * line_bytes * 1.05 > room:
+            fit = int(room / (line_bytes * 1.05))
+            notes.append(f"disk: {sizes[-1]:,} lines do not fit; largest size cut to {fit:,}")
+            sizes = [min(s, fit) for s in sizes]
+        out = work / "out.ndjson"
+
+        def case(name: str, csv: str, done: int, size: int, cold: bool = False) -> dict:
+            def once() -> tuple[dict, Noise]:
+                with Noise() as noise:
+                    result = first_request(sim.url, work / csv, out, size, cold)
+                return result, noise
+
+            result, noise = once() if cold else quietest(once)
+            return _row(name, done, size, result, noise)
+
+        new_contacts_csv(work / "new.csv", 0)
+        rows.append(case("fresh", "new.csv", 0, 0))
+        clear_outputs(out)
+        written = 0
+        for done in sizes:
+            append_lines(out, parts, written, done)
+            written = done
+            size = out.stat().st_size
+            write_contacts(work / "in.csv", done + NEW)
+            new_contacts_csv(work / "new.csv", done)
+            rows.append(case("resume", "in.csv", done, size))
+            rows.append(case("scan_only", "new.csv", done, size))
+            rows.append(case("resume_cold", "in.csv", done, size, cold=True))
+            os.truncate(out, size)
+            memory = scan_memory(out)
+            assert memory["ids"] == done, memory
+            for row in rows[-3:]:
+                row.update(
+                    idset_bytes_per_id=memory["nbytes"] / done,
+                    rss_bytes_per_id=memory["rss_delta"] / done,
+                    peak_rss_bytes_per_id=memory["peak_delta"] / done,
+                    in_process_scan_s=memory["seconds"],
+                )
+            print(f"{done:,} done lines: resume {rows[-3]['first_request_s']:.2f} s", flush=True)
+    extra = {
+        "new_contacts": NEW,
+        "mean_line_bytes": line_bytes,
+        "notes": notes,
+        "target": "resume: <= 1 s per 200k done lines; done-set <= 100 bytes per id",
+    }
+    report("resume", rows, extra, smoke=args.smoke)
+    print(f"\nmean line {line_bytes:,.0f} B" + "".join(f"; {n}" for n in notes))
+    for row in rows:
+        if row["case"] == "resume":
+            per = row["s_per_200k"]
+            memory = max(row["idset_bytes_per_id"], row["rss_bytes_per_id"])
+            print(
+                f"{row['done_lines']:,} done lines: first new request after "
+                f"{row['first_request_s']:.2f} s = {per:.2f} s per 200k "
+                f"(target <= {TARGET_S_PER_200K}): {'met' if per <= TARGET_S_PER_200K else 'MISSED'};"
+                f" done-set {row['idset_bytes_per_id']:.1f} B/id, RSS {row['rss_bytes_per_id']:.1f}"
+                f" B/id (target <= {TARGET_BYTES_PER_ID}): "
+                f"{'met' if memory <= TARGET_BYTES_PER_ID else 'MISSED'}"
+            )
+
+
+def _row(case: str, done: int, size: int, result: dict, noise: Noise) -> dict:
+    return {
+        "case": case,
+        "done_lines": done,
+        "out_mb": size / 1e6,
+        "first_request_s": result["first_request_s"],
+        "s_per_200k": result["first_request_s"] / (done / 200_000) if done else None,
+        "target": f"<= {TARGET_S_PER_200K}" if case == "resume" else "",
+        "process_s": result["process_s"],
+        "idset_bytes_per_id": None,
+        "rss_bytes_per_id": None,
+        "peak_rss_bytes_per_id": None,
+        "in_process_scan_s": None,
+        "steal": noise.steal,
+        "others_cores": noise.others,
+    }
+
+
+if __name__ == "__main__":
+    main()
