@@ -10,9 +10,14 @@ appearing in OUT.ndjson (its size, polled every ~5 ms from here; at instant late
 follows the request by a few ms): interpreter start, imports, repairing and scanning OUT.ndjson,
 then reading and skipping the D done rows of the input. Rows per size:
 
-* ``resume``: the real re-run described above, page cache warm (the file was just written).
-  Target: <= 1 s per 200k done lines, i.e. time / (D / 200k) <= 1.
-* ``resume_cold``: the same after dropping OUT.ndjson and the CSV from the page cache.
+* ``resume``: the real re-run described above, page cache warm (the file was just written),
+  with the resume cursor (OUT.cursor.json) that the run which got through the D done rows left:
+  made here by one ``--limit D`` run over the same input (it sends nothing: all D are done),
+  saved, and put back before each measurement. Target: <= 1 s per 200k done lines, i.e.
+  time / (D / 200k) <= 1.
+* ``resume_no_cursor``: the same without the cursor (the input or settings changed, or OUT.ndjson
+  came from elsewhere): every done row is read, validated and built before it is skipped.
+* ``resume_cold``: ``resume`` after dropping OUT.ndjson and the CSV from the page cache.
 * ``scan_only``: an input holding only the 16 new contacts, so the cost is the OUT scan alone.
 * ``fresh`` (once): no OUT.ndjson and 16 contacts: the fixed start-up cost (it dominates the
   per-200k figure of the 20k-line smoke form, which is therefore not comparable to the target).
@@ -98,11 +103,31 @@ def drop_cache(*paths: Path) -> None:
             os.close(fd)
 
 
-def first_request(url: str, csv: Path, out: Path, done_bytes: int, cold: bool = False) -> dict:
+def make_cursor(url: str, csv: Path, out: Path, done: int) -> bytes:
+    """The cursor a run leaves after getting through the first ``done`` rows (all done)."""
+    flags = ("--rate", "none", "--limit", str(done))
+    child = run_child(engine_cmd(csv, out, url, *flags), env=ENGINE_ENV, timeout=600)
+    assert child.returncode == 0, child.stderr
+    summary = orjson.loads(out.with_name(out.stem + ".summary.json").read_bytes())
+    assert summary["counts"]["skipped_done"] == done and summary["paid_calls"] == 0
+    return out.with_name(out.stem + ".cursor.json").read_bytes()
+
+
+def first_request(
+    url: str,
+    csv: Path,
+    out: Path,
+    done_bytes: int,
+    cold: bool = False,
+    cursor: bytes | None = None,
+) -> dict:
     """Spawn a run; seconds until its first new line lands in OUT; then let it finish."""
     for path in out.parent.glob(out.stem + ".*"):
         if path != out:
             path.unlink()
+    if cursor is not None:
+        out.with_name(out.stem + ".rejects.ndjson").touch()
+        out.with_name(out.stem + ".cursor.json").write_bytes(cursor)
     if out.exists():
         os.truncate(out, done_bytes)  # forget the previous measurement's new lines
     if cold:
@@ -119,7 +144,9 @@ def first_request(url: str, csv: Path, out: Path, done_bytes: int, cold: bool = 
     assert child.returncode == 0, child.stderr
     summary = orjson.loads(out.with_name(out.stem + ".summary.json").read_bytes())
     assert summary["counts"]["succeeded"] == NEW, summary["counts"]
-    return {"first_request_s": first[0], "process_s": child.wall}
+    skipped = summary["resume_cursor"]["rows_skipped_unread"]
+    assert (skipped > 0) == (cursor is not None), summary["resume_cursor"]
+    return {"first_request_s": first[0], "process_s": child.wall, "skipped_unread": skipped}
 
 
 def scan_memory(out: Path) -> dict:
@@ -164,10 +191,17 @@ def main() -> None:
             sizes = [min(s, fit) for s in sizes]
         out = work / "out.ndjson"
 
-        def case(name: str, csv: str, done: int, size: int, cold: bool = False) -> dict:
+        def case(
+            name: str,
+            csv: str,
+            done: int,
+            size: int,
+            cold: bool = False,
+            cursor: bytes | None = None,
+        ) -> dict:
             def once() -> tuple[dict, Noise]:
                 with Noise() as noise:
-                    result = first_request(sim.url, work / csv, out, size, cold)
+                    result = first_request(sim.url, work / csv, out, size, cold, cursor)
                 return result, noise
 
             result, noise = once() if cold else quietest(once)
@@ -183,20 +217,26 @@ def main() -> None:
             size = out.stat().st_size
             write_contacts(work / "in.csv", done + NEW)
             new_contacts_csv(work / "new.csv", done)
-            rows.append(case("resume", "in.csv", done, size))
+            cursor = make_cursor(sim.url, work / "in.csv", out, done)
+            rows.append(case("resume", "in.csv", done, size, cursor=cursor))
+            rows.append(case("resume_no_cursor", "in.csv", done, size))
             rows.append(case("scan_only", "new.csv", done, size))
-            rows.append(case("resume_cold", "in.csv", done, size, cold=True))
+            rows.append(case("resume_cold", "in.csv", done, size, cold=True, cursor=cursor))
             os.truncate(out, size)
             memory = scan_memory(out)
             assert memory["ids"] == done, memory
-            for row in rows[-3:]:
+            for row in rows[-4:]:
                 row.update(
                     idset_bytes_per_id=memory["nbytes"] / done,
                     rss_bytes_per_id=memory["rss_delta"] / done,
                     peak_rss_bytes_per_id=memory["peak_delta"] / done,
                     in_process_scan_s=memory["seconds"],
                 )
-            print(f"{done:,} done lines: resume {rows[-3]['first_request_s']:.2f} s", flush=True)
+            print(
+                f"{done:,} done lines: resume {rows[-4]['first_request_s']:.2f} s, without the "
+                f"cursor {rows[-3]['first_request_s']:.2f} s",
+                flush=True,
+            )
     extra = {
         "new_contacts": NEW,
         "mean_line_bytes": line_bytes,
@@ -228,6 +268,7 @@ def _row(case: str, done: int, size: int, result: dict, noise: Noise) -> dict:
         "s_per_200k": result["first_request_s"] / (done / 200_000) if done else None,
         "target": f"<= {TARGET_S_PER_200K}" if case == "resume" else "",
         "process_s": result["process_s"],
+        "rows_skipped_unread": result["skipped_unread"],
         "idset_bytes_per_id": None,
         "rss_bytes_per_id": None,
         "peak_rss_bytes_per_id": None,

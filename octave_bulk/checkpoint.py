@@ -172,6 +172,11 @@ class OutputPaths:
         return self._side(".inflight")
 
     @property
+    def cursor(self) -> Path:
+        """Where the input's settled prefix ends (see ``octave_bulk.cursor``)."""
+        return self._side(".cursor.json")
+
+    @property
     def lock(self) -> Path:
         """Held while a run writes to these files."""
         return self._side(".lock")

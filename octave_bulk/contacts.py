@@ -446,6 +446,19 @@ class ContactReader:
     ) -> None:
         self._source.close()
 
+    @property
+    def lines_read(self) -> int:
+        """Physical input lines consumed so far (the line the last record ended on)."""
+        return self._source.lines_read
+
+    def skip_to(self, line: int, rows: int) -> bool:
+        """Skip the ``rows`` records that end by ``line`` without reading them (a resume's
+        settled prefix, CSV only); False if the input ended first."""
+        if self.format != "csv":
+            raise ValueError("only CSV input can be skipped unparsed")
+        self.rows_read += rows
+        return self._source.skip_to(line)
+
     def __iter__(self) -> Iterator[Contact | Reject]:
         ndjson = self.format == "ndjson"
         for item in self._source:

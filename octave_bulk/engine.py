@@ -17,6 +17,7 @@ stop at once. Every stop flushes, fsyncs and writes the summary; every stop is r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -47,6 +48,15 @@ from octave_bulk.checkpoint import (
     write_json_atomic,
 )
 from octave_bulk.client import CallSuccess, OctaveClient, make_transport
+from octave_bulk.contacts import ContactReader
+from octave_bulk.cursor import (
+    COUNTED,
+    Frontier,
+    ResumeCursor,
+    input_identity,
+    load_cursor,
+    save_cursor,
+)
 from octave_bulk.errors import (
     ApiError,
     ConfigError,
@@ -55,7 +65,7 @@ from octave_bulk.errors import (
     RetryableApiError,
     StateError,
 )
-from octave_bulk.intake import open_contacts, request_spec
+from octave_bulk.intake import open_contacts, reader_options, request_spec
 from octave_bulk.metrics import write_metrics
 from octave_bulk.pacing import Pacer
 from octave_bulk.progress import Progress, log_event
@@ -79,6 +89,7 @@ EXIT_CODES = {
 """Exit code per way a run ends (SPEC.md §7); usage/config/input errors are 2 (in the CLI)."""
 
 _READ_BATCH = 64  # records read per hop to the reader thread
+_CURSOR_INTERVAL = 5.0  # seconds between saves of the resume cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +116,20 @@ class _Run:
         errors_scan: ErrorsScan,
         done: IdSet,
         expected_rows: int | None = None,
+        *,
+        line_of: Callable[[], int] = lambda: 0,
+        start: ResumeCursor | None = None,
     ) -> None:
         self.settings, self.paths, self.stats = settings, paths, stats
         self.expected_rows = expected_rows
-        self.contacts = contacts
+        self.contacts, self.line_of = contacts, line_of
+        self.start = start or ResumeCursor()
+        self.frontier = Frontier(self.start)
+        for name in COUNTED:  # the rows skipped unread count as a full re-read would
+            setattr(stats, name, getattr(stats, name) + self.start.counts[name])
+        stats.rejects_by_reason.update(self.start.rejects_by_reason)
+        self.identity: dict[str, Any] | None = None  # of the input, for the resume cursor
+        self.fingerprint = _fingerprint(settings)
         self.done, self.errors_scan = done, errors_scan
         self.builder = RequestBuilder(request_spec(settings), expected_rows or 1024)
         self.stop_reason: str | None = None
@@ -161,12 +182,12 @@ class _Run:
         async with work:
             records = iter(self.contacts)
             limit = self.settings.limit
-            accepted = 0
+            accepted = self.start.counts["skipped_done"] + self.start.counts["skipped_failed"]
             while not self.stopping and (limit is None or accepted < limit):
                 try:
                     # Abandoned on a hard stop: a reader blocked on a pipe must not hold us.
                     batch = await anyio.to_thread.run_sync(
-                        _take, records, _READ_BATCH, abandon_on_cancel=True
+                        _take, records, _READ_BATCH, self.line_of, abandon_on_cancel=True
                     )
                 except OctaveBulkError as exc:  # the input broke mid-file (found too late)
                     self.input_error = exc
@@ -174,8 +195,8 @@ class _Run:
                     break
                 if not batch:
                     break
-                for record in batch:
-                    item = self._admit(record, rejects.write)
+                for record, end_line in batch:
+                    item = self._admit(record, end_line, rejects)
                     if item is not None:
                         accepted += 1
                         if item is not _SKIP:
@@ -189,10 +210,13 @@ class _Run:
             self.stats.input_done = True
 
     def _admit(
-        self, record: Contact | Reject, write_reject: Callable[[bytes], None]
+        self, record: Contact | Reject, end_line: int, rejects: NdjsonAppender | None
     ) -> _WorkItem | None:
-        """A work item, _SKIP (already done / failed for good), or None (rejected)."""
-        stats = self.stats
+        """A work item, _SKIP (already done / failed for good), or None (rejected).
+
+        ``rejects`` is where rejects go (None: nowhere, for a dry run)."""
+        stats, frontier = self.stats, self.frontier
+        rejects_size = rejects.size if rejects is not None else 0
         stats.read += 1
         if isinstance(record, Contact):
             built = self.builder.build(record)
@@ -200,18 +224,22 @@ class _Run:
                 record = built
             elif built.key in self.done:
                 stats.skipped_done += 1
+                frontier.add(end_line, rejects_size, "skipped_done")
                 return _SKIP
             elif built.key in self.errors_scan.permanent and not self.settings.retry_failed:
                 stats.skipped_failed += 1
+                frontier.add(end_line, rejects_size, "skipped_failed")
                 return _SKIP
             else:
+                frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
                 return _WorkItem(built.request_id, orjson.dumps(built.wire), built.wire)
-        if record.reason == "duplicate":
-            stats.duplicate += 1
-        else:
-            stats.rejected += 1
+        kind = "duplicate" if record.reason == "duplicate" else "rejected"
+        setattr(stats, kind, getattr(stats, kind) + 1)
         stats.rejects_by_reason[record.reason] += 1
-        write_reject(orjson.dumps(record.to_record(), default=str) + b"\n")
+        if rejects is not None:
+            rejects.write(orjson.dumps(record.to_record(), default=str) + b"\n")
+            rejects_size = rejects.size
+        frontier.add(end_line, rejects_size, kind, reason=record.reason)
         return None
 
     # --- workers ----------------------------------------------------------------------
@@ -380,12 +408,34 @@ class _Run:
             stats.credits += outcome.credits
             if self.slots is not None:
                 self.slots.settle(outcome.request_id)
+            self.frontier.settle(outcome.request_id)
         elif outcome.error.retryable:
             stats.failed_retryable += 1
             stats.failures_by_kind[outcome.error.kind] += 1
+            self.frontier.block(outcome.request_id)
         else:
             stats.failed_permanent += 1
             stats.failures_by_kind[outcome.error.kind] += 1
+            self.frontier.settle(outcome.request_id, "skipped_failed")
+
+    def save_cursor(self) -> None:
+        """Save the settled prefix for the next resume (a no-op for stdin and NDJSON)."""
+        self._write_cursor(self.frontier.cursor())
+
+    def _write_cursor(self, cursor: ResumeCursor) -> None:
+        if self.identity is None:
+            return
+        try:
+            save_cursor(self.paths, cursor, self.identity, self.fingerprint)
+        except OSError as exc:  # only a shortcut for the next resume: never worth a stop
+            log_event("cursor_not_saved", level=logging.WARNING, error=str(exc))
+
+    async def save_cursor_periodically(self) -> None:
+        while True:
+            await anyio.sleep(_CURSOR_INTERVAL)
+            # The snapshot on the loop's thread (the frontier is not thread-safe), the fsyncs
+            # off it.
+            await anyio.to_thread.run_sync(self._write_cursor, self.frontier.cursor())
 
     # --- the whole run ----------------------------------------------------------------
 
@@ -399,7 +449,7 @@ class _Run:
         )
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
-        rejects = NdjsonAppender(paths.rejects, truncate=True)
+        rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
         slots = self.slots = InflightSlots(paths.inflight, carry=self.carried)
         sink = Sink(
             results=results,
@@ -420,6 +470,7 @@ class _Run:
         try:
             async with anyio.create_task_group() as helpers:
                 helpers.start_soon(progress.run)
+                helpers.start_soon(self.save_cursor_periodically)
                 if handle_signals:
                     helpers.start_soon(self.watch_signals)
                 async with anyio.create_task_group() as pipeline:
@@ -444,6 +495,7 @@ class _Run:
                 appender.close()
             slots.sync()
             slots.close()
+            self.save_cursor()
         self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
 
 
@@ -476,13 +528,41 @@ async def _put(stream: MemoryObjectSendStream[_WorkItem], item: _WorkItem) -> No
         await stream.send(item)
 
 
-def _take(records: Iterator[Contact | Reject], count: int) -> list[Contact | Reject]:
+def _take(
+    records: Iterator[Contact | Reject], count: int, line_of: Callable[[], int]
+) -> list[tuple[Contact | Reject, int]]:
+    """Up to ``count`` records, each with the input line it ends on."""
     batch = []
     for record in records:
-        batch.append(record)
+        batch.append((record, line_of()))
         if len(batch) >= count:
             break
     return batch
+
+
+def _resume_cursor(
+    reader: ContactReader,
+    paths: OutputPaths,
+    settings: Settings,
+    identity: dict[str, Any] | None,
+) -> tuple[ResumeCursor, str]:
+    """Skip the input's settled prefix if a saved cursor still applies; what was skipped and
+    why (or why not)."""
+    if settings.retry_failed:
+        return ResumeCursor(), "not used with --retry-failed"
+    if reader.format != "csv":
+        return ResumeCursor(), "not used for NDJSON input"
+    cursor, note = load_cursor(paths, identity, _fingerprint(settings))
+    if cursor is None:
+        return ResumeCursor(), note
+    reader.skip_to(cursor.line, cursor.counts["read"])
+    return cursor, f"skipped {cursor.counts['read']:,} settled rows (lines up to {cursor.line:,})"
+
+
+def _fingerprint(settings: Settings) -> str:
+    """What must match for a resume cursor to apply: how rows are read and requests built."""
+    shape = repr((reader_options(settings), request_spec(settings)))
+    return hashlib.sha256(shape.encode()).hexdigest()
 
 
 def _rounded(value: float | None) -> float | None:
@@ -572,9 +652,22 @@ async def _locked_run(
     stats.outcome_unknown = len(carried)
     if scan.bad_lines:
         log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
+    identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
-        run = _Run(settings, paths, reader, stats, errors_scan, scan.done, expected)
+        start, cursor_note = _resume_cursor(reader, paths, settings, identity)
+        run = _Run(
+            settings,
+            paths,
+            reader,
+            stats,
+            errors_scan,
+            scan.done,
+            expected,
+            line_of=lambda: reader.lines_read,
+            start=start,
+        )
+        run.identity = identity if reader.format == "csv" else None
         run.carried = carried
         bar = settings.progress if settings.progress is not None else _stderr_is_tty()
         bar = bar and settings.log_format != "json"
@@ -586,6 +679,8 @@ async def _locked_run(
             already_done=scan.lines,
             repaired_bytes=scan.repaired_bytes,
             outcome_unknown=stats.outcome_unknown,
+            skipped_unread=start.counts["read"],
+            cursor=cursor_note,
             input_format=reader.format,
             encoding=reader.encoding,
             mapping=reader.mapping.render(),
@@ -631,6 +726,7 @@ async def _locked_run(
             "summary": str(paths.summary),
         },
         already_done_before_run=scan.lines,
+        resume_cursor={"rows_skipped_unread": start.counts["read"], "note": cursor_note},
         repaired_bytes=scan.repaired_bytes,
         corrupt_result_lines=scan.bad_lines,
         unknown_request_ids=carried[:100],
@@ -661,7 +757,7 @@ def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> 
     with open_contacts(input_path, settings) as reader:
         run = _Run(settings, paths, reader, stats, errors_scan, done)
         for record in reader:
-            item = run._admit(record, lambda _line: None)
+            item = run._admit(record, 0, None)
             if item is not None and item is not _SKIP:
                 stats.queued += 1
                 example = example or item.contact

@@ -45,10 +45,14 @@ def utc_now() -> str:
 class NdjsonAppender:
     """Append-only NDJSON file, created with mode 0600."""
 
-    def __init__(self, path: Path, *, truncate: bool = False) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+    def __init__(self, path: Path, *, keep: int | None = None) -> None:
+        """Open for appending; ``keep`` cuts the file to that many bytes first (0 empties it)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         self.path = path
         self._fd = os.open(path, flags, 0o600)
+        if keep is not None:
+            os.ftruncate(self._fd, keep)
+        self.size = os.fstat(self._fd).st_size
         self.dirty = False
 
     def write(self, line: bytes) -> None:
@@ -57,6 +61,7 @@ class NdjsonAppender:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        self.size += len(line)
         self.dirty = True
 
     def sync(self) -> None:

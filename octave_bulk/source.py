@@ -464,6 +464,20 @@ class RecordSource:
 
     # -- reading -----------------------------------------------------------------------------
 
+    @property
+    def lines_read(self) -> int:
+        """Physical lines consumed so far; after a record is yielded, the line it ends on."""
+        return self._source_lines.lineno
+
+    def skip_to(self, line: int) -> bool:
+        """Skip physical lines, unparsed, up to and including ``line`` (which must end a
+        record); False if the input ended first."""
+        lines = self._source_lines
+        while lines.lineno < line:
+            if lines.raw() is None:
+                return False
+        return True
+
     def __iter__(self) -> Iterator[RawRecord | Reject]:
         return self._iter_csv() if self.format == "csv" else self._iter_ndjson()
 
