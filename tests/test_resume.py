@@ -89,6 +89,29 @@ def test_kill_9_at_random_moments_loses_nothing_and_pays_at_most_in_flight(
     assert summary["exit_code"] == 0
 
 
+def test_kill_9_after_a_cursor_save_resumes_from_it_without_loss(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(seed=5, latency=parse_latency("30ms:0.5"), faults=parse_faults("500=0.05"))
+    rids = write_contacts(tmp_path / "in.csv", 500)
+    out = tmp_path / "out.ndjson"
+    run = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "8", "--rate", "50/s")
+    _wait_for(side(out, ".cursor.json").exists, timeout=30)  # saved every 5 s
+    time.sleep(0.5)
+    run.kill()
+    saved = json.loads(side(out, ".cursor.json").read_text())
+    assert saved["line"] > 1
+    done = {line["requestId"] for line in _complete_lines(out)}
+    in_flight = len(set(InflightSlots.leftovers(side(out, ".inflight"))) - done)
+    code, err = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "8").finish()
+    assert code == 0, err
+    summary = json.loads(side(out, ".summary.json").read_text())
+    assert summary["resume_cursor"]["rows_skipped_unread"] == saved["counts"]["read"] > 0
+    assert sorted(line["requestId"] for line in read_lines(out)) == rids
+    extra_paid = sum(n - 1 for n in sim.stats()["successes"].values())
+    assert extra_paid <= in_flight <= 8
+
+
 def _complete_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
