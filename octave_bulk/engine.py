@@ -337,8 +337,9 @@ class _Run:
         settings = self.settings
         cap = min(settings.backoff_max, settings.backoff_initial * 2 ** (failed_attempts - 1))
         wait = random.uniform(0, cap)
-        # A 429's Retry-After pauses the whole pool in the pacer; other statuses' (503) count here.
-        if isinstance(exc, ApiError) and exc.retry_after is not None and exc.status != 429:
+        # The retry waits out its own Retry-After (429 or 503); a 429 that says the pool is too
+        # fast also pauses the whole pool, in the pacer.
+        if isinstance(exc, ApiError) and exc.retry_after is not None:
             wait = max(wait, min(exc.retry_after, settings.backoff_max))
         return wait
 
@@ -383,7 +384,7 @@ class _Run:
             stats.rate_limited += 1
             rate, was_paused = pacer.rate, pacer.paused_until > time.monotonic()
             pause = pacer.on_429(sent_at, exc.retry_after)
-            if pacer.rate != rate or not was_paused:  # one event per new pause or slow-down
+            if pacer.rate != rate or (pause > 0 and not was_paused):  # new pause or slow-down
                 log_event("rate_limited", pause_s=round(pause, 2), rate=_rounded(pacer.rate))
             return
         pacer.on_accepted()

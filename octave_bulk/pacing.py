@@ -2,9 +2,17 @@
 
 Three gates, in order:
 
-1. **Pause** - a 429 stops dispatch for the whole pool until its ``Retry-After`` (seconds or
-   HTTP date) has passed, or for a jittered exponential backoff when the server gave none;
-   a Retry-After beyond ``max_pause`` (600 s by default) is clamped so the run stays alive.
+1. **Pause** - a 429 that says the pool is too fast stops dispatch for the whole pool until its
+   ``Retry-After`` (seconds or HTTP date) has passed, or for a jittered exponential backoff when
+   the server gave none; a Retry-After beyond ``max_pause`` (600 s by default) is clamped so the
+   run stays alive. A 429 says so unless it is *isolated*: under 5 % of at least 20 answers in
+   the last 2 s. An isolated 429 among many accepted calls says the rate is being accepted
+   (a gateway's sporadic refusal, a neighbour's burst); only its own retry waits out its
+   Retry-After (in the engine), and it neither pauses the pool nor counts against the rate;
+   it only restarts the quiet period, so the rate does not climb past it.
+   A rate above the server's limit draws 429s on a share of calls that grows with the
+   overshoot (a 10 % overshoot: ~9 %), so it is never isolated; at low volume (a real run at
+   a few calls per second) every 429 pauses the pool.
 2. **Adaptive rate** - a bracketing search for the server's limit, in the spirit of TCP's
    multiplicative decrease. A 429 for a call sent at the current rate is a strike against it;
    the second strike (or two 429s within a second) steps the rate down: back to the last rate
@@ -43,6 +51,9 @@ _QUIET_CALLS = 10  # ... and at least this many calls at the current rate
 _FORGIVE_S = 30.0  # a failed rate is forgiven by 10 % per this many quiet seconds
 _MIN_RATE = 0.05  # never below one call per 20 s
 _MIN_PAUSE = 0.25  # an HTTP-date Retry-After can parse to 0 (1 s resolution): pause anyway
+_WINDOW_S = 2.0  # recent answers: the window for rates and the 429 share
+_ISOLATED_SHARE = 0.05  # a 429 is isolated below this share of recent answers ...
+_ISOLATED_ANSWERS = 20  # ... and with at least this many of them
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -114,6 +125,7 @@ class Pacer:
         self._stopped = anyio.Event()
         self._sent: deque[float] = deque(maxlen=512)  # recent send times, to measure the rate
         self._accepted: deque[float] = deque(maxlen=512)  # recent answers that were not 429s
+        self._limited: deque[float] = deque(maxlen=512)  # recent 429s
 
     def stop(self) -> None:
         """Wake every waiter now: the run is stopping (callers check that after acquire)."""
@@ -159,14 +171,20 @@ class Pacer:
         self._accepted.append(self._clock())
 
     def on_429(self, sent_at: float, retry_after: float | None) -> float:
-        """Pause the pool and (if adaptive) step the rate down; returns the pause in seconds.
+        """Pause the pool and (if adaptive) step the rate down; returns the pause in seconds
+        (0 for an isolated 429, which only delays its own retry).
 
         A 429 for a call sent before the last change (it was already on the wire when an
         earlier 429 paused the pool) neither extends the pause nor escalates the backoff: the
         pool has reacted already. Only calls sent since say something about the current state.
         """
         now = self._clock()
+        self._limited.append(now)
         fresh = sent_at >= self._changed_at
+        if self._isolated(now):
+            if fresh:  # no reason to slow down, but none to speed up either
+                self._quiet_since, self._calls_since_quiet = now, 0
+            return 0.0
         if retry_after is not None:
             pause = min(max(retry_after, _MIN_PAUSE), self._max_pause)
         elif fresh:
@@ -186,10 +204,17 @@ class Pacer:
                 self._step_down(now)
         return pause
 
+    def _isolated(self, now: float) -> bool:
+        """Too few 429s among recent answers to say anything about the pool's rate."""
+        since = now - _WINDOW_S
+        limited = sum(1 for t in self._limited if t > since)
+        answers = limited + sum(1 for t in self._accepted if t > since)
+        return answers >= _ISOLATED_ANSWERS and limited < _ISOLATED_SHARE * answers
+
     @staticmethod
     def _measured(times: deque[float], now: float, least: int) -> float | None:
         """Events per second over the last 2 s, when there are at least ``least`` of them."""
-        recent = [t for t in times if t > now - 2.0]
+        recent = [t for t in times if t > now - _WINDOW_S]
         if len(recent) < least:
             return None
         return len(recent) / max(now - recent[0], 0.05)

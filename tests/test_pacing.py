@@ -66,7 +66,7 @@ def test_429_without_retry_after_backs_off_exponentially_with_jitter() -> None:
     assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 1.0
 
 
-def test_an_isolated_429_pauses_but_keeps_the_rate() -> None:
+def test_a_lone_429_at_low_volume_pauses_but_keeps_the_rate() -> None:
     clock = Clock()
     pacer = Pacer(50.0, clock=clock)
     for _ in range(3):  # sporadic 429s with the rate holding in between: noise, not a limit
@@ -75,6 +75,39 @@ def test_an_isolated_429_pauses_but_keeps_the_rate() -> None:
         clock.now += 0.5
         quiet_period(pacer, clock)
     assert pacer.rate == 50.0 and pacer.failed is None
+
+
+def accepted(pacer: Pacer, clock: Clock, count: int, seconds: float = 1.0) -> None:
+    """``count`` answers that were not 429s, spread over ``seconds``."""
+    for _ in range(count):
+        clock.now += seconds / count
+        pacer.on_accepted()
+
+
+def test_an_isolated_429_among_many_answers_neither_pauses_nor_slows_the_pool() -> None:
+    clock = Clock()
+    pacer = Pacer(50.0, clock=clock)
+    for _ in range(5):  # 1 % sporadic 429s while 50/s is being accepted
+        accepted(pacer, clock, 99, seconds=2.0)
+        assert pacer.on_429(sent_at=clock.now - 0.05, retry_after=1.0) == 0.0
+        assert pacer.paused_until <= clock.now
+    assert pacer.rate == 50.0 and pacer.failed is None
+    pacer._calls_since_quiet += 50
+    pacer._climb()  # ... but the quiet period restarted with the last one: no climb yet
+    assert pacer.rate == 50.0
+
+
+def test_429s_over_five_percent_of_recent_answers_pause_and_step_down() -> None:
+    clock = Clock()
+    pacer = Pacer(55.0, clock=clock)
+    accepted(pacer, clock, 40)
+    pauses = []
+    for _ in range(4):  # 429s on a growing share: the rate is over the limit
+        clock.now += 0.05
+        pauses.append(pacer.on_429(sent_at=clock.now - 0.02, retry_after=1.0))
+    assert pauses[:2] == [0.0, 0.0]  # 1 and 2 of 41-42 answers: under 5 %
+    assert pauses[2:] == [1.0, 1.0] and pacer.paused_until == pytest.approx(clock.now + 1.0)
+    assert pacer.failed == 55.0 and pacer.rate is not None and pacer.rate < 55.0  # two strikes
 
 
 def test_a_rate_just_above_the_limit_draws_one_429_per_cycle_and_steps_down() -> None:
