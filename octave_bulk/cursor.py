@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,14 @@ COUNTED = ("read", "skipped_done", "skipped_failed", "rejected", "duplicate")
 
 def input_identity(path: str | Path) -> dict[str, Any] | None:
     """Size, mtime and head hash of a regular input file; None for stdin or anything else."""
-    if str(path) == "-":
+    # Checked before opening: reading the head of a pipe (``<(cat export.csv)``) would take
+    # those bytes away from the reader.
+    if str(path) == "-" or not os.path.isfile(path):
         return None
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(info.st_mode):
                 return None
             head = handle.read(_HEAD_BYTES)
     except OSError:

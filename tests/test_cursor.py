@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,24 @@ def test_frontier_counts_a_permanent_failure_as_skipped_failed() -> None:
     frontier.settle("a", "skipped_failed")
     assert frontier.cursor().line == 2
     assert frontier.cursor().counts == {"read": 1, "skipped_failed": 1}
+
+
+async def test_a_named_pipe_input_is_read_whole(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    source = tmp_path / "src.csv"
+    good = write_messy(source, 30)
+    fifo = tmp_path / "in.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(source.read_bytes())
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(fifo, out, sim_settings(sim.url))
+    writer.join(timeout=5)
+    assert summary["resume_cursor"]["note"] == "the input is not a regular file"
+    assert sorted(line["requestId"] for line in read_lines(out)) == sorted(good)
+    assert not side(out, ".cursor.json").exists()
