@@ -15,13 +15,13 @@ Three gates, in order:
    a few calls per second) every 429 pauses the pool.
 2. **Adaptive rate** - a bracketing search for the server's limit, in the spirit of TCP's
    multiplicative decrease. A 429 for a call sent at the current rate is a strike against it;
-   the second strike at the current rate steps the rate down: back to the last rate that was
-   sustained without a 429 when there is one below, else by 10 % - or, while the run is still
-   probing (no quiet period yet), by half, never below 90 % of what the server was accepting
-   over the last 2 s (the time the pool was paused not counted). After every quiet period
-   (2 s and 10 calls without a 429) the rate is known to hold and climbs 10 % toward the
-   ceiling, but not onto a rate that drew a step down; such a rate is forgiven by 10 % every
-   30 s, so the search re-probes and follows a limit that rises. One strike is not enough because a sporadic 429 says little
+   the second strike (or two 429s within a second) steps the rate down: back to the last rate
+   that was sustained without a 429 when there is one below, else by 10 % - or, while the
+   run is still probing (no quiet period yet), by half, never below 90 % of what the server
+   was accepting over the last 2 s. After every quiet period (2 s and 10 calls without a 429)
+   the rate is known to hold and climbs 10 % toward the ceiling, but not onto a rate that
+   drew a step down; such a rate is forgiven by 10 % every 30 s, so the search re-probes and
+   follows a limit that rises. One strike is not enough because a sporadic 429 says little
    about the rate, while a rate above the limit draws a 429 in every pause-and-resume cycle.
    Calls sent before the last change do not count. Spacing at the effective rate is
    GCRA-style virtual scheduling (each caller books the next slot; a booking is re-checked
@@ -118,7 +118,7 @@ class Pacer:
         self._quiet_since = clock()  # the last change or fresh 429
         self._calls_since_quiet = 0
         self._strikes = 0  # fresh 429s at the current rate
-        self._pauses: deque[list[float]] = deque(maxlen=64)  # recent [start, end] of pauses
+        self._last_strike = -1e9
         self._settled = False  # a quiet period has passed: no more halving
         self._failed_at = clock()  # when ``failed`` was last set or forgiven
         self._backoff_level = 0
@@ -194,31 +194,15 @@ class Pacer:
         else:
             return max(0.0, self.paused_until - now)
         if fresh or self.paused_until > now:
-            self._pause_until(now, now + pause)
+            self.paused_until = max(self.paused_until, now + pause)
         if fresh and self.adaptive:
             self._strikes += 1
+            close_behind = now - self._last_strike <= 1.0
+            self._last_strike = now
             self._quiet_since, self._calls_since_quiet = now, 0
-            if self._strikes >= 2:
+            if self._strikes >= 2 or close_behind:
                 self._step_down(now)
         return pause
-
-    def _pause_until(self, now: float, until: float) -> None:
-        if until <= self.paused_until:
-            return
-        if self._pauses and self._pauses[-1][1] >= now:
-            self._pauses[-1][1] = until  # extends the pause under way
-        else:
-            self._pauses.append([now, until])
-        self.paused_until = until
-
-    def _accepted_rate(self, now: float) -> float | None:
-        """Answers (not 429s) per second of the last 2 s that the pool was not paused."""
-        recent = [t for t in self._accepted if t > now - _WINDOW_S]
-        if len(recent) < _QUIET_CALLS:
-            return None
-        start = recent[0]
-        paused = sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in self._pauses)
-        return len(recent) / max(now - start - paused, 0.05)
 
     def _isolated(self, now: float) -> bool:
         """Too few 429s among recent answers to say anything about the pool's rate."""
@@ -248,7 +232,7 @@ class Pacer:
             self.good = None
         else:
             target = current / 2  # still probing: halve, but not below what the server took
-            accepted = self._accepted_rate(now)
+            accepted = self._measured(self._accepted, now, _QUIET_CALLS)
             if accepted is not None:
                 target = max(target, min(current, accepted) * 0.9)
         self.rate = max(_MIN_RATE, target)

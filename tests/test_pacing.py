@@ -110,18 +110,6 @@ def test_429s_over_five_percent_of_recent_answers_pause_and_step_down() -> None:
     assert pacer.failed == 55.0 and pacer.rate is not None and pacer.rate < 55.0  # two strikes
 
 
-def test_a_probing_step_down_keeps_to_what_the_server_accepted_while_not_paused() -> None:
-    clock = Clock()
-    pacer = Pacer(100.0, clock=clock)
-    accepted(pacer, clock, 80)  # the server took 80/s for a second ...
-    for _ in range(5):  # ... then refused on a growing share: the fifth (> 5 %) pauses
-        pacer.on_429(sent_at=clock.now, retry_after=1.0)
-    assert pacer.paused_until == clock.now + 1.0 and pacer.rate == 100.0
-    clock.now = pacer.paused_until  # 1 s paused: nothing sent, nothing accepted
-    pacer.on_429(sent_at=clock.now, retry_after=1.0)  # the second strike: halve, but ...
-    assert pacer.rate == pytest.approx(0.9 * 80, rel=0.05)  # ... not below 90 % of 80/s
-
-
 def test_a_rate_just_above_the_limit_draws_one_429_per_cycle_and_steps_down() -> None:
     clock = Clock()
     pacer = Pacer(56.0, clock=clock)
