@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import StealMeter, pinned, report, simulator
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: a snapshot there is what gets measured
 
 from tests.helpers import write_contacts  # noqa: E402
 
