@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 
 RESULTS = Path(__file__).parent / "results"
@@ -236,6 +237,13 @@ def clear_outputs(out: Path) -> None:
     """Delete OUT.ndjson and its side files."""
     for path in out.parent.glob(out.stem + ".*"):
         path.unlink()
+
+
+def run_summary(out: Path) -> dict[str, Any]:
+    """The OUT.summary.json a run left next to ``out``."""
+    from octave_bulk.checkpoint import OutputPaths
+
+    return orjson.loads(OutputPaths(out).summary.read_bytes())  # type: ignore[no-any-return]
 
 
 def write_contacts(path: Path, count: int, *, start: int = 0) -> list[str]:

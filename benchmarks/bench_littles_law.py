@@ -40,6 +40,7 @@ from _common import (
     quietest,
     report,
     run_child,
+    run_summary,
     simulator,
     write_contacts,
 )
@@ -75,7 +76,7 @@ def measure(sim_url: str, work: Path, c: int, n: int, mean: float, drawn: float)
     child = run_child(cmd, env=ENGINE_ENV, timeout=600)
     if child.returncode != 0:
         raise RuntimeError(f"engine exit {child.returncode}: {child.stderr}")
-    summary = orjson.loads(out.with_name("out.summary.json").read_bytes())
+    summary = run_summary(out)
     times, client_mean = completions(out)
     assert len(times) == n, f"{len(times)} results for {n} contacts"
     lo, hi = int(0.1 * n), int(0.9 * n) - 1

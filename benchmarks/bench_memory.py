@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
 import psutil
 from _common import (
     ENGINE_ENV,
@@ -32,6 +31,7 @@ from _common import (
     quietest,
     report,
     run_child,
+    run_summary,
     simulator,
     write_contacts,
 )
@@ -58,7 +58,7 @@ def run(url: str, csv: Path, out: Path, limit: int) -> tuple[dict, Noise]:
         child = run_child(engine_cmd(csv, out, url, *flags), env=ENGINE_ENV, poll=sample)
     if child.returncode != 0:
         raise RuntimeError(f"engine exit {child.returncode}: {child.stderr}")
-    summary = orjson.loads(out.with_name("out.summary.json").read_bytes())
+    summary = run_summary(out)
     assert summary["counts"]["succeeded"] == limit, summary["counts"]
     quarter = [s for s in samples if s[0] >= child.wall / 4] or samples
     return {

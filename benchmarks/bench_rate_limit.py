@@ -42,6 +42,7 @@ from _common import (
     quietest,
     report,
     run_child,
+    run_summary,
     simulator,
     write_contacts,
 )
@@ -85,7 +86,7 @@ def run_case(
         cmd = engine_cmd(work / "in.csv", out, sim.url, *flags)
         child = run_child(cmd, env=ENGINE_ENV, timeout=cap)
         stats = sim.stats()["totals"]
-    summary = orjson.loads(out.with_name("out.summary.json").read_bytes())
+    summary = run_summary(out)
     if child.returncode not in (0, 1) and not child.timed_out:
         raise RuntimeError(f"engine exit {child.returncode}: {child.stderr}")
     counts = summary["counts"]

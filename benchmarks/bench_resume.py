@@ -52,9 +52,12 @@ from _common import (
     quietest,
     report,
     run_child,
+    run_summary,
     simulator,
     write_contacts,
 )
+
+from octave_bulk.checkpoint import OutputPaths
 
 NEW = 16
 TEMPLATES = 64
@@ -108,9 +111,9 @@ def make_cursor(url: str, csv: Path, out: Path, done: int) -> bytes:
     flags = ("--rate", "none", "--limit", str(done))
     child = run_child(engine_cmd(csv, out, url, *flags), env=ENGINE_ENV, timeout=600)
     assert child.returncode == 0, child.stderr
-    summary = orjson.loads(out.with_name(out.stem + ".summary.json").read_bytes())
+    summary = run_summary(out)
     assert summary["counts"]["skipped_done"] == done and summary["paid_calls"] == 0
-    return out.with_name(out.stem + ".cursor.json").read_bytes()
+    return OutputPaths(out).cursor.read_bytes()
 
 
 def first_request(
@@ -126,8 +129,8 @@ def first_request(
         if path != out:
             path.unlink()
     if cursor is not None:
-        out.with_name(out.stem + ".rejects.ndjson").touch()
-        out.with_name(out.stem + ".cursor.json").write_bytes(cursor)
+        OutputPaths(out).rejects.touch()
+        OutputPaths(out).cursor.write_bytes(cursor)
     if out.exists():
         os.truncate(out, done_bytes)  # forget the previous measurement's new lines
     if cold:
@@ -142,7 +145,7 @@ def first_request(
     flags = ("--rate", "none", "--concurrency", "8")
     child = run_child(engine_cmd(csv, out, url, *flags), env=ENGINE_ENV, timeout=600, poll=watch)
     assert child.returncode == 0, child.stderr
-    summary = orjson.loads(out.with_name(out.stem + ".summary.json").read_bytes())
+    summary = run_summary(out)
     assert summary["counts"]["succeeded"] == NEW, summary["counts"]
     skipped = summary["resume_cursor"]["rows_skipped_unread"]
     assert (skipped > 0) == (cursor is not None), summary["resume_cursor"]

@@ -9,7 +9,9 @@
 Backpressure runs from the workers to the reader, so memory depends on the concurrency, not
 on the input. Workers write their outcome's line themselves, synchronously (no stream, no await
 between receiving a response and writing it: measured, the second stream and its shielded
-hand-off cost ~15 us per contact); the committer makes lines durable in groups. Stops: ``max_calls`` and the breaker stop dispatch and let calls in flight finish;
+hand-off cost ~15 us per contact); the committer makes lines durable in groups.
+
+Stops: ``max_calls`` and the breaker stop dispatch and let calls in flight finish;
 SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at once); 401/402/403
 stop at once. Every stop flushes, fsyncs and writes the summary; every stop is resumable.
 """
@@ -119,6 +121,8 @@ class _Run:
         *,
         line_of: Callable[[], int] = lambda: 0,
         start: ResumeCursor | None = None,
+        identity: dict[str, Any] | None = None,
+        fingerprint: str = "",
     ) -> None:
         self.settings, self.paths, self.stats = settings, paths, stats
         self.expected_rows = expected_rows
@@ -128,8 +132,7 @@ class _Run:
         for name in COUNTED:  # the rows skipped unread count as a full re-read would
             setattr(stats, name, getattr(stats, name) + self.start.counts[name])
         stats.rejects_by_reason.update(self.start.rejects_by_reason)
-        self.identity: dict[str, Any] | None = None  # of the input, for the resume cursor
-        self.fingerprint = _fingerprint(settings)
+        self.identity, self.fingerprint = identity, fingerprint  # for saving the cursor
         self.done, self.errors_scan = done, errors_scan
         self.builder = RequestBuilder(request_spec(settings), expected_rows or 1024)
         self.stop_reason: str | None = None
@@ -546,6 +549,7 @@ def _resume_cursor(
     paths: OutputPaths,
     settings: Settings,
     identity: dict[str, Any] | None,
+    fingerprint: str,
 ) -> tuple[ResumeCursor, str]:
     """Skip the input's settled prefix if a saved cursor still applies; what was skipped and
     why (or why not)."""
@@ -553,7 +557,7 @@ def _resume_cursor(
         return ResumeCursor(), "not used with --retry-failed"
     if reader.format != "csv":
         return ResumeCursor(), "not used for NDJSON input"
-    cursor, note = load_cursor(paths, identity, _fingerprint(settings))
+    cursor, note = load_cursor(paths, identity, fingerprint)
     if cursor is None:
         return ResumeCursor(), note
     reader.skip_to(cursor.line, cursor.counts["read"])
@@ -656,7 +660,10 @@ async def _locked_run(
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
-        start, cursor_note = _resume_cursor(reader, paths, settings, identity)
+        if reader.format != "csv":
+            identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
+        fingerprint = _fingerprint(settings)
+        start, cursor_note = _resume_cursor(reader, paths, settings, identity, fingerprint)
         run = _Run(
             settings,
             paths,
@@ -667,8 +674,9 @@ async def _locked_run(
             expected,
             line_of=lambda: reader.lines_read,
             start=start,
+            identity=identity,
+            fingerprint=fingerprint,
         )
-        run.identity = identity if reader.format == "csv" else None
         run.carried = carried
         bar = settings.progress if settings.progress is not None else _stderr_is_tty()
         bar = bar and settings.log_format != "json"
