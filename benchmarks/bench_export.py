@@ -28,8 +28,8 @@ from pathlib import Path
 import orjson
 from _common import report
 
+from octave_bulk.agents.sequence import SequenceRequest
 from octave_bulk.export import export_results
-from octave_bulk.models import SequenceRequest
 from octave_bulk.simulator.content import generate_data
 
 FIRST = ["Alex", "Maria", "Jonas", "Priya", "Zoë", "Kwame", "Inés", "Li", "Sam", "Chloé"]

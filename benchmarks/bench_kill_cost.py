@@ -41,7 +41,7 @@ from _common import (
     write_contacts,
 )
 
-from octave_bulk.checkpoint import InflightSlots, line_request_id
+from octave_bulk.state.checkpoint import InflightSlots, line_request_id
 
 
 def lines_by_id(out: Path) -> Counter[str]:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from _common import report
 
-from octave_bulk.contacts import ContactReader, ReaderOptions, validate_input
-from octave_bulk.records import Contact
-from octave_bulk.requests import RequestSpec
+from octave_bulk.build import RequestSpec
+from octave_bulk.input.reader import ContactReader, ReaderOptions, validate_input
+from octave_bulk.input.records import Contact
 
 HEADERS = [
     "Record ID", "First Name", "Last Name", "Email", "Phone Number", "Job Title",

@@ -6,7 +6,7 @@ error tree are re-exported for callers that handle results or errors.
 
 from __future__ import annotations
 
-from octave_bulk.engine import EXIT_CODES, run_batch
+from octave_bulk.agents.sequence import OutputFormat, SequenceRequest, SequenceResponse
 from octave_bulk.errors import (
     ApiError,
     ConfigError,
@@ -17,7 +17,7 @@ from octave_bulk.errors import (
     StateError,
     TerminalApiError,
 )
-from octave_bulk.models import OutputFormat, SequenceRequest, SequenceResponse
+from octave_bulk.run.engine import EXIT_CODES, run_batch
 from octave_bulk.settings import Settings
 
 __all__ = [

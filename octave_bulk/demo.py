@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from octave_bulk.engine import run_batch
+from octave_bulk.run.engine import run_batch
 from octave_bulk.settings import Settings
 from octave_bulk.simulator import SimulatorConfig, parse_faults, parse_latency, parse_rate_limit
 from octave_bulk.simulator.server import serve_simulator

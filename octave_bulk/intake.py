@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from octave_bulk.contacts import ContactReader, ReaderOptions
-from octave_bulk.requests import RequestSpec
+from octave_bulk.build import RequestSpec
+from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.settings import Settings
 
 __all__ = ["open_contacts", "reader_options", "request_spec"]

@@ -21,8 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from octave_bulk.agents.sequence import OutputFormat, StepMapping
 from octave_bulk.errors import ConfigError
-from octave_bulk.models import OutputFormat, StepMapping
 
 __all__ = ["DEFAULT_BASE_URL", "Settings", "parse_rate"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from octave_bulk.checkpoint import InflightSlots, OutputPaths, iter_ndjson, line_request_id
-from octave_bulk.models import credits_of
+from octave_bulk.agents.sequence import credits_of
+from octave_bulk.state.checkpoint import InflightSlots, OutputPaths, iter_ndjson, line_request_id
 
 __all__ = ["read_status"]
 

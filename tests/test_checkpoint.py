@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from octave_bulk.checkpoint import (
+from octave_bulk.errors import StateError
+from octave_bulk.state.checkpoint import (
     IdSet,
     InflightSlots,
     OutputPaths,
@@ -20,7 +21,6 @@ from octave_bulk.checkpoint import (
     scan_results,
     write_json_atomic,
 )
-from octave_bulk.errors import StateError
 
 
 @given(st.lists(st.integers(min_value=1, max_value=2**64 - 1), max_size=3000))

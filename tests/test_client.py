@@ -9,9 +9,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from octave_bulk.client import OctaveClient, make_transport
+from octave_bulk.agents.sequence import SequenceResponse
 from octave_bulk.errors import FatalApiError, RetryableApiError, TerminalApiError
-from octave_bulk.models import SequenceResponse
+from octave_bulk.http.client import OctaveClient, make_transport
 from octave_bulk.simulator import Simulator, SimulatorConfig
 from tests.conftest import TEST_KEY
 

@@ -13,7 +13,9 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from octave_bulk.contacts import (
+from octave_bulk.build import RequestSpec
+from octave_bulk.errors import ConfigError, InputError
+from octave_bulk.input.reader import (
     ContactReader,
     ContentTemplates,
     ReaderOptions,
@@ -24,9 +26,7 @@ from octave_bulk.contacts import (
     validate_input,
     website_domain,
 )
-from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.records import Contact, Reject
-from octave_bulk.requests import RequestSpec
+from octave_bulk.input.records import Contact, Reject
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
 SPEC = RequestSpec(agent_o_id="ca_test")

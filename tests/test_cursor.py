@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.cursor import Frontier, ResumeCursor
-from octave_bulk.engine import run_batch
+from octave_bulk.run.engine import run_batch
+from octave_bulk.state.cursor import Frontier, ResumeCursor
 from tests.helpers import read_lines, side, sim_settings
 
 HEADER = ["requestId", "email", "firstName", "lastName", "companyName", "jobTitle"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from octave_bulk.engine import run_batch
 from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_faults, parse_latency, parse_rate_limit
 from tests.helpers import read_lines, side, sim_settings, write_contacts
 
@@ -273,7 +273,7 @@ async def test_resume_repairs_a_torn_line_and_reports_unknown(
 
 
 async def test_second_run_on_same_output_is_refused(make_sim: Any, tmp_path: Path) -> None:
-    from octave_bulk.checkpoint import OutputPaths, RunLock
+    from octave_bulk.state.checkpoint import OutputPaths, RunLock
 
     write_contacts(tmp_path / "in.csv", 3)
     out = tmp_path / "out.ndjson"
@@ -355,7 +355,7 @@ async def test_dry_run_writes_nothing_even_to_a_torn_output(make_sim: Any, tmp_p
 async def test_unknown_outcomes_are_remembered_until_resolved(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    from octave_bulk.checkpoint import InflightSlots
+    from octave_bulk.state.checkpoint import InflightSlots
 
     sim = make_sim()
     write_contacts(tmp_path / "in.csv", 20)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from octave_bulk.engine import run_batch
 from octave_bulk.errors import ConfigError, InputError, StateError
 from octave_bulk.export import PRESETS, export_results, html_to_text, text_to_html
+from octave_bulk.run.engine import run_batch
 from tests.helpers import read_lines, sim_settings, write_contacts
 
 TRAILING = ["num_steps", "request_id", "completed_at"]

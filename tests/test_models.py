@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from octave_bulk.models import (
+from octave_bulk.agents.sequence import (
     ErrorResponse,
     OutputFormat,
     SequenceRequest,

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from octave_bulk.pacing import Pacer, parse_retry_after
+from octave_bulk.limits.adaptive import Pacer, parse_retry_after
 
 
 class Clock:

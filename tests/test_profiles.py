@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from octave_bulk.errors import ConfigError
-from octave_bulk.profiles import detect_profile, resolve_mapping
+from octave_bulk.input.mapping import detect_profile, resolve_mapping
 
 HUBSPOT = [
     "Record ID", "First Name", "Last Name", "Email", "Phone Number", "Job Title",

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from octave_bulk.models import SequenceResponse
+from octave_bulk.agents.sequence import SequenceResponse
 from octave_bulk.simulator import (
     FAULT_KINDS,
     RetryAfterMix,

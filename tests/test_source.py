@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from octave_bulk.contacts import ContactReader, ReaderOptions
 from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.records import Contact, Reject
-from octave_bulk.source import SAMPLE_BYTES, RawRecord, RecordSource
+from octave_bulk.input.reader import ContactReader, ReaderOptions
+from octave_bulk.input.records import Contact, Reject
+from octave_bulk.input.source import SAMPLE_BYTES, RawRecord, RecordSource
 
 HEADER = "email,First Name,Company\n"
 
@@ -275,7 +275,7 @@ def test_unterminated_quote_mid_file_loses_only_its_row(tmp_path: Path) -> None:
 
 
 def test_over_long_line_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("octave_bulk.source.MAX_LINE_CHARS", 1000)
+    monkeypatch.setattr("octave_bulk.input.source.MAX_LINE_CHARS", 1000)
     path = write(tmp_path, HEADER + "a@b.co,Ann,Acme\n" + "z" * 5000 + "\n")
     with pytest.raises(InputError, match=r":3: line longer than 1,000 characters"):
         read(path)

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import ValidationError
 
-from octave_bulk.models import SequenceRequest
+from octave_bulk.agents.sequence import SequenceRequest
 from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
 from octave_bulk.simulator.content import generate_data
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from octave_bulk.models import OutputFormat, SequenceRequest
+from octave_bulk.agents.sequence import OutputFormat, SequenceRequest
 
 __all__ = ["SUPPORTED_LANGS", "generate_data"]
 

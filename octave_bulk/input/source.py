@@ -49,8 +49,8 @@ from typing import BinaryIO, Literal, TextIO
 import orjson
 
 from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.profiles import column_key
-from octave_bulk.records import Reject
+from octave_bulk.input.mapping import column_key
+from octave_bulk.input.records import Reject
 
 __all__ = [
     "CSV_EXTENSIONS",

@@ -342,8 +342,8 @@ def run(
 
     Re-running the same command resumes: contacts already in OUT are skipped.
     """
-    from octave_bulk.engine import run_batch
-    from octave_bulk.progress import configure_logging
+    from octave_bulk.observe.progress import configure_logging
+    from octave_bulk.run.engine import run_batch
 
     try:
         settings = _settings(config_file, api_key_file, **flags)
@@ -388,9 +388,9 @@ def validate(
     """
     import json
 
-    from octave_bulk.checkpoint import OutputPaths
-    from octave_bulk.contacts import validate_input
+    from octave_bulk.input.reader import validate_input
     from octave_bulk.intake import reader_options, request_spec
+    from octave_bulk.state.checkpoint import OutputPaths
 
     try:
         settings = _settings(config_file, None, **flags)
@@ -530,7 +530,7 @@ def status(output: str, as_json: bool) -> None:
 def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
     """A real batch against the built-in simulator: no API key, no network."""
     from octave_bulk.demo import run_demo
-    from octave_bulk.progress import configure_logging
+    from octave_bulk.observe.progress import configure_logging
 
     configure_logging("text")
     click.echo(
@@ -562,8 +562,8 @@ def doctor(config_file: str | None, api_key_file: str | None, base_url: str | No
 
     Exit 0: all good; 2: a settings problem; 3: the key was refused; 1: the API could not be reached.
     """
-    from octave_bulk.client import OctaveClient, make_transport
     from octave_bulk.errors import ApiError, FatalApiError
+    from octave_bulk.http.client import OctaveClient, make_transport
 
     try:
         settings = _settings(config_file, api_key_file, base_url=base_url)

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from octave_bulk.checkpoint import OutputPaths, write_atomic
+from octave_bulk.state.checkpoint import OutputPaths, write_atomic
 
 __all__ = ["Frontier", "ResumeCursor", "input_identity", "load_cursor", "save_cursor"]
 

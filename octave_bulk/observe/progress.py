@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import orjson
 
-from octave_bulk.report import RunStats
+from octave_bulk.run.summary import RunStats
 
 __all__ = ["JsonFormatter", "Progress", "TextFormatter", "configure_logging", "log_event"]
 

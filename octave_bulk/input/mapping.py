@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from octave_bulk.errors import ConfigError
-from octave_bulk.records import CANONICAL_FIELDS, CONTENT_FIELDS, IDENTITY_FIELDS
+from octave_bulk.input.records import CANONICAL_FIELDS, CONTENT_FIELDS, IDENTITY_FIELDS
 
 __all__ = [
     "PROFILES",

@@ -30,9 +30,9 @@ import httpx
 import orjson
 from pydantic import SecretStr, ValidationError
 
+from octave_bulk.agents.sequence import ErrorResponse, credits_of
 from octave_bulk.errors import ApiError, FatalApiError, RetryableApiError, TerminalApiError
-from octave_bulk.models import ErrorResponse, credits_of
-from octave_bulk.pacing import parse_retry_after
+from octave_bulk.limits.adaptive import parse_retry_after
 
 __all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_transport"]
 

@@ -173,7 +173,7 @@ class OutputPaths:
 
     @property
     def cursor(self) -> Path:
-        """Where the input's settled prefix ends (see ``octave_bulk.cursor``)."""
+        """Where the input's settled prefix ends (see ``octave_bulk.state.cursor``)."""
         return self._side(".cursor.json")
 
     @property

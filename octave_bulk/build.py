@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from octave_bulk.checkpoint import IdSet, id_key
-from octave_bulk.models import OutputFormat, SequenceRequest
-from octave_bulk.records import IDENTITY_FIELDS, Contact, Reject
+from octave_bulk.agents.sequence import OutputFormat, SequenceRequest
+from octave_bulk.input.records import IDENTITY_FIELDS, Contact, Reject
+from octave_bulk.state.checkpoint import IdSet, id_key
 
 __all__ = ["BuiltRequest", "RequestBuilder", "RequestSpec", "build_request", "derive_request_id"]
 

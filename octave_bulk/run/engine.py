@@ -38,7 +38,26 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from octave_bulk.checkpoint import (
+from octave_bulk.build import RequestBuilder
+from octave_bulk.errors import (
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    OctaveBulkError,
+    RetryableApiError,
+    StateError,
+)
+from octave_bulk.http.client import CallSuccess, OctaveClient, make_transport
+from octave_bulk.input.reader import ContactReader
+from octave_bulk.input.records import Contact, Reject
+from octave_bulk.intake import open_contacts, reader_options, request_spec
+from octave_bulk.limits.adaptive import Pacer
+from octave_bulk.observe.metrics import write_metrics
+from octave_bulk.observe.progress import Progress, log_event
+from octave_bulk.run.summary import RunStats
+from octave_bulk.settings import Settings
+from octave_bulk.sink import Failure, NdjsonAppender, Sink, Success, utc_now
+from octave_bulk.state.checkpoint import (
     ErrorsScan,
     IdSet,
     InflightSlots,
@@ -49,9 +68,7 @@ from octave_bulk.checkpoint import (
     scan_results,
     write_json_atomic,
 )
-from octave_bulk.client import CallSuccess, OctaveClient, make_transport
-from octave_bulk.contacts import ContactReader
-from octave_bulk.cursor import (
+from octave_bulk.state.cursor import (
     COUNTED,
     Frontier,
     ResumeCursor,
@@ -59,23 +76,6 @@ from octave_bulk.cursor import (
     load_cursor,
     save_cursor,
 )
-from octave_bulk.errors import (
-    ApiError,
-    ConfigError,
-    FatalApiError,
-    OctaveBulkError,
-    RetryableApiError,
-    StateError,
-)
-from octave_bulk.intake import open_contacts, reader_options, request_spec
-from octave_bulk.metrics import write_metrics
-from octave_bulk.pacing import Pacer
-from octave_bulk.progress import Progress, log_event
-from octave_bulk.records import Contact, Reject
-from octave_bulk.report import RunStats
-from octave_bulk.requests import RequestBuilder
-from octave_bulk.settings import Settings
-from octave_bulk.sink import Failure, NdjsonAppender, Sink, Success, utc_now
 
 __all__ = ["EXIT_CODES", "run_batch"]
 

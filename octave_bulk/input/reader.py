@@ -1,6 +1,6 @@
 """Contacts in: read, map, derive, validate. The one entry point the engine uses.
 
-Contract: :class:`ContactReader` (a context manager over :class:`~octave_bulk.source.RecordSource`)
+Contract: :class:`ContactReader` (a context manager over :class:`~octave_bulk.input.source.RecordSource`)
 yields, lazily and in input order, exactly one :class:`Contact` or :class:`Reject` for every
 non-blank input record; ``rows_read`` counts them. Everything that can be known before the
 first row (unreadable file, bad header, bad options, an override or a template placeholder that
@@ -33,18 +33,18 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from email_validator import EmailNotValidError, validate_email
 
+from octave_bulk.agents.sequence import MAX_STEPS
+from octave_bulk.build import BuiltRequest, RequestBuilder, RequestSpec
 from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.models import MAX_STEPS
-from octave_bulk.profiles import (
+from octave_bulk.input.mapping import (
     PROFILES,
     ResolvedMapping,
     column_field,
     column_key,
     resolve_mapping,
 )
-from octave_bulk.records import CONTENT_FIELDS, IDENTITY_FIELDS, Contact, Reject
-from octave_bulk.requests import BuiltRequest, RequestBuilder, RequestSpec
-from octave_bulk.source import RawRecord, RecordSource
+from octave_bulk.input.records import CONTENT_FIELDS, IDENTITY_FIELDS, Contact, Reject
+from octave_bulk.input.source import RawRecord, RecordSource
 
 __all__ = [
     "FIELD_MAX_CHARS",

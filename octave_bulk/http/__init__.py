@@ -1,0 +1,1 @@
+"""One call over HTTP: the client, and the classification of what came back."""

@@ -1,0 +1,1 @@
+"""Limiters: what every attempt passes before it is sent (rate, pauses after 429s)."""

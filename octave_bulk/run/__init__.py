@@ -1,0 +1,1 @@
+"""The run: admission of built requests, workers that make the attempts, stops, the summary."""

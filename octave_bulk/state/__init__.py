@@ -1,0 +1,2 @@
+"""Durable run state next to the output: paths, atomic files, the done-set, in-flight slots,
+the run lock and the resume cursor."""
