@@ -241,7 +241,7 @@ def clear_outputs(out: Path) -> None:
 
 def run_summary(out: Path) -> dict[str, Any]:
     """The OUT.summary.json a run left next to ``out``."""
-    from octave_bulk.state.checkpoint import OutputPaths
+    from octave_bulk.state.paths import OutputPaths
 
     return orjson.loads(OutputPaths(out).summary.read_bytes())  # type: ignore[no-any-return]
 

@@ -41,7 +41,8 @@ from _common import (
     write_contacts,
 )
 
-from octave_bulk.state.checkpoint import InflightSlots, line_request_id
+from octave_bulk.state.inflight import InflightSlots
+from octave_bulk.state.ledger import line_request_id
 
 
 def lines_by_id(out: Path) -> Counter[str]:

@@ -30,9 +30,9 @@ from tests.helpers import write_contacts  # noqa: E402
 
 def request_bodies(csv_path: Path, out: Path) -> None:
     """The exact bodies the engine sends for these contacts, via its own request builder."""
-    from octave_bulk.build import build_request
+    from octave_bulk.build import build_request, request_spec
     from octave_bulk.input.records import Contact
-    from octave_bulk.intake import open_contacts, request_spec
+    from octave_bulk.intake import open_contacts
     from octave_bulk.settings import Settings
 
     settings = Settings.load(agent_oid="ca_bench")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import report
 
-from octave_bulk.build import RequestSpec
+from octave_bulk.agents.base import RequestSpec
 from octave_bulk.input.reader import ContactReader, ReaderOptions, validate_input
 from octave_bulk.input.records import Contact
 

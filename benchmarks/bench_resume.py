@@ -57,7 +57,7 @@ from _common import (
     write_contacts,
 )
 
-from octave_bulk.state.checkpoint import OutputPaths
+from octave_bulk.state.paths import OutputPaths
 
 NEW = 16
 TEMPLATES = 64
@@ -158,7 +158,7 @@ def scan_memory(out: Path) -> dict:
 import json, resource, sys, time
 from pathlib import Path
 import psutil
-from octave_bulk.state.checkpoint import scan_results
+from octave_bulk.state.ledger import scan_results
 rss0 = psutil.Process().memory_info().rss
 peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t = time.perf_counter()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from octave_bulk.run.engine import run_batch
+from octave_bulk.run.summary import RunSummary
 from octave_bulk.settings import Settings
 from octave_bulk.simulator import SimulatorConfig, parse_faults, parse_latency, parse_rate_limit
 from octave_bulk.simulator.server import serve_simulator
@@ -88,7 +88,7 @@ def prepare_demo(out_dir: Path, contacts: int) -> tuple[Path, Path]:
     return input_path, out_dir / "demo-results.ndjson"
 
 
-async def run_demo(out_dir: Path, contacts: int, *, progress: bool | None = None) -> dict[str, Any]:
+async def run_demo(out_dir: Path, contacts: int, *, progress: bool | None = None) -> RunSummary:
     """Run the demo batch; returns the run summary (files are in ``out_dir``)."""
     input_path, output = await anyio.to_thread.run_sync(prepare_demo, out_dir, contacts)
     config = SimulatorConfig(

@@ -1,4 +1,4 @@
-"""Every error octave-bulk raises on purpose, in one tree.
+"""Every error octave-bulk raises on purpose, in one tree, and the codes a run ends with.
 
 ::
 
@@ -6,29 +6,117 @@
     ├── ConfigError          bad settings, options or config file         (exit 2)
     ├── InputError           unreadable input file or bad header           (exit 2)
     ├── StateError           output files that cannot be used or locked    (exit 2)
-    └── ApiError             the API refused or failed (carries status, request_id)
+    └── ApiError             the API refused or failed (carries kind, status, request_id)
         ├── RetryableApiError    408/425/429/5xx, transport errors, bad bodies
-        └── TerminalApiError     other 4xx for one contact, or not_found
-            └── FatalApiError    401/403/402: stop the whole run          (exit 3)
+        ├── TerminalApiError     this contact failed for good: other 4xx, not_found
+        └── FatalApiError        the key, credits or endpoint are unusable: stop the run (exit 3)
+
+``FatalApiError`` stands beside ``TerminalApiError``, not under it: code that catches "this
+contact failed, go on" must never swallow an error that stops the run.
 
 Misuse of the library (wrong argument types) stays ``ValueError`` / ``TypeError``.
-Exit codes are mapped in ``cli.py`` only.
+:class:`ExitCode` is the only exit table; :class:`StopReason` says why a run stopped early and
+maps to its exit code; :class:`ErrorKind` names what went wrong with one call.
 """
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 __all__ = [
     "ApiError",
     "ConfigError",
+    "ErrorKind",
+    "ExitCode",
     "FatalApiError",
     "InputError",
     "OctaveBulkError",
     "RetryableApiError",
     "StateError",
+    "StopReason",
     "TerminalApiError",
+    "status_kind",
 ]
+
+
+class ExitCode(enum.IntEnum):
+    """How a command ends (docs/design.md, section "Exit codes")."""
+
+    OK = 0
+    """Every contact succeeded (or was already done)."""
+    SOME_FAILED = 1
+    """The run finished, but some contacts failed or some rows were rejected."""
+    USAGE = 2
+    """Bad settings, input or output files, found before anything was sent."""
+    FATAL = 3
+    """The key, the credits or the endpoint were refused: the run stopped, resumably."""
+    BREAKER = 4
+    """The API kept failing: the run stopped, resumably."""
+    MAX_CALLS = 5
+    """``--max-calls`` was reached: the run stopped, resumably."""
+    INTERNAL = 70
+    """A bug in octave-bulk (EX_SOFTWARE): never 0 or 1, so it is never taken for success."""
+    INTERRUPTED = 130
+    """SIGINT or SIGTERM: calls in flight were drained, the run stopped, resumably."""
+
+
+class StopReason(enum.StrEnum):
+    """Why a run stopped before its input was done."""
+
+    FATAL = "fatal"
+    BREAKER = "breaker"
+    MAX_CALLS = "max_calls"
+    INTERRUPTED = "interrupted"
+    INPUT_ERROR = "input_error"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The exit code of a run that stopped for this reason."""
+        return _STOP_EXIT[self]
+
+
+_STOP_EXIT = {
+    StopReason.FATAL: ExitCode.FATAL,
+    StopReason.BREAKER: ExitCode.BREAKER,
+    StopReason.MAX_CALLS: ExitCode.MAX_CALLS,
+    StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
+    StopReason.INPUT_ERROR: ExitCode.USAGE,
+}
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong with one call, as recorded in ``OUT.errors.ndjson`` (``error.kind``).
+
+    An HTTP status without a kind of its own is recorded as ``http_<status>`` (see
+    :func:`status_kind`).
+    """
+
+    # No complete answer: the connection or the transfer failed.
+    TIMEOUT = "timeout"
+    CONNECT = "connect"
+    CONNECTION_RESET = "connection_reset"
+    DISCONNECTED = "disconnected"
+    TRUNCATED_BODY = "truncated_body"
+    TRANSPORT = "transport"
+    PROTOCOL = "protocol"
+    # An answer that cannot be used.
+    RATE_LIMITED = "rate_limited"
+    INVALID_JSON = "invalid_json"
+    INVALID_BODY = "invalid_body"
+    NOT_FOUND = "not_found"
+    # The run cannot go on.
+    UNAUTHORIZED = "unauthorized"
+    PAYMENT_REQUIRED = "payment_required"
+    FORBIDDEN = "forbidden"
+    BAD_ENDPOINT = "bad_endpoint"
+    # Not the API's doing: a bug in octave-bulk cost this contact's attempt.
+    INTERNAL = "internal"
+
+
+def status_kind(status: int) -> str:
+    """The kind of an HTTP error status: ``rate_limited`` for 429, else ``http_<status>``."""
+    return ErrorKind.RATE_LIMITED if status == 429 else f"http_{status}"
 
 
 class OctaveBulkError(Exception):
@@ -72,7 +160,7 @@ class ApiError(OctaveBulkError):
 
     Args:
         message: a short description (never contains the API key).
-        kind: a stable code: ``http_500``, ``timeout``, ``connect``, ``invalid_body``, ...
+        kind: an :class:`ErrorKind`, or ``http_<status>`` (see :func:`status_kind`).
         status: the HTTP status, or None when no response arrived.
         request_id: our requestId for the contact.
         retry_after: seconds the server asked us to wait, when it said.
@@ -104,5 +192,6 @@ class TerminalApiError(ApiError):
     """This contact failed for good (other 4xx, ``found: false``); the run goes on."""
 
 
-class FatalApiError(TerminalApiError):
-    """The key or account is unusable (401/403/402): the whole run stops, resumably."""
+class FatalApiError(ApiError):
+    """The key, the credits or the endpoint are unusable (401/402/403, a redirect, 404/405):
+    the whole run stops, resumably."""

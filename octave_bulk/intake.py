@@ -1,15 +1,14 @@
-"""From settings to the reader's options and the request spec: the one place the engine and
-``validate`` turn settings into input handling."""
+"""From settings to the reader's options: the one place the engine and ``validate`` turn
+settings into input handling."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from octave_bulk.build import RequestSpec
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.settings import Settings
 
-__all__ = ["open_contacts", "reader_options", "request_spec"]
+__all__ = ["open_contacts", "reader_options"]
 
 
 def reader_options(settings: Settings) -> ReaderOptions:
@@ -30,17 +29,3 @@ def reader_options(settings: Settings) -> ReaderOptions:
 def open_contacts(path: str | Path, settings: Settings) -> ContactReader:
     """A reader (use it as a context manager) yielding one Contact or Reject per record."""
     return ContactReader(path, reader_options(settings))
-
-
-def request_spec(settings: Settings) -> RequestSpec:
-    """The run-wide request fields from settings."""
-    return RequestSpec(
-        agent_o_id=settings.agent_oid,
-        experiment_o_id=settings.experiment_oid,
-        output_format=settings.output_format,
-        lang=settings.lang,
-        context=settings.context,
-        instructions=settings.instructions,
-        playbook_selection_context=settings.playbook_selection_context,
-        include_full_annotation=settings.include_full_annotation,
-    )

@@ -21,7 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from octave_bulk.agents.sequence import OutputFormat, StepMapping
+from octave_bulk.agents.envelope import StepMapping
+from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.errors import ConfigError
 
 __all__ = ["DEFAULT_BASE_URL", "Settings", "parse_rate"]

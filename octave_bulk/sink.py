@@ -6,7 +6,8 @@ start repairs. Lines are fsynced in groups: after ``batch`` records or ``interva
 whichever comes first, and always when the stream ends. A result counts as done only once its
 group is durable; then its in-flight slot is released.
 
-Record shapes (SPEC.md §4) - ``requestId`` is always the first key, for the resume scan:
+Record shapes (docs/design.md, section "Files") - ``requestId`` is always the first key,
+for the resume scan:
 
 - results: ``requestId, contact, response, attempts, latencyMs, completedAt``
 - errors: ``requestId, contact, error{kind, status, message, retryable}, attempts, failedAt``
@@ -14,66 +15,18 @@ Record shapes (SPEC.md §4) - ``requestId`` is always the first key, for the res
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 
 from octave_bulk.errors import ApiError
+from octave_bulk.state.files import NdjsonAppender
+from octave_bulk.utc import utc_iso
 
-__all__ = [
-    "Failure",
-    "NdjsonAppender",
-    "Sink",
-    "Success",
-    "failure_line",
-    "success_line",
-    "utc_now",
-]
-
-
-def utc_now() -> str:
-    """Current time, ISO 8601 UTC with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class NdjsonAppender:
-    """Append-only NDJSON file, created with mode 0600."""
-
-    def __init__(self, path: Path, *, keep: int | None = None) -> None:
-        """Open for appending; ``keep`` cuts the file to that many bytes first (0 empties it)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        self.path = path
-        self._fd = os.open(path, flags, 0o600)
-        if keep is not None:
-            os.ftruncate(self._fd, keep)
-        self.size = os.fstat(self._fd).st_size
-        self.dirty = False
-
-    def write(self, line: bytes) -> None:
-        """Write one whole line (``line`` must end with a newline)."""
-        view = memoryview(line)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.size += len(line)
-        self.dirty = True
-
-    def sync(self) -> None:
-        """fsync if anything was written since the last sync."""
-        if self.dirty:
-            self.dirty = False
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        """Sync and close."""
-        self.sync()
-        os.close(self._fd)
+__all__ = ["Failure", "Sink", "Success", "failure_line", "success_line"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +64,7 @@ def success_line(item: Success) -> bytes:
         "response": response,
         "attempts": item.attempts,
         "latencyMs": item.latency_ms,
-        "completedAt": utc_now(),
+        "completedAt": utc_iso(),
     }
     return orjson.dumps(record) + b"\n"
 
@@ -129,7 +82,7 @@ def failure_line(item: Failure) -> bytes:
             "retryable": error.retryable,
         },
         "attempts": item.attempts,
-        "failedAt": utc_now(),
+        "failedAt": utc_iso(),
     }
     return orjson.dumps(record) + b"\n"
 

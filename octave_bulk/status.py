@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from octave_bulk.agents.sequence import credits_of
-from octave_bulk.state.checkpoint import InflightSlots, OutputPaths, iter_ndjson, line_request_id
+from octave_bulk.agents.fields import credits_of
+from octave_bulk.state.files import iter_ndjson
+from octave_bulk.state.ledger import NdjsonLedger, complete_lines
+from octave_bulk.state.lock import RunLock
+from octave_bulk.state.paths import OutputPaths
 
 __all__ = ["read_status"]
 
@@ -25,54 +27,24 @@ def _credits(line: bytes) -> float:
     return 0.0
 
 
-def _lock_holder(paths: OutputPaths) -> str | None:
-    """Who holds the run lock, or None when no run is going."""
-    if not paths.lock.exists():
-        return None
-    import fcntl
-
-    fd = os.open(paths.lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return paths.lock.read_text(encoding="utf-8", errors="replace").strip() or "a run"
-    finally:
-        os.close(fd)
-    return None
-
-
 def read_status(output: str | Path) -> dict[str, Any]:
     """Counts from the results, errors and rejects files plus the last run's summary."""
     paths = OutputPaths.for_output(output)
-    done: set[str] = set()
-    credits = 0.0
-    if paths.results.exists():
-        with open(paths.results, "rb") as handle:
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # being written, or torn by a kill
-                rid = line_request_id(line)
-                if rid is not None:
-                    done.add(rid)
-                credits += _credits(line)
-    last_error: dict[str, bool] = {}
-    for record in iter_ndjson(paths.errors):
-        rid = record.get("requestId")
-        if isinstance(rid, str) and rid not in done:
-            last_error[rid] = bool((record.get("error") or {}).get("retryable"))
+    holder = RunLock(paths.lock).holder()
+    state = NdjsonLedger(paths).load(repair=False)
+    credits = sum(_credits(line) for line in complete_lines(paths.results))
     rejects = sum(1 for _ in iter_ndjson(paths.rejects))
     summary = None
     if paths.summary.exists():
         with contextlib.suppress(OSError, json.JSONDecodeError):
             summary = json.loads(paths.summary.read_text(encoding="utf-8"))
-    holder = _lock_holder(paths)
-    leftovers = [rid for rid in InflightSlots.leftovers(paths.inflight) if rid not in done]
+    leftovers = state.outcome_unknown
     return {
         "output": str(paths.results),
         "running": holder,
-        "succeeded": len(done),
-        "failed_retryable": sum(1 for r in last_error.values() if r),
-        "failed_permanent": sum(1 for r in last_error.values() if not r),
+        "succeeded": len(state.done),
+        "failed_retryable": len(state.errors.retryable),
+        "failed_permanent": len(state.errors.permanent),
         "rejected": rejects,
         "credits": credits,
         "in_flight": len(leftovers) if holder else 0,

@@ -32,7 +32,7 @@ def octave(
 async def test_success_keeps_the_raw_body() -> None:
     client, http = client_for()
     async with http:
-        result = await client.run_sequence(BODY, "r1")
+        result = await client.run(BODY, "r1")
     parsed = SequenceResponse.model_validate_json(result.raw)
     assert parsed.found and parsed.emails
     assert orjson.loads(result.raw)["_metadata"]["usage"] == 1.0
@@ -61,7 +61,7 @@ async def test_classification(kind: str, error: type[Exception], code: str) -> N
     client, http = client_for(forced={"r1": kind})
     async with http:
         with pytest.raises(error) as caught:
-            await client.run_sequence(BODY, "r1")
+            await client.run(BODY, "r1")
     assert type(caught.value) is error
     assert caught.value.kind == code  # type: ignore[attr-defined]
     assert TEST_KEY not in str(caught.value)
@@ -71,7 +71,7 @@ async def test_503_and_429_carry_retry_after() -> None:
     client, http = client_for(forced={"r1": "503"})
     async with http:
         with pytest.raises(RetryableApiError) as caught:
-            await client.run_sequence(BODY, "r1")
+            await client.run(BODY, "r1")
     assert caught.value.retry_after == 1.0
 
 
@@ -83,7 +83,7 @@ async def test_headers_sent() -> None:
         return httpx.Response(200, json={"_metadata": {}, "found": True, "data": {"emails": [{}]}})
 
     async with httpx.MockTransport(handler) as transport:
-        await octave(transport, "http://x", "k1").run_sequence(BODY, "r1")
+        await octave(transport, "http://x", "k1").run(BODY, "r1")
     assert seen["api_key"] == "k1"
     assert seen["x-request-source"] == "octave-bulk"
     assert seen["x-external-request-id"] == "r1"
@@ -95,7 +95,7 @@ async def test_empty_emails_is_not_found() -> None:
 
     async with httpx.MockTransport(handler) as transport:
         with pytest.raises(TerminalApiError, match="no emails"):
-            await octave(transport, "http://x").run_sequence(BODY, "r1")
+            await octave(transport, "http://x").run(BODY, "r1")
 
 
 async def test_transport_errors_over_a_real_socket(make_sim: Any) -> None:
@@ -103,7 +103,7 @@ async def test_transport_errors_over_a_real_socket(make_sim: Any) -> None:
     for name in ("aiohttp", "httpx"):
         async with make_transport(concurrency=2, transport=name) as transport:
             with pytest.raises(RetryableApiError) as caught:
-                await octave(transport, sim.url).run_sequence(BODY, "r1")
+                await octave(transport, sim.url).run(BODY, "r1")
         assert caught.value.kind in {"connection_reset", "disconnected", "transport"}
 
 
@@ -111,7 +111,7 @@ async def test_read_timeout_is_a_timeout(make_sim: Any) -> None:
     sim = make_sim(faults={"hang": 1.0})
     async with make_transport(concurrency=2) as transport:
         with pytest.raises(RetryableApiError) as caught:
-            await octave(transport, sim.url, timeout=0.3).run_sequence(BODY, "r1")
+            await octave(transport, sim.url, timeout=0.3).run(BODY, "r1")
     assert caught.value.kind == "timeout"
 
 
@@ -130,7 +130,7 @@ async def test_any_other_transport_failure_is_retryable() -> None:
 
     async with httpx.MockTransport(handler) as transport:
         with pytest.raises(RetryableApiError) as caught:
-            await octave(transport, "http://x").run_sequence(BODY, "r1")
+            await octave(transport, "http://x").run(BODY, "r1")
     assert caught.value.kind == "protocol" and "Bad status line" in caught.value.message
 
 
@@ -141,7 +141,7 @@ async def test_json_that_orjson_refuses_is_kept_not_paid_again() -> None:
         return httpx.Response(200, content=body)
 
     async with httpx.MockTransport(handler) as transport:
-        result = await octave(transport, "http://x").run_sequence(BODY, "r1")
+        result = await octave(transport, "http://x").run(BODY, "r1")
     stored = orjson.loads(result.raw)  # what goes into OUT.ndjson parses everywhere
     assert stored["data"]["emails"][0]["subject"] == "Hi \ufffd" and result.credits == 1.0
 
@@ -154,5 +154,5 @@ async def test_a_redirect_or_404_is_a_fatal_endpoint_error() -> None:
 
         async with httpx.MockTransport(handler) as transport:
             with pytest.raises(FatalApiError) as caught:
-                await octave(transport, "http://x").run_sequence(BODY, "r1")
+                await octave(transport, "http://x").run(BODY, "r1")
         assert caught.value.kind == "bad_endpoint"

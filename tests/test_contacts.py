@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from octave_bulk.build import RequestSpec
+from octave_bulk.agents.base import RequestSpec
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.input.reader import (
     ContactReader,

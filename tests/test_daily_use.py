@@ -104,7 +104,8 @@ def test_doctor_against_the_simulator(make_sim: Any, tmp_path: Path) -> None:
 def test_second_run_on_the_same_output_exits_2_naming_the_holder(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    from octave_bulk.state.checkpoint import OutputPaths, RunLock
+    from octave_bulk.state.lock import RunLock
+    from octave_bulk.state.paths import OutputPaths
 
     write_contacts(tmp_path / "in.csv", 2)
     out = tmp_path / "o.ndjson"

@@ -273,7 +273,8 @@ async def test_resume_repairs_a_torn_line_and_reports_unknown(
 
 
 async def test_second_run_on_same_output_is_refused(make_sim: Any, tmp_path: Path) -> None:
-    from octave_bulk.state.checkpoint import OutputPaths, RunLock
+    from octave_bulk.state.lock import RunLock
+    from octave_bulk.state.paths import OutputPaths
 
     write_contacts(tmp_path / "in.csv", 3)
     out = tmp_path / "out.ndjson"
@@ -355,7 +356,7 @@ async def test_dry_run_writes_nothing_even_to_a_torn_output(make_sim: Any, tmp_p
 async def test_unknown_outcomes_are_remembered_until_resolved(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    from octave_bulk.state.checkpoint import InflightSlots
+    from octave_bulk.state.inflight import InflightSlots
 
     sim = make_sim()
     write_contacts(tmp_path / "in.csv", 20)

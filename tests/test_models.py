@@ -6,12 +6,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from octave_bulk.agents.sequence import (
-    ErrorResponse,
-    OutputFormat,
-    SequenceRequest,
-    SequenceResponse,
-)
+from octave_bulk.agents.envelope import ErrorResponse
+from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.agents.sequence import SequenceRequest, SequenceResponse
 from tests.conftest import load_json
 
 

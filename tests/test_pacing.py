@@ -8,7 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from octave_bulk.limits.adaptive import Pacer, parse_retry_after
+from octave_bulk.http.retry import parse_retry_after
+from octave_bulk.limits.adaptive import Pacer
 
 
 class Clock:
@@ -62,7 +63,7 @@ def test_429_without_retry_after_backs_off_exponentially_with_jitter() -> None:
     pauses = [pacer.on_429(sent_at=clock.now, retry_after=None) for _ in range(6)]
     assert 0.5 <= pauses[0] <= 1.0 and 1.0 <= pauses[1] <= 2.0 and 2.0 <= pauses[2] <= 4.0
     assert all(4.0 <= p <= 8.0 for p in pauses[3:])
-    pacer.on_accepted()  # an answer resets the backoff
+    pacer.on_answer(clock.now)  # an answer resets the backoff
     assert pacer.on_429(sent_at=clock.now, retry_after=None) <= 1.0
 
 
@@ -81,7 +82,7 @@ def accepted(pacer: Pacer, clock: Clock, count: int, seconds: float = 1.0) -> No
     """``count`` answers that were not 429s, spread over ``seconds``."""
     for _ in range(count):
         clock.now += seconds / count
-        pacer.on_accepted()
+        pacer.on_answer(clock.now)
 
 
 def test_an_isolated_429_among_many_answers_neither_pauses_nor_slows_the_pool() -> None:

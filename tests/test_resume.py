@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from octave_bulk.simulator import parse_faults, parse_latency
-from octave_bulk.state.checkpoint import InflightSlots
+from octave_bulk.state.inflight import InflightSlots
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, write_contacts
 

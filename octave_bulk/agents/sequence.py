@@ -1,23 +1,23 @@
-"""Pydantic models of the Sequence Agent API, field by field from the API document.
+"""The Sequence Agent: a personalised multi-step email sequence for one contact.
 
-Wire names are camelCase, Python names snake_case. Request models forbid unknown fields, so a
-typo in a config or mapping fails before any paid call. Response models keep every field they
-do not know (the API grows) and tolerate missing optional ones: a paid response must never be
-thrown away because a field it does not need changed shape.
-
-Endpoint: ``POST /api/v2/agents/sequence/run`` (see ``../shared/seeds/``).
+``POST /api/v2/agents/sequence/run`` (docs/octave-api.md, section "Sequence Agent"). Its
+request and response models field by field, and :data:`SEQUENCE`, the agent as the engine
+sees it: how a contact becomes a request body, and what counts as a produced sequence.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
+
+from octave_bulk.agents.base import Agent, RequestSpec, merge_steps
+from octave_bulk.agents.envelope import Metadata, RequestModel, ResponseModel, StepMapping
+from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.input.records import IDENTITY_FIELDS, Contact, Reject
 
 __all__ = [
-    "MAX_STEPS",
+    "SEQUENCE",
     "Annotation",
     "Annotations",
     "CustomContext",
@@ -25,9 +25,6 @@ __all__ = [
     "Email",
     "EmailSections",
     "EntityRef",
-    "ErrorResponse",
-    "Metadata",
-    "OutputFormat",
     "Persona",
     "Playbook",
     "Product",
@@ -36,64 +33,18 @@ __all__ = [
     "SequenceData",
     "SequenceRequest",
     "SequenceResponse",
-    "StepMapping",
-    "credits_of",
+    "build_sequence_body",
+    "sequence_failure",
 ]
 
-MAX_STEPS = 7
-"""Highest step key accepted in runtimeContext / runtimeInstructions.
 
-The API page lists steps 1-4; Octave's own n8n node builds keys up to 7 and headless sequences
-allow 7 steps, so 7 is the documented upper bound we accept."""
-
-_STEP_KEYS = frozenset({"all", *(str(n) for n in range(1, MAX_STEPS + 1))})
-
-
-def _check_step_keys(value: dict[str, str]) -> dict[str, str]:
-    bad = sorted(k for k in value if k not in _STEP_KEYS)
-    if bad:
-        shown = ", ".join(repr(k) for k in bad)
-        msg = f"key {shown} is not allowed; use 'all' or a step number 1-{MAX_STEPS}"
-        raise ValueError(msg)
-    return value
-
-
-StepMapping = Annotated[dict[str, str], AfterValidator(_check_step_keys)]
-"""A runtimeContext / runtimeInstructions mapping: keys ``all`` and ``1`` ... ``MAX_STEPS``."""
-
-
-def credits_of(usage: object) -> float:
-    """Credits from a ``_metadata.usage`` value: a number, else 0 (booleans are not numbers)."""
-    if isinstance(usage, int | float) and not isinstance(usage, bool):
-        return float(usage)
-    return 0.0
-
-
-class OutputFormat(enum.StrEnum):
-    """Format of the generated email text."""
-
-    TEXT = "text"
-    HTML = "html"
-    MARKDOWN = "markdown"
-
-
-class _RequestModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        str_strip_whitespace=False,
-    )
-
-
-class EntityRef(_RequestModel):
+class EntityRef(RequestModel):
     """A reference to a library entity by its object id (``oId``)."""
 
     o_id: str = Field(alias="oId", min_length=1)
 
 
-class CustomContext(_RequestModel):
+class CustomContext(RequestModel):
     """Pins the library entities the agent should use instead of choosing them."""
 
     playbook: EntityRef | None = None
@@ -103,7 +54,7 @@ class CustomContext(_RequestModel):
     segment: EntityRef | None = None
 
 
-class SequenceRequest(_RequestModel):
+class SequenceRequest(RequestModel):
     """Body of ``POST /api/v2/agents/sequence/run``: one contact, one sequence.
 
     Exactly one of ``agent_o_id`` / ``experiment_o_id`` must be set.
@@ -142,26 +93,7 @@ class SequenceRequest(_RequestModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class _ResponseModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
-
-class Metadata(_ResponseModel):
-    """``_metadata``: Octave's own id for the response, timestamp and credits used."""
-
-    request_id: str | None = None
-    timestamp: str | None = None
-    # A number in the document; kept loose so that a richer usage object never loses a response.
-    usage: float | dict[str, Any] | None = None
-    message: str | None = None
-
-    @property
-    def credits(self) -> float:
-        """Credits this call used, 0 when the API did not say."""
-        return credits_of(self.usage)
-
-
-class EmailSections(_ResponseModel):
+class EmailSections(ResponseModel):
     """The parts an email is assembled from."""
 
     greeting: str | None = None
@@ -173,7 +105,7 @@ class EmailSections(_ResponseModel):
     signature: str | None = None
 
 
-class Email(_ResponseModel):
+class Email(ResponseModel):
     """One step of the sequence."""
 
     email: str | None = None
@@ -182,14 +114,14 @@ class Email(_ResponseModel):
     sections: EmailSections | None = None
 
 
-class CustomField(_ResponseModel):
+class CustomField(ResponseModel):
     """A user-defined product field."""
 
     title: str | None = None
     value: list[str] | None = None
 
 
-class ProductData(_ResponseModel):
+class ProductData(ResponseModel):
     """The product's library record."""
 
     type: str | None = None
@@ -203,7 +135,7 @@ class ProductData(_ResponseModel):
     custom_fields: list[CustomField] | None = None
 
 
-class QualifyingQuestion(_ResponseModel):
+class QualifyingQuestion(ResponseModel):
     """A question used to qualify a contact against a product or persona."""
 
     question: str | None = None
@@ -213,7 +145,7 @@ class QualifyingQuestion(_ResponseModel):
     archived_at: str | None = None
 
 
-class Product(_ResponseModel):
+class Product(ResponseModel):
     """The product the agent matched."""
 
     data: ProductData | None = None
@@ -227,7 +159,7 @@ class Product(_ResponseModel):
     match_analysis: str | None = None
 
 
-class Playbook(_ResponseModel):
+class Playbook(ResponseModel):
     """The playbook the agent matched."""
 
     o_id: str | None = Field(default=None, alias="oId")
@@ -239,7 +171,7 @@ class Playbook(_ResponseModel):
     match_analysis: str | None = None
 
 
-class Persona(_ResponseModel):
+class Persona(ResponseModel):
     """The persona the agent matched."""
 
     o_id: str | None = Field(default=None, alias="oId")
@@ -250,7 +182,7 @@ class Persona(_ResponseModel):
     match_analysis: str | None = None
 
 
-class Annotation(_ResponseModel):
+class Annotation(ResponseModel):
     """A source the agent drew on."""
 
     type: str | None = None
@@ -260,14 +192,14 @@ class Annotation(_ResponseModel):
     url: str | None = None
 
 
-class Annotations(_ResponseModel):
+class Annotations(ResponseModel):
     """Annotations block; full metadata only with ``includeFullAnnotation``."""
 
     annotations: list[Annotation] | None = None
     metadata: Any = None
 
 
-class SequenceData(_ResponseModel):
+class SequenceData(ResponseModel):
     """``data`` of a sequence response."""
 
     emails: list[Email] = Field(default_factory=list)
@@ -278,7 +210,7 @@ class SequenceData(_ResponseModel):
     annotations: Annotations | None = None
 
 
-class SequenceResponse(_ResponseModel):
+class SequenceResponse(ResponseModel):
     """Response of a sequence run. ``found`` false means no sequence was produced."""
 
     metadata: Metadata = Field(alias="_metadata")
@@ -292,8 +224,49 @@ class SequenceResponse(_ResponseModel):
         return self.data.emails if self.data is not None else []
 
 
-class ErrorResponse(_ResponseModel):
-    """Octave's error envelope: ``_metadata`` plus a detail ``message``."""
+def build_sequence_body(contact: Contact, spec: RequestSpec) -> dict[str, Any] | Reject:
+    """The request body for one contact, or a reject naming the field the model refused."""
+    row = contact.fields
+    body: dict[str, Any] = {name: row[name] for name in IDENTITY_FIELDS if row.get(name)}
+    if spec.lang and "lang" not in body:
+        body["lang"] = spec.lang
+    optional = {
+        "runtimeContext": merge_steps(spec.context, row, "context"),
+        "runtimeInstructions": merge_steps(spec.instructions, row, "instructions"),
+        "playbookSelectionContext": spec.playbook_selection_context,
+        "includeFullAnnotation": spec.include_full_annotation,
+        "agentOId": spec.agent_o_id,
+        "experimentOId": spec.experiment_o_id,
+    }
+    body["outputFormat"] = spec.output_format.value
+    body |= {key: value for key, value in optional.items() if value is not None and value != {}}
+    try:
+        # The model only checks; the body sent is the dict built here (already in wire form).
+        SequenceRequest.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"]) or None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return Reject(contact.line, "invalid_field", where, message, dict(row))
+    return body
 
-    metadata: Metadata = Field(alias="_metadata")
-    message: str | None = None
+
+def sequence_failure(payload: dict[str, Any]) -> str | None:
+    """None when the answer holds at least one email, else why it holds none."""
+    data = payload.get("data")
+    emails = data.get("emails") if isinstance(data, dict) else None
+    if payload.get("found") and isinstance(emails, list) and emails:
+        return None
+    why = payload.get("message") or ("found: false" if not payload.get("found") else "no emails")
+    return f"no sequence produced: {why}"
+
+
+SEQUENCE = Agent(
+    kind="sequence",
+    path="/api/v2/agents/sequence/run",
+    request_model=SequenceRequest,
+    response_model=SequenceResponse,
+    build_body=build_sequence_body,
+    failure=sequence_failure,
+)
+"""The Sequence Agent."""

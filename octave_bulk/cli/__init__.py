@@ -342,7 +342,7 @@ def run(
 
     Re-running the same command resumes: contacts already in OUT are skipped.
     """
-    from octave_bulk.observe.progress import configure_logging
+    from octave_bulk.observe.log import configure_logging
     from octave_bulk.run.engine import run_batch
 
     try:
@@ -357,7 +357,7 @@ def run(
     if summary.get("dry_run"):
         import json
 
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
     elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
         _print_summary(summary)
     sys.exit(summary["exit_code"])
@@ -388,9 +388,10 @@ def validate(
     """
     import json
 
+    from octave_bulk.build import request_spec
     from octave_bulk.input.reader import validate_input
-    from octave_bulk.intake import reader_options, request_spec
-    from octave_bulk.state.checkpoint import OutputPaths
+    from octave_bulk.intake import reader_options
+    from octave_bulk.state.paths import OutputPaths
 
     try:
         settings = _settings(config_file, None, **flags)
@@ -530,7 +531,7 @@ def status(output: str, as_json: bool) -> None:
 def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
     """A real batch against the built-in simulator: no API key, no network."""
     from octave_bulk.demo import run_demo
-    from octave_bulk.observe.progress import configure_logging
+    from octave_bulk.observe.log import configure_logging
 
     configure_logging("text")
     click.echo(

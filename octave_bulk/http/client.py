@@ -1,58 +1,42 @@
-"""One contact, one API call: the HTTP client, its headers, and outcome classification.
+"""One contact, one API call: the HTTP client and the judgement of what came back.
 
 Transport: httpx's API (``httpx.Request`` / ``httpx.Response``) on the ``httpx-aiohttp``
-transport by default. Measured on this kind of machine against an instant local server,
-httpx's own transport managed 120-550 req/s and got slower as concurrency grew, while httpx on
-aiohttp reached ~2,000-3,400 req/s (perf-notes §2, benchmarks/bench_simulator.py).
-``Settings.transport = "httpx"`` swaps it back; tests inject any transport (e.g.
-``httpx.ASGITransport`` or ``httpx.MockTransport``).
+transport by default: httpx's own transport slows down as concurrency grows, httpx on aiohttp
+does not (docs/performance.md, section "HTTP stack"). ``Settings.transport = "httpx"`` swaps
+it back; tests inject any transport (e.g. ``httpx.ASGITransport`` or ``httpx.MockTransport``).
 
-Classification (SPEC.md §6.3-6.4):
-
-- success: HTTP 200, valid JSON, ``found: true`` and at least one email;
-- ``not_found``: 200 with ``found: false`` or no emails (permanent, not retried);
-- retryable: transport errors, timeouts, 408/425/429/500/502/503/504, truncated or invalid
-  bodies;
-- fatal: 401/403 (key) and 402 (credits) stop the whole run;
-- other 4xx: this contact fails for good.
+A call succeeds when the answer is HTTP 200, valid JSON with the response envelope
+(``_metadata``, ``found``) and the agent says its payload is there (e.g. at least one email);
+a 200 without it is ``not_found``, permanent. Everything else is classified in
+:mod:`octave_bulk.http.retry`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
-from octave_bulk.agents.sequence import ErrorResponse, credits_of
-from octave_bulk.errors import ApiError, FatalApiError, RetryableApiError, TerminalApiError
-from octave_bulk.limits.adaptive import parse_retry_after
+from octave_bulk.agents import get_agent
+from octave_bulk.agents.base import Agent
+from octave_bulk.agents.fields import credits_of
+from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
+from octave_bulk.http.retry import status_error, transport_error
 
-__all__ = ["RUN_PATH", "CallSuccess", "OctaveClient", "make_transport"]
+if TYPE_CHECKING:
+    from octave_bulk.settings import Settings
 
-RUN_PATH = "/api/v2/agents/sequence/run"
+__all__ = ["VALIDATE_PATH", "CallSuccess", "OctaveClient", "make_transport", "open_client"]
+
 VALIDATE_PATH = "/api/v2/api-key/validate"
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-FATAL_STATUSES = {
-    401: "unauthorized",
-    402: "payment_required",
-    403: "forbidden",
-    # The endpoint itself is wrong (base URL, path, a redirect to a login page, an unknown
-    # agent): every other contact would fail the same way, so the whole run stops.
-    301: "bad_endpoint",
-    302: "bad_endpoint",
-    303: "bad_endpoint",
-    307: "bad_endpoint",
-    308: "bad_endpoint",
-    404: "bad_endpoint",
-    405: "bad_endpoint",
-}
 USER_AGENT = "octave-bulk"
 
 
@@ -99,16 +83,18 @@ def make_transport(
 
 
 class OctaveClient:
-    """Sends one request at a time; never retries (the engine owns retries and pacing).
+    """Sends one request at a time; never retries (the run owns retries and pacing).
 
     Requests are ``httpx.Request`` objects handed straight to the transport: the client-level
     machinery of ``httpx.AsyncClient`` (URL merging, cookies, auth and event hooks, redirects)
-    is not needed here and cost ~100 us of CPU per call (benchmarks/README.md).
+    is not needed here and cost ~100 us of CPU per call (docs/performance.md, section
+    "HTTP stack").
 
     Args:
         transport: any httpx transport (aiohttp-backed by default; ASGI/Mock in tests).
         base_url: the API (or a simulator), e.g. ``https://app.octavehq.com``.
         api_key: sent as the ``api_key`` header; never logged, never part of an error.
+        agent: the agent whose endpoint :meth:`run` calls (the Sequence Agent by default).
         timeout: read timeout, seconds. connect_timeout: connect (and pool) timeout.
     """
 
@@ -118,11 +104,13 @@ class OctaveClient:
         *,
         base_url: str,
         api_key: SecretStr,
+        agent: Agent | None = None,
         timeout: float = 180.0,
         connect_timeout: float = 10.0,
     ) -> None:
         self._transport = transport
-        self._run_url = httpx.URL(base_url.rstrip("/") + RUN_PATH)
+        self._agent = agent or get_agent()
+        self._run_url = httpx.URL(base_url.rstrip("/") + self._agent.path)
         self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
         self._headers = {
             "api_key": api_key.get_secret_value(),
@@ -153,11 +141,11 @@ class OctaveClient:
             await response.aclose()
         return response
 
-    async def run_sequence(self, body: bytes, request_id: str) -> CallSuccess:
-        """POST one sequence request.
+    async def run(self, body: bytes, request_id: str) -> CallSuccess:
+        """POST one request to the agent's endpoint.
 
         Raises:
-            RetryableApiError, TerminalApiError, FatalApiError: see the module docstring.
+            RetryableApiError, TerminalApiError, FatalApiError: see :mod:`octave_bulk.http.retry`.
         """
         # Header values must be ASCII; the body keeps the requestId exactly as given.
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
@@ -165,83 +153,55 @@ class OctaveClient:
         try:
             response = await self._send("POST", self._run_url, headers, body)
         except Exception as exc:
-            raise _transport_error(exc, request_id) from None
-        return _classify(response, request_id)
+            raise transport_error(exc, request_id) from None
+        return _judge(response, request_id, self._agent)
 
     async def validate_key(self) -> dict[str, object]:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""
         try:
             response = await self._send("GET", self._validate_url, self._headers, None)
         except Exception as exc:
-            raise _transport_error(exc, None) from None
+            raise transport_error(exc, None) from None
         if response.status_code != 200:
-            raise _status_error(response, None)
+            raise status_error(response, None)
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
-            raise RetryableApiError("validate: body is not JSON", kind="invalid_body") from None
+            raise RetryableApiError(
+                "validate: body is not JSON", kind=ErrorKind.INVALID_BODY
+            ) from None
         return payload if isinstance(payload, dict) else {}
 
 
-_CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wins
-    ("Timeout", "timeout"),
-    ("Payload", "truncated_body"),
-    ("Disconnected", "disconnected"),
-    ("Connector", "connect"),
-    ("ConnectError", "connect"),
-    ("Reset", "connection_reset"),
-    ("ClientOSError", "connection_reset"),
-)
-
-
-def _transport_error(exc: Exception, request_id: str | None) -> RetryableApiError:
-    # httpx-aiohttp maps several aiohttp errors onto a few httpx classes (a reset becomes
-    # ConnectTimeout) and some not at all (a bad status line from a proxy); the original cause
-    # names what actually happened.
-    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-    name = type(cause).__name__
-    fallback = "transport" if isinstance(exc, httpx.HTTPError | OSError) else "protocol"
-    kind = next((k for fragment, k in _CAUSE_KINDS if fragment in name), fallback)
-    if isinstance(cause, TimeoutError | asyncio.TimeoutError):
-        kind = "timeout"
-    detail = str(cause) or name
-    return RetryableApiError(f"{name}: {detail}"[:300], kind=kind, request_id=request_id)
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        envelope = ErrorResponse.model_validate_json(response.content)
-        message = envelope.message or envelope.metadata.message
-    except ValidationError:
-        message = None
-    if not message:
-        text = response.content[:200].decode("utf-8", "replace").strip()
-        message = text if text and not text.startswith("<") else response.reason_phrase
-    return f"HTTP {response.status_code}: {message}"[:500]
-
-
-def _status_error(response: httpx.Response, request_id: str | None) -> ApiError:
-    status = response.status_code
-    message = _error_message(response)
-    if status in RETRYABLE_STATUSES:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return RetryableApiError(
-            message,
-            kind="rate_limited" if status == 429 else f"http_{status}",
-            status=status,
-            request_id=request_id,
-            retry_after=retry_after,
+@contextlib.asynccontextmanager
+async def open_client(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    read_timeout: float | None = None,
+) -> AsyncIterator[OctaveClient]:
+    """A client built from settings (``read_timeout`` replaces ``settings.timeout``); a
+    transport is made (and closed) unless one is given."""
+    async with contextlib.AsyncExitStack() as stack:
+        if transport is None:
+            transport = make_transport(
+                concurrency=settings.concurrency,
+                transport=settings.transport,
+                base_url=settings.base_url,
+            )
+            await stack.enter_async_context(transport)
+        yield OctaveClient(
+            transport,
+            base_url=settings.base_url,
+            api_key=settings.api_key or SecretStr(""),
+            timeout=settings.timeout if read_timeout is None else read_timeout,
+            connect_timeout=settings.connect_timeout,
         )
-    if status in FATAL_STATUSES:
-        return FatalApiError(
-            message, kind=FATAL_STATUSES[status], status=status, request_id=request_id
-        )
-    return TerminalApiError(message, kind=f"http_{status}", status=status, request_id=request_id)
 
 
-def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
+def _judge(response: httpx.Response, request_id: str, agent: Agent) -> CallSuccess:
     if response.status_code != 200:
-        raise _status_error(response, request_id)
+        raise status_error(response, request_id)
     raw = response.content
     # orjson plus a few checks, not the pydantic model: the body is stored byte for byte, so
     # only what decides success is examined (half the CPU of a full model validation).
@@ -252,7 +212,7 @@ def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
         if repaired is None:
             raise RetryableApiError(
                 f"HTTP 200 with a body that is not JSON: {exc}"[:300],
-                kind="invalid_json",
+                kind=ErrorKind.INVALID_JSON,
                 status=200,
                 request_id=request_id,
             ) from None
@@ -262,19 +222,14 @@ def _classify(response: httpx.Response, request_id: str) -> CallSuccess:
     if not isinstance(metadata, dict) or not isinstance(found, bool):
         raise RetryableApiError(
             "HTTP 200 without the response envelope (_metadata, found)",
-            kind="invalid_body",
+            kind=ErrorKind.INVALID_BODY,
             status=200,
             request_id=request_id,
         )
-    data = payload.get("data")
-    emails = data.get("emails") if isinstance(data, dict) else None
-    if not found or not isinstance(emails, list) or not emails:
-        why = payload.get("message") or ("found: false" if not found else "no emails")
+    why = agent.failure(payload)
+    if why is not None:
         raise TerminalApiError(
-            f"no sequence produced: {why}"[:500],
-            kind="not_found",
-            status=200,
-            request_id=request_id,
+            why[:500], kind=ErrorKind.NOT_FOUND, status=200, request_id=request_id
         )
     return CallSuccess(raw=raw, credits=credits_of(metadata.get("usage")))
 

@@ -33,8 +33,9 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from email_validator import EmailNotValidError, validate_email
 
-from octave_bulk.agents.sequence import MAX_STEPS
-from octave_bulk.build import BuiltRequest, RequestBuilder, RequestSpec
+from octave_bulk.agents.base import RequestSpec
+from octave_bulk.agents.fields import MAX_STEPS
+from octave_bulk.build import BuiltRequest, RequestBuilder
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.input.mapping import (
     PROFILES,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from octave_bulk.agents.sequence import MAX_STEPS
+from octave_bulk.agents.fields import MAX_STEPS
 
 __all__ = [
     "CANONICAL_FIELDS",

@@ -28,7 +28,8 @@ Three gates, in order:
    against a pause after waking).
 3. **Ceiling** - aiolimiter with a bucket of 10 ms worth of tokens (at least 2): exact
    steady rate with a start-of-run burst of ``max(2, rate / 100)`` calls, instead of the
-   full second's worth that ``AsyncLimiter(rate, 1)`` would let out at once (perf-notes §4).
+   full second's worth that ``AsyncLimiter(rate, 1)`` would let out at once
+   (docs/performance.md, section "Rate limiting with aiolimiter").
 
 The in-flight cap is separate: it is the number of workers (``Settings.concurrency``).
 """
@@ -43,7 +44,9 @@ from collections.abc import Callable
 import anyio
 from aiolimiter import AsyncLimiter
 
-__all__ = ["Pacer", "parse_retry_after"]
+from octave_bulk.observe.log import log_event
+
+__all__ = ["Pacer"]
 
 _CLIMB = 1.10  # after a quiet period the rate grows by 10 %
 _QUIET_S = 2.0  # ... a quiet period lasts at least this long
@@ -54,26 +57,6 @@ _MIN_PAUSE = 0.25  # an HTTP-date Retry-After can parse to 0 (1 s resolution): p
 _WINDOW_S = 2.0  # recent answers: the window for rates and the 429 share
 _ISOLATED_SHARE = 0.05  # a 429 is isolated below this share of recent answers ...
 _ISOLATED_ANSWERS = 20  # ... and with at least this many of them
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds (decimals tolerated) or an
-    HTTP date (RFC 9110 §10.2.3). None when absent or unreadable; never negative."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 class Pacer:
@@ -109,7 +92,7 @@ class Pacer:
         self._limiter: AsyncLimiter | None = None
         if ceiling is not None:
             # A 1-token bucket cannot bank the event loop's timer lateness: it delivered 96 %
-            # of 50/s here; 2 tokens deliver the rate (perf-notes §4, measured at 50/s).
+            # of 50/s here; 2 tokens deliver the rate (docs/performance.md, measured at 50/s).
             burst = max(2.0, ceiling * 0.01)
             self._limiter = AsyncLimiter(burst, burst / ceiling)
         self.paused_until = 0.0
@@ -165,14 +148,24 @@ class Pacer:
     def _paused(self) -> bool:
         return self.paused_until > self._clock()
 
-    def on_accepted(self) -> None:
+    def on_answer(self, sent_at: float) -> None:
         """A call came back without a 429 (success or any other outcome)."""
         self._backoff_level = 0
         self._accepted.append(self._clock())
 
     def on_429(self, sent_at: float, retry_after: float | None) -> float:
         """Pause the pool and (if adaptive) step the rate down; returns the pause in seconds
-        (0 for an isolated 429, which only delays its own retry).
+        (0 for an isolated 429, which only delays its own retry). A new pause or slow-down is
+        logged as a ``rate_limited`` event."""
+        rate, was_paused = self.rate, self._paused()
+        pause = self._judge_429(sent_at, retry_after)
+        if self.rate != rate or (pause > 0 and not was_paused):
+            rounded = None if self.rate is None else round(self.rate, 3)
+            log_event("rate_limited", pause_s=round(pause, 2), rate=rounded)
+        return pause
+
+    def _judge_429(self, sent_at: float, retry_after: float | None) -> float:
+        """The pause and the rate step for one 429.
 
         A 429 for a call sent before the last change (it was already on the wire when an
         earlier 429 paused the pool) neither extends the pause nor escalates the backoff: the

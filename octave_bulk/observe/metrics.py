@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.state.checkpoint import write_atomic
+from octave_bulk.state.files import write_atomic
 
 __all__ = ["write_metrics"]
 

@@ -12,65 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
-import orjson
 
+from octave_bulk.observe.log import log_event, logger
 from octave_bulk.run.summary import RunStats
 
-__all__ = ["JsonFormatter", "Progress", "TextFormatter", "configure_logging", "log_event"]
-
-logger = logging.getLogger("octave_bulk")
-
-
-def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log a structured event (``start``, ``heartbeat``, ``stop``, ...)."""
-    logger.log(level, event, extra={"event_fields": fields})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event and the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            **getattr(record, "event_fields", {}),
-        }
-        return orjson.dumps(payload, default=str).decode()
-
-
-class TextFormatter(logging.Formatter):
-    """``HH:MM:SS event key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "event_fields", {})
-        parts = [time.strftime("%H:%M:%S", time.localtime(record.created)), record.getMessage()]
-        for key, value in fields.items():
-            if isinstance(value, dict):
-                value = " ".join(f"{k}={v}" for k, v in value.items() if v)
-            parts.append(
-                f"{key}={value}" if not isinstance(value, str) or " " not in value else value
-            )
-        return " ".join(str(p) for p in parts)
-
-
-def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:
-    """Send ``octave_bulk`` events to stderr (and a file), as text or JSON lines."""
-    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
-    logger.handlers.clear()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+__all__ = ["Progress"]
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Run counters and the summary written to ``OUT.summary.json`` (SPEC.md §4).
+"""Run counters, and the summary a run returns and writes to ``OUT.summary.json``
+(docs/design.md, section "Files").
 
-Counters are plain attributes updated by the engine; latencies go into a log-bucket histogram
-(1 % resolution, constant memory) so p50/p95 cost nothing per contact.
+Counters are plain attributes updated by the run's stages; latencies go into a log-bucket
+histogram (1 % resolution, constant memory) so p50/p95 cost nothing per contact. At the end
+they become a frozen :class:`RunSummary`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LatencyHistogram", "RunStats"]
+from octave_bulk.errors import ExitCode, StopReason
+
+__all__ = ["LatencyHistogram", "RunStats", "RunSummary"]
 
 
 class LatencyHistogram:
@@ -116,7 +121,56 @@ class RunStats:
             "credits": self.credits,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
             "latency_ms": {"p50": self.latency.percentile(50), "p95": self.latency.percentile(95)},
-            "rejects_by_reason": dict(self.rejects_by_reason),
-            "failures_by_kind": dict(self.failures_by_kind),
-            "calls_by_status": dict(self.calls_by_status),
+            # str(): keys may be enum members, and JSON keys must be plain strings.
+            "rejects_by_reason": {str(k): v for k, v in self.rejects_by_reason.items()},
+            "failures_by_kind": {str(k): v for k, v in self.failures_by_kind.items()},
+            "calls_by_status": {str(k): v for k, v in self.calls_by_status.items()},
         }
+
+
+@dataclass(frozen=True)
+class RunSummary(Mapping[str, Any]):
+    """How a run (or a dry run) ended: typed fields for code, and the whole JSON document
+    written to ``OUT.summary.json``, which the summary also reads as (``summary["counts"]``).
+
+    Attributes:
+        exit_code: how the run ended.
+        stop_reason: why it stopped early, None when it went through its input.
+        counts: contacts by outcome.
+        paid_calls: calls sent (each may have been charged).
+        credits: credits the answers reported.
+        document: the JSON document.
+    """
+
+    exit_code: ExitCode
+    stop_reason: StopReason | None
+    counts: Mapping[str, int]
+    paid_calls: int
+    credits: float
+    document: Mapping[str, Any]
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> RunSummary:
+        """The summary of a finished document (it must hold ``exit_code`` and ``counts``)."""
+        reason = document.get("stop_reason")
+        return cls(
+            exit_code=ExitCode(document["exit_code"]),
+            stop_reason=StopReason(reason) if reason else None,
+            counts=document["counts"],
+            paid_calls=document.get("paid_calls", 0),
+            credits=document.get("credits", 0.0),
+            document=document,
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.document[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.document)
+
+    def __len__(self) -> int:
+        return len(self.document)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, as a new dict."""
+        return dict(self.document)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from octave_bulk.agents.sequence import OutputFormat, SequenceRequest
+from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.agents.sequence import SequenceRequest
 
 __all__ = ["SUPPORTED_LANGS", "generate_data"]
 

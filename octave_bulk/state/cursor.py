@@ -21,18 +21,31 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import stat
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 
-from octave_bulk.state.checkpoint import OutputPaths, write_atomic
+from octave_bulk.observe.log import log_event
+from octave_bulk.state.files import write_atomic
+from octave_bulk.state.paths import OutputPaths
 
-__all__ = ["Frontier", "ResumeCursor", "input_identity", "load_cursor", "save_cursor"]
+__all__ = [
+    "COUNTED",
+    "CursorKeeper",
+    "Frontier",
+    "ResumeCursor",
+    "input_identity",
+    "load_cursor",
+    "save_cursor",
+]
 
 _VERSION = 1
 _HEAD_BYTES = 64 * 1024
@@ -232,3 +245,44 @@ class Frontier:
         return ResumeCursor(
             base.line, base.rejects_bytes, Counter(base.counts), Counter(base.rejects_by_reason)
         )
+
+
+class CursorKeeper:
+    """Saves the cursor of one run: periodically while it goes, and once at the end.
+
+    Args:
+        paths: the output's files.
+        identity: the input's identity (None: stdin or NDJSON, where nothing is saved).
+        fingerprint: the settings' fingerprint.
+        snapshot: the settled prefix so far (called on the event loop's thread).
+        interval: seconds between periodic saves.
+    """
+
+    def __init__(
+        self,
+        paths: OutputPaths,
+        identity: dict[str, Any] | None,
+        fingerprint: str,
+        snapshot: Callable[[], ResumeCursor],
+        interval: float = 5.0,
+    ) -> None:
+        self.paths, self.identity, self.fingerprint = paths, identity, fingerprint
+        self.snapshot, self.interval = snapshot, interval
+
+    def save(self, cursor: ResumeCursor | None = None) -> None:
+        """Save now (the current snapshot unless ``cursor`` is given); an OSError is only
+        logged: the cursor is a shortcut for the next resume, never worth a stop."""
+        if self.identity is None:
+            return
+        try:
+            save_cursor(self.paths, cursor or self.snapshot(), self.identity, self.fingerprint)
+        except OSError as exc:
+            log_event("cursor_not_saved", level=logging.WARNING, error=str(exc))
+
+    async def run(self) -> None:
+        """Save every ``interval`` seconds until cancelled."""
+        while True:
+            await anyio.sleep(self.interval)
+            # The snapshot on the loop's thread (the frontier is not thread-safe), the fsyncs
+            # off it.
+            await anyio.to_thread.run_sync(self.save, self.snapshot())

@@ -1,0 +1,70 @@
+"""What the engine needs to know of an agent, and the run-wide request fields.
+
+An :class:`Agent` is data: its kind, its endpoint, its request and response models, how a
+contact becomes a request body, and what in an answer's payload means "nothing produced".
+The engine, the pacer, the sink and the state are agent-agnostic; they only hold an Agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.input.records import Contact, Reject
+
+__all__ = ["Agent", "RequestSpec", "merge_steps"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """The run-wide parts of every request (from settings)."""
+
+    agent_o_id: str | None = None
+    experiment_o_id: str | None = None
+    output_format: OutputFormat = OutputFormat.TEXT
+    lang: str | None = None
+    context: str | None = None
+    instructions: str | None = None
+    playbook_selection_context: str | None = None
+    include_full_annotation: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """One Octave agent as the engine sees it.
+
+    Attributes:
+        kind: the registry name (``sequence``).
+        path: the endpoint, e.g. ``/api/v2/agents/sequence/run``.
+        request_model: checks a body before it is sent (a refusal becomes a reject).
+        response_model: the faithful response (unknown fields kept), for readers of results.
+        build_body: contact + run-wide fields -> the wire body (camelCase, no requestId yet),
+            or a reject naming the field at fault.
+        failure: a 200 answer's payload -> None when the agent produced what was asked, else
+            why not (the contact then fails as ``not_found``, not retried).
+    """
+
+    kind: str
+    path: str
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    build_body: Callable[[Contact, RequestSpec], dict[str, Any] | Reject]
+    failure: Callable[[dict[str, Any]], str | None]
+
+
+def merge_steps(global_all: str | None, row: dict[str, str], prefix: str) -> dict[str, str]:
+    """runtimeContext/runtimeInstructions: global and row text for ``all``, ``prefix_N`` for
+    step N (several texts for one key are joined by a blank line)."""
+    merged: dict[str, list[str]] = {}
+    if global_all:
+        merged.setdefault("all", []).append(global_all)
+    for name, text in row.items():
+        if name == prefix:
+            merged.setdefault("all", []).append(text)
+        elif name.startswith(prefix + "_"):
+            merged.setdefault(name[len(prefix) + 1 :], []).append(text)
+    return {key: "\n\n".join(parts) for key, parts in merged.items()}

@@ -1,0 +1,150 @@
+"""What a failed call means, and how long to wait before the next attempt.
+
+Classification of an answer that is not a success (docs/design.md, section "Classification"):
+
+- retryable: transport errors, timeouts, 408/425/429/500/502/503/504, truncated or invalid
+  bodies;
+- fatal: 401/403 (key), 402 (credits), and a redirect, 404 or 405 from the endpoint (a wrong
+  base URL or agent: every other contact would fail the same way): the whole run stops;
+- other 4xx: this contact fails for good.
+
+Waiting: :class:`wait_full_jitter_or_retry_after` is a tenacity wait strategy: AWS-style full
+jitter, ``uniform(0, min(cap, initial * 2^(n-1)))``, but never less than the ``Retry-After``
+the server sent with the failure (capped as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import parsedate_to_datetime
+
+import httpx
+from pydantic import ValidationError
+from tenacity import RetryCallState
+from tenacity.wait import wait_base, wait_random_exponential
+
+from octave_bulk.agents.envelope import ErrorResponse
+from octave_bulk.errors import (
+    ApiError,
+    ErrorKind,
+    FatalApiError,
+    RetryableApiError,
+    TerminalApiError,
+    status_kind,
+)
+
+__all__ = [
+    "FATAL_STATUSES",
+    "RETRYABLE_STATUSES",
+    "parse_retry_after",
+    "status_error",
+    "transport_error",
+    "wait_full_jitter_or_retry_after",
+]
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+FATAL_STATUSES = {
+    401: ErrorKind.UNAUTHORIZED,
+    402: ErrorKind.PAYMENT_REQUIRED,
+    403: ErrorKind.FORBIDDEN,
+    **dict.fromkeys((301, 302, 303, 307, 308, 404, 405), ErrorKind.BAD_ENDPOINT),
+}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds (decimals tolerated) or an
+    HTTP date (RFC 9110 §10.2.3). None when absent or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+_CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wins
+    ("Timeout", ErrorKind.TIMEOUT),
+    ("Payload", ErrorKind.TRUNCATED_BODY),
+    ("Disconnected", ErrorKind.DISCONNECTED),
+    ("Connector", ErrorKind.CONNECT),
+    ("ConnectError", ErrorKind.CONNECT),
+    ("Reset", ErrorKind.CONNECTION_RESET),
+    ("ClientOSError", ErrorKind.CONNECTION_RESET),
+)
+
+
+def transport_error(exc: Exception, request_id: str | None) -> RetryableApiError:
+    """A call that got no complete answer, named after what actually happened."""
+    # httpx-aiohttp maps several aiohttp errors onto a few httpx classes (a reset becomes
+    # ConnectTimeout) and some not at all (a bad status line from a proxy); the original cause
+    # names what actually happened.
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    name = type(cause).__name__
+    fallback = (
+        ErrorKind.TRANSPORT if isinstance(exc, httpx.HTTPError | OSError) else ErrorKind.PROTOCOL
+    )
+    kind = next((k for fragment, k in _CAUSE_KINDS if fragment in name), fallback)
+    if isinstance(cause, TimeoutError | asyncio.TimeoutError):
+        kind = ErrorKind.TIMEOUT
+    detail = str(cause) or name
+    return RetryableApiError(f"{name}: {detail}"[:300], kind=kind, request_id=request_id)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        envelope = ErrorResponse.model_validate_json(response.content)
+        message = envelope.message or envelope.metadata.message
+    except ValidationError:
+        message = None
+    if not message:
+        text = response.content[:200].decode("utf-8", "replace").strip()
+        message = text if text and not text.startswith("<") else response.reason_phrase
+    return f"HTTP {response.status_code}: {message}"[:500]
+
+
+def status_error(response: httpx.Response, request_id: str | None) -> ApiError:
+    """The error an HTTP status other than 200 stands for (see the module docstring)."""
+    status = response.status_code
+    message = _error_message(response)
+    if status in RETRYABLE_STATUSES:
+        return RetryableApiError(
+            message,
+            kind=status_kind(status),
+            status=status,
+            request_id=request_id,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if status in FATAL_STATUSES:
+        return FatalApiError(
+            message, kind=FATAL_STATUSES[status], status=status, request_id=request_id
+        )
+    return TerminalApiError(message, kind=status_kind(status), status=status, request_id=request_id)
+
+
+class wait_full_jitter_or_retry_after(wait_base):
+    """Full jitter growing from ``initial`` up to ``cap``, at least the failure's Retry-After.
+
+    Args:
+        initial: the first attempt's jitter window, seconds.
+        cap: the largest window, and the longest Retry-After honoured here (a longer one is
+            the limiter's business: it pauses the whole pool).
+    """
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self._jitter = wait_random_exponential(multiplier=initial, max=cap)
+        self._cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self._jitter(retry_state))
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(failure, ApiError) and failure.retry_after is not None:
+            wait = max(wait, min(failure.retry_after, self._cap))
+        return wait

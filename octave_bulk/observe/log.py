@@ -1,0 +1,67 @@
+"""Log events: one line each, readable text or one JSON object, never a secret or a body.
+
+Events go through the ``octave_bulk`` logger with their fields attached; they carry counts,
+never the API key and never request or response bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from octave_bulk.utc import utc_iso
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "log_event", "logger"]
+
+logger = logging.getLogger("octave_bulk")
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a structured event (``start``, ``heartbeat``, ``stop``, ...)."""
+    logger.log(level, event, extra={"event_fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": utc_iso(record.created, ms=False),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            **getattr(record, "event_fields", {}),
+        }
+        return orjson.dumps(payload, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS event key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "event_fields", {})
+        parts = [time.strftime("%H:%M:%S", time.localtime(record.created)), record.getMessage()]
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                value = " ".join(f"{k}={v}" for k, v in value.items() if v)
+            parts.append(
+                f"{key}={value}" if not isinstance(value, str) or " " not in value else value
+            )
+        return " ".join(str(p) for p in parts)
+
+
+def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:
+    """Send ``octave_bulk`` events to stderr (and a file), as text or JSON lines."""
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    logger.handlers.clear()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

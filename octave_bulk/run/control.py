@@ -1,0 +1,111 @@
+"""Stopping a run: signals, the breaker, the call budget and fatal answers.
+
+Contract: :class:`RunControl` holds why the run stops (a :class:`StopReason`, None while it
+goes on). :meth:`~RunControl.stop` ends dispatch: no new attempt starts, the limiter wakes its
+waiters, and calls in flight get ``drain_timeout`` seconds before the dispatch scope is
+cancelled. The first SIGINT/SIGTERM stops gracefully (and its reason wins over an earlier
+one); a second cancels at once. Every stop is resumable.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import anyio
+
+from octave_bulk.errors import ApiError, FatalApiError, StopReason
+from octave_bulk.limits.base import Limiter
+from octave_bulk.observe.log import log_event
+from octave_bulk.run.summary import RunStats
+from octave_bulk.settings import Settings
+
+__all__ = ["RunControl", "Stopped"]
+
+
+class Stopped(Exception):
+    """Dispatch stopped before this attempt could be sent (not an API outcome)."""
+
+
+class RunControl:
+    """The run's stop state, shared by the source, the workers and the signal watcher.
+
+    Args:
+        settings: ``drain_timeout``, ``max_calls`` and ``breaker_threshold`` are read here.
+        stats: the run's counters (``calls`` and ``in_flight`` are read here).
+        run_id: carried by the log events.
+    """
+
+    def __init__(self, settings: Settings, stats: RunStats, run_id: str) -> None:
+        self.settings, self.stats, self.run_id = settings, stats, run_id
+        self.reason: StopReason | None = None
+        self.fatal: FatalApiError | None = None
+        self.dispatch_scope = anyio.CancelScope()
+        self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
+        self.limiter: Limiter | None = None
+        self._consecutive_failures = 0
+
+    @property
+    def stopping(self) -> bool:
+        """True once the run stops dispatching."""
+        return self.reason is not None
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop dispatching; calls in flight finish within ``drain_timeout`` (then cancelled)."""
+        if self.reason is None:
+            self.reason = reason
+            log_event("stopping", reason=reason, run_id=self.run_id, in_flight=self.stats.in_flight)
+        self.stopped.set()
+        if self.limiter is not None:
+            self.limiter.stop()
+        if math.isinf(self.dispatch_scope.deadline):
+            self.dispatch_scope.deadline = anyio.current_time() + self.settings.drain_timeout
+
+    def may_send(self) -> bool:
+        """False (and the run stops) once stopping, or once ``max_calls`` calls were sent."""
+        if self.stopping:
+            return False
+        limit = self.settings.max_calls
+        if limit is not None and self.stats.calls >= limit:
+            self.stop(StopReason.MAX_CALLS)
+            return False
+        return True
+
+    def on_success(self) -> None:
+        """A call succeeded: the breaker's count of failures in a row starts again."""
+        self._consecutive_failures = 0
+
+    def on_error(self, exc: ApiError) -> None:
+        """A call failed (not with a 429): a fatal error stops the run at once; retryable
+        failures in a row, pool-wide, trip the breaker."""
+        if isinstance(exc, FatalApiError):
+            self.fatal = exc
+            self.stop(StopReason.FATAL)  # no new calls; the ones in flight are paid: let them land
+        elif exc.retryable:
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= self.settings.breaker_threshold:
+                self.stop(StopReason.BREAKER)
+        else:
+            self._consecutive_failures = 0
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake and raise :class:`Stopped` as soon as the run stops."""
+        with anyio.move_on_after(seconds):
+            await self.stopped.wait()
+        if self.stopping:
+            raise Stopped
+
+    async def watch_signals(self) -> None:
+        """Until cancelled: a first SIGINT/SIGTERM drains, a second one cancels dispatch."""
+        interrupted = False
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not interrupted:
+                    interrupted = True
+                    log_event("signal", signal=name, action="draining calls in flight")
+                    self.stop(StopReason.INTERRUPTED)
+                    self.reason = StopReason.INTERRUPTED  # wins over an earlier graceful stop
+                else:
+                    log_event("signal", signal=name, action="stopping now")
+                    self.dispatch_scope.cancel()

@@ -1,0 +1,69 @@
+"""The run lock: one run at a time per output, and who holds it.
+
+``OUT.lock`` is locked with ``flock`` while a run writes to the output's files; it holds the
+holder's pid, host and start time as one JSON line, so that a refused run, ``status`` and
+``validate`` can say who is running. The kernel drops the lock when the holder dies, even by
+kill -9, so a stale file never blocks the next run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from octave_bulk.errors import StateError
+from octave_bulk.state.files import open_private
+from octave_bulk.utc import utc_iso
+
+__all__ = ["RunLock"]
+
+
+class RunLock:
+    """An exclusive lock on the output, so that two runs never write the same files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def holder(self) -> str | None:
+        """Who holds the lock (its pid, host and start), or None when no run holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> None:
+        """Take the lock or raise StateError naming who holds it."""
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StateError(
+                f"{self.path.name}: another run is using this output ({holder}); "
+                "wait for it to finish or use another -o"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_iso(ms=False)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (the file stays; its content is only informative)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
