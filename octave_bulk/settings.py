@@ -92,63 +92,90 @@ class Settings(BaseSettings):
     )
 
     # Target and credentials
-    base_url: str = Field(DEFAULT_BASE_URL, description="API base URL")
-    api_key: SecretStr | None = Field(None, description="from OCTAVE_API_KEY or a key file only")
-    agent_oid: str | None = Field(None, description="Sequence agent (ca_...)")
-    experiment_oid: str | None = Field(None, description="experiment (ae_...) instead of an agent")
+    base_url: str = Field(DEFAULT_BASE_URL, description="API base URL.")
+    api_key: SecretStr | None = Field(
+        None, description="From OCTAVE_API_KEY or a key file only, never a flag or the file."
+    )
+    agent_oid: str | None = Field(None, description="Sequence agent to run (ca_...).")
+    experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
 
     # Pacing
-    rate: float | None = Field(2.0, description="ceiling in requests per second; None = no ceiling")
-    concurrency: int = Field(32, description="in-flight cap")
-    adaptive: bool = Field(True, description="slow down pool-wide on 429 and climb back")
-    timeout: float = Field(180.0, description="read timeout per call, seconds")
-    connect_timeout: float = Field(10.0, description="connect timeout, seconds")
-    max_attempts: int = Field(5, description="attempts per contact per run, retries included")
-    backoff_initial: float = Field(1.0, description="first retry backoff cap, seconds")
-    backoff_max: float = Field(60.0, description="largest retry backoff, seconds")
+    rate: float | None = Field(2.0, description="Rate ceiling, e.g. 2/s, 90/min, or none.")
+    concurrency: int = Field(32, description="Calls in flight at most.")
+    adaptive: bool = Field(True, description="Slow the pool down on 429 and climb back.")
+    timeout: float = Field(180.0, description="Read timeout per call, seconds.")
+    connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")
+    max_attempts: int = Field(5, description="Attempts per contact per run, retries included.")
+    backoff_initial: float = Field(1.0, description="First retry backoff cap, seconds.")
+    backoff_max: float = Field(60.0, description="Largest retry backoff, seconds.")
     breaker_threshold: int = Field(
-        100, description="failed attempts in a row (pool-wide) that stop the run; > 2 x concurrency"
+        100,
+        description="Failed attempts in a row (pool-wide) that stop the run; > 2 x concurrency.",
     )
-    drain_timeout: float = Field(120.0, description="on SIGINT/SIGTERM, wait this long for calls")
-    transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport")
+    drain_timeout: float = Field(
+        120.0, description="On SIGINT/SIGTERM, wait this long for calls in flight, seconds."
+    )
+    transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport.")
 
     # Content
-    output_format: OutputFormat = Field(OutputFormat.TEXT, description="text, html or markdown")
-    lang: str | None = Field(None, description="default language when the row has none")
-    context: str | None = Field(None, description="runtimeContext.all for every contact")
-    instructions: str | None = Field(None, description="runtimeInstructions.all for every contact")
+    output_format: OutputFormat = Field(OutputFormat.TEXT, description="Format of the emails.")
+    lang: str | None = Field(None, description="Language when the row has none (e.g. en, es).")
+    context: str | None = Field(None, description="runtimeContext.all for every contact.")
+    instructions: str | None = Field(None, description="runtimeInstructions.all for every contact.")
     context_templates: StepMapping = Field(
-        default_factory=dict, description="step key -> text with {Column} placeholders"
+        default_factory=dict, description="Step key -> text with {Column} placeholders."
     )
     instruction_templates: StepMapping = Field(
-        default_factory=dict, description="step key -> text with {Column} placeholders"
+        default_factory=dict, description="Step key -> text with {Column} placeholders."
     )
-    playbook_selection_context: str | None = Field(None, description="sent as is")
-    include_full_annotation: bool | None = Field(None, description="sent as is")
+    playbook_selection_context: str | None = Field(None, description="Sent as is.")
+    include_full_annotation: bool | None = Field(None, description="Sent as is.")
 
     # Input mapping
-    profile: Literal["auto", "hubspot", "salesforce", "apollo", "linkedin", "generic"] = "auto"
-    map: tuple[str, ...] = Field((), description='"Source Column=field" overrides')
-    input_format: Literal["auto", "csv", "ndjson"] = "auto"
-    encoding: str | None = None
-    delimiter: str | None = None
-    skip_lines: int | None = None
-    max_field_bytes: int = Field(64 * 1024, description="a bigger cell rejects its row")
+    profile: Literal["auto", "hubspot", "salesforce", "apollo", "linkedin", "generic"] = Field(
+        "auto", description="Input column profile."
+    )
+    map: tuple[str, ...] = Field(
+        (), description='Column override "Source Column=field" (repeatable).'
+    )
+    input_format: Literal["auto", "csv", "ndjson"] = Field(
+        "auto", description="Input format (auto: by extension)."
+    )
+    encoding: str | None = Field(None, description="Input encoding [default: detected].")
+    delimiter: str | None = Field(
+        None, description="CSV delimiter [default: sniffed among , ; tab |]."
+    )
+    skip_lines: int | None = Field(None, description="Lines to skip before the CSV header.")
+    max_field_bytes: int = Field(
+        64 * 1024, description="Largest cell; a bigger one rejects its row."
+    )
 
     # Safety
-    max_calls: int | None = Field(None, description="stop after this many paid calls")
-    limit: int | None = Field(None, description="only the first N contacts")
-    dry_run: bool = False
-    retry_failed: bool = Field(False, description="also retry permanent failures on resume")
+    max_calls: int | None = Field(
+        None, description="Stop after this many paid calls, retries included (exit 5)."
+    )
+    limit: int | None = Field(None, description="Only the first N contacts.")
+    dry_run: bool = Field(
+        False, description="Validate and show what would be sent; no calls, no files."
+    )
+    retry_failed: bool = Field(
+        False, description="Also retry contacts that failed for good before."
+    )
 
     # Output and durability
-    progress: bool | None = Field(None, description="None: on when stderr is a terminal")
-    log_format: Literal["text", "json"] = "text"
-    log_file: Path | None = None
-    metrics_textfile: Path | None = Field(None, description="Prometheus textfile written at exit")
-    heartbeat_interval: float = Field(30.0, description="seconds between heartbeat log lines")
-    fsync_interval: float = Field(1.0, description="group commit: fsync at least this often")
-    fsync_batch: int = Field(256, description="group commit: fsync after this many records")
+    progress: bool | None = Field(
+        None, description="Progress bar on stderr [default: when stderr is a terminal]."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log events as text or JSON lines."
+    )
+    log_file: Path | None = Field(None, description="Also write log events to this file.")
+    metrics_textfile: Path | None = Field(
+        None, description="Write Prometheus textfile metrics here at the end of the run."
+    )
+    heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
+    fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
+    fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")
 
     @field_validator("rate", mode="before")
     @classmethod

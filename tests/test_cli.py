@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
+from octave_bulk.cli.main import COMMANDS
 from tests.conftest import TEST_KEY, load_json
 from tests.helpers import write_contacts
 
@@ -24,10 +26,31 @@ def runner() -> CliRunner:
 
 
 def test_every_command_has_help(runner: CliRunner) -> None:
-    for name, command in cli.commands.items():
+    for name in cli.list_commands(click.Context(cli)):
+        command = cli.get_command(click.Context(cli), name)
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0, name
-        assert command.help, name
+        assert command is not None and command.help, name
+        # The group lists each command's summary without importing it: they must agree.
+        assert command.help.splitlines()[0] == COMMANDS[name][1], name
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["status", "missing.ndjson"]])
+def test_light_commands_load_no_http_stack_or_models(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from octave_bulk.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ['octave_bulk.run.engine', 'uvloop', 'aiohttp', 'httpx', 'pydantic']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

@@ -311,6 +311,7 @@ async def _locked_run(
         exit_code=exit_code,
         stop_reason=control.reason,
         fatal_error=control.fatal.message if control.fatal else None,
+        fatal_kind=control.fatal.kind if control.fatal else None,
         input_error=str(run.admission.input_error) if run.admission.input_error else None,
         resumable=exit_code != ExitCode.OK,
         input={

@@ -35,7 +35,8 @@ class InflightSlots:
         os.ftruncate(self._fd, 0)
         self._free: list[int] = []
         self._used = 0
-        self._carried = {rid: self.claim(rid) for rid in carry}
+        # One slot per id: an id carried and then sent again by a killed run holds two.
+        self._carried = {rid: self.claim(rid) for rid in dict.fromkeys(carry)}
 
     def settle(self, request_id: str) -> None:
         """A carried id now has a durable success: its old outcome no longer matters."""
@@ -45,7 +46,7 @@ class InflightSlots:
 
     @staticmethod
     def leftovers(path: Path) -> list[str]:
-        """requestIds of calls that were on the wire when the last run died."""
+        """requestIds of calls that were on the wire when the last run died (each once)."""
         if not path.exists():
             return []
         data = path.read_bytes()
@@ -54,7 +55,7 @@ class InflightSlots:
             slot = data[offset : offset + _SLOT]
             if slot != _EMPTY_SLOT:
                 ids.append(slot.split(b"\n", 1)[0].decode("utf-8", "replace"))
-        return ids
+        return list(dict.fromkeys(ids))
 
     def claim(self, request_id: str) -> int:
         """Record a call about to be sent; returns its slot."""

@@ -1,0 +1,112 @@
+"""What every command shares: loading settings, running async code, and turning library
+errors and summaries into messages and exit codes (the only place that does)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import anyio
+import click
+
+from octave_bulk.errors import (
+    ConfigError,
+    ErrorKind,
+    ExitCode,
+    InputError,
+    OctaveBulkError,
+    StateError,
+)
+
+if TYPE_CHECKING:
+    from octave_bulk.settings import Settings
+
+__all__ = ["fail", "load_settings", "parsed", "print_summary", "run_async"]
+
+T = TypeVar("T")
+
+_HINTS = {
+    ConfigError: "fix the setting and run again; nothing was sent.",
+    InputError: "fix the input file and try again; nothing was sent or changed.",
+    StateError: "nothing already written is lost; run the same command again once fixed.",
+}
+
+
+def parsed(parser: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str], T]:
+    """A click callback that turns a parser's ValueError into a usage error (exit 2)."""
+
+    def callback(_ctx: click.Context, param: click.Parameter, value: str) -> T:
+        try:
+            return parser(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+
+    return callback
+
+
+def run_async(function: Callable[[], Any]) -> Any:
+    """Run a coroutine function on uvloop when it is installed (measured faster), else asyncio."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return anyio.run(function)
+    return anyio.run(function, backend_options={"use_uvloop": True})
+
+
+def load_settings(config_file: str | None, api_key_file: str | None, **flags: Any) -> Settings:
+    """Settings from the command's flags (None: not given), the environment and the file."""
+    from octave_bulk.settings import Settings
+
+    if flags.get("map") == ():
+        flags["map"] = None  # a repeatable option given no times: not given
+    return Settings.load(config_file, api_key_file=api_key_file, **flags)
+
+
+def fail(exc: OctaveBulkError) -> NoReturn:
+    """Print a library error with the next step to take, and exit 2 (nothing was sent)."""
+    click.echo(f"error: {exc}", err=True)
+    hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
+    if hint:
+        click.echo(f"  {hint}", err=True)
+    sys.exit(ExitCode.USAGE)
+
+
+def _next_step(summary: Mapping[str, Any]) -> str | None:
+    """What to do after a run that did not finish cleanly."""
+    code = summary.get("exit_code")
+    if code == ExitCode.FATAL:
+        kind = summary.get("fatal_kind")
+        if kind == ErrorKind.BAD_ENDPOINT:
+            return "check --base-url and --agent, then run the same command again to resume."
+        return "fix the key or credits, then run the same command again to resume."
+    if code in (ExitCode.BREAKER, ExitCode.MAX_CALLS, ExitCode.INTERRUPTED):
+        return "run the same command again to resume where it stopped."
+    return None
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """The end-of-run lines on stderr."""
+    counts = summary.get("counts", {})
+    out = summary.get("outputs", {})
+    lines = [
+        f"exit {summary.get('exit_code')} ({summary.get('stop_reason') or 'finished'}) "
+        f"in {summary.get('wall_seconds')} s",
+        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v),
+        f"  paid calls {summary.get('paid_calls')}, credits {summary.get('credits')}, "
+        f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
+    ]
+    if summary.get("fatal_error"):
+        lines.append(f"  stopped: {summary['fatal_error']}")
+    if summary.get("input_error"):
+        lines.append(
+            f"  stopped: {summary['input_error']}; fix the input, then run again to resume."
+        )
+    if out:
+        lines.append(f"  results: {out.get('results')}")
+        lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
+        lines.append(f"  summary: {out.get('summary')}")
+    step = _next_step(summary)
+    if step:
+        lines.append(f"  {step}")
+    click.echo("\n".join(lines), err=True)

@@ -1,0 +1,116 @@
+"""``run`` and ``validate``: the commands that read an input file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from octave_bulk.cli.common import fail, load_settings, print_summary, run_async
+from octave_bulk.cli.options import (
+    INPUT_FIELDS,
+    RUN_FIELDS,
+    config_option,
+    key_file_option,
+    settings_options,
+)
+from octave_bulk.errors import ExitCode, OctaveBulkError
+
+__all__ = ["run", "validate"]
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
+)
+@config_option
+@key_file_option
+@settings_options(*RUN_FIELDS, *INPUT_FIELDS)
+def run(
+    input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
+) -> None:
+    """Run the Sequence Agent for every contact of INPUT (CSV or NDJSON, - for stdin).
+
+    Re-running the same command resumes: contacts already in OUT are skipped.
+    """
+    from octave_bulk.observe.log import configure_logging
+    from octave_bulk.run.engine import run_batch
+
+    try:
+        settings = load_settings(config_file, api_key_file, **flags)
+        configure_logging(
+            settings.log_format, str(settings.log_file) if settings.log_file else None
+        )
+        summary = run_async(lambda: run_batch(input_path, output, settings, handle_signals=True))
+    except OctaveBulkError as exc:
+        fail(exc)
+    if summary.get("dry_run"):
+        import json
+
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+    elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
+        print_summary(summary)
+    sys.exit(summary["exit_code"])
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o",
+    "--output",
+    help="OUT.ndjson whose rejects file to write [default: INPUT without its extension].",
+)
+@config_option
+@settings_options("agent_oid", "experiment_oid")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@settings_options(*INPUT_FIELDS)
+def validate(
+    input_path: str,
+    output: str | None,
+    config_file: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Read, map and validate INPUT exactly as run would; zero API calls.
+
+    Writes OUT.rejects.ndjson. Exit 0: all valid; 1: some rejected; 2: unreadable file or bad header.
+    """
+    import json
+
+    from octave_bulk.build import request_spec
+    from octave_bulk.input.reader import validate_input
+    from octave_bulk.intake import reader_options
+    from octave_bulk.state.paths import OutputPaths
+
+    try:
+        settings = load_settings(config_file, None, **flags)
+        if not (settings.agent_oid or settings.experiment_oid):
+            settings = settings.model_copy(
+                update={"agent_oid": "ca_validate"}
+            )  # only for the model check
+        if output is None:
+            stem = Path(input_path).with_suffix("") if input_path != "-" else Path("stdin")
+            output = str(stem) + ".ndjson"
+        rejects = OutputPaths.for_output(output).rejects
+        report = validate_input(
+            input_path, reader_options(settings), request_spec(settings), rejects
+        )
+    except OctaveBulkError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(
+            f"{report.path}: {report.format}, {report.encoding}"
+            + (f" ({report.encoding_note})" if report.encoding_note else "")
+        )
+        click.echo(report.mapping.render())
+        click.echo(f"read {report.read}, valid {report.valid}, rejected {report.rejected_total}")
+        for reason, count in sorted(report.rejected.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {reason}: {count}")
+        if report.rejected_total:
+            click.echo(f"rejects: {report.rejects_path}")
+    sys.exit(ExitCode.SOME_FAILED if report.rejected_total else ExitCode.OK)

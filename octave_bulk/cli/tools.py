@@ -1,0 +1,209 @@
+"""``simulate``, ``demo`` and ``doctor``: the simulator, a demo batch, and a settings check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from octave_bulk import simulator as sim
+from octave_bulk.cli.common import fail, load_settings, parsed, print_summary, run_async
+from octave_bulk.cli.options import config_option, key_file_option, settings_options
+from octave_bulk.errors import ExitCode, OctaveBulkError
+
+__all__ = ["demo", "doctor", "simulate"]
+
+
+def _emails_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        msg = f"bad range {text!r}: use e.g. 2-3 or 4"
+        raise ValueError(msg) from None
+    return lo, hi
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8099, show_default=True, help="Port to listen on (0: any free).")
+@click.option(
+    "--latency",
+    default="instant",
+    show_default=True,
+    callback=parsed(sim.parse_latency),
+    help="instant, fast (~50 ms), realistic (~40 s), or MEDIAN[:SIGMA] such as 1s:0.5.",
+)
+@click.option(
+    "--rate-limit",
+    default="none",
+    show_default=True,
+    callback=parsed(sim.parse_rate_limit),
+    help="Server-side token bucket, RATE[:BURST] such as 50/s:5 or 600/min; none to disable.",
+)
+@click.option(
+    "--faults",
+    default="",
+    callback=parsed(sim.parse_faults),
+    help=f"kind=rate pairs, e.g. 500=0.02,reset=0.01; all=R spreads R. Kinds: {', '.join(sim.FAULT_KINDS)}.",
+)
+@click.option(
+    "--retry-after-mix",
+    default="seconds=1,date=1,absent=1",
+    show_default=True,
+    callback=parsed(sim.parse_retry_after_mix),
+    help="Weights of the Retry-After forms a 429 carries.",
+)
+@click.option(
+    "--force",
+    default="",
+    callback=parsed(sim.parse_forced),
+    help="requestId=kind pairs: that id always gets that outcome (kinds above, 400-403, ok).",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed: the same seed gives the same faults."
+)
+@click.option(
+    "--emails",
+    default="2-3",
+    show_default=True,
+    callback=parsed(_emails_range),
+    help="Emails per sequence, MIN-MAX between 1 and 7.",
+)
+@click.option(
+    "--require-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Accept only the key in this file (default: any non-empty key).",
+)
+@click.option(
+    "--hang-seconds",
+    default=3600.0,
+    show_default=True,
+    help="How long a 'hang' fault holds a call.",
+)
+def simulate(
+    host: str,
+    port: int,
+    latency: sim.Latency,
+    rate_limit: sim.RateLimit | None,
+    faults: dict[str, float],
+    retry_after_mix: sim.RetryAfterMix,
+    force: dict[str, str],
+    seed: int,
+    emails: tuple[int, int],
+    require_key_file: str | None,
+    hang_seconds: float,
+) -> None:
+    """Run the Octave simulator as a standalone server (no API key or network needed)."""
+    from octave_bulk.simulator.server import bind_socket, run_forever
+
+    key = None
+    if require_key_file:
+        with open(require_key_file, encoding="utf-8") as handle:
+            key = handle.read().strip()
+    try:
+        config = sim.SimulatorConfig(
+            seed=seed,
+            latency=latency,
+            rate_limit=rate_limit,
+            retry_after_mix=retry_after_mix,
+            faults=faults,
+            forced=force,
+            emails_min=emails[0],
+            emails_max=emails[1],
+            api_key=key,
+            hang_seconds=hang_seconds,
+        )
+        sock = bind_socket(host, port)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    click.echo(f"octave simulator listening on {url}", err=False)
+    click.echo(f"  try: curl -s {url}/__simulator/stats", err=True)
+    sys.stdout.flush()
+    run_forever(sim.Simulator(config), sock)
+
+
+@click.command()
+@click.option("--contacts", default=200, show_default=True, help="How many sample contacts.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="octave-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the sample input and the results.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar [default: when stderr is a terminal].",
+)
+def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
+    """A real batch against the built-in simulator: no API key, no network."""
+    from octave_bulk.demo import run_demo
+    from octave_bulk.observe.log import configure_logging
+
+    configure_logging("text")
+    click.echo(
+        f"demo: {contacts} sample contacts -> the built-in Octave simulator (faults and a rate limit on)",
+        err=True,
+    )
+    try:
+        summary = run_async(lambda: run_demo(Path(out_dir), contacts, progress=progress))
+    except OctaveBulkError as exc:
+        fail(exc)
+    print_summary(summary)
+    click.echo(f"  next: octave-bulk status {Path(out_dir) / 'demo-results.ndjson'}", err=True)
+    sys.exit(summary["exit_code"])
+
+
+@click.command()
+@config_option
+@key_file_option
+@settings_options("base_url")
+def doctor(config_file: str | None, api_key_file: str | None, base_url: str | None) -> None:
+    """Check the settings and the API key: fingerprint, workspace and credits left.
+
+    Exit 0: all good; 2: a settings problem; 3: the key was refused; 1: the API could not be reached.
+    """
+    from octave_bulk.errors import ApiError, FatalApiError
+    from octave_bulk.http.client import open_client
+
+    try:
+        settings = load_settings(config_file, api_key_file, base_url=base_url)
+    except OctaveBulkError as exc:
+        fail(exc)
+    click.echo(f"config: ok{f' ({config_file})' if config_file else ''}")
+    click.echo(f"base url: {settings.base_url}")
+    target = settings.agent_oid or settings.experiment_oid
+    click.echo(f"target: {target or 'none set (give --agent to run)'}")
+    if settings.api_key is None:
+        click.echo("key: none - set OCTAVE_API_KEY or use --api-key-file", err=True)
+        sys.exit(ExitCode.USAGE)
+    click.echo(f"key: {settings.key_fingerprint()}")
+
+    async def check() -> dict[str, object]:
+        async with open_client(settings, read_timeout=settings.connect_timeout + 20) as client:
+            return await client.validate_key()
+
+    try:
+        payload = run_async(check)
+    except FatalApiError as exc:
+        click.echo(f"key: refused ({exc.message})", err=True)
+        sys.exit(ExitCode.FATAL)
+    except ApiError as exc:
+        click.echo(f"API: cannot validate the key ({exc.message})", err=True)
+        sys.exit(1)
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        data = {}
+    click.echo(f"workspace: {data.get('workspaceName')} ({data.get('workspaceOId')})")
+    credits = data.get("credits")
+    if isinstance(credits, dict):
+        click.echo(
+            f"credits: {credits.get('totalRemaining')} left of {credits.get('totalMax')} "
+            f"(used {credits.get('totalUsed')}, period {credits.get('period')})"
+        )
+    click.echo("key: valid")
