@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "MAX_STEPS",
+    "STEP_KEYS",
     "Annotation",
     "Annotations",
     "CustomContext",
@@ -46,11 +47,12 @@ MAX_STEPS = 7
 The API page lists steps 1-4; Octave's own n8n node builds keys up to 7 and headless sequences
 allow 7 steps, so 7 is the documented upper bound we accept."""
 
-_STEP_KEYS = frozenset({"all", *(str(n) for n in range(1, MAX_STEPS + 1))})
+STEP_KEYS = frozenset({"all", *(str(n) for n in range(1, MAX_STEPS + 1))})
+"""The keys of a runtimeContext / runtimeInstructions mapping: ``all`` and ``1`` ... ``MAX_STEPS``."""
 
 
 def _check_step_keys(value: dict[str, str]) -> dict[str, str]:
-    bad = sorted(k for k in value if k not in _STEP_KEYS)
+    bad = sorted(k for k in value if k not in STEP_KEYS)
     if bad:
         shown = ", ".join(repr(k) for k in bad)
         msg = f"key {shown} is not allowed; use 'all' or a step number 1-{MAX_STEPS}"
