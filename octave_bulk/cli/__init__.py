@@ -388,9 +388,9 @@ def validate(
     """
     import json
 
-    from octave_bulk.input.reader import validate_input
     from octave_bulk.intake import reader_options, request_spec
     from octave_bulk.state.checkpoint import OutputPaths
+    from octave_bulk.validate import validate_input
 
     try:
         settings = _settings(config_file, None, **flags)
