@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
-from octave_bulk.input.source import SAMPLE_BYTES, RawRecord, RecordSource
+from octave_bulk.input.sniff import SAMPLE_BYTES
+from octave_bulk.input.source import RawRecord, RecordSource
 
 HEADER = "email,First Name,Company\n"
 
