@@ -5,8 +5,13 @@ problems found in the sample raise :class:`InputError` naming the input's ``labe
 
 * Encoding (:func:`detect_encoding`, on the first :data:`SAMPLE_BYTES`): a byte-order mark
   decides (UTF-8 -> ``utf-8-sig``, UTF-16/32); a zip, Excel or gzip signature, or a sample that
-  is over a quarter NUL bytes, is not text; valid UTF-8 -> ``utf-8``; otherwise ``cp1252``,
-  with a note saying why.
+  is over a quarter NUL bytes, is not text; valid UTF-8 -> ``utf-8``. Otherwise the file is a
+  legacy export, with a note saying so: ``charset-normalizer`` proposes the scripts the sample
+  may be in (Latin, Cyrillic, Japanese), and the codec under which more of the sample's
+  non-ASCII words read as words of their script wins: ``cp1250`` or ``iso8859-2`` (Polish,
+  Czech, Slovak, Croatian...), ``cp1251`` or ``koi8-r`` (Cyrillic), ``cp932`` (Shift-JIS).
+  ``cp1252`` wins every tie, so short Western text, and any sample charset-normalizer is unsure
+  of, reads as ``cp1252``. Hungarian with only ``ő``/``ű`` is one such tie.
 * Format (:func:`detect_format`): by extension (:data:`CSV_EXTENSIONS`,
   :data:`NDJSON_EXTENSIONS`), else NDJSON when the first non-blank character is ``{``.
 * CSV dialect and header (:func:`sniff_csv`, on :func:`read_sample`'s lines): an Excel
@@ -23,6 +28,8 @@ import codecs
 import collections
 import csv
 import io
+import itertools
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -71,6 +78,49 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+_LEGACY = {  # codec -> its script, as the encoding note names it
+    "cp1252": "Western European",
+    "cp1250": "Central European",
+    "iso8859-2": "Central European",
+    "cp1251": "Cyrillic",
+    "koi8-r": "Cyrillic",
+    "cp932": "Japanese Shift-JIS",
+}
+_CENTRAL = ("cp1250", "iso8859-2")
+_PROPOSALS = {  # what charset-normalizer may propose -> the codecs that then compete with cp1252
+    "cp1252": _CENTRAL,
+    "latin_1": _CENTRAL,
+    "cp1250": _CENTRAL,
+    "iso8859_2": _CENTRAL,
+    "cp1251": ("cp1251",),
+    "koi8_r": ("koi8-r",),
+    "shift_jis": ("cp932",),
+    "cp932": ("cp932",),
+}
+_LETTERS = {  # the accented letters of the languages each script is read as, one set a language
+    "Western European": (
+        "àâæçéèêëîïôœùûüÿ",  # French
+        "äöüß",  # German
+        "áéíñóúü",  # Spanish
+        "àáâãçéêíóôõú",  # Portuguese
+        "àèéìíîòóùú",  # Italian
+        "åæøéó",  # Danish, Norwegian
+        "åäöõšžü",  # Swedish, Finnish, Estonian
+        "áæéíðóöúýþ",  # Icelandic
+    ),
+    "Central European": (
+        "ąćęłńóśźż",  # Polish
+        "áčďéěíňóřšťúůýž",  # Czech
+        "áäčďéíĺľňóôŕšťúýž",  # Slovak
+        "áéíóöőúüű",  # Hungarian
+        "ăâîşţ",  # Romanian
+        "čćđšž",  # Croatian, Slovene, Bosnian
+        "äöüß",  # German
+    ),
+}
+_LETTER_SETS = {script: [frozenset(s) for s in sets] for script, sets in _LETTERS.items()}
+_WORD = re.compile(rb"[^\x00-\x2f\x3a-\x3f]+")  # no byte below 0x40 is in a Shift-JIS character
+_WORDS_WEIGHED = 4000  # non-ASCII words of the sample the legacy codec is chosen on
 
 
 # -- encoding and format -----------------------------------------------------------------------
@@ -99,10 +149,47 @@ def detect_encoding(sample: bytes, *, complete: bool, label: str) -> tuple[str, 
     try:
         codecs.getincrementaldecoder("utf-8")().decode(sample, final=complete)
     except UnicodeDecodeError as exc:
+        codec = _legacy_codec(sample)
         byte = sample[exc.start]
-        note = f"not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); read as cp1252"
-        return "cp1252", note
+        note = f"not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); read as {codec} ({_LEGACY[codec]})"
+        return codec, note
     return "utf-8", None
+
+
+def _legacy_codec(sample: bytes) -> str:
+    """The codec of a sample that is not UTF-8: see the module docstring."""
+    from charset_normalizer import from_bytes  # only non-UTF-8 input pays for the import
+
+    rivals = ["cp1252"]
+    for match in from_bytes(sample, cp_isolation=list(_PROPOSALS)):
+        for codec in _PROPOSALS.get(match.encoding, ()):
+            if codec not in rivals:
+                rivals.append(codec)
+    if len(rivals) == 1:
+        return "cp1252"
+    non_ascii = (w[0] for w in _WORD.finditer(sample) if not w[0].isascii())
+    words = list(itertools.islice(non_ascii, _WORDS_WEIGHED))
+    scores = {codec: sum(_reads_as_word(w, codec) for w in words) for codec in rivals}
+    return max(rivals, key=scores.__getitem__)  # the first best: cp1252 on a tie
+
+
+def _reads_as_word(word: bytes, codec: str) -> bool:
+    """Whether ``word`` decodes under ``codec`` to a word of that codec's script."""
+    try:
+        text = word.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    if len(text) < 2 or not text.isalpha():
+        return False
+    script = _LEGACY[codec]
+    if script == "Cyrillic":
+        return all("\u0400" <= c <= "\u04ff" for c in text)
+    if script.startswith("Japanese"):
+        return all(
+            "\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" or c == "\u3005" for c in text
+        )
+    accented = {c for c in text.lower() if not c.isascii()}
+    return any(accented <= letters for letters in _LETTER_SETS[script])
 
 
 def detect_format(path: str, sample: bytes, encoding: str) -> Literal["csv", "ndjson"]:
