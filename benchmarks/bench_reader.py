@@ -28,8 +28,9 @@ from pathlib import Path
 from _common import report
 
 from octave_bulk.agents.base import RequestSpec
-from octave_bulk.input.reader import ContactReader, ReaderOptions, validate_input
+from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact
+from octave_bulk.validate import validate_input
 
 HEADERS = [
     "Record ID", "First Name", "Last Name", "Email", "Phone Number", "Job Title",

@@ -15,18 +15,17 @@ from hypothesis import strategies as st
 
 from octave_bulk.agents.base import RequestSpec
 from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.input.reader import (
-    ContactReader,
-    ContentTemplates,
-    ReaderOptions,
+from octave_bulk.input.normalize import (
     business_domain,
     check_email,
     normalize_email,
     normalize_linkedin,
-    validate_input,
     website_domain,
 )
+from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
+from octave_bulk.input.templates import ContentTemplates
+from octave_bulk.validate import validate_input
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
 SPEC = RequestSpec(agent_o_id="ca_test")

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
-from octave_bulk.input.source import SAMPLE_BYTES, RawRecord, RecordSource
+from octave_bulk.input.sniff import SAMPLE_BYTES
+from octave_bulk.input.source import RawRecord, RecordSource
 
 HEADER = "email,First Name,Company\n"
 
@@ -85,6 +86,73 @@ def test_explicit_encoding_wins(tmp_path: Path) -> None:
     source, items = read(path, encoding="latin-1")
     assert source.encoding == "latin-1"
     assert isinstance(items[0], RawRecord) and items[0].row["name"] == "Ã\x83Â©"
+
+
+LEGACY_EXPORTS = {
+    "polish-czech": (
+        "email;Imię;Nazwisko;Firma",
+        ["Łukasz", "Małgorzata", "Paweł", "Jiří", "Kateřina", "Zdeněk", "Agnieszka", "Michał"],
+        ["Wiśniewski", "Dvořák", "Żółkiewska", "Černý", "Dąbrowski", "Růžička", "Kučera"],
+        ["Spółka Akcyjna", "Zakłady Łódź", "Česká spořitelna", "Škoda Auto", "Huta Częstochowa"],
+    ),
+    "russian": (
+        "email;Имя;Фамилия;Компания",
+        ["Алексей", "Мария", "Дмитрий", "Екатерина", "Сергей", "Ольга", "Юрий", "Наталья"],
+        ["Иванов", "Смирнова", "Кузнецов", "Попова", "Соколов", "Лебедева", "Морозов"],
+        ["Газпром", "Сбербанк", "Яндекс", "Лукойл", "Ростелеком"],
+    ),
+    "japanese": (
+        "email;名;姓;会社",
+        ["太郎", "花子", "健太", "さくら", "翔太", "美咲", "大輔", "陽子"],
+        ["佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本"],
+        ["株式会社トヨタ", "ソニー株式会社", "任天堂", "楽天グループ", "日立製作所"],
+    ),
+}
+
+
+def legacy_export(language: str, rows: int = 30) -> str:
+    header, first, last, company = LEGACY_EXPORTS[language]
+    lines = [header] + [
+        f"user{i}@example.com;{first[i % len(first)]};{last[i % len(last)]};{company[i % len(company)]}"
+        for i in range(rows)
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.mark.parametrize(
+    ("language", "codec", "script"),
+    [
+        ("polish-czech", "cp1250", "Central European"),
+        ("polish-czech", "iso8859-2", "Central European"),
+        ("russian", "cp1251", "Cyrillic"),
+        ("russian", "koi8-r", "Cyrillic"),
+        ("japanese", "cp932", "Japanese Shift-JIS"),
+    ],
+)
+def test_legacy_exports_are_read_in_their_own_codepage(
+    tmp_path: Path, language: str, codec: str, script: str
+) -> None:
+    text = legacy_export(language)
+    encoding = "shift_jis" if codec == "cp932" else codec
+    source, items = read(write(tmp_path, text.encode(encoding)))
+    assert source.encoding == codec
+    assert (
+        source.encoding_note is not None and f"read as {codec} ({script})" in source.encoding_note
+    )
+    assert ";".join(source.headers) == text.split("\r\n")[0]
+    assert all(isinstance(i, RawRecord) for i in items) and len(items) == 30
+    read_back = [";".join(i.row.values()) for i in items if isinstance(i, RawRecord)]
+    assert read_back == text.split("\r\n")[1:-1]
+
+
+def test_short_western_file_stays_cp1252(tmp_path: Path) -> None:
+    text = "email,name,company\r\nl@acme.fr,Hélène Lefèvre,Crédit Agricole\r\n"
+    source, items = read(write(tmp_path, text.encode("cp1252")))
+    assert source.encoding == "cp1252"
+    assert source.encoding_note is not None and "read as cp1252" in source.encoding_note
+    assert items == [
+        RawRecord(2, {"email": "l@acme.fr", "name": "Hélène Lefèvre", "company": "Crédit Agricole"})
+    ]
 
 
 def test_unknown_encoding_is_a_config_error(tmp_path: Path) -> None:

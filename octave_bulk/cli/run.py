@@ -81,9 +81,9 @@ def validate(
     import json
 
     from octave_bulk.build import request_spec
-    from octave_bulk.input.reader import validate_input
     from octave_bulk.intake import reader_options
     from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.validate import validate_input
 
     try:
         settings = load_settings(config_file, None, **flags)

@@ -34,7 +34,7 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "lang",
     "requestId",
 )
-"""Contact fields sent as-is in the request body (SPEC.md §5)."""
+"""Contact fields sent as-is in the request body (``docs/design.md``, section "Contact fields")."""
 
 CONTENT_FIELDS: tuple[str, ...] = (
     "context",
@@ -92,7 +92,7 @@ class Reject:
     row: dict[str, Any] | str
 
     def to_record(self) -> dict[str, Any]:
-        """The ``OUT.rejects.ndjson`` line (SPEC.md §4)."""
+        """The ``OUT.rejects.ndjson`` line (``docs/design.md``, section "Files")."""
         return {
             "line": self.line,
             "reason": self.reason,
