@@ -23,12 +23,12 @@ import psutil
 RESULTS = Path(__file__).parent / "results"
 RUN_PATH = "/api/v2/agents/sequence/run"
 ENGINE_ENV = {**os.environ, "OCTAVE_API_KEY": "bench"}
-MAX_STEAL = 0.05  # runs with more steal than this are repeated (perf-notes)
+MAX_STEAL = 0.05  # runs with more steal than this are repeated
 MAX_OTHERS = 0.10  # ... and with other processes using more than this many cores meanwhile
 
 
 def pinned(cmd: list[str], cpu: int) -> list[str]:
-    """Pin a command to one CPU (as perf-notes did) when taskset exists and there are 2+ CPUs."""
+    """Pin a command to one CPU when taskset exists and there are 2+ CPUs."""
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", str(cpu), *cmd]
     return cmd

@@ -1,4 +1,4 @@
-"""A faithful local stand-in for Octave's Sequence Agent endpoint (SPEC.md §8).
+"""A faithful local stand-in for Octave's Sequence Agent endpoint (docs/octave-api.md).
 
 Use :func:`serve_simulator` in tests (serves on 127.0.0.1, a free port, in a thread), the
 :class:`Simulator` ASGI app with ``httpx.ASGITransport`` for unit tests, or

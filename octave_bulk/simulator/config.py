@@ -57,7 +57,8 @@ class Latency:
 LATENCY_PRESETS: dict[str, Latency] = {
     "instant": Latency(0.0, 0.0),
     "fast": Latency(0.05, 0.4),
-    # The real agent: 30-60 s typical (octave-api.md §3); median 40 s with a long right tail.
+    # The real agent: 30-60 s typical (docs/octave-api.md, section "Latency and timeouts");
+    # median 40 s with a long right tail.
     "realistic": Latency(40.0, 0.3),
 }
 
