@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.input.source import SAMPLE_BYTES
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_faults, parse_latency, parse_rate_limit
 from tests.helpers import read_lines, side, sim_settings, write_contacts
@@ -332,14 +333,23 @@ async def test_input_broken_mid_file_stops_with_exit_2_and_keeps_what_was_done(
 ) -> None:
     sim = make_sim()
     path = tmp_path / "in.csv"
-    # Bigger than the reader's 1 MiB sample, so that the bad bytes are met mid-run.
-    rows = "".join(f"p{n}@acme.io,P{n}\n" for n in range(40_000))
-    path.write_bytes(("email,name\n" + rows).encode("utf-16") + b"\x00")  # an odd last byte
+    before = [f"p{n}@acme.io" for n in range(300)]
+    # Lines of spaces are blank records (skipped, never sent): cheap bytes that put the break
+    # past the reader's sample, so it is met mid-run whatever the reader checks up front.
+    padding = (" " * 16_384 + "\n") * (SAMPLE_BYTES // (2 * 16_384) + 1)
+    head = ("email,name\n" + "".join(f"{e},P\n" for e in before) + padding).encode("utf-16")
+    assert len(head) > SAMPLE_BYTES
+    after = "".join(f"q{n}@acme.io,Q\n" for n in range(100)).encode("utf-16-le")
+    path.write_bytes(head + b"\x00\xdc" + after)  # a lone low surrogate: UTF-16 cannot decode it
     out = tmp_path / "out.ndjson"
     summary = await run_batch(path, out, sim_settings(sim.url))
     assert summary["exit_code"] == 2 and summary["stop_reason"] == "input_error"
     assert "cannot decode" in summary["input_error"]
-    assert len(read_lines(out)) == summary["counts"]["succeeded"] > 0
+    done = read_lines(out)
+    assert 0 < len(done) == summary["counts"]["succeeded"]
+    # Every call made is kept, and nothing past the break was sent.
+    assert sim.stats()["totals"]["calls"] == len(done)
+    assert {line["contact"]["email"] for line in done} <= set(before)
 
 
 async def test_dry_run_writes_nothing_even_to_a_torn_output(make_sim: Any, tmp_path: Path) -> None:
