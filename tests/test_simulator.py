@@ -408,6 +408,26 @@ def test_stats_count_calls_and_successes_per_request_id_and_reset(make_sim: Any)
     assert httpx.get(sim.url + "/__simulator/stats").json()["calls"] == {}
 
 
+def test_stats_keep_the_arrival_time_of_the_latest_calls(make_sim: Any) -> None:
+    sim = make_sim(arrivals_kept=3)
+    sent = []
+    for rid in "abcde":
+        sent.append(time.monotonic())
+        post(sim.url, rid)
+    httpx.post(sim.url + RUN, json=contact("no-key"))  # refused (401): not a call
+    sent.append(time.monotonic())
+    stats = httpx.get(sim.url + "/__simulator/stats").json()
+    assert stats["totals"]["calls"] == 5
+    # The last three calls (c, d, e), each seen between its send and the next one.
+    arrivals = stats["arrivals"]
+    assert len(arrivals) == 3
+    for seen, before, after in zip(arrivals, sent[2:5], sent[3:6], strict=True):
+        assert before <= seen <= after
+    assert "arrivals" not in httpx.get(sim.url + "/__simulator/stats?detail=0").json()
+    httpx.post(sim.url + "/__simulator/reset")
+    assert httpx.get(sim.url + "/__simulator/stats").json()["arrivals"] == []
+
+
 async def test_max_in_flight_is_counted(make_sim: Any) -> None:
     sim = make_sim(latency=parse_latency("200ms:0"))
     async with httpx.AsyncClient(base_url=sim.url) as client:
@@ -438,3 +458,5 @@ def test_config_parsers() -> None:
             parser(bad)  # type: ignore[operator]
     with pytest.raises(ValueError, match="add up to more than 1"):
         SimulatorConfig(faults={"500": 0.7, "502": 0.7})
+    with pytest.raises(ValueError, match="arrivals_kept"):
+        SimulatorConfig(arrivals_kept=-1)

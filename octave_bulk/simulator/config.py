@@ -97,8 +97,13 @@ class SimulatorConfig:
     hang_seconds: float = 3600.0
     usage_per_run: float = 1.0
     credits_max: float = 100_000.0
+    arrivals_kept: int = 100_000
+    """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
 
     def __post_init__(self) -> None:
+        if self.arrivals_kept < 0:
+            msg = "arrivals_kept must be 0 or more"
+            raise ValueError(msg)
         if not 1 <= self.emails_min <= self.emails_max <= 7:
             msg = "emails range must satisfy 1 <= min <= max <= 7"
             raise ValueError(msg)
