@@ -289,20 +289,6 @@ async def test_resume_repairs_a_torn_line_and_reports_unknown(
     assert Counter(sim.stats()["calls"].values()) == Counter({1: 19, 2: 1})
 
 
-async def test_second_run_on_same_output_is_refused(make_sim: Any, tmp_path: Path) -> None:
-    from octave_bulk.state.checkpoint import OutputPaths, RunLock
-
-    write_contacts(tmp_path / "in.csv", 3)
-    out = tmp_path / "out.ndjson"
-    holder = RunLock(OutputPaths.for_output(out).lock)
-    holder.acquire()
-    try:
-        with pytest.raises(StateError, match="another run is using this output"):
-            await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url))
-    finally:
-        holder.release()
-
-
 async def test_missing_key_or_target_is_a_config_error(tmp_path: Path) -> None:
     from octave_bulk.settings import Settings
 
