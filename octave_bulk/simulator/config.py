@@ -144,7 +144,7 @@ def parse_latency(text: str) -> Latency:
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
 
 
-def parse_rate(text: str) -> float:
+def _parse_rate(text: str) -> float:
     """Parse ``N/s`` or ``N/min`` into requests per second."""
     match = _RATE.match(text.lower())
     if not match:
@@ -164,7 +164,7 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     if text in {"", "none", "off", "0"}:
         return None
     rate_text, _, burst_text = text.partition(":")
-    rate = parse_rate(rate_text)
+    rate = _parse_rate(rate_text)
     burst = float(burst_text) if burst_text else max(1.0, rate / 10)
     if burst < 1:
         msg = "rate-limit burst must be >= 1"
