@@ -116,14 +116,25 @@ def test_doctor_against_the_simulator(make_sim: Any, tmp_path: Path) -> None:
 def test_second_run_on_the_same_output_exits_2_naming_the_holder(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    from octave_bulk.state.lock import RunLock
     from octave_bulk.state.paths import OutputPaths
 
     write_contacts(tmp_path / "in.csv", 2)
     out = tmp_path / "o.ndjson"
-    holder = RunLock(OutputPaths.for_output(out).lock)
-    holder.acquire()
+    sim = make_sim()
+    # The holder is another process, so the pid in the message can only be the holder's.
+    hold = (
+        "import sys; from pathlib import Path; from octave_bulk.state.lock import RunLock; "
+        "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()"
+    )
+    lock = OutputPaths.for_output(out).lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         args = [
             "run",
             str(tmp_path / "in.csv"),
@@ -132,16 +143,19 @@ def test_second_run_on_the_same_output_exits_2_naming_the_holder(
             "--agent",
             "ca_1",
             "--base-url",
-            make_sim().url,
+            sim.url,
         ]
         result = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
         assert result.exit_code == 2
-        assert "another run is using this output" in result.output and '"pid"' in result.output
+        assert "another run is using this output" in result.output
+        named = re.search(r'"pid":\s*(\d+)', result.output)
+        assert named is not None and int(named.group(1)) == holder.pid, result.output
         status = CliRunner().invoke(cli, ["status", str(out)])
         assert "running (" in status.output
     finally:
-        holder.release()
+        holder.communicate(timeout=30)  # closing its stdin releases the lock
     assert not side(out, ".errors.ndjson").exists()
+    assert sim.stats()["totals"] == {}  # nothing was sent
 
 
 def _walk(group: click.Group) -> list[tuple[str, click.Command]]:

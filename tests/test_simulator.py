@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -243,55 +244,49 @@ def post(url: str, rid: str, timeout: float = 5.0) -> httpx.Response:
     return httpx.post(url + RUN, json=contact(rid), headers=HEADERS, timeout=timeout)
 
 
-@pytest.mark.parametrize("kind", ["500", "504"])
-def test_server_errors_carry_the_envelope(make_sim: Any, kind: str) -> None:
-    sim = make_sim(faults={kind: 1.0})
-    response = post(sim.url, "x")
-    assert response.status_code == int(kind)
-    assert response.json()["_metadata"]["usage"] == 0
+def _server_error(kind: str) -> Callable[[str], None]:
+    def check(url: str) -> None:
+        response = post(url, "x")
+        assert response.status_code == int(kind)
+        assert response.json()["_metadata"]["usage"] == 0
+
+    return check
 
 
-def test_502_has_an_html_body(make_sim: Any) -> None:
-    response = post(make_sim(faults={"502": 1.0}).url, "x")
+def _html_502(url: str) -> None:
+    response = post(url, "x")
     assert response.status_code == 502
     assert response.headers["content-type"].startswith("text/html")
     with pytest.raises(ValueError):
         orjson.loads(response.content)
 
 
-def test_503_carries_retry_after(make_sim: Any) -> None:
-    response = post(make_sim(faults={"503": 1.0}).url, "x")
+def _503_retry_after(url: str) -> None:
+    response = post(url, "x")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
 
 
-def test_429_fault(make_sim: Any) -> None:
-    response = post(make_sim(faults={"429": 1.0}).url, "x")
+def _429(url: str) -> None:
+    response = post(url, "x")
     assert response.status_code == 429
+    assert response.json()["_metadata"]["usage"] == 0
 
 
-def test_hang_outlasts_the_client_timeout(make_sim: Any) -> None:
-    sim = make_sim(faults={"hang": 1.0})
+def _hang_outlasts_the_client_timeout(url: str) -> None:
     start = time.perf_counter()
     with pytest.raises(httpx.ReadTimeout):
-        post(sim.url, "x", timeout=0.5)
+        post(url, "x", timeout=0.5)
     assert time.perf_counter() - start < 3
 
 
-def test_hang_ends_with_504_after_hang_seconds(make_sim: Any) -> None:
-    response = post(make_sim(faults={"hang": 1.0}, hang_seconds=0.2).url, "x")
-    assert response.status_code == 504
-
-
-def test_reset_drops_the_connection(make_sim: Any) -> None:
-    sim = make_sim(faults={"reset": 1.0})
+def _reset_drops_the_connection(url: str) -> None:
     with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
-        post(sim.url, "x")
+        post(url, "x")
 
 
-def test_truncated_body(make_sim: Any) -> None:
-    sim = make_sim(faults={"truncate": 1.0})
-    with httpx.stream("POST", sim.url + RUN, json=contact("x"), headers=HEADERS) as response:
+def _truncated_body(url: str) -> None:
+    with httpx.stream("POST", url + RUN, json=contact("x"), headers=HEADERS) as response:
         assert response.status_code == 200
         declared = int(response.headers["content-length"])
         received = b""
@@ -301,23 +296,55 @@ def test_truncated_body(make_sim: Any) -> None:
     assert 0 < len(received) < declared
 
 
-def test_invalid_json_body(make_sim: Any) -> None:
-    response = post(make_sim(faults={"invalid_json": 1.0}).url, "x")
+def _invalid_json_body(url: str) -> None:
+    response = post(url, "x")
     assert response.status_code == 200
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(response.content)
 
 
-def test_not_found(make_sim: Any) -> None:
-    response = post(make_sim(faults={"not_found": 1.0}).url, "x")
+def _not_found(url: str) -> None:
+    response = post(url, "x")
     assert response.status_code == 200
     parsed = SequenceResponse.model_validate_json(response.content)
     assert parsed.found is False and parsed.emails == []
 
 
+FAULT_CHECKS: dict[str, Callable[[str], None]] = {
+    "429": _429,
+    "500": _server_error("500"),
+    "502": _html_502,
+    "503": _503_retry_after,
+    "504": _server_error("504"),
+    "hang": _hang_outlasts_the_client_timeout,
+    "reset": _reset_drops_the_connection,
+    "truncate": _truncated_body,
+    "invalid_json": _invalid_json_body,
+    "not_found": _not_found,
+}
+"""What a client sees for each injectable fault kind, one check per kind."""
+
+
+@pytest.mark.parametrize("kind", sorted(FAULT_CHECKS))
+def test_fault_kind_as_a_client_sees_it(make_sim: Any, kind: str) -> None:
+    sim = make_sim(faults={kind: 1.0})
+    FAULT_CHECKS[kind](sim.url)
+    # The simulator confirms that this call met this fate, and only this one.
+    fates = {k: v for k, v in sim.stats()["totals"].items() if k.startswith("fate_")}
+    assert fates == {f"fate_{kind}": 1}
+
+
+def test_hang_ends_with_504_after_hang_seconds(make_sim: Any) -> None:
+    response = post(make_sim(faults={"hang": 1.0}, hang_seconds=0.2).url, "x")
+    assert response.status_code == 504
+
+
 def test_every_fault_kind_has_a_test() -> None:
-    tested = {"500", "504", "502", "503", "429", "hang", "reset", "truncate", "invalid_json"}
-    assert tested | {"not_found"} == set(FAULT_KINDS)
+    """Both sides come from code: a kind added to the simulator without a check fails here."""
+    [mark] = [m for m in test_fault_kind_as_a_client_sees_it.pytestmark if m.name == "parametrize"]
+    argnames, values = mark.args[:2]
+    assert argnames == "kind"
+    assert sorted(values) == sorted(FAULT_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -381,6 +408,26 @@ def test_stats_count_calls_and_successes_per_request_id_and_reset(make_sim: Any)
     assert httpx.get(sim.url + "/__simulator/stats").json()["calls"] == {}
 
 
+def test_stats_keep_the_arrival_time_of_the_latest_calls(make_sim: Any) -> None:
+    sim = make_sim(arrivals_kept=3)
+    sent = []
+    for rid in "abcde":
+        sent.append(time.monotonic())
+        post(sim.url, rid)
+    httpx.post(sim.url + RUN, json=contact("no-key"))  # refused (401): not a call
+    sent.append(time.monotonic())
+    stats = httpx.get(sim.url + "/__simulator/stats").json()
+    assert stats["totals"]["calls"] == 5
+    # The last three calls (c, d, e), each seen between its send and the next one.
+    arrivals = stats["arrivals"]
+    assert len(arrivals) == 3
+    for seen, before, after in zip(arrivals, sent[2:5], sent[3:6], strict=True):
+        assert before <= seen <= after
+    assert "arrivals" not in httpx.get(sim.url + "/__simulator/stats?detail=0").json()
+    httpx.post(sim.url + "/__simulator/reset")
+    assert httpx.get(sim.url + "/__simulator/stats").json()["arrivals"] == []
+
+
 async def test_max_in_flight_is_counted(make_sim: Any) -> None:
     sim = make_sim(latency=parse_latency("200ms:0"))
     async with httpx.AsyncClient(base_url=sim.url) as client:
@@ -411,3 +458,5 @@ def test_config_parsers() -> None:
             parser(bad)  # type: ignore[operator]
     with pytest.raises(ValueError, match="add up to more than 1"):
         SimulatorConfig(faults={"500": 0.7, "502": 0.7})
+    with pytest.raises(ValueError, match="arrivals_kept"):
+        SimulatorConfig(arrivals_kept=-1)

@@ -23,6 +23,7 @@ __all__ = [
     "RUN_FIELDS",
     "config_option",
     "key_file_option",
+    "settings_option",
     "settings_options",
 ]
 

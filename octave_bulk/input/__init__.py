@@ -6,3 +6,5 @@ of broken records); ``mapping`` maps CRM columns to canonical fields; ``normaliz
 ``templates`` derive field values; ``reader`` validates each row into a contact. ``records``
 holds the records and field lists they all share.
 """
+
+__all__: list[str] = []

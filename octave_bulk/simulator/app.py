@@ -5,8 +5,8 @@ Routes:
   same request model the client uses (400 naming the field), applies the server-side rate
   limit (429), then the request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
-- ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps) and
-  ``POST /__simulator/reset``.
+- ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
+  times) and ``POST /__simulator/reset``.
 
 Determinism: a request's fate and latency are a function of (seed, requestId, attempt), where
 attempt counts the calls for that requestId that got past the rate limit. Timing and
@@ -20,7 +20,7 @@ import hashlib
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -103,6 +103,7 @@ class Simulator:
         limit = self.config.rate_limit
         self._bucket = _TokenBucket(limit.rate, limit.burst) if limit else None
         self.calls: Counter[str] = Counter()
+        self.arrivals: deque[float] = deque(maxlen=self.config.arrivals_kept)
         self.successes: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self.totals: Counter[str] = Counter()
@@ -112,7 +113,14 @@ class Simulator:
         self.credits_used = 0.0
 
     def stats(self, *, detail: bool = True) -> dict[str, Any]:
-        """Counters as served by ``GET /__simulator/stats``."""
+        """Counters as served by ``GET /__simulator/stats``.
+
+        With ``detail``, also ``calls`` and ``successes`` (requestId -> count) and
+        ``arrivals``: the ``time.monotonic()`` at which each counted call (one that passed the
+        key and body checks) reached the app, in order, for the latest
+        ``config.arrivals_kept`` calls (on Linux the clock is system-wide, so a test in
+        another process can compare it with its own ``time.monotonic()``).
+        """
         out: dict[str, Any] = {
             "totals": dict(self.totals),
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
@@ -124,6 +132,7 @@ class Simulator:
         if detail:
             out["calls"] = dict(self.calls)
             out["successes"] = dict(self.successes)
+            out["arrivals"] = sorted(self.arrivals.copy())
         return out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -190,6 +199,7 @@ class Simulator:
         await _send_json(send, 200, {**_envelope("API key is valid", None), "data": data})
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.monotonic()
         body = await _read_body(receive)
         if self._key_error(scope):
             self.totals["unauthorized"] += 1
@@ -204,6 +214,7 @@ class Simulator:
             return
         rid = request.request_id or _header(scope, b"x-external-request-id").decode() or "-"
         self.calls[rid] += 1
+        self.arrivals.append(arrived)
         self.totals["calls"] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -98,8 +98,13 @@ class SimulatorConfig:
     hang_seconds: float = 3600.0
     usage_per_run: float = 1.0
     credits_max: float = 100_000.0
+    arrivals_kept: int = 100_000
+    """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
 
     def __post_init__(self) -> None:
+        if self.arrivals_kept < 0:
+            msg = "arrivals_kept must be 0 or more"
+            raise ValueError(msg)
         if not 1 <= self.emails_min <= self.emails_max <= 7:
             msg = "emails range must satisfy 1 <= min <= max <= 7"
             raise ValueError(msg)
@@ -140,7 +145,7 @@ def parse_latency(text: str) -> Latency:
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
 
 
-def parse_rate(text: str) -> float:
+def _parse_rate(text: str) -> float:
     """Parse ``N/s`` or ``N/min`` into requests per second."""
     match = _RATE.match(text.lower())
     if not match:
@@ -160,7 +165,7 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     if text in {"", "none", "off", "0"}:
         return None
     rate_text, _, burst_text = text.partition(":")
-    rate = parse_rate(rate_text)
+    rate = _parse_rate(rate_text)
     burst = float(burst_text) if burst_text else max(1.0, rate / 10)
     if burst < 1:
         msg = "rate-limit burst must be >= 1"
