@@ -8,8 +8,13 @@ Contract:
   cannot be opened or read.
 - :func:`parse_line` turns one line into a :class:`Result`, or None when the line is not a
   result: not JSON, not an object, no non-empty string ``requestId``, no object ``contact``, or
-  a ``response`` without a list ``data.emails`` of objects. A step's missing subject or body
-  reads as ``""``, a missing ``completedAt`` as ``""``.
+  a ``response`` that does not validate as the Sequence Agent's response
+  (:class:`~octave_bulk.agents.sequence.SequenceResponse`) as far as the export reads it:
+  ``data.emails``, a list of objects whose ``subject`` and ``email`` are strings or null. Only
+  those fields are validated: validating the whole response (product, playbook, persona,
+  annotations) makes an export about 40 % slower (``benchmarks/bench_export.py``). A step's
+  null or missing subject or body reads as ``""`` (so its result is blank), a missing
+  ``completedAt`` as ``""``.
 - :meth:`Result.blank`: no step, or a step whose subject is empty or whitespace or whose body
   shows no text (:func:`~octave_bulk.export.text.shows_text`); such a result is never exported.
 """
@@ -23,11 +28,34 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ConfigDict, ValidationError
 
+from octave_bulk.agents.envelope import ResponseModel
 from octave_bulk.errors import InputError
 from octave_bulk.export.text import is_html, shows_text
 
 __all__ = ["Result", "parse_line", "read_lines"]
+
+
+class _Step(ResponseModel):
+    """The fields of a step (:class:`~octave_bulk.agents.sequence.Email`) the export reads."""
+
+    model_config = ConfigDict(extra="ignore")
+    subject: str | None = None
+    email: str | None = None
+
+
+class _Data(ResponseModel):
+    model_config = ConfigDict(extra="ignore")
+    emails: list[_Step]
+
+
+class _Response(ResponseModel):
+    """:class:`~octave_bulk.agents.sequence.SequenceResponse` as far as the export reads it:
+    ``data.emails[].subject/email``, required up to ``emails``; the rest is not validated."""
+
+    model_config = ConfigDict(extra="ignore")
+    data: _Data
 
 
 @dataclass
@@ -64,19 +92,17 @@ def parse_line(line: bytes) -> Result | None:
         return None
     if not isinstance(record, dict):
         return None
-    rid, contact, response = record.get("requestId"), record.get("contact"), record.get("response")
+    rid, contact = record.get("requestId"), record.get("contact")
     if not (isinstance(rid, str) and rid and isinstance(contact, dict)):
         return None
-    data = response.get("data") if isinstance(response, dict) else None
-    emails = data.get("emails") if isinstance(data, dict) else None
-    if not isinstance(emails, list) or not all(isinstance(e, dict) for e in emails):
+    try:
+        response = _Response.model_validate(record.get("response"))
+    except ValidationError:
         return None
     requested = contact.get("outputFormat")
     steps = []
-    for email in emails:
-        subject, body = email.get("subject"), email.get("email")
-        subject = subject if isinstance(subject, str) else ""
-        body = body if isinstance(body, str) else ""
+    for email in response.data.emails:
+        subject, body = email.subject or "", email.email or ""
         steps.append((subject, body, is_html(body, requested)))
     done = record.get("completedAt")
     return Result(rid, contact, done if isinstance(done, str) else "", steps)
