@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from octave_bulk.errors import ConfigError, InputError, StateError
 from octave_bulk.export.presets import PRESETS, Preset
 from octave_bulk.export.results import parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
+from octave_bulk.state.files import atomic_file
 
 __all__ = ["ID_LIST_CAP", "ExportReport", "export_results"]
 
@@ -227,7 +227,8 @@ def _second_pass(
 
 @contextlib.contextmanager
 def _open_out(out: Path | str) -> Iterator[IO[str]]:
-    """A text stream for the CSV: stdout for ``-``, else a 0600 temp file renamed on success."""
+    """A text stream for the CSV: stdout for ``-``, else ``atomic_file`` (a 0600 temp file
+    renamed over ``out`` on success, removed on error); an OSError becomes a StateError."""
     if str(out) == "-":
         sys.stdout.flush()
         buffer = getattr(sys.stdout, "buffer", None)
@@ -243,20 +244,11 @@ def _open_out(out: Path | str) -> Iterator[IO[str]]:
             stream.detach()
         return
     path = Path(out)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with (
+            atomic_file(path) as fd,
+            open(fd, "w", encoding="utf-8", newline="", buffering=1 << 20, closefd=False) as stream,
+        ):
+            yield stream
     except OSError as exc:
         raise StateError(f"{path}: cannot write the export: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="", buffering=1 << 20) as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise StateError(f"{path}: cannot write the export: {exc.strerror}") from None
-        raise
