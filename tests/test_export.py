@@ -338,3 +338,42 @@ def test_plain_text_with_angle_brackets_is_not_treated_as_html(tmp_path: Path) -
     rows = {r["request_id"]: r for r in read_csv(tmp_path / "o.csv")[1]}
     assert rows["t"]["step1_body"] == body
     assert rows["m"]["step1_body"] == "**Bold** call\n\n_ps_"
+
+
+def test_a_response_that_does_not_validate_is_a_bad_line(tmp_path: Path) -> None:
+    def line(n: int, response: Any) -> str:
+        record = {"requestId": f"r{n}", "contact": {"email": "a@example.com"}, "response": response}
+        return json.dumps(record) + "\n"
+
+    results = write_results(
+        tmp_path / "r.ndjson",
+        [
+            result_line("ok", [("S", "B")]),
+            line(2, {"found": True}),  # no data
+            line(3, {"data": {"emails": None}}),
+            line(4, {"data": {"emails": [{"subject": 5, "email": "B"}]}}),
+            line(5, {"data": {"emails": [{"subject": "S", "email": ["B"]}]}}),
+            line(6, "not an object"),
+            # Only data.emails[].subject/email are read: the rest may take any shape.
+            line(7, {"data": {"emails": [{"subject": "S", "email": "B", "sections": 1}]}}),
+        ],
+    )
+    report = export_results(results, tmp_path / "o.csv")
+    assert [r["request_id"] for r in read_csv(tmp_path / "o.csv")[1]] == ["ok", "r7"]
+    assert report.skipped_bad_lines == [2, 3, 4, 5, 6] and report.skipped_blank_count == 0
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from octave_bulk.export import writer
+
+    def full_disk(body: str, html_body: bool, *, to_html: bool) -> str:
+        raise OSError(28, "No space left on device")
+
+    results = write_results(tmp_path / "r.ndjson", [result_line("a", [("S", "B")])])
+    out = tmp_path / "o.csv"
+    out.write_text("old content\n")
+    monkeypatch.setattr(writer, "render_body", full_disk)
+    with pytest.raises(StateError, match="cannot write the export: No space left on device"):
+        export_results(results, out)
+    assert out.read_text() == "old content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.csv", "r.ndjson"]  # no temp left

@@ -1,0 +1,100 @@
+"""``export.presets``: each sequencer's column layout and cell length limit.
+
+Contract: a CSV's header is the preset's identity columns, then ``step1_subject, step1_body,
+... stepN_subject, stepN_body`` for the N steps exported, then ``num_steps, request_id,
+completed_at`` (the same trailing names in every preset). Presets (identity column <- contact
+field sent):
+
+- ``generic``: ``email, first_name, last_name, company_name, title, linkedin_url,
+  company_domain, crm_contact_id, crm_lead_id, crm_account_id, lang``; no length limit.
+- ``instantly`` / ``smartlead``: ``email, first_name, last_name, company_name, title,
+  linkedin_url, company_domain``; 30,000 characters per subject/body cell.
+- ``lemlist`` (its own camelCase variable names): ``email, firstName, lastName, companyName,
+  jobTitle, linkedinUrl, companyDomain``; 30,000 characters per subject/body cell.
+
+30,000 is Outreach's documented custom-field limit, the smallest one documented for a sequencer
+(HubSpot allows 65,536; Instantly, Smartlead and lemlist publish none), and far above a real
+email. It applies to the generated cells (subjects and bodies) only: identity cells come from
+the CRM, and a cut email address would be worse than a rejected import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PRESETS", "Preset"]
+
+_SEQUENCER_MAX_CHARS = 30_000
+
+_TRAILING = ("num_steps", "request_id", "completed_at")  # every preset's last columns
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sequencer's column layout.
+
+    Attributes:
+        name: the preset's name (``--preset``).
+        columns: ``(output column, contact field)`` pairs, in output order.
+        max_field_chars: default cell length limit, or None for no limit.
+    """
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    max_field_chars: int | None
+
+    @property
+    def fields(self) -> list[str]:
+        """The contact fields of the identity columns, in output order."""
+        return [name for _, name in self.columns]
+
+    def header(self, steps: int) -> list[str]:
+        """The CSV header for ``steps`` step column pairs."""
+        parts = ("subject", "body")
+        step_columns = [f"step{n}_{part}" for n in range(1, steps + 1) for part in parts]
+        return [*(column for column, _ in self.columns), *step_columns, *_TRAILING]
+
+    def limit(self, max_field_chars: int | None) -> int | None:
+        """The cell length limit: ``None`` takes the preset's default, ``0`` means no limit."""
+        return self.max_field_chars if max_field_chars is None else (max_field_chars or None)
+
+
+_SNAKE = (
+    ("email", "email"),
+    ("first_name", "firstName"),
+    ("last_name", "lastName"),
+    ("company_name", "companyName"),
+    ("title", "jobTitle"),
+    ("linkedin_url", "linkedInProfile"),
+    ("company_domain", "companyDomain"),
+)
+
+PRESETS: dict[str, Preset] = {
+    "generic": Preset(
+        "generic",
+        (
+            *_SNAKE,
+            ("crm_contact_id", "crmContactId"),
+            ("crm_lead_id", "crmLeadId"),
+            ("crm_account_id", "crmAccountId"),
+            ("lang", "lang"),
+        ),
+        None,
+    ),
+    "instantly": Preset("instantly", _SNAKE, _SEQUENCER_MAX_CHARS),
+    "smartlead": Preset("smartlead", _SNAKE, _SEQUENCER_MAX_CHARS),
+    "lemlist": Preset(
+        "lemlist",
+        (
+            ("email", "email"),
+            ("firstName", "firstName"),
+            ("lastName", "lastName"),
+            ("companyName", "companyName"),
+            ("jobTitle", "jobTitle"),
+            ("linkedinUrl", "linkedInProfile"),
+            ("companyDomain", "companyDomain"),
+        ),
+        _SEQUENCER_MAX_CHARS,
+    ),
+}
+"""The presets by name."""

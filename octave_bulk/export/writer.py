@@ -1,0 +1,254 @@
+"""``export.writer``: the results file becomes a sequencer CSV, in two streaming passes.
+
+Contract:
+
+- :func:`export_results` checks its arguments (preset, body format, limit, that ``out`` is not
+  the results file and that the results file exists) before it reads or writes anything.
+- First pass: counts the complete lines, notes the lines that are not results and the blank
+  results (:mod:`~octave_bulk.export.results`), and finds N, the most steps among the results
+  exported. A last line without its newline (torn, or being written) is ignored; blank lines
+  are ignored.
+- Second pass: reads only the lines the first pass counted (a run may append meanwhile) and
+  writes the header (:meth:`~octave_bulk.export.presets.Preset.header`) and one row per
+  exportable result: identity cells from the contact fields, each step's subject (trimmed) and
+  body (:func:`~octave_bulk.export.text.render_body`), empty cells for the steps a shorter
+  sequence lacks, then ``num_steps, request_id, completed_at``. Every cell is escaped
+  (:func:`~octave_bulk.export.text.escape_formula`). With a limit, a longer subject/body cell
+  is cut to it after escaping, and counted; identity cells are never cut.
+- No pass holds more than one line, so memory stays flat. The report keeps exact counts but
+  lists at most ``ID_LIST_CAP`` requestIds / line numbers of each kind.
+- CSV: RFC 4180 through the ``csv`` module (CRLF, minimal quoting), plain UTF-8 without a BOM:
+  the file is for sequencer importers, which read UTF-8; Excel needs a BOM to open it directly
+  (use its Data > From Text import instead). A file is written to a temporary file of mode 0600
+  and renamed over ``out`` when complete; ``out="-"`` writes to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from octave_bulk.errors import ConfigError, InputError, StateError
+from octave_bulk.export.presets import PRESETS, Preset
+from octave_bulk.export.results import parse_line, read_lines
+from octave_bulk.export.text import escape_formula, render_body
+from octave_bulk.state.files import atomic_file
+
+__all__ = ["ID_LIST_CAP", "ExportReport", "export_results"]
+
+ID_LIST_CAP = 1000
+"""At most this many requestIds / line numbers are listed per kind in an ``ExportReport``."""
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and what it left out.
+
+    Attributes:
+        out: where the CSV went (``"-"`` for stdout).
+        preset: the preset used.
+        body_format: ``"text"`` or ``"html"``.
+        max_field_chars: the cell length limit applied (None: no limit).
+        lines: complete lines read from the results file.
+        rows: rows written (header excluded).
+        steps: N, the number of step column pairs.
+        skipped_blank: requestIds of results left out for an empty subject or body (or no step).
+        skipped_blank_count: how many results were left out for that reason.
+        skipped_bad_lines: 1-based line numbers that are not results.
+        skipped_bad_count: how many such lines.
+        truncated_cells: subject/body cells cut to ``max_field_chars``.
+        truncated_rows: rows with at least one cut cell.
+        truncated_ids: requestIds of those rows.
+        torn_tail: a last line without its newline was ignored.
+    """
+
+    out: str
+    preset: str
+    body_format: str
+    max_field_chars: int | None
+    lines: int = 0
+    rows: int = 0
+    steps: int = 0
+    skipped_blank: list[str] = field(default_factory=list)
+    skipped_blank_count: int = 0
+    skipped_bad_lines: list[int] = field(default_factory=list)
+    skipped_bad_count: int = 0
+    truncated_cells: int = 0
+    truncated_rows: int = 0
+    truncated_ids: list[str] = field(default_factory=list)
+    torn_tail: bool = False
+
+    def warnings(self) -> list[str]:
+        """One sentence per problem, for stderr (empty when there is nothing to say)."""
+        notes = []
+        if self.skipped_blank_count:
+            notes.append(
+                f"{self.skipped_blank_count} result(s) left out: a step has an empty subject or "
+                f"body{_listing(self.skipped_blank, self.skipped_blank_count, 'requestIds')}"
+            )
+        if self.skipped_bad_count:
+            lines = [str(n) for n in self.skipped_bad_lines]
+            notes.append(
+                f"{self.skipped_bad_count} line(s) skipped: not a result line"
+                f"{_listing(lines, self.skipped_bad_count, 'lines')}"
+            )
+        if self.truncated_cells:
+            notes.append(
+                f"{self.truncated_cells} cell(s) in {self.truncated_rows} row(s) cut to "
+                f"{self.max_field_chars} characters (--max-field-chars)"
+                f"{_listing(self.truncated_ids, self.truncated_rows, 'requestIds')}"
+            )
+        if self.torn_tail:
+            notes.append("ignored an incomplete last line (a run may still be writing the file)")
+        return notes
+
+
+def _listing(items: list[str], total: int, what: str) -> str:
+    shown = ", ".join(items[:10])
+    more = f", ... ({total - 10} more)" if total > 10 else ""
+    return f" ({what}: {shown}{more})"
+
+
+def _note(items: list[Any], item: Any) -> None:
+    if len(items) < ID_LIST_CAP:
+        items.append(item)
+
+
+def export_results(
+    results: Path,
+    out: Path | str,
+    *,
+    preset: str = "generic",
+    body_format: Literal["text", "html"] = "text",
+    max_field_chars: int | None = None,
+) -> ExportReport:
+    """Write the successes of a results file as a sequencer CSV (see the package docstring).
+
+    Args:
+        results: ``OUT.ndjson`` of a run (only read; a run may still be appending to it).
+        out: the CSV to write, or ``"-"`` for stdout.
+        preset: a key of ``PRESETS``.
+        body_format: ``"text"`` or ``"html"`` for the step bodies.
+        max_field_chars: cell length limit; None takes the preset's default, 0 means none.
+
+    Returns:
+        The report: rows written, N, results left out, cells cut, lines skipped.
+
+    Raises:
+        ConfigError: unknown preset or body format, negative limit, ``out`` is ``results``.
+        InputError: the results file is missing or unreadable.
+        StateError: the CSV cannot be written.
+    """
+    layout = PRESETS.get(preset)
+    if layout is None:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if body_format not in ("text", "html"):
+        raise ConfigError(f"unknown body format {body_format!r}; choose text or html")
+    if max_field_chars is not None and max_field_chars < 0:
+        raise ConfigError("--max-field-chars must be 0 (no limit) or more")
+    results = Path(results)
+    if not results.is_file():
+        what = "is not a file" if results.exists() else "not found"
+        raise InputError(f"results file {what}", path=results)
+    if str(out) != "-" and Path(out).resolve() == results.resolve():
+        raise ConfigError(f"{out}: the export would overwrite the results file")
+    report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
+    complete = _first_pass(results, report)
+    with _open_out(out) as stream:
+        _second_pass(results, complete, stream, layout, report)
+    return report
+
+
+def _first_pass(results: Path, report: ExportReport) -> int:
+    """Count complete lines, note bad lines and blank results, and find N."""
+    complete = 0
+    for line in read_lines(results):
+        if not line.endswith(b"\n"):
+            report.torn_tail = True
+            break
+        complete += 1
+        if not line.strip():
+            continue
+        result = parse_line(line)
+        if result is None:
+            report.skipped_bad_count += 1
+            _note(report.skipped_bad_lines, complete)
+        elif result.blank():
+            report.skipped_blank_count += 1
+            _note(report.skipped_blank, result.request_id)
+        else:
+            report.steps = max(report.steps, len(result.steps))
+    report.lines = complete
+    return complete
+
+
+def _second_pass(
+    results: Path, complete: int, stream: IO[str], layout: Preset, report: ExportReport
+) -> None:
+    """Write the header and one row per exportable result among the first ``complete`` lines."""
+    writer = csv.writer(stream)
+    writer.writerow(layout.header(report.steps))
+    fields = layout.fields
+    padding = [""] * (2 * report.steps)
+    to_html = report.body_format == "html"
+    limit = report.max_field_chars
+    for line in read_lines(results, complete):
+        if not line.strip():
+            continue
+        result = parse_line(line)
+        if result is None or result.blank():
+            continue
+        contact = result.contact
+        values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)
+        identity = [escape_formula(cell) for cell in values]
+        texts: list[str] = []
+        for subject, body, html_body in result.steps:
+            texts += (
+                escape_formula(subject.strip()),
+                escape_formula(render_body(body, html_body, to_html=to_html)),
+            )
+        if limit is not None:
+            cut = sum(1 for text in texts if len(text) > limit)
+            if cut:
+                texts = [text[:limit] for text in texts]
+                report.truncated_cells += cut
+                report.truncated_rows += 1
+                _note(report.truncated_ids, result.request_id)
+        tail = (str(len(result.steps)), result.request_id, result.completed_at)
+        writer.writerow([*identity, *texts, *padding[len(texts) :], *map(escape_formula, tail)])
+        report.rows += 1
+
+
+@contextlib.contextmanager
+def _open_out(out: Path | str) -> Iterator[IO[str]]:
+    """A text stream for the CSV: stdout for ``-``, else ``atomic_file`` (a 0600 temp file
+    renamed over ``out`` on success, removed on error); an OSError becomes a StateError."""
+    if str(out) == "-":
+        sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a replaced stdout without bytes underneath
+            yield sys.stdout
+            sys.stdout.flush()
+            return
+        stream = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+        try:
+            yield stream
+            stream.flush()
+        finally:
+            stream.detach()
+        return
+    path = Path(out)
+    try:
+        with (
+            atomic_file(path) as fd,
+            open(fd, "w", encoding="utf-8", newline="", buffering=1 << 20, closefd=False) as stream,
+        ):
+            yield stream
+    except OSError as exc:
+        raise StateError(f"{path}: cannot write the export: {exc.strerror}") from None
