@@ -100,8 +100,10 @@ class Settings(BaseSettings):
     experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
 
     # Pacing
-    rate: float | None = Field(2.0, description="Rate ceiling, e.g. 2/s, 90/min, or none.")
-    concurrency: int = Field(32, description="Calls in flight at most.")
+    rate: float | None = Field(
+        None, description="Rate ceiling, e.g. 2/s, 90/min, or none (the limit is found)."
+    )
+    concurrency: int = Field(32, description="Calls in flight at most (the cap is found below).")
     adaptive: bool = Field(True, description="Slow the pool down on 429 and climb back.")
     timeout: float = Field(180.0, description="Read timeout per call, seconds.")
     connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")

@@ -13,7 +13,7 @@ from octave_bulk.settings import Settings, parse_rate
 def test_defaults() -> None:
     settings = Settings.load()
     assert settings.base_url == "https://app.octavehq.com"
-    assert settings.rate == 2.0 and settings.concurrency == 32 and settings.timeout == 180.0
+    assert settings.rate is None and settings.concurrency == 32 and settings.timeout == 180.0
     assert settings.api_key is None
 
 

@@ -41,7 +41,7 @@ INPUT_FIELDS = (
 
 _FLAG_NAMES = {"agent_oid": "--agent", "experiment_oid": "--experiment", "input_format": "--format"}
 _ON_OFF_FLAGS = {"dry_run", "retry_failed"}  # given or not; the others of type bool are --x/--no-x
-_DEFAULT_SHOWN = {"rate": "2/s", "progress": None, "encoding": None, "delimiter": None}
+_DEFAULT_SHOWN = {"rate": "none", "progress": None, "encoding": None, "delimiter": None}
 
 
 def _base_type(annotation: Any) -> Any:

@@ -1,263 +1,424 @@
-"""Pool-wide admission control: every attempt passes :meth:`Pacer.acquire` before it is sent.
+"""The adaptive limiter: finds the server's rate limit and concurrency cap while it runs.
 
-Three gates, in order:
+Algorithm - *epoch-judged bracketing search* on two dimensions, the in-flight **window**
+(at most ``--concurrency``) and the **rate** (at most ``--rate``). Every attempt waits for a
+slot in the window (anyio's ``CapacityLimiter``, resized as the window moves), then for its
+turn in the rate (GCRA virtual scheduling, a tenth of a call of tolerance for timer
+lateness: more would let two calls through back to back after a quiet spell, which a token
+bucket without burst refuses).
 
-1. **Pause** - a 429 that says the pool is too fast stops dispatch for the whole pool until its
-   ``Retry-After`` (seconds or HTTP date) has passed, or for a jittered exponential backoff when
-   the server gave none; a Retry-After beyond ``max_pause`` (600 s by default) is clamped so the
-   run stays alive. A 429 says so unless it is *isolated*: under 5 % of at least 20 answers in
-   the last 2 s. An isolated 429 among many accepted calls says the rate is being accepted
-   (a gateway's sporadic refusal, a neighbour's burst); only its own retry waits out its
-   Retry-After (in the engine), and it neither pauses the pool nor counts against the rate;
-   it only restarts the quiet period, so the rate does not climb past it.
-   A rate above the server's limit draws 429s on a share of calls that grows with the
-   overshoot (a 10 % overshoot: ~9 %), so it is never isolated; at low volume (a real run at
-   a few calls per second) every 429 pauses the pool.
-2. **Adaptive rate** - a bracketing search for the server's limit, in the spirit of TCP's
-   multiplicative decrease. A 429 for a call sent at the current rate is a strike against it;
-   the second strike (or two 429s within a second) steps the rate down: back to the last rate
-   that was sustained without a 429 when there is one below, else by 10 % - or, while the
-   run is still probing (no quiet period yet), by half, never below 90 % of what the server
-   was accepting over the last 2 s. After every quiet period (2 s and 10 calls without a 429)
-   the rate is known to hold and climbs 10 % toward the ceiling, but not onto a rate that
-   drew a step down; such a rate is forgiven by 10 % every 30 s, so the search re-probes and
-   follows a limit that rises. One strike is not enough because a sporadic 429 says little
-   about the rate, while a rate above the limit draws a 429 in every pause-and-resume cycle.
-   Calls sent before the last change do not count. Spacing at the effective rate is
-   GCRA-style virtual scheduling (each caller books the next slot; a booking is re-checked
-   against a pause after waking).
-3. **Ceiling** - aiolimiter with a bucket of 10 ms worth of tokens (at least 2): exact
-   steady rate with a start-of-run burst of ``max(2, rate / 100)`` calls, instead of the
-   full second's worth that ``AsyncLimiter(rate, 1)`` would let out at once
-   (docs/performance.md, section "Rate limiting with aiolimiter").
+* **Epochs.** Each change of setting starts an epoch; only attempts sent in the current epoch
+  judge it, never a time window that mixes settings and pauses. An outcome is *known* when
+  answered, or once unrefused for three refusal round trips: a 429 comes back at network
+  speed, an accepted call after the agent's work, so verdicts at 40-s calls take milliseconds.
+* **Concurrency refusals.** ``_CONCURRENCY_PROOF`` 429s of an epoch, all at in-flight levels
+  at which every attempt of the epoch was refused, two of them at the lowest such level ``f``,
+  while the level just below went through: the
+  server holds ``f - 1`` calls, and the window becomes that. Below level 3 the pattern is as
+  well a slow token bucket's, so the rate handles it.
+* **Rate refusals.** Any other 429 counts against the rate. Once ``_VERDICT`` outcomes of the
+  epoch are known, ``_REFUSED`` 429s that are more than ``_TOLERATED`` of them say the server
+  accepts less than is sent:
+  the rate goes back to the highest rate that held (``good``), or, when none holds any more,
+  to the epoch's accepted rate (an overloaded token bucket accepts at most its rate) less
+  ``_MARGIN``; the refused rate becomes ``bad``. Fewer 429s are isolated: only their own
+  retries wait (``Retry-After``).
+* **Probes.** An epoch of ``_QUIET`` known outcomes without a 429, held back by the rate (or
+  the window), is evidence of room: ``good`` rises to it and the rate grows - x2 until the
+  first refusal, then x1.25 but never past the middle of ``good`` and ``bad`` (a bracketing
+  search). Within ``_CONVERGED`` of ``bad`` it holds; ``bad`` is forgiven after as many quiet
+  epochs as failed probes in a row doubled (1, 2, 4 ...), so a limit that rises is found again
+  and one that holds is probed ever less often.
+* **Pauses.** The whole pool stops only when the server refuses nearly all of an epoch
+  (``_OVERWHELMED``: a quota, not a rate) and says for how long (``Retry-After``, clamped to
+  ``max_pause``).
 
-The in-flight cap is separate: it is the number of workers (``Settings.concurrency``).
+Every constant counts attempts or epochs, none counts seconds: a run at 0.5/s with 40-s calls
+behaves like one at 50/s with 0.4-s calls.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
-from aiolimiter import AsyncLimiter
 
+from octave_bulk.limits.base import Ticket
 from octave_bulk.observe.log import log_event
 
-__all__ = ["Pacer"]
+__all__ = ["AdaptiveLimiter"]
 
-_CLIMB = 1.10  # after a quiet period the rate grows by 10 %
-_QUIET_S = 2.0  # ... a quiet period lasts at least this long
-_QUIET_CALLS = 10  # ... and at least this many calls at the current rate
-_FORGIVE_S = 30.0  # a failed rate is forgiven by 10 % per this many quiet seconds
-_MIN_RATE = 0.05  # never below one call per 20 s
-_MIN_PAUSE = 0.25  # an HTTP-date Retry-After can parse to 0 (1 s resolution): pause anyway
-_WINDOW_S = 2.0  # recent answers: the window for rates and the 429 share
-_ISOLATED_SHARE = 0.05  # a 429 is isolated below this share of recent answers ...
-_ISOLATED_ANSWERS = 20  # ... and with at least this many of them
+_QUIET = 16  # known outcomes without a 429 before a probe upwards
+_VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
+_REFUSED = 2  # ... at least this many 429s ...
+_TOLERATED = 0.05  # ... that are more than this share of them
+_CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
+_MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
+_FIRST_GROWTH, _GROWTH = 2.0, 1.25
+_CONVERGED = 1.04  # good and bad this close: hold
+_OVERWHELMED = 0.9  # a 429 share above this, with a Retry-After, pauses the whole pool
+_MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
+_START_RATE = 16.0  # with no ceiling and nothing remembered: 16/s, doubling per quiet epoch
 
 
-class Pacer:
-    """Admission gate shared by all workers of one run. Create it inside the running loop.
+@dataclass
+class _Epoch:
+    number: int
+    started: float
+    unknown: deque[Ticket] = field(default_factory=deque)  # outcome not known yet
+    sent: int = 0
+    first_sent: float = 0.0
+    last_sent: float = 0.0
+    known: int = 0
+    accepted: int = 0
+    refused: int = 0
+    sent_levels: Counter[int] = field(default_factory=Counter)
+    refused_levels: Counter[int] = field(default_factory=Counter)
+    rate_waits: int = 0  # attempts that waited for the rate
+    window_waits: int = 0  # attempts that waited for the window
+
+
+class AdaptiveLimiter:
+    """Admission control shared by all workers of one run (create it inside the loop).
 
     Args:
-        ceiling: the rate never exceeded, calls per second; None for no ceiling.
-        adaptive: whether 429s lower the effective rate (the pause applies either way).
-        pause_backoff: first pause when a 429 carries no Retry-After, doubled per consecutive
-            429 up to ``pause_backoff_max``, with jitter (half to all of it).
-        max_pause: the longest pause a Retry-After can impose.
-        clock: monotonic clock, replaceable in tests.
+        rate_ceiling: calls per second never exceeded; None for no ceiling.
+        window_ceiling: calls in flight never exceeded (``--concurrency``).
+        start_rate: the rate to start at (a remembered one), else the ceiling, else 4/s.
+        start_window: the window to start at (a remembered one), else the ceiling.
+        adaptive: False holds the starting setting (an overwhelmed pool still pauses).
+        max_pause: the longest pool pause a Retry-After can impose, seconds.
+        clock, sleep: the monotonic clock and its sleep, replaceable in tests.
     """
 
     def __init__(
         self,
-        ceiling: float | None,
+        rate_ceiling: float | None,
+        window_ceiling: int,
         *,
+        start_rate: float | None = None,
+        start_window: int | None = None,
         adaptive: bool = True,
-        pause_backoff: float = 1.0,
-        pause_backoff_max: float = 60.0,
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        self.ceiling = ceiling
-        self.adaptive = adaptive
-        self.rate = ceiling  # effective rate; None = unlimited
-        self.good: float | None = None  # highest rate sustained without a 429
-        self.failed: float | None = None  # lowest rate that drew a 429 (forgiven over time)
-        self._clock = clock
-        self._pause_backoff, self._pause_backoff_max = pause_backoff, pause_backoff_max
-        self._max_pause = max_pause
-        self._limiter: AsyncLimiter | None = None
-        if ceiling is not None:
-            # A 1-token bucket cannot bank the event loop's timer lateness: it delivered 96 %
-            # of 50/s here; 2 tokens deliver the rate (docs/performance.md, measured at 50/s).
-            burst = max(2.0, ceiling * 0.01)
-            self._limiter = AsyncLimiter(burst, burst / ceiling)
-        self.paused_until = 0.0
+        self.rate_ceiling, self.window_ceiling = rate_ceiling, window_ceiling
+        self.adaptive, self.max_pause = adaptive, max_pause
+        self._clock, self._sleep = clock, sleep
+        first = start_rate or rate_ceiling or (_START_RATE if adaptive else None)
+        self._rate = None if first is None else _clamp(first, rate_ceiling)
+        self._window = max(1, min(window_ceiling, start_window or window_ceiling))
+        self._slots = anyio.CapacityLimiter(self._window)
         self._next_slot = 0.0
-        self._changed_at = clock()  # calls sent before this do not judge the current rate
-        self._quiet_since = clock()  # the last change or fresh 429
-        self._calls_since_quiet = 0
-        self._strikes = 0  # fresh 429s at the current rate
-        self._last_strike = -1e9
-        self._settled = False  # a quiet period has passed: no more halving
-        self._failed_at = clock()  # when ``failed`` was last set or forgiven
-        self._backoff_level = 0
+        self.paused_until = 0.0
+        self._in_flight = 0  # sent and not answered
+        self._epoch = _Epoch(0, clock())
+        self.good: float | None = start_rate  # the highest rate that held
+        self.bad: float | None = None  # the lowest rate refused since
+        self._cut_once = start_rate is not None
+        self._probing = False
+        self._failed_probes = 0
+        self._quiet_epochs = 0
+        self._window_step = 1
+        self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self._stopped = anyio.Event()
-        self._sent: deque[float] = deque(maxlen=512)  # recent send times, to measure the rate
-        self._accepted: deque[float] = deque(maxlen=512)  # recent answers that were not 429s
-        self._limited: deque[float] = deque(maxlen=512)  # recent 429s
+        self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
+        self._rate_turn = anyio.Lock()
+        self.rate_limited_at: float | None = None
+        self.concurrency_limited_at: int | None = None
+        self.refusals = 0
+        self.clamped_retry_after = 0
+
+    @property
+    def rate(self) -> float | None:
+        """The rate let through now, calls per second (None: no rate gate)."""
+        return self._rate
+
+    @property
+    def window(self) -> int:
+        """The calls in flight let through now."""
+        return self._window
 
     def stop(self) -> None:
-        """Wake every waiter now: the run is stopping (callers check that after acquire)."""
+        """Wake every waiter: the run is stopping (callers check that after acquire)."""
         self._stopped.set()
+        self._wake()
 
     async def _nap(self, seconds: float) -> None:
+        """Sleep, waking early when the run stops or the rate changes."""
+        if self._sleep is not None:  # a test's clock
+            await self._sleep(seconds)
+            return
         with anyio.move_on_after(seconds):
-            await self._stopped.wait()
+            await self._woken.wait()
 
-    async def acquire(self) -> float:
-        """Wait until a call may be sent; returns the send time (pass it to :meth:`on_429`).
+    def _wake(self) -> None:
+        self._woken.set()
+        self._woken = anyio.Event()
 
-        Returns early, without a slot, once :meth:`stop` was called.
-        """
-        while not self._stopped.is_set():
-            # A loop, not an Event: another 429 may push the pause further while we sleep.
-            while (wait := self.paused_until - self._clock()) > 0 and not self._stopped.is_set():
-                await self._nap(wait)
-            self._climb()
-            rate = self.rate
-            if rate is not None and (self.ceiling is None or rate < self.ceiling):
-                now = self._clock()
-                slot = max(now, self._next_slot)
+    # --- the gate ---------------------------------------------------------------------
+
+    async def acquire(self) -> Ticket:
+        """Wait for a slot in the window, then for the rate and any pause; returns the
+        attempt's ticket (give it back to :meth:`on_answer` or :meth:`on_429`)."""
+        ticket = Ticket(0.0, 0, -1)
+        waited_window = waited_rate = False
+        while True:
+            try:
+                self._slots.acquire_on_behalf_of_nowait(ticket)
+            except anyio.WouldBlock:
+                waited_window = True
+                await self._slots.acquire_on_behalf_of(ticket)
+            while not self._stopped.is_set():
+                while (
+                    wait := self.paused_until - self._clock()
+                ) > 0 and not self._stopped.is_set():
+                    await self._nap(wait)  # a loop: a later 429 may push the pause further
+                if self._rate is not None:
+                    async with self._rate_turn:  # one waiter at a time: nothing booked ahead
+                        waited_rate |= await self._rate_slot()
+                if self.paused_until <= self._clock():
+                    break
+            if self._in_flight < self._window or self._stopped.is_set():
+                break
+            # The window shrank while this attempt waited: its slot is no longer there.
+            self._slots.release_on_behalf_of(ticket)
+            waited_window = True
+        epoch = self._epoch
+        self._in_flight += 1
+        ticket.sent_at, ticket.level, ticket.epoch = self._clock(), self._in_flight, epoch.number
+        epoch.unknown.append(ticket)
+        epoch.sent += 1
+        epoch.sent_levels[ticket.level] += 1
+        epoch.first_sent = epoch.first_sent or ticket.sent_at
+        epoch.last_sent = ticket.sent_at
+        epoch.rate_waits += waited_rate
+        epoch.window_waits += waited_window
+        self._settle()  # at 40-s calls, sends are what moves the verdicts on
+        if self.adaptive:
+            self._maybe_probe()
+        return ticket
+
+    async def _rate_slot(self) -> bool:
+        """Wait for the next slot at the current rate (GCRA); whether it had to wait."""
+        waited = False
+        while (rate := self._rate) is not None and not self._stopped.is_set():
+            now = self._clock()
+            slot = max(now - 0.1 / rate, self._next_slot)
+            if slot <= now:
                 self._next_slot = slot + 1.0 / rate
-                if slot > now:
-                    await self._nap(slot - now)
-            if self._limiter is not None and not self._paused():
-                await self._limiter.acquire()
-            if self._paused():
-                continue  # a 429 arrived while we waited for our turn: wait out the pause
-            sent = self._clock()
-            self._sent.append(sent)
-            self._calls_since_quiet += 1
-            return sent
-        return self._clock()
+                break
+            waited = True
+            await self._nap(slot - now)  # the rate may change meanwhile: computed again
+        return waited
 
-    def _paused(self) -> bool:
-        return self.paused_until > self._clock()
+    def _release(self, ticket: Ticket) -> bool:
+        """Free the ticket's window slot; whether its outcome still counts for the epoch."""
+        ticket.answered = True
+        self._in_flight -= 1
+        self._slots.release_on_behalf_of(ticket)
+        return ticket.epoch == self._epoch.number
 
-    def on_answer(self, sent_at: float) -> None:
-        """A call came back without a 429 (success or any other outcome)."""
-        self._backoff_level = 0
-        self._accepted.append(self._clock())
+    # --- answers ----------------------------------------------------------------------
 
-    def on_429(self, sent_at: float, retry_after: float | None) -> float:
-        """Pause the pool and (if adaptive) step the rate down; returns the pause in seconds
-        (0 for an isolated 429, which only delays its own retry). A new pause or slow-down is
-        logged as a ``rate_limited`` event."""
-        rate, was_paused = self.rate, self._paused()
-        pause = self._judge_429(sent_at, retry_after)
-        if self.rate != rate or (pause > 0 and not was_paused):
-            rounded = None if self.rate is None else round(self.rate, 3)
-            log_event("rate_limited", pause_s=round(pause, 2), rate=rounded)
-        return pause
+    def on_answer(self, ticket: Ticket) -> None:
+        """The attempt ended without a 429 (a success, or any other outcome)."""
+        counts = self._release(ticket)
+        # No refusal takes longer than the fastest answer's round trip.
+        self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self._clock() - ticket.sent_at))
+        if counts:
+            self._accepted(ticket)
+        self._settle()
+        if self.adaptive:
+            self._maybe_probe()
 
-    def _judge_429(self, sent_at: float, retry_after: float | None) -> float:
-        """The pause and the rate step for one 429.
-
-        A 429 for a call sent before the last change (it was already on the wire when an
-        earlier 429 paused the pool) neither extends the pause nor escalates the backoff: the
-        pool has reacted already. Only calls sent since say something about the current state.
-        """
+    def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+        """The attempt was refused; returns the pool-wide pause this caused (0: only this
+        attempt's own retry waits). A Retry-After beyond ``max_pause`` is clamped."""
+        counts = self._release(ticket)
         now = self._clock()
-        self._limited.append(now)
-        fresh = sent_at >= self._changed_at
-        if self._isolated(now):
-            if fresh:  # no reason to slow down, but none to speed up either
-                self._quiet_since, self._calls_since_quiet = now, 0
+        self.refusals += 1
+        self._refusal_rtt = 0.8 * self._refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
+        if retry_after is not None and retry_after > self.max_pause:
+            self.clamped_retry_after += 1
+            log_event("retry_after_clamped", asked_s=round(retry_after), used_s=self.max_pause)
+            retry_after = self.max_pause
+        if not counts:
+            return max(0.0, self.paused_until - now)  # sent before the last change
+        epoch = self._epoch
+        epoch.known += 1
+        epoch.refused += 1
+        epoch.refused_levels[ticket.level] += 1
+        self._settle()
+        # Refusals come back at network speed: an attempt not refused yet most likely is not.
+        share = epoch.refused / epoch.sent
+        judged = epoch.refused >= _REFUSED and 2 * max(epoch.refused, epoch.sent // 2) >= _VERDICT
+        cap = self.concurrency_limited_at
+        if self.adaptive and cap is not None and ticket.level < cap - 1:
+            # Refused below the cap it seemed to have: it was a rate (a token bucket's
+            # refusals follow the in-flight count when sends come in bursts), not a cap.
+            self.concurrency_limited_at = None
+            self._set(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
-        if retry_after is not None:
-            pause = min(max(retry_after, _MIN_PAUSE), self._max_pause)
-        elif fresh:
-            cap = min(self._pause_backoff_max, self._pause_backoff * 2**self._backoff_level)
-            pause = random.uniform(cap / 2, cap)
-            self._backoff_level += 1
-        else:
-            return max(0.0, self.paused_until - now)
-        if fresh or self.paused_until > now:
-            self.paused_until = max(self.paused_until, now + pause)
-        if fresh and self.adaptive:
-            self._strikes += 1
-            close_behind = now - self._last_strike <= 1.0
-            self._last_strike = now
-            self._quiet_since, self._calls_since_quiet = now, 0
-            if self._strikes >= 2 or close_behind:
-                self._step_down(now)
-        return pause
+        concurrency = self.adaptive and self._judge_concurrency()
+        if self.adaptive and not concurrency and judged and share > _TOLERATED:
+            self._cut_rate(now)
+        if not concurrency and judged and share > _OVERWHELMED and retry_after is not None:
+            if now + retry_after > self.paused_until:
+                self.paused_until = now + retry_after
+                self._next_slot = max(self._next_slot, self.paused_until)
+                log_event("paused", seconds=round(retry_after, 2), share_429=round(share, 2))
+            return retry_after
+        return 0.0
 
-    def _isolated(self, now: float) -> bool:
-        """Too few 429s among recent answers to say anything about the pool's rate."""
-        since = now - _WINDOW_S
-        limited = sum(1 for t in self._limited if t > since)
-        answers = limited + sum(1 for t in self._accepted if t > since)
-        return answers >= _ISOLATED_ANSWERS and limited < _ISOLATED_SHARE * answers
+    def _accepted(self, ticket: Ticket) -> None:
+        epoch = self._epoch
+        epoch.known += 1
+        epoch.accepted += 1
+        ticket.epoch = -1  # counted: its answer, if it comes later, must not count again
 
-    @staticmethod
-    def _measured(times: deque[float], now: float, least: int) -> float | None:
-        """Events per second over the last 2 s, when there are at least ``least`` of them."""
-        recent = [t for t in times if t > now - _WINDOW_S]
-        if len(recent) < least:
-            return None
-        return len(recent) / max(now - recent[0], 0.05)
+    def _settle(self) -> None:
+        """Attempts unrefused for three refusal round trips count as accepted."""
+        epoch, horizon = self._epoch, self._clock() - 3 * self._refusal_rtt
+        while epoch.unknown and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon):
+            ticket = epoch.unknown.popleft()
+            if not ticket.answered and ticket.epoch == epoch.number:
+                self._accepted(ticket)
 
-    def _step_down(self, now: float) -> None:
-        current = self.rate if self.rate is not None else self._measured(self._sent, now, 2)
-        if current is None:
-            return  # unlimited and too little history: the pause alone has to do
-        self.failed = current if self.failed is None else min(self.failed, current)
-        self._failed_at = now
-        if self.good is not None and self.good < current:
+    # --- decisions --------------------------------------------------------------------
+
+    def _judge_concurrency(self) -> bool:
+        """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
+        the proof is complete); False hands them to the rate."""
+        epoch = self._epoch
+        sent, refused = epoch.sent_levels, epoch.refused_levels
+        lowest = min(refused)
+        if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
+            return False  # something at or above that level went through (or may yet)
+        if refused.total() < _CONCURRENCY_PROOF or refused[lowest] < 2 or not sent[lowest - 1]:
+            return True  # consistent so far: wait for the proof before judging the rate
+        if self.concurrency_limited_at is None:
+            self.concurrency_limited_at = lowest
+        self._failed_probe()
+        self._set(window=min(lowest - 1, self._window), reason="concurrency")
+        return True
+
+    def _cut_rate(self, now: float) -> None:
+        """Back to the rate that held, or to the accepted rate when none holds any more."""
+        epoch, rate = self._epoch, self._rate
+        span = epoch.last_sent - epoch.first_sent
+        sent = (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or _START_RATE)
+        sent = min(sent, rate) if rate is not None else sent
+        if self.rate_limited_at is None:
+            self.rate_limited_at = sent
+        self.bad = sent if self.bad is None else min(self.bad, sent)
+        if self.good is not None and self.good < sent:
             target = self.good  # back to the last rate that held
-        elif self._settled:
-            target = current * 0.9  # the rate that held drew 429s too: a modest step
-            self.good = None
         else:
-            target = current / 2  # still probing: halve, but not below what the server took
-            accepted = self._measured(self._accepted, now, _QUIET_CALLS)
-            if accepted is not None:
-                target = max(target, min(current, accepted) * 0.9)
-        self.rate = max(_MIN_RATE, target)
-        resume = max(now, self.paused_until)
-        self._changed(resume)
-        self._next_slot = max(self._next_slot, resume)
+            self.good = None  # what held before holds no more: estimate afresh
+            target = sent * (1 - epoch.refused / epoch.sent) * _MARGIN
+            if rate is not None:
+                # One verdict divides the rate by 4 at most (by 2 when the window held the
+                # epoch back: its send rate then says little): a few 429s of a burst of
+                # retries must not send the rate to the floor.
+                target = max(target, rate / (2 if epoch.window_waits >= epoch.sent / 4 else 4))
+        self._cut_once = True
+        self._failed_probe()
+        self._set(rate=target, reason="rate")
+        self._next_slot = now + 1.0 / (self._rate or 1.0)
 
-    def _changed(self, when: float) -> None:
-        self._changed_at = self._quiet_since = when
-        self._calls_since_quiet = 0
-        self._strikes = 0
+    def _failed_probe(self) -> None:
+        if self._probing:
+            self._failed_probes += 1
+        self._quiet_epochs = 0
+        self._window_step = 1
 
-    def _climb(self) -> None:
-        rate, now = self.rate, self._clock()
-        if rate is None or now < self._quiet_since + _QUIET_S:
+    def _maybe_probe(self) -> None:
+        epoch = self._epoch
+        quiet = _QUIET if self._cut_once else _VERDICT
+        if epoch.window_waits:  # a small window cannot show many outcomes at a time
+            quiet = min(quiet, self._window)
+        if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
+            return  # too early, or a verdict on the rate is due
+        if epoch.refused:  # isolated refusals: the setting holds, but shows no room
+            self._set(reason=None)
             return
-        if self._calls_since_quiet < _QUIET_CALLS:
+        if self._probing:
+            self._failed_probes = 0  # the probe held
+        rate = self._rate
+        window_bound = epoch.window_waits >= epoch.sent / 4
+        rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
+        self._quiet_epochs += 1
+        if self._quiet_epochs < 2**self._failed_probes:
+            self._set(reason=None)  # probes that failed in a row: wait longer before the next
             return
-        self._settled = True
-        self.good = rate if self.good is None else max(self.good, rate)
-        if self.failed is not None and now - self._failed_at >= _FORGIVE_S:
-            self.failed *= _CLIMB
-            self._failed_at = now
-            if self.ceiling is not None and self.failed >= self.ceiling:
-                self.failed = None
-        target = rate * _CLIMB
-        if self.ceiling is not None:
-            target = min(self.ceiling, target)
-        if self.failed is not None and target >= self.failed * 0.97:
-            target = rate  # one step would land on a rate that failed: hold here
-        if target > rate:
-            self.rate = target
-            self._changed(now)
-        else:  # the rate held: earlier strikes are forgiven
-            self._quiet_since, self._calls_since_quiet, self._strikes = now, 0, 0
+        if rate_bound and rate is not None:
+            self.good = rate if self.good is None else max(self.good, rate)
+            if self.bad is not None and self._quiet_epochs > 2 ** (self._failed_probes + 1):
+                self.bad = None  # forgiven: the limit may have risen
+            if self.bad is None:
+                target = rate * (_GROWTH if self._cut_once else _FIRST_GROWTH)
+            elif self.bad > rate * _CONVERGED:
+                target = min(rate * _GROWTH, (rate + self.bad) / 2)
+            else:
+                target = rate
+            if target > rate and (self.rate_ceiling is None or rate < self.rate_ceiling):
+                self._set(rate=target, reason="probe", probing=True)
+                return
+        elif window_bound and self._window < self.window_ceiling:
+            # Past a concurrency refusal: one more call, doubling the step while probes hold.
+            grown = self._window + self._window_step
+            if self.concurrency_limited_at is None:
+                grown = max(grown, self._window * 2)
+            self._window_step *= 2
+            self._set(window=grown, reason="probe", probing=True)
+            return
+        self._set(reason=None)
+
+    def _set(
+        self,
+        *,
+        rate: float | None = None,
+        window: int | None = None,
+        reason: str | None,
+        probing: bool = False,
+    ) -> None:
+        """Start a new epoch, with a new rate and/or window when given."""
+        if rate is not None:
+            self._rate = _clamp(rate, self.rate_ceiling)
+            self._next_slot = self._clock()
+            self._wake()  # the waiter for the rate books its slot again
+        if window is not None:
+            self._window = max(1, min(window, self.window_ceiling))
+            self._slots.total_tokens = self._window
+        self._probing = probing
+        if reason is not None:
+            if reason != "probe":
+                self._quiet_epochs = 0
+            log_event("pacing", reason=reason, rate=_round(self._rate), window=self._window)
+        self._epoch = _Epoch(self._epoch.number + 1, self._clock())
+
+    def describe(self) -> dict[str, Any]:
+        """What was learnt of the server, JSON-ready: the settled rate (None when no rate
+        limit was met) and window, where the 429s began, and the 429 counts."""
+        return {
+            "rate": _round(self._rate) if self.rate_limited_at is not None else None,
+            "window": self._window,
+            "rate_limited_at": _round(self.rate_limited_at),
+            "concurrency_limited_at": self.concurrency_limited_at,
+            "refusals_429": self.refusals,
+            "retry_after_clamped": self.clamped_retry_after,
+        }
+
+
+def _clamp(rate: float, ceiling: float | None) -> float:
+    return max(_MIN_RATE, rate if ceiling is None else min(rate, ceiling))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -43,7 +43,9 @@ class RunControl:
         self.dispatch_scope = anyio.CancelScope()
         self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
         self.limiter: Limiter | None = None
+        self.detail: str | None = None  # the reason in words, when a count decided the stop
         self._consecutive_failures = 0
+        self._consecutive_refusals = 0
 
     @property
     def stopping(self) -> bool:
@@ -72,18 +74,35 @@ class RunControl:
         return True
 
     def on_success(self) -> None:
-        """A call succeeded: the breaker's count of failures in a row starts again."""
-        self._consecutive_failures = 0
+        """A call succeeded: the breaker's counts of failures in a row start again."""
+        self._consecutive_failures = self._consecutive_refusals = 0
+
+    def on_refused(self) -> None:
+        """A call got a 429. As many 429s in a row as ``breaker_threshold`` with no call
+        accepted in between - an exhausted quota, a blocked key - stop the run (resumably):
+        the limiter's pacing alone would slow it to a crawl and hold the lock for days."""
+        self._consecutive_refusals += 1
+        if self._consecutive_refusals >= self.settings.breaker_threshold:
+            self.detail = (
+                f"the API refused {self._consecutive_refusals} calls in a row with 429 and "
+                "accepted none: quota exhausted or key blocked?"
+            )
+            self.stop(StopReason.BREAKER)
 
     def on_error(self, exc: ApiError) -> None:
         """A call failed (not with a 429): a fatal error stops the run at once; retryable
         failures in a row, pool-wide, trip the breaker."""
+        self._consecutive_refusals = 0  # the server answered something other than 429
         if isinstance(exc, FatalApiError):
             self.fatal = exc
             self.stop(StopReason.FATAL)  # no new calls; the ones in flight are paid: let them land
         elif exc.retryable:
             self._consecutive_failures += 1
             if self._consecutive_failures >= self.settings.breaker_threshold:
+                self.detail = (
+                    f"{self._consecutive_failures} calls in a row failed ({exc.kind}: "
+                    f"{exc.message[:120]})"
+                )
                 self.stop(StopReason.BREAKER)
         else:
             self._consecutive_failures = 0

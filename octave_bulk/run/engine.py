@@ -29,12 +29,13 @@ from typing import Any
 import anyio
 import httpx
 
+from octave_bulk.agents import get_agent
 from octave_bulk.build import request_spec
 from octave_bulk.errors import ConfigError, ExitCode, StateError
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.intake import open_contacts, reader_options
-from octave_bulk.limits.adaptive import Pacer
+from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
@@ -48,6 +49,7 @@ from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity,
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
+from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.utc import utc_iso
@@ -78,6 +80,33 @@ class _Run:
         self.admission = Admission(settings, self.stats, state, start, self.control, expected_rows)
         self.cursor = CursorKeeper(paths, identity, fingerprint, self.admission.frontier.cursor)
         self.slots: InflightSlots | None = None
+        self.limiter: AdaptiveLimiter | None = None
+        self.limits = RememberedLimits(paths.limits)
+        self.limits_key = limits_key(settings.base_url, get_agent().kind)
+        remembered_rate, remembered_window = self.limits.get(self.limits_key)
+        # Limits given (flag, env or config file) win over remembered ones.
+        given = settings.model_fields_set
+        self.start_rate = None if "rate" in given else remembered_rate
+        self.start_window = None if "concurrency" in given else remembered_window
+
+    def remember_limits(self) -> dict[str, Any]:
+        """Store the limits the run settled at, for the next run; returns them, with the
+        flags that would start there."""
+        found = self.limiter.describe() if self.limiter is not None else {}
+        rate = found.get("rate")
+        window = found.get("window") if found.get("concurrency_limited_at") else None
+        if rate is not None or window is not None:
+            self.limits.put(self.limits_key, rate, window)
+        flags = []
+        if rate is not None:
+            flags.append(f"--rate {rate:g}/s")
+        if window is not None:
+            flags.append(f"--concurrency {window}")
+        return {
+            **found,
+            "started_from_memory": bool(self.start_rate or self.start_window),
+            "suggested_flags": " ".join(flags) or None,
+        }
 
     def on_durable(self, outcome: Success | Failure) -> None:
         """The sink's callback, once per outcome after its line is fsynced."""
@@ -99,11 +128,12 @@ class _Run:
 
     async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
         settings, paths, control = self.settings, self.paths, self.control
-        limiter = control.limiter = Pacer(
+        limiter = control.limiter = self.limiter = AdaptiveLimiter(
             settings.rate,
+            settings.concurrency,
+            start_rate=self.start_rate,
+            start_window=self.start_window,
             adaptive=settings.adaptive,
-            pause_backoff=settings.backoff_initial,
-            pause_backoff_max=settings.backoff_max,
         )
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
@@ -312,6 +342,8 @@ async def _locked_run(
         stop_reason=control.reason,
         fatal_error=control.fatal.message if control.fatal else None,
         fatal_kind=control.fatal.kind if control.fatal else None,
+        stop_detail=control.detail,
+        limits=run.remember_limits(),
         input_error=str(run.admission.input_error) if run.admission.input_error else None,
         resumable=exit_code != ExitCode.OK,
         input={

@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, RetryableApiError
 from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
-from octave_bulk.limits.base import Limiter
+from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import RunControl, Stopped
@@ -139,8 +139,9 @@ class Worker:
         control, limiter, stats = self.control, self.limiter, self.stats
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
-        sent_at = await limiter.acquire()
+        ticket = await limiter.acquire()
         if not control.may_send():  # ... and after: others may have spent the budget
+            limiter.on_answer(ticket)  # never sent: its window slot goes back
             raise Stopped
         stats.calls += 1
         stats.in_flight += 1
@@ -150,23 +151,34 @@ class Worker:
             result = await self.client.run(item.body, item.request_id)
         except ApiError as exc:
             self.slots.release(slot)  # an error answer: nothing was delivered that we could lose
-            self._count_error(exc, sent_at)
+            self._count_error(exc, ticket)
+            raise
+        except BaseException:
+            limiter.on_answer(ticket)  # a bug or a cancellation: the window slot goes back
             raise
         finally:
             stats.in_flight -= 1
         stats.calls_by_status["200"] += 1
-        limiter.on_answer(sent_at)
+        limiter.on_answer(ticket)
         control.on_success()
         return result, slot, (time.perf_counter() - started) * 1000
 
-    def _count_error(self, exc: ApiError, sent_at: float) -> None:
+    def _count_error(self, exc: ApiError, ticket: Ticket) -> None:
         stats = self.stats
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
         if exc.status == 429:
             stats.rate_limited += 1
-            self.limiter.on_429(sent_at, exc.retry_after)
+            pause = self.limiter.on_429(ticket, exc.retry_after)
+            log_event(
+                "rate_limited",
+                retry_after_s=exc.retry_after,
+                pool_pause_s=round(pause, 2),
+                rate=self.limiter.rate and round(self.limiter.rate, 3),
+                window=self.limiter.window,
+            )
+            self.control.on_refused()
             return
-        self.limiter.on_answer(sent_at)
+        self.limiter.on_answer(ticket)
         if exc.kind == ErrorKind.TIMEOUT:
             stats.timeouts += 1
         self.control.on_error(exc)

@@ -53,6 +53,11 @@ class OutputPaths:
         return self._side(".cursor.json")
 
     @property
+    def limits(self) -> Path:
+        """The server limits the last run settled at (see ``octave_bulk.state.limits``)."""
+        return self._side(".limits.json")
+
+    @property
     def lock(self) -> Path:
         """Held while a run writes to these files."""
         return self._side(".lock")
