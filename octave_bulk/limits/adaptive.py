@@ -60,6 +60,7 @@ _CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to
 _MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
 _FIRST_GROWTH, _GROWTH = 2.0, 1.25
 _CONVERGED = 1.04  # good and bad this close: hold
+_MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
 _OVERWHELMED = 0.9  # a 429 share above this, with a Retry-After, pauses the whole pool
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 _START_RATE = 16.0  # with no ceiling and nothing remembered: 16/s, doubling per quiet epoch
@@ -129,6 +130,7 @@ class AdaptiveLimiter:
         self._stopped = anyio.Event()
         self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
         self._rate_turn = anyio.Lock()
+        self._window_waiters: set[anyio.CancelScope] = set()
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = 0
@@ -148,6 +150,8 @@ class AdaptiveLimiter:
         """Wake every waiter: the run is stopping (callers check that after acquire)."""
         self._stopped.set()
         self._wake()
+        for scope in self._window_waiters:
+            scope.cancel()
 
     async def _nap(self, seconds: float) -> None:
         """Sleep, waking early when the run stops or the rate changes."""
@@ -173,7 +177,8 @@ class AdaptiveLimiter:
                 self._slots.acquire_on_behalf_of_nowait(ticket)
             except anyio.WouldBlock:
                 waited_window = True
-                await self._slots.acquire_on_behalf_of(ticket)
+                if not await self._wait_for_window(ticket):
+                    return ticket  # stopped: no slot, nothing to send
             while not self._stopped.is_set():
                 while (
                     wait := self.paused_until - self._clock()
@@ -204,6 +209,17 @@ class AdaptiveLimiter:
             self._maybe_probe()
         return ticket
 
+    async def _wait_for_window(self, ticket: Ticket) -> bool:
+        """Wait for a window slot; False when the run stopped first (then no slot is held)."""
+        with anyio.CancelScope() as scope:
+            self._window_waiters.add(scope)
+            try:
+                await self._slots.acquire_on_behalf_of(ticket)
+            finally:
+                self._window_waiters.discard(scope)
+        ticket.answered = scope.cancelled_caught  # an unheld ticket must not be released
+        return not scope.cancelled_caught
+
     async def _rate_slot(self) -> bool:
         """Wait for the next slot at the current rate (GCRA); whether it had to wait."""
         waited = False
@@ -219,6 +235,8 @@ class AdaptiveLimiter:
 
     def _release(self, ticket: Ticket) -> bool:
         """Free the ticket's window slot; whether its outcome still counts for the epoch."""
+        if ticket.answered:  # never held a slot (the run stopped while it waited)
+            return False
         ticket.answered = True
         self._in_flight -= 1
         self._slots.release_on_behalf_of(ticket)
@@ -328,13 +346,17 @@ class AdaptiveLimiter:
                 # retries must not send the rate to the floor.
                 target = max(target, rate / (2 if epoch.window_waits >= epoch.sent / 4 else 4))
         self._cut_once = True
-        self._failed_probe()
+        self._failed_probe(moved=epoch.refused > _MOVED * epoch.sent)
         self._set(rate=target, reason="rate")
         self._next_slot = now + 1.0 / (self._rate or 1.0)
 
-    def _failed_probe(self) -> None:
+    def _failed_probe(self, moved: bool = False) -> None:
+        """Count a refused probe; a setting that held and is now refused wholesale
+        (``moved``) means the limit moved, and the search starts afresh."""
         if self._probing:
             self._failed_probes += 1
+        elif moved:
+            self._failed_probes = 0
         self._quiet_epochs = 0
         self._window_step = 1
 
