@@ -237,6 +237,51 @@ async def test_429_retry_after_forms(form: str) -> None:
     assert limited.json()["_metadata"]["message"] == "Too many requests"
 
 
+# --- concurrency cap ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", [False, True])
+async def test_concurrency_cap_refuses_calls_beyond_it_at_once(
+    make_sim: Any, retry_after: bool
+) -> None:
+    sim = make_sim(
+        latency=parse_latency("800ms:0"), max_inflight=3, inflight_retry_after=retry_after
+    )
+    async with httpx.AsyncClient(base_url=sim.url, headers=HEADERS, timeout=5) as client:
+
+        async def timed(i: int) -> tuple[httpx.Response, float]:
+            start = time.perf_counter()
+            response = await client.post(RUN, json=contact(f"cap{i}"))
+            return response, time.perf_counter() - start
+
+        answers = await asyncio.gather(*(timed(i) for i in range(6)))
+    refused = [(r, took) for r, took in answers if r.status_code == 429]
+    assert sorted(r.status_code for r, _ in answers) == [200] * 3 + [429] * 3
+    for response, took in refused:
+        assert took < 0.6  # at once, not after the latency
+        assert response.headers.get("retry-after") == ("1" if retry_after else None)
+        assert response.json()["_metadata"]["message"] == "Too many requests"
+    stats = sim.stats()
+    assert stats["max_in_flight"] == 3 and stats["in_flight"] == 0
+    assert stats["totals"]["over_capacity"] == stats["totals"]["rate_limited"] == 3
+    assert sorted(stats["arrival_outcomes"]) == ["429"] * 3 + ["ok"] * 3
+
+
+async def test_a_call_refused_by_the_cap_takes_no_token() -> None:
+    config = {"latency": parse_latency("300ms:0"), "max_inflight": 1}
+    async with asgi_client(**config, rate_limit=parse_rate_limit("1/min:2")) as client:
+        slow = asyncio.create_task(client.post(RUN, json=contact("a"), headers=HEADERS))
+        await asyncio.sleep(0.1)
+        refused = await client.post(RUN, json=contact("b"), headers=HEADERS)  # over the cap
+        await slow
+        second = await client.post(RUN, json=contact("c"), headers=HEADERS)  # the 2nd token
+        third = await client.post(RUN, json=contact("d"), headers=HEADERS)  # no token left
+        stats = (await client.get("/__simulator/stats")).json()
+    assert [refused.status_code, second.status_code, third.status_code] == [429, 200, 429]
+    assert stats["totals"]["over_capacity"] == 1 and stats["totals"]["rate_limited"] == 2
+    assert stats["arrival_outcomes"] == ["ok", "429", "ok", "429"]
+
+
 # --- faults, one per kind, over a real socket ----------------------------------------------
 
 
@@ -460,3 +505,5 @@ def test_config_parsers() -> None:
         SimulatorConfig(faults={"500": 0.7, "502": 0.7})
     with pytest.raises(ValueError, match="arrivals_kept"):
         SimulatorConfig(arrivals_kept=-1)
+    with pytest.raises(ValueError, match="max_inflight"):
+        SimulatorConfig(max_inflight=0)

@@ -2,15 +2,16 @@
 
 Routes:
 - ``POST /api/v2/agents/sequence/run``: checks ``api_key`` (401), validates the body with the
-  same request model the client uses (400 naming the field), applies the server-side rate
-  limit (429), then the request's fate (success or one fault kind) after a latency draw.
+  same request model the client uses (400 naming the field), applies the concurrency cap and
+  then the rate limit (429 at once; a refused call never counts as in flight), then the
+  request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
 - ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
   times) and ``POST /__simulator/reset``.
 
 Determinism: a request's fate and latency are a function of (seed, requestId, attempt), where
-attempt counts the calls for that requestId that got past the rate limit. Timing and
-concurrency therefore never change which requests fail; only the rate limit depends on time.
+attempt counts the calls for that requestId that got past both limits. Timing and
+concurrency therefore never change which requests fail; only the limits depend on them.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class Simulator:
         limit = self.config.rate_limit
         self._bucket = _TokenBucket(limit.rate, limit.burst) if limit else None
         self.calls: Counter[str] = Counter()
-        self.arrivals: deque[float] = deque(maxlen=self.config.arrivals_kept)
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=self.config.arrivals_kept)
+        """(arrival time, outcome) of the latest counted calls; outcome "ok" or "429"."""
         self.successes: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self.totals: Counter[str] = Counter()
@@ -119,7 +121,14 @@ class Simulator:
         ``arrivals``: the ``time.monotonic()`` at which each counted call (one that passed the
         key and body checks) reached the app, in order, for the latest
         ``config.arrivals_kept`` calls (on Linux the clock is system-wide, so a test in
-        another process can compare it with its own ``time.monotonic()``).
+        another process can compare it with its own ``time.monotonic()``), and
+        ``arrival_outcomes``, a list of the same length: ``"ok"`` for a call that got past
+        the concurrency cap and the rate limit (whatever its fate then, even an injected
+        429), ``"429"`` for one that either limit refused.
+
+        Totals: ``calls`` counts every counted call, ``rate_limited`` every 429 from a limit
+        and ``over_capacity`` those of them from the concurrency cap. ``max_in_flight`` is
+        the most calls being processed at once (refused calls never count).
         """
         out: dict[str, Any] = {
             "totals": dict(self.totals),
@@ -132,7 +141,9 @@ class Simulator:
         if detail:
             out["calls"] = dict(self.calls)
             out["successes"] = dict(self.successes)
-            out["arrivals"] = sorted(self.arrivals.copy())
+            ordered = sorted(self.arrivals.copy())
+            out["arrivals"] = [at for at, _ in ordered]
+            out["arrival_outcomes"] = [outcome for _, outcome in ordered]
         return out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,8 +225,21 @@ class Simulator:
             return
         rid = request.request_id or _header(scope, b"x-external-request-id").decode() or "-"
         self.calls[rid] += 1
-        self.arrivals.append(arrived)
         self.totals["calls"] += 1
+        # From here to the in-flight count there is no await: the checks and the count are
+        # one step, so the cap holds exactly.
+        refused = self._refusal()
+        self.arrivals.append((arrived, "ok" if refused is None else "429"))
+        if refused is not None:
+            self.totals["rate_limited"] += 1
+            over_capacity, wait = refused
+            if over_capacity:
+                self.totals["over_capacity"] += 1
+                retry_after = [(b"retry-after", b"1")] if self.config.inflight_retry_after else []
+                await self._error(send, "429", retry_after)
+            else:
+                await self._too_many(send, rid, wait)
+            return
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -223,14 +247,19 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
+    def _refusal(self) -> tuple[bool, float] | None:
+        """None when a call may go ahead, else (over capacity?, seconds until a token)."""
+        cap = self.config.max_inflight
+        if cap is not None and self.in_flight >= cap:
+            return True, 0.0
+        if self._bucket is not None and (wait := self._bucket.take()) > 0:
+            return False, wait
+        return None
+
     async def _answer(
         self, request: SequenceRequest, rid: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         cfg = self.config
-        if self._bucket is not None and (wait := self._bucket.take()) > 0:
-            self.totals["rate_limited"] += 1
-            await self._too_many(send, rid, wait)
-            return
         attempt = self._attempts[rid]
         self._attempts[rid] += 1
         u_fate, u_latency, u_form = _uniforms(cfg.seed, rid, attempt)

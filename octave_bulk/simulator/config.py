@@ -100,8 +100,16 @@ class SimulatorConfig:
     credits_max: float = 100_000.0
     arrivals_kept: int = 100_000
     """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
+    max_inflight: int | None = None
+    """Concurrency cap: a call arriving while this many are being processed gets a 429 at
+    once, like a gateway's cap (None: no cap)."""
+    inflight_retry_after: bool = False
+    """Whether a 429 from the concurrency cap carries ``Retry-After: 1`` (default: none)."""
 
     def __post_init__(self) -> None:
+        if self.max_inflight is not None and self.max_inflight < 1:
+            msg = "max_inflight must be 1 or more"
+            raise ValueError(msg)
         if self.arrivals_kept < 0:
             msg = "arrivals_kept must be 0 or more"
             raise ValueError(msg)
