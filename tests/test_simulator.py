@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -15,12 +16,14 @@ import pytest
 from octave_bulk.agents.sequence import SequenceResponse
 from octave_bulk.simulator import (
     FAULT_KINDS,
+    RateLimit,
     RetryAfterMix,
     Simulator,
     SimulatorConfig,
     parse_faults,
     parse_forced,
     parse_latency,
+    parse_limit_change,
     parse_rate_limit,
     parse_retry_after_mix,
 )
@@ -282,6 +285,99 @@ async def test_a_call_refused_by_the_cap_takes_no_token() -> None:
     assert stats["arrival_outcomes"] == ["ok", "429", "ok", "429"]
 
 
+# --- a limit that changes, and the time scale -----------------------------------------------
+
+
+async def test_rate_that_halves_at_the_given_time() -> None:
+    # 3/s (burst 3) halving 5 s after the first call, ten times faster: 30/s, 15/s from 0.5 s.
+    limit, change = parse_rate_limit("3/s:3"), parse_limit_change("5s:0.5")
+    app = Simulator(SimulatorConfig(rate_limit=limit, rate_limit_change=change, time_scale=10))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        end = time.monotonic() + 1.3
+
+        async def hammer(worker: int) -> None:
+            for i in itertools.count():
+                if time.monotonic() >= end:
+                    return
+                await client.post(RUN, json=contact(f"h{worker}-{i}"), headers=HEADERS)
+                await asyncio.sleep(0.002)  # still far above 30/s, with CPU left for others
+
+        await asyncio.gather(*(hammer(w) for w in range(3)))
+    stats = app.stats()
+    first, change_at, last = stats["first_call_at"], stats["limit_change_at"], end
+    assert change_at == pytest.approx(first + 0.5)
+    assert stats["time_scale"] == 10
+    assert stats["limits"] == {"max_inflight": None, "rate": 1.5, "burst": 1.5}
+    outcomes = stats["arrival_outcomes"]
+    assert len(outcomes) == len(stats["arrivals"]) > 100  # far more offered than accepted
+    accepted = [at for at, seen in zip(stats["arrivals"], outcomes, strict=True) if seen == "ok"]
+    # Accepted calls per simulated second (real seconds x 10). The bucket starts with its
+    # burst of 3; the burst also absorbs a client stalled for up to 0.1 s on a busy machine.
+    before = (sum(at < change_at for at in accepted) - 3) / (change_at - first) / 10
+    after = sum(at >= change_at for at in accepted) / (last - change_at) / 10
+    assert (before, after) == (pytest.approx(3, rel=0.25), pytest.approx(1.5, rel=0.25))
+
+
+async def test_concurrency_cap_changes_too() -> None:
+    config = {"latency": parse_latency("400ms:0"), "max_inflight": 5}
+    async with asgi_client(**config, rate_limit_change=(0.0, 0.5)) as client:
+        statuses = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"c{i}"), headers=HEADERS) for i in range(6))
+        )
+        stats = (await client.get("/__simulator/stats")).json()
+    # 5 * 0.5 = 2.5 rounds half up to 3.
+    assert sorted(r.status_code for r in statuses) == [200] * 3 + [429] * 3
+    assert stats["max_in_flight"] == 3 and stats["limits"]["max_inflight"] == 3
+
+
+async def test_time_scale_shortens_latency() -> None:
+    async with asgi_client(latency=parse_latency("1s:0"), time_scale=10) as client:
+        start = time.perf_counter()
+        response = await client.post(RUN, json=contact(), headers=HEADERS)
+        took = time.perf_counter() - start
+    assert response.status_code == 200
+    assert 0.09 <= took < 0.6
+
+
+def test_time_scale_shortens_a_hang(make_sim: Any) -> None:
+    sim = make_sim(faults={"hang": 1.0}, hang_seconds=3.0, time_scale=10)
+    start = time.perf_counter()
+    assert post(sim.url, "x").status_code == 504
+    assert 0.25 <= time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("scale", "config", "expected"),
+    [
+        (5, {"faults": {"429": 1.0}}, "0.2"),
+        (5, {"faults": {"503": 1.0}}, "0.2"),
+        (3, {"faults": {"429": 1.0}}, "0.334"),  # rounded up: never shorter than asked
+        (0.4, {"faults": {"429": 1.0}}, "3"),  # whole seconds when slowed down
+        (1, {"faults": {"503": 1.0}}, "1"),
+        (5, {"rate_limit": RateLimit(rate=1 / 60, burst=1)}, "12"),  # 60 s, 5 times faster
+    ],
+)
+async def test_time_scale_divides_retry_after(
+    scale: float, config: dict[str, Any], expected: str
+) -> None:
+    mix = RetryAfterMix(seconds=1, date=0, absent=0)
+    async with asgi_client(time_scale=scale, retry_after_mix=mix, **config) as client:
+        responses = [await client.post(RUN, json=contact(r), headers=HEADERS) for r in "ab"]
+    assert responses[-1].status_code in {429, 503}
+    assert responses[-1].headers["retry-after"] == expected
+
+
+async def test_time_scale_divides_the_cap_retry_after() -> None:
+    config = {"latency": parse_latency("2s:0"), "max_inflight": 1, "inflight_retry_after": True}
+    async with asgi_client(**config, time_scale=5) as client:
+        slow = asyncio.create_task(client.post(RUN, json=contact("a"), headers=HEADERS))
+        await asyncio.sleep(0.05)
+        refused = await client.post(RUN, json=contact("b"), headers=HEADERS)
+        await slow
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "0.2")
+
+
 # --- faults, one per kind, over a real socket ----------------------------------------------
 
 
@@ -507,3 +603,13 @@ def test_config_parsers() -> None:
         SimulatorConfig(arrivals_kept=-1)
     with pytest.raises(ValueError, match="max_inflight"):
         SimulatorConfig(max_inflight=0)
+    assert parse_limit_change("30s:0.5") == (30.0, 0.5)
+    assert parse_limit_change("2m:2") == (120.0, 2.0)
+    assert parse_limit_change("none") is None
+    for bad in ("30s", "soon:0.5", "30s:0", "30s:-1", "30s:x"):
+        with pytest.raises(ValueError):
+            parse_limit_change(bad)
+    with pytest.raises(ValueError, match="time_scale"):
+        SimulatorConfig(time_scale=0)
+    with pytest.raises(ValueError, match="rate_limit_change"):
+        SimulatorConfig(rate_limit_change=(-1.0, 0.5))
