@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from octave_bulk.agents.sequence import SequenceResponse
+from octave_bulk.cli import cli
 from octave_bulk.simulator import (
     FAULT_KINDS,
     RateLimit,
@@ -576,6 +578,75 @@ async def test_max_in_flight_is_counted(make_sim: Any) -> None:
             *(client.post(RUN, json=contact(f"m{i}"), headers=HEADERS) for i in range(5))
         )
     assert sim.stats()["max_in_flight"] == 5
+
+
+# --- bursts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "burst"), [("2/s:5", 5), ("2/s:1", 1), ("1/min:2.5", 2)])
+async def test_burst_calls_pass_at_once_then_the_rate(text: str, burst: int) -> None:
+    async with asgi_client(rate_limit=parse_rate_limit(text)) as client:
+        answers = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"b{i}"), headers=HEADERS) for i in range(8))
+        )
+    assert sorted(r.status_code for r in answers) == [200] * burst + [429] * (8 - burst)
+
+
+def test_default_burst_is_a_tenth_of_a_second_at_least_one() -> None:
+    assert parse_rate_limit("50/s") == RateLimit(rate=50, burst=5)
+    assert parse_rate_limit("90/min") == RateLimit(rate=1.5, burst=1)
+    for bad in ("2/s:0.5", "2/s:x", "0/s"):
+        with pytest.raises(ValueError):
+            parse_rate_limit(bad)
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit(rate=1, burst=0)
+
+
+# --- the simulate command ---------------------------------------------------------------------
+
+
+def test_simulate_help_lists_the_limit_options() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--max-inflight K",
+        "--inflight-retry-after / --no-inflight-retry-after",
+        "--limit-change AT:FACTOR",
+        "--time-scale F",
+        "RATE[:BURST]",
+    ):
+        assert option in result.output
+
+
+def test_simulate_builds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import octave_bulk.simulator.server as server
+
+    served: list[Simulator] = []
+
+    def run_forever(app: Simulator, sock: Any) -> None:
+        sock.close()
+        served.append(app)
+
+    monkeypatch.setattr(server, "run_forever", run_forever)
+    args = ["simulate", "--port", "0", "--rate-limit", "50/s:5", "--max-inflight", "8"]
+    args += ["--inflight-retry-after", "--limit-change", "30s:0.5", "--time-scale", "10"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = served[0].config
+    assert config.rate_limit == RateLimit(rate=50, burst=5)
+    assert (config.max_inflight, config.inflight_retry_after) == (8, True)
+    assert (config.rate_limit_change, config.time_scale) == ((30.0, 0.5), 10.0)
+    defaults = CliRunner().invoke(cli, ["simulate", "--port", "0"])
+    assert defaults.exit_code == 0, defaults.output
+    assert served[1].config == SimulatorConfig()
+
+
+@pytest.mark.parametrize(
+    "bad", [["--max-inflight", "0"], ["--limit-change", "30s"], ["--time-scale", "0"]]
+)
+def test_simulate_rejects_bad_limit_options(bad: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["simulate", *bad])
+    assert result.exit_code == 2
 
 
 # --- config parsing -------------------------------------------------------------------------
