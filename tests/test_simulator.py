@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -11,16 +12,20 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from octave_bulk.agents.sequence import SequenceResponse
+from octave_bulk.cli import cli
 from octave_bulk.simulator import (
     FAULT_KINDS,
+    RateLimit,
     RetryAfterMix,
     Simulator,
     SimulatorConfig,
     parse_faults,
     parse_forced,
     parse_latency,
+    parse_limit_change,
     parse_rate_limit,
     parse_retry_after_mix,
 )
@@ -237,6 +242,144 @@ async def test_429_retry_after_forms(form: str) -> None:
     assert limited.json()["_metadata"]["message"] == "Too many requests"
 
 
+# --- concurrency cap ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", [False, True])
+async def test_concurrency_cap_refuses_calls_beyond_it_at_once(
+    make_sim: Any, retry_after: bool
+) -> None:
+    sim = make_sim(
+        latency=parse_latency("800ms:0"), max_inflight=3, inflight_retry_after=retry_after
+    )
+    async with httpx.AsyncClient(base_url=sim.url, headers=HEADERS, timeout=5) as client:
+
+        async def timed(i: int) -> tuple[httpx.Response, float]:
+            start = time.perf_counter()
+            response = await client.post(RUN, json=contact(f"cap{i}"))
+            return response, time.perf_counter() - start
+
+        answers = await asyncio.gather(*(timed(i) for i in range(6)))
+    refused = [(r, took) for r, took in answers if r.status_code == 429]
+    assert sorted(r.status_code for r, _ in answers) == [200] * 3 + [429] * 3
+    for response, took in refused:
+        assert took < 0.6  # at once, not after the latency
+        assert response.headers.get("retry-after") == ("1" if retry_after else None)
+        assert response.json()["_metadata"]["message"] == "Too many requests"
+    stats = sim.stats()
+    assert stats["max_in_flight"] == 3 and stats["in_flight"] == 0
+    assert stats["totals"]["over_capacity"] == stats["totals"]["rate_limited"] == 3
+    assert sorted(stats["arrival_outcomes"]) == ["429"] * 3 + ["ok"] * 3
+
+
+async def test_a_call_refused_by_the_cap_takes_no_token() -> None:
+    config = {"latency": parse_latency("300ms:0"), "max_inflight": 1}
+    async with asgi_client(**config, rate_limit=parse_rate_limit("1/min:2")) as client:
+        slow = asyncio.create_task(client.post(RUN, json=contact("a"), headers=HEADERS))
+        await asyncio.sleep(0.1)
+        refused = await client.post(RUN, json=contact("b"), headers=HEADERS)  # over the cap
+        await slow
+        second = await client.post(RUN, json=contact("c"), headers=HEADERS)  # the 2nd token
+        third = await client.post(RUN, json=contact("d"), headers=HEADERS)  # no token left
+        stats = (await client.get("/__simulator/stats")).json()
+    assert [refused.status_code, second.status_code, third.status_code] == [429, 200, 429]
+    assert stats["totals"]["over_capacity"] == 1 and stats["totals"]["rate_limited"] == 2
+    assert stats["arrival_outcomes"] == ["ok", "429", "ok", "429"]
+
+
+# --- a limit that changes, and the time scale -----------------------------------------------
+
+
+async def test_rate_that_halves_at_the_given_time() -> None:
+    # 3/s (burst 3) halving 5 s after the first call, ten times faster: 30/s, 15/s from 0.5 s.
+    limit, change = parse_rate_limit("3/s:3"), parse_limit_change("5s:0.5")
+    app = Simulator(SimulatorConfig(rate_limit=limit, rate_limit_change=change, time_scale=10))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        end = time.monotonic() + 1.3
+
+        async def hammer(worker: int) -> None:
+            for i in itertools.count():
+                if time.monotonic() >= end:
+                    return
+                await client.post(RUN, json=contact(f"h{worker}-{i}"), headers=HEADERS)
+                await asyncio.sleep(0.002)  # still far above 30/s, with CPU left for others
+
+        await asyncio.gather(*(hammer(w) for w in range(3)))
+    stats = app.stats()
+    first, change_at, last = stats["first_call_at"], stats["limit_change_at"], end
+    assert change_at == pytest.approx(first + 0.5)
+    assert stats["time_scale"] == 10
+    assert stats["limits"] == {"max_inflight": None, "rate": 1.5, "burst": 1.5}
+    outcomes = stats["arrival_outcomes"]
+    assert len(outcomes) == len(stats["arrivals"]) > 100  # far more offered than accepted
+    accepted = [at for at, seen in zip(stats["arrivals"], outcomes, strict=True) if seen == "ok"]
+    # Accepted calls per simulated second (real seconds x 10). The bucket starts with its
+    # burst of 3; the burst also absorbs a client stalled for up to 0.1 s on a busy machine.
+    before = (sum(at < change_at for at in accepted) - 3) / (change_at - first) / 10
+    after = sum(at >= change_at for at in accepted) / (last - change_at) / 10
+    assert (before, after) == (pytest.approx(3, rel=0.25), pytest.approx(1.5, rel=0.25))
+
+
+async def test_concurrency_cap_changes_too() -> None:
+    config = {"latency": parse_latency("400ms:0"), "max_inflight": 5}
+    async with asgi_client(**config, rate_limit_change=(0.0, 0.5)) as client:
+        statuses = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"c{i}"), headers=HEADERS) for i in range(6))
+        )
+        stats = (await client.get("/__simulator/stats")).json()
+    # 5 * 0.5 = 2.5 rounds half up to 3.
+    assert sorted(r.status_code for r in statuses) == [200] * 3 + [429] * 3
+    assert stats["max_in_flight"] == 3 and stats["limits"]["max_inflight"] == 3
+
+
+async def test_time_scale_shortens_latency() -> None:
+    async with asgi_client(latency=parse_latency("1s:0"), time_scale=10) as client:
+        start = time.perf_counter()
+        response = await client.post(RUN, json=contact(), headers=HEADERS)
+        took = time.perf_counter() - start
+    assert response.status_code == 200
+    assert 0.09 <= took < 0.6
+
+
+def test_time_scale_shortens_a_hang(make_sim: Any) -> None:
+    sim = make_sim(faults={"hang": 1.0}, hang_seconds=3.0, time_scale=10)
+    start = time.perf_counter()
+    assert post(sim.url, "x").status_code == 504
+    assert 0.25 <= time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("scale", "config", "expected"),
+    [
+        (5, {"faults": {"429": 1.0}}, "0.2"),
+        (5, {"faults": {"503": 1.0}}, "0.2"),
+        (3, {"faults": {"429": 1.0}}, "0.334"),  # rounded up: never shorter than asked
+        (0.4, {"faults": {"429": 1.0}}, "3"),  # whole seconds when slowed down
+        (1, {"faults": {"503": 1.0}}, "1"),
+        (5, {"rate_limit": RateLimit(rate=1 / 60, burst=1)}, "12"),  # 60 s, 5 times faster
+    ],
+)
+async def test_time_scale_divides_retry_after(
+    scale: float, config: dict[str, Any], expected: str
+) -> None:
+    mix = RetryAfterMix(seconds=1, date=0, absent=0)
+    async with asgi_client(time_scale=scale, retry_after_mix=mix, **config) as client:
+        responses = [await client.post(RUN, json=contact(r), headers=HEADERS) for r in "ab"]
+    assert responses[-1].status_code in {429, 503}
+    assert responses[-1].headers["retry-after"] == expected
+
+
+async def test_time_scale_divides_the_cap_retry_after() -> None:
+    config = {"latency": parse_latency("2s:0"), "max_inflight": 1, "inflight_retry_after": True}
+    async with asgi_client(**config, time_scale=5) as client:
+        slow = asyncio.create_task(client.post(RUN, json=contact("a"), headers=HEADERS))
+        await asyncio.sleep(0.05)
+        refused = await client.post(RUN, json=contact("b"), headers=HEADERS)
+        await slow
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "0.2")
+
+
 # --- faults, one per kind, over a real socket ----------------------------------------------
 
 
@@ -437,6 +580,75 @@ async def test_max_in_flight_is_counted(make_sim: Any) -> None:
     assert sim.stats()["max_in_flight"] == 5
 
 
+# --- bursts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "burst"), [("2/s:5", 5), ("2/s:1", 1), ("1/min:2.5", 2)])
+async def test_burst_calls_pass_at_once_then_the_rate(text: str, burst: int) -> None:
+    async with asgi_client(rate_limit=parse_rate_limit(text)) as client:
+        answers = await asyncio.gather(
+            *(client.post(RUN, json=contact(f"b{i}"), headers=HEADERS) for i in range(8))
+        )
+    assert sorted(r.status_code for r in answers) == [200] * burst + [429] * (8 - burst)
+
+
+def test_default_burst_is_a_tenth_of_a_second_at_least_one() -> None:
+    assert parse_rate_limit("50/s") == RateLimit(rate=50, burst=5)
+    assert parse_rate_limit("90/min") == RateLimit(rate=1.5, burst=1)
+    for bad in ("2/s:0.5", "2/s:x", "0/s"):
+        with pytest.raises(ValueError):
+            parse_rate_limit(bad)
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit(rate=1, burst=0)
+
+
+# --- the simulate command ---------------------------------------------------------------------
+
+
+def test_simulate_help_lists_the_limit_options() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--max-inflight K",
+        "--inflight-retry-after / --no-inflight-retry-after",
+        "--limit-change AT:FACTOR",
+        "--time-scale F",
+        "RATE[:BURST]",
+    ):
+        assert option in result.output
+
+
+def test_simulate_builds_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import octave_bulk.simulator.server as server
+
+    served: list[Simulator] = []
+
+    def run_forever(app: Simulator, sock: Any) -> None:
+        sock.close()
+        served.append(app)
+
+    monkeypatch.setattr(server, "run_forever", run_forever)
+    args = ["simulate", "--port", "0", "--rate-limit", "50/s:5", "--max-inflight", "8"]
+    args += ["--inflight-retry-after", "--limit-change", "30s:0.5", "--time-scale", "10"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = served[0].config
+    assert config.rate_limit == RateLimit(rate=50, burst=5)
+    assert (config.max_inflight, config.inflight_retry_after) == (8, True)
+    assert (config.rate_limit_change, config.time_scale) == ((30.0, 0.5), 10.0)
+    defaults = CliRunner().invoke(cli, ["simulate", "--port", "0"])
+    assert defaults.exit_code == 0, defaults.output
+    assert served[1].config == SimulatorConfig()
+
+
+@pytest.mark.parametrize(
+    "bad", [["--max-inflight", "0"], ["--limit-change", "30s"], ["--time-scale", "0"]]
+)
+def test_simulate_rejects_bad_limit_options(bad: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["simulate", *bad])
+    assert result.exit_code == 2
+
+
 # --- config parsing -------------------------------------------------------------------------
 
 
@@ -460,3 +672,15 @@ def test_config_parsers() -> None:
         SimulatorConfig(faults={"500": 0.7, "502": 0.7})
     with pytest.raises(ValueError, match="arrivals_kept"):
         SimulatorConfig(arrivals_kept=-1)
+    with pytest.raises(ValueError, match="max_inflight"):
+        SimulatorConfig(max_inflight=0)
+    assert parse_limit_change("30s:0.5") == (30.0, 0.5)
+    assert parse_limit_change("2m:2") == (120.0, 2.0)
+    assert parse_limit_change("none") is None
+    for bad in ("30s", "soon:0.5", "30s:0", "30s:-1", "30s:x"):
+        with pytest.raises(ValueError):
+            parse_limit_change(bad)
+    with pytest.raises(ValueError, match="time_scale"):
+        SimulatorConfig(time_scale=0)
+    with pytest.raises(ValueError, match="rate_limit_change"):
+        SimulatorConfig(rate_limit_change=(-1.0, 0.5))

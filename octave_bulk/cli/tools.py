@@ -40,7 +40,39 @@ def _emails_range(text: str) -> tuple[int, int]:
     default="none",
     show_default=True,
     callback=parsed(sim.parse_rate_limit),
-    help="Server-side token bucket, RATE[:BURST] such as 50/s:5 or 600/min; none to disable.",
+    help="Server-side token bucket, RATE[:BURST] such as 50/s:5 or 600/min: BURST calls (>= 1; "
+    "default a tenth of a second's worth, at least 1) pass at once, then RATE; none to disable.",
+)
+@click.option(
+    "--max-inflight",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Concurrency cap: a call arriving while K are being processed gets a 429 at once.",
+)
+@click.option(
+    "--inflight-retry-after/--no-inflight-retry-after",
+    default=False,
+    show_default=True,
+    help="Whether a 429 from --max-inflight carries Retry-After: 1 (a typical gateway: no).",
+)
+@click.option(
+    "--limit-change",
+    default="none",
+    show_default=True,
+    metavar="AT:FACTOR",
+    callback=parsed(sim.parse_limit_change),
+    help="AT after the first call, multiply the rate limit (rate and burst) and --max-inflight "
+    "by FACTOR, e.g. 30s:0.5 halves them; none: never.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="F",
+    help="Run F times faster: latency, hang, --limit-change time and Retry-After divided by F, "
+    "rates multiplied by F (10: realistic latency's 40 s median becomes 4 s).",
 )
 @click.option(
     "--faults",
@@ -87,6 +119,10 @@ def simulate(
     port: int,
     latency: sim.Latency,
     rate_limit: sim.RateLimit | None,
+    max_inflight: int | None,
+    inflight_retry_after: bool,
+    limit_change: tuple[float, float] | None,
+    time_scale: float,
     faults: dict[str, float],
     retry_after_mix: sim.RetryAfterMix,
     force: dict[str, str],
@@ -114,6 +150,10 @@ def simulate(
             emails_max=emails[1],
             api_key=key,
             hang_seconds=hang_seconds,
+            max_inflight=max_inflight,
+            inflight_retry_after=inflight_retry_after,
+            rate_limit_change=limit_change,
+            time_scale=time_scale,
         )
         sock = bind_socket(host, port)
     except (ValueError, OSError) as exc:

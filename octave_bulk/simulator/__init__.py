@@ -18,6 +18,7 @@ from octave_bulk.simulator.config import (
     parse_faults,
     parse_forced,
     parse_latency,
+    parse_limit_change,
     parse_rate_limit,
     parse_retry_after_mix,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "parse_faults",
     "parse_forced",
     "parse_latency",
+    "parse_limit_change",
     "parse_rate_limit",
     "parse_retry_after_mix",
     "serve_simulator",

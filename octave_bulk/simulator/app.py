@@ -2,15 +2,21 @@
 
 Routes:
 - ``POST /api/v2/agents/sequence/run``: checks ``api_key`` (401), validates the body with the
-  same request model the client uses (400 naming the field), applies the server-side rate
-  limit (429), then the request's fate (success or one fault kind) after a latency draw.
+  same request model the client uses (400 naming the field), applies the concurrency cap and
+  then the rate limit (429 at once; a refused call never counts as in flight), then the
+  request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
 - ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
   times) and ``POST /__simulator/reset``.
 
 Determinism: a request's fate and latency are a function of (seed, requestId, attempt), where
-attempt counts the calls for that requestId that got past the rate limit. Timing and
-concurrency therefore never change which requests fail; only the rate limit depends on time.
+attempt counts the calls for that requestId that got past both limits. Timing and
+concurrency therefore never change which requests fail; only the limits depend on them.
+
+Limits: the token bucket (``rate_limit``) and the concurrency cap (``max_inflight``) can change
+once, ``rate_limit_change`` = (at, factor), at the first counted call's arrival + at. With
+``time_scale`` F, the server runs F times faster (durations / F, the bucket's rate * F), and
+its stats carry F; see :mod:`octave_bulk.simulator.config`.
 """
 
 from __future__ import annotations
@@ -78,12 +84,24 @@ class _TokenBucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst
         self.tokens, self.stamp = burst, time.monotonic()
+        self.change: tuple[float, float] | None = None
+        """(monotonic time, factor) of a change of rate and burst still to come."""
 
-    def take(self) -> float:
+    def _refill(self, until: float) -> None:
+        if until > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (until - self.stamp) * self.rate)
+            self.stamp = until
+
+    def take(self, now: float) -> float:
         """Take a token; return 0 on success, else the seconds until one is available."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        if self.change is not None and now >= self.change[0]:
+            at, factor = self.change
+            self.change = None
+            self._refill(at)  # the old rate up to the change, the new one from it
+            self.rate *= factor
+            self.burst = _changed_burst(self.burst, factor)
+            self.tokens = min(self.tokens, self.burst)
+        self._refill(now)
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
@@ -101,9 +119,13 @@ class Simulator:
     def reset(self) -> None:
         """Forget all counters and refill the rate-limit bucket."""
         limit = self.config.rate_limit
-        self._bucket = _TokenBucket(limit.rate, limit.burst) if limit else None
+        scale = self.config.time_scale
+        self._bucket = _TokenBucket(limit.rate * scale, limit.burst) if limit else None
+        self.first_call_at: float | None = None
+        self.limit_change_at: float | None = None
         self.calls: Counter[str] = Counter()
-        self.arrivals: deque[float] = deque(maxlen=self.config.arrivals_kept)
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=self.config.arrivals_kept)
+        """(arrival time, outcome) of the latest counted calls; outcome "ok" or "429"."""
         self.successes: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self.totals: Counter[str] = Counter()
@@ -119,7 +141,21 @@ class Simulator:
         ``arrivals``: the ``time.monotonic()`` at which each counted call (one that passed the
         key and body checks) reached the app, in order, for the latest
         ``config.arrivals_kept`` calls (on Linux the clock is system-wide, so a test in
-        another process can compare it with its own ``time.monotonic()``).
+        another process can compare it with its own ``time.monotonic()``), and
+        ``arrival_outcomes``, a list of the same length: ``"ok"`` for a call that got past
+        the concurrency cap and the rate limit (whatever its fate then, even an injected
+        429), ``"429"`` for one that either limit refused.
+
+        ``first_call_at`` is the first counted call's arrival (None before it),
+        ``limit_change_at`` when ``rate_limit_change`` applies (None without one, or before
+        the first call), both ``time.monotonic()`` seconds; ``time_scale`` is F, to convert
+        real seconds back to the regime simulated (multiply by F); ``limits`` are the limits in
+        force, in the simulated regime's units: ``max_inflight``, ``rate`` (per second),
+        ``burst`` (None when unset).
+
+        Totals: ``calls`` counts every counted call, ``rate_limited`` every 429 from a limit
+        and ``over_capacity`` those of them from the concurrency cap. ``max_in_flight`` is
+        the most calls being processed at once (refused calls never count).
         """
         out: dict[str, Any] = {
             "totals": dict(self.totals),
@@ -128,11 +164,17 @@ class Simulator:
             "max_in_flight": self.max_in_flight,
             "credits_used": self.credits_used,
             "distinct_request_ids": len(self.calls),
+            "time_scale": self.config.time_scale,
+            "first_call_at": self.first_call_at,
+            "limit_change_at": self.limit_change_at,
+            "limits": self._limits_now(time.monotonic()),
         }
         if detail:
             out["calls"] = dict(self.calls)
             out["successes"] = dict(self.successes)
-            out["arrivals"] = sorted(self.arrivals.copy())
+            ordered = sorted(self.arrivals.copy())
+            out["arrivals"] = [at for at, _ in ordered]
+            out["arrival_outcomes"] = [outcome for _, outcome in ordered]
         return out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,8 +256,25 @@ class Simulator:
             return
         rid = request.request_id or _header(scope, b"x-external-request-id").decode() or "-"
         self.calls[rid] += 1
-        self.arrivals.append(arrived)
         self.totals["calls"] += 1
+        if self.first_call_at is None:
+            self._start_clock(arrived)
+        # From here to the in-flight count there is no await: the checks and the count are
+        # one step, so the cap holds exactly.
+        refused = self._refusal()
+        self.arrivals.append((arrived, "ok" if refused is None else "429"))
+        if refused is not None:
+            self.totals["rate_limited"] += 1
+            over_capacity, wait = refused
+            if over_capacity:
+                self.totals["over_capacity"] += 1
+                retry_after = []
+                if self.config.inflight_retry_after:
+                    retry_after.append((b"retry-after", self._retry_after(1.0)))
+                await self._error(send, "429", retry_after)
+            else:
+                await self._too_many(send, rid, wait * self.config.time_scale)
+            return
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -223,14 +282,52 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
+    def _start_clock(self, first: float) -> None:
+        """The first counted call arrived at ``first``: schedule the limit change."""
+        self.first_call_at = first
+        change = self.config.rate_limit_change
+        if change is not None:
+            at, factor = change
+            self.limit_change_at = first + at / self.config.time_scale
+            if self._bucket is not None:
+                self._bucket.change = (self.limit_change_at, factor)
+
+    def _changed(self, now: float) -> float:
+        """The factor the limits are multiplied by at ``now`` (1 before the change)."""
+        change = self.config.rate_limit_change
+        if change is None or self.limit_change_at is None or now < self.limit_change_at:
+            return 1.0
+        return change[1]
+
+    def _limits_now(self, now: float) -> dict[str, float | None]:
+        cfg, factor = self.config, self._changed(now)
+        cap = cfg.max_inflight
+        if cap is not None and factor != 1.0:
+            cap = _changed_cap(cap, factor)
+        limit = cfg.rate_limit
+        if limit is None:
+            return {"max_inflight": cap, "rate": None, "burst": None}
+        burst = limit.burst if factor == 1.0 else _changed_burst(limit.burst, factor)
+        return {"max_inflight": cap, "rate": limit.rate * factor, "burst": burst}
+
+    def _refusal(self) -> tuple[bool, float] | None:
+        """None when a call may go ahead, else (over capacity?, seconds until a token)."""
+        now = time.monotonic()
+        cap = self.config.max_inflight
+        if cap is not None:
+            factor = self._changed(now)
+            if factor != 1.0:
+                cap = _changed_cap(cap, factor)
+            if self.in_flight >= cap:
+                return True, 0.0
+        if self._bucket is not None and (wait := self._bucket.take(now)) > 0:
+            return False, wait
+        return None
+
     async def _answer(
         self, request: SequenceRequest, rid: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         cfg = self.config
-        if self._bucket is not None and (wait := self._bucket.take()) > 0:
-            self.totals["rate_limited"] += 1
-            await self._too_many(send, rid, wait)
-            return
         attempt = self._attempts[rid]
         self._attempts[rid] += 1
         u_fate, u_latency, u_form = _uniforms(cfg.seed, rid, attempt)
@@ -238,7 +335,8 @@ class Simulator:
         self.totals[f"fate_{kind}"] += 1
         if kind not in _IMMEDIATE and cfg.latency.median > 0:
             z = _NORMAL.inv_cdf(min(max(u_latency, 1e-9), 1 - 1e-9))
-            await asyncio.sleep(cfg.latency.median * math.exp(cfg.latency.sigma * z))
+            seconds = cfg.latency.median * math.exp(cfg.latency.sigma * z)
+            await asyncio.sleep(seconds / cfg.time_scale)
         if kind == "ok":
             await self._success(request, rid, send)
         elif kind == "not_found":
@@ -252,7 +350,7 @@ class Simulator:
             await _send(send, 502, _HTML_502, b"text/html; charset=utf-8")
             self.by_status[502] += 1
         elif kind == "503":
-            await self._error(send, "503", [(b"retry-after", b"1")])
+            await self._error(send, "503", [(b"retry-after", self._retry_after(1.0))])
         elif kind == "hang":
             await self._hang(receive, send)
         elif kind == "reset":
@@ -300,19 +398,31 @@ class Simulator:
     async def _too_many(
         self, send: Send, rid: str, wait: float, u_form: float | None = None
     ) -> None:
+        """A 429 with a Retry-After form from the mix; ``wait`` in the simulated regime's s."""
         mix = self.config.retry_after_mix
         if u_form is None:
             u_form = _uniforms(self.config.seed, rid, "429", self.totals["rate_limited"])[0]
         total = mix.seconds + mix.date + mix.absent
         point = u_form * total
-        seconds = max(1, math.ceil(wait))
+        seconds = self._retry_after(wait)
         headers: list[tuple[bytes, bytes]] = []
         if point < mix.seconds:
-            headers.append((b"retry-after", str(seconds).encode()))
+            headers.append((b"retry-after", seconds))
         elif point < mix.seconds + mix.date:
-            when = datetime.now(UTC) + timedelta(seconds=seconds)
+            when = datetime.now(UTC) + timedelta(seconds=float(seconds))
             headers.append((b"retry-after", format_datetime(when, usegmt=True).encode()))
         await self._error(send, "429", headers)
+
+    def _retry_after(self, wait: float) -> bytes:
+        """Retry-After delay-seconds for a wait in the simulated regime's seconds: the whole
+        seconds (at least 1) an unscaled server sends, divided by the time scale and rounded
+        up: to whole seconds when the scale is <= 1, else to the millisecond (``0.2``)."""
+        whole = max(1, math.ceil(wait - 1e-9))
+        scale = self.config.time_scale
+        if scale <= 1:
+            return str(math.ceil(whole / scale - 1e-9)).encode()
+        millis = math.ceil(whole * 1000 / scale - 1e-6)
+        return f"{millis / 1000:.3f}".rstrip("0").rstrip(".").encode()
 
     async def _error(
         self, send: Send, kind: str, headers: list[tuple[bytes, bytes]] | None = None
@@ -325,7 +435,7 @@ class Simulator:
     async def _hang(self, receive: Receive, send: Send) -> None:
         """Hold the request open until the client gives up (or ``hang_seconds`` pass)."""
         try:
-            async with asyncio.timeout(self.config.hang_seconds):
+            async with asyncio.timeout(self.config.hang_seconds / self.config.time_scale):
                 while (await receive())["type"] != "http.disconnect":
                     pass
             return
@@ -348,6 +458,14 @@ class Simulator:
             pass
         if reset:
             self.by_status[0] += 1
+
+
+def _changed_burst(burst: float, factor: float) -> float:
+    return max(1.0, burst * factor)
+
+
+def _changed_cap(cap: int, factor: float) -> int:
+    return max(1, math.floor(cap * factor + 0.5))
 
 
 def _pick_fate(faults: dict[str, float], u: float) -> str:

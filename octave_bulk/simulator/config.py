@@ -3,6 +3,20 @@
 - latency: ``instant``, ``fast`` (median 50 ms), ``realistic`` (median 40 s), or
   ``MEDIAN[:SIGMA]`` such as ``1s``, ``200ms:0.3`` (lognormal: median and log-space sigma).
 - rate limit: ``none`` or ``RATE/s`` / ``RATE/min`` with an optional ``:BURST`` (token bucket).
+  The bucket starts full and banks at most BURST tokens (BURST >= 1, decimals allowed), so a
+  burst of BURST calls passes at once, then one per 1/RATE s: ``50/s:5``, ``600/min:20``.
+  Without ``:BURST`` it is a tenth of a second's worth, at least 1 (``50/s`` -> 5).
+- concurrency cap (``max_inflight``): a call arriving while K are being processed gets a 429
+  at once; it carries ``Retry-After: 1`` only with ``inflight_retry_after``.
+- limit change: ``none`` or ``AT:FACTOR`` such as ``30s:0.5``: AT after the first counted
+  call, the rate and burst (at least 1) and the concurrency cap (rounded half up, at least 1)
+  are multiplied by FACTOR.
+- time scale F: durations divided by F, rates multiplied by F, so ``realistic`` latency
+  (median 40 s) has a 4 s median at F=10. Stats report F; arrival times are real seconds.
+  Retry-After values are the whole seconds an unscaled server would send, divided by F:
+  decimals when F > 1 (``1`` -> ``0.2`` at F=5, rounded up to the millisecond; the client
+  parses decimals), whole seconds rounded up when F <= 1. The HTTP-date form has
+  one-second resolution, so at F > 1 prefer the seconds and absent forms.
 - faults: ``kind=rate`` pairs, comma separated, e.g. ``500=0.02,reset=0.01``; ``all=0.1``
   spreads 10 % evenly over every random fault kind.
 - Retry-After mix: ``seconds=1,date=1,absent=1`` (weights of the three forms a 429 carries).
@@ -10,6 +24,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -24,6 +39,7 @@ __all__ = [
     "parse_faults",
     "parse_forced",
     "parse_latency",
+    "parse_limit_change",
     "parse_rate_limit",
     "parse_retry_after_mix",
 ]
@@ -65,10 +81,21 @@ LATENCY_PRESETS: dict[str, Latency] = {
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """Server-side token bucket: ``rate`` tokens per second, at most ``burst`` banked."""
+    """Server-side token bucket: ``rate`` tokens per second, at most ``burst`` banked.
+
+    The bucket starts full, so ``burst`` calls pass at once, then one per ``1 / rate`` s.
+    """
 
     rate: float
     burst: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            msg = "rate-limit rate must be > 0"
+            raise ValueError(msg)
+        if not (math.isfinite(self.burst) and self.burst >= 1):
+            msg = "rate-limit burst must be >= 1"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +127,32 @@ class SimulatorConfig:
     credits_max: float = 100_000.0
     arrivals_kept: int = 100_000
     """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
+    max_inflight: int | None = None
+    """Concurrency cap: a call arriving while this many are being processed gets a 429 at
+    once, like a gateway's cap (None: no cap)."""
+    inflight_retry_after: bool = False
+    """Whether a 429 from the concurrency cap carries ``Retry-After: 1`` (default: none)."""
+    rate_limit_change: tuple[float, float] | None = None
+    """(at_seconds, factor): from ``at_seconds`` after the first counted call on, the rate
+    limit's rate and burst (at least 1) and the concurrency cap (rounded half up, at least 1)
+    are multiplied by ``factor`` (0.5 halves them, 2 doubles them). Once, for good."""
+    time_scale: float = 1.0
+    """Run the server's clock F times faster: every duration it applies (latency draws,
+    ``hang_seconds``, the change time, Retry-After values) is divided by F and the rate
+    limit's rate multiplied by F (its burst and the concurrency cap, counts, are not)."""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            msg = "time_scale must be > 0"
+            raise ValueError(msg)
+        if self.rate_limit_change is not None:
+            at, factor = self.rate_limit_change
+            if not (math.isfinite(at) and at >= 0 and math.isfinite(factor) and factor > 0):
+                msg = "rate_limit_change needs at_seconds >= 0 and a factor > 0"
+                raise ValueError(msg)
+        if self.max_inflight is not None and self.max_inflight < 1:
+            msg = "max_inflight must be 1 or more"
+            raise ValueError(msg)
         if self.arrivals_kept < 0:
             msg = "arrivals_kept must be 0 or more"
             raise ValueError(msg)
@@ -166,11 +217,31 @@ def parse_rate_limit(text: str) -> RateLimit | None:
         return None
     rate_text, _, burst_text = text.partition(":")
     rate = _parse_rate(rate_text)
-    burst = float(burst_text) if burst_text else max(1.0, rate / 10)
-    if burst < 1:
-        msg = "rate-limit burst must be >= 1"
-        raise ValueError(msg)
+    try:
+        burst = float(burst_text) if burst_text else max(1.0, rate / 10)
+    except ValueError:
+        msg = f"bad rate-limit burst {burst_text!r}: use a number >= 1, e.g. 50/s:5"
+        raise ValueError(msg) from None
     return RateLimit(rate=rate, burst=burst)
+
+
+def parse_limit_change(text: str) -> tuple[float, float] | None:
+    """Parse ``none`` or ``AT:FACTOR`` such as ``30s:0.5`` into (at_seconds, factor)."""
+    text = text.strip().lower()
+    if text in {"", "none", "off"}:
+        return None
+    at_text, sep, factor_text = text.rpartition(":")
+    try:
+        if not sep:
+            raise ValueError
+        change = (_parse_seconds(at_text), float(factor_text))
+    except ValueError:
+        msg = f"bad limit change {text!r}: use AT:FACTOR, e.g. 30s:0.5 or 2m:2"
+        raise ValueError(msg) from None
+    if not (math.isfinite(change[1]) and change[1] > 0):
+        msg = "limit-change factor must be > 0"
+        raise ValueError(msg)
+    return change
 
 
 def _pairs(text: str, what: str) -> dict[str, str]:
