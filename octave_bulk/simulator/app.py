@@ -5,7 +5,8 @@ Routes:
   same request model the client uses (400 naming the field), applies the server-side rate
   limit (429), then the request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
-- ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps) and
+- ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps; its
+  ``first_call_at`` is the Unix time the first run call arrived, for start-up benchmarks) and
   ``POST /__simulator/reset``.
 
 Determinism: a request's fate and latency are a function of (seed, requestId, attempt), where
@@ -110,6 +111,7 @@ class Simulator:
         self.in_flight = 0
         self.max_in_flight = 0
         self.credits_used = 0.0
+        self.first_call_at: float | None = None  # time.time() of the first run call's arrival
 
     def stats(self, *, detail: bool = True) -> dict[str, Any]:
         """Counters as served by ``GET /__simulator/stats``."""
@@ -120,6 +122,7 @@ class Simulator:
             "max_in_flight": self.max_in_flight,
             "credits_used": self.credits_used,
             "distinct_request_ids": len(self.calls),
+            "first_call_at": self.first_call_at,
         }
         if detail:
             out["calls"] = dict(self.calls)
@@ -190,6 +193,8 @@ class Simulator:
         await _send_json(send, 200, {**_envelope("API key is valid", None), "data": data})
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.first_call_at is None:
+            self.first_call_at = time.time()
         body = await _read_body(receive)
         if self._key_error(scope):
             self.totals["unauthorized"] += 1
