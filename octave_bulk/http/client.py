@@ -168,7 +168,14 @@ class OctaveClient:
         # Header values must be ASCII; the body keeps the requestId exactly as given.
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
         try:
-            response = await self._receive(self._run_request(body, header_id))
+            # Inlined _receive: every await layer is paid again on each resumption.
+            response = await self._transport.handle_async_request(
+                self._run_request(body, header_id)
+            )
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except Exception as exc:
             raise transport_error(exc, request_id) from None
         return _judge(response, request_id, self._agent)
