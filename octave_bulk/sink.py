@@ -16,7 +16,7 @@ for the resume scan:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -66,7 +66,7 @@ def success_line(item: Success) -> bytes:
         "latencyMs": item.latency_ms,
         "completedAt": utc_iso(),
     }
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # no copy to add the b"\n"
 
 
 def failure_line(item: Failure) -> bytes:
@@ -84,7 +84,7 @@ def failure_line(item: Failure) -> bytes:
         "attempts": item.attempts,
         "failedAt": utc_iso(),
     }
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class Sink:
@@ -125,7 +125,17 @@ class Sink:
         """Write one outcome's line now; it becomes durable at the next group commit."""
         if isinstance(item, Success):
             self._results.write(success_line(item))
-            item = replace(item, raw=b"")  # the body is written; do not hold it until the commit
+            # The body is written; do not hold it until the commit (a positional copy:
+            # dataclasses.replace costs ~2 us).
+            item = Success(
+                item.request_id,
+                item.contact,
+                b"",
+                item.credits,
+                item.attempts,
+                item.latency_ms,
+                item.slot,
+            )
         else:
             self._errors.write(failure_line(item))
         self._pending.append(item)

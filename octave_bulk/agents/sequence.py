@@ -7,13 +7,14 @@ sees it: how a contact becomes a request body, and what counts as a produced seq
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
 from octave_bulk.agents.base import Agent, RequestSpec, merge_steps
 from octave_bulk.agents.envelope import Metadata, RequestModel, ResponseModel, StepMapping
-from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.agents.fields import STEP_KEYS, OutputFormat
 from octave_bulk.input.records import IDENTITY_FIELDS, Contact, Reject
 
 __all__ = [
@@ -230,18 +231,24 @@ def build_sequence_body(contact: Contact, spec: RequestSpec) -> dict[str, Any] |
     body: dict[str, Any] = {name: row[name] for name in IDENTITY_FIELDS if row.get(name)}
     if spec.lang and "lang" not in body:
         body["lang"] = spec.lang
-    optional = {
-        "runtimeContext": merge_steps(spec.context, row, "context"),
-        "runtimeInstructions": merge_steps(spec.instructions, row, "instructions"),
-        "playbookSelectionContext": spec.playbook_selection_context,
-        "includeFullAnnotation": spec.include_full_annotation,
-        "agentOId": spec.agent_o_id,
-        "experimentOId": spec.experiment_o_id,
-    }
     body["outputFormat"] = spec.output_format.value
-    body |= {key: value for key, value in optional.items() if value is not None and value != {}}
+    if _IDENTITY_NAMES.issuperset(row):  # no context or instructions of its own (usual)
+        context, instructions = _spec_steps(spec)
+        context, instructions = dict(context), dict(instructions)
+    else:
+        context = merge_steps(spec.context, row, "context")
+        instructions = merge_steps(spec.instructions, row, "instructions")
+    if context:
+        body["runtimeContext"] = context
+    if instructions:
+        body["runtimeInstructions"] = instructions
+    body.update(_spec_tail(spec))
+    # The model only checks; the body sent is the dict built here (already in wire form). A
+    # body of plain strings for string fields, known step keys and exactly one target cannot
+    # fail it (_plainly_valid); any other goes through the model, which names the fault.
+    if _plainly_valid(body):
+        return body
     try:
-        # The model only checks; the body sent is the dict built here (already in wire form).
         SequenceRequest.model_validate(body)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
@@ -249,6 +256,86 @@ def build_sequence_body(contact: Contact, spec: RequestSpec) -> dict[str, Any] |
         message = str(error["msg"]).removeprefix("Value error, ")
         return Reject(contact.line, "invalid_field", where, message, dict(row))
     return body
+
+
+_IDENTITY_NAMES = frozenset(IDENTITY_FIELDS)  # none starts with "context" or "instructions"
+
+
+def _fast_fields() -> tuple[frozenset[str], bool]:
+    """Wire names of the request's plain ``str | None`` fields (no constraints), and whether
+    the model holds no checks besides its fields' types and ``_one_target`` (else the fast
+    check is off and every body goes through the model)."""
+    fields = SequenceRequest.model_fields
+    plain = frozenset(
+        info.alias or name
+        for name, info in fields.items()
+        if info.annotation == (str | None) and not info.metadata
+    )
+    checks = SequenceRequest.__pydantic_decorators__
+    usable = (
+        set(checks.model_validators) == {"_one_target"}
+        and not checks.field_validators
+        and fields["output_format"].annotation == (OutputFormat | None)
+        and fields["include_full_annotation"].annotation == (bool | None)
+        and {fields[n].alias for n in ("runtime_context", "runtime_instructions")} == _STEP_FIELDS
+        and {fields[n].alias for n in ("agent_o_id", "experiment_o_id")} <= plain
+        and plain >= _IDENTITY_NAMES
+    )
+    return plain, usable
+
+
+_STEP_FIELDS = frozenset({"runtimeContext", "runtimeInstructions"})
+_FORMATS = frozenset(f.value for f in OutputFormat)
+_STR_FIELDS, _FAST = _fast_fields()
+
+
+def _plainly_valid(body: dict[str, Any]) -> bool:
+    """True only for a body :class:`SequenceRequest` certainly accepts: every key a field of
+    it (by wire name), ``str`` values for string fields (exactly ``str``), a known output
+    format, ``bool`` for includeFullAnnotation, string step mappings with known keys, and
+    exactly one of agentOId / experimentOId. False means "ask the model", not "invalid"."""
+    if not _FAST or ("agentOId" in body) == ("experimentOId" in body):
+        return False
+    for key, value in body.items():
+        if key in _STR_FIELDS:
+            if type(value) is not str:
+                return False
+        elif key in _STEP_FIELDS:
+            if type(value) is not dict:
+                return False
+            for step, text in value.items():
+                if type(step) is not str or step not in STEP_KEYS or type(text) is not str:
+                    return False
+        elif key == "outputFormat":
+            if type(value) is not str or value not in _FORMATS:
+                return False
+        elif key == "includeFullAnnotation":
+            if type(value) is not bool:
+                return False
+        else:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _spec_steps(spec: RequestSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """runtimeContext / runtimeInstructions of a row with no context or instructions of its
+    own: what ``merge_steps`` gives for it (copied per body by the caller)."""
+    return merge_steps(spec.context, {}, "context"), merge_steps(
+        spec.instructions, {}, "instructions"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _spec_tail(spec: RequestSpec) -> dict[str, Any]:
+    """The run-wide fields that follow the steps, in wire order, unset ones left out."""
+    tail = {
+        "playbookSelectionContext": spec.playbook_selection_context,
+        "includeFullAnnotation": spec.include_full_annotation,
+        "agentOId": spec.agent_o_id,
+        "experimentOId": spec.experiment_o_id,
+    }
+    return {key: value for key, value in tail.items() if value is not None}
 
 
 def sequence_failure(payload: dict[str, Any]) -> str | None:

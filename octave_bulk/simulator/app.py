@@ -7,7 +7,8 @@ Routes:
   request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
 - ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
-  times) and ``POST /__simulator/reset``.
+  times; ``first_call_unix`` is the Unix time the first run call arrived, for start-up
+  benchmarks) and ``POST /__simulator/reset``.
 
 Determinism: a request's fate and latency are a function of (seed, requestId, attempt), where
 attempt counts the calls for that requestId that got past both limits. Timing and
@@ -133,6 +134,7 @@ class Simulator:
         self.in_flight = 0
         self.max_in_flight = 0
         self.credits_used = 0.0
+        self.first_call_unix: float | None = None  # time.time() of the first run call's arrival
 
     def stats(self, *, detail: bool = True) -> dict[str, Any]:
         """Counters as served by ``GET /__simulator/stats``.
@@ -166,6 +168,7 @@ class Simulator:
             "distinct_request_ids": len(self.calls),
             "time_scale": self.config.time_scale,
             "first_call_at": self.first_call_at,
+            "first_call_unix": self.first_call_unix,
             "limit_change_at": self.limit_change_at,
             "limits": self._limits_now(time.monotonic()),
         }
@@ -242,6 +245,8 @@ class Simulator:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.monotonic()
+        if self.first_call_unix is None:
+            self.first_call_unix = time.time()
         body = await _read_body(receive)
         if self._key_error(scope):
             self.totals["unauthorized"] += 1

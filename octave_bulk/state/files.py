@@ -66,7 +66,10 @@ def atomic_file(path: Path, *, mode: int = 0o600) -> Iterator[int]:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # nearly always: one write, no view
+        return
+    view = memoryview(data)[written:]
     while view:
         view = view[os.write(fd, view) :]
 
