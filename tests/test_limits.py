@@ -73,8 +73,8 @@ def test_a_limit_that_moves_mid_run_is_followed(factor: float) -> None:
 def test_a_remembered_rate_starts_there_without_a_search() -> None:
     server = Server(rate=10.0, latency=0.5)
     simulate(server, 1000, rate_ceiling=None, window_ceiling=64, start_rate=9.7)
-    assert server.refused <= 0.03 * server.calls
-    assert span_ratio(server, 1000, 10.0) <= 1.05
+    assert span_ratio(server, 1000, 10.0) <= 1.08  # 9.7/s alone is 1.03 of the ideal
+    assert server.refused <= 0.06 * server.calls  # rare probes past it, each refused
 
 
 async def test_an_isolated_429_neither_pauses_nor_slows_the_pool() -> None:

@@ -22,7 +22,7 @@ from octave_bulk.errors import (
 if TYPE_CHECKING:
     from octave_bulk.settings import Settings
 
-__all__ = ["fail", "load_settings", "parsed", "print_summary", "run_async"]
+__all__ = ["fail", "load_settings", "parsed", "print_probe", "print_summary", "run_async"]
 
 T = TypeVar("T")
 
@@ -106,7 +106,46 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.append(f"  results: {out.get('results')}")
         lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
         lines.append(f"  summary: {out.get('summary')}")
+    limits = summary.get("limits") or {}
+    if limits.get("suggested_flags"):
+        lines.append(
+            f"  limits found: {limits['suggested_flags']} (remembered for the next run on "
+            "this output)"
+        )
+    if summary.get("stop_detail"):
+        lines.append(f"  why: {summary['stop_detail']}")
     step = _next_step(summary)
     if step:
         lines.append(f"  {step}")
     click.echo("\n".join(lines), err=True)
+
+
+def _seconds(milliseconds: float | None) -> str:
+    if milliseconds is None:
+        return "-"
+    return f"{milliseconds / 1000:.2f} s" if milliseconds >= 1000 else f"{milliseconds:.0f} ms"
+
+
+def print_probe(summary: Mapping[str, Any]) -> None:
+    """What a probe found, on stdout."""
+    limits = summary.get("limits") or {}
+    latency = summary.get("latency_ms") or {}
+    rate_at, cap_at = limits.get("rate_limited_at"), limits.get("concurrency_limited_at")
+    lines = [
+        f"calls: {summary.get('paid_calls')}, 429s: {limits.get('refusals_429', 0)}",
+        f"latency: p50 {_seconds(latency.get('p50'))}, p95 {_seconds(latency.get('p95'))}",
+        "rate limit: "
+        + (
+            f"429s began at {rate_at:g}/s; holds at {limits.get('rate')}/s"
+            if rate_at
+            else "none met"
+        ),
+        "in-flight cap: "
+        + (
+            f"429s began at {cap_at} in flight; holds at {limits.get('window')}"
+            if cap_at
+            else "none met"
+        ),
+        f"flags: {limits.get('suggested_flags') or '(none needed)'}",
+    ]
+    click.echo("\n".join(lines))

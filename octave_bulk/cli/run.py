@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from octave_bulk.cli.common import fail, load_settings, print_summary, run_async
+from octave_bulk.cli.common import fail, load_settings, print_probe, print_summary, run_async
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
     RUN_FIELDS,
@@ -18,7 +18,7 @@ from octave_bulk.cli.options import (
 )
 from octave_bulk.errors import ExitCode, OctaveBulkError
 
-__all__ = ["run", "validate"]
+__all__ = ["probe", "run", "validate"]
 
 
 @click.command()
@@ -54,6 +54,54 @@ def run(
     elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
         print_summary(summary)
     sys.exit(summary["exit_code"])
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
+)
+@click.option(
+    "--max-calls",
+    "probe_calls",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Paid calls to spend at most, retries included (the contacts are real work).",
+)
+@config_option
+@key_file_option
+@settings_options(*(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run"}), *INPUT_FIELDS)
+def probe(
+    input_path: str,
+    output: str,
+    probe_calls: int,
+    config_file: str | None,
+    api_key_file: str | None,
+    **flags: Any,
+) -> None:
+    """Measure what your workspace sustains: rate, calls in flight, latency.
+
+    Spends at most --max-calls paid calls on the first contacts of INPUT (their results are
+    kept in OUT like any run's), ramping the rate and the calls in flight as run does, and
+    reports the latency, where 429s began and the flags to use. The limits found are stored
+    next to OUT: the next run on OUT starts there.
+    """
+    from octave_bulk.observe.log import configure_logging
+    from octave_bulk.run.engine import run_batch
+
+    try:
+        settings = load_settings(config_file, api_key_file, max_calls=probe_calls, **flags)
+        configure_logging(
+            settings.log_format, str(settings.log_file) if settings.log_file else None
+        )
+        summary = run_async(lambda: run_batch(input_path, output, settings, handle_signals=True))
+    except OctaveBulkError as exc:
+        fail(exc)
+    print_summary(summary)
+    print_probe(summary)
+    # Spending the budget is what a probe is for; other stops keep their codes.
+    done = summary.exit_code in (ExitCode.OK, ExitCode.MAX_CALLS, ExitCode.SOME_FAILED)
+    sys.exit(ExitCode.OK if done else summary.exit_code)
 
 
 @click.command()

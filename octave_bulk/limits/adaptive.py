@@ -120,10 +120,15 @@ class AdaptiveLimiter:
         self._in_flight = 0  # sent and not answered
         self._epoch = _Epoch(0, clock())
         self.good: float | None = start_rate  # the highest rate that held
-        self.bad: float | None = None  # the lowest rate refused since
+        # A remembered window is a cap found before: probed past one call at a time, rarely.
+        self._cap_known = start_window is not None
+        self._remembered_cap_level = start_window + 1 if start_window else None
+        # The lowest rate refused since; a remembered rate was the top of a search: just above
+        # it is taken as refused, so the first probes are small.
+        self.bad: float | None = start_rate * 1.08 if start_rate else None
         self._cut_once = start_rate is not None
         self._probing = False
-        self._failed_probes = 0
+        self._failed_probes = 4 if start_rate or start_window else 0  # remembered: probe rarely
         self._quiet_epochs = 0
         self._window_step = 1
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
@@ -318,7 +323,11 @@ class AdaptiveLimiter:
         lowest = min(refused)
         if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
             return False  # something at or above that level went through (or may yet)
-        if refused.total() < _CONCURRENCY_PROOF or refused[lowest] < 2 or not sent[lowest - 1]:
+        # A cap seen before (this run or remembered) is proven again by two 429s at its level.
+        proof = (
+            2 if lowest - 1 in (self._window, self.concurrency_limited_at) else _CONCURRENCY_PROOF
+        )
+        if refused.total() < proof or refused[lowest] < 2 or not sent[lowest - 1]:
             return True  # consistent so far: wait for the proof before judging the rate
         if self.concurrency_limited_at is None:
             self.concurrency_limited_at = lowest
@@ -346,7 +355,8 @@ class AdaptiveLimiter:
                 # retries must not send the rate to the floor.
                 target = max(target, rate / (2 if epoch.window_waits >= epoch.sent / 4 else 4))
         self._cut_once = True
-        self._failed_probe(moved=epoch.refused > _MOVED * epoch.sent)
+        moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
+        self._failed_probe(moved=moved)
         self._set(rate=target, reason="rate")
         self._next_slot = now + 1.0 / (self._rate or 1.0)
 
@@ -373,7 +383,10 @@ class AdaptiveLimiter:
         if self._probing:
             self._failed_probes = 0  # the probe held
         rate = self._rate
-        window_bound = epoch.window_waits >= epoch.sent / 4
+        # Held back by the window, and the window was full: calls at its top level went through.
+        window_bound = (
+            epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self._window
+        )
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._quiet_epochs += 1
         if self._quiet_epochs < 2**self._failed_probes:
@@ -395,7 +408,7 @@ class AdaptiveLimiter:
         elif window_bound and self._window < self.window_ceiling:
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
             grown = self._window + self._window_step
-            if self.concurrency_limited_at is None:
+            if self.concurrency_limited_at is None and not self._cap_known:
                 grown = max(grown, self._window * 2)
             self._window_step *= 2
             self._set(window=grown, reason="probe", probing=True)

@@ -1,0 +1,61 @@
+"""``probe`` against the simulator: it finds the configured limits, keeps the results and
+stores the limits, so that the next ``run`` starts at them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from octave_bulk.cli import cli
+from octave_bulk.simulator import parse_latency, parse_rate_limit
+from tests.conftest import TEST_KEY
+from tests.helpers import read_lines, side, write_contacts
+
+
+def probe(url: str, tmp_path: Path, calls: int, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    out = tmp_path / "out.ndjson"
+    args = ["probe", str(tmp_path / "in.csv"), "-o", str(out), "--max-calls", str(calls),
+            "--agent", "ca_1", "--base-url", url, *extra]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+    summary = json.loads(side(out, ".summary.json").read_text())
+    return result.exit_code, result.output, summary
+
+
+def test_probe_finds_a_rate_limit_within_10_percent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(latency=parse_latency("50ms:0.3"), rate_limit=parse_rate_limit("20/s:1"))
+    write_contacts(tmp_path / "in.csv", 1000)
+    code, output, summary = probe(sim.url, tmp_path, 400)
+    assert code == 0, output
+    assert summary["limits"]["rate"] == pytest.approx(20.0, rel=0.10)
+    assert "flags: --rate" in output and "rate limit: 429s began at" in output
+    assert summary["paid_calls"] <= 400
+    assert len(read_lines(tmp_path / "out.ndjson")) == summary["counts"]["succeeded"] > 0
+    remembered = json.loads(side(tmp_path / "out.ndjson", ".limits.json").read_text())
+    (entry,) = remembered.values()
+    assert entry["rate"] == summary["limits"]["rate"]
+
+
+def test_probe_finds_an_in_flight_cap_and_the_next_run_starts_there(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("200ms:0.2"), max_inflight=8)
+    write_contacts(tmp_path / "in.csv", 400)
+    code, output, summary = probe(sim.url, tmp_path, 150, "--concurrency", "64")
+    assert code == 0, output
+    assert summary["limits"]["window"] == 8
+    assert summary["limits"]["concurrency_limited_at"] == 9
+    refused_before = sim.stats()["totals"]["rate_limited"]
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"),
+            "--agent", "ca_1", "--base-url", sim.url]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+    assert result.exit_code == 0, result.output
+    run_summary = json.loads(side(tmp_path / "out.ndjson", ".summary.json").read_text())
+    assert run_summary["limits"]["started_from_memory"] is True
+    # Started at the window that held: no search, only a rare probe one call past it (two
+    # 429s each) while the run goes.
+    assert run_summary["limits"]["window"] == 8
+    assert sim.stats()["totals"]["rate_limited"] - refused_before <= 6
