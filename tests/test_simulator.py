@@ -662,7 +662,7 @@ def test_config_parsers() -> None:
     for bad, parser in [
         ("fire=0.1", parse_faults),
         ("500=2", parse_faults),
-        ("5/hour", parse_rate_limit),
+        ("5/fortnight", parse_rate_limit),
         ("a=boom", parse_forced),
         ("soon=1", parse_retry_after_mix),
     ]:

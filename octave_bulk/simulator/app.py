@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import ValidationError
 
-from octave_bulk.agents.sequence import SequenceRequest
+from octave_bulk.agents.sequence import SEQUENCE, SequenceRequest
 from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
 from octave_bulk.simulator.content import generate_data
 
@@ -53,7 +53,7 @@ ABORT_EXTENSION = "octave_bulk.abort"
 """Scope extension set by our uvicorn protocol: ``abort(reset)`` drops the TCP connection,
 with an RST when ``reset`` is true, else with a normal close (a truncated response)."""
 
-RUN_PATH = "/api/v2/agents/sequence/run"
+RUN_PATH = SEQUENCE.path
 VALIDATE_PATH = "/api/v2/api-key/validate"
 _NORMAL = NormalDist()
 _IMMEDIATE = frozenset({"429", "400", "401", "402", "403"})

@@ -28,6 +28,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from octave_bulk.settings import parse_rate
+
 __all__ = [
     "FAULT_KINDS",
     "FORCEABLE_KINDS",
@@ -193,30 +195,16 @@ def parse_latency(text: str) -> Latency:
     return Latency(_parse_seconds(median_text), sigma)
 
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
-
-
-def _parse_rate(text: str) -> float:
-    """Parse ``N/s`` or ``N/min`` into requests per second."""
-    match = _RATE.match(text.lower())
-    if not match:
-        msg = f"bad rate {text!r}: use e.g. 2/s or 90/min"
-        raise ValueError(msg)
-    value = float(match.group(1))
-    per_second = value if match.group(2).startswith("s") else value / 60.0
-    if per_second <= 0:
-        msg = "rate must be > 0"
-        raise ValueError(msg)
-    return per_second
-
-
 def parse_rate_limit(text: str) -> RateLimit | None:
     """Parse ``none`` or ``RATE[:BURST]``; the burst defaults to one second's worth / 10, min 1."""
     text = text.strip().lower()
     if text in {"", "none", "off", "0"}:
         return None
     rate_text, _, burst_text = text.partition(":")
-    rate = _parse_rate(rate_text)
+    rate = parse_rate(rate_text)  # the same rates as the client's --rate
+    if rate is None:
+        msg = f"bad rate {rate_text!r}: use e.g. 2/s or 90/min"
+        raise ValueError(msg)
     try:
         burst = float(burst_text) if burst_text else max(1.0, rate / 10)
     except ValueError:
