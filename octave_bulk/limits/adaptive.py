@@ -13,22 +13,24 @@ bucket without burst refuses).
   speed, an accepted call after the agent's work, so verdicts at 40-s calls take milliseconds.
 * **Concurrency refusals.** ``_CONCURRENCY_PROOF`` 429s of an epoch, all at in-flight levels
   at which every attempt of the epoch was refused, two of them at the lowest such level ``f``,
-  while the level just below went through: the
-  server holds ``f - 1`` calls, and the window becomes that. Below level 3 the pattern is as
-  well a slow token bucket's, so the rate handles it.
-* **Rate refusals.** Any other 429 counts against the rate. Once ``_VERDICT`` outcomes of the
-  epoch are known, ``_REFUSED`` 429s that are more than ``_TOLERATED`` of them say the server
-  accepts less than is sent:
-  the rate goes back to the highest rate that held (``good``), or, when none holds any more,
-  to the epoch's accepted rate (an overloaded token bucket accepts at most its rate) less
-  ``_MARGIN``; the refused rate becomes ``bad``. Fewer 429s are isolated: only their own
-  retries wait (``Retry-After``).
-* **Probes.** An epoch of ``_QUIET`` known outcomes without a 429, held back by the rate (or
-  the window), is evidence of room: ``good`` rises to it and the rate grows - x2 until the
+  while the level just below went through: the server holds ``f - 1`` calls, and the window
+  becomes that (two 429s prove a cap seen before). Below level 3 the pattern is as well a slow
+  token bucket's, so the rate handles it; a later 429 below the cap disproves it (a bucket's
+  refusals follow the in-flight count when sends come in bursts), and the window opens again.
+* **Rate refusals.** Any other 429 counts against the rate. Once ``_VERDICT`` attempts of the
+  epoch are out, ``_REFUSED`` 429s that are more than ``_TOLERATED`` of them say the server
+  accepts less than is sent: the rate goes back to the highest rate that held (``good``), or,
+  when none holds any more, to the epoch's accepted rate (an overloaded token bucket accepts
+  at most its rate) less ``_MARGIN`` - divided by 4 at most per verdict. The refused rate
+  becomes ``bad``. Fewer 429s are isolated: only their own retries wait (``Retry-After``).
+* **Probes.** An epoch of ``_QUIET`` known outcomes without a 429, held back by the rate (or a
+  full window), is evidence of room: ``good`` rises to it and the rate grows - x2 until the
   first refusal, then x1.25 but never past the middle of ``good`` and ``bad`` (a bracketing
-  search). Within ``_CONVERGED`` of ``bad`` it holds; ``bad`` is forgiven after as many quiet
-  epochs as failed probes in a row doubled (1, 2, 4 ...), so a limit that rises is found again
-  and one that holds is probed ever less often.
+  search); within ``_CONVERGED`` of ``bad`` it holds. Each probe refused at once doubles the
+  quiet epochs needed before the next, and ``bad`` is forgiven after twice as many, so a limit
+  that holds is probed ever less often and one that rises is found again. A held rate refused
+  wholesale (``_MOVED``) means the limit moved: the search starts afresh. A remembered rate
+  or window (from the last run) starts the search near its end: probed rarely, in small steps.
 * **Pauses.** The whole pool stops only when the server refuses nearly all of an epoch
   (``_OVERWHELMED``: a quota, not a rate) and says for how long (``Retry-After``, clamped to
   ``max_pause``).
