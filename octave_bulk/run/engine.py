@@ -96,8 +96,14 @@ class _Run:
         """Store the limits the run settled at, for the next run; returns them, with the
         flags that would start there."""
         found = self.limiter.describe() if self.limiter is not None else {}
+        limiter = self.limiter
+        # A limit met in this run, or one remembered that still held (its setting now).
         rate = found.get("rate")
+        if rate is None and self.start_rate is not None and limiter is not None:
+            rate = limiter.rate and round(limiter.rate, 3)
         window = found.get("window") if found.get("concurrency_limited_at") else None
+        if window is None and self.start_window is not None and limiter is not None:
+            window = limiter.window
         if rate is not None or window is not None:
             self.limits.put(self.limits_key, rate, window)
         flags = []
