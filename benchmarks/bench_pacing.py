@@ -20,10 +20,9 @@ with it:
   keeps R x F <= 200/s (and K / mean latency x F <= ~200/s): R = 200/s runs unscaled;
 * the engine's retry backoff (``backoff_initial`` 1 s, ``backoff_max`` 60 s): divided by F
   through ``OCTAVE_BACKOFF_INITIAL`` / ``OCTAVE_BACKOFF_MAX``; ``--timeout`` likewise;
-* the limiter's starting rate with ``--rate none`` and nothing remembered: 16 calls per real
-  second, a constant in seconds. At F > 1 a cell starts F times closer to its limit than the
-  unscaled regime would (R = 0.5/s at F = 10: 3.2 x R instead of 32 x R). The cells at
-  50 ms latency (F = 1) are unscaled and show the full search from 16/s.
+* the limiter's starting rate with ``--rate none`` and nothing remembered (``start_rate``,
+  16 calls per second): multiplied by F through ``OCTAVE_START_RATE``, so that every cell
+  starts its search where the unscaled regime would (R = 0.5/s: 32 x R; R = 200/s: R / 12).
 
 Cells (``--rate``/``--concurrency`` are the user's ceilings; R, K the server's limits):
 
@@ -218,6 +217,7 @@ class Cell:
             **ENGINE_ENV,
             "OCTAVE_BACKOFF_INITIAL": f"{1.0 / self.scale:g}",
             "OCTAVE_BACKOFF_MAX": f"{60.0 / self.scale:g}",
+            "OCTAVE_START_RATE": f"{16.0 * self.scale:g}",
         }
         if self.breaker_off:
             env["OCTAVE_BREAKER_THRESHOLD"] = str(BREAKER_OFF)

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(32, description="Calls in flight at most (the cap is found below).")
     adaptive: bool = Field(True, description="Slow the pool down on 429 and climb back.")
+    start_rate: float = Field(
+        16.0, gt=0, description="Calls/s the search starts at with no --rate and no memory."
+    )
     timeout: float = Field(180.0, description="Read timeout per call, seconds.")
     connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")
     max_attempts: int = Field(5, description="Attempts per contact per run, retries included.")

@@ -41,6 +41,7 @@ behaves like one at 50/s with 0.4-s calls.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -60,12 +61,14 @@ _REFUSED = 2  # ... at least this many 429s ...
 _TOLERATED = 0.05  # ... that are more than this share of them
 _CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
 _MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
-_FIRST_GROWTH, _GROWTH = 2.0, 1.25
-_CONVERGED = 1.04  # good and bad this close: hold
+_FIRST_GROWTH = 2.0  # the rate doubles per quiet epoch until the first 429 ...
+_STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds (up to x2)
+_MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
+_HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
+_TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
+_CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
-_OVERWHELMED = 0.9  # a 429 share above this, with a Retry-After, pauses the whole pool
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
-_START_RATE = 16.0  # with no ceiling and nothing remembered: 16/s, doubling per quiet epoch
 
 
 @dataclass
@@ -83,6 +86,15 @@ class _Epoch:
     refused_levels: Counter[int] = field(default_factory=Counter)
     rate_waits: int = 0  # attempts that waited for the rate
     window_waits: int = 0  # attempts that waited for the window
+    outcomes: list[tuple[float, bool]] = field(default_factory=list)  # (sent at, accepted)
+
+    def accepted_since_refusal(self) -> tuple[float, int]:
+        """The share accepted of the attempts sent since the epoch's first refused one, and
+        their number: a token bucket is empty from then on (its burst spent), so that share
+        of the send rate is its rate."""
+        first = min((at for at, ok in self.outcomes if not ok), default=0.0)
+        tail = [ok for at, ok in self.outcomes if at > first]
+        return (sum(tail) / len(tail) if tail else 0.0), len(tail)
 
 
 class AdaptiveLimiter:
@@ -91,7 +103,9 @@ class AdaptiveLimiter:
     Args:
         rate_ceiling: calls per second never exceeded; None for no ceiling.
         window_ceiling: calls in flight never exceeded (``--concurrency``).
-        start_rate: the rate to start at (a remembered one), else the ceiling, else 4/s.
+        start_rate: the rate to start at (a remembered one), else the ceiling, else
+            ``search_from``.
+        search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
@@ -104,6 +118,7 @@ class AdaptiveLimiter:
         window_ceiling: int,
         *,
         start_rate: float | None = None,
+        search_from: float = 16.0,
         start_window: int | None = None,
         adaptive: bool = True,
         max_pause: float = 600.0,
@@ -113,7 +128,8 @@ class AdaptiveLimiter:
         self.rate_ceiling, self.window_ceiling = rate_ceiling, window_ceiling
         self.adaptive, self.max_pause = adaptive, max_pause
         self._clock, self._sleep = clock, sleep
-        first = start_rate or rate_ceiling or (_START_RATE if adaptive else None)
+        self._search_from = search_from
+        first = start_rate or rate_ceiling or (search_from if adaptive else None)
         self._rate = None if first is None else _clamp(first, rate_ceiling)
         self._window = max(1, min(window_ceiling, start_window or window_ceiling))
         self._slots = anyio.CapacityLimiter(self._window)
@@ -124,15 +140,20 @@ class AdaptiveLimiter:
         self.good: float | None = start_rate  # the highest rate that held
         # A remembered window is a cap found before: probed past one call at a time, rarely.
         self._cap_known = start_window is not None
-        self._remembered_cap_level = start_window + 1 if start_window else None
+        # A cap sighted once (or remembered): seen again at that level, it is proven.
+        self._suspected_cap = start_window + 1 if start_window else None
+        self._suspected_in = -1  # the epoch of the first sighting
+        self._rate_before_cap: float | None = None
         # The lowest rate refused since; a remembered rate was the top of a search: just above
         # it is taken as refused, so the first probes are small.
-        self.bad: float | None = start_rate * 1.08 if start_rate else None
+        self.bad: float | None = start_rate * _CONVERGED if start_rate else None
         self._cut_once = start_rate is not None
         self._probing = False
         self._failed_probes = 4 if start_rate or start_window else 0  # remembered: probe rarely
-        self._quiet_epochs = 0
+        self._quiet_known = 0
         self._window_step = 1
+        self._rate_step = _STEP  # the next probe's growth once cut: doubles while probes hold
+        self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self._stopped = anyio.Event()
         self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
@@ -141,6 +162,8 @@ class AdaptiveLimiter:
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = 0
+        self._refused_in_row = 0  # 429s since the last answer that was not one
+        self._answers = 0  # answers other than 429s, all epochs
         self.clamped_retry_after = 0
 
     @property
@@ -256,8 +279,10 @@ class AdaptiveLimiter:
         counts = self._release(ticket)
         # No refusal takes longer than the fastest answer's round trip.
         self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self._clock() - ticket.sent_at))
+        self._answers += 1
         if counts:
             self._accepted(ticket)
+        self._refused_in_row = 0
         self._settle()
         if self.adaptive:
             self._maybe_probe()
@@ -279,10 +304,13 @@ class AdaptiveLimiter:
         epoch.known += 1
         epoch.refused += 1
         epoch.refused_levels[ticket.level] += 1
+        epoch.outcomes.append((ticket.sent_at, False))
         self._settle()
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
         share = epoch.refused / epoch.sent
-        judged = epoch.refused >= _REFUSED and 2 * max(epoch.refused, epoch.sent // 2) >= _VERDICT
+        judged = epoch.refused >= _REFUSED and (
+            epoch.known >= _VERDICT or 4 * epoch.refused >= epoch.known  # a quarter: at once
+        )
         cap = self.concurrency_limited_at
         if self.adaptive and cap is not None and ticket.level < cap - 1:
             # Refused below the cap it seemed to have: it was a rate (a token bucket's
@@ -293,7 +321,9 @@ class AdaptiveLimiter:
         concurrency = self.adaptive and self._judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self._cut_rate(now)
-        if not concurrency and judged and share > _OVERWHELMED and retry_after is not None:
+        self._refused_in_row += 1
+        overwhelmed = self._refused_in_row >= _VERDICT  # nothing accepted meanwhile
+        if not concurrency and overwhelmed and retry_after is not None:
             if now + retry_after > self.paused_until:
                 self.paused_until = now + retry_after
                 self._next_slot = max(self._next_slot, self.paused_until)
@@ -305,6 +335,11 @@ class AdaptiveLimiter:
         epoch = self._epoch
         epoch.known += 1
         epoch.accepted += 1
+        epoch.outcomes.append((ticket.sent_at, True))
+        self._refused_in_row = 0
+        if self._suspected_cap is not None and ticket.level > self._suspected_cap:
+            self._suspected_cap = None  # went through above it (one level of slack: our
+            # count includes answers still in transit): no cap there
         ticket.epoch = -1  # counted: its answer, if it comes later, must not count again
 
     def _settle(self) -> None:
@@ -319,43 +354,69 @@ class AdaptiveLimiter:
 
     def _judge_concurrency(self) -> bool:
         """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
-        the proof is complete); False hands them to the rate."""
+        the proof is complete); False hands them to the rate.
+
+        While nothing comes back (40-s calls), a token bucket refuses the sends of a burst at
+        rising in-flight levels exactly as a cap would. So a first sighting of the pattern is
+        left to the rate (which slows the sends down); seen again at the same level once the
+        rate was cut, it is a cap, and the rate goes back to where it was."""
         epoch = self._epoch
         sent, refused = epoch.sent_levels, epoch.refused_levels
         lowest = min(refused)
         if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
             return False  # something at or above that level went through (or may yet)
-        # A cap seen before (this run or remembered) is proven again by two 429s at its level.
-        proof = (
-            2 if lowest - 1 in (self._window, self.concurrency_limited_at) else _CONCURRENCY_PROOF
-        )
-        if refused.total() < proof or refused[lowest] < 2 or not sent[lowest - 1]:
+        sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
+        near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
+        if not near and self._answers >= lowest:
+            # Calls have come back, so in-flight levels went down and up again: the level
+            # says more than the order of sending. Proven by three 429s, two at the lowest.
+            proven = refused.total() >= _CONCURRENCY_PROOF and refused[lowest] >= 2
+            if not (proven and sent[lowest - 1] and epoch.known >= _VERDICT):
+                return True
+            near, self._rate_before_cap = [lowest], None
+        elif not near:
+            if refused.total() >= _REFUSED:
+                self._suspected_cap, self._rate_before_cap = lowest, self._rate
+                self._suspected_in = epoch.number
+            return False
+        elif epoch.number == self._suspected_in:
+            return False  # the rate has not answered the first sighting yet
+        elif refused[lowest] < 2:
             return True  # consistent so far: wait for the proof before judging the rate
+        lowest = min(lowest, *near)
         if self.concurrency_limited_at is None:
             self.concurrency_limited_at = lowest
+        self._cap_known = True
         self._failed_probe()
-        self._set(window=min(lowest - 1, self._window), reason="concurrency")
+        rate = self._rate
+        if rate is not None and self._rate_before_cap is not None:
+            rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
+            self.bad, self._rate_before_cap = None, None
+        self._set(rate=rate, window=min(lowest - 1, self._window), reason="concurrency")
         return True
 
     def _cut_rate(self, now: float) -> None:
         """Back to the rate that held, or to the accepted rate when none holds any more."""
         epoch, rate = self._epoch, self._rate
         span = epoch.last_sent - epoch.first_sent
-        sent = (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or _START_RATE)
+        sent = (
+            (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or self._search_from)
+        )
         sent = min(sent, rate) if rate is not None else sent
         if self.rate_limited_at is None:
             self.rate_limited_at = sent
         self.bad = sent if self.bad is None else min(self.bad, sent)
+        share, samples = epoch.accepted_since_refusal()
+        if samples < _VERDICT:  # too few since the first 429: the whole epoch's share (its
+            share = epoch.accepted / epoch.known  # burst included: too high, never too low)
+        estimate = sent * share * _MARGIN
         if self.good is not None and self.good < sent:
-            target = self.good  # back to the last rate that held
+            target = max(self.good, estimate)  # back to what held, or what was accepted
         else:
             self.good = None  # what held before holds no more: estimate afresh
-            target = sent * (1 - epoch.refused / epoch.sent) * _MARGIN
-            if rate is not None:
-                # One verdict divides the rate by 4 at most (by 2 when the window held the
-                # epoch back: its send rate then says little): a few 429s of a burst of
-                # retries must not send the rate to the floor.
-                target = max(target, rate / (2 if epoch.window_waits >= epoch.sent / 4 else 4))
+            # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
+            # must not send the rate to the floor.
+            target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
         self._cut_once = True
         moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
         self._failed_probe(moved=moved)
@@ -369,44 +430,66 @@ class AdaptiveLimiter:
             self._failed_probes += 1
         elif moved:
             self._failed_probes = 0
-        self._quiet_epochs = 0
+        self._quiet_known = 0
         self._window_step = 1
+        self._rate_step = _STEP
 
     def _maybe_probe(self) -> None:
         epoch = self._epoch
-        quiet = _QUIET if self._cut_once else _VERDICT
+        rate = self._rate
+        searching = not self._cut_once or (
+            rate is not None and self.bad is not None and self.bad > rate * _CONVERGED
+        )
+        quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
         if epoch.window_waits:  # a small window cannot show many outcomes at a time
             quiet = min(quiet, self._window)
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
-        if epoch.refused:  # isolated refusals: the setting holds, but shows no room
-            self._set(reason=None)
-            return
-        if self._probing:
-            self._failed_probes = 0  # the probe held
-        rate = self._rate
         # Held back by the window, and the window was full: calls at its top level went through.
         window_bound = (
             epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self._window
         )
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
-        self._quiet_epochs += 1
-        if self._quiet_epochs < 2**self._failed_probes:
-            self._set(reason=None)  # probes that failed in a row: wait longer before the next
+        self._held_known += epoch.known
+        self._held_refused += epoch.refused
+        if epoch.refused:  # isolated refusals: the setting holds, but shows no room ...
+            if rate_bound and rate is not None and self._held_known >= _HELD:
+                share = self._held_refused / self._held_known
+                if share > _TOLERATED_HELD:  # ... unless they add up: a little too fast
+                    self.bad = rate if self.bad is None else min(self.bad, rate)
+                    self._set(rate=rate * (1 - share), reason="rate")
+                    return
+            self._set(reason=None)
             return
+        if self._probing and (rate_bound or window_bound):
+            if self.bad is None or window_bound:
+                self._failed_probes = 0  # a probe into the unknown held: probe freely again
+        elif self._probing:
+            self._set(reason=None, probing=True)  # not tested yet: nothing held it back
+            return
+        self._quiet_known += epoch.known
+        # Past the last refusal (or a cap), probes cost 429s: each refused one doubles the
+        # quiet epochs before the next, from 4 (so that they cost about 1 % of calls).
+        patience = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
-            if self.bad is not None and self._quiet_epochs > 2 ** (self._failed_probes + 1):
+            bracketed = self.bad is not None and self.bad > rate * _CONVERGED
+            if not bracketed and self._quiet_known >= patience:
                 self.bad = None  # forgiven: the limit may have risen
+            step = self._rate_step if self._cut_once else _FIRST_GROWTH - 1
             if self.bad is None:
-                target = rate * (_GROWTH if self._cut_once else _FIRST_GROWTH)
-            elif self.bad > rate * _CONVERGED:
-                target = min(rate * _GROWTH, (rate + self.bad) / 2)
+                target = rate * (1 + step)
+            elif bracketed and self.bad is not None:
+                target = math.sqrt(rate * self.bad)  # bisection (geometric: rates span decades)
             else:
                 target = rate
             if target > rate and (self.rate_ceiling is None or rate < self.rate_ceiling):
+                if self.bad is None:  # into the unknown: faster while probes hold
+                    self._rate_step = min(_FIRST_GROWTH - 1, 2 * self._rate_step)
                 self._set(rate=target, reason="probe", probing=True)
                 return
+        elif window_bound and self._quiet_known < patience and self._cap_known:
+            pass  # a cap found or remembered: probed past rarely
         elif window_bound and self._window < self.window_ceiling:
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
             grown = self._window + self._window_step
@@ -428,6 +511,7 @@ class AdaptiveLimiter:
         """Start a new epoch, with a new rate and/or window when given."""
         if rate is not None:
             self._rate = _clamp(rate, self.rate_ceiling)
+            self._held_known = self._held_refused = 0
             self._next_slot = self._clock()
             self._wake()  # the waiter for the rate books its slot again
         if window is not None:
@@ -436,7 +520,7 @@ class AdaptiveLimiter:
         self._probing = probing
         if reason is not None:
             if reason != "probe":
-                self._quiet_epochs = 0
+                self._quiet_known = 0
             log_event("pacing", reason=reason, rate=_round(self._rate), window=self._window)
         self._epoch = _Epoch(self._epoch.number + 1, self._clock())
 

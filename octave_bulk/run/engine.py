@@ -142,6 +142,7 @@ class _Run:
             settings.concurrency,
             start_rate=self.start_rate,
             start_window=self.start_window,
+            search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
         results = NdjsonAppender(paths.results)
