@@ -1,56 +1,51 @@
 """The adaptive limiter: finds the server's rate limit and concurrency cap while it runs.
 
 Algorithm - *epoch-judged bracketing search* on two dimensions, the in-flight **window**
-(at most ``--concurrency``) and the **rate** (at most ``--rate``). Every attempt waits for a
-slot in the window (anyio's ``CapacityLimiter``, resized as the window moves), then for its
-turn in the rate (GCRA virtual scheduling, a tenth of a call of tolerance for timer
-lateness: more would let two calls through back to back after a quiet spell, which a token
-bucket without burst refuses).
+(at most ``--concurrency``) and the **rate** (at most ``--rate``), both enforced by the
+:class:`~octave_bulk.limits.gate.Gate`. Every constant counts attempts or outcomes, none
+counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4-s calls.
 
-* **Epochs.** Each change of setting starts an epoch; only attempts sent in the current epoch
-  judge it, never a time window that mixes settings and pauses. An outcome is *known* when
-  answered, or once unrefused for three refusal round trips: a 429 comes back at network
-  speed, an accepted call after the agent's work, so verdicts at 40-s calls take milliseconds.
-* **Concurrency refusals.** ``_CONCURRENCY_PROOF`` 429s of an epoch, all at in-flight levels
-  at which every attempt of the epoch was refused, two of them at the lowest such level ``f``,
-  while the level just below went through: the server holds ``f - 1`` calls, and the window
-  becomes that (two 429s prove a cap seen before). Below level 3 the pattern is as well a slow
-  token bucket's, so the rate handles it; a later 429 below the cap disproves it (a bucket's
-  refusals follow the in-flight count when sends come in bursts), and the window opens again.
-* **Rate refusals.** Any other 429 counts against the rate. Once ``_VERDICT`` attempts of the
-  epoch are out, ``_REFUSED`` 429s that are more than ``_TOLERATED`` of them say the server
-  accepts less than is sent: the rate goes back to the highest rate that held (``good``), or,
-  when none holds any more, to the epoch's accepted rate (an overloaded token bucket accepts
-  at most its rate) less ``_MARGIN`` - divided by 4 at most per verdict. The refused rate
-  becomes ``bad``. Fewer 429s are isolated: only their own retries wait (``Retry-After``).
-* **Probes.** An epoch of ``_QUIET`` known outcomes without a 429, held back by the rate (or a
-  full window), is evidence of room: ``good`` rises to it and the rate grows - x2 until the
-  first refusal, then x1.25 but never past the middle of ``good`` and ``bad`` (a bracketing
-  search); within ``_CONVERGED`` of ``bad`` it holds. Each probe refused at once doubles the
-  quiet epochs needed before the next, and ``bad`` is forgiven after twice as many, so a limit
-  that holds is probed ever less often and one that rises is found again. A held rate refused
-  wholesale (``_MOVED``) means the limit moved: the search starts afresh. A remembered rate
-  or window (from the last run) starts the search near its end: probed rarely, in small steps.
-* **Pauses.** The whole pool stops only when the server refuses nearly all of an epoch
-  (``_OVERWHELMED``: a quota, not a rate) and says for how long (``Retry-After``, clamped to
-  ``max_pause``).
-
-Every constant counts attempts or epochs, none counts seconds: a run at 0.5/s with 40-s calls
-behaves like one at 50/s with 0.4-s calls.
+* **Epochs.** Each change of setting starts an :class:`~octave_bulk.limits.epoch.Epoch`;
+  only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
+  for three refusal round trips: a 429 comes back at network speed, an accepted call after
+  the agent's work, so verdicts at 40-s calls take milliseconds.
+* **Rate verdicts.** ``_REFUSED`` 429s, once ``_VERDICT`` outcomes are known (or at once when
+  they are a quarter of them), above ``_TOLERATED``: the server accepts less than is sent. An
+  overloaded token bucket accepts exactly its rate, so the new rate is the send rate times the
+  share accepted since the epoch's first 429 (its burst spent by then), less ``_MARGIN``; or
+  the rate that held (``good``) when higher; never below a quarter per verdict. The refused
+  rate is ``bad``. Isolated 429s only delay their own retry, unless over ``_HELD`` outcomes at
+  one rate they add up to more than ``_TOLERATED_HELD``: then the rate drops by that share.
+* **Concurrency verdicts.** 429s at in-flight levels at which nothing of the epoch went
+  through, at least level 3: a cap, if the pattern can be told from a bucket's. While nothing
+  comes back (40-s calls), a bucket refuses a burst level by level exactly like a cap; so a
+  first sighting goes to the rate, and the same level refused again after the rate was cut
+  proves a cap (the window becomes the level below, the rate goes back). Once calls have come
+  back, ``_CONCURRENCY_PROOF`` 429s (two at the lowest level) prove it at once. A later 429
+  well below the cap disproves it and the window opens again.
+* **Probes.** An epoch of quiet outcomes (``_VERDICT`` while bracketing, ``_QUIET`` past it)
+  held back by the rate or a full window is evidence of room. The rate doubles until the first
+  429; then bisects (geometric mean) between ``good`` and ``bad`` until they are within
+  ``_CONVERGED``, and holds. Past ``bad`` it probes in steps from ``_STEP`` (doubled while they
+  hold), after ``_QUIET`` x 4 quiet outcomes, twice as many per probe refused in a row (up to
+  ``_MAX_BACKOFF`` doublings): so a rising limit is found again within a few hundred calls and
+  a steady one costs about 1 % of calls in 429s. The window probes the same way, one call past
+  a known cap. A remembered rate or window (from the last run) starts there, probed rarely.
+* **Pauses.** The whole pool stops only after ``_VERDICT`` 429s in a row with nothing
+  accepted (a quota, not a rate) and for as long as the server said (``Retry-After``, clamped
+  to ``max_pause``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
 from octave_bulk.limits.base import Ticket
+from octave_bulk.limits.epoch import Epoch
+from octave_bulk.limits.gate import Gate
 from octave_bulk.observe.log import log_event
 
 __all__ = ["AdaptiveLimiter"]
@@ -69,32 +64,6 @@ _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
 _CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
-
-
-@dataclass
-class _Epoch:
-    number: int
-    started: float
-    unknown: deque[Ticket] = field(default_factory=deque)  # outcome not known yet
-    sent: int = 0
-    first_sent: float = 0.0
-    last_sent: float = 0.0
-    known: int = 0
-    accepted: int = 0
-    refused: int = 0
-    sent_levels: Counter[int] = field(default_factory=Counter)
-    refused_levels: Counter[int] = field(default_factory=Counter)
-    rate_waits: int = 0  # attempts that waited for the rate
-    window_waits: int = 0  # attempts that waited for the window
-    outcomes: list[tuple[float, bool]] = field(default_factory=list)  # (sent at, accepted)
-
-    def accepted_since_refusal(self) -> tuple[float, int]:
-        """The share accepted of the attempts sent since the epoch's first refused one, and
-        their number: a token bucket is empty from then on (its burst spent), so that share
-        of the send rate is its rate."""
-        first = min((at for at, ok in self.outcomes if not ok), default=0.0)
-        tail = [ok for at, ok in self.outcomes if at > first]
-        return (sum(tail) / len(tail) if tail else 0.0), len(tail)
 
 
 class AdaptiveLimiter:
@@ -127,16 +96,16 @@ class AdaptiveLimiter:
     ) -> None:
         self.rate_ceiling, self.window_ceiling = rate_ceiling, window_ceiling
         self.adaptive, self.max_pause = adaptive, max_pause
-        self._clock, self._sleep = clock, sleep
+        self._clock = clock
         self._search_from = search_from
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
-        self._rate = None if first is None else _clamp(first, rate_ceiling)
-        self._window = max(1, min(window_ceiling, start_window or window_ceiling))
-        self._slots = anyio.CapacityLimiter(self._window)
-        self._next_slot = 0.0
-        self.paused_until = 0.0
-        self._in_flight = 0  # sent and not answered
-        self._epoch = _Epoch(0, clock())
+        self._gate = Gate(
+            None if first is None else _clamp(first, rate_ceiling),
+            max(1, min(window_ceiling, start_window or window_ceiling)),
+            clock=clock,
+            sleep=sleep,
+        )
+        self._epoch = Epoch(0, clock())
         self.good: float | None = start_rate  # the highest rate that held
         # A remembered window is a cap found before: probed past one call at a time, rarely.
         self._cap_known = start_window is not None
@@ -155,10 +124,6 @@ class AdaptiveLimiter:
         self._rate_step = _STEP  # the next probe's growth once cut: doubles while probes hold
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
-        self._stopped = anyio.Event()
-        self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
-        self._rate_turn = anyio.Lock()
-        self._window_waiters: set[anyio.CancelScope] = set()
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = 0
@@ -169,108 +134,36 @@ class AdaptiveLimiter:
     @property
     def rate(self) -> float | None:
         """The rate let through now, calls per second (None: no rate gate)."""
-        return self._rate
+        return self._gate.rate
 
     @property
     def window(self) -> int:
         """The calls in flight let through now."""
-        return self._window
+        return self._gate.window
 
     def stop(self) -> None:
         """Wake every waiter: the run is stopping (callers check that after acquire)."""
-        self._stopped.set()
-        self._wake()
-        for scope in self._window_waiters:
-            scope.cancel()
-
-    async def _nap(self, seconds: float) -> None:
-        """Sleep, waking early when the run stops or the rate changes."""
-        if self._sleep is not None:  # a test's clock
-            await self._sleep(seconds)
-            return
-        with anyio.move_on_after(seconds):
-            await self._woken.wait()
-
-    def _wake(self) -> None:
-        self._woken.set()
-        self._woken = anyio.Event()
-
-    # --- the gate ---------------------------------------------------------------------
+        self._gate.stop()
 
     async def acquire(self) -> Ticket:
         """Wait for a slot in the window, then for the rate and any pause; returns the
         attempt's ticket (give it back to :meth:`on_answer` or :meth:`on_429`)."""
         ticket = Ticket(0.0, 0, -1)
-        waited_window = waited_rate = False
-        while True:
-            try:
-                self._slots.acquire_on_behalf_of_nowait(ticket)
-            except anyio.WouldBlock:
-                waited_window = True
-                if not await self._wait_for_window(ticket):
-                    return ticket  # stopped: no slot, nothing to send
-            while not self._stopped.is_set():
-                while (
-                    wait := self.paused_until - self._clock()
-                ) > 0 and not self._stopped.is_set():
-                    await self._nap(wait)  # a loop: a later 429 may push the pause further
-                if self._rate is not None:
-                    async with self._rate_turn:  # one waiter at a time: nothing booked ahead
-                        waited_rate |= await self._rate_slot()
-                if self.paused_until <= self._clock():
-                    break
-            if self._in_flight < self._window or self._stopped.is_set():
-                break
-            # The window shrank while this attempt waited: its slot is no longer there.
-            self._slots.release_on_behalf_of(ticket)
-            waited_window = True
+        waits = await self._gate.enter(ticket)
+        if waits is None:
+            return ticket  # stopped: no slot, nothing to send
         epoch = self._epoch
-        self._in_flight += 1
-        ticket.sent_at, ticket.level, ticket.epoch = self._clock(), self._in_flight, epoch.number
-        epoch.unknown.append(ticket)
-        epoch.sent += 1
-        epoch.sent_levels[ticket.level] += 1
-        epoch.first_sent = epoch.first_sent or ticket.sent_at
-        epoch.last_sent = ticket.sent_at
-        epoch.rate_waits += waited_rate
-        epoch.window_waits += waited_window
+        ticket.sent_at, ticket.level = self._clock(), self._gate.in_flight
+        ticket.epoch = epoch.number
+        epoch.sent_one(ticket, waits)
         self._settle()  # at 40-s calls, sends are what moves the verdicts on
         if self.adaptive:
             self._maybe_probe()
         return ticket
 
-    async def _wait_for_window(self, ticket: Ticket) -> bool:
-        """Wait for a window slot; False when the run stopped first (then no slot is held)."""
-        with anyio.CancelScope() as scope:
-            self._window_waiters.add(scope)
-            try:
-                await self._slots.acquire_on_behalf_of(ticket)
-            finally:
-                self._window_waiters.discard(scope)
-        ticket.answered = scope.cancelled_caught  # an unheld ticket must not be released
-        return not scope.cancelled_caught
-
-    async def _rate_slot(self) -> bool:
-        """Wait for the next slot at the current rate (GCRA); whether it had to wait."""
-        waited = False
-        while (rate := self._rate) is not None and not self._stopped.is_set():
-            now = self._clock()
-            slot = max(now - 0.1 / rate, self._next_slot)
-            if slot <= now:
-                self._next_slot = slot + 1.0 / rate
-                break
-            waited = True
-            await self._nap(slot - now)  # the rate may change meanwhile: computed again
-        return waited
-
     def _release(self, ticket: Ticket) -> bool:
         """Free the ticket's window slot; whether its outcome still counts for the epoch."""
-        if ticket.answered:  # never held a slot (the run stopped while it waited)
-            return False
-        ticket.answered = True
-        self._in_flight -= 1
-        self._slots.release_on_behalf_of(ticket)
-        return ticket.epoch == self._epoch.number
+        return self._gate.leave(ticket) and ticket.epoch == self._epoch.number
 
     # --- answers ----------------------------------------------------------------------
 
@@ -299,12 +192,9 @@ class AdaptiveLimiter:
             log_event("retry_after_clamped", asked_s=round(retry_after), used_s=self.max_pause)
             retry_after = self.max_pause
         if not counts:
-            return max(0.0, self.paused_until - now)  # sent before the last change
+            return max(0.0, self._gate.paused_until - now)  # sent before the last change
         epoch = self._epoch
-        epoch.known += 1
-        epoch.refused += 1
-        epoch.refused_levels[ticket.level] += 1
-        epoch.outcomes.append((ticket.sent_at, False))
+        epoch.known_one(ticket, accepted=False)
         self._settle()
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
         share = epoch.refused / epoch.sent
@@ -324,18 +214,14 @@ class AdaptiveLimiter:
         self._refused_in_row += 1
         overwhelmed = self._refused_in_row >= _VERDICT  # nothing accepted meanwhile
         if not concurrency and overwhelmed and retry_after is not None:
-            if now + retry_after > self.paused_until:
-                self.paused_until = now + retry_after
-                self._next_slot = max(self._next_slot, self.paused_until)
+            if self._gate.pause(now + retry_after):
                 log_event("paused", seconds=round(retry_after, 2), share_429=round(share, 2))
             return retry_after
         return 0.0
 
     def _accepted(self, ticket: Ticket) -> None:
         epoch = self._epoch
-        epoch.known += 1
-        epoch.accepted += 1
-        epoch.outcomes.append((ticket.sent_at, True))
+        epoch.known_one(ticket, accepted=True)
         self._refused_in_row = 0
         if self._suspected_cap is not None and ticket.level > self._suspected_cap:
             self._suspected_cap = None  # went through above it (one level of slack: our
@@ -376,7 +262,7 @@ class AdaptiveLimiter:
             near, self._rate_before_cap = [lowest], None
         elif not near:
             if refused.total() >= _REFUSED:
-                self._suspected_cap, self._rate_before_cap = lowest, self._rate
+                self._suspected_cap, self._rate_before_cap = lowest, self.rate
                 self._suspected_in = epoch.number
             return False
         elif epoch.number == self._suspected_in:
@@ -388,16 +274,16 @@ class AdaptiveLimiter:
             self.concurrency_limited_at = lowest
         self._cap_known = True
         self._failed_probe()
-        rate = self._rate
+        rate = self.rate
         if rate is not None and self._rate_before_cap is not None:
             rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
             self.bad, self._rate_before_cap = None, None
-        self._set(rate=rate, window=min(lowest - 1, self._window), reason="concurrency")
+        self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
         return True
 
     def _cut_rate(self, now: float) -> None:
         """Back to the rate that held, or to the accepted rate when none holds any more."""
-        epoch, rate = self._epoch, self._rate
+        epoch, rate = self._epoch, self.rate
         span = epoch.last_sent - epoch.first_sent
         sent = (
             (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or self._search_from)
@@ -421,7 +307,7 @@ class AdaptiveLimiter:
         moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
         self._failed_probe(moved=moved)
         self._set(rate=target, reason="rate")
-        self._next_slot = now + 1.0 / (self._rate or 1.0)
+        self._gate.hold_back(now + 1.0 / (self.rate or 1.0))
 
     def _failed_probe(self, moved: bool = False) -> None:
         """Count a refused probe; a setting that held and is now refused wholesale
@@ -436,18 +322,18 @@ class AdaptiveLimiter:
 
     def _maybe_probe(self) -> None:
         epoch = self._epoch
-        rate = self._rate
+        rate = self.rate
         searching = not self._cut_once or (
             rate is not None and self.bad is not None and self.bad > rate * _CONVERGED
         )
         quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
         if epoch.window_waits:  # a small window cannot show many outcomes at a time
-            quiet = min(quiet, self._window)
+            quiet = min(quiet, self.window)
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
         window_bound = (
-            epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self._window
+            epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self.window
         )
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._held_known += epoch.known
@@ -490,11 +376,11 @@ class AdaptiveLimiter:
                 return
         elif window_bound and self._quiet_known < patience and self._cap_known:
             pass  # a cap found or remembered: probed past rarely
-        elif window_bound and self._window < self.window_ceiling:
+        elif window_bound and self.window < self.window_ceiling:
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
-            grown = self._window + self._window_step
+            grown = self.window + self._window_step
             if self.concurrency_limited_at is None and not self._cap_known:
-                grown = max(grown, self._window * 2)
+                grown = max(grown, self.window * 2)
             self._window_step *= 2
             self._set(window=grown, reason="probe", probing=True)
             return
@@ -510,26 +396,23 @@ class AdaptiveLimiter:
     ) -> None:
         """Start a new epoch, with a new rate and/or window when given."""
         if rate is not None:
-            self._rate = _clamp(rate, self.rate_ceiling)
+            self._gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
-            self._next_slot = self._clock()
-            self._wake()  # the waiter for the rate books its slot again
         if window is not None:
-            self._window = max(1, min(window, self.window_ceiling))
-            self._slots.total_tokens = self._window
+            self._gate.set_window(max(1, min(window, self.window_ceiling)))
         self._probing = probing
         if reason is not None:
             if reason != "probe":
                 self._quiet_known = 0
-            log_event("pacing", reason=reason, rate=_round(self._rate), window=self._window)
-        self._epoch = _Epoch(self._epoch.number + 1, self._clock())
+            log_event("pacing", reason=reason, rate=_round(self.rate), window=self.window)
+        self._epoch = Epoch(self._epoch.number + 1, self._clock())
 
     def describe(self) -> dict[str, Any]:
         """What was learnt of the server, JSON-ready: the settled rate (None when no rate
         limit was met) and window, where the 429s began, and the 429 counts."""
         return {
-            "rate": _round(self._rate) if self.rate_limited_at is not None else None,
-            "window": self._window,
+            "rate": _round(self.rate) if self.rate_limited_at is not None else None,
+            "window": self.window,
             "rate_limited_at": _round(self.rate_limited_at),
             "concurrency_limited_at": self.concurrency_limited_at,
             "refusals_429": self.refusals,

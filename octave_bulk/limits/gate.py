@@ -1,0 +1,159 @@
+"""The gate every attempt passes: a slot in the in-flight window, then its turn in the rate,
+then the end of any pool-wide pause. It holds no policy: the limiter sets the window, the
+rate and the pauses; the gate only enforces them.
+
+* **Window.** anyio's ``CapacityLimiter``, resized as the window moves; an attempt whose slot
+  vanished while it waited (the window shrank) waits again.
+* **Rate.** GCRA virtual scheduling (as aiometer's), with a tenth of a call of tolerance for
+  timer lateness: more would let two calls through back to back after a quiet spell, which a
+  token bucket without burst refuses. One waiter books its turn at a time, so that nothing
+  is booked ahead at a rate that is about to change.
+* **Pause.** Until ``paused_until`` nothing is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from octave_bulk.limits.base import Ticket
+
+__all__ = ["Gate", "Waits"]
+
+_TOLERANCE = 0.1  # calls a turn may come early (the timer's lateness made up)
+
+
+class Waits:
+    """What an attempt waited for before it passed."""
+
+    __slots__ = ("rate", "window")
+
+    def __init__(self) -> None:
+        self.window = self.rate = False
+
+
+class Gate:
+    """The window, the rate and the pause, shared by all workers of one run."""
+
+    def __init__(
+        self,
+        rate: float | None,
+        window: int,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.rate, self.window = rate, window
+        self.in_flight = 0  # passed and not left
+        self.paused_until = 0.0
+        self._clock, self._sleep = clock, sleep
+        self._slots = anyio.CapacityLimiter(window)
+        self._next_turn = 0.0
+        self._stopped = anyio.Event()
+        self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
+        self._turn_lock = anyio.Lock()
+        self._window_waiters: set[anyio.CancelScope] = set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def set_rate(self, rate: float | None) -> None:
+        """A new rate from now on; the waiter for a turn books it again."""
+        self.rate = rate
+        self._next_turn = self._clock()
+        self._wake()
+
+    def set_window(self, window: int) -> None:
+        self.window = window
+        self._slots.total_tokens = window
+
+    def hold_back(self, until: float) -> None:
+        """No turn before ``until`` (a rate just cut lets its refusals clear first)."""
+        self._next_turn = max(self._next_turn, until)
+
+    def pause(self, until: float) -> bool:
+        """Pause the pool until ``until``; False when it already was, that long."""
+        if until <= self.paused_until:
+            return False
+        self.paused_until = until
+        self.hold_back(until)
+        return True
+
+    def stop(self) -> None:
+        """Wake every waiter: the run is stopping."""
+        self._stopped.set()
+        self._wake()
+        for scope in self._window_waiters:
+            scope.cancel()
+
+    async def enter(self, ticket: Ticket) -> Waits | None:
+        """Wait for a window slot, the rate and any pause; None when the run stopped while
+        waiting for a slot (then none is held: ``ticket.answered`` is set)."""
+        waits = Waits()
+        while True:
+            try:
+                self._slots.acquire_on_behalf_of_nowait(ticket)
+            except anyio.WouldBlock:
+                waits.window = True
+                if not await self._wait_for_window(ticket):
+                    return None
+            while not self.stopped:
+                while (wait := self.paused_until - self._clock()) > 0 and not self.stopped:
+                    await self._nap(wait)  # a loop: a later 429 may push the pause further
+                if self.rate is not None:
+                    async with self._turn_lock:
+                        waits.rate |= await self._rate_turn()
+                if self.paused_until <= self._clock():
+                    break
+            if self.in_flight < self.window or self.stopped:
+                self.in_flight += 1
+                return waits
+            # The window shrank while this attempt waited: its slot is no longer there.
+            self._slots.release_on_behalf_of(ticket)
+            waits.window = True
+
+    def leave(self, ticket: Ticket) -> bool:
+        """Free the ticket's slot; False when it held none (or was left already)."""
+        if ticket.answered:
+            return False
+        ticket.answered = True
+        self.in_flight -= 1
+        self._slots.release_on_behalf_of(ticket)
+        return True
+
+    async def _wait_for_window(self, ticket: Ticket) -> bool:
+        with anyio.CancelScope() as scope:
+            self._window_waiters.add(scope)
+            try:
+                await self._slots.acquire_on_behalf_of(ticket)
+            finally:
+                self._window_waiters.discard(scope)
+        ticket.answered = scope.cancelled_caught  # an unheld ticket must not be released
+        return not scope.cancelled_caught
+
+    async def _rate_turn(self) -> bool:
+        """Wait for the next turn at the current rate (GCRA); whether it had to wait."""
+        waited = False
+        while (rate := self.rate) is not None and not self.stopped:
+            now = self._clock()
+            turn = max(now - _TOLERANCE / rate, self._next_turn)
+            if turn <= now:
+                self._next_turn = turn + 1.0 / rate
+                break
+            waited = True
+            await self._nap(turn - now)  # the rate may change meanwhile: computed again
+        return waited
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, waking early when the run stops or the rate changes."""
+        if self._sleep is not None:  # a test's clock
+            await self._sleep(seconds)
+            return
+        with anyio.move_on_after(seconds):
+            await self._woken.wait()
+
+    def _wake(self) -> None:
+        self._woken.set()
+        self._woken = anyio.Event()
