@@ -46,7 +46,8 @@ class ExitCode(enum.IntEnum):
     OK = 0
     """Every contact succeeded (or was already done)."""
     SOME_FAILED = 1
-    """The run finished, but some contacts failed or some rows were rejected."""
+    """The run finished, but some contacts failed after their retries (or, with
+    ``--fail-on-rejects``, some rows were rejected)."""
     USAGE = 2
     """Bad settings, input or output files, found before anything was sent."""
     FATAL = 3

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     )
     transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport.")
 
+    fail_on_rejects: bool = Field(
+        False, description="Exit 1 when rows were rejected (by default only failures do)."
+    )
+
     # Content
     output_format: OutputFormat = Field(OutputFormat.TEXT, description="Format of the emails.")
     lang: str | None = Field(None, description="Language when the row has none (e.g. en, es).")

@@ -9,8 +9,12 @@ group is durable; then its in-flight slot is released.
 Record shapes (docs/design.md, section "Files") - ``requestId`` is always the first key,
 for the resume scan:
 
-- results: ``requestId, contact, response, attempts, latencyMs, completedAt``
-- errors: ``requestId, contact, error{kind, status, message, retryable}, attempts, failedAt``
+- results: ``requestId, runId, contact, response, attempts, latencyMs, completedAt``
+- errors: ``requestId, runId, contact, error{kind, status, message, retryable}, attempts,
+  failedAt``
+
+``runId`` names the run that wrote the line (the summary's ``run_id``): results of one night
+are the lines of its run.
 """
 
 from __future__ import annotations
@@ -53,13 +57,14 @@ class Failure:
     slot: int | None
 
 
-def success_line(item: Success) -> bytes:
+def success_line(item: Success, run_id: str) -> bytes:
     """The results-file line for a success."""
     raw = item.raw
     # The body goes in verbatim; a pretty-printed body would break the one-line rule.
     response: Any = orjson.Fragment(raw) if b"\n" not in raw else orjson.loads(raw)
     record = {
         "requestId": item.request_id,
+        "runId": run_id,
         "contact": item.contact,
         "response": response,
         "attempts": item.attempts,
@@ -69,11 +74,12 @@ def success_line(item: Success) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # no copy to add the b"\n"
 
 
-def failure_line(item: Failure) -> bytes:
+def failure_line(item: Failure, run_id: str) -> bytes:
     """The errors-file line for a failure."""
     error = item.error
     record = {
         "requestId": item.request_id,
+        "runId": run_id,
         "contact": item.contact,
         "error": {
             "kind": error.kind,
@@ -102,11 +108,13 @@ class Sink:
         release_slot: frees an in-flight slot (after the outcome is durable).
         batch: records per group commit.
         interval: longest time a record waits for its commit, seconds.
+        run_id: the run's id, written into every line.
     """
 
     def __init__(
         self,
         *,
+        run_id: str,
         results: NdjsonAppender,
         errors: NdjsonAppender,
         on_durable: Callable[[Success | Failure], None],
@@ -114,6 +122,7 @@ class Sink:
         batch: int,
         interval: float,
     ) -> None:
+        self._run_id = run_id
         self._results, self._errors = results, errors
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
@@ -124,7 +133,7 @@ class Sink:
     def write(self, item: Success | Failure) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
         if isinstance(item, Success):
-            self._results.write(success_line(item))
+            self._results.write(success_line(item, self._run_id))
             # The body is written; do not hold it until the commit (a positional copy:
             # dataclasses.replace costs ~2 us).
             item = Success(
@@ -137,7 +146,7 @@ class Sink:
                 item.slot,
             )
         else:
-            self._errors.write(failure_line(item))
+            self._errors.write(failure_line(item, self._run_id))
         self._pending.append(item)
         if len(self._pending) >= self._batch:
             self._wake.set()

@@ -34,6 +34,7 @@ async def test_each_contact_one_line_one_call(make_sim: Any, tmp_path: Path) -> 
     first = lines[0]
     assert list(first) == [
         "requestId",
+        "runId",
         "contact",
         "response",
         "attempts",
@@ -41,6 +42,7 @@ async def test_each_contact_one_line_one_call(make_sim: Any, tmp_path: Path) -> 
         "completedAt",
     ]
     assert first["contact"]["agentOId"] == "ca_test" and first["attempts"] == 1
+    assert {line["runId"] for line in lines} == {summary["run_id"]}
     assert first["response"]["found"] is True and first["response"]["data"]["emails"]
     for path in (
         out,
@@ -223,10 +225,14 @@ async def test_duplicate_rows_are_sent_once(make_sim: Any, tmp_path: Path) -> No
     path.write_text("\n".join([*rows, rows[2], rows[4]]) + "\n")
     out = tmp_path / "out.ndjson"
     summary = await run_batch(path, out, sim_settings(sim.url))
-    assert summary["counts"]["duplicate"] == 2 and summary["exit_code"] == 1
+    # Rejects alone are a normal night: counted and reported, exit 0.
+    assert summary["counts"]["duplicate"] == 2 and summary["exit_code"] == 0
     assert sum(sim.stats()["calls"].values()) == 5
     rejects = read_lines(side(out, ".rejects.ndjson"))
     assert [(r["line"], r["reason"]) for r in rejects] == [(7, "duplicate"), (8, "duplicate")]
+    strict = await run_batch(path, out, sim_settings(sim.url, fail_on_rejects=True))
+    assert strict["counts"]["duplicate"] == 2 and strict["exit_code"] == 1
+    assert sum(sim.stats()["calls"].values()) == 5  # nothing paid again
 
 
 async def test_rate_ceiling_paces_smoothly(make_sim: Any, tmp_path: Path) -> None:

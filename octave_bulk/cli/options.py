@@ -30,7 +30,8 @@ __all__ = [
 RUN_FIELDS = (
     "agent_oid", "experiment_oid", "base_url", "rate", "concurrency", "adaptive", "timeout",
     "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "limit",
-    "dry_run", "retry_failed", "progress", "log_format", "metrics_textfile", "log_file",
+    "dry_run", "retry_failed", "fail_on_rejects", "progress", "log_format", "metrics_textfile",
+    "log_file",
 )  # fmt: skip
 """The settings ``run`` takes as flags, in help order."""
 
@@ -40,7 +41,11 @@ INPUT_FIELDS = (
 """The settings that say how to read and map the input (``run`` and ``validate``)."""
 
 _FLAG_NAMES = {"agent_oid": "--agent", "experiment_oid": "--experiment", "input_format": "--format"}
-_ON_OFF_FLAGS = {"dry_run", "retry_failed"}  # given or not; the others of type bool are --x/--no-x
+_ON_OFF_FLAGS = {
+    "dry_run",
+    "retry_failed",
+    "fail_on_rejects",
+}  # given or not; the others of type bool are --x/--no-x
 _DEFAULT_SHOWN = {"rate": "none", "progress": None, "encoding": None, "delimiter": None}
 
 

@@ -1,9 +1,10 @@
 """Prometheus textfile metrics (node_exporter's textfile collector), replaced atomically.
 
 Written at the end of every run, in the exposition format of ``prometheus_client`` (which also
-parses the previous file). ``octave_bulk_last_success_timestamp_seconds`` is carried over from
-the previous file when this run did not succeed, so an alert on "time since the last success"
-keeps working across failed nights. The file is 0644: node_exporter runs as its own user, and
+parses the previous file). ``octave_bulk_last_success_timestamp_seconds`` is set whenever a
+run went through its whole input (exit 0, or 1: some contacts failed after their retries) and
+carried over from the previous file when it stopped early (key, breaker, budget, signal), so an
+alert on "time since the last success" fires on a night that did not complete. The file is 0644: node_exporter runs as its own user, and
 these numbers are not secret.
 """
 
@@ -43,7 +44,8 @@ def _previous_success(path: Path, output: str) -> float | None:
 def write_metrics(path: Path, summary: Mapping[str, Any], *, output: str) -> None:
     """Write the run's metrics for ``output`` (the results file, used as a label)."""
     now = time.time()
-    last_success = now if summary.get("exit_code") == 0 else _previous_success(path, output)
+    completed = summary.get("exit_code") in (0, 1) and not summary.get("stop_reason")
+    last_success = now if completed else _previous_success(path, output)
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -53,7 +55,7 @@ def write_metrics(path: Path, summary: Mapping[str, Any], *, output: str) -> Non
         now
     )
     if last_success is not None:
-        gauge(_LAST_SUCCESS, "When a run last ended with exit code 0.").labels(output).set(
+        gauge(_LAST_SUCCESS, "When a run last went through its whole input.").labels(output).set(
             last_success
         )
     gauge("octave_bulk_last_exit_code", "Exit code of the last run.").labels(output).set(

@@ -150,6 +150,7 @@ class _Run:
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
         slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
         sink = Sink(
+            run_id=self.run_id,
             results=results,
             errors=errors,
             on_durable=self.on_durable,
@@ -204,10 +205,17 @@ class _Run:
     def exit_code(self) -> ExitCode:
         if self.control.reason is not None:
             return self.control.reason.exit_code
-        stats = self.stats
-        if stats.failed or stats.rejected or stats.duplicate or stats.skipped_failed:
-            return ExitCode.SOME_FAILED
-        return ExitCode.OK
+        return _completed_exit(self.stats, self.settings)
+
+
+def _completed_exit(stats: RunStats, settings: Settings) -> ExitCode:
+    """How a run that went through its input ends: 1 when contacts failed after their
+    retries (or rows were rejected, with ``--fail-on-rejects``), else 0."""
+    if stats.failed or stats.skipped_failed:
+        return ExitCode.SOME_FAILED
+    if settings.fail_on_rejects and (stats.rejected or stats.duplicate):
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK
 
 
 def _resume_cursor(
@@ -408,7 +416,7 @@ def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> 
                 example = example or item.contact
             if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
                 break
-    exit_code = ExitCode.SOME_FAILED if stats.rejected or stats.duplicate else ExitCode.OK
+    exit_code = _completed_exit(stats, settings)
     return RunSummary.from_document(
         stats.summary(
             dry_run=True,
