@@ -55,7 +55,7 @@ class ExitCode(enum.IntEnum):
     BREAKER = 4
     """The API kept failing: the run stopped, resumably."""
     MAX_CALLS = 5
-    """``--max-calls`` was reached: the run stopped, resumably."""
+    """``--max-calls`` or ``--budget`` was reached: the run stopped, resumably."""
     INTERNAL = 70
     """A bug in octave-bulk (EX_SOFTWARE): never 0 or 1, so it is never taken for success."""
     INTERRUPTED = 130
@@ -68,6 +68,7 @@ class StopReason(enum.StrEnum):
     FATAL = "fatal"
     BREAKER = "breaker"
     MAX_CALLS = "max_calls"
+    BUDGET = "budget"
     INTERRUPTED = "interrupted"
     INPUT_ERROR = "input_error"
 
@@ -81,6 +82,7 @@ _STOP_EXIT = {
     StopReason.FATAL: ExitCode.FATAL,
     StopReason.BREAKER: ExitCode.BREAKER,
     StopReason.MAX_CALLS: ExitCode.MAX_CALLS,
+    StopReason.BUDGET: ExitCode.MAX_CALLS,
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.INPUT_ERROR: ExitCode.USAGE,
 }

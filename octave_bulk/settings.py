@@ -25,11 +25,24 @@ from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.errors import ConfigError
 
-__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_rate"]
+__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
 
 DEFAULT_BASE_URL = "https://app.octavehq.com"
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config", default=None)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+
+
+_PERIODS = {"hour": 3600.0, "h": 3600.0, "day": 86400.0, "d": 86400.0, "week": 604800.0}
+
+
+def parse_budget(value: str) -> tuple[int, float]:
+    """``CALLS/PERIOD`` (``5000/day``; periods hour, day, week) -> (calls, seconds)."""
+    calls, _, period = value.strip().partition("/")
+    seconds = _PERIODS.get(period.strip().lower())
+    if not calls.strip().isdigit() or int(calls) < 1 or seconds is None:
+        msg = f"bad budget {value!r}: use CALLS/PERIOD with a period of hour, day or week"
+        raise ValueError(msg)
+    return int(calls), seconds
 
 
 def parse_rate(value: str | float | None) -> float | None:
@@ -163,6 +176,10 @@ class Settings(BaseSettings):
     max_calls: int | None = Field(
         None, description="Stop after this many paid calls, retries included (exit 5)."
     )
+    budget: str | None = Field(
+        None,
+        description="Paid calls per rolling period across runs, e.g. 5000/day (exit 5).",
+    )
     limit: int | None = Field(None, description="Only the first N contacts.")
     dry_run: bool = Field(
         False, description="Validate and show what would be sent; no calls, no files."
@@ -179,12 +196,22 @@ class Settings(BaseSettings):
         "text", description="Log events as text or JSON lines."
     )
     log_file: Path | None = Field(None, description="Also write log events to this file.")
+    ledger: Path | None = Field(
+        None, description="Run history database [default: OUT.ledger.sqlite]; may be shared."
+    )
     metrics_textfile: Path | None = Field(
         None, description="Write Prometheus textfile metrics here at the end of the run."
     )
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
     fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_budget(value)
+        return value
 
     @field_validator("rate", mode="before")
     @classmethod

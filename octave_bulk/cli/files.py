@@ -9,7 +9,9 @@ import click
 from octave_bulk.cli.common import fail
 from octave_bulk.errors import OctaveBulkError
 
-__all__ = ["export", "status"]
+__all__ = ["export", "history", "status"]
+
+_LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared one)."
 
 
 @click.command()
@@ -96,3 +98,48 @@ def status(output: str, as_json: bool) -> None:
         click.echo(
             f"  last run: {last.get('run_id')} finished {last.get('finished_at')} exit {last.get('exit_code')} ({last.get('stop_reason') or 'finished'})"
         )
+
+
+@click.command()
+@click.argument("output", metavar="OUT.ndjson")
+@click.option("--ledger", "ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def history(output: str, ledger: Path | None, last: int | None, as_json: bool) -> None:
+    """Every run of an output: when, sent, succeeded, failed, credits, exit.
+
+    "twice?" counts calls possibly paid twice (on the wire when a run was killed, sent again);
+    an exit of "-" is a run still going, or one killed before its end."""
+    import json
+
+    from octave_bulk.state.history import RunHistory
+    from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.utc import utc_iso
+
+    try:
+        path = ledger or OutputPaths.for_output(output).ledger
+        with RunHistory.open(path, readonly=True) as runs_db:
+            mine = str(Path(output).resolve())
+            runs = [run for run in runs_db.runs(last) if ledger is None or run["output"] == mine]
+    except OctaveBulkError as exc:
+        fail(exc)
+    if as_json:
+        for run in runs:
+            for name in ("started_at", "updated_at", "finished_at"):
+                run[name] = run[name] and utc_iso(run[name])
+        click.echo(json.dumps(runs, indent=2, default=str))
+        return
+    header = ("started (UTC)", "run", "sent", "ok", "failed", "rejected", "credits", "twice?",
+              "exit", "minutes")  # fmt: skip
+    rows = [header]
+    for run in reversed(runs):
+        finished = run["finished_at"]
+        minutes = (finished or run["updated_at"]) - run["started_at"]
+        exit_code = "-" if finished is None else str(run["exit_code"])  # running, or killed
+        rows.append((utc_iso(run["started_at"], ms=False), run["run_id"], str(run["paid_calls"]),
+                     str(run["succeeded"]), str(run["failed"]), str(run["rejected"]),
+                     f"{run['credits']:g}", str(run["paid_twice"]), exit_code,
+                     f"{minutes / 60:.1f}"))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))

@@ -29,9 +29,9 @@ __all__ = [
 
 RUN_FIELDS = (
     "agent_oid", "experiment_oid", "base_url", "rate", "concurrency", "adaptive", "timeout",
-    "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "limit",
-    "dry_run", "retry_failed", "fail_on_rejects", "progress", "log_format", "metrics_textfile",
-    "log_file",
+    "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
+    "limit", "dry_run", "retry_failed", "fail_on_rejects", "progress", "log_format",
+    "metrics_textfile", "log_file", "ledger",
 )  # fmt: skip
 """The settings ``run`` takes as flags, in help order."""
 

@@ -44,6 +44,7 @@ class RunControl:
         self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
+        self.budget_left: int | None = None  # paid calls the budget allows this run
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
 
@@ -64,12 +65,17 @@ class RunControl:
             self.dispatch_scope.deadline = anyio.current_time() + self.settings.drain_timeout
 
     def may_send(self) -> bool:
-        """False (and the run stops) once stopping, or once ``max_calls`` calls were sent."""
+        """False (and the run stops) once stopping, or once ``max_calls`` calls were sent
+        (or what was left of the ``budget`` when the run started)."""
         if self.stopping:
             return False
-        limit = self.settings.max_calls
-        if limit is not None and self.stats.calls >= limit:
+        limit, calls = self.settings.max_calls, self.stats.calls
+        if limit is not None and calls >= limit:
             self.stop(StopReason.MAX_CALLS)
+            return False
+        if self.budget_left is not None and calls >= self.budget_left:
+            self.detail = f"the budget {self.settings.budget} is spent (see octave-bulk history)"
+            self.stop(StopReason.BUDGET)
             return False
         return True
 

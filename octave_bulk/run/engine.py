@@ -20,10 +20,12 @@ resumable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,10 +48,11 @@ from octave_bulk.run.admission import SKIP, Admission, WorkItem
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.summary import RunStats, RunSummary
 from octave_bulk.run.worker import Worker
-from octave_bulk.settings import Settings
+from octave_bulk.settings import Settings, parse_budget
 from octave_bulk.sink import Failure, Sink, Success
 from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity, load_cursor
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
+from octave_bulk.state.history import RunHistory
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
@@ -84,6 +87,7 @@ class _Run:
         self.cursor = CursorKeeper(paths, identity, fingerprint, self.admission.frontier.cursor)
         self.slots: InflightSlots | None = None
         self.limiter: AdaptiveLimiter | None = None
+        self.history: RunHistory | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, get_agent().kind)
         remembered_rate, remembered_window = self.limits.get(self.limits_key)
@@ -116,6 +120,30 @@ class _Run:
             "started_from_memory": bool(self.start_rate or self.start_window),
             "suggested_flags": " ".join(flags) or None,
         }
+
+    def progress_columns(self) -> dict[str, Any]:
+        """The run's counts as the history keeps them."""
+        stats = self.stats
+        return {
+            "read": stats.read,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "rejected": stats.rejected + stats.duplicate,
+            "skipped_done": stats.skipped_done,
+            "paid_calls": stats.calls,
+            "credits": stats.credits,
+            "paid_twice": stats.outcome_unknown,
+        }
+
+    async def record_progress(self, interval: float = 5.0) -> None:
+        """Until cancelled: the history's row follows the run (a budget counts its calls
+        even if the run is killed)."""
+        while self.history is not None:
+            await anyio.sleep(interval)
+            columns = self.progress_columns()
+            await anyio.to_thread.run_sync(
+                functools.partial(self.history.update, self.run_id, **columns)
+            )
 
     def on_durable(self, outcome: Success | Failure) -> None:
         """The sink's callback, once per outcome after its line is fsynced."""
@@ -172,6 +200,7 @@ class _Run:
             async with anyio.create_task_group() as helpers:
                 helpers.start_soon(progress.run)
                 helpers.start_soon(self.cursor.run)
+                helpers.start_soon(self.record_progress)
                 if handle_signals:
                     helpers.start_soon(control.watch_signals)
                 async with anyio.create_task_group() as pipeline:
@@ -293,7 +322,10 @@ async def run_batch(
     lock = RunLock(paths.lock)
     lock.acquire()
     try:
-        return await _locked_run(input_path, paths, settings, transport, handle_signals)
+        with RunHistory.open(settings.ledger or paths.ledger) as history:
+            return await _locked_run(
+                input_path, paths, settings, transport, handle_signals, history
+            )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         raise StateError(
             f"cannot use the output files ({_first_leaf(group)}); every result written "
@@ -309,6 +341,7 @@ async def _locked_run(
     settings: Settings,
     transport: httpx.AsyncBaseTransport | None,
     handle_signals: bool,
+    history: RunHistory,
 ) -> RunSummary:
     state = NdjsonLedger(paths).load()
     scan = state.results
@@ -330,6 +363,19 @@ async def _locked_run(
             expected,
             identity=identity,
             fingerprint=fingerprint,
+        )
+        run.history = history
+        if settings.budget is not None:
+            calls, period = parse_budget(settings.budget)
+            spent = history.paid_calls_since(time.time() - period)
+            run.control.budget_left = max(0, calls - spent)
+        history.start(
+            run.run_id,
+            paths.results.resolve(),
+            input_path=str(input_path),
+            input_identity=identity,
+            settings_fingerprint=fingerprint,
+            settings=settings.redacted(),
         )
         bar = settings.progress if settings.progress is not None else sys.stderr.isatty()
         bar = bar and settings.log_format != "json"
@@ -386,6 +432,14 @@ async def _locked_run(
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, document)
+    history.update(
+        run.run_id,
+        finished_at=time.time(),
+        exit_code=exit_code,
+        stop_reason=control.reason,
+        limits=document["limits"],
+        **run.progress_columns(),
+    )
     if settings.metrics_textfile is not None:
         write_metrics(settings.metrics_textfile, document, output=str(paths.results))
     log_event(

@@ -53,6 +53,11 @@ class OutputPaths:
         return self._side(".cursor.json")
 
     @property
+    def ledger(self) -> Path:
+        """The run history (SQLite; see ``octave_bulk.state.history``)."""
+        return self._side(".ledger.sqlite")
+
+    @property
     def limits(self) -> Path:
         """The server limits the last run settled at (see ``octave_bulk.state.limits``)."""
         return self._side(".limits.json")

@@ -1,0 +1,203 @@
+"""The run history: every run of an output, in a SQLite database beside it.
+
+Contract: ``OUT.ledger.sqlite`` (or the ``ledger`` setting, which several outputs may share:
+each row names its output) holds one row per run - when it started and finished, the input,
+the settings' fingerprint and the settings with the key redacted, its counts, paid calls,
+credits, calls possibly paid twice, exit code, stop reason and the limits it found. A run
+inserts its row before its first call, updates its paid calls every few seconds while it goes
+and writes the whole row at the end; a run killed with -9 keeps the row of its last update
+(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
+
+The NDJSON files stay the source of truth for results; this database only adds what they do
+not keep (the runs). SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
+writer at a time (a busy timeout waits for the other), readers never blocked. The schema is
+migrated in code: ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from octave_bulk.errors import StateError
+
+__all__ = ["MIGRATIONS", "RunHistory"]
+
+MIGRATIONS = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        output TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL,
+        input_path TEXT,
+        input_identity TEXT,
+        settings_fingerprint TEXT,
+        settings TEXT,
+        read INTEGER NOT NULL DEFAULT 0,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        skipped_done INTEGER NOT NULL DEFAULT 0,
+        paid_calls INTEGER NOT NULL DEFAULT 0,
+        credits REAL NOT NULL DEFAULT 0,
+        paid_twice INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        stop_reason TEXT,
+        limits TEXT
+    )""",
+    "CREATE INDEX runs_by_start ON runs (started_at)",
+)
+"""The schema, one step per entry; a database at version N gets steps N+1.. applied."""
+
+_BUSY_MS = 10_000  # how long a writer waits for another one, milliseconds
+_COLUMNS = frozenset(
+    [
+        "run_id",
+        "output",
+        "started_at",
+        "updated_at",
+        "finished_at",
+        "input_path",
+        "input_identity",
+        "settings_fingerprint",
+        "settings",
+        "read",
+        "succeeded",
+        "failed",
+        "rejected",
+        "skipped_done",
+        "paid_calls",
+        "credits",
+        "paid_twice",
+        "exit_code",
+        "stop_reason",
+        "limits",
+    ]
+)
+
+
+class RunHistory:
+    """The runs of one ledger database; open with :meth:`open` (a context manager)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db, self.path = connection, path
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, path: Path, *, readonly: bool = False) -> Iterator[RunHistory]:
+        """Open (creating and migrating unless ``readonly``) the database at ``path``.
+
+        Raises:
+            StateError: the file is not a database, is newer than this version, or is locked
+                for longer than the busy timeout.
+        """
+        if readonly and not path.exists():
+            raise StateError(f"{path}: no run history yet (no run has written it)")
+        try:
+            uri = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
+            db = sqlite3.connect(
+                uri,
+                uri=readonly,
+                timeout=_BUSY_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,  # the run updates it from a worker thread, in turn
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the ledger ({exc})") from None
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            if not readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                _migrate(db, path)
+            yield cls(db, path)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{path}: the ledger cannot be used ({exc}); results are in the NDJSON files: "
+                "move the ledger aside to start a new history"
+            ) from None
+        finally:
+            db.close()
+
+    def start(self, run_id: str, output: Path, **fields: Any) -> None:
+        """Insert a run's row before its first call (``fields``: columns of the table)."""
+        now = time.time()
+        row = {"run_id": run_id, "output": str(output), "started_at": now, "updated_at": now}
+        row |= {k: _column(v) for k, v in fields.items()}
+        names = ", ".join(_checked(row))
+        marks = ", ".join(f":{name}" for name in row)
+        self._write(f"INSERT INTO runs ({names}) VALUES ({marks})", row)  # noqa: S608 (checked names)
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Update columns of a run's row (``updated_at`` too)."""
+        row = {k: _column(v) for k, v in fields.items()} | {"updated_at": time.time()}
+        assignments = ", ".join(f"{name} = :{name}" for name in _checked(row))
+        self._write(
+            f"UPDATE runs SET {assignments} WHERE run_id = :run_id",  # noqa: S608 (checked names)
+            row | {"run_id": run_id},
+        )
+
+    def paid_calls_since(self, since: float) -> int:
+        """Calls paid by runs that went on after ``since`` (a UNIX time), all outputs."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= ?", (since,)
+        ).fetchone()
+        return int(row[0])
+
+    def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The runs, newest first (JSON columns decoded)."""
+        query = "SELECT * FROM runs ORDER BY started_at DESC"
+        rows = self._db.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        return [_decoded(row) for row in rows]
+
+    def _write(self, sql: str, values: Mapping[str, Any]) -> None:
+        with self._db:  # one transaction: committed, or rolled back on an error
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(sql, values)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StateError(
+            f"{path}: the ledger was written by a newer octave-bulk (schema {version}); "
+            "upgrade to use it"
+        )
+    if version == len(MIGRATIONS):
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        for step in MIGRATIONS[version:]:
+            db.execute(step)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+
+def _checked(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The row, once every name in it is a column (names go into the SQL text; values are
+    bound)."""
+    unknown = set(row) - _COLUMNS
+    if unknown:
+        raise ValueError(f"not columns of runs: {sorted(unknown)}")
+    return row
+
+
+def _column(value: Any) -> Any:
+    """A value as stored: dicts and lists as JSON text, enums as their value."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, default=str)
+    return getattr(value, "value", value)
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    for name in ("input_identity", "settings", "limits"):
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(record[name])
+    return record

@@ -1,0 +1,98 @@
+"""The run history (``OUT.ledger.sqlite``): a row per run, ``history``, ``--budget`` across
+runs, and what a broken or newer ledger does."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from octave_bulk.cli import cli
+from tests.conftest import TEST_KEY
+from tests.helpers import read_lines, side, write_contacts
+
+
+def run(url: str, tmp_path: Path, *extra: str) -> Result:
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"),
+            "--agent", "ca_1", "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
+    return CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+
+
+def history(tmp_path: Path, *extra: str) -> Result:
+    args = ["history", str(tmp_path / "out.ndjson"), *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def test_every_run_is_a_row_with_its_counts(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00001": "not_found"})
+    write_contacts(tmp_path / "in.csv", 4)
+    assert run(sim.url, tmp_path).exit_code == 1
+    write_contacts(tmp_path / "in.csv", 6)
+    assert run(sim.url, tmp_path).exit_code == 1  # c-00001 skipped as failed for good
+    listed = history(tmp_path, "--json")
+    assert listed.exit_code == 0, listed.output
+    second, first = json.loads(listed.output)
+    assert (first["paid_calls"], first["succeeded"], first["failed"]) == (4, 3, 1)
+    assert (second["paid_calls"], second["succeeded"], second["skipped_done"]) == (2, 2, 3)
+    assert first["exit_code"] == second["exit_code"] == 1
+    assert first["finished_at"] and first["settings"]["api_key"] != TEST_KEY
+    assert TEST_KEY not in listed.output
+    lines = read_lines(tmp_path / "out.ndjson")
+    assert {line["runId"] for line in lines} == {first["run_id"], second["run_id"]}
+    table = history(tmp_path)
+    assert table.exit_code == 0 and first["run_id"] in table.output
+    assert table.output.index(first["run_id"]) < table.output.index(second["run_id"])
+
+
+def test_a_budget_holds_across_runs(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 6)
+    assert run(sim.url, tmp_path, "--budget", "10/day").exit_code == 0
+    write_contacts(tmp_path / "in.csv", 10, start=6)
+    stopped = run(sim.url, tmp_path, "--budget", "10/day")
+    assert stopped.exit_code == 5
+    assert "budget 10/day is spent" in stopped.output
+    assert sim.stats()["totals"]["calls"] == 10  # 6, then the 4 the budget had left
+    again = run(sim.url, tmp_path, "--budget", "10/day")
+    assert again.exit_code == 5 and sim.stats()["totals"]["calls"] == 10
+    assert run(sim.url, tmp_path, "--budget", "20/day").exit_code == 0
+    assert sim.stats()["totals"]["calls"] == 16
+
+
+def test_a_bad_budget_is_refused_before_any_call(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    result = run(sim.url, tmp_path, "--budget", "5000/fortnight")
+    assert result.exit_code == 2
+    assert "budget" in result.output and "hour, day or week" in result.output
+    assert sim.stats()["totals"].get("calls", 0) == 0
+
+
+def test_a_broken_ledger_stops_the_run_before_any_call(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    ledger = side(tmp_path / "out.ndjson", ".ledger.sqlite")
+    ledger.write_bytes(b"not a database" * 100)
+    result = run(sim.url, tmp_path)
+    assert result.exit_code == 2
+    assert "ledger" in result.output and str(ledger) in result.output
+    assert sim.stats()["totals"].get("calls", 0) == 0
+
+
+def test_a_ledger_from_a_newer_version_is_not_touched(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    ledger = side(tmp_path / "out.ndjson", ".ledger.sqlite")
+    with sqlite3.connect(ledger) as db:
+        db.execute("PRAGMA user_version = 99")
+    result = run(sim.url, tmp_path)
+    assert result.exit_code == 2 and "newer octave-bulk" in result.output
+    assert sim.stats()["totals"].get("calls", 0) == 0
+
+
+def test_history_without_a_run_says_so(tmp_path: Path) -> None:
+    result = history(tmp_path)
+    assert result.exit_code == 2 and "no run history yet" in result.output
