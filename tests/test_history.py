@@ -3,6 +3,7 @@ runs, and what a broken or newer ledger does."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 from pathlib import Path
@@ -96,3 +97,31 @@ def test_a_ledger_from_a_newer_version_is_not_touched(make_sim: Any, tmp_path: P
 def test_history_without_a_run_says_so(tmp_path: Path) -> None:
     result = history(tmp_path)
     assert result.exit_code == 2 and "no run history yet" in result.output
+
+
+def test_export_new_writes_each_night_once(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert run(sim.url, tmp_path).exit_code == 0
+    out = tmp_path / "out.ndjson"
+
+    def export(csv_name: str, *extra: str) -> list[str]:
+        args = ["export", str(out), "-o", str(tmp_path / csv_name), *extra]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / csv_name, newline="", encoding="utf-8") as handle:
+            return [row["request_id"] for row in csv.DictReader(handle)]
+
+    assert export("monday.csv", "--new") == ["c-00000", "c-00001", "c-00002"]
+    assert export("again.csv", "--new") == []  # nothing new since
+    write_contacts(tmp_path / "in.csv", 5)  # two more people on Tuesday
+    assert run(sim.url, tmp_path).exit_code == 0
+    assert export("tuesday.csv", "--new") == ["c-00003", "c-00004"]
+    assert export("tuesday-lemlist.csv", "--new", "--preset", "lemlist") == [
+        f"c-{n:05d}"
+        for n in range(5)  # a preset's first --new: everything
+    ]
+    (monday, tuesday) = reversed(json.loads(history(tmp_path, "--json").output))
+    assert export("by-run.csv", "--run", tuesday["run_id"]) == ["c-00003", "c-00004"]
+    assert export("by-run-1.csv", "--run", monday["run_id"]) == ["c-00000", "c-00001", "c-00002"]
+    assert len(export("all.csv")) == 5

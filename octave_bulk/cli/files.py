@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -36,24 +37,54 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     type=int,
     help="Cut subjects/bodies longer than this, with a warning [default: per preset; 0: off].",
 )
+@click.option(
+    "--new",
+    "only_new",
+    is_flag=True,
+    help="Only results not exported before with --new (per preset), then mark them exported.",
+)
+@click.option("--run", "run_id", metavar="RUN_ID", help="Only the results of this run.")
+@click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
 def export(
-    results: str, target: str, preset: str, body_format: str, max_field_chars: int | None
+    results: str,
+    target: str,
+    preset: str,
+    body_format: str,
+    max_field_chars: int | None,
+    only_new: bool,
+    run_id: str | None,
+    ledger: Path | None,
 ) -> None:
     """One CSV row per successful contact, ready to import into a sequencer.
 
     Identity columns, then step1_subject, step1_body ... stepN_*, num_steps, request_id,
-    completed_at. Cells that could run as spreadsheet formulas are escaped.
+    completed_at. Cells that could run as spreadsheet formulas are escaped. With --new, the
+    mark moves only once the file is written: an export that fails is done again next time.
     """
     from octave_bulk.export import export_results
+    from octave_bulk.state.history import RunHistory
+    from octave_bulk.state.paths import OutputPaths
 
+    path = Path(results)
     try:
-        report = export_results(
-            Path(results),
-            target,
-            preset=preset,
-            body_format=body_format,  # type: ignore[arg-type]
-            max_field_chars=max_field_chars,
-        )
+        with contextlib.ExitStack() as stack:
+            mark = 0
+            if only_new:
+                history = stack.enter_context(
+                    RunHistory.open(ledger or OutputPaths.for_output(path).ledger)
+                )
+                mark = history.export_mark(path, preset)
+            report = export_results(
+                path,
+                target,
+                preset=preset,
+                body_format=body_format,  # type: ignore[arg-type]
+                max_field_chars=max_field_chars,
+                after_line=mark,
+                run_id=run_id,
+            )
+            if only_new:
+                history.set_export_mark(path, preset, report.lines)
     except OctaveBulkError as exc:
         fail(exc)
     for warning in report.warnings():

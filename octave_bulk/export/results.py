@@ -67,12 +67,14 @@ class Result:
         contact: the contact fields sent.
         completed_at: ``completedAt``, or ``""``.
         steps: ``(subject, body, body is HTML)`` per email, in order.
+        run_id: ``runId``, the run that wrote the line, or ``""`` (older lines have none).
     """
 
     request_id: str
     contact: dict[str, Any]
     completed_at: str
     steps: list[tuple[str, str, bool]]
+    run_id: str = ""
 
     def blank(self) -> bool:
         """No step, or a step whose subject is empty or whitespace or whose body shows no text."""
@@ -104,8 +106,14 @@ def parse_line(line: bytes) -> Result | None:
     for email in response.data.emails:
         subject, body = email.subject or "", email.email or ""
         steps.append((subject, body, is_html(body, requested)))
-    done = record.get("completedAt")
-    return Result(rid, contact, done if isinstance(done, str) else "", steps)
+    done, run_id = record.get("completedAt"), record.get("runId")
+    return Result(
+        rid,
+        contact,
+        done if isinstance(done, str) else "",
+        steps,
+        run_id if isinstance(run_id, str) else "",
+    )
 
 
 def read_lines(path: Path, count: int | None = None) -> Iterator[bytes]:

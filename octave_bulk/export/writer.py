@@ -15,6 +15,10 @@ Contract:
   sequence lacks, then ``num_steps, request_id, completed_at``. Every cell is escaped
   (:func:`~octave_bulk.export.text.escape_formula`). With a limit, a longer subject/body cell
   is cut to it after escaping, and counted; identity cells are never cut.
+- Selection: with ``after_line`` only the complete lines after the first ``after_line`` are
+  exported (``export --new``: the watermark of the last export); with ``run_id`` only the
+  lines that run wrote. ``ExportReport.lines`` is the complete line count either way: the
+  next watermark.
 - No pass holds more than one line, so memory stays flat. The report keeps exact counts but
   lists at most ``ID_LIST_CAP`` requestIds / line numbers of each kind.
 - CSV: RFC 4180 through the ``csv`` module (CRLF, minimal quoting), plain UTF-8 without a BOM:
@@ -36,7 +40,7 @@ from typing import IO, Any, Literal
 
 from octave_bulk.errors import ConfigError, InputError, StateError
 from octave_bulk.export.presets import PRESETS, Preset
-from octave_bulk.export.results import parse_line, read_lines
+from octave_bulk.export.results import Result, parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
 from octave_bulk.state.files import atomic_file
 
@@ -127,6 +131,8 @@ def export_results(
     preset: str = "generic",
     body_format: Literal["text", "html"] = "text",
     max_field_chars: int | None = None,
+    after_line: int = 0,
+    run_id: str | None = None,
 ) -> ExportReport:
     """Write the successes of a results file as a sequencer CSV (see the package docstring).
 
@@ -136,6 +142,8 @@ def export_results(
         preset: a key of ``PRESETS``.
         body_format: ``"text"`` or ``"html"`` for the step bodies.
         max_field_chars: cell length limit; None takes the preset's default, 0 means none.
+        after_line: export only the complete lines after this many (a watermark).
+        run_id: export only the lines of this run.
 
     Returns:
         The report: rows written, N, results left out, cells cut, lines skipped.
@@ -159,13 +167,26 @@ def export_results(
     if str(out) != "-" and Path(out).resolve() == results.resolve():
         raise ConfigError(f"{out}: the export would overwrite the results file")
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
-    complete = _first_pass(results, report)
+    wanted = _Selection(after_line, run_id)
+    complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
-        _second_pass(results, complete, stream, layout, report)
+        _second_pass(results, complete, stream, layout, report, wanted)
     return report
 
 
-def _first_pass(results: Path, report: ExportReport) -> int:
+@dataclass(frozen=True)
+class _Selection:
+    after_line: int
+    run_id: str | None
+
+    def skips(self, number: int, result: Result) -> bool:
+        """Whether the result on 1-based line ``number`` is left out."""
+        return number <= self.after_line or (
+            self.run_id is not None and result.run_id != self.run_id
+        )
+
+
+def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
     """Count complete lines, note bad lines and blank results, and find N."""
     complete = 0
     for line in read_lines(results):
@@ -173,9 +194,11 @@ def _first_pass(results: Path, report: ExportReport) -> int:
             report.torn_tail = True
             break
         complete += 1
-        if not line.strip():
+        if not line.strip() or complete <= wanted.after_line:
             continue
         result = parse_line(line)
+        if result is not None and wanted.skips(complete, result):
+            continue
         if result is None:
             report.skipped_bad_count += 1
             _note(report.skipped_bad_lines, complete)
@@ -189,7 +212,12 @@ def _first_pass(results: Path, report: ExportReport) -> int:
 
 
 def _second_pass(
-    results: Path, complete: int, stream: IO[str], layout: Preset, report: ExportReport
+    results: Path,
+    complete: int,
+    stream: IO[str],
+    layout: Preset,
+    report: ExportReport,
+    wanted: _Selection,
 ) -> None:
     """Write the header and one row per exportable result among the first ``complete`` lines."""
     writer = csv.writer(stream)
@@ -198,11 +226,11 @@ def _second_pass(
     padding = [""] * (2 * report.steps)
     to_html = report.body_format == "html"
     limit = report.max_field_chars
-    for line in read_lines(results, complete):
-        if not line.strip():
+    for number, line in enumerate(read_lines(results, complete), 1):
+        if not line.strip() or number <= wanted.after_line:
             continue
         result = parse_line(line)
-        if result is None or result.blank():
+        if result is None or result.blank() or wanted.skips(number, result):
             continue
         contact = result.contact
         values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)

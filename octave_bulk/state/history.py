@@ -6,7 +6,8 @@ the settings' fingerprint and the settings with the key redacted, its counts, pa
 credits, calls possibly paid twice, exit code, stop reason and the limits it found. A run
 inserts its row before its first call, updates its paid calls every few seconds while it goes
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
-(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
+(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls. Table ``export_marks`` keeps,
+per output and preset, how many results lines ``export --new`` has already written out.
 
 The NDJSON files stay the source of truth for results; this database only adds what they do
 not keep (the runs). SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
@@ -52,6 +53,13 @@ MIGRATIONS = (
         limits TEXT
     )""",
     "CREATE INDEX runs_by_start ON runs (started_at)",
+    """CREATE TABLE export_marks (
+        output TEXT NOT NULL,
+        preset TEXT NOT NULL,
+        lines INTEGER NOT NULL,
+        exported_at REAL NOT NULL,
+        PRIMARY KEY (output, preset)
+    )""",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
@@ -156,6 +164,21 @@ class RunHistory:
         query = "SELECT * FROM runs ORDER BY started_at DESC"
         rows = self._db.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         return [_decoded(row) for row in rows]
+
+    def export_mark(self, output: Path, preset: str) -> int:
+        """The results lines already exported with ``export --new`` for this preset."""
+        row = self._db.execute(
+            "SELECT lines FROM export_marks WHERE output = ? AND preset = ?",
+            (str(output.resolve()), preset),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_export_mark(self, output: Path, preset: str, lines: int) -> None:
+        """Record that the first ``lines`` results lines were exported (once written)."""
+        self._write(
+            "INSERT OR REPLACE INTO export_marks VALUES (:output, :preset, :lines, :at)",
+            {"output": str(output.resolve()), "preset": preset, "lines": lines, "at": time.time()},
+        )
 
     def _write(self, sql: str, values: Mapping[str, Any]) -> None:
         with self._db:  # one transaction: committed, or rolled back on an error
