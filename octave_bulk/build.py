@@ -1,22 +1,20 @@
 """The request builder: a :class:`Contact` becomes one request for the run's agent.
 
-The ``requestId`` is the row's own when it has one; otherwise it is derived from everything
-that shapes the agent's output (target, contact fields, context, instructions, format,
-language, ...), so the same input and settings give the same ids on every run and any change
-that would change the output gives new ones. It is the resume key, the dedup key and the join
-key (docs/design.md, section "Resume and paying once").
+The ``requestId`` is the row's own when it has one; otherwise it is derived from the person
+key and the content (:mod:`octave_bulk.identity`): the same person with the same content gets
+the same id on every run, a change that would change the output a new one, and a change of
+CRM ids or of unmapped columns none. It is the resume key and the join key; the person key is
+the dedup key within one input (docs/design.md, section "Resume and paying once").
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from octave_bulk.agents import get_agent
 from octave_bulk.agents.base import Agent, RequestSpec
+from octave_bulk.identity import derive_request_id, person_key
 from octave_bulk.input.records import Contact, Reject
 from octave_bulk.state.idset import IdSet, id_key
 
@@ -24,8 +22,6 @@ if TYPE_CHECKING:
     from octave_bulk.settings import Settings
 
 __all__ = ["BuiltRequest", "RequestBuilder", "build_request", "derive_request_id", "request_spec"]
-
-_ID_PREFIX = "ob-"
 
 
 def request_spec(settings: Settings) -> RequestSpec:
@@ -40,13 +36,6 @@ def request_spec(settings: Settings) -> RequestSpec:
         playbook_selection_context=settings.playbook_selection_context,
         include_full_annotation=settings.include_full_annotation,
     )
-
-
-def derive_request_id(wire: dict[str, Any]) -> str:
-    """A stable id from a request body (``requestId`` itself excluded)."""
-    payload = {k: v for k, v in wire.items() if k != "requestId"}
-    digest = hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return _ID_PREFIX + digest[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +60,8 @@ def build_request(
 
 
 class RequestBuilder:
-    """Builds requests row by row; a row with the requestId of an earlier row becomes a
+    """Builds requests row by row; a row for the person of an earlier row (same person key:
+    the same email under another CRM record, say), or with its requestId, becomes a
     ``duplicate`` reject naming that row's line (the first one wins, and is sent once).
 
     Args:
@@ -85,7 +75,7 @@ class RequestBuilder:
     ) -> None:
         self.spec = spec
         self.agent = agent or get_agent()
-        self._first_line = IdSet(expected_rows, with_values=True)
+        self._first_line = IdSet(2 * expected_rows, with_values=True)  # ids and persons
 
     def build(self, contact: Contact) -> BuiltRequest | Reject:
         """The request for this row, or why it will not be sent."""
@@ -93,7 +83,12 @@ class RequestBuilder:
         if isinstance(built, Reject):
             return built
         first = self._first_line.setdefault(built.key, contact.line)
+        what = "request"
+        person = person_key(built.wire)
+        if first == contact.line and person is not None:
+            first = self._first_line.setdefault(id_key(person), contact.line)
+            what = f"person ({person.partition(':')[0]})"
         if first == contact.line:
             return built
-        message = f"the same request as line {first} (requestId {built.request_id})"
+        message = f"the same {what} as line {first} (requestId {built.request_id})"
         return Reject(contact.line, "duplicate", "requestId", message, dict(contact.fields))

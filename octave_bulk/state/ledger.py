@@ -9,6 +9,9 @@ The results file stays the source of truth; a ledger only indexes it.
 repairs a torn last line (a kill -9 can only tear the line being written), then builds the
 done-set. Every results line starts with ``{"requestId":"...``, so the scan finds the id with a
 byte search instead of parsing JSON (docs/performance.md, section "Resume scan and done-set").
+A result written before the person key (a *legacy* id, :mod:`octave_bulk.identity`) also puts
+the id this version derives for its contact in the done-set: an old output is adopted without
+paying anyone again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Protocol
 
 import orjson
 
+from octave_bulk.identity import derive_request_id, is_legacy_id
 from octave_bulk.state.files import iter_ndjson, repair_tail
 from octave_bulk.state.idset import IdSet, id_key
 from octave_bulk.state.inflight import InflightSlots
@@ -92,9 +96,23 @@ def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
         rid = line_request_id(line)
         if rid is None:
             bad += 1
-        else:
-            add(id_key(rid))
+            continue
+        add(id_key(rid))
+        if is_legacy_id(rid) and (adopted := _adopted_id(line)) is not None:
+            add(id_key(adopted))
     return ResultsScan(done=done, lines=lines, repaired_bytes=repaired, bad_lines=bad)
+
+
+def _adopted_id(line: bytes) -> str | None:
+    """The id this version derives for a legacy result's contact (so that it is not paid
+    again): parsed, unlike the byte search, but only for lines written before the person key.
+    """
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    contact = record.get("contact") if isinstance(record, dict) else None
+    return derive_request_id(contact) if isinstance(contact, dict) else None
 
 
 @dataclass

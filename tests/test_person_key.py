@@ -1,0 +1,103 @@
+"""Paying once per person: the requestId follows the person key and the content, not the CRM
+record ids or the columns of the CRM view; an output written with the old ids is adopted."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from octave_bulk.run.engine import run_batch
+from tests.helpers import read_lines, side, sim_settings
+
+
+def write_rows(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def people(n: int, *, title: str = "VP", crm: bool = True, extra: bool = False) -> list[list[str]]:
+    rows = []
+    for i in range(n):
+        row = [f"p{i}@example.com", f"First{i}", "Doe", "Acme", title]
+        rows.append(row + ([f"10{i}"] if crm else []) + (["west"] if extra else []))
+    return rows
+
+
+HEADER = ["email", "firstName", "lastName", "companyName", "jobTitle"]
+
+
+def calls(sim: Any) -> int:
+    return int(sim.stats()["totals"].get("calls", 0))
+
+
+async def test_a_crm_view_change_pays_nobody_again(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_rows(path, [*HEADER, "crmContactId"], people(6))
+    assert (await run_batch(path, out, sim_settings(sim.url)))["counts"]["succeeded"] == 6
+    # Tuesday's view: the CRM id column is gone and an unmapped column came in.
+    write_rows(path, [*HEADER, "Territory"], people(6, crm=False, extra=True))
+    again = await run_batch(path, out, sim_settings(sim.url))
+    assert again["counts"]["skipped_done"] == 6 and calls(sim) == 6
+
+
+async def test_a_real_change_is_paid_again_and_only_it(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_rows(path, [*HEADER, "crmContactId"], people(5))
+    await run_batch(path, out, sim_settings(sim.url))
+    rows = people(5)
+    rows[1][4] = rows[3][4] = "CEO"  # two new job titles
+    write_rows(path, [*HEADER, "crmContactId"], rows)
+    again = await run_batch(path, out, sim_settings(sim.url))
+    assert (again["counts"]["succeeded"], again["counts"]["skipped_done"]) == (2, 3)
+    assert calls(sim) == 7
+
+
+async def test_one_person_under_two_crm_records_is_paid_once(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    rows = people(3)
+    rows.append([*rows[0][:5], "999"])  # p0 again, another Record ID
+    rows.append(["P1@Example.com", "Other", "Name", "Acme", "VP", "998"])  # p1, other content
+    write_rows(path, [*HEADER, "crmContactId"], rows)
+    summary = await run_batch(path, out, sim_settings(sim.url))
+    assert summary["counts"]["duplicate"] == 2 and calls(sim) == 3
+    rejects = read_lines(side(out, ".rejects.ndjson"))
+    assert [(r["line"], r["reason"]) for r in rejects] == [(5, "duplicate"), (6, "duplicate")]
+    assert "as line 2" in rejects[0]["message"]  # the same request: only its CRM id differs
+    assert "the same person (email) as line 3" in rejects[1]["message"]
+
+
+def _legacy_id(body: dict[str, Any]) -> str:
+    """The id versions before the person key derived: a hash of the whole body."""
+    payload = {k: v for k, v in body.items() if k != "requestId"}
+    return (
+        "ob-" + hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    )
+
+
+async def test_an_output_with_legacy_ids_is_adopted(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_rows(path, [*HEADER, "crmContactId"], people(4))
+    await run_batch(path, out, sim_settings(sim.url))
+    # Rewrite the output as the last version wrote it: legacy ids, no runId.
+    legacy = []
+    for line in read_lines(out):
+        body = {**line["contact"]}
+        body["requestId"] = _legacy_id(body)
+        legacy.append({"requestId": body["requestId"], "contact": body, "response": line["response"],
+                       "attempts": 1, "latencyMs": 5, "completedAt": line["completedAt"]})  # fmt: skip
+    out.write_text("".join(json.dumps(record) + "\n" for record in legacy), encoding="utf-8")
+    write_rows(path, [*HEADER, "crmContactId"], people(5))  # one new person
+    again = await run_batch(path, out, sim_settings(sim.url))
+    assert (again["counts"]["succeeded"], again["counts"]["skipped_done"]) == (1, 4)
+    assert calls(sim) == 5
