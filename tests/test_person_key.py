@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from click.testing import CliRunner
 
+from octave_bulk.cli import cli
 from octave_bulk.run.engine import run_batch
 from tests.helpers import read_lines, side, sim_settings
 
@@ -101,3 +103,27 @@ async def test_an_output_with_legacy_ids_is_adopted(make_sim: Any, tmp_path: Pat
     again = await run_batch(path, out, sim_settings(sim.url))
     assert (again["counts"]["succeeded"], again["counts"]["skipped_done"]) == (1, 4)
     assert calls(sim) == 5
+
+
+async def test_export_has_one_row_per_person_the_latest(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_rows(path, [*HEADER, "crmContactId"], people(3))
+    await run_batch(path, out, sim_settings(sim.url))
+    rows = people(3)
+    rows[2][4] = "CEO"  # p2 was promoted: new emails, paid again
+    write_rows(path, [*HEADER, "crmContactId"], rows)
+    await run_batch(path, out, sim_settings(sim.url))
+    assert len(read_lines(out)) == 4
+
+    def exported(*extra: str) -> list[tuple[str, str]]:
+        target = tmp_path / "export.csv"
+        result = CliRunner().invoke(cli, ["export", str(out), "-o", str(target), *extra])
+        assert result.exit_code == 0, result.output
+        with open(target, newline="", encoding="utf-8") as handle:
+            return [(row["email"], row["title"]) for row in csv.DictReader(handle)]
+
+    latest = exported()
+    assert sorted(latest) == [("p0@example.com", "VP"), ("p1@example.com", "VP"),
+                              ("p2@example.com", "CEO")]  # fmt: skip
+    assert len(exported("--all-versions")) == 4

@@ -44,6 +44,7 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     help="Only results not exported before with --new (per preset), then mark them exported.",
 )
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only the results of this run.")
+@click.option("--all-versions", is_flag=True, help="Every result of a person, not only the latest.")
 @click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
 def export(
     results: str,
@@ -53,11 +54,12 @@ def export(
     max_field_chars: int | None,
     only_new: bool,
     run_id: str | None,
+    all_versions: bool,
     ledger: Path | None,
 ) -> None:
     """One CSV row per successful contact, ready to import into a sequencer.
 
-    Identity columns, then step1_subject, step1_body ... stepN_*, num_steps, request_id,
+    One row per person (the latest result; --all-versions for every one). Identity columns, then step1_subject, step1_body ... stepN_*, num_steps, request_id,
     completed_at. Cells that could run as spreadsheet formulas are escaped. With --new, the
     mark moves only once the file is written: an export that fails is done again next time.
     """
@@ -82,6 +84,7 @@ def export(
                 max_field_chars=max_field_chars,
                 after_line=mark,
                 run_id=run_id,
+                all_versions=all_versions,
             )
             if only_new:
                 history.set_export_mark(path, preset, report.lines)
@@ -90,8 +93,10 @@ def export(
     for warning in report.warnings():
         click.echo(f"warning: {warning}", err=True)
     where = "stdout" if target == "-" else target
+    older = f" ({report.superseded} older results left out)" if report.superseded else ""
     click.echo(
-        f"exported {report.rows} contacts with up to {report.steps} steps to {where}", err=True
+        f"exported {report.rows} contacts with up to {report.steps} steps to {where}{older}",
+        err=True,
     )
 
 

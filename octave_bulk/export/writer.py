@@ -18,7 +18,10 @@ Contract:
 - Selection: with ``after_line`` only the complete lines after the first ``after_line`` are
   exported (``export --new``: the watermark of the last export); with ``run_id`` only the
   lines that run wrote. ``ExportReport.lines`` is the complete line count either way: the
-  next watermark.
+  next watermark. Among the selected results, one row per person (the person key of
+  :mod:`octave_bulk.identity`): the latest, so that a person whose emails were made again
+  after a change is imported once, with the new ones; ``all_versions`` keeps every result.
+  The first pass notes each person's last line in an ``IdSet`` (~18 bytes per person).
 - No pass holds more than one line, so memory stays flat. The report keeps exact counts but
   lists at most ``ID_LIST_CAP`` requestIds / line numbers of each kind.
 - CSV: RFC 4180 through the ``csv`` module (CRLF, minimal quoting), plain UTF-8 without a BOM:
@@ -42,7 +45,9 @@ from octave_bulk.errors import ConfigError, InputError, StateError
 from octave_bulk.export.presets import PRESETS, Preset
 from octave_bulk.export.results import Result, parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
+from octave_bulk.identity import person_key
 from octave_bulk.state.files import atomic_file
+from octave_bulk.state.idset import IdSet, id_key
 
 __all__ = ["ID_LIST_CAP", "ExportReport", "export_results"]
 
@@ -70,6 +75,7 @@ class ExportReport:
         truncated_rows: rows with at least one cut cell.
         truncated_ids: requestIds of those rows.
         torn_tail: a last line without its newline was ignored.
+        superseded: older results of people with a later one, left out (not a problem).
     """
 
     out: str
@@ -87,6 +93,7 @@ class ExportReport:
     truncated_rows: int = 0
     truncated_ids: list[str] = field(default_factory=list)
     torn_tail: bool = False
+    superseded: int = 0
 
     def warnings(self) -> list[str]:
         """One sentence per problem, for stderr (empty when there is nothing to say)."""
@@ -133,6 +140,7 @@ def export_results(
     max_field_chars: int | None = None,
     after_line: int = 0,
     run_id: str | None = None,
+    all_versions: bool = False,
 ) -> ExportReport:
     """Write the successes of a results file as a sequencer CSV (see the package docstring).
 
@@ -144,6 +152,7 @@ def export_results(
         max_field_chars: cell length limit; None takes the preset's default, 0 means none.
         after_line: export only the complete lines after this many (a watermark).
         run_id: export only the lines of this run.
+        all_versions: every result of a person, not only the latest.
 
     Returns:
         The report: rows written, N, results left out, cells cut, lines skipped.
@@ -167,7 +176,7 @@ def export_results(
     if str(out) != "-" and Path(out).resolve() == results.resolve():
         raise ConfigError(f"{out}: the export would overwrite the results file")
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
-    wanted = _Selection(after_line, run_id)
+    wanted = _Selection(after_line, run_id, None if all_versions else IdSet(1024, with_values=True))
     complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
         _second_pass(results, complete, stream, layout, report, wanted)
@@ -178,12 +187,26 @@ def export_results(
 class _Selection:
     after_line: int
     run_id: str | None
+    latest: IdSet | None  # person key -> the line of the person's latest result
 
     def skips(self, number: int, result: Result) -> bool:
-        """Whether the result on 1-based line ``number`` is left out."""
+        """Whether the result on 1-based line ``number`` is left out (first pass)."""
         return number <= self.after_line or (
             self.run_id is not None and result.run_id != self.run_id
         )
+
+    def note(self, number: int, result: Result) -> None:
+        """First pass: ``number`` is the latest line of the result's person so far."""
+        if self.latest is not None:
+            self.latest.put(_person(result), number)
+
+    def superseded(self, number: int, result: Result) -> bool:
+        """Second pass: a later line holds a result for the same person."""
+        return self.latest is not None and self.latest.setdefault(_person(result), 0) != number
+
+
+def _person(result: Result) -> int:
+    return id_key(person_key(result.contact) or result.request_id)
 
 
 def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
@@ -207,6 +230,7 @@ def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
             _note(report.skipped_blank, result.request_id)
         else:
             report.steps = max(report.steps, len(result.steps))
+            wanted.note(complete, result)
     report.lines = complete
     return complete
 
@@ -231,6 +255,9 @@ def _second_pass(
             continue
         result = parse_line(line)
         if result is None or result.blank() or wanted.skips(number, result):
+            continue
+        if wanted.superseded(number, result):
+            report.superseded += 1
             continue
         contact = result.contact
         values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)

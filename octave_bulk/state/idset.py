@@ -68,6 +68,12 @@ class IdSet:
             return value
         return self._values[slot] if self._values is not None else 0
 
+    def put(self, key: int, value: int) -> None:
+        """Store ``value`` for ``key``, replacing what was kept (a table with values only)."""
+        slot = self._insert(key, value)
+        if slot >= 0 and self._values is not None:
+            self._values[slot] = value
+
     def _insert(self, key: int, value: int) -> int:
         """-1 when inserted, else the slot where the key already was."""
         if self._count + 1 > self._size * self._LOAD:
