@@ -35,30 +35,33 @@ def people(n: int, *, title: str = "VP", crm: bool = True, extra: bool = False) 
 HEADER = ["email", "firstName", "lastName", "companyName", "jobTitle"]
 
 
+async def night(
+    sim: Any, tmp_path: Path, rows: list[list[str]], header: list[str] | None = None
+) -> Any:
+    """One nightly run of ``rows`` into ``tmp_path/out.ndjson``; its summary."""
+    path = tmp_path / "in.csv"
+    write_rows(path, header or [*HEADER, "crmContactId"], rows)
+    return await run_batch(path, tmp_path / "out.ndjson", sim_settings(sim.url))
+
+
 def calls(sim: Any) -> int:
     return int(sim.stats()["totals"].get("calls", 0))
 
 
 async def test_a_crm_view_change_pays_nobody_again(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
-    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
-    write_rows(path, [*HEADER, "crmContactId"], people(6))
-    assert (await run_batch(path, out, sim_settings(sim.url)))["counts"]["succeeded"] == 6
+    assert (await night(sim, tmp_path, people(6)))["counts"]["succeeded"] == 6
     # Tuesday's view: the CRM id column is gone and an unmapped column came in.
-    write_rows(path, [*HEADER, "Territory"], people(6, crm=False, extra=True))
-    again = await run_batch(path, out, sim_settings(sim.url))
+    again = await night(sim, tmp_path, people(6, crm=False, extra=True), [*HEADER, "Territory"])
     assert again["counts"]["skipped_done"] == 6 and calls(sim) == 6
 
 
 async def test_a_real_change_is_paid_again_and_only_it(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
-    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
-    write_rows(path, [*HEADER, "crmContactId"], people(5))
-    await run_batch(path, out, sim_settings(sim.url))
+    await night(sim, tmp_path, people(5))
     rows = people(5)
     rows[1][4] = rows[3][4] = "CEO"  # two new job titles
-    write_rows(path, [*HEADER, "crmContactId"], rows)
-    again = await run_batch(path, out, sim_settings(sim.url))
+    again = await night(sim, tmp_path, rows)
     assert (again["counts"]["succeeded"], again["counts"]["skipped_done"]) == (2, 3)
     assert calls(sim) == 7
 
@@ -88,9 +91,8 @@ def _legacy_id(body: dict[str, Any]) -> str:
 
 async def test_an_output_with_legacy_ids_is_adopted(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
-    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
-    write_rows(path, [*HEADER, "crmContactId"], people(4))
-    await run_batch(path, out, sim_settings(sim.url))
+    out = tmp_path / "out.ndjson"
+    await night(sim, tmp_path, people(4))
     # Rewrite the output as the last version wrote it: legacy ids, no runId.
     legacy = []
     for line in read_lines(out):
@@ -99,21 +101,18 @@ async def test_an_output_with_legacy_ids_is_adopted(make_sim: Any, tmp_path: Pat
         legacy.append({"requestId": body["requestId"], "contact": body, "response": line["response"],
                        "attempts": 1, "latencyMs": 5, "completedAt": line["completedAt"]})  # fmt: skip
     out.write_text("".join(json.dumps(record) + "\n" for record in legacy), encoding="utf-8")
-    write_rows(path, [*HEADER, "crmContactId"], people(5))  # one new person
-    again = await run_batch(path, out, sim_settings(sim.url))
+    again = await night(sim, tmp_path, people(5))  # one new person
     assert (again["counts"]["succeeded"], again["counts"]["skipped_done"]) == (1, 4)
     assert calls(sim) == 5
 
 
 async def test_export_has_one_row_per_person_the_latest(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
-    path, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
-    write_rows(path, [*HEADER, "crmContactId"], people(3))
-    await run_batch(path, out, sim_settings(sim.url))
+    out = tmp_path / "out.ndjson"
+    await night(sim, tmp_path, people(3))
     rows = people(3)
     rows[2][4] = "CEO"  # p2 was promoted: new emails, paid again
-    write_rows(path, [*HEADER, "crmContactId"], rows)
-    await run_batch(path, out, sim_settings(sim.url))
+    await night(sim, tmp_path, rows)
     assert len(read_lines(out)) == 4
 
     def exported(*extra: str) -> list[tuple[str, str]]:
