@@ -25,7 +25,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LEGACY_PREFIX", "content_of", "derive_request_id", "is_legacy_id", "person_key"]
+from octave_bulk.state.idset import id_key
+
+__all__ = [
+    "LEGACY_PREFIX",
+    "content_of",
+    "derive_request_id",
+    "is_legacy_id",
+    "person_hash",
+    "person_key",
+]
 
 _PREFIX = "op-"
 LEGACY_PREFIX = "ob-"
@@ -43,6 +52,13 @@ def person_key(body: Mapping[str, Any]) -> str | None:
         if value := body.get(name):
             return f"crm:{value}"
     return None
+
+
+def person_hash(body: Mapping[str, Any]) -> str | None:
+    """The person key as results lines carry it (``personKey``): 16 hex digits of its
+    :func:`~octave_bulk.state.idset.id_key`, so that a scan finds people without parsing."""
+    key = person_key(body)
+    return None if key is None else f"{id_key(key):016x}"
 
 
 def content_of(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -187,6 +187,15 @@ class Settings(BaseSettings):
     retry_failed: bool = Field(
         False, description="Also retry contacts that failed for good before."
     )
+    resend_guard: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Refuse a run that would pay again more than this share of people done.",
+    )
+    allow_resend: bool = Field(
+        False, description="Pay again the people whose content changed, however many."
+    )
 
     # Output and durability
     progress: bool | None = Field(

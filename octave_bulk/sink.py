@@ -9,12 +9,14 @@ group is durable; then its in-flight slot is released.
 Record shapes (docs/design.md, section "Files") - ``requestId`` is always the first key,
 for the resume scan:
 
-- results: ``requestId, runId, contact, response, attempts, latencyMs, completedAt``
+- results: ``requestId, runId, personKey, contact, response, attempts, latencyMs,
+  completedAt``
 - errors: ``requestId, runId, contact, error{kind, status, message, retryable}, attempts,
   failedAt``
 
 ``runId`` names the run that wrote the line (the summary's ``run_id``): results of one night
-are the lines of its run.
+are the lines of its run. ``personKey`` is the hashed person key
+(:func:`~octave_bulk.identity.person_hash`), near the start so that a scan finds it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import anyio
 import orjson
 
 from octave_bulk.errors import ApiError
+from octave_bulk.identity import person_hash
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.utc import utc_iso
 
@@ -65,6 +68,7 @@ def success_line(item: Success, run_id: str) -> bytes:
     record = {
         "requestId": item.request_id,
         "runId": run_id,
+        "personKey": person_hash(item.contact),
         "contact": item.contact,
         "response": response,
         "attempts": item.attempts,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from octave_bulk.cli import cli
 from octave_bulk.run.engine import run_batch
@@ -126,3 +126,30 @@ async def test_export_has_one_row_per_person_the_latest(make_sim: Any, tmp_path:
     assert sorted(latest) == [("p0@example.com", "VP"), ("p1@example.com", "VP"),
                               ("p2@example.com", "CEO")]  # fmt: skip
     assert len(exported("--all-versions")) == 4
+
+
+def test_a_mass_resend_is_refused_before_any_call(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"),
+            "--agent", "ca_test", "--base-url", sim.url, "--rate", "none", "--no-progress"]  # fmt: skip
+
+    def night_cli(rows: list[list[str]], *extra: str, lang: bool = False) -> Result:
+        header = [*HEADER, "crmContactId", *(["lang"] if lang else [])]
+        write_rows(tmp_path / "in.csv", header, [[*r, "fr"] if lang else r for r in rows])
+        return CliRunner().invoke(cli, [*args, *extra], env={"OCTAVE_API_KEY": "k"})
+
+    assert night_cli(people(12)).exit_code == 0
+    # The view gained a Language column: every person's content changes.
+    refused = night_cli(people(12), lang=True)
+    assert refused.exit_code == 2, refused.output
+    assert "12 of the 12 people already done" in refused.output
+    assert "lang added (12 of 12 sampled)" in refused.output and "--allow-resend" in refused.output
+    assert calls(sim) == 12
+    dry = night_cli(people(12), "--dry-run", lang=True)
+    assert json.loads(dry.output)["resend"]["people_done_resent"] == 12
+    # Two changed titles of twelve stay under the guard; --allow-resend lets all through.
+    rows = people(12)
+    rows[0][4] = rows[1][4] = "CEO"
+    assert night_cli(rows).exit_code == 0 and calls(sim) == 14
+    assert night_cli(rows, "--allow-resend", lang=True).exit_code == 0
+    assert calls(sim) == 26

@@ -30,7 +30,8 @@ __all__ = [
 RUN_FIELDS = (
     "agent_oid", "experiment_oid", "base_url", "rate", "concurrency", "adaptive", "timeout",
     "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
-    "limit", "dry_run", "retry_failed", "fail_on_rejects", "progress", "log_format",
+    "limit", "dry_run", "retry_failed", "resend_guard", "allow_resend", "fail_on_rejects",
+    "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",
 )  # fmt: skip
 """The settings ``run`` takes as flags, in help order."""
@@ -45,6 +46,7 @@ _ON_OFF_FLAGS = {
     "dry_run",
     "retry_failed",
     "fail_on_rejects",
+    "allow_resend",
 }  # given or not; the others of type bool are --x/--no-x
 _DEFAULT_SHOWN = {"rate": "none", "progress": None, "encoding": None, "delimiter": None}
 

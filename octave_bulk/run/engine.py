@@ -46,6 +46,7 @@ from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
 from octave_bulk.run.admission import SKIP, Admission, WorkItem
 from octave_bulk.run.control import RunControl
+from octave_bulk.run.guard import ResendReport, check_resend
 from octave_bulk.run.summary import RunStats, RunSummary
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
@@ -237,6 +238,17 @@ class _Run:
         return _completed_exit(self.stats, self.settings)
 
 
+def _resend_message(report: ResendReport, settings: Settings, paths: OutputPaths) -> str:
+    done = report.unchanged + report.resent
+    return (
+        f"{report.resent:,} of the {done:,} people already done in {paths.results} would be "
+        f"paid again ({report.share:.0%}, more than --resend-guard {settings.resend_guard:.0%})"
+        f": their content changed - {report.reasons() or 'see --dry-run'}. Nothing was sent. "
+        "If that is what you want (a new language, new instructions), add --allow-resend; "
+        "if not, check the export's columns and the mapping (validate shows it)"
+    )
+
+
 def _completed_exit(stats: RunStats, settings: Settings) -> ExitCode:
     """How a run that went through its input ends: 1 when contacts failed after their
     retries (or rows were rejected, with ``--fail-on-rejects``), else 0."""
@@ -347,6 +359,9 @@ async def _locked_run(
     scan = state.results
     if scan.bad_lines:
         log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
+    resend = check_resend(input_path, settings, state)
+    if resend.trips(settings.resend_guard) and not settings.allow_resend:
+        raise ConfigError(_resend_message(resend, settings, paths))
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
@@ -474,6 +489,7 @@ def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> 
     return RunSummary.from_document(
         stats.summary(
             dry_run=True,
+            resend=check_resend(input_path, settings, state).to_dict(),
             would_send=stats.queued,
             example_request=example,
             exit_code=exit_code,

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
-from octave_bulk.identity import derive_request_id, is_legacy_id
+from octave_bulk.identity import derive_request_id, is_legacy_id, person_key
 from octave_bulk.state.files import iter_ndjson, repair_tail
 from octave_bulk.state.idset import IdSet, id_key
 from octave_bulk.state.inflight import InflightSlots
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _ID_MARK = b'"requestId":"'
+_PERSON_MARK = b'"personKey":"'
 
 
 def line_request_id(line: bytes) -> str | None:
@@ -75,12 +76,15 @@ def complete_lines(path: Path) -> Iterator[bytes]:
 
 @dataclass
 class ResultsScan:
-    """What ``OUT.ndjson`` holds: the done-set, its line count and what repair dropped."""
+    """What ``OUT.ndjson`` holds: the done-set, its line count and what repair dropped, and
+    the people done (person key -> the 1-based line of their latest result)."""
 
     done: IdSet
     lines: int
     repaired_bytes: int
     bad_lines: int
+    persons: IdSet
+    path: Path
 
 
 def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
@@ -90,7 +94,8 @@ def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
     size = path.stat().st_size if path.exists() else 0
     # Sized from the file (results lines are ~2-5 KB) so that the table rarely has to grow.
     done, lines, bad = IdSet(size // 2048), 0, 0
-    add = done.add
+    persons = IdSet(size // 2048, with_values=True)
+    add, put = done.add, persons.put
     for line in complete_lines(path):
         lines += 1
         rid = line_request_id(line)
@@ -98,21 +103,27 @@ def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
             bad += 1
             continue
         add(id_key(rid))
-        if is_legacy_id(rid) and (adopted := _adopted_id(line)) is not None:
-            add(id_key(adopted))
-    return ResultsScan(done=done, lines=lines, repaired_bytes=repaired, bad_lines=bad)
+        mark = line.find(_PERSON_MARK, 0, 160)
+        if mark >= 0:
+            start = mark + len(_PERSON_MARK)
+            put(int(line[start : start + 16], 16) or 1, lines)
+            continue
+        # Written before the person key: parsed (only such lines), and adopted.
+        contact = _contact(line)
+        if contact is not None and (person := person_key(contact)) is not None:
+            put(id_key(person), lines)
+        if contact is not None and is_legacy_id(rid):
+            add(id_key(derive_request_id(contact)))
+    return ResultsScan(done, lines, repaired, bad, persons, path)
 
 
-def _adopted_id(line: bytes) -> str | None:
-    """The id this version derives for a legacy result's contact (so that it is not paid
-    again): parsed, unlike the byte search, but only for lines written before the person key.
-    """
+def _contact(line: bytes) -> dict[str, Any] | None:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     contact = record.get("contact") if isinstance(record, dict) else None
-    return derive_request_id(contact) if isinstance(contact, dict) else None
+    return contact if isinstance(contact, dict) else None
 
 
 @dataclass

@@ -1,0 +1,136 @@
+"""The mass re-send guard: before a run pays anyone, how many people it has already done
+would be paid again, and why.
+
+Contract: :func:`check_resend` reads the whole input once, as the run will (reader, mapping,
+request builder), and sorts each person the output has already done
+(``LedgerState.results.persons``) into *unchanged* (the requestId is done) or *re-sent* (a new
+requestId: the content changed). For a sample of the re-sent (:data:`SAMPLE`), it reads their
+latest result line and names the fields whose change makes the new id (added, removed or
+changed). :class:`ResendReport` carries the numbers; the engine refuses the run (exit 2, before
+any call) when the re-sent share of the people done exceeds ``resend_guard`` and
+``allow_resend`` is not set (and at least :data:`FEWEST` people would be paid again), and the
+dry run reports it.
+
+It costs one more pass over the input (~20 us a row), made only when the output has results
+and the input is a file (stdin cannot be read twice).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from octave_bulk.build import RequestBuilder, request_spec
+from octave_bulk.identity import content_of, person_key
+from octave_bulk.input.records import Reject
+from octave_bulk.intake import open_contacts
+from octave_bulk.settings import Settings
+from octave_bulk.state.idset import id_key
+from octave_bulk.state.ledger import LedgerState, complete_lines
+
+__all__ = ["FEWEST", "SAMPLE", "ResendReport", "check_resend"]
+
+SAMPLE = 50
+"""Re-sent people whose old and new content are compared to name the changed fields."""
+FEWEST = 10
+"""A re-send of fewer people is never a mass re-send, whatever its share."""
+
+
+@dataclass
+class ResendReport:
+    """People of the input already done: unchanged, or to be paid again, and why."""
+
+    unchanged: int = 0
+    resent: int = 0
+    changed_fields: Counter[str] = field(default_factory=Counter)  # field -> sampled people
+    sampled: int = 0
+
+    @property
+    def share(self) -> float:
+        """The share of the people done that would be paid again."""
+        done = self.unchanged + self.resent
+        return self.resent / done if done else 0.0
+
+    def trips(self, guard: float) -> bool:
+        """Whether this is a mass re-send: more than ``guard`` of the people done, and at
+        least :data:`FEWEST` people."""
+        return self.resent >= FEWEST and self.share > guard
+
+    def reasons(self) -> str:
+        """The changed fields, most common first: "jobTitle changed (12 of 50 sampled)"."""
+        return ", ".join(
+            f"{name} ({count} of {self.sampled} sampled)"
+            for name, count in self.changed_fields.most_common(5)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "people_done_unchanged": self.unchanged,
+            "people_done_resent": self.resent,
+            "resent_share": round(self.share, 4),
+            "changed_fields": dict(self.changed_fields.most_common()),
+            "sampled": self.sampled,
+        }
+
+
+def check_resend(input_path: str | Path, settings: Settings, state: LedgerState) -> ResendReport:
+    """Count the people of the input already done that would be paid again (see above)."""
+    report = ResendReport()
+    persons = state.results.persons
+    if not len(persons) or str(input_path) == "-":
+        return report
+    builder = RequestBuilder(request_spec(settings))
+    samples: dict[int, dict[str, Any]] = {}  # line of the old result -> the new body
+    with open_contacts(input_path, settings) as reader:
+        for record in reader:
+            if isinstance(record, Reject):
+                continue
+            built = builder.build(record)
+            if isinstance(built, Reject) or (person := person_key(built.wire)) is None:
+                continue
+            line = persons.setdefault(id_key(person), 0)
+            if not line:
+                continue  # a new person
+            if built.key in state.done:
+                report.unchanged += 1
+                continue
+            report.resent += 1
+            if len(samples) < SAMPLE:
+                samples[line] = built.wire
+    for old, new in _old_contacts(state, samples):
+        report.sampled += 1
+        before, after = content_of(old), content_of(new)
+        for name in sorted(before.keys() | after.keys()):
+            if name not in before:
+                report.changed_fields[f"{name} added"] += 1
+            elif name not in after:
+                report.changed_fields[f"{name} removed"] += 1
+            elif before[name] != after[name]:
+                report.changed_fields[f"{name} changed"] += 1
+    return report
+
+
+def _old_contacts(
+    state: LedgerState, samples: dict[int, dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(old contact, new body) for the sampled result lines."""
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if not samples:
+        return pairs
+    for number, line in enumerate(complete_lines(state.results.path), 1):
+        new = samples.get(number)
+        if new is not None:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            old = record.get("contact") if isinstance(record, dict) else None
+            if isinstance(old, dict):
+                pairs.append((old, new))
+            if len(pairs) == len(samples):
+                break
+    return pairs
