@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from octave_bulk.cli.common import fail
 from octave_bulk.errors import OctaveBulkError
+
+if TYPE_CHECKING:
+    from octave_bulk.state.idset import IdSet
 
 __all__ = ["export", "history", "status"]
 
@@ -44,7 +48,13 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     help="Only results not exported before with --new (per preset), then mark them exported.",
 )
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only the results of this run.")
-@click.option("--all-versions", is_flag=True, help="Every result of a person, not only the latest.")
+@click.option("--all-versions", is_flag=True, help="Every result of a person, not just the latest.")
+@click.option(
+    "--exclude-missing-from",
+    "current_input",
+    type=click.Path(path_type=Path),
+    help="Leave out the people not in this CRM export (deleted from the CRM since).",
+)
 @click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
 def export(
     results: str,
@@ -55,12 +65,13 @@ def export(
     only_new: bool,
     run_id: str | None,
     all_versions: bool,
+    current_input: Path | None,
     ledger: Path | None,
 ) -> None:
     """One CSV row per successful contact, ready to import into a sequencer.
 
-    One row per person (the latest result; --all-versions for every one). Identity columns, then step1_subject, step1_body ... stepN_*, num_steps, request_id,
-    completed_at. Cells that could run as spreadsheet formulas are escaped. With --new, the
+    One row per person (the latest result; --all-versions for every one). Identity columns,
+    then step1_subject, step1_body ... stepN_*, num_steps, request_id, completed_at. Cells that could run as spreadsheet formulas are escaped. With --new, the
     mark moves only once the file is written: an export that fails is done again next time.
     """
     from octave_bulk.export import export_results
@@ -69,6 +80,7 @@ def export(
 
     path = Path(results)
     try:
+        present = None if current_input is None else _people_of(current_input)
         with contextlib.ExitStack() as stack:
             mark = 0
             if only_new:
@@ -85,6 +97,7 @@ def export(
                 after_line=mark,
                 run_id=run_id,
                 all_versions=all_versions,
+                present=present,
             )
             if only_new:
                 history.set_export_mark(path, preset, report.lines)
@@ -98,6 +111,22 @@ def export(
         f"exported {report.rows} contacts with up to {report.steps} steps to {where}{older}",
         err=True,
     )
+
+
+def _people_of(input_path: Path) -> IdSet:
+    """The person keys of a CRM export, read as ``run`` reads it (default mapping)."""
+    from octave_bulk.identity import person_key
+    from octave_bulk.input.records import Contact
+    from octave_bulk.intake import open_contacts
+    from octave_bulk.settings import Settings
+    from octave_bulk.state.idset import IdSet, id_key
+
+    people = IdSet(1024)
+    with open_contacts(input_path, Settings.load()) as reader:
+        for record in reader:
+            if isinstance(record, Contact) and (key := person_key(record.fields)) is not None:
+                people.add(id_key(key))
+    return people
 
 
 @click.command()

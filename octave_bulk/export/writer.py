@@ -15,7 +15,8 @@ Contract:
   sequence lacks, then ``num_steps, request_id, completed_at``. Every cell is escaped
   (:func:`~octave_bulk.export.text.escape_formula`). With a limit, a longer subject/body cell
   is cut to it after escaping, and counted; identity cells are never cut.
-- Selection: with ``after_line`` only the complete lines after the first ``after_line`` are
+- Selection: with ``present``, only the people in that set (``--exclude-missing-from``: the
+  people of today's CRM export); with ``after_line`` only the complete lines after the first ``after_line`` are
   exported (``export --new``: the watermark of the last export); with ``run_id`` only the
   lines that run wrote. ``ExportReport.lines`` is the complete line count either way: the
   next watermark. Among the selected results, one row per person (the person key of
@@ -141,6 +142,7 @@ def export_results(
     after_line: int = 0,
     run_id: str | None = None,
     all_versions: bool = False,
+    present: IdSet | None = None,
 ) -> ExportReport:
     """Write the successes of a results file as a sequencer CSV (see the package docstring).
 
@@ -153,6 +155,8 @@ def export_results(
         after_line: export only the complete lines after this many (a watermark).
         run_id: export only the lines of this run.
         all_versions: every result of a person, not only the latest.
+        present: export only the people whose person key (``id_key``) is in this set (the
+            people of today's CRM export: ``--exclude-missing-from``).
 
     Returns:
         The report: rows written, N, results left out, cells cut, lines skipped.
@@ -176,7 +180,8 @@ def export_results(
     if str(out) != "-" and Path(out).resolve() == results.resolve():
         raise ConfigError(f"{out}: the export would overwrite the results file")
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
-    wanted = _Selection(after_line, run_id, None if all_versions else IdSet(1024, with_values=True))
+    latest = None if all_versions else IdSet(1024, with_values=True)
+    wanted = _Selection(after_line, run_id, latest, present)
     complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
         _second_pass(results, complete, stream, layout, report, wanted)
@@ -188,11 +193,14 @@ class _Selection:
     after_line: int
     run_id: str | None
     latest: IdSet | None  # person key -> the line of the person's latest result
+    present: IdSet | None  # the people still in the CRM export
 
     def skips(self, number: int, result: Result) -> bool:
         """Whether the result on 1-based line ``number`` is left out (first pass)."""
-        return number <= self.after_line or (
-            self.run_id is not None and result.run_id != self.run_id
+        return (
+            number <= self.after_line
+            or (self.run_id is not None and result.run_id != self.run_id)
+            or (self.present is not None and _person(result) not in self.present)
         )
 
     def note(self, number: int, result: Result) -> None:
