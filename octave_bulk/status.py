@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from octave_bulk.agents.fields import credits_of
+from octave_bulk.errors import OctaveBulkError
 from octave_bulk.state.files import iter_ndjson
-from octave_bulk.state.ledger import NdjsonLedger, complete_lines
+from octave_bulk.state.ledger import LedgerState, NdjsonLedger, complete_lines
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
 
@@ -49,5 +50,29 @@ def read_status(output: str | Path) -> dict[str, Any]:
         "credits": credits,
         "in_flight": len(leftovers) if holder else 0,
         "outcome_unknown": 0 if holder else len(leftovers),
+        "input_progress": _input_progress(summary, state),
         "last_run": summary,
+    }
+
+
+def _input_progress(summary: dict[str, Any] | None, state: LedgerState) -> dict[str, Any] | None:
+    """How much of the last run's input is done: its requests read again with its settings
+    (None when the input is gone, or stdin)."""
+    input_path = ((summary or {}).get("input") or {}).get("path")
+    if not input_path or not Path(input_path).is_file():
+        return None
+    from octave_bulk.run.guard import check_resend  # the request models: only when needed
+    from octave_bulk.settings import Settings
+
+    saved = (summary or {}).get("settings") or {}
+    try:
+        settings = Settings.load(**{k: v for k, v in saved.items() if k != "api_key"})
+        report = check_resend(input_path, settings, state, always=True)
+    except (OctaveBulkError, ValueError):
+        return None
+    return {
+        "input": input_path,
+        "requests": report.requests,
+        "done": report.unchanged,
+        "remaining": report.requests - report.unchanged,
     }

@@ -125,3 +125,14 @@ def test_export_new_writes_each_night_once(make_sim: Any, tmp_path: Path) -> Non
     assert export("by-run.csv", "--run", tuesday["run_id"]) == ["c-00003", "c-00004"]
     assert export("by-run-1.csv", "--run", monday["run_id"]) == ["c-00000", "c-00001", "c-00002"]
     assert len(export("all.csv")) == 5
+
+
+def test_status_says_how_much_of_the_input_is_done(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 5)
+    assert run(sim.url, tmp_path, "--max-calls", "3").exit_code == 5
+    status = CliRunner().invoke(cli, ["status", str(tmp_path / "out.ndjson"), "--json"])
+    progress = json.loads(status.output)["input_progress"]
+    assert (progress["requests"], progress["done"], progress["remaining"]) == (5, 3, 2)
+    text = CliRunner().invoke(cli, ["status", str(tmp_path / "out.ndjson")]).output
+    assert "3 of 5 done, 2 remaining" in text

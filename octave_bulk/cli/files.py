@@ -158,6 +158,12 @@ def status(output: str, as_json: bool) -> None:
         "outcome_unknown",
     ):
         click.echo(f"  {key.replace('_', ' ')}: {info[key]}")
+    progress = info.get("input_progress")
+    if progress:
+        click.echo(
+            f"  {progress['input']}: {progress['done']:,} of {progress['requests']:,} done, "
+            f"{progress['remaining']:,} remaining"
+        )
     last = info.get("last_run")
     if last:
         click.echo(

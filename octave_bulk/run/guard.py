@@ -44,8 +44,9 @@ FEWEST = 10
 class ResendReport:
     """People of the input already done: unchanged, or to be paid again, and why."""
 
-    unchanged: int = 0
-    resent: int = 0
+    requests: int = 0  # valid, distinct requests of the input
+    unchanged: int = 0  # ... done already (their requestId is)
+    resent: int = 0  # ... of people done, with a new requestId
     changed_fields: Counter[str] = field(default_factory=Counter)  # field -> sampled people
     sampled: int = 0
 
@@ -69,6 +70,7 @@ class ResendReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "requests": self.requests,
             "people_done_unchanged": self.unchanged,
             "people_done_resent": self.resent,
             "resent_share": round(self.share, 4),
@@ -77,11 +79,14 @@ class ResendReport:
         }
 
 
-def check_resend(input_path: str | Path, settings: Settings, state: LedgerState) -> ResendReport:
-    """Count the people of the input already done that would be paid again (see above)."""
+def check_resend(
+    input_path: str | Path, settings: Settings, state: LedgerState, *, always: bool = False
+) -> ResendReport:
+    """Count the people of the input already done that would be paid again (see above);
+    nothing is read when the output has no results yet, unless ``always`` (``status``)."""
     report = ResendReport()
     persons = state.results.persons
-    if not len(persons) or str(input_path) == "-":
+    if (not len(persons) and not always) or str(input_path) == "-":
         return report
     builder = RequestBuilder(request_spec(settings))
     samples: dict[int, dict[str, Any]] = {}  # line of the old result -> the new body
@@ -90,14 +95,16 @@ def check_resend(input_path: str | Path, settings: Settings, state: LedgerState)
             if isinstance(record, Reject):
                 continue
             built = builder.build(record)
-            if isinstance(built, Reject) or (person := person_key(built.wire)) is None:
+            if isinstance(built, Reject):
                 continue
-            line = persons.setdefault(id_key(person), 0)
-            if not line:
-                continue  # a new person
+            report.requests += 1
             if built.key in state.done:
                 report.unchanged += 1
                 continue
+            person = person_key(built.wire)
+            line = 0 if person is None else persons.setdefault(id_key(person), 0)
+            if not line:
+                continue  # a new person
             report.resent += 1
             if len(samples) < SAMPLE:
                 samples[line] = built.wire
