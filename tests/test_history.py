@@ -125,6 +125,8 @@ def test_export_new_writes_each_night_once(make_sim: Any, tmp_path: Path) -> Non
     assert export("by-run.csv", "--run", tuesday["run_id"]) == ["c-00003", "c-00004"]
     assert export("by-run-1.csv", "--run", monday["run_id"]) == ["c-00000", "c-00001", "c-00002"]
     assert len(export("all.csv")) == 5
+    assert len(export("since.csv", "--since", "2000-01-01")) == 5
+    assert export("future.csv", "--since", "2999-01-01") == []
 
 
 def test_status_says_how_much_of_the_input_is_done(make_sim: Any, tmp_path: Path) -> None:

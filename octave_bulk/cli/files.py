@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,14 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     is_flag=True,
     help="Only results not exported before with --new (per preset), then mark them exported.",
 )
-@click.option("--run", "run_id", metavar="RUN_ID", help="Only the results of this run.")
+@click.option(
+    "--run", "run_ids", metavar="RUN_ID", multiple=True, help="Only the results of this run."
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only the results of the runs started since then (UTC).",
+)
 @click.option("--all-versions", is_flag=True, help="Every result of a person, not just the latest.")
 @click.option(
     "--exclude-missing-from",
@@ -63,7 +71,8 @@ def export(
     body_format: str,
     max_field_chars: int | None,
     only_new: bool,
-    run_id: str | None,
+    run_ids: tuple[str, ...],
+    since: datetime.datetime | None,
     all_versions: bool,
     current_input: Path | None,
     ledger: Path | None,
@@ -82,12 +91,17 @@ def export(
     try:
         present = None if current_input is None else _people_of(current_input)
         with contextlib.ExitStack() as stack:
-            mark = 0
-            if only_new:
+            mark, selected = 0, frozenset(run_ids) if run_ids else None
+            if only_new or since is not None:
                 history = stack.enter_context(
                     RunHistory.open(ledger or OutputPaths.for_output(path).ledger)
                 )
+            if only_new:
                 mark = history.export_mark(path, preset)
+            if since is not None:
+                start = since.replace(tzinfo=datetime.UTC).timestamp()
+                recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
+                selected = frozenset(recent) if selected is None else selected & recent
             report = export_results(
                 path,
                 target,
@@ -95,7 +109,7 @@ def export(
                 body_format=body_format,  # type: ignore[arg-type]
                 max_field_chars=max_field_chars,
                 after_line=mark,
-                run_id=run_id,
+                run_ids=selected,
                 all_versions=all_versions,
                 present=present,
             )

@@ -17,8 +17,8 @@ Contract:
   is cut to it after escaping, and counted; identity cells are never cut.
 - Selection: with ``present``, only the people in that set (``--exclude-missing-from``: the
   people of today's CRM export); with ``after_line`` only the complete lines after the first ``after_line`` are
-  exported (``export --new``: the watermark of the last export); with ``run_id`` only the
-  lines that run wrote. ``ExportReport.lines`` is the complete line count either way: the
+  exported (``export --new``: the watermark of the last export); with ``run_ids`` only the
+  lines those runs wrote. ``ExportReport.lines`` is the complete line count either way: the
   next watermark. Among the selected results, one row per person (the person key of
   :mod:`octave_bulk.identity`): the latest, so that a person whose emails were made again
   after a change is imported once, with the new ones; ``all_versions`` keeps every result.
@@ -140,7 +140,7 @@ def export_results(
     body_format: Literal["text", "html"] = "text",
     max_field_chars: int | None = None,
     after_line: int = 0,
-    run_id: str | None = None,
+    run_ids: frozenset[str] | None = None,
     all_versions: bool = False,
     present: IdSet | None = None,
 ) -> ExportReport:
@@ -153,7 +153,7 @@ def export_results(
         body_format: ``"text"`` or ``"html"`` for the step bodies.
         max_field_chars: cell length limit; None takes the preset's default, 0 means none.
         after_line: export only the complete lines after this many (a watermark).
-        run_id: export only the lines of this run.
+        run_ids: export only the lines of these runs.
         all_versions: every result of a person, not only the latest.
         present: export only the people whose person key (``id_key``) is in this set (the
             people of today's CRM export: ``--exclude-missing-from``).
@@ -181,7 +181,7 @@ def export_results(
         raise ConfigError(f"{out}: the export would overwrite the results file")
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
     latest = None if all_versions else IdSet(1024, with_values=True)
-    wanted = _Selection(after_line, run_id, latest, present)
+    wanted = _Selection(after_line, run_ids, latest, present)
     complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
         _second_pass(results, complete, stream, layout, report, wanted)
@@ -191,7 +191,7 @@ def export_results(
 @dataclass(frozen=True)
 class _Selection:
     after_line: int
-    run_id: str | None
+    run_ids: frozenset[str] | None
     latest: IdSet | None  # person key -> the line of the person's latest result
     present: IdSet | None  # the people still in the CRM export
 
@@ -199,7 +199,7 @@ class _Selection:
         """Whether the result on 1-based line ``number`` is left out (first pass)."""
         return (
             number <= self.after_line
-            or (self.run_id is not None and result.run_id != self.run_id)
+            or (self.run_ids is not None and result.run_id not in self.run_ids)
             or (self.present is not None and _person(result) not in self.present)
         )
 
