@@ -153,3 +153,22 @@ def test_a_mass_resend_is_refused_before_any_call(make_sim: Any, tmp_path: Path)
     assert night_cli(rows).exit_code == 0 and calls(sim) == 14
     assert night_cli(rows, "--allow-resend", lang=True).exit_code == 0
     assert calls(sim) == 26
+
+
+def test_validate_reports_what_a_run_would_pay_again(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    out = tmp_path / "out.ndjson"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_test",
+            "--base-url", sim.url, "--rate", "none", "--no-progress"]  # fmt: skip
+    write_rows(tmp_path / "in.csv", [*HEADER, "crmContactId"], people(4))
+    assert CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": "k"}).exit_code == 0
+    rows = people(5)
+    rows[0][4] = "CEO"
+    write_rows(tmp_path / "in.csv", [*HEADER, "crmContactId"], rows)
+    check = ["validate", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_test"]
+    report = json.loads(CliRunner().invoke(cli, [*check, "--json"]).output)["resend"]
+    assert (report["people_done_unchanged"], report["people_done_resent"]) == (3, 1)
+    assert report["changed_fields"] == {"jobTitle changed": 1}
+    text = CliRunner().invoke(cli, check).output
+    assert "3 people done and unchanged, 1 would be paid again (25%): jobTitle changed" in text
+    assert calls(sim) == 4

@@ -104,6 +104,20 @@ def probe(
     sys.exit(ExitCode.OK if done else summary.exit_code)
 
 
+def _resend_against(input_path: str, output: str, settings: Any) -> dict[str, Any] | None:
+    """What a run of INPUT on OUT would pay again (the re-send guard's numbers), when OUT has
+    results."""
+    from octave_bulk.run.guard import check_resend
+    from octave_bulk.state.ledger import NdjsonLedger
+    from octave_bulk.state.paths import OutputPaths
+
+    paths = OutputPaths.for_output(output)
+    if not paths.results.exists():
+        return None
+    state = NdjsonLedger(paths).load(repair=False)
+    return check_resend(input_path, settings, state).to_dict()
+
+
 @click.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option(
@@ -135,7 +149,8 @@ def validate(
 
     try:
         settings = load_settings(config_file, None, **flags)
-        if not (settings.agent_oid or settings.experiment_oid):
+        targeted = bool(settings.agent_oid or settings.experiment_oid)
+        if not targeted:
             settings = settings.model_copy(
                 update={"agent_oid": "ca_validate"}
             )  # only for the model check
@@ -146,10 +161,12 @@ def validate(
         report = validate_input(
             input_path, reader_options(settings), request_spec(settings), rejects
         )
+        # The target is part of every request: without it, no comparison with OUT's results.
+        resend = _resend_against(input_path, output, settings) if targeted else None
     except OctaveBulkError as exc:
         fail(exc)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps({**report.to_dict(), "resend": resend}, indent=2))
     else:
         click.echo(
             f"{report.path}: {report.format}, {report.encoding}"
@@ -161,4 +178,11 @@ def validate(
             click.echo(f"  {reason}: {count}")
         if report.rejected_total:
             click.echo(f"rejects: {report.rejects_path}")
+        if resend is not None:
+            click.echo(
+                f"against {output}: {resend['people_done_unchanged']} people done and unchanged, "
+                f"{resend['people_done_resent']} would be paid again"
+                f" ({resend['resent_share']:.0%})"
+                + (f": {', '.join(resend['changed_fields'])}" if resend["changed_fields"] else "")
+            )
     sys.exit(ExitCode.SOME_FAILED if report.rejected_total else ExitCode.OK)
