@@ -56,6 +56,7 @@ _REFUSED = 2  # ... at least this many 429s ...
 _TOLERATED = 0.05  # ... that are more than this share of them
 _CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
 _MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
+_EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (then: estimate)
 _FIRST_GROWTH = 2.0  # the rate doubles per quiet epoch until the first 429 ...
 _STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds (up to x2)
 _MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
@@ -117,6 +118,7 @@ class AdaptiveLimiter:
         # it is taken as refused, so the first probes are small.
         self.bad: float | None = start_rate * _CONVERGED if start_rate else None
         self._cut_once = start_rate is not None
+        self._eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
         self._failed_probes = 4 if start_rate or start_window else 0  # remembered: probe rarely
         self._quiet_known = 0
@@ -296,8 +298,15 @@ class AdaptiveLimiter:
         if samples < _VERDICT:  # too few since the first 429: the whole epoch's share (its
             share = epoch.accepted / epoch.known  # burst included: too high, never too low)
         estimate = sent * share * _MARGIN
-        if self.good is not None and self.good < sent:
+        if self.good is not None and self.good < (rate or sent):  # a probe past what held
             target = max(self.good, estimate)  # back to what held, or what was accepted
+        elif rate is not None and self._eased < len(_EASE) and 2 * epoch.refused <= epoch.known:
+            # A rate that held (or the user's --rate), refused now and then: the limit itself,
+            # most likely (a bucket without burst refuses what arrives a little early), so
+            # just below it, in two small steps; refused again before anything held, it is
+            # estimated.
+            target = rate * _EASE[self._eased]
+            self._eased += 1
         else:
             self.good = None  # what held before holds no more: estimate afresh
             # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
@@ -347,6 +356,8 @@ class AdaptiveLimiter:
                     return
             self._set(reason=None)
             return
+        if rate_bound:
+            self._eased = 0  # a quiet epoch at the rate: the next refusal may ease again
         if self._probing and (rate_bound or window_bound):
             if self.bad is None or window_bound:
                 self._failed_probes = 0  # a probe into the unknown held: probe freely again
