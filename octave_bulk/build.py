@@ -68,12 +68,17 @@ class RequestBuilder:
         spec: the run-wide request fields.
         expected_rows: input size, to size the table of first lines (~17 bytes per row).
         agent: the agent the requests are for (the Sequence Agent by default).
+        key_field: the field that identifies a person (``--key``), else the default key.
     """
 
     def __init__(
-        self, spec: RequestSpec, expected_rows: int = 1024, agent: Agent | None = None
+        self,
+        spec: RequestSpec,
+        expected_rows: int = 1024,
+        agent: Agent | None = None,
+        key_field: str | None = None,
     ) -> None:
-        self.spec = spec
+        self.spec, self.key_field = spec, key_field
         self.agent = agent or get_agent()
         self._first_line = IdSet(2 * expected_rows, with_values=True)  # ids and persons
 
@@ -84,7 +89,7 @@ class RequestBuilder:
             return built
         first = self._first_line.setdefault(built.key, contact.line)
         what = "request"
-        person = person_key(built.wire)
+        person = person_key(built.wire, self.key_field)
         if first == contact.line and person is not None:
             first = self._first_line.setdefault(id_key(person), contact.line)
             what = f"person ({person.partition(':')[0]})"

@@ -3,7 +3,8 @@ and the requestId derived from both (docs/design.md, section "Resume and paying 
 
 * **Person key**: the normalised email (the address the sequence is written for), else the
   normalised LinkedIn profile, else the CRM id (``crmContactId``, then ``crmLeadId``). Two rows
-  of one person share it, whatever their CRM record ids.
+  of one person share it, whatever their CRM record ids. ``--key FIELD`` makes one field the
+  key instead (``crmAccountId`` for company-level work: one request per account).
 * **Content**: every field of the request body that shapes the agent's output (names, title,
   company, domain, language, context, instructions, format, agent, ...), never the CRM ids
   (they name records, not people) nor the ``requestId``. Unmapped input columns never reach
@@ -42,8 +43,12 @@ LEGACY_PREFIX = "ob-"
 _NOT_CONTENT = frozenset({"requestId", "crmContactId", "crmLeadId", "crmAccountId"})
 
 
-def person_key(body: Mapping[str, Any]) -> str | None:
-    """The person a request body is for, or None when it names nobody."""
+def person_key(body: Mapping[str, Any], field: str | None = None) -> str | None:
+    """The person a request body is for, or None when it names nobody. ``field`` (``--key``)
+    names the field that identifies a person instead (a CRM id for company-level work)."""
+    if field is not None:
+        value = body.get(field)
+        return f"{field}:{str(value).strip().lower()}" if value else None
     if email := body.get("email"):
         return "email:" + str(email).strip().lower()
     if linkedin := body.get("linkedInProfile"):
@@ -54,10 +59,10 @@ def person_key(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def person_hash(body: Mapping[str, Any]) -> str | None:
+def person_hash(body: Mapping[str, Any], field: str | None = None) -> str | None:
     """The person key as results lines carry it (``personKey``): 16 hex digits of its
     :func:`~octave_bulk.state.idset.id_key`, so that a scan finds people without parsing."""
-    key = person_key(body)
+    key = person_key(body, field)
     return None if key is None else f"{id_key(key):016x}"
 
 

@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     retry_failed: bool = Field(
         False, description="Also retry contacts that failed for good before."
     )
+    key: str | None = Field(
+        None,
+        description="Field that identifies a person [default: email, else LinkedIn, else CRM id].",
+    )
     resend_guard: float = Field(
         0.2,
         ge=0,
@@ -214,6 +218,16 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
     fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        from octave_bulk.input.records import CANONICAL_FIELDS
+
+        if value is not None and value not in CANONICAL_FIELDS:
+            msg = f"unknown key field {value!r}; one of {', '.join(CANONICAL_FIELDS)}"
+            raise ValueError(msg)
+        return value
 
     @field_validator("budget")
     @classmethod

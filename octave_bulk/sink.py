@@ -60,7 +60,7 @@ class Failure:
     slot: int | None
 
 
-def success_line(item: Success, run_id: str) -> bytes:
+def success_line(item: Success, run_id: str, key_field: str | None = None) -> bytes:
     """The results-file line for a success."""
     raw = item.raw
     # The body goes in verbatim; a pretty-printed body would break the one-line rule.
@@ -68,7 +68,7 @@ def success_line(item: Success, run_id: str) -> bytes:
     record = {
         "requestId": item.request_id,
         "runId": run_id,
-        "personKey": person_hash(item.contact),
+        "personKey": person_hash(item.contact, key_field),
         "contact": item.contact,
         "response": response,
         "attempts": item.attempts,
@@ -113,12 +113,14 @@ class Sink:
         batch: records per group commit.
         interval: longest time a record waits for its commit, seconds.
         run_id: the run's id, written into every line.
+        key_field: the field that identifies a person (``--key``), else the default key.
     """
 
     def __init__(
         self,
         *,
         run_id: str,
+        key_field: str | None = None,
         results: NdjsonAppender,
         errors: NdjsonAppender,
         on_durable: Callable[[Success | Failure], None],
@@ -126,7 +128,7 @@ class Sink:
         batch: int,
         interval: float,
     ) -> None:
-        self._run_id = run_id
+        self._run_id, self._key_field = run_id, key_field
         self._results, self._errors = results, errors
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
@@ -137,7 +139,7 @@ class Sink:
     def write(self, item: Success | Failure) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
         if isinstance(item, Success):
-            self._results.write(success_line(item, self._run_id))
+            self._results.write(success_line(item, self._run_id, self._key_field))
             # The body is written; do not hold it until the commit (a positional copy:
             # dataclasses.replace costs ~2 us).
             item = Success(

@@ -172,3 +172,22 @@ def test_validate_reports_what_a_run_would_pay_again(make_sim: Any, tmp_path: Pa
     text = CliRunner().invoke(cli, check).output
     assert "3 people done and unchanged, 1 would be paid again (25%): jobTitle changed" in text
     assert calls(sim) == 4
+
+
+async def test_key_makes_one_field_the_person(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    rows = people(4)
+    for row in rows:
+        row[5] = "acct-1" if row[0] < "p2" else "acct-2"  # two accounts, two people each
+    header = [*HEADER, "crmAccountId"]
+    write_rows(tmp_path / "in.csv", header, rows)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, key="crmAccountId"))
+    assert summary["counts"]["duplicate"] == 2 and calls(sim) == 2  # one request per account
+    rejects = read_lines(side(out, ".rejects.ndjson"))
+    assert "the same person (crmAccountId) as line 2" in rejects[0]["message"]
+
+
+def test_an_unknown_key_field_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "in.csv", "-o", "out.ndjson", "--key", "Email"])
+    assert result.exit_code == 2 and "unknown key field 'Email'" in result.output

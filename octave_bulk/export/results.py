@@ -68,6 +68,7 @@ class Result:
         completed_at: ``completedAt``, or ``""``.
         steps: ``(subject, body, body is HTML)`` per email, in order.
         run_id: ``runId``, the run that wrote the line, or ``""`` (older lines have none).
+        person: the line's ``personKey`` as an int (the run's person key), None when absent.
     """
 
     request_id: str
@@ -75,6 +76,7 @@ class Result:
     completed_at: str
     steps: list[tuple[str, str, bool]]
     run_id: str = ""
+    person: int | None = None
 
     def blank(self) -> bool:
         """No step, or a step whose subject is empty or whitespace or whose body shows no text."""
@@ -106,14 +108,25 @@ def parse_line(line: bytes) -> Result | None:
     for email in response.data.emails:
         subject, body = email.subject or "", email.email or ""
         steps.append((subject, body, is_html(body, requested)))
-    done, run_id = record.get("completedAt"), record.get("runId")
+    done, run_id, person = record.get("completedAt"), record.get("runId"), record.get("personKey")
     return Result(
         rid,
         contact,
         done if isinstance(done, str) else "",
         steps,
         run_id if isinstance(run_id, str) else "",
+        _person(person),
     )
+
+
+def _person(value: Any) -> int | None:
+    """A ``personKey`` (16 hex digits) as its int, None when absent or malformed."""
+    if not isinstance(value, str) or len(value) != 16:
+        return None
+    try:
+        return int(value, 16) or 1
+    except ValueError:
+        return None
 
 
 def read_lines(path: Path, count: int | None = None) -> Iterator[bytes]:

@@ -214,6 +214,8 @@ class _Selection:
 
 
 def _person(result: Result) -> int:
+    if result.person is not None:  # the key the run used (its --key, if any)
+        return result.person
     return id_key(person_key(result.contact) or result.request_id)
 
 

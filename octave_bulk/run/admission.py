@@ -75,7 +75,9 @@ class Admission:
         for name in COUNTED:  # the rows skipped unread count as a full re-read would
             setattr(stats, name, getattr(stats, name) + start.counts[name])
         stats.rejects_by_reason.update(start.rejects_by_reason)
-        self.builder = RequestBuilder(request_spec(settings), expected_rows or 1024)
+        self.builder = RequestBuilder(
+            request_spec(settings), expected_rows or 1024, key_field=settings.key
+        )
         self.input_error: OctaveBulkError | None = None
 
     def admit(

@@ -180,6 +180,7 @@ class _Run:
         slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
         sink = Sink(
             run_id=self.run_id,
+            key_field=settings.key,
             results=results,
             errors=errors,
             on_durable=self.on_durable,

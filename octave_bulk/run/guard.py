@@ -88,7 +88,7 @@ def check_resend(
     persons = state.results.persons
     if (not len(persons) and not always) or str(input_path) == "-":
         return report
-    builder = RequestBuilder(request_spec(settings))
+    builder = RequestBuilder(request_spec(settings), key_field=settings.key)
     samples: dict[int, dict[str, Any]] = {}  # line of the old result -> the new body
     with open_contacts(input_path, settings) as reader:
         for record in reader:
@@ -101,7 +101,7 @@ def check_resend(
             if built.key in state.done:
                 report.unchanged += 1
                 continue
-            person = person_key(built.wire)
+            person = person_key(built.wire, settings.key)
             line = 0 if person is None else persons.setdefault(id_key(person), 0)
             if not line:
                 continue  # a new person
