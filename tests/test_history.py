@@ -138,3 +138,24 @@ def test_status_says_how_much_of_the_input_is_done(make_sim: Any, tmp_path: Path
     assert (progress["requests"], progress["done"], progress["remaining"]) == (5, 3, 2)
     text = CliRunner().invoke(cli, ["status", str(tmp_path / "out.ndjson")]).output
     assert "3 of 5 done, 2 remaining" in text
+
+
+def test_a_shared_ledger_keeps_one_budget_for_two_outputs(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    ledger = tmp_path / "shared.sqlite"
+    write_contacts(tmp_path / "in.csv", 6)
+
+    def run_to(name: str) -> Result:
+        args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / name), "--agent", "ca_1",
+                "--base-url", sim.url, "--rate", "none", "--no-progress", "--ledger", str(ledger),
+                "--budget", "10/day"]  # fmt: skip
+        return CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+
+    assert run_to("a.ndjson").exit_code == 0
+    assert run_to("b.ndjson").exit_code == 5  # the other pipeline spent 6 of the 10
+    assert sim.stats()["totals"]["calls"] == 10
+    listed = CliRunner().invoke(cli, ["history", str(tmp_path / "b.ndjson"), "--ledger",
+                                      str(ledger), "--json"])  # fmt: skip
+    (only,) = json.loads(listed.output)
+    assert only["paid_calls"] == 4 and only["stop_reason"] == "budget"
+    assert not side(tmp_path / "a.ndjson", ".ledger.sqlite").exists()
