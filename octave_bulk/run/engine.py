@@ -141,10 +141,8 @@ class _Run:
         even if the run is killed)."""
         while self.history is not None:
             await anyio.sleep(interval)
-            columns = self.progress_columns()
-            await anyio.to_thread.run_sync(
-                functools.partial(self.history.update, self.run_id, **columns)
-            )
+            update = functools.partial(_record, self.history, self.run_id)
+            await anyio.to_thread.run_sync(update, self.progress_columns())
 
     def on_durable(self, outcome: Success | Failure) -> None:
         """The sink's callback, once per outcome after its line is fsynced."""
@@ -237,6 +235,15 @@ class _Run:
         if self.control.reason is not None:
             return self.control.reason.exit_code
         return _completed_exit(self.stats, self.settings)
+
+
+def _record(history: RunHistory, run_id: str, columns: dict[str, Any]) -> None:
+    """Update the run's history row; a ledger that cannot be written (locked by another
+    writer past the busy timeout, a full disk) is logged, never worth the run."""
+    try:
+        history.update(run_id, **columns)
+    except StateError as exc:
+        log_event("history_not_updated", level=logging.WARNING, error=str(exc))
 
 
 def _resend_message(report: ResendReport, settings: Settings, paths: OutputPaths) -> str:
@@ -448,14 +455,8 @@ async def _locked_run(
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, document)
-    history.update(
-        run.run_id,
-        finished_at=time.time(),
-        exit_code=exit_code,
-        stop_reason=control.reason,
-        limits=document["limits"],
-        **run.progress_columns(),
-    )
+    ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
+    _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
     if settings.metrics_textfile is not None:
         write_metrics(settings.metrics_textfile, document, output=str(paths.results))
     log_event(

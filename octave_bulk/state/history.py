@@ -181,9 +181,14 @@ class RunHistory:
         )
 
     def _write(self, sql: str, values: Mapping[str, Any]) -> None:
-        with self._db:  # one transaction: committed, or rolled back on an error
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, values)
+        """One transaction, committed or rolled back; a database locked past the busy timeout
+        or broken raises StateError."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, values)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot write the ledger ({exc})") from None
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
