@@ -11,10 +11,15 @@ on the input. Workers write their outcome's line themselves, synchronously (no s
 between receiving a response and writing it: measured, the second stream and its shielded
 hand-off cost ~15 us per contact); the committer makes lines durable in groups.
 
-Stops (control.py): ``max_calls`` and the breaker stop dispatch and let calls in flight
-finish; SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at once);
-401/402/403 stop at once. Every stop flushes, fsyncs and writes the summary; every stop is
-resumable.
+Before the first call: the output's state is scanned (``state/ledger.py``), the re-send guard
+reads the input once (``guard.py``: too many people already done would be paid again: exit 2),
+the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
+end) and the ``budget`` left is taken from it.
+
+Stops (control.py): ``max_calls``, the budget and the breaker stop dispatch and let calls in
+flight finish; SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at
+once); 401/402/403 stop at once. Every stop flushes, fsyncs and writes the summary; every stop
+is resumable.
 """
 
 from __future__ import annotations
