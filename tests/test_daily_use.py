@@ -160,3 +160,23 @@ def test_readme_documents_every_command_and_option(name: str, command: click.Com
             for flag in param.opts + param.secondary_opts:
                 if flag.startswith("--") and flag != "--help":
                     assert flag in README, f"{name} {flag} is not in README.md"
+
+
+def test_the_log_file_is_private_and_a_bad_one_stops_before_any_call(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 2)
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.ndjson"), "--agent", "ca_1",
+            "--base-url", sim.url, "--rate", "none"]  # fmt: skip
+    log = tmp_path / "run.log"
+    assert (
+        CliRunner()
+        .invoke(cli, [*args, "--log-file", str(log)], env={"OCTAVE_API_KEY": TEST_KEY})
+        .exit_code
+        == 0
+    )
+    assert log.stat().st_mode & 0o777 == 0o600 and "stop" in log.read_text()
+    bad = CliRunner().invoke(cli, [*args, "--log-file", str(tmp_path / "no" / "l.log")],
+                             env={"OCTAVE_API_KEY": TEST_KEY})  # fmt: skip
+    assert bad.exit_code == 2 and "cannot open the log file" in bad.output

@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from octave_bulk.simulator import parse_faults, parse_latency
 from octave_bulk.state.inflight import InflightSlots
 from tests.conftest import TEST_KEY
@@ -119,15 +121,16 @@ def _complete_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw[: raw.rfind(b"\n") + 1].splitlines()]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_sigint_drains_writes_summary_and_resumes_without_duplicates(
-    make_sim: Any, tmp_path: Path
+    make_sim: Any, tmp_path: Path, signum: signal.Signals
 ) -> None:
     sim = make_sim(latency=parse_latency("300ms:0.1"))
     rids = write_contacts(tmp_path / "in.csv", 80)
     out = tmp_path / "out.ndjson"
     run = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "4")
     _wait_for_lines(out, 4)
-    run.signal(signal.SIGINT)
+    run.signal(signum)  # SIGHUP: a closed SSH session drains like SIGINT
     code, err = run.finish(timeout=20)
     assert code == 130, err
     summary = json.loads(side(out, ".summary.json").read_text())

@@ -7,12 +7,16 @@ never the API key and never request or response bodies.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from octave_bulk.errors import ConfigError
+from octave_bulk.state.files import open_private
 from octave_bulk.utc import utc_iso
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "log_event", "logger"]
@@ -56,9 +60,15 @@ class TextFormatter(logging.Formatter):
 def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:
     """Send ``octave_bulk`` events to stderr (and a file), as text or JSON lines."""
     formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    for handler in logger.handlers:
+        handler.close()  # a log file of an earlier configuration (tests, library use)
     logger.handlers.clear()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
+        try:  # created 0600 like every other file of a run; FileHandler appends to it
+            os.close(open_private(Path(log_file), os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+        except OSError as exc:
+            raise ConfigError(f"{log_file}: cannot open the log file: {exc.strerror}") from None
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)

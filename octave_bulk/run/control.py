@@ -121,9 +121,10 @@ class RunControl:
             raise Stopped
 
     async def watch_signals(self) -> None:
-        """Until cancelled: a first SIGINT/SIGTERM drains, a second one cancels dispatch."""
+        """Until cancelled: a first SIGINT/SIGTERM/SIGHUP drains, a second one cancels
+        dispatch (SIGHUP: a closed SSH session must not act like kill -9)."""
         interrupted = False
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not interrupted:
