@@ -178,7 +178,15 @@ def test_the_key_never_appears_in_files_or_output(make_sim: Any, tmp_path: Path)
         Run(sim.url, tmp_path / "in.csv", out, "--max-attempts", "2", *extra).finish()[1].encode()
         for extra in variants
     ]
-    assert b"Traceback" in outputs[2]  # the crash did happen, with its traceback
+    assert b"cannot open the log file" in outputs[2]  # refused before any call, no traceback
+    crash = subprocess.run(  # a bug whose message holds the key: the traceback is redacted
+        [sys.executable, "-c", _CRASH, "run", str(tmp_path / "in.csv"), "-o", str(out),
+         "--agent", "ca_1", "--base-url", sim.url],
+        capture_output=True, env={**os.environ, "OCTAVE_API_KEY": TEST_KEY},
+    )  # fmt: skip
+    assert crash.returncode == 70 and b"Traceback" in crash.stderr
+    assert b"RuntimeError: a bug near ***" in crash.stderr
+    outputs.append(crash.stdout + crash.stderr)
     status = subprocess.run(
         [sys.executable, "-m", "octave_bulk", "status", str(out), "--json"],
         capture_output=True, check=True, env={**os.environ, "OCTAVE_API_KEY": TEST_KEY},
@@ -192,6 +200,17 @@ def test_the_key_never_appears_in_files_or_output(make_sim: Any, tmp_path: Path)
             assert secret not in path.read_bytes(), path
     summary = json.loads(side(out, ".summary.json").read_text())
     assert summary["settings"]["api_key"] == "…" + TEST_KEY[-4:]
+
+
+_CRASH = """\
+import os, sys
+import octave_bulk.run.engine as engine
+async def run_batch(*args, **kwargs):
+    raise RuntimeError("a bug near " + os.environ["OCTAVE_API_KEY"])
+engine.run_batch = run_batch
+from octave_bulk.cli.main import main
+main(sys.argv[1:])
+"""
 
 
 def _wait_for_lines(path: Path, count: int, timeout: float = 20) -> None:

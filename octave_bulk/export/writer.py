@@ -210,7 +210,7 @@ class _Selection:
 
     def superseded(self, number: int, result: Result) -> bool:
         """Second pass: a later line holds a result for the same person."""
-        return self.latest is not None and self.latest.setdefault(_person(result), 0) != number
+        return self.latest is not None and self.latest.get(_person(result)) != number
 
 
 def _person(result: Result) -> int:

@@ -102,7 +102,7 @@ def check_resend(
                 report.unchanged += 1
                 continue
             person = person_key(built.wire, settings.key)
-            line = 0 if person is None else persons.setdefault(id_key(person), 0)
+            line = None if person is None else persons.get(id_key(person))
             if not line:
                 continue  # a new person
             report.resent += 1

@@ -68,6 +68,16 @@ class IdSet:
             return value
         return self._values[slot] if self._values is not None else 0
 
+    def get(self, key: int) -> int | None:
+        """The value kept for ``key`` (0 in a table without values), None when absent."""
+        table, size = self._table, self._size
+        i = key % size
+        while (present := table[i]) != 0:
+            if present == key:
+                return self._values[i] if self._values is not None else 0
+            i = i + 1 if i + 1 < size else 0
+        return None
+
     def put(self, key: int, value: int) -> None:
         """Store ``value`` for ``key``, replacing what was kept (a table with values only)."""
         slot = self._insert(key, value)
