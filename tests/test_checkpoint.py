@@ -31,6 +31,19 @@ def test_id_set_behaves_like_a_set(keys: list[int]) -> None:
         assert (probe in ids) == (probe in reference)
 
 
+@given(st.lists(st.tuples(st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1)), max_size=2000))
+@settings(max_examples=30, deadline=None)
+def test_id_set_with_values_behaves_like_a_dict(pairs: list[tuple[int, int]]) -> None:
+    table, reference = IdSet(with_values=True), {}
+    for key, value in pairs:
+        table.put(key, value)
+        reference[key] = value
+    assert len(table) == len(reference)
+    assert all(table.get(key) == value for key, value in reference.items())
+    assert table.get(7) == reference.get(7)  # absent: None, and not inserted
+    assert len(table) == len(reference)
+
+
 def test_id_set_is_compact() -> None:
     ids = IdSet()
     for n in range(200_000):
