@@ -49,10 +49,11 @@ from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
-from octave_bulk.run.admission import SKIP, Admission, WorkItem
+from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.control import RunControl
-from octave_bulk.run.guard import ResendReport, check_resend
-from octave_bulk.run.summary import RunStats, RunSummary
+from octave_bulk.run.dry import dry_run
+from octave_bulk.run.guard import check_resend
+from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
 from octave_bulk.sink import Failure, Sink, Success
@@ -239,7 +240,7 @@ class _Run:
     def exit_code(self) -> ExitCode:
         if self.control.reason is not None:
             return self.control.reason.exit_code
-        return _completed_exit(self.stats, self.settings)
+        return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
 
 
 def _record(history: RunHistory, run_id: str, columns: dict[str, Any]) -> None:
@@ -249,27 +250,6 @@ def _record(history: RunHistory, run_id: str, columns: dict[str, Any]) -> None:
         history.update(run_id, **columns)
     except StateError as exc:
         log_event("history_not_updated", level=logging.WARNING, error=str(exc))
-
-
-def _resend_message(report: ResendReport, settings: Settings, paths: OutputPaths) -> str:
-    done = report.unchanged + report.resent
-    return (
-        f"{report.resent:,} of the {done:,} people already done in {paths.results} would be "
-        f"paid again ({report.share:.0%}, more than --resend-guard {settings.resend_guard:.0%})"
-        f": their content changed - {report.reasons() or 'see --dry-run'}. Nothing was sent. "
-        "If that is what you want (a new language, new instructions), add --allow-resend; "
-        "if not, check the export's columns and the mapping (validate shows it)"
-    )
-
-
-def _completed_exit(stats: RunStats, settings: Settings) -> ExitCode:
-    """How a run that went through its input ends: 1 when contacts failed after their
-    retries (or rows were rejected, with ``--fail-on-rejects``), else 0."""
-    if stats.failed or stats.skipped_failed:
-        return ExitCode.SOME_FAILED
-    if settings.fail_on_rejects and (stats.rejected or stats.duplicate):
-        return ExitCode.SOME_FAILED
-    return ExitCode.OK
 
 
 def _resume_cursor(
@@ -342,7 +322,7 @@ async def run_batch(
         raise ConfigError("no API key: set OCTAVE_API_KEY or use --api-key-file PATH")
     paths = OutputPaths.for_output(output)
     if settings.dry_run:
-        return _dry_run(input_path, paths, settings)
+        return dry_run(input_path, paths, settings)
     paths.results.parent.mkdir(parents=True, exist_ok=True)
     lock = RunLock(paths.lock)
     lock.acquire()
@@ -374,7 +354,7 @@ async def _locked_run(
         log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
     resend = check_resend(input_path, settings, state)
     if resend.trips(settings.resend_guard) and not settings.allow_resend:
-        raise ConfigError(_resend_message(resend, settings, paths))
+        raise ConfigError(resend.refusal(settings.resend_guard, paths.results))
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
@@ -474,35 +454,6 @@ async def _locked_run(
         credits=stats.credits,
     )
     return RunSummary.from_document(document)
-
-
-def _dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> RunSummary:
-    """Read and build every request, print nothing, send nothing, write nothing."""
-    stats = RunStats()
-    # Read-only: a dry run must not repair (or race) the files of a run that may be going.
-    state = NdjsonLedger(paths).load(repair=False)
-    example: dict[str, Any] | None = None
-    with open_contacts(input_path, settings) as reader:
-        control = RunControl(settings, stats, "dry-run")
-        admission = Admission(settings, stats, state, ResumeCursor(), control)
-        for record in reader:
-            item = admission.admit(record, 0, None)
-            if item is not None and item is not SKIP:
-                stats.queued += 1
-                example = example or item.contact
-            if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
-                break
-    exit_code = _completed_exit(stats, settings)
-    return RunSummary.from_document(
-        stats.summary(
-            dry_run=True,
-            resend=check_resend(input_path, settings, state).to_dict(),
-            would_send=stats.queued,
-            example_request=example,
-            exit_code=exit_code,
-            settings=settings.redacted(),
-        )
-    )
 
 
 _GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections during a run (default 700)

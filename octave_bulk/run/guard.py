@@ -61,6 +61,17 @@ class ResendReport:
         least :data:`FEWEST` people."""
         return self.resent >= FEWEST and self.share > guard
 
+    def refusal(self, guard: float, results: Path) -> str:
+        """Why a run is refused, and what to do."""
+        done = self.unchanged + self.resent
+        return (
+            f"{self.resent:,} of the {done:,} people already done in {results} would be "
+            f"paid again ({self.share:.0%}, more than --resend-guard {guard:.0%}): their "
+            f"content changed - {self.reasons() or 'see --dry-run'}. Nothing was sent. "
+            "If that is what you want (a new language, new instructions), add --allow-resend; "
+            "if not, check the export's columns and the mapping (validate shows it)"
+        )
+
     def reasons(self) -> str:
         """The changed fields, most common first: "jobTitle changed (12 of 50 sampled)"."""
         return ", ".join(

@@ -17,7 +17,7 @@ from typing import Any
 
 from octave_bulk.errors import ExitCode, StopReason
 
-__all__ = ["LatencyHistogram", "RunStats", "RunSummary"]
+__all__ = ["LatencyHistogram", "RunStats", "RunSummary", "completed_exit"]
 
 
 class LatencyHistogram:
@@ -174,3 +174,13 @@ class RunSummary(Mapping[str, Any]):
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, as a new dict."""
         return dict(self.document)
+
+
+def completed_exit(stats: RunStats, *, fail_on_rejects: bool) -> ExitCode:
+    """How a run that went through its input ends: 1 when contacts failed after their
+    retries (or rows were rejected, with ``fail_on_rejects``), else 0."""
+    if stats.failed or stats.skipped_failed:
+        return ExitCode.SOME_FAILED
+    if fail_on_rejects and (stats.rejected or stats.duplicate):
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK

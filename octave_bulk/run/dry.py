@@ -1,0 +1,49 @@
+"""The dry run: every row read, mapped, validated and built as ``run`` would, and the re-send
+guard's numbers; nothing sent, nothing written (the output's files are read, never repaired: a
+run may be going)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from octave_bulk.intake import open_contacts
+from octave_bulk.run.admission import SKIP, Admission
+from octave_bulk.run.control import RunControl
+from octave_bulk.run.guard import check_resend
+from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
+from octave_bulk.settings import Settings
+from octave_bulk.state.cursor import ResumeCursor
+from octave_bulk.state.ledger import NdjsonLedger
+from octave_bulk.state.paths import OutputPaths
+
+__all__ = ["dry_run"]
+
+
+def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> RunSummary:
+    """Read and build every request, print nothing, send nothing, write nothing."""
+    stats = RunStats()
+    # Read-only: a dry run must not repair (or race) the files of a run that may be going.
+    state = NdjsonLedger(paths).load(repair=False)
+    example: dict[str, Any] | None = None
+    with open_contacts(input_path, settings) as reader:
+        control = RunControl(settings, stats, "dry-run")
+        admission = Admission(settings, stats, state, ResumeCursor(), control)
+        for record in reader:
+            item = admission.admit(record, 0, None)
+            if item is not None and item is not SKIP:
+                stats.queued += 1
+                example = example or item.contact
+            if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
+                break
+    exit_code = completed_exit(stats, fail_on_rejects=settings.fail_on_rejects)
+    return RunSummary.from_document(
+        stats.summary(
+            dry_run=True,
+            resend=check_resend(input_path, settings, state).to_dict(),
+            would_send=stats.queued,
+            example_request=example,
+            exit_code=exit_code,
+            settings=settings.redacted(),
+        )
+    )
