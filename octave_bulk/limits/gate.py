@@ -6,10 +6,10 @@ rate and the pauses; the gate only enforces them.
   vanished while it waited (the window shrank) waits again.
 * **Rate.** GCRA virtual scheduling (as aiometer's). Above ``_CATCH_UP_ABOVE`` calls per
   second a turn may come up to a tenth of a call early, to make up the event loop's timer
-  lateness (~0.1-1 ms, which costs 10-20 % at 400/s if never made up); below it, never: a
-  millisecond then costs under 1 %, and a server that slow may have no burst at all (a token
-  bucket of 1 refuses any call that comes even a little early, so a catch-up would be refused
-  at exactly its rate). One waiter books its turn at a time, so that nothing is booked ahead
+  lateness (~0.1-1 ms, which costs 10-20 % at 400/s if never made up); below it, never (a
+  millisecond costs 1 % at 10/s, 5 % at 50/s: docs/performance.md weighs it), as a server
+  that slow may have no burst at all (a token bucket of 1 refuses any call that comes even a
+  little early, so a catch-up would be refused at exactly its rate). One waiter books its turn at a time, so that nothing is booked ahead
   at a rate that is about to change.
 * **Pause.** Until ``paused_until`` nothing is sent.
 """
