@@ -12,7 +12,8 @@ between receiving a response and writing it: measured, the second stream and its
 hand-off cost ~15 us per contact); the committer makes lines durable in groups.
 
 Before the first call: the output's state is scanned (``state/ledger.py``), the re-send guard
-reads the input once (``guard.py``: too many people already done would be paid again: exit 2),
+reads the input once (``guard.py``: too many people already done would be paid again: exit 2;
+not on a resume whose cursor applies: the same input and settings passed it already),
 the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
 end) and the ``budget`` left is taken from it.
 
@@ -352,9 +353,6 @@ async def _locked_run(
     scan = state.results
     if scan.bad_lines:
         log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
-    resend = check_resend(input_path, settings, state)
-    if resend.trips(settings.resend_guard) and not settings.allow_resend:
-        raise ConfigError(resend.refusal(settings.resend_guard, paths.results))
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
@@ -362,6 +360,10 @@ async def _locked_run(
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
         fingerprint = _fingerprint(settings)
         start, cursor_note = _resume_cursor(reader, paths, settings, identity, fingerprint)
+        if not start.line:  # a resume whose cursor applies passed the guard already
+            resend = check_resend(input_path, settings, state)
+            if resend.trips(settings.resend_guard) and not settings.allow_resend:
+                raise ConfigError(resend.refusal(settings.resend_guard, paths.results))
         run = _Run(
             settings,
             paths,
