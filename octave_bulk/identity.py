@@ -35,6 +35,7 @@ __all__ = [
     "is_legacy_id",
     "person_hash",
     "person_key",
+    "read_person_hash",
 ]
 
 _PREFIX = "op-"
@@ -64,6 +65,17 @@ def person_hash(body: Mapping[str, Any], field: str | None = None) -> str | None
     :func:`~octave_bulk.state.idset.id_key`, so that a scan finds people without parsing."""
     key = person_key(body, field)
     return None if key is None else f"{id_key(key):016x}"
+
+
+def read_person_hash(value: object) -> int | None:
+    """A ``personKey`` read back (16 hex digits, str or bytes) as its ``id_key``; None when
+    absent or malformed."""
+    if not isinstance(value, str | bytes) or len(value) != 16:
+        return None
+    try:
+        return int(value, 16) or 1
+    except ValueError:
+        return None
 
 
 def content_of(body: Mapping[str, Any]) -> dict[str, Any]:

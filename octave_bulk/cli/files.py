@@ -80,8 +80,9 @@ def export(
     """One CSV row per successful contact, ready to import into a sequencer.
 
     One row per person (the latest result; --all-versions for every one). Identity columns,
-    then step1_subject, step1_body ... stepN_*, num_steps, request_id, completed_at. Cells that could run as spreadsheet formulas are escaped. With --new, the
-    mark moves only once the file is written: an export that fails is done again next time.
+    then step1_subject, step1_body ... stepN_*, num_steps, request_id, completed_at. Cells
+    that could run as spreadsheet formulas are escaped. With --new, the mark moves only once
+    the file is written: an export that fails is done again next time.
     """
     from octave_bulk.export import export_results
     from octave_bulk.state.history import RunHistory

@@ -33,6 +33,7 @@ from pydantic import ConfigDict, ValidationError
 from octave_bulk.agents.envelope import ResponseModel
 from octave_bulk.errors import InputError
 from octave_bulk.export.text import is_html, shows_text
+from octave_bulk.identity import read_person_hash
 
 __all__ = ["Result", "parse_line", "read_lines"]
 
@@ -115,18 +116,8 @@ def parse_line(line: bytes) -> Result | None:
         done if isinstance(done, str) else "",
         steps,
         run_id if isinstance(run_id, str) else "",
-        _person(person),
+        read_person_hash(person),
     )
-
-
-def _person(value: Any) -> int | None:
-    """A ``personKey`` (16 hex digits) as its int, None when absent or malformed."""
-    if not isinstance(value, str) or len(value) != 16:
-        return None
-    try:
-        return int(value, 16) or 1
-    except ValueError:
-        return None
 
 
 def read_lines(path: Path, count: int | None = None) -> Iterator[bytes]:

@@ -16,9 +16,9 @@ Contract:
   (:func:`~octave_bulk.export.text.escape_formula`). With a limit, a longer subject/body cell
   is cut to it after escaping, and counted; identity cells are never cut.
 - Selection: with ``present``, only the people in that set (``--exclude-missing-from``: the
-  people of today's CRM export); with ``after_line`` only the complete lines after the first ``after_line`` are
-  exported (``export --new``: the watermark of the last export); with ``run_ids`` only the
-  lines those runs wrote. ``ExportReport.lines`` is the complete line count either way: the
+  people of today's CRM export); with ``after_line`` only the complete lines after the first
+  ``after_line`` (``export --new``: the watermark of the last export); with ``run_ids`` only
+  the lines those runs wrote. ``ExportReport.lines`` is the complete line count either way: the
   next watermark. Among the selected results, one row per person (the person key of
   :mod:`octave_bulk.identity`): the latest, so that a person whose emails were made again
   after a change is imported once, with the new ones; ``all_versions`` keeps every result.

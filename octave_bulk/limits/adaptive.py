@@ -106,7 +106,7 @@ class AdaptiveLimiter:
             clock=clock,
             sleep=sleep,
         )
-        self._epoch = Epoch(0, clock())
+        self._epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
         # A remembered window is a cap found before: probed past one call at a time, rarely.
         self._cap_known = start_window is not None
@@ -416,7 +416,7 @@ class AdaptiveLimiter:
             if reason != "probe":
                 self._quiet_known = 0
             log_event("pacing", reason=reason, rate=_round(self.rate), window=self.window)
-        self._epoch = Epoch(self._epoch.number + 1, self._clock())
+        self._epoch = Epoch(self._epoch.number + 1)
 
     def describe(self) -> dict[str, Any]:
         """What was learnt of the server, JSON-ready: the settled rate (None when no rate

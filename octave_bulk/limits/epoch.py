@@ -18,7 +18,6 @@ class Epoch:
     """The attempts of one setting, counted by outcome and in-flight level."""
 
     number: int
-    started: float
     unknown: deque[Ticket] = field(default_factory=deque)  # outcome not known yet
     sent: int = 0
     first_sent: float = 0.0

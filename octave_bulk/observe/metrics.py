@@ -4,8 +4,8 @@ Written at the end of every run, in the exposition format of ``prometheus_client
 parses the previous file). ``octave_bulk_last_success_timestamp_seconds`` is set whenever a
 run went through its whole input (exit 0, or 1: some contacts failed after their retries) and
 carried over from the previous file when it stopped early (key, breaker, budget, signal), so an
-alert on "time since the last success" fires on a night that did not complete. The file is 0644: node_exporter runs as its own user, and
-these numbers are not secret.
+alert on "time since the last success" fires on a night that did not complete. The file is
+0644: node_exporter runs as its own user, and these numbers are not secret.
 """
 
 from __future__ import annotations

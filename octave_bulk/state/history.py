@@ -6,8 +6,9 @@ the settings' fingerprint and the settings with the key redacted, its counts, pa
 credits, calls possibly paid twice, exit code, stop reason and the limits it found. A run
 inserts its row before its first call, updates its paid calls every few seconds while it goes
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
-(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls. Table ``export_marks`` keeps,
-per output and preset, how many results lines ``export --new`` has already written out.
+(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
+Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
+has already written out.
 
 The NDJSON files stay the source of truth for results; this database only adds what they do
 not keep (the runs). SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
@@ -64,30 +65,6 @@ MIGRATIONS = (
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
 _BUSY_MS = 10_000  # how long a writer waits for another one, milliseconds
-_COLUMNS = frozenset(
-    [
-        "run_id",
-        "output",
-        "started_at",
-        "updated_at",
-        "finished_at",
-        "input_path",
-        "input_identity",
-        "settings_fingerprint",
-        "settings",
-        "read",
-        "succeeded",
-        "failed",
-        "rejected",
-        "skipped_done",
-        "paid_calls",
-        "credits",
-        "paid_twice",
-        "exit_code",
-        "stop_reason",
-        "limits",
-    ]
-)
 
 
 class RunHistory:
@@ -95,6 +72,7 @@ class RunHistory:
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db, self.path = connection, path
+        self._columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
 
     @classmethod
     @contextlib.contextmanager
@@ -139,14 +117,14 @@ class RunHistory:
         now = time.time()
         row = {"run_id": run_id, "output": str(output), "started_at": now, "updated_at": now}
         row |= {k: _column(v) for k, v in fields.items()}
-        names = ", ".join(_checked(row))
+        names = ", ".join(self._checked(row))
         marks = ", ".join(f":{name}" for name in row)
         self._write(f"INSERT INTO runs ({names}) VALUES ({marks})", row)  # noqa: S608 (checked names)
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Update columns of a run's row (``updated_at`` too)."""
         row = {k: _column(v) for k, v in fields.items()} | {"updated_at": time.time()}
-        assignments = ", ".join(f"{name} = :{name}" for name in _checked(row))
+        assignments = ", ".join(f"{name} = :{name}" for name in self._checked(row))
         self._write(
             f"UPDATE runs SET {assignments} WHERE run_id = :run_id",  # noqa: S608 (checked names)
             row | {"run_id": run_id},
@@ -180,6 +158,14 @@ class RunHistory:
             {"output": str(output.resolve()), "preset": preset, "lines": lines, "at": time.time()},
         )
 
+    def _checked(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The row, once every name in it is a column of ``runs`` (names go into the SQL
+        text; values are bound)."""
+        unknown = set(row) - self._columns
+        if unknown:
+            raise ValueError(f"not columns of runs: {sorted(unknown)}")
+        return row
+
     def _write(self, sql: str, values: Mapping[str, Any]) -> None:
         """One transaction, committed or rolled back; a database locked past the busy timeout
         or broken raises StateError."""
@@ -205,15 +191,6 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         for step in MIGRATIONS[version:]:
             db.execute(step)
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-
-
-def _checked(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The row, once every name in it is a column (names go into the SQL text; values are
-    bound)."""
-    unknown = set(row) - _COLUMNS
-    if unknown:
-        raise ValueError(f"not columns of runs: {sorted(unknown)}")
-    return row
 
 
 def _column(value: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from octave_bulk.identity import derive_request_id, is_legacy_id, person_key
+from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, read_person_hash
 from octave_bulk.state.files import iter_ndjson, repair_tail
 from octave_bulk.state.idset import IdSet, id_key
 from octave_bulk.state.inflight import InflightSlots
@@ -106,8 +106,9 @@ def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
         mark = line.find(_PERSON_MARK, 0, 160)
         if mark >= 0:
             start = mark + len(_PERSON_MARK)
-            put(int(line[start : start + 16], 16) or 1, lines)
-            continue
+            if (person_id := read_person_hash(line[start : start + 16])) is not None:
+                put(person_id, lines)
+                continue
         # Written before the person key: parsed (only such lines), and adopted.
         contact = _contact(line)
         if contact is not None and (person := person_key(contact)) is not None:
