@@ -25,15 +25,12 @@ is resumable.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import hashlib
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +51,7 @@ from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.guard import check_resend
+from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
@@ -404,7 +402,7 @@ async def _locked_run(
             mapping=reader.mapping.render(),
         )
         async with open_client(settings, transport=transport) as client:
-            with _frozen_heap():
+            with frozen_heap():
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     stats, control = run.stats, run.control
     exit_code = run.exit_code()
@@ -456,31 +454,6 @@ async def _locked_run(
         credits=stats.credits,
     )
     return RunSummary.from_document(document)
-
-
-_GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections during a run (default 700)
-
-
-@contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """The cyclic GC, tuned for the run and restored after it (docs/performance.md, section
-    "Per-contact CPU"; ~300 ms of a 20k-contact run at instant latency before):
-
-    * what exists before the first request (modules, models: ~60k objects) is frozen out of
-      full collections, which traversed it all (~35 ms, five times in 20k contacts); unfrozen
-      at the end, so nothing alive now escapes collection for good;
-    * young collections wait for 10,000 net allocations instead of 700: nearly everything a
-      call allocates is freed by reference counting long before, so they all but stop
-      (~150 ms of 20k contacts) while cyclic garbage still bounds itself."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    if 0 < thresholds[0] < _GC_YOUNG_THRESHOLD:  # 0: automatic collection is off; keep it
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
