@@ -21,19 +21,27 @@ are the lines of its run. ``personKey`` is the hashed person key
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import orjson
 
-from octave_bulk.errors import ApiError
-from octave_bulk.identity import person_hash
+from octave_bulk.errors import ApiError, StateError
+from octave_bulk.identity import person_key
+from octave_bulk.observe.log import log_event
 from octave_bulk.state.files import NdjsonAppender
+from octave_bulk.state.idset import id_key
+from octave_bulk.state.index import CallRow, ContactRow, OutputIndex
 from octave_bulk.utc import utc_iso
 
-__all__ = ["Failure", "Sink", "Success", "failure_line", "success_line"]
+__all__ = ["Attempt", "Failure", "Sink", "Success", "failure_line", "success_line"]
+
+Attempt = tuple[float, float, int | None, str]
+"""One call as the ledger keeps it: (sent at, answered at, HTTP status, outcome), UNIX times;
+the outcome is ``success`` or the error's kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,7 @@ class Success:
     attempts: int
     latency_ms: int
     slot: int
+    calls: tuple[Attempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +67,18 @@ class Failure:
     error: ApiError
     attempts: int
     slot: int | None
+    calls: tuple[Attempt, ...] = ()
 
 
-def success_line(item: Success, run_id: str, key_field: str | None = None) -> bytes:
-    """The results-file line for a success."""
+def success_line(item: Success, run_id: str, person: int | None) -> bytes:
+    """The results-file line for a success (``person``: the person key's ``id_key``)."""
     raw = item.raw
     # The body goes in verbatim; a pretty-printed body would break the one-line rule.
     response: Any = orjson.Fragment(raw) if b"\n" not in raw else orjson.loads(raw)
     record = {
         "requestId": item.request_id,
         "runId": run_id,
-        "personKey": person_hash(item.contact, key_field),
+        "personKey": None if person is None else f"{person:016x}",
         "contact": item.contact,
         "response": response,
         "attempts": item.attempts,
@@ -108,12 +118,16 @@ class Sink:
     Args:
         results: the results appender.
         errors: the errors appender.
-        on_durable: called once per outcome after its line is fsynced.
+        on_durable: called once per outcome after its line is fsynced, with the outcome and
+            its person (the person key's ``id_key``; the requestId's when it names nobody).
         release_slot: frees an in-flight slot (after the outcome is durable).
         batch: records per group commit.
         interval: longest time a record waits for its commit, seconds.
         run_id: the run's id, written into every line.
         key_field: the field that identifies a person (``--key``), else the default key.
+        index: the ledger's index of this output, given each group's rows after its fsync
+            (``state/index.py``); a group it cannot take (a locked ledger) goes with the next.
+        resent: requestIds in flight when an earlier run died: their calls may pay twice.
     """
 
     def __init__(
@@ -123,23 +137,30 @@ class Sink:
         key_field: str | None = None,
         results: NdjsonAppender,
         errors: NdjsonAppender,
-        on_durable: Callable[[Success | Failure], None],
+        on_durable: Callable[[Success | Failure, int], None],
         release_slot: Callable[[int], None],
         batch: int,
         interval: float,
+        index: OutputIndex | None = None,
+        resent: Collection[str] = (),
     ) -> None:
         self._run_id, self._key_field = run_id, key_field
+        self._index, self._resent = index, frozenset(resent)
+        self._unindexed: tuple[list[ContactRow], list[CallRow]] = ([], [])
         self._results, self._errors = results, errors
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
-        self._pending: list[Success | Failure] = []
+        self._pending: list[tuple[Success | Failure, int, int]] = []  # (item, offset, person)
         self._wake = anyio.Event()
         self._closed = False
 
     def write(self, item: Success | Failure) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
+        key = person_key(item.contact, self._key_field)
+        person = id_key(key) if key is not None else None
         if isinstance(item, Success):
-            self._results.write(success_line(item, self._run_id, self._key_field))
+            offset = self._results.size
+            self._results.write(success_line(item, self._run_id, person))
             # The body is written; do not hold it until the commit (a positional copy:
             # dataclasses.replace costs ~2 us).
             item = Success(
@@ -150,10 +171,12 @@ class Sink:
                 item.attempts,
                 item.latency_ms,
                 item.slot,
+                item.calls,
             )
         else:
+            offset = self._errors.size
             self._errors.write(failure_line(item, self._run_id))
-        self._pending.append(item)
+        self._pending.append((item, offset, person or id_key(item.request_id)))
         if len(self._pending) >= self._batch:
             self._wake.set()
 
@@ -176,14 +199,38 @@ class Sink:
         if not self._pending:
             return
         group, self._pending = self._pending, []
+        covered = (self._results.size, self._errors.size)  # every line written is in a group
         # Shielded: what was written must be committed even while the run is cancelled.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._sync_files)
-        for item in group:
+            await anyio.to_thread.run_sync(self._sync_files, group, covered)
+        for item, _, person in group:
             if item.slot is not None:
                 self._release_slot(item.slot)
-            self._on_durable(item)
+            self._on_durable(item, person)
 
-    def _sync_files(self) -> None:
+    def _sync_files(self, group: list[tuple[Success | Failure, int, int]], covered: Any) -> None:
         self._results.sync()
         self._errors.sync()
+        if self._index is None:
+            return
+        contacts, calls = self._unindexed
+        run_id, resent = self._run_id, self._resent
+        for item, offset, person in group:
+            rid = item.request_id
+            if isinstance(item, Success):
+                contacts.append((person, rid, "ok", run_id, offset))
+            else:
+                state = "retryable" if item.error.retryable else "permanent"
+                contacts.append((person, rid, state, run_id, offset))
+            twice = int(rid in resent)
+            for number, (sent, answered, status, outcome) in enumerate(item.calls, 1):
+                credits = (
+                    item.credits if outcome == "success" and isinstance(item, Success) else 0.0
+                )
+                calls.append((rid, run_id, number, sent, answered, status, outcome, credits, twice))
+        try:
+            self._index.record(contacts, calls, covered)
+        except StateError as exc:  # the files are durable; the rows go with the next group
+            log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
+            return
+        self._unindexed = ([], [])

@@ -15,7 +15,7 @@ import orjson
 from octave_bulk.agents.fields import credits_of
 from octave_bulk.errors import OctaveBulkError
 from octave_bulk.state.files import iter_ndjson
-from octave_bulk.state.ledger import LedgerState, NdjsonLedger, complete_lines
+from octave_bulk.state.ledger import LedgerState, complete_lines, read_state
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
 
@@ -32,7 +32,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
     """Counts from the results, errors and rejects files plus the last run's summary."""
     paths = OutputPaths.for_output(output)
     holder = RunLock(paths.lock).holder()
-    state = NdjsonLedger(paths).load(repair=False)
+    state = read_state(paths)
     credits = sum(_credits(line) for line in complete_lines(paths.results))
     rejects = sum(1 for _ in iter_ndjson(paths.rejects))
     summary = None

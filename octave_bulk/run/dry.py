@@ -14,7 +14,7 @@ from octave_bulk.run.guard import check_resend
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.settings import Settings
 from octave_bulk.state.cursor import ResumeCursor
-from octave_bulk.state.ledger import NdjsonLedger
+from octave_bulk.state.ledger import read_state
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = ["dry_run"]
@@ -24,7 +24,7 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
     """Read and build every request, print nothing, send nothing, write nothing."""
     stats = RunStats()
     # Read-only: a dry run must not repair (or race) the files of a run that may be going.
-    state = NdjsonLedger(paths).load(repair=False)
+    state = read_state(paths, settings.ledger)
     example: dict[str, Any] | None = None
     with open_contacts(input_path, settings) as reader:
         control = RunControl(settings, stats, "dry-run")

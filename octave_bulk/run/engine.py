@@ -59,6 +59,7 @@ from octave_bulk.sink import Failure, Sink, Success
 from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity, load_cursor
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
 from octave_bulk.state.history import RunHistory
+from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
@@ -94,6 +95,7 @@ class _Run:
         self.slots: InflightSlots | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
+        self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, get_agent().kind)
         remembered_rate, remembered_window = self.limits.get(self.limits_key)
@@ -149,9 +151,12 @@ class _Run:
             update = functools.partial(_record, self.history, self.run_id)
             await anyio.to_thread.run_sync(update, self.progress_columns())
 
-    def on_durable(self, outcome: Success | Failure) -> None:
+    def on_durable(self, outcome: Success | Failure, person: int) -> None:
         """The sink's callback, once per outcome after its line is fsynced."""
         stats, frontier = self.stats, self.admission.frontier
+        retryable = isinstance(outcome, Failure) and outcome.error.retryable
+        ok = isinstance(outcome, Success)
+        self.state.settle(outcome.request_id, person, ok=ok, retryable=retryable)
         if isinstance(outcome, Success):
             stats.succeeded += 1
             stats.credits += outcome.credits
@@ -190,6 +195,8 @@ class _Run:
             release_slot=slots.release,
             batch=settings.fsync_batch,
             interval=settings.fsync_interval,
+            index=self.index,
+            resent=self.state.outcome_unknown,
         )
         progress = Progress(
             self.stats,
@@ -231,6 +238,7 @@ class _Run:
                 await sink.commit()
             for appender in (results, errors, rejects):
                 appender.close()
+            self.state.results.size, self.state.errors.size = results.size, errors.size
             slots.sync()
             slots.close()
             self.cursor.save()
@@ -347,8 +355,10 @@ async def _locked_run(
     handle_signals: bool,
     history: RunHistory,
 ) -> RunSummary:
-    state = NdjsonLedger(paths).load()
+    index = OutputIndex(history, paths.results)
+    state = NdjsonLedger(paths, index).load()
     scan = state.results
+    done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
         log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
@@ -372,7 +382,7 @@ async def _locked_run(
             identity=identity,
             fingerprint=fingerprint,
         )
-        run.history = history
+        run.history, run.index = history, index
         if settings.budget is not None:
             calls, period = parse_budget(settings.budget)
             spent = history.paid_calls_since(time.time() - period)
@@ -392,7 +402,7 @@ async def _locked_run(
             run_id=run.run_id,
             input=str(input_path),
             output=str(paths.results),
-            already_done=scan.lines,
+            already_done=done_before,
             repaired_bytes=scan.repaired_bytes,
             outcome_unknown=len(state.outcome_unknown),
             skipped_unread=start.counts["read"],
@@ -432,7 +442,7 @@ async def _locked_run(
             "rejects": str(paths.rejects),
             "summary": str(paths.summary),
         },
-        already_done_before_run=scan.lines,
+        already_done_before_run=done_before,
         resume_cursor={"rows_skipped_unread": start.counts["read"], "note": cursor_note},
         repaired_bytes=scan.repaired_bytes,
         corrupt_result_lines=scan.bad_lines,
@@ -440,6 +450,10 @@ async def _locked_run(
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, document)
+    try:
+        index.save_snapshot(state.snapshot())  # the next start reads this, not the files
+    except StateError as exc:
+        log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
     ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
     _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
     if settings.metrics_textfile is not None:

@@ -31,7 +31,7 @@ from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import RunControl, Stopped
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
-from octave_bulk.sink import Failure, Sink, Success
+from octave_bulk.sink import Attempt, Failure, Sink, Success
 from octave_bulk.state.inflight import InflightSlots
 
 __all__ = ["Worker"]
@@ -96,9 +96,10 @@ class Worker:
     async def process(self, item: WorkItem) -> Success | Failure | None:
         """All attempts for one item; its outcome, or None when it was not settled."""
         attempts = 1
+        calls: list[Attempt] = []
         try:
             try:
-                result, slot, latency = await self._attempt(item)
+                result, slot, latency = await self._attempt(item, calls)
             except ApiError as first:
                 if not first.retryable or self.settings.max_attempts < 2:
                     raise
@@ -110,13 +111,13 @@ class Worker:
                         raise replay.pop()
                     attempts += 1
                     self.stats.retried += 1
-                    return await self._attempt(item)
+                    return await self._attempt(item, calls)
 
                 result, slot, latency = await self._retrying.copy()(attempt)
         except (Stopped, FatalApiError):
             return None  # not this contact's fault: the next run sends it again
         except ApiError as exc:
-            return Failure(item.request_id, item.contact, exc, attempts, None)
+            return Failure(item.request_id, item.contact, exc, attempts, None, tuple(calls))
         self.stats.latency.add(latency)
         return Success(
             request_id=item.request_id,
@@ -126,6 +127,7 @@ class Worker:
             attempts=attempts,
             latency_ms=round(latency),
             slot=slot,
+            calls=tuple(calls),
         )
 
     async def _sleep(self, seconds: float) -> None:
@@ -135,7 +137,7 @@ class Worker:
         finally:
             self.stats.retrying -= 1
 
-    async def _attempt(self, item: WorkItem) -> _Attempted:
+    async def _attempt(self, item: WorkItem, calls: list[Attempt]) -> _Attempted:
         control, limiter, stats = self.control, self.limiter, self.stats
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
@@ -146,10 +148,11 @@ class Worker:
         stats.calls += 1
         stats.in_flight += 1
         slot = self.slots.claim(item.request_id)
-        started = time.perf_counter()
+        started, sent_at = time.perf_counter(), time.time()
         try:
             result = await self.client.run(item.body, item.request_id)
         except ApiError as exc:
+            calls.append((sent_at, time.time(), exc.status, exc.kind))
             self.slots.release(slot)  # an error answer: nothing was delivered that we could lose
             self._count_error(exc, ticket)
             raise
@@ -158,6 +161,7 @@ class Worker:
             raise
         finally:
             stats.in_flight -= 1
+        calls.append((sent_at, time.time(), 200, "success"))
         stats.calls_by_status["200"] += 1
         limiter.on_answer(ticket)
         control.on_success()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -61,6 +62,41 @@ MIGRATIONS = (
         exported_at REAL NOT NULL,
         PRIMARY KEY (output, preset)
     )""",
+    # 2: the index of each output's files (state/index.py).
+    """CREATE TABLE outputs (
+        output_id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        results_bytes INTEGER NOT NULL DEFAULT 0,
+        errors_bytes INTEGER NOT NULL DEFAULT 0,
+        snapshot BLOB
+    )""",
+    """CREATE TABLE contacts (
+        output_id INTEGER NOT NULL,
+        person INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        run_id TEXT,
+        success_request_id TEXT,
+        success_run_id TEXT,
+        success_offset INTEGER,
+        crm_ids TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        PRIMARY KEY (output_id, person)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE calls (
+        output_id INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        run_id TEXT,
+        attempt INTEGER NOT NULL,
+        sent_at REAL,
+        answered_at REAL,
+        status INTEGER,
+        outcome TEXT NOT NULL,
+        credits REAL NOT NULL DEFAULT 0,
+        paid_twice INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX calls_by_request ON calls (request_id)",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
@@ -72,6 +108,7 @@ class RunHistory:
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db, self.path = connection, path
+        self._lock = threading.Lock()  # one transaction at a time on the shared connection
         self._columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
 
     @classmethod
@@ -167,14 +204,25 @@ class RunHistory:
         return row
 
     def _write(self, sql: str, values: Mapping[str, Any]) -> None:
-        """One transaction, committed or rolled back; a database locked past the busy timeout
-        or broken raises StateError."""
+        with self.transaction() as db:
+            db.execute(sql, values)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed or rolled back; a database
+        locked past the busy timeout or broken raises StateError. Thread-safe: the run
+        writes from the committer's thread and from the event loop's."""
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, values)
+                yield self._db
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot write the ledger ({exc})") from None
+
+    def query(self, sql: str, values: Any = ()) -> list[sqlite3.Row]:
+        """The rows of one read-only statement."""
+        with self._lock:
+            return self._db.execute(sql, values).fetchall()
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:

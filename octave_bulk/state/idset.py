@@ -107,6 +107,26 @@ class IdSet:
             if key:
                 self._insert(key, old_values[slot] if old_values is not None else 0)
 
+    def to_bytes(self) -> bytes:
+        """The table as bytes (for :meth:`from_bytes`): the ledger keeps it between runs."""
+        values = self._values.tobytes() if self._values is not None else b""
+        header = array("Q", [self._size, self._count, len(values)]).tobytes()
+        return header + self._table.tobytes() + values
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IdSet:
+        """A table saved by :meth:`to_bytes` (ValueError when ``data`` is not one)."""
+        header = array("Q", data[:24])
+        if len(header) != 3 or len(data) != 24 + 8 * header[0] + header[2]:
+            raise ValueError("not a saved IdSet")
+        size, count, values_bytes = header
+        table = cls.__new__(cls)
+        table._with_values = bool(values_bytes)
+        table._size, table._count = size, count
+        table._table = array("Q", data[24 : 24 + 8 * size])
+        table._values = array("I", data[24 + 8 * size :]) if values_bytes else None
+        return table
+
     def nbytes(self) -> int:
         """Memory held by the table."""
         values = 0 if self._values is None else self._values.itemsize * len(self._values)

@@ -16,6 +16,7 @@ paying anyone again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from octave_bulk.errors import StateError
 from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, read_person_hash
-from octave_bulk.state.files import iter_ndjson, repair_tail
+from octave_bulk.state.files import repair_tail
+from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet, id_key
+from octave_bulk.state.index import CallRow, ContactRow, OutputIndex, Snapshot
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.paths import OutputPaths
 
@@ -37,12 +41,14 @@ __all__ = [
     "ResultsScan",
     "complete_lines",
     "line_request_id",
+    "read_state",
     "scan_errors",
     "scan_results",
 ]
 
 _ID_MARK = b'"requestId":"'
 _PERSON_MARK = b'"personKey":"'
+_RUN_MARK = b'"runId":"'
 
 
 def line_request_id(line: bytes) -> str | None:
@@ -62,12 +68,13 @@ def line_request_id(line: bytes) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
-def complete_lines(path: Path) -> Iterator[bytes]:
-    """The lines of an NDJSON file up to a torn tail (a line without its newline: being
-    written right now, or torn by a kill and not repaired yet)."""
+def complete_lines(path: Path, offset: int = 0) -> Iterator[bytes]:
+    """The lines of an NDJSON file from byte ``offset`` up to a torn tail (a line without its
+    newline: being written right now, or torn by a kill and not repaired yet)."""
     if not path.exists():
         return
     with open(path, "rb", buffering=1 << 20) as handle:
+        handle.seek(offset)
         for line in handle:
             if not line.endswith(b"\n"):
                 return
@@ -77,7 +84,8 @@ def complete_lines(path: Path) -> Iterator[bytes]:
 @dataclass
 class ResultsScan:
     """What ``OUT.ndjson`` holds: the done-set, its line count and what repair dropped, and
-    the people done (person key -> the 1-based line of their latest result)."""
+    the people done (person key -> the 1-based line of their latest result); ``size``: the
+    bytes read (complete lines)."""
 
     done: IdSet
     lines: int
@@ -85,37 +93,60 @@ class ResultsScan:
     bad_lines: int
     persons: IdSet
     path: Path
+    size: int = 0
 
 
-def scan_results(path: Path, *, repair: bool = True) -> ResultsScan:
+def scan_results(
+    path: Path,
+    *,
+    repair: bool = True,
+    base: ResultsScan | None = None,
+    rows: list[ContactRow] | None = None,
+) -> ResultsScan:
     """Repair the tail of the results file (unless ``repair`` is false: then a torn last line
-    is only ignored, for readers that must not write) and build its done-set."""
+    is only ignored, for readers that must not write) and build its done-set - from ``base``
+    on, when given (a snapshot: only the lines after ``base.size`` are read). ``rows``
+    collects the index row of every line read."""
     repaired = repair_tail(path) if repair else 0
-    size = path.stat().st_size if path.exists() else 0
-    # Sized from the file (results lines are ~2-5 KB) so that the table rarely has to grow.
-    done, lines, bad = IdSet(size // 2048), 0, 0
-    persons = IdSet(size // 2048, with_values=True)
+    if base is None:
+        # Sized from the file (results lines are ~2-5 KB) so that the table rarely grows.
+        size = path.stat().st_size if path.exists() else 0
+        base = ResultsScan(
+            IdSet(size // 2048), 0, 0, 0, IdSet(size // 2048, with_values=True), path
+        )
+    done, persons, lines, bad, offset = (
+        base.done,
+        base.persons,
+        base.lines,
+        base.bad_lines,
+        base.size,
+    )
     add, put = done.add, persons.put
-    for line in complete_lines(path):
+    for line in complete_lines(path, offset):
+        start = offset
+        offset += len(line)
         lines += 1
         rid = line_request_id(line)
         if rid is None:
             bad += 1
             continue
         add(id_key(rid))
+        person = None
         mark = line.find(_PERSON_MARK, 0, 160)
         if mark >= 0:
-            start = mark + len(_PERSON_MARK)
-            if (person_id := read_person_hash(line[start : start + 16])) is not None:
-                put(person_id, lines)
-                continue
-        # Written before the person key: parsed (only such lines), and adopted.
-        contact = _contact(line)
-        if contact is not None and (person := person_key(contact)) is not None:
-            put(id_key(person), lines)
-        if contact is not None and is_legacy_id(rid):
-            add(id_key(derive_request_id(contact)))
-    return ResultsScan(done, lines, repaired, bad, persons, path)
+            at = mark + len(_PERSON_MARK)
+            person = read_person_hash(line[at : at + 16])
+        if person is None:  # written before the person key: parsed (only such lines), adopted
+            contact = _contact(line)
+            if contact is not None and (key := person_key(contact)) is not None:
+                person = id_key(key)
+            if contact is not None and is_legacy_id(rid):
+                add(id_key(derive_request_id(contact)))
+        if person is not None:
+            put(person, lines)
+        if rows is not None:
+            rows.append((person or id_key(rid), rid, "ok", _run_id(line), start))
+    return ResultsScan(done, lines, repaired, bad, persons, path, offset)
 
 
 def _contact(line: bytes) -> dict[str, Any] | None:
@@ -127,30 +158,68 @@ def _contact(line: bytes) -> dict[str, Any] | None:
     return contact if isinstance(contact, dict) else None
 
 
+def _run_id(line: bytes) -> str | None:
+    mark = line.find(_RUN_MARK, 0, 200)
+    if mark < 0:
+        return None
+    start = mark + len(_RUN_MARK)
+    end = line.find(b'"', start)
+    return line[start:end].decode("utf-8", "replace") if end > start else None
+
+
 @dataclass
 class ErrorsScan:
-    """Keys of the contacts whose last recorded outcome was a failure, not done since."""
+    """Keys of the contacts whose last recorded outcome was a failure, not done since;
+    ``size``: the bytes read."""
 
     permanent: set[int] = field(default_factory=set)
     retryable: set[int] = field(default_factory=set)
+    size: int = 0
 
 
-def scan_errors(path: Path, done: IdSet, *, repair: bool = True) -> ErrorsScan:
+def scan_errors(
+    path: Path,
+    done: IdSet,
+    *,
+    repair: bool = True,
+    base: ErrorsScan | None = None,
+    rows: list[ContactRow] | None = None,
+) -> ErrorsScan:
     """Repair the errors file's tail (unless ``repair`` is false); the last record of each id
-    decides its kind."""
+    decides its kind (from ``base`` on, when given). ``rows`` collects index rows."""
     if repair:
         repair_tail(path)
+    scan = base or ErrorsScan()
+    offset = scan.size
     last: dict[int, bool] = {}
-    for record in iter_ndjson(path):
-        rid = record.get("requestId")
-        if isinstance(rid, str):
-            key = id_key(rid)
-            if key not in done:
-                last[key] = bool((record.get("error") or {}).get("retryable"))
-    scan = ErrorsScan()
+    for line in complete_lines(path, offset):
+        start = offset
+        offset += len(line)
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        rid = record.get("requestId") if isinstance(record, dict) else None
+        if not isinstance(rid, str):
+            continue
+        key = id_key(rid)
+        retryable = bool((record.get("error") or {}).get("retryable"))
+        last[key] = retryable
+        if rows is not None:
+            contact = record.get("contact")
+            person = person_key(contact) if isinstance(contact, dict) else None
+            run = record.get("runId")
+            state = "retryable" if retryable else "permanent"
+            rows.append((id_key(person or rid), rid, state, run, start))
     for key, retryable in last.items():
+        scan.permanent.discard(key)
+        scan.retryable.discard(key)
         (scan.retryable if retryable else scan.permanent).add(key)
-    return scan
+    return ErrorsScan(
+        {k for k in scan.permanent if k not in done},
+        {k for k in scan.retryable if k not in done},
+        offset,
+    )
 
 
 @dataclass
@@ -161,11 +230,49 @@ class LedgerState:
     errors: ErrorsScan
     outcome_unknown: list[str]
     """requestIds that were on the wire when the last run died and are not done since."""
+    from_snapshot: bool = False
+    """Whether the ledger's snapshot spared the scan of the files' indexed part."""
 
     @property
     def done(self) -> IdSet:
         """Keys of the requestIds with a durable success."""
         return self.results.done
+
+    def settle(self, request_id: str, person: int, *, ok: bool, retryable: bool) -> None:
+        """A run's outcome, durable in the files: the state follows (for the snapshot)."""
+        key, errors = id_key(request_id), self.errors
+        errors.permanent.discard(key)
+        errors.retryable.discard(key)
+        if ok:
+            self.results.lines += 1
+            self.results.done.add(key)
+            self.results.persons.put(person, self.results.lines)
+        else:
+            (errors.retryable if retryable else errors.permanent).add(key)
+
+    def snapshot(self) -> Snapshot:
+        """The state as the ledger saves it for the next start."""
+        results, errors = self.results, self.errors
+        return Snapshot(
+            results.size,
+            results.lines,
+            results.bad_lines,
+            errors.size,
+            _tail(results.path, results.size),
+            results.done,
+            results.persons,
+            errors.permanent,
+            errors.retryable,
+        )
+
+
+def _tail(path: Path, size: int) -> bytes:
+    """The (up to) 64 bytes before ``size``: what a snapshot checks is still there."""
+    if size == 0 or not path.exists():
+        return b""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 64))
+        return handle.read(min(64, size))
 
 
 class Ledger(Protocol):
@@ -176,19 +283,94 @@ class Ledger(Protocol):
         ...
 
 
-class NdjsonLedger:
-    """The ledger read from the output's own files (results, errors, in-flight slots)."""
+def read_state(paths: OutputPaths, ledger: Path | None = None) -> LedgerState:
+    """The state for readers that must not write (status, dry run, validate): from the
+    ledger's snapshot when there is a usable one, else from the files alone."""
+    path = ledger or paths.ledger
+    if path.exists():
+        with contextlib.suppress(StateError), RunHistory.open(path, readonly=True) as history:
+            index = OutputIndex(history, paths.results, readonly=True)
+            return NdjsonLedger(paths, index).load(repair=False)
+    return NdjsonLedger(paths).load(repair=False)
 
-    def __init__(self, paths: OutputPaths) -> None:
-        self.paths = paths
+
+class NdjsonLedger:
+    """The ledger read from the output's own files (results, errors, in-flight slots), with
+    the ledger database's snapshot and index when given (``index``)."""
+
+    def __init__(self, paths: OutputPaths, index: OutputIndex | None = None) -> None:
+        self.paths, self.index = paths, index
 
     def load(self, *, repair: bool = True) -> LedgerState:
-        """Scan the files (see the module docstring)."""
-        results = scan_results(self.paths.results, repair=repair)
-        errors = scan_errors(self.paths.errors, results.done, repair=repair)
+        """Scan the files (see the module docstring): only what lies past a valid snapshot,
+        and index what lies past the index's coverage (unless ``repair`` is false)."""
+        paths, index = self.paths, self.index
+        covered = index.coverage() if index is not None else (0, 0)
+        base = _usable(index.snapshot() if index else None, paths, covered)
+        results_base = errors_base = None
+        if base is not None:
+            results_base = ResultsScan(
+                base.done,
+                base.results_lines,
+                0,
+                base.bad_lines,
+                base.persons,
+                paths.results,
+                base.results_bytes,
+            )
+            errors_base = ErrorsScan(base.permanent, base.retryable, base.errors_bytes)
+        rows: list[ContactRow] | None = [] if index is not None and repair else None
+        results = scan_results(paths.results, repair=repair, base=results_base, rows=rows)
+        errors_rows: list[ContactRow] | None = [] if rows is not None else None
+        errors = scan_errors(
+            paths.errors, results.done, repair=repair, base=errors_base, rows=errors_rows
+        )
+        if index is not None and rows is not None and errors_rows is not None:
+            _catch_up(index, covered, (results.size, errors.size), rows, errors_rows)
         unknown = [
             rid
-            for rid in InflightSlots.leftovers(self.paths.inflight)
+            for rid in InflightSlots.leftovers(paths.inflight)
             if id_key(rid) not in results.done
         ]
-        return LedgerState(results=results, errors=errors, outcome_unknown=unknown)
+        return LedgerState(results, errors, unknown, from_snapshot=base is not None)
+
+
+def _usable(
+    snapshot: Snapshot | None, paths: OutputPaths, covered: tuple[int, int]
+) -> Snapshot | None:
+    """The snapshot if the files still hold what it covers (same bytes at its end) and the
+    index covers it too (else the scan must read the lines the index lacks)."""
+    if snapshot is None:
+        return None
+    for path, size, rows in (
+        (paths.results, snapshot.results_bytes, covered[0]),
+        (paths.errors, snapshot.errors_bytes, covered[1]),
+    ):
+        if size > rows or (size and (not path.exists() or path.stat().st_size < size)):
+            return None
+    if _tail(paths.results, snapshot.results_bytes) != snapshot.tail:
+        return None
+    return snapshot
+
+
+def _catch_up(
+    index: OutputIndex,
+    covered: tuple[int, int],
+    sizes: tuple[int, int],
+    results_rows: list[ContactRow],
+    errors_rows: list[ContactRow],
+) -> None:
+    """Index the lines past the index's coverage (a kill between a group's fsync and its
+    rows); everything again when a file is shorter than its coverage."""
+    if covered[0] > sizes[0] or covered[1] > sizes[1]:
+        index.reset()
+        covered = (0, 0)
+    rows = [row for row in results_rows if (row[4] or 0) >= covered[0]]
+    rows += [row for row in errors_rows if (row[4] or 0) >= covered[1]]
+    if not rows and covered == sizes:
+        return
+    calls: list[CallRow] = [
+        (rid, run, 0, None, None, None, "success" if state == "ok" else state, 0.0, 0)
+        for _, rid, state, run, _ in rows
+    ]
+    index.record(rows, calls, sizes)

@@ -1,0 +1,228 @@
+"""The ledger's index of one output: its contacts, every call, and a start-up snapshot.
+
+Contract: three tables of the ledger database (``state/history.py`` opens and migrates it)
+describe each output's files; ``OUT.ndjson`` and ``OUT.errors.ndjson`` stay the source of truth.
+
+- ``contacts``: one row per person (the hashed person key, ``octave_bulk.identity``): the
+  latest requestId sent for them and its state (``ok``, ``retryable``, ``permanent``) and run;
+  the latest *success*: its requestId, run and byte offset in ``OUT.ndjson``; first and last
+  seen. The requestId is the content fingerprint: derived from person key and content, it
+  changes for one person exactly when the content does.
+- ``calls``: every attempt - requestId, run, attempt number, sent and answered (UNIX times),
+  HTTP status, outcome (``success`` or an error kind), credits, and whether the call may have
+  paid a second time for a contact in flight when an earlier run died. Calls indexed from the
+  files (a catch-up or a rebuild) have attempt 0 and no times: the files do not keep them.
+- ``outputs``: per output, how many bytes of each file the rows cover, and a *snapshot* of the
+  start-up state (done-set, people, failed sets, as ``IdSet`` bytes) with the offsets it covers.
+
+:meth:`OutputIndex.record` runs in the sink's group commit right after the fsync: a group's
+rows and the new coverage in one transaction. A kill between the two leaves lines past the
+coverage; the next start indexes them (``state/ledger.py``), so after every start the ledger
+and the files agree. A file shorter than the coverage (replaced, cut by hand) gets its rows
+indexed again from the start. The snapshot is what makes start-up fast: a million people load
+as a few blobs instead of a million rows or a million scanned lines.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from octave_bulk.state.history import RunHistory
+from octave_bulk.state.idset import IdSet
+
+__all__ = ["CallRow", "ContactRow", "OutputIndex", "Snapshot", "signed"]
+
+ContactRow = tuple[int, str, str, str | None, int | None]
+"""(person, requestId, state, run id, byte offset of the line if a success)."""
+
+CallRow = tuple[str, str | None, int, float | None, float | None, int | None, str, float, int]
+"""(requestId, run id, attempt, sent at, answered at, status, outcome, credits, paid twice)."""
+
+_UPSERT = """
+INSERT INTO contacts (output_id, person, request_id, state, run_id, success_request_id,
+    success_run_id, success_offset, first_seen, last_seen)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (output_id, person) DO UPDATE SET
+    request_id = excluded.request_id, state = excluded.state, run_id = excluded.run_id,
+    last_seen = excluded.last_seen,
+    success_request_id = COALESCE(excluded.success_request_id, success_request_id),
+    success_run_id = COALESCE(excluded.success_run_id, success_run_id),
+    success_offset = COALESCE(excluded.success_offset, success_offset)
+"""
+_INSERT_CALL = "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def signed(key: int) -> int:
+    """A 64-bit ``id_key`` as SQLite stores integers (signed)."""
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+@dataclass
+class Snapshot:
+    """The start-up state saved at the end of a run, and the file offsets it covers."""
+
+    results_bytes: int
+    results_lines: int
+    bad_lines: int
+    errors_bytes: int
+    tail: bytes
+    """The last bytes before ``results_bytes``: the file must still hold them."""
+    done: IdSet
+    persons: IdSet
+    permanent: set[int]
+    retryable: set[int]
+
+    def to_bytes(self) -> bytes:
+        blobs = [
+            self.done.to_bytes(),
+            self.persons.to_bytes(),
+            _keys(self.permanent),
+            _keys(self.retryable),
+        ]
+        header = {
+            "results_bytes": self.results_bytes,
+            "results_lines": self.results_lines,
+            "bad_lines": self.bad_lines,
+            "errors_bytes": self.errors_bytes,
+            "tail": self.tail.hex(),
+            "blobs": [len(blob) for blob in blobs],
+        }
+        encoded = json.dumps(header).encode()
+        return struct.pack("<I", len(encoded)) + encoded + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        """ValueError when ``data`` is not a snapshot."""
+        (length,) = struct.unpack_from("<I", data)
+        header = json.loads(data[4 : 4 + length])
+        blobs, at = [], 4 + length
+        for size in header["blobs"]:
+            blobs.append(data[at : at + size])
+            at += size
+        if at != len(data) or len(blobs) != 4:
+            raise ValueError("truncated snapshot")
+        return cls(
+            header["results_bytes"],
+            header["results_lines"],
+            header["bad_lines"],
+            header["errors_bytes"],
+            bytes.fromhex(header["tail"]),
+            IdSet.from_bytes(blobs[0]),
+            IdSet.from_bytes(blobs[1]),
+            set(struct.unpack(f"<{len(blobs[2]) // 8}Q", blobs[2])),
+            set(struct.unpack(f"<{len(blobs[3]) // 8}Q", blobs[3])),
+        )
+
+
+def _keys(keys: set[int]) -> bytes:
+    return struct.pack(f"<{len(keys)}Q", *keys)
+
+
+class OutputIndex:
+    """One output's rows in the ledger (see the module docstring).
+
+    Args:
+        history: the open ledger database.
+        output: ``OUT.ndjson`` (its resolved path names its rows).
+        readonly: for readers (status, dry run): the output's row is looked up, not created.
+    """
+
+    def __init__(self, history: RunHistory, output: Path, *, readonly: bool = False) -> None:
+        self.history, self.path = history, str(output.resolve())
+        found = history.query("SELECT output_id FROM outputs WHERE path = ?", (self.path,))
+        if found:
+            self.output_id: int | None = int(found[0][0])
+        elif readonly:
+            self.output_id = None
+        else:
+            with history.transaction() as db:
+                cursor = db.execute("INSERT INTO outputs (path) VALUES (?)", (self.path,))
+                self.output_id = cursor.lastrowid
+
+    def coverage(self) -> tuple[int, int]:
+        """Bytes of (results, errors) that the rows cover."""
+        rows = self.history.query(
+            "SELECT results_bytes, errors_bytes FROM outputs WHERE output_id = ?",
+            (self.output_id,),
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def snapshot(self) -> Snapshot | None:
+        """The saved start-up state, None when there is none (or it cannot be read)."""
+        rows = self.history.query(
+            "SELECT snapshot FROM outputs WHERE output_id = ?", (self.output_id,)
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        try:
+            return Snapshot.from_bytes(rows[0][0])
+        except (ValueError, KeyError, struct.error):
+            return None
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        with self.history.transaction() as db:
+            db.execute(
+                "UPDATE outputs SET snapshot = ? WHERE output_id = ?",
+                (snapshot.to_bytes(), self.output_id),
+            )
+
+    def record(
+        self,
+        contacts: Sequence[ContactRow],
+        calls: Sequence[CallRow],
+        coverage: tuple[int, int],
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Index a group of lines and move the coverage to ``coverage``, in one transaction."""
+        now = at or time.time()
+        oid = self.output_id
+        people = [
+            (oid, signed(person), rid, state, run, *_success(state, rid, run, offset), now, now)
+            for person, rid, state, run, offset in contacts
+        ]
+        with self.history.transaction() as db:
+            db.executemany(_UPSERT, people)
+            db.executemany(_INSERT_CALL, [(oid, *call) for call in calls])
+            db.execute(
+                "UPDATE outputs SET results_bytes = ?, errors_bytes = ? WHERE output_id = ?",
+                (*coverage, oid),
+            )
+
+    def reset(self) -> None:
+        """Forget the output's rows, coverage and snapshot (before indexing it again)."""
+        with self.history.transaction() as db:
+            for table in ("contacts", "calls"):
+                db.execute(f"DELETE FROM {table} WHERE output_id = ?", (self.output_id,))  # noqa: S608
+            db.execute(
+                "UPDATE outputs SET results_bytes = 0, errors_bytes = 0, snapshot = NULL "
+                "WHERE output_id = ?",
+                (self.output_id,),
+            )
+
+    def counts(self) -> dict[str, Any]:
+        """People by state, calls, and calls that may have paid twice."""
+        oid = (self.output_id,)
+        people = self.history.query(
+            "SELECT state, COUNT(*) FROM contacts WHERE output_id = ? GROUP BY state", oid
+        )
+        calls = self.history.query(
+            "SELECT COUNT(*), COALESCE(SUM(paid_twice), 0) FROM calls WHERE output_id = ?", oid
+        )
+        return {
+            "people": {row[0]: int(row[1]) for row in people},
+            "calls": int(calls[0][0]),
+            "paid_twice": int(calls[0][1]),
+        }
+
+
+def _success(
+    state: str, rid: str, run: str | None, offset: int | None
+) -> tuple[str | None, str | None, int | None]:
+    return (rid, run, offset) if state == "ok" else (None, None, None)
