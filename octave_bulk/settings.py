@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     ledger: Path | None = Field(
         None, description="Run history database [default: OUT.ledger.sqlite]; may be shared."
     )
+    ledger_timeout: float = Field(
+        10.0, gt=0, description="Wait this long for another process writing the ledger, s."
+    )
     metrics_textfile: Path | None = Field(
         None, description="Write Prometheus textfile metrics here at the end of the run."
     )

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from octave_bulk.settings import Settings
 from tests.conftest import TEST_KEY
+
+
+class Run:
+    """``octave-bulk run`` in a subprocess; its stdout and stderr go to files."""
+
+    count = 0
+
+    def __init__(
+        self, url: str, input_path: Path, out: Path, *extra: str, key: str = TEST_KEY
+    ) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+        env["OCTAVE_API_KEY"] = key
+        cmd = [
+            sys.executable, "-m", "octave_bulk", "run", str(input_path), "-o", str(out),
+            "--agent", "ca_test", "--base-url", url, "--rate", "none", "--no-progress",
+            "--timeout", "5", *extra,
+        ]  # fmt: skip
+        Run.count += 1
+        self.log = out.parent / f"run-{Run.count}.log"
+        with open(self.log, "wb") as sink:
+            self.process = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.log.read_text(errors="replace")
 
 
 def write_contacts(path: Path, count: int, *, start: int = 0, ids: bool = True) -> list[str]:

@@ -21,41 +21,9 @@ import pytest
 from octave_bulk.simulator import parse_faults, parse_latency
 from octave_bulk.state.inflight import InflightSlots
 from tests.conftest import TEST_KEY
-from tests.helpers import read_lines, side, write_contacts
+from tests.helpers import Run, read_lines, side, write_contacts
 
 SOAK = os.environ.get("OCTAVE_BULK_SOAK") == "1"
-
-
-class Run:
-    """``octave-bulk run`` in a subprocess; its stdout and stderr go to files."""
-
-    count = 0
-
-    def __init__(
-        self, url: str, input_path: Path, out: Path, *extra: str, key: str = TEST_KEY
-    ) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-        env["OCTAVE_API_KEY"] = key
-        cmd = [
-            sys.executable, "-m", "octave_bulk", "run", str(input_path), "-o", str(out),
-            "--agent", "ca_test", "--base-url", url, "--rate", "none", "--no-progress",
-            "--timeout", "5", *extra,
-        ]  # fmt: skip
-        Run.count += 1
-        self.log = out.parent / f"run-{Run.count}.log"
-        with open(self.log, "wb") as sink:
-            self.process = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def finish(self, timeout: float = 60) -> tuple[int, str]:
-        self.process.wait(timeout=timeout)
-        return self.process.returncode, self.log.read_text(errors="replace")
 
 
 def test_kill_9_at_random_moments_loses_nothing_and_pays_at_most_in_flight(
@@ -89,6 +57,13 @@ def test_kill_9_at_random_moments_loses_nothing_and_pays_at_most_in_flight(
     assert extra_paid <= in_flight_at_kills <= kills * concurrency
     summary = json.loads(side(out, ".summary.json").read_text())
     assert summary["exit_code"] == 0
+    # Each start caught the ledger up with what the kill left unindexed.
+    checked = subprocess.run(
+        [sys.executable, "-m", "octave_bulk", "ledger", "check", str(out)],
+        capture_output=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_kill_9_after_a_cursor_save_resumes_from_it_without_loss(

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("octave_bulk.cli.tools", "Check the settings and the API key: fingerprint, workspace and credits left."),
     "export": ("octave_bulk.cli.files", "One CSV row per successful contact, ready to import into a sequencer."),
     "history": ("octave_bulk.cli.files", "Every run of an output: when, sent, succeeded, failed, credits, exit."),
+    "ledger": ("octave_bulk.cli.ledger", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
     "probe": ("octave_bulk.cli.run", "Measure what your workspace sustains: rate, calls in flight, latency."),
     "run": ("octave_bulk.cli.run", "Run the Sequence Agent for every contact of INPUT (CSV or NDJSON, - for stdin)."),
     "simulate": ("octave_bulk.cli.tools", "Run the Octave simulator as a standalone server (no API key or network needed)."),

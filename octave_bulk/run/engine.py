@@ -334,7 +334,8 @@ async def run_batch(
     lock = RunLock(paths.lock)
     lock.acquire()
     try:
-        with RunHistory.open(settings.ledger or paths.ledger) as history:
+        ledger = settings.ledger or paths.ledger
+        with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
                 input_path, paths, settings, transport, handle_signals, history
             )

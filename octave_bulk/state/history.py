@@ -113,8 +113,11 @@ class RunHistory:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, path: Path, *, readonly: bool = False) -> Iterator[RunHistory]:
-        """Open (creating and migrating unless ``readonly``) the database at ``path``.
+    def open(
+        cls, path: Path, *, readonly: bool = False, timeout: float = _BUSY_MS / 1000
+    ) -> Iterator[RunHistory]:
+        """Open (creating and migrating unless ``readonly``) the database at ``path``;
+        ``timeout``: how long a write waits for another writer, seconds.
 
         Raises:
             StateError: the file is not a database, is newer than this version, or is locked
@@ -127,7 +130,7 @@ class RunHistory:
             db = sqlite3.connect(
                 uri,
                 uri=readonly,
-                timeout=_BUSY_MS / 1000,
+                timeout=timeout,
                 isolation_level=None,
                 check_same_thread=False,  # the run updates it from a worker thread, in turn
             )
@@ -135,7 +138,7 @@ class RunHistory:
             raise StateError(f"{path}: cannot open the ledger ({exc})") from None
         try:
             db.row_factory = sqlite3.Row
-            db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            db.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
             if not readonly:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
