@@ -212,6 +212,11 @@ class Settings(BaseSettings):
     ledger: Path | None = Field(
         None, description="Run history database [default: OUT.ledger.sqlite]; may be shared."
     )
+    ledger_index: bool = Field(
+        True,
+        description="Index every person and call in the ledger (off: the run history only, "
+        "and every start scans the results file).",
+    )
     ledger_timeout: float = Field(
         10.0, gt=0, description="Wait this long for another process writing the ledger, s."
     )

@@ -22,7 +22,7 @@ TRAILING = ["num_steps", "request_id", "completed_at"]
 IDENTITY = {
     "generic": [
         "email", "first_name", "last_name", "company_name", "title", "linkedin_url",
-        "company_domain", "crm_contact_id", "crm_lead_id", "crm_account_id", "lang",
+        "company_domain", "crm_contact_id", "crm_lead_id", "crm_account_id", "other_crm_ids", "lang",
     ],
     "instantly": [
         "email", "first_name", "last_name", "company_name", "title", "linkedin_url",

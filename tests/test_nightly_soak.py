@@ -78,8 +78,12 @@ def test_seven_nights_pay_and_export_only_what_changed(make_sim: Any, tmp_path: 
         exported = CliRunner().invoke(cli, ["export", str(out), "-o", str(tonight), "--new"])
         assert exported.exit_code == 0, exported.output
         with open(tonight, newline="", encoding="utf-8") as handle:
-            emails = [row["email"] for row in csv.DictReader(handle)]
+            rows = list(csv.DictReader(handle))
+        emails = [row["email"] for row in rows]
         assert sorted(emails) == sorted(f"p{n}@example.com" for n in added | edited)
+        for row in rows:  # a write-back reaches both CRM records of person 3
+            expected = "999999" if row["email"] == "p3@example.com" else ""
+            assert row["other_crm_ids"] == expected, row["email"]
     # Everyone's latest emails, without the people deleted from the CRM since.
     everyone = tmp_path / "everyone.csv"
     args = ["export", str(out), "-o", str(everyone), "--exclude-missing-from", str(export)]

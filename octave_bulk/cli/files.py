@@ -92,7 +92,7 @@ def export(
     try:
         present = None if current_input is None else _people_of(current_input)
         with contextlib.ExitStack() as stack:
-            mark, selected = 0, frozenset(run_ids) if run_ids else None
+            mark, selected = (0, 0), frozenset(run_ids) if run_ids else None
             if only_new or since is not None:
                 history = stack.enter_context(
                     RunHistory.open(ledger or OutputPaths.for_output(path).ledger)
@@ -103,19 +103,22 @@ def export(
                 start = since.replace(tzinfo=datetime.UTC).timestamp()
                 recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
                 selected = frozenset(recent) if selected is None else selected & recent
+            others = _other_records(path, ledger) if preset == "generic" else None
             report = export_results(
                 path,
                 target,
                 preset=preset,
                 body_format=body_format,  # type: ignore[arg-type]
                 max_field_chars=max_field_chars,
-                after_line=mark,
+                after_line=mark[0],
+                after_byte=mark[1],
                 run_ids=selected,
                 all_versions=all_versions,
                 present=present,
+                other_crm_ids=others,
             )
             if only_new:
-                history.set_export_mark(path, preset, report.lines)
+                history.set_export_mark(path, preset, report.lines, report.bytes)
     except OctaveBulkError as exc:
         fail(exc)
     for warning in report.warnings():
@@ -126,6 +129,19 @@ def export(
         f"exported {report.rows} contacts with up to {report.steps} steps to {where}{older}",
         err=True,
     )
+
+
+def _other_records(results: Path, ledger: Path | None) -> dict[int, str] | None:
+    """Person -> the CRM ids of their other records, from the ledger when there is one."""
+    from octave_bulk.state.history import RunHistory
+    from octave_bulk.state.index import OutputIndex
+    from octave_bulk.state.paths import OutputPaths
+
+    path = ledger or OutputPaths.for_output(results).ledger
+    if not path.exists():
+        return None
+    with RunHistory.open(path, readonly=True) as history:
+        return OutputIndex(history, results, readonly=True).other_records()
 
 
 def _people_of(input_path: Path) -> IdSet:

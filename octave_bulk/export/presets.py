@@ -69,6 +69,10 @@ _SNAKE = (
     ("company_domain", "companyDomain"),
 )
 
+OTHER_CRM_IDS = "otherCrmIds"
+"""The field the export adds to a contact: the CRM ids of the person's other records, from the
+ledger (``;``-separated)."""
+
 PRESETS: dict[str, Preset] = {
     "generic": Preset(
         "generic",
@@ -77,6 +81,7 @@ PRESETS: dict[str, Preset] = {
             ("crm_contact_id", "crmContactId"),
             ("crm_lead_id", "crmLeadId"),
             ("crm_account_id", "crmAccountId"),
+            ("other_crm_ids", OTHER_CRM_IDS),
             ("lang", "lang"),
         ),
         None,

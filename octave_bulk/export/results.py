@@ -120,14 +120,15 @@ def parse_line(line: bytes) -> Result | None:
     )
 
 
-def read_lines(path: Path, count: int | None = None) -> Iterator[bytes]:
-    """The lines of the results file (the first ``count`` only, when given)."""
+def read_lines(path: Path, count: int | None = None, offset: int = 0) -> Iterator[bytes]:
+    """The lines of the results file from byte ``offset`` (``count`` of them, when given)."""
     try:
         handle = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise InputError(f"cannot read the results file: {exc.strerror}", path=path) from None
     with handle:
         try:
+            handle.seek(offset)
             yield from (handle if count is None else islice(handle, count))
         except OSError as exc:
             raise InputError(f"cannot read the results file: {exc.strerror}", path=path) from None

@@ -37,13 +37,13 @@ import contextlib
 import csv
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from octave_bulk.errors import ConfigError, InputError, StateError
-from octave_bulk.export.presets import PRESETS, Preset
+from octave_bulk.export.presets import OTHER_CRM_IDS, PRESETS, Preset
 from octave_bulk.export.results import Result, parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
 from octave_bulk.identity import person_key
@@ -65,7 +65,8 @@ class ExportReport:
         preset: the preset used.
         body_format: ``"text"`` or ``"html"``.
         max_field_chars: the cell length limit applied (None: no limit).
-        lines: complete lines read from the results file.
+        lines: complete lines in the results file.
+        bytes: the bytes those lines take.
         rows: rows written (header excluded).
         steps: N, the number of step column pairs.
         skipped_blank: requestIds of results left out for an empty subject or body (or no step).
@@ -84,6 +85,7 @@ class ExportReport:
     body_format: str
     max_field_chars: int | None
     lines: int = 0
+    bytes: int = 0
     rows: int = 0
     steps: int = 0
     skipped_blank: list[str] = field(default_factory=list)
@@ -140,9 +142,11 @@ def export_results(
     body_format: Literal["text", "html"] = "text",
     max_field_chars: int | None = None,
     after_line: int = 0,
+    after_byte: int = 0,
     run_ids: frozenset[str] | None = None,
     all_versions: bool = False,
     present: IdSet | None = None,
+    other_crm_ids: Mapping[int, str] | None = None,
 ) -> ExportReport:
     """Write the successes of a results file as a sequencer CSV (see the package docstring).
 
@@ -153,10 +157,14 @@ def export_results(
         body_format: ``"text"`` or ``"html"`` for the step bodies.
         max_field_chars: cell length limit; None takes the preset's default, 0 means none.
         after_line: export only the complete lines after this many (a watermark).
+        after_byte: where those lines end, when known: the file is read from there (a mark
+            that no longer ends a line, in a file replaced since, is ignored).
         run_ids: export only the lines of these runs.
         all_versions: every result of a person, not only the latest.
         present: export only the people whose person key (``id_key``) is in this set (the
             people of today's CRM export: ``--exclude-missing-from``).
+        other_crm_ids: person (``id_key``) -> the CRM ids of their other records (from the
+            ledger), for the ``other_crm_ids`` column.
 
     Returns:
         The report: rows written, N, results left out, cells cut, lines skipped.
@@ -181,11 +189,19 @@ def export_results(
         raise ConfigError(f"{out}: the export would overwrite the results file")
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
     latest = None if all_versions else IdSet(1024, with_values=True)
-    wanted = _Selection(after_line, run_ids, latest, present)
+    if after_byte and not _ends_line(results, after_byte):
+        after_byte = 0
+    wanted = _Selection(after_line, run_ids, latest, present, after_byte)
     complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
-        _second_pass(results, complete, stream, layout, report, wanted)
+        _second_pass(results, complete, stream, layout, report, wanted, other_crm_ids or {})
     return report
+
+
+def _ends_line(path: Path, offset: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(offset - 1)
+        return handle.read(1) == b"\n"
 
 
 @dataclass(frozen=True)
@@ -194,6 +210,12 @@ class _Selection:
     run_ids: frozenset[str] | None
     latest: IdSet | None  # person key -> the line of the person's latest result
     present: IdSet | None  # the people still in the CRM export
+    after_byte: int = 0  # where line ``after_line`` ends (0: read from the start)
+
+    @property
+    def first_line(self) -> int:
+        """The 1-based number of the first line read."""
+        return self.after_line + 1 if self.after_byte else 1
 
     def skips(self, number: int, result: Result) -> bool:
         """Whether the result on 1-based line ``number`` is left out (first pass)."""
@@ -221,12 +243,13 @@ def _person(result: Result) -> int:
 
 def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
     """Count complete lines, note bad lines and blank results, and find N."""
-    complete = 0
-    for line in read_lines(results):
+    complete, size = wanted.first_line - 1, wanted.after_byte
+    for line in read_lines(results, offset=size):
         if not line.endswith(b"\n"):
             report.torn_tail = True
             break
         complete += 1
+        size += len(line)
         if not line.strip() or complete <= wanted.after_line:
             continue
         result = parse_line(line)
@@ -241,7 +264,7 @@ def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
         else:
             report.steps = max(report.steps, len(result.steps))
             wanted.note(complete, result)
-    report.lines = complete
+    report.lines, report.bytes = complete, size
     return complete
 
 
@@ -252,6 +275,7 @@ def _second_pass(
     layout: Preset,
     report: ExportReport,
     wanted: _Selection,
+    other_crm_ids: Mapping[int, str],
 ) -> None:
     """Write the header and one row per exportable result among the first ``complete`` lines."""
     writer = csv.writer(stream)
@@ -260,7 +284,9 @@ def _second_pass(
     padding = [""] * (2 * report.steps)
     to_html = report.body_format == "html"
     limit = report.max_field_chars
-    for number, line in enumerate(read_lines(results, complete), 1):
+    first = wanted.first_line
+    lines = read_lines(results, complete - first + 1, wanted.after_byte)
+    for number, line in enumerate(lines, first):
         if not line.strip() or number <= wanted.after_line:
             continue
         result = parse_line(line)
@@ -270,6 +296,8 @@ def _second_pass(
             report.superseded += 1
             continue
         contact = result.contact
+        if other_crm_ids and (others := other_crm_ids.get(_person(result))):
+            contact = {**contact, OTHER_CRM_IDS: others}
         values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)
         identity = [escape_formula(cell) for cell in values]
         texts: list[str] = []

@@ -22,17 +22,20 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.errors import OctaveBulkError, StopReason
+from octave_bulk.identity import person_key
 from octave_bulk.input.records import Contact, Reject
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 from octave_bulk.state.cursor import COUNTED, Frontier, ResumeCursor
 from octave_bulk.state.files import NdjsonAppender
+from octave_bulk.state.idset import id_key
 from octave_bulk.state.ledger import LedgerState
 
 __all__ = ["SKIP", "Admission", "WorkItem"]
 
 _READ_BATCH = 64  # records read per hop to the reader thread
+_CRM_IDS = ("crmContactId", "crmLeadId", "crmAccountId")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class Admission:
             request_spec(settings), expected_rows or 1024, key_field=settings.key
         )
         self.input_error: OctaveBulkError | None = None
+        self.other_records: list[tuple[int, list[str]]] = []
+        """(person, CRM ids) of rows rejected as a person seen before (for the ledger: a
+        write-back must reach every record of a person)."""
 
     def admit(
         self, record: Contact | Reject, end_line: int, rejects: NdjsonAppender | None
@@ -105,6 +111,8 @@ class Admission:
             else:
                 frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
                 return WorkItem(built.request_id, orjson.dumps(built.wire), built.wire)
+        if record.reason == "duplicate" and isinstance(record.row, dict):
+            self._note_other_record(record.row)
         kind = "duplicate" if record.reason == "duplicate" else "rejected"
         setattr(stats, kind, getattr(stats, kind) + 1)
         stats.rejects_by_reason[record.reason] += 1
@@ -113,6 +121,12 @@ class Admission:
             rejects_size = rejects.size
         frontier.add(end_line, rejects_size, kind, reason=record.reason)
         return None
+
+    def _note_other_record(self, row: dict[str, Any]) -> None:
+        ids = [str(row[name]) for name in _CRM_IDS if row.get(name)]
+        person = person_key(row, self.settings.key)
+        if ids and person is not None:
+            self.other_records.append((id_key(person), ids))
 
     async def feed(
         self,

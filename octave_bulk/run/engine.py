@@ -356,7 +356,7 @@ async def _locked_run(
     handle_signals: bool,
     history: RunHistory,
 ) -> RunSummary:
-    index = OutputIndex(history, paths.results)
+    index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
@@ -451,10 +451,12 @@ async def _locked_run(
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, document)
-    try:
-        index.save_snapshot(state.snapshot())  # the next start reads this, not the files
-    except StateError as exc:
-        log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
+    if index is not None:
+        try:
+            index.add_other_records(run.admission.other_records)
+            index.save_snapshot(state.snapshot())  # the next start reads this, not the files
+        except StateError as exc:
+            log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
     ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
     _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
     if settings.metrics_textfile is not None:

@@ -8,10 +8,11 @@ inserts its row before its first call, updates its paid calls every few seconds 
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
 (``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
-has already written out.
+has already written out (and their bytes). Tables ``outputs``, ``contacts`` and ``calls`` index
+each output's files (``state/index.py``).
 
-The NDJSON files stay the source of truth for results; this database only adds what they do
-not keep (the runs). SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
+The NDJSON files stay the source of truth for results; this database adds what they do not
+keep (the runs, every call's times) and an index of them that makes start-up fast. SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
 writer at a time (a busy timeout waits for the other), readers never blocked. The schema is
 migrated in code: ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied.
 """
@@ -97,6 +98,8 @@ MIGRATIONS = (
         paid_twice INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX calls_by_request ON calls (request_id)",
+    # 3: an export mark also says where its lines end, so that export --new seeks there.
+    "ALTER TABLE export_marks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
@@ -183,19 +186,23 @@ class RunHistory:
         rows = self._db.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         return [_decoded(row) for row in rows]
 
-    def export_mark(self, output: Path, preset: str) -> int:
-        """The results lines already exported with ``export --new`` for this preset."""
-        row = self._db.execute(
-            "SELECT lines FROM export_marks WHERE output = ? AND preset = ?",
+    def export_mark(self, output: Path, preset: str) -> tuple[int, int]:
+        """The results lines already exported with ``export --new`` for this preset, and the
+        bytes they take (0 when unknown)."""
+        rows = self.query(
+            "SELECT lines, bytes FROM export_marks WHERE output = ? AND preset = ?",
             (str(output.resolve()), preset),
-        ).fetchone()
-        return int(row[0]) if row else 0
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
-    def set_export_mark(self, output: Path, preset: str, lines: int) -> None:
-        """Record that the first ``lines`` results lines were exported (once written)."""
+    def set_export_mark(self, output: Path, preset: str, lines: int, size: int) -> None:
+        """Record that the first ``lines`` results lines (``size`` bytes) were exported
+        (once written)."""
+        values = {"output": str(output.resolve()), "preset": preset, "lines": lines}
         self._write(
-            "INSERT OR REPLACE INTO export_marks VALUES (:output, :preset, :lines, :at)",
-            {"output": str(output.resolve()), "preset": preset, "lines": lines, "at": time.time()},
+            "INSERT OR REPLACE INTO export_marks (output, preset, lines, exported_at, bytes) "
+            "VALUES (:output, :preset, :lines, :at, :bytes)",
+            values | {"at": time.time(), "bytes": size},
         )
 
     def _checked(self, row: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -6,7 +6,8 @@ describe each output's files; ``OUT.ndjson`` and ``OUT.errors.ndjson`` stay the 
 - ``contacts``: one row per person (the hashed person key, ``octave_bulk.identity``): the
   latest requestId sent for them and its state (``ok``, ``retryable``, ``permanent``) and run;
   the latest *success*: its requestId, run and byte offset in ``OUT.ndjson``; first and last
-  seen. The requestId is the content fingerprint: derived from person key and content, it
+  seen; the CRM ids of the person's other records (input rows rejected as the same person, so
+  that a write-back reaches them all). The requestId is the content fingerprint: derived from person key and content, it
   changes for one person exactly when the content does.
 - ``calls``: every attempt - requestId, run, attempt number, sent and answered (UNIX times),
   HTTP status, outcome (``success`` or an error kind), credits, and whether the call may have
@@ -36,10 +37,10 @@ from typing import Any
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet
 
-__all__ = ["CallRow", "ContactRow", "OutputIndex", "Snapshot", "signed"]
+__all__ = ["CallRow", "CatchUp", "ContactRow", "OutputIndex", "Snapshot", "signed"]
 
-ContactRow = tuple[int, str, str, str | None, int | None]
-"""(person, requestId, state, run id, byte offset of the line if a success)."""
+ContactRow = tuple[int, str, str, str | None, int]
+"""(person, requestId, state, run id, byte offset of the line in its file)."""
 
 CallRow = tuple[str, str | None, int, float | None, float | None, int | None, str, float, int]
 """(requestId, run id, attempt, sent at, answered at, status, outcome, credits, paid twice)."""
@@ -56,6 +57,7 @@ ON CONFLICT (output_id, person) DO UPDATE SET
     success_offset = COALESCE(excluded.success_offset, success_offset)
 """
 _INSERT_CALL = "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_CATCH_UP_ROWS = 20_000  # rows per transaction while indexing the files (bounded memory)
 
 
 def signed(key: int) -> int:
@@ -195,6 +197,35 @@ class OutputIndex:
                 (*coverage, oid),
             )
 
+    def add_other_records(self, records: Sequence[tuple[int, list[str]]]) -> None:
+        """Note the CRM ids of a person's other records (rows rejected as the same person),
+        kept in ``contacts.crm_ids`` for a write-back to reach them all."""
+        if not records or self.output_id is None:
+            return
+        merged: dict[int, set[str]] = {}
+        for person, ids in records:
+            merged.setdefault(signed(person), set()).update(ids)
+        with self.history.transaction() as db:
+            for person, found in merged.items():
+                row = db.execute(
+                    "SELECT crm_ids FROM contacts WHERE output_id = ? AND person = ?",
+                    (self.output_id, person),
+                ).fetchone()
+                if row is not None:
+                    known = set(json.loads(row[0])) if row[0] else set()
+                    db.execute(
+                        "UPDATE contacts SET crm_ids = ? WHERE output_id = ? AND person = ?",
+                        (json.dumps(sorted(known | found)), self.output_id, person),
+                    )
+
+    def other_records(self) -> dict[int, str]:
+        """Person (``id_key``) -> the CRM ids of their other records, ``;``-separated."""
+        rows = self.history.query(
+            "SELECT person, crm_ids FROM contacts WHERE output_id = ? AND crm_ids IS NOT NULL",
+            (self.output_id,),
+        )
+        return {row[0] % (1 << 64): ";".join(json.loads(row[1])) for row in rows}
+
     def reset(self) -> None:
         """Forget the output's rows, coverage and snapshot (before indexing it again)."""
         with self.history.transaction() as db:
@@ -226,3 +257,56 @@ def _success(
     state: str, rid: str, run: str | None, offset: int | None
 ) -> tuple[str | None, str | None, int | None]:
     return (rid, run, offset) if state == "ok" else (None, None, None)
+
+
+class CatchUp:
+    """Indexes the lines a scan reads past the index's coverage, ``_CATCH_UP_ROWS`` rows per
+    transaction, each moving the coverage to the first line not yet indexed.
+
+    Args:
+        index: the output's index.
+        covered: its coverage, (results bytes, errors bytes).
+        sizes: the files' sizes (complete lines): a coverage beyond them means the files were
+            cut or replaced, and the output is indexed again from the start (``covered`` then
+            reads (0, 0)).
+    """
+
+    def __init__(self, index: OutputIndex, covered: tuple[int, int], sizes: tuple[int, int]):
+        if covered[0] > sizes[0] or covered[1] > sizes[1]:
+            index.reset()
+            covered = (0, 0)
+        self.index, self.covered = index, covered
+        self._pending: list[ContactRow] = []
+        self._results_end: int | None = None  # set once the results file is read
+
+    def add_result(self, row: ContactRow) -> None:
+        """A results line (``row[4]``: its offset)."""
+        if row[4] >= self.covered[0]:
+            if len(self._pending) >= _CATCH_UP_ROWS:
+                self._flush((row[4], self.covered[1]))
+            self._pending.append(row)
+
+    def results_read(self, size: int) -> None:
+        """The results file is read up to ``size``: later flushes cover all of it."""
+        self._results_end = size
+
+    def add_error(self, row: ContactRow) -> None:
+        """An errors line (after every results line)."""
+        if row[4] >= self.covered[1]:
+            if len(self._pending) >= _CATCH_UP_ROWS:
+                self._flush((self._results_end or self.covered[0], row[4]))
+            self._pending.append(row)
+
+    def finish(self, errors_size: int) -> None:
+        """Both files are read: index the rest."""
+        sizes = (self._results_end or self.covered[0], errors_size)
+        if self._pending or sizes != self.covered:
+            self._flush(sizes)
+
+    def _flush(self, coverage: tuple[int, int]) -> None:
+        calls: list[CallRow] = [
+            (rid, run, 0, None, None, None, "success" if state == "ok" else state, 0.0, 0)
+            for _, rid, state, run, _ in self._pending
+        ]
+        self.index.record(self._pending, calls, coverage)
+        self._pending, self.covered = [], coverage

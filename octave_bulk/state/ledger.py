@@ -17,7 +17,7 @@ paying anyone again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, re
 from octave_bulk.state.files import repair_tail
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet, id_key
-from octave_bulk.state.index import CallRow, ContactRow, OutputIndex, Snapshot
+from octave_bulk.state.index import CatchUp, ContactRow, OutputIndex, Snapshot
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.paths import OutputPaths
 
@@ -101,12 +101,12 @@ def scan_results(
     *,
     repair: bool = True,
     base: ResultsScan | None = None,
-    rows: list[ContactRow] | None = None,
+    on_row: Callable[[ContactRow], None] | None = None,
 ) -> ResultsScan:
     """Repair the tail of the results file (unless ``repair`` is false: then a torn last line
     is only ignored, for readers that must not write) and build its done-set - from ``base``
-    on, when given (a snapshot: only the lines after ``base.size`` are read). ``rows``
-    collects the index row of every line read."""
+    on, when given (a snapshot: only the lines after ``base.size`` are read). ``on_row`` gets
+    the index row of every line read."""
     repaired = repair_tail(path) if repair else 0
     if base is None:
         # Sized from the file (results lines are ~2-5 KB) so that the table rarely grows.
@@ -144,8 +144,8 @@ def scan_results(
                 add(id_key(derive_request_id(contact)))
         if person is not None:
             put(person, lines)
-        if rows is not None:
-            rows.append((person or id_key(rid), rid, "ok", _run_id(line), start))
+        if on_row is not None:
+            on_row((person or id_key(rid), rid, "ok", _run_id(line), start))
     return ResultsScan(done, lines, repaired, bad, persons, path, offset)
 
 
@@ -183,10 +183,10 @@ def scan_errors(
     *,
     repair: bool = True,
     base: ErrorsScan | None = None,
-    rows: list[ContactRow] | None = None,
+    on_row: Callable[[ContactRow], None] | None = None,
 ) -> ErrorsScan:
     """Repair the errors file's tail (unless ``repair`` is false); the last record of each id
-    decides its kind (from ``base`` on, when given). ``rows`` collects index rows."""
+    decides its kind (from ``base`` on, when given). ``on_row`` gets index rows."""
     if repair:
         repair_tail(path)
     scan = base or ErrorsScan()
@@ -205,12 +205,12 @@ def scan_errors(
         key = id_key(rid)
         retryable = bool((record.get("error") or {}).get("retryable"))
         last[key] = retryable
-        if rows is not None:
+        if on_row is not None:
             contact = record.get("contact")
             person = person_key(contact) if isinstance(contact, dict) else None
             run = record.get("runId")
             state = "retryable" if retryable else "permanent"
-            rows.append((id_key(person or rid), rid, state, run, start))
+            on_row((id_key(person or rid), rid, state, str(run) if run else None, start))
     for key, retryable in last.items():
         scan.permanent.discard(key)
         scan.retryable.discard(key)
@@ -306,6 +306,12 @@ class NdjsonLedger:
         and index what lies past the index's coverage (unless ``repair`` is false)."""
         paths, index = self.paths, self.index
         covered = index.coverage() if index is not None else (0, 0)
+        catch_up, repaired = None, 0
+        if index is not None and repair:
+            repaired = repair_tail(paths.results)
+            repair_tail(paths.errors)
+            catch_up = CatchUp(index, covered, (_size(paths.results), _size(paths.errors)))
+            covered = catch_up.covered  # (0, 0) after a reset
         base = _usable(index.snapshot() if index else None, paths, covered)
         results_base = errors_base = None
         if base is not None:
@@ -319,14 +325,24 @@ class NdjsonLedger:
                 base.results_bytes,
             )
             errors_base = ErrorsScan(base.permanent, base.retryable, base.errors_bytes)
-        rows: list[ContactRow] | None = [] if index is not None and repair else None
-        results = scan_results(paths.results, repair=repair, base=results_base, rows=rows)
-        errors_rows: list[ContactRow] | None = [] if rows is not None else None
-        errors = scan_errors(
-            paths.errors, results.done, repair=repair, base=errors_base, rows=errors_rows
+        results = scan_results(
+            paths.results,
+            repair=repair and catch_up is None,
+            base=results_base,
+            on_row=catch_up.add_result if catch_up else None,
         )
-        if index is not None and rows is not None and errors_rows is not None:
-            _catch_up(index, covered, (results.size, errors.size), rows, errors_rows)
+        if catch_up is not None:
+            catch_up.results_read(results.size)
+            results.repaired_bytes = repaired
+        errors = scan_errors(
+            paths.errors,
+            results.done,
+            repair=repair and catch_up is None,
+            base=errors_base,
+            on_row=catch_up.add_error if catch_up else None,
+        )
+        if catch_up is not None:
+            catch_up.finish(errors.size)
         unknown = [
             rid
             for rid in InflightSlots.leftovers(paths.inflight)
@@ -353,24 +369,5 @@ def _usable(
     return snapshot
 
 
-def _catch_up(
-    index: OutputIndex,
-    covered: tuple[int, int],
-    sizes: tuple[int, int],
-    results_rows: list[ContactRow],
-    errors_rows: list[ContactRow],
-) -> None:
-    """Index the lines past the index's coverage (a kill between a group's fsync and its
-    rows); everything again when a file is shorter than its coverage."""
-    if covered[0] > sizes[0] or covered[1] > sizes[1]:
-        index.reset()
-        covered = (0, 0)
-    rows = [row for row in results_rows if (row[4] or 0) >= covered[0]]
-    rows += [row for row in errors_rows if (row[4] or 0) >= covered[1]]
-    if not rows and covered == sizes:
-        return
-    calls: list[CallRow] = [
-        (rid, run, 0, None, None, None, "success" if state == "ok" else state, 0.0, 0)
-        for _, rid, state, run, _ in rows
-    ]
-    index.record(rows, calls, sizes)
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0

@@ -48,7 +48,7 @@ def check(paths: OutputPaths, ledger: Path | None = None) -> dict[str, Any]:
         StateError: the ledger cannot be read.
     """
     rows: list[ContactRow] = []
-    scan = scan_results(paths.results, repair=False, rows=rows)
+    scan = scan_results(paths.results, repair=False, on_row=rows.append)
     expected = {signed(person): (rid, offset) for person, rid, _, _, offset in rows}
     errors_size = paths.errors.stat().st_size if paths.errors.exists() else 0
     with RunHistory.open(ledger or paths.ledger, readonly=True) as history:
