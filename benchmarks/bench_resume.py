@@ -63,10 +63,12 @@ from _common import (
     write_contacts,
 )
 
+from octave_bulk.state.idset import id_key
 from octave_bulk.state.paths import OutputPaths
 
 NEW = 16
 TEMPLATES = 64
+PERSON_SLOT = b"@PERSON-KEY-HERE"  # 16 bytes, like the person key it stands for
 TARGET_S_PER_200K = 1.0
 TARGET_BYTES_PER_ID = 100
 
@@ -79,18 +81,24 @@ def templates(url: str, work: Path) -> list[list[bytes]]:
     child = run_child(engine_cmd(work / "t.csv", out, url, *flags), env=ENGINE_ENV)
     assert child.returncode == 0, child.stderr
     lines = out.read_bytes().splitlines(keepends=True)
-    by_id = {orjson.loads(line)["requestId"]: line for line in lines}
+    by_id = {}
+    for line in lines:
+        record = orjson.loads(line)
+        by_id[record["requestId"]] = line.replace(record["personKey"].encode(), PERSON_SLOT)
     parts = [by_id[rid].split(rid.encode()) for rid in ids]
     clear_outputs(out)
     return parts
 
 
 def append_lines(out: Path, parts: list[list[bytes]], start: int, stop: int) -> None:
-    """Done lines for requestIds c-START..c-STOP (the ids write_contacts gives those rows)."""
+    """Done lines for requestIds c-START..c-STOP (the ids write_contacts gives those rows),
+    each with the person key of its row's email (every line a different person)."""
     with open(out, "ab") as handle:
         chunk: list[bytes] = []
         for i in range(start, stop):
-            chunk.append(f"c-{i:05d}".encode().join(parts[i % TEMPLATES]))
+            person = f"{id_key(f'email:p{i}@example.com'):016x}".encode()
+            line = f"c-{i:05d}".encode().join(parts[i % TEMPLATES])
+            chunk.append(line.replace(PERSON_SLOT, person, 1))
             if len(chunk) == 4096:
                 handle.write(b"".join(chunk))
                 chunk.clear()

@@ -34,7 +34,7 @@ from octave_bulk.identity import person_key
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key
-from octave_bulk.state.index import CallRow, ContactRow, OutputIndex
+from octave_bulk.state.index import CallRow, OutcomeRow, OutputIndex
 from octave_bulk.utc import utc_iso
 
 __all__ = ["Attempt", "Failure", "Sink", "Success", "failure_line", "success_line"]
@@ -146,7 +146,7 @@ class Sink:
     ) -> None:
         self._run_id, self._key_field = run_id, key_field
         self._index, self._resent = index, frozenset(resent)
-        self._unindexed: tuple[list[ContactRow], list[CallRow]] = ([], [])
+        self._unindexed: tuple[list[OutcomeRow], list[CallRow]] = ([], [])
         self._results, self._errors = results, errors
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval

@@ -453,6 +453,7 @@ async def _locked_run(
     write_json_atomic(paths.summary, document)
     if index is not None:
         try:
+            index.fold()
             index.add_other_records(run.admission.other_records)
             index.save_snapshot(state.snapshot())  # the next start reads this, not the files
         except StateError as exc:

@@ -8,8 +8,8 @@ inserts its row before its first call, updates its paid calls every few seconds 
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
 (``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
-has already written out (and their bytes). Tables ``outputs``, ``contacts`` and ``calls`` index
-each output's files (``state/index.py``).
+has already written out (and their bytes). Tables ``outputs``, ``outcomes``, ``contacts`` and
+``calls`` index each output's files (``state/index.py``).
 
 The NDJSON files stay the source of truth for results; this database adds what they do not
 keep (the runs, every call's times) and an index of them that makes start-up fast. SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
@@ -69,7 +69,18 @@ MIGRATIONS = (
         path TEXT NOT NULL UNIQUE,
         results_bytes INTEGER NOT NULL DEFAULT 0,
         errors_bytes INTEGER NOT NULL DEFAULT 0,
+        folded INTEGER NOT NULL DEFAULT 0,
         snapshot BLOB
+    )""",
+    """CREATE TABLE outcomes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        output_id INTEGER NOT NULL,
+        person INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        run_id TEXT,
+        line_offset INTEGER NOT NULL,
+        at REAL NOT NULL
     )""",
     """CREATE TABLE contacts (
         output_id INTEGER NOT NULL,
@@ -97,7 +108,6 @@ MIGRATIONS = (
         credits REAL NOT NULL DEFAULT 0,
         paid_twice INTEGER NOT NULL DEFAULT 0
     )""",
-    "CREATE INDEX calls_by_request ON calls (request_id)",
     # 3: an export mark also says where its lines end, so that export --new seeks there.
     "ALTER TABLE export_marks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
 )

@@ -29,7 +29,7 @@ from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, re
 from octave_bulk.state.files import repair_tail
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet, id_key
-from octave_bulk.state.index import CatchUp, ContactRow, OutputIndex, Snapshot
+from octave_bulk.state.index import CatchUp, OutcomeRow, OutputIndex, Snapshot
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.paths import OutputPaths
 
@@ -101,7 +101,7 @@ def scan_results(
     *,
     repair: bool = True,
     base: ResultsScan | None = None,
-    on_row: Callable[[ContactRow], None] | None = None,
+    on_row: Callable[[OutcomeRow], None] | None = None,
 ) -> ResultsScan:
     """Repair the tail of the results file (unless ``repair`` is false: then a torn last line
     is only ignored, for readers that must not write) and build its done-set - from ``base``
@@ -183,7 +183,7 @@ def scan_errors(
     *,
     repair: bool = True,
     base: ErrorsScan | None = None,
-    on_row: Callable[[ContactRow], None] | None = None,
+    on_row: Callable[[OutcomeRow], None] | None = None,
 ) -> ErrorsScan:
     """Repair the errors file's tail (unless ``repair`` is false); the last record of each id
     decides its kind (from ``base`` on, when given). ``on_row`` gets index rows."""

@@ -5,7 +5,7 @@ indexes its files again from the first byte (under the output's run lock: never 
 writes). Calls come back as the files tell them: one per line, attempt 0, no times. The runs
 table is kept (the files do not hold what it records). :func:`check` reads the files alone and
 compares each person's latest success (requestId and byte offset) and the coverage with the
-ledger's rows; it writes nothing.
+ledger's rows (``contacts``, and the ``outcomes`` not folded into it yet); it writes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from octave_bulk.state.history import RunHistory
-from octave_bulk.state.index import ContactRow, OutputIndex, signed
+from octave_bulk.state.index import OutcomeRow, OutputIndex, signed
 from octave_bulk.state.ledger import NdjsonLedger, scan_results
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
@@ -47,21 +47,14 @@ def check(paths: OutputPaths, ledger: Path | None = None) -> dict[str, Any]:
     Raises:
         StateError: the ledger cannot be read.
     """
-    rows: list[ContactRow] = []
+    rows: list[OutcomeRow] = []
     scan = scan_results(paths.results, repair=False, on_row=rows.append)
     expected = {signed(person): (rid, offset) for person, rid, _, _, offset in rows}
     errors_size = paths.errors.stat().st_size if paths.errors.exists() else 0
     with RunHistory.open(ledger or paths.ledger, readonly=True) as history:
         index = OutputIndex(history, paths.results, readonly=True)
         covered = index.coverage()
-        found = {
-            row[0]: (row[1], row[2])
-            for row in history.query(
-                "SELECT person, success_request_id, success_offset FROM contacts "
-                "WHERE output_id = ? AND success_request_id IS NOT NULL",
-                (index.output_id,),
-            )
-        }
+        found = index.latest_successes()
         counts = index.counts()
     differ = [
         person
