@@ -13,8 +13,9 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from octave_bulk.cli import cli
+from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
-from tests.helpers import read_lines, side, write_contacts
+from tests.helpers import Run, read_lines, side, write_contacts
 
 
 def run(url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Result:
@@ -152,3 +153,38 @@ def test_a_ledger_locked_by_another_writer_stops_before_any_call(
     assert calls(sim) == 3
     assert len(read_lines(tmp_path / "out.ndjson")) == 3  # nothing lost either
     assert run(sim.url, tmp_path).exit_code == 0 and calls(sim) == 6
+
+
+def test_two_runs_at_once_share_one_ledger(make_sim: Any, tmp_path: Path) -> None:
+    """Two outputs, one ``--ledger`` (one budget for two pipelines), running at the same time:
+    one writer at a time, both complete, each output's rows agree with its files."""
+    sim = make_sim(latency=parse_latency("20ms:0.3"))
+    shared = tmp_path / "shared.ledger.sqlite"
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_contacts(folder / "in.csv", 300, start=0 if name == "a" else 1000)
+        runs.append(
+            Run(
+                sim.url,
+                folder / "in.csv",
+                folder / "out.ndjson",
+                "--ledger",
+                str(shared),
+                "--concurrency",
+                "16",
+            )  # fmt: skip
+        )
+    for run_ in runs:
+        code, log = run_.finish()
+        assert code == 0, log
+    assert calls(sim) == 600
+    for name in ("a", "b"):
+        out = tmp_path / name / "out.ndjson"
+        checked = CliRunner().invoke(cli, ["ledger", "check", str(out), "--ledger", str(shared)])
+        assert checked.exit_code == 0, checked.output
+        assert json.loads(checked.output)["people_in_ledger"] == 300
+    with sqlite3.connect(shared) as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 600

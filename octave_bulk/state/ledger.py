@@ -5,10 +5,13 @@ requestIds with a durable success), the contacts whose last outcome was a failur
 or retryable, and not done since), and the calls that were on the wire when the last run died.
 The results file stays the source of truth; a ledger only indexes it.
 
-:class:`NdjsonLedger`, the first implementation, scans the files themselves. On start it
-repairs a torn last line (a kill -9 can only tear the line being written), then builds the
-done-set. Every results line starts with ``{"requestId":"...``, so the scan finds the id with a
-byte search instead of parsing JSON (docs/performance.md, section "Resume scan and done-set").
+:class:`NdjsonLedger` scans the files. On start it repairs a torn last line (a kill -9 can
+only tear the line being written), then builds the done-set. Every results line starts with
+``{"requestId":"...``, so the scan finds the id with a byte search instead of parsing JSON
+(docs/performance.md, section "Resume scan and done-set"). Given the ledger database's index
+(``state/index.py``), it starts from the snapshot the last run saved and reads only the lines
+written since, and it indexes the lines the database lacks (:class:`~octave_bulk.state.index.
+CatchUp`): a million results load in a fraction of a second (docs/performance.md, "Ledger").
 A result written before the person key (a *legacy* id, :mod:`octave_bulk.identity`) also puts
 the id this version derives for its contact in the done-set: an old output is adopted without
 paying anyone again.
