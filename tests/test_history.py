@@ -159,3 +159,33 @@ def test_a_shared_ledger_keeps_one_budget_for_two_outputs(make_sim: Any, tmp_pat
     (only,) = json.loads(listed.output)
     assert only["paid_calls"] == 4 and only["stop_reason"] == "budget"
     assert not side(tmp_path / "a.ndjson", ".ledger.sqlite").exists()
+
+
+def test_processes_opening_a_new_shared_ledger_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Two runs starting together on a new shared ledger: the second waits for the first's
+    migration and must not apply it again ("table runs already exists")."""
+    import threading
+
+    from octave_bulk.state.history import RunHistory
+
+    for attempt in range(20):
+        path = tmp_path / f"shared-{attempt}.sqlite"
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def open_it(
+            path: Path = path, errors: list[BaseException] = errors, start: Any = start
+        ) -> None:
+            start.wait()
+            try:
+                with RunHistory.open(path) as history:
+                    history.runs()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors

@@ -153,7 +153,7 @@ class RunHistory:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
             if not readonly:
-                db.execute("PRAGMA journal_mode = WAL")
+                _wal(db, timeout)
                 db.execute("PRAGMA synchronous = NORMAL")
                 _migrate(db, path)
             yield cls(db, path)
@@ -245,6 +245,21 @@ class RunHistory:
             return self._db.execute(sql, values).fetchall()
 
 
+def _wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. The switch needs the database to itself, and SQLite answers "locked"
+    at once (no busy wait) while another process opens a new database: try again until
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
@@ -256,6 +271,9 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         return
     with db:
         db.execute("BEGIN IMMEDIATE")
+        # Read again under the write lock: another process may have migrated meanwhile (two
+        # runs starting at once on a new shared ledger).
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         for step in MIGRATIONS[version:]:
             db.execute(step)
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")

@@ -148,15 +148,13 @@ class OutputIndex:
 
     def __init__(self, history: RunHistory, output: Path, *, readonly: bool = False) -> None:
         self.history, self.path = history, str(output.resolve())
+        self.output_id: int | None = None
+        if not readonly:
+            with history.transaction() as db:  # another output's run may be creating its own
+                db.execute("INSERT OR IGNORE INTO outputs (path) VALUES (?)", (self.path,))
         found = history.query("SELECT output_id FROM outputs WHERE path = ?", (self.path,))
         if found:
-            self.output_id: int | None = int(found[0][0])
-        elif readonly:
-            self.output_id = None
-        else:
-            with history.transaction() as db:
-                cursor = db.execute("INSERT INTO outputs (path) VALUES (?)", (self.path,))
-                self.output_id = cursor.lastrowid
+            self.output_id = int(found[0][0])
 
     def coverage(self) -> tuple[int, int]:
         """Bytes of (results, errors) that the rows cover."""
