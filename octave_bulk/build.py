@@ -35,28 +35,44 @@ def request_spec(settings: Settings) -> RequestSpec:
         instructions=settings.instructions,
         playbook_selection_context=settings.playbook_selection_context,
         include_full_annotation=settings.include_full_annotation,
+        url=settings.url,
+        prospect_limit=settings.prospect_limit,
+        search_context=settings.search_context,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class BuiltRequest:
-    """A request that passed the model: its requestId, its done-set key, the body to send."""
+    """A request that passed the model: its requestId, its done-set key, the body to send,
+    and the contact as the results record it (the body, plus the row's CRM ids when the
+    agent's body leaves them out: a write-back needs them)."""
 
     request_id: str
     key: int
     wire: dict[str, Any]
+    record: dict[str, Any]
+
+
+_CRM_IDS = ("crmContactId", "crmLeadId", "crmAccountId")
 
 
 def build_request(
     contact: Contact, spec: RequestSpec, agent: Agent | None = None
 ) -> BuiltRequest | Reject:
     """Build the request for one contact, or a reject naming the field the model refused."""
-    body = (agent or get_agent()).build_body(contact, spec)
+    agent = agent or get_agent()
+    body = agent.build_body(contact, spec)
     if isinstance(body, Reject):
         return body
     if not body.get("requestId"):
-        body["requestId"] = derive_request_id(body)
-    return BuiltRequest(body["requestId"], id_key(body["requestId"]), body)
+        body["requestId"] = derive_request_id(body, agent.kind)
+    if agent.sends_request_id:
+        return BuiltRequest(body["requestId"], id_key(body["requestId"]), body, body)
+    request_id = body.pop("requestId")
+    kept = _CRM_IDS if agent.subject == "person" else ("crmAccountId",)
+    fields = contact.fields
+    record = body | {name: fields[name] for name in kept if fields.get(name) and name not in body}
+    return BuiltRequest(request_id, id_key(request_id), body, record)
 
 
 class RequestBuilder:
@@ -89,10 +105,11 @@ class RequestBuilder:
             return built
         first = self._first_line.setdefault(built.key, contact.line)
         what = "request"
-        person = person_key(built.wire, self.key_field)
+        person = person_key(built.wire, self.key_field, self.agent.kind)
         if first == contact.line and person is not None:
             first = self._first_line.setdefault(id_key(person), contact.line)
-            what = f"person ({person.partition(':')[0]})"
+            subject = "company" if self.agent.subject == "company" else "person"
+            what = f"{subject} ({person.rpartition('|')[2].partition(':')[0]})"
         if first == contact.line:
             return built
         message = f"the same {what} as line {first} (requestId {built.request_id})"

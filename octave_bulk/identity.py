@@ -4,7 +4,10 @@ and the requestId derived from both (docs/design.md, section "Resume and paying 
 * **Person key**: the normalised email (the address the sequence is written for), else the
   normalised LinkedIn profile, else the CRM id (``crmContactId``, then ``crmLeadId``). Two rows
   of one person share it, whatever their CRM record ids. ``--key FIELD`` makes one field the
-  key instead (``crmAccountId`` for company-level work: one request per account).
+  key instead (``crmAccountId`` for company-level work: one request per account). A company
+  (the body of a company agent) is keyed by its domain, else its account id, else its name:
+  two rows of one domain are one company. Every agent but the Sequence Agent prefixes the
+  key with its kind, and puts its kind into the requestId.
 * **Content**: every field of the request body that shapes the agent's output (names, title,
   company, domain, language, context, instructions, format, agent, ...), never the CRM ids
   (they name records, not people) nor the ``requestId``. Unmapped input columns never reach
@@ -44,9 +47,18 @@ LEGACY_PREFIX = "ob-"
 _NOT_CONTENT = frozenset({"requestId", "crmContactId", "crmLeadId", "crmAccountId"})
 
 
-def person_key(body: Mapping[str, Any], field: str | None = None) -> str | None:
-    """The person a request body is for, or None when it names nobody. ``field`` (``--key``)
-    names the field that identifies a person instead (a CRM id for company-level work)."""
+def person_key(
+    body: Mapping[str, Any], field: str | None = None, kind: str = "sequence"
+) -> str | None:
+    """The person (or company) a request body is for, or None when it names nobody.
+    ``field`` (``--key``) names the field that identifies it instead (a CRM id for
+    company-level work); ``kind``, the agent, prefixes the key of every agent but the
+    Sequence Agent (one person enriched and written to are two entries)."""
+    key = _key(body, field)
+    return key if key is None or kind == "sequence" else f"{kind}|{key}"
+
+
+def _key(body: Mapping[str, Any], field: str | None) -> str | None:
     if field is not None:
         value = body.get(field)
         return f"{field}:{str(value).strip().lower()}" if value else None
@@ -57,13 +69,22 @@ def person_key(body: Mapping[str, Any], field: str | None = None) -> str | None:
     for name in ("crmContactId", "crmLeadId"):
         if value := body.get(name):
             return f"crm:{value}"
+    # A company (the company agents' bodies hold no person): its domain, account or name.
+    if domain := body.get("companyDomain"):
+        return "domain:" + str(domain).strip().lower().removeprefix("www.")
+    if account := body.get("crmAccountId"):
+        return f"account:{account}"
+    if company := body.get("companyName"):
+        return "company:" + " ".join(str(company).lower().split())
     return None
 
 
-def person_hash(body: Mapping[str, Any], field: str | None = None) -> str | None:
+def person_hash(
+    body: Mapping[str, Any], field: str | None = None, kind: str = "sequence"
+) -> str | None:
     """The person key as results lines carry it (``personKey``): 16 hex digits of its
     :func:`~octave_bulk.state.idset.id_key`, so that a scan finds people without parsing."""
-    key = person_key(body, field)
+    key = person_key(body, field, kind)
     return None if key is None else f"{id_key(key):016x}"
 
 
@@ -83,9 +104,11 @@ def content_of(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in _NOT_CONTENT}
 
 
-def derive_request_id(body: Mapping[str, Any]) -> str:
-    """The requestId of a body from its person key and content (``requestId`` ignored)."""
-    payload = [person_key(body), content_of(body)]
+def derive_request_id(body: Mapping[str, Any], kind: str = "sequence") -> str:
+    """The requestId of a body from its agent, person key and content (``requestId``
+    ignored); the Sequence Agent's ids leave the agent out (as they always have)."""
+    person, content = person_key(body), content_of(body)
+    payload = [person, content] if kind == "sequence" else [kind, person, content]
     digest = hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return _PREFIX + digest[:32]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from octave_bulk.agents import COMPANY_AGENTS
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.settings import Settings
 
@@ -23,6 +24,7 @@ def reader_options(settings: Settings) -> ReaderOptions:
         max_field_bytes=settings.max_field_bytes,
         context_templates=dict(settings.context_templates),
         instruction_templates=dict(settings.instruction_templates),
+        subject="company" if settings.agent_type in COMPANY_AGENTS else "person",
     )
 
 

@@ -8,6 +8,7 @@ a key file, never from a flag or the config file, and is held as a ``SecretStr``
 from __future__ import annotations
 
 import contextvars
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -109,8 +110,25 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="From OCTAVE_API_KEY or a key file only, never a flag or the file."
     )
-    agent_oid: str | None = Field(None, description="Sequence agent to run (ca_...).")
+    agent_type: Literal[
+        "sequence",
+        "enrich-person",
+        "enrich-company",
+        "qualify-person",
+        "qualify-company",
+        "content",
+        "call-prep",
+        "prospector",
+    ] = Field("sequence", description="Which Octave agent --agent is.")
+    agent_oid: str | None = Field(None, description="Agent to run (ca_...).")
     experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
+    url: str | None = Field(None, description="Content agent: the page the content is about.")
+    prospect_limit: int | None = Field(
+        None, ge=1, le=1000, description="Prospector: people per company (1-1000)."
+    )
+    search_context: str | None = Field(
+        None, description="Prospector: the searchContext object, as JSON."
+    )
 
     # Pacing
     rate: float | None = Field(
@@ -235,6 +253,19 @@ class Settings(BaseSettings):
         if value is not None and value not in CANONICAL_FIELDS:
             msg = f"unknown key field {value!r}; one of {', '.join(CANONICAL_FIELDS)}"
             raise ValueError(msg)
+        return value
+
+    @field_validator("search_context")
+    @classmethod
+    def _json_object(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError('must be a JSON object, e.g. {"fuzzyTitles": ["VP Sales"]}')
         return value
 
     @field_validator("budget")

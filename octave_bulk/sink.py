@@ -125,6 +125,7 @@ class Sink:
         interval: longest time a record waits for its commit, seconds.
         run_id: the run's id, written into every line.
         key_field: the field that identifies a person (``--key``), else the default key.
+        kind: the agent's kind (part of the person key of every agent but ``sequence``).
         index: the ledger's index of this output, given each group's rows after its fsync
             (``state/index.py``); a group it cannot take (a locked ledger) goes with the next.
         resent: requestIds in flight when an earlier run died: their calls may pay twice.
@@ -135,6 +136,7 @@ class Sink:
         *,
         run_id: str,
         key_field: str | None = None,
+        kind: str = "sequence",
         results: NdjsonAppender,
         errors: NdjsonAppender,
         on_durable: Callable[[Success | Failure, int], None],
@@ -144,7 +146,7 @@ class Sink:
         index: OutputIndex | None = None,
         resent: Collection[str] = (),
     ) -> None:
-        self._run_id, self._key_field = run_id, key_field
+        self._run_id, self._key_field, self._kind = run_id, key_field, kind
         self._index, self._resent = index, frozenset(resent)
         self._unindexed: tuple[list[OutcomeRow], list[CallRow]] = ([], [])
         self._results, self._errors = results, errors
@@ -156,7 +158,7 @@ class Sink:
 
     def write(self, item: Success | Failure) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
-        key = person_key(item.contact, self._key_field)
+        key = person_key(item.contact, self._key_field, self._kind)
         person = id_key(key) if key is not None else None
         if isinstance(item, Success):
             offset = self._results.size

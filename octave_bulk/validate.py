@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from octave_bulk.agents.base import RequestSpec
+from octave_bulk.agents.base import Agent, RequestSpec
 from octave_bulk.build import BuiltRequest, RequestBuilder
 from octave_bulk.input.mapping import ResolvedMapping
 from octave_bulk.input.reader import ContactReader, ReaderOptions
@@ -91,7 +91,11 @@ def _open_private(path: Path) -> BinaryIO:
 
 
 def validate_input(
-    path: str | Path, options: ReaderOptions, spec: RequestSpec, rejects_path: Path | None
+    path: str | Path,
+    options: ReaderOptions,
+    spec: RequestSpec,
+    rejects_path: Path | None,
+    agent: Agent | None = None,
 ) -> ValidationReport:
     """Read, map and validate ``path`` exactly as ``run`` would, without any API call.
 
@@ -106,7 +110,7 @@ def validate_input(
         ConfigError: bad options, overrides or templates.
     """
     counts: collections.Counter[str] = collections.Counter()
-    builder = RequestBuilder(spec)
+    builder = RequestBuilder(spec, agent=agent)
     valid = 0
     with ContactReader(path, options) as reader:
         out = _open_private(rejects_path) if rejects_path is not None else None

@@ -88,7 +88,7 @@ async def test_real_run_through_every_preset(make_sim: Any, tmp_path: Path) -> N
     lines = {line["requestId"]: line for line in read_lines(results)}
     longest = max(len(line["response"]["data"]["emails"]) for line in lines.values())
     assert longest > 1
-    for name in PRESETS:
+    for name in (name for name, preset in PRESETS.items() if preset.agent is None):
         out = tmp_path / f"{name}.csv"
         report = export_results(results, out, preset=name)
         header, rows = read_csv(out)

@@ -31,6 +31,12 @@ class RequestSpec:
     instructions: str | None = None
     playbook_selection_context: str | None = None
     include_full_annotation: bool | None = None
+    url: str | None = None
+    """Content Agent: a page the content is about."""
+    prospect_limit: int | None = None
+    """Prospector: people per company (1-1000; the agent's own setting when unset)."""
+    search_context: str | None = None
+    """Prospector: the ``searchContext`` object, as JSON text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,13 @@ class Agent:
             or a reject naming the field at fault.
         failure: a 200 answer's payload -> None when the agent produced what was asked, else
             why not (the contact then fails as ``not_found``, not retried).
+        subject: ``person`` or ``company``: what one input row is (company rows need a
+            domain, a name or an account id instead of an email or a LinkedIn profile).
+        api_type: the agent type in Octave's agent list (``EMAIL`` for sequences).
+        sends_request_id: whether the body carries our ``requestId`` (documented for the
+            Sequence Agent only; every agent gets it as ``x-external-request-id``).
+        export_rows: a success's payload -> its export rows (column -> text; the prospector
+            gives one per person found); None for the Sequence Agent (its own layout).
     """
 
     kind: str
@@ -54,6 +67,10 @@ class Agent:
     response_model: type[BaseModel]
     build_body: Callable[[Contact, RequestSpec], dict[str, Any] | Reject]
     failure: Callable[[dict[str, Any]], str | None]
+    subject: str = "person"
+    api_type: str = "EMAIL"
+    sends_request_id: bool = True
+    export_rows: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None
 
 
 def merge_steps(global_all: str | None, row: dict[str, str], prefix: str) -> dict[str, str]:

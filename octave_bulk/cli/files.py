@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["export", "history", "status"]
 
+_SEQUENCERS = ("instantly", "smartlead", "lemlist")  # their importers get no CRM id columns
+_AGENT_PRESETS = ("enrich-person", "enrich-company", "qualify-person", "qualify-company",
+                  "content", "call-prep", "prospector")  # fmt: skip
 _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared one)."
 
 
@@ -25,10 +28,24 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
 @click.option("-o", "--output", "target", required=True, help="CSV file to write, or - for stdout.")
 @click.option(
     "--preset",
-    type=click.Choice(["generic", "instantly", "smartlead", "lemlist"]),
+    type=click.Choice(
+        [
+            "generic",
+            "instantly",
+            "smartlead",
+            "lemlist",
+            "enrich-person",
+            "enrich-company",
+            "qualify-person",
+            "qualify-company",
+            "content",
+            "call-prep",
+            "prospector",
+        ]  # fmt: skip
+    ),
     default="generic",
     show_default=True,
-    help="Column names for the sequencer you import into.",
+    help="Column names for the sequencer you import into, or an agent's own columns.",
 )
 @click.option(
     "--body-format",
@@ -103,7 +120,7 @@ def export(
                 start = since.replace(tzinfo=datetime.UTC).timestamp()
                 recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
                 selected = frozenset(recent) if selected is None else selected & recent
-            others = _other_records(path, ledger) if preset == "generic" else None
+            others = _other_records(path, ledger) if preset not in _SEQUENCERS else None
             report = export_results(
                 path,
                 target,
@@ -125,10 +142,12 @@ def export(
         click.echo(f"warning: {warning}", err=True)
     where = "stdout" if target == "-" else target
     older = f" ({report.superseded} older results left out)" if report.superseded else ""
-    click.echo(
-        f"exported {report.rows} contacts with up to {report.steps} steps to {where}{older}",
-        err=True,
+    what = (
+        f"{report.rows} rows with {len(report.agent_columns)} {preset} columns"
+        if preset in _AGENT_PRESETS
+        else f"{report.rows} contacts with up to {report.steps} steps"
     )
+    click.echo(f"exported {what} to {where}{older}", err=True)
 
 
 def _other_records(results: Path, ledger: Path | None) -> dict[int, str] | None:

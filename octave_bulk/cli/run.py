@@ -126,7 +126,7 @@ def _resend_against(input_path: str, output: str, settings: Any) -> dict[str, An
     help="OUT.ndjson whose rejects file to write [default: INPUT without its extension].",
 )
 @config_option
-@settings_options("agent_oid", "experiment_oid")
+@settings_options("agent_type", "agent_oid", "experiment_oid")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @settings_options(*INPUT_FIELDS)
 def validate(
@@ -142,6 +142,7 @@ def validate(
     """
     import json
 
+    from octave_bulk.agents import get_agent
     from octave_bulk.build import request_spec
     from octave_bulk.intake import reader_options
     from octave_bulk.state.paths import OutputPaths
@@ -159,7 +160,11 @@ def validate(
             output = str(stem) + ".ndjson"
         rejects = OutputPaths.for_output(output).rejects
         report = validate_input(
-            input_path, reader_options(settings), request_spec(settings), rejects
+            input_path,
+            reader_options(settings),
+            request_spec(settings),
+            rejects,
+            get_agent(settings.agent_type),
         )
         # The target is part of every request: without it, no comparison with OUT's results.
         resend = _resend_against(input_path, output, settings) if targeted else None

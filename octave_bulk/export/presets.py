@@ -12,6 +12,12 @@ field sent):
 - ``lemlist`` (its own camelCase variable names): ``email, firstName, lastName, companyName,
   jobTitle, linkedinUrl, companyDomain``; 30,000 characters per subject/body cell.
 
+Each agent but the Sequence Agent has a preset of its own name: the input's identity columns
+(a person's as ``generic``; for company agents ``input_company_domain, input_company_name,
+crm_account_id``) and its CRM ids, then the agent's own columns (``Agent.export_rows``: e.g.
+firmographics, score and one column per qualifying question; the prospector one row per person
+found), then ``request_id, completed_at``.
+
 30,000 is Outreach's documented custom-field limit, the smallest one documented for a sequencer
 (HubSpot allows 65,536; Instantly, Smartlead and lemlist publish none), and far above a real
 email. It applies to the generated cells (subjects and bodies) only: identity cells come from
@@ -37,22 +43,28 @@ class Preset:
         name: the preset's name (``--preset``).
         columns: ``(output column, contact field)`` pairs, in output order.
         max_field_chars: default cell length limit, or None for no limit.
+        agent: for an agent's preset, its kind: the agent's export columns
+            (``Agent.export_rows``) replace the steps, and ``num_steps`` is left out.
     """
 
     name: str
     columns: tuple[tuple[str, str], ...]
     max_field_chars: int | None
+    agent: str | None = None
 
     @property
     def fields(self) -> list[str]:
         """The contact fields of the identity columns, in output order."""
         return [name for _, name in self.columns]
 
-    def header(self, steps: int) -> list[str]:
-        """The CSV header for ``steps`` step column pairs."""
+    def header(self, steps: int, agent_columns: tuple[str, ...] = ()) -> list[str]:
+        """The CSV header for ``steps`` step column pairs (or an agent's columns)."""
+        identity = [column for column, _ in self.columns]
+        if self.agent is not None:
+            return [*identity, *agent_columns, *_TRAILING[1:]]
         parts = ("subject", "body")
         step_columns = [f"step{n}_{part}" for n in range(1, steps + 1) for part in parts]
-        return [*(column for column, _ in self.columns), *step_columns, *_TRAILING]
+        return [*identity, *step_columns, *_TRAILING]
 
     def limit(self, max_field_chars: int | None) -> int | None:
         """The cell length limit: ``None`` takes the preset's default, ``0`` means no limit."""
@@ -103,3 +115,20 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 """The presets by name."""
+
+_CRM_IDS = (
+    ("crm_contact_id", "crmContactId"),
+    ("crm_lead_id", "crmLeadId"),
+    ("crm_account_id", "crmAccountId"),
+    ("other_crm_ids", OTHER_CRM_IDS),
+)
+_COMPANY = (
+    ("input_company_domain", "companyDomain"),
+    ("input_company_name", "companyName"),
+    ("crm_account_id", "crmAccountId"),
+    ("other_crm_ids", OTHER_CRM_IDS),
+)
+for _kind in ("enrich-person", "qualify-person", "content", "call-prep"):
+    PRESETS[_kind] = Preset(_kind, (*_SNAKE, *_CRM_IDS), None, _kind)
+for _kind in ("enrich-company", "qualify-company", "prospector"):
+    PRESETS[_kind] = Preset(_kind, _COMPANY, None, _kind)

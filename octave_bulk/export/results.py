@@ -21,7 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -78,9 +78,14 @@ class Result:
     steps: list[tuple[str, str, bool]]
     run_id: str = ""
     person: int | None = None
+    rows: list[dict[str, str]] | None = None
+    """An agent's export rows (for an agent's preset), instead of steps."""
 
     def blank(self) -> bool:
-        """No step, or a step whose subject is empty or whitespace or whose body shows no text."""
+        """No step, or a step whose subject is empty or whitespace or whose body shows no
+        text; for an agent's result, no export row."""
+        if self.rows is not None:
+            return not self.rows
         if not self.steps:
             return True
         for subject, body, html_body in self.steps:
@@ -89,8 +94,11 @@ class Result:
         return False
 
 
-def parse_line(line: bytes) -> Result | None:
-    """A results line, or None when it is not one."""
+def parse_line(
+    line: bytes, rows_of: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None
+) -> Result | None:
+    """A results line, or None when it is not one. With ``rows_of`` (an agent's
+    ``export_rows``), the response gives the result's rows instead of steps."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -100,15 +108,21 @@ def parse_line(line: bytes) -> Result | None:
     rid, contact = record.get("requestId"), record.get("contact")
     if not (isinstance(rid, str) and rid and isinstance(contact, dict)):
         return None
-    try:
-        response = _Response.model_validate(record.get("response"))
-    except ValidationError:
-        return None
-    requested = contact.get("outputFormat")
-    steps = []
-    for email in response.data.emails:
-        subject, body = email.subject or "", email.email or ""
-        steps.append((subject, body, is_html(body, requested)))
+    steps, rows = [], None
+    if rows_of is not None:
+        payload = record.get("response")
+        if not isinstance(payload, dict):
+            return None
+        rows = rows_of(payload)
+    else:
+        try:
+            response = _Response.model_validate(record.get("response"))
+        except ValidationError:
+            return None
+        requested = contact.get("outputFormat")
+        for email in response.data.emails:
+            subject, body = email.subject or "", email.email or ""
+            steps.append((subject, body, is_html(body, requested)))
     done, run_id, person = record.get("completedAt"), record.get("runId"), record.get("personKey")
     return Result(
         rid,
@@ -117,6 +131,7 @@ def parse_line(line: bytes) -> Result | None:
         steps,
         run_id if isinstance(run_id, str) else "",
         read_person_hash(person),
+        rows,
     )
 
 

@@ -37,7 +37,7 @@ import contextlib
 import csv
 import io
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -78,6 +78,7 @@ class ExportReport:
         truncated_ids: requestIds of those rows.
         torn_tail: a last line without its newline was ignored.
         superseded: older results of people with a later one, left out (not a problem).
+        agent_columns: an agent preset's own columns, in the order first met.
     """
 
     out: str
@@ -97,6 +98,7 @@ class ExportReport:
     truncated_ids: list[str] = field(default_factory=list)
     torn_tail: bool = False
     superseded: int = 0
+    agent_columns: list[str] = field(default_factory=list)
 
     def warnings(self) -> list[str]:
         """One sentence per problem, for stderr (empty when there is nothing to say)."""
@@ -191,7 +193,12 @@ def export_results(
     latest = None if all_versions else IdSet(1024, with_values=True)
     if after_byte and not _ends_line(results, after_byte):
         after_byte = 0
-    wanted = _Selection(after_line, run_ids, latest, present, after_byte)
+    rows_of = None
+    if layout.agent is not None:
+        from octave_bulk.agents import get_agent
+
+        rows_of = get_agent(layout.agent).export_rows
+    wanted = _Selection(after_line, run_ids, latest, present, after_byte, rows_of)
     complete = _first_pass(results, report, wanted)
     with _open_out(out) as stream:
         _second_pass(results, complete, stream, layout, report, wanted, other_crm_ids or {})
@@ -211,6 +218,7 @@ class _Selection:
     latest: IdSet | None  # person key -> the line of the person's latest result
     present: IdSet | None  # the people still in the CRM export
     after_byte: int = 0  # where line ``after_line`` ends (0: read from the start)
+    rows_of: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None  # an agent's rows
 
     @property
     def first_line(self) -> int:
@@ -244,6 +252,7 @@ def _person(result: Result) -> int:
 def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
     """Count complete lines, note bad lines and blank results, and find N."""
     complete, size = wanted.first_line - 1, wanted.after_byte
+    columns: dict[str, None] = {}  # an agent's columns, in the order first met
     for line in read_lines(results, offset=size):
         if not line.endswith(b"\n"):
             report.torn_tail = True
@@ -252,7 +261,7 @@ def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
         size += len(line)
         if not line.strip() or complete <= wanted.after_line:
             continue
-        result = parse_line(line)
+        result = parse_line(line, wanted.rows_of)
         if result is not None and wanted.skips(complete, result):
             continue
         if result is None:
@@ -263,8 +272,11 @@ def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
             _note(report.skipped_blank, result.request_id)
         else:
             report.steps = max(report.steps, len(result.steps))
+            for row in result.rows or ():
+                columns.update(dict.fromkeys(row))
             wanted.note(complete, result)
     report.lines, report.bytes = complete, size
+    report.agent_columns = list(columns)
     return complete
 
 
@@ -279,7 +291,7 @@ def _second_pass(
 ) -> None:
     """Write the header and one row per exportable result among the first ``complete`` lines."""
     writer = csv.writer(stream)
-    writer.writerow(layout.header(report.steps))
+    writer.writerow(layout.header(report.steps, tuple(report.agent_columns)))
     fields = layout.fields
     padding = [""] * (2 * report.steps)
     to_html = report.body_format == "html"
@@ -289,7 +301,7 @@ def _second_pass(
     for number, line in enumerate(lines, first):
         if not line.strip() or number <= wanted.after_line:
             continue
-        result = parse_line(line)
+        result = parse_line(line, wanted.rows_of)
         if result is None or result.blank() or wanted.skips(number, result):
             continue
         if wanted.superseded(number, result):
@@ -300,6 +312,13 @@ def _second_pass(
             contact = {**contact, OTHER_CRM_IDS: others}
         values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)
         identity = [escape_formula(cell) for cell in values]
+        if result.rows is not None:  # an agent's preset: its rows instead of steps
+            ends = [escape_formula(result.request_id), escape_formula(result.completed_at)]
+            for row in result.rows:
+                cells = [escape_formula(row.get(name, "")) for name in report.agent_columns]
+                writer.writerow([*identity, *cells, *ends])
+                report.rows += 1
+            continue
         texts: list[str] = []
         for subject, body, html_body in result.steps:
             texts += (

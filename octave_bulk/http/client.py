@@ -247,6 +247,7 @@ async def open_client(
             api_key=settings.api_key or SecretStr(""),
             timeout=settings.timeout if read_timeout is None else read_timeout,
             connect_timeout=settings.connect_timeout,
+            agent=get_agent(settings.agent_type),
         )
 
 

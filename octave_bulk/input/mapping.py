@@ -18,6 +18,7 @@ from every other column; ``Column=`` (empty field) leaves the column unmapped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -241,6 +242,23 @@ class ResolvedMapping:
     def has_identity(self) -> bool:
         """Whether some column feeds ``email`` or ``linkedInProfile``."""
         return bool(self.fields & {"email", "linkedInProfile"})
+
+    @property
+    def has_company_identity(self) -> bool:
+        """Whether some column feeds ``companyDomain``, ``companyName`` or ``crmAccountId``."""
+        return bool(self.fields & {"companyDomain", "companyName", "crmAccountId"})
+
+    def for_companies(self) -> ResolvedMapping:
+        """The mapping of a company or account export: its record id (which the contact
+        profiles read as ``crmContactId``/``crmLeadId``) is the ``crmAccountId``, unless a
+        column already feeds that."""
+        if "crmAccountId" in self.fields:
+            return self
+        renamed = tuple(
+            (column, "crmAccountId" if target in ("crmContactId", "crmLeadId") else target)
+            for column, target in self.columns
+        )
+        return dataclasses.replace(self, columns=renamed)
 
     def render(self) -> str:
         """The mapping as lines for a terminal: profile, ``column -> field``, unmapped columns."""

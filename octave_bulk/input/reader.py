@@ -92,6 +92,12 @@ class ReaderOptions:
     max_field_bytes: int = 64 * 1024
     context_templates: dict[str, str] = field(default_factory=dict)
     instruction_templates: dict[str, str] = field(default_factory=dict)
+    subject: Literal["person", "company"] = "person"
+    """What a row must name: a person (email or LinkedIn profile) or a company (domain, name
+    or account id) for the company agents."""
+
+
+_COMPANY_IDENTITY = ("companyDomain", "companyName", "crmAccountId")
 
 
 class ContactReader:
@@ -143,7 +149,17 @@ class ContactReader:
         try:
             headers = source.headers
             self.mapping = resolve_mapping(headers, self._options.profile, self._options.overrides)
-            if not self.mapping.has_identity:
+            if self._options.subject == "company":
+                self.mapping = self.mapping.for_companies()
+                if not self.mapping.has_company_identity:
+                    shown = ", ".join(repr(h) for h in headers[:30])
+                    msg = (
+                        "no column maps to companyDomain, companyName or crmAccountId (profile "
+                        f"{self.mapping.profile}; columns: {shown}); name one with "
+                        "--map 'Column=companyDomain'"
+                    )
+                    raise InputError(msg, path=source.label, line=source.header_line)
+            elif not self.mapping.has_identity:
                 shown = ", ".join(repr(h) for h in headers[:30])
                 msg = (
                     f"no column maps to email or linkedInProfile (profile {self.mapping.profile}; "
@@ -233,7 +249,12 @@ class ContactReader:
             return Reject(line, reason, name, f"{name or 'row'}{where}: {problem}", row)
 
         email, profile = fields.get("email"), fields.get("linkedInProfile")
-        if not email and not profile:
+        if self._options.subject == "company":
+            if not any(fields.get(name) for name in _COMPANY_IDENTITY):
+                return reject(
+                    "missing_identity", None, "no company domain, company name or account id"
+                )
+        elif not email and not profile:
             return reject("missing_identity", None, "neither an email nor a LinkedIn profile")
         website = fields.pop("companyDomain", None)
         domain = website_domain(website) if website else None

@@ -20,6 +20,7 @@ import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
+from octave_bulk.agents import get_agent
 from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.errors import OctaveBulkError, StopReason
 from octave_bulk.identity import person_key
@@ -79,7 +80,10 @@ class Admission:
             setattr(stats, name, getattr(stats, name) + start.counts[name])
         stats.rejects_by_reason.update(start.rejects_by_reason)
         self.builder = RequestBuilder(
-            request_spec(settings), expected_rows or 1024, key_field=settings.key
+            request_spec(settings),
+            expected_rows or 1024,
+            agent=get_agent(settings.agent_type),
+            key_field=settings.key,
         )
         self.input_error: OctaveBulkError | None = None
         self.other_records: list[tuple[int, list[str]]] = []
@@ -110,7 +114,7 @@ class Admission:
                 return SKIP
             else:
                 frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
-                return WorkItem(built.request_id, orjson.dumps(built.wire), built.wire)
+                return WorkItem(built.request_id, orjson.dumps(built.wire), built.record)
         if record.reason == "duplicate" and isinstance(record.row, dict):
             self._note_other_record(record.row)
         kind = "duplicate" if record.reason == "duplicate" else "rejected"
@@ -124,7 +128,7 @@ class Admission:
 
     def _note_other_record(self, row: dict[str, Any]) -> None:
         ids = [str(row[name]) for name in _CRM_IDS if row.get(name)]
-        person = person_key(row, self.settings.key)
+        person = person_key(row, self.settings.key, self.settings.agent_type)
         if ids and person is not None:
             self.other_records.append((id_key(person), ids))
 

@@ -37,7 +37,6 @@ from typing import Any
 import anyio
 import httpx
 
-from octave_bulk.agents import get_agent
 from octave_bulk.build import request_spec
 from octave_bulk.errors import ConfigError, ExitCode, StateError
 from octave_bulk.http.client import OctaveClient, open_client
@@ -97,7 +96,7 @@ class _Run:
         self.history: RunHistory | None = None
         self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
-        self.limits_key = limits_key(settings.base_url, get_agent().kind)
+        self.limits_key = limits_key(settings.base_url, settings.agent_type)
         remembered_rate, remembered_window = self.limits.get(self.limits_key)
         # Limits given (flag, env or config file) win over remembered ones.
         given = settings.model_fields_set
@@ -189,6 +188,7 @@ class _Run:
         sink = Sink(
             run_id=self.run_id,
             key_field=settings.key,
+            kind=settings.agent_type,
             results=results,
             errors=errors,
             on_durable=self.on_durable,

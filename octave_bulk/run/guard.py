@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from octave_bulk.agents import get_agent
 from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.identity import content_of, person_key
 from octave_bulk.input.records import Reject
@@ -99,7 +100,8 @@ def check_resend(
     persons = state.results.persons
     if (not len(persons) and not always) or str(input_path) == "-":
         return report
-    builder = RequestBuilder(request_spec(settings), key_field=settings.key)
+    agent = get_agent(settings.agent_type)
+    builder = RequestBuilder(request_spec(settings), agent=agent, key_field=settings.key)
     samples: dict[int, dict[str, Any]] = {}  # line of the old result -> the new body
     with open_contacts(input_path, settings) as reader:
         for record in reader:
@@ -112,7 +114,7 @@ def check_resend(
             if built.key in state.done:
                 report.unchanged += 1
                 continue
-            person = person_key(built.wire, settings.key)
+            person = person_key(built.wire, settings.key, agent.kind)
             line = None if person is None else persons.get(id_key(person))
             if not line:
                 continue  # a new person

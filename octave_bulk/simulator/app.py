@@ -1,4 +1,4 @@
-"""The simulator's ASGI application: Octave's sequence endpoint plus its test routes.
+"""The simulator's ASGI application: Octave's agent endpoints plus its test routes.
 
 Routes:
 - ``POST /api/v2/agents/sequence/run``: checks ``api_key`` (401), validates the body with the
@@ -36,9 +36,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from octave_bulk.agents import AGENT_KINDS, get_agent
+from octave_bulk.agents.base import Agent
 from octave_bulk.agents.sequence import SEQUENCE, SequenceRequest
+from octave_bulk.simulator.agents import agent_data
 from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
 from octave_bulk.simulator.content import generate_data
 
@@ -54,6 +57,8 @@ ABORT_EXTENSION = "octave_bulk.abort"
 with an RST when ``reset`` is true, else with a normal close (a truncated response)."""
 
 RUN_PATH = SEQUENCE.path
+AGENT_PATHS = {agent.path: agent for agent in map(get_agent, AGENT_KINDS)}
+"""Every agent's endpoint (the same faults, latency and limits for all)."""
 VALIDATE_PATH = "/api/v2/api-key/validate"
 _NORMAL = NormalDist()
 _IMMEDIATE = frozenset({"429", "400", "401", "402", "403"})
@@ -187,8 +192,8 @@ class Simulator:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        if path == RUN_PATH and method == "POST":
-            await self._run(scope, receive, send)
+        if path in AGENT_PATHS and method == "POST":
+            await self._run(scope, receive, send, AGENT_PATHS[path])
         elif path == VALIDATE_PATH and method == "GET":
             await self._validate_key(scope, send)
         elif path == "/__simulator/stats" and method == "GET":
@@ -243,7 +248,7 @@ class Simulator:
         }
         await _send_json(send, 200, {**_envelope("API key is valid", None), "data": data})
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, agent: Agent) -> None:
         arrived = time.monotonic()
         if self.first_call_unix is None:
             self.first_call_unix = time.time()
@@ -253,13 +258,14 @@ class Simulator:
             await self._error(send, "401")
             return
         try:
-            request = SequenceRequest.model_validate_json(body)
+            request = agent.request_model.model_validate_json(body)
         except ValidationError as exc:
             self.totals["bad_request"] += 1
             await _send_json(send, 400, _envelope("Bad request", _describe(exc)))
             self.by_status[400] += 1
             return
-        rid = request.request_id or _header(scope, b"x-external-request-id").decode() or "-"
+        own = request.request_id if isinstance(request, SequenceRequest) else None
+        rid = own or _header(scope, b"x-external-request-id").decode() or "-"
         self.calls[rid] += 1
         self.totals["calls"] += 1
         if self.first_call_at is None:
@@ -283,7 +289,7 @@ class Simulator:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self._answer(request, rid, scope, receive, send)
+            await self._answer(request, agent, rid, scope, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -330,7 +336,13 @@ class Simulator:
         return None
 
     async def _answer(
-        self, request: SequenceRequest, rid: str, scope: Scope, receive: Receive, send: Send
+        self,
+        request: BaseModel,
+        agent: Agent,
+        rid: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         cfg = self.config
         attempt = self._attempts[rid]
@@ -343,10 +355,10 @@ class Simulator:
             seconds = cfg.latency.median * math.exp(cfg.latency.sigma * z)
             await asyncio.sleep(seconds / cfg.time_scale)
         if kind == "ok":
-            await self._success(request, rid, send)
+            await self._success(request, agent, rid, send)
         elif kind == "not_found":
-            payload = {**_envelope("No sequence", None), "found": False, "data": None}
-            payload["message"] = "No emails generated for this contact"
+            payload = {**_envelope("Nothing found", None), "found": False, "data": None}
+            payload["message"] = f"The {agent.kind} agent produced nothing for this input"
             await _send_json(send, 200, payload)
             self.by_status[200] += 1
         elif kind == "429":
@@ -361,7 +373,7 @@ class Simulator:
         elif kind == "reset":
             await self._drop(scope, receive, send, reset=True)
         elif kind == "truncate":
-            raw = self._success_body(request, rid)
+            raw = self._success_body(request, agent, rid)
             await _send_start(send, 200, len(raw), b"application/json")
             await send(
                 {"type": "http.response.body", "body": raw[: len(raw) // 2], "more_body": True}
@@ -375,8 +387,14 @@ class Simulator:
         else:  # 400, 401, 402, 403, 500, 504
             await self._error(send, kind)
 
-    def _success_body(self, request: SequenceRequest, rid: str) -> bytes:
+    def _success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes:
         cfg = self.config
+        if not isinstance(request, SequenceRequest):
+            wire = request.model_dump(by_alias=True, exclude_none=True)
+            data = agent_data(agent.kind, wire, cfg.seed)
+            metadata = {"requestId": "sim_" + hashlib.blake2b(rid.encode(), digest_size=8).hexdigest(),
+                        "timestamp": _now_iso(), "usage": cfg.usage_per_run}  # fmt: skip
+            return orjson.dumps({"_metadata": metadata, "found": True, "data": data})
         content_seed = hashlib.blake2b(f"{cfg.seed}:{rid}:content".encode(), digest_size=8)
         rng = random.Random(int.from_bytes(content_seed.digest(), "big"))
         n_emails = rng.randint(cfg.emails_min, cfg.emails_max)
@@ -393,8 +411,8 @@ class Simulator:
         }
         return orjson.dumps(payload)
 
-    async def _success(self, request: SequenceRequest, rid: str, send: Send) -> None:
-        await _send(send, 200, self._success_body(request, rid), b"application/json")
+    async def _success(self, request: BaseModel, agent: Agent, rid: str, send: Send) -> None:
+        await _send(send, 200, self._success_body(request, agent, rid), b"application/json")
         self.by_status[200] += 1
         self.successes[rid] += 1
         self.totals["successes"] += 1
