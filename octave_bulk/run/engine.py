@@ -280,8 +280,9 @@ def _resume_cursor(
 
 
 def _fingerprint(settings: Settings) -> str:
-    """What must match for a resume cursor to apply: how rows are read and requests built."""
-    shape = repr((reader_options(settings), request_spec(settings)))
+    """What must match for a resume cursor to apply: the agent, how rows are read and
+    requests built."""
+    shape = repr((settings.agent_type, reader_options(settings), request_spec(settings)))
     return hashlib.sha256(shape.encode()).hexdigest()
 
 

@@ -356,6 +356,10 @@ class Simulator:
             await asyncio.sleep(seconds / cfg.time_scale)
         if kind == "ok":
             await self._success(request, agent, rid, send)
+        elif kind == "empty":
+            payload = {**_envelope("Done", None), "found": True, "data": {}}
+            await _send_json(send, 200, payload)
+            self.by_status[200] += 1
         elif kind == "not_found":
             payload = {**_envelope("Nothing found", None), "found": False, "data": None}
             payload["message"] = f"The {agent.kind} agent produced nothing for this input"

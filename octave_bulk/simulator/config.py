@@ -60,8 +60,9 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 """Kinds that can be injected at a random rate, in the fixed order used to pick a fate."""
 
-FORCEABLE_KINDS: tuple[str, ...] = (*FAULT_KINDS, "400", "401", "402", "403", "ok")
-"""Kinds that can be forced for one requestId (``--force RID=KIND``)."""
+FORCEABLE_KINDS: tuple[str, ...] = (*FAULT_KINDS, "empty", "400", "401", "402", "403", "ok")
+"""Kinds that can be forced for one requestId (``--force RID=KIND``); ``empty`` is a 200 with
+``found: true`` and an empty payload (the agent produced nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
