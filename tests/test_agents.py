@@ -179,3 +179,28 @@ def test_an_agent_run_killed_with_9_resumes_losing_nothing(
 def _complete(path: Path) -> list[dict[str, Any]]:
     raw = path.read_bytes() if path.exists() else b""
     return [json.loads(line) for line in raw.split(b"\n")[:-1]]
+
+
+def test_doctor_checks_that_the_agent_exists_and_is_of_the_type_given(make_sim: Any) -> None:
+    sim = make_sim(agents={"ca_seq": "EMAIL", "ca_score": "QUALIFY_PERSON"})
+
+    def doctor(*args: str) -> Result:
+        return CliRunner().invoke(
+            cli, ["doctor", "--base-url", sim.url, *args], env={"OCTAVE_API_KEY": TEST_KEY}
+        )
+
+    good = doctor("--agent", "ca_score", "--agent-type", "qualify-person")
+    assert good.exit_code == 0, good.output
+    assert "qualify-person agents (QUALIFY_PERSON) in this workspace: 1" in good.output
+    assert "ca_score" in good.output and "ok" in good.output
+    wrong_type = doctor("--agent", "ca_score")  # run as a sequence agent by default
+    assert wrong_type.exit_code == 2
+    assert "ca_score is a QUALIFY_PERSON agent" in wrong_type.output
+    assert "--agent-type qualify-person" in wrong_type.output
+    typo = doctor("--agent", "ca_scroe", "--agent-type", "qualify-person")
+    assert typo.exit_code == 2 and "ca_scroe does not exist" in typo.output
+    listing = doctor()
+    assert (
+        listing.exit_code == 0 and "sequence agents (EMAIL) in this workspace: 1" in listing.output
+    )
+    assert sim.stats()["totals"].get("calls", 0) == 0  # nothing paid

@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("octave_bulk.cli.tools", "A real batch against the built-in simulator: no API key, no network."),
-    "doctor": ("octave_bulk.cli.tools", "Check the settings and the API key: fingerprint, workspace and credits left."),
+    "doctor": ("octave_bulk.cli.tools", "Check the settings, the API key and the agent: workspace, credits, agent type."),
     "export": ("octave_bulk.cli.files", "One CSV row per successful contact, ready to import into a sequencer."),
     "history": ("octave_bulk.cli.files", "Every run of an output: when, sent, succeeded, failed, credits, exit."),
     "ledger": ("octave_bulk.cli.ledger", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from octave_bulk import simulator as sim
 from octave_bulk.cli.common import fail, load_settings, parsed, print_summary, run_async
 from octave_bulk.cli.options import config_option, key_file_option, settings_options
-from octave_bulk.errors import ExitCode, OctaveBulkError
+from octave_bulk.errors import ApiError, ExitCode, OctaveBulkError
 
 __all__ = ["demo", "doctor", "simulate"]
 
@@ -94,6 +95,12 @@ def _emails_range(text: str) -> tuple[int, int]:
     help="requestId=kind pairs: that id always gets that outcome (kinds above, 400-403, ok).",
 )
 @click.option(
+    "--agents",
+    default="",
+    callback=parsed(sim.parse_agents),
+    help="The workspace's agents for agents/list and agents/get: ca_ID=TYPE pairs.",
+)
+@click.option(
     "--seed", default=0, show_default=True, help="Seed: the same seed gives the same faults."
 )
 @click.option(
@@ -126,6 +133,7 @@ def simulate(
     faults: dict[str, float],
     retry_after_mix: sim.RetryAfterMix,
     force: dict[str, str],
+    agents: dict[str, str],
     seed: int,
     emails: tuple[int, int],
     require_key_file: str | None,
@@ -146,6 +154,7 @@ def simulate(
             retry_after_mix=retry_after_mix,
             faults=faults,
             forced=force,
+            agents=agents,
             emails_min=emails[0],
             emails_max=emails[1],
             api_key=key,
@@ -202,17 +211,20 @@ def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
 @click.command()
 @config_option
 @key_file_option
-@settings_options("base_url")
-def doctor(config_file: str | None, api_key_file: str | None, base_url: str | None) -> None:
-    """Check the settings and the API key: fingerprint, workspace and credits left.
+@settings_options("base_url", "agent_type", "agent_oid")
+def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> None:
+    """Check the settings, the API key and the agent: workspace, credits, agent type.
 
-    Exit 0: all good; 2: a settings problem; 3: the key was refused; 1: the API could not be reached.
+    Lists the workspace's agents of --agent-type; with --agent, checks that it exists and is
+    of that type. Exit 0: all good; 2: a settings problem, or an agent that does not exist or
+    is of another type; 3: the key was refused; 1: the API could not be reached.
     """
-    from octave_bulk.errors import ApiError, FatalApiError
+    from octave_bulk.agents import get_agent
+    from octave_bulk.errors import FatalApiError
     from octave_bulk.http.client import open_client
 
     try:
-        settings = load_settings(config_file, api_key_file, base_url=base_url)
+        settings = load_settings(config_file, api_key_file, **flags)
     except OctaveBulkError as exc:
         fail(exc)
     click.echo(f"config: ok{f' ({config_file})' if config_file else ''}")
@@ -223,18 +235,29 @@ def doctor(config_file: str | None, api_key_file: str | None, base_url: str | No
         click.echo("key: none - set OCTAVE_API_KEY or use --api-key-file", err=True)
         sys.exit(ExitCode.USAGE)
     click.echo(f"key: {settings.key_fingerprint()}")
+    api_type = get_agent(settings.agent_type).api_type
 
-    async def check() -> dict[str, object]:
+    async def check() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | ApiError]:
         async with open_client(settings, read_timeout=settings.connect_timeout + 20) as client:
-            return await client.validate_key()
+            key = await client.validate_key()
+            listed = await client.list_agents(api_type)
+            agent: dict[str, Any] | ApiError = {}
+            if settings.agent_oid:
+                try:
+                    agent = await client.get_agent_info(settings.agent_oid)
+                except ApiError as exc:  # a 404 here is an unknown agent, not a bad endpoint
+                    if isinstance(exc, FatalApiError) and exc.status != 404:
+                        raise
+                    agent = exc
+            return key, listed, agent
 
     try:
-        payload = run_async(check)
+        payload, listed, agent = run_async(check)
     except FatalApiError as exc:
         click.echo(f"key: refused ({exc.message})", err=True)
         sys.exit(ExitCode.FATAL)
     except ApiError as exc:
-        click.echo(f"API: cannot validate the key ({exc.message})", err=True)
+        click.echo(f"API: cannot check the key and agents ({exc.message})", err=True)
         sys.exit(1)
     data = payload.get("data")
     if not isinstance(data, dict):
@@ -247,3 +270,36 @@ def doctor(config_file: str | None, api_key_file: str | None, base_url: str | No
             f"(used {credits.get('totalUsed')}, period {credits.get('period')})"
         )
     click.echo("key: valid")
+    records = [r for r in listed.get("data") or [] if isinstance(r, dict)]
+    click.echo(f"{settings.agent_type} agents ({api_type}) in this workspace: {len(records)}")
+    for record in records[:20]:
+        click.echo(f"  {record.get('oId')}  {record.get('name')}  cost {record.get('costToRun')}")
+    if not settings.agent_oid:
+        return
+    problem = _agent_problem(settings.agent_oid, settings.agent_type, api_type, agent)
+    if problem:
+        click.echo(f"agent: {problem}", err=True)
+        sys.exit(ExitCode.USAGE)
+    info = agent.get("data") if isinstance(agent, dict) else None
+    info = info if isinstance(info, dict) else {}
+    click.echo(f"agent: {settings.agent_oid} '{info.get('name')}' ({api_type}), "
+               f"cost {info.get('costToRun')} per run: ok")  # fmt: skip
+
+
+def _agent_problem(
+    o_id: str, kind: str, api_type: str, agent: dict[str, Any] | ApiError
+) -> str | None:
+    """Why ``o_id`` cannot be run as ``kind`` (not found, another type), or None."""
+    from octave_bulk.agents import AGENT_KINDS, get_agent
+
+    if isinstance(agent, ApiError):
+        if agent.status == 404:
+            return f"{o_id} does not exist in this workspace (check the id)"
+        return f"cannot look {o_id} up ({agent.message})"
+    info = agent.get("data")
+    actual = info.get("type") if isinstance(info, dict) else None
+    if actual is None or actual == api_type:
+        return None
+    right = [k for k in AGENT_KINDS if get_agent(k).api_type == actual]
+    hint = f": run it with --agent-type {right[0]}" if right else ""
+    return f"{o_id} is a {actual} agent, not {api_type} ({kind}){hint}"

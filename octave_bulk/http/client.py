@@ -34,9 +34,19 @@ from octave_bulk.http.retry import status_error, transport_error
 if TYPE_CHECKING:
     from octave_bulk.settings import Settings
 
-__all__ = ["VALIDATE_PATH", "CallSuccess", "OctaveClient", "make_transport", "open_client"]
+__all__ = [
+    "AGENTS_GET_PATH",
+    "AGENTS_LIST_PATH",
+    "VALIDATE_PATH",
+    "CallSuccess",
+    "OctaveClient",
+    "make_transport",
+    "open_client",
+]
 
 VALIDATE_PATH = "/api/v2/api-key/validate"
+AGENTS_GET_PATH = "/api/v2/agents/get"
+AGENTS_LIST_PATH = "/api/v2/agents/list"
 USER_AGENT = "octave-bulk"
 
 
@@ -111,6 +121,7 @@ class OctaveClient:
         self._agent = agent or get_agent()
         self._run_url = httpx.URL(base_url.rstrip("/") + self._agent.path)
         self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
+        self._root = base_url.rstrip("/")
         self._headers = {
             "api_key": api_key.get_secret_value(),
             "content-type": "application/json",
@@ -209,8 +220,22 @@ class OctaveClient:
 
     async def validate_key(self) -> dict[str, object]:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""
+        return await self.get_json(self._validate_url)
+
+    async def get_agent_info(self, o_id: str) -> dict[str, object]:
+        """``GET /api/v2/agents/get?oId=``: one agent (type, name, costToRun); an agent that
+        does not exist is an ApiError with status 404."""
+        return await self.get_json(httpx.URL(self._root + AGENTS_GET_PATH, params={"oId": o_id}))
+
+    async def list_agents(self, api_type: str, limit: int = 50) -> dict[str, object]:
+        """``GET /api/v2/agents/list?type=``: the workspace's agents of one type."""
+        params = {"type": api_type, "limit": str(limit)}
+        return await self.get_json(httpx.URL(self._root + AGENTS_LIST_PATH, params=params))
+
+    async def get_json(self, url: httpx.URL) -> dict[str, object]:
+        """A GET (no retries: these are checks, not paid calls) and its JSON object."""
         try:
-            response = await self._send("GET", self._validate_url, self._headers, None)
+            response = await self._send("GET", url, self._headers, None)
         except Exception as exc:
             raise transport_error(exc, None) from None
         if response.status_code != 200:
@@ -219,7 +244,7 @@ class OctaveClient:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             raise RetryableApiError(
-                "validate: body is not JSON", kind=ErrorKind.INVALID_BODY
+                f"{url.path}: body is not JSON", kind=ErrorKind.INVALID_BODY
             ) from None
         return payload if isinstance(payload, dict) else {}
 

@@ -60,6 +60,8 @@ RUN_PATH = SEQUENCE.path
 AGENT_PATHS = {agent.path: agent for agent in map(get_agent, AGENT_KINDS)}
 """Every agent's endpoint (the same faults, latency and limits for all)."""
 VALIDATE_PATH = "/api/v2/api-key/validate"
+AGENTS_LIST_PATH = "/api/v2/agents/list"
+AGENTS_GET_PATH = "/api/v2/agents/get"
 _NORMAL = NormalDist()
 _IMMEDIATE = frozenset({"429", "400", "401", "402", "403"})
 _ERROR_TEXT = {
@@ -196,6 +198,8 @@ class Simulator:
             await self._run(scope, receive, send, AGENT_PATHS[path])
         elif path == VALIDATE_PATH and method == "GET":
             await self._validate_key(scope, send)
+        elif path in (AGENTS_LIST_PATH, AGENTS_GET_PATH) and method == "GET":
+            await self._agents(scope, send, listing=path == AGENTS_LIST_PATH)
         elif path == "/__simulator/stats" and method == "GET":
             query = parse_qs(scope.get("query_string", b"").decode())
             detail = query.get("detail", ["1"])[0] not in {"0", "false", "no"}
@@ -247,6 +251,35 @@ class Simulator:
             "credits": credits,
         }
         await _send_json(send, 200, {**_envelope("API key is valid", None), "data": data})
+
+    async def _agents(self, scope: Scope, send: Send, *, listing: bool) -> None:
+        """``GET /api/v2/agents/list?type=`` and ``/get?oId=`` over ``config.agents``."""
+        if self._key_error(scope):
+            await _send_json(send, 401, _envelope("Unauthorized", "Invalid API key"))
+            return
+        query = parse_qs(scope.get("query_string", b"").decode())
+        records = [
+            {
+                "oId": o_id,
+                "name": f"Simulated {kind.lower()} agent",
+                "type": kind,
+                "costToRun": self.config.usage_per_run,
+                "itemType": "AGENT",
+            }  # fmt: skip
+            for o_id, kind in self.config.agents.items()
+        ]
+        if listing:
+            wanted = query.get("type", [None])[0]
+            found = [r for r in records if wanted is None or r["type"] == wanted]
+            body = {"hasNext": False, "total": len(found), "data": found}
+            await _send_json(send, 200, {**_envelope("Agents", None), **body})
+            return
+        o_id = query.get("oId", [""])[0]
+        match = [r for r in records if r["oId"] == o_id]
+        if not match:
+            await _send_json(send, 404, _envelope("Not found", f"Agent {o_id!r} not found"))
+            return
+        await _send_json(send, 200, {**_envelope("Agent", None), "data": match[0]})
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, agent: Agent) -> None:
         arrived = time.monotonic()

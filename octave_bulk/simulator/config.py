@@ -38,6 +38,7 @@ __all__ = [
     "RateLimit",
     "RetryAfterMix",
     "SimulatorConfig",
+    "parse_agents",
     "parse_faults",
     "parse_forced",
     "parse_latency",
@@ -127,6 +128,9 @@ class SimulatorConfig:
     """When set, only this key is accepted; otherwise any non-empty key is."""
     hang_seconds: float = 3600.0
     usage_per_run: float = 1.0
+    agents: dict[str, str] = field(default_factory=dict)
+    """The workspace's agents, oId -> type (``EMAIL``, ``QUALIFY_PERSON``...), for
+    ``GET /api/v2/agents/list`` and ``/get``; runs do not check them."""
     credits_max: float = 100_000.0
     arrivals_kept: int = 100_000
     """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
@@ -261,6 +265,17 @@ def parse_faults(text: str) -> dict[str, float]:
             msg = f"unknown fault kind {kind!r}; known: all, {', '.join(FAULT_KINDS)}"
             raise ValueError(msg)
     return rates
+
+
+def parse_agents(text: str) -> dict[str, str]:
+    """Parse ``ca_x=EMAIL,ca_y=QUALIFY_PERSON`` (oId=type, ...)."""
+    agents = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        o_id, sep, kind = item.partition("=")
+        if not sep or not o_id.startswith("ca_") or not kind.isupper():
+            raise ValueError(f"bad agent {item!r}: use ca_ID=TYPE, e.g. ca_1=EMAIL")
+        agents[o_id] = kind
+    return agents
 
 
 def parse_forced(text: str) -> dict[str, str]:
