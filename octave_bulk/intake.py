@@ -25,6 +25,8 @@ def reader_options(settings: Settings) -> ReaderOptions:
         context_templates=dict(settings.context_templates),
         instruction_templates=dict(settings.instruction_templates),
         subject="company" if settings.agent_type in COMPANY_AGENTS else "person",
+        where=settings.where,
+        context_from=tuple(settings.context_from),
     )
 
 

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     agent_oid: str | None = Field(None, description="Agent to run (ca_...).")
     experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
     url: str | None = Field(None, description="Content agent: the page the content is about.")
+    where: str | None = Field(
+        None,
+        description="Chaining: only the earlier results this holds for, e.g. 'score >= 7'.",
+    )
+    context_from: tuple[str, ...] = Field(
+        (), description="Chaining: an earlier response value for the context (repeatable)."
+    )
     prospect_limit: int | None = Field(
         None, ge=1, le=1000, description="Prospector: people per company (1-1000)."
     )

@@ -9,8 +9,8 @@ group is durable; then its in-flight slot is released.
 Record shapes (docs/design.md, section "Files") - ``requestId`` is always the first key,
 for the resume scan:
 
-- results: ``requestId, runId, personKey, contact, response, attempts, latencyMs,
-  completedAt``
+- results: ``requestId, runId, personKey, [agentType,] contact, response, attempts,
+  latencyMs, completedAt`` (``agentType`` for every agent but the Sequence Agent)
 - errors: ``requestId, runId, contact, error{kind, status, message, retryable}, attempts,
   failedAt``
 
@@ -70,8 +70,9 @@ class Failure:
     calls: tuple[Attempt, ...] = ()
 
 
-def success_line(item: Success, run_id: str, person: int | None) -> bytes:
-    """The results-file line for a success (``person``: the person key's ``id_key``)."""
+def success_line(item: Success, run_id: str, person: int | None, kind: str = "sequence") -> bytes:
+    """The results-file line for a success (``person``: the person key's ``id_key``;
+    ``kind``: the agent, written as ``agentType`` for every agent but the Sequence Agent)."""
     raw = item.raw
     # The body goes in verbatim; a pretty-printed body would break the one-line rule.
     response: Any = orjson.Fragment(raw) if b"\n" not in raw else orjson.loads(raw)
@@ -79,6 +80,7 @@ def success_line(item: Success, run_id: str, person: int | None) -> bytes:
         "requestId": item.request_id,
         "runId": run_id,
         "personKey": None if person is None else f"{person:016x}",
+        **({} if kind == "sequence" else {"agentType": kind}),
         "contact": item.contact,
         "response": response,
         "attempts": item.attempts,
@@ -162,7 +164,7 @@ class Sink:
         person = id_key(key) if key is not None else None
         if isinstance(item, Success):
             offset = self._results.size
-            self._results.write(success_line(item, self._run_id, person))
+            self._results.write(success_line(item, self._run_id, person, self._kind))
             # The body is written; do not hold it until the commit (a positional copy:
             # dataclasses.replace costs ~2 us).
             item = Success(

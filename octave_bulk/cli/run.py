@@ -32,9 +32,11 @@ __all__ = ["probe", "run", "validate"]
 def run(
     input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
 ) -> None:
-    """Run the Sequence Agent for every contact of INPUT (CSV or NDJSON, - for stdin).
+    """Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin).
 
-    Re-running the same command resumes: contacts already in OUT are skipped.
+    The Sequence Agent unless --agent-type says otherwise. INPUT may be an earlier run's
+    OUT.ndjson (chaining: --where, --context-from). Re-running the same command resumes:
+    contacts already in OUT are skipped.
     """
     from octave_bulk.observe.log import configure_logging
     from octave_bulk.run.engine import run_batch

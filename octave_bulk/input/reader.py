@@ -25,7 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+import orjson
+
 from octave_bulk.errors import ConfigError, InputError
+from octave_bulk.input.chain import RESPONSE_KEY, ContextSources, ResultFilter, context_from
 from octave_bulk.input.mapping import (
     PROFILES,
     ResolvedMapping,
@@ -92,6 +95,10 @@ class ReaderOptions:
     max_field_bytes: int = 64 * 1024
     context_templates: dict[str, str] = field(default_factory=dict)
     instruction_templates: dict[str, str] = field(default_factory=dict)
+    where: str | None = None
+    """Chaining: keep only the earlier results this expression holds for (``--where``)."""
+    context_from: tuple[str, ...] = ()
+    """Chaining: paths of the earlier response carried into the context (``--context-from``)."""
     subject: Literal["person", "company"] = "person"
     """What a row must name: a person (email or LinkedIn profile) or a company (domain, name
     or account id) for the company agents."""
@@ -122,6 +129,8 @@ class ContactReader:
         if opts.profile not in PROFILES:
             raise ConfigError(f"unknown profile {opts.profile!r}: use one of {', '.join(PROFILES)}")
         self._options = opts
+        self._filter = ResultFilter(opts.where) if opts.where else None
+        self._sources: ContextSources | None = None  # read at __enter__
         self._templates = ContentTemplates(opts.context_templates, opts.instruction_templates)
         self._source = RecordSource(
             path,
@@ -167,6 +176,14 @@ class ContactReader:
                 )
                 raise InputError(msg, path=source.label, line=source.header_line)
             self._templates.check(headers)
+            self._sources = ContextSources(self._options.context_from) or None
+            own = [p for p in self._options.context_from if ":" not in p]
+            if (self._options.where or own) and RESPONSE_KEY not in headers:
+                msg = (
+                    "--where and --context-from PATH read an earlier run's results: give its "
+                    "OUT.ndjson as the input (or --context-from FILE.ndjson:PATH)"
+                )
+                raise InputError(msg, path=source.label)
         except BaseException:
             source.close()
             raise
@@ -224,6 +241,12 @@ class ContactReader:
 
     def _contact(self, record: RawRecord) -> Contact | Reject:
         row = record.row
+        response = None
+        if RESPONSE_KEY in row:  # an earlier run's result (chaining)
+            response = orjson.loads(row[RESPONSE_KEY])
+            if self._filter is not None and not self._filter.matches(response, row):
+                message = f"--where {self._filter.expression!r} is false for this result"
+                return Reject(record.line, "filtered_out", None, message, {})
         fields: dict[str, str] = {}
         for column, name in self._pairs:
             if name not in fields:
@@ -234,7 +257,18 @@ class ContactReader:
             for target, text in self._templates.fill(row).items():
                 have = fields.get(target)
                 fields[target] = f"{have}\n\n{text}" if have else text
-        return self._validate(record.line, fields, row)
+        if response is not None and self._options.context_from:
+            carried = context_from(self._options.context_from, response)
+            if carried:
+                have = fields.get("context")
+                fields["context"] = f"{have}\n\n{carried}" if have else carried
+        contact = self._validate(record.line, fields, row)
+        if self._sources is not None and isinstance(contact, Contact):
+            joined = self._sources.context(contact.fields)  # after the domain is normalised
+            if joined:
+                have = contact.fields.get("context")
+                contact.fields["context"] = f"{have}\n\n{joined}" if have else joined
+        return contact
 
     def _column(self, name: str, row: Mapping[str, str]) -> str:
         """The source column that supplied ``name`` (for messages)."""

@@ -56,6 +56,7 @@ REJECT_REASONS: dict[str, str] = {
     "malformed_record": "the record cannot be parsed (NUL byte, unterminated quote, bad JSON)",
     "ragged_row": "the row has more cells than the header",
     "duplicate": "the same request as an earlier row",
+    "filtered_out": "an earlier run's result that --where leaves out",
 }
 """Every reason code a reject can carry, with its meaning."""
 

@@ -37,6 +37,7 @@ from typing import Literal
 import orjson
 
 from octave_bulk.errors import InputError
+from octave_bulk.input.chain import results_row
 from octave_bulk.input.mapping import column_key
 
 __all__ = [
@@ -350,6 +351,7 @@ def ndjson_headers(sample: list[str], label: str) -> tuple[str, ...]:
         except orjson.JSONDecodeError:
             continue
         if isinstance(value, dict):
+            value = results_row(value) or value  # an earlier run's results: its contacts
             keys.update(dict.fromkeys(k.strip() for k in value))
     if not seen_text:
         raise InputError("the file is empty", path=label)

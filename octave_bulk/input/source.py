@@ -44,6 +44,7 @@ from typing import BinaryIO, Literal
 import orjson
 
 from octave_bulk.errors import ConfigError, InputError
+from octave_bulk.input.chain import RESPONSE_KEY, results_row
 from octave_bulk.input.csvfix import (
     UNDECODABLE,
     LineFeed,
@@ -358,6 +359,7 @@ class RecordSource:
                 msg = f"a JSON {type(value).__name__}, not an object"
                 yield Reject(line, "malformed_record", None, msg, excerpt([text]))
                 continue
+            value = results_row(value) or value  # an earlier run's results: its contacts
             row = {key.strip(): _as_text(v) for key, v in value.items()}
             yield _check_ndjson_row(line, row, cap)
 
@@ -388,6 +390,8 @@ def _as_text(value: object) -> str:
 
 def _check_ndjson_row(line: int, row: dict[str, str], cap: int) -> RawRecord | Reject:
     for column, value in row.items():
+        if column == RESPONSE_KEY:
+            continue  # an earlier run's response: read, never sent
         if "\x00" in value:
             return Reject(line, "malformed_record", column, f"NUL in {column!r}", row)
         if len(value) > cap // 4 and len(value.encode()) > cap:

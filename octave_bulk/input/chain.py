@@ -1,0 +1,177 @@
+"""Chaining: an earlier run's results file read as the input of the next agent.
+
+Contract: :func:`results_row` recognises a results line (an object with ``requestId``, a
+``contact`` object and a ``response`` object) and turns it into an input row: the contact's
+canonical fields (CRM ids included; the earlier request's own settings - target, formats,
+context, its requestId - left out, the new run builds its own) plus the earlier response as
+JSON text under :data:`RESPONSE_KEY`. :class:`ResultFilter` (``--where``) decides which rows
+go on, with an expression over that response: evaluated by ``simpleeval`` (Python's ``ast``
+parsed, only comparisons, ``and``/``or``/``not``, ``in``, arithmetic and literals; no calls,
+no attribute beyond dictionary keys, no ``eval``). Names are the response's keys, the keys
+of its ``data`` (``score`` for ``data.score``) and ``contact``. A name a row's response lacks
+makes the expression false for that row. :func:`context_from` (``--context-from``) carries
+values of the earlier response into the new request's context.
+
+A ``--context-from`` entry ``FILE.ndjson:PATH`` reads another run's results instead
+(:class:`ContextSources`): each row is joined to that file's latest result for the same
+person - or, when that run was a company agent's, for the row's company (its domain, else
+account id, else name) - and the value at PATH goes into the context. A pipeline writes
+``STEP.PATH`` for the results of its step STEP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from simpleeval import InvalidExpression, SimpleEval
+
+from octave_bulk.agents import COMPANY_AGENTS
+from octave_bulk.errors import ConfigError, InputError
+from octave_bulk.identity import person_key, read_person_hash
+from octave_bulk.state.idset import id_key
+
+__all__ = ["RESPONSE_KEY", "ContextSources", "ResultFilter", "context_from", "results_row"]
+
+RESPONSE_KEY = "@response"
+"""The input row key holding the earlier response (JSON text)."""
+
+_NOT_CARRIED = frozenset(
+    {
+        "requestId",
+        "agentOId",
+        "experimentOId",
+        "outputFormat",
+        "runtimeContext",
+        "runtimeInstructions",
+        "includeFullAnnotation",
+        "playbookSelectionContext",
+        "customContext",
+        "url",
+        "limit",
+        "minimal",
+        "searchContext",
+    }  # fmt: skip
+)
+
+
+def results_row(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The input row of a results line, or None when ``value`` is not one."""
+    contact, response = value.get("contact"), value.get("response")
+    if not (isinstance(value.get("requestId"), str) and isinstance(contact, dict)):
+        return None
+    if not isinstance(response, dict):
+        return None
+    row = {key: item for key, item in contact.items() if key not in _NOT_CARRIED}
+    row[RESPONSE_KEY] = orjson.dumps(response).decode()
+    return row
+
+
+class ResultFilter:
+    """A ``--where`` expression, parsed once.
+
+    Raises:
+        ConfigError: the expression is not valid (its text and the reason).
+    """
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        self._evaluator = SimpleEval()
+        try:
+            self._tree = self._evaluator.parse(expression)
+        except (SyntaxError, InvalidExpression) as exc:
+            raise ConfigError(f"--where {expression!r}: not an expression ({exc})") from None
+
+    def matches(self, response: dict[str, Any], contact: dict[str, Any]) -> bool:
+        """Whether the row goes on (an expression that cannot be evaluated: no)."""
+        data = response.get("data")
+        names = {**(data if isinstance(data, dict) else {}), **response, "contact": contact}
+        self._evaluator.names = names
+        try:
+            return bool(self._evaluator.eval(self.expression, previously_parsed=self._tree))
+        except (InvalidExpression, TypeError, ValueError, ArithmeticError):
+            return False
+
+
+def context_from(paths: tuple[str, ...], response: dict[str, Any]) -> str:
+    """The values at ``paths`` (dotted, from the response; ``data.`` may be left out), one
+    ``name: value`` line each, for the new request's context; missing ones are skipped
+    (and so are ``FILE:PATH`` entries: :class:`ContextSources`)."""
+    lines = []
+    for path in paths:
+        if ":" in path:
+            continue
+        value: Any = _at(response, path)
+        if value is None:
+            value = _at(response.get("data"), path)
+        if value in (None, "", [], {}):
+            continue
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        lines.append(f"{path.rsplit('.', 1)[-1]}: {text}")
+    return "\n".join(lines)
+
+
+def _at(value: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+_COMPANY_FIELDS = ("companyDomain", "companyName", "crmAccountId")
+
+
+class ContextSources:
+    """The ``FILE:PATH`` entries of ``--context-from``: each file's latest values at its
+    paths, by person key, read once (see the module docstring).
+
+    Raises:
+        InputError: a file cannot be read.
+    """
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        wanted: dict[str, list[str]] = {}
+        for entry in entries:
+            source, sep, path = entry.rpartition(":")
+            if sep and source.endswith((".ndjson", ".jsonl")):
+                wanted.setdefault(source, []).append(path)
+        self._sources: list[tuple[str, dict[int, list[str]]]] = []
+        for source, paths in wanted.items():
+            kind, values = _read_source(Path(source), tuple(paths))
+            self._sources.append((kind, values))
+
+    def __bool__(self) -> bool:
+        return bool(self._sources)
+
+    def context(self, fields: dict[str, str]) -> str:
+        """The lines the sources hold for this row's person (or company)."""
+        lines: list[str] = []
+        for kind, values in self._sources:
+            body = {k: v for k, v in fields.items() if k in _COMPANY_FIELDS}
+            key = person_key(body if kind in COMPANY_AGENTS else fields, None, kind)
+            if key is not None:
+                lines += values.get(id_key(key), [])
+        return "\n".join(lines)
+
+
+def _read_source(path: Path, paths: tuple[str, ...]) -> tuple[str, dict[int, list[str]]]:
+    kind, values = "sequence", {}
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                try:
+                    line = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                person = read_person_hash(line.get("personKey")) if isinstance(line, dict) else None
+                response = line.get("response") if isinstance(line, dict) else None
+                if person is None or not isinstance(response, dict):
+                    continue
+                kind = str(line.get("agentType") or kind)
+                text = context_from(paths, response)
+                values[person] = text.split("\n") if text else []
+    except OSError as exc:
+        raise InputError(f"--context-from: cannot read it ({exc.strerror})", path=path) from None
+    return kind, values
