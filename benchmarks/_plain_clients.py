@@ -99,11 +99,13 @@ KINDS = {"httpx-post": httpx_post, "httpx-transport": httpx_transport, "aiohttp"
 
 def main() -> None:
     kind, url, path, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    global RUN
+    RUN = sys.argv[5] if len(sys.argv) > 5 else RUN  # another agent's endpoint
     bodies = []
     with open(path, "rb") as handle:
         for line in handle:
-            record = json.loads(line)
-            bodies.append((record["requestId"], json.dumps(record).encode()))
+            record = json.loads(line)  # {"rid": the engine's requestId, "body": as sent}
+            bodies.append((record["rid"], json.dumps(record["body"]).encode()))
     cpu, wall = time.process_time(), time.perf_counter()
     uvloop.run(KINDS[kind](url, bodies, concurrency))
     print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}))

@@ -6,6 +6,11 @@ write, fsync, summary - against (a) a plain httpx loop over the same transport a
 aiohttp loop, both sending the same request bodies. Targets: engine >= 0.85 x (a) and >= 0.5 x
 (b).
 
+Other agents (``--other-agents``, default qualify-person and enrich-company): the engine
+running that agent over the same number of contacts (companies for a company agent) vs a bare
+aiohttp loop sending its exact bodies to its endpoint; its ratio over the Sequence Agent's
+ratio should be 1 +- 5 % (the registry adds nothing per contact).
+
 Start-up, in fresh processes pinned to CPU 1 (median of 5 each):
 
 * ``octave-bulk --version``: spawn to exit. Target <= 0.3 s.
@@ -38,20 +43,32 @@ sys.path.append(str(HERE.parent))  # after PYTHONPATH: a snapshot there is what 
 from tests.helpers import write_contacts  # noqa: E402
 
 
-def request_bodies(csv_path: Path, out: Path) -> None:
-    """The exact bodies the engine sends for these contacts, via its own request builder."""
+def request_bodies(csv_path: Path, out: Path, agent_type: str = "sequence") -> str:
+    """The exact bodies the engine sends for these contacts, via its own request builder;
+    returns the agent's endpoint."""
+    from octave_bulk.agents import get_agent
     from octave_bulk.build import build_request, request_spec
     from octave_bulk.input.records import Contact
     from octave_bulk.intake import open_contacts
     from octave_bulk.settings import Settings
 
-    settings = Settings.load(agent_oid="ca_bench")
-    spec = request_spec(settings)
+    settings = Settings.load(agent_oid="ca_bench", agent_type=agent_type)
+    spec, agent = request_spec(settings), get_agent(agent_type)
     with open_contacts(csv_path, settings) as reader, open(out, "w") as handle:
         for record in reader:
             if isinstance(record, Contact):
-                built = build_request(record, spec)
-                handle.write(json.dumps(built.wire) + "\n")  # type: ignore[union-attr]
+                built = build_request(record, spec, agent)
+                line = {"rid": built.request_id, "body": built.wire}  # type: ignore[union-attr]
+                handle.write(json.dumps(line) + "\n")
+    return agent.path
+
+
+def company_csv(path: Path, count: int) -> None:
+    """Companies, each its own domain (a company agent's input)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        handle.write("companyDomain,companyName,crmAccountId\n")
+        for n in range(count):
+            handle.write(f"co{n}.com,Co {n},{700000 + n}\n")
 
 
 def child_cpu(before: resource.struct_rusage) -> float:
@@ -79,8 +96,10 @@ def clear_out(out_dir: Path) -> Path:
     return out_dir / "out.ndjson"
 
 
-def run_engine(url: str, csv_path: Path, out_dir: Path, concurrency: int) -> tuple[float, float]:
-    cmd = engine_run_cmd(url, csv_path, clear_out(out_dir), concurrency)
+def run_engine(
+    url: str, csv_path: Path, out_dir: Path, concurrency: int, agent_type: str = "sequence"
+) -> tuple[float, float]:
+    cmd = engine_run_cmd(url, csv_path, clear_out(out_dir), concurrency, "--agent-type", agent_type)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
@@ -124,16 +143,51 @@ def first_call_s(sim: Simulator, start: float) -> float:
     return float("nan") if first is None else first - start
 
 
-def run_plain(kind: str, url: str, bodies: Path, concurrency: int) -> tuple[float, float, float]:
+def run_plain(
+    kind: str, url: str, bodies: Path, concurrency: int, path: str = "/api/v2/agents/sequence/run"
+) -> tuple[float, float, float]:
     cmd = pinned(
-        [sys.executable, str(HERE / "_plain_clients.py"), kind, url, str(bodies), str(concurrency)],
+        [sys.executable, str(HERE / "_plain_clients.py"), kind, url, str(bodies),
+         str(concurrency), path],
         1,
-    )
+    )  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     inner = json.loads(result.stdout)
     return time.perf_counter() - start, inner["wall"], child_cpu(before)
+
+
+def other_agent(
+    sim: Simulator, work: Path, kind: str, n: int, concurrency: int, repeat: int
+) -> dict[str, float]:
+    """The engine running ``kind`` vs a bare aiohttp loop sending its exact bodies."""
+    from octave_bulk.agents import COMPANY_AGENTS
+
+    csv_path = work / f"{kind}.csv"
+    if kind in COMPANY_AGENTS:
+        company_csv(csv_path, n)
+    else:
+        write_contacts(csv_path, n)
+    path = request_bodies(csv_path, work / f"{kind}.ndjson", kind)
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for client in ("engine", "aiohttp"):
+            sim.reset()
+            if client == "engine":
+                wall, _cpu = run_engine(sim.url, csv_path, work, concurrency, kind)
+            else:
+                wall, _loop, _cpu = run_plain(
+                    client, sim.url, work / f"{kind}.ndjson", concurrency, path
+                )
+            served = sim.stats()["totals"].get("successes", 0)
+            assert served == n, f"{kind} {client}: simulator served {served} of {n}"
+            best[client] = max(best.get(client, 0.0), n / wall)
+    return {
+        "per_s_whole_process": best["engine"],
+        "aiohttp_per_s": best["aiohttp"],
+        "engine_ratio": best["engine"] / best["aiohttp"],
+    }
 
 
 def main() -> None:
@@ -142,6 +196,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="runs per client; the best is kept")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--other-agents",
+        nargs="*",
+        default=["qualify-person", "enrich-company"],
+        help="agents measured besides the Sequence Agent: engine vs bare aiohttp loop",
+    )
     args = parser.parse_args()
     n = 500 if args.smoke else args.contacts
     repeat = 1 if args.smoke else args.repeat
@@ -174,6 +234,10 @@ def main() -> None:
                 }
                 if kind not in results or row["per_s"] > results[kind]["per_s"]:
                     results[kind] = row
+        agent_ratios = {
+            kind: other_agent(sim, work, kind, n, args.concurrency, repeat)
+            for kind in args.other_agents
+        }
         with Noise() as startup_noise:
             versions = version_seconds()
             startups = startup_seconds(sim, work / "in.csv", work, args.concurrency)
@@ -194,7 +258,17 @@ def main() -> None:
     ]
     a, a2, b = (results[k]["per_s"] for k in ("httpx-post", "httpx-transport", "aiohttp"))
     version, startup = statistics.median(versions), statistics.median(startups)
+    sequence_ratio = engine / b
+    for kind, measured in agent_ratios.items():
+        rows.append({"client": f"engine --agent-type {kind}", "contacts": n, **measured})
     extra = {
+        "other_agents": {
+            kind: {
+                "engine_over_aiohttp": m["engine_ratio"],
+                "vs_sequence": m["engine_ratio"] / sequence_ratio,
+            }
+            for kind, m in agent_ratios.items()
+        },  # fmt: skip
         "engine_per_s": engine,
         "ratio_to_httpx_post_loop": engine / a,
         "ratio_to_httpx_transport_loop": engine / a2,
@@ -221,6 +295,10 @@ def main() -> None:
         ("octave-bulk --version, s (median of 5)", f"{version:.3f}", f"<= {VERSION_TARGET}", version <= VERSION_TARGET),
         ("run start-up to first request, s (median of 5)", f"{startup:.3f}", f"<= {STARTUP_TARGET}", startup <= STARTUP_TARGET),
     ]  # fmt: skip
+    for kind, m in agent_ratios.items():
+        share = m["engine_ratio"] / sequence_ratio
+        checks.append((f"{kind}: engine / aiohttp loop, vs sequence's", f"{share:.3f}",
+                       "0.95-1.05", 0.95 <= share <= 1.05))  # fmt: skip
     print(f"\nengine {engine:,.0f} contacts/s (whole process)\n")
     width = max(len(name) for name, *_ in checks)
     for name, value, target, met in checks:

@@ -204,3 +204,38 @@ def test_doctor_checks_that_the_agent_exists_and_is_of_the_type_given(make_sim: 
         listing.exit_code == 0 and "sequence agents (EMAIL) in this workspace: 1" in listing.output
     )
     assert sim.stats()["totals"].get("calls", 0) == 0  # nothing paid
+
+
+def test_crm_presets_write_back_under_the_crms_names_to_every_record(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    hubspot_companies(tmp_path / "in.csv", 3)
+    sim = make_sim()
+    assert run(sim.url, tmp_path, "enrich-company").exit_code == 0
+    out = str(tmp_path / "out.ndjson")
+
+    def export(preset: str) -> tuple[list[str], list[dict[str, str]]]:
+        result = CliRunner().invoke(
+            cli, ["export", out, "-o", str(tmp_path / "x.csv"), "--preset", preset]
+        )
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / "x.csv", newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+
+    header, rows = export("hubspot")
+    assert header[:3] == ["Record ID", "Name", "Company Domain Name"]
+    assert {"Industry", "Number of Employees", "Total Money Raised"} <= set(header)
+    # acme0.com's two CRM records (7000, and 7999 rejected as the same company) both get it.
+    assert sorted(row["Record ID"] for row in rows) == ["7000", "7001", "7002", "7999"]
+    header, rows = export("salesforce")
+    assert header[:2] == ["Id", "Name"] and "NumberOfEmployees" in header
+    assert all(name.isidentifier() for name in header)  # API names
+    sequence_out = tmp_path / "seq"
+    sequence_out.mkdir()
+    (sequence_out / "in.csv").write_text("email\nada@acme.com\n")
+    assert run(sim.url, sequence_out, "sequence").exit_code == 0
+    refused = CliRunner().invoke(
+        cli, ["export", str(sequence_out / "out.ndjson"), "-o", "-", "--preset", "hubspot"]
+    )
+    assert refused.exit_code == 2 and "sequences go to a sequencer" in refused.output

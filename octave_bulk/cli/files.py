@@ -28,21 +28,7 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
 @click.option("-o", "--output", "target", required=True, help="CSV file to write, or - for stdout.")
 @click.option(
     "--preset",
-    type=click.Choice(
-        [
-            "generic",
-            "instantly",
-            "smartlead",
-            "lemlist",
-            "enrich-person",
-            "enrich-company",
-            "qualify-person",
-            "qualify-company",
-            "content",
-            "call-prep",
-            "prospector",
-        ]  # fmt: skip
-    ),
+    type=click.Choice(["generic", *_SEQUENCERS, *_AGENT_PRESETS, "hubspot", "salesforce"]),
     default="generic",
     show_default=True,
     help="Column names for the sequencer you import into, or an agent's own columns.",
@@ -144,7 +130,7 @@ def export(
     older = f" ({report.superseded} older results left out)" if report.superseded else ""
     what = (
         f"{report.rows} rows with {len(report.agent_columns)} {preset} columns"
-        if preset in _AGENT_PRESETS
+        if preset in (*_AGENT_PRESETS, "hubspot", "salesforce")
         else f"{report.rows} contacts with up to {report.steps} steps"
     )
     click.echo(f"exported {what} to {where}{older}", err=True)

@@ -16,7 +16,9 @@ Each agent but the Sequence Agent has a preset of its own name: the input's iden
 (a person's as ``generic``; for company agents ``input_company_domain, input_company_name,
 crm_account_id``) and its CRM ids, then the agent's own columns (``Agent.export_rows``: e.g.
 firmographics, score and one column per qualifying question; the prospector one row per person
-found), then ``request_id, completed_at``.
+found), then ``request_id, completed_at``. ``hubspot`` and ``salesforce`` (:func:`crm_preset`)
+write an agent's results for the CRM's import tool: the record id first, the agent's columns
+under the CRM's property names, and one row per CRM record of the person or company.
 
 30,000 is Outreach's documented custom-field limit, the smallest one documented for a sequencer
 (HubSpot allows 65,536; Instantly, Smartlead and lemlist publish none), and far above a real
@@ -26,9 +28,10 @@ the CRM, and a cut email address would be worse than a rejected import.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["PRESETS", "Preset"]
+__all__ = ["CRM_PRESETS", "PRESETS", "Preset", "crm_preset"]
 
 _SEQUENCER_MAX_CHARS = 30_000
 
@@ -51,6 +54,9 @@ class Preset:
     columns: tuple[tuple[str, str], ...]
     max_field_chars: int | None
     agent: str | None = None
+    rename: tuple[tuple[str, str], ...] = ()
+    """Agent columns under other names (a CRM's property names); the rest get ``prefix``."""
+    prefix: str = ""
 
     @property
     def fields(self) -> list[str]:
@@ -61,10 +67,19 @@ class Preset:
         """The CSV header for ``steps`` step column pairs (or an agent's columns)."""
         identity = [column for column, _ in self.columns]
         if self.agent is not None:
-            return [*identity, *agent_columns, *_TRAILING[1:]]
+            names = dict(self.rename)
+            own = [names.get(column) or self.custom(column) for column in agent_columns]
+            return [*identity, *own, *_TRAILING[1:]]
         parts = ("subject", "body")
         step_columns = [f"step{n}_{part}" for n in range(1, steps + 1) for part in parts]
         return [*identity, *step_columns, *_TRAILING]
+
+    def custom(self, column: str) -> str:
+        """An agent column the CRM has no property for: ``prefix`` + the column (Salesforce:
+        an API name, letters, digits and ``_``, at most 40 characters with ``__c``)."""
+        if self.prefix != "Octave_":
+            return self.prefix + column
+        return re.sub(r"\W+", "_", self.prefix + column).strip("_")[:37] + "__c"
 
     def limit(self, max_field_chars: int | None) -> int | None:
         """The cell length limit: ``None`` takes the preset's default, ``0`` means no limit."""
@@ -132,3 +147,40 @@ for _kind in ("enrich-person", "qualify-person", "content", "call-prep"):
     PRESETS[_kind] = Preset(_kind, (*_SNAKE, *_CRM_IDS), None, _kind)
 for _kind in ("enrich-company", "qualify-company", "prospector"):
     PRESETS[_kind] = Preset(_kind, _COMPANY, None, _kind)
+
+CRM_PRESETS = ("hubspot", "salesforce")
+"""Presets for a CRM's import tool: the record id and the agent's columns under the CRM's
+property names; the agent is the one the results file names (``agentType``)."""
+
+_HUBSPOT = (
+    ("company_name", "Name"), ("company_domain", "Company Domain Name"),
+    ("website", "Website URL"), ("description", "Description"), ("industry", "Industry"),
+    ("employee_count", "Number of Employees"), ("founded", "Year Founded"),
+    ("city", "City"), ("region", "State/Region"), ("country_code", "Country/Region"),
+    ("funding_total", "Total Money Raised"), ("score", "Octave Score"),
+    ("rationale", "Octave Rationale"),
+)  # fmt: skip
+_SALESFORCE = (
+    ("company_name", "Name"), ("website", "Website"), ("description", "Description"),
+    ("industry", "Industry"), ("employee_count", "NumberOfEmployees"),
+    ("city", "BillingCity"), ("region", "BillingState"), ("country_code", "BillingCountry"),
+    ("score", "Octave_Score__c"), ("rationale", "Octave_Rationale__c"),
+    ("first_name", "FirstName"), ("last_name", "LastName"), ("title", "Title"),
+    ("email", "Email"),
+)  # fmt: skip
+_CRM_IDENTITY = {
+    ("hubspot", "person"): (("Record ID", "crmContactId"), ("Email", "email")),
+    ("hubspot", "company"): (("Record ID", "crmAccountId"),),
+    ("salesforce", "person"): (("Id", "crmContactId"), ("Email", "email")),
+    ("salesforce", "company"): (("Id", "crmAccountId"),),
+}
+
+
+def crm_preset(crm: str, kind: str, subject: str) -> Preset:
+    """The ``hubspot`` or ``salesforce`` layout for an agent's results: the CRM record id
+    (and email, for people) first, then the agent's columns under the CRM's property names
+    (custom ones, like the score, under names to create in the CRM: ``Octave Score``,
+    ``Octave_Score__c``; the others prefixed ``Octave ``/``Octave_``)."""
+    rename = _HUBSPOT if crm == "hubspot" else _SALESFORCE
+    prefix = "Octave " if crm == "hubspot" else "Octave_"
+    return Preset(crm, _CRM_IDENTITY[crm, subject], None, kind, rename, prefix)

@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import orjson
+
 from octave_bulk.errors import ConfigError, InputError, StateError
-from octave_bulk.export.presets import OTHER_CRM_IDS, PRESETS, Preset
+from octave_bulk.export.presets import CRM_PRESETS, OTHER_CRM_IDS, PRESETS, Preset, crm_preset
 from octave_bulk.export.results import Result, parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
 from octave_bulk.identity import person_key
@@ -177,8 +179,11 @@ def export_results(
         StateError: the CSV cannot be written.
     """
     layout = PRESETS.get(preset)
+    if preset in CRM_PRESETS:
+        layout = _crm_layout(Path(results), preset)
     if layout is None:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        names = ", ".join([*PRESETS, *CRM_PRESETS])
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {names}")
     if body_format not in ("text", "html"):
         raise ConfigError(f"unknown body format {body_format!r}; choose text or html")
     if max_field_chars is not None and max_field_chars < 0:
@@ -203,6 +208,23 @@ def export_results(
     with _open_out(out) as stream:
         _second_pass(results, complete, stream, layout, report, wanted, other_crm_ids or {})
     return report
+
+
+def _crm_layout(results: Path, crm: str) -> Preset:
+    """A CRM preset for the agent the results file names (its first line's ``agentType``)."""
+    from octave_bulk.agents import get_agent
+
+    first = next(read_lines(results), b"") if results.is_file() else b""
+    try:
+        kind = orjson.loads(first).get("agentType") or "sequence"
+    except (orjson.JSONDecodeError, AttributeError):
+        kind = "sequence"
+    if kind == "sequence":
+        raise ConfigError(
+            f"--preset {crm} writes an agent's fields back to the CRM; sequences go to a "
+            "sequencer: use generic, instantly, smartlead or lemlist"
+        )
+    return crm_preset(crm, kind, get_agent(kind).subject)
 
 
 def _ends_line(path: Path, offset: int) -> bool:
@@ -314,10 +336,17 @@ def _second_pass(
         identity = [escape_formula(cell) for cell in values]
         if result.rows is not None:  # an agent's preset: its rows instead of steps
             ends = [escape_formula(result.request_id), escape_formula(result.completed_at)]
+            records = [identity]
+            if layout.prefix and contact.get(OTHER_CRM_IDS):  # a CRM preset: every record
+                records += [
+                    [escape_formula(other), *identity[1:]]
+                    for other in str(contact[OTHER_CRM_IDS]).split(";")
+                ]
             for row in result.rows:
                 cells = [escape_formula(row.get(name, "")) for name in report.agent_columns]
-                writer.writerow([*identity, *cells, *ends])
-                report.rows += 1
+                for record in records:
+                    writer.writerow([*record, *cells, *ends])
+                    report.rows += 1
             continue
         texts: list[str] = []
         for subject, body, html_body in result.steps:
