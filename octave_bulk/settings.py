@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     ] = Field("sequence", description="Which Octave agent --agent is.")
     agent_oid: str | None = Field(None, description="Agent to run (ca_...).")
     experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
+    check_agent: bool = Field(
+        True,
+        description="Look --agent up before the first call: exit 2 if unknown or of another type.",
+    )
     url: str | None = Field(None, description="Content agent: the page the content is about.")
     where: str | None = Field(
         None,

@@ -239,3 +239,24 @@ def test_crm_presets_write_back_under_the_crms_names_to_every_record(
         cli, ["export", str(sequence_out / "out.ndjson"), "-o", "-", "--preset", "hubspot"]
     )
     assert refused.exit_code == 2 and "sequences go to a sequencer" in refused.output
+
+
+def test_a_run_looks_the_agent_up_before_paying(make_sim: Any, tmp_path: Path) -> None:
+    hubspot_contacts(tmp_path / "in.csv", 3)
+    sim = make_sim(agents={"ca_score": "QUALIFY_PERSON"})
+    args = ["--agent", "ca_score"]
+    wrong = run(sim.url, tmp_path, "sequence", *args)
+    assert wrong.exit_code == 2
+    assert "ca_score is a QUALIFY_PERSON agent" in wrong.output
+    assert "--agent-type qualify-person" in wrong.output
+    typo = run(sim.url, tmp_path, "qualify-person", "--agent", "ca_scroe")
+    assert typo.exit_code == 2 and "ca_scroe does not exist" in typo.output
+    assert sim.stats()["totals"].get("calls", 0) == 0  # nothing paid
+    assert not (tmp_path / "out.ndjson").exists() or read_lines(tmp_path / "out.ndjson") == []
+    right = run(sim.url, tmp_path, "qualify-person", *args)
+    assert right.exit_code == 0, right.output
+    command = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "seq.ndjson"),
+               "--agent", "ca_score", "--base-url", sim.url, "--rate", "none", "--no-progress"]  # fmt: skip
+    env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_CHECK_AGENT": "false"}  # the lookup turned off
+    unchecked = CliRunner().invoke(cli, command, env=env)
+    assert unchecked.exit_code == 0 and sim.stats()["totals"]["calls"] == 6

@@ -331,9 +331,13 @@ async def test_wrong_endpoint_stops_the_run(make_sim: Any, tmp_path: Path) -> No
     sim = make_sim()
     write_contacts(tmp_path / "in.csv", 30)
     out = tmp_path / "out.ndjson"
-    summary = await run_batch(
-        tmp_path / "in.csv", out, sim_settings(sim.url + "/wrong", concurrency=2)
-    )
+    wrong = sim_settings(sim.url + "/wrong", concurrency=2)
+    with pytest.raises(ConfigError, match=r"--base-url is wrong \(HTTP 404\)"):
+        await run_batch(tmp_path / "in.csv", out, wrong)  # the agent lookup: nothing paid
+    assert sim.stats()["totals"].get("calls", 0) == 0
+    # Without the lookup, the first answers stop the run.
+    unchecked = sim_settings(sim.url + "/wrong", concurrency=2, check_agent=False)
+    summary = await run_batch(tmp_path / "in.csv", out, unchecked)
     assert summary["exit_code"] == 3 and summary["paid_calls"] <= 2
     assert "HTTP 404" in summary["fatal_error"]
     assert read_lines(side(out, ".errors.ndjson")) == []  # no contact is blamed for it

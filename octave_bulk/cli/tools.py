@@ -222,6 +222,7 @@ def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> N
     from octave_bulk.agents import get_agent
     from octave_bulk.errors import FatalApiError
     from octave_bulk.http.client import open_client
+    from octave_bulk.run.guard import agent_problem
 
     try:
         settings = load_settings(config_file, api_key_file, **flags)
@@ -276,7 +277,9 @@ def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> N
         click.echo(f"  {record.get('oId')}  {record.get('name')}  cost {record.get('costToRun')}")
     if not settings.agent_oid:
         return
-    problem = _agent_problem(settings.agent_oid, settings.agent_type, api_type, agent)
+    problem = agent_problem(settings.agent_oid, settings.agent_type, agent)
+    if problem is None and isinstance(agent, ApiError):
+        problem = f"cannot look {settings.agent_oid} up ({agent.message})"
     if problem:
         click.echo(f"agent: {problem}", err=True)
         sys.exit(ExitCode.USAGE)
@@ -284,22 +287,3 @@ def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> N
     info = info if isinstance(info, dict) else {}
     click.echo(f"agent: {settings.agent_oid} '{info.get('name')}' ({api_type}), "
                f"cost {info.get('costToRun')} per run: ok")  # fmt: skip
-
-
-def _agent_problem(
-    o_id: str, kind: str, api_type: str, agent: dict[str, Any] | ApiError
-) -> str | None:
-    """Why ``o_id`` cannot be run as ``kind`` (not found, another type), or None."""
-    from octave_bulk.agents import AGENT_KINDS, get_agent
-
-    if isinstance(agent, ApiError):
-        if agent.status == 404:
-            return f"{o_id} does not exist in this workspace (check the id)"
-        return f"cannot look {o_id} up ({agent.message})"
-    info = agent.get("data")
-    actual = info.get("type") if isinstance(info, dict) else None
-    if actual is None or actual == api_type:
-        return None
-    right = [k for k in AGENT_KINDS if get_agent(k).api_type == actual]
-    hint = f": run it with --agent-type {right[0]}" if right else ""
-    return f"{o_id} is a {actual} agent, not {api_type} ({kind}){hint}"

@@ -49,7 +49,7 @@ from octave_bulk.observe.progress import Progress
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
-from octave_bulk.run.guard import check_resend
+from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
@@ -385,6 +385,9 @@ async def _locked_run(
             fingerprint=fingerprint,
         )
         run.history, run.index = history, index
+        if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
+            async with open_client(settings, transport=transport) as client:
+                await check_agent(client, settings)
         if settings.budget is not None:
             calls, period = parse_budget(settings.budget)
             spent = history.paid_calls_since(time.time() - period)

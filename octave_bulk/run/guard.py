@@ -1,5 +1,5 @@
-"""The mass re-send guard: before a run pays anyone, how many people it has already done
-would be paid again, and why.
+"""Checks before a run pays anyone: the mass re-send guard (how many people already done would
+be paid again, and why) and the agent lookup.
 
 Contract: :func:`check_resend` reads the whole input once, as the run will (reader, mapping,
 request builder), and sorts each person the output has already done
@@ -13,10 +13,15 @@ dry run reports it.
 
 It costs one more pass over the input (~20 us a row), made only when the output has results
 and the input is a file (stdin cannot be read twice).
+
+:func:`check_agent` looks ``--agent`` up (``GET /api/v2/agents/get``, not paid): one that
+does not exist, or is of another type than ``--agent-type``, stops the run with exit 2 and the
+right ``--agent-type`` (:func:`agent_problem`, shared with ``doctor``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +29,19 @@ from typing import Any
 
 import orjson
 
-from octave_bulk.agents import get_agent
+from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.build import RequestBuilder, request_spec
+from octave_bulk.errors import ApiError, ConfigError
+from octave_bulk.http.client import OctaveClient
 from octave_bulk.identity import content_of, person_key
 from octave_bulk.input.records import Reject
 from octave_bulk.intake import open_contacts
+from octave_bulk.observe.log import log_event
 from octave_bulk.settings import Settings
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.ledger import LedgerState, complete_lines
 
-__all__ = ["FEWEST", "SAMPLE", "ResendReport", "check_resend"]
+__all__ = ["FEWEST", "SAMPLE", "ResendReport", "agent_problem", "check_agent", "check_resend"]
 
 SAMPLE = 50
 """Re-sent people whose old and new content are compared to name the changed fields."""
@@ -154,3 +162,43 @@ def _old_contacts(
             if len(pairs) == len(samples):
                 break
     return pairs
+
+
+async def check_agent(client: OctaveClient, settings: Settings) -> None:
+    """Before the first paid call: the agent exists and is of ``--agent-type``
+    (``GET /api/v2/agents/get``, not paid). Any other answer (an error, a timeout, no type)
+    lets the run go on: the lookup must not cost a night.
+
+    Raises:
+        ConfigError: the agent does not exist, or is of another type.
+    """
+    o_id = settings.agent_oid
+    if not settings.check_agent or not o_id:
+        return
+    found: dict[str, Any] | ApiError
+    try:
+        found = await client.get_agent_info(o_id)
+    except ApiError as exc:
+        found = exc
+    problem = agent_problem(o_id, settings.agent_type, found)
+    if problem is not None:
+        raise ConfigError(f"agent {problem} (octave-bulk doctor lists the workspace's agents)")
+    if isinstance(found, ApiError):
+        log_event("agent_not_checked", level=logging.WARNING, error=found.message[:200])
+
+
+def agent_problem(o_id: str, kind: str, found: dict[str, Any] | ApiError) -> str | None:
+    """Why ``o_id`` cannot be run as ``kind`` - it does not exist (a 404), or is of another
+    type - or None (also when the lookup failed otherwise: nothing is known then)."""
+    if isinstance(found, ApiError):
+        if found.status != 404:
+            return None
+        return f"{o_id} does not exist in this workspace, or --base-url is wrong (HTTP 404)"
+    data = found.get("data")
+    actual = data.get("type") if isinstance(data, dict) else None
+    expected = get_agent(kind).api_type
+    if actual is None or actual == expected:
+        return None
+    right = [k for k in AGENT_KINDS if get_agent(k).api_type == actual]
+    hint = f": run it with --agent-type {right[0]}" if right else ""
+    return f"{o_id} is a {actual} agent, not {expected} ({kind}){hint}"

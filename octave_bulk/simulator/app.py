@@ -276,6 +276,8 @@ class Simulator:
             return
         o_id = query.get("oId", [""])[0]
         match = [r for r in records if r["oId"] == o_id]
+        if not self.config.agents and o_id.startswith("ca_"):  # no workspace modelled: any
+            match = [{"oId": o_id, "name": "Simulated agent", "type": None}]
         if not match:
             await _send_json(send, 404, _envelope("Not found", f"Agent {o_id!r} not found"))
             return

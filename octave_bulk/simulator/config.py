@@ -130,7 +130,8 @@ class SimulatorConfig:
     usage_per_run: float = 1.0
     agents: dict[str, str] = field(default_factory=dict)
     """The workspace's agents, oId -> type (``EMAIL``, ``QUALIFY_PERSON``...), for
-    ``GET /api/v2/agents/list`` and ``/get``; runs do not check them."""
+    ``GET /api/v2/agents/list`` and ``/get``. Empty: no workspace is modelled, and ``/get``
+    knows every ``ca_`` id, without a type (runs themselves never check)."""
     credits_max: float = 100_000.0
     arrivals_kept: int = 100_000
     """How many arrival times the stats keep (the latest calls'), so memory stays bounded."""
