@@ -260,3 +260,39 @@ def test_a_run_looks_the_agent_up_before_paying(make_sim: Any, tmp_path: Path) -
     env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_CHECK_AGENT": "false"}  # the lookup turned off
     unchecked = CliRunner().invoke(cli, command, env=env)
     assert unchecked.exit_code == 0 and sim.stats()["totals"]["calls"] == 6
+
+
+def test_chaining_reads_each_persons_latest_result(make_sim: Any, tmp_path: Path) -> None:
+    """A person qualified twice (the title changed in between): the next agent gets the
+    latest result only; the older line is a `superseded` reject, never a second request."""
+    sim = make_sim()
+    people = tmp_path / "in.csv"
+    people.write_text("email,jobTitle\nada@acme.com,VP Sales\ngrace@globex.io,CTO\n")
+    assert run(sim.url, tmp_path, "qualify-person").exit_code == 0
+    people.write_text("email,jobTitle\nada@acme.com,Chief Revenue Officer\n")
+    assert run(sim.url, tmp_path, "qualify-person").exit_code == 0
+    chained = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tmp_path / "out.ndjson"),
+            "-o",
+            str(tmp_path / "next.ndjson"),
+            "--agent",
+            "ca_2",
+            "--base-url",
+            sim.url,
+            "--rate",
+            "none",
+            "--no-progress",
+        ],  # fmt: skip
+        env={"OCTAVE_API_KEY": TEST_KEY},
+    )
+    assert chained.exit_code == 0, chained.output
+    sent = {
+        line["contact"]["email"]: line["contact"] for line in read_lines(tmp_path / "next.ndjson")
+    }
+    assert sorted(sent) == ["ada@acme.com", "grace@globex.io"]
+    assert sent["ada@acme.com"]["jobTitle"] == "Chief Revenue Officer"
+    rejects = read_lines(side(tmp_path / "next.ndjson", ".rejects.ndjson"))
+    assert [(r["reason"], r["line"]) for r in rejects] == [("superseded", 1)]

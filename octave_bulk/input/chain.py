@@ -4,7 +4,8 @@ Contract: :func:`results_row` recognises a results line (an object with ``reques
 ``contact`` object and a ``response`` object) and turns it into an input row: the contact's
 canonical fields (CRM ids included; the earlier request's own settings - target, formats,
 context, its requestId - left out, the new run builds its own) plus the earlier response as
-JSON text under :data:`RESPONSE_KEY`. :class:`ResultFilter` (``--where``) decides which rows
+JSON text under :data:`RESPONSE_KEY`; a person's older results in the file (superseded by a
+later one, :func:`latest_lines`) are left out, as ``export`` leaves them out. :class:`ResultFilter` (``--where``) decides which rows
 go on, with an expression over that response: evaluated by ``simpleeval`` (Python's ``ast``
 parsed, only comparisons, ``and``/``or``/``not``, ``in``, arithmetic and literals; no calls,
 no attribute beyond dictionary keys, no ``eval``). Names are the response's keys, the keys
@@ -30,12 +31,23 @@ from simpleeval import InvalidExpression, SimpleEval
 from octave_bulk.agents import COMPANY_AGENTS
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.identity import person_key, read_person_hash
-from octave_bulk.state.idset import id_key
+from octave_bulk.state.idset import IdSet, id_key
 
-__all__ = ["RESPONSE_KEY", "ContextSources", "ResultFilter", "context_from", "results_row"]
+__all__ = [
+    "PERSON_KEY",
+    "RESPONSE_KEY",
+    "ContextSources",
+    "ResultFilter",
+    "context_from",
+    "latest_lines",
+    "results_row",
+]
 
 RESPONSE_KEY = "@response"
 """The input row key holding the earlier response (JSON text)."""
+
+PERSON_KEY = "@personKey"
+"""The input row key holding the earlier result's ``personKey``."""
 
 _NOT_CARRIED = frozenset(
     {
@@ -65,7 +77,25 @@ def results_row(value: dict[str, Any]) -> dict[str, Any] | None:
         return None
     row = {key: item for key, item in contact.items() if key not in _NOT_CARRIED}
     row[RESPONSE_KEY] = orjson.dumps(response).decode()
+    if isinstance(value.get("personKey"), str):
+        row[PERSON_KEY] = value["personKey"]
     return row
+
+
+def latest_lines(path: Path) -> IdSet:
+    """Person (``personKey`` as an int) -> the 1-based line of their latest result in a
+    results file: an earlier result of the same person (made before a change) is superseded,
+    and chaining reads only the latest."""
+    latest = IdSet(1024, with_values=True)
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            at = line.find(b'"personKey":"', 0, 200)
+            if at >= 0:
+                start = at + len(b'"personKey":"')
+                person = read_person_hash(line[start : start + 16])
+                if person is not None:
+                    latest.put(person, number)
+    return latest
 
 
 class ResultFilter:

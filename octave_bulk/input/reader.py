@@ -28,7 +28,15 @@ from typing import Literal
 import orjson
 
 from octave_bulk.errors import ConfigError, InputError
-from octave_bulk.input.chain import RESPONSE_KEY, ContextSources, ResultFilter, context_from
+from octave_bulk.identity import read_person_hash
+from octave_bulk.input.chain import (
+    PERSON_KEY,
+    RESPONSE_KEY,
+    ContextSources,
+    ResultFilter,
+    context_from,
+    latest_lines,
+)
 from octave_bulk.input.mapping import (
     PROFILES,
     ResolvedMapping,
@@ -45,6 +53,7 @@ from octave_bulk.input.normalize import (
 from octave_bulk.input.records import CONTENT_FIELDS, IDENTITY_FIELDS, Contact, Reject
 from octave_bulk.input.source import RawRecord, RecordSource
 from octave_bulk.input.templates import ContentTemplates
+from octave_bulk.state.idset import IdSet
 
 __all__ = ["FIELD_MAX_CHARS", "ContactReader", "ReaderOptions"]
 
@@ -131,6 +140,8 @@ class ContactReader:
         self._options = opts
         self._filter = ResultFilter(opts.where) if opts.where else None
         self._sources: ContextSources | None = None  # read at __enter__
+        self._latest: IdSet | None = None  # a results input: each person's latest line
+        self._path = Path(path) if str(path) != "-" else None
         self._templates = ContentTemplates(opts.context_templates, opts.instruction_templates)
         self._source = RecordSource(
             path,
@@ -177,6 +188,8 @@ class ContactReader:
                 raise InputError(msg, path=source.label, line=source.header_line)
             self._templates.check(headers)
             self._sources = ContextSources(self._options.context_from) or None
+            if RESPONSE_KEY in headers and self._path is not None:  # an earlier run's results
+                self._latest = latest_lines(self._path)
             own = [p for p in self._options.context_from if ":" not in p]
             if (self._options.where or own) and RESPONSE_KEY not in headers:
                 msg = (
@@ -243,6 +256,12 @@ class ContactReader:
         row = record.row
         response = None
         if RESPONSE_KEY in row:  # an earlier run's result (chaining)
+            person = read_person_hash(row.get(PERSON_KEY))
+            if self._latest is not None and person is not None:
+                latest = self._latest.get(person)
+                if latest is not None and latest != record.line:
+                    message = f"a later result of this person is on line {latest}"
+                    return Reject(record.line, "superseded", None, message, {})
             response = orjson.loads(row[RESPONSE_KEY])
             if self._filter is not None and not self._filter.matches(response, row):
                 message = f"--where {self._filter.expression!r} is false for this result"
