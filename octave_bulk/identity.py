@@ -29,14 +29,11 @@ from typing import Any
 
 import orjson
 
-from octave_bulk.state.idset import id_key
-
 __all__ = [
     "LEGACY_PREFIX",
     "content_of",
     "derive_request_id",
     "is_legacy_id",
-    "person_hash",
     "person_key",
     "read_person_hash",
 ]
@@ -77,15 +74,6 @@ def _key(body: Mapping[str, Any], field: str | None) -> str | None:
     if company := body.get("companyName"):
         return "company:" + " ".join(str(company).lower().split())
     return None
-
-
-def person_hash(
-    body: Mapping[str, Any], field: str | None = None, kind: str = "sequence"
-) -> str | None:
-    """The person key as results lines carry it (``personKey``): 16 hex digits of its
-    :func:`~octave_bulk.state.idset.id_key`, so that a scan finds people without parsing."""
-    key = person_key(body, field, kind)
-    return None if key is None else f"{id_key(key):016x}"
 
 
 def read_person_hash(value: object) -> int | None:

@@ -16,7 +16,7 @@ for the resume scan:
 
 ``runId`` names the run that wrote the line (the summary's ``run_id``): results of one night
 are the lines of its run. ``personKey`` is the hashed person key
-(:func:`~octave_bulk.identity.person_hash`), near the start so that a scan finds it.
+(16 hex digits of its ``id_key``), near the start so that a scan finds it.
 """
 
 from __future__ import annotations
