@@ -38,6 +38,7 @@ def request_spec(settings: Settings) -> RequestSpec:
         url=settings.url,
         prospect_limit=settings.prospect_limit,
         search_context=settings.search_context,
+        prospect_minimal=settings.prospect_minimal,
     )
 
 

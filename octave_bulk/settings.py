@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     prospect_limit: int | None = Field(
         None, ge=1, le=1000, description="Prospector: people per company (1-1000)."
     )
+    prospect_minimal: bool | None = Field(
+        None, description="Prospector: minimal answers (the agent's default: true)."
+    )
     search_context: str | None = Field(
         None, description="Prospector: the searchContext object, as JSON."
     )

@@ -135,11 +135,14 @@ def test_bad_prospector_settings_are_refused_before_any_call(make_sim: Any, tmp_
     too_many = run(sim.url, tmp_path, "prospector", "--prospect-limit", "5000")
     assert too_many.exit_code == 2 and "prospect_limit" in too_many.output
     assert sim.stats()["totals"].get("calls", 0) == 0
-    ok = run(sim.url, tmp_path, "prospector", "--prospect-limit", "3",
+    ok = run(sim.url, tmp_path, "prospector", "--prospect-limit", "3", "--no-prospect-minimal",
              "--search-context", '{"fuzzyTitles": ["VP Sales"]}')  # fmt: skip
     assert ok.exit_code == 0, ok.output
     line = read_lines(tmp_path / "out.ndjson")[0]
     assert len(line["response"]["data"]["people"]) == 3
+    sent = line["contact"]  # the body as sent (plus the CRM id kept for write-back)
+    assert (sent["limit"], sent["minimal"]) == (3, False)
+    assert sent["searchContext"] == {"fuzzyTitles": ["VP Sales"]}
 
 
 def test_a_file_without_company_columns_is_refused_for_a_company_agent(
@@ -230,7 +233,10 @@ def test_crm_presets_write_back_under_the_crms_names_to_every_record(
     assert sorted(row["Record ID"] for row in rows) == ["7000", "7001", "7002", "7999"]
     header, rows = export("salesforce")
     assert header[:2] == ["Id", "Name"] and "NumberOfEmployees" in header
-    assert all(name.isidentifier() for name in header)  # API names
+    custom = [name for name in header if name.endswith("__c")]
+    assert custom and len(set(header)) == len(header)  # unique API names
+    assert all(name.isidentifier() and len(name) <= 40 for name in custom)
+    assert all("__" not in name.removesuffix("__c") for name in custom)
     sequence_out = tmp_path / "seq"
     sequence_out.mkdir()
     (sequence_out / "in.csv").write_text("email\nada@acme.com\n")

@@ -37,6 +37,8 @@ class RequestSpec:
     """Prospector: people per company (1-1000; the agent's own setting when unset)."""
     search_context: str | None = None
     """Prospector: the ``searchContext`` object, as JSON text."""
+    prospect_minimal: bool | None = None
+    """Prospector: ``minimal`` (drops positions, picture URL and nested company)."""
 
 
 @dataclass(frozen=True, slots=True)

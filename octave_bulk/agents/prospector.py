@@ -90,6 +90,8 @@ def _search(spec: RequestSpec) -> dict[str, Any]:
         extra["limit"] = spec.prospect_limit
     if spec.search_context:
         extra["searchContext"] = json.loads(spec.search_context)
+    if spec.prospect_minimal is not None:
+        extra["minimal"] = spec.prospect_minimal
     return extra
 
 

@@ -67,8 +67,14 @@ class Preset:
         """The CSV header for ``steps`` step column pairs (or an agent's columns)."""
         identity = [column for column, _ in self.columns]
         if self.agent is not None:
-            names = dict(self.rename)
-            own = [names.get(column) or self.custom(column) for column in agent_columns]
+            names, own = dict(self.rename), list[str]()
+            for column in agent_columns:
+                name = base = names.get(column) or self.custom(column)
+                number = 1
+                while name in own:  # two columns cut to one Salesforce name: number them
+                    name = f"{base.removesuffix('__c')[:34].rstrip('_')}_{number:02d}__c"
+                    number += 1
+                own.append(name)
             return [*identity, *own, *_TRAILING[1:]]
         parts = ("subject", "body")
         step_columns = [f"step{n}_{part}" for n in range(1, steps + 1) for part in parts]
@@ -76,10 +82,10 @@ class Preset:
 
     def custom(self, column: str) -> str:
         """An agent column the CRM has no property for: ``prefix`` + the column (Salesforce:
-        an API name, letters, digits and ``_``, at most 40 characters with ``__c``)."""
+        an API name: letters, digits and single ``_``, at most 40 characters with ``__c``)."""
         if self.prefix != "Octave_":
             return self.prefix + column
-        return re.sub(r"\W+", "_", self.prefix + column).strip("_")[:37] + "__c"
+        return re.sub(r"[\W_]+", "_", self.prefix + column)[:37].strip("_") + "__c"
 
     def limit(self, max_field_chars: int | None) -> int | None:
         """The cell length limit: ``None`` takes the preset's default, ``0`` means no limit."""
