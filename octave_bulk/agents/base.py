@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.input.records import Contact, Reject
 
-__all__ = ["Agent", "RequestSpec", "merge_steps"]
+__all__ = ["Agent", "RequestSpec", "merge_steps", "model_reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +87,12 @@ def merge_steps(global_all: str | None, row: dict[str, str], prefix: str) -> dic
         elif name.startswith(prefix + "_"):
             merged.setdefault(name[len(prefix) + 1 :], []).append(text)
     return {key: "\n\n".join(parts) for key, parts in merged.items()}
+
+
+def model_reject(exc: ValidationError, contact: Contact) -> Reject:
+    """The ``invalid_field`` reject for a body the request model refused: its first error,
+    naming the field."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in error["loc"]) or None
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return Reject(contact.line, "invalid_field", where, message, dict(contact.fields))

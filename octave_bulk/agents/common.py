@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from octave_bulk.agents.base import RequestSpec
+from octave_bulk.agents.base import RequestSpec, model_reject
 from octave_bulk.agents.envelope import Metadata, RequestModel, ResponseModel
+from octave_bulk.agents.fields import value_at
 from octave_bulk.input.records import Contact, Reject
 
 __all__ = [
@@ -121,10 +122,7 @@ def flat_body_builder(
         try:
             model.model_validate({k: v for k, v in body.items() if k != "requestId"})
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"]) or None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            return Reject(contact.line, "invalid_field", where, message, dict(row))
+            return model_reject(exc, contact)
         return body
 
     return build
@@ -138,20 +136,12 @@ def needs(*paths: str) -> Callable[[dict[str, Any]], str | None]:
         if not payload.get("found"):
             return f"nothing produced: {payload.get('message') or 'found: false'}"
         for path in paths:
-            value = _at(payload, path)
+            value = value_at(payload, path)
             if value not in (None, "", [], {}):
                 return None
         return f"nothing produced: no {' or '.join(paths)} in the answer"
 
     return failure
-
-
-def _at(payload: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(payload, dict):
-            return None
-        payload = payload.get(part)
-    return payload
 
 
 def flatten(value: Any, prefix: str = "", *, max_items: int = 10) -> dict[str, str]:

@@ -6,8 +6,9 @@ Kept free of pydantic so that readers of files (``status``) load nothing heavy.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-__all__ = ["MAX_STEPS", "STEP_KEYS", "OutputFormat", "credits_of"]
+__all__ = ["MAX_STEPS", "STEP_KEYS", "OutputFormat", "credits_of", "value_at"]
 
 MAX_STEPS = 7
 """Highest step key accepted in runtimeContext / runtimeInstructions.
@@ -23,6 +24,16 @@ def credits_of(usage: object) -> float:
     if isinstance(usage, int | float) and not isinstance(usage, bool):
         return float(usage)
     return 0.0
+
+
+def value_at(value: Any, path: str) -> Any:
+    """The value at a dotted ``path`` of nested objects (``data.company.name``), None when a
+    step is missing or not an object."""
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 class OutputFormat(enum.StrEnum):

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from octave_bulk.agents.base import Agent, RequestSpec, merge_steps
+from octave_bulk.agents.base import Agent, RequestSpec, merge_steps, model_reject
 from octave_bulk.agents.envelope import Metadata, RequestModel, ResponseModel, StepMapping
 from octave_bulk.agents.fields import STEP_KEYS, OutputFormat
 from octave_bulk.input.records import IDENTITY_FIELDS, Contact, Reject
@@ -251,10 +251,7 @@ def build_sequence_body(contact: Contact, spec: RequestSpec) -> dict[str, Any] |
     try:
         SequenceRequest.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"]) or None
-        message = str(error["msg"]).removeprefix("Value error, ")
-        return Reject(contact.line, "invalid_field", where, message, dict(row))
+        return model_reject(exc, contact)
     return body
 
 

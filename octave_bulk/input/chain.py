@@ -29,6 +29,7 @@ import orjson
 from simpleeval import InvalidExpression, SimpleEval
 
 from octave_bulk.agents import COMPANY_AGENTS
+from octave_bulk.agents.fields import value_at
 from octave_bulk.errors import ConfigError, InputError
 from octave_bulk.identity import person_key, read_person_hash
 from octave_bulk.state.idset import IdSet, id_key
@@ -132,22 +133,14 @@ def context_from(paths: tuple[str, ...], response: dict[str, Any]) -> str:
     for path in paths:
         if ":" in path:
             continue
-        value: Any = _at(response, path)
+        value: Any = value_at(response, path)
         if value is None:
-            value = _at(response.get("data"), path)
+            value = value_at(response.get("data"), path)
         if value in (None, "", [], {}):
             continue
         text = value if isinstance(value, str) else orjson.dumps(value).decode()
         lines.append(f"{path.rsplit('.', 1)[-1]}: {text}")
     return "\n".join(lines)
-
-
-def _at(value: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 _COMPANY_FIELDS = ("companyDomain", "companyName", "crmAccountId")
