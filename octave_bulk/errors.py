@@ -108,6 +108,9 @@ class ErrorKind(enum.StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_BODY = "invalid_body"
     NOT_FOUND = "not_found"
+    # An async job (submit and poll): it ended with an error, or its handle is gone.
+    AGENT_ERROR = "agent_error"
+    EXPIRED = "expired"
     # The run cannot go on.
     UNAUTHORIZED = "unauthorized"
     PAYMENT_REQUIRED = "payment_required"

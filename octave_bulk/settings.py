@@ -167,6 +167,38 @@ class Settings(BaseSettings):
     )
     transport: Literal["aiohttp", "httpx"] = Field("aiohttp", description="HTTP transport.")
 
+    # Submit and poll (Octave's async agent API; docs/octave-api.md, section "Async API")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: one call per contact; async: submit, then poll for the result."
+    )
+    async_body: Literal["flat", "nested"] = Field(
+        "flat", description="Async body: inputs at the top level (flat) or under inputs (nested)."
+    )
+    async_path: str = Field("/api/v2/async/agent/run", description="Async submit endpoint.")
+    async_status_path: str = Field(
+        "/api/v2/async/agent/run/status", description="Async status endpoint."
+    )
+    async_status_param: str = Field(
+        "requestId", description="The status endpoint's query parameter for the job handle."
+    )
+    callback_url: str = Field(
+        "https://callback.invalid/octave-bulk",
+        description="Async callbackUrl (default: a no-op URL that never resolves; results are polled).",
+    )
+    callback_listen: str | None = Field(
+        None, description="Receive callbacks on HOST:PORT (callback_url must reach it)."
+    )
+    resubmit_expired: bool = Field(
+        False, description="Async: submit again contacts whose job handle the API forgot."
+    )
+    poll_rate: float | None = Field(
+        None, description="Async: status polls per second at most (default: found from 429s)."
+    )
+    poll_concurrency: int = Field(16, description="Async: status polls in flight at most.")
+    poll_interval_min: float = Field(2.0, description="Async: shortest wait between two polls, s.")
+    poll_interval_max: float = Field(60.0, description="Async: longest wait between two polls, s.")
+    max_pending: int = Field(10_000, description="Async: submitted jobs awaiting results at most.")
+
     fail_on_rejects: bool = Field(
         False, description="Exit 1 when rows were rejected (by default only failures do)."
     )
@@ -302,6 +334,8 @@ class Settings(BaseSettings):
         "max_calls",
         "limit",
         "max_field_bytes",
+        "poll_concurrency",
+        "max_pending",
     )
     @classmethod
     def _positive_int(cls, value: int | None) -> int | None:
@@ -317,11 +351,34 @@ class Settings(BaseSettings):
         "drain_timeout",
         "fsync_interval",
         "heartbeat_interval",
+        "poll_interval_min",
+        "poll_interval_max",
     )
     @classmethod
     def _positive_float(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be > 0")
+        return value
+
+    @field_validator("poll_rate", mode="before")
+    @classmethod
+    def _poll_rate(cls, value: Any) -> float | None:
+        return parse_rate(value)
+
+    @field_validator("callback_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8787")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (Octave requires HTTPS) or http://")
         return value
 
     @field_validator("base_url")

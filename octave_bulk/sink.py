@@ -35,9 +35,18 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import CallRow, OutcomeRow, OutputIndex
+from octave_bulk.state.jobs import PendingJob, settled_line, submitted_line
 from octave_bulk.utc import utc_iso
 
-__all__ = ["Attempt", "Failure", "Sink", "Success", "failure_line", "success_line"]
+__all__ = [
+    "Attempt",
+    "Failure",
+    "Sink",
+    "Submitted",
+    "Success",
+    "failure_line",
+    "success_line",
+]
 
 Attempt = tuple[float, float, int | None, str]
 """One call as the ledger keeps it: (sent at, answered at, HTTP status, outcome), UNIX times;
@@ -54,8 +63,31 @@ class Success:
     credits: float
     attempts: int
     latency_ms: int
+    slot: int | None
+    calls: tuple[Attempt, ...] = ()
+    handle: str | None = None
+    """The async job this result came from (None in sync mode)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """An async submit the API accepted: its job handle must be durable before anything
+    else is done with it (``OUT.jobs.ndjson``, :mod:`octave_bulk.state.jobs`)."""
+
+    job: PendingJob
+    attempts: int
     slot: int
     calls: tuple[Attempt, ...] = ()
+
+    @property
+    def request_id(self) -> str:
+        """Our requestId for the contact."""
+        return self.job.request_id
+
+    @property
+    def contact(self) -> dict[str, Any]:
+        """The contact as sent."""
+        return self.job.contact
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +100,11 @@ class Failure:
     attempts: int
     slot: int | None
     calls: tuple[Attempt, ...] = ()
+    handle: str | None = None
+    """The async job this failure came from (None in sync mode)."""
+
+
+Outcome = Success | Failure | Submitted
 
 
 def success_line(item: Success, run_id: str, person: int | None, kind: str = "sequence") -> bytes:
@@ -86,6 +123,7 @@ def success_line(item: Success, run_id: str, person: int | None, kind: str = "se
         "attempts": item.attempts,
         "latencyMs": item.latency_ms,
         "completedAt": utc_iso(),
+        **({} if item.handle is None else {"asyncHandle": item.handle}),
     }
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # no copy to add the b"\n"
 
@@ -105,6 +143,7 @@ def failure_line(item: Failure, run_id: str) -> bytes:
         },
         "attempts": item.attempts,
         "failedAt": utc_iso(),
+        **({} if item.handle is None else {"asyncHandle": item.handle}),
     }
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -131,6 +170,8 @@ class Sink:
         index: the ledger's index of this output, given each group's rows after its fsync
             (``state/index.py``); a group it cannot take (a locked ledger) goes with the next.
         resent: requestIds in flight when an earlier run died: their calls may pay twice.
+        jobs: the async job handles file (async mode): a :class:`Submitted` outcome's line
+            goes there; a result of a job gets its ``settled`` line after its commit.
     """
 
     def __init__(
@@ -141,28 +182,35 @@ class Sink:
         kind: str = "sequence",
         results: NdjsonAppender,
         errors: NdjsonAppender,
-        on_durable: Callable[[Success | Failure, int], None],
+        on_durable: Callable[[Outcome, int], None],
         release_slot: Callable[[int], None],
         batch: int,
         interval: float,
         index: OutputIndex | None = None,
         resent: Collection[str] = (),
+        jobs: NdjsonAppender | None = None,
     ) -> None:
         self._run_id, self._key_field, self._kind = run_id, key_field, kind
         self._index, self._resent = index, frozenset(resent)
         self._unindexed: tuple[list[OutcomeRow], list[CallRow]] = ([], [])
-        self._results, self._errors = results, errors
+        self._results, self._errors, self._jobs = results, errors, jobs
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
-        self._pending: list[tuple[Success | Failure, int, int]] = []  # (item, offset, person)
+        self._pending: list[tuple[Outcome, int, int]] = []  # (item, offset, person)
         self._wake = anyio.Event()
         self._closed = False
+        self._committing = anyio.Lock()  # one group at a time (the index takes them in order)
 
-    def write(self, item: Success | Failure) -> None:
+    def write(self, item: Outcome) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
         key = person_key(item.contact, self._key_field, self._kind)
         person = id_key(key) if key is not None else None
-        if isinstance(item, Success):
+        if isinstance(item, Submitted):
+            if self._jobs is None:
+                raise StateError("an async submit needs the jobs file")
+            offset = self._jobs.size
+            self._jobs.write(submitted_line(item.job, self._run_id))
+        elif isinstance(item, Success):
             offset = self._results.size
             self._results.write(success_line(item, self._run_id, person, self._kind))
             # The body is written; do not hold it until the commit (a positional copy:
@@ -176,6 +224,7 @@ class Sink:
                 item.latency_ms,
                 item.slot,
                 item.calls,
+                item.handle,
             )
         else:
             offset = self._errors.size
@@ -202,26 +251,37 @@ class Sink:
         """fsync what was written, then mark it durable and free its slots."""
         if not self._pending:
             return
-        group, self._pending = self._pending, []
-        covered = (self._results.size, self._errors.size)  # every line written is in a group
         # Shielded: what was written must be committed even while the run is cancelled.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._sync_files, group, covered)
+            async with self._committing:
+                group, self._pending = self._pending, []
+                if not group:
+                    return
+                covered = (self._results.size, self._errors.size)  # every line is in a group
+                await anyio.to_thread.run_sync(self._sync_files, group, covered)
         for item, _, person in group:
             if item.slot is not None:
                 self._release_slot(item.slot)
+            if not isinstance(item, Submitted) and item.handle is not None and self._jobs:
+                # After the result is durable, never before (a lost line costs one poll).
+                state = "ok" if isinstance(item, Success) else item.error.kind
+                self._jobs.write(settled_line(item.request_id, item.handle, state))
             self._on_durable(item, person)
 
-    def _sync_files(self, group: list[tuple[Success | Failure, int, int]], covered: Any) -> None:
+    def _sync_files(self, group: list[tuple[Outcome, int, int]], covered: Any) -> None:
         self._results.sync()
         self._errors.sync()
+        if self._jobs is not None:
+            self._jobs.sync()
         if self._index is None:
             return
         contacts, calls = self._unindexed
         run_id, resent = self._run_id, self._resent
         for item, offset, person in group:
             rid = item.request_id
-            if isinstance(item, Success):
+            if isinstance(item, Submitted):
+                pass  # its calls only: the contact's outcome comes with the job's result
+            elif isinstance(item, Success):
                 contacts.append((person, rid, "ok", run_id, offset))
             else:
                 state = "retryable" if item.error.retryable else "permanent"

@@ -29,6 +29,15 @@ from octave_bulk.agents import get_agent
 from octave_bulk.agents.base import Agent
 from octave_bulk.agents.fields import credits_of
 from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
+from octave_bulk.http.async_api import (
+    AsyncContract,
+    JobAnswer,
+    JobState,
+    Receipt,
+    read_receipt,
+    read_status,
+    submit_body,
+)
 from octave_bulk.http.retry import status_error, transport_error
 
 if TYPE_CHECKING:
@@ -105,6 +114,7 @@ class OctaveClient:
         api_key: sent as the ``api_key`` header; never logged, never part of an error.
         agent: the agent whose endpoint :meth:`run` calls (the Sequence Agent by default).
         timeout: read timeout, seconds. connect_timeout: connect (and pool) timeout.
+        contract: the async API's endpoints and body shape (for :meth:`submit`, :meth:`poll`).
     """
 
     def __init__(
@@ -116,8 +126,10 @@ class OctaveClient:
         agent: Agent | None = None,
         timeout: float = 180.0,
         connect_timeout: float = 10.0,
+        contract: AsyncContract | None = None,
     ) -> None:
         self._transport = transport
+        self._contract = contract or AsyncContract()
         self._agent = agent or get_agent()
         self._run_url = httpx.URL(base_url.rstrip("/") + self._agent.path)
         self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
@@ -218,6 +230,45 @@ class OctaveClient:
         request.read()
         return request
 
+    async def submit(self, body: bytes, request_id: str) -> Receipt:
+        """POST one request to the async endpoint (reshaped per the contract): its handle.
+
+        Raises:
+            ApiError: as :meth:`run`; a 200 without a handle is retryable.
+        """
+        contract = self._contract
+        header_id = request_id if request_id.isascii() else quote(request_id, safe="")
+        wire = submit_body(body, contract.body_shape, contract.callback_url)
+        headers = {**self._headers, "x-external-request-id": header_id}
+        url = httpx.URL(self._root + contract.submit_path)
+        try:
+            response = await self._send("POST", url, headers, wire)
+        except Exception as exc:
+            raise transport_error(exc, request_id) from None
+        return read_receipt(response, request_id)
+
+    async def poll(self, handle: str) -> JobAnswer:
+        """GET one job's status (not paid); a done job's result is judged as :meth:`run`'s
+        answer is (``nothing`` says why when the agent produced nothing).
+
+        Raises:
+            ApiError: an error status other than 404/410 (those mean the handle expired).
+        """
+        contract = self._contract
+        url = httpx.URL(self._root + contract.status_path, params={contract.status_param: handle})
+        try:
+            response = await self._send("GET", url, self._headers, None)
+        except Exception as exc:
+            raise transport_error(exc, None) from None
+        answer = read_status(response, handle)
+        if answer.state is JobState.DONE:
+            payload = orjson.loads(answer.raw)
+            why = "found: false" if payload.get("found") is False else None
+            why = why or self._agent.failure(payload)
+            if why is not None:
+                return JobAnswer(JobState.DONE, answer.raw, answer.credits, nothing=why[:500])
+        return answer
+
     async def validate_key(self) -> dict[str, object]:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""
         return await self.get_json(self._validate_url)
@@ -273,6 +324,13 @@ async def open_client(
             timeout=settings.timeout if read_timeout is None else read_timeout,
             connect_timeout=settings.connect_timeout,
             agent=get_agent(settings.agent_type),
+            contract=AsyncContract(
+                settings.async_path,
+                settings.async_status_path,
+                settings.async_status_param,
+                settings.async_body,
+                settings.callback_url,
+            ),
         )
 
 

@@ -108,6 +108,10 @@ class Admission:
                 stats.skipped_done += 1
                 frontier.add(end_line, rejects_size, "skipped_done")
                 return SKIP
+            elif self.state.awaiting and built.request_id in self.state.awaiting:
+                # An earlier run's async job: its result is polled, never paid again.
+                frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
+                return SKIP
             elif built.key in self.state.errors.permanent and not self.settings.retry_failed:
                 stats.skipped_failed += 1
                 frontier.add(end_line, rejects_size, "skipped_failed")

@@ -42,6 +42,9 @@ class RunControl:
         self.fatal: FatalApiError | None = None
         self.dispatch_scope = anyio.CancelScope()
         self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
+        self.halted = anyio.Event()
+        """Set once the run stops by signal or a fatal answer: work that the next run can do
+        as well (polling async jobs) ends at once."""
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
         self.budget_left: int | None = None  # paid calls the budget allows this run
@@ -59,6 +62,8 @@ class RunControl:
             self.reason = reason
             log_event("stopping", reason=reason, run_id=self.run_id, in_flight=self.stats.in_flight)
         self.stopped.set()
+        if reason in (StopReason.INTERRUPTED, StopReason.FATAL):
+            self.halted.set()
         if self.limiter is not None:
             self.limiter.stop()
         if math.isinf(self.dispatch_scope.deadline):
@@ -132,6 +137,7 @@ class RunControl:
                     log_event("signal", signal=name, action="draining calls in flight")
                     self.stop(StopReason.INTERRUPTED)
                     self.reason = StopReason.INTERRUPTED  # wins over an earlier graceful stop
+                    self.halted.set()
                 else:
                     log_event("signal", signal=name, action="stopping now")
                     self.dispatch_scope.cancel()

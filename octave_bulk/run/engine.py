@@ -51,15 +51,18 @@ from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
+from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
-from octave_bulk.sink import Failure, Sink, Success
+from octave_bulk.sink import Failure, Sink, Submitted, Success
 from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity, load_cursor
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
 from octave_bulk.state.history import RunHistory
+from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
+from octave_bulk.state.jobs import PendingJob, load_jobs, settled_line
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
@@ -92,6 +95,8 @@ class _Run:
         self.admission = Admission(settings, self.stats, state, start, self.control, expected_rows)
         self.cursor = CursorKeeper(paths, identity, fingerprint, self.admission.frontier.cursor)
         self.slots: InflightSlots | None = None
+        self.carried_jobs: list[PendingJob] = []  # async jobs of earlier runs, still awaited
+        self.jobs: Jobs | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
         self.index: OutputIndex | None = None
@@ -150,9 +155,16 @@ class _Run:
             update = functools.partial(_record, self.history, self.run_id)
             await anyio.to_thread.run_sync(update, self.progress_columns())
 
-    def on_durable(self, outcome: Success | Failure, person: int) -> None:
+    def on_durable(self, outcome: Success | Failure | Submitted, person: int) -> None:
         """The sink's callback, once per outcome after its line is fsynced."""
         stats, frontier = self.stats, self.admission.frontier
+        if isinstance(outcome, Submitted):  # its handle is durable: poll it
+            stats.submitted += 1
+            if self.jobs is not None:
+                self.jobs.add(outcome.job)
+            return
+        if isinstance(outcome, Failure) and outcome.handle is None and self.jobs is not None:
+            stats.submit_failed += 1
         retryable = isinstance(outcome, Failure) and outcome.error.retryable
         ok = isinstance(outcome, Success)
         self.state.settle(outcome.request_id, person, ok=ok, retryable=retryable)
@@ -185,6 +197,8 @@ class _Run:
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
         slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
+        polling = settings.mode == "async" or bool(self.carried_jobs)
+        jobs_file = NdjsonAppender(paths.jobs) if polling else None
         sink = Sink(
             run_id=self.run_id,
             key_field=settings.key,
@@ -197,6 +211,7 @@ class _Run:
             interval=settings.fsync_interval,
             index=self.index,
             resent=self.state.outcome_unknown,
+            jobs=jobs_file,
         )
         progress = Progress(
             self.stats,
@@ -205,7 +220,9 @@ class _Run:
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
         )
-        worker = Worker(settings, self.stats, control, client, limiter, slots)
+        jobs = self.jobs = self._jobs(client, sink) if polling else None
+        submit = jobs if settings.mode == "async" else None
+        worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
         reader = self.reader
         work_send, work_recv = anyio.create_memory_object_stream[WorkItem](settings.concurrency)
         try:
@@ -219,16 +236,22 @@ class _Run:
                     pipeline.start_soon(sink.run)
                     with control.dispatch_scope:
                         async with anyio.create_task_group() as dispatch:
-                            dispatch.start_soon(
-                                self.admission.feed,
-                                reader,
-                                lambda: reader.lines_read,
-                                work_send,
-                                rejects,
-                            )
-                            async with work_recv:
-                                for _ in range(settings.concurrency):
-                                    dispatch.start_soon(worker.run, work_recv.clone(), sink)
+                            if jobs is not None:
+                                dispatch.start_soon(jobs.run)
+                            async with anyio.create_task_group() as senders:
+                                senders.start_soon(
+                                    self.admission.feed,
+                                    reader,
+                                    lambda: reader.lines_read,
+                                    work_send,
+                                    rejects,
+                                )
+                                async with work_recv:
+                                    for _ in range(settings.concurrency):
+                                        senders.start_soon(worker.run, work_recv.clone(), sink)
+                            if jobs is not None:  # the last handles durable, then no more
+                                await sink.commit()
+                                jobs.close()
                     # Dispatch is over (done, stopped or cancelled): the committer commits
                     # what is left and returns.
                     sink.close()
@@ -236,13 +259,33 @@ class _Run:
         finally:
             with anyio.CancelScope(shield=True):
                 await sink.commit()
-            for appender in (results, errors, rejects):
-                appender.close()
+            for appender in (results, errors, rejects, jobs_file):
+                if appender is not None:
+                    appender.close()
             self.state.results.size, self.state.errors.size = results.size, errors.size
             slots.sync()
             slots.close()
             self.cursor.save()
-        self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
+        stats = self.stats
+        if jobs is not None:  # sent = submitted (awaited or not) or failed at the submit
+            stats.not_sent = max(0, stats.queued - stats.submitted - stats.submit_failed)
+        else:
+            stats.not_sent = max(0, stats.queued - stats.finished)
+
+    def _jobs(self, client: OctaveClient, sink: Sink) -> Jobs:
+        """The poller, with its own limiter (the status endpoint's limits are its own), and
+        the jobs earlier runs left awaiting."""
+        settings = self.settings
+        limiter = AdaptiveLimiter(
+            settings.poll_rate,
+            settings.poll_concurrency,
+            search_from=settings.start_rate,
+            adaptive=settings.adaptive,
+        )
+        jobs = Jobs(settings, self.stats, self.control, client, limiter, sink.write)
+        for job in self.carried_jobs:
+            jobs.add(job)
+        return jobs
 
     def exit_code(self) -> ExitCode:
         if self.control.reason is not None:
@@ -359,6 +402,7 @@ async def _locked_run(
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
+    carried = _carried_jobs(paths, state)
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
@@ -384,7 +428,7 @@ async def _locked_run(
             identity=identity,
             fingerprint=fingerprint,
         )
-        run.history, run.index = history, index
+        run.history, run.index, run.carried_jobs = history, index, carried
         if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
             async with open_client(settings, transport=transport) as client:
                 await check_agent(client, settings)
@@ -410,6 +454,7 @@ async def _locked_run(
             already_done=done_before,
             repaired_bytes=scan.repaired_bytes,
             outcome_unknown=len(state.outcome_unknown),
+            jobs_awaited=len(carried),
             skipped_unread=start.counts["read"],
             cursor=cursor_note,
             input_format=reader.format,
@@ -452,6 +497,7 @@ async def _locked_run(
         repaired_bytes=scan.repaired_bytes,
         corrupt_result_lines=scan.bad_lines,
         unknown_request_ids=state.outcome_unknown[:100],
+        async_jobs=_jobs_summary(run) if run.jobs is not None else None,
         settings=settings.redacted(),
     )
     write_json_atomic(paths.summary, document)
@@ -476,6 +522,38 @@ async def _locked_run(
         credits=stats.credits,
     )
     return RunSummary.from_document(document)
+
+
+def _carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
+    """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
+    job whose result is already durable gets its lost ``settled`` line now."""
+    if not paths.jobs.exists():
+        return []
+    awaited: list[PendingJob] = []
+    done: list[PendingJob] = []
+    for job in load_jobs(paths.jobs):
+        (done if id_key(job.request_id) in state.done else awaited).append(job)
+    if done:
+        appender = NdjsonAppender(paths.jobs)
+        for job in done:
+            appender.write(settled_line(job.request_id, job.handle, "ok"))
+        appender.close()
+    state.awaiting = frozenset(job.request_id for job in awaited)
+    return awaited
+
+
+def _jobs_summary(run: _Run) -> dict[str, Any]:
+    """The async section of the summary."""
+    stats = run.stats
+    return {
+        "mode": run.settings.mode,
+        "carried_from_earlier_runs": len(run.carried_jobs),
+        "submitted": stats.submitted,
+        "awaiting_result": stats.awaiting,
+        "polls": stats.polls,
+        "poll_errors": stats.poll_errors,
+        "jobs_file": str(run.paths.jobs),
+    }
 
 
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:

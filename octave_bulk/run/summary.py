@@ -70,6 +70,13 @@ class RunStats:
     credits: float = 0.0
     outcome_unknown: int = 0
     not_sent: int = 0
+    submitted: int = 0
+    """Async: submits the API accepted in this run (their handles are durable)."""
+    awaiting: int = 0
+    """Async: jobs submitted (in this run or an earlier one) whose result is not in yet."""
+    submit_failed: int = 0
+    polls: int = 0
+    poll_errors: int = 0
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
     failures_by_kind: Counter[str] = field(default_factory=Counter)
     calls_by_status: Counter[str] = field(default_factory=Counter)

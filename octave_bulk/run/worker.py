@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, RetryableApiError
+from octave_bulk.http.async_api import Receipt
 from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
 from octave_bulk.limits.base import Limiter, Ticket
@@ -31,12 +33,16 @@ from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import RunControl, Stopped
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
-from octave_bulk.sink import Attempt, Failure, Sink, Success
+from octave_bulk.sink import Attempt, Failure, Sink, Submitted, Success
 from octave_bulk.state.inflight import InflightSlots
+from octave_bulk.state.jobs import PendingJob
+
+if TYPE_CHECKING:
+    from octave_bulk.run.jobs import Jobs
 
 __all__ = ["Worker"]
 
-_Attempted = tuple[CallSuccess, int, float]  # (result, in-flight slot, latency ms)
+_Attempted = tuple[CallSuccess | Receipt, int, float]  # (answer, in-flight slot, latency ms)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -54,6 +60,9 @@ class Worker:
         client: sends one call.
         limiter: passed before every attempt, told how every attempt ended.
         slots: the in-flight slots file.
+        jobs: async mode: each attempt is a submit, and an accepted one becomes a
+            :class:`Submitted` outcome (its result comes from :class:`~octave_bulk.run.jobs.
+            Jobs`); None in sync mode.
     """
 
     def __init__(
@@ -64,9 +73,10 @@ class Worker:
         client: OctaveClient,
         limiter: Limiter,
         slots: InflightSlots,
+        jobs: Jobs | None = None,
     ) -> None:
         self.settings, self.stats, self.control = settings, stats, control
-        self.client, self.limiter, self.slots = client, limiter, slots
+        self.client, self.limiter, self.slots, self.jobs = client, limiter, slots, jobs
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(settings.max_attempts),
             wait=wait_full_jitter_or_retry_after(settings.backoff_initial, settings.backoff_max),
@@ -93,8 +103,10 @@ class Worker:
                 if outcome is not None:
                     sink.write(outcome)
 
-    async def process(self, item: WorkItem) -> Success | Failure | None:
+    async def process(self, item: WorkItem) -> Success | Failure | Submitted | None:
         """All attempts for one item; its outcome, or None when it was not settled."""
+        if self.jobs is not None:
+            await self.jobs.wait_room()
         attempts = 1
         calls: list[Attempt] = []
         try:
@@ -118,6 +130,9 @@ class Worker:
             return None  # not this contact's fault: the next run sends it again
         except ApiError as exc:
             return Failure(item.request_id, item.contact, exc, attempts, None, tuple(calls))
+        if isinstance(result, Receipt):
+            job = PendingJob(item.request_id, result.handle, item.contact, time.time())
+            return Submitted(job, attempts, slot, tuple(calls))
         self.stats.latency.add(latency)
         return Success(
             request_id=item.request_id,
@@ -150,7 +165,10 @@ class Worker:
         slot = self.slots.claim(item.request_id)
         started, sent_at = time.perf_counter(), time.time()
         try:
-            result = await self.client.run(item.body, item.request_id)
+            if self.jobs is None:
+                result: CallSuccess | Receipt = await self.client.run(item.body, item.request_id)
+            else:
+                result = await self.client.submit(item.body, item.request_id)
         except ApiError as exc:
             calls.append((sent_at, time.time(), exc.status, exc.kind))
             self.slots.release(slot)  # an error answer: nothing was delivered that we could lose
@@ -161,7 +179,7 @@ class Worker:
             raise
         finally:
             stats.in_flight -= 1
-        calls.append((sent_at, time.time(), 200, "success"))
+        calls.append((sent_at, time.time(), 200, "success" if self.jobs is None else "submitted"))
         stats.calls_by_status["200"] += 1
         limiter.on_answer(ticket)
         control.on_success()

@@ -28,7 +28,6 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from statistics import NormalDist
@@ -44,13 +43,20 @@ from octave_bulk.agents.sequence import SEQUENCE, SequenceRequest
 from octave_bulk.simulator.agents import agent_data
 from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
 from octave_bulk.simulator.content import generate_data
+from octave_bulk.simulator.wire import Receive, Scope, Send
+from octave_bulk.simulator.wire import TokenBucket as _TokenBucket
+from octave_bulk.simulator.wire import changed_burst as _changed_burst
+from octave_bulk.simulator.wire import envelope as _envelope
+from octave_bulk.simulator.wire import header as _header
+from octave_bulk.simulator.wire import now_iso as _now_iso
+from octave_bulk.simulator.wire import read_body as _read_body
+from octave_bulk.simulator.wire import send_body as _send
+from octave_bulk.simulator.wire import send_json as _send_json
+from octave_bulk.simulator.wire import send_start as _send_start
+from octave_bulk.simulator.wire import uniforms as _uniforms
 
 __all__ = ["ABORT_EXTENSION", "Receive", "Scope", "Send", "Simulator"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 ABORT_EXTENSION = "octave_bulk.abort"
 """Scope extension set by our uvicorn protocol: ``abort(reset)`` drops the TCP connection,
@@ -77,43 +83,6 @@ _ERROR_TEXT = {
 _HTML_502 = (
     b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 )
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _uniforms(*parts: object) -> tuple[float, float, float]:
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=24).digest()
-    return tuple(int.from_bytes(digest[i : i + 8], "big") / 2**64 for i in (0, 8, 16))  # type: ignore[return-value]
-
-
-class _TokenBucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = burst, time.monotonic()
-        self.change: tuple[float, float] | None = None
-        """(monotonic time, factor) of a change of rate and burst still to come."""
-
-    def _refill(self, until: float) -> None:
-        if until > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (until - self.stamp) * self.rate)
-            self.stamp = until
-
-    def take(self, now: float) -> float:
-        """Take a token; return 0 on success, else the seconds until one is available."""
-        if self.change is not None and now >= self.change[0]:
-            at, factor = self.change
-            self.change = None
-            self._refill(at)  # the old rate up to the change, the new one from it
-            self.rate *= factor
-            self.burst = _changed_burst(self.burst, factor)
-            self.tokens = min(self.tokens, self.burst)
-        self._refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 class Simulator:
@@ -522,10 +491,6 @@ class Simulator:
             self.by_status[0] += 1
 
 
-def _changed_burst(burst: float, factor: float) -> float:
-    return max(1.0, burst * factor)
-
-
 def _changed_cap(cap: int, factor: float) -> int:
     return max(1, math.floor(cap * factor + 0.5))
 
@@ -545,54 +510,3 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
-
-
-def _envelope(title: str, detail: str | None) -> dict[str, Any]:
-    return {
-        "_metadata": {
-            "usage": 0,
-            "requestId": "sim_"
-            + hashlib.blake2b(str(time.time_ns()).encode(), digest_size=8).hexdigest(),
-            "message": title,
-            "timestamp": _now_iso(),
-        },
-        "message": detail,
-    }
-
-
-def _header(scope: Scope, name: bytes) -> bytes:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return b""
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _send_start(send: Send, status: int, length: int, ctype: bytes, extra: Any = ()) -> None:
-    headers = [(b"content-type", ctype), (b"content-length", str(length).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-
-
-async def _send(
-    send: Send,
-    status: int,
-    body: bytes,
-    ctype: bytes,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    await _send_start(send, status, len(body), ctype, headers or ())
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_json(
-    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await _send(send, status, orjson.dumps(payload), b"application/json", headers)

@@ -235,6 +235,9 @@ class LedgerState:
     """requestIds that were on the wire when the last run died and are not done since."""
     from_snapshot: bool = False
     """Whether the ledger's snapshot spared the scan of the files' indexed part."""
+    awaiting: frozenset[str] = frozenset()
+    """requestIds of async jobs submitted by an earlier run whose result is not in yet: they
+    are polled, never submitted again (``state/jobs.py``)."""
 
     @property
     def done(self) -> IdSet:

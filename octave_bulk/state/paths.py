@@ -63,6 +63,11 @@ class OutputPaths:
         return self._side(".limits.json")
 
     @property
+    def jobs(self) -> Path:
+        """Async job handles awaiting their result (see ``octave_bulk.state.jobs``)."""
+        return self._side(".jobs.ndjson")
+
+    @property
     def lock(self) -> Path:
         """Held while a run writes to these files."""
         return self._side(".lock")

@@ -1,0 +1,269 @@
+"""The poller: submitted async jobs become outcomes.
+
+Contract: :meth:`Jobs.add` takes a job whose handle is durable (``OUT.jobs.ndjson``, written
+by the sink's group commit); :meth:`Jobs.run` polls due jobs until every job is settled and
+:meth:`Jobs.close` said no more will come, and writes each job's outcome to the sink exactly
+once - from a poll or from a callback (:meth:`Jobs.complete`: whichever comes first wins, a
+duplicate is ignored).
+
+When a job is polled: first at ``0.9 x`` the median duration of the jobs finished so far
+(before any finished, ``poll_interval_min`` after its submit), then every ``10 %`` of its age
+(``25 %`` while no duration is known), within ``[poll_interval_min, poll_interval_max]``: a
+40-s job is seen within a few seconds of its end after two or three polls. Polls pass their
+own :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are
+not the submit's: ``poll_rate`` caps it, its 429s slow it) and at most ``poll_concurrency``
+are in flight, so polling never takes the submit's pace. The oldest due job goes first.
+
+A poll's answer: ``done`` -> a success (or ``not_found`` when the agent produced nothing);
+``failed`` -> a retryable ``agent_error`` (the next run submits the contact again); a handle the
+API no longer knows -> ``expired`` (retryable only with ``resubmit_expired``); an error status
+-> polled again later (a 401/403 stops the run, as any fatal answer). A stop by signal or a
+fatal answer ends polling at once: every job left is in ``OUT.jobs.ndjson`` and the next run
+polls it (nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep
+polling the jobs already paid for until the drain deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from octave_bulk.errors import (
+    ApiError,
+    ErrorKind,
+    FatalApiError,
+    RetryableApiError,
+    TerminalApiError,
+)
+from octave_bulk.http.async_api import JobAnswer, JobState
+from octave_bulk.http.client import OctaveClient
+from octave_bulk.limits.base import Limiter, Ticket
+from octave_bulk.observe.log import log_event
+from octave_bulk.run.control import RunControl
+from octave_bulk.run.summary import RunStats
+from octave_bulk.settings import Settings
+from octave_bulk.sink import Failure, Success
+from octave_bulk.state.jobs import PendingJob
+
+__all__ = ["Jobs"]
+
+_FIRST_SHARE = 0.9
+_AGE_SHARE, _BLIND_AGE_SHARE = 0.10, 0.25
+
+
+@dataclass(slots=True)
+class _Live:
+    job: PendingJob
+    submitted: float
+    """The submit's answer on this process's monotonic clock."""
+    polls: int = 0
+
+
+class Jobs:
+    """The jobs awaiting their result, and the tasks that poll them.
+
+    Args:
+        settings: the poll settings (``poll_*``, ``max_pending``, ``resubmit_expired``).
+        stats: counters (``awaiting``, ``polls``, ``poll_errors``).
+        control: the run's stop state.
+        client: polls one job (:meth:`OctaveClient.poll`).
+        limiter: paces the polls (not the submits).
+        write: hands an outcome to the sink.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        stats: RunStats,
+        control: RunControl,
+        client: OctaveClient,
+        limiter: Limiter,
+        write: Callable[[Success | Failure], None],
+    ) -> None:
+        self.settings, self.stats, self.control = settings, stats, control
+        self.client, self.limiter, self._write = client, limiter, write
+        self._live: dict[str, _Live] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
+        self._durations: deque[float] = deque(maxlen=256)
+        self._wake = anyio.Event()
+        self._room = anyio.Event()
+        self._open = True
+
+    @property
+    def awaiting(self) -> int:
+        """Jobs submitted and not settled yet."""
+        return len(self._live)
+
+    def add(self, job: PendingJob) -> None:
+        """A job whose handle is durable: poll it until it ends."""
+        if job.handle in self._live:
+            return
+        submitted = time.monotonic() - max(0.0, time.time() - job.submitted_at)
+        self._live[job.handle] = live = _Live(job, submitted)
+        self.stats.awaiting = len(self._live)
+        self._schedule(live, time.monotonic())
+
+    def close(self) -> None:
+        """No more jobs will be added: :meth:`run` returns once the last one is settled."""
+        self._open = False
+        self._nudge()
+
+    async def wait_room(self) -> None:
+        """Return once fewer than ``max_pending`` jobs await their result (or on a stop)."""
+        while len(self._live) >= self.settings.max_pending and not self.control.stopping:
+            room = self._room
+            with anyio.move_on_after(1.0):  # a stop does not set this event
+                await room.wait()
+
+    def complete(self, handle: str, answer: JobAnswer) -> bool:
+        """A job's answer (from a poll or a callback): an outcome once it has ended. Returns
+        whether the job was live and has ended now (False for a duplicate or a pending job)."""
+        live = self._live.get(handle)
+        if live is None:
+            return False
+        if answer.state is JobState.PENDING:
+            return False
+        del self._live[handle]
+        self.stats.awaiting = len(self._live)
+        self._room.set()
+        self._room = anyio.Event()
+        self._nudge()
+        job, age = live.job, time.monotonic() - live.submitted
+        if answer.state is JobState.DONE and answer.nothing is None:
+            self._durations.append(age)
+            outcome: Success | Failure = Success(
+                request_id=job.request_id,
+                contact=job.contact,
+                raw=answer.raw,
+                credits=answer.credits,
+                attempts=1,
+                latency_ms=round(age * 1000),
+                slot=None,
+                handle=handle,
+            )
+            self.stats.latency.add(age * 1000)
+        else:
+            error = _failure(answer, self.settings)
+            outcome = Failure(job.request_id, job.contact, error, 1, None, (), handle)
+            if answer.state is JobState.EXPIRED:
+                log_event("job_expired", level=logging.WARNING, request_id=job.request_id)
+        self._write(outcome)
+        return True
+
+    async def run(self) -> None:
+        """Poll until every job is settled and no more will come (or the run stops)."""
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._end_on_stop, outer.cancel_scope)
+            async with anyio.create_task_group() as polls:
+                for _ in range(self.settings.poll_concurrency):
+                    polls.start_soon(self._poll_loop)
+            outer.cancel_scope.cancel()
+        if self._live:
+            log_event("jobs_left", awaiting=len(self._live), note="the next run polls them")
+
+    async def _end_on_stop(self, scope: anyio.CancelScope) -> None:
+        """Cancel the polls once the run stops by signal or fatal answer (polls in flight
+        cost nothing; every job left is durable)."""
+        await self.control.halted.wait()
+        self.limiter.stop()
+        scope.cancel()
+
+    async def _poll_loop(self) -> None:
+        while (live := await self._next_due()) is not None:
+            ticket = await self.limiter.acquire()
+            if self._polling_over():
+                self.limiter.on_answer(ticket)
+                return
+            try:
+                answer = await self.client.poll(live.job.handle)
+            except ApiError as exc:
+                self._poll_failed(live, exc, ticket)
+                continue
+            except BaseException:
+                self.limiter.on_answer(ticket)
+                raise
+            self.limiter.on_answer(ticket)
+            self.stats.polls += 1
+            live.polls += 1
+            if not self.complete(live.job.handle, answer) and live.job.handle in self._live:
+                self._schedule(live, time.monotonic())
+
+    def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
+        self.stats.poll_errors += 1
+        if exc.status == 429:
+            pause = self.limiter.on_429(ticket, exc.retry_after)
+            self._schedule(live, time.monotonic() + max(pause, exc.retry_after or 0.0))
+            return
+        self.limiter.on_answer(ticket)
+        if isinstance(exc, FatalApiError):
+            self.control.on_error(exc)  # the key or the endpoint: stop the run
+            return
+        log_event("poll_failed", level=logging.DEBUG, kind=exc.kind, status=exc.status)
+        self._schedule(live, time.monotonic())
+
+    def _polling_over(self) -> bool:
+        return self.control.halted.is_set()
+
+    def _schedule(self, live: _Live, now: float) -> None:
+        settings, age = self.settings, now - live.submitted
+        lowest, highest = settings.poll_interval_min, settings.poll_interval_max
+        typical = statistics.median(self._durations) if len(self._durations) >= 3 else None
+        if typical is not None and age < _FIRST_SHARE * typical:
+            due = live.submitted + _FIRST_SHARE * typical
+        else:
+            share = _AGE_SHARE if typical is not None else _BLIND_AGE_SHARE
+            due = now + min(highest, max(lowest, age * share))
+        due = max(due, now)
+        heapq.heappush(self._due, (due, next(self._order), live.job.handle))
+        self._nudge()
+
+    def _nudge(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def _next_due(self) -> _Live | None:
+        """The next job to poll, when it is due; None when polling is over."""
+        while True:
+            if self._polling_over() or (not self._open and not self._live):
+                return None
+            wait = float("inf")
+            while self._due:
+                due, _, handle = self._due[0]
+                live = self._live.get(handle)
+                if live is None:  # settled meanwhile (a callback): drop its entry
+                    heapq.heappop(self._due)
+                    continue
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    heapq.heappop(self._due)
+                    return live
+                break
+            wake = self._wake
+            with anyio.move_on_after(wait):
+                await wake.wait()
+
+
+def _failure(answer: JobAnswer, settings: Settings) -> ApiError:
+    """The error a job that ended without a result stands for."""
+    if answer.state is JobState.DONE:  # the agent produced nothing
+        return TerminalApiError(answer.nothing or "nothing produced", kind=ErrorKind.NOT_FOUND)
+    if answer.state is JobState.EXPIRED:
+        message = (answer.error or "job handle unknown") + (
+            "; submitted again by the next run"
+            if settings.resubmit_expired
+            else "; run with --resubmit-expired to submit it again"
+        )
+        kind = ErrorKind.EXPIRED
+        if settings.resubmit_expired:
+            return RetryableApiError(message, kind=kind, status=404)
+        return TerminalApiError(message, kind=kind, status=404)
+    return RetryableApiError(answer.error or "the job failed", kind=ErrorKind.AGENT_ERROR)
