@@ -15,9 +15,12 @@ import orjson
 from octave_bulk.agents.fields import credits_of
 from octave_bulk.errors import OctaveBulkError
 from octave_bulk.state.files import iter_ndjson
+from octave_bulk.state.idset import id_key
+from octave_bulk.state.jobs import load_jobs
 from octave_bulk.state.ledger import LedgerState, complete_lines, read_state
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.utc import utc_iso
 
 __all__ = ["read_status"]
 
@@ -29,7 +32,8 @@ def _credits(line: bytes) -> float:
 
 
 def read_status(output: str | Path) -> dict[str, Any]:
-    """Counts from the results, errors and rejects files plus the last run's summary."""
+    """Counts from the results, errors and rejects files plus the last run's summary; with
+    async runs, the jobs submitted whose result is not in yet (``async_awaiting``)."""
     paths = OutputPaths.for_output(output)
     holder = RunLock(paths.lock).holder()
     state = read_state(paths)
@@ -40,6 +44,9 @@ def read_status(output: str | Path) -> dict[str, Any]:
         with contextlib.suppress(OSError, json.JSONDecodeError):
             summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     leftovers = state.outcome_unknown
+    awaiting = [
+        j for j in load_jobs(paths.jobs, compact=False) if id_key(j.request_id) not in state.done
+    ]
     return {
         "output": str(paths.results),
         "running": holder,
@@ -50,6 +57,8 @@ def read_status(output: str | Path) -> dict[str, Any]:
         "credits": credits,
         "in_flight": len(leftovers) if holder else 0,
         "outcome_unknown": 0 if holder else len(leftovers),
+        "async_awaiting": len(awaiting),
+        "async_oldest_submit": utc_iso(min(j.submitted_at for j in awaiting)) if awaiting else None,
         "input_progress": _input_progress(summary, state),
         "last_run": summary,
     }

@@ -194,6 +194,11 @@ def status(output: str, as_json: bool) -> None:
         "outcome_unknown",
     ):
         click.echo(f"  {key.replace('_', ' ')}: {info[key]}")
+    if info["async_awaiting"]:
+        click.echo(
+            f"  async jobs submitted, result not in yet: {info['async_awaiting']} "
+            f"(oldest submitted {info['async_oldest_submit']}; the next run polls them)"
+        )
     progress = info.get("input_progress")
     if progress:
         click.echo(

@@ -35,6 +35,7 @@ RUN_FIELDS = (
     "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "fail_on_rejects",
     "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",
+    "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",
 )  # fmt: skip
 """The settings ``run`` takes as flags, in help order."""
 
@@ -49,8 +50,15 @@ _ON_OFF_FLAGS = {
     "retry_failed",
     "fail_on_rejects",
     "allow_resend",
+    "resubmit_expired",
 }  # given or not; the others of type bool are --x/--no-x
-_DEFAULT_SHOWN = {"rate": "none", "progress": None, "encoding": None, "delimiter": None}
+_DEFAULT_SHOWN = {
+    "poll_rate": "found",
+    "rate": "none",
+    "progress": None,
+    "encoding": None,
+    "delimiter": None,
+}
 
 
 def _base_type(annotation: Any) -> Any:
@@ -98,7 +106,7 @@ def settings_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
         extra["type"] = kind
     elif kind is Path:
         extra["type"] = click.Path(dir_okay=False)
-    if name == "rate":
+    if name in ("rate", "poll_rate"):
         extra.pop("type", None)  # "2/s", "90/min" or "none": Settings parses it
     return click.option(flag, name, default=None, help=help_text, **extra)
 

@@ -121,6 +121,47 @@ def _emails_range(text: str) -> tuple[int, int]:
     show_default=True,
     help="How long a 'hang' fault holds a call.",
 )
+@click.option(
+    "--async-parallelism",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Async jobs running at once server-side (more wait in a queue).",
+)
+@click.option(
+    "--async-submit-limit",
+    default="none",
+    show_default=True,
+    callback=parsed(sim.parse_rate_limit),
+    help="Token bucket of the async submit endpoint, RATE[:BURST] as --rate-limit.",
+)
+@click.option(
+    "--async-status-limit",
+    default="none",
+    show_default=True,
+    callback=parsed(sim.parse_rate_limit),
+    help="Token bucket of the async status endpoint, RATE[:BURST] as --rate-limit.",
+)
+@click.option(
+    "--async-retention",
+    type=click.FloatRange(min=0),
+    default=86400.0,
+    show_default=True,
+    help="Seconds a finished async job stays readable (then its handle gets a 404).",
+)
+@click.option(
+    "--async-body",
+    type=click.Choice(["any", "flat", "nested"]),
+    default="any",
+    show_default=True,
+    help="Async body shapes accepted (the other gets a 400).",
+)
+@click.option(
+    "--async-status-field/--no-async-status-field",
+    default=False,
+    show_default=True,
+    help="Whether async status answers carry data.status (undocumented by Octave).",
+)
 def simulate(
     host: str,
     port: int,
@@ -138,6 +179,12 @@ def simulate(
     emails: tuple[int, int],
     require_key_file: str | None,
     hang_seconds: float,
+    async_parallelism: int,
+    async_submit_limit: sim.RateLimit | None,
+    async_status_limit: sim.RateLimit | None,
+    async_retention: float,
+    async_body: str,
+    async_status_field: bool,
 ) -> None:
     """Run the Octave simulator as a standalone server (no API key or network needed)."""
     from octave_bulk.simulator.server import bind_socket, run_forever
@@ -163,6 +210,12 @@ def simulate(
             inflight_retry_after=inflight_retry_after,
             rate_limit_change=limit_change,
             time_scale=time_scale,
+            async_parallelism=async_parallelism,
+            async_submit_limit=async_submit_limit,
+            async_status_limit=async_status_limit,
+            async_retention=async_retention,
+            async_body=async_body,
+            async_status_field=async_status_field,
         )
         sock = bind_socket(host, port)
     except (ValueError, OSError) as exc:
@@ -212,12 +265,21 @@ def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
 @config_option
 @key_file_option
 @settings_options("base_url", "agent_type", "agent_oid")
-def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> None:
+@click.option(
+    "--async",
+    "check_async",
+    is_flag=True,
+    help="Also ask the async status endpoint about a made-up job (nothing submitted or paid).",
+)
+def doctor(
+    config_file: str | None, api_key_file: str | None, check_async: bool, **flags: Any
+) -> None:
     """Check the settings, the API key and the agent: workspace, credits, agent type.
 
     Lists the workspace's agents of --agent-type; with --agent, checks that it exists and is
-    of that type. Exit 0: all good; 2: a settings problem, or an agent that does not exist or
-    is of another type; 3: the key was refused; 1: the API could not be reached.
+    of that type; with --async, that the async status endpoint answers a made-up job handle
+    as an unknown one. Exit 0: all good; 2: a settings problem, or an agent that does not
+    exist or is of another type; 3: the key was refused; 1: the API could not be reached.
     """
     from octave_bulk.agents import get_agent
     from octave_bulk.errors import FatalApiError
@@ -250,6 +312,9 @@ def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> N
                     if isinstance(exc, FatalApiError) and exc.status != 404:
                         raise
                     agent = exc
+            if check_async:
+                status = await client.poll(_DOCTOR_HANDLE)
+                click.echo(_async_verdict(status.state, settings.async_status_param))
             return key, listed, agent
 
     try:
@@ -287,3 +352,17 @@ def doctor(config_file: str | None, api_key_file: str | None, **flags: Any) -> N
     info = info if isinstance(info, dict) else {}
     click.echo(f"agent: {settings.agent_oid} '{info.get('name')}' ({api_type}), "
                f"cost {info.get('costToRun')} per run: ok")  # fmt: skip
+
+
+_DOCTOR_HANDLE = "asyncReqID_octave_bulk_doctor_probe"
+"""The made-up job handle ``doctor --async`` asks the status endpoint about."""
+
+
+def _async_verdict(state: str, param: str) -> str:
+    """What the status endpoint's answer for a made-up handle says of the async settings."""
+    if state == "expired":
+        return f"async status endpoint: ok (a made-up job handle got 404 unknown; ?{param}=)"
+    return (
+        f"async status endpoint: answered a made-up job handle as {state!r} instead of 404: "
+        f"check async_status_param ({param}) and async_status_path"
+    )

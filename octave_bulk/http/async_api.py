@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import orjson
 
+from octave_bulk.agents.base import Agent
 from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.retry import status_error
 
@@ -36,6 +37,7 @@ __all__ = [
     "JobState",
     "Receipt",
     "job_answer",
+    "judged",
     "read_receipt",
     "read_status",
     "submit_body",
@@ -184,3 +186,15 @@ def job_answer(metadata: Any, data: dict[str, Any]) -> JobAnswer:
     usage = body["_metadata"].get("usage") if isinstance(body["_metadata"], dict) else None
     credits = float(usage) if isinstance(usage, int | float) and not isinstance(usage, bool) else 0
     return JobAnswer(JobState.DONE, orjson.dumps(body), credits, word=word)
+
+
+def judged(answer: JobAnswer, agent: Agent) -> JobAnswer:
+    """A done job's result judged as a synchronous answer is: ``nothing`` says why when the
+    agent produced nothing (``found: false``, no payload)."""
+    if answer.state is not JobState.DONE:
+        return answer
+    payload = orjson.loads(answer.raw)
+    why = "found: false" if payload.get("found") is False else agent.failure(payload)
+    if why is None:
+        return answer
+    return JobAnswer(JobState.DONE, answer.raw, answer.credits, nothing=why[:500])

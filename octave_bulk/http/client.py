@@ -32,8 +32,8 @@ from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.async_api import (
     AsyncContract,
     JobAnswer,
-    JobState,
     Receipt,
+    judged,
     read_receipt,
     read_status,
     submit_body,
@@ -260,14 +260,7 @@ class OctaveClient:
             response = await self._send("GET", url, self._headers, None)
         except Exception as exc:
             raise transport_error(exc, None) from None
-        answer = read_status(response, handle)
-        if answer.state is JobState.DONE:
-            payload = orjson.loads(answer.raw)
-            why = "found: false" if payload.get("found") is False else None
-            why = why or self._agent.failure(payload)
-            if why is not None:
-                return JobAnswer(JobState.DONE, answer.raw, answer.credits, nothing=why[:500])
-        return answer
+        return judged(read_status(response, handle), self._agent)
 
     async def validate_key(self) -> dict[str, object]:
         """``GET /api/v2/api-key/validate``: the key's workspace and credits."""

@@ -80,6 +80,7 @@ class AdaptiveLimiter:
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
+        name: the log event of its pacing changes (``poll_pacing`` for async status polls).
     """
 
     def __init__(
@@ -94,7 +95,9 @@ class AdaptiveLimiter:
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        name: str = "pacing",
     ) -> None:
+        self.name = name
         self.rate_ceiling, self.window_ceiling = rate_ceiling, window_ceiling
         self.adaptive, self.max_pause = adaptive, max_pause
         self._clock = clock
@@ -415,7 +418,7 @@ class AdaptiveLimiter:
         if reason is not None:
             if reason != "probe":
                 self._quiet_known = 0
-            log_event("pacing", reason=reason, rate=_round(self.rate), window=self.window)
+            log_event(self.name, reason=reason, rate=_round(self.rate), window=self.window)
         self._epoch = Epoch(self._epoch.number + 1)
 
     def describe(self) -> dict[str, Any]:

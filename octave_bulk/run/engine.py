@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 import httpx
 
+from octave_bulk.agents import get_agent
 from octave_bulk.build import request_spec
 from octave_bulk.errors import ConfigError, ExitCode, StateError
 from octave_bulk.http.client import OctaveClient, open_client
@@ -47,6 +48,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
 from octave_bulk.run.admission import Admission, WorkItem
+from octave_bulk.run.callbacks import CallbackReceiver
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.guard import check_agent, check_resend
@@ -193,6 +195,10 @@ class _Run:
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
+        receiver = None
+        if settings.callback_listen and settings.mode == "async":  # before any file is opened
+            receiver = CallbackReceiver(settings.callback_listen, get_agent(settings.agent_type))
+            await receiver.start()
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
@@ -221,6 +227,8 @@ class _Run:
             run_id=self.run_id,
         )
         jobs = self.jobs = self._jobs(client, sink) if polling else None
+        if receiver is not None:
+            receiver.jobs = jobs
         submit = jobs if settings.mode == "async" else None
         worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
         reader = self.reader
@@ -257,6 +265,8 @@ class _Run:
                     sink.close()
                 helpers.cancel_scope.cancel()
         finally:
+            if receiver is not None:
+                await receiver.stop()
             with anyio.CancelScope(shield=True):
                 await sink.commit()
             for appender in (results, errors, rejects, jobs_file):
@@ -281,6 +291,7 @@ class _Run:
             settings.poll_concurrency,
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
+            name="poll_pacing",
         )
         jobs = Jobs(settings, self.stats, self.control, client, limiter, sink.write)
         for job in self.carried_jobs:
@@ -539,6 +550,9 @@ def _carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
             appender.write(settled_line(job.request_id, job.handle, "ok"))
         appender.close()
     state.awaiting = frozenset(job.request_id for job in awaited)
+    # A submit whose handle line made it to the file before the kill is known, not unknown
+    # (its in-flight slot is released only once the line is fsynced).
+    state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
     return awaited
 
 

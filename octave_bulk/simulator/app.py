@@ -6,6 +6,7 @@ Routes:
   then the rate limit (429 at once; a refused call never counts as in flight), then the
   request's fate (success or one fault kind) after a latency draw.
 - ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
+- the async agent API (submit, status, callbacks): :mod:`octave_bulk.simulator.jobs`.
 - ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
   times; ``first_call_unix`` is the Unix time the first run call arrived, for start-up
   benchmarks) and ``POST /__simulator/reset``.
@@ -43,6 +44,7 @@ from octave_bulk.agents.sequence import SEQUENCE, SequenceRequest
 from octave_bulk.simulator.agents import agent_data
 from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
 from octave_bulk.simulator.content import generate_data
+from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH, AsyncJobs
 from octave_bulk.simulator.wire import Receive, Scope, Send
 from octave_bulk.simulator.wire import TokenBucket as _TokenBucket
 from octave_bulk.simulator.wire import changed_burst as _changed_burst
@@ -111,6 +113,7 @@ class Simulator:
         self.max_in_flight = 0
         self.credits_used = 0.0
         self.first_call_unix: float | None = None  # time.time() of the first run call's arrival
+        self.jobs = AsyncJobs(self)
 
     def stats(self, *, detail: bool = True) -> dict[str, Any]:
         """Counters as served by ``GET /__simulator/stats``.
@@ -147,6 +150,7 @@ class Simulator:
             "first_call_unix": self.first_call_unix,
             "limit_change_at": self.limit_change_at,
             "limits": self._limits_now(time.monotonic()),
+            "async": self.jobs.stats(),
         }
         if detail:
             out["calls"] = dict(self.calls)
@@ -165,6 +169,8 @@ class Simulator:
         method, path = scope["method"], scope["path"]
         if path in AGENT_PATHS and method == "POST":
             await self._run(scope, receive, send, AGENT_PATHS[path])
+        elif path in (ASYNC_SUBMIT_PATH, ASYNC_STATUS_PATH):
+            await self.jobs.handle(scope, receive, send)
         elif path == VALIDATE_PATH and method == "GET":
             await self._validate_key(scope, send)
         elif path in (AGENTS_LIST_PATH, AGENTS_GET_PATH) and method == "GET":
@@ -188,7 +194,8 @@ class Simulator:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _key_error(self, scope: Scope) -> bytes | None:
+    def key_error(self, scope: Scope) -> bytes | None:
+        """Why the request's key is refused (None when it is accepted)."""
         key = _header(scope, b"api_key")
         expected = self.config.api_key
         if not key or (expected is not None and key != expected.encode()):
@@ -196,7 +203,7 @@ class Simulator:
         return None
 
     async def _validate_key(self, scope: Scope, send: Send) -> None:
-        if self._key_error(scope):
+        if self.key_error(scope):
             await _send_json(send, 401, _envelope("Unauthorized", "Invalid API key"))
             return
         cfg = self.config
@@ -223,7 +230,7 @@ class Simulator:
 
     async def _agents(self, scope: Scope, send: Send, *, listing: bool) -> None:
         """``GET /api/v2/agents/list?type=`` and ``/get?oId=`` over ``config.agents``."""
-        if self._key_error(scope):
+        if self.key_error(scope):
             await _send_json(send, 401, _envelope("Unauthorized", "Invalid API key"))
             return
         query = parse_qs(scope.get("query_string", b"").decode())
@@ -257,7 +264,7 @@ class Simulator:
         if self.first_call_unix is None:
             self.first_call_unix = time.time()
         body = await _read_body(receive)
-        if self._key_error(scope):
+        if self.key_error(scope):
             self.totals["unauthorized"] += 1
             await self._error(send, "401")
             return
@@ -349,14 +356,8 @@ class Simulator:
         send: Send,
     ) -> None:
         cfg = self.config
-        attempt = self._attempts[rid]
-        self._attempts[rid] += 1
-        u_fate, u_latency, u_form = _uniforms(cfg.seed, rid, attempt)
-        kind = cfg.forced.get(rid) or _pick_fate(cfg.faults, u_fate)
-        self.totals[f"fate_{kind}"] += 1
-        if kind not in _IMMEDIATE and cfg.latency.median > 0:
-            z = _NORMAL.inv_cdf(min(max(u_latency, 1e-9), 1 - 1e-9))
-            seconds = cfg.latency.median * math.exp(cfg.latency.sigma * z)
+        kind, seconds, u_form = self.draw_fate(rid)
+        if seconds > 0:
             await asyncio.sleep(seconds / cfg.time_scale)
         if kind == "ok":
             await self._success(request, agent, rid, send)
@@ -394,6 +395,25 @@ class Simulator:
             self.by_status[200] += 1
         else:  # 400, 401, 402, 403, 500, 504
             await self._error(send, kind)
+
+    def draw_fate(self, rid: str) -> tuple[str, float, float]:
+        """The next attempt of ``rid``: its fate, its latency (simulated seconds, 0 for the
+        immediate fates) and a draw for the form of its answer."""
+        cfg = self.config
+        attempt = self._attempts[rid]
+        self._attempts[rid] += 1
+        u_fate, u_latency, u_form = _uniforms(cfg.seed, rid, attempt)
+        kind = cfg.forced.get(rid) or _pick_fate(cfg.faults, u_fate)
+        self.totals[f"fate_{kind}"] += 1
+        seconds = 0.0
+        if kind not in _IMMEDIATE and cfg.latency.median > 0:
+            z = _NORMAL.inv_cdf(min(max(u_latency, 1e-9), 1 - 1e-9))
+            seconds = cfg.latency.median * math.exp(cfg.latency.sigma * z)
+        return kind, seconds, u_form
+
+    def success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes:
+        """A success's whole body for this request (deterministic per requestId)."""
+        return self._success_body(request, agent, rid)
 
     def _success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes:
         cfg = self.config

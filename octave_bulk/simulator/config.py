@@ -144,6 +144,20 @@ class SimulatorConfig:
     """(at_seconds, factor): from ``at_seconds`` after the first counted call on, the rate
     limit's rate and burst (at least 1) and the concurrency cap (rounded half up, at least 1)
     are multiplied by ``factor`` (0.5 halves them, 2 doubles them). Once, for good."""
+    async_parallelism: int = 500
+    """Async jobs running at once server-side; more wait in the queue."""
+    async_submit_limit: RateLimit | None = None
+    """Token bucket of the async submit endpoint (429 beyond it)."""
+    async_status_limit: RateLimit | None = None
+    """Token bucket of the async status endpoint (429 beyond it)."""
+    async_retention: float = 86_400.0
+    """Seconds a finished job's result stays readable; then its handle gets a 404."""
+    async_body: str = "any"
+    """Async body shapes accepted: ``any``, ``flat`` or ``nested`` (the other gets a 400)."""
+    async_status_field: bool = False
+    """Whether status answers carry ``data.status`` (undocumented; off like the reference)."""
+    callback_attempts: int = 3
+    """Tries per callback (1, 2, 4 s apart, scaled) before it is given up."""
     time_scale: float = 1.0
     """Run the server's clock F times faster: every duration it applies (latency draws,
     ``hang_seconds``, the change time, Retry-After values) is divided by F and the rate
