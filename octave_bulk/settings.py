@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     poll_interval_min: float = Field(2.0, description="Async: shortest wait between two polls, s.")
     poll_interval_max: float = Field(60.0, description="Async: longest wait between two polls, s.")
     max_pending: int = Field(10_000, description="Async: submitted jobs awaiting results at most.")
+    job_timeout: float = Field(
+        3600.0, description="Async: stop polling a job pending this long, s (the next run polls)."
+    )
 
     fail_on_rejects: bool = Field(
         False, description="Exit 1 when rows were rejected (by default only failures do)."
@@ -353,6 +356,7 @@ class Settings(BaseSettings):
         "heartbeat_interval",
         "poll_interval_min",
         "poll_interval_max",
+        "job_timeout",
     )
     @classmethod
     def _positive_float(cls, value: float) -> float:

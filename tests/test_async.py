@@ -182,6 +182,24 @@ async def test_an_expired_handle_is_reported_and_resubmitted_only_when_asked(
     assert then["counts"]["succeeded"] == 6 and totals(keeps)["async_submits"] == 6
 
 
+async def test_a_job_pending_past_job_timeout_is_left_for_the_next_run(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("3s"))
+    rids = write_contacts(tmp_path / "in.csv", 8)
+    out = tmp_path / "out.ndjson"
+    impatient = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url, job_timeout=0.5, **FAST_POLLS)
+    )
+    assert impatient["exit_code"] == 1 and not read_lines(out)
+    assert impatient["async_jobs"]["given_up_after_job_timeout"] == 8
+    patient = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, **FAST_POLLS))
+    assert patient["exit_code"] == 0
+    assert patient["async_jobs"]["carried_from_earlier_runs"] == 8
+    assert sorted(r["requestId"] for r in read_lines(out)) == rids
+    assert totals(sim)["async_submits"] == 8  # polled, never submitted again
+
+
 def test_doctor_async_checks_the_status_endpoint_without_paying(make_sim: Any) -> None:
     sim = make_sim()
     result = CliRunner().invoke(

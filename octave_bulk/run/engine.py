@@ -566,6 +566,7 @@ def _jobs_summary(run: _Run) -> dict[str, Any]:
         "awaiting_result": stats.awaiting,
         "polls": stats.polls,
         "poll_errors": stats.poll_errors,
+        "given_up_after_job_timeout": stats.jobs_given_up,
         "jobs_file": str(run.paths.jobs),
     }
 

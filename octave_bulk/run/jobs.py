@@ -7,19 +7,22 @@ once - from a poll or from a callback (:meth:`Jobs.complete`: whichever comes fi
 duplicate is ignored).
 
 When a job is polled: first at ``0.9 x`` the median duration of the jobs finished so far
-(before any finished, ``poll_interval_min`` after its submit), then every ``10 %`` of its age
-(``25 %`` while no duration is known), within ``[poll_interval_min, poll_interval_max]``: a
+(before three have finished, ``poll_interval_min`` after its submit), then every ``10 %`` of
+its age (``50 %`` while no duration is known; once one is, those polls are brought forward), within ``[poll_interval_min, poll_interval_max]``: a
 40-s job is seen within a few seconds of its end after two or three polls. Polls pass their
 own :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are
 not the submit's: ``poll_rate`` caps it, its 429s slow it) and at most ``poll_concurrency``
 are in flight, so polling never takes the submit's pace. The oldest due job goes first.
 
-A poll's answer: ``done`` -> a success (or ``not_found`` when the agent produced nothing);
+A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
+(it stays recorded; the run ends with exit 1 and the next run polls it). A poll's answer:
+``done`` -> a success (or ``not_found`` when the agent produced nothing);
 ``failed`` -> a retryable ``agent_error`` (the next run submits the contact again); a handle the
 API no longer knows -> ``expired`` (retryable only with ``resubmit_expired``); an error status
--> polled again later (a 401/403 stops the run, as any fatal answer). A stop by signal or a
-fatal answer ends polling at once: every job left is in ``OUT.jobs.ndjson`` and the next run
-polls it (nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep
+-> polled again later (a 401/403 stops the run, as any fatal answer; the submits' breaker
+does not count polls: a status endpoint that keeps failing is bounded by ``job_timeout``). A
+stop by signal or a fatal answer ends polling at once: every job left is in
+``OUT.jobs.ndjson`` and the next run polls it (nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep
 polling the jobs already paid for until the drain deadline.
 """
 
@@ -56,7 +59,8 @@ from octave_bulk.state.jobs import PendingJob
 __all__ = ["Jobs"]
 
 _FIRST_SHARE = 0.9
-_AGE_SHARE, _BLIND_AGE_SHARE = 0.10, 0.25
+_AGE_SHARE, _BLIND_AGE_SHARE = 0.10, 0.5
+_KNOWN_AFTER = 3  # finished jobs before their median is trusted
 
 
 @dataclass(slots=True)
@@ -65,6 +69,8 @@ class _Live:
     submitted: float
     """The submit's answer on this process's monotonic clock."""
     polls: int = 0
+    due: float = 0.0
+    """When its next poll is due (an older entry of the heap for it is skipped)."""
 
 
 class Jobs:
@@ -140,6 +146,8 @@ class Jobs:
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
             self._durations.append(age)
+            if len(self._durations) == _KNOWN_AFTER:
+                self._replan()
             outcome: Success | Failure = Success(
                 request_id=job.request_id,
                 contact=job.contact,
@@ -179,6 +187,9 @@ class Jobs:
 
     async def _poll_loop(self) -> None:
         while (live := await self._next_due()) is not None:
+            if time.monotonic() - live.submitted > self.settings.job_timeout:
+                self._give_up(live)
+                continue
             ticket = await self.limiter.acquire()
             if self._polling_over():
                 self.limiter.on_answer(ticket)
@@ -199,6 +210,7 @@ class Jobs:
 
     def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
         self.stats.poll_errors += 1
+        live.polls += 1
         if exc.status == 429:
             pause = self.limiter.on_429(ticket, exc.retry_after)
             self._schedule(live, time.monotonic() + max(pause, exc.retry_after or 0.0))
@@ -210,19 +222,51 @@ class Jobs:
         log_event("poll_failed", level=logging.DEBUG, kind=exc.kind, status=exc.status)
         self._schedule(live, time.monotonic())
 
+    def _give_up(self, live: _Live) -> None:
+        """A job pending longer than ``job_timeout``: no longer polled in this run (its
+        handle stays recorded: the next run polls it again; nothing is paid again)."""
+        del self._live[live.job.handle]
+        self.stats.awaiting = len(self._live)
+        self.stats.jobs_given_up += 1
+        log_event(
+            "job_still_pending",
+            level=logging.WARNING,
+            request_id=live.job.request_id,
+            handle=live.job.handle,
+            after_s=round(time.monotonic() - live.submitted),
+        )
+        self._room.set()
+        self._room = anyio.Event()
+        self._nudge()
+
     def _polling_over(self) -> bool:
         return self.control.halted.is_set()
+
+    def _replan(self) -> None:
+        """The typical job time is known now: a job polled blind whose next poll comes later
+        than 90 % of it is brought forward."""
+        now = time.monotonic()
+        first = _FIRST_SHARE * statistics.median(self._durations)
+        for live in self._live.values():
+            due = max(now, live.submitted + first)
+            if live.due > due:
+                self._push(live, due)
 
     def _schedule(self, live: _Live, now: float) -> None:
         settings, age = self.settings, now - live.submitted
         lowest, highest = settings.poll_interval_min, settings.poll_interval_max
-        typical = statistics.median(self._durations) if len(self._durations) >= 3 else None
-        if typical is not None and age < _FIRST_SHARE * typical:
-            due = live.submitted + _FIRST_SHARE * typical
+        known = len(self._durations) >= _KNOWN_AFTER
+        typical = statistics.median(self._durations) if known else None
+        if live.polls == 0:  # a job of an earlier run is old already: polled at once
+            first = _FIRST_SHARE * typical if typical is not None else lowest
+            due = live.submitted + first
         else:
             share = _AGE_SHARE if typical is not None else _BLIND_AGE_SHARE
             due = now + min(highest, max(lowest, age * share))
-        due = max(due, now)
+        self._push(live, max(due, now))
+
+    def _push(self, live: _Live, due: float) -> None:
+        live.due = due
         heapq.heappush(self._due, (due, next(self._order), live.job.handle))
         self._nudge()
 
@@ -239,7 +283,7 @@ class Jobs:
             while self._due:
                 due, _, handle = self._due[0]
                 live = self._live.get(handle)
-                if live is None:  # settled meanwhile (a callback): drop its entry
+                if live is None or live.due != due:  # settled meanwhile, or planned again
                     heapq.heappop(self._due)
                     continue
                 wait = due - time.monotonic()

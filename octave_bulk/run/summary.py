@@ -75,6 +75,8 @@ class RunStats:
     awaiting: int = 0
     """Async: jobs submitted (in this run or an earlier one) whose result is not in yet."""
     submit_failed: int = 0
+    jobs_given_up: int = 0
+    """Async: jobs still pending after ``job_timeout`` (left for the next run to poll)."""
     polls: int = 0
     poll_errors: int = 0
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
@@ -185,8 +187,9 @@ class RunSummary(Mapping[str, Any]):
 
 def completed_exit(stats: RunStats, *, fail_on_rejects: bool) -> ExitCode:
     """How a run that went through its input ends: 1 when contacts failed after their
-    retries (or rows were rejected, with ``fail_on_rejects``), else 0."""
-    if stats.failed or stats.skipped_failed:
+    retries, or async jobs were still pending at ``job_timeout`` (or rows were rejected,
+    with ``fail_on_rejects``), else 0."""
+    if stats.failed or stats.skipped_failed or stats.jobs_given_up:
         return ExitCode.SOME_FAILED
     if fail_on_rejects and (stats.rejected or stats.duplicate):
         return ExitCode.SOME_FAILED
