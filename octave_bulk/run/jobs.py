@@ -6,12 +6,14 @@ by the sink's group commit); :meth:`Jobs.run` polls due jobs until every job is 
 once - from a poll or from a callback (:meth:`Jobs.complete`: whichever comes first wins, a
 duplicate is ignored).
 
-When a job is polled: first at ``0.9 x`` the median duration of the jobs finished so far
-(before three have finished, ``poll_interval_min`` after its submit), then every ``10 %`` of
-its age (``50 %`` while no duration is known; once one is, those polls are brought forward), within ``[poll_interval_min, poll_interval_max]``: a
-40-s job is seen within a few seconds of its end after two or three polls. Polls pass their
-own :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are
-not the submit's: ``poll_rate`` caps it, its 429s slow it) and at most ``poll_concurrency``
+When a job is polled: first at the median duration of the jobs finished so far (each counted
+halfway from its last poll that found it pending to the one that found it done; before three
+have finished, ``poll_interval_min`` after its submit), then every ``5 %`` of its age
+(``100 %`` while no duration is known; once one is, those polls are brought forward), within
+``[poll_interval_min, poll_interval_max]``: a 40-s job is seen about 1 s after its end, after
+two or three polls (sigma 0.1; measured in benchmarks/bench_async.py). Polls pass their own
+:class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are not
+the submit's: ``poll_rate`` caps it, its 429s slow it) and at most ``poll_concurrency``
 are in flight, so polling never takes the submit's pace. The oldest due job goes first.
 
 A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
@@ -58,8 +60,9 @@ from octave_bulk.state.jobs import PendingJob
 
 __all__ = ["Jobs"]
 
-_FIRST_SHARE = 0.9
-_AGE_SHARE, _BLIND_AGE_SHARE = 0.10, 0.5
+_FIRST_SHARE = 1.0
+_AGE_SHARE, _BLIND_AGE_SHARE = 0.05, 1.0
+_DONE_AT_FIRST = 0.9  # a job done at its first poll ended before it: counted a little earlier
 _KNOWN_AFTER = 3  # finished jobs before their median is trusted
 
 
@@ -71,6 +74,8 @@ class _Live:
     polls: int = 0
     due: float = 0.0
     """When its next poll is due (an older entry of the heap for it is skipped)."""
+    pending_age: float | None = None
+    """Its age at the last poll that found it still pending."""
 
 
 class Jobs:
@@ -145,7 +150,12 @@ class Jobs:
         self._nudge()
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
-            self._durations.append(age)
+            # It ended between its last poll that found it pending and this one (the middle,
+            # not the age seen: that would only ever push the first poll later).
+            pending = live.pending_age
+            self._durations.append(
+                (pending + age) / 2 if pending is not None else age * _DONE_AT_FIRST
+            )
             if len(self._durations) == _KNOWN_AFTER:
                 self._replan()
             outcome: Success | Failure = Success(
@@ -206,7 +216,9 @@ class Jobs:
             self.stats.polls += 1
             live.polls += 1
             if not self.complete(live.job.handle, answer) and live.job.handle in self._live:
-                self._schedule(live, time.monotonic())
+                now = time.monotonic()
+                live.pending_age = now - live.submitted
+                self._schedule(live, now)
 
     def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
         self.stats.poll_errors += 1
@@ -244,7 +256,7 @@ class Jobs:
 
     def _replan(self) -> None:
         """The typical job time is known now: a job polled blind whose next poll comes later
-        than 90 % of it is brought forward."""
+        than that is brought forward."""
         now = time.monotonic()
         first = _FIRST_SHARE * statistics.median(self._durations)
         for live in self._live.values():
