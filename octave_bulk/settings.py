@@ -255,6 +255,10 @@ class Settings(BaseSettings):
     metrics_textfile: Path | None = Field(
         None, description="Write Prometheus textfile metrics here at the end of the run."
     )
+    series: bool = Field(
+        True,
+        description="Keep the run's counters once a second in the ledger, for octave-bulk report.",
+    )
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
     fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")

@@ -46,6 +46,7 @@ from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
+from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
@@ -206,6 +207,8 @@ class _Run:
             run_id=self.run_id,
         )
         worker = Worker(settings, self.stats, control, client, limiter, slots)
+        recorded = self.history if settings.series else None
+        series = SeriesRecorder(self.run_id, self.stats, limiter, recorded)
         reader = self.reader
         work_send, work_recv = anyio.create_memory_object_stream[WorkItem](settings.concurrency)
         try:
@@ -213,6 +216,7 @@ class _Run:
                 helpers.start_soon(progress.run)
                 helpers.start_soon(self.cursor.run)
                 helpers.start_soon(self.record_progress)
+                helpers.start_soon(series.run)
                 if handle_signals:
                     helpers.start_soon(control.watch_signals)
                 async with anyio.create_task_group() as pipeline:
@@ -242,6 +246,7 @@ class _Run:
             slots.sync()
             slots.close()
             self.cursor.save()
+            series.close()
         self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
 
     def exit_code(self) -> ExitCode:
