@@ -102,6 +102,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.append(
             f"  stopped: {summary['input_error']}; fix the input, then run again to resume."
         )
+    lines.append(_throughput_line(summary))
     if out:
         lines.append(f"  results: {out.get('results')}")
         lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
@@ -117,7 +118,21 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     step = _next_step(summary)
     if step:
         lines.append(f"  {step}")
+    if out:
+        lines.append(
+            f"  report: octave-bulk report {out.get('results')} (charts, as one HTML file)"
+        )
     click.echo("\n".join(lines), err=True)
+
+
+def _throughput_line(summary: Mapping[str, Any]) -> str:
+    """Successes per second, and the contacts a next run would still send."""
+    counts = summary.get("counts", {})
+    remaining = counts.get("not_sent", 0) + counts.get("failed_retryable", 0)
+    unread = " and the input rows not read yet" if summary.get("stop_reason") else ""
+    throughput = summary.get("throughput_per_second")
+    rate = "-" if throughput is None else f"{throughput:,.1f}/s"
+    return f"  throughput {rate}, remaining {remaining:,} contacts{unread}"
 
 
 def _seconds(milliseconds: float | None) -> str:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("octave_bulk.cli.ledger", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
     "pipeline": ("octave_bulk.cli.pipeline", "Run several agents in turn, each on the results of the one before."),
     "probe": ("octave_bulk.cli.run", "Measure what your workspace sustains: rate, calls in flight, latency."),
+    "report": ("octave_bulk.cli.report", "Write a run's report: throughput, latency, 429s, limits, failures, credits, as HTML."),
     "run": ("octave_bulk.cli.run", "Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin)."),
     "simulate": ("octave_bulk.cli.tools", "Run the Octave simulator as a standalone server (no API key or network needed)."),
     "status": ("octave_bulk.cli.files", "What a run has done so far (works while a run is in progress)."),
