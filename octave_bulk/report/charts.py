@@ -84,18 +84,31 @@ def _times(rows: list[dict[str, Any]]) -> list[str]:
     return [utc_iso(row["at"]) for row in rows]
 
 
-def _throughput(rows: list[dict[str, Any]]) -> go.Figure:
+def _two_axes(
+    rows: list[dict[str, Any]],
+    left: dict[str, str],
+    right: dict[str, str],
+    titles: tuple[str, str],
+    line: dict[str, str] | None = None,
+) -> go.Figure:
+    """Lines over time: ``left`` and ``right`` map a row's key to its trace's name."""
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     x = _times(rows)
-    figure.add_trace(go.Scatter(x=x, y=[r["succeeded"] for r in rows], name="succeeded / s"))
-    figure.add_trace(go.Scatter(x=x, y=[r["calls"] for r in rows], name="calls sent / s"))
-    figure.add_trace(
-        go.Scatter(x=x, y=[r["in_flight"] for r in rows], name="calls in flight"),
-        secondary_y=True,
-    )
-    figure.update_yaxes(title_text="per second", rangemode="tozero", secondary_y=False)
-    figure.update_yaxes(title_text="in flight", rangemode="tozero", secondary_y=True)
+    for axis, traces in ((False, left), (True, right)):
+        for key, name in traces.items():
+            trace = go.Scatter(x=x, y=[r[key] for r in rows], name=name, line=line)
+            figure.add_trace(trace, secondary_y=axis)
+        figure.update_yaxes(title_text=titles[axis], rangemode="tozero", secondary_y=axis)
     return figure.update_layout(**_LAYOUT)
+
+
+def _throughput(rows: list[dict[str, Any]]) -> go.Figure:
+    return _two_axes(
+        rows,
+        {"succeeded": "succeeded / s", "calls": "calls sent / s"},
+        {"in_flight": "calls in flight"},
+        ("per second", "in flight"),
+    )
 
 
 def _refusals(rows: list[dict[str, Any]]) -> go.Figure:
@@ -118,28 +131,13 @@ def _refusals(rows: list[dict[str, Any]]) -> go.Figure:
 
 
 def _limits(rows: list[dict[str, Any]]) -> go.Figure:
-    figure = make_subplots(specs=[[{"secondary_y": True}]])
-    x = _times(rows)
-    figure.add_trace(
-        go.Scatter(
-            x=x,
-            y=[r["rate"] for r in rows],
-            name="rate let through (calls/s)",
-            line={"shape": "hv"},
-        )
+    return _two_axes(
+        rows,
+        {"rate": "rate let through (calls/s)"},
+        {"window": "window (calls in flight)"},
+        ("calls / s", "in flight"),
+        line={"shape": "hv"},
     )
-    figure.add_trace(
-        go.Scatter(
-            x=x,
-            y=[r["window"] for r in rows],
-            name="window (calls in flight)",
-            line={"shape": "hv"},
-        ),
-        secondary_y=True,
-    )
-    figure.update_yaxes(title_text="calls / s", rangemode="tozero", secondary_y=False)
-    figure.update_yaxes(title_text="in flight", rangemode="tozero", secondary_y=True)
-    return figure.update_layout(**_LAYOUT)
 
 
 def _latency(latencies_ms: Sequence[float]) -> go.Figure:
