@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     allow_resend: bool = Field(
         False, description="Pay again the people whose content changed, however many."
     )
+    allow_overdraft: bool = Field(
+        False,
+        description="Start even when the contacts to send cost more credits than remain.",
+    )
 
     # Output and durability
     progress: bool | None = Field(

@@ -14,6 +14,7 @@ from octave_bulk.errors import (
     ConfigError,
     ErrorKind,
     ExitCode,
+    FatalApiError,
     InputError,
     OctaveBulkError,
     StateError,
@@ -64,12 +65,13 @@ def load_settings(config_file: str | None, api_key_file: str | None, **flags: An
 
 
 def fail(exc: OctaveBulkError) -> NoReturn:
-    """Print a library error with the next step to take, and exit 2 (nothing was sent)."""
+    """Print a library error with the next step to take, and exit 2 (nothing was sent; 3 when
+    the API refused the run before its first call: the key, the credits)."""
     click.echo(f"error: {exc}", err=True)
     hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
     if hint:
         click.echo(f"  {hint}", err=True)
-    sys.exit(ExitCode.USAGE)
+    sys.exit(ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE)
 
 
 def _next_step(summary: Mapping[str, Any]) -> str | None:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("octave_bulk.cli.files", "Every run of an output: when, sent, succeeded, failed, credits, exit."),
     "ledger": ("octave_bulk.cli.ledger", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
     "pipeline": ("octave_bulk.cli.pipeline", "Run several agents in turn, each on the results of the one before."),
+    "plan": ("octave_bulk.cli.plan", "Forecast a run before paying: contacts to send, credits against those left, time."),
     "probe": ("octave_bulk.cli.run", "Measure what your workspace sustains: rate, calls in flight, latency."),
     "report": ("octave_bulk.cli.report", "Write a run's report: throughput, latency, 429s, limits, failures, credits, as HTML."),
     "run": ("octave_bulk.cli.run", "Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin)."),

@@ -52,6 +52,7 @@ from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
+from octave_bulk.run.plan import check_credits
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
@@ -326,6 +327,7 @@ async def run_batch(
 
     Raises:
         ConfigError, InputError, StateError: before anything was sent.
+        FatalApiError: the contacts to send cost more credits than remain (before any call).
     """
     if not (settings.agent_oid or settings.experiment_oid):
         raise ConfigError(
@@ -393,6 +395,7 @@ async def _locked_run(
         if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
             async with open_client(settings, transport=transport) as client:
                 await check_agent(client, settings)
+                await check_credits(client, settings, input_path, paths.results, expected)
         if settings.budget is not None:
             calls, period = parse_budget(settings.budget)
             spent = history.paid_calls_since(time.time() - period)
