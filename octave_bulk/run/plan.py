@@ -25,7 +25,7 @@ import math
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
 from octave_bulk.http.client import OctaveClient, open_client
@@ -131,21 +131,30 @@ def _number(record: object, name: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-async def _credits(
-    client: OctaveClient, settings: Settings
-) -> tuple[float | None, float | None, str | None]:
-    """(costToRun of the agent, credits remaining, why either is unknown)."""
+class _Credits(NamedTuple):
+    cost: float | None
+    """The agent's ``costToRun``."""
+    remaining: float | None
+    note: str | None
+    """Why either is unknown."""
+    failed: bool = False
+    """Whether a lookup failed (rather than the API publishing no figure)."""
+
+
+async def _credits(client: OctaveClient, settings: Settings) -> _Credits:
+    """The agent's cost per run and the credits remaining, as the API gives them."""
     cost = remaining = None
-    notes = []
+    notes, failed = [], False
     if settings.agent_oid:
         try:
             cost = _number(
                 (await client.get_agent_info(settings.agent_oid)).get("data"), "costToRun"
             )
+            if cost is None:
+                notes.append("the API gave no costToRun for the agent")
         except ApiError as exc:
             notes.append(f"the agent lookup failed ({exc.message[:120]})")
-        if cost is None and not notes:
-            notes.append("the API gave no costToRun for the agent")
+            failed = True
     else:
         notes.append("an experiment's cost per run is not published")
     try:
@@ -157,7 +166,8 @@ async def _credits(
             notes.append("the API gave no credits remaining")
     except ApiError as exc:
         notes.append(f"the key check failed ({exc.message[:120]})")
-    return cost, remaining, "; ".join(notes) or None
+        failed = True
+    return _Credits(cost, remaining, "; ".join(notes) or None, failed)
 
 
 def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
@@ -228,12 +238,11 @@ async def make_plan(
     to_send = int(summary["would_send"])
     if settings.max_calls is not None:
         to_send = min(to_send, settings.max_calls)
-    credits: tuple[float | None, float | None, str | None]
     if client is None:
-        credits = None, None, "no API key (set OCTAVE_API_KEY) to ask the API"
+        credits = _Credits(None, None, "no API key (set OCTAVE_API_KEY) to ask the API")
     else:
         credits = await _credits(client, settings)
-    cost, remaining, note = credits
+    cost, remaining, note, _ = credits
     seconds, basis = estimate_seconds(to_send, paths, settings)
     kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed")
     paid_again = int(summary["resend"]["people_done_resent"])
@@ -257,9 +266,9 @@ async def check_credits(
     """
     if settings.allow_overdraft or rows is None:
         return
-    cost, remaining, note = await _credits(client, settings)
+    cost, remaining, note, failed = await _credits(client, settings)
     if cost is None or remaining is None:
-        if note and "failed" in note:  # the API did not answer (not: it publishes no cost)
+        if failed:  # the API did not answer (a cost it does not publish is no news)
             log_event("credits_not_checked", level=logging.WARNING, reason=note)
         return
     bound = min(rows, settings.limit or rows, settings.max_calls or rows)
