@@ -156,6 +156,9 @@ def test_end_of_run_lines_give_throughput_remaining_and_the_report(
                                  env={"OCTAVE_API_KEY": TEST_KEY})  # fmt: skip
     assert stopped.exit_code == 5
     assert "remaining" in stopped.stderr and "input rows not read yet" in stopped.stderr
+    limited = CliRunner().invoke(cli, [*args, "--limit", "6"], env={"OCTAVE_API_KEY": TEST_KEY})
+    assert limited.exit_code == 0
+    assert "remaining 0 contacts and the input rows past --limit" in limited.stderr
     done = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
     assert done.exit_code == 0
     assert re.search(r"throughput [\d.,]+/s, remaining 0 contacts\n", done.stderr)

@@ -131,7 +131,11 @@ def _throughput_line(summary: Mapping[str, Any]) -> str:
     """Successes per second, and the contacts a next run would still send."""
     counts = summary.get("counts", {})
     remaining = counts.get("not_sent", 0) + counts.get("failed_retryable", 0)
-    unread = " and the input rows not read yet" if summary.get("stop_reason") else ""
+    unread = ""
+    if summary.get("stop_reason"):
+        unread = " and the input rows not read yet"
+    elif (summary.get("settings") or {}).get("limit") is not None:
+        unread = " and the input rows past --limit"
     throughput = summary.get("throughput_per_second")
     rate = "-" if throughput is None else f"{throughput:,.1f}/s"
     return f"  throughput {rate}, remaining {remaining:,} contacts{unread}"

@@ -57,7 +57,7 @@ def _per_second(data: ReportData) -> list[dict[str, Any]]:
         row |= {"at": sample["at"], "seconds": seconds}
         row |= {k: sample[k] for k in ("in_flight", "retrying", "rate", "window", "paused")}
         row |= {k: sample[k] for k in ("p50_ms", "p95_ms", "p99_ms")}
-        if rows and seconds < 0.5:  # the last sample, at the end: a fraction of a second
+        if rows and seconds < 0.9:  # the last sample, at the end: a fraction of a second
             rows[-1] = _mean([rows[-1], row])
         else:
             rows.append(row)
@@ -105,7 +105,7 @@ def _two_axes(
 def _throughput(rows: list[dict[str, Any]]) -> go.Figure:
     return _two_axes(
         rows,
-        {"succeeded": "succeeded / s", "calls": "calls sent / s"},
+        {"succeeded": "succeeded / s (as made durable)", "calls": "calls sent / s"},
         {"in_flight": "calls in flight"},
         ("per second", "in flight"),
     )

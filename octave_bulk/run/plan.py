@@ -109,8 +109,9 @@ class Plan:
                 f"credits: {self.to_send:,} x {self.cost_per_contact:g} = {self.credits_needed:,g} "
                 f"of {self.credits_remaining:,g} remaining: {verdict}"
             )
-        low, high = self.seconds
-        lines.append(f"time: {_duration(low)} to {_duration(high)} ({self.time_basis})")
+        low, high = (_duration(s) for s in self.seconds)
+        span = f"about {low}" if low == high else f"{low} to {high}"
+        lines.append(f"time: {span} ({self.time_basis})")
         return lines
 
 
