@@ -17,8 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
+from octave_bulk.observe.series import read_series
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_latency, parse_rate_limit
+from octave_bulk.state.history import RunHistory
 from tests.conftest import TEST_KEY
 from tests.helpers import side, sim_settings, write_contacts
 
@@ -85,6 +87,28 @@ def test_report_draws_every_chart_offline_in_chromium(make_sim: Any, tmp_path: P
     shot = RESULTS / "report.png"
     _chromium(page, "--window-size=1200,4200", f"--screenshot={shot}")
     assert shot.stat().st_size > 50_000  # drawn, not a blank page
+
+
+def test_series_follows_the_run_to_its_totals(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(latency=parse_latency("fast"), faults={"500": 0.05, "429": 0.05})
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 200)  # >= 2.5 s at 4 in flight and ~50 ms a call: several samples
+    summary = _run(out, csv, sim.url, concurrency=4)
+    with RunHistory.open(side(out, ".ledger.sqlite"), readonly=True) as history:
+        series = read_series(history, summary["run_id"])
+    assert len(series) >= 2
+    last, counts = series[-1], summary["counts"]
+    assert (last["calls"], last["succeeded"]) == (summary.paid_calls, counts["succeeded"])
+    assert (last["rate_limited"], last["retried"]) == (
+        counts["rate_limited_429"],
+        counts["retried"],
+    )
+    assert last["rate_limited"] > 0 and last["in_flight"] == 0
+    assert all(0 <= sample["in_flight"] <= 4 for sample in series)
+    steps = [b["at"] - a["at"] for a, b in zip(series, series[1:-1], strict=False)]
+    assert all(0.5 < step < 3 for step in steps)  # once a second (the last: at the end)
+    counters = ("calls", "succeeded", "rate_limited", "retried")
+    assert all(a[c] <= b[c] for a, b in zip(series, series[1:], strict=False) for c in counters)
 
 
 def test_killed_run_keeps_its_series_and_reports_no_end(make_sim: Any, tmp_path: Path) -> None:
