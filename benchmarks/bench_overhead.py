@@ -19,6 +19,12 @@ Start-up, in fresh processes pinned to CPU 1 (median of 5 each):
   on the same input with ``--limit 64``. Target <= 0.5 s. The same figure is also recorded
   for every engine and loop row of the throughput runs (``first_call_s``).
 
+Time series (``series``, kept for ``octave-bulk report``): the engine with the per-second
+recorder on and off (``OCTAVE_SERIES=false``), alternated, best of each: their throughput
+ratio; and the recorder's own CPU per sampled second (a sample, and a fifth of a write to a
+real ledger, with thousands of latencies added between samples) as a share of that second.
+Target: <= 1 % either way.
+
     python benchmarks/bench_overhead.py [--contacts 20000] [--concurrency 64] [--smoke]
 """
 
@@ -79,6 +85,7 @@ def child_cpu(before: resource.struct_rusage) -> float:
 VERSION_TARGET = 0.3  # s, `octave-bulk --version`
 STARTUP_TARGET = 0.5  # s, `run` spawn to the first request received
 AIOHTTP_TARGET = 0.5  # engine / bare aiohttp loop
+SERIES_TARGET = 0.01  # the time series' overhead, a share of throughput and of each second's CPU
 
 
 def engine_run_cmd(url: str, csv_path: Path, out: Path, concurrency: int, *extra: str) -> list[str]:
@@ -97,14 +104,19 @@ def clear_out(out_dir: Path) -> Path:
 
 
 def run_engine(
-    url: str, csv_path: Path, out_dir: Path, concurrency: int, agent_type: str = "sequence"
+    url: str,
+    csv_path: Path,
+    out_dir: Path,
+    concurrency: int,
+    agent_type: str = "sequence",
+    *,
+    series: bool = True,
 ) -> tuple[float, float]:
     cmd = engine_run_cmd(url, csv_path, clear_out(out_dir), concurrency, "--agent-type", agent_type)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(
-        cmd, check=True, env={**os.environ, "OCTAVE_API_KEY": "bench"}, capture_output=True
-    )
+    env = {**os.environ, "OCTAVE_API_KEY": "bench", "OCTAVE_SERIES": str(series).lower()}
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
     return time.perf_counter() - start, child_cpu(before)
 
 
@@ -190,6 +202,49 @@ def other_agent(
     }
 
 
+def series_overhead(
+    sim: Simulator, csv_path: Path, work: Path, n: int, concurrency: int, repeat: int
+) -> dict[str, float]:
+    """The engine's throughput with the time series recorded and without, alternated."""
+    best = {True: 0.0, False: 0.0}
+    for _ in range(repeat):
+        for series in (False, True):
+            sim.reset()
+            wall, _cpu = run_engine(sim.url, csv_path, work, concurrency, series=series)
+            best[series] = max(best[series], n / wall)
+    return {
+        "with_per_s": best[True],
+        "without_per_s": best[False],
+        "ratio": best[True] / best[False],
+    }
+
+
+def recorder_cpu_share(work: Path, seconds: int = 500, per_second: int = 4000) -> float:
+    """CPU the series recorder takes per sampled second (sample + a fifth of a write to a
+    real ledger), as a share of that second; ``per_second`` latencies are added between
+    samples (their cost is the worker's, not counted)."""
+    import random
+
+    from octave_bulk.limits.adaptive import AdaptiveLimiter
+    from octave_bulk.observe.series import SeriesRecorder
+    from octave_bulk.run.summary import RunStats
+    from octave_bulk.state.history import RunHistory
+
+    stats, spent = RunStats(), 0.0
+    with RunHistory.open(work / "series-bench.ledger.sqlite") as history:
+        recorder = SeriesRecorder("bench", stats, AdaptiveLimiter(None, 64), history)
+        for second in range(seconds):
+            for _ in range(per_second):
+                stats.latency.add(random.lognormvariate(4, 0.5))
+            stats.calls += per_second
+            started = time.process_time()
+            recorder.sample()
+            if second % recorder.write_every == recorder.write_every - 1:
+                recorder.write()
+            spent += time.process_time() - started
+    return spent / seconds / recorder.interval
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--contacts", type=int, default=20_000)
@@ -234,6 +289,8 @@ def main() -> None:
                 }
                 if kind not in results or row["per_s"] > results[kind]["per_s"]:
                     results[kind] = row
+        series = series_overhead(sim, work / "in.csv", work, n, args.concurrency, repeat)
+        series["recorder_cpu_share"] = recorder_cpu_share(work, 50 if args.smoke else 500)
         agent_ratios = {
             kind: other_agent(sim, work, kind, n, args.concurrency, repeat)
             for kind in args.other_agents
@@ -269,6 +326,7 @@ def main() -> None:
             }
             for kind, m in agent_ratios.items()
         },  # fmt: skip
+        "series": series,
         "engine_per_s": engine,
         "ratio_to_httpx_post_loop": engine / a,
         "ratio_to_httpx_transport_loop": engine / a2,
@@ -285,6 +343,8 @@ def main() -> None:
             "ratio_to_aiohttp_loop": f">= {AIOHTTP_TARGET}",
             "version_s": f"<= {VERSION_TARGET}",
             "startup_to_first_request_s": f"<= {STARTUP_TARGET}",
+            "series.ratio": f">= {1 - SERIES_TARGET}",
+            "series.recorder_cpu_share": f"<= {SERIES_TARGET}",
         },
     }
     report("overhead", rows, extra, smoke=args.smoke)
@@ -294,6 +354,8 @@ def main() -> None:
         ("engine / bare aiohttp loop", f"{engine / b:.2f}", f">= {AIOHTTP_TARGET}", engine / b >= AIOHTTP_TARGET),
         ("octave-bulk --version, s (median of 5)", f"{version:.3f}", f"<= {VERSION_TARGET}", version <= VERSION_TARGET),
         ("run start-up to first request, s (median of 5)", f"{startup:.3f}", f"<= {STARTUP_TARGET}", startup <= STARTUP_TARGET),
+        ("time series on / off, throughput", f"{series['ratio']:.3f}", f">= {1 - SERIES_TARGET}", series["ratio"] >= 1 - SERIES_TARGET),
+        ("time series recorder, CPU share of each second", f"{series['recorder_cpu_share']:.5f}", f"<= {SERIES_TARGET}", series["recorder_cpu_share"] <= SERIES_TARGET),
     ]  # fmt: skip
     for kind, m in agent_ratios.items():
         share = m["engine_ratio"] / sequence_ratio

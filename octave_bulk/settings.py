@@ -267,6 +267,10 @@ class Settings(BaseSettings):
     allow_resend: bool = Field(
         False, description="Pay again the people whose content changed, however many."
     )
+    allow_overdraft: bool = Field(
+        False,
+        description="Start even when the contacts to send cost more credits than remain.",
+    )
 
     # Output and durability
     progress: bool | None = Field(
@@ -289,6 +293,10 @@ class Settings(BaseSettings):
     )
     metrics_textfile: Path | None = Field(
         None, description="Write Prometheus textfile metrics here at the end of the run."
+    )
+    series: bool = Field(
+        True,
+        description="Keep the run's counters once a second in the ledger, for octave-bulk report.",
     )
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")

@@ -112,8 +112,10 @@ def test_dry_run_prints_what_would_be_sent(runner: CliRunner, tmp_path: Path) ->
     write_contacts(tmp_path / "in.csv", 4)
     out = tmp_path / "o.ndjson"
     result = runner.invoke(
-        cli, ["run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_1", "--dry-run"]
-    )
+        cli,
+        ["run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_1", "--dry-run",
+         "--show-request"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["would_send"] == 4 and payload["example_request"]["email"] == "p0@example.com"

@@ -58,8 +58,10 @@ def test_template_example_fills_placeholders_per_row(tmp_path: Path) -> None:
     out = tmp_path / "o.ndjson"
     config = str(CONFIGS / "hubspot-event-followup.example.toml")
     result = CliRunner().invoke(
-        cli, ["run", str(tmp_path / "c.csv"), "-o", str(out), "--config", config, "--dry-run"]
-    )
+        cli,
+        ["run", str(tmp_path / "c.csv"), "-o", str(out), "--config", config, "--dry-run",
+         "--show-request"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     body: dict[str, Any] = json.loads(result.output)["example_request"]
     context = body["runtimeContext"]

@@ -145,7 +145,7 @@ def test_a_mass_resend_is_refused_before_any_call(make_sim: Any, tmp_path: Path)
     assert "12 of the 12 people already done" in refused.output
     assert "lang added (12 of 12 sampled)" in refused.output and "--allow-resend" in refused.output
     assert calls(sim) == 12
-    dry = night_cli(people(12), "--dry-run", lang=True)
+    dry = night_cli(people(12), "--dry-run", "--show-request", lang=True)
     assert json.loads(dry.output)["resend"]["people_done_resent"] == 12
     # Two changed titles of twelve stay under the guard; --allow-resend lets all through.
     rows = people(12)

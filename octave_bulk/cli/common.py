@@ -14,6 +14,7 @@ from octave_bulk.errors import (
     ConfigError,
     ErrorKind,
     ExitCode,
+    FatalApiError,
     InputError,
     OctaveBulkError,
     StateError,
@@ -64,12 +65,13 @@ def load_settings(config_file: str | None, api_key_file: str | None, **flags: An
 
 
 def fail(exc: OctaveBulkError) -> NoReturn:
-    """Print a library error with the next step to take, and exit 2 (nothing was sent)."""
+    """Print a library error with the next step to take, and exit 2 (nothing was sent; 3 when
+    the API refused the run before its first call: the key, the credits)."""
     click.echo(f"error: {exc}", err=True)
     hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
     if hint:
         click.echo(f"  {hint}", err=True)
-    sys.exit(ExitCode.USAGE)
+    sys.exit(ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE)
 
 
 def _next_step(summary: Mapping[str, Any]) -> str | None:
@@ -102,6 +104,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.append(
             f"  stopped: {summary['input_error']}; fix the input, then run again to resume."
         )
+    lines.append(_throughput_line(summary))
     if out:
         lines.append(f"  results: {out.get('results')}")
         lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
@@ -117,7 +120,25 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     step = _next_step(summary)
     if step:
         lines.append(f"  {step}")
+    if out:
+        lines.append(
+            f"  report: octave-bulk report {out.get('results')} (charts, as one HTML file)"
+        )
     click.echo("\n".join(lines), err=True)
+
+
+def _throughput_line(summary: Mapping[str, Any]) -> str:
+    """Successes per second, and the contacts a next run would still send."""
+    counts = summary.get("counts", {})
+    remaining = counts.get("not_sent", 0) + counts.get("failed_retryable", 0)
+    unread = ""
+    if summary.get("stop_reason"):
+        unread = " and the input rows not read yet"
+    elif (summary.get("settings") or {}).get("limit") is not None:
+        unread = " and the input rows past --limit"
+    throughput = summary.get("throughput_per_second")
+    rate = "-" if throughput is None else f"{throughput:,.1f}/s"
+    return f"  throughput {rate}, remaining {remaining:,} contacts{unread}"
 
 
 def _seconds(milliseconds: float | None) -> str:

@@ -32,7 +32,8 @@ RUN_FIELDS = (
     "search_context",
     "where", "context_from", "base_url", "rate", "concurrency", "adaptive", "timeout",
     "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
-    "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "fail_on_rejects",
+    "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "allow_overdraft",
+    "fail_on_rejects",
     "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",
     "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",
@@ -51,6 +52,7 @@ _ON_OFF_FLAGS = {
     "fail_on_rejects",
     "allow_resend",
     "resubmit_expired",
+    "allow_overdraft",
 }  # given or not; the others of type bool are --x/--no-x
 _DEFAULT_SHOWN = {
     "poll_rate": "found",

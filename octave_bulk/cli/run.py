@@ -26,11 +26,21 @@ __all__ = ["probe", "run", "validate"]
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
 )
+@click.option(
+    "--show-request",
+    is_flag=True,
+    help="With --dry-run: print the first request and the counts as JSON instead of the plan.",
+)
 @config_option
 @key_file_option
 @settings_options(*RUN_FIELDS, *INPUT_FIELDS)
 def run(
-    input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
+    input_path: str,
+    output: str,
+    show_request: bool,
+    config_file: str | None,
+    api_key_file: str | None,
+    **flags: Any,
 ) -> None:
     """Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin).
 
@@ -46,13 +56,17 @@ def run(
         configure_logging(
             settings.log_format, str(settings.log_file) if settings.log_file else None
         )
+        if settings.dry_run and not show_request:
+            from octave_bulk.cli.plan import print_plan
+
+            sys.exit(print_plan(input_path, output, settings))
         summary = run_async(lambda: run_batch(input_path, output, settings, handle_signals=True))
     except OctaveBulkError as exc:
         fail(exc)
     if summary.get("dry_run"):
         import json
 
-        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str, ensure_ascii=False))
     elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
         print_summary(summary)
     sys.exit(summary["exit_code"])

@@ -146,6 +146,11 @@ class AdaptiveLimiter:
         """The calls in flight let through now."""
         return self._gate.window
 
+    @property
+    def paused(self) -> bool:
+        """Whether the whole pool is paused now (after 429s with a Retry-After)."""
+        return self._gate.paused_until > self._clock()
+
     def stop(self) -> None:
         """Wake every waiter: the run is stopping (callers check that after acquire)."""
         self._gate.stop()

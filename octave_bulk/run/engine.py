@@ -47,6 +47,7 @@ from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
+from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.callbacks import CallbackReceiver
 from octave_bulk.run.control import RunControl
@@ -54,6 +55,7 @@ from octave_bulk.run.dry import dry_run
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
+from octave_bulk.run.plan import check_credits
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
@@ -231,6 +233,8 @@ class _Run:
             receiver.jobs = jobs
         submit = jobs if settings.mode == "async" else None
         worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
+        recorded = self.history if settings.series else None
+        series = SeriesRecorder(self.run_id, self.stats, limiter, recorded)
         reader = self.reader
         work_send, work_recv = anyio.create_memory_object_stream[WorkItem](settings.concurrency)
         try:
@@ -238,6 +242,7 @@ class _Run:
                 helpers.start_soon(progress.run)
                 helpers.start_soon(self.cursor.run)
                 helpers.start_soon(self.record_progress)
+                helpers.start_soon(series.run)
                 if handle_signals:
                     helpers.start_soon(control.watch_signals)
                 async with anyio.create_task_group() as pipeline:
@@ -276,6 +281,7 @@ class _Run:
             slots.sync()
             slots.close()
             self.cursor.save()
+            series.close()
         stats = self.stats
         if jobs is not None:  # sent = submitted (awaited or not) or failed at the submit
             stats.not_sent = max(0, stats.queued - stats.submitted - stats.submit_failed)
@@ -375,6 +381,7 @@ async def run_batch(
 
     Raises:
         ConfigError, InputError, StateError: before anything was sent.
+        FatalApiError: the contacts to send cost more credits than remain (before any call).
     """
     if not (settings.agent_oid or settings.experiment_oid):
         raise ConfigError(
@@ -443,6 +450,7 @@ async def _locked_run(
         if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
             async with open_client(settings, transport=transport) as client:
                 await check_agent(client, settings)
+                await check_credits(client, settings, input_path, paths.results, expected)
         if settings.budget is not None:
             calls, period = parse_budget(settings.budget)
             spent = history.paid_calls_since(time.time() - period)

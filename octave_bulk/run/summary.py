@@ -34,6 +34,19 @@ class LatencyHistogram:
         self._buckets[int(math.log(max(milliseconds, 1.0)) / self._BASE)] += 1
         self.count += 1
 
+    def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
+        """The latencies added after ``earlier`` (a :meth:`copy` of this one)."""
+        added = LatencyHistogram()
+        added._buckets = self._buckets - earlier._buckets
+        added.count = self.count - earlier.count
+        return added
+
+    def copy(self) -> LatencyHistogram:
+        """This histogram as it is now."""
+        copied = LatencyHistogram()
+        copied._buckets, copied.count = self._buckets.copy(), self.count
+        return copied
+
     def percentile(self, q: float) -> float | None:
         """The q-th percentile (0-100) in milliseconds, None without data."""
         if not self.count:
@@ -129,7 +142,11 @@ class RunStats:
             "paid_calls": self.calls,
             "credits": self.credits,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
-            "latency_ms": {"p50": self.latency.percentile(50), "p95": self.latency.percentile(95)},
+            "latency_ms": {
+                "p50": self.latency.percentile(50),
+                "p95": self.latency.percentile(95),
+                "p99": self.latency.percentile(99),
+            },
             # str(): keys may be enum members, and JSON keys must be plain strings.
             "rejects_by_reason": {str(k): v for k, v in self.rejects_by_reason.items()},
             "failures_by_kind": {str(k): v for k, v in self.failures_by_kind.items()},

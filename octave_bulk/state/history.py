@@ -9,7 +9,8 @@ and writes the whole row at the end; a run killed with -9 keeps the row of its l
 (``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
 has already written out (and their bytes). Tables ``outputs``, ``outcomes``, ``contacts`` and
-``calls`` index each output's files (``state/index.py``).
+``calls`` index each output's files (``state/index.py``); table ``series`` keeps each run's
+counters once a second (``observe/series.py``).
 
 The NDJSON files stay the source of truth for results; this database adds what they do not
 keep (the runs, every call's times) and an index of them that makes start-up fast. SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=NORMAL``: one
@@ -110,6 +111,27 @@ MIGRATIONS = (
     )""",
     # 3: an export mark also says where its lines end, so that export --new seeks there.
     "ALTER TABLE export_marks ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+    # 4: each run's counters once a second (observe/series.py), for ``octave-bulk report``.
+    """CREATE TABLE series (
+        run_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        calls INTEGER NOT NULL,
+        succeeded INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        rate_limited INTEGER NOT NULL,
+        retried INTEGER NOT NULL,
+        timeouts INTEGER NOT NULL,
+        in_flight INTEGER NOT NULL,
+        retrying INTEGER NOT NULL,
+        credits REAL NOT NULL,
+        rate REAL,
+        window INTEGER,
+        paused INTEGER NOT NULL,
+        p50_ms REAL,
+        p95_ms REAL,
+        p99_ms REAL,
+        PRIMARY KEY (run_id, at)
+    ) WITHOUT ROWID""",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 

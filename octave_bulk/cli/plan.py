@@ -1,0 +1,61 @@
+"""``plan``: the forecast before paying - contacts to send, credits, time - as ``run --dry-run``
+also prints it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from octave_bulk.cli.common import fail, load_settings, run_async
+from octave_bulk.cli.options import (
+    INPUT_FIELDS,
+    RUN_FIELDS,
+    config_option,
+    key_file_option,
+    settings_options,
+)
+from octave_bulk.errors import ExitCode, OctaveBulkError
+
+__all__ = ["plan", "print_plan"]
+
+
+def print_plan(input_path: str, output: str, settings: Any) -> ExitCode:
+    """Print the forecast of a run on stdout; 3 when the run would be refused (it would cost
+    more credits than remain), else 0."""
+    from octave_bulk.run.plan import plan_with_client
+
+    forecast = run_async(lambda: plan_with_client(input_path, output, settings))
+    target = settings.agent_oid or settings.experiment_oid
+    click.echo(f"plan: {input_path} -> {output} ({settings.agent_type} {target}); nothing sent")
+    for line in forecast.lines():
+        click.echo(f"  {line}")
+    refused = forecast.overdraft and not settings.allow_overdraft
+    return ExitCode.FATAL if refused else ExitCode.OK
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o", "--output", required=True, help="Results file OUT.ndjson the run would write to."
+)
+@config_option
+@key_file_option
+@settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS)
+def plan(
+    input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
+) -> None:
+    """Forecast a run before paying: contacts to send, credits against those left, time.
+
+    Reads INPUT as run would (rejects, duplicates, people already done in OUT) and asks the
+    API (not paid) for the agent's cost per run and the credits remaining. The time is a
+    range, from OUT's remembered limits and latency when it has any, else from the settings.
+    Exit 0; 3 when the run would cost more credits than remain (run refuses it too).
+    """
+    try:
+        settings = load_settings(config_file, api_key_file, **flags)
+        code = print_plan(input_path, output, settings)
+    except OctaveBulkError as exc:
+        fail(exc)
+    sys.exit(code)

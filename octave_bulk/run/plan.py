@@ -1,0 +1,302 @@
+"""The forecast before paying: how many contacts a run would send, what they cost, how long.
+
+Contract: :func:`make_plan` reads the input exactly as the run would (the dry run,
+``dry.py``: rejects, duplicates, people already done, people failed for good before, the
+ledger), asks the API - not paid - for the agent's ``costToRun`` (``GET /api/v2/agents/get``)
+and the credits remaining (``GET /api/v2/api-key/validate``), and returns a :class:`Plan`:
+the counts, the credits needed against those remaining, and the time as a range. The time
+follows Little's law - waves of ``window`` calls each taking the latency, or the sends paced
+by the rate, plus the last call's latency - from the output's remembered limits
+(``OUT.limits.json``) and the latency of its earlier calls (the ledger's ``calls``, p50 to
+p90) when there are any, else from the settings (``--rate``, ``--concurrency``) and the 30-60 s
+a call Octave's agents are known to take (docs/octave-api.md, "Latency and timeouts"). What
+the API does not say (no key, an experiment, a failed lookup) is left unknown, with the reason.
+
+:func:`check_credits` is the run's guard, before its first call: when the contacts to send
+times ``costToRun`` exceed the credits remaining it raises :class:`FatalApiError` (exit 3),
+unless ``allow_overdraft``. It reads the input again only when its line count could cost more
+than what remains; unknown credits or cost never stop a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
+from octave_bulk.http.client import OctaveClient, open_client
+from octave_bulk.observe.log import log_event
+from octave_bulk.run.dry import dry_run
+from octave_bulk.settings import Settings
+from octave_bulk.state.history import RunHistory
+from octave_bulk.state.index import OutputIndex
+from octave_bulk.state.limits import RememberedLimits, limits_key
+from octave_bulk.state.paths import OutputPaths
+
+__all__ = [
+    "KNOWN_LATENCY_S",
+    "Plan",
+    "check_credits",
+    "estimate_seconds",
+    "make_plan",
+    "plan_with_client",
+]
+
+KNOWN_LATENCY_S = (30.0, 60.0)
+"""Seconds a call takes, assumed when the output has no latency history of its own."""
+
+_HISTORY_CALLS = 10_000  # the most recent successful calls whose latency is used
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run of an input on an output would do (see the module docstring)."""
+
+    counts: dict[str, int]
+    """Rows read, rejected, duplicate, already done (skipped), failed for good (skipped)."""
+    to_send: int
+    paid_again: int
+    """People already done whose content changed: part of ``to_send``, paid a second time."""
+    cost_per_contact: float | None
+    credits_remaining: float | None
+    credits_note: str | None
+    """Why the credits are unknown, when they are."""
+    seconds: tuple[float, float]
+    time_basis: str
+
+    @property
+    def credits_needed(self) -> float | None:
+        """Credits the contacts to send would cost (None when the cost is unknown)."""
+        return None if self.cost_per_contact is None else self.to_send * self.cost_per_contact
+
+    @property
+    def overdraft(self) -> bool:
+        """Whether the run would cost more than the credits remaining."""
+        needed, remaining = self.credits_needed, self.credits_remaining
+        return needed is not None and remaining is not None and needed > remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data."""
+        return asdict(self) | {"credits_needed": self.credits_needed, "overdraft": self.overdraft}
+
+    def lines(self) -> list[str]:
+        """The plan in words, one line each."""
+        c = self.counts
+        lines = [
+            f"rows read {c['read']:,}: rejected {c['rejected']:,}, duplicates {c['duplicate']:,}, "
+            f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}",
+            f"to send: {self.to_send:,} contacts"
+            + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
+        ]
+        if self.credits_needed is None or self.credits_remaining is None:
+            known = f"{self.credits_needed:,g} needed" if self.credits_needed is not None else ""
+            left = (
+                f"{self.credits_remaining:,g} remaining"
+                if self.credits_remaining is not None
+                else ""
+            )
+            shown = ", ".join(x for x in (known, left) if x)
+            lines.append(f"credits: {shown + '; ' if shown else ''}unknown: {self.credits_note}")
+        else:
+            verdict = (
+                "MORE THAN REMAINS: run refuses (--allow-overdraft)" if self.overdraft else "ok"
+            )
+            lines.append(
+                f"credits: {self.to_send:,} x {self.cost_per_contact:g} = {self.credits_needed:,g} "
+                f"of {self.credits_remaining:,g} remaining: {verdict}"
+            )
+        low, high = (_duration(s) for s in self.seconds)
+        span = f"about {low}" if low == high else f"{low} to {high}"
+        lines.append(f"time: {span} ({self.time_basis})")
+        return lines
+
+
+def _duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "unknown"
+    if 0 < seconds < 1:
+        return "under 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _number(record: object, name: str) -> float | None:
+    value = record.get(name) if isinstance(record, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class _Credits(NamedTuple):
+    cost: float | None
+    """The agent's ``costToRun``."""
+    remaining: float | None
+    note: str | None
+    """Why either is unknown."""
+    failed: bool = False
+    """Whether a lookup failed (rather than the API publishing no figure)."""
+
+
+async def _credits(client: OctaveClient, settings: Settings) -> _Credits:
+    """The agent's cost per run and the credits remaining, as the API gives them."""
+    cost = remaining = None
+    notes, failed = [], False
+    if settings.agent_oid:
+        try:
+            cost = _number(
+                (await client.get_agent_info(settings.agent_oid)).get("data"), "costToRun"
+            )
+            if cost is None:
+                notes.append("the API gave no costToRun for the agent")
+        except ApiError as exc:
+            notes.append(f"the agent lookup failed ({exc.message[:120]})")
+            failed = True
+    else:
+        notes.append("an experiment's cost per run is not published")
+    try:
+        data = (await client.validate_key()).get("data")
+        remaining = _number(
+            data.get("credits") if isinstance(data, dict) else None, "totalRemaining"
+        )
+        if remaining is None:
+            notes.append("the API gave no credits remaining")
+    except ApiError as exc:
+        notes.append(f"the key check failed ({exc.message[:120]})")
+        failed = True
+    return _Credits(cost, remaining, "; ".join(notes) or None, failed)
+
+
+def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
+    """Seconds taken by the output's most recent successful calls (none without a ledger)."""
+    ledger = settings.ledger or paths.ledger
+    if not ledger.exists():
+        return []
+    with RunHistory.open(ledger, readonly=True) as history:
+        output_id = OutputIndex(history, paths.results, readonly=True).output_id
+        if output_id is None:
+            return []
+        try:
+            rows = history.query(
+                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = "
+                "'success' AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
+                "ORDER BY rowid DESC LIMIT ?",
+                (output_id, _HISTORY_CALLS),
+            )
+        except sqlite3.OperationalError:  # no calls table: a ledger older than the index
+            return []
+    return sorted(max(row[0], 1e-3) for row in rows)
+
+
+def estimate_seconds(
+    to_send: int, paths: OutputPaths, settings: Settings
+) -> tuple[tuple[float, float], str]:
+    """The time ``to_send`` contacts would take, as (fastest, slowest), and what it is
+    based on."""
+    remembered_rate, remembered_window = RememberedLimits(paths.limits).get(
+        limits_key(settings.base_url, settings.agent_type)
+    )
+    given = settings.model_fields_set
+    rate = settings.rate if "rate" in given or remembered_rate is None else remembered_rate
+    window = (
+        settings.concurrency
+        if "concurrency" in given or remembered_window is None
+        else remembered_window
+    )
+    latencies = _latency_history(paths, settings)
+    if latencies:
+        fast_l = latencies[len(latencies) // 2]
+        slow_l = latencies[min(len(latencies) - 1, math.ceil(0.9 * len(latencies)) - 1)]
+        basis = f"p50-p90 latency of the output's last {len(latencies):,} calls"
+    else:
+        fast_l, slow_l = KNOWN_LATENCY_S
+        basis = f"{fast_l:g}-{slow_l:g} s a call, usual for Octave's agents"
+    remembered = remembered_rate is not None or remembered_window is not None
+    pace = "remembered" if remembered else "set"
+    basis += f"; {pace} --rate {f'{rate:g}/s' if rate else 'none'} --concurrency {window}"
+    if not to_send:
+        return (0.0, 0.0), basis
+
+    def seconds(latency: float) -> float:
+        # Waves of ``window`` calls, or sends paced by the rate, and the last call's latency.
+        return max(math.ceil(to_send / window) * latency, to_send / (rate or math.inf) + latency)
+
+    return (seconds(fast_l), seconds(slow_l)), basis
+
+
+async def make_plan(
+    input_path: str | Path, output: str | Path, settings: Settings, *, client: OctaveClient | None
+) -> Plan:
+    """The forecast of a run of ``input_path`` on ``output`` (``client``: None when there is
+    no key: the credits stay unknown)."""
+    paths = OutputPaths.for_output(output)
+    summary = dry_run(input_path, paths, settings)
+    counts = summary.counts
+    to_send = int(summary["would_send"])
+    if settings.max_calls is not None:
+        to_send = min(to_send, settings.max_calls)
+    if client is None:
+        credits = _Credits(None, None, "no API key (set OCTAVE_API_KEY) to ask the API")
+    else:
+        credits = await _credits(client, settings)
+    cost, remaining, note, _ = credits
+    seconds, basis = estimate_seconds(to_send, paths, settings)
+    kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed")
+    paid_again = int(summary["resend"]["people_done_resent"])
+    return Plan(
+        {k: counts[k] for k in kept}, to_send, paid_again, cost, remaining, note, seconds, basis
+    )
+
+
+async def check_credits(
+    client: OctaveClient,
+    settings: Settings,
+    input_path: str | Path,
+    output: Path,
+    rows: int | None,
+) -> None:
+    """Before the first paid call: refuse a run whose contacts would cost more credits than
+    remain (``rows``: the input's line count, an upper bound; None for stdin: not checked).
+
+    Raises:
+        FatalApiError: the run would overdraw the credits, and ``allow_overdraft`` is off.
+    """
+    if settings.allow_overdraft or rows is None:
+        return
+    cost, remaining, note, failed = await _credits(client, settings)
+    if cost is None or remaining is None:
+        if failed:  # the API did not answer (a cost it does not publish is no news)
+            log_event("credits_not_checked", level=logging.WARNING, reason=note)
+        return
+    bound = min(rows, settings.limit or rows, settings.max_calls or rows)
+    if bound * cost <= remaining:
+        return  # even every row sent would be covered: no second pass over the input
+    plan = await make_plan(input_path, output, settings, client=None)
+    needed = plan.to_send * cost
+    if needed > remaining:
+        raise FatalApiError(
+            f"{plan.to_send:,} contacts to send x {cost:g} credits = {needed:,g} credits, "
+            f"but {remaining:,g} remain; nothing was sent. Send fewer (--limit, --max-calls) or "
+            "add --allow-overdraft to run until the credits run out",
+            kind=ErrorKind.PAYMENT_REQUIRED,
+        )
+
+
+async def plan_with_client(input_path: str | Path, output: str | Path, settings: Settings) -> Plan:
+    """:func:`make_plan` with a client of its own (none without an API key).
+
+    Raises:
+        ConfigError: no ``--agent`` or ``--experiment`` to plan for.
+    """
+    if not (settings.agent_oid or settings.experiment_oid):
+        raise ConfigError(
+            "no target: give --agent ca_... (or OCTAVE_AGENT_OID) or --experiment ae_..."
+        )
+    if settings.api_key is None:
+        return await make_plan(input_path, output, settings, client=None)
+    async with open_client(settings, read_timeout=settings.connect_timeout + 20) as client:
+        return await make_plan(input_path, output, settings, client=client)
