@@ -4,12 +4,14 @@ taking 40 s.
 Every cell is a whole ``octave-bulk run`` process (pinned to CPU 1) against a fresh
 ``octave-bulk simulate`` process (pinned to CPU 0) running ``--time-scale F`` times faster (a
 40-s job takes 40/F real seconds; the submit limit R runs at R x F per real second). Times below
-are in the *unscaled* regime (real seconds x F). F is chosen per cell so that R x F <= 20 real
-calls per second (F = 2 at R = 10/s): the server's bucket (R/s, burst 1) refuses a call that
-comes early, so every millisecond a timer wakes late is lost for good, and at 50 ms between
-calls that is ~2 %, as against ~1 % at 100 ms unscaled. Measured at N = 3,000, R = 10/s: at
-R x F = 200/s (5 ms apart) the pacer settled at 0.68 R and the cell took 1.79 x its ideal; at
-50/s (20 ms), 0.99 R and 1.11 x: artefacts of the scale, not of the regime. The engine's own durations are scaled the same
+are in the *unscaled* regime (real seconds x F). F is chosen per cell so that the submit rate
+is at most 10 real calls per second where it decides the time (F = 1 at R = 10/s: that cell
+runs in real time): the server's bucket (R/s, burst 1) refuses a call that comes early, so a
+pacer must keep a margin of the timer's and the loop's jitter (~1 ms), which is ~1 % at 100 ms
+between calls but ~2 % at 50 ms and ~20 % at 5 ms. Measured at N = 3,000, R = 10/s: at
+R x F = 200/s the pacer settled at 0.68 R and the cell took 1.79 x its ideal; at 50/s, 0.99 R
+and 1.11 x; at R = 2/s and 20/s, 0.95 R: artefacts of the scale, not of the regime. Where the
+server's parallelism binds (P / L < R), or for correctness (the kill cell), F = 5. The engine's own durations are scaled the same
 way through its settings: ``poll_interval_min`` / ``poll_interval_max`` (2 s / 60 s), the
 backoff, the read timeout, and ``start_rate`` (16/s, so the submit pacer's search starts where
 it would unscaled).
@@ -113,11 +115,6 @@ def timed_run(work: Path, n: int, scale: float, sim: list[str], flags: list[str]
         "steal": round(noise.steal, 3),
         "others_cores": round(noise.others, 3),
     }
-
-
-def cell_scale(rate: float, smoke: bool) -> float:
-    """F for a cell whose submit limit is ``rate`` (see the module docstring)."""
-    return 40.0 if smoke else min(20.0, 20.0 / rate)
 
 
 def async_cell(
@@ -232,17 +229,17 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        plan: list[tuple[str, Any]] = [
-            ("async", (n, 10.0, 500, None)),
-            ("async", (max(100, n // 40), 10.0, 40, None)),  # P / L = 1/s binds: a server queue
-            ("async", (max(100, n // 5), 2.0, 500, None)),  # a low submit rate
-            ("async", (max(100, n // 5), 10.0, 500, 25.0)),  # a status limit to be found
-            ("sync", (n, 10.0, 32)),
-            ("kill", (max(200, n // 5), 10.0, 10)),
+        # (cell, its parameters, F) - see the module docstring for F.
+        plan: list[tuple[str, tuple[Any, ...], float]] = [
+            ("async", (n, 10.0, 500, None), 1.0),
+            ("async", (max(100, n // 40), 10.0, 40, None), 5.0),  # P / L = 1/s: a server queue
+            ("async", (max(100, n // 5), 2.0, 500, None), 5.0),  # a low submit rate
+            ("async", (max(100, n // 10), 10.0, 500, 25.0), 1.0),  # a status limit to be found
+            ("sync", (n, 10.0, 32), 20.0),  # C / L binds: 16 real calls/s at F = 20
+            ("kill", (max(200, n // 5), 10.0, 10), 5.0),
         ]
-        for name, params in plan:
-            # sync: C / L binds, never R; its scale only has to keep C / L x F moderate.
-            scale = 40.0 if smoke else 20.0 if name == "sync" else cell_scale(params[1], smoke)
+        for name, params, full_scale in plan:
+            scale = 40.0 if smoke else full_scale
             if name == "async":
                 row = async_cell(work, params[0], scale, *params[1:])
             elif name == "sync":

@@ -109,11 +109,6 @@ class Jobs:
         self._room = anyio.Event()
         self._open = True
 
-    @property
-    def awaiting(self) -> int:
-        """Jobs submitted and not settled yet."""
-        return len(self._live)
-
     def add(self, job: PendingJob) -> None:
         """A job whose handle is durable: poll it until it ends."""
         if job.handle in self._live:
