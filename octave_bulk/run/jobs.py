@@ -64,6 +64,8 @@ _FIRST_SHARE = 1.0
 _AGE_SHARE, _BLIND_AGE_SHARE = 0.05, 1.0
 _DONE_AT_FIRST = 0.9  # a job done at its first poll ended before it: counted a little earlier
 _KNOWN_AFTER = 3  # finished jobs before their median is trusted
+_RECENT = 32  # the median follows the latest jobs (a server queue makes them grow)
+_POLLS_PER_END = 8.0  # the poll budget: this many polls per job that ended lately ...
 
 
 @dataclass(slots=True)
@@ -104,7 +106,9 @@ class Jobs:
         self._live: dict[str, _Live] = {}
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
-        self._durations: deque[float] = deque(maxlen=256)
+        self._durations: deque[float] = deque(maxlen=_RECENT)
+        self._ends: deque[float] = deque()  # when recent jobs ended (for the poll budget)
+        self._next_poll = 0.0
         self._wake = anyio.Event()
         self._room = anyio.Event()
         self._open = True
@@ -151,6 +155,7 @@ class Jobs:
             self._durations.append(
                 (pending + age) / 2 if pending is not None else age * _DONE_AT_FIRST
             )
+            self._ends.append(time.monotonic())
             if len(self._durations) == _KNOWN_AFTER:
                 self._replan()
             outcome: Success | Failure = Success(
@@ -195,6 +200,7 @@ class Jobs:
             if time.monotonic() - live.submitted > self.settings.job_timeout:
                 self._give_up(live)
                 continue
+            await self._spend()
             ticket = await self.limiter.acquire()
             if self._polling_over():
                 self.limiter.on_answer(ticket)
@@ -214,6 +220,26 @@ class Jobs:
                 now = time.monotonic()
                 live.pending_age = now - live.submitted
                 self._schedule(live, now)
+
+    async def _spend(self) -> None:
+        """Wait for the poll budget: once jobs have ended for half of ``poll_interval_max``,
+        polls follow the rate they end at (``_POLLS_PER_END`` per job ended over the last
+        ``poll_interval_max``), and never less than one poll per job awaited per
+        ``poll_interval_max``; a server queue then cannot multiply the polls (a job waiting
+        there is not polled every few seconds)."""
+        now, settings, ends = time.monotonic(), self.settings, self._ends
+        while ends and ends[0] < now - settings.poll_interval_max:
+            ends.popleft()
+        if not ends or now - ends[0] < settings.poll_interval_max / 2:
+            return  # too few ends to tell their rate: the limiter alone paces the polls
+        span = now - ends[0]
+        budget = max(
+            _POLLS_PER_END * len(ends) / span, len(self._live) / settings.poll_interval_max
+        )
+        start = max(now, self._next_poll)
+        self._next_poll = start + 1 / budget
+        if start > now:
+            await anyio.sleep(start - now)
 
     def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
         self.stats.poll_errors += 1
