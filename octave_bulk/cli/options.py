@@ -31,7 +31,7 @@ RUN_FIELDS = (
     "agent_type", "agent_oid", "experiment_oid", "url", "prospect_limit", "prospect_minimal",
     "search_context",
     "where", "context_from", "base_url", "rate", "concurrency", "adaptive", "timeout",
-    "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
+    "call_deadline", "max_response_bytes", "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
     "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "fail_on_rejects",
     "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",

@@ -38,7 +38,7 @@ import anyio
 import httpx
 
 from octave_bulk.build import request_spec
-from octave_bulk.errors import ConfigError, ExitCode, StateError
+from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.intake import open_contacts, reader_options
@@ -55,15 +55,27 @@ from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
 from octave_bulk.sink import Failure, Sink, Success
-from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity, load_cursor
+from octave_bulk.state.cursor import (
+    CursorKeeper,
+    ResumeCursor,
+    input_identity,
+    load_cursor,
+    load_first_rows,
+)
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
 from octave_bulk.state.history import RunHistory
+from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
-from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
+from octave_bulk.state.preflight import (
+    check_descriptors,
+    check_writable,
+    remove_stale_temp_files,
+)
 from octave_bulk.utc import utc_iso
 
 __all__ = ["run_batch"]
@@ -90,7 +102,17 @@ class _Run:
         self.stats = RunStats(outcome_unknown=len(state.outcome_unknown))
         self.control = RunControl(settings, self.stats, self.run_id)
         self.admission = Admission(settings, self.stats, state, start, self.control, expected_rows)
-        self.cursor = CursorKeeper(paths, identity, fingerprint, self.admission.frontier.cursor)
+        builder = self.admission.builder
+        if start.line:  # the prefix is skipped unread: its first rows judge duplicates still
+            builder.seed(load_first_rows(paths, start))
+        self.cursor = CursorKeeper(
+            paths,
+            identity,
+            fingerprint,
+            self.admission.frontier.cursor,
+            first_rows=builder.take_firsts,
+            keys_bytes=start.keys_bytes,
+        )
         self.slots: InflightSlots | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
@@ -137,7 +159,7 @@ class _Run:
             "failed": stats.failed,
             "rejected": stats.rejected + stats.duplicate,
             "skipped_done": stats.skipped_done,
-            "paid_calls": stats.calls,
+            "paid_calls": stats.calls_sent,
             "credits": stats.credits,
             "paid_twice": stats.outcome_unknown,
         }
@@ -169,6 +191,8 @@ class _Run:
         else:
             stats.failed_permanent += 1
             stats.failures_by_kind[outcome.error.kind] += 1
+            if self.slots is not None:  # settled for good: an old unknown outcome is moot
+                self.slots.settle(outcome.request_id)
             frontier.settle(outcome.request_id, "skipped_failed")
 
     async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
@@ -185,6 +209,10 @@ class _Run:
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
         slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
+        if not settings.retry_failed:  # failed for good since: never sent again, reported once
+            for rid in self.state.outcome_unknown:
+                if id_key(rid) in self.state.errors.permanent:
+                    slots.settle(rid)
         sink = Sink(
             run_id=self.run_id,
             key_field=settings.key,
@@ -242,11 +270,15 @@ class _Run:
             slots.sync()
             slots.close()
             self.cursor.save()
-        self.stats.not_sent = max(0, self.stats.queued - self.stats.finished)
+        stats = self.stats  # not sent: queued, and no call of this run ever left for it
+        stats.not_sent = max(0, stats.queued - stats.finished - stats.unsettled - stats.abandoned)
 
     def exit_code(self) -> ExitCode:
-        if self.control.reason is not None:
-            return self.control.reason.exit_code
+        reason = self.control.reason
+        if reason == StopReason.INPUT_ERROR and self.stats.calls_sent:
+            return ExitCode.FILE_ERROR  # the input broke after calls were sent: not "nothing sent"
+        if reason is not None:
+            return reason.exit_code
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
 
 
@@ -331,22 +363,41 @@ async def run_batch(
     paths = OutputPaths.for_output(output)
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
-    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
+    check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
+    if transport is None:
+        check_descriptors(settings.concurrency)
     lock = RunLock(paths.lock)
-    lock.acquire()
     try:
+        lock.acquire()
+    except OSError as exc:
+        raise StateError(f"{paths.lock}: cannot take the run lock: {exc.strerror}") from None
+    sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
+    try:
+        migrate_jsonl_side_files(paths)
+        remove_stale_temp_files(_replaced_files(paths, settings))
         ledger = settings.ledger or paths.ledger
         with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
-                input_path, paths, settings, transport, handle_signals, history
+                input_path, paths, settings, transport, handle_signals, history, sent
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
+        calls = sent[0].calls_sent if sent else 0
         raise StateError(
             f"cannot use the output files ({_first_leaf(group)}); every result written "
-            "before this is safe: fix the cause, then run the same command to resume"
+            "before this is safe: fix the cause, then run the same command to resume",
+            calls_sent=calls,
         ) from None
     finally:
         lock.release()
+
+
+def _replaced_files(paths: OutputPaths, settings: Settings) -> list[Path]:
+    """The files a run replaces atomically (their stale temp files are removed at start)."""
+    files = [paths.summary, paths.cursor, paths.limits]
+    if settings.metrics_textfile is not None:
+        files.append(settings.metrics_textfile)
+    return files
 
 
 async def _locked_run(
@@ -356,6 +407,7 @@ async def _locked_run(
     transport: httpx.AsyncBaseTransport | None,
     handle_signals: bool,
     history: RunHistory,
+    sent: list[RunStats],
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
@@ -385,6 +437,7 @@ async def _locked_run(
             fingerprint=fingerprint,
         )
         run.history, run.index = history, index
+        sent.append(run.stats)
         if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
             async with open_client(settings, transport=transport) as client:
                 await check_agent(client, settings)
@@ -454,7 +507,27 @@ async def _locked_run(
         unknown_request_ids=state.outcome_unknown[:100],
         settings=settings.redacted(),
     )
-    write_json_atomic(paths.summary, document)
+    if settings.metrics_textfile is not None:  # before the summary: both tell the same exit
+        try:
+            write_metrics(settings.metrics_textfile, document, output=str(paths.results))
+        except OSError as exc:
+            exit_code = ExitCode.FILE_ERROR
+            document["exit_code"] = exit_code
+            document["resumable"] = True
+            document["file_error"] = (
+                f"{settings.metrics_textfile}: cannot write the metrics: {exc.strerror}"
+            )
+    try:
+        write_json_atomic(paths.summary, document)
+    except OSError as exc:
+        _record(history, run.run_id, {"finished_at": time.time(),
+                                      "exit_code": ExitCode.FILE_ERROR,
+                                      "stop_reason": control.reason, **run.progress_columns()})  # fmt: skip
+        raise StateError(
+            f"{paths.summary}: cannot write the summary ({exc.strerror}); every result written "
+            "is safe: fix the cause, then run the same command to resume",
+            calls_sent=stats.calls_sent,
+        ) from None
     if index is not None:
         try:
             index.fold()
@@ -464,8 +537,6 @@ async def _locked_run(
             log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
     ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
     _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
-    if settings.metrics_textfile is not None:
-        write_metrics(settings.metrics_textfile, document, output=str(paths.results))
     log_event(
         "stop",
         run_id=run.run_id,
