@@ -417,6 +417,31 @@ def test_abandoned_calls_are_counted_apart(make_sim: Any, tmp_path: Path) -> Non
     assert len(InflightSlots.leftovers(side(out, ".inflight"))) == 4  # outcome unknown next run
 
 
+def test_contacts_stopped_between_attempts_are_not_counted_unsent(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(faults={"500": 1.0})
+    write_contacts(tmp_path / "in.csv", 20)
+    out = tmp_path / "o.ndjson"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_BACKOFF_INITIAL": "60", "OCTAVE_BACKOFF_MAX": "60"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "octave_bulk", *_run_args(sim.url, tmp_path, out,
+         "--concurrency", "4", "--no-adaptive")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while sim.stats()["totals"].get("calls", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the four are in their backoff now
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    counts = json.loads(side(out, ".summary.json").read_text())["counts"]
+    assert counts["stopped_after_sending"] == 4 and counts["abandoned_in_flight"] == 0
+    assert counts["not_sent"] == counts["queued"] - 4
+
+
 async def test_calls_that_never_reached_a_server_are_not_charged(tmp_path: Path) -> None:
     import socket
 

@@ -414,7 +414,13 @@ async def _locked_run(
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
-        log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
+        log_event(
+            "corrupt_results",
+            level=logging.WARNING,
+            lines=scan.bad_lines,
+            action="not counted as done (sent again); copied to the quarantine file",
+            quarantine=str(paths.corrupt),
+        )
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
