@@ -130,7 +130,9 @@ def make_cursor(url: str, csv: Path, out: Path, done: int) -> tuple[bytes, bytes
     summary = run_summary(out)
     assert summary["counts"]["skipped_done"] == done and summary["paid_calls"] == 0
     paths = OutputPaths(out)
-    return paths.cursor.read_bytes(), paths.ledger.read_bytes(), child.wall
+    # The cursor with its first-rows file (OUT.cursor.keys), as one blob: JSON, NUL, keys.
+    cursor = paths.cursor.read_bytes() + b"\0" + paths.cursor_keys.read_bytes()
+    return cursor, paths.ledger.read_bytes(), child.wall
 
 
 def first_request(
@@ -153,7 +155,9 @@ def first_request(
         env = {**ENGINE_ENV, "OCTAVE_LEDGER_INDEX": "false"}
     if cursor is not None:
         OutputPaths(out).rejects.touch()
-        OutputPaths(out).cursor.write_bytes(cursor)
+        saved, _, keys = cursor.partition(b"\0")
+        OutputPaths(out).cursor.write_bytes(saved)
+        OutputPaths(out).cursor_keys.write_bytes(keys)
     if out.exists():
         os.truncate(out, done_bytes)  # forget the previous measurement's new lines
     if cold:

@@ -56,6 +56,10 @@ class ExitCode(enum.IntEnum):
     """The API kept failing: the run stopped, resumably."""
     MAX_CALLS = 5
     """``--max-calls`` or ``--budget`` was reached: the run stopped, resumably."""
+    FILE_ERROR = 6
+    """A file failed after calls were sent (the output's disk filled up, the metrics or summary
+    file could not be written, the input broke mid-file): the run stopped, resumably once the
+    file is fixed. Unlike 2 ("nothing sent"), calls may have been paid."""
     INTERNAL = 70
     """A bug in octave-bulk (EX_SOFTWARE): never 0 or 1, so it is never taken for success."""
     INTERRUPTED = 130
@@ -116,6 +120,11 @@ class ErrorKind(enum.StrEnum):
     PAYMENT_REQUIRED = "payment_required"
     FORBIDDEN = "forbidden"
     BAD_ENDPOINT = "bad_endpoint"
+    # An answer refused by a local limit (``max_response_bytes``): not retried.
+    RESPONSE_TOO_LARGE = "response_too_large"
+    # Not the API's doing: this machine refused (out of file descriptors, memory): the call
+    # never reached a server.
+    LOCAL = "local"
     # Not the API's doing: a bug in octave-bulk cost this contact's attempt.
     INTERNAL = "internal"
 
@@ -158,7 +167,17 @@ class InputError(OctaveBulkError):
 
 
 class StateError(OctaveBulkError):
-    """The output or its side files cannot be used: locked by another run, unwritable, corrupt."""
+    """The output or its side files cannot be used: locked by another run, unwritable, corrupt.
+
+    Args:
+        message: what is wrong, in words for the user.
+        calls_sent: calls the run had sent when it failed (0: found before any call, exit 2;
+            more: exit 6, calls may have been paid).
+    """
+
+    def __init__(self, message: str, *, calls_sent: int = 0) -> None:
+        super().__init__(message)
+        self.calls_sent = calls_sent
 
 
 class ApiError(OctaveBulkError):

@@ -155,12 +155,27 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(180.0, description="Read timeout per call, seconds.")
     connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")
+    call_deadline: float = Field(
+        300.0,
+        description="Whole-attempt deadline (connect, send, the entire answer), seconds; "
+        "--timeout bounds each read, this the whole call.",
+    )
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        description="Largest answer body accepted, bytes; a bigger one fails its contact "
+        "(response_too_large).",
+    )
     max_attempts: int = Field(5, description="Attempts per contact per run, retries included.")
     backoff_initial: float = Field(1.0, description="First retry backoff cap, seconds.")
     backoff_max: float = Field(60.0, description="Largest retry backoff, seconds.")
     breaker_threshold: int = Field(
         100,
         description="Failed attempts in a row (pool-wide) that stop the run; > 2 x concurrency.",
+    )
+    refusal_patience: float = Field(
+        900.0,
+        description="Stop (exit 4) after 429s with no call accepted for this long, seconds, "
+        "or at once on a Retry-After longer than this.",
     )
     drain_timeout: float = Field(
         120.0, description="On SIGINT/SIGTERM, wait this long for calls in flight, seconds."
@@ -312,6 +327,32 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked before any call: a key that cannot be an HTTP header value (a newline, a
+        # NUL, a space, non-ASCII) failed every call as a "protocol" error, each one retried
+        # and counted. The message never repeats the key.
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if not key:
+            raise ValueError("the API key is empty")
+        bad = next((c for c in key if not "\x21" <= c <= "\x7e"), None)
+        if bad is not None:
+            where = key.index(bad) + 1
+            what = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL", " ": "a space",
+                    "\t": "a tab"}.get(bad, "a control character" if bad.isascii()
+                                       else "a non-ASCII character")  # fmt: skip
+            raise ValueError(
+                f"malformed API key: {what} at character {where} of {len(key)} (a key is "
+                "printable ASCII without spaces; check OCTAVE_API_KEY or the key file)"
+            )
+        from octave_bulk.redact import register_secret
+
+        register_secret(key)
+        return value
+
     @field_validator("search_context")
     @classmethod
     def _json_object(cls, value: str | None) -> str | None:
@@ -347,6 +388,7 @@ class Settings(BaseSettings):
         "max_field_bytes",
         "poll_concurrency",
         "max_pending",
+        "max_response_bytes",
     )
     @classmethod
     def _positive_int(cls, value: int | None) -> int | None:
@@ -357,6 +399,8 @@ class Settings(BaseSettings):
     @field_validator(
         "timeout",
         "connect_timeout",
+        "call_deadline",
+        "refusal_patience",
         "backoff_initial",
         "backoff_max",
         "drain_timeout",

@@ -56,7 +56,7 @@ def test_output_paths_and_bad_extension() -> None:
     paths = OutputPaths.for_output("dir/results.ndjson")
     assert paths.errors == Path("dir/results.errors.ndjson")
     assert paths.summary == Path("dir/results.summary.json")
-    assert OutputPaths.for_output("x.jsonl").rejects == Path("x.rejects.ndjson")
+    assert OutputPaths.for_output("x.jsonl").rejects == Path("x.jsonl.rejects.ndjson")
     with pytest.raises(StateError, match="must end in .ndjson"):
         OutputPaths.for_output("results.csv")
 

@@ -80,7 +80,9 @@ async def test_headers_sent() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.update(request.headers)
-        return httpx.Response(200, json={"_metadata": {}, "found": True, "data": {"emails": [{}]}})
+        return httpx.Response(
+            200, json={"_metadata": {}, "found": True, "data": {"emails": [{"subject": "Hi"}]}}
+        )
 
     async with httpx.MockTransport(handler) as transport:
         await octave(transport, "http://x", "k1").run(BODY, "r1")

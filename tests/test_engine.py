@@ -312,8 +312,8 @@ async def test_missing_key_or_target_is_a_config_error(tmp_path: Path) -> None:
 async def test_unwritable_output_is_a_state_error(make_sim: Any, tmp_path: Path) -> None:
     write_contacts(tmp_path / "in.csv", 3)
     out = tmp_path / "out.ndjson"
-    side(out, ".errors.ndjson").mkdir()  # cannot be opened as a file
-    with pytest.raises(StateError, match="cannot use the output files"):
+    side(out, ".errors.ndjson").mkdir()  # cannot be opened as a file: found before any call
+    with pytest.raises(StateError, match="errors.ndjson: is a folder, not a file"):
         await run_batch(tmp_path / "in.csv", out, sim_settings(make_sim().url))
 
 
@@ -358,7 +358,8 @@ async def test_input_broken_mid_file_stops_with_exit_2_and_keeps_what_was_done(
     path.write_bytes(head + b"\x00\xdc" + after)  # a lone low surrogate: UTF-16 cannot decode it
     out = tmp_path / "out.ndjson"
     summary = await run_batch(path, out, sim_settings(sim.url))
-    assert summary["exit_code"] == 2 and summary["stop_reason"] == "input_error"
+    # Calls were sent before the input broke: 6, not 2 ("nothing sent").
+    assert summary["exit_code"] == 6 and summary["stop_reason"] == "input_error"
     assert "cannot decode" in summary["input_error"]
     done = read_lines(out)
     assert 0 < len(done) == summary["counts"]["succeeded"]

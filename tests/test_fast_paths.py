@@ -56,7 +56,9 @@ def test_typical_bodies_take_the_shortcut_and_bad_ones_do_not() -> None:
             SequenceRequest.model_validate(bad)
 
 
-_OK = orjson.dumps({"_metadata": {"usage": 2}, "found": True, "data": {"emails": [{}]}})
+_OK = orjson.dumps(
+    {"_metadata": {"usage": 2}, "found": True, "data": {"emails": [{"subject": "Hi"}]}}
+)
 
 
 async def _serve(answer: bytes, seen: list[bytes]) -> asyncio.Server:

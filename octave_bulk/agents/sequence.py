@@ -335,13 +335,29 @@ def _spec_tail(spec: RequestSpec) -> dict[str, Any]:
     return {key: value for key, value in tail.items() if value is not None}
 
 
+def _has_content(email: Any) -> bool:
+    """An email with a subject or a body (``email``, or any section): ``{}`` is not one."""
+    if not isinstance(email, dict):
+        return False
+    if email.get("subject") or email.get("email"):
+        return True
+    sections = email.get("sections")
+    return isinstance(sections, dict) and any(sections.values())
+
+
 def sequence_failure(payload: dict[str, Any]) -> str | None:
     """None when the answer holds at least one email, else why it holds none."""
     data = payload.get("data")
     emails = data.get("emails") if isinstance(data, dict) else None
-    if payload.get("found") and isinstance(emails, list) and emails:
+    if payload.get("found") and isinstance(emails, list) and any(map(_has_content, emails)):
         return None
-    why = payload.get("message") or ("found: false" if not payload.get("found") else "no emails")
+    why = payload.get("message") or (
+        "found: false"
+        if not payload.get("found")
+        else "no emails"
+        if not emails
+        else "emails without a subject or a body"
+    )
     return f"no sequence produced: {why}"
 
 

@@ -66,8 +66,17 @@ def load_settings(config_file: str | None, api_key_file: str | None, **flags: An
 
 def fail(exc: OctaveBulkError) -> NoReturn:
     """Print a library error with the next step to take, and exit 2 (nothing was sent; 3 when
-    the API refused the run before its first call: the key, the credits)."""
+    the API refused the run before its first call: the key, the credits) - or 6 when a file
+    failed after calls were sent (they may have been paid)."""
     click.echo(f"error: {exc}", err=True)
+    sent = getattr(exc, "calls_sent", 0)
+    if sent:
+        click.echo(
+            f"  {sent} calls were sent before this (they may have been paid, and every "
+            "answer written is kept): fix the cause, then run the same command to resume.",
+            err=True,
+        )
+        sys.exit(ExitCode.FILE_ERROR)
     hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
     if hint:
         click.echo(f"  {hint}", err=True)
@@ -82,6 +91,8 @@ def _next_step(summary: Mapping[str, Any]) -> str | None:
         if kind == ErrorKind.BAD_ENDPOINT:
             return "check --base-url and --agent, then run the same command again to resume."
         return "fix the key or credits, then run the same command again to resume."
+    if code == ExitCode.FILE_ERROR:
+        return "fix the file named above, then run the same command again to resume."
     if code in (ExitCode.BREAKER, ExitCode.MAX_CALLS, ExitCode.INTERRUPTED):
         return "run the same command again to resume where it stopped."
     return None
@@ -95,11 +106,14 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         f"exit {summary.get('exit_code')} ({summary.get('stop_reason') or 'finished'}) "
         f"in {summary.get('wall_seconds')} s",
         "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v),
-        f"  paid calls {summary.get('paid_calls')}, credits {summary.get('credits')}, "
+        f"  calls sent {summary.get('paid_calls')} (possibly charged; answered "
+        f"{(summary.get('calls') or {}).get('answered', '-')}), credits {summary.get('credits')}, "
         f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
     ]
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
+    if summary.get("file_error"):
+        lines.append(f"  stopped: {summary['file_error']}")
     if summary.get("input_error"):
         lines.append(
             f"  stopped: {summary['input_error']}; fix the input, then run again to resume."

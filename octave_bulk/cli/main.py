@@ -81,5 +81,8 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 def _redact(text: str) -> str:
+    from octave_bulk.redact import scrub
+
     key = os.environ.get("OCTAVE_API_KEY")
-    return text.replace(key, "***") if key else text
+    text = text.replace(key, "***") if key else text
+    return scrub(text)

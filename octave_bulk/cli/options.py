@@ -31,6 +31,7 @@ RUN_FIELDS = (
     "agent_type", "agent_oid", "experiment_oid", "url", "prospect_limit", "prospect_minimal",
     "search_context",
     "where", "context_from", "base_url", "rate", "concurrency", "adaptive", "timeout",
+    "call_deadline", "max_response_bytes",
     "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
     "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "allow_overdraft",
     "fail_on_rejects",

@@ -162,6 +162,7 @@ def validate(
     from octave_bulk.build import request_spec
     from octave_bulk.intake import reader_options
     from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.state.preflight import check_file
     from octave_bulk.validate import validate_input
 
     try:
@@ -175,6 +176,7 @@ def validate(
             stem = Path(input_path).with_suffix("") if input_path != "-" else Path("stdin")
             output = str(stem) + ".ndjson"
         rejects = OutputPaths.for_output(output).rejects
+        check_file(rejects)  # a missing folder is made; an unwritable one is exit 2
         report = validate_input(
             input_path,
             reader_options(settings),

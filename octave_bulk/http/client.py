@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 import orjson
 from pydantic import SecretStr
@@ -28,7 +29,7 @@ from pydantic import SecretStr
 from octave_bulk.agents import get_agent
 from octave_bulk.agents.base import Agent
 from octave_bulk.agents.fields import credits_of
-from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
+from octave_bulk.errors import ApiError, ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.async_api import (
     AsyncContract,
     JobAnswer,
@@ -39,6 +40,7 @@ from octave_bulk.http.async_api import (
     submit_body,
 )
 from octave_bulk.http.retry import status_error, transport_error
+from octave_bulk.redact import MASK, register_secret, scrub
 
 if TYPE_CHECKING:
     from octave_bulk.settings import Settings
@@ -49,6 +51,7 @@ __all__ = [
     "VALIDATE_PATH",
     "CallSuccess",
     "OctaveClient",
+    "TooLarge",
     "make_transport",
     "open_client",
 ]
@@ -114,6 +117,8 @@ class OctaveClient:
         api_key: sent as the ``api_key`` header; never logged, never part of an error.
         agent: the agent whose endpoint :meth:`run` calls (the Sequence Agent by default).
         timeout: read timeout, seconds. connect_timeout: connect (and pool) timeout.
+        deadline: the whole attempt (connect, send, the entire answer), seconds; None: none.
+        max_body: the largest answer body accepted, bytes; None: no cap.
         contract: the async API's endpoints and body shape (for :meth:`submit`, :meth:`poll`).
     """
 
@@ -126,10 +131,22 @@ class OctaveClient:
         agent: Agent | None = None,
         timeout: float = 180.0,
         connect_timeout: float = 10.0,
+        deadline: float | None = None,
+        max_body: int | None = None,
         contract: AsyncContract | None = None,
     ) -> None:
         self._transport = transport
         self._contract = contract or AsyncContract()
+        self._deadline, self._max_body = deadline, max_body
+        # The default transport enforces both itself (aiohttp's total timeout, a capped read);
+        # any other is bounded here, around the call.
+        self._bounded_inside = bool(getattr(transport, "enforces_call_bounds", False))
+        key = api_key.get_secret_value()
+        register_secret(key)
+        # The key's forms a server could echo into a body we keep (see octave_bulk.redact).
+        self._key_forms = tuple(
+            {key.encode(), quote(key, safe="").encode()} if len(key) >= 8 else ()
+        )
         self._agent = agent or get_agent()
         self._run_url = httpx.URL(base_url.rstrip("/") + self._agent.path)
         self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
@@ -147,7 +164,9 @@ class OctaveClient:
                 "read": timeout,
                 "write": 30.0,
                 "pool": connect_timeout,
-            }
+                "total": deadline,
+            },
+            "max_body": max_body,
         }
         # The run's fixed headers as httpx would order and encode them (Host first, then ours;
         # the call's id and Content-Length are appended per call), built once: a dict merged
@@ -191,17 +210,41 @@ class OctaveClient:
         # Header values must be ASCII; the body keeps the requestId exactly as given.
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
         try:
-            # Inlined _receive: every await layer is paid again on each resumption.
-            response = await self._transport.handle_async_request(
-                self._run_request(body, header_id)
-            )
             try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        except Exception as exc:
-            raise transport_error(exc, request_id) from None
-        return _judge(response, request_id, self._agent)
+                if self._bounded_inside or self._deadline is None:
+                    # Inlined _receive: every await layer is paid again on each resumption.
+                    response = await self._transport.handle_async_request(
+                        self._run_request(body, header_id)
+                    )
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+                else:
+                    try:
+                        with anyio.fail_after(self._deadline):
+                            response = await self._receive(self._run_request(body, header_id))
+                    except TimeoutError:
+                        raise _past_deadline(self._deadline, request_id) from None
+            except ApiError:
+                raise
+            except TooLarge as exc:
+                raise _too_large(exc.size, self._max_body, request_id) from None
+            except Exception as exc:
+                raise transport_error(exc, request_id) from None
+            cap = self._max_body
+            if cap is not None and len(response.content) > cap:
+                raise _too_large(len(response.content), cap, request_id)
+            result = _judge(response, request_id, self._agent)
+        except ApiError as exc:
+            raise _scrubbed(exc) from None
+        forms = self._key_forms
+        if forms and any(form in result.raw for form in forms):  # an echoed key is not kept
+            raw = result.raw
+            for form in forms:
+                raw = raw.replace(form, MASK.encode())
+            result = CallSuccess(raw=raw, credits=result.credits)
+        return result
 
     def _run_request(self, body: bytes, header_id: str) -> httpx.Request:
         """The run call's request: the same method, URL, headers (names, values, order) and
@@ -281,9 +324,9 @@ class OctaveClient:
         try:
             response = await self._send("GET", url, self._headers, None)
         except Exception as exc:
-            raise transport_error(exc, None) from None
+            raise _scrubbed(transport_error(exc, None)) from None
         if response.status_code != 200:
-            raise status_error(response, None)
+            raise _scrubbed(status_error(response, None))
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -316,6 +359,8 @@ async def open_client(
             api_key=settings.api_key or SecretStr(""),
             timeout=settings.timeout if read_timeout is None else read_timeout,
             connect_timeout=settings.connect_timeout,
+            deadline=settings.call_deadline,
+            max_body=settings.max_response_bytes,
             agent=get_agent(settings.agent_type),
             contract=AsyncContract(
                 settings.async_path,
@@ -325,6 +370,41 @@ async def open_client(
                 settings.callback_url,
             ),
         )
+
+
+class TooLarge(Exception):
+    """An answer body over the cap (raised by a transport that reads with the cap)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"answer body of {size} bytes or more")
+        self.size = size
+
+
+def _too_large(size: int, cap: int | None, request_id: str) -> TerminalApiError:
+    return TerminalApiError(
+        f"answer body of {size:,} bytes or more, over max_response_bytes ({cap:,}); "
+        "not kept, not retried",
+        kind=ErrorKind.RESPONSE_TOO_LARGE,
+        status=200,
+        request_id=request_id,
+    )
+
+
+def _past_deadline(deadline: float, request_id: str | None) -> RetryableApiError:
+    return RetryableApiError(
+        f"no complete answer within the call deadline ({deadline:g} s)",
+        kind=ErrorKind.TIMEOUT,
+        request_id=request_id,
+    )
+
+
+def _scrubbed(exc: ApiError) -> ApiError:
+    """The error with the key removed from its message (a server may echo it)."""
+    message = scrub(exc.message)
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message,)
+    return exc
 
 
 def _judge(response: httpx.Response, request_id: str, agent: Agent) -> CallSuccess:
@@ -368,7 +448,7 @@ def _lenient_json(raw: bytes) -> tuple[bytes, Any] | None:
     it (lone surrogates become U+FFFD). None when it is not JSON at all."""
     try:
         payload = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: not usable
         return None
 
     def clean(value: Any) -> Any:

@@ -16,6 +16,8 @@ the server sent with the failure (capped as well).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from email.utils import parsedate_to_datetime
 
@@ -94,8 +96,32 @@ def transport_error(exc: Exception, request_id: str | None) -> RetryableApiError
     kind = next((k for fragment, k in _CAUSE_KINDS if fragment in name), fallback)
     if isinstance(cause, TimeoutError | asyncio.TimeoutError):
         kind = ErrorKind.TIMEOUT
+    local = _local_errno(exc)
+    if local is not None:  # this machine refused: the call never reached a server
+        return RetryableApiError(
+            f"local error, not the API: {os.strerror(local)} ({errno.errorcode[local]})",
+            kind=ErrorKind.LOCAL,
+            request_id=request_id,
+        )
     detail = str(cause) or name
     return RetryableApiError(f"{name}: {detail}"[:300], kind=kind, request_id=request_id)
+
+
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _local_errno(exc: BaseException) -> int | None:
+    """The errno of a local resource limit (out of file descriptors, buffers, memory) among
+    the exception's causes, if any."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        for candidate in (current, getattr(current, "os_error", None)):
+            if isinstance(candidate, OSError) and candidate.errno in _LOCAL_ERRNOS:
+                return candidate.errno
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
 
 
 def _error_message(response: httpx.Response) -> str:

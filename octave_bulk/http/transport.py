@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from aiohttp import BasicAuth, ClientSession, ClientTimeout, hdrs
+from aiohttp import BasicAuth, ClientResponse, ClientSession, ClientTimeout, hdrs
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 from yarl import URL
+
+from octave_bulk.http.client import TooLarge
 
 __all__ = ["ReadingAiohttpTransport"]
 
@@ -32,11 +34,18 @@ _MAX_URLS = 64  # parsed URLs kept (a run uses two)
 
 class ReadingAiohttpTransport(AiohttpTransport):
     """An ``AiohttpTransport`` whose responses come back fully read (see the module
-    docstring). Takes the same arguments."""
+    docstring). Takes the same arguments.
+
+    Bounds each call itself (``enforces_call_bounds``): the request's ``timeout`` extension's
+    ``total`` is aiohttp's whole-call timeout (connect, send and the entire body: a server
+    dribbling a byte under the read timeout is cut there), and its ``max_body`` extension caps
+    the body read (:class:`~octave_bulk.http.client.TooLarge` beyond it, before it is held)."""
+
+    enforces_call_bounds = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._timeouts: dict[tuple[Any, Any, Any], ClientTimeout] = {}
+        self._timeouts: dict[tuple[Any, Any, Any, Any], ClientTimeout] = {}
         self._urls: dict[str, URL] = {}
         proxy = self.proxy
         self._proxy_args: dict[str, Any] = {
@@ -51,10 +60,17 @@ class ReadingAiohttpTransport(AiohttpTransport):
             client = self.client = self.get_client()
         extensions = request.extensions
         timeout = extensions.get("timeout", {})
-        key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        key = (
+            timeout.get("connect"),
+            timeout.get("read"),
+            timeout.get("pool"),
+            timeout.get("total"),
+        )
         client_timeout = self._timeouts.get(key)
         if client_timeout is None:
-            client_timeout = ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+            client_timeout = ClientTimeout(
+                sock_connect=key[0], sock_read=key[1], connect=key[2], total=key[3]
+            )
             self._timeouts[key] = client_timeout
         raw_url = str(request.url) if request.url else "https://127.0.0.1:8000/"
         url = self._urls.get(raw_url)
@@ -84,9 +100,15 @@ class ReadingAiohttpTransport(AiohttpTransport):
                 server_hostname=extensions.get("sni_hostname"),
                 **self._proxy_args,
             ) as response:
-                body = await response.read()
+                cap = extensions.get("max_body")
+                if cap is None or (response.content_length or cap + 1) <= cap:
+                    body = await response.read()  # the usual answer: a length within the cap
+                else:
+                    body = await _read_capped(response, cap)
                 status, reason, raw_headers = response.status, response.reason, response.raw_headers
                 encoded = hdrs.CONTENT_ENCODING in response.headers
+        except TooLarge:
+            raise
         except Exception as exc:
             # The transport's own mapping (aiohttp errors to httpx ones, the cause kept), entered
             # only on a failure: a context manager around every call costs ~1 us.
@@ -111,3 +133,17 @@ class ReadingAiohttpTransport(AiohttpTransport):
             # content elsewhere, aread() still reads it from the stream.
             result._content = body
         return result
+
+
+async def _read_capped(response: ClientResponse, cap: int) -> bytes:
+    """The body, read chunk by chunk; :class:`TooLarge` as soon as it passes ``cap`` bytes (a
+    declared length over the cap is refused before reading)."""
+    if response.content_length is not None and response.content_length > cap:
+        raise TooLarge(response.content_length)
+    chunks, size = [], 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > cap:
+            raise TooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)

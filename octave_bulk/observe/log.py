@@ -1,7 +1,8 @@
 """Log events: one line each, readable text or one JSON object, never a secret or a body.
 
 Events go through the ``octave_bulk`` logger with their fields attached; they carry counts,
-never the API key and never request or response bodies.
+never the API key and never request or response bodies. Every formatted line is scrubbed of
+the key (:mod:`octave_bulk.redact`): an error message echoed by a server cannot carry it in.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from octave_bulk.errors import ConfigError
+from octave_bulk.redact import scrub
 from octave_bulk.state.files import open_private
 from octave_bulk.utc import utc_iso
 
@@ -39,7 +41,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             **getattr(record, "event_fields", {}),
         }
-        return orjson.dumps(payload, default=str).decode()
+        return scrub(orjson.dumps(payload, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -54,7 +56,7 @@ class TextFormatter(logging.Formatter):
             parts.append(
                 f"{key}={value}" if not isinstance(value, str) or " " not in value else value
             )
-        return " ".join(str(p) for p in parts)
+        return scrub(" ".join(str(p) for p in parts))
 
 
 def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:

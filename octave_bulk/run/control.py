@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 
 import anyio
 
@@ -50,6 +51,7 @@ class RunControl:
         self.budget_left: int | None = None  # paid calls the budget allows this run
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
+        self._refusing_since: float | None = None  # the first 429 since a call was accepted
 
     @property
     def stopping(self) -> bool:
@@ -87,12 +89,35 @@ class RunControl:
     def on_success(self) -> None:
         """A call succeeded: the breaker's counts of failures in a row start again."""
         self._consecutive_failures = self._consecutive_refusals = 0
+        self._refusing_since = None
 
-    def on_refused(self) -> None:
+    def on_refused(self, retry_after: float | None = None) -> None:
         """A call got a 429. As many 429s in a row as ``breaker_threshold`` with no call
         accepted in between - an exhausted quota, a blocked key - stop the run (resumably):
-        the limiter's pacing alone would slow it to a crawl and hold the lock for days."""
+        the limiter's pacing alone would slow it to a crawl and hold the lock for days. So do
+        429s with none accepted for ``refusal_patience`` seconds (at the pacing's floor rate,
+        or with long Retry-After pauses, the count alone takes hours), and a ``Retry-After``
+        longer than that patience."""
         self._consecutive_refusals += 1
+        now = time.monotonic()
+        if self._refusing_since is None:
+            self._refusing_since = now
+        patience = self.settings.refusal_patience
+        if retry_after is not None and retry_after > patience:
+            self.detail = (
+                f"the API refused a call with 429 and asks to wait {retry_after:g} s, beyond "
+                f"refusal_patience ({patience:g} s): quota exhausted? run again later to resume"
+            )
+            self.stop(StopReason.BREAKER)
+            return
+        refusing = now - self._refusing_since
+        if refusing >= patience and self._consecutive_refusals > 1:
+            self.detail = (
+                f"the API refused every call for {refusing / 60:.1f} minutes "
+                f"({self._consecutive_refusals} 429s, none accepted): quota exhausted?"
+            )
+            self.stop(StopReason.BREAKER)
+            return
         if self._consecutive_refusals >= self.settings.breaker_threshold:
             self.detail = (
                 f"the API refused {self._consecutive_refusals} calls in a row with 429 and "

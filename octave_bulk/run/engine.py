@@ -39,7 +39,7 @@ import httpx
 
 from octave_bulk.agents import get_agent
 from octave_bulk.build import request_spec
-from octave_bulk.errors import ConfigError, ExitCode, StateError
+from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.intake import open_contacts, reader_options
@@ -60,7 +60,13 @@ from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
 from octave_bulk.sink import Failure, Sink, Submitted, Success
-from octave_bulk.state.cursor import CursorKeeper, ResumeCursor, input_identity, load_cursor
+from octave_bulk.state.cursor import (
+    CursorKeeper,
+    ResumeCursor,
+    input_identity,
+    load_cursor,
+    load_first_rows,
+)
 from octave_bulk.state.files import NdjsonAppender, write_json_atomic
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import id_key
@@ -70,7 +76,12 @@ from octave_bulk.state.jobs import PendingJob, load_jobs, settled_line
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
-from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
+from octave_bulk.state.preflight import (
+    check_descriptors,
+    check_writable,
+    remove_stale_temp_files,
+)
 from octave_bulk.utc import utc_iso
 
 __all__ = ["run_batch"]
@@ -97,7 +108,17 @@ class _Run:
         self.stats = RunStats(outcome_unknown=len(state.outcome_unknown))
         self.control = RunControl(settings, self.stats, self.run_id)
         self.admission = Admission(settings, self.stats, state, start, self.control, expected_rows)
-        self.cursor = CursorKeeper(paths, identity, fingerprint, self.admission.frontier.cursor)
+        builder = self.admission.builder
+        if start.line:  # the prefix is skipped unread: its first rows judge duplicates still
+            builder.seed(load_first_rows(paths, start))
+        self.cursor = CursorKeeper(
+            paths,
+            identity,
+            fingerprint,
+            self.admission.frontier.cursor,
+            first_rows=builder.take_firsts,
+            keys_bytes=start.keys_bytes,
+        )
         self.slots: InflightSlots | None = None
         self.carried_jobs: list[PendingJob] = []  # async jobs of earlier runs, still awaited
         self.jobs: Jobs | None = None
@@ -146,7 +167,7 @@ class _Run:
             "failed": stats.failed,
             "rejected": stats.rejected + stats.duplicate,
             "skipped_done": stats.skipped_done,
-            "paid_calls": stats.calls,
+            "paid_calls": stats.calls_sent,
             "credits": stats.credits,
             "paid_twice": stats.outcome_unknown,
         }
@@ -185,6 +206,8 @@ class _Run:
         else:
             stats.failed_permanent += 1
             stats.failures_by_kind[outcome.error.kind] += 1
+            if self.slots is not None:  # settled for good: an old unknown outcome is moot
+                self.slots.settle(outcome.request_id)
             frontier.settle(outcome.request_id, "skipped_failed")
 
     async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
@@ -205,6 +228,10 @@ class _Run:
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
         slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
+        if not settings.retry_failed:  # failed for good since: never sent again, reported once
+            for rid in self.state.outcome_unknown:
+                if id_key(rid) in self.state.errors.permanent:
+                    slots.settle(rid)
         polling = settings.mode == "async" or bool(self.carried_jobs)
         jobs_file = NdjsonAppender(paths.jobs) if polling else None
         sink = Sink(
@@ -285,8 +312,10 @@ class _Run:
         stats = self.stats
         if jobs is not None:  # sent = submitted (awaited or not) or failed at the submit
             stats.not_sent = max(0, stats.queued - stats.submitted - stats.submit_failed)
-        else:
-            stats.not_sent = max(0, stats.queued - stats.finished)
+        else:  # not sent: queued, and no call of this run ever left for it
+            stats.not_sent = max(
+                0, stats.queued - stats.finished - stats.unsettled - stats.abandoned
+            )
 
     def _jobs(self, client: OctaveClient, sink: Sink) -> Jobs:
         """The poller, with its own limiter (the status endpoint's limits are its own), and
@@ -305,8 +334,11 @@ class _Run:
         return jobs
 
     def exit_code(self) -> ExitCode:
-        if self.control.reason is not None:
-            return self.control.reason.exit_code
+        reason = self.control.reason
+        if reason == StopReason.INPUT_ERROR and self.stats.calls_sent:
+            return ExitCode.FILE_ERROR  # the input broke after calls were sent: not "nothing sent"
+        if reason is not None:
+            return reason.exit_code
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
 
 
@@ -392,22 +424,41 @@ async def run_batch(
     paths = OutputPaths.for_output(output)
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
-    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
+    check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
+    if transport is None:
+        check_descriptors(settings.concurrency)
     lock = RunLock(paths.lock)
-    lock.acquire()
     try:
+        lock.acquire()
+    except OSError as exc:
+        raise StateError(f"{paths.lock}: cannot take the run lock: {exc.strerror}") from None
+    sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
+    try:
+        migrate_jsonl_side_files(paths)
+        remove_stale_temp_files(_replaced_files(paths, settings))
         ledger = settings.ledger or paths.ledger
         with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
-                input_path, paths, settings, transport, handle_signals, history
+                input_path, paths, settings, transport, handle_signals, history, sent
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
+        calls = sent[0].calls_sent if sent else 0
         raise StateError(
             f"cannot use the output files ({_first_leaf(group)}); every result written "
-            "before this is safe: fix the cause, then run the same command to resume"
+            "before this is safe: fix the cause, then run the same command to resume",
+            calls_sent=calls,
         ) from None
     finally:
         lock.release()
+
+
+def _replaced_files(paths: OutputPaths, settings: Settings) -> list[Path]:
+    """The files a run replaces atomically (their stale temp files are removed at start)."""
+    files = [paths.summary, paths.cursor, paths.limits]
+    if settings.metrics_textfile is not None:
+        files.append(settings.metrics_textfile)
+    return files
 
 
 async def _locked_run(
@@ -417,6 +468,7 @@ async def _locked_run(
     transport: httpx.AsyncBaseTransport | None,
     handle_signals: bool,
     history: RunHistory,
+    sent: list[RunStats],
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
@@ -424,7 +476,13 @@ async def _locked_run(
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
-        log_event("corrupt_results", level=logging.WARNING, lines=scan.bad_lines)
+        log_event(
+            "corrupt_results",
+            level=logging.WARNING,
+            lines=scan.bad_lines,
+            action="not counted as done (sent again); copied to the quarantine file",
+            quarantine=str(paths.corrupt),
+        )
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
@@ -447,6 +505,7 @@ async def _locked_run(
             fingerprint=fingerprint,
         )
         run.history, run.index, run.carried_jobs = history, index, carried
+        sent.append(run.stats)
         if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
             async with open_client(settings, transport=transport) as client:
                 await check_agent(client, settings)
@@ -519,7 +578,27 @@ async def _locked_run(
         async_jobs=_jobs_summary(run) if run.jobs is not None else None,
         settings=settings.redacted(),
     )
-    write_json_atomic(paths.summary, document)
+    if settings.metrics_textfile is not None:  # before the summary: both tell the same exit
+        try:
+            write_metrics(settings.metrics_textfile, document, output=str(paths.results))
+        except OSError as exc:
+            exit_code = ExitCode.FILE_ERROR
+            document["exit_code"] = exit_code
+            document["resumable"] = True
+            document["file_error"] = (
+                f"{settings.metrics_textfile}: cannot write the metrics: {exc.strerror}"
+            )
+    try:
+        write_json_atomic(paths.summary, document)
+    except OSError as exc:
+        _record(history, run.run_id, {"finished_at": time.time(),
+                                      "exit_code": ExitCode.FILE_ERROR,
+                                      "stop_reason": control.reason, **run.progress_columns()})  # fmt: skip
+        raise StateError(
+            f"{paths.summary}: cannot write the summary ({exc.strerror}); every result written "
+            "is safe: fix the cause, then run the same command to resume",
+            calls_sent=stats.calls_sent,
+        ) from None
     if index is not None:
         try:
             index.fold()
@@ -529,8 +608,6 @@ async def _locked_run(
             log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
     ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
     _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
-    if settings.metrics_textfile is not None:
-        write_metrics(settings.metrics_textfile, document, output=str(paths.results))
     log_event(
         "stop",
         run_id=run.run_id,

@@ -78,6 +78,10 @@ class RunStats:
     rate_limited: int = 0
     timeouts: int = 0
     calls: int = 0
+    calls_sent: int = 0
+    calls_answered: int = 0
+    abandoned: int = 0
+    unsettled: int = 0
     in_flight: int = 0
     retrying: int = 0
     credits: float = 0.0
@@ -126,6 +130,8 @@ class RunStats:
             "failed_retryable": self.failed_retryable,
             "failed_permanent": self.failed_permanent,
             "not_sent": self.not_sent,
+            "abandoned_in_flight": self.abandoned,
+            "stopped_after_sending": self.unsettled,
             "retried": self.retried,
             "rate_limited_429": self.rate_limited,
             "timeouts": self.timeouts,
@@ -139,7 +145,16 @@ class RunStats:
             **extra,
             "wall_seconds": round(wall, 3),
             "counts": self.counts(),
-            "paid_calls": self.calls,
+            # Possibly charged: every call that reached a server (an upper bound: Octave
+            # does not say what it bills); attempts refused before that are not.
+            "paid_calls": self.calls_sent,
+            "calls": {
+                "attempted": self.calls,
+                "sent": self.calls_sent,
+                "answered": self.calls_answered,
+                "possibly_charged": self.calls_sent,
+                "abandoned_in_flight": self.abandoned,
+            },
             "credits": self.credits,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
             "latency_ms": {

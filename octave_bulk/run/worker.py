@@ -29,6 +29,7 @@ from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
 from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
+from octave_bulk.redact import scrub
 from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import RunControl, Stopped
 from octave_bulk.run.summary import RunStats
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 _Attempted = tuple[CallSuccess | Receipt, int, float]  # (answer, in-flight slot, latency ms)
+
+_ABANDONED = "abandoned"  # the kind of a call cancelled on the wire (never recorded)
+
+NEVER_SENT = frozenset({ErrorKind.CONNECT, ErrorKind.LOCAL})
+"""Attempts that never reached a server (refused connection, a local limit): not charged."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -97,7 +103,7 @@ class Worker:
                     log_event("internal_error", level=logging.ERROR, error=repr(exc)[:300])
                     # Recorded as retryable, so the next run tries this contact again.
                     error = RetryableApiError(
-                        f"internal error: {exc!r}"[:300], kind=ErrorKind.INTERNAL
+                        scrub(f"internal error: {exc!r}")[:300], kind=ErrorKind.INTERNAL
                     )
                     outcome = Failure(item.request_id, item.contact, error, 1, None)
                 if outcome is not None:
@@ -127,9 +133,16 @@ class Worker:
 
                 result, slot, latency = await self._retrying.copy()(attempt)
         except (Stopped, FatalApiError):
+            if calls:  # sent, answered with errors, then stopped: neither done nor unsent
+                self.stats.unsettled += 1
             return None  # not this contact's fault: the next run sends it again
         except ApiError as exc:
             return Failure(item.request_id, item.contact, exc, attempts, None, tuple(calls))
+        except BaseException as exc:  # cancelled (a second signal, the drain deadline)?
+            cancelled = not isinstance(exc, Exception)  # a bug is run()'s: an internal failure
+            if cancelled and calls and calls[-1][3] != _ABANDONED:  # between two attempts
+                self.stats.unsettled += 1
+            raise
         if isinstance(result, Receipt):
             job = PendingJob(item.request_id, result.handle, item.contact, time.time())
             return Submitted(job, attempts, slot, tuple(calls))
@@ -172,13 +185,27 @@ class Worker:
         except ApiError as exc:
             calls.append((sent_at, time.time(), exc.status, exc.kind))
             self.slots.release(slot)  # an error answer: nothing was delivered that we could lose
+            if exc.status is not None:
+                stats.calls_answered += 1
+            if exc.kind not in NEVER_SENT:
+                stats.calls_sent += 1
             self._count_error(exc, ticket)
             raise
+        except Exception:
+            limiter.on_answer(ticket)  # a bug: the window slot goes back
+            raise
         except BaseException:
-            limiter.on_answer(ticket)  # a bug or a cancellation: the window slot goes back
+            # A cancellation (a second signal, the drain deadline): the call was on the wire and
+            # may be paid; its slot stays, so the next run reports it as outcome unknown.
+            stats.abandoned += 1
+            stats.calls_sent += 1
+            calls.append((sent_at, time.time(), None, _ABANDONED))
+            limiter.on_answer(ticket)  # the window slot goes back
             raise
         finally:
             stats.in_flight -= 1
+        stats.calls_sent += 1
+        stats.calls_answered += 1
         calls.append((sent_at, time.time(), 200, "success" if self.jobs is None else "submitted"))
         stats.calls_by_status["200"] += 1
         limiter.on_answer(ticket)
@@ -198,7 +225,7 @@ class Worker:
                 rate=self.limiter.rate and round(self.limiter.rate, 3),
                 window=self.limiter.window,
             )
-            self.control.on_refused()
+            self.control.on_refused(exc.retry_after)
             return
         self.limiter.on_answer(ticket)
         if exc.kind == ErrorKind.TIMEOUT:

@@ -14,7 +14,15 @@ run) and used only when all of these still hold, else ignored (a full re-read, n
 * the settings that shape reading and requests are the same (their fingerprint);
 * ``OUT.ndjson`` is the same file (device, inode) and at least as long as when it was written;
 * ``OUT.rejects.ndjson`` still holds the prefix's rejects (it is cut back to them, not emptied);
-* ``--retry-failed`` is off (that re-reads permanent failures) and the input is CSV.
+* ``--retry-failed`` is off (that re-reads permanent failures) and the input is CSV;
+* ``OUT.cursor.keys`` still holds the prefix's first rows (see below).
+
+Duplicates are judged against every earlier row, and the prefix's rows are not read on a
+resume: so the first row of every request and person in the prefix is kept too, as
+``(key, line)`` u64 pairs appended to ``OUT.cursor.keys`` with each save (``keys_bytes`` in
+the cursor says how much of it belongs to the prefix). A resume seeds the duplicate table
+with them: a later row of a person first seen in the prefix is a ``duplicate`` reject, as on
+a full re-read, not ``skipped_done``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import hashlib
 import logging
 import os
 import stat
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +43,7 @@ import anyio
 import orjson
 
 from octave_bulk.observe.log import log_event
-from octave_bulk.state.files import write_atomic
+from octave_bulk.state.files import open_private, write_atomic
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
@@ -44,10 +53,11 @@ __all__ = [
     "ResumeCursor",
     "input_identity",
     "load_cursor",
+    "load_first_rows",
     "save_cursor",
 ]
 
-_VERSION = 1
+_VERSION = 2  # 2: keys_bytes (the prefix's first rows)
 _HEAD_BYTES = 64 * 1024
 COUNTED = ("read", "skipped_done", "skipped_failed", "rejected", "duplicate")
 
@@ -81,6 +91,7 @@ class ResumeCursor:
     rejects_bytes: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    keys_bytes: int = 0
 
 
 def _file_id(path: Path) -> tuple[int, int, int] | None:
@@ -106,7 +117,9 @@ def load_cursor(
     try:
         results = _file_id(paths.results)
         rejects = _file_id(paths.rejects)
-        if saved["version"] != _VERSION or saved["fingerprint"] != fingerprint:
+        if saved["version"] != _VERSION:
+            return None, "a cursor of another version"
+        if saved["fingerprint"] != fingerprint:
             return None, "settings changed"
         if saved["input"] != identity:
             return None, "input changed"
@@ -116,6 +129,9 @@ def load_cursor(
             return None, "output shorter than when the cursor was saved"
         if rejects is None or rejects[2] < saved["rejects_bytes"]:
             return None, "rejects file shorter than when the cursor was saved"
+        keys = _file_id(paths.cursor_keys)
+        if (keys[2] if keys else 0) < int(saved["keys_bytes"]):
+            return None, "first-rows file shorter than when the cursor was saved"
         cursor = ResumeCursor(
             line=int(saved["line"]),
             rejects_bytes=int(saved["rejects_bytes"]),
@@ -123,6 +139,7 @@ def load_cursor(
             rejects_by_reason=Counter(
                 {str(k): int(v) for k, v in saved["rejects_by_reason"].items()}
             ),
+            keys_bytes=int(saved["keys_bytes"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None, "unreadable cursor"
@@ -145,8 +162,18 @@ def save_cursor(
         "rejects_bytes": cursor.rejects_bytes,
         "counts": dict(cursor.counts),
         "rejects_by_reason": dict(cursor.rejects_by_reason),
+        "keys_bytes": cursor.keys_bytes,
     }
     write_atomic(paths.cursor, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def load_first_rows(paths: OutputPaths, cursor: ResumeCursor) -> array[int]:
+    """The prefix's first rows, ``(key, line)`` pairs flat (see the module docstring)."""
+    pairs = array("Q")
+    if cursor.keys_bytes:
+        with open(paths.cursor_keys, "rb") as handle:
+            pairs.frombytes(handle.read(cursor.keys_bytes))
+    return pairs
 
 
 class _Span:
@@ -268,24 +295,64 @@ class CursorKeeper:
         fingerprint: str,
         snapshot: Callable[[], ResumeCursor],
         interval: float = 5.0,
+        *,
+        first_rows: Callable[[int], bytes] | None = None,
+        keys_bytes: int = 0,
     ) -> None:
         self.paths, self.identity, self.fingerprint = paths, identity, fingerprint
         self.snapshot, self.interval = snapshot, interval
+        self.first_rows = first_rows
+        self._keys_bytes = keys_bytes  # what OUT.cursor.keys holds for the saved prefix
+        self._keys_pending = b""  # taken from the builder, not yet appended
+        self._keys_cut = False
 
-    def save(self, cursor: ResumeCursor | None = None) -> None:
-        """Save now (the current snapshot unless ``cursor`` is given); an OSError is only
-        logged: the cursor is a shortcut for the next resume, never worth a stop."""
-        if self.identity is None:
-            return
+    def _take(self) -> tuple[ResumeCursor, bytes]:
+        """The snapshot and the first rows it covers (on the loop's thread)."""
+        cursor = self.snapshot()
+        taken = self.first_rows(cursor.line) if self.first_rows is not None else b""
+        self._keys_pending += taken
+        return cursor, self._keys_pending
+
+    def _save(self, cursor: ResumeCursor, keys: bytes) -> None:
+        """Append the prefix's first rows, then replace the cursor that counts them (an
+        OSError is only logged: the cursor is a shortcut for the next resume)."""
         try:
-            save_cursor(self.paths, cursor or self.snapshot(), self.identity, self.fingerprint)
+            if self.first_rows is not None:
+                self._append_keys(keys)
+            cursor.keys_bytes = self._keys_bytes
+            save_cursor(self.paths, cursor, self.identity or {}, self.fingerprint)
         except OSError as exc:
             log_event("cursor_not_saved", level=logging.WARNING, error=str(exc))
+
+    def _append_keys(self, keys: bytes) -> None:
+        fd = open_private(self.paths.cursor_keys, os.O_WRONLY | os.O_CREAT)
+        try:
+            if not self._keys_cut:  # what lies past the prefix is from a run not saved
+                os.ftruncate(fd, self._keys_bytes)
+                self._keys_cut = True
+            if keys:
+                os.pwrite(fd, keys, self._keys_bytes)
+                os.fsync(fd)
+                self._keys_bytes += len(keys)
+                if self._keys_pending.startswith(keys):
+                    self._keys_pending = self._keys_pending[len(keys) :]
+        finally:
+            os.close(fd)
+
+    def save(self, cursor: ResumeCursor | None = None) -> None:
+        """Save now (the current snapshot unless ``cursor`` is given)."""
+        if self.identity is None:
+            return
+        snapshot, keys = self._take()
+        self._save(cursor or snapshot, keys)
 
     async def run(self) -> None:
         """Save every ``interval`` seconds until cancelled."""
         while True:
             await anyio.sleep(self.interval)
+            if self.identity is None:
+                continue
             # The snapshot on the loop's thread (the frontier is not thread-safe), the fsyncs
             # off it.
-            await anyio.to_thread.run_sync(self.save, self.snapshot())
+            cursor, keys = self._take()
+            await anyio.to_thread.run_sync(self._save, cursor, keys)

@@ -29,7 +29,7 @@ import orjson
 
 from octave_bulk.errors import StateError
 from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, read_person_hash
-from octave_bulk.state.files import repair_tail
+from octave_bulk.state.files import NdjsonAppender, iter_ndjson, repair_tail
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet, id_key
 from octave_bulk.state.index import CatchUp, OutcomeRow, OutputIndex, Snapshot
@@ -47,6 +47,7 @@ __all__ = [
     "read_state",
     "scan_errors",
     "scan_results",
+    "whole_result",
 ]
 
 _ID_MARK = b'"requestId":"'
@@ -69,6 +70,29 @@ def line_request_id(line: bytes) -> str | None:
         return None
     rid = record.get("requestId") if isinstance(record, dict) else None
     return rid if isinstance(rid, str) else None
+
+
+_LINE_HEAD = b'{"requestId":"'
+_LINE_TAIL = b'"completedAt":"'
+
+
+def whole_result(line: bytes) -> bool:
+    """Whether a results line (ending in a newline) is one whole record, cheaply: a line as
+    the sink writes it starts with the requestId, ends with ``"completedAt":"..."}`` and holds
+    one record head; anything else is parsed. A line cut short that still ends in a newline
+    (a crash of the filesystem, an edit) must not count as done."""
+    if (
+        line.startswith(_LINE_HEAD)
+        and line.endswith(b'"}\n')
+        and line.find(_LINE_TAIL, len(line) - 48) > 0
+        and line.count(_LINE_HEAD) == 1
+    ):
+        return True
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("requestId"), str)
 
 
 def complete_lines(path: Path, offset: int = 0) -> Iterator[bytes]:
@@ -105,11 +129,14 @@ def scan_results(
     repair: bool = True,
     base: ResultsScan | None = None,
     on_row: Callable[[OutcomeRow], None] | None = None,
+    quarantine: Path | None = None,
 ) -> ResultsScan:
     """Repair the tail of the results file (unless ``repair`` is false: then a torn last line
     is only ignored, for readers that must not write) and build its done-set - from ``base``
     on, when given (a snapshot: only the lines after ``base.size`` are read). ``on_row`` gets
-    the index row of every line read."""
+    the index row of every line read. A line that is not a whole record (:func:`whole_result`)
+    is not done (its contact is sent again), counted in ``bad_lines`` and copied to
+    ``quarantine`` when given (once per line: its byte offset is kept with it)."""
     repaired = repair_tail(path) if repair else 0
     if base is None:
         # Sized from the file (results lines are ~2-5 KB) so that the table rarely grows.
@@ -125,13 +152,15 @@ def scan_results(
         base.size,
     )
     add, put = done.add, persons.put
+    quarantined: list[tuple[int, int, bytes]] = []
     for line in complete_lines(path, offset):
         start = offset
         offset += len(line)
         lines += 1
-        rid = line_request_id(line)
+        rid = line_request_id(line) if whole_result(line) else None
         if rid is None:
             bad += 1
+            quarantined.append((start, lines, line))
             continue
         add(id_key(rid))
         person = None
@@ -149,7 +178,31 @@ def scan_results(
             put(person, lines)
         if on_row is not None:
             on_row((person or id_key(rid), rid, "ok", _run_id(line), start))
+    if quarantined and quarantine is not None:
+        _quarantine(quarantine, path, quarantined)
     return ResultsScan(done, lines, repaired, bad, persons, path, offset)
+
+
+def _quarantine(target: Path, source: Path, bad: list[tuple[int, int, bytes]]) -> None:
+    """Copy bad lines to ``target`` (one record each: the results file, byte offset, line
+    number, the raw bytes as text), skipping those copied before. The results file keeps
+    them (readers skip a line that is not JSON); their contacts are sent again."""
+    seen = {(record.get("file"), record.get("offset")) for record in iter_ndjson(target)}
+    appender = NdjsonAppender(target)
+    try:
+        for start, number, line in bad:
+            if (str(source), start) in seen:
+                continue
+            record = {
+                "file": str(source),
+                "offset": start,
+                "line": number,
+                "bytes": len(line),
+                "raw": line.decode("utf-8", "replace"),
+            }
+            appender.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    finally:
+        appender.close()
 
 
 def _contact(line: bytes) -> dict[str, Any] | None:
@@ -336,6 +389,7 @@ class NdjsonLedger:
             repair=repair and catch_up is None,
             base=results_base,
             on_row=catch_up.add_result if catch_up else None,
+            quarantine=paths.corrupt if repair else None,
         )
         if catch_up is not None:
             catch_up.results_read(results.size)

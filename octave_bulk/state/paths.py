@@ -7,7 +7,7 @@ from pathlib import Path
 
 from octave_bulk.errors import StateError
 
-__all__ = ["OutputPaths"]
+__all__ = ["OutputPaths", "migrate_jsonl_side_files"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,41 @@ class OutputPaths:
         return cls(path)
 
     def _side(self, suffix: str) -> Path:
+        # out.ndjson -> out.errors.ndjson; out.jsonl -> out.jsonl.errors.ndjson, so that
+        # out.jsonl and out.ndjson in one folder never share a side file (lock, errors,
+        # cursor, in-flight slots, summary).
+        if self.results.suffix == ".jsonl":
+            return self.results.with_name(self.results.name + suffix)
         return self.results.with_name(self.results.stem + suffix)
+
+    def legacy_side_files(self) -> list[tuple[Path, Path]]:
+        """(name before this version, name now) of a ``.jsonl`` output's side files."""
+        if self.results.suffix != ".jsonl":
+            return []
+        pairs = []
+        for new in self.side_files():
+            old = new.with_name(self.results.stem + new.name[len(self.results.name) :])
+            pairs.append((old, new))
+        return pairs
+
+    def side_files(self) -> list[Path]:
+        """Every side file (the ledger with its WAL files), the lock last."""
+        ledger = self.ledger
+        return [
+            self.errors,
+            self.rejects,
+            self.corrupt,
+            self.summary,
+            self.inflight,
+            self.cursor,
+            self.cursor_keys,
+            self.limits,
+            self.jobs,
+            ledger,
+            ledger.with_name(ledger.name + "-wal"),
+            ledger.with_name(ledger.name + "-shm"),
+            self.lock,
+        ]
 
     @property
     def errors(self) -> Path:
@@ -36,6 +70,11 @@ class OutputPaths:
     def rejects(self) -> Path:
         """Input rows that never became requests (rewritten by each run)."""
         return self._side(".rejects.ndjson")
+
+    @property
+    def corrupt(self) -> Path:
+        """Results lines that are not whole records, copied here when a run finds them."""
+        return self._side(".corrupt.ndjson")
 
     @property
     def summary(self) -> Path:
@@ -51,6 +90,11 @@ class OutputPaths:
     def cursor(self) -> Path:
         """Where the input's settled prefix ends (see ``octave_bulk.state.cursor``)."""
         return self._side(".cursor.json")
+
+    @property
+    def cursor_keys(self) -> Path:
+        """The settled prefix's first rows (see ``octave_bulk.state.cursor``)."""
+        return self._side(".cursor.keys")
 
     @property
     def ledger(self) -> Path:
@@ -71,3 +115,19 @@ class OutputPaths:
     def lock(self) -> Path:
         """Held while a run writes to these files."""
         return self._side(".lock")
+
+
+def migrate_jsonl_side_files(paths: OutputPaths) -> list[Path]:
+    """Give a ``.jsonl`` output's side files their own names (``out.jsonl.errors.ndjson``):
+    those written under the old shared names (``out.errors.ndjson``) are renamed, unless an
+    ``out.ndjson`` beside it may own them. Called by a run, under the output's lock; returns
+    the files renamed."""
+    if paths.results.suffix != ".jsonl" or paths.results.with_suffix(".ndjson").exists():
+        return []
+    moved = []
+    for old, new in paths.legacy_side_files():
+        if old == paths.lock or not old.exists() or new.exists():
+            continue
+        old.rename(new)
+        moved.append(new)
+    return moved

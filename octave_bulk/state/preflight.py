@@ -1,0 +1,160 @@
+"""Before the first call: every path a run will write can be written, and the machine can
+hold the calls in flight.
+
+A run that finds out at its end that the summary or metrics file cannot be written has paid
+for its calls already; one whose output folder is read-only crashed at the lock. So every
+path is checked at the start - the output and its side files, the lock, the ledger, the
+metrics file (the log file is opened before the run) - and a path that cannot be written is a
+:class:`StateError` naming it: exit 2, nothing sent. Temp files left by a killed run (``.NAME.
+PID.tmp`` of the summary, cursor, limits or metrics) are removed here too.
+
+:func:`check_descriptors` compares the open-file limit with the concurrency: a pool of 2,000
+connections under ``ulimit -n 1024`` failed every connect with ``EMFILE``, which read as an API
+failure. The soft limit is raised when the hard limit allows; else a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.state.paths import OutputPaths
+
+__all__ = [
+    "check_descriptors",
+    "check_file",
+    "check_writable",
+    "remove_stale_temp_files",
+    "writable_folder",
+]
+
+_SPARE_DESCRIPTORS = 64  # files, the ledger, the event loop, threads: besides the sockets
+
+
+def writable_folder(folder: Path, *, create: bool) -> None:
+    """Raise :class:`StateError` unless files can be created in ``folder`` (made, with its
+    parents, when ``create``)."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise StateError(f"{folder}: cannot create files there: {existing} is not a folder")
+    if not folder.exists():
+        if not create:
+            raise StateError(f"{folder}: the folder does not exist")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"{folder}: cannot create the folder: {exc.strerror}") from None
+    probe = folder / f".octave-bulk-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return  # our own probe from a moment ago: the folder takes files
+    except OSError as exc:
+        raise StateError(f"{folder}: cannot create files in this folder: {exc.strerror}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _writable_file(path: Path) -> None:
+    """An existing ``path`` must be a file this process can open for writing (not truncated)."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise StateError(f"{path}: is a folder, not a file")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot write this file: {exc.strerror}") from None
+    os.close(fd)
+
+
+def check_file(path: Path) -> None:
+    """``path`` can be written: its folder is made if missing, an existing file must take
+    writes. Raises :class:`StateError` naming what is wrong."""
+    writable_folder(path.parent, create=True)
+    _writable_file(path)
+
+
+def check_writable(
+    paths: OutputPaths, *, ledger: Path | None = None, metrics: Path | None = None
+) -> None:
+    """Every path a run writes can be written (see the module docstring); the output's folder
+    is created if missing. Raises :class:`StateError` naming the first that cannot."""
+    folder = paths.results.parent
+    writable_folder(folder, create=True)
+    for path in _side_files(paths):
+        _writable_file(path)
+    ledger_path = ledger or paths.ledger
+    if ledger_path.parent != folder:
+        writable_folder(ledger_path.parent, create=False)
+    for suffix in ("", "-wal", "-shm"):
+        _writable_file(ledger_path.with_name(ledger_path.name + suffix))
+    if metrics is not None:  # replaced atomically: a temp file is made next to it
+        writable_folder(metrics.parent, create=False)
+        _writable_file(metrics)
+
+
+def _side_files(paths: OutputPaths) -> Iterable[Path]:
+    return (paths.results, *paths.side_files())
+
+
+def remove_stale_temp_files(files: Iterable[Path]) -> list[Path]:
+    """Remove ``.NAME.PID.tmp`` temp files of ``files`` (see ``state.files.atomic_file``)
+    whose process is gone (a kill or a full disk left them); returns what was removed."""
+    removed = []
+    for target in files:
+        pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.tmp$")
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(target.parent):
+                match = pattern.match(entry.name)
+                if match is None or _alive(int(match.group(1))):
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def check_descriptors(concurrency: int) -> None:
+    """The open-file limit holds ``concurrency`` connections and the run's files: the soft
+    limit is raised up to the hard one when needed; :class:`ConfigError` when even that is
+    too low."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return
+    needed = concurrency + 8 + _SPARE_DESCRIPTORS  # the pool holds concurrency + 8
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            return
+    usable = max(1, min(soft, hard if hard != resource.RLIM_INFINITY else soft))
+    raise ConfigError(
+        f"--concurrency {concurrency} needs about {needed} open files, and this process may "
+        f"open {usable} (ulimit -n): use --concurrency {max(1, usable - 8 - _SPARE_DESCRIPTORS)}"
+        " or less, or raise the limit (ulimit -n, LimitNOFILE= in a systemd unit)"
+    )
