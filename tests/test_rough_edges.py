@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ from click.testing import CliRunner
 
 from octave_bulk.cli.main import cli
 from tests.conftest import TEST_KEY
+from tests.helpers import write_contacts
 
 ROOT = Path(__file__).parent.parent
 
@@ -38,3 +41,41 @@ def test_doctor_checks_every_path_the_config_names(make_sim: Any, tmp_path: Path
     missing.mkdir()
     result = runner.invoke(cli, args, env=env)
     assert "config: ok" in result.output, result.output
+
+
+def test_connection_refused_names_the_cause_under_the_exit_line(tmp_path: Path) -> None:
+    """Nothing listens at --base-url: the breaker's exit line is followed by the cause."""
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    write_contacts(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.ndjson"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_test"]
+    args += ["--base-url", url, "--no-progress"]
+    env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_BREAKER_THRESHOLD": "10"}
+    env |= {"OCTAVE_BACKOFF_INITIAL": "0.01", "OCTAVE_BACKOFF_MAX": "0.05"}
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 4, result.output
+    lines = result.output.splitlines()
+    headline = next(n for n, line in enumerate(lines) if line.startswith("exit 4 (breaker)"))
+    assert lines[headline + 1].startswith(
+        f"  why: 10 calls in a row failed (connect refused to {url}"
+    )
+
+
+def test_a_wrong_endpoint_stops_at_once_and_says_to_check_the_url(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """A 404 from the run endpoint: exit 3 within seconds, pointing at --base-url, not the key."""
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 200)
+    out = tmp_path / "out.ndjson"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_test"]
+    args += ["--base-url", sim.url + "/wrong", "--no-progress", "--concurrency", "8"]
+    env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_CHECK_AGENT": "false"}
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 3, result.output
+    assert "check --base-url and --agent" in result.output
+    assert "fix the key" not in result.output
+    summary = json.loads(out.with_name("out.summary.json").read_text(encoding="utf-8"))
+    assert summary["wall_seconds"] < 5

@@ -98,6 +98,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         f"  paid calls {summary.get('paid_calls')}, credits {summary.get('credits')}, "
         f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
     ]
+    if summary.get("stop_detail"):  # right under the exit line: why it stopped
+        lines.insert(1, f"  why: {summary['stop_detail']}")
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
     if summary.get("input_error"):
@@ -115,8 +117,6 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             f"  limits found: {limits['suggested_flags']} (remembered for the next run on "
             "this output)"
         )
-    if summary.get("stop_detail"):
-        lines.append(f"  why: {summary['stop_detail']}")
     step = _next_step(summary)
     if step:
         lines.append(f"  {step}")

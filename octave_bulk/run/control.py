@@ -14,7 +14,7 @@ import signal
 
 import anyio
 
-from octave_bulk.errors import ApiError, FatalApiError, StopReason
+from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, StopReason
 from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
@@ -110,9 +110,10 @@ class RunControl:
         elif exc.retryable:
             self._consecutive_failures += 1
             if self._consecutive_failures >= self.settings.breaker_threshold:
-                self.detail = (
-                    f"{self._consecutive_failures} calls in a row failed ({exc.kind}: "
-                    f"{exc.message[:120]})"
+                self.detail = f"{self._consecutive_failures} calls in a row failed " + (
+                    _connect_cause(exc.message, self.settings.base_url)
+                    if exc.kind == ErrorKind.CONNECT
+                    else f"({exc.kind}: {exc.message[:120]})"
                 )
                 self.stop(StopReason.BREAKER)
         else:
@@ -141,3 +142,17 @@ class RunControl:
                 else:
                     log_event("signal", signal=name, action="stopping now")
                     self.dispatch_scope.cancel()
+
+
+def _connect_cause(message: str, base_url: str) -> str:
+    """``(connect refused to URL: ...)``: why no call reached the server, and what to check."""
+    lowered = message.lower()
+    if "refused" in lowered or "connect call failed" in lowered:
+        cause = "connect refused"
+    elif (
+        "name or service not known" in lowered or "nodename" in lowered or "getaddrinfo" in lowered
+    ):
+        cause = "host not found"
+    else:
+        cause = "cannot connect"
+    return f"({cause} to {base_url}: is --base-url right and the server up? {message[:120]})"
