@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -25,6 +32,7 @@ from pydantic_settings import (
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.errors import ConfigError
+from octave_bulk.ids import target_id_problem
 
 __all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
 
@@ -310,6 +318,25 @@ class Settings(BaseSettings):
         if value is not None and value not in CANONICAL_FIELDS:
             msg = f"unknown key field {value!r}; one of {', '.join(CANONICAL_FIELDS)}"
             raise ValueError(msg)
+        return value
+
+    @field_validator("agent_oid", "experiment_oid")
+    @classmethod
+    def _target_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prefix = "ca_" if info.field_name == "agent_oid" else "ae_"
+        problem = None if value is None else target_id_problem(value, prefix)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "the key is empty (OCTAVE_API_KEY= is set to nothing): set it to your key, "
+                "or unset it and use --api-key-file"
+            )
         return value
 
     @field_validator("search_context")

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli.main import cli
@@ -79,3 +80,36 @@ def test_a_wrong_endpoint_stops_at_once_and_says_to_check_the_url(
     assert "fix the key" not in result.output
     summary = json.loads(out.with_name("out.summary.json").read_text(encoding="utf-8"))
     assert summary["wall_seconds"] < 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "message"),
+    [
+        (
+            ["--agent", "ca_test"],
+            "",
+            "api_key: the key is empty (OCTAVE_API_KEY= is set to nothing)",
+        ),
+        (["--agent", "xyz"], TEST_KEY, "'xyz' is not an agent id (they look like ca_abc123)"),
+        (["--agent", " ca_abc"], TEST_KEY, "' ca_abc' contains a space"),
+        (["--agent", "ae_123"], TEST_KEY, "is an experiment id, not an agent id: use --experiment"),
+        (
+            ["--agent", "ca_REPLACE_ME"],
+            TEST_KEY,
+            "'ca_REPLACE_ME' is a placeholder from an example",
+        ),
+        (["--experiment", "ca_1"], TEST_KEY, "is an agent id, not an experiment id: use --agent"),
+    ],
+)
+def test_an_empty_key_or_a_malformed_id_exits_2_before_any_call(
+    make_sim: Any, tmp_path: Path, flags: list[str], key: str, message: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(out), *flags, "--base-url", sim.url]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"], env={"OCTAVE_API_KEY": key})
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert sim.stats()["by_status"] == {}  # not even the agent lookup
+    assert not out.exists()
