@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,27 @@ def test_an_empty_key_or_a_malformed_id_exits_2_before_any_call(
     assert message in result.output
     assert sim.stats()["by_status"] == {}  # not even the agent lookup
     assert not out.exists()
+
+
+def test_validate_leaves_a_running_outputs_rejects_alone(tmp_path: Path) -> None:
+    """validate -o OUT while a run holds OUT's lock: exit 2 naming the holder, rejects intact."""
+    from octave_bulk.state.lock import RunLock
+    from octave_bulk.state.paths import OutputPaths
+
+    write_contacts(tmp_path / "in.csv", 3)
+    with (tmp_path / "in.csv").open("a", encoding="utf-8") as handle:
+        handle.write("c-9,not-an-email,,,,\n")
+    paths = OutputPaths.for_output(tmp_path / "out.ndjson")
+    paths.rejects.write_text('{"line": 7, "reason": "from the run"}\n', encoding="utf-8")
+    running = RunLock(paths.lock)
+    running.acquire()  # what a run in progress holds
+    try:
+        args = ["validate", str(tmp_path / "in.csv"), "-o", str(paths.results)]
+        result = CliRunner().invoke(cli, args)
+    finally:
+        running.release()
+    assert result.exit_code == 2, result.output
+    assert f'a run is using this output ({{"pid": {os.getpid()}' in result.output
+    assert paths.rejects.read_text(encoding="utf-8") == '{"line": 7, "reason": "from the run"}\n'
+    again = CliRunner().invoke(cli, args)  # once the run is over, validate writes its rejects
+    assert again.exit_code == 1 and "from the run" not in paths.rejects.read_text("utf-8")

@@ -161,6 +161,7 @@ def validate(
     from octave_bulk.agents import get_agent
     from octave_bulk.build import request_spec
     from octave_bulk.intake import reader_options
+    from octave_bulk.state.lock import refuse_while_running
     from octave_bulk.state.paths import OutputPaths
     from octave_bulk.validate import validate_input
 
@@ -175,6 +176,7 @@ def validate(
             stem = Path(input_path).with_suffix("") if input_path != "-" else Path("stdin")
             output = str(stem) + ".ndjson"
         rejects = OutputPaths.for_output(output).rejects
+        refuse_while_running(OutputPaths.for_output(output), "validate would rewrite its rejects")
         report = validate_input(
             input_path,
             reader_options(settings),

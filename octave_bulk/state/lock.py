@@ -16,9 +16,10 @@ from pathlib import Path
 
 from octave_bulk.errors import StateError
 from octave_bulk.state.files import open_private
+from octave_bulk.state.paths import OutputPaths
 from octave_bulk.utc import utc_iso
 
-__all__ = ["RunLock"]
+__all__ = ["RunLock", "refuse_while_running"]
 
 
 class RunLock:
@@ -67,3 +68,14 @@ class RunLock:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def refuse_while_running(paths: OutputPaths, why: str) -> None:
+    """Raise StateError naming the holder if a run is using the output (``why``: what a
+    command that does not take the lock would break, e.g. "validate would rewrite its rejects")."""
+    holder = RunLock(paths.lock).holder()
+    if holder is not None:
+        raise StateError(
+            f"{paths.results}: a run is using this output ({holder}) and {why}; "
+            "nothing was written: wait for it to finish or use another -o"
+        )
