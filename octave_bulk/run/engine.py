@@ -503,6 +503,7 @@ async def _locked_run(
             "format": reader.format,
             "encoding": reader.encoding,
             "encoding_note": reader.encoding_note,
+            "footer_rows": reader.footer_rows,
             "mapping": reader.mapping.to_dict(),
         },
         outputs={
