@@ -183,3 +183,28 @@ def test_a_one_cell_line_before_any_footer_marker_is_still_a_reject(tmp_path: Pa
     checked = CliRunner().invoke(cli, ["validate", str(report), "--json"])
     found = json.loads(checked.output)
     assert found["rejected"] == {"missing_identity": 1} and found["footerRows"] == 5
+
+
+@pytest.mark.parametrize("preset", ["instantly", "smartlead", "lemlist"])
+def test_email_sequencer_presets_leave_out_linkedin_only_results_and_say_so(
+    tmp_path: Path, preset: str
+) -> None:
+    from tests.test_export import read_csv, result_line, write_results
+
+    linkedin = "https://www.linkedin.com/in/ada"
+    results = write_results(
+        tmp_path / "r.ndjson",
+        [
+            result_line("with-email", [("Hello", "Body")]),
+            result_line("linkedin-only", [("Hi", "Body")], email="", linkedInProfile=linkedin),
+        ],
+    )
+    args = ["export", str(results), "-o", str(tmp_path / "o.csv"), "--preset", preset]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    _, rows = read_csv(tmp_path / "o.csv")
+    assert [row["request_id"] for row in rows] == ["with-email"]
+    assert "1 result(s) left out: no email (LinkedIn only)" in result.output
+    assert "linkedin-only" in result.output
+    generic = CliRunner().invoke(cli, [*args[:-1], "generic"])  # keeps LinkedIn-only contacts
+    assert generic.exit_code == 0 and len(read_csv(tmp_path / "o.csv")[1]) == 2
