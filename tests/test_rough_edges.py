@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli.main import cli
+from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
 from tests.helpers import write_contacts
 
@@ -208,3 +209,66 @@ def test_email_sequencer_presets_leave_out_linkedin_only_results_and_say_so(
     assert "linkedin-only" in result.output
     generic = CliRunner().invoke(cli, [*args[:-1], "generic"])  # keeps LinkedIn-only contacts
     assert generic.exit_code == 0 and len(read_csv(tmp_path / "o.csv")[1]) == 2
+
+
+def _run(url: str, input_path: Path, out: Path, *extra: str) -> Any:
+    args = ["run", str(input_path), "-o", str(out), "--agent", "ca_test", "--base-url", url]
+    return CliRunner().invoke(
+        cli, [*args, "--no-progress", *extra], env={"OCTAVE_API_KEY": TEST_KEY}
+    )
+
+
+def test_the_end_of_run_lines_count_as_validate_and_status_do(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """Rejects include duplicates everywhere; latency over 1 s in seconds; no lock or in-flight
+    file is left after a clean finish."""
+    sim = make_sim(latency=parse_latency("1.2s:0"))
+    rows = tmp_path / "in.csv"
+    write_contacts(rows, 4)
+    with rows.open("a", encoding="utf-8") as handle:
+        handle.write("c-00001,p1@example.com,First1,Doe,Acme,VP\n")  # a duplicate
+        handle.write("c-00009,not-an-email,Ann,Doe,Acme,VP\n")  # invalid
+    out = tmp_path / "out.ndjson"
+    result = _run(sim.url, rows, out)
+    assert result.exit_code == 0, result.output
+    assert "rejected 2 (1 duplicates)" in result.output
+    assert "latency p50 1.2" in result.output and " s\n" in result.output
+    assert " ms" not in result.output.split("latency p50", 1)[1].splitlines()[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.")) == [
+        "out.cursor.json", "out.errors.ndjson", "out.ledger.sqlite", "out.ndjson",
+        "out.rejects.ndjson", "out.summary.json",
+    ]  # fmt: skip
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert "  rejected: 2\n" in status.output
+    checked = CliRunner().invoke(cli, ["validate", str(rows), "-o", str(tmp_path / "v.ndjson")])
+    assert "rejected 2" in checked.output
+
+
+def test_a_header_only_file_prints_no_none(live_sim: Any, tmp_path: Path) -> None:
+    write_contacts(tmp_path / "in.csv", 0)
+    result = _run(live_sim.url, tmp_path / "in.csv", tmp_path / "out.ndjson")
+    assert result.exit_code == 0, result.output
+    assert "None" not in result.output and "latency p50 -" in result.output
+
+
+def test_a_run_refused_before_its_start_leaves_no_lock_file(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    result = _run(sim.url + "/wrong", tmp_path / "in.csv", tmp_path / "out.ndjson")
+    assert result.exit_code == 2 and "--base-url is wrong" in result.output
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.inflight"))
+
+
+def test_status_of_an_output_that_does_not_exist_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", str(tmp_path / "nonexistent.ndjson")])
+    assert result.exit_code == 2
+    assert "nonexistent.ndjson: no such output" in result.output
+
+
+def test_the_demo_output_folder_is_ignored_by_git() -> None:
+    from octave_bulk.cli.tools import demo
+
+    [out_dir] = [p.default for p in demo.params if p.name == "out_dir"]
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert f"/{out_dir}/" in ignored

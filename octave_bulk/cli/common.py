@@ -94,9 +94,9 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     lines = [
         f"exit {summary.get('exit_code')} ({summary.get('stop_reason') or 'finished'}) "
         f"in {summary.get('wall_seconds')} s",
-        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v),
+        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in _shown_counts(counts) if v),
         f"  paid calls {summary.get('paid_calls')}, credits {summary.get('credits')}, "
-        f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
+        f"latency p50 {_seconds(summary.get('latency_ms', {}).get('p50'))}",
     ]
     if summary.get("stop_detail"):  # right under the exit line: why it stopped
         lines.insert(1, f"  why: {summary['stop_detail']}")
@@ -125,6 +125,15 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             f"  report: octave-bulk report {out.get('results')} (charts, as one HTML file)"
         )
     click.echo("\n".join(lines), err=True)
+
+
+def _shown_counts(counts: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The counts as printed: duplicates inside "rejected", as validate and status count."""
+    shown = {k: v for k, v in counts.items() if k != "duplicate"}
+    duplicates = counts.get("duplicate", 0)
+    if duplicates:
+        shown["rejected"] = f"{counts.get('rejected', 0) + duplicates} ({duplicates} duplicates)"
+    return list(shown.items())
 
 
 def _throughput_line(summary: Mapping[str, Any]) -> str:
