@@ -272,3 +272,24 @@ def test_the_demo_output_folder_is_ignored_by_git() -> None:
     [out_dir] = [p.default for p in demo.params if p.name == "out_dir"]
     ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert f"/{out_dir}/" in ignored
+
+
+def test_an_unknown_config_key_suggests_the_nearest_and_a_file_that_exists(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text("concurency = 3\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["doctor", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "unknown setting 'concurency'; did you mean 'concurrency'?" in result.output
+    listed = result.output.split("every setting, with its default: ", 1)[1].split(")")[0]
+    assert "# concurrency = 32 " in Path(listed).read_text(encoding="utf-8")
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_CONCURRENCY": "lots"}
+    result = CliRunner().invoke(cli, ["doctor"], env=env)
+    assert result.exit_code == 2
+    assert "concurrency (from OCTAVE_CONCURRENCY='lots'): Input should be a valid integer" in (
+        result.output
+    )
