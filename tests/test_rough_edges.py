@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +20,7 @@ from click.testing import CliRunner
 from octave_bulk.cli.main import cli
 from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
-from tests.helpers import write_contacts
+from tests.helpers import Run, write_contacts
 
 ROOT = Path(__file__).parent.parent
 
@@ -90,7 +96,7 @@ def test_a_wrong_endpoint_stops_at_once_and_says_to_check_the_url(
         (
             ["--agent", "ca_test"],
             "",
-            "api_key: the key is empty (OCTAVE_API_KEY= is set to nothing)",
+            "api_key (from OCTAVE_API_KEY): the key is empty (OCTAVE_API_KEY= is set to nothing)",
         ),
         (["--agent", "xyz"], TEST_KEY, "'xyz' is not an agent id (they look like ca_abc123)"),
         (["--agent", " ca_abc"], TEST_KEY, "' ca_abc' contains a space"),
@@ -250,6 +256,11 @@ def test_a_header_only_file_prints_no_none(live_sim: Any, tmp_path: Path) -> Non
     result = _run(live_sim.url, tmp_path / "in.csv", tmp_path / "out.ndjson")
     assert result.exit_code == 0, result.output
     assert "None" not in result.output and "latency p50 -" in result.output
+    start = result.output.splitlines()[0]  # short, and only what is not zero
+    assert start.endswith(
+        f"start: {tmp_path / 'in.csv'} (csv, utf-8) -> {tmp_path / 'out.ndjson'}"
+        f" (run {start.rsplit(' ', 1)[1]}"
+    )
 
 
 def test_a_run_refused_before_its_start_leaves_no_lock_file(make_sim: Any, tmp_path: Path) -> None:
@@ -293,3 +304,69 @@ def test_a_bad_environment_value_names_the_variable() -> None:
     assert "concurrency (from OCTAVE_CONCURRENCY='lots'): Input should be a valid integer" in (
         result.output
     )
+
+
+def _frames(raw: bytes) -> list[str]:
+    """The progress bar's frames as drawn on a terminal, escape codes removed."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode("utf-8", "replace"))
+    return [line.strip() for line in re.split(r"[\r\n]", text) if "octave-bulk ━" in line]
+
+
+def test_the_progress_bar_counts_contacts_to_send_and_ends_on_the_final_counts(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """On a terminal: in flight shown, "waiting for the first answers" instead of 0.0/s, the
+    total is the contacts to send (rejects left out), and the last frame is the final count."""
+    sim = make_sim(latency=parse_latency("1.5s:0"))
+    write_contacts(tmp_path / "in.csv", 6)
+    with (tmp_path / "in.csv").open("a", encoding="utf-8") as handle:
+        handle.write("c-00008,not-an-email,Ann,Doe,Acme,VP\nc-00009,,Bo,Doe,Acme,VP\n")
+    master, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv")]
+    cmd += ["-o", str(tmp_path / "out.ndjson"), "--agent", "ca_test", "--base-url", sim.url]
+    cmd += ["--rate", "none", "--concurrency", "3", "--progress"]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    drawn = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the run ended and closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    assert process.wait(timeout=30) == 0
+    frames = _frames(bytes(drawn))
+    assert any("in flight 3" in f and "waiting for the first answers" in f for f in frames)
+    assert not any("0.0/s" in f for f in frames)
+    assert "6/6 ok 6 failed 0 in flight 0" in frames[-1], frames[-1]
+
+
+def test_a_hung_last_call_is_named_with_its_timeout(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00002": "hang"})
+    write_contacts(tmp_path / "in.csv", 4)
+    out = tmp_path / "out.ndjson"
+    result = _run(sim.url, tmp_path / "in.csv", out, "--timeout", "6", "--max-attempts", "1")
+    assert result.exit_code == 1, result.output
+    [waiting] = [line for line in result.output.splitlines() if " waiting " in line]
+    assert "in_flight=1" in waiting and "timeout_s=6.0" in waiting
+
+
+def test_ctrl_c_says_how_long_the_drain_lasts_and_what_a_second_one_does(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("2s:0"))
+    write_contacts(tmp_path / "in.csv", 4)
+    run = Run(sim.url, tmp_path / "in.csv", tmp_path / "out.ndjson", "--concurrency", "2")
+    deadline = time.monotonic() + 20
+    while sim.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.signal(signal.SIGINT)
+    code, log = run.finish()
+    assert code == 130, log
+    assert re.search(r"letting the \d call\(s\) in flight finish, for at most 120 s \(until ", log)
+    assert "a second Ctrl-C stops at once and abandons them (they may be paid)" in log

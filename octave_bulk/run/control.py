@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 
 import anyio
 
@@ -126,6 +127,17 @@ class RunControl:
         if self.stopping:
             raise Stopped
 
+    def _drain_note(self) -> str:
+        """What a first signal does, and how a second one differs."""
+        deadline = time.strftime(
+            "%H:%M:%S", time.localtime(time.time() + self.settings.drain_timeout)
+        )
+        return (
+            f"letting the {self.stats.in_flight} call(s) in flight finish, for at most "
+            f"{self.settings.drain_timeout:g} s (until {deadline}, setting drain_timeout); "
+            "a second Ctrl-C stops at once and abandons them (they may be paid)"
+        )
+
     async def watch_signals(self) -> None:
         """Until cancelled: a first SIGINT/SIGTERM/SIGHUP drains, a second one cancels
         dispatch (SIGHUP: a closed SSH session must not act like kill -9)."""
@@ -135,12 +147,17 @@ class RunControl:
                 name = signal.Signals(signum).name
                 if not interrupted:
                     interrupted = True
-                    log_event("signal", signal=name, action="draining calls in flight")
+                    log_event("signal", signal=name, action=self._drain_note())
                     self.stop(StopReason.INTERRUPTED)
                     self.reason = StopReason.INTERRUPTED  # wins over an earlier graceful stop
                     self.halted.set()
                 else:
-                    log_event("signal", signal=name, action="stopping now")
+                    log_event(
+                        "signal",
+                        signal=name,
+                        action=f"stopping now: {self.stats.in_flight} call(s) in flight "
+                        "abandoned (they may be paid; the next run retries them)",
+                    )
                     self.dispatch_scope.cancel()
 
 

@@ -227,6 +227,7 @@ class _Run:
             total_hint=self.expected_rows,
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
+            timeout=settings.timeout,
         )
         jobs = self.jobs = self._jobs(client, sink) if polling else None
         if receiver is not None:
