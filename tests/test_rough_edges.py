@@ -312,6 +312,7 @@ def _frames(raw: bytes) -> list[str]:
     return [line.strip() for line in re.split(r"[\r\n]", text) if "octave-bulk ━" in line]
 
 
+@pytest.mark.slow
 def test_the_progress_bar_counts_contacts_to_send_and_ends_on_the_final_counts(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -346,6 +347,7 @@ def test_the_progress_bar_counts_contacts_to_send_and_ends_on_the_final_counts(
     assert "6/6 ok 6 failed 0 in flight 0" in frames[-1], frames[-1]
 
 
+@pytest.mark.slow
 def test_a_hung_last_call_is_named_with_its_timeout(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(forced={"c-00002": "hang"})
     write_contacts(tmp_path / "in.csv", 4)
@@ -356,6 +358,7 @@ def test_a_hung_last_call_is_named_with_its_timeout(make_sim: Any, tmp_path: Pat
     assert "in_flight=1" in waiting and "timeout_s=6.0" in waiting
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_long_the_drain_lasts_and_what_a_second_one_does(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -370,3 +373,12 @@ def test_ctrl_c_says_how_long_the_drain_lasts_and_what_a_second_one_does(
     assert code == 130, log
     assert re.search(r"letting the \d call\(s\) in flight finish, for at most 120 s \(until ", log)
     assert "a second Ctrl-C stops at once and abandons them (they may be paid)" in log
+
+
+def test_the_readme_says_how_long_the_tests_take_and_names_a_quick_subset() -> None:
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert re.search(r"`python -m pytest` runs everything: \d+ tests in about \d+ minutes", readme)
+    quick = re.search(r'`python -m pytest -m "not (\w+)"` is the quick subset: \d+ tests', readme)
+    assert quick is not None
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'"{quick.group(1)}: ' in pyproject  # a registered marker (--strict-markers)
