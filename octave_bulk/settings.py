@@ -86,14 +86,14 @@ def settings_reference() -> Path | None:
 
 
 def _origin(loc: tuple[int | str, ...], given: dict[str, Any], config: str | Path | None) -> str:
-    """Where a bad value came from, when not from a flag: `` (OCTAVE_RATE='fast')``."""
+    """Where a bad value came from, when not from a flag: `` (from OCTAVE_RATE)`` (never the
+    value: an environment may hold secrets, and errors are printed to logs)."""
     name = str(loc[0]) if loc else ""
     if not name or name in given:
         return ""
     env = f"OCTAVE_{name.upper()}"
-    value = next((v for k, v in os.environ.items() if k.upper() == env), None)
-    if value is not None:
-        return f" (from {env})" if name == "api_key" else f" (from {env}={value!r})"
+    if any(k.upper() == env for k in os.environ):
+        return f" (from {env})"
     return f" (in {config})" if config else ""
 
 
