@@ -21,7 +21,11 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 
-__all__ = ["RunControl", "Stopped"]
+__all__ = ["NEVER_CONNECTED", "RunControl", "Stopped"]
+
+NEVER_CONNECTED = 10
+"""Connect errors in a row that stop a run no call of which ever reached a server (exit 4):
+``breaker_threshold`` retries against nothing listening only make the user wait."""
 
 
 class Stopped(Exception):
@@ -51,6 +55,7 @@ class RunControl:
         self.budget_left: int | None = None  # paid calls the budget allows this run
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
+        self._reached_server = False  # until a first answer of any kind (a 4xx, a 429...)
 
     @property
     def stopping(self) -> bool:
@@ -88,12 +93,14 @@ class RunControl:
     def on_success(self) -> None:
         """A call succeeded: the breaker's counts of failures in a row start again."""
         self._consecutive_failures = self._consecutive_refusals = 0
+        self._reached_server = True
 
     def on_refused(self) -> None:
         """A call got a 429. As many 429s in a row as ``breaker_threshold`` with no call
         accepted in between - an exhausted quota, a blocked key - stop the run (resumably):
         the limiter's pacing alone would slow it to a crawl and hold the lock for days."""
         self._consecutive_refusals += 1
+        self._reached_server = True
         if self._consecutive_refusals >= self.settings.breaker_threshold:
             self.detail = (
                 f"the API refused {self._consecutive_refusals} calls in a row with 429 and "
@@ -103,14 +110,19 @@ class RunControl:
 
     def on_error(self, exc: ApiError) -> None:
         """A call failed (not with a 429): a fatal error stops the run at once; retryable
-        failures in a row, pool-wide, trip the breaker."""
+        failures in a row, pool-wide, trip the breaker (:data:`NEVER_CONNECTED` connect errors,
+        when no call of the run has reached a server yet)."""
         self._consecutive_refusals = 0  # the server answered something other than 429
+        self._reached_server = self._reached_server or exc.status is not None
         if isinstance(exc, FatalApiError):
             self.fatal = exc
             self.stop(StopReason.FATAL)  # no new calls; the ones in flight are paid: let them land
         elif exc.retryable:
             self._consecutive_failures += 1
-            if self._consecutive_failures >= self.settings.breaker_threshold:
+            threshold = self.settings.breaker_threshold
+            if exc.kind == ErrorKind.CONNECT and not self._reached_server:
+                threshold = min(threshold, NEVER_CONNECTED)  # no server there: say so soon
+            if self._consecutive_failures >= threshold:
                 self.detail = f"{self._consecutive_failures} calls in a row failed " + (
                     _connect_cause(exc.message, self.settings.base_url)
                     if exc.kind == ErrorKind.CONNECT
