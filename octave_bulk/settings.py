@@ -8,13 +8,22 @@ a key file, never from a flag or the config file, and is held as a ``SecretStr``
 from __future__ import annotations
 
 import contextvars
+import difflib
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -25,8 +34,9 @@ from pydantic_settings import (
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.errors import ConfigError
+from octave_bulk.ids import target_id_problem
 
-__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
+__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate", "settings_reference"]
 
 DEFAULT_BASE_URL = "https://app.octavehq.com"
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config", default=None)
@@ -65,6 +75,28 @@ def parse_rate(value: str | float | None) -> float | None:
     return per_second
 
 
+def settings_reference() -> Path | None:
+    """``default.toml``, every setting with its default: in the installed package, else in
+    the source tree's ``configs/`` (None when neither is there)."""
+    package = Path(__file__).parent
+    for candidate in (package / "default.toml", package.parent / "configs" / "default.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _origin(loc: tuple[int | str, ...], given: dict[str, Any], config: str | Path | None) -> str:
+    """Where a bad value came from, when not from a flag: `` (from OCTAVE_RATE)`` (never the
+    value: an environment may hold secrets, and errors are printed to logs)."""
+    name = str(loc[0]) if loc else ""
+    if not name or name in given:
+        return ""
+    env = f"OCTAVE_{name.upper()}"
+    if any(k.upper() == env for k in os.environ):
+        return f" (from {env})"
+    return f" (in {config})" if config else ""
+
+
 class _TomlFile(PydanticBaseSettingsSource):
     """The ``--config`` TOML file: unknown keys and a key in the file are config errors."""
 
@@ -89,7 +121,11 @@ class _TomlFile(PydanticBaseSettingsSource):
                     "set OCTAVE_API_KEY or use --api-key-file"
                 )
             if key not in known:
-                raise ConfigError(f"{path}: unknown setting {key!r} (see configs/default.toml)")
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                reference = settings_reference()
+                listed = f" (every setting, with its default: {reference})" if reference else ""
+                raise ConfigError(f"{path}: unknown setting {key!r}{hint}{listed}")
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self.data.get(field_name), field_name, False
@@ -327,6 +363,15 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("agent_oid", "experiment_oid")
+    @classmethod
+    def _target_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        prefix = "ca_" if info.field_name == "agent_oid" else "ae_"
+        problem = None if value is None else target_id_problem(value, prefix)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -336,8 +381,11 @@ class Settings(BaseSettings):
         if value is None:
             return value
         key = value.get_secret_value()
-        if not key:
-            raise ValueError("the API key is empty")
+        if not key.strip():
+            raise ValueError(
+                "the key is empty (OCTAVE_API_KEY= is set to nothing): set it to your key, "
+                "or unset it and use --api-key-file"
+            )
         bad = next((c for c in key if not "\x21" <= c <= "\x7e"), None)
         if bad is not None:
             where = key.index(bad) + 1
@@ -494,7 +542,8 @@ class Settings(BaseSettings):
             return cls(**given)
         except ValidationError as exc:
             lines = [
-                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}"
+                f"{_origin(err['loc'], given, config_file)}: "
                 f"{str(err['msg']).removeprefix('Value error, ')}"
                 for err in exc.errors(include_url=False, include_input=False)
             ]

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from octave_bulk.agents.fields import credits_of
-from octave_bulk.errors import OctaveBulkError
+from octave_bulk.errors import OctaveBulkError, StateError
 from octave_bulk.state.files import iter_ndjson
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import load_jobs
@@ -33,9 +33,18 @@ def _credits(line: bytes) -> float:
 
 def read_status(output: str | Path) -> dict[str, Any]:
     """Counts from the results, errors and rejects files plus the last run's summary; with
-    async runs, the jobs submitted whose result is not in yet (``async_awaiting``)."""
+    async runs, the jobs submitted whose result is not in yet (``async_awaiting``).
+
+    Raises:
+        StateError: no run ever wrote this output (no results, no summary, no run holds it).
+    """
     paths = OutputPaths.for_output(output)
     holder = RunLock(paths.lock).holder()
+    if holder is None and not any(p.exists() for p in (paths.results, paths.summary)):
+        raise StateError(
+            f"{paths.results}: no such output (no results and no summary): check the path "
+            "given to -o when the run was started"
+        )
     state = read_state(paths)
     credits = sum(_credits(line) for line in complete_lines(paths.results))
     rejects = sum(1 for _ in iter_ndjson(paths.rejects))

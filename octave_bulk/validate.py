@@ -38,6 +38,7 @@ class ValidationReport:
         valid: records that would be sent (first of their requestId).
         rejected: reject count by reason (``duplicate`` included).
         rejects_path: where the rejects were written, if anywhere.
+        footer_rows: a report's footer lines, dropped (not rows, not rejects).
     """
 
     path: str
@@ -51,6 +52,7 @@ class ValidationReport:
     valid: int
     rejected: dict[str, int]
     rejects_path: Path | None
+    footer_rows: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -77,6 +79,7 @@ class ValidationReport:
             "rejected": dict(self.rejected),
             "duplicates": self.duplicates,
             "rejectsPath": None if self.rejects_path is None else str(self.rejects_path),
+            "footerRows": self.footer_rows,
         }
 
 
@@ -140,4 +143,5 @@ def validate_input(
         valid=valid,
         rejected=dict(counts),
         rejects_path=rejects_path,
+        footer_rows=reader.footer_rows,
     )

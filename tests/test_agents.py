@@ -62,6 +62,7 @@ def run(url: str, tmp_path: Path, kind: str, *extra: str) -> Result:
     return CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", PERSON_AGENTS + COMPANY_AGENTS)
 def test_an_agent_runs_judges_its_answers_and_exports_them(
     kind: str, make_sim: Any, tmp_path: Path
@@ -157,6 +158,7 @@ def test_a_file_without_company_columns_is_refused_for_a_company_agent(
     assert sim.stats()["totals"].get("calls", 0) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", PERSON_AGENTS + COMPANY_AGENTS)
 def test_an_agent_run_killed_with_9_resumes_losing_nothing(
     kind: str, make_sim: Any, tmp_path: Path

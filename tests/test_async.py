@@ -61,6 +61,7 @@ async def test_each_contact_is_submitted_once_and_every_result_written(
     assert again["async_jobs"]["submitted"] == kinds["agent_error"]
 
 
+@pytest.mark.slow
 def test_a_kill_9_loses_no_paid_call_the_next_run_polls_its_handles(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -93,6 +94,7 @@ def test_a_kill_9_loses_no_paid_call_the_next_run_polls_its_handles(
     assert summary["async_jobs"]["carried_from_earlier_runs"] >= 60 - done_at_kill - 8
 
 
+@pytest.mark.slow
 def test_callbacks_and_polls_feed_one_completion_path(make_sim: Any, tmp_path: Path) -> None:
     port = _free_port()
     sim = make_sim(latency=parse_latency("200ms"))
@@ -155,6 +157,7 @@ async def test_a_status_field_is_read_when_the_server_sends_one(
     assert errors and all(e["error"]["kind"] == "agent_error" for e in errors)
 
 
+@pytest.mark.slow
 async def test_an_expired_handle_is_reported_and_resubmitted_only_when_asked(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -182,6 +185,7 @@ async def test_an_expired_handle_is_reported_and_resubmitted_only_when_asked(
     assert then["counts"]["succeeded"] == 6 and totals(keeps)["async_submits"] == 6
 
 
+@pytest.mark.slow
 async def test_a_job_pending_past_job_timeout_is_left_for_the_next_run(
     make_sim: Any, tmp_path: Path
 ) -> None:

@@ -122,6 +122,7 @@ def test_dry_run_prints_what_would_be_sent(runner: CliRunner, tmp_path: Path) ->
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_demo(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(
         cli, ["demo", "--contacts", "40", "--out", str(tmp_path / "demo"), "--no-progress"]

@@ -33,7 +33,9 @@ def test_nightly_example_loads_and_keeps_the_key_out(monkeypatch: pytest.MonkeyP
     text = (CONFIGS / "nightly.example.toml").read_text(encoding="utf-8")
     assert "api_key =" not in text
     monkeypatch.setenv("OCTAVE_API_KEY", "oct_from_the_environment")
-    settings = Settings.load(CONFIGS / "nightly.example.toml")
+    with pytest.raises(ConfigError, match="'ca_REPLACE_ME' is a placeholder"):
+        Settings.load(CONFIGS / "nightly.example.toml")  # copied but not edited
+    settings = Settings.load(CONFIGS / "nightly.example.toml", agent_oid="ca_nightly")
     assert settings.rate == 1.0 and settings.concurrency == 16 and settings.log_format == "json"
     assert settings.api_key is not None
 
@@ -60,7 +62,7 @@ def test_template_example_fills_placeholders_per_row(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli,
         ["run", str(tmp_path / "c.csv"), "-o", str(out), "--config", config, "--dry-run",
-         "--show-request"],
+         "--show-request", "--agent", "ca_event"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     body: dict[str, Any] = json.loads(result.output)["example_request"]
@@ -80,7 +82,8 @@ def test_template_naming_a_missing_column_is_a_config_error(tmp_path: Path) -> N
     )
     config = str(CONFIGS / "hubspot-event-followup.example.toml")
     result = CliRunner().invoke(
-        cli, ["run", str(tmp_path / "c.csv"), "-o", str(tmp_path / "o.ndjson"), "--config", config],
+        cli, ["run", str(tmp_path / "c.csv"), "-o", str(tmp_path / "o.ndjson"), "--config", config,
+              "--agent", "ca_event"],
         env={"OCTAVE_API_KEY": "oct_test_key_for_config_tests"},
     )  # fmt: skip
     assert result.exit_code == 2, result.output

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from octave_bulk.run.engine import run_batch
 from octave_bulk.state.cursor import Frontier, ResumeCursor
 from tests.helpers import read_lines, side, sim_settings
@@ -41,6 +43,7 @@ def rejects_of(out: Path) -> list[tuple[int, str]]:
     return sorted((r["line"], r["reason"]) for r in read_lines(side(out, ".rejects.ndjson")))
 
 
+@pytest.mark.slow
 async def test_resume_skips_the_settled_prefix_and_reports_as_a_full_read(
     make_sim: Any, tmp_path: Path
 ) -> None:

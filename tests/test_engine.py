@@ -81,6 +81,7 @@ async def test_derived_request_ids_are_stable_and_resume_skips(
     assert html["counts"]["succeeded"] == 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind", ["429", "500", "502", "503", "504", "reset", "truncate", "invalid_json", "hang"]
 )
@@ -261,6 +262,7 @@ async def test_rate_ceiling_paces_smoothly(make_sim: Any, tmp_path: Path) -> Non
     assert arrivals[-1] - arrivals[0] <= 1.5 * (count - burst) * interval
 
 
+@pytest.mark.slow
 async def test_429_storm_adapts(make_sim: Any, tmp_path: Path) -> None:
     mix = {"seconds": 0.0, "date": 0.0, "absent": 1.0}
     from octave_bulk.simulator import RetryAfterMix

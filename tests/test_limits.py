@@ -16,6 +16,7 @@ def span_ratio(server: Server, contacts: int, rate: float) -> float:
     return (server.last_accepted - server.first) / ((contacts - 1) / rate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rate", "latency", "contacts"),
     [(2.0, 3.0, 600), (10.0, 0.05, 3000), (10.0, 40.0, 3000), (50.0, 3.0, 6000)],
@@ -38,6 +39,7 @@ def test_a_token_bucket_is_found_and_kept_saturated(
     assert found["concurrency_limited_at"] is None
 
 
+@pytest.mark.slow
 def test_scale_free_slow_calls_at_low_rates_behave_like_fast_calls_at_high_rates() -> None:
     slow, fast = Server(rate=0.5, latency=40.0), Server(rate=50.0, latency=0.4)
     simulate(slow, 150, rate_ceiling=2.0, window_ceiling=64)
@@ -87,6 +89,7 @@ async def test_an_isolated_429_neither_pauses_nor_slows_the_pool() -> None:
     assert limiter.rate == rate and limiter.window == 64
 
 
+@pytest.mark.slow
 async def test_a_retry_after_beyond_the_longest_pause_is_clamped_and_counted() -> None:
     limiter = AdaptiveLimiter(None, 64, max_pause=5.0, sleep=_no_wait)
     pauses = [limiter.on_429(await limiter.acquire(), 86400.0) for _ in range(10)]

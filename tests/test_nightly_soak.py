@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
@@ -60,6 +61,7 @@ class Crm:
                 writer.writerow(["999999", "P3@example.com", "First3", "Doe", "Acme", "VP Sales"])
 
 
+@pytest.mark.slow
 def test_seven_nights_pay_and_export_only_what_changed(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
     crm = Crm(300)
@@ -96,6 +98,7 @@ def test_seven_nights_pay_and_export_only_what_changed(make_sim: Any, tmp_path: 
     assert sorted(emails) == sorted(f"p{n}@example.com" for n in crm.people)
 
 
+@pytest.mark.slow
 def test_nights_killed_at_random_moments_keep_ledger_and_files_agreeing(
     make_sim: Any, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
@@ -65,6 +66,7 @@ def contacts(path: Path, people: int, companies: int) -> None:
                              f"https://www.co{c}.com", "VP Sales"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_three_steps_with_faults_and_a_kill_pay_once_per_eligible_row(
     make_sim: Any, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ def probe(url: str, tmp_path: Path, calls: int, *extra: str) -> tuple[int, str, 
     return result.exit_code, result.output, summary
 
 
+@pytest.mark.slow
 def test_probe_finds_a_rate_limit_within_10_percent(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(latency=parse_latency("50ms:0.3"), rate_limit=parse_rate_limit("20/s:1"))
     write_contacts(tmp_path / "in.csv", 1000)
@@ -39,6 +40,7 @@ def test_probe_finds_a_rate_limit_within_10_percent(make_sim: Any, tmp_path: Pat
     assert entry["rate"] == summary["limits"]["rate"]
 
 
+@pytest.mark.slow
 def test_probe_finds_an_in_flight_cap_and_the_next_run_starts_there(
     make_sim: Any, tmp_path: Path
 ) -> None:

@@ -51,6 +51,7 @@ def _chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_draws_every_chart_offline_in_chromium(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(
@@ -89,6 +90,7 @@ def test_report_draws_every_chart_offline_in_chromium(make_sim: Any, tmp_path: P
     assert shot.stat().st_size > 50_000  # drawn, not a blank page
 
 
+@pytest.mark.slow
 def test_series_follows_the_run_to_its_totals(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(latency=parse_latency("fast"), faults={"500": 0.05, "429": 0.05})
     csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
@@ -111,6 +113,7 @@ def test_series_follows_the_run_to_its_totals(make_sim: Any, tmp_path: Path) -> 
     assert all(a[c] <= b[c] for a, b in zip(series, series[1:], strict=False) for c in counters)
 
 
+@pytest.mark.slow
 def test_killed_run_keeps_its_series_and_reports_no_end(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(latency=parse_latency("0.2s:0"))
     csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"

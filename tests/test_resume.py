@@ -26,6 +26,7 @@ from tests.helpers import Run, read_lines, side, write_contacts
 SOAK = os.environ.get("OCTAVE_BULK_SOAK") == "1"
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing_and_pays_at_most_in_flight(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -66,6 +67,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_pays_at_most_in_flight(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@pytest.mark.slow
 def test_kill_9_after_a_cursor_save_resumes_from_it_without_loss(
     make_sim: Any, tmp_path: Path
 ) -> None:
@@ -96,6 +98,7 @@ def _complete_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw[: raw.rfind(b"\n") + 1].splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_sigint_drains_writes_summary_and_resumes_without_duplicates(
     make_sim: Any, tmp_path: Path, signum: signal.Signals
@@ -118,6 +121,7 @@ def test_sigint_drains_writes_summary_and_resumes_without_duplicates(
     assert set(Counter(sim.stats()["successes"].values())) == {1}  # nobody paid twice
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once_and_resume_still_holds(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim(latency=parse_latency("3s:0"))
     rids = write_contacts(tmp_path / "in.csv", 12)
@@ -139,6 +143,7 @@ def test_second_signal_stops_at_once_and_resume_still_holds(make_sim: Any, tmp_p
     assert sorted(line["requestId"] for line in read_lines(out)) == rids
 
 
+@pytest.mark.slow
 def test_the_key_never_appears_in_files_or_output(make_sim: Any, tmp_path: Path) -> None:
     faults = parse_faults("500=0.1,502=0.1,not_found=0.1,invalid_json=0.1")
     sim = make_sim(seed=2, faults=faults, forced={"c-00001": "400"})

@@ -105,11 +105,13 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     lines = [
         f"exit {summary.get('exit_code')} ({summary.get('stop_reason') or 'finished'}) "
         f"in {summary.get('wall_seconds')} s",
-        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v),
+        "  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in _shown_counts(counts) if v),
         f"  calls sent {summary.get('paid_calls')} (possibly charged; answered "
         f"{(summary.get('calls') or {}).get('answered', '-')}), credits {summary.get('credits')}, "
-        f"latency p50 {summary.get('latency_ms', {}).get('p50')} ms",
+        f"latency p50 {_seconds(summary.get('latency_ms', {}).get('p50'))}",
     ]
+    if summary.get("stop_detail"):  # right under the exit line: why it stopped
+        lines.insert(1, f"  why: {summary['stop_detail']}")
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
     if summary.get("file_error"):
@@ -129,8 +131,6 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             f"  limits found: {limits['suggested_flags']} (remembered for the next run on "
             "this output)"
         )
-    if summary.get("stop_detail"):
-        lines.append(f"  why: {summary['stop_detail']}")
     step = _next_step(summary)
     if step:
         lines.append(f"  {step}")
@@ -139,6 +139,15 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             f"  report: octave-bulk report {out.get('results')} (charts, as one HTML file)"
         )
     click.echo("\n".join(lines), err=True)
+
+
+def _shown_counts(counts: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The counts as printed: duplicates inside "rejected", as validate and status count."""
+    shown = {k: v for k, v in counts.items() if k != "duplicate"}
+    duplicates = counts.get("duplicate", 0)
+    if duplicates:
+        shown["rejected"] = f"{counts.get('rejected', 0) + duplicates} ({duplicates} duplicates)"
+    return list(shown.items())
 
 
 def _throughput_line(summary: Mapping[str, Any]) -> str:

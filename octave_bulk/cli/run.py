@@ -161,6 +161,7 @@ def validate(
     from octave_bulk.agents import get_agent
     from octave_bulk.build import request_spec
     from octave_bulk.intake import reader_options
+    from octave_bulk.state.lock import refuse_while_running
     from octave_bulk.state.paths import OutputPaths
     from octave_bulk.state.preflight import check_file
     from octave_bulk.validate import validate_input
@@ -177,6 +178,7 @@ def validate(
             output = str(stem) + ".ndjson"
         rejects = OutputPaths.for_output(output).rejects
         check_file(rejects)  # a missing folder is made; an unwritable one is exit 2
+        refuse_while_running(OutputPaths.for_output(output), "validate would rewrite its rejects")
         report = validate_input(
             input_path,
             reader_options(settings),
@@ -197,6 +199,8 @@ def validate(
         )
         click.echo(report.mapping.render())
         click.echo(f"read {report.read}, valid {report.valid}, rejected {report.rejected_total}")
+        if report.footer_rows:
+            click.echo(f"  (and {report.footer_rows} report footer lines, dropped)")
         for reason, count in sorted(report.rejected.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {reason}: {count}")
         if report.rejected_total:

@@ -278,18 +278,28 @@ def doctor(
 
     Lists the workspace's agents of --agent-type; with --agent, checks that it exists and is
     of that type; with --async, that the async status endpoint answers a made-up job handle
-    as an unknown one. Exit 0: all good; 2: a settings problem, or an agent that does not
+    as an unknown one; first, that every file the settings name (log, metrics, ledger) can
+    be written. Exit 0: all good; 2: a settings problem, or an agent that does not
     exist or is of another type; 3: the key was refused; 1: the API could not be reached.
     """
     from octave_bulk.agents import get_agent
     from octave_bulk.errors import FatalApiError
     from octave_bulk.http.client import open_client
+    from octave_bulk.pathcheck import settings_path_problems
     from octave_bulk.run.guard import agent_problem
 
     try:
         settings = load_settings(config_file, api_key_file, **flags)
     except OctaveBulkError as exc:
         fail(exc)
+    bad_paths = settings_path_problems(settings)
+    for bad_path in bad_paths:
+        click.echo(f"config: {bad_path}", err=True)
+    if bad_paths:
+        click.echo(
+            "  fix these paths (or remove them from the config); nothing was sent.", err=True
+        )
+        sys.exit(ExitCode.USAGE)
     click.echo(f"config: ok{f' ({config_file})' if config_file else ''}")
     click.echo(f"base url: {settings.base_url}")
     target = settings.agent_oid or settings.experiment_oid

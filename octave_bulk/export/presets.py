@@ -12,6 +12,9 @@ field sent):
 - ``lemlist`` (its own camelCase variable names): ``email, firstName, lastName, companyName,
   jobTitle, linkedinUrl, companyDomain``; 30,000 characters per subject/body cell.
 
+These three send by email: a result without an email (a LinkedIn-only contact) is left out of
+their CSV and counted (``ExportReport.skipped_no_email``).
+
 Each agent but the Sequence Agent has a preset of its own name: the input's identity columns
 (a person's as ``generic``; for company agents ``input_company_domain, input_company_name,
 crm_account_id``) and its CRM ids, then the agent's own columns (``Agent.export_rows``: e.g.
@@ -57,6 +60,8 @@ class Preset:
     rename: tuple[tuple[str, str], ...] = ()
     """Agent columns under other names (a CRM's property names); the rest get ``prefix``."""
     prefix: str = ""
+    needs_email: bool = False
+    """A sequencer that sends by email: a result without one (LinkedIn only) is left out."""
 
     @property
     def fields(self) -> list[str]:
@@ -119,8 +124,8 @@ PRESETS: dict[str, Preset] = {
         ),
         None,
     ),
-    "instantly": Preset("instantly", _SNAKE, _SEQUENCER_MAX_CHARS),
-    "smartlead": Preset("smartlead", _SNAKE, _SEQUENCER_MAX_CHARS),
+    "instantly": Preset("instantly", _SNAKE, _SEQUENCER_MAX_CHARS, needs_email=True),
+    "smartlead": Preset("smartlead", _SNAKE, _SEQUENCER_MAX_CHARS, needs_email=True),
     "lemlist": Preset(
         "lemlist",
         (
@@ -133,6 +138,7 @@ PRESETS: dict[str, Preset] = {
             ("companyDomain", "companyDomain"),
         ),
         _SEQUENCER_MAX_CHARS,
+        needs_email=True,
     ),
 }
 """The presets by name."""

@@ -75,6 +75,9 @@ class ExportReport:
         skipped_blank_count: how many results were left out for that reason.
         skipped_bad_lines: 1-based line numbers that are not results.
         skipped_bad_count: how many such lines.
+        skipped_no_email: requestIds of results left out of an email sequencer's CSV for
+            having no email (LinkedIn-only contacts).
+        skipped_no_email_count: how many results were left out for that reason.
         truncated_cells: subject/body cells cut to ``max_field_chars``.
         truncated_rows: rows with at least one cut cell.
         truncated_ids: requestIds of those rows.
@@ -95,6 +98,8 @@ class ExportReport:
     skipped_blank_count: int = 0
     skipped_bad_lines: list[int] = field(default_factory=list)
     skipped_bad_count: int = 0
+    skipped_no_email: list[str] = field(default_factory=list)
+    skipped_no_email_count: int = 0
     truncated_cells: int = 0
     truncated_rows: int = 0
     truncated_ids: list[str] = field(default_factory=list)
@@ -109,6 +114,12 @@ class ExportReport:
             notes.append(
                 f"{self.skipped_blank_count} result(s) left out: a step has an empty subject or "
                 f"body{_listing(self.skipped_blank, self.skipped_blank_count, 'requestIds')}"
+            )
+        if self.skipped_no_email_count:
+            notes.append(
+                f"{self.skipped_no_email_count} result(s) left out: no email (LinkedIn only), "
+                f"which the {self.preset} preset cannot send to"
+                f"{_listing(self.skipped_no_email, self.skipped_no_email_count, 'requestIds')}"
             )
         if self.skipped_bad_count:
             lines = [str(n) for n in self.skipped_bad_lines]
@@ -330,6 +341,10 @@ def _second_pass(
             report.superseded += 1
             continue
         contact = result.contact
+        if layout.needs_email and not str(contact.get("email") or "").strip():
+            report.skipped_no_email_count += 1
+            _note(report.skipped_no_email, result.request_id)
+            continue
         if other_crm_ids and (others := other_crm_ids.get(_person(result))):
             contact = {**contact, OTHER_CRM_IDS: others}
         values = ("" if (value := contact.get(name)) is None else str(value) for name in fields)

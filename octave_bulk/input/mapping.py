@@ -168,14 +168,26 @@ _FIELDS_BY_KEY = {name.casefold(): name for name in CANONICAL_FIELDS}
 _GENERIC_RANK = 100  # generic names rank after every profile-specific name
 
 
+_SALESFORCE_REPORT_LABELS = frozenset(
+    header_key(label)
+    for label in (
+        "Account Name", "Account Owner", "Lead Source", "Lead Status", "Mailing Street",
+        "Mailing City", "Mailing State/Province", "Mailing Zip/Postal Code", "Mailing Country",
+    )
+)  # fmt: skip
+"""Column labels of Salesforce contact and lead reports that HubSpot exports never carry."""
+
+
 def detect_profile(headers: Sequence[str]) -> str:
     """The profile whose fingerprint the header carries, else ``generic``.
 
     Apollo: ``Apollo Contact Id``, ``Apollo Account Id``, ``Company Name for Emails`` or
     ``Person Linkedin Url``. LinkedIn Connections.csv: ``Connected On`` and ``URL``. HubSpot:
-    ``Record ID`` (or ``Contact owner`` / ``Lifecycle Stage`` / ``Associated Company``).
-    Salesforce: ``Contact ID``, ``Lead ID``, ``Account ID``, ``Company / Account``, or the API
-    names ``Id`` with ``FirstName``/``LastName``/``AccountId``.
+    ``Record ID``, ``Lifecycle Stage`` or ``Associated Company``. Salesforce: ``Contact ID``,
+    ``Lead ID``, ``Account ID``, ``Company / Account``, a report's labels (``Account Name``,
+    ``Mailing City``, ``Lead Source``...: :data:`_SALESFORCE_REPORT_LABELS`), or the API names
+    ``Id`` with ``FirstName``/``LastName``/``AccountId``. Else ``Contact Owner`` (which both
+    CRMs export) means HubSpot.
     """
     keys = {header_key(h) for h in headers}
     exact = {h.strip() for h in headers}
@@ -183,10 +195,14 @@ def detect_profile(headers: Sequence[str]) -> str:
         return "apollo"
     if {"connectedon", "url"} <= keys:
         return "linkedin"
-    if keys & {"recordid", "contactowner", "lifecyclestage", "associatedcompany"}:
+    if keys & {"recordid", "lifecyclestage", "associatedcompany"}:
         return "hubspot"
     if keys & {"contactid", "leadid", "accountid", "company/account"}:
         return "salesforce"
+    if keys & _SALESFORCE_REPORT_LABELS:  # before "Contact Owner", which both CRMs export
+        return "salesforce"
+    if "contactowner" in keys:
+        return "hubspot"
     if "Id" in exact and exact & {"FirstName", "LastName", "AccountId"}:
         return "salesforce"
     return "generic"

@@ -219,6 +219,11 @@ class ContactReader:
         self._source.close()
 
     @property
+    def footer_rows(self) -> int:
+        """A report's footer lines dropped so far (``Grand Totals (...)``, ``Copyright``...)."""
+        return self._source.footer.rows
+
+    @property
     def lines_read(self) -> int:
         """Physical input lines consumed so far (the line the last record ended on)."""
         return self._source.lines_read

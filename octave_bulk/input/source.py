@@ -10,7 +10,8 @@ Contract:
 * Iterating yields, for every non-blank record, exactly one :class:`RawRecord` (header ->
   cell text) or one :class:`Reject` (``malformed_record``, ``field_too_large``,
   ``ragged_row``), each with the 1-based line on which the record *starts*. Blank records
-  (no cell with any non-space text) are skipped and not counted.
+  (no cell with any non-space text) are skipped and not counted; so are a CSV report's
+  footer lines (:mod:`octave_bulk.input.footer`), counted in ``footer.rows``.
 * Memory is flat: lines are decoded incrementally and only the current record is held.
 
 Encoding: an explicit ``encoding`` wins, else it is detected from the first
@@ -58,6 +59,7 @@ from octave_bulk.input.csvfix import (
     reject_unterminated,
     unterminated,
 )
+from octave_bulk.input.footer import FooterFilter
 from octave_bulk.input.records import Reject
 from octave_bulk.input.sniff import (
     SAMPLE_BYTES,
@@ -168,6 +170,7 @@ class RecordSource:
         self.delimiter: str | None = delimiter
         self.header_line: int | None = None
         self.headers: tuple[str, ...] = ()
+        self.footer = FooterFilter()  # a report's footer lines, dropped and counted
         self._text: io.TextIOWrapper | None = None
         self._lines: LineFeed | None = None
         self._reader: Iterator[list[str]] | None = None
@@ -321,6 +324,8 @@ class RecordSource:
                 yield recover(lines, start, delimiter, cap)
                 continue
             if not "".join(cells).strip():
+                continue
+            if width > 1 and self.footer.drops(cells):
                 continue
             if lines.hit_eof and unterminated(lines.buf, delimiter):
                 yield reject_unterminated(lines, start)

@@ -21,7 +21,14 @@ from octave_bulk.redact import scrub
 from octave_bulk.state.files import open_private
 from octave_bulk.utc import utc_iso
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "log_event", "logger"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "log_event",
+    "logger",
+    "start_text",
+]
 
 logger = logging.getLogger("octave_bulk")
 
@@ -49,7 +56,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "event_fields", {})
-        parts = [time.strftime("%H:%M:%S", time.localtime(record.created)), record.getMessage()]
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        if record.getMessage() == "start":
+            return f"{clock} {start_text(fields)}"
+        parts = [clock, record.getMessage()]
         for key, value in fields.items():
             if isinstance(value, dict):
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v)
@@ -57,6 +67,31 @@ class TextFormatter(logging.Formatter):
                 f"{key}={value}" if not isinstance(value, str) or " " not in value else value
             )
         return scrub(" ".join(str(p) for p in parts))
+
+
+_RESUME_NOTES = (
+    ("already_done", "already done"),
+    ("outcome_unknown", "in flight when the last run died (sent again)"),
+    ("jobs_awaited", "async jobs awaited"),
+    ("skipped_unread", "settled rows skipped unread"),
+    ("repaired_bytes", "bytes of a torn last line cut off"),
+)
+
+
+def start_text(fields: dict[str, Any]) -> str:
+    """The ``start`` event for a person: what is read, where it goes, what a resume found,
+    then the column mapping (only what is not zero)."""
+    how = ", ".join(str(fields[k]) for k in ("input_format", "encoding") if fields.get(k))
+    lines = [
+        f"start: {fields.get('input')}{f' ({how})' if how else ''} -> {fields.get('output')}"
+        f" (run {fields.get('run_id')})"
+    ]
+    resume = [f"{fields[k]:,} {text}" for k, text in _RESUME_NOTES if fields.get(k)]
+    if resume:
+        lines.append("  resuming: " + ", ".join(resume))
+    if fields.get("mapping"):
+        lines.append("  " + str(fields["mapping"]).replace("\n", "\n  "))
+    return "\n".join(lines)
 
 
 def configure_logging(log_format: str = "text", log_file: str | None = None) -> None:

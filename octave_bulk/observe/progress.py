@@ -1,8 +1,15 @@
 """What a person or a log collector sees while a run goes: a progress bar, or heartbeat events.
 
-On a terminal (and unless disabled) a rich progress bar on stderr shows done/total, ok, failed,
-retrying, 429s, rate and ETA. Otherwise, and always with ``--log-format json``, a heartbeat
-event is logged every ``heartbeat_interval`` seconds. Events go through the ``octave_bulk``
+On a terminal (and unless disabled) a rich progress bar on stderr shows the contacts answered
+out of the contacts to send (the input's rows less its rejects, duplicates and contacts already
+done: an estimate until the input is read, then exact), ok, failed, in flight, retrying, 429s,
+rate and ETA; until the first answers it says how long the calls in flight have been waiting
+instead of a rate of 0. Its last frame is drawn from the final counts. Otherwise, and always
+with ``--log-format json``, a heartbeat event is logged every ``heartbeat_interval`` seconds.
+
+Either way, when the input is read and the calls still in flight have given no answer for
+:func:`quiet_limit` seconds (a hung call holding the end of the run), a ``waiting`` event says
+how many, for how long, and the ``--timeout`` that ends them. Events go through the ``octave_bulk``
 logger as one line each: readable text, or one JSON object per line; they carry counts, never
 the API key and never request or response bodies.
 """
@@ -12,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 
 from octave_bulk.observe.log import log_event, logger
 from octave_bulk.run.summary import RunStats
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "quiet_limit"]
 
 
 @contextlib.contextmanager
@@ -39,6 +48,18 @@ def _logs_above(_bar: object) -> Iterator[None]:
             handler.setStream(sys.__stderr__)
 
 
+def quiet_limit(timeout: float) -> float:
+    """Seconds without an answer, input read, after which the last calls are said to hold the
+    end: half the call timeout, at most 30 s."""
+    return min(30.0, timeout / 2)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class Progress:
     """Drives the bar (when ``bar`` is true) and the heartbeat events until cancelled.
 
@@ -48,6 +69,7 @@ class Progress:
         total_hint: estimated number of input records (None when unknown, e.g. stdin).
         heartbeat_interval: seconds between heartbeat events when there is no bar.
         run_id: carried by every heartbeat.
+        timeout: the call timeout (``--timeout``), named when the last calls hang.
     """
 
     def __init__(
@@ -58,18 +80,26 @@ class Progress:
         total_hint: int | None,
         heartbeat_interval: float,
         run_id: str,
+        timeout: float = 180.0,
     ) -> None:
         self._stats, self._bar, self._total_hint = stats, bar, total_hint
         self._heartbeat_interval, self._run_id = heartbeat_interval, run_id
+        self._timeout = timeout
+        self._answered, self._answered_at = 0, time.monotonic()
+        self._said_waiting = False
 
     async def run(self) -> None:
         """Update until cancelled."""
         if self._bar:
             await self._run_bar()
         else:
+            next_beat = time.monotonic() + self._heartbeat_interval
             while True:
-                await anyio.sleep(self._heartbeat_interval)
-                self.heartbeat()
+                await anyio.sleep(min(0.5, self._heartbeat_interval))
+                self._watch_the_end()
+                if time.monotonic() >= next_beat:
+                    next_beat += self._heartbeat_interval
+                    self.heartbeat()
 
     def heartbeat(self) -> None:
         """Log one heartbeat event with the counts so far."""
@@ -84,9 +114,67 @@ class Progress:
             counts=stats.counts(),
         )
 
-    def _processed(self) -> int:
-        s = self._stats
-        return s.finished + s.rejected + s.duplicate + s.skipped_done + s.skipped_failed
+    def _to_send(self) -> int | None:
+        """Contacts this run sends: exact once the input is read, else estimated from the
+        input's size less the rows already settled otherwise."""
+        stats = self._stats
+        if stats.input_done:
+            return stats.queued
+        if self._total_hint is None:
+            return None
+        settled = stats.rejected + stats.duplicate + stats.skipped_done + stats.skipped_failed
+        return max(self._total_hint - settled, stats.queued)
+
+    def _quiet_for(self) -> float:
+        """Seconds since the last answer (or since the start)."""
+        finished = self._stats.finished
+        if finished != self._answered:
+            self._answered, self._answered_at = finished, time.monotonic()
+            self._said_waiting = False
+        return time.monotonic() - self._answered_at
+
+    def _watch_the_end(self) -> str | None:
+        """The hung-end note (logged once per quiet spell), or None."""
+        stats, quiet = self._stats, self._quiet_for()
+        if not (stats.input_done and stats.in_flight and quiet >= quiet_limit(self._timeout)):
+            return None
+        note = (
+            f"waiting for the last {stats.in_flight} call(s) in flight: no answer for "
+            f"{quiet:.0f} s; each gives up after --timeout {self._timeout:g} s"
+        )
+        if not self._said_waiting:
+            self._said_waiting = True
+            log_event(
+                "waiting",
+                run_id=self._run_id,
+                in_flight=stats.in_flight,
+                no_answer_s=round(quiet),
+                timeout_s=self._timeout,
+            )
+        return note
+
+    def _fields(self) -> dict[str, Any]:
+        """The bar's values now."""
+        stats = self._stats
+        total = self._to_send()
+        finished, elapsed = stats.finished, stats.elapsed()
+        note = self._watch_the_end()
+        if note is None and finished == 0 and stats.in_flight:
+            note = f"waiting for the first answers ({elapsed:.0f} s since start)"
+        if note is None and finished:
+            rate = finished / elapsed if elapsed > 0 else 0.0
+            left = (total - finished) / rate if total is not None and rate > 0 else None
+            note = f"{rate:.1f}/s" + (f" ETA {_clock(left)}" if left is not None else "")
+        return {
+            "completed": finished,
+            "total": total or None,
+            "ok": stats.succeeded,
+            "failed": stats.failed,
+            "in_flight": stats.in_flight,
+            "retrying": stats.retrying,
+            "r429": stats.rate_limited,
+            "note": note or "",
+        }
 
     async def _run_bar(self) -> None:
         from rich.console import Console
@@ -96,46 +184,29 @@ class Progress:
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
-        stats = self._stats
         columns = (
             TextColumn("[bold]octave-bulk"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
                 "ok [green]{task.fields[ok]}[/] failed [red]{task.fields[failed]}[/] "
-                "retrying {task.fields[retrying]} 429s {task.fields[r429]} "
-                "{task.fields[rate]:.1f}/s"
+                "in flight {task.fields[in_flight]} retrying {task.fields[retrying]} "
+                "429s {task.fields[r429]}"
             ),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
         )
         with (
             Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as bar,
             _logs_above(bar),
         ):
-            task = bar.add_task(
-                "run", total=self._total_hint, ok=0, failed=0, retrying=0, r429=0, rate=0.0
-            )
+            fields = self._fields()
+            task = bar.add_task("run", **fields)
             try:
                 while True:
-                    total = self._total_hint
-                    if stats.input_done or total is None or total < stats.read:
-                        total = stats.read if stats.input_done else max(total or 0, stats.read)
-                    elapsed = stats.elapsed()
-                    bar.update(
-                        task,
-                        completed=self._processed(),
-                        total=total or None,
-                        ok=stats.succeeded,
-                        failed=stats.failed,
-                        retrying=stats.retrying,
-                        r429=stats.rate_limited,
-                        rate=stats.succeeded / elapsed if elapsed > 0 else 0.0,
-                    )
+                    bar.update(task, **self._fields())
                     await anyio.sleep(0.25)
-            finally:
-                bar.update(task, completed=self._processed())
+            finally:  # the last frame shows the final counts, not the last tick's
+                bar.update(task, **self._fields(), refresh=True)

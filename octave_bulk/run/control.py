@@ -15,13 +15,17 @@ import time
 
 import anyio
 
-from octave_bulk.errors import ApiError, FatalApiError, StopReason
+from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, StopReason
 from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 
-__all__ = ["RunControl", "Stopped"]
+__all__ = ["NEVER_CONNECTED", "RunControl", "Stopped"]
+
+NEVER_CONNECTED = 10
+"""Connect errors in a row that stop a run no call of which ever reached a server (exit 4):
+``breaker_threshold`` retries against nothing listening only make the user wait."""
 
 
 class Stopped(Exception):
@@ -52,6 +56,7 @@ class RunControl:
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
         self._refusing_since: float | None = None  # the first 429 since a call was accepted
+        self._reached_server = False  # until a first answer of any kind (a 4xx, a 429...)
 
     @property
     def stopping(self) -> bool:
@@ -90,6 +95,7 @@ class RunControl:
         """A call succeeded: the breaker's counts of failures in a row start again."""
         self._consecutive_failures = self._consecutive_refusals = 0
         self._refusing_since = None
+        self._reached_server = True
 
     def on_refused(self, retry_after: float | None = None) -> None:
         """A call got a 429. As many 429s in a row as ``breaker_threshold`` with no call
@@ -99,6 +105,7 @@ class RunControl:
         or with long Retry-After pauses, the count alone takes hours), and a ``Retry-After``
         longer than that patience."""
         self._consecutive_refusals += 1
+        self._reached_server = True
         now = time.monotonic()
         if self._refusing_since is None:
             self._refusing_since = now
@@ -127,17 +134,23 @@ class RunControl:
 
     def on_error(self, exc: ApiError) -> None:
         """A call failed (not with a 429): a fatal error stops the run at once; retryable
-        failures in a row, pool-wide, trip the breaker."""
+        failures in a row, pool-wide, trip the breaker (:data:`NEVER_CONNECTED` connect errors,
+        when no call of the run has reached a server yet)."""
         self._consecutive_refusals = 0  # the server answered something other than 429
+        self._reached_server = self._reached_server or exc.status is not None
         if isinstance(exc, FatalApiError):
             self.fatal = exc
             self.stop(StopReason.FATAL)  # no new calls; the ones in flight are paid: let them land
         elif exc.retryable:
             self._consecutive_failures += 1
-            if self._consecutive_failures >= self.settings.breaker_threshold:
-                self.detail = (
-                    f"{self._consecutive_failures} calls in a row failed ({exc.kind}: "
-                    f"{exc.message[:120]})"
+            threshold = self.settings.breaker_threshold
+            if exc.kind == ErrorKind.CONNECT and not self._reached_server:
+                threshold = min(threshold, NEVER_CONNECTED)  # no server there: say so soon
+            if self._consecutive_failures >= threshold:
+                self.detail = f"{self._consecutive_failures} calls in a row failed " + (
+                    _connect_cause(exc.message, self.settings.base_url)
+                    if exc.kind == ErrorKind.CONNECT
+                    else f"({exc.kind}: {exc.message[:120]})"
                 )
                 self.stop(StopReason.BREAKER)
         else:
@@ -150,6 +163,17 @@ class RunControl:
         if self.stopping:
             raise Stopped
 
+    def _drain_note(self) -> str:
+        """What a first signal does, and how a second one differs."""
+        deadline = time.strftime(
+            "%H:%M:%S", time.localtime(time.time() + self.settings.drain_timeout)
+        )
+        return (
+            f"letting the {self.stats.in_flight} call(s) in flight finish, for at most "
+            f"{self.settings.drain_timeout:g} s (until {deadline}, setting drain_timeout); "
+            "a second Ctrl-C stops at once and abandons them (they may be paid)"
+        )
+
     async def watch_signals(self) -> None:
         """Until cancelled: a first SIGINT/SIGTERM/SIGHUP drains, a second one cancels
         dispatch (SIGHUP: a closed SSH session must not act like kill -9)."""
@@ -159,10 +183,29 @@ class RunControl:
                 name = signal.Signals(signum).name
                 if not interrupted:
                     interrupted = True
-                    log_event("signal", signal=name, action="draining calls in flight")
+                    log_event("signal", signal=name, action=self._drain_note())
                     self.stop(StopReason.INTERRUPTED)
                     self.reason = StopReason.INTERRUPTED  # wins over an earlier graceful stop
                     self.halted.set()
                 else:
-                    log_event("signal", signal=name, action="stopping now")
+                    log_event(
+                        "signal",
+                        signal=name,
+                        action=f"stopping now: {self.stats.in_flight} call(s) in flight "
+                        "abandoned (they may be paid; the next run retries them)",
+                    )
                     self.dispatch_scope.cancel()
+
+
+def _connect_cause(message: str, base_url: str) -> str:
+    """``(connect refused to URL: ...)``: why no call reached the server, and what to check."""
+    lowered = message.lower()
+    if "refused" in lowered or "connect call failed" in lowered:
+        cause = "connect refused"
+    elif (
+        "name or service not known" in lowered or "nodename" in lowered or "getaddrinfo" in lowered
+    ):
+        cause = "host not found"
+    else:
+        cause = "cannot connect"
+    return f"({cause} to {base_url}: is --base-url right and the server up? {message[:120]})"

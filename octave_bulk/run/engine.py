@@ -254,6 +254,7 @@ class _Run:
             total_hint=self.expected_rows,
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
+            timeout=settings.timeout,
         )
         jobs = self.jobs = self._jobs(client, sink) if polling else None
         if receiver is not None:
@@ -562,6 +563,7 @@ async def _locked_run(
             "format": reader.format,
             "encoding": reader.encoding,
             "encoding_note": reader.encoding_note,
+            "footer_rows": reader.footer_rows,
             "mapping": reader.mapping.to_dict(),
         },
         outputs={

@@ -3,11 +3,12 @@
 ``OUT.inflight`` holds one fixed-size slot per call on the wire: the requestId is written
 before the call is sent and cleared once its outcome is durable. Slots left non-empty by a
 killed run are calls whose outcome is unknown (they may have been paid): they are reported,
-then retried.
+then retried. A run that ends with every slot empty removes the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +32,7 @@ class InflightSlots:
     """
 
     def __init__(self, path: Path, carry: Iterable[str] = ()) -> None:
+        self._path = path
         self._fd = open_private(path, os.O_RDWR | os.O_CREAT)
         os.ftruncate(self._fd, 0)
         self._free: list[int] = []
@@ -78,5 +80,8 @@ class InflightSlots:
         os.fsync(self._fd)
 
     def close(self) -> None:
-        """Close the file (slots still in use stay recorded)."""
+        """Close the file (slots still in use stay recorded); with none in use, remove it."""
+        if not os.pread(self._fd, self._used * _SLOT, 0).strip(b"\0"):
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
         os.close(self._fd)
