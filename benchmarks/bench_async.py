@@ -51,8 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from benchmarks._common import (
+from _common import (
     ENGINE_ENV,
     Noise,
     clear_outputs,
@@ -62,7 +61,7 @@ from benchmarks._common import (
     simulator,
     write_contacts,
 )
-from benchmarks._common import report as write_report
+from _common import report as write_report
 
 L, SIGMA = 40.0, 0.1
 TARGET = 1.10

@@ -197,12 +197,12 @@ def test_a_full_disk_mid_run_is_exit_6_not_2(
 def test_metrics_failing_at_the_end_exit_and_summary_agree(
     make_sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import octave_bulk.run.engine as engine
+    import octave_bulk.run.finish as finish
 
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(engine, "write_metrics", broken)
+    monkeypatch.setattr(finish, "write_metrics", broken)
     sim = make_sim()
     write_contacts(tmp_path / "in.csv", 3)
     out = tmp_path / "o.ndjson"

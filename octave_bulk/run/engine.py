@@ -17,6 +17,9 @@ not on a resume whose cursor applies: the same input and settings passed it alre
 the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
 end) and the ``budget`` left is taken from it.
 
+Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
+written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
+
 Stops (control.py): ``max_calls``, the budget and the breaker stop dispatch and let calls in
 flight finish; SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at
 once); 401/402/403 stop at once. Every stop flushes, fsyncs and writes the summary; every stop
@@ -26,7 +29,6 @@ is resumable.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import sys
 import time
@@ -38,24 +40,24 @@ import anyio
 import httpx
 
 from octave_bulk.agents import get_agent
-from octave_bulk.build import request_spec
 from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
-from octave_bulk.intake import open_contacts, reader_options
+from octave_bulk.intake import open_contacts
 from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.observe.log import log_event
-from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.callbacks import CallbackReceiver
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
+from octave_bulk.run.finish import FinishedInput, finish_run, record_history
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import check_credits
+from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
@@ -64,15 +66,14 @@ from octave_bulk.state.cursor import (
     CursorKeeper,
     ResumeCursor,
     input_identity,
-    load_cursor,
     load_first_rows,
 )
-from octave_bulk.state.files import NdjsonAppender, write_json_atomic
+from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.jobs import PendingJob, load_jobs, settled_line
+from octave_bulk.state.jobs import PendingJob, carried_jobs
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
@@ -82,7 +83,6 @@ from octave_bulk.state.preflight import (
     check_writable,
     remove_stale_temp_files,
 )
-from octave_bulk.utc import utc_iso
 
 __all__ = ["run_batch"]
 
@@ -177,7 +177,7 @@ class _Run:
         even if the run is killed)."""
         while self.history is not None:
             await anyio.sleep(interval)
-            update = functools.partial(_record, self.history, self.run_id)
+            update = functools.partial(record_history, self.history, self.run_id)
             await anyio.to_thread.run_sync(update, self.progress_columns())
 
     def on_durable(self, outcome: Success | Failure | Submitted, person: int) -> None:
@@ -343,53 +343,6 @@ class _Run:
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
 
 
-def _record(history: RunHistory, run_id: str, columns: dict[str, Any]) -> None:
-    """Update the run's history row; a ledger that cannot be written (locked by another
-    writer past the busy timeout, a full disk) is logged, never worth the run."""
-    try:
-        history.update(run_id, **columns)
-    except StateError as exc:
-        log_event("history_not_updated", level=logging.WARNING, error=str(exc))
-
-
-def _resume_cursor(
-    reader: ContactReader,
-    paths: OutputPaths,
-    settings: Settings,
-    identity: dict[str, Any] | None,
-    fingerprint: str,
-) -> tuple[ResumeCursor, str]:
-    """Skip the input's settled prefix if a saved cursor still applies; what was skipped and
-    why (or why not)."""
-    if settings.retry_failed:
-        return ResumeCursor(), "not used with --retry-failed"
-    if reader.format != "csv":
-        return ResumeCursor(), "not used for NDJSON input"
-    cursor, note = load_cursor(paths, identity, fingerprint)
-    if cursor is None:
-        return ResumeCursor(), note
-    reader.skip_to(cursor.line, cursor.counts["read"])
-    return cursor, f"skipped {cursor.counts['read']:,} settled rows (lines up to {cursor.line:,})"
-
-
-def _fingerprint(settings: Settings) -> str:
-    """What must match for a resume cursor to apply: the agent, how rows are read and
-    requests built."""
-    shape = repr((settings.agent_type, reader_options(settings), request_spec(settings)))
-    return hashlib.sha256(shape.encode()).hexdigest()
-
-
-def _count_lines(path: Path | None) -> int | None:
-    """Input records, roughly (lines minus the header), for the progress bar's total."""
-    if path is None or not path.is_file():
-        return None
-    lines = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return max(0, lines - 1)
-
-
 async def run_batch(
     input_path: str | Path,
     output: str | Path,
@@ -473,7 +426,7 @@ async def _locked_run(
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
-    carried = _carried_jobs(paths, state)
+    carried = carried_jobs(paths, state)
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
@@ -486,11 +439,11 @@ async def _locked_run(
         )
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
-        expected = _count_lines(Path(input_path) if str(input_path) != "-" else None)
+        expected = count_lines(Path(input_path) if str(input_path) != "-" else None)
         if reader.format != "csv":
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
-        fingerprint = _fingerprint(settings)
-        start, cursor_note = _resume_cursor(reader, paths, settings, identity, fingerprint)
+        fingerprint = settings_fingerprint(settings)
+        start, cursor_note = resume_cursor(reader, paths, settings, identity, fingerprint)
         if not start.line:  # a resume whose cursor applies passed the guard already
             resend = check_resend(input_path, settings, state)
             if resend.trips(settings.resend_guard) and not settings.allow_resend:
@@ -543,119 +496,14 @@ async def _locked_run(
         async with open_client(settings, transport=transport) as client:
             with frozen_heap():
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
-    stats, control = run.stats, run.control
-    exit_code = run.exit_code()
-    document = stats.summary(
-        tool="octave-bulk",
-        run_id=run.run_id,
-        started_at=utc_iso(stats.started, ms=False),
-        finished_at=utc_iso(),
-        exit_code=exit_code,
-        stop_reason=control.reason,
-        fatal_error=control.fatal.message if control.fatal else None,
-        fatal_kind=control.fatal.kind if control.fatal else None,
-        stop_detail=control.detail,
-        limits=run.remember_limits(),
-        input_error=str(run.admission.input_error) if run.admission.input_error else None,
-        resumable=exit_code != ExitCode.OK,
-        input={
-            "path": str(input_path),
-            "format": reader.format,
-            "encoding": reader.encoding,
-            "encoding_note": reader.encoding_note,
-            "footer_rows": reader.footer_rows,
-            "mapping": reader.mapping.to_dict(),
-        },
-        outputs={
-            "results": str(paths.results),
-            "errors": str(paths.errors),
-            "rejects": str(paths.rejects),
-            "summary": str(paths.summary),
-        },
-        already_done_before_run=done_before,
-        resume_cursor={"rows_skipped_unread": start.counts["read"], "note": cursor_note},
-        repaired_bytes=scan.repaired_bytes,
-        corrupt_result_lines=scan.bad_lines,
-        unknown_request_ids=state.outcome_unknown[:100],
-        async_jobs=_jobs_summary(run) if run.jobs is not None else None,
-        settings=settings.redacted(),
+    return finish_run(
+        run,
+        FinishedInput(input_path, reader, start, cursor_note),
+        state=state,
+        done_before=done_before,
+        history=history,
+        index=index,
     )
-    if settings.metrics_textfile is not None:  # before the summary: both tell the same exit
-        try:
-            write_metrics(settings.metrics_textfile, document, output=str(paths.results))
-        except OSError as exc:
-            exit_code = ExitCode.FILE_ERROR
-            document["exit_code"] = exit_code
-            document["resumable"] = True
-            document["file_error"] = (
-                f"{settings.metrics_textfile}: cannot write the metrics: {exc.strerror}"
-            )
-    try:
-        write_json_atomic(paths.summary, document)
-    except OSError as exc:
-        _record(history, run.run_id, {"finished_at": time.time(),
-                                      "exit_code": ExitCode.FILE_ERROR,
-                                      "stop_reason": control.reason, **run.progress_columns()})  # fmt: skip
-        raise StateError(
-            f"{paths.summary}: cannot write the summary ({exc.strerror}); every result written "
-            "is safe: fix the cause, then run the same command to resume",
-            calls_sent=stats.calls_sent,
-        ) from None
-    if index is not None:
-        try:
-            index.fold()
-            index.add_other_records(run.admission.other_records)
-            index.save_snapshot(state.snapshot())  # the next start reads this, not the files
-        except StateError as exc:
-            log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
-    ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
-    _record(history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()})
-    log_event(
-        "stop",
-        run_id=run.run_id,
-        exit_code=exit_code,
-        reason=control.reason or "finished",
-        counts=stats.counts(),
-        calls=stats.calls,
-        credits=stats.credits,
-    )
-    return RunSummary.from_document(document)
-
-
-def _carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
-    """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
-    job whose result is already durable gets its lost ``settled`` line now."""
-    if not paths.jobs.exists():
-        return []
-    awaited: list[PendingJob] = []
-    done: list[PendingJob] = []
-    for job in load_jobs(paths.jobs):
-        (done if id_key(job.request_id) in state.done else awaited).append(job)
-    if done:
-        appender = NdjsonAppender(paths.jobs)
-        for job in done:
-            appender.write(settled_line(job.request_id, job.handle, "ok"))
-        appender.close()
-    state.awaiting = frozenset(job.request_id for job in awaited)
-    # A submit whose handle line made it to the file before the kill is known, not unknown
-    # (its in-flight slot is released only once the line is fsynced).
-    state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
-    return awaited
-
-
-def _jobs_summary(run: _Run) -> dict[str, Any]:
-    """The async section of the summary."""
-    stats = run.stats
-    return {
-        "mode": run.settings.mode,
-        "carried_from_earlier_runs": len(run.carried_jobs),
-        "submitted": stats.submitted,
-        "awaiting_result": stats.awaiting,
-        "polls": stats.polls,
-        "poll_errors": stats.poll_errors,
-        "given_up_after_job_timeout": stats.jobs_given_up,
-        "jobs_file": str(run.paths.jobs),
-    }
 
 
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:

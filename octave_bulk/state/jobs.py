@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from octave_bulk.state.files import iter_ndjson, repair_tail, write_atomic
+from octave_bulk.state.files import NdjsonAppender, iter_ndjson, repair_tail, write_atomic
+from octave_bulk.state.idset import id_key
+from octave_bulk.state.paths import OutputPaths
 from octave_bulk.utc import utc_iso
 
-__all__ = ["PendingJob", "load_jobs", "settled_line", "submitted_line"]
+if TYPE_CHECKING:
+    from octave_bulk.state.ledger import LedgerState
+
+__all__ = ["PendingJob", "carried_jobs", "load_jobs", "settled_line", "submitted_line"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +87,24 @@ def load_jobs(path: Path, *, compact: bool = True) -> list[PendingJob]:
         )
         write_atomic(path, lines)
     return list(pending.values())
+
+
+def carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
+    """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
+    job whose result is already durable gets its lost ``settled`` line now."""
+    if not paths.jobs.exists():
+        return []
+    awaited: list[PendingJob] = []
+    done: list[PendingJob] = []
+    for job in load_jobs(paths.jobs):
+        (done if id_key(job.request_id) in state.done else awaited).append(job)
+    if done:
+        appender = NdjsonAppender(paths.jobs)
+        for job in done:
+            appender.write(settled_line(job.request_id, job.handle, "ok"))
+        appender.close()
+    state.awaiting = frozenset(job.request_id for job in awaited)
+    # A submit whose handle line made it to the file before the kill is known, not unknown
+    # (its in-flight slot is released only once the line is fsynced).
+    state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
+    return awaited
