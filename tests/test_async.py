@@ -206,6 +206,22 @@ async def test_a_job_pending_past_job_timeout_is_left_for_the_next_run(
     assert totals(sim)["async_submits"] == totals(sim)["calls"] == 8  # polled, never re-paid
 
 
+async def test_a_result_over_max_response_bytes_fails_its_contact(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # A pending status answer is ~250 bytes, a sequence result ~2 KB.
+    sim = make_sim(latency=parse_latency("100ms"))
+    write_contacts(tmp_path / "in.csv", 4)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, max_response_bytes=800, **FAST_POLLS)
+    summary = await run_batch(tmp_path / "in.csv", out, settings)
+    errors = read_lines(side(out, ".errors.ndjson"))
+    assert summary["exit_code"] == 1 and not read_lines(out)
+    assert [e["error"]["kind"] for e in errors] == ["response_too_large"] * 4
+    assert not any(e["error"]["retryable"] for e in errors)
+    assert summary["async_jobs"]["awaiting_result"] == 0  # settled, not polled until timeout
+
+
 def test_doctor_async_checks_the_status_endpoint_without_paying(make_sim: Any) -> None:
     sim = make_sim()
     result = CliRunner().invoke(

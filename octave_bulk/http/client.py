@@ -295,12 +295,15 @@ class OctaveClient:
         answer is (``nothing`` says why when the agent produced nothing).
 
         Raises:
-            ApiError: an error status other than 404/410 (those mean the handle expired).
+            ApiError: an error status other than 404/410 (those mean the handle expired); an
+                answer over ``max_body`` (``response_too_large``).
         """
         contract = self._contract
         url = httpx.URL(self._root + contract.status_path, params={contract.status_param: handle})
         try:
             response = await self._send("GET", url, self._headers, None)
+        except TooLarge as exc:  # a result over the cap: the job fails as a sync call would
+            raise _too_large(exc.size, self._max_body, handle) from None
         except Exception as exc:
             raise transport_error(exc, None) from None
         return judged(read_status(response, handle), self._agent)

@@ -138,15 +138,9 @@ class Jobs:
         """A job's answer (from a poll or a callback): an outcome once it has ended. Returns
         whether the job was live and has ended now (False for a duplicate or a pending job)."""
         live = self._live.get(handle)
-        if live is None:
+        if live is None or answer.state is JobState.PENDING:
             return False
-        if answer.state is JobState.PENDING:
-            return False
-        del self._live[handle]
-        self.stats.awaiting = len(self._live)
-        self._room.set()
-        self._room = anyio.Event()
-        self._nudge()
+        self._drop(live)
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
             # It ended between its last poll that found it pending and this one (the middle,
@@ -252,14 +246,26 @@ class Jobs:
         if isinstance(exc, FatalApiError):
             self.control.on_error(exc)  # the key or the endpoint: stop the run
             return
+        if exc.kind == ErrorKind.RESPONSE_TOO_LARGE:  # its result will never fit: it fails
+            self._drop(live)
+            job = live.job
+            self._write(Failure(job.request_id, job.contact, exc, 1, None, (), job.handle))
+            return
         log_event("poll_failed", level=logging.DEBUG, kind=exc.kind, status=exc.status)
         self._schedule(live, time.monotonic())
+
+    def _drop(self, live: _Live) -> None:
+        """No longer awaited: room for another submit."""
+        del self._live[live.job.handle]
+        self.stats.awaiting = len(self._live)
+        self._room.set()
+        self._room = anyio.Event()
+        self._nudge()
 
     def _give_up(self, live: _Live) -> None:
         """A job pending longer than ``job_timeout``: no longer polled in this run (its
         handle stays recorded: the next run polls it again; nothing is paid again)."""
-        del self._live[live.job.handle]
-        self.stats.awaiting = len(self._live)
+        self._drop(live)
         self.stats.jobs_given_up += 1
         log_event(
             "job_still_pending",
@@ -268,9 +274,6 @@ class Jobs:
             handle=live.job.handle,
             after_s=round(time.monotonic() - live.submitted),
         )
-        self._room.set()
-        self._room = anyio.Event()
-        self._nudge()
 
     def _polling_over(self) -> bool:
         return self.control.halted.is_set()
