@@ -84,6 +84,7 @@ def test_a_kill_9_loses_no_paid_call_the_next_run_polls_its_handles(
 
     code, log = Run(sim.url, tmp_path / "in.csv", out, *args, *env_polls).finish(timeout=90)
     assert code == 0, log
+    assert "async: submitted" in log and "awaiting 0" in log
     results = read_lines(out)
     assert Counter(r["requestId"] for r in results) == Counter(rids)  # nothing lost, none twice
     # Every handle recorded before the kill was polled, not submitted again: the extra paid

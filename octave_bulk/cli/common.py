@@ -121,6 +121,13 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             f"  stopped: {summary['input_error']}; fix the input, then run again to resume."
         )
     lines.append(_throughput_line(summary))
+    jobs = summary.get("async_jobs")
+    if jobs:
+        awaiting = jobs.get("awaiting_result") or 0
+        lines.append(
+            f"  async: submitted {jobs.get('submitted')}, polls {jobs.get('polls')}, "
+            f"awaiting {awaiting}" + (" (the next run polls them)" if awaiting else "")
+        )
     if out:
         lines.append(f"  results: {out.get('results')}")
         lines.append(f"  errors:  {out.get('errors')}   rejects: {out.get('rejects')}")
