@@ -6,26 +6,29 @@ by the sink's group commit); :meth:`Jobs.run` polls due jobs until every job is 
 once - from a poll or from a callback (:meth:`Jobs.complete`: whichever comes first wins, a
 duplicate is ignored).
 
-When a job is polled: first at the median duration of the jobs finished so far (each counted
-halfway from its last poll that found it pending to the one that found it done; before three
-have finished, ``poll_interval_min`` after its submit), then every ``5 %`` of its age
+When a job is polled: first at the median duration of the latest 32 jobs that finished (each
+counted halfway from its last poll that found it pending to the one that found it done; before
+three have finished, ``poll_interval_min`` after its submit), then every ``5 %`` of its age
 (``100 %`` while no duration is known; once one is, those polls are brought forward), within
 ``[poll_interval_min, poll_interval_max]``: a 40-s job is seen about 1 s after its end, after
 two or three polls (sigma 0.1; measured in benchmarks/bench_async.py). Polls pass their own
 :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are not
-the submit's: ``poll_rate`` caps it, its 429s slow it) and at most ``poll_concurrency``
-are in flight, so polling never takes the submit's pace. The oldest due job goes first.
+the submit's: ``poll_rate`` caps it, its 429s slow it), at most ``poll_concurrency`` are in
+flight, and a budget follows the rate jobs end at (:meth:`Jobs._spend`: a server queue would
+otherwise multiply the polls), so polling never takes the submit's pace. The oldest due job
+goes first.
 
 A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
 (it stays recorded; the run ends with exit 1 and the next run polls it). A poll's answer:
-``done`` -> a success (or ``not_found`` when the agent produced nothing);
-``failed`` -> a retryable ``agent_error`` (the next run submits the contact again); a handle the
-API no longer knows -> ``expired`` (retryable only with ``resubmit_expired``); an error status
--> polled again later (a 401/403 stops the run, as any fatal answer; the submits' breaker
-does not count polls: a status endpoint that keeps failing is bounded by ``job_timeout``). A
-stop by signal or a fatal answer ends polling at once: every job left is in
-``OUT.jobs.ndjson`` and the next run polls it (nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep
-polling the jobs already paid for until the drain deadline.
+``done`` -> a success (or ``not_found`` when the agent produced nothing); ``failed`` -> a
+retryable ``agent_error`` (the next run submits the contact again); a handle the API no longer
+knows -> ``expired`` (retryable only with ``resubmit_expired``); a result over
+``max_response_bytes`` -> ``response_too_large``; an error status -> polled again later (a
+401/403 stops the run, as any fatal answer; the submits' breaker does not count polls: a
+status endpoint that keeps failing is bounded by ``job_timeout``). A stop by signal or a fatal
+answer ends polling at once: every job left is in ``OUT.jobs.ndjson`` and the next run polls it
+(nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep polling the
+jobs already paid for until the drain deadline.
 """
 
 from __future__ import annotations
