@@ -421,7 +421,7 @@ class Settings(BaseSettings):
             parse_budget(value)
         return value
 
-    @field_validator("rate", mode="before")
+    @field_validator("rate", "poll_rate", mode="before")
     @classmethod
     def _rate(cls, value: Any) -> float | None:
         return parse_rate(value)
@@ -463,11 +463,6 @@ class Settings(BaseSettings):
         if value <= 0:
             raise ValueError("must be > 0")
         return value
-
-    @field_validator("poll_rate", mode="before")
-    @classmethod
-    def _poll_rate(cls, value: Any) -> float | None:
-        return parse_rate(value)
 
     @field_validator("callback_listen")
     @classmethod

@@ -26,6 +26,7 @@ import httpx
 import orjson
 
 from octave_bulk.agents.base import Agent
+from octave_bulk.agents.fields import credits_of
 from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.retry import status_error
 
@@ -184,8 +185,7 @@ def job_answer(metadata: Any, data: dict[str, Any]) -> JobAnswer:
     else:
         body = {"_metadata": metadata, "found": True, "data": result}
     usage = body["_metadata"].get("usage") if isinstance(body["_metadata"], dict) else None
-    credits = float(usage) if isinstance(usage, int | float) and not isinstance(usage, bool) else 0
-    return JobAnswer(JobState.DONE, orjson.dumps(body), credits, word=word)
+    return JobAnswer(JobState.DONE, orjson.dumps(body), credits_of(usage), word=word)
 
 
 def judged(answer: JobAnswer, agent: Agent) -> JobAnswer:

@@ -63,7 +63,6 @@ from octave_bulk.state.jobs import PendingJob
 
 __all__ = ["Jobs"]
 
-_FIRST_SHARE = 1.0
 _AGE_SHARE, _BLIND_AGE_SHARE = 0.05, 1.0
 _DONE_AT_FIRST = 0.9  # a job done at its first poll ended before it: counted a little earlier
 _KNOWN_AFTER = 3  # finished jobs before their median is trusted
@@ -285,7 +284,7 @@ class Jobs:
         """The typical job time is known now: a job polled blind whose next poll comes later
         than that is brought forward."""
         now = time.monotonic()
-        first = _FIRST_SHARE * statistics.median(self._durations)
+        first = statistics.median(self._durations)
         for live in self._live.values():
             due = max(now, live.submitted + first)
             if live.due > due:
@@ -297,7 +296,7 @@ class Jobs:
         known = len(self._durations) >= _KNOWN_AFTER
         typical = statistics.median(self._durations) if known else None
         if live.polls == 0:  # a job of an earlier run is old already: polled at once
-            first = _FIRST_SHARE * typical if typical is not None else lowest
+            first = typical if typical is not None else lowest
             due = live.submitted + first
         else:
             share = _AGE_SHARE if typical is not None else _BLIND_AGE_SHARE

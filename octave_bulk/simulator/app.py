@@ -292,7 +292,7 @@ class Simulator:
                 self.totals["over_capacity"] += 1
                 retry_after = []
                 if self.config.inflight_retry_after:
-                    retry_after.append((b"retry-after", self._retry_after(1.0)))
+                    retry_after.append((b"retry-after", self.retry_after(1.0)))
                 await self._error(send, "429", retry_after)
             else:
                 await self._too_many(send, rid, wait * self.config.time_scale)
@@ -376,7 +376,7 @@ class Simulator:
             await _send(send, 502, _HTML_502, b"text/html; charset=utf-8")
             self.by_status[502] += 1
         elif kind == "503":
-            await self._error(send, "503", [(b"retry-after", self._retry_after(1.0))])
+            await self._error(send, "503", [(b"retry-after", self.retry_after(1.0))])
         elif kind == "hang":
             await self._hang(receive, send)
         elif kind == "reset":
@@ -455,7 +455,7 @@ class Simulator:
             u_form = _uniforms(self.config.seed, rid, "429", self.totals["rate_limited"])[0]
         total = mix.seconds + mix.date + mix.absent
         point = u_form * total
-        seconds = self._retry_after(wait)
+        seconds = self.retry_after(wait)
         headers: list[tuple[bytes, bytes]] = []
         if point < mix.seconds:
             headers.append((b"retry-after", seconds))
@@ -464,7 +464,7 @@ class Simulator:
             headers.append((b"retry-after", format_datetime(when, usegmt=True).encode()))
         await self._error(send, "429", headers)
 
-    def _retry_after(self, wait: float) -> bytes:
+    def retry_after(self, wait: float) -> bytes:
         """Retry-After delay-seconds for a wait in the simulated regime's seconds: the whole
         seconds (at least 1) an unscaled server sends, divided by the time scale and rounded
         up: to whole seconds when the scale is <= 1, else to the millisecond (``0.2``)."""

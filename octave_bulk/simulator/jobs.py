@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,9 +37,8 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from octave_bulk.agents import get_agent
+from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.agents.base import Agent
-from octave_bulk.agents.sequence import SEQUENCE
 from octave_bulk.simulator.wire import (
     Receive,
     Scope,
@@ -60,17 +58,8 @@ __all__ = ["ASYNC_STATUS_PATH", "ASYNC_SUBMIT_PATH", "AsyncJobs"]
 
 ASYNC_SUBMIT_PATH = "/api/v2/async/agent/run"
 ASYNC_STATUS_PATH = "/api/v2/async/agent/run/status"
-_KINDS_BY_TYPE = {
-    "EMAIL": "sequence",
-    "SEQUENCE": "sequence",
-    "ENRICH_PERSON": "enrich-person",
-    "ENRICH_COMPANY": "enrich-company",
-    "QUALIFY_PERSON": "qualify-person",
-    "QUALIFY_COMPANY": "qualify-company",
-    "CONTENT": "content",
-    "CALL_PREP": "call-prep",
-    "PROSPECTOR": "prospector",
-}
+_KINDS_BY_TYPE = {get_agent(kind).api_type: kind for kind in AGENT_KINDS}
+"""An agent type of the workspace (``config.agents``) -> the registry's kind."""
 
 
 @dataclass(slots=True)
@@ -138,8 +127,7 @@ class AsyncJobs:
         sim = self.sim
         sim.totals[total] += 1
         sim.by_status[429] += 1
-        seconds = max(1, math.ceil(wait * sim.config.time_scale - 1e-9)) / sim.config.time_scale
-        headers = [(b"retry-after", f"{seconds:.3f}".encode())]
+        headers = [(b"retry-after", sim.retry_after(wait * sim.config.time_scale))]
         body = envelope("Too many requests", "Rate limit exceeded, slow down")
         await send_json(send, 429, body, headers)
         return True
@@ -201,7 +189,7 @@ class AsyncJobs:
 
     def _agent(self, agent_oid: str) -> Agent:
         kind = _KINDS_BY_TYPE.get(self.sim.config.agents.get(agent_oid, ""), "sequence")
-        return SEQUENCE if kind == "sequence" else get_agent(kind)
+        return get_agent(kind)
 
     async def _work(self, job: _Job) -> None:
         sim, cfg = self.sim, self.sim.config
