@@ -7,12 +7,8 @@ a key file, never from a flag or the config file, and is held as a ``SecretStr``
 
 from __future__ import annotations
 
-import contextvars
-import difflib
 import json
-import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +20,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,13 +28,13 @@ from pydantic_settings import (
 
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
+from octave_bulk.config_file import CONFIG_FILE, TomlFile, value_origin
 from octave_bulk.errors import ConfigError
 from octave_bulk.ids import target_id_problem
 
-__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate", "settings_reference"]
+__all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
 
 DEFAULT_BASE_URL = "https://app.octavehq.com"
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config", default=None)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
 
 
@@ -73,65 +68,6 @@ def parse_rate(value: str | float | None) -> float | None:
         msg = "rate must be > 0 (or none)"
         raise ValueError(msg)
     return per_second
-
-
-def settings_reference() -> Path | None:
-    """``default.toml``, every setting with its default: in the installed package, else in
-    the source tree's ``configs/`` (None when neither is there)."""
-    package = Path(__file__).parent
-    for candidate in (package / "default.toml", package.parent / "configs" / "default.toml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _origin(loc: tuple[int | str, ...], given: dict[str, Any], config: str | Path | None) -> str:
-    """Where a bad value came from, when not from a flag: `` (from OCTAVE_RATE)`` (never the
-    value: an environment may hold secrets, and errors are printed to logs)."""
-    name = str(loc[0]) if loc else ""
-    if not name or name in given:
-        return ""
-    env = f"OCTAVE_{name.upper()}"
-    if any(k.upper() == env for k in os.environ):
-        return f" (from {env})"
-    return f" (in {config})" if config else ""
-
-
-class _TomlFile(PydanticBaseSettingsSource):
-    """The ``--config`` TOML file: unknown keys and a key in the file are config errors."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        path = _CONFIG_FILE.get()
-        self.data: dict[str, Any] = {}
-        if path is None:
-            return
-        try:
-            with open(path, "rb") as handle:
-                self.data = tomllib.load(handle)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        known = set(settings_cls.model_fields)
-        for key in self.data:
-            if key == "api_key":
-                raise ConfigError(
-                    f"{path}: api_key does not belong in a config file; "
-                    "set OCTAVE_API_KEY or use --api-key-file"
-                )
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                reference = settings_reference()
-                listed = f" (every setting, with its default: {reference})" if reference else ""
-                raise ConfigError(f"{path}: unknown setting {key!r}{hint}{listed}")
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
 
 
 class Settings(BaseSettings):
@@ -502,7 +438,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlFile(settings_cls))
+        return (init_settings, env_settings, TomlFile(settings_cls))
 
     @classmethod
     def load(
@@ -532,19 +468,19 @@ class Settings(BaseSettings):
             if not key:
                 raise ConfigError(f"{api_key_file}: the key file is empty")
             given["api_key"] = SecretStr(key)
-        token = _CONFIG_FILE.set(Path(config_file) if config_file else None)
+        token = CONFIG_FILE.set(Path(config_file) if config_file else None)
         try:
             return cls(**given)
         except ValidationError as exc:
             lines = [
                 f"{'.'.join(str(p) for p in err['loc']) or 'settings'}"
-                f"{_origin(err['loc'], given, config_file)}: "
+                f"{value_origin(err['loc'], given, config_file)}: "
                 f"{str(err['msg']).removeprefix('Value error, ')}"
                 for err in exc.errors(include_url=False, include_input=False)
             ]
             raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
         finally:
-            _CONFIG_FILE.reset(token)
+            CONFIG_FILE.reset(token)
 
     def redacted(self) -> dict[str, Any]:
         """Settings as JSON-ready data with the key reduced to its last 4 characters."""
