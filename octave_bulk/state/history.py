@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from octave_bulk.errors import StateError
+from octave_bulk.state.files import open_private
 
 __all__ = ["MIGRATIONS", "RunHistory"]
 
@@ -161,6 +163,11 @@ class RunHistory:
         if readonly and not path.exists():
             raise StateError(f"{path}: no run history yet (no run has written it)")
         try:
+            if not readonly:
+                _private(path)
+        except OSError as exc:
+            raise StateError(f"{path}: cannot open the ledger ({exc.strerror})") from None
+        try:
             uri = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
             db = sqlite3.connect(
                 uri,
@@ -178,6 +185,8 @@ class RunHistory:
                 _wal(db, timeout)
                 db.execute("PRAGMA synchronous = NORMAL")
                 _migrate(db, path)
+                for suffix in ("-wal", "-shm"):  # SQLite copies the database's mode; old ones
+                    _private(path.with_name(path.name + suffix), create=False)
             yield cls(db, path)
         except sqlite3.DatabaseError as exc:
             raise StateError(
@@ -265,6 +274,19 @@ class RunHistory:
         """The rows of one read-only statement."""
         with self._lock:
             return self._db.execute(sql, values).fetchall()
+
+
+def _private(path: Path, *, create: bool = True) -> None:
+    """Make ``path`` mode 0600 (creating it empty when ``create``) before SQLite opens it:
+    the ledger holds settings, paths and CRM ids, and SQLite creates its ``-wal`` and
+    ``-shm`` with the database's mode. A file of another owner (a shared ledger) is left."""
+    try:
+        os.close(open_private(path, os.O_RDWR | (os.O_CREAT if create else 0)))
+    except FileNotFoundError:
+        if create:
+            raise
+    except PermissionError:
+        pass
 
 
 def _wal(db: sqlite3.Connection, timeout: float) -> None:

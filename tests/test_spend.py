@@ -1,0 +1,70 @@
+"""Spending: ``--budget`` across runs that share a ledger, are killed or cannot write it;
+the credits check; hostile ``_metadata.usage``; the ledger's file modes; ``export --new``'s
+mark (issue 22, items 9, 10, 14, 15, 16)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from octave_bulk.cli import cli
+from tests.conftest import TEST_KEY
+from tests.helpers import side, write_contacts
+
+ENV = {"OCTAVE_API_KEY": TEST_KEY}
+
+
+def _run(url: str, tmp_path: Path, *extra: str, out: str = "out.ndjson") -> Result:
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / out), "--agent", "ca_1",
+            "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
+    return CliRunner().invoke(cli, args, env=ENV)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def wide_umask() -> Iterator[None]:
+    """The usual umask 022, under which files are created 0644 unless the code says not."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_ledger_and_its_wal_and_shm_are_private(
+    make_sim: Any, tmp_path: Path, wide_umask: None
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert _run(sim.url, tmp_path).exit_code == 0
+    ledger = side(tmp_path / "out.ndjson", ".ledger.sqlite")
+    wal, shm = (ledger.with_name(ledger.name + suffix) for suffix in ("-wal", "-shm"))
+    with sqlite3.connect(ledger) as db:  # a reader's write: SQLite makes the -wal and -shm
+        db.execute("CREATE TABLE probe (x)")
+        assert wal.exists() and shm.exists()
+        assert [_mode(p) for p in (ledger, wal, shm)] == [0o600] * 3
+
+
+def test_a_ledger_left_world_readable_is_made_private(
+    make_sim: Any, tmp_path: Path, wide_umask: None
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    ledger = side(tmp_path / "out.ndjson", ".ledger.sqlite")
+    wal, shm = (ledger.with_name(ledger.name + suffix) for suffix in ("-wal", "-shm"))
+    with sqlite3.connect(ledger) as held:  # an older version's ledger, open elsewhere: 0644
+        held.execute("PRAGMA journal_mode = WAL")
+        held.execute("CREATE TABLE probe (x)")
+        assert [_mode(p) for p in (ledger, wal, shm)] == [0o644] * 3
+        assert _run(sim.url, tmp_path).exit_code == 0
+        assert [_mode(p) for p in (ledger, wal, shm)] == [0o600] * 3
