@@ -4,6 +4,7 @@ mark (issue 22, items 9, 10, 14, 15, 16)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -14,7 +15,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from octave_bulk.agents.fields import MAX_CREDITS_PER_CALL
 from octave_bulk.cli import cli
+from octave_bulk.simulator import SimulatorConfig
+from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from tests.conftest import TEST_KEY
 from tests.helpers import side, write_contacts
 
@@ -68,3 +72,24 @@ def test_a_ledger_left_world_readable_is_made_private(
         assert [_mode(p) for p in (ledger, wal, shm)] == [0o644] * 3
         assert _run(sim.url, tmp_path).exit_code == 0
         assert [_mode(p) for p in (ledger, wal, shm)] == [0o600] * 3
+
+
+def test_hostile_usage_is_clamped_and_counted(tmp_path: Path) -> None:
+    """Six answers carry ``_metadata.usage`` 1e308, -1000, 30 digits, NaN, "5" and 1e400: the
+    credits stay finite and >= 0 in the summary, the history and the metrics."""
+    rids = write_contacts(tmp_path / "in.csv", 10)
+    hostile = HostileConfig(forced=dict.fromkeys(rids[:6], "bad_usage"))
+    metrics = tmp_path / "octave.prom"
+    with serve_hostile(SimulatorConfig(usage_per_run=1.0), hostile) as sim:
+        result = _run(sim.url, tmp_path, "--metrics-textfile", str(metrics))
+        assert sim.front is not None and sim.front.counts["bad_usage"] == 6
+    assert result.exit_code == 0, result.output
+    # 4 answers of 1 credit; 1e308, 30 digits and 1e400 count as the most a call can cost.
+    expected = 4 + 3 * MAX_CREDITS_PER_CALL
+    summary = json.loads(side(tmp_path / "out.ndjson", ".summary.json").read_text())
+    assert (summary["credits"], summary["usage_anomalies"]) == (expected, 6)
+    listed = CliRunner().invoke(cli, ["history", str(tmp_path / "out.ndjson"), "--json"])
+    assert json.loads(listed.output)[0]["credits"] == expected
+    gauge = f'octave_bulk_credits_used{{output="{tmp_path / "out.ndjson"}"}} {expected}'
+    assert gauge in metrics.read_text().splitlines()
+    assert result.output.count("usage_anomaly") == 6

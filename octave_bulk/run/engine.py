@@ -196,6 +196,14 @@ class _Run:
         if isinstance(outcome, Success):
             stats.succeeded += 1
             stats.credits += outcome.credits
+            if outcome.usage_anomaly is not None:
+                stats.usage_anomalies += 1
+                log_event(
+                    "usage_anomaly",
+                    level=logging.WARNING,
+                    request_id=outcome.request_id,
+                    anomaly=outcome.usage_anomaly,
+                )
             if self.slots is not None:
                 self.slots.settle(outcome.request_id)
             frontier.settle(outcome.request_id)

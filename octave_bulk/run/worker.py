@@ -156,6 +156,7 @@ class Worker:
             latency_ms=round(latency),
             slot=slot,
             calls=tuple(calls),
+            usage_anomaly=result.usage_anomaly,
         )
 
     async def _sleep(self, seconds: float) -> None:
