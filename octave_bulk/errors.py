@@ -75,6 +75,7 @@ class StopReason(enum.StrEnum):
     BUDGET = "budget"
     INTERRUPTED = "interrupted"
     INPUT_ERROR = "input_error"
+    LEDGER = "ledger"
 
     @property
     def exit_code(self) -> ExitCode:
@@ -89,6 +90,7 @@ _STOP_EXIT = {
     StopReason.BUDGET: ExitCode.MAX_CALLS,
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.INPUT_ERROR: ExitCode.USAGE,
+    StopReason.LEDGER: ExitCode.FILE_ERROR,
 }
 
 

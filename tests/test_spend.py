@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ from click.testing import CliRunner, Result
 
 from octave_bulk.agents.fields import MAX_CREDITS_PER_CALL
 from octave_bulk.cli import cli
+from octave_bulk.errors import StateError
 from octave_bulk.simulator import SimulatorConfig
+from octave_bulk.simulator.config import Latency
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
+from octave_bulk.state.history import RunHistory
 from tests.conftest import TEST_KEY
-from tests.helpers import side, write_contacts
+from tests.helpers import Run, side, write_contacts
 
 ENV = {"OCTAVE_API_KEY": TEST_KEY}
 
@@ -93,3 +97,63 @@ def test_hostile_usage_is_clamped_and_counted(tmp_path: Path) -> None:
     gauge = f'octave_bulk_credits_used{{output="{tmp_path / "out.ndjson"}"}} {expected}'
     assert gauge in metrics.read_text().splitlines()
     assert result.output.count("usage_anomaly") == 6
+
+
+def _calls(sim: Any) -> int:
+    return int(sim.stats()["totals"].get("calls", 0))
+
+
+def test_two_runs_sharing_a_ledger_never_exceed_the_budget_together(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """Started together, each with 100 contacts: before, each took the whole budget."""
+    sim = make_sim(latency=Latency(0.5, 0.0))
+    ledger = tmp_path / "shared.sqlite"
+    runs = []
+    for name in ("a", "b"):
+        write_contacts(tmp_path / f"{name}.csv", 100, start=0 if name == "a" else 100)
+        runs.append(Run(sim.url, tmp_path / f"{name}.csv", tmp_path / f"{name}.ndjson",
+                        "--ledger", str(ledger), "--budget", "60/day", "--concurrency", "8"))  # fmt: skip
+    ended = [run.finish(timeout=120) for run in runs]
+    assert [code for code, _ in ended] == [5, 5], ended
+    assert _calls(sim) == 60
+
+
+def test_a_run_killed_early_counts_against_the_budget(make_sim: Any, tmp_path: Path) -> None:
+    """Killed before its first history update (5 s), a run's calls counted 0 before."""
+    sim = make_sim(latency=Latency(1.0, 0.0))
+    write_contacts(tmp_path / "in.csv", 100)
+    out = tmp_path / "out.ndjson"
+    first = Run(sim.url, tmp_path / "in.csv", out, "--budget", "20/day", "--concurrency", "8")
+    deadline = time.monotonic() + 60
+    while _calls(sim) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.kill()
+    assert _calls(sim) >= 4
+    rerun = _run(sim.url, tmp_path, "--budget", "20/day", "--concurrency", "8")
+    assert rerun.exit_code == 5, rerun.output
+    assert _calls(sim) <= 20
+
+
+def test_a_failed_final_history_write_is_exit_6_and_the_budget_still_holds(
+    make_sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = make_sim()
+    update = RunHistory.update
+
+    def failing_at_the_end(self: RunHistory, run_id: str, **fields: Any) -> None:
+        if "finished_at" in fields:
+            raise StateError(f"{self.path}: cannot write the ledger (disk I/O error)")
+        update(self, run_id, **fields)
+
+    write_contacts(tmp_path / "in.csv", 6)
+    with monkeypatch.context() as patched:
+        patched.setattr(RunHistory, "update", failing_at_the_end)
+        failed = _run(sim.url, tmp_path, "--budget", "10/day")
+    assert failed.exit_code == 6, failed.output
+    summary = json.loads(side(tmp_path / "out.ndjson", ".summary.json").read_text())
+    assert summary["exit_code"] == 6 and "history row" in summary["file_error"]
+    assert "disk I/O error" in failed.output
+    write_contacts(tmp_path / "in.csv", 10, start=6)
+    assert _run(sim.url, tmp_path, "--budget", "10/day").exit_code == 5
+    assert _calls(sim) == 10  # 6, then the 4 the budget had left

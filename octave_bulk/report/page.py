@@ -33,6 +33,7 @@ _STOPS = {
     "budget": "the --budget was spent",
     "interrupted": "stopped by a signal (Ctrl-C, SIGTERM)",
     "input_error": "the input could not be read on",
+    "ledger": "the ledger could not be written",
 }
 
 _STYLE = """

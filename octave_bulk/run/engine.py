@@ -15,7 +15,7 @@ Before the first call: the output's state is scanned (``state/ledger.py``), the 
 reads the input once (``guard.py``: too many people already done would be paid again: exit 2;
 not on a resume whose cursor applies: the same input and settings passed it already),
 the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
-end) and the ``budget`` left is taken from it.
+end). A ``budget`` is held in the ledger before each batch of calls (``spend.py``).
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
 written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,11 @@ from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import check_credits
+from octave_bulk.run.spend import BudgetHolds
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
-from octave_bulk.settings import Settings, parse_budget
+from octave_bulk.settings import Settings
 from octave_bulk.sink import Failure, Sink, Submitted, Success
 from octave_bulk.state.cursor import (
     CursorKeeper,
@@ -344,8 +344,9 @@ class _Run:
 
     def exit_code(self) -> ExitCode:
         reason = self.control.reason
-        if reason == StopReason.INPUT_ERROR and self.stats.calls_sent:
-            return ExitCode.FILE_ERROR  # the input broke after calls were sent: not "nothing sent"
+        if reason in (StopReason.INPUT_ERROR, StopReason.LEDGER):
+            # A file broke: after calls were sent, it is not "nothing sent".
+            return ExitCode.FILE_ERROR if self.stats.calls_sent else ExitCode.USAGE
         if reason is not None:
             return reason.exit_code
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
@@ -473,9 +474,7 @@ async def _locked_run(
                 await check_agent(client, settings)
                 await check_credits(client, settings, input_path, paths.results, expected)
         if settings.budget is not None:
-            calls, period = parse_budget(settings.budget)
-            spent = history.paid_calls_since(time.time() - period)
-            run.control.budget_left = max(0, calls - spent)
+            run.control.budget = BudgetHolds(history, run.run_id, settings, run.control)
         history.start(
             run.run_id,
             paths.results.resolve(),

@@ -6,7 +6,9 @@ the settings' fingerprint and the settings with the key redacted, its counts, pa
 credits, calls possibly paid twice, exit code, stop reason and the limits it found. A run
 inserts its row before its first call, updates its paid calls every few seconds while it goes
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
-(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
+(``finished_at`` empty). ``history`` prints these rows. Table ``budget_holds`` keeps the calls
+each run with ``--budget`` held before sending them (``run/spend.py``); the budget sums them,
+and the paid calls of runs that hold none.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
 has already written out (and their bytes). Tables ``outputs``, ``outcomes``, ``contacts`` and
 ``calls`` index each output's files (``state/index.py``); table ``series`` keeps each run's
@@ -26,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +136,26 @@ MIGRATIONS = (
         p99_ms REAL,
         PRIMARY KEY (run_id, at)
     ) WITHOUT ROWID""",
+    # 5: --budget's holds (run/spend.py): calls a run may send, durable before it sends them.
+    """CREATE TABLE budget_holds (
+        run_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        calls INTEGER NOT NULL
+    )""",
+    "CREATE INDEX budget_holds_by_run ON budget_holds (run_id)",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
 _BUSY_MS = 10_000  # how long a writer waits for another one, milliseconds
+_HOLDS_KEPT = 8 * 86_400  # seconds budget holds are kept: longer than the longest period
+
+# Calls spent within a budget's period: the holds of the runs that hold (run/spend.py), and
+# the paid calls of the runs that do not (no --budget, or a version before the holds).
+_SPENT = """
+SELECT (SELECT COALESCE(SUM(calls), 0) FROM budget_holds WHERE at >= :since)
+     + (SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= :since
+        AND run_id NOT IN (SELECT run_id FROM budget_holds))
+"""
 
 
 class RunHistory:
@@ -214,12 +232,38 @@ class RunHistory:
             row | {"run_id": run_id},
         )
 
-    def paid_calls_since(self, since: float) -> int:
-        """Calls paid by runs that went on after ``since`` (a UNIX time), all outputs."""
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= ?", (since,)
-        ).fetchone()
-        return int(row[0])
+    def hold_calls(
+        self, run_id: str, limit: int, since: float, batch: Callable[[int], int]
+    ) -> tuple[int, int]:
+        """In one write transaction: the calls spent since ``since`` by every run of the
+        ledger (holds, and the paid calls of runs without holds), and a hold for ``run_id``
+        of ``batch(left)`` calls when ``left = limit - spent`` is above 0. Returns (calls
+        held now, calls spent before)."""
+        with self.transaction() as db:
+            spent = int(db.execute(_SPENT, {"since": since}).fetchone()[0])
+            left = limit - spent
+            granted = batch(left) if left > 0 else 0
+            if granted:
+                db.execute(
+                    "INSERT INTO budget_holds VALUES (?, ?, ?)", (run_id, time.time(), granted)
+                )
+        return granted, spent
+
+    def release_calls(self, run_id: str, calls: int) -> None:
+        """Give back ``calls`` of the run's holds, newest first (and forget holds older than
+        any period)."""
+        with self.transaction() as db:
+            holds = db.execute(
+                "SELECT rowid, calls FROM budget_holds WHERE run_id = ? ORDER BY rowid DESC",
+                (run_id,),
+            ).fetchall()
+            for rowid, held in holds:
+                if calls <= 0:
+                    break
+                cut = min(held, calls)
+                db.execute("UPDATE budget_holds SET calls = ? WHERE rowid = ?", (held - cut, rowid))
+                calls -= cut
+            db.execute("DELETE FROM budget_holds WHERE at < ?", (time.time() - _HOLDS_KEPT,))
 
     def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The runs, newest first (JSON columns decoded)."""
