@@ -4,6 +4,7 @@ mark (issue 22, items 9, 10, 14, 15, 16)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sqlite3
@@ -157,3 +158,45 @@ def test_a_failed_final_history_write_is_exit_6_and_the_budget_still_holds(
     write_contacts(tmp_path / "in.csv", 10, start=6)
     assert _run(sim.url, tmp_path, "--budget", "10/day").exit_code == 5
     assert _calls(sim) == 10  # 6, then the 4 the budget had left
+
+
+def _export(tmp_path: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["export", str(tmp_path / "out.ndjson"), *args])
+
+
+def _exported(tmp_path: Path, name: str) -> list[str]:
+    result = _export(tmp_path, "-o", str(tmp_path / name), "--new")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / name, newline="", encoding="utf-8") as handle:
+        return [row["request_id"] for row in csv.DictReader(handle)]
+
+
+def test_export_new_to_stdout_is_refused_and_moves_no_mark(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert _run(sim.url, tmp_path).exit_code == 0
+    refused = _export(tmp_path, "-o", "-", "--new")
+    assert refused.exit_code == 2
+    assert "--new cannot write to stdout" in refused.output and "-o new.csv" in refused.output
+    assert "c-00000" not in refused.output
+    assert _exported(tmp_path, "new.csv") == ["c-00000", "c-00001", "c-00002"]
+
+
+def test_export_undo_mark_moves_the_mark_back_one_export(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert _run(sim.url, tmp_path).exit_code == 0
+    assert _exported(tmp_path, "monday.csv") == ["c-00000", "c-00001", "c-00002"]
+    write_contacts(tmp_path / "in.csv", 5)
+    assert _run(sim.url, tmp_path).exit_code == 0
+    assert _exported(tmp_path, "tuesday.csv") == ["c-00003", "c-00004"]
+    undone = _export(tmp_path, "--undo-mark")
+    assert undone.exit_code == 0, undone.output
+    assert "back at 3 results lines (it was at 5)" in undone.output
+    assert _exported(tmp_path, "tuesday-again.csv") == ["c-00003", "c-00004"]
+    assert _export(tmp_path, "--undo-mark").exit_code == 0  # back to Monday's mark again
+    twice = _export(tmp_path, "--undo-mark")
+    assert twice.exit_code == 2 and "undone already" in twice.output
+    assert _exported(tmp_path, "tuesday-third.csv") == ["c-00003", "c-00004"]
+    other = _export(tmp_path, "--undo-mark", "--preset", "lemlist")
+    assert other.exit_code == 2 and "no export --new mark of preset lemlist" in other.output

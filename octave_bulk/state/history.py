@@ -10,7 +10,7 @@ and writes the whole row at the end; a run killed with -9 keeps the row of its l
 each run with ``--budget`` held before sending them (``run/spend.py``); the budget sums them,
 and the paid calls of runs that hold none.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
-has already written out (and their bytes). Tables ``outputs``, ``outcomes``, ``contacts`` and
+has already written out (and their bytes, and the mark before, for ``export --undo-mark``). Tables ``outputs``, ``outcomes``, ``contacts`` and
 ``calls`` index each output's files (``state/index.py``); table ``series`` keeps each run's
 counters once a second (``observe/series.py``).
 
@@ -143,10 +143,21 @@ MIGRATIONS = (
         calls INTEGER NOT NULL
     )""",
     "CREATE INDEX budget_holds_by_run ON budget_holds (run_id)",
+    # 6: an export mark keeps the one before it, for ``export --undo-mark``.
+    "ALTER TABLE export_marks ADD COLUMN previous_lines INTEGER",
+    "ALTER TABLE export_marks ADD COLUMN previous_bytes INTEGER",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
 _BUSY_MS = 10_000  # how long a writer waits for another one, milliseconds
+# A new mark; the one it replaces (0 for the first) becomes the previous one.
+_SET_MARK = """
+INSERT OR REPLACE INTO export_marks
+    (output, preset, lines, exported_at, bytes, previous_lines, previous_bytes)
+VALUES (:output, :preset, :lines, :at, :bytes,
+    COALESCE((SELECT lines FROM export_marks WHERE output = :output AND preset = :preset), 0),
+    COALESCE((SELECT bytes FROM export_marks WHERE output = :output AND preset = :preset), 0))
+"""
 _HOLDS_KEPT = 8 * 86_400  # seconds budget holds are kept: longer than the longest period
 
 # Calls spent within a budget's period: the holds of the runs that hold (run/spend.py), and
@@ -282,13 +293,33 @@ class RunHistory:
 
     def set_export_mark(self, output: Path, preset: str, lines: int, size: int) -> None:
         """Record that the first ``lines`` results lines (``size`` bytes) were exported
-        (once written)."""
+        (once written); the mark it replaces is kept for :meth:`undo_export_mark`."""
         values = {"output": str(output.resolve()), "preset": preset, "lines": lines}
         self._write(
-            "INSERT OR REPLACE INTO export_marks (output, preset, lines, exported_at, bytes) "
-            "VALUES (:output, :preset, :lines, :at, :bytes)",
+            _SET_MARK,
             values | {"at": time.time(), "bytes": size},
         )
+
+    def undo_export_mark(self, output: Path, preset: str) -> tuple[int, int] | None:
+        """Move the preset's mark back to where the last ``export --new`` found it; returns
+        (lines marked before the undo, lines marked now), None when there is nothing to undo
+        (no mark, or undone already: one step back only)."""
+        key = {"output": str(output.resolve()), "preset": preset}
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT lines, previous_lines FROM export_marks "
+                "WHERE output = :output AND preset = :preset",
+                key,
+            ).fetchone()
+            if row is None or row[1] is None:
+                return None
+            db.execute(
+                "UPDATE export_marks SET lines = previous_lines, bytes = previous_bytes, "
+                "previous_lines = NULL, previous_bytes = NULL, exported_at = :at "
+                "WHERE output = :output AND preset = :preset",
+                key | {"at": time.time()},
+            )
+        return int(row[0]), int(row[1])
 
     def _checked(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         """The row, once every name in it is a column of ``runs`` (names go into the SQL
