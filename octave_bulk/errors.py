@@ -76,6 +76,7 @@ class StopReason(enum.StrEnum):
     INTERRUPTED = "interrupted"
     INPUT_ERROR = "input_error"
     LEDGER = "ledger"
+    CREDITS = "credits"
 
     @property
     def exit_code(self) -> ExitCode:
@@ -91,6 +92,7 @@ _STOP_EXIT = {
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.INPUT_ERROR: ExitCode.USAGE,
     StopReason.LEDGER: ExitCode.FILE_ERROR,
+    StopReason.CREDITS: ExitCode.FATAL,
 }
 
 

@@ -200,3 +200,61 @@ def test_export_undo_mark_moves_the_mark_back_one_export(make_sim: Any, tmp_path
     assert _exported(tmp_path, "tuesday-third.csv") == ["c-00003", "c-00004"]
     other = _export(tmp_path, "--undo-mark", "--preset", "lemlist")
     assert other.exit_code == 2 and "no export --new mark of preset lemlist" in other.output
+
+
+def _stdin_contacts(tmp_path: Path, count: int) -> str:
+    write_contacts(tmp_path / "stdin.csv", count)
+    return (tmp_path / "stdin.csv").read_text(encoding="utf-8")
+
+
+def _stdin_run(url: str, tmp_path: Path, text: str, *extra: str) -> Result:
+    args = ["run", "-", "-o", str(tmp_path / "out.ndjson"), "--agent", "ca_1", "--base-url",
+            url, "--rate", "none", "--no-progress", "--concurrency", "4", *extra]  # fmt: skip
+    return CliRunner().invoke(cli, args, env=ENV, input=text)
+
+
+def test_credits_are_checked_without_the_agent_lookup(make_sim: Any, tmp_path: Path) -> None:
+    """``check_agent = false`` skips the agent lookup only: 50 contacts on 5 credits."""
+    sim = make_sim(agents={"ca_1": "EMAIL"}, usage_per_run=1.0, credits_max=5)
+    write_contacts(tmp_path / "in.csv", 50)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tmp_path / "in.csv"),
+            "-o",
+            str(tmp_path / "out.ndjson"),
+            "--agent",
+            "ca_1",
+            "--base-url",
+            sim.url,
+            "--rate",
+            "none",
+            "--no-progress",
+        ],  # fmt: skip
+        env=ENV | {"OCTAVE_CHECK_AGENT": "false"},
+    )
+    assert result.exit_code == 3, result.output
+    assert "50 credits, but 5 remain" in result.output
+    assert _calls(sim) == 0
+
+
+def test_stdin_is_checked_against_its_limit(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(agents={"ca_1": "EMAIL"}, usage_per_run=1.0, credits_max=5)
+    refused = _stdin_run(sim.url, tmp_path, _stdin_contacts(tmp_path, 50), "--limit", "20")
+    assert refused.exit_code == 3, refused.output
+    assert "up to 20 contacts" in refused.output and "but 5 remain" in refused.output
+    assert _calls(sim) == 0
+
+
+def test_stdin_without_a_limit_warns_and_stops_once_the_credits_are_spent(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(agents={"ca_1": "EMAIL"}, usage_per_run=1.0, credits_max=5)
+    result = _stdin_run(sim.url, tmp_path, _stdin_contacts(tmp_path, 50))
+    assert result.exit_code == 3, result.output
+    assert "credits_not_checked" in result.output and "the input is stdin" in result.output
+    assert "warning: credits not checked before the run" in result.output
+    summary = json.loads(side(tmp_path / "out.ndjson", ".summary.json").read_text())
+    assert "stdin" in summary["credits_not_checked"] and summary["stop_reason"] == "credits"
+    assert _calls(sim) == 5 and sim.stats()["credits_used"] == 5

@@ -34,6 +34,7 @@ _STOPS = {
     "interrupted": "stopped by a signal (Ctrl-C, SIGTERM)",
     "input_error": "the input could not be read on",
     "ledger": "the ledger could not be written",
+    "credits": "the credits remaining were spent",
 }
 
 _STYLE = """

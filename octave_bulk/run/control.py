@@ -23,7 +23,7 @@ from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 
 if TYPE_CHECKING:
-    from octave_bulk.run.spend import BudgetHolds
+    from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 
 __all__ = ["NEVER_CONNECTED", "RunControl", "Stopped"]
 
@@ -57,6 +57,7 @@ class RunControl:
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
         self.budget: BudgetHolds | None = None  # the --budget's holds in the ledger
+        self.credits: CreditsCeiling | None = None  # when the credits were not checked before
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
         self._refusing_since: float | None = None  # the first 429 since a call was accepted
@@ -93,8 +94,11 @@ class RunControl:
 
     async def may_pay(self) -> bool:
         """Whether one more call fits the ``budget`` (held in the ledger: it may wait for a
-        transaction); False once the run stops."""
+        transaction) and the credits remaining (when they were not checked before the run:
+        it may ask the API again); False once the run stops."""
         if self.budget is not None and not await self.budget.take():
+            return False
+        if self.credits is not None and not await self.credits.take():
             return False
         return not self.stopping
 

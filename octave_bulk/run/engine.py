@@ -20,7 +20,11 @@ end). A ``budget`` is held in the ledger before each batch of calls (``spend.py`
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
 written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
 
-Stops (control.py): ``max_calls``, the budget and the breaker stop dispatch and let calls in
+Before the run's row, the agent is looked up (``check_agent``) and the credits checked
+(``plan.check_credits``, whatever ``check_agent`` says); a run whose credits could not be
+checked (stdin) stops once they are spent (``spend.py``).
+
+Stops (control.py): ``max_calls``, the budget, the credits and the breaker stop dispatch and let calls in
 flight finish; SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at
 once); 401/402/403 stop at once. Every stop flushes, fsyncs and writes the summary; every stop
 is resumable.
@@ -55,8 +59,8 @@ from octave_bulk.run.finish import FinishedInput, finish_run, record_history
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
-from octave_bulk.run.plan import check_credits
-from octave_bulk.run.spend import BudgetHolds
+from octave_bulk.run.plan import CreditsCheck, check_credits
+from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
@@ -124,6 +128,7 @@ class _Run:
         self.jobs: Jobs | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
+        self.credits = CreditsCheck()  # what the credits check before the run found
         self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
@@ -228,6 +233,8 @@ class _Run:
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
+        if self.credits.ceiling is not None:
+            control.credits = CreditsCeiling(client, *self.credits.ceiling, self.stats, control)
         receiver = None
         if settings.callback_listen and settings.mode == "async":  # before any file is opened
             receiver = CallbackReceiver(settings.callback_listen, get_agent(settings.agent_type))
@@ -469,10 +476,9 @@ async def _locked_run(
         )
         run.history, run.index, run.carried_jobs = history, index, carried
         sent.append(run.stats)
-        if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
-            async with open_client(settings, transport=transport) as client:
-                await check_agent(client, settings)
-                await check_credits(client, settings, input_path, paths.results, expected)
+        async with open_client(settings, transport=transport) as client:  # before the row
+            await check_agent(client, settings)  # (exit 2 or 3 leaves none)
+            run.credits = await check_credits(client, settings, input_path, paths.results, expected)
         if settings.budget is not None:
             run.control.budget = BudgetHolds(history, run.run_id, settings, run.control)
         history.start(

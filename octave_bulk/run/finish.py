@@ -79,6 +79,7 @@ def finish_run(
         fatal_error=control.fatal.message if control.fatal else None,
         fatal_kind=control.fatal.kind if control.fatal else None,
         stop_detail=control.detail,
+        credits_not_checked=run.credits.unchecked,
         limits=run.remember_limits(),
         input_error=str(run.admission.input_error) if run.admission.input_error else None,
         resumable=exit_code != ExitCode.OK,

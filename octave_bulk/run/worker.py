@@ -172,7 +172,8 @@ class Worker:
             raise Stopped
         ticket = await limiter.acquire()
         if not control.may_send() or (  # ... and after: others may have stopped the run
-            control.budget is not None and not await control.may_pay()
+            (control.budget is not None or control.credits is not None)
+            and not await control.may_pay()
         ):
             limiter.on_answer(ticket)  # never sent: its window slot goes back
             raise Stopped
