@@ -30,10 +30,10 @@ from tests.helpers import Run, side, write_contacts
 ENV = {"OCTAVE_API_KEY": TEST_KEY}
 
 
-def _run(url: str, tmp_path: Path, *extra: str, out: str = "out.ndjson") -> Result:
-    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / out), "--agent", "ca_1",
-            "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
-    return CliRunner().invoke(cli, args, env=ENV)
+def _run(url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Result:
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"), "--agent",
+            "ca_1", "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
+    return CliRunner().invoke(cli, args, env=ENV | (env or {}))
 
 
 def _mode(path: Path) -> int:
@@ -217,23 +217,7 @@ def test_credits_are_checked_without_the_agent_lookup(make_sim: Any, tmp_path: P
     """``check_agent = false`` skips the agent lookup only: 50 contacts on 5 credits."""
     sim = make_sim(agents={"ca_1": "EMAIL"}, usage_per_run=1.0, credits_max=5)
     write_contacts(tmp_path / "in.csv", 50)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            str(tmp_path / "in.csv"),
-            "-o",
-            str(tmp_path / "out.ndjson"),
-            "--agent",
-            "ca_1",
-            "--base-url",
-            sim.url,
-            "--rate",
-            "none",
-            "--no-progress",
-        ],  # fmt: skip
-        env=ENV | {"OCTAVE_CHECK_AGENT": "false"},
-    )
+    result = _run(sim.url, tmp_path, env={"OCTAVE_CHECK_AGENT": "false"})
     assert result.exit_code == 3, result.output
     assert "50 credits, but 5 remain" in result.output
     assert _calls(sim) == 0
