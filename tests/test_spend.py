@@ -242,3 +242,19 @@ def test_stdin_without_a_limit_warns_and_stops_once_the_credits_are_spent(
     summary = json.loads(side(tmp_path / "out.ndjson", ".summary.json").read_text())
     assert "stdin" in summary["credits_not_checked"] and summary["stop_reason"] == "credits"
     assert _calls(sim) == 5 and sim.stats()["credits_used"] == 5
+
+
+def test_a_budget_the_ledger_cannot_hold_stops_before_any_call(
+    make_sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = make_sim()
+
+    def locked(self: RunHistory, *args: Any) -> tuple[int, int]:
+        raise StateError(f"{self.path}: cannot write the ledger (database is locked)")
+
+    monkeypatch.setattr(RunHistory, "hold_calls", locked)
+    write_contacts(tmp_path / "in.csv", 5)
+    result = _run(sim.url, tmp_path, "--budget", "10/day")
+    assert result.exit_code == 2, result.output
+    assert "cannot be held in the ledger" in result.output and "database is locked" in result.output
+    assert _calls(sim) == 0
