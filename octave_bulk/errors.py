@@ -75,6 +75,8 @@ class StopReason(enum.StrEnum):
     BUDGET = "budget"
     INTERRUPTED = "interrupted"
     INPUT_ERROR = "input_error"
+    LEDGER = "ledger"
+    CREDITS = "credits"
 
     @property
     def exit_code(self) -> ExitCode:
@@ -89,6 +91,8 @@ _STOP_EXIT = {
     StopReason.BUDGET: ExitCode.MAX_CALLS,
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.INPUT_ERROR: ExitCode.USAGE,
+    StopReason.LEDGER: ExitCode.FILE_ERROR,
+    StopReason.CREDITS: ExitCode.FATAL,
 }
 
 

@@ -67,6 +67,8 @@ class Success:
     calls: tuple[Attempt, ...] = ()
     handle: str | None = None
     """The async job this result came from (None in sync mode)."""
+    usage_anomaly: str | None = None
+    """Why ``_metadata.usage`` was not counted as given (``agents.fields.read_usage``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ class Sink:
                 item.slot,
                 item.calls,
                 item.handle,
+                item.usage_anomaly,
             )
         else:
             offset = self._errors.size

@@ -114,6 +114,10 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.insert(1, f"  why: {summary['stop_detail']}")
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
+    if summary.get("credits_not_checked"):
+        lines.append(
+            f"  warning: credits not checked before the run: {summary['credits_not_checked']}"
+        )
     if summary.get("file_error"):
         lines.append(f"  stopped: {summary['file_error']}")
     if summary.get("input_error"):

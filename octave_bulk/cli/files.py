@@ -25,7 +25,7 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
 
 @click.command()
 @click.argument("results", metavar="OUT.ndjson")
-@click.option("-o", "--output", "target", required=True, help="CSV file to write, or - for stdout.")
+@click.option("-o", "--output", "target", help="CSV file to write, or - for stdout.")
 @click.option(
     "--preset",
     type=click.Choice(["generic", *_SEQUENCERS, *_AGENT_PRESETS, "hubspot", "salesforce"]),
@@ -49,7 +49,14 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     "--new",
     "only_new",
     is_flag=True,
-    help="Only results not exported before with --new (per preset), then mark them exported.",
+    help="Only results not exported before with --new (per preset), then mark them exported "
+    "(to a file only).",
+)
+@click.option(
+    "--undo-mark",
+    is_flag=True,
+    help="Move the preset's --new mark back to where the last export --new found it "
+    "(nothing else is done).",
 )
 @click.option(
     "--run", "run_ids", metavar="RUN_ID", multiple=True, help="Only the results of this run."
@@ -74,6 +81,7 @@ def export(
     body_format: str,
     max_field_chars: int | None,
     only_new: bool,
+    undo_mark: bool,
     run_ids: tuple[str, ...],
     since: datetime.datetime | None,
     all_versions: bool,
@@ -85,13 +93,25 @@ def export(
     One row per person (the latest result; --all-versions for every one). Identity columns,
     then step1_subject, step1_body ... stepN_*, num_steps, request_id, completed_at. Cells
     that could run as spreadsheet formulas are escaped. With --new, the mark moves only once
-    the file is written: an export that fails is done again next time.
+    the file is written: an export that fails is done again next time; --undo-mark moves it
+    back one export (the next --new writes those rows again).
     """
     from octave_bulk.export import export_results
     from octave_bulk.state.history import RunHistory
     from octave_bulk.state.paths import OutputPaths
 
     path = Path(results)
+    if undo_mark:
+        _undo_mark(path, preset, ledger)
+        return
+    if target is None:
+        raise click.UsageError("Missing option '-o' / '--output' (a CSV file, or - for stdout).")
+    if only_new and target == "-":
+        raise click.UsageError(
+            "--new cannot write to stdout: the mark would move over rows the reader may never "
+            "read (| head, a pipe that fails). Export to a file (-o new.csv) and read that, or "
+            "leave out --new (--run RUN_ID or --since select rows without a mark)."
+        )
     try:
         present = None if current_input is None else _people_of(current_input)
         with contextlib.ExitStack() as stack:
@@ -134,6 +154,29 @@ def export(
         else f"{report.rows} contacts with up to {report.steps} steps"
     )
     click.echo(f"exported {what} to {where}{older}", err=True)
+
+
+def _undo_mark(results: Path, preset: str, ledger: Path | None) -> None:
+    """``export --undo-mark``: the preset's mark one export back."""
+    from octave_bulk.state.history import RunHistory
+    from octave_bulk.state.paths import OutputPaths
+
+    try:
+        with RunHistory.open(ledger or OutputPaths.for_output(results).ledger) as history:
+            undone = history.undo_export_mark(results, preset)
+    except OctaveBulkError as exc:
+        fail(exc)
+    if undone is None:
+        raise click.UsageError(
+            f"no export --new mark of preset {preset} to undo for {results} (none yet, or "
+            "undone already: one step back only)"
+        )
+    was, now = undone
+    click.echo(
+        f"the {preset} --new mark of {results} is back at {now:,} results lines (it was at "
+        f"{was:,}): the next export --new writes the {was - now:,} lines after it again",
+        err=True,
+    )
 
 
 def _other_records(results: Path, ledger: Path | None) -> dict[int, str] | None:

@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from octave_bulk.agents.base import Agent
-from octave_bulk.agents.fields import credits_of
+from octave_bulk.agents.fields import read_usage
 from octave_bulk.errors import ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.retry import status_error
 
@@ -91,6 +91,8 @@ class JobAnswer:
     """The ``status`` field as sent, when there was one (``running``, ``queued``...)."""
     nothing: str | None = None
     """For a done job whose agent produced nothing (``found: false``, no payload): why."""
+    usage_anomaly: str | None = None
+    """Why ``_metadata.usage`` was not counted as given (``agents.fields.read_usage``)."""
 
 
 def submit_body(body: bytes, shape: str, callback_url: str) -> bytes:
@@ -185,7 +187,8 @@ def job_answer(metadata: Any, data: dict[str, Any]) -> JobAnswer:
     else:
         body = {"_metadata": metadata, "found": True, "data": result}
     usage = body["_metadata"].get("usage") if isinstance(body["_metadata"], dict) else None
-    return JobAnswer(JobState.DONE, orjson.dumps(body), credits_of(usage), word=word)
+    credits, anomaly = read_usage(usage)
+    return JobAnswer(JobState.DONE, orjson.dumps(body), credits, word=word, usage_anomaly=anomaly)
 
 
 def judged(answer: JobAnswer, agent: Agent) -> JobAnswer:
@@ -197,4 +200,10 @@ def judged(answer: JobAnswer, agent: Agent) -> JobAnswer:
     why = "found: false" if payload.get("found") is False else agent.failure(payload)
     if why is None:
         return answer
-    return JobAnswer(JobState.DONE, answer.raw, answer.credits, nothing=why[:500])
+    return JobAnswer(
+        JobState.DONE,
+        answer.raw,
+        answer.credits,
+        nothing=why[:500],
+        usage_anomaly=answer.usage_anomaly,
+    )

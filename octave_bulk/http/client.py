@@ -28,7 +28,7 @@ from pydantic import SecretStr
 
 from octave_bulk.agents import get_agent
 from octave_bulk.agents.base import Agent
-from octave_bulk.agents.fields import credits_of
+from octave_bulk.agents.fields import read_usage
 from octave_bulk.errors import ApiError, ErrorKind, RetryableApiError, TerminalApiError
 from octave_bulk.http.async_api import (
     AsyncContract,
@@ -68,6 +68,8 @@ class CallSuccess:
 
     raw: bytes
     credits: float
+    usage_anomaly: str | None = None
+    """Why ``_metadata.usage`` was not counted as given (``agents.fields.read_usage``)."""
 
 
 def _env_proxy(base_url: str) -> httpx.Proxy | None:
@@ -243,7 +245,7 @@ class OctaveClient:
             raw = result.raw
             for form in forms:
                 raw = raw.replace(form, MASK.encode())
-            result = CallSuccess(raw=raw, credits=result.credits)
+            result = CallSuccess(raw, result.credits, result.usage_anomaly)
         return result
 
     def _run_request(self, body: bytes, header_id: str) -> httpx.Request:
@@ -442,7 +444,7 @@ def _judge(response: httpx.Response, request_id: str, agent: Agent) -> CallSucce
         raise TerminalApiError(
             why[:500], kind=ErrorKind.NOT_FOUND, status=200, request_id=request_id
         )
-    return CallSuccess(raw=raw, credits=credits_of(metadata.get("usage")))
+    return CallSuccess(raw, *read_usage(metadata.get("usage")))
 
 
 def _lenient_json(raw: bytes) -> tuple[bytes, Any] | None:

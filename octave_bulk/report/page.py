@@ -33,6 +33,8 @@ _STOPS = {
     "budget": "the --budget was spent",
     "interrupted": "stopped by a signal (Ctrl-C, SIGTERM)",
     "input_error": "the input could not be read on",
+    "ledger": "the ledger could not be written",
+    "credits": "the credits remaining were spent",
 }
 
 _STYLE = """

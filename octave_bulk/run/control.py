@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -20,6 +21,9 @@ from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
+
+if TYPE_CHECKING:
+    from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 
 __all__ = ["NEVER_CONNECTED", "RunControl", "Stopped"]
 
@@ -52,7 +56,8 @@ class RunControl:
         as well (polling async jobs) ends at once."""
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
-        self.budget_left: int | None = None  # paid calls the budget allows this run
+        self.budget: BudgetHolds | None = None  # the --budget's holds in the ledger
+        self.credits: CreditsCeiling | None = None  # when the credits were not checked before
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
         self._refusing_since: float | None = None  # the first 429 since a call was accepted
@@ -77,19 +82,25 @@ class RunControl:
             self.dispatch_scope.deadline = anyio.current_time() + self.settings.drain_timeout
 
     def may_send(self) -> bool:
-        """False (and the run stops) once stopping, or once ``max_calls`` calls were sent
-        (or what was left of the ``budget`` when the run started)."""
+        """False (and the run stops) once stopping, or once ``max_calls`` calls were sent.
+        The ``budget`` is asked apart, just before a call goes (:meth:`may_pay`)."""
         if self.stopping:
             return False
         limit, calls = self.settings.max_calls, self.stats.calls
         if limit is not None and calls >= limit:
             self.stop(StopReason.MAX_CALLS)
             return False
-        if self.budget_left is not None and calls >= self.budget_left:
-            self.detail = f"the budget {self.settings.budget} is spent (see octave-bulk history)"
-            self.stop(StopReason.BUDGET)
-            return False
         return True
+
+    async def may_pay(self) -> bool:
+        """Whether one more call fits the ``budget`` (held in the ledger: it may wait for a
+        transaction) and the credits remaining (when they were not checked before the run:
+        it may ask the API again); False once the run stops."""
+        if self.budget is not None and not await self.budget.take():
+            return False
+        if self.credits is not None and not await self.credits.take():
+            return False
+        return not self.stopping
 
     def on_success(self) -> None:
         """A call succeeded: the breaker's counts of failures in a row start again."""

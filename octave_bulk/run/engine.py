@@ -15,12 +15,16 @@ Before the first call: the output's state is scanned (``state/ledger.py``), the 
 reads the input once (``guard.py``: too many people already done would be paid again: exit 2;
 not on a resume whose cursor applies: the same input and settings passed it already),
 the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
-end) and the ``budget`` left is taken from it.
+end). A ``budget`` is held in the ledger before each batch of calls (``spend.py``).
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
 written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
 
-Stops (control.py): ``max_calls``, the budget and the breaker stop dispatch and let calls in
+Before the run's row, the agent is looked up (``check_agent``) and the credits checked
+(``plan.check_credits``, whatever ``check_agent`` says); a run whose credits could not be
+checked (stdin) stops once they are spent (``spend.py``).
+
+Stops (control.py): ``max_calls``, the budget, the credits and the breaker stop dispatch and let calls in
 flight finish; SIGINT/SIGTERM do the same within ``drain_timeout`` (a second signal stops at
 once); 401/402/403 stop at once. Every stop flushes, fsyncs and writes the summary; every stop
 is resumable.
@@ -31,7 +35,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,11 +59,12 @@ from octave_bulk.run.finish import FinishedInput, finish_run, record_history
 from octave_bulk.run.guard import check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
-from octave_bulk.run.plan import check_credits
+from octave_bulk.run.plan import CreditsCheck, check_credits
+from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
-from octave_bulk.settings import Settings, parse_budget
+from octave_bulk.settings import Settings
 from octave_bulk.sink import Failure, Sink, Submitted, Success
 from octave_bulk.state.cursor import (
     CursorKeeper,
@@ -124,6 +128,7 @@ class _Run:
         self.jobs: Jobs | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
+        self.credits = CreditsCheck()  # what the credits check before the run found
         self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
@@ -196,6 +201,14 @@ class _Run:
         if isinstance(outcome, Success):
             stats.succeeded += 1
             stats.credits += outcome.credits
+            if outcome.usage_anomaly is not None:
+                stats.usage_anomalies += 1
+                log_event(
+                    "usage_anomaly",
+                    level=logging.WARNING,
+                    request_id=outcome.request_id,
+                    anomaly=outcome.usage_anomaly,
+                )
             if self.slots is not None:
                 self.slots.settle(outcome.request_id)
             frontier.settle(outcome.request_id)
@@ -220,6 +233,8 @@ class _Run:
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
+        if self.credits.ceiling is not None:
+            control.credits = CreditsCeiling(client, *self.credits.ceiling, self.stats, control)
         receiver = None
         if settings.callback_listen and settings.mode == "async":  # before any file is opened
             receiver = CallbackReceiver(settings.callback_listen, get_agent(settings.agent_type))
@@ -336,8 +351,9 @@ class _Run:
 
     def exit_code(self) -> ExitCode:
         reason = self.control.reason
-        if reason == StopReason.INPUT_ERROR and self.stats.calls_sent:
-            return ExitCode.FILE_ERROR  # the input broke after calls were sent: not "nothing sent"
+        if reason in (StopReason.INPUT_ERROR, StopReason.LEDGER):
+            # A file broke: after calls were sent, it is not "nothing sent".
+            return ExitCode.FILE_ERROR if self.stats.calls_sent else ExitCode.USAGE
         if reason is not None:
             return reason.exit_code
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
@@ -460,14 +476,11 @@ async def _locked_run(
         )
         run.history, run.index, run.carried_jobs = history, index, carried
         sent.append(run.stats)
-        if settings.check_agent and settings.agent_oid:  # before the run's row: exit 2 leaves none
-            async with open_client(settings, transport=transport) as client:
-                await check_agent(client, settings)
-                await check_credits(client, settings, input_path, paths.results, expected)
+        async with open_client(settings, transport=transport) as client:  # before the row
+            await check_agent(client, settings)  # (exit 2 or 3 leaves none)
+            run.credits = await check_credits(client, settings, input_path, paths.results, expected)
         if settings.budget is not None:
-            calls, period = parse_budget(settings.budget)
-            spent = history.paid_calls_since(time.time() - period)
-            run.control.budget_left = max(0, calls - spent)
+            run.control.budget = BudgetHolds(history, run.run_id, settings, run.control)
         history.start(
             run.run_id,
             paths.results.resolve(),

@@ -3,9 +3,11 @@ history row, the ``stop`` event.
 
 Contract: :func:`finish_run` takes a run whose dispatch is over (done, stopped or cancelled,
 every outcome durable) and returns its :class:`RunSummary`, written to ``OUT.summary.json``.
-The metrics file is written before the summary so that both tell the same exit code; a
-summary that cannot be written is a :class:`StateError` carrying the calls sent (exit 6).
-A ledger that cannot be updated is logged, never worth the run.
+The run's history row is completed first, then the metrics file, then the summary, so that
+all three tell the same exit code: a history row or a metrics file that cannot be written is
+exit 6 (stopped after sending; the ``--budget`` does not depend on the row: ``spend.py``), a
+summary that cannot be written is a :class:`StateError` carrying the calls sent (exit 6). The
+ledger's index (fold, snapshot) that cannot be updated is logged, never worth the run.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def finish_run(
         fatal_error=control.fatal.message if control.fatal else None,
         fatal_kind=control.fatal.kind if control.fatal else None,
         stop_detail=control.detail,
+        credits_not_checked=run.credits.unchecked,
         limits=run.remember_limits(),
         input_error=str(run.admission.input_error) if run.admission.input_error else None,
         resumable=exit_code != ExitCode.OK,
@@ -102,16 +105,22 @@ def finish_run(
         async_jobs=_jobs_summary(run) if run.jobs is not None else None,
         settings=settings.redacted(),
     )
+    if control.budget is not None:  # what it held and did not send goes back
+        control.budget.release(stats.calls_sent)
+    ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
+    try:  # first: the history, the metrics and the summary then tell the same exit
+        history.update(run.run_id, **ending, limits=document["limits"], **run.progress_columns())
+    except StateError as exc:
+        log_event("history_not_updated", level=logging.WARNING, error=str(exc))
+        exit_code = _file_error(document, f"the run's history row was not completed: {exc}")
     if settings.metrics_textfile is not None:  # before the summary: both tell the same exit
         try:
             write_metrics(settings.metrics_textfile, document, output=str(paths.results))
         except OSError as exc:
-            exit_code = ExitCode.FILE_ERROR
-            document["exit_code"] = exit_code
-            document["resumable"] = True
-            document["file_error"] = (
-                f"{settings.metrics_textfile}: cannot write the metrics: {exc.strerror}"
+            exit_code = _file_error(
+                document, f"{settings.metrics_textfile}: cannot write the metrics: {exc.strerror}"
             )
+            record_history(history, run.run_id, {"exit_code": exit_code})
     try:
         write_json_atomic(paths.summary, document)
     except OSError as exc:
@@ -130,10 +139,6 @@ def finish_run(
             index.save_snapshot(state.snapshot())  # the next start reads this, not the files
         except StateError as exc:
             log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
-    ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
-    record_history(
-        history, run.run_id, {**ending, "limits": document["limits"], **run.progress_columns()}
-    )
     log_event(
         "stop",
         run_id=run.run_id,
@@ -144,6 +149,14 @@ def finish_run(
         credits=stats.credits,
     )
     return RunSummary.from_document(document)
+
+
+def _file_error(document: dict[str, Any], why: str) -> ExitCode:
+    """A file failed at the end of a run that sent calls: exit 6, resumable, and why."""
+    document["exit_code"] = ExitCode.FILE_ERROR
+    document["resumable"] = True
+    document["file_error"] = why
+    return ExitCode.FILE_ERROR
 
 
 def _jobs_summary(run: _Run) -> dict[str, Any]:

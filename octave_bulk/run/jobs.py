@@ -163,6 +163,7 @@ class Jobs:
                 latency_ms=round(age * 1000),
                 slot=None,
                 handle=handle,
+                usage_anomaly=answer.usage_anomaly,
             )
             self.stats.latency.add(age * 1000)
         else:

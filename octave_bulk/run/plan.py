@@ -12,10 +12,13 @@ p90) when there are any, else from the settings (``--rate``, ``--concurrency``) 
 a call Octave's agents are known to take (docs/octave-api.md, "Latency and timeouts"). What
 the API does not say (no key, an experiment, a failed lookup) is left unknown, with the reason.
 
-:func:`check_credits` is the run's guard, before its first call: when the contacts to send
-times ``costToRun`` exceed the credits remaining it raises :class:`FatalApiError` (exit 3),
-unless ``allow_overdraft``. It reads the input again only when its line count could cost more
-than what remains; unknown credits or cost never stop a run.
+:func:`check_credits` is the run's guard, before its first call (whether or not the agent is
+looked up, ``check_agent``): when the contacts to send times ``costToRun`` exceed the credits
+remaining it raises :class:`FatalApiError` (exit 3), unless ``allow_overdraft``. It reads the
+input again only when its line count could cost more than what remains; unknown credits or cost
+never stop a run. On stdin, which cannot be read twice, ``--limit``/``--max-calls`` bound the
+contacts; without either the credits are not checked - said in a warning and in the summary -
+and the run stops once they are spent (``run/spend.py``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
     "KNOWN_LATENCY_S",
+    "CreditsCheck",
     "Plan",
     "check_credits",
+    "credits_remaining",
     "estimate_seconds",
     "make_plan",
     "plan_with_client",
@@ -158,17 +163,23 @@ async def _credits(client: OctaveClient, settings: Settings) -> _Credits:
             failed = True
     else:
         notes.append("an experiment's cost per run is not published")
+    remaining, note, unanswered = await credits_remaining(client)
+    if note is not None:
+        notes.append(note)
+    return _Credits(cost, remaining, "; ".join(notes) or None, failed or unanswered)
+
+
+async def credits_remaining(client: OctaveClient) -> tuple[float | None, str | None, bool]:
+    """The credits remaining (``GET /api/v2/api-key/validate``, ``totalRemaining``, not
+    paid), or None and why; and whether the check failed (rather than gave no figure)."""
     try:
         data = (await client.validate_key()).get("data")
-        remaining = _number(
-            data.get("credits") if isinstance(data, dict) else None, "totalRemaining"
-        )
-        if remaining is None:
-            notes.append("the API gave no credits remaining")
     except ApiError as exc:
-        notes.append(f"the key check failed ({exc.message[:120]})")
-        failed = True
-    return _Credits(cost, remaining, "; ".join(notes) or None, failed)
+        return None, f"the key check failed ({exc.message[:120]})", True
+    remaining = _number(data.get("credits") if isinstance(data, dict) else None, "totalRemaining")
+    if remaining is None:
+        return None, "the API gave no credits remaining", False
+    return remaining, None, False
 
 
 def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
@@ -252,29 +263,60 @@ async def make_plan(
     )
 
 
+class CreditsCheck(NamedTuple):
+    """What :func:`check_credits` found, for the run."""
+
+    unchecked: str | None = None
+    """Why the credits were not checked before the run (None: checked, or nothing to check:
+    ``allow_overdraft``, a cost the API does not publish)."""
+    ceiling: tuple[float, float] | None = None
+    """(cost a call, credits remaining) when the run must stop once those are spent
+    (``run/spend.py``): nothing bounded its number of contacts before it (stdin)."""
+
+
 async def check_credits(
     client: OctaveClient,
     settings: Settings,
     input_path: str | Path,
     output: Path,
     rows: int | None,
-) -> None:
+) -> CreditsCheck:
     """Before the first paid call: refuse a run whose contacts would cost more credits than
-    remain (``rows``: the input's line count, an upper bound; None for stdin: not checked).
+    remain (``rows``: the input's line count, an upper bound; None for stdin). On stdin the
+    bound is ``--limit``/``--max-calls``; without either the run is not refused but warned
+    (``credits_not_checked``) and given a ceiling.
 
     Raises:
-        FatalApiError: the run would overdraw the credits, and ``allow_overdraft`` is off.
+        FatalApiError: the run would (or, on stdin, could) overdraw the credits, and
+            ``allow_overdraft`` is off.
     """
-    if settings.allow_overdraft or rows is None:
-        return
+    if settings.allow_overdraft:
+        return CreditsCheck()
     cost, remaining, note, failed = await _credits(client, settings)
     if cost is None or remaining is None:
         if failed:  # the API did not answer (a cost it does not publish is no news)
             log_event("credits_not_checked", level=logging.WARNING, reason=note)
-        return
-    bound = min(rows, settings.limit or rows, settings.max_calls or rows)
+            return CreditsCheck(f"the credits could not be checked: {note}")
+        return CreditsCheck()
+    bounds = [n for n in (rows, settings.limit, settings.max_calls) if n is not None]
+    if not bounds:
+        why = (
+            "the input is stdin: how many contacts it holds is unknown before reading it "
+            "(give --limit or --max-calls to check them)"
+        )
+        action = f"the run stops once the {remaining:,g} credits remaining are spent"
+        log_event("credits_not_checked", level=logging.WARNING, reason=why, action=action)
+        return CreditsCheck(f"{why}; {action}", (cost, remaining) if cost > 0 else None)
+    bound = min(bounds)
     if bound * cost <= remaining:
-        return  # even every row sent would be covered: no second pass over the input
+        return CreditsCheck()  # even every row sent would be covered: no second pass
+    if rows is None:  # stdin cannot be read twice: the bound is all that is known
+        raise FatalApiError(
+            f"up to {bound:,} contacts (--limit, --max-calls) x {cost:g} credits = "
+            f"{bound * cost:,g} credits, but {remaining:,g} remain; nothing was sent. Send "
+            "fewer, or add --allow-overdraft to run until the credits run out",
+            kind=ErrorKind.PAYMENT_REQUIRED,
+        )
     plan = await make_plan(input_path, output, settings, client=None)
     needed = plan.to_send * cost
     if needed > remaining:
@@ -284,6 +326,7 @@ async def check_credits(
             "add --allow-overdraft to run until the credits run out",
             kind=ErrorKind.PAYMENT_REQUIRED,
         )
+    return CreditsCheck()
 
 
 async def plan_with_client(input_path: str | Path, output: str | Path, settings: Settings) -> Plan:

@@ -85,6 +85,8 @@ class RunStats:
     in_flight: int = 0
     retrying: int = 0
     credits: float = 0.0
+    usage_anomalies: int = 0
+    """Answers whose ``_metadata.usage`` was not a count of credits (``read_usage``)."""
     outcome_unknown: int = 0
     not_sent: int = 0
     submitted: int = 0
@@ -156,6 +158,7 @@ class RunStats:
                 "abandoned_in_flight": self.abandoned,
             },
             "credits": self.credits,
+            "usage_anomalies": self.usage_anomalies,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
             "latency_ms": {
                 "p50": self.latency.percentile(50),

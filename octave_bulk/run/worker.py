@@ -156,6 +156,7 @@ class Worker:
             latency_ms=round(latency),
             slot=slot,
             calls=tuple(calls),
+            usage_anomaly=result.usage_anomaly,
         )
 
     async def _sleep(self, seconds: float) -> None:
@@ -170,7 +171,10 @@ class Worker:
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
         ticket = await limiter.acquire()
-        if not control.may_send():  # ... and after: others may have spent the budget
+        if not control.may_send() or (  # ... and after: others may have stopped the run
+            (control.budget is not None or control.credits is not None)
+            and not await control.may_pay()
+        ):
             limiter.on_answer(ticket)  # never sent: its window slot goes back
             raise Stopped
         stats.calls += 1

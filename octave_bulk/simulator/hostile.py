@@ -11,6 +11,9 @@ for a share of the run calls (or for requestIds named in ``forced``), answers it
 ``huge``           a 200 body of ``huge_bytes`` bytes
 ``deep``           a 200 body nested ``deep_levels`` levels deep
 ``empty_emails``   a 200 ``found: true`` with ``"emails": [{}]``
+``bad_usage``      the simulator's own success, its ``_metadata.usage`` replaced by the next of
+                   ``usage_tokens`` (raw JSON, in turn: ``1e308``, ``-1000``, 30 digits,
+                   ``NaN``, ``"5"``, ``1e400``)
 
 and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
 ``period`` gets a 429 with ``Retry-After: retry_after_429`` (an exhausted quota, coming and
@@ -48,6 +51,7 @@ HOSTILE_KINDS = (
     "huge",
     "deep",
     "empty_emails",
+    "bad_usage",
 )
 
 Scope = dict[str, Any]
@@ -65,6 +69,9 @@ class HostileConfig:
     deep_levels: int = 100_000
     streak_429: tuple[float, float] | None = None
     retry_after_429: str = "1"
+    usage_tokens: tuple[bytes, ...] = (
+        b"1e308", b"-1000", b"1" + b"0" * 29, b"NaN", b'"5"', b"1e400"
+    )  # fmt: skip
 
 
 class HostileApp:
@@ -160,6 +167,13 @@ class HostileApp:
             await _send(send, 200, orjson.dumps(payload))
         elif fate == "dribble":
             await self._dribble(scope, replay, send)
+        elif fate == "bad_usage":
+            status, answer = await _answer_of(self.inner, scope, replay)
+            tokens = self.config.usage_tokens
+            token = tokens[(self.counts[fate] - 1) % len(tokens)]
+            payload = orjson.loads(answer)
+            payload["_metadata"]["usage"] = "__usage__"
+            await _send(send, status, orjson.dumps(payload).replace(b'"__usage__"', token))
         else:
             raise ValueError(f"unknown hostile kind {fate!r}")
 
@@ -193,6 +207,19 @@ class HostileApp:
                 await anyio.sleep(self.config.dribble_interval)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             group.cancel_scope.cancel()
+
+
+async def _answer_of(app: Simulator, scope: Scope, receive: Any) -> tuple[int, bytes]:
+    """The status and whole body ``app`` answers."""
+    messages: list[MutableMapping[str, Any]] = []
+
+    async def keep(message: MutableMapping[str, Any]) -> None:
+        messages.append(message)
+
+    await app(scope, receive, keep)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return int(start["status"]), body
 
 
 def _header(scope: Scope, name: bytes) -> str:

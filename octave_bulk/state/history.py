@@ -6,9 +6,11 @@ the settings' fingerprint and the settings with the key redacted, its counts, pa
 credits, calls possibly paid twice, exit code, stop reason and the limits it found. A run
 inserts its row before its first call, updates its paid calls every few seconds while it goes
 and writes the whole row at the end; a run killed with -9 keeps the row of its last update
-(``finished_at`` empty). ``history`` prints these rows; ``--budget`` sums their paid calls.
+(``finished_at`` empty). ``history`` prints these rows. Table ``budget_holds`` keeps the calls
+each run with ``--budget`` held before sending them (``run/spend.py``); the budget sums them,
+and the paid calls of runs that hold none.
 Table ``export_marks`` keeps, per output and preset, how many results lines ``export --new``
-has already written out (and their bytes). Tables ``outputs``, ``outcomes``, ``contacts`` and
+has already written out (and their bytes, and the mark before, for ``export --undo-mark``). Tables ``outputs``, ``outcomes``, ``contacts`` and
 ``calls`` index each output's files (``state/index.py``); table ``series`` keeps each run's
 counters once a second (``observe/series.py``).
 
@@ -22,14 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from octave_bulk.errors import StateError
+from octave_bulk.state.files import open_private
 
 __all__ = ["MIGRATIONS", "RunHistory"]
 
@@ -132,10 +136,37 @@ MIGRATIONS = (
         p99_ms REAL,
         PRIMARY KEY (run_id, at)
     ) WITHOUT ROWID""",
+    # 5: --budget's holds (run/spend.py): calls a run may send, durable before it sends them.
+    """CREATE TABLE budget_holds (
+        run_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        calls INTEGER NOT NULL
+    )""",
+    "CREATE INDEX budget_holds_by_run ON budget_holds (run_id)",
+    # 6: an export mark keeps the one before it, for ``export --undo-mark``.
+    "ALTER TABLE export_marks ADD COLUMN previous_lines INTEGER",
+    "ALTER TABLE export_marks ADD COLUMN previous_bytes INTEGER",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 
 _BUSY_MS = 10_000  # how long a writer waits for another one, milliseconds
+# A new mark; the one it replaces (0 for the first) becomes the previous one.
+_SET_MARK = """
+INSERT OR REPLACE INTO export_marks
+    (output, preset, lines, exported_at, bytes, previous_lines, previous_bytes)
+VALUES (:output, :preset, :lines, :at, :bytes,
+    COALESCE((SELECT lines FROM export_marks WHERE output = :output AND preset = :preset), 0),
+    COALESCE((SELECT bytes FROM export_marks WHERE output = :output AND preset = :preset), 0))
+"""
+_HOLDS_KEPT = 8 * 86_400  # seconds budget holds are kept: longer than the longest period
+
+# Calls spent within a budget's period: the holds of the runs that hold (run/spend.py), and
+# the paid calls of the runs that do not (no --budget, or a version before the holds).
+_SPENT = """
+SELECT (SELECT COALESCE(SUM(calls), 0) FROM budget_holds WHERE at >= :since)
+     + (SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= :since
+        AND run_id NOT IN (SELECT run_id FROM budget_holds))
+"""
 
 
 class RunHistory:
@@ -161,6 +192,11 @@ class RunHistory:
         if readonly and not path.exists():
             raise StateError(f"{path}: no run history yet (no run has written it)")
         try:
+            if not readonly:
+                _private(path)
+        except OSError as exc:
+            raise StateError(f"{path}: cannot open the ledger ({exc.strerror})") from None
+        try:
             uri = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
             db = sqlite3.connect(
                 uri,
@@ -178,6 +214,8 @@ class RunHistory:
                 _wal(db, timeout)
                 db.execute("PRAGMA synchronous = NORMAL")
                 _migrate(db, path)
+                for suffix in ("-wal", "-shm"):  # SQLite copies the database's mode; old ones
+                    _private(path.with_name(path.name + suffix), create=False)
             yield cls(db, path)
         except sqlite3.DatabaseError as exc:
             raise StateError(
@@ -205,12 +243,38 @@ class RunHistory:
             row | {"run_id": run_id},
         )
 
-    def paid_calls_since(self, since: float) -> int:
-        """Calls paid by runs that went on after ``since`` (a UNIX time), all outputs."""
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= ?", (since,)
-        ).fetchone()
-        return int(row[0])
+    def hold_calls(
+        self, run_id: str, limit: int, since: float, batch: Callable[[int], int]
+    ) -> tuple[int, int]:
+        """In one write transaction: the calls spent since ``since`` by every run of the
+        ledger (holds, and the paid calls of runs without holds), and a hold for ``run_id``
+        of ``batch(left)`` calls when ``left = limit - spent`` is above 0. Returns (calls
+        held now, calls spent before)."""
+        with self.transaction() as db:
+            spent = int(db.execute(_SPENT, {"since": since}).fetchone()[0])
+            left = limit - spent
+            granted = batch(left) if left > 0 else 0
+            if granted:
+                db.execute(
+                    "INSERT INTO budget_holds VALUES (?, ?, ?)", (run_id, time.time(), granted)
+                )
+        return granted, spent
+
+    def release_calls(self, run_id: str, calls: int) -> None:
+        """Give back ``calls`` of the run's holds, newest first (and forget holds older than
+        any period)."""
+        with self.transaction() as db:
+            holds = db.execute(
+                "SELECT rowid, calls FROM budget_holds WHERE run_id = ? ORDER BY rowid DESC",
+                (run_id,),
+            ).fetchall()
+            for rowid, held in holds:
+                if calls <= 0:
+                    break
+                cut = min(held, calls)
+                db.execute("UPDATE budget_holds SET calls = ? WHERE rowid = ?", (held - cut, rowid))
+                calls -= cut
+            db.execute("DELETE FROM budget_holds WHERE at < ?", (time.time() - _HOLDS_KEPT,))
 
     def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The runs, newest first (JSON columns decoded)."""
@@ -229,13 +293,33 @@ class RunHistory:
 
     def set_export_mark(self, output: Path, preset: str, lines: int, size: int) -> None:
         """Record that the first ``lines`` results lines (``size`` bytes) were exported
-        (once written)."""
+        (once written); the mark it replaces is kept for :meth:`undo_export_mark`."""
         values = {"output": str(output.resolve()), "preset": preset, "lines": lines}
         self._write(
-            "INSERT OR REPLACE INTO export_marks (output, preset, lines, exported_at, bytes) "
-            "VALUES (:output, :preset, :lines, :at, :bytes)",
+            _SET_MARK,
             values | {"at": time.time(), "bytes": size},
         )
+
+    def undo_export_mark(self, output: Path, preset: str) -> tuple[int, int] | None:
+        """Move the preset's mark back to where the last ``export --new`` found it; returns
+        (lines marked before the undo, lines marked now), None when there is nothing to undo
+        (no mark, or undone already: one step back only)."""
+        key = {"output": str(output.resolve()), "preset": preset}
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT lines, previous_lines FROM export_marks "
+                "WHERE output = :output AND preset = :preset",
+                key,
+            ).fetchone()
+            if row is None or row[1] is None:
+                return None
+            db.execute(
+                "UPDATE export_marks SET lines = previous_lines, bytes = previous_bytes, "
+                "previous_lines = NULL, previous_bytes = NULL, exported_at = :at "
+                "WHERE output = :output AND preset = :preset",
+                key | {"at": time.time()},
+            )
+        return int(row[0]), int(row[1])
 
     def _checked(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         """The row, once every name in it is a column of ``runs`` (names go into the SQL
@@ -265,6 +349,19 @@ class RunHistory:
         """The rows of one read-only statement."""
         with self._lock:
             return self._db.execute(sql, values).fetchall()
+
+
+def _private(path: Path, *, create: bool = True) -> None:
+    """Make ``path`` mode 0600 (creating it empty when ``create``) before SQLite opens it:
+    the ledger holds settings, paths and CRM ids, and SQLite creates its ``-wal`` and
+    ``-shm`` with the database's mode. A file of another owner (a shared ledger) is left."""
+    try:
+        os.close(open_private(path, os.O_RDWR | (os.O_CREAT if create else 0)))
+    except FileNotFoundError:
+        if create:
+            raise
+    except PermissionError:
+        pass
 
 
 def _wal(db: sqlite3.Connection, timeout: float) -> None:
