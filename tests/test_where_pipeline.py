@@ -157,3 +157,112 @@ async def test_a_where_naming_a_missing_key_leaves_the_row_out_and_the_run_goes_
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert paid(sim) - before == passing
+
+
+# 13. A pipeline checks every step before its first step sends anything.
+
+TWO_STEPS = """
+input = "{input}"
+output_dir = "{out}"
+
+[settings]
+base_url = "{url}"
+rate = "none"
+backoff_initial = 0.01
+progress = false
+check_agent = false
+
+[[steps]]
+name = "qualify"
+agent_type = "qualify-person"
+agent = "ca_qualify"
+
+[[steps]]
+name = "sequence"
+agent = "ca_sequence"
+{step2}
+"""
+
+
+def run_pipeline_file(sim: Any, tmp_path: Path, step2: str) -> Any:
+    write_contacts(tmp_path / "in.csv", 4)
+    file = tmp_path / "p.toml"
+    out = tmp_path / "out"
+    file.write_text(TWO_STEPS.format(input=tmp_path / "in.csv", out=out, url=sim.url, step2=step2))
+    return CliRunner().invoke(cli, ["pipeline", str(file)], env={"OCTAVE_API_KEY": TEST_KEY})
+
+
+@pytest.mark.parametrize(
+    ("step2", "message"),
+    [
+        (
+            'where = "score = 7"',
+            "steps[2] (sequence): invalid settings:\n  where: 'score = 7' is an assignment, "
+            "not a comparison: did you mean 'score == 7'?",
+        ),
+        (
+            'input = "input"\ncontext_from = ["enrch.data.company"]',
+            "steps[2] (sequence).context_from: 'enrch.data.company': names no earlier step "
+            "'enrch' (steps before this one: qualify); STEP.PATH joins an earlier step's results",
+        ),
+        (
+            'context_from = ["qualfy.data.score"]',
+            "steps[2] (sequence).context_from: 'qualfy.data.score': names no earlier step "
+            "'qualfy' (did you mean 'qualify'? steps before this one: qualify); STEP.PATH joins "
+            "an earlier step's results",
+        ),
+        (
+            'input = "input"\ncontext_from = ["sequence.data"]',
+            "steps[2] (sequence).context_from: 'sequence.data': step 'sequence' does not run "
+            "before this one (steps before it: qualify)",
+        ),
+        (
+            'callback_listen = "127.0.0.1:8799"',
+            "steps[2] (sequence): invalid settings:\n  settings: callback_listen receives async "
+            "jobs' callbacks: add --mode async",
+        ),
+    ],
+)
+def test_a_later_steps_bad_setting_is_exit_2_before_the_first_step_pays(
+    make_sim: Any, tmp_path: Path, step2: str, message: str
+) -> None:
+    sim = make_sim()
+    result = run_pipeline_file(sim, tmp_path, step2)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert paid(sim) == 0
+    assert not (tmp_path / "out" / "qualify.ndjson").exists()
+
+
+def test_a_later_steps_unusable_files_are_exit_2_before_the_first_step_pays(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    (tmp_path / "out" / "sequence.ndjson").mkdir(parents=True)  # a folder where a file goes
+    result = run_pipeline_file(sim, tmp_path, "")
+    assert result.exit_code == 2, result.output
+    assert f"step sequence: {tmp_path / 'out' / 'sequence.ndjson'}: is a folder" in result.output
+    (tmp_path / "out" / "sequence.ndjson").rmdir()
+    (tmp_path / "not-a-folder").write_text("")
+    ledger = tmp_path / "not-a-folder" / "ledger.sqlite"
+    result = run_pipeline_file(sim, tmp_path, f'ledger = "{ledger}"')
+    assert result.exit_code == 2, result.output
+    assert "step sequence: " in result.output and "is not a folder" in result.output
+    assert paid(sim) == 0
+    assert not (tmp_path / "out" / "qualify.ndjson").exists()
+
+
+def test_callback_listen_without_async_mode_is_refused(tmp_path: Path) -> None:
+    write_contacts(tmp_path / "in.csv", 2)
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.ndjson"), "--agent", "ca_x",
+         "--base-url", "http://127.0.0.1:9", "--callback-listen", "127.0.0.1:8799"],
+        env={"OCTAVE_API_KEY": TEST_KEY},
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert (
+        "callback_listen receives async jobs' callbacks: add --mode async "
+        '(mode = "async"), or drop it'
+    ) in result.output
+    assert not (tmp_path / "o.ndjson").exists()
