@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from octave_bulk.cli import cli
 from octave_bulk.run.engine import run_batch
+from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, sim_settings, write_contacts
 
@@ -266,3 +267,48 @@ def test_callback_listen_without_async_mode_is_refused(tmp_path: Path) -> None:
         '(mode = "async"), or drop it'
     ) in result.output
     assert not (tmp_path / "o.ndjson").exists()
+
+
+# 17. Every request has a deadline: the checks before the first call, doctor's, polls.
+
+
+def test_a_dribbling_agent_lookup_and_credits_check_cannot_hold_a_run(tmp_path: Path) -> None:
+    # The checks' answers come one byte every 0.2 s (a minute and more each); the paid
+    # endpoint answers normally. --timeout 3 bounds each check as a whole: the run goes on.
+    hostile = HostileConfig(dribble_gets=("/agents/get", "/api-key/validate"))
+    write_contacts(tmp_path / "in.csv", 3)
+    out = tmp_path / "o.ndjson"
+    with serve_hostile(hostile=hostile) as sim:
+        done = run_cli(
+            "run", str(tmp_path / "in.csv"), "-o", str(out), "--agent", "ca_test",
+            "--base-url", sim.url, "--no-progress", "--rate", "none", "--timeout", "3",
+            timeout=100,  # uncut, each check would take until call_deadline (300 s)
+        )  # fmt: skip
+        assert sim.front is not None
+        dribbled = sim.front.counts["dribble_get"]
+        paid_calls = paid(sim)
+    assert done.returncode == 0, done.stderr
+    assert dribbled >= 2  # the agent lookup and the credits check were both tried
+    assert paid_calls == 3  # each contact once: the checks cost nothing
+    assert "agent_not_checked" in done.stderr
+    assert "TimeoutError: no complete answer within 3 s" in done.stderr
+    assert "credits_not_checked" in done.stderr
+
+
+def test_doctor_against_a_dribbling_server_stops_at_the_deadline(tmp_path: Path) -> None:
+    hostile = HostileConfig(dribble_gets=("/api-key/validate",))
+    with serve_hostile(hostile=hostile) as sim:
+        env = cli_env() | {"OCTAVE_CALL_DEADLINE": "2"}
+        done = subprocess.run(
+            [sys.executable, "-m", "octave_bulk", "doctor", "--base-url", sim.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        paid_calls = paid(sim)
+    assert done.returncode == 1, done.stderr
+    assert (
+        "API: cannot check the key and agents (TimeoutError: no complete answer within 2 s)"
+    ) in done.stderr
+    assert paid_calls == 0

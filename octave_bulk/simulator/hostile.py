@@ -12,7 +12,9 @@ for a share of the run calls (or for requestIds named in ``forced``), answers it
 ``deep``           a 200 body nested ``deep_levels`` levels deep
 ``empty_emails``   a 200 ``found: true`` with ``"emails": [{}]``
 
-and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
+``dribble_gets`` names GET paths (their endings: ``agents/get``, ``api-key/validate``, the
+async status path) whose simulator answers are dribbled too (not paid calls: the checks before
+a run, polls); and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
 ``period`` gets a 429 with ``Retry-After: retry_after_429`` (an exhausted quota, coming and
 going). Everything else passes through
 to the simulator unchanged. A fate is a function of ``seed``, the requestId and the attempt
@@ -65,6 +67,7 @@ class HostileConfig:
     deep_levels: int = 100_000
     streak_429: tuple[float, float] | None = None
     retry_after_429: str = "1"
+    dribble_gets: tuple[str, ...] = ()
 
 
 class HostileApp:
@@ -97,6 +100,12 @@ class HostileApp:
         return None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        gets = self.config.dribble_gets
+        get = scope["type"] == "http" and scope["method"] == "GET"
+        if gets and get and scope["path"].endswith(gets):
+            self.counts["dribble_get"] += 1
+            await self._dribble(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["method"] != "POST" or "/agents/" not in scope["path"]:
             await self.inner(scope, receive, send)
             return
