@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
+from octave_bulk.export import export_results
+from octave_bulk.http.retry import status_error, transport_error
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, sim_settings, write_contacts
+from tests.test_export import read_csv, result_line, write_results
 
 
 def cli_env() -> dict[str, str]:
@@ -312,3 +317,92 @@ def test_doctor_against_a_dribbling_server_stops_at_the_deadline(tmp_path: Path)
         "API: cannot check the key and agents (TimeoutError: no complete answer within 2 s)"
     ) in done.stderr
     assert paid_calls == 0
+
+
+# 18. Messages say things once; the refusal-patience stop comes at the patience; CSV cells a
+# spreadsheet would read as formulas are escaped.
+
+
+@pytest.mark.anyio
+async def test_refusals_with_long_retry_after_stop_at_the_patience_not_one_wait_later(
+    tmp_path: Path,
+) -> None:
+    # Every call: 429 with Retry-After 8 s, under the patience (8.5 s), so no stop at once.
+    # Waiting out each Retry-After, the 429 that decides came at 16 s (~2x the patience);
+    # the wait is now cut where the patience ends, and the call sent then decides.
+    write_contacts(tmp_path / "in.csv", 1)
+    hostile = HostileConfig(streak_429=(3600.0, 3600.0), retry_after_429="8")
+    with serve_hostile(hostile=hostile) as sim:
+        settings = sim_settings(
+            sim.url, refusal_patience=8.5, concurrency=1, backoff_max=20.0, check_agent=False
+        )
+        summary = await run_batch(tmp_path / "in.csv", tmp_path / "o.ndjson", settings)
+    assert summary["exit_code"] == 4 and summary["stop_reason"] == "breaker"
+    detail = summary["stop_detail"]
+    match = re.fullmatch(
+        r"the API refused every call for ([0-9.]+) s \(3 429s, none accepted; "
+        r"refusal_patience 8\.5 s\): quota exhausted\?",
+        detail,
+    )
+    assert match is not None, detail
+    assert 8.5 <= float(match.group(1)) < 8.5 + 4, detail  # waiting out the third: 16+
+
+
+def test_a_timeout_without_words_is_named_once() -> None:
+    error = transport_error(TimeoutError(), "r1")
+    assert error.message == "TimeoutError (no complete answer in time)"
+    assert error.kind == "timeout"
+    error = transport_error(TimeoutError("no complete answer within 3 s"), None)
+    assert error.message == "TimeoutError: no complete answer within 3 s"
+
+
+def test_a_status_error_message_names_the_status_once() -> None:
+    request = httpx.Request("POST", "http://api.test/x")
+    envelope = {"_metadata": {"success": False}}
+    said = httpx.Response(422, json={**envelope, "message": "HTTP 422: bad field"}, request=request)
+    assert status_error(said, "r1").message == "HTTP 422: bad field"
+    plain = httpx.Response(422, json={**envelope, "message": "bad field"}, request=request)
+    assert status_error(plain, "r1").message == "HTTP 422: bad field"
+
+
+@pytest.mark.anyio
+async def test_the_report_names_a_failures_status_once(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00000": "400", "c-00001": "400"})
+    write_contacts(tmp_path / "in.csv", 2)
+    out = tmp_path / "o.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, check_agent=False))
+    assert summary["counts"]["failed"] == 2
+    error = read_lines(tmp_path / "o.errors.ndjson")[0]["error"]
+    assert error["message"] == "HTTP 400: Invalid request body"
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", str(out), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text(encoding="utf-8")
+    assert "HTTP 400: Invalid request body" in text
+    assert "HTTP 400: HTTP 400" not in text
+
+
+def test_fullwidth_and_space_led_formulas_are_escaped_in_csv_cells(tmp_path: Path) -> None:
+    results = write_results(
+        tmp_path / "r.ndjson",
+        [
+            result_line(
+                "r1",
+                [("\uff1d1+1", "\uff20SUM(A1)"), ("\uff0b1", "\uff0d1")],
+                firstName='  =HYPERLINK("http://evil.example","x")',
+                lastName="\u3000@SUM(A1)",
+                companyName=" +1",
+                jobTitle="\n-2",
+                companyDomain="a=b.com",
+            )
+        ],
+    )
+    export_results(results, tmp_path / "o.csv")
+    row = read_csv(tmp_path / "o.csv")[1][0]
+    assert row["first_name"] == '\'  =HYPERLINK("http://evil.example","x")'
+    assert row["last_name"] == "'\u3000@SUM(A1)"
+    assert row["company_name"] == "' +1"
+    assert row["title"] == "'\n-2"
+    assert row["company_domain"] == "a=b.com"
+    assert row["step1_subject"] == "'\uff1d1+1" and row["step1_body"] == "'\uff20SUM(A1)"
+    assert row["step2_subject"] == "'\uff0b1" and row["step2_body"] == "'\uff0d1"
