@@ -144,12 +144,14 @@ _RESPONSE_KEYS = frozenset({"data", "found", "_metadata", "message"})
 def _joined(path: Path, where: str, entry: Any, earlier: _Earlier, out_dir: Path) -> str:
     """A step's ``context_from`` entry: ``STEP.PATH`` (an earlier step's results, joined by
     person or company) becomes ``OUTPUT_DIR/STEP.ndjson:PATH``; a bare PATH reads the step's
-    own input results. An entry naming a step that is not before this one, or (on a step that
-    reads the contacts, or close to an earlier step's name) naming no step, is an error."""
+    own input results. A dotted entry naming a step that is not before this one, or (on a step
+    that reads the contacts, or close to an earlier step's name) naming no step, is an error."""
     if not isinstance(entry, str) or not entry:
         raise ConfigError(f'{path}: {where}.context_from: a list of paths, e.g. ["enrich.data"]')
     step, _, rest = entry.partition(".")
-    if step in earlier.names and rest:
+    if not rest:  # a bare key: never a step's (the reader checks the input holds results)
+        return entry
+    if step in earlier.names:
         return f"{out_dir / step}.ndjson:{rest}"
     shown = ", ".join(sorted(earlier.names)) or "none"
     problem = None
