@@ -10,13 +10,16 @@ step's results; a ``context_from`` entry ``STEP.PATH`` joins an earlier step's r
 person or company); each step is an ordinary run on its own output, so a pipeline run again resumes
 every step (a finished one sends nothing). :func:`load_pipeline` checks the whole file before
 anything runs: an unknown key, a missing target or a bad value names the file, the step and
-the key. :func:`run_pipeline` runs the steps in order and stops at the first one that stopped
+the key (a ``context_from`` naming a step that does not run before, too), and
+:func:`check_steps` checks every step's files before the first call. :func:`run_pipeline`
+checks, then runs the steps in order and stops at the first one that stopped
 (exit 2 or more: its code is the pipeline's); a step whose contacts partly failed (exit 1)
 lets the next one run on the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import tomllib
 from collections.abc import Callable
@@ -24,10 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.errors import ConfigError, ExitCode
+from octave_bulk.errors import ConfigError, ExitCode, InputError, StateError
+from octave_bulk.input.reader import ContactReader
+from octave_bulk.intake import reader_options
 from octave_bulk.settings import Settings
+from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.preflight import check_writable
 
-__all__ = ["Pipeline", "PipelineStep", "load_pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "PipelineStep", "check_steps", "load_pipeline", "run_pipeline"]
 
 _STEP_KEYS = {"name", "agent", "experiment", "input"}
 _RENAMED = {"agent": "agent_oid", "experiment": "experiment_oid"}
@@ -75,36 +82,39 @@ def load_pipeline(path: str | Path, *, api_key_file: str | Path | None = None) -
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ConfigError(f"{path}: steps: at least one [[steps]] table is required")
     out_dir = Path(document["output_dir"])
-    source, steps, names = Path(document["input"]), [], set()
+    source, steps = Path(document["input"]), []
+    names: set[str] = set()
+    every_name = {raw.get("name") for raw in raw_steps if isinstance(raw, dict)}
     for number, raw in enumerate(raw_steps, 1):
         where = f"steps[{number}]"
         _known(path, where, raw, fields | _STEP_KEYS)
         name = raw.get("name")
         if not isinstance(name, str) or not name.isidentifier() or name in names:
             raise ConfigError(f"{path}: {where}.name: a unique name (letters, digits, _)")
-        names.add(name)
         given = {
             _RENAMED.get(key, key): value
             for key, value in raw.items()
             if key not in ("name", "input")
         }
-        if "context_from" in raw:
-            entries = raw["context_from"]
-            if not isinstance(entries, list):
-                raise ConfigError(f"{path}: {where}.context_from: a list of paths")
-            given["context_from"] = [
-                _joined(path, where, entry, names - {name}, out_dir) for entry in entries
-            ]
         reads = raw.get("input")
         if reads is not None:
             if reads == "input":
                 source = Path(document["input"])
-            elif reads in names - {name}:
+            elif reads in names:
                 source = out_dir / f"{reads}.ndjson"
             else:
                 raise ConfigError(
                     f"{path}: {where}.input: 'input' or the name of an earlier step, not {reads!r}"
                 )
+        if "context_from" in raw:
+            entries = raw["context_from"]
+            if not isinstance(entries, list):
+                raise ConfigError(f"{path}: {where}.context_from: a list of paths")
+            earlier = _Earlier(names, every_name - names, source != Path(document["input"]))
+            given["context_from"] = [
+                _joined(path, f"{where} ({name})", entry, earlier, out_dir) for entry in entries
+            ]
+        names.add(name)
         if not (given.get("agent_oid") or given.get("experiment_oid")):
             raise ConfigError(f'{path}: {where} ({name}): give agent = "ca_..."')
         try:
@@ -117,16 +127,76 @@ def load_pipeline(path: str | Path, *, api_key_file: str | Path | None = None) -
     return Pipeline(path, tuple(steps))
 
 
-def _joined(path: Path, where: str, entry: Any, names: set[str], out_dir: Path) -> str:
+@dataclass(frozen=True)
+class _Earlier:
+    """What a step's ``context_from`` may name: the steps before it, the others (itself and
+    those after it), and whether the step reads results (where a bare PATH is read)."""
+
+    names: set[str]
+    others: set[Any]
+    reads_results: bool
+
+
+_RESPONSE_KEYS = frozenset({"data", "found", "_metadata", "message"})
+"""Top-level keys of a response: a bare PATH starting with one is never a step's name."""
+
+
+def _joined(path: Path, where: str, entry: Any, earlier: _Earlier, out_dir: Path) -> str:
     """A step's ``context_from`` entry: ``STEP.PATH`` (an earlier step's results, joined by
     person or company) becomes ``OUTPUT_DIR/STEP.ndjson:PATH``; a bare PATH reads the step's
-    own input results."""
+    own input results. A dotted entry naming a step that is not before this one, or (on a step
+    that reads the contacts, or close to an earlier step's name) naming no step, is an error."""
     if not isinstance(entry, str) or not entry:
         raise ConfigError(f'{path}: {where}.context_from: a list of paths, e.g. ["enrich.data"]')
     step, _, rest = entry.partition(".")
-    if step in names and rest:
+    if not rest:  # a bare key: never a step's (the reader checks the input holds results)
+        return entry
+    if step in earlier.names:
         return f"{out_dir / step}.ndjson:{rest}"
+    shown = ", ".join(sorted(earlier.names)) or "none"
+    problem = None
+    if step in earlier.others:
+        problem = f"step {step!r} does not run before this one (steps before it: {shown})"
+    elif step not in _RESPONSE_KEYS:
+        close = difflib.get_close_matches(step, sorted(earlier.names), n=1, cutoff=0.75)
+        if close or not earlier.reads_results:
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problem = (
+                f"names no earlier step {step!r} ({hint}steps before this one: {shown}); "
+                "STEP.PATH joins an earlier step's results"
+            )
+    if problem is not None:
+        raise ConfigError(f"{path}: {where}.context_from: {entry!r}: {problem}")
     return entry
+
+
+def check_steps(pipeline: Pipeline) -> None:
+    """Before the first step sends anything, what each step's run would check at its own start
+    (so that step 2 never stops with "nothing sent" after step 1 paid): every path the step
+    writes can be written (:func:`~octave_bulk.state.preflight.check_writable`, as a run does)
+    and a step that reads the pipeline's input reads its header as its run will (mapping,
+    templates, ``where`` and a bare ``context_from`` PATH needing results). Settings and
+    expressions were checked by :func:`load_pipeline`.
+
+    Raises:
+        ConfigError, InputError, StateError: the first problem, naming the step.
+    """
+    contacts = pipeline.steps[0].input
+    for step in pipeline.steps:
+        settings = step.settings
+        try:
+            check_writable(
+                OutputPaths.for_output(step.output),
+                ledger=settings.ledger,
+                metrics=settings.metrics_textfile,
+            )
+            if step.input == contacts and str(contacts) != "-":
+                options = reader_options(settings)
+                own = tuple(p for p in options.context_from if ":" not in p)
+                with ContactReader(contacts, dataclasses.replace(options, context_from=own)):
+                    pass
+        except (ConfigError, InputError, StateError) as exc:
+            raise type(exc)(f"{pipeline.path}: step {step.name}: {exc}") from None
 
 
 def _known(path: Path, where: str, table: Any, allowed: set[str]) -> None:
@@ -147,6 +217,7 @@ async def run_pipeline(
 ) -> ExitCode:
     """Run the steps in order (``run``: a step -> the awaitable of its run summary); the
     pipeline's exit code (see the module docstring)."""
+    check_steps(pipeline)
     worst = ExitCode.OK
     for step in pipeline.steps:
         step.output.parent.mkdir(parents=True, exist_ok=True)

@@ -400,6 +400,15 @@ class Settings(BaseSettings):
             raise ValueError("must be > 0")
         return value
 
+    @field_validator("where")
+    @classmethod
+    def _one_expression(cls, value: str | None) -> str | None:
+        if value:  # empty: no filter
+            from octave_bulk.input.chain import where_tree
+
+            where_tree(value)  # an assignment or a statement: refused before anything is sent
+        return value
+
     @field_validator("callback_listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -427,6 +436,11 @@ class Settings(BaseSettings):
     def _one_target(self) -> Settings:
         if self.agent_oid and self.experiment_oid:
             raise ValueError("set either an agent or an experiment, not both")
+        if self.callback_listen and self.mode != "async":
+            raise ValueError(
+                "callback_listen receives async jobs' callbacks: add --mode async "
+                '(mode = "async"), or drop it'
+            )
         return self
 
     @classmethod

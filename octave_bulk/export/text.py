@@ -16,8 +16,9 @@ Contract:
   line breaks, ``< > &`` escaped; empty for a blank body.
 - :func:`shows_text`: whether a body shows any text once HTML tags are gone and entities are
   decoded; a body that shows none is blank and its result is left out of the export.
-- :func:`escape_formula`: a cell that starts with ``= + - @``, tab or CR gets a leading ``'``
-  (OWASP CSV injection); the writer applies it to every cell.
+- :func:`escape_formula`: a cell that starts with ``= + - @`` or their fullwidth forms
+  ``＝ ＋ － ＠`` (after any leading whitespace, which spreadsheets skip), or with a tab or CR,
+  gets a leading ``'`` (OWASP CSV injection); the writer applies it to every cell.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import re
 
 __all__ = ["escape_formula", "html_to_text", "is_html", "render_body", "shows_text", "text_to_html"]
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # and fullwidth
+_CONTROL_START = ("\t", "\r")
 _HTML_TAG = re.compile(
     r"</?(?:p|br|div|span|a|b|i|u|em|strong|ul|ol|li|h[1-6]|table)\b[^>]*>", re.I
 )
@@ -44,7 +46,9 @@ _PARAGRAPHS = re.compile(r"\n[ \t]*\n\s*")
 
 def escape_formula(cell: str) -> str:
     """Prefix ``'`` to a cell that a spreadsheet would run as a formula (OWASP CSV injection)."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+    if cell.startswith(_CONTROL_START) or cell.lstrip().startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
 
 
 def is_html(body: str, requested: object) -> bool:

@@ -118,8 +118,10 @@ class OctaveClient:
         base_url: the API (or a simulator), e.g. ``https://app.octavehq.com``.
         api_key: sent as the ``api_key`` header; never logged, never part of an error.
         agent: the agent whose endpoint :meth:`run` calls (the Sequence Agent by default).
-        timeout: read timeout, seconds. connect_timeout: connect (and pool) timeout.
-        deadline: the whole attempt (connect, send, the entire answer), seconds; None: none.
+        timeout: read timeout, seconds; a check (:meth:`get_json`) gets it as its whole
+            deadline. connect_timeout: connect (and pool) timeout.
+        deadline: the whole attempt (connect, send, the entire answer) of a run call, a
+            submit or a poll, seconds; None: none.
         max_body: the largest answer body accepted, bytes; None: no cap.
         contract: the async API's endpoints and body shape (for :meth:`submit`, :meth:`poll`).
     """
@@ -140,6 +142,10 @@ class OctaveClient:
         self._transport = transport
         self._contract = contract or AsyncContract()
         self._deadline, self._max_body = deadline, max_body
+        # A check (agent lookup, key and credits, doctor) is a small answer: the read timeout
+        # bounds it as a whole, so a hung or dribbling server cannot hold a run before its
+        # first call for longer than that (or the call deadline, if shorter).
+        self._check = timeout if deadline is None else min(timeout, deadline)
         # The default transport enforces both itself (aiohttp's total timeout, a capped read);
         # any other is bounded here, around the call.
         self._bounded_inside = bool(getattr(transport, "enforces_call_bounds", False))
@@ -188,12 +194,26 @@ class OctaveClient:
             self._run_head = None
 
     async def _send(
-        self, method: str, url: httpx.URL, headers: dict[str, str], body: bytes | None
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str],
+        body: bytes | None,
+        *,
+        deadline: float | None = None,
     ) -> httpx.Response:
+        """One request other than a run call (a submit, a poll, a check), bounded as a whole -
+        connect, send, the entire answer - by ``deadline`` (default: the call deadline): a
+        server dribbling a byte under the read timeout is cut there. Raises TimeoutError."""
         request = httpx.Request(
             method, url, content=body, headers=headers, extensions=self._extensions
         )
-        return await self._receive(request)
+        limit = self._deadline if deadline is None else deadline
+        if limit is None:
+            return await self._receive(request)
+        with anyio.move_on_after(limit):
+            return await self._receive(request)
+        raise TimeoutError(f"no complete answer within {limit:g} s")
 
     async def _receive(self, request: httpx.Request) -> httpx.Response:
         response = await self._transport.handle_async_request(request)
@@ -325,9 +345,10 @@ class OctaveClient:
         return await self.get_json(httpx.URL(self._root + AGENTS_LIST_PATH, params=params))
 
     async def get_json(self, url: httpx.URL) -> dict[str, object]:
-        """A GET (no retries: these are checks, not paid calls) and its JSON object."""
+        """A GET (no retries: these are checks, not paid calls) and its JSON object, within
+        the read timeout as a whole (and the call deadline)."""
         try:
-            response = await self._send("GET", url, self._headers, None)
+            response = await self._send("GET", url, self._headers, None, deadline=self._check)
         except Exception as exc:
             raise _scrubbed(transport_error(exc, None)) from None
         if response.status_code != 200:

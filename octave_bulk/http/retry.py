@@ -103,8 +103,14 @@ def transport_error(exc: Exception, request_id: str | None) -> RetryableApiError
             kind=ErrorKind.LOCAL,
             request_id=request_id,
         )
-    detail = str(cause) or name
-    return RetryableApiError(f"{name}: {detail}"[:300], kind=kind, request_id=request_id)
+    detail = str(cause)
+    if not detail:  # asyncio's and anyio's timeouts say nothing: the name, and what it means
+        message = f"{name} (no complete answer in time)" if kind == ErrorKind.TIMEOUT else name
+    elif detail.startswith(name):
+        message = detail
+    else:
+        message = f"{name}: {detail}"
+    return RetryableApiError(message[:300], kind=kind, request_id=request_id)
 
 
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -133,7 +139,10 @@ def _error_message(response: httpx.Response) -> str:
     if not message:
         text = response.content[:200].decode("utf-8", "replace").strip()
         message = text if text and not text.startswith("<") else response.reason_phrase
-    return f"HTTP {response.status_code}: {message}"[:500]
+    prefix = f"HTTP {response.status_code}"
+    if message.startswith(prefix):  # the server's message names the status already
+        return message[:500]
+    return f"{prefix}: {message}"[:500]
 
 
 def status_error(response: httpx.Response, request_id: str | None) -> ApiError:

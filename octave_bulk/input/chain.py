@@ -10,7 +10,9 @@ go on, with an expression over that response: evaluated by ``simpleeval`` (Pytho
 parsed, only comparisons, ``and``/``or``/``not``, ``in``, arithmetic and literals; no calls,
 no attribute beyond dictionary keys, no ``eval``). Names are the response's keys, the keys
 of its ``data`` (``score`` for ``data.score``) and ``contact``. A name a row's response lacks
-makes the expression false for that row. :func:`context_from` (``--context-from``) carries
+makes the expression false for that row; any other failure on a row (``data['x']`` on a result
+without ``x``, a wrong type) leaves that row out too, as ``where_failed``. An assignment or
+several statements are refused when parsed (:func:`where_tree`). :func:`context_from` (``--context-from``) carries
 values of the earlier response into the new request's context.
 
 A ``--context-from`` entry ``FILE.ndjson:PATH`` reads another run's results instead
@@ -22,6 +24,7 @@ account id, else name) - and the value at PATH goes into the context. A pipeline
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ __all__ = [
     "context_from",
     "latest_lines",
     "results_row",
+    "where_tree",
 ]
 
 RESPONSE_KEY = "@response"
@@ -99,8 +103,55 @@ def latest_lines(path: Path) -> IdSet:
     return latest
 
 
+def where_tree(expression: str) -> ast.Expr:
+    """The parsed ``--where`` expression: one expression, never a statement.
+
+    simpleeval evaluates an assignment's value (``score = 99`` is 99: every row would pass)
+    and only the first of several statements (``x = 1; False``), with a warning; so an
+    assignment (``=``, ``:=``, ``+=``...), any other statement and several statements are
+    refused here, before anything is sent.
+
+    Raises:
+        ValueError: why the text is not one expression (it quotes the text).
+    """
+    shown = repr(expression if len(expression) <= 100 else expression[:100] + "...")
+    try:
+        module = ast.parse(expression.strip())
+    except SyntaxError as exc:
+        hint = _ASSIGN_HINT if "=" in expression and "==" not in expression else ""
+        raise ValueError(f"{shown} is not an expression ({exc.msg}){hint}") from None
+    except (RecursionError, MemoryError):  # nested or chained beyond the parser's means
+        raise ValueError(f"{shown} is nested too deeply to read") from None
+    if not module.body:
+        raise ValueError("an empty expression: give one, e.g. 'score >= 7'")
+    statements = module.body
+    for statement in statements:
+        if isinstance(statement, ast.Assign) and len(statements) == 1:
+            meant = " == ".join(ast.unparse(node) for node in (*statement.targets, statement.value))
+            raise ValueError(f"{shown} is an assignment, not a comparison: did you mean {meant!r}?")
+        if isinstance(statement, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            raise ValueError(f"{shown} is an assignment, not a comparison{_ASSIGN_HINT}")
+        if not isinstance(statement, ast.Expr):
+            what = type(statement).__name__.lower()
+            raise ValueError(f"{shown} is a statement ({what}), not an expression")
+    if len(statements) > 1:
+        raise ValueError(
+            f"{shown} holds {len(statements)} expressions (; or a line break): give one, "
+            "joined with and / or"
+        )
+    tree = statements[0]
+    if not isinstance(tree, ast.Expr):  # pragma: no cover - every other kind was refused above
+        raise ValueError(f"{shown} is not an expression")
+    if any(isinstance(node, ast.NamedExpr) for node in ast.walk(tree)):
+        raise ValueError(f"{shown} holds an assignment (:=), not a comparison{_ASSIGN_HINT}")
+    return tree
+
+
+_ASSIGN_HINT = ": did you mean ==? (e.g. 'score == 9', not 'score = 9')"
+
+
 class ResultFilter:
-    """A ``--where`` expression, parsed once.
+    """A ``--where`` expression, parsed once (:func:`where_tree`).
 
     Raises:
         ConfigError: the expression is not valid (its text and the reason).
@@ -110,19 +161,30 @@ class ResultFilter:
         self.expression = expression
         self._evaluator = SimpleEval()
         try:
-            self._tree = self._evaluator.parse(expression)
-        except (SyntaxError, InvalidExpression) as exc:
-            raise ConfigError(f"--where {expression!r}: not an expression ({exc})") from None
+            self._tree = where_tree(expression)
+        except ValueError as exc:
+            raise ConfigError(f"--where: {exc}") from None
 
-    def matches(self, response: dict[str, Any], contact: dict[str, Any]) -> bool:
-        """Whether the row goes on (an expression that cannot be evaluated: no)."""
+    def verdict(self, response: dict[str, Any], contact: dict[str, Any]) -> tuple[str, str] | None:
+        """None when the row goes on; else why it is left out, as a reject's reason and
+        message: ``filtered_out`` when the expression
+        is false (or names what the result lacks), ``where_failed`` when it cannot be
+        evaluated on this result (a missing key, an index past the end, a wrong type, nested
+        too deep)."""
         data = response.get("data")
         names = {**(data if isinstance(data, dict) else {}), **response, "contact": contact}
         self._evaluator.names = names
         try:
-            return bool(self._evaluator.eval(self.expression, previously_parsed=self._tree))
-        except (InvalidExpression, TypeError, ValueError, ArithmeticError):
-            return False
+            if self._evaluator.eval(self.expression, previously_parsed=self._tree):
+                return None
+        except InvalidExpression:  # a name the result lacks: false, as documented
+            pass
+        except Exception as exc:  # any failure on one row leaves that row out
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            message = f"--where {self.expression!r} cannot be evaluated on this result ({detail})"
+            return "where_failed", message
+        message = f"--where {self.expression!r} is false for this result"
+        return "filtered_out", message
 
 
 def context_from(paths: tuple[str, ...], response: dict[str, Any]) -> str:

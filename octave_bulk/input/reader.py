@@ -268,9 +268,9 @@ class ContactReader:
                     message = f"a later result of this person is on line {latest}"
                     return Reject(record.line, "superseded", None, message, {})
             response = orjson.loads(row[RESPONSE_KEY])
-            if self._filter is not None and not self._filter.matches(response, row):
-                message = f"--where {self._filter.expression!r} is false for this result"
-                return Reject(record.line, "filtered_out", None, message, {})
+            verdict = self._filter.verdict(response, row) if self._filter is not None else None
+            if verdict is not None:
+                return Reject(record.line, verdict[0], None, verdict[1], {})
         fields: dict[str, str] = {}
         for column, name in self._pairs:
             if name not in fields:

@@ -57,6 +57,7 @@ REJECT_REASONS: dict[str, str] = {
     "ragged_row": "the row has more cells than the header",
     "duplicate": "the same request as an earlier row",
     "filtered_out": "an earlier run's result that --where leaves out",
+    "where_failed": "an earlier run's result --where cannot be evaluated on (a missing key, a wrong type)",
     "superseded": "an earlier run's result replaced by a later one for the same person",
 }
 """Every reason code a reject can carry, with its meaning."""

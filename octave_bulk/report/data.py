@@ -144,8 +144,11 @@ def _read_errors(path: Path, data: ReportData) -> None:
         data.failures[kind] += 1
         examples = data.failure_examples.setdefault(kind, [])
         if len(examples) < EXAMPLES:
-            status = f"HTTP {error['status']}: " if error.get("status") else ""
-            examples.append(f"{status}{str(error.get('message', ''))[:200]}")
+            message = str(error.get("message", ""))[:200]
+            status = f"HTTP {error['status']}" if error.get("status") else ""
+            if status and not message.startswith(status):  # a status error's message has it
+                message = f"{status}: {message}"
+            examples.append(message)
 
 
 def _read_rejects(path: Path, data: ReportData) -> None:

@@ -131,8 +131,9 @@ class RunControl:
         refusing = now - self._refusing_since
         if refusing >= patience and self._consecutive_refusals > 1:
             self.detail = (
-                f"the API refused every call for {refusing / 60:.1f} minutes "
-                f"({self._consecutive_refusals} 429s, none accepted): quota exhausted?"
+                f"the API refused every call for {refusing:.1f} s "
+                f"({self._consecutive_refusals} 429s, none accepted; refusal_patience "
+                f"{patience:g} s): quota exhausted?"
             )
             self.stop(StopReason.BREAKER)
             return
@@ -167,9 +168,20 @@ class RunControl:
         else:
             self._consecutive_failures = 0
 
+    def refusal_wait(self, seconds: float) -> float:
+        """A wait caused by 429s (a retry's backoff, a pool pause for a Retry-After), cut to
+        end when ``refusal_patience`` runs out while every call is refused: the call sent then
+        decides (another 429 stops the run), so the stop comes at the patience, not one long
+        wait after it."""
+        if self._refusing_since is None or not self._consecutive_refusals:
+            return seconds
+        left = self._refusing_since + self.settings.refusal_patience - time.monotonic()
+        return min(seconds, max(0.0, left))
+
     async def sleep(self, seconds: float) -> None:
-        """Sleep, but wake and raise :class:`Stopped` as soon as the run stops."""
-        with anyio.move_on_after(seconds):
+        """Sleep (no longer than :meth:`refusal_wait` allows), but wake and raise
+        :class:`Stopped` as soon as the run stops."""
+        with anyio.move_on_after(self.refusal_wait(seconds)):
             await self.stopped.wait()
         if self.stopping:
             raise Stopped

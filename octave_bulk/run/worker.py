@@ -221,7 +221,11 @@ class Worker:
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
         if exc.status == 429:
             stats.rate_limited += 1
-            pause = self.limiter.on_429(ticket, exc.retry_after)
+            self.control.on_refused(exc.retry_after)
+            asked = exc.retry_after
+            pause = self.limiter.on_429(
+                ticket, None if asked is None else self.control.refusal_wait(asked)
+            )
             log_event(
                 "rate_limited",
                 retry_after_s=exc.retry_after,
@@ -229,7 +233,6 @@ class Worker:
                 rate=self.limiter.rate and round(self.limiter.rate, 3),
                 window=self.limiter.window,
             )
-            self.control.on_refused(exc.retry_after)
             return
         self.limiter.on_answer(ticket)
         if exc.kind == ErrorKind.TIMEOUT:

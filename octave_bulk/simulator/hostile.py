@@ -15,7 +15,9 @@ for a share of the run calls (or for requestIds named in ``forced``), answers it
                    ``usage_tokens`` (raw JSON, in turn: ``1e308``, ``-1000``, 30 digits,
                    ``NaN``, ``"5"``, ``1e400``)
 
-and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
+``dribble_gets`` names GET paths (their endings: ``agents/get``, ``api-key/validate``, the
+async status path) whose simulator answers are dribbled too (not paid calls: the checks before
+a run, polls); and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
 ``period`` gets a 429 with ``Retry-After: retry_after_429`` (an exhausted quota, coming and
 going). Everything else passes through
 to the simulator unchanged. A fate is a function of ``seed``, the requestId and the attempt
@@ -72,6 +74,7 @@ class HostileConfig:
     usage_tokens: tuple[bytes, ...] = (
         b"1e308", b"-1000", b"1" + b"0" * 29, b"NaN", b'"5"', b"1e400"
     )  # fmt: skip
+    dribble_gets: tuple[str, ...] = ()
 
 
 class HostileApp:
@@ -104,6 +107,12 @@ class HostileApp:
         return None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        gets = self.config.dribble_gets
+        get = scope["type"] == "http" and scope["method"] == "GET"
+        if gets and get and scope["path"].endswith(gets):
+            self.counts["dribble_get"] += 1
+            await self._dribble(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["method"] != "POST" or "/agents/" not in scope["path"]:
             await self.inner(scope, receive, send)
             return
