@@ -36,14 +36,15 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
                 example = example or item.contact
             if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
                 break
-    exit_code = completed_exit(stats, fail_on_rejects=settings.fail_on_rejects)
+    rule = completed_exit(stats, settings.exit_conditions)
     return RunSummary.from_document(
         stats.summary(
             dry_run=True,
             resend=check_resend(input_path, settings, state).to_dict(),
             would_send=stats.queued,
             example_request=example,
-            exit_code=exit_code,
+            exit_code=rule.code,
+            exit_rule=rule.to_dict(),
             settings=settings.redacted(),
         )
     )

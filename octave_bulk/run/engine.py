@@ -33,6 +33,7 @@ import logging
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import check_credits
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
-from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
+from octave_bulk.run.summary import ExitRule, RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings, parse_budget
 from octave_bulk.sink import Failure, Sink, Submitted, Success
@@ -334,13 +335,16 @@ class _Run:
             jobs.add(job)
         return jobs
 
-    def exit_code(self) -> ExitCode:
+    def exit_rule(self) -> ExitRule:
+        """The exit code and the rule that produced it (a stop reason decides first)."""
         reason = self.control.reason
+        completed = completed_exit(self.stats, self.settings.exit_conditions)
         if reason == StopReason.INPUT_ERROR and self.stats.calls_sent:
-            return ExitCode.FILE_ERROR  # the input broke after calls were sent: not "nothing sent"
+            # the input broke after calls were sent: not "nothing sent"
+            return replace(completed, code=ExitCode.FILE_ERROR, reason="stopped: input_error")
         if reason is not None:
-            return reason.exit_code
-        return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
+            return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
+        return completed
 
 
 async def run_batch(
