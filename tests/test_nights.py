@@ -102,3 +102,34 @@ def test_the_metrics_and_the_report_name_the_rule(make_sim: Any, tmp_path: Path)
     assert report.exit_code == 0, report.output
     page = (tmp_path / "out.report.html").read_text(encoding="utf-8")
     assert "exit rule: --fail-on failed: 1 failed in this run" in page
+
+
+def test_an_output_belongs_to_one_agent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    qualify = night(sim.url, tmp_path, "--agent-type", "qualify-person")
+    assert qualify.exit_code == 0, qualify.output
+    paid = sim.stats()["totals"]["calls"]
+    for extra in ((), ("--dry-run",)):
+        sequence = night(sim.url, tmp_path, *extra)  # the Sequence Agent, into the same output
+        assert sequence.exit_code == 2, sequence.output
+        assert "holds qualify-person results; a sequence run needs an output of its own" in (
+            sequence.output
+        )
+        assert f"-o {tmp_path / 'out-sequence.ndjson'}" in sequence.output
+    assert sim.stats()["totals"]["calls"] == paid  # nothing sent
+    own = night(sim.url, tmp_path, "-o", str(tmp_path / "out-sequence.ndjson"))
+    assert own.exit_code == 0, own.output
+
+
+def test_an_export_preset_must_fit_the_results_agent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert night(sim.url, tmp_path, "--agent-type", "qualify-person").exit_code == 0
+    results = str(tmp_path / "out.ndjson")
+    wrong = CliRunner().invoke(cli, ["export", results, "-o", "-", "--preset", "instantly"])
+    assert wrong.exit_code == 2, wrong.output
+    assert "holds qualify-person results; --preset instantly does not fit them" in wrong.output
+    assert "choose one of qualify-person, hubspot, salesforce" in wrong.output
+    fits = CliRunner().invoke(cli, ["export", results, "-o", "-", "--preset", "qualify-person"])
+    assert fits.exit_code == 0 and fits.output.count("\n") >= 4, fits.output

@@ -16,12 +16,15 @@ from octave_bulk.settings import Settings
 from octave_bulk.state.cursor import ResumeCursor
 from octave_bulk.state.ledger import read_state
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.preflight import check_agent_of_output
 
 __all__ = ["dry_run"]
 
 
 def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> RunSummary:
-    """Read and build every request, print nothing, send nothing, write nothing."""
+    """Read and build every request, print nothing, send nothing, write nothing (an output
+    that holds another agent's results is refused, as a run would be)."""
+    check_agent_of_output(paths, settings.agent_type)
     stats = RunStats()
     # Read-only: a dry run must not repair (or race) the files of a run that may be going.
     state = read_state(paths, settings.ledger)

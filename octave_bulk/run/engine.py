@@ -80,6 +80,7 @@ from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.preflight import (
+    check_agent_of_output,
     check_descriptors,
     check_writable,
     remove_stale_temp_files,
@@ -383,6 +384,7 @@ async def run_batch(
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
+    check_agent_of_output(paths, settings.agent_type)
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
     if transport is None:
         check_descriptors(settings.concurrency)
