@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ErrorKind",
     "ExitCode",
+    "FailOn",
     "FatalApiError",
     "InputError",
     "OctaveBulkError",
@@ -64,6 +65,22 @@ class ExitCode(enum.IntEnum):
     """A bug in octave-bulk (EX_SOFTWARE): never 0 or 1, so it is never taken for success."""
     INTERRUPTED = 130
     """SIGINT or SIGTERM: calls in flight were drained, the run stopped, resumably."""
+
+
+class FailOn(enum.StrEnum):
+    """What makes a run that went through its input exit 1 (``--fail-on``; the default is
+    ``failed``). Tonight's exit reflects tonight's work: contacts that failed for good in an
+    earlier run are reported, and fail the night only when ``skipped-failed`` is chosen."""
+
+    FAILED = "failed"
+    """Contacts sent tonight that failed after their retries (and async jobs still pending at
+    ``job_timeout``, left for the next run)."""
+    REJECTS = "rejects"
+    """Rows rejected (unusable) or duplicates of another row."""
+    SKIPPED_FAILED = "skipped-failed"
+    """Contacts that failed for good in an earlier run and were not sent again."""
+    NONE = "none"
+    """Nothing: a run that went through its input exits 0."""
 
 
 class StopReason(enum.StrEnum):

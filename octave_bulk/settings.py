@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -29,7 +30,7 @@ from pydantic_settings import (
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.config_file import CONFIG_FILE, TomlFile, value_origin
-from octave_bulk.errors import ConfigError
+from octave_bulk.errors import ConfigError, FailOn
 from octave_bulk.ids import target_id_problem
 
 __all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
@@ -189,8 +190,13 @@ class Settings(BaseSettings):
         3600.0, description="Async: stop polling a job pending this long, s (the next run polls)."
     )
 
+    fail_on: Annotated[tuple[FailOn, ...], NoDecode] = Field(
+        (FailOn.FAILED,),
+        description="What makes a finished run exit 1: failed (contacts failed tonight), "
+        "rejects, skipped-failed (failed in an earlier run), none; comma-separated.",
+    )
     fail_on_rejects: bool = Field(
-        False, description="Exit 1 when rows were rejected (by default only failures do)."
+        False, description="Same as adding 'rejects' to --fail-on (kept for old configs)."
     )
 
     # Content
@@ -288,6 +294,26 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
     fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")
+
+    @field_validator("fail_on", mode="before")
+    @classmethod
+    def _fail_on(cls, value: Any) -> tuple[FailOn, ...]:
+        """``"failed,rejects"``, a list, or repeated flags; ``none`` alone means nothing."""
+        items = [value] if isinstance(value, str) else list(value or ())
+        names = [p.strip().lower() for i in items for p in str(i).split(",") if p.strip()]
+        known = {m.value for m in FailOn}
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{name!r} is not one of {', '.join(sorted(known))}")
+        if FailOn.NONE in names and len(set(names)) > 1:
+            raise ValueError("'none' cannot be combined with other conditions")
+        return tuple(dict.fromkeys(FailOn(n) for n in names if n != FailOn.NONE))
+
+    @property
+    def exit_conditions(self) -> frozenset[FailOn]:
+        """What fails a finished run: ``fail_on``, plus ``rejects`` with ``fail_on_rejects``."""
+        extra = {FailOn.REJECTS} if self.fail_on_rejects else set()
+        return frozenset(self.fail_on) | extra
 
     @field_validator("key")
     @classmethod

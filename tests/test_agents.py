@@ -109,18 +109,21 @@ def test_an_agent_runs_judges_its_answers_and_exports_them(
 
 
 def test_each_agent_pays_its_own_requests(make_sim: Any, tmp_path: Path) -> None:
-    """The same people through two agents: different requestIds and person keys, so one
-    output's done-set never skips the other agent's work."""
+    """The same people through two agents: different requestIds and person keys, and an
+    output belongs to one agent, so one agent's done-set never skips the other's work."""
     hubspot_contacts(tmp_path / "in.csv", 3)
     csv_path = tmp_path / "in.csv"
     rows = csv_path.read_text().splitlines()
     csv_path.write_text("\n".join(line.split(",", 1)[1] for line in rows) + "\n")  # no ids
     sim = make_sim()
     assert run(sim.url, tmp_path, "qualify-person").exit_code == 0
-    assert run(sim.url, tmp_path, "enrich-person").exit_code == 0
+    mixed = run(sim.url, tmp_path, "enrich-person")
+    assert mixed.exit_code == 2 and "holds qualify-person results" in mixed.output
+    enrich = run(sim.url, tmp_path, "enrich-person", "-o", str(tmp_path / "enrich.ndjson"))
+    assert enrich.exit_code == 0, enrich.output
     assert run(sim.url, tmp_path, "qualify-person").exit_code == 0  # all done: nothing sent
     assert sim.stats()["totals"]["calls"] == 6
-    lines = read_lines(tmp_path / "out.ndjson")
+    lines = read_lines(tmp_path / "out.ndjson") + read_lines(tmp_path / "enrich.ndjson")
     assert (
         len({line["requestId"] for line in lines})
         == len({line["personKey"] for line in lines})

@@ -59,8 +59,9 @@ def load_settings(config_file: str | None, api_key_file: str | None, **flags: An
     """Settings from the command's flags (None: not given), the environment and the file."""
     from octave_bulk.settings import Settings
 
-    if flags.get("map") == ():
-        flags["map"] = None  # a repeatable option given no times: not given
+    for name in ("map", "fail_on"):
+        if flags.get(name) == ():
+            flags[name] = None  # a repeatable option given no times: not given
     return Settings.load(config_file, api_key_file=api_key_file, **flags)
 
 
@@ -112,6 +113,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     ]
     if summary.get("stop_detail"):  # right under the exit line: why it stopped
         lines.insert(1, f"  why: {summary['stop_detail']}")
+    elif (summary.get("exit_rule") or {}).get("reason"):  # which rule gave a finished run its code
+        lines.insert(1, f"  why: {summary['exit_rule']['reason']}")
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
     if summary.get("credits_not_checked"):

@@ -34,7 +34,7 @@ RUN_FIELDS = (
     "call_deadline", "max_response_bytes",
     "max_attempts", "output_format", "lang", "context", "instructions", "max_calls", "budget",
     "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "allow_overdraft",
-    "fail_on_rejects",
+    "fail_on", "fail_on_rejects",
     "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",
     "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",

@@ -42,17 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import orjson
-
 from octave_bulk.errors import ConfigError, InputError, StateError
 from octave_bulk.export.presets import CRM_PRESETS, OTHER_CRM_IDS, PRESETS, Preset, crm_preset
 from octave_bulk.export.results import Result, parse_line, read_lines
 from octave_bulk.export.text import escape_formula, render_body
 from octave_bulk.identity import person_key
-from octave_bulk.state.files import atomic_file
+from octave_bulk.state.files import atomic_file, results_agent
 from octave_bulk.state.idset import IdSet, id_key
 
-__all__ = ["ID_LIST_CAP", "ExportReport", "export_results"]
+__all__ = ["ID_LIST_CAP", "ExportReport", "export_results", "presets_for"]
 
 ID_LIST_CAP = 1000
 """At most this many requestIds / line numbers are listed per kind in an ``ExportReport``."""
@@ -189,6 +187,8 @@ def export_results(
         InputError: the results file is missing or unreadable.
         StateError: the CSV cannot be written.
     """
+    if preset in PRESETS or preset in CRM_PRESETS:
+        _fitting(Path(results), preset)
     layout = PRESETS.get(preset)
     if preset in CRM_PRESETS:
         layout = _crm_layout(Path(results), preset)
@@ -221,15 +221,33 @@ def export_results(
     return report
 
 
+def presets_for(kind: str) -> list[str]:
+    """The presets that fit an agent's results: sequencers for sequences, else the agent's own
+    and the CRMs'."""
+    if kind == "sequence":
+        return [name for name, layout in PRESETS.items() if layout.agent is None]
+    return [kind, *CRM_PRESETS]
+
+
+def _fitting(results: Path, preset: str) -> None:
+    """Refuse (exit 2) a preset that does not fit the results' agent: it would write 0 rows."""
+    kind = results_agent(results)
+    if kind is None or preset in presets_for(kind):
+        return
+    if kind == "sequence" and preset in CRM_PRESETS:
+        return  # _crm_layout says where sequences go
+    fits = ", ".join(presets_for(kind))
+    raise ConfigError(
+        f"{results}: holds {kind} results; --preset {preset} does not fit them "
+        f"(choose one of {fits})"
+    )
+
+
 def _crm_layout(results: Path, crm: str) -> Preset:
     """A CRM preset for the agent the results file names (its first line's ``agentType``)."""
     from octave_bulk.agents import get_agent
 
-    first = next(read_lines(results), b"") if results.is_file() else b""
-    try:
-        kind = orjson.loads(first).get("agentType") or "sequence"
-    except (orjson.JSONDecodeError, AttributeError):
-        kind = "sequence"
+    kind = results_agent(results) or "sequence"
     if kind == "sequence":
         raise ConfigError(
             f"--preset {crm} writes an agent's fields back to the CRM; sequences go to a "

@@ -58,9 +58,10 @@ def write_metrics(path: Path, summary: Mapping[str, Any], *, output: str) -> Non
         gauge(_LAST_SUCCESS, "When a run last went through its whole input.").labels(output).set(
             last_success
         )
-    gauge("octave_bulk_last_exit_code", "Exit code of the last run.").labels(output).set(
-        summary.get("exit_code", -1)
-    )
+    fail_on = ",".join((summary.get("exit_rule") or {}).get("fail_on") or ())
+    gauge(
+        "octave_bulk_last_exit_code", "Exit code of the last run (fail_on: its rule).", ("fail_on",)
+    ).labels(output, fail_on).set(summary.get("exit_code", -1))
     gauge("octave_bulk_run_duration_seconds", "Wall time of the last run.").labels(output).set(
         summary.get("wall_seconds", 0)
     )

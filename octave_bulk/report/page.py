@@ -90,6 +90,9 @@ def _ending(data: ReportData) -> str:
     words = _STOPS.get(reason, reason) if reason else "went through its whole input"
     css = "stopped" if reason else "ok"
     lines = [f'<p class="{css}"><b>Exit {_e(run["exit_code"])}</b>: {_e(words)}.</p>']
+    rule = summary.get("exit_rule") or {}
+    if rule.get("reason") and not reason:
+        lines.append(f"<p>exit rule: {_e(rule['reason'])}</p>")
     lines += [
         f"<p>{_e(name.replace('_', ' '))}: {_e(summary[name])}</p>"
         for name in ("fatal_error", "stop_detail", "input_error")

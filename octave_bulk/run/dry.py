@@ -16,12 +16,15 @@ from octave_bulk.settings import Settings
 from octave_bulk.state.cursor import ResumeCursor
 from octave_bulk.state.ledger import read_state
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.preflight import check_agent_of_output
 
 __all__ = ["dry_run"]
 
 
 def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> RunSummary:
-    """Read and build every request, print nothing, send nothing, write nothing."""
+    """Read and build every request, print nothing, send nothing, write nothing (an output
+    that holds another agent's results is refused, as a run would be)."""
+    check_agent_of_output(paths, settings.agent_type)
     stats = RunStats()
     # Read-only: a dry run must not repair (or race) the files of a run that may be going.
     state = read_state(paths, settings.ledger)
@@ -36,14 +39,15 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
                 example = example or item.contact
             if settings.limit is not None and stats.queued + stats.skipped_done >= settings.limit:
                 break
-    exit_code = completed_exit(stats, fail_on_rejects=settings.fail_on_rejects)
+    rule = completed_exit(stats, settings.exit_conditions)
     return RunSummary.from_document(
         stats.summary(
             dry_run=True,
             resend=check_resend(input_path, settings, state).to_dict(),
             would_send=stats.queued,
             example_request=example,
-            exit_code=exit_code,
+            exit_code=rule.code,
+            exit_rule=rule.to_dict(),
             settings=settings.redacted(),
         )
     )

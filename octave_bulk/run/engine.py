@@ -36,6 +36,7 @@ import functools
 import logging
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
 from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
-from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
+from octave_bulk.run.summary import ExitRule, RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings import Settings
 from octave_bulk.sink import Failure, Sink, Submitted, Success
@@ -83,6 +84,7 @@ from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.preflight import (
+    check_agent_of_output,
     check_descriptors,
     check_writable,
     remove_stale_temp_files,
@@ -349,14 +351,17 @@ class _Run:
             jobs.add(job)
         return jobs
 
-    def exit_code(self) -> ExitCode:
+    def exit_rule(self) -> ExitRule:
+        """The exit code and the rule that produced it (a stop reason decides first)."""
         reason = self.control.reason
+        completed = completed_exit(self.stats, self.settings.exit_conditions)
         if reason in (StopReason.INPUT_ERROR, StopReason.LEDGER):
             # A file broke: after calls were sent, it is not "nothing sent".
-            return ExitCode.FILE_ERROR if self.stats.calls_sent else ExitCode.USAGE
+            code = ExitCode.FILE_ERROR if self.stats.calls_sent else ExitCode.USAGE
+            return replace(completed, code=code, reason=f"stopped: {reason}")
         if reason is not None:
-            return reason.exit_code
-        return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
+            return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
+        return completed
 
 
 async def run_batch(
@@ -395,6 +400,7 @@ async def run_batch(
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
+    check_agent_of_output(paths, settings.agent_type)
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
     if transport is None:
         check_descriptors(settings.concurrency)

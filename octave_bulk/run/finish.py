@@ -68,13 +68,15 @@ def finish_run(
     settings, paths, reader, start = run.settings, run.paths, given.reader, given.start
     scan, cursor_note = state.results, given.cursor_note
     stats, control = run.stats, run.control
-    exit_code = run.exit_code()
+    rule = run.exit_rule()
+    exit_code = rule.code
     document = stats.summary(
         tool="octave-bulk",
         run_id=run.run_id,
         started_at=utc_iso(stats.started, ms=False),
         finished_at=utc_iso(),
         exit_code=exit_code,
+        exit_rule=rule.to_dict(),
         stop_reason=control.reason,
         fatal_error=control.fatal.message if control.fatal else None,
         fatal_kind=control.fatal.kind if control.fatal else None,
@@ -154,6 +156,7 @@ def finish_run(
 def _file_error(document: dict[str, Any], why: str) -> ExitCode:
     """A file failed at the end of a run that sent calls: exit 6, resumable, and why."""
     document["exit_code"] = ExitCode.FILE_ERROR
+    document["exit_rule"] = {**document.get("exit_rule", {}), "reason": f"stopped: {why}"}
     document["resumable"] = True
     document["file_error"] = why
     return ExitCode.FILE_ERROR

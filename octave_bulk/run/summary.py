@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from octave_bulk.errors import ExitCode, StopReason
+from octave_bulk.errors import ExitCode, FailOn, StopReason
 
-__all__ = ["LatencyHistogram", "RunStats", "RunSummary", "completed_exit"]
+__all__ = ["ExitRule", "LatencyHistogram", "RunStats", "RunSummary", "completed_exit"]
 
 
 class LatencyHistogram:
@@ -220,12 +220,52 @@ class RunSummary(Mapping[str, Any]):
         return dict(self.document)
 
 
-def completed_exit(stats: RunStats, *, fail_on_rejects: bool) -> ExitCode:
-    """How a run that went through its input ends: 1 when contacts failed after their
-    retries, or async jobs were still pending at ``job_timeout`` (or rows were rejected,
-    with ``fail_on_rejects``), else 0."""
-    if stats.failed or stats.skipped_failed or stats.jobs_given_up:
-        return ExitCode.SOME_FAILED
-    if fail_on_rejects and (stats.rejected or stats.duplicate):
-        return ExitCode.SOME_FAILED
-    return ExitCode.OK
+def _contacts(n: int) -> str:
+    return f"{n:,} contact" + ("" if n == 1 else "s")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """The exit code of a run that went through its input, and the rule that produced it.
+
+    Attributes:
+        code: 0 or 1.
+        fail_on: the conditions that fail a night (``--fail-on``), in a stable order.
+        reason: why this code, in words (the summary's ``exit_rule``, the end-of-run lines and
+            the report header say it).
+    """
+
+    code: ExitCode
+    fail_on: tuple[str, ...]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary's ``exit_rule``."""
+        return {"fail_on": list(self.fail_on) or ["none"], "reason": self.reason}
+
+
+def completed_exit(stats: RunStats, conditions: frozenset[FailOn]) -> ExitRule:
+    """How a run that went through its input ends: 1 when one of ``conditions`` holds, else 0.
+
+    ``failed``: contacts sent in this run failed after their retries, or async jobs were still
+    pending at ``job_timeout``; ``rejects``: rows rejected or duplicated; ``skipped-failed``:
+    contacts that failed for good in an earlier run were skipped. Earlier failures are always
+    named in the reason, so a night that does not fail on them still reports them.
+    """
+    found = {
+        FailOn.FAILED: (stats.failed + stats.jobs_given_up, "failed in this run"),
+        FailOn.REJECTS: (stats.rejected + stats.duplicate, "rejected or duplicate rows"),
+        FailOn.SKIPPED_FAILED: (stats.skipped_failed, "failed for good in an earlier run"),
+    }
+    order = tuple(c for c in FailOn if c in conditions and c is not FailOn.NONE)
+    hits = [f"{found[c][0]:,} {found[c][1]}" for c in order if found[c][0]]
+    rule = "--fail-on " + (",".join(order) or "none")
+    if hits:
+        return ExitRule(ExitCode.SOME_FAILED, order, f"{rule}: " + "; ".join(hits))
+    words = f"{rule}: nothing it names happened"
+    if stats.skipped_failed and FailOn.SKIPPED_FAILED not in conditions:
+        words += (
+            f" ({_contacts(stats.skipped_failed)} failed for good in an earlier run and were"
+            " not sent again: --retry-failed sends them)"
+        )
+    return ExitRule(ExitCode.OK, order, words)

@@ -26,6 +26,7 @@ __all__ = [
     "iter_ndjson",
     "open_private",
     "repair_tail",
+    "results_agent",
     "write_atomic",
     "write_json_atomic",
 ]
@@ -155,3 +156,21 @@ def iter_ndjson(path: Path) -> Iterator[dict[str, Any]]:
                 record = orjson.loads(line)
                 if isinstance(record, dict):
                     yield record
+
+
+def results_agent(results: Path) -> str | None:
+    """The agent whose results ``results`` holds: its first line's ``agentType`` (none is the
+    Sequence Agent); None for a missing, empty or unreadable file. An output belongs to one
+    agent: a run of another agent into it, or an export preset of another agent, is refused."""
+    try:
+        with open(results, "rb") as handle:
+            first = handle.readline(1 << 24)
+    except OSError:
+        return None
+    try:
+        record = orjson.loads(first) if first.strip() else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    return str(record.get("agentType") or "sequence")

@@ -22,9 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.state.files import results_agent
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
+    "check_agent_of_output",
     "check_descriptors",
     "check_file",
     "check_writable",
@@ -157,4 +159,18 @@ def check_descriptors(concurrency: int) -> None:
         f"--concurrency {concurrency} needs about {needed} open files, and this process may "
         f"open {usable} (ulimit -n): use --concurrency {max(1, usable - 8 - _SPARE_DESCRIPTORS)}"
         " or less, or raise the limit (ulimit -n, LimitNOFILE= in a systemd unit)"
+    )
+
+
+def check_agent_of_output(paths: OutputPaths, agent_type: str) -> None:
+    """Raise :class:`StateError` when the output holds another agent's results: an output
+    belongs to one agent (its results' ``agentType``), and a run of another agent appending to
+    it would mix records that no export or chained step can read as one."""
+    kind = results_agent(paths.results)
+    if kind is None or kind == agent_type:
+        return
+    own = paths.results.with_name(f"{paths.results.stem}-{agent_type}{paths.results.suffix}")
+    raise StateError(
+        f"{paths.results}: holds {kind} results; a {agent_type} run needs an output of its own "
+        f"(e.g. -o {own})"
     )

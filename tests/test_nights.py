@@ -1,0 +1,135 @@
+"""Unattended nights: what a scheduler sees. Tonight's exit reflects tonight's work
+(``--fail-on``), and the rule that produced a code is said in the summary, the end-of-run
+lines, the report and the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
+
+from octave_bulk.cli import cli
+from tests.conftest import TEST_KEY
+from tests.helpers import write_contacts
+
+
+def night(url: str, tmp_path: Path, *extra: str) -> Result:
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"),
+            "--agent", "ca_1", "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
+    return CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+
+
+def summary(tmp_path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((tmp_path / "out.summary.json").read_text())
+    return loaded
+
+
+def test_an_old_permanent_failure_does_not_fail_every_later_night(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(forced={"c-00001": "not_found"})
+    write_contacts(tmp_path / "in.csv", 4)
+    first = night(sim.url, tmp_path)
+    assert first.exit_code == 1, first.output
+    assert summary(tmp_path)["exit_rule"] == {
+        "fail_on": ["failed"],
+        "reason": "--fail-on failed: 1 failed in this run",
+    }
+    assert "why: --fail-on failed: 1 failed in this run" in first.output
+    write_contacts(tmp_path / "in.csv", 6)  # the next night: two new people, both succeed
+    for _ in range(2):
+        later = night(sim.url, tmp_path)
+        assert later.exit_code == 0, later.output
+        rule = summary(tmp_path)["exit_rule"]
+        assert rule["fail_on"] == ["failed"]
+        assert "1 contact failed for good in an earlier run" in rule["reason"]
+        assert "--retry-failed sends them" in rule["reason"]
+        assert "1 contact failed for good in an earlier run" in later.output
+    assert sim.stats()["calls"]["c-00001"] == 1  # reported, never paid again
+
+
+def test_fail_on_chooses_what_fails_a_night(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00001": "not_found"})
+    write_contacts(tmp_path / "in.csv", 3)
+    assert night(sim.url, tmp_path, "--fail-on", "none").exit_code == 0
+    assert summary(tmp_path)["exit_rule"]["fail_on"] == ["none"]
+    strict = night(sim.url, tmp_path, "--fail-on", "skipped-failed")
+    assert strict.exit_code == 1, strict.output
+    assert summary(tmp_path)["exit_rule"]["reason"] == (
+        "--fail-on skipped-failed: 1 failed for good in an earlier run"
+    )
+    with open(tmp_path / "in.csv", "a", encoding="utf-8") as handle:
+        handle.write("c-09999,not-an-email,Ann,Lee,Acme,VP\n")  # a reject
+    assert night(sim.url, tmp_path).exit_code == 0  # default: rejects are counted, not failed
+    both = night(sim.url, tmp_path, "--fail-on", "rejects,failed")
+    assert both.exit_code == 1, both.output
+    assert summary(tmp_path)["exit_rule"] == {
+        "fail_on": ["failed", "rejects"],
+        "reason": "--fail-on failed,rejects: 1 rejected or duplicate rows",
+    }
+
+
+def test_fail_on_from_the_environment_and_a_bad_value(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00001": "not_found"})
+    write_contacts(tmp_path / "in.csv", 3)
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"),
+            "--agent", "ca_1", "--base-url", sim.url, "--no-progress"]  # fmt: skip
+    env = {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_FAIL_ON": "none"}
+    assert CliRunner().invoke(cli, args, env=env).exit_code == 0
+    bad = night(sim.url, tmp_path, "--fail-on", "faild")
+    assert bad.exit_code == 2
+    assert "fail_on" in bad.output and "'faild' is not one of" in bad.output
+    mixed = night(sim.url, tmp_path, "--fail-on", "none,failed")
+    assert mixed.exit_code == 2 and "'none' cannot be combined" in mixed.output
+
+
+def test_the_metrics_and_the_report_name_the_rule(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(forced={"c-00001": "not_found"})
+    write_contacts(tmp_path / "in.csv", 3)
+    prom = tmp_path / "octave.prom"
+    assert night(sim.url, tmp_path, "--metrics-textfile", str(prom)).exit_code == 1
+    exit_codes = [
+        s
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+        if s.name == "octave_bulk_last_exit_code"
+    ]
+    assert [(s.labels["fail_on"], s.value) for s in exit_codes] == [("failed", 1.0)]
+    report = CliRunner().invoke(cli, ["report", str(tmp_path / "out.ndjson")])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "out.report.html").read_text(encoding="utf-8")
+    assert "exit rule: --fail-on failed: 1 failed in this run" in page
+
+
+def test_an_output_belongs_to_one_agent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    qualify = night(sim.url, tmp_path, "--agent-type", "qualify-person")
+    assert qualify.exit_code == 0, qualify.output
+    paid = sim.stats()["totals"]["calls"]
+    for extra in ((), ("--dry-run",)):
+        sequence = night(sim.url, tmp_path, *extra)  # the Sequence Agent, into the same output
+        assert sequence.exit_code == 2, sequence.output
+        assert "holds qualify-person results; a sequence run needs an output of its own" in (
+            sequence.output
+        )
+        assert f"-o {tmp_path / 'out-sequence.ndjson'}" in sequence.output
+    assert sim.stats()["totals"]["calls"] == paid  # nothing sent
+    own = night(sim.url, tmp_path, "-o", str(tmp_path / "out-sequence.ndjson"))
+    assert own.exit_code == 0, own.output
+
+
+def test_an_export_preset_must_fit_the_results_agent(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    assert night(sim.url, tmp_path, "--agent-type", "qualify-person").exit_code == 0
+    results = str(tmp_path / "out.ndjson")
+    wrong = CliRunner().invoke(cli, ["export", results, "-o", "-", "--preset", "instantly"])
+    assert wrong.exit_code == 2, wrong.output
+    assert "holds qualify-person results; --preset instantly does not fit them" in wrong.output
+    assert "choose one of qualify-person, hubspot, salesforce" in wrong.output
+    fits = CliRunner().invoke(cli, ["export", results, "-o", "-", "--preset", "qualify-person"])
+    assert fits.exit_code == 0 and fits.output.count("\n") >= 4, fits.output
