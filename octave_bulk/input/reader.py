@@ -163,12 +163,19 @@ class ContactReader:
         self.rows_read = 0
         self._pairs: list[tuple[str, str]] = []
         self._known: set[str] = set()
+        self._groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __enter__(self) -> ContactReader:
         source = self._source.__enter__()
         try:
             headers = source.headers
-            self.mapping = resolve_mapping(headers, self._options.profile, self._options.overrides)
+            self.mapping = resolve_mapping(
+                headers,
+                self._options.profile,
+                self._options.overrides,
+                copies=source.copies,
+                sample=source.sample,
+            )
             if self._options.subject == "company":
                 self.mapping = self.mapping.for_companies()
                 if not self.mapping.has_company_identity:
@@ -186,6 +193,8 @@ class ContactReader:
                     f"columns: {shown}); name one with --map 'Column=email'"
                 )
                 raise InputError(msg, path=source.label, line=source.header_line)
+            self._groups = self.mapping.copy_groups()
+            self._check_copies(source.sample, source.label, source.header_line)
             self._templates.check(headers)
             self._sources = ContextSources(self._options.context_from) or None
             if RESPONSE_KEY in headers and self._path is not None:  # an earlier run's results
@@ -247,6 +256,31 @@ class ContactReader:
                 self._learn(item.row)
             yield self._contact(item)
 
+    def _disagree(self, row: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
+        """The first repeated-name group whose filled copies hold different values on ``row``."""
+        for target, columns in self._groups:
+            values = {v.strip().casefold() for c in columns if (v := row.get(c, "")).strip()}
+            if len(values) > 1:
+                return target, columns
+        return None
+
+    def _resolution(self, target: str, columns: tuple[str, ...]) -> str:
+        """Why a repeated name is ambiguous, and the ``--map`` items that resolve it."""
+        named = " and ".join(self.mapping.where(c) for c in columns)
+        rest = " ".join(f"--map '{c}='" for c in columns[1:])
+        return (
+            f"{named} are duplicate column names feeding {target} with different values; "
+            f"keep the first with {rest}, or pick one with --map '{columns[-1]}={target}'"
+        )
+
+    def _check_copies(self, sample: list[dict[str, str]], label: str, line: int | None) -> None:
+        """Refuse the input when a repeated name's copies disagree in its first rows."""
+        for row in sample:
+            found = self._disagree(row)
+            if found is not None:
+                msg = self._resolution(*found) + " (seen in the first rows)"
+                raise InputError(msg, path=label, line=line)
+
     def _learn(self, row: Mapping[str, str]) -> None:
         """Map NDJSON keys first seen after the sample, by the same profile."""
         claimed = {f for c, f in self._pairs if c in self.mapping.overridden}
@@ -271,6 +305,8 @@ class ContactReader:
             if self._filter is not None and not self._filter.matches(response, row):
                 message = f"--where {self._filter.expression!r} is false for this result"
                 return Reject(record.line, "filtered_out", None, message, {})
+        if self._groups and (found := self._disagree(row)) is not None:
+            return Reject(record.line, "ambiguous_column", found[0], self._resolution(*found), row)
         fields: dict[str, str] = {}
         for column, name in self._pairs:
             if name not in fields:

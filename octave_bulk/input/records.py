@@ -55,6 +55,7 @@ REJECT_REASONS: dict[str, str] = {
     "invalid_field": "a field fails the request model",
     "malformed_record": "the record cannot be parsed (NUL byte, unterminated quote, bad JSON)",
     "ragged_row": "the row has more cells than the header",
+    "ambiguous_column": "two columns of the same name feed one field with different values",
     "duplicate": "the same request as an earlier row",
     "filtered_out": "an earlier run's result that --where leaves out",
     "superseded": "an earlier run's result replaced by a later one for the same person",
