@@ -46,6 +46,7 @@ from octave_bulk.input.mapping import (
 from octave_bulk.input.normalize import (
     business_domain,
     check_email,
+    language_code,
     normalize_email,
     normalize_linkedin,
     website_domain,
@@ -350,6 +351,15 @@ class ContactReader:
                 )
         elif not email and not profile:
             return reject("missing_identity", None, "neither an email nor a LinkedIn profile")
+        notes: list[tuple[str, str]] = []
+        lang = fields.get("lang")
+        if lang and (code := language_code(lang[:100])) != lang:
+            if code is None or len(code) > FIELD_MAX_CHARS["lang"]:
+                del fields["lang"]
+                column = self._column("lang", row)
+                notes.append(("lang_dropped", f"lang (column {column!r}): {lang[:40]!r} left out"))
+            else:
+                fields["lang"] = code
         website = fields.pop("companyDomain", None)
         domain = website_domain(website) if website else None
         if domain:
@@ -367,9 +377,14 @@ class ContactReader:
         if email:
             email = fields["email"] = normalize_email(email)
             problem = check_email(email)
-            if problem:
+            if problem and profile and _is_linkedin(profile):
+                column = self._column("email", row)
+                message = f"email (column {column!r}): {email[:100]!r} left out ({problem}); "
+                notes.append(("email_dropped", message + "the LinkedIn URL identifies the person"))
+                del fields["email"]
+            elif problem:
                 return reject("invalid_email", "email", f"{email[:100]!r}: {problem}")
-            if not domain:
+            elif not domain:
                 domain = business_domain(email)
                 if domain:
                     fields["companyDomain"] = domain
@@ -378,4 +393,13 @@ class ContactReader:
                 fields["linkedInProfile"] = normalize_linkedin(profile)
             except ValueError as exc:
                 return reject("invalid_linkedin", "linkedInProfile", str(exc))
-        return Contact(line, fields)
+        return Contact(line, fields, tuple(notes))
+
+
+def _is_linkedin(value: str) -> bool:
+    """Whether ``value`` is a LinkedIn profile URL (:func:`normalize_linkedin` takes it)."""
+    try:
+        normalize_linkedin(value)
+    except ValueError:
+        return False
+    return True

@@ -15,6 +15,7 @@ __all__ = [
     "CANONICAL_FIELDS",
     "CONTENT_FIELDS",
     "IDENTITY_FIELDS",
+    "NOTE_REASONS",
     "REJECT_REASONS",
     "Contact",
     "Reject",
@@ -62,6 +63,12 @@ REJECT_REASONS: dict[str, str] = {
 }
 """Every reason code a reject can carry, with its meaning."""
 
+NOTE_REASONS: dict[str, str] = {
+    "email_dropped": "an invalid email beside a valid LinkedIn URL: the URL identifies the person",
+    "lang_dropped": "a Language value with no ISO 639-1 code: the row is sent without lang",
+}
+"""Every note a valid contact can carry: a value left out, the row still sent."""
+
 
 @dataclass(frozen=True, slots=True)
 class Contact:
@@ -70,10 +77,12 @@ class Contact:
     Attributes:
         line: 1-based line of the input where the record starts.
         fields: canonical field -> value, see ``CANONICAL_FIELDS``.
+        notes: ``(code from NOTE_REASONS, message)`` for each value left out of the row.
     """
 
     line: int
     fields: dict[str, str]
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
