@@ -1,19 +1,19 @@
-"""CRM column profiles: which source column feeds which canonical contact field.
+"""Column mapping: which source column feeds which canonical contact field, and why.
 
-Contract: :func:`resolve_mapping` turns a header and a profile name (``auto`` picks one by the
-header's fingerprint) plus ``"Source Column=field"`` overrides into a :class:`ResolvedMapping`
-that says, for every column, the canonical field it feeds (``records.CANONICAL_FIELDS``) or
-that it is unmapped, and that renders itself for printing. Bad profile names and overrides
-raise :class:`ConfigError` naming them.
+Contract: :func:`resolve_mapping` turns a header (repeated names already renamed by
+:func:`~octave_bulk.input.sniff.check_headers`), a profile name (``auto`` picks one by the
+header's fingerprint and the sample's record ids: :mod:`octave_bulk.input.profiles`) and
+``"Source Column=field"`` overrides into a :class:`ResolvedMapping` that says, for every column,
+the canonical field it feeds (``records.CANONICAL_FIELDS``) or that it is unmapped, and why,
+and that renders itself for printing. Bad profile names and overrides raise
+:class:`ConfigError` naming them.
 
-Matching ignores case, spaces, ``_``, ``-`` and ``.``: ``First Name``, ``first_name``,
-``FirstName`` and ``Account.Name`` / ``Account Name`` are the same. Each profile's own names
-come first; the generic names (the canonical field names and common aliases) apply to the
-columns a profile does not know, so a custom ``LinkedIn URL`` column in a HubSpot export still
-maps. Per-row content columns ``context``, ``context_1`` ... ``instructions_N`` map in every
+Per-row content columns ``context``, ``context_1`` ... ``instructions_N`` map in every
 profile. When several columns feed one field, the first non-empty one in priority order wins
-(``ResolvedMapping.columns`` is in that order). An override ``Column=field`` takes the field
-from every other column; ``Column=`` (empty field) leaves the column unmapped.
+(``ResolvedMapping.columns`` is in that order); a renamed copy (``Email_2``) feeds what its
+first column feeds, right after it. An override ``Column=field`` takes the field from every
+other column; ``Column=`` (empty field) leaves the column unmapped. Either copy of a repeated
+name can be overridden.
 """
 
 from __future__ import annotations

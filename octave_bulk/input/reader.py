@@ -7,13 +7,20 @@ first row (unreadable file, bad header, bad options, an override or a template p
 names no column, no column that feeds ``email`` or ``linkedInProfile``) is raised by
 ``__enter__`` as :class:`InputError` or :class:`ConfigError`.
 
+A repeated column name's copies (``<name>_2``...: :mod:`octave_bulk.input.sniff`) feed what the
+first column feeds, when it is empty; copies that hold different values for a mapped field stop
+``__enter__`` (InputError) when seen in the source's sample rows, and make a later row an
+``ambiguous_column`` reject.
+
 Per row, after mapping: a row needs ``email`` or ``linkedInProfile`` (``missing_identity``);
 no value may be longer than :data:`FIELD_MAX_CHARS` (``field_too_long``); line breaks in
 names, title and company become spaces, in other identity fields they are ``invalid_field``; the
 email is normalised and checked (``invalid_email``), a LinkedIn URL normalised
 (``invalid_linkedin``) and ``companyDomain`` derived from the website column or a business email,
-by the rules of :mod:`octave_bulk.input.normalize`. CRM ids are kept exactly as written, only
-trimmed.
+by the rules of :mod:`octave_bulk.input.normalize`. An invalid email beside a valid LinkedIn URL
+is left out (note ``email_dropped``: the URL identifies the person); a ``lang`` that names a
+language becomes its ISO 639-1 code, one that names none is left out (note ``lang_dropped``).
+Notes ride on the :class:`Contact`. CRM ids are kept exactly as written, only trimmed.
 """
 
 from __future__ import annotations
@@ -288,7 +295,7 @@ class ContactReader:
         for key in row:
             if key not in self._known:
                 self._known.add(key)
-                hit = column_field(self.mapping.profile, key)
+                hit = column_field(self.mapping.profile, key, (), self.mapping.kind)
                 if hit is not None and hit[0] not in claimed:
                     self._pairs.append((key, hit[0]))
 
