@@ -315,17 +315,14 @@ def find_header(records: list[tuple[int, list[str]]], offset: int) -> int | None
     return offset + filled[0][0]
 
 
-def check_headers(
-    cells: list[str], label: str, line: int
-) -> tuple[tuple[str, ...], dict[str, str]]:
+def check_headers(cells: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """Trimmed names (empty ones named ``column N``), each repeated one renamed, and the renames.
 
     A name repeated (by case and spacing: ``Company Name`` / ``Company name``) keeps its first
     column; each later copy is renamed ``<name>_2``, ``<name>_3``... (past any name the header
     already has), so that every column stays addressable, by ``--map`` too. Returns the names
-    and ``copy -> the first column's name``. ``label`` and ``line`` are kept for messages.
+    and ``copy -> the first column's name``; whether copies conflict is the mapping's to say.
     """
-    del label, line  # the header itself is never refused any more: the mapping decides
     names = [
         c.strip().lstrip("\ufeff").strip() or f"column {i}" for i, c in enumerate(cells, start=1)
     ]

@@ -289,7 +289,7 @@ class RecordSource:
         if lines.nul or lines.undecodable:
             what = "a NUL byte" if lines.nul else f"bytes that are not {self.encoding}"
             raise InputError(f"the header contains {what}", path=self.label, line=start)
-        self.headers, self.copies = check_headers(cells, self.label, start)
+        self.headers, self.copies = check_headers(cells)
         body = sample[lines.lineno - first :]
         whole = sample_is_whole(sample) and len(body) <= _SAMPLE_ROWS
         self.sample = sample_rows(
