@@ -214,9 +214,9 @@ class Settings(BaseSettings):
     include_full_annotation: bool | None = Field(None, description="Sent as is.")
 
     # Input mapping
-    profile: Literal["auto", "hubspot", "salesforce", "apollo", "linkedin", "generic"] = Field(
-        "auto", description="Input column profile."
-    )
+    profile: Literal[
+        "auto", "hubspot", "salesforce", "apollo", "linkedin", "pipedrive", "zoho", "generic"
+    ] = Field("auto", description="Input column profile.")
     map: tuple[str, ...] = Field(
         (), description='Column override "Source Column=field" (repeatable).'
     )

@@ -3,7 +3,8 @@
 Contract: :func:`validate_input` reads the input exactly as ``run`` would (a
 :class:`~octave_bulk.input.reader.ContactReader`), puts every contact through the request model
 and the duplicate check (``invalid_field`` and ``duplicate`` rejects), writes every reject as one
-JSON line to the rejects file (mode 0600), and returns a :class:`ValidationReport`. Whole-file
+JSON line to the rejects file (mode 0600), counts the notes of valid rows (a value left out:
+``records.NOTE_REASONS``), and returns a :class:`ValidationReport`. Whole-file
 problems raise :class:`InputError` or :class:`ConfigError` before any row is read.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,6 +40,8 @@ class ValidationReport:
         rejected: reject count by reason (``duplicate`` included).
         rejects_path: where the rejects were written, if anywhere.
         footer_rows: a report's footer lines, dropped (not rows, not rejects).
+        notes: valid rows sent with a value left out, by note (``records.NOTE_REASONS``).
+        note_examples: the first message of each note, with its line.
     """
 
     path: str
@@ -53,6 +56,8 @@ class ValidationReport:
     rejected: dict[str, int]
     rejects_path: Path | None
     footer_rows: int = 0
+    notes: dict[str, int] = field(default_factory=dict)
+    note_examples: dict[str, str] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -80,7 +85,15 @@ class ValidationReport:
             "duplicates": self.duplicates,
             "rejectsPath": None if self.rejects_path is None else str(self.rejects_path),
             "footerRows": self.footer_rows,
+            "notes": dict(self.notes),
         }
+
+    def render_notes(self) -> list[str]:
+        """One line per note: how many valid rows had a value left out, and the first case."""
+        return [
+            f"  note {code}: {count} (sent without it), e.g. {self.note_examples[code]}"
+            for code, count in sorted(self.notes.items())
+        ]
 
 
 def _open_private(path: Path) -> BinaryIO:
@@ -113,6 +126,8 @@ def validate_input(
         ConfigError: bad options, overrides or templates.
     """
     counts: collections.Counter[str] = collections.Counter()
+    notes: collections.Counter[str] = collections.Counter()
+    examples: dict[str, str] = {}
     builder = RequestBuilder(spec, agent=agent)
     valid = 0
     with ContactReader(path, options) as reader:
@@ -120,6 +135,9 @@ def validate_input(
         try:
             for item in reader:
                 if isinstance(item, Contact):
+                    for code, message in item.notes:
+                        notes[code] += 1
+                        examples.setdefault(code, f"line {item.line}: {message}")
                     built = builder.build(item)
                     if isinstance(built, BuiltRequest):
                         valid += 1
@@ -144,4 +162,6 @@ def validate_input(
         rejected=dict(counts),
         rejects_path=rejects_path,
         footer_rows=reader.footer_rows,
+        notes=dict(notes),
+        note_examples=examples,
     )

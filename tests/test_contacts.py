@@ -457,6 +457,7 @@ def test_validate_row_request_ids_are_used_for_duplicates(tmp_path: Path) -> Non
 
 def test_validate_writes_nothing_when_the_header_is_bad(tmp_path: Path) -> None:
     rejects = tmp_path / "r.ndjson"
-    with pytest.raises(InputError, match="duplicate column names"):
-        validate_input(write(tmp_path, "email,Email\n"), ReaderOptions(), SPEC, rejects)
+    with pytest.raises(InputError, match="duplicate column names feeding email"):
+        text = "email,Email\na@acme.com,b@acme.com\n"
+        validate_input(write(tmp_path, text), ReaderOptions(), SPEC, rejects)
     assert not rejects.exists()

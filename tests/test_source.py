@@ -246,14 +246,12 @@ def test_headers_are_trimmed_and_empty_ones_named(tmp_path: Path) -> None:
     assert source.headers == ("Email", "First Name", "column 3", "column 4")
 
 
-def test_duplicate_headers_stop_naming_them(tmp_path: Path) -> None:
-    path = write(tmp_path, "Email,Name,email ,Phone,Phone\na@b.co,Ann,x,1,2\n")
-    with pytest.raises(InputError) as info:
-        read(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}:1: duplicate column names")
-    assert "'Email' (column 1) and 'email' (column 3)" in message
-    assert "'Phone' (column 4) and 'Phone' (column 5)" in message
+def test_repeated_headers_are_renamed_not_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "Email,Name,email ,Phone,Phone,Phone_2\na@b.co,Ann,x,1,2,3\n")
+    source, records = read(path)
+    assert source.headers == ("Email", "Name", "email_2", "Phone", "Phone_3", "Phone_2")
+    assert source.copies == {"email_2": "Email", "Phone_3": "Phone"}
+    assert records[0].row["Phone_3"] == "2" and records[0].row["email_2"] == "x"
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,8 @@ def validate(
             click.echo(f"  (and {report.footer_rows} report footer lines, dropped)")
         for reason, count in sorted(report.rejected.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {reason}: {count}")
+        for line in report.render_notes():
+            click.echo(line)
         if report.rejected_total:
             click.echo(f"rejects: {report.rejects_path}")
         if resend is not None:

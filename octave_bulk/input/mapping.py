@@ -1,51 +1,49 @@
-"""CRM column profiles: which source column feeds which canonical contact field.
+"""Column mapping: which source column feeds which canonical contact field, and why.
 
-Contract: :func:`resolve_mapping` turns a header and a profile name (``auto`` picks one by the
-header's fingerprint) plus ``"Source Column=field"`` overrides into a :class:`ResolvedMapping`
-that says, for every column, the canonical field it feeds (``records.CANONICAL_FIELDS``) or
-that it is unmapped, and that renders itself for printing. Bad profile names and overrides
-raise :class:`ConfigError` naming them.
+Contract: :func:`resolve_mapping` turns a header (repeated names already renamed by
+:func:`~octave_bulk.input.sniff.check_headers`), a profile name (``auto`` picks one by the
+header's fingerprint and the sample's record ids: :mod:`octave_bulk.input.profiles`) and
+``"Source Column=field"`` overrides into a :class:`ResolvedMapping` that says, for every column,
+the canonical field it feeds (``records.CANONICAL_FIELDS``) or that it is unmapped, and why,
+and that renders itself for printing. Bad profile names and overrides raise
+:class:`ConfigError` naming them.
 
-Matching ignores case, spaces, ``_``, ``-`` and ``.``: ``First Name``, ``first_name``,
-``FirstName`` and ``Account.Name`` / ``Account Name`` are the same. Each profile's own names
-come first; the generic names (the canonical field names and common aliases) apply to the
-columns a profile does not know, so a custom ``LinkedIn URL`` column in a HubSpot export still
-maps. Per-row content columns ``context``, ``context_1`` ... ``instructions_N`` map in every
+Per-row content columns ``context``, ``context_1`` ... ``instructions_N`` map in every
 profile. When several columns feed one field, the first non-empty one in priority order wins
-(``ResolvedMapping.columns`` is in that order). An override ``Column=field`` takes the field
-from every other column; ``Column=`` (empty field) leaves the column unmapped.
+(``ResolvedMapping.columns`` is in that order); a renamed copy (``Email_2``) feeds what its
+first column feeds, right after it. An override ``Column=field`` takes the field from every
+other column; ``Column=`` (empty field) leaves the column unmapped. Either copy of a repeated
+name can be overridden.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from octave_bulk.errors import ConfigError
-from octave_bulk.input.records import CANONICAL_FIELDS, CONTENT_FIELDS, IDENTITY_FIELDS
+from octave_bulk.input.profiles import (
+    GENERIC_RANK,
+    PROFILES,
+    column_field,
+    detect_profile,
+    header_key,
+    salesforce_object,
+)
+from octave_bulk.input.records import CANONICAL_FIELDS, IDENTITY_FIELDS
 
 __all__ = [
     "PROFILES",
     "ResolvedMapping",
     "column_field",
     "column_key",
+    "column_letter",
     "detect_profile",
     "header_key",
     "resolve_mapping",
 ]
-
-PROFILES: tuple[str, ...] = ("auto", "hubspot", "salesforce", "apollo", "linkedin", "generic")
-"""Profile names accepted by ``--profile``."""
-
-_IGNORED = re.compile(r"[\s_\-.]+")
-
-
-def header_key(name: str) -> str:
-    """The matching key of a column name: casefolded, without spaces, ``_``, ``-`` or ``.``."""
-    return _IGNORED.sub("", name.casefold())
 
 
 def column_key(name: str) -> str:
@@ -53,182 +51,18 @@ def column_key(name: str) -> str:
     return "".join(name.split()).casefold()
 
 
-def _table(spec: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, int]]:
-    """``field -> names in priority order`` as ``key -> (field, rank)``."""
-    return {header_key(n): (f, rank) for f, names in spec.items() for rank, n in enumerate(names)}
+def column_letter(index: int) -> str:
+    """The spreadsheet letter of the 0-based column ``index``: 0 -> ``A``, 26 -> ``AA``."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
 
-
-_GENERIC = _table(
-    {
-        "email": (
-            "email",
-            "email address",
-            "e-mail",
-            "work email",
-            "business email",
-            "contact email",
-            "primary email",
-        ),
-        "firstName": ("firstName", "first", "given name"),
-        "lastName": ("lastName", "last", "surname", "family name"),
-        "jobTitle": ("jobTitle", "title", "position"),
-        "companyName": (
-            "companyName",
-            "company",
-            "organization",
-            "organisation",
-            "account name",
-            "employer",
-        ),
-        "companyDomain": (
-            "companyDomain",
-            "domain",
-            "company domain name",
-            "website",
-            "company website",
-            "website url",
-            "company url",
-        ),
-        "linkedInProfile": (
-            "linkedInProfile",
-            "linkedin",
-            "linkedin url",
-            "linkedin profile url",
-            "person linkedin url",
-            "profile url",
-        ),
-        "crmContactId": ("crmContactId", "contact id"),
-        "crmLeadId": ("crmLeadId", "lead id"),
-        "crmAccountId": ("crmAccountId", "account id", "company id"),
-        "lang": ("lang", "language"),
-        "requestId": ("requestId",),
-    }
-)
-_CONTENT = {header_key(name): (name, 0) for name in CONTENT_FIELDS}
-
-_PROFILE_TABLES: dict[str, dict[str, tuple[str, int]]] = {
-    "generic": {},
-    "hubspot": _table(
-        {
-            "crmContactId": ("Record ID", "Contact ID"),
-            "firstName": ("First Name",),
-            "lastName": ("Last Name",),
-            "email": ("Email",),
-            "jobTitle": ("Job Title",),
-            "companyName": ("Company Name", "Associated Company"),
-            "companyDomain": ("Company Domain Name", "Website URL", "Website"),
-            "crmAccountId": (
-                "Associated Company ID",
-                "Associated Company IDs",
-                "Primary Associated Company ID",
-            ),
-            "lang": ("Preferred language",),
-        }
-    ),
-    "salesforce": _table(
-        {
-            "crmContactId": ("Contact ID",),
-            "crmLeadId": ("Lead ID",),
-            "crmAccountId": ("Account ID", "AccountId"),
-            "firstName": ("First Name",),
-            "lastName": ("Last Name",),
-            "email": ("Email",),
-            "jobTitle": ("Title",),
-            "companyName": ("Account Name", "Account.Name", "Company / Account", "Company"),
-            "companyDomain": ("Website", "Account.Website", "Account Website"),
-        }
-    ),
-    "apollo": _table(
-        {
-            "crmContactId": ("Apollo Contact Id",),
-            "crmAccountId": ("Apollo Account Id",),
-            "firstName": ("First Name",),
-            "lastName": ("Last Name",),
-            "email": ("Email",),
-            "jobTitle": ("Title",),
-            "companyName": ("Company Name for Emails", "Company", "Company Name"),
-            "companyDomain": ("Website",),
-            "linkedInProfile": ("Person Linkedin Url",),
-        }
-    ),
-    "linkedin": _table(
-        {
-            "firstName": ("First Name",),
-            "lastName": ("Last Name",),
-            "linkedInProfile": ("URL",),
-            "email": ("Email Address",),
-            "companyName": ("Company",),
-            "jobTitle": ("Position",),
-        }
-    ),
-}
 
 _FIELD_ORDER = {name: i for i, name in enumerate(CANONICAL_FIELDS)}
 _FIELDS_BY_KEY = {name.casefold(): name for name in CANONICAL_FIELDS}
-_GENERIC_RANK = 100  # generic names rank after every profile-specific name
-
-
-_SALESFORCE_REPORT_LABELS = frozenset(
-    header_key(label)
-    for label in (
-        "Account Name", "Account Owner", "Lead Source", "Lead Status", "Mailing Street",
-        "Mailing City", "Mailing State/Province", "Mailing Zip/Postal Code", "Mailing Country",
-    )
-)  # fmt: skip
-"""Column labels of Salesforce contact and lead reports that HubSpot exports never carry."""
-
-
-def detect_profile(headers: Sequence[str]) -> str:
-    """The profile whose fingerprint the header carries, else ``generic``.
-
-    Apollo: ``Apollo Contact Id``, ``Apollo Account Id``, ``Company Name for Emails`` or
-    ``Person Linkedin Url``. LinkedIn Connections.csv: ``Connected On`` and ``URL``. HubSpot:
-    ``Record ID``, ``Lifecycle Stage`` or ``Associated Company``. Salesforce: ``Contact ID``,
-    ``Lead ID``, ``Account ID``, ``Company / Account``, a report's labels (``Account Name``,
-    ``Mailing City``, ``Lead Source``...: :data:`_SALESFORCE_REPORT_LABELS`), or the API names
-    ``Id`` with ``FirstName``/``LastName``/``AccountId``. Else ``Contact Owner`` (which both
-    CRMs export) means HubSpot.
-    """
-    keys = {header_key(h) for h in headers}
-    exact = {h.strip() for h in headers}
-    if keys & {"apollocontactid", "apolloaccountid", "companynameforemails", "personlinkedinurl"}:
-        return "apollo"
-    if {"connectedon", "url"} <= keys:
-        return "linkedin"
-    if keys & {"recordid", "lifecyclestage", "associatedcompany"}:
-        return "hubspot"
-    if keys & {"contactid", "leadid", "accountid", "company/account"}:
-        return "salesforce"
-    if keys & _SALESFORCE_REPORT_LABELS:  # before "Contact Owner", which both CRMs export
-        return "salesforce"
-    if "contactowner" in keys:
-        return "hubspot"
-    if "Id" in exact and exact & {"FirstName", "LastName", "AccountId"}:
-        return "salesforce"
-    return "generic"
-
-
-def column_field(profile: str, column: str, headers: Sequence[str] = ()) -> tuple[str, int] | None:
-    """The canonical field a column feeds under ``profile``, with its rank (lower wins).
-
-    Args:
-        profile: a concrete profile name (not ``auto``).
-        column: the source column name.
-        headers: the whole header, used where a name is ambiguous (Salesforce ``Id`` is a
-            contact id next to ``AccountId``, a lead id next to ``Company``).
-    """
-    key = header_key(column)
-    if key in _CONTENT:
-        return _CONTENT[key]
-    if profile == "salesforce" and key == "id":
-        keys = {header_key(h) for h in headers}
-        lead = "company" in keys and not keys & {"accountid", "accountname"}
-        return ("crmLeadId" if lead else "crmContactId", 0)
-    hit = _PROFILE_TABLES[profile].get(key)
-    if hit is not None:
-        return hit
-    generic = _GENERIC.get(key)
-    return None if generic is None else (generic[0], _GENERIC_RANK + generic[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +75,11 @@ class ResolvedMapping:
         columns: ``(source column, field)`` pairs, by field then priority.
         unmapped: the columns that feed nothing, in file order.
         overridden: the columns set by ``--map``.
+        headers: every column, in file order.
+        reasons: ``(column, why)`` in file order: why it feeds its field, or nothing.
+        copies: ``(renamed copy, the first column of that name)`` for each repeated name.
+        detected_by: the column (or fact) the profile was recognised by.
+        kind: the record type of the export when known (``account``, ``contact``, ``lead``).
     """
 
     profile: str
@@ -248,6 +87,11 @@ class ResolvedMapping:
     columns: tuple[tuple[str, str], ...]
     unmapped: tuple[str, ...]
     overridden: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    reasons: tuple[tuple[str, str], ...] = ()
+    copies: tuple[tuple[str, str], ...] = ()
+    detected_by: str = ""
+    kind: str = ""
 
     @property
     def fields(self) -> frozenset[str]:
@@ -264,6 +108,23 @@ class ResolvedMapping:
         """Whether some column feeds ``companyDomain``, ``companyName`` or ``crmAccountId``."""
         return bool(self.fields & {"companyDomain", "companyName", "crmAccountId"})
 
+    def copy_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``(field, columns)`` for each repeated column name whose copies (two or more)
+        feed one field: the columns whose values must agree on a row."""
+        feeds = dict(self.columns)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for copy, original in self.copies:
+            target = feeds.get(copy)
+            if target is not None and feeds.get(original) == target:
+                groups.setdefault((original, target), [original]).append(copy)
+        return tuple((target, tuple(cols)) for (_, target), cols in groups.items())
+
+    def where(self, column: str) -> str:
+        """``'Email' (column D)``: a column by its name and spreadsheet letter."""
+        if column in self.headers:
+            return f"{column!r} (column {column_letter(self.headers.index(column))})"
+        return repr(column)
+
     def for_companies(self) -> ResolvedMapping:
         """The mapping of a company or account export: its record id (which the contact
         profiles read as ``crmContactId``/``crmLeadId``) is the ``crmAccountId``, unless a
@@ -277,19 +138,29 @@ class ResolvedMapping:
         return dataclasses.replace(self, columns=renamed)
 
     def render(self) -> str:
-        """The mapping as lines for a terminal: profile, ``column -> field``, unmapped columns."""
+        """The mapping for a terminal: the profile, then every column in file order with the
+        field it feeds (or ``-``) and why, then the repeated names renamed."""
         how = "detected from the header" if self.detected else "chosen"
-        out = [f"profile: {self.profile} ({how})"]
+        by = f", by {self.detected_by!r}" if self.detected and self.detected_by else ""
+        out = [f"profile: {self.profile} ({how}){by}"]
+        feeds = dict(self.columns)
+        ranked: dict[str, list[str]] = {}
+        for column, feeding in self.columns:
+            ranked.setdefault(feeding, []).append(column)
+        why = dict(self.reasons)
+        shown = self.headers or tuple(c for c, _ in self.columns) + self.unmapped
         width = max((len(c) for c, _ in self.columns), default=0)
-        first: dict[str, str] = {}
-        for column, target in self.columns:
-            note = f"  (when {first[target]!r} is empty)" if target in first else ""
-            note += "  [--map]" if column in self.overridden else ""
-            first.setdefault(target, column)
-            out.append(f"  {column.ljust(width)} -> {target}{note}")
+        for column in shown:
+            target = feeds.get(column)
+            note = why.get(column, "")
+            if target is not None and ranked[target][0] != column:
+                note += f"; used when {ranked[target][0]!r} is empty"
+            out.append(f"  {column.ljust(width)} -> {target or '-':<16} {note}".rstrip())
         if not self.columns:
             out.append("  (no column maps to a contact field)")
-        out.append("unmapped: " + (", ".join(self.unmapped) if self.unmapped else "(none)"))
+        if self.copies:
+            renamed = ", ".join(f"{self.where(c)} is {o!r} again" for c, o in self.copies)
+            out.append(f"repeated column names, later copies renamed: {renamed}")
         return "\n".join(out)
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,13 +171,28 @@ class ResolvedMapping:
             "columns": [{"column": c, "field": f} for c, f in self.columns],
             "unmapped": list(self.unmapped),
             "overridden": list(self.overridden),
+            "reasons": dict(self.reasons),
+            "copies": dict(self.copies),
         }
 
 
 def resolve_mapping(
-    headers: Sequence[str], profile: str = "auto", overrides: Sequence[str] = ()
+    headers: Sequence[str],
+    profile: str = "auto",
+    overrides: Sequence[str] = (),
+    *,
+    copies: Mapping[str, str] | None = None,
+    sample: Sequence[Mapping[str, str]] = (),
 ) -> ResolvedMapping:
     """Resolve ``headers`` under ``profile`` and ``overrides`` (see the module docstring).
+
+    Args:
+        headers: the column names, repeated names already renamed (``copies``).
+        profile: a profile name, or ``auto`` to detect it.
+        overrides: ``"Source Column=field"`` items (``--map``).
+        copies: renamed copy -> the first column of that name; a copy feeds what that
+            column feeds, after it.
+        sample: the first rows, for detection by record ids (Salesforce, Zoho).
 
     Raises:
         ConfigError: unknown profile, an override without ``=``, naming an unknown field or
@@ -314,19 +200,31 @@ def resolve_mapping(
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
-    name = detect_profile(headers) if profile == "auto" else profile
+    copies = copies or {}
+    name, detected_by = detect_profile(headers, sample) if profile == "auto" else (profile, "")
+    kind = salesforce_object(headers, sample) if name == "salesforce" else ""
     forced = _parse_overrides(overrides, headers)
     claimed = {f for f in forced.values() if f}
     ranked: list[tuple[int, int, int, str, str]] = []
+    reasons: dict[str, str] = {}
     for index, column in enumerate(headers):
+        original = copies.get(column)
         if column in forced:
             target: str | None = forced[column]
             rank = -1
+            reasons[column] = "--map" if target else "left out by --map"
         else:
-            hit = column_field(name, column, headers)
+            hit = column_field(name, original or column, headers, kind)
             target, rank = hit if hit is not None else (None, 0)
+            if original is not None:
+                reasons[column] = f"copy of {original!r}"
+            elif target is None:
+                reasons[column] = "not a name this profile knows"
+            else:
+                reasons[column] = "generic name" if rank >= GENERIC_RANK else f"{name} name"
             if target in claimed:
                 target = None
+                reasons[column] = "its field is set by --map"
         if target:
             ranked.append((_FIELD_ORDER[target], rank, index, column, target))
     ranked.sort()
@@ -337,6 +235,11 @@ def resolve_mapping(
         columns=tuple((column, target) for *_, column, target in ranked),
         unmapped=tuple(h for h in headers if h not in mapped),
         overridden=tuple(c for c in headers if c in forced),
+        headers=tuple(headers),
+        reasons=tuple((c, reasons[c]) for c in headers),
+        copies=tuple((c, o) for c, o in copies.items() if c in headers),
+        detected_by=detected_by,
+        kind=kind,
     )
 
 

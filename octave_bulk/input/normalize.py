@@ -6,11 +6,13 @@ is invalid (``email_validator`` without DNS) or returns None; :func:`normalize_l
 any form of profile URL into ``https://www.linkedin.com/in/<slug>`` or raises ``ValueError``;
 :func:`website_domain` is the bare host of a website value (None when it is no host name, like
 ``N/A``); :func:`business_domain` is the domain of an email unless a free-mail provider's
-(:data:`FREE_MAIL_DOMAINS` and their national variants).
+(:data:`FREE_MAIL_DOMAINS` and their national variants); :func:`language_code` turns a
+language's name into its ISO 639-1 code (``langcodes`` with its bundled ``language-data``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from email_validator import EmailNotValidError, validate_email
@@ -19,6 +21,7 @@ __all__ = [
     "FREE_MAIL_DOMAINS",
     "business_domain",
     "check_email",
+    "language_code",
     "normalize_email",
     "normalize_linkedin",
     "website_domain",
@@ -182,3 +185,24 @@ def normalize_linkedin(value: str) -> str:
             "a Sales Navigator or Recruiter URL; use the public profile (linkedin.com/in/…)"
         )
     raise ValueError(f"{value.strip()[:100]!r} is not a LinkedIn profile URL (linkedin.com/in/…)")
+
+
+@functools.lru_cache(maxsize=4096)
+def language_code(value: str) -> str | None:
+    """A ``lang`` value as Octave documents it (``en``, ``es``), or None when it names no language.
+
+    A valid language tag stays as written (``en``, ``pt-BR``); a language's name, in English or
+    in the language itself and in any case (``English``, ``Spanish``, ``Deutsch``, ``français``),
+    becomes its ISO 639-1 code. Anything else (``xx``, ``n/a``, a language without a two-letter
+    code such as ``Klingon``) is None.
+    """
+    import langcodes  # only a Language column pays for the import
+
+    text = value.strip()
+    if langcodes.tag_is_valid(text):
+        return text
+    try:
+        code = langcodes.find(text).language
+    except (LookupError, ValueError):
+        return None
+    return code if code and len(code) == 2 else None

@@ -7,13 +7,20 @@ first row (unreadable file, bad header, bad options, an override or a template p
 names no column, no column that feeds ``email`` or ``linkedInProfile``) is raised by
 ``__enter__`` as :class:`InputError` or :class:`ConfigError`.
 
+A repeated column name's copies (``<name>_2``...: :mod:`octave_bulk.input.sniff`) feed what the
+first column feeds, when it is empty; copies that hold different values for a mapped field stop
+``__enter__`` (InputError) when seen in the source's sample rows, and make a later row an
+``ambiguous_column`` reject.
+
 Per row, after mapping: a row needs ``email`` or ``linkedInProfile`` (``missing_identity``);
 no value may be longer than :data:`FIELD_MAX_CHARS` (``field_too_long``); line breaks in
 names, title and company become spaces, in other identity fields they are ``invalid_field``; the
 email is normalised and checked (``invalid_email``), a LinkedIn URL normalised
 (``invalid_linkedin``) and ``companyDomain`` derived from the website column or a business email,
-by the rules of :mod:`octave_bulk.input.normalize`. CRM ids are kept exactly as written, only
-trimmed.
+by the rules of :mod:`octave_bulk.input.normalize`. An invalid email beside a valid LinkedIn URL
+is left out (note ``email_dropped``: the URL identifies the person); a ``lang`` that names a
+language becomes its ISO 639-1 code, one that names none is left out (note ``lang_dropped``).
+Notes ride on the :class:`Contact`. CRM ids are kept exactly as written, only trimmed.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from octave_bulk.input.mapping import (
 from octave_bulk.input.normalize import (
     business_domain,
     check_email,
+    language_code,
     normalize_email,
     normalize_linkedin,
     website_domain,
@@ -163,12 +171,19 @@ class ContactReader:
         self.rows_read = 0
         self._pairs: list[tuple[str, str]] = []
         self._known: set[str] = set()
+        self._groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __enter__(self) -> ContactReader:
         source = self._source.__enter__()
         try:
             headers = source.headers
-            self.mapping = resolve_mapping(headers, self._options.profile, self._options.overrides)
+            self.mapping = resolve_mapping(
+                headers,
+                self._options.profile,
+                self._options.overrides,
+                copies=source.copies,
+                sample=source.sample,
+            )
             if self._options.subject == "company":
                 self.mapping = self.mapping.for_companies()
                 if not self.mapping.has_company_identity:
@@ -186,6 +201,8 @@ class ContactReader:
                     f"columns: {shown}); name one with --map 'Column=email'"
                 )
                 raise InputError(msg, path=source.label, line=source.header_line)
+            self._groups = self.mapping.copy_groups()
+            self._check_copies(source.sample, source.label, source.header_line)
             self._templates.check(headers)
             self._sources = ContextSources(self._options.context_from) or None
             if RESPONSE_KEY in headers and self._path is not None:  # an earlier run's results
@@ -247,13 +264,38 @@ class ContactReader:
                 self._learn(item.row)
             yield self._contact(item)
 
+    def _disagree(self, row: Mapping[str, str]) -> tuple[str, tuple[str, ...]] | None:
+        """The first repeated-name group whose filled copies hold different values on ``row``."""
+        for target, columns in self._groups:
+            values = {v.strip().casefold() for c in columns if (v := row.get(c, "")).strip()}
+            if len(values) > 1:
+                return target, columns
+        return None
+
+    def _resolution(self, target: str, columns: tuple[str, ...]) -> str:
+        """Why a repeated name is ambiguous, and the ``--map`` items that resolve it."""
+        named = " and ".join(self.mapping.where(c) for c in columns)
+        rest = " ".join(f"--map '{c}='" for c in columns[1:])
+        return (
+            f"{named} are duplicate column names feeding {target} with different values; "
+            f"keep the first with {rest}, or pick one with --map '{columns[-1]}={target}'"
+        )
+
+    def _check_copies(self, sample: list[dict[str, str]], label: str, line: int | None) -> None:
+        """Refuse the input when a repeated name's copies disagree in its first rows."""
+        for row in sample:
+            found = self._disagree(row)
+            if found is not None:
+                msg = self._resolution(*found) + " (seen in the first rows)"
+                raise InputError(msg, path=label, line=line)
+
     def _learn(self, row: Mapping[str, str]) -> None:
         """Map NDJSON keys first seen after the sample, by the same profile."""
         claimed = {f for c, f in self._pairs if c in self.mapping.overridden}
         for key in row:
             if key not in self._known:
                 self._known.add(key)
-                hit = column_field(self.mapping.profile, key)
+                hit = column_field(self.mapping.profile, key, (), self.mapping.kind)
                 if hit is not None and hit[0] not in claimed:
                     self._pairs.append((key, hit[0]))
 
@@ -271,6 +313,8 @@ class ContactReader:
             verdict = self._filter.verdict(response, row) if self._filter is not None else None
             if verdict is not None:
                 return Reject(record.line, verdict[0], None, verdict[1], {})
+        if self._groups and (found := self._disagree(row)) is not None:
+            return Reject(record.line, "ambiguous_column", found[0], self._resolution(*found), row)
         fields: dict[str, str] = {}
         for column, name in self._pairs:
             if name not in fields:
@@ -314,6 +358,15 @@ class ContactReader:
                 )
         elif not email and not profile:
             return reject("missing_identity", None, "neither an email nor a LinkedIn profile")
+        notes: list[tuple[str, str]] = []
+        lang = fields.get("lang")
+        if lang and (code := language_code(lang[:100])) != lang:
+            if code is None or len(code) > FIELD_MAX_CHARS["lang"]:
+                del fields["lang"]
+                column = self._column("lang", row)
+                notes.append(("lang_dropped", f"lang (column {column!r}): {lang[:40]!r} left out"))
+            else:
+                fields["lang"] = code
         website = fields.pop("companyDomain", None)
         domain = website_domain(website) if website else None
         if domain:
@@ -331,9 +384,14 @@ class ContactReader:
         if email:
             email = fields["email"] = normalize_email(email)
             problem = check_email(email)
-            if problem:
+            if problem and profile and _is_linkedin(profile):
+                column = self._column("email", row)
+                message = f"email (column {column!r}): {email[:100]!r} left out ({problem}); "
+                notes.append(("email_dropped", message + "the LinkedIn URL identifies the person"))
+                del fields["email"]
+            elif problem:
                 return reject("invalid_email", "email", f"{email[:100]!r}: {problem}")
-            if not domain:
+            elif not domain:
                 domain = business_domain(email)
                 if domain:
                     fields["companyDomain"] = domain
@@ -342,4 +400,13 @@ class ContactReader:
                 fields["linkedInProfile"] = normalize_linkedin(profile)
             except ValueError as exc:
                 return reject("invalid_linkedin", "linkedInProfile", str(exc))
-        return Contact(line, fields)
+        return Contact(line, fields, tuple(notes))
+
+
+def _is_linkedin(value: str) -> bool:
+    """Whether ``value`` is a LinkedIn profile URL (:func:`normalize_linkedin` takes it)."""
+    try:
+        normalize_linkedin(value)
+    except ValueError:
+        return False
+    return True

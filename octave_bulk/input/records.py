@@ -15,6 +15,7 @@ __all__ = [
     "CANONICAL_FIELDS",
     "CONTENT_FIELDS",
     "IDENTITY_FIELDS",
+    "NOTE_REASONS",
     "REJECT_REASONS",
     "Contact",
     "Reject",
@@ -55,12 +56,19 @@ REJECT_REASONS: dict[str, str] = {
     "invalid_field": "a field fails the request model",
     "malformed_record": "the record cannot be parsed (NUL byte, unterminated quote, bad JSON)",
     "ragged_row": "the row has more cells than the header",
+    "ambiguous_column": "two columns of the same name feed one field with different values",
     "duplicate": "the same request as an earlier row",
     "filtered_out": "an earlier run's result that --where leaves out",
     "where_failed": "an earlier run's result --where cannot be evaluated on (a missing key, a wrong type)",
     "superseded": "an earlier run's result replaced by a later one for the same person",
 }
 """Every reason code a reject can carry, with its meaning."""
+
+NOTE_REASONS: dict[str, str] = {
+    "email_dropped": "an invalid email beside a valid LinkedIn URL: the URL identifies the person",
+    "lang_dropped": "a Language value with no ISO 639-1 code: the row is sent without lang",
+}
+"""Every note a valid contact can carry: a value left out, the row still sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +78,12 @@ class Contact:
     Attributes:
         line: 1-based line of the input where the record starts.
         fields: canonical field -> value, see ``CANONICAL_FIELDS``.
+        notes: ``(code from NOTE_REASONS, message)`` for each value left out of the row.
     """
 
     line: int
     fields: dict[str, str]
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

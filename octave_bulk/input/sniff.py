@@ -18,7 +18,9 @@ problems found in the sample raise :class:`InputError` naming the input's ``labe
   ``sep=;`` first line declares the delimiter; otherwise it is sniffed among
   :data:`DELIMITERS`. A preamble before the header (LinkedIn's ``Notes:`` paragraph) is
   skipped: the header is the first record with at least two filled cells and at least half as
-  many cells as most records. :func:`check_headers` names empty columns and refuses duplicates.
+  many cells as most records. :func:`check_headers` names empty columns and renames a repeated
+  name's later copies ``<name>_2``, ``<name>_3``...; :func:`sample_rows` parses the sampled rows
+  after the header (what profile detection and the repeated-column check look at).
 * NDJSON keys (:func:`ndjson_headers`): the keys of the objects in the sample, in order.
 """
 
@@ -52,6 +54,8 @@ __all__ = [
     "ndjson_headers",
     "parse_sample",
     "read_sample",
+    "sample_is_whole",
+    "sample_rows",
     "sniff_csv",
     "sniff_delimiter",
 ]
@@ -311,21 +315,49 @@ def find_header(records: list[tuple[int, list[str]]], offset: int) -> int | None
     return offset + filled[0][0]
 
 
-def check_headers(cells: list[str], label: str, line: int) -> tuple[str, ...]:
-    """Trimmed names (empty ones named ``column N``); duplicates (by case and spacing) stop."""
+def check_headers(cells: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Trimmed names (empty ones named ``column N``), each repeated one renamed, and the renames.
+
+    A name repeated (by case and spacing: ``Company Name`` / ``Company name``) keeps its first
+    column; each later copy is renamed ``<name>_2``, ``<name>_3``... (past any name the header
+    already has), so that every column stays addressable, by ``--map`` too. Returns the names
+    and ``copy -> the first column's name``; whether copies conflict is the mapping's to say.
+    """
     names = [
         c.strip().lstrip("\ufeff").strip() or f"column {i}" for i, c in enumerate(cells, start=1)
     ]
-    seen: dict[str, list[int]] = {}
-    for i, name in enumerate(names, start=1):
-        seen.setdefault(column_key(name), []).append(i)
-    dupes = [positions for positions in seen.values() if len(positions) > 1]
-    if dupes:
-        shown = "; ".join(
-            " and ".join(f"{names[i - 1]!r} (column {i})" for i in positions) for positions in dupes
-        )
-        raise InputError(f"duplicate column names: {shown}", path=label, line=line)
-    return tuple(names)
+    taken = {column_key(name) for name in names}
+    first: dict[str, int] = {}
+    copies: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if first.setdefault(column_key(name), i) == i:
+            continue
+        original = names[first[column_key(name)]]
+        n = 2
+        while column_key(f"{name}_{n}") in taken:
+            n += 1
+        names[i] = f"{name}_{n}"
+        taken.add(column_key(names[i]))
+        copies[names[i]] = original
+    return tuple(names), copies
+
+
+def sample_is_whole(sample: list[str]) -> bool:
+    """Whether :func:`read_sample` stopped at the end of the input, not at its limits."""
+    return len(sample) < _SNIFF_LINES and sum(map(len, sample)) < _SNIFF_CHARS
+
+
+def sample_rows(
+    sample: list[str], delimiter: str, headers: tuple[str, ...], *, whole: bool
+) -> list[dict[str, str]]:
+    """The rows of the sampled lines after the header, as ``header -> cell`` (the last record,
+    which the sample may cut, left out unless the sample is ``whole``)."""
+    records = parse_sample(sample, delimiter)
+    if not whole:
+        records = records[:-1]
+    return [
+        dict(zip(headers, cells, strict=False)) for _, cells in records if "".join(cells).strip()
+    ]
 
 
 # -- NDJSON ------------------------------------------------------------------------------------

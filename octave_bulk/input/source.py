@@ -5,7 +5,7 @@ Contract:
 * :class:`RecordSource` is a context manager. ``__enter__`` opens the input, decides the
   encoding, the format and the CSV delimiter, and reads the header (see
   :mod:`octave_bulk.input.sniff`); every whole-file problem (missing file, binary file, no
-  header, duplicate column names) raises :class:`InputError` there, before any record is
+  header) raises :class:`InputError` there, before any record is
   yielded. Bad options raise :class:`ConfigError`.
 * Iterating yields, for every non-blank record, exactly one :class:`RawRecord` (header ->
   cell text) or one :class:`Reject` (``malformed_record``, ``field_too_large``,
@@ -68,6 +68,8 @@ from octave_bulk.input.sniff import (
     detect_format,
     ndjson_headers,
     read_sample,
+    sample_is_whole,
+    sample_rows,
     sniff_csv,
 )
 
@@ -76,6 +78,7 @@ __all__ = ["MAX_LINE_CHARS", "RawRecord", "RecordSource"]
 MAX_LINE_CHARS = 16 << 20
 """A physical line longer than this stops the read (InputError): no real export has one."""
 
+_SAMPLE_ROWS = 100  # rows after the header that profile detection and the copy check look at
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 
@@ -133,7 +136,11 @@ class RecordSource:
         encoding: the codec used; ``encoding_note`` says why when it is a fallback.
         delimiter: the CSV delimiter (None for NDJSON).
         header_line: the line of the CSV header (None for NDJSON).
-        headers: the column names (for NDJSON, the keys seen in the first lines).
+        headers: the column names (for NDJSON, the keys seen in the first lines); a repeated
+            name's later copies renamed ``<name>_2``... (:func:`~octave_bulk.input.sniff.check_headers`).
+        copies: each renamed copy -> the name of the first column with its name.
+        sample: the first rows after the header (up to 100 lines), parsed, for profile
+            detection and the repeated-column check; the iteration reads them again.
     """
 
     def __init__(
@@ -170,6 +177,8 @@ class RecordSource:
         self.delimiter: str | None = delimiter
         self.header_line: int | None = None
         self.headers: tuple[str, ...] = ()
+        self.copies: dict[str, str] = {}
+        self.sample: list[dict[str, str]] = []
         self.footer = FooterFilter()  # a report's footer lines, dropped and counted
         self._text: io.TextIOWrapper | None = None
         self._lines: LineFeed | None = None
@@ -280,7 +289,12 @@ class RecordSource:
         if lines.nul or lines.undecodable:
             what = "a NUL byte" if lines.nul else f"bytes that are not {self.encoding}"
             raise InputError(f"the header contains {what}", path=self.label, line=start)
-        self.headers = check_headers(cells, self.label, start)
+        self.headers, self.copies = check_headers(cells)
+        body = sample[lines.lineno - first :]
+        whole = sample_is_whole(sample) and len(body) <= _SAMPLE_ROWS
+        self.sample = sample_rows(
+            body[:_SAMPLE_ROWS], self.delimiter or ",", self.headers, whole=whole
+        )
 
     def _open_ndjson(self) -> None:
         lines = self._source_lines
@@ -288,6 +302,14 @@ class RecordSource:
         sample = read_sample(lines.raw)
         lines.rewind(first, sample)
         self.headers = ndjson_headers(sample, self.label)
+        for text in sample[:_SAMPLE_ROWS]:
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                value = results_row(value) or value
+                self.sample.append({str(k).strip(): _as_text(v) for k, v in value.items()})
 
     # -- reading -----------------------------------------------------------------------------
 
