@@ -89,14 +89,29 @@ def test_copies_that_agree_or_are_empty_give_the_filled_value(tmp_path: Path) ->
 
 
 def test_copies_that_disagree_after_the_first_rows_reject_that_row(tmp_path: Path) -> None:
-    rows = [[f"p{n}@acme.io", "Acme", "Acme"] for n in range(150)]
-    rows.append(["late@acme.io", "Acme", "Other Co"])
-    path = write_csv(tmp_path / "late.csv", ["Email", "Company Name", "Company name"], rows)
+    rows = [[f"p{n}@acme.io", "Ana", f"p{n}@acme.io"] for n in range(150)]
+    rows.append(["late@acme.io", "Ana", "other@acme.io"])
+    path = write_csv(tmp_path / "late.csv", ["Email", "First Name", "Email"], rows)
     report = validate_input(path, ReaderOptions(), SPEC, tmp_path / "r.ndjson")
     assert (report.valid, report.rejected) == (150, {"ambiguous_column": 1})
     [reject] = read_lines(tmp_path / "r.ndjson")
-    assert reject["line"] == 152 and reject["field"] == "companyName"
-    assert "'Company Name' (column B) and 'Company name_2' (column C)" in reject["message"]
+    assert reject["line"] == 152 and reject["field"] == "email"
+    assert "'Email' (column A) and 'Email_2' (column C)" in reject["message"]
+
+
+def test_copies_of_a_name_that_disagree_use_the_first_filled_one(tmp_path: Path) -> None:
+    """HubSpot's contacts with their associated company repeat Company Name (the contact's)
+    and Company name (the company record's): they often differ, and neither says who the
+    person is, so the contact's own is sent and every row is read."""
+    header = ["Email", "Company Name", "Company name"]
+    rows = [["a@acme.io", "Acme", "Acme Inc."], ["b@beta.io", "", "Beta Corp"]]
+    path = write_csv(tmp_path / "names.csv", header, rows)
+    assert validate(path).exit_code == 0
+    items = read_all(path)
+    assert [i.fields["companyName"] for i in items if isinstance(i, Contact)] == [
+        "Acme",
+        "Beta Corp",
+    ]
 
 
 def test_map_can_name_either_copy(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ __all__ = [
     "resolve_mapping",
 ]
 
+MUST_AGREE = frozenset(
+    {"email", "linkedInProfile", "crmContactId", "crmLeadId", "crmAccountId", "companyDomain"}
+)
+"""Fields that say who a row is (and which CRM record a write-back reaches): two columns of one
+name that feed one of them with different values make the row ambiguous."""
+
 
 def column_key(name: str) -> str:
     """How columns are told apart and named by users: casefolded, whitespace removed."""
@@ -110,12 +116,15 @@ class ResolvedMapping:
 
     def copy_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """``(field, columns)`` for each repeated column name whose copies (two or more)
-        feed one field: the columns whose values must agree on a row."""
+        feed one identity field (:data:`MUST_AGREE`): the columns whose values must agree on a
+        row. Copies of any other field (a company name, a phone) are fallbacks: the first
+        filled one is used, as HubSpot's export with associated companies needs (its
+        ``Company Name`` is the contact's, ``Company name`` the company record's)."""
         feeds = dict(self.columns)
         groups: dict[tuple[str, str], list[str]] = {}
         for copy, original in self.copies:
             target = feeds.get(copy)
-            if target is not None and feeds.get(original) == target:
+            if target in MUST_AGREE and feeds.get(original) == target:
                 groups.setdefault((original, target), [original]).append(copy)
         return tuple((target, tuple(cols)) for (_, target), cols in groups.items())
 

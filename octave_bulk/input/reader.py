@@ -8,7 +8,8 @@ names no column, no column that feeds ``email`` or ``linkedInProfile``) is raise
 ``__enter__`` as :class:`InputError` or :class:`ConfigError`.
 
 A repeated column name's copies (``<name>_2``...: :mod:`octave_bulk.input.sniff`) feed what the
-first column feeds, when it is empty; copies that hold different values for a mapped field stop
+first column feeds, when it is empty; copies that hold different values for an identity field
+(``mapping.MUST_AGREE``) stop
 ``__enter__`` (InputError) when seen in the source's sample rows, and make a later row an
 ``ambiguous_column`` reject.
 
