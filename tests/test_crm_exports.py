@@ -18,9 +18,10 @@ from octave_bulk.cli import cli
 from octave_bulk.input.mapping import resolve_mapping
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
+from octave_bulk.run.engine import run_batch
 from octave_bulk.validate import validate_input
 from tests.conftest import TEST_KEY
-from tests.helpers import read_lines, side
+from tests.helpers import read_lines, side, sim_settings
 
 SPEC = RequestSpec(agent_o_id="ca_test")
 
@@ -336,3 +337,21 @@ def test_a_junk_email_beside_a_linkedin_url_is_dropped_with_a_note(tmp_path: Pat
     result = validate(path)
     assert result.exit_code == 1 and "note email_dropped: 2" in result.output
     assert "the LinkedIn URL identifies the person" in result.output
+
+
+async def test_a_runs_summary_counts_the_values_left_out(make_sim: Any, tmp_path: Path) -> None:
+    rows = [
+        ["xxx", "https://www.linkedin.com/in/ana-ruiz", "Ana", "English"],
+        ["bo@acme.io", "", "Bo", "Klingon"],
+        ["cy@acme.io", "", "Cy", "es"],
+    ]
+    path = write_csv(tmp_path / "n.csv", ["Email", "LinkedIn URL", "First Name", "Language"], rows)
+    sim = make_sim()
+    summary = await run_batch(path, tmp_path / "out.ndjson", sim_settings(sim.url))
+    assert summary["exit_code"] == 0 and summary["counts"]["succeeded"] == 3
+    assert summary["notes_by_code"] == {"email_dropped": 1, "lang_dropped": 1}
+    sent = {
+        line["contact"]["firstName"]: line["contact"]
+        for line in read_lines(tmp_path / "out.ndjson")
+    }
+    assert sent["Ana"]["lang"] == "en" and "lang" not in sent["Bo"] and sent["Cy"]["lang"] == "es"

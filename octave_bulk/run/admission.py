@@ -101,6 +101,8 @@ class Admission:
         rejects_size = rejects.size if rejects is not None else 0
         stats.read += 1
         if isinstance(record, Contact):
+            for code, _ in record.notes:  # a value left out (a junk email, an unknown language)
+                stats.notes_by_code[code] += 1
             built = self.builder.build(record)
             if isinstance(built, Reject):
                 record = built

@@ -99,6 +99,7 @@ class RunStats:
     polls: int = 0
     poll_errors: int = 0
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    notes_by_code: Counter[str] = field(default_factory=Counter)  # values left out, row sent
     failures_by_kind: Counter[str] = field(default_factory=Counter)
     calls_by_status: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -167,6 +168,7 @@ class RunStats:
             },
             # str(): keys may be enum members, and JSON keys must be plain strings.
             "rejects_by_reason": {str(k): v for k, v in self.rejects_by_reason.items()},
+            "notes_by_code": dict(self.notes_by_code),
             "failures_by_kind": {str(k): v for k, v in self.failures_by_kind.items()},
             "calls_by_status": {str(k): v for k, v in self.calls_by_status.items()},
         }
