@@ -5,9 +5,11 @@ lines, the report and the metrics."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -133,3 +135,33 @@ def test_an_export_preset_must_fit_the_results_agent(make_sim: Any, tmp_path: Pa
     assert "choose one of qualify-person, hubspot, salesforce" in wrong.output
     fits = CliRunner().invoke(cli, ["export", results, "-o", "-", "--preset", "qualify-person"])
     assert fits.exit_code == 0 and fits.output.count("\n") >= 4, fits.output
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("preflight", ["checks", "no checks"])
+def test_a_server_nobody_answers_is_nothing_sent(tmp_path: Path, preflight: str) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    write_contacts(tmp_path / "in.csv", 12)
+    extra = () if preflight == "checks" else ("--allow-overdraft",)
+    env = {"OCTAVE_API_KEY": TEST_KEY}
+    if preflight == "no checks":
+        env["OCTAVE_CHECK_AGENT"] = "false"
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"), "--agent",
+            "ca_1", "--base-url", url, "--no-progress", "--max-attempts", "2", *extra]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert f"to {url}: is --base-url right and the server up?" in result.output
+    if preflight == "no checks":  # the calls found it: the counts agree that none was sent
+        counts = summary(tmp_path)["counts"]
+        assert summary(tmp_path)["paid_calls"] == 0
+        assert counts["stopped_after_sending"] == 0
+        assert counts["queued"] == counts["not_sent"] + counts["failed"]
+    else:  # the checks found it: no run started, no output written
+        assert not (tmp_path / "out.ndjson").exists()

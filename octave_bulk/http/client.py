@@ -140,6 +140,11 @@ class OctaveClient:
         contract: AsyncContract | None = None,
     ) -> None:
         self._transport = transport
+        self.checks_answered = 0
+        """Checks (the GETs: lookups, polls) a server answered, with any status."""
+        self.checks_unreachable = 0
+        """Checks that could not connect: with none answered, no server is there."""
+        self.last_check_error = ""
         self._contract = contract or AsyncContract()
         self._deadline, self._max_body = deadline, max_body
         # A check (agent lookup, key and credits, doctor) is a small answer: the read timeout
@@ -350,7 +355,12 @@ class OctaveClient:
         try:
             response = await self._send("GET", url, self._headers, None, deadline=self._check)
         except Exception as exc:
-            raise _scrubbed(transport_error(exc, None)) from None
+            error = _scrubbed(transport_error(exc, None))
+            if error.kind == ErrorKind.CONNECT:
+                self.checks_unreachable += 1
+                self.last_check_error = error.message
+            raise error from None
+        self.checks_answered += 1
         if response.status_code != 200:
             raise _scrubbed(status_error(response, None))
         try:

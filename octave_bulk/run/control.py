@@ -25,7 +25,7 @@ from octave_bulk.settings import Settings
 if TYPE_CHECKING:
     from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 
-__all__ = ["NEVER_CONNECTED", "RunControl", "Stopped"]
+__all__ = ["NEVER_CONNECTED", "RunControl", "Stopped", "connect_cause"]
 
 NEVER_CONNECTED = 10
 """Connect errors in a row that stop a run no call of which ever reached a server (exit 4):
@@ -160,7 +160,7 @@ class RunControl:
                 threshold = min(threshold, NEVER_CONNECTED)  # no server there: say so soon
             if self._consecutive_failures >= threshold:
                 self.detail = f"{self._consecutive_failures} calls in a row failed " + (
-                    _connect_cause(exc.message, self.settings.base_url)
+                    connect_cause(exc.message, self.settings.base_url)
                     if exc.kind == ErrorKind.CONNECT
                     else f"({exc.kind}: {exc.message[:120]})"
                 )
@@ -220,7 +220,7 @@ class RunControl:
                     self.dispatch_scope.cancel()
 
 
-def _connect_cause(message: str, base_url: str) -> str:
+def connect_cause(message: str, base_url: str) -> str:
     """``(connect refused to URL: ...)``: why no call reached the server, and what to check."""
     lowered = message.lower()
     if "refused" in lowered or "connect call failed" in lowered:

@@ -54,7 +54,7 @@ from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.callbacks import CallbackReceiver
-from octave_bulk.run.control import RunControl
+from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
 from octave_bulk.run.guard import check_agent, check_resend
@@ -359,6 +359,9 @@ class _Run:
             # A file broke: after calls were sent, it is not "nothing sent".
             code = ExitCode.FILE_ERROR if self.stats.calls_sent else ExitCode.USAGE
             return replace(completed, code=code, reason=f"stopped: {reason}")
+        if reason == StopReason.BREAKER and not self.stats.calls_sent:
+            # No call reached a server (connect refused): "nothing sent", not "resume".
+            return replace(completed, code=ExitCode.USAGE, reason="stopped: no server answered")
         if reason is not None:
             return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
         return completed
@@ -485,6 +488,11 @@ async def _locked_run(
         async with open_client(settings, transport=transport) as client:  # before the row
             await check_agent(client, settings)  # (exit 2 or 3 leaves none)
             run.credits = await check_credits(client, settings, input_path, paths.results, expected)
+            if client.checks_unreachable and not client.checks_answered:
+                raise ConfigError(  # nothing there to pay: exit 2 before the first call
+                    f"the checks before the run could not connect "
+                    f"{connect_cause(client.last_check_error, settings.base_url)}; nothing was sent"
+                )
         if settings.budget is not None:
             run.control.budget = BudgetHolds(history, run.run_id, settings, run.control)
         history.start(

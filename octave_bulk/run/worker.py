@@ -133,8 +133,8 @@ class Worker:
 
                 result, slot, latency = await self._retrying.copy()(attempt)
         except (Stopped, FatalApiError):
-            if calls:  # sent, answered with errors, then stopped: neither done nor unsent
-                self.stats.unsettled += 1
+            if any(call[3] not in NEVER_SENT for call in calls):
+                self.stats.unsettled += 1  # sent, answered with errors, then stopped: unknown
             return None  # not this contact's fault: the next run sends it again
         except ApiError as exc:
             return Failure(item.request_id, item.contact, exc, attempts, None, tuple(calls))
