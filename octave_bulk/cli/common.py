@@ -117,6 +117,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.insert(1, f"  why: {summary['exit_rule']['reason']}")
     if summary.get("fatal_error"):
         lines.append(f"  stopped: {summary['fatal_error']}")
+    if summary.get("where_warning"):
+        lines.append(f"  warning: {summary['where_warning']}")
     if summary.get("credits_not_checked"):
         lines.append(
             f"  warning: credits not checked before the run: {summary['credits_not_checked']}"

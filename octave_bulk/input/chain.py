@@ -25,6 +25,7 @@ account id, else name) - and the value at PATH goes into the context. A pipeline
 from __future__ import annotations
 
 import ast
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,14 @@ def results_row(value: dict[str, Any]) -> dict[str, Any] | None:
     return row
 
 
-def latest_lines(path: Path) -> IdSet:
+def latest_lines(path: Path, names: frozenset[str] = frozenset()) -> tuple[IdSet, set[str]]:
     """Person (``personKey`` as an int) -> the 1-based line of their latest result in a
     results file: an earlier result of the same person (made before a change) is superseded,
-    and chaining reads only the latest."""
+    and chaining reads only the latest. Also which of ``names`` (a ``--where``'s) some line
+    holds as a JSON key (a byte search, in the same pass)."""
     latest = IdSet(1024, with_values=True)
+    wanted = {name: f'"{name}":'.encode() for name in names}
+    found: set[str] = set()
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             at = line.find(b'"personKey":"', 0, 200)
@@ -100,7 +104,9 @@ def latest_lines(path: Path) -> IdSet:
                 person = read_person_hash(line[start : start + 16])
                 if person is not None:
                     latest.put(person, number)
-    return latest
+            if len(found) < len(wanted):
+                found.update(name for name, key in wanted.items() if key in line)
+    return latest, found
 
 
 def where_tree(expression: str) -> ast.Expr:
@@ -164,6 +170,44 @@ class ResultFilter:
             self._tree = where_tree(expression)
         except ValueError as exc:
             raise ConfigError(f"--where: {exc}") from None
+        self.names = frozenset(
+            node.id for node in ast.walk(self._tree) if isinstance(node, ast.Name)
+        ) - {"contact", "True", "False", "None"}
+        """The names the expression reads: each must be a field some result has."""
+        self.judged = 0
+        """Rows whose result had every name the expression reads."""
+        self.passed = 0
+        """... and of them, the rows it let through."""
+
+    def check_names(self, present: set[str], fields: set[str], path: str) -> None:
+        """Refuse (before any call) an expression naming a field that no result of the input
+        has (``present``: the names found; ``fields``: the fields of the first results, for
+        a did-you-mean): it would leave out every row, night after night, without a word.
+
+        Raises:
+            InputError: a name no result has.
+        """
+        missing = sorted(self.names - present)
+        if not missing:
+            return
+        name = missing[0]
+        close = difflib.get_close_matches(name, sorted(fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        shown = ", ".join(sorted(fields)[:20]) or "none"
+        raise InputError(
+            f"--where {self.expression!r}: no result in the input has a field {name!r} "
+            f"({hint}fields of its first results: {shown}); nothing was sent",
+            path=path,
+        )
+
+    def all_left_out(self) -> str | None:
+        """A warning when the expression left out every row whose result had its fields."""
+        if self.judged and not self.passed:
+            return (
+                f"--where {self.expression!r} left out all {self.judged:,} results that have "
+                "its fields: is the comparison right?"
+            )
+        return None
 
     def verdict(self, response: dict[str, Any], contact: dict[str, Any]) -> tuple[str, str] | None:
         """None when the row goes on; else why it is left out, as a reject's reason and
@@ -174,8 +218,11 @@ class ResultFilter:
         data = response.get("data")
         names = {**(data if isinstance(data, dict) else {}), **response, "contact": contact}
         self._evaluator.names = names
+        judged = self.names.issubset(names)
+        self.judged += judged
         try:
             if self._evaluator.eval(self.expression, previously_parsed=self._tree):
+                self.passed += judged
                 return None
         except InvalidExpression:  # a name the result lacks: false, as documented
             pass

@@ -207,7 +207,10 @@ class ContactReader:
             self._templates.check(headers)
             self._sources = ContextSources(self._options.context_from) or None
             if RESPONSE_KEY in headers and self._path is not None:  # an earlier run's results
-                self._latest = latest_lines(self._path)
+                names = self._filter.names if self._filter is not None else frozenset()
+                self._latest, present = latest_lines(self._path, names)
+                if self._filter is not None:
+                    self._filter.check_names(present, _result_fields(source.sample), source.label)
             own = [p for p in self._options.context_from if ":" not in p]
             if (self._options.where or own) and RESPONSE_KEY not in headers:
                 msg = (
@@ -235,6 +238,11 @@ class ContactReader:
         tb: TracebackType | None,
     ) -> None:
         self._source.close()
+
+    @property
+    def where_warning(self) -> str | None:
+        """Said when ``--where`` left out every row whose result had its fields."""
+        return self._filter.all_left_out() if self._filter is not None else None
 
     @property
     def footer_rows(self) -> int:
@@ -411,3 +419,19 @@ def _is_linkedin(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _result_fields(sample: list[dict[str, str]]) -> set[str]:
+    """The fields of the sample's earlier results (the response's keys and its ``data``'s),
+    for a ``--where``'s did-you-mean."""
+    fields: set[str] = set()
+    for row in sample:
+        try:
+            response = orjson.loads(row.get(RESPONSE_KEY) or "{}")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(response, dict):
+            data = response.get("data")
+            fields.update(response)
+            fields.update(data if isinstance(data, dict) else ())
+    return fields

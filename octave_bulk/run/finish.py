@@ -82,6 +82,7 @@ def finish_run(
         fatal_kind=control.fatal.kind if control.fatal else None,
         stop_detail=control.detail,
         credits_not_checked=run.credits.unchecked,
+        where_warning=reader.where_warning,
         limits=run.remember_limits(),
         input_error=str(run.admission.input_error) if run.admission.input_error else None,
         resumable=exit_code != ExitCode.OK,
