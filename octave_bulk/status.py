@@ -7,28 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from octave_bulk.agents.fields import credits_of
 from octave_bulk.errors import OctaveBulkError, StateError
 from octave_bulk.state.files import iter_ndjson
+from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import load_jobs
 from octave_bulk.state.ledger import LedgerState, complete_lines, read_state
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.reconcile import line_credits
 from octave_bulk.utc import utc_iso
 
 __all__ = ["read_status"]
-
-
-def _credits(line: bytes) -> float:
-    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
-        return credits_of(orjson.loads(line)["response"]["_metadata"].get("usage"))
-    return 0.0
 
 
 def read_status(output: str | Path) -> dict[str, Any]:
@@ -46,7 +40,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
             "given to -o when the run was started"
         )
     state = read_state(paths)
-    credits = sum(_credits(line) for line in complete_lines(paths.results))
+    credits = sum(line_credits(line) for line in complete_lines(paths.results))
     rejects = sum(1 for _ in iter_ndjson(paths.rejects))
     summary = None
     if paths.summary.exists():
@@ -69,8 +63,30 @@ def read_status(output: str | Path) -> dict[str, Any]:
         "async_awaiting": len(awaiting),
         "async_oldest_submit": utc_iso(min(j.submitted_at for j in awaiting)) if awaiting else None,
         "input_progress": _input_progress(summary, state),
-        "last_run": summary,
+        "last_run": _last_run(paths, summary),
     }
+
+
+def _last_run(paths: OutputPaths, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last run's summary; or, when the ledger knows a later run (one still going, or
+    killed before it wrote a summary), that run's row."""
+    if not paths.ledger.exists():
+        return summary
+    try:
+        with RunHistory.open(paths.ledger, readonly=True) as history:
+            rows = history.query(
+                "SELECT run_id, started_at, finished_at, exit_code, stop_reason FROM runs "
+                "WHERE output = ? ORDER BY started_at DESC LIMIT 1",
+                (str(paths.results.resolve()),),
+            )
+    except (OctaveBulkError, sqlite3.Error):
+        return summary
+    if not rows or (summary is not None and summary.get("run_id") == rows[0]["run_id"]):
+        return summary
+    row = dict(rows[0])
+    for name in ("started_at", "finished_at"):
+        row[name] = row[name] and utc_iso(row[name], ms=False)
+    return row
 
 
 def _input_progress(summary: dict[str, Any] | None, state: LedgerState) -> dict[str, Any] | None:

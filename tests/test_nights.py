@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
 from octave_bulk.cli import cli
+from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
-from tests.helpers import write_contacts
+from tests.helpers import Run, read_lines, write_contacts
 
 
 def night(url: str, tmp_path: Path, *extra: str) -> Result:
@@ -253,3 +255,42 @@ def test_a_where_that_leaves_out_every_result_warns(make_sim: Any, tmp_path: Pat
         env={"OCTAVE_API_KEY": TEST_KEY},
     )
     assert some.exit_code == 0 and "warning: --where" not in some.output
+
+
+def _wait_for_lines(path: Path, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: fewer than {count} lines after {timeout} s")
+
+
+@pytest.mark.slow
+def test_a_killed_runs_history_is_corrected_and_agrees_with_status_to_the_credit(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(seed=4, latency=parse_latency("60ms:0.3"))
+    write_contacts(tmp_path / "in.csv", 120)
+    out = tmp_path / "out.ndjson"
+    killed = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "4")
+    _wait_for_lines(out, 20)
+    killed.kill()
+    right_after = CliRunner().invoke(cli, ["status", str(out)])
+    assert right_after.exit_code == 0, right_after.output
+    assert "no end recorded (still going, or killed" in right_after.output
+    again = night(sim.url, tmp_path)
+    assert again.exit_code == 0, again.output
+    runs = json.loads(CliRunner().invoke(cli, ["history", str(out), "--json"]).output)
+    dead = runs[-1]  # newest first
+    assert dead["stop_reason"] == "killed" and dead["finished_at"] is not None
+    mine = [line for line in read_lines(out) if line["runId"] == dead["run_id"]]
+    assert dead["succeeded"] == len(mine) >= 20
+    table = CliRunner().invoke(cli, ["history", str(out)]).output
+    assert "killed" in table
+    status = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    assert sum(run["credits"] for run in runs) == status["credits"]  # to the credit
+    billed = sim.stats()["credits_used"]
+    assert 0 <= billed - status["credits"] <= 4  # at most the calls in flight at the kill
+    paid = sum(run["paid_calls"] for run in runs)
+    assert sim.stats()["totals"]["calls"] <= paid <= sim.stats()["totals"]["calls"] + 4

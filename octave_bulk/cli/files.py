@@ -249,7 +249,12 @@ def status(output: str, as_json: bool) -> None:
             f"{progress['remaining']:,} remaining"
         )
     last = info.get("last_run")
-    if last:
+    if last and last.get("finished_at") is None:
+        click.echo(
+            f"  last run: {last.get('run_id')} started {last.get('started_at')}, no end recorded "
+            "(still going, or killed: the next run counts what it paid)"
+        )
+    elif last:
         click.echo(
             f"  last run: {last.get('run_id')} finished {last.get('finished_at')} exit {last.get('exit_code')} ({last.get('stop_reason') or 'finished'})"
         )
@@ -264,7 +269,8 @@ def history(output: str, ledger: Path | None, last: int | None, as_json: bool) -
     """Every run of an output: when, sent, succeeded, failed, credits, exit.
 
     "twice?" counts calls possibly paid twice (on the wire when a run was killed, sent again);
-    an exit of "-" is a run still going, or one killed before its end."""
+    an exit of "-" is a run still going, or one killed before its end; "killed" is a killed
+    run whose counts the next run took from the ledger and the files."""
     import json
 
     from octave_bulk.state.history import RunHistory
@@ -291,6 +297,8 @@ def history(output: str, ledger: Path | None, last: int | None, as_json: bool) -
         finished = run["finished_at"]
         minutes = (finished or run["updated_at"]) - run["started_at"]
         exit_code = "-" if finished is None else str(run["exit_code"])  # running, or killed
+        if run["stop_reason"] == "killed":  # its row corrected by the next run
+            exit_code = "killed"
         rows.append((utc_iso(run["started_at"], ms=False), run["run_id"], str(run["paid_calls"]),
                      str(run["succeeded"]), str(run["failed"]), str(run["rejected"]),
                      f"{run['credits']:g}", str(run["paid_twice"]), exit_code,

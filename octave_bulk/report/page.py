@@ -35,6 +35,10 @@ _STOPS = {
     "input_error": "the input could not be read on",
     "ledger": "the ledger could not be written",
     "credits": "the credits remaining were spent",
+    "killed": (
+        "killed before its end (kill -9, a crash, a power cut); its counts were taken from the "
+        "ledger and the files by the next run"
+    ),
 }
 
 _STYLE = """
@@ -89,7 +93,8 @@ def _ending(data: ReportData) -> str:
     reason = run["stop_reason"]
     words = _STOPS.get(reason, reason) if reason else "went through its whole input"
     css = "stopped" if reason else "ok"
-    lines = [f'<p class="{css}"><b>Exit {_e(run["exit_code"])}</b>: {_e(words)}.</p>']
+    ended = "Killed" if reason == "killed" else f"Exit {run['exit_code']}"
+    lines = [f'<p class="{css}"><b>{_e(ended)}</b>: {_e(words)}.</p>']
     rule = summary.get("exit_rule") or {}
     if rule.get("reason") and not reason:
         lines.append(f"<p>exit rule: {_e(rule['reason'])}</p>")

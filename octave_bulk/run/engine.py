@@ -89,6 +89,7 @@ from octave_bulk.state.preflight import (
     check_writable,
     remove_stale_temp_files,
 )
+from octave_bulk.state.reconcile import reconcile_killed_runs
 
 __all__ = ["run_batch"]
 
@@ -452,6 +453,8 @@ async def _locked_run(
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
     carried = carried_jobs(paths, state)
+    if index is not None and index.output_id is not None:  # a killed run's row, made true
+        reconcile_killed_runs(history, index.output_id, paths.results, len(state.outcome_unknown))
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:
