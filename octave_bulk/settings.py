@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     poll_interval_min: float = Field(2.0, description="Async: shortest wait between two polls, s.")
     poll_interval_max: float = Field(60.0, description="Async: longest wait between two polls, s.")
     max_pending: int = Field(10_000, description="Async: submitted jobs awaiting results at most.")
+    expire_after: float = Field(
+        600.0,
+        ge=0,
+        description="Async: a job whose handle the status endpoint answers 404 for is expired "
+        "only once it is this old (and older than the median job), after 3 such polls, s.",
+    )
     job_timeout: float = Field(
         3600.0, description="Async: stop polling a job pending this long, s (the next run polls)."
     )

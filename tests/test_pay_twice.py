@@ -105,3 +105,95 @@ async def test_an_output_through_a_symlink_takes_the_files_own_lock(
     assert again["counts"]["skipped_done"] == 60 and submits(sim) == dict.fromkeys(rids, 1)
     assert (tmp_path / "real" / "out.summary.json").exists()
     assert not (tmp_path / "link.summary.json").exists()
+
+
+# -- item 5: a repeated handle ----------------------------------------------------------------
+
+
+async def test_a_handle_repeated_for_two_live_jobs_loses_neither_contact(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # The third submit gets the second's handle while that job still runs.
+    sim = make_sim(async_repeat_handle_every=3, latency=parse_latency("300ms"))
+    rids = write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    settings = sim_settings(sim.url, concurrency=1, **FAST_POLLS)
+    first = await run_batch(tmp_path / "in.csv", out, settings)
+    assert submits(sim) == dict.fromkeys(rids, 1)
+    assert settled_ids(out) == dict.fromkeys(rids, 1)  # was: one contact had no line at all
+    errors = read_lines(side(out, ".errors.ndjson"))
+    assert sorted(e["requestId"] for e in errors) == rids[1:3]
+    assert {e["error"]["kind"] for e in errors} == {"handle_repeated"}
+    assert errors[0]["asyncHandle"] == errors[1]["asyncHandle"]
+    assert not any(e["error"]["retryable"] for e in errors)
+    assert sorted(r["requestId"] for r in read_lines(out)) == [rids[0], *rids[3:]]
+    assert first["exit_code"] == 1
+    # Both jobs were settled in the jobs file: the next run neither polls nor pays them.
+    second = await run_batch(tmp_path / "in.csv", out, settings)
+    assert second["async_jobs"]["carried_from_earlier_runs"] == 0
+    assert second["counts"]["skipped_failed"] == 2 and submits(sim) == dict.fromkeys(rids, 1)
+
+
+# -- item 6: a damaged jobs file --------------------------------------------------------------
+
+
+def _damage(jobs: Path, how: str) -> None:
+    lines = jobs.read_bytes().splitlines(keepends=True)
+    if how == "bad_line":
+        lines[2] = lines[2][:40] + b"\n"  # one line cut short, the file still whole
+        jobs.write_bytes(b"".join(lines))
+    elif how == "cut":
+        jobs.write_bytes(b"".join(lines[:4]))
+    else:
+        jobs.unlink()
+
+
+@pytest.mark.parametrize(("how", "lost"), [("bad_line", 1), ("cut", 6), ("deleted", 10)])
+async def test_a_damaged_jobs_file_pays_nobody_again(
+    make_sim: Any, tmp_path: Path, how: str, lost: int
+) -> None:
+    sim = make_sim(latency=parse_latency("1s"))
+    rids = write_contacts(tmp_path / "in.csv", 10)
+    out = tmp_path / "out.ndjson"
+    # Every job is still pending when the first run stops polling: all ten are awaited.
+    first = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url, job_timeout=0.2, **FAST_POLLS)
+    )
+    assert first["async_jobs"]["given_up_after_job_timeout"] == 10
+    jobs = side(out, ".jobs.ndjson")
+    assert len(read_lines(jobs)) == 10
+    _damage(jobs, how)
+
+    second = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, **FAST_POLLS))
+    assert submits(sim) == dict.fromkeys(rids, 1)  # was: the lost ones were paid again
+    assert second["exit_code"] == 1
+    assert second["async_jobs"]["lost_not_resubmitted"] == lost
+    assert second["counts"]["succeeded"] == 10 - lost
+    if how == "bad_line":
+        (quarantined,) = read_lines(side(out, ".corrupt.ndjson"))
+        assert quarantined["file"] == str(jobs) and quarantined["line"] == 3
+
+    # Paying for them again is a choice the user makes.
+    third = await run_batch(
+        tmp_path / "in.csv", out, sim_settings(sim.url, resubmit_expired=True, **FAST_POLLS)
+    )
+    assert third["exit_code"] == 0 and third["async_jobs"]["submitted"] == lost
+    assert sorted(r["requestId"] for r in read_lines(out)) == rids
+    assert sum(submits(sim).values()) == 10 + lost
+
+
+# -- item 7: a 404 right after the submit ------------------------------------------------------
+
+
+async def test_a_404_right_after_the_submit_does_not_expire_a_paid_job(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # The status store sees a job 1 s after its submit; the first polls come at 0.05 s.
+    sim = make_sim(async_status_lag=1.0, latency=parse_latency("100ms"))
+    rids = write_contacts(tmp_path / "in.csv", 5)
+    out = tmp_path / "out.ndjson"
+    summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, **FAST_POLLS))
+    assert summary["exit_code"] == 0  # was: every job expired at its first poll
+    assert sorted(r["requestId"] for r in read_lines(out)) == rids
+    assert submits(sim) == dict.fromkeys(rids, 1)
+    assert not read_lines(side(out, ".errors.ndjson"))

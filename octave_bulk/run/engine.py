@@ -426,7 +426,7 @@ async def _locked_run(
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
-    carried = carried_jobs(paths, state)
+    carried = carried_jobs(paths, state, index)
     scan = state.results
     done_before = scan.lines  # the state follows the run from here
     if scan.bad_lines:

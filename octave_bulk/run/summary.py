@@ -94,6 +94,9 @@ class RunStats:
     submit_failed: int = 0
     jobs_given_up: int = 0
     """Async: jobs still pending after ``job_timeout`` (left for the next run to poll)."""
+    jobs_lost: int = 0
+    """Async: contacts skipped because an earlier run's paid submit has neither an outcome nor
+    a line in the jobs file (``--resubmit-expired`` submits them again)."""
     polls: int = 0
     poll_errors: int = 0
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
@@ -219,9 +222,9 @@ class RunSummary(Mapping[str, Any]):
 
 def completed_exit(stats: RunStats, *, fail_on_rejects: bool) -> ExitCode:
     """How a run that went through its input ends: 1 when contacts failed after their
-    retries, or async jobs were still pending at ``job_timeout`` (or rows were rejected,
+    retries, or async jobs were still pending at ``job_timeout`` or lost (or rows were rejected,
     with ``fail_on_rejects``), else 0."""
-    if stats.failed or stats.skipped_failed or stats.jobs_given_up:
+    if stats.failed or stats.skipped_failed or stats.jobs_given_up or stats.jobs_lost:
         return ExitCode.SOME_FAILED
     if fail_on_rejects and (stats.rejected or stats.duplicate):
         return ExitCode.SOME_FAILED
