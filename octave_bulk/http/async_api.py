@@ -35,8 +35,8 @@ from octave_bulk.http.retry import status_error
 
 __all__ = [
     "DONE_WORDS",
-    "HANDLE_FIELDS",
     "FAILED_WORDS",
+    "HANDLE_FIELDS",
     "AsyncContract",
     "JobAnswer",
     "JobState",

@@ -75,12 +75,11 @@ def settled_line(request_id: str, handle: str, state: str) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def load_jobs(
-    path: Path, *, compact: bool = True, quarantine: Path | None = None
-) -> list[PendingJob]:
-    """The jobs without a ``settled`` line, in submit order; with ``compact``, the file is
-    rewritten to hold only them (readers that must not write pass False), its bad lines
-    copied to ``quarantine`` first (when given)."""
+def load_jobs(path: Path, *, quarantine: Path | None = None) -> list[PendingJob]:
+    """The jobs without a ``settled`` line, in submit order. Given ``quarantine`` (the run,
+    under its lock), the file's bad lines are copied there and the file is rewritten to hold
+    only those jobs; readers that must not write pass none."""
+    compact = quarantine is not None
     if compact:
         repair_tail(path)
     pending: dict[_Key, PendingJob] = {}
@@ -105,7 +104,7 @@ def load_jobs(
             continue
         pending[key] = PendingJob(rid, handle, contact, float(at))
         records[key] = line
-    if compact and bad and quarantine is not None:
+    if quarantine is not None and bad:
         quarantine_lines(quarantine, path, bad)
         log_event(
             "corrupt_jobs",

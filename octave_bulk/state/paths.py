@@ -1,8 +1,8 @@
 """Where a run's files live: ``OUT.ndjson`` and the side files named after it.
 
-The output's path is resolved first (``os.path.realpath``: symlinks, ``..``): an output
-reached through a symlink or another spelling of its folder has the same side files, and so
-the same lock, as the file itself - two runs never write one results file.
+The output's path is resolved first when a symlink is on the way (``os.path.realpath``): an
+output reached through a symlink, or through a symlinked folder, has the same side files, and
+so the same lock, as the file itself - two runs never write one results file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ class OutputPaths:
         """Paths for an output file (resolved: see the module docstring); the file it names
         must end in .ndjson or .jsonl."""
         given = Path(out)
-        path = Path(os.path.realpath(given))
+        real = os.path.realpath(given)
+        # Without a symlink on the way, the name as given (shorter in messages) is the file.
+        path = given if real == os.path.abspath(given) else Path(real)
         if path.suffix not in {".ndjson", ".jsonl"}:
             target = "" if path.name == given.name else f" (a link to {path})"
             raise StateError(f"{given}{target}: the output must end in .ndjson or .jsonl")
