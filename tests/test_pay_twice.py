@@ -12,6 +12,7 @@ simulator was paid for and checks that no contact was paid twice and none was lo
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,8 @@ import pytest
 from octave_bulk.errors import StateError
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_latency
+from octave_bulk.state.history import MIGRATIONS, RunHistory
+from octave_bulk.state.index import OutputIndex
 from tests.helpers import Run, read_lines, side, sim_settings, write_contacts
 
 FAST_POLLS = {"mode": "async", "poll_interval_min": 0.05, "poll_interval_max": 0.5}
@@ -197,3 +200,28 @@ async def test_a_404_right_after_the_submit_does_not_expire_a_paid_job(
     assert sorted(r["requestId"] for r in read_lines(out)) == rids
     assert submits(sim) == dict.fromkeys(rids, 1)
     assert not read_lines(side(out, ".errors.ndjson"))
+
+
+def test_submits_recorded_before_the_upgrade_are_not_taken_for_lost(tmp_path: Path) -> None:
+    # A ledger of the version before job_settled, holding one async submit of its output.
+    ledger, out = tmp_path / "out.ledger.sqlite", tmp_path / "out.ndjson"
+    before = next(n for n, step in enumerate(MIGRATIONS) if "job_settled" in step)
+    db = sqlite3.connect(ledger)
+    for step in MIGRATIONS[:before]:
+        db.execute(step)
+    db.execute("INSERT INTO outputs (path) VALUES (?)", (str(out.resolve()),))
+    db.execute(
+        "INSERT INTO calls (output_id, request_id, attempt, outcome) VALUES (1, 'c-old', 1, ?)",
+        ("submitted",),
+    )
+    db.execute(f"PRAGMA user_version = {before}")
+    db.commit()
+    db.close()
+    with RunHistory.open(ledger) as history:
+        index = OutputIndex(history, out)
+        assert index.unsettled_submits() == []  # nothing tells: taken as settled
+        submit = ("c-new", "run", 1, 1.0, 2.0, 200, "submitted", 0.0, 0)
+        index.record([], [submit], (0, 0))
+        assert index.unsettled_submits() == ["c-new"]
+        index.record([(1, "c-new", "ok", "run", 0)], [], (10, 0), ["c-new"])
+        assert index.unsettled_submits() == []
