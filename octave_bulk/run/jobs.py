@@ -167,17 +167,21 @@ class Jobs:
             with anyio.move_on_after(1.0):  # a stop does not set this event
                 await room.wait()
 
+    def _lives(self, handle: str) -> list[_Live]:
+        """The live jobs with this handle (more than one: the API repeated it)."""
+        return [self._live[key] for key in self._by_handle.get(handle, ())]
+
     def complete(self, handle: str, answer: JobAnswer) -> bool:
         """A job's answer (from a poll or a callback): an outcome once it has ended. Returns
         whether a job was live and has ended now (False for a duplicate or a pending job)."""
-        keys = self._by_handle.get(handle)
-        if not keys or answer.state is JobState.PENDING:
+        lives = self._lives(handle)
+        if not lives or answer.state is JobState.PENDING:
             return False
-        if len(keys) > 1:  # whose answer this is cannot be told
-            for key in list(keys):
-                self._repeated(self._live[key], len(keys))
+        if len(lives) > 1:  # whose answer this is cannot be told
+            for each in lives:
+                self._repeated(each, len(lives))
             return True
-        live = self._live[keys[0]]
+        live = lives[0]
         self._drop(live)
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
