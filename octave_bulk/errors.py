@@ -136,6 +136,10 @@ class ErrorKind(enum.StrEnum):
     # An async job (submit and poll): it ended with an error, or its handle is gone.
     AGENT_ERROR = "agent_error"
     EXPIRED = "expired"
+    # An async contract error: a paid submit whose job cannot be followed (the run stops on
+    # the first; docs/design.md, section "Submit and poll").
+    NO_HANDLE = "no_handle"
+    HANDLE_REPEATED = "handle_repeated"
     # The run cannot go on.
     UNAUTHORIZED = "unauthorized"
     PAYMENT_REQUIRED = "payment_required"

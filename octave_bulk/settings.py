@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     async_status_param: str = Field(
         "requestId", description="The status endpoint's query parameter for the job handle."
     )
+    async_handle_fields: tuple[str, ...] = Field(
+        ("requestId", "agentRunOId"),
+        min_length=1,
+        description="Async: the submit answer's fields that may hold the job handle, in order.",
+    )
     callback_url: str = Field(
         "https://callback.invalid/octave-bulk",
         description="Async callbackUrl (default: a no-op URL that never resolves; results are polled).",
@@ -177,7 +182,9 @@ class Settings(BaseSettings):
         None, description="Receive callbacks on HOST:PORT (callback_url must reach it)."
     )
     resubmit_expired: bool = Field(
-        False, description="Async: submit again contacts whose job handle the API forgot."
+        False,
+        description="Async: submit again contacts whose paid job cannot be followed (the API "
+        "forgot its handle, or its line in OUT.jobs.ndjson was lost).",
     )
     poll_rate: float | None = Field(
         None, description="Async: status polls per second at most (default: found from 429s)."
@@ -186,6 +193,12 @@ class Settings(BaseSettings):
     poll_interval_min: float = Field(2.0, description="Async: shortest wait between two polls, s.")
     poll_interval_max: float = Field(60.0, description="Async: longest wait between two polls, s.")
     max_pending: int = Field(10_000, description="Async: submitted jobs awaiting results at most.")
+    expire_after: float = Field(
+        600.0,
+        ge=0,
+        description="Async: a job whose handle the status endpoint answers 404 for is expired "
+        "only once it is this old (and older than the median job), after 3 such polls, s.",
+    )
     job_timeout: float = Field(
         3600.0, description="Async: stop polling a job pending this long, s (the next run polls)."
     )

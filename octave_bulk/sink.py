@@ -194,7 +194,7 @@ class Sink:
     ) -> None:
         self._run_id, self._key_field, self._kind = run_id, key_field, kind
         self._index, self._resent = index, frozenset(resent)
-        self._unindexed: tuple[list[OutcomeRow], list[CallRow]] = ([], [])
+        self._unindexed: tuple[list[OutcomeRow], list[CallRow], list[str]] = ([], [], [])
         self._results, self._errors, self._jobs = results, errors, jobs
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
@@ -278,17 +278,20 @@ class Sink:
             self._jobs.sync()
         if self._index is None:
             return
-        contacts, calls = self._unindexed
+        contacts, calls, settled = self._unindexed
         run_id, resent = self._run_id, self._resent
         for item, offset, person in group:
             rid = item.request_id
             if isinstance(item, Submitted):
                 pass  # its calls only: the contact's outcome comes with the job's result
-            elif isinstance(item, Success):
-                contacts.append((person, rid, "ok", run_id, offset))
             else:
-                state = "retryable" if item.error.retryable else "permanent"
+                if isinstance(item, Success):
+                    state = "ok"
+                else:
+                    state = "retryable" if item.error.retryable else "permanent"
                 contacts.append((person, rid, state, run_id, offset))
+                if item.handle is not None:  # a job's outcome: its submit is settled
+                    settled.append(rid)
             twice = int(rid in resent)
             for number, (sent, answered, status, outcome) in enumerate(item.calls, 1):
                 credits = (
@@ -296,8 +299,8 @@ class Sink:
                 )
                 calls.append((rid, run_id, number, sent, answered, status, outcome, credits, twice))
         try:
-            self._index.record(contacts, calls, covered)
+            self._index.record(contacts, calls, covered, settled)
         except StateError as exc:  # the files are durable; the rows go with the next group
             log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
             return
-        self._unindexed = ([], [])
+        self._unindexed = ([], [], [])

@@ -47,9 +47,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
         with contextlib.suppress(OSError, json.JSONDecodeError):
             summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     leftovers = state.outcome_unknown
-    awaiting = [
-        j for j in load_jobs(paths.jobs, compact=False) if id_key(j.request_id) not in state.done
-    ]
+    awaiting = [j for j in load_jobs(paths.jobs) if id_key(j.request_id) not in state.done]
     return {
         "output": str(paths.results),
         "running": holder,

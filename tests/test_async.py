@@ -162,10 +162,11 @@ async def test_a_status_field_is_read_when_the_server_sends_one(
 async def test_an_expired_handle_is_reported_and_resubmitted_only_when_asked(
     make_sim: Any, tmp_path: Path
 ) -> None:
-    # Results are kept 0.05 s; the first poll comes 1 s after the submit: every handle is gone.
+    # Results are kept 0.05 s; the first poll comes 1 s after the submit: every handle is gone
+    # (expired at the third 404 in a row: expire_after 0 lifts the minimum age).
     sim = make_sim(async_retention=0.05, latency=parse_latency("10ms"))
     write_contacts(tmp_path / "in.csv", 6)
-    slow = {**FAST_POLLS, "poll_interval_min": 1.0}
+    slow = {**FAST_POLLS, "poll_interval_min": 1.0, "expire_after": 0.0}
     out = tmp_path / "out.ndjson"
     summary = await run_batch(tmp_path / "in.csv", out, sim_settings(sim.url, **slow))
     errors = read_lines(side(out, ".errors.ndjson"))

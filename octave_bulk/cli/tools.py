@@ -162,6 +162,24 @@ def _emails_range(text: str) -> tuple[int, int]:
     show_default=True,
     help="Whether async status answers carry data.status (undocumented by Octave).",
 )
+@click.option(
+    "--async-handle-field",
+    default="requestId",
+    show_default=True,
+    help="The submit answer's field for the job handle ('' for none: a 200 without a handle).",
+)
+@click.option(
+    "--async-repeat-handle-every",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Every Nth submit gets the handle of the one before it (0: never).",
+)
+@click.option(
+    "--async-status-lag",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds after a submit during which its status answers 404 (read-after-write lag).",
+)
 def simulate(
     host: str,
     port: int,
@@ -185,6 +203,9 @@ def simulate(
     async_retention: float,
     async_body: str,
     async_status_field: bool,
+    async_handle_field: str,
+    async_repeat_handle_every: int,
+    async_status_lag: float,
 ) -> None:
     """Run the Octave simulator as a standalone server (no API key or network needed)."""
     from octave_bulk.simulator.server import bind_socket, run_forever
@@ -216,6 +237,9 @@ def simulate(
             async_retention=async_retention,
             async_body=async_body,
             async_status_field=async_status_field,
+            async_handle_field=async_handle_field,
+            async_repeat_handle_every=async_repeat_handle_every,
+            async_status_lag=async_status_lag,
         )
         sock = bind_socket(host, port)
     except (ValueError, OSError) as exc:

@@ -6,6 +6,9 @@ What is documented, and where its sources disagree, is in docs/octave-api.md, se
 - body shape ``flat`` (the agent's inputs at the top level, per the API reference; default) or
   ``nested`` (``{callbackUrl, agentOId, inputs: {...}}``, as Octave's n8n node sends);
 - the status endpoint's query parameter (``requestId``, per the reference);
+- the names of the job handle in a submit's answer (:data:`HANDLE_FIELDS`: ``requestId`` per
+  the reference, ``agentRunOId`` per the callbacks concept page); a 2xx answer without any is
+  a contract error (``no_handle``): the submit was paid, so it is never retried;
 - the status words: no status field is documented on the status endpoint, so a job is done
   when ``data.result`` or ``data.error`` is there; a ``status`` field, when present, is read
   too (``completed`` and ``succeeded`` both mean done, ``failed`` failed).
@@ -33,6 +36,7 @@ from octave_bulk.http.retry import status_error
 __all__ = [
     "DONE_WORDS",
     "FAILED_WORDS",
+    "HANDLE_FIELDS",
     "AsyncContract",
     "JobAnswer",
     "JobState",
@@ -48,6 +52,9 @@ DONE_WORDS = frozenset({"completed", "succeeded", "success", "done"})
 """Status words that mean the job produced its result (the sources use both of the first two)."""
 FAILED_WORDS = frozenset({"failed", "error", "cancelled", "canceled"})
 """Status words that mean the job ended without a result."""
+HANDLE_FIELDS = ("requestId", "agentRunOId")
+"""The names Octave's docs give an async run's handle, tried in order (docs/octave-api.md,
+section "Async API"); the ``async_handle_fields`` setting replaces them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,7 @@ class AsyncContract:
     status_param: str = "requestId"
     body_shape: str = "flat"
     callback_url: str = "https://callback.invalid/octave-bulk"
+    handle_fields: tuple[str, ...] = HANDLE_FIELDS
 
 
 class JobState(enum.StrEnum):
@@ -122,16 +130,23 @@ def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     return payload
 
 
-def read_receipt(response: httpx.Response, request_id: str) -> Receipt:
-    """The handle from a submit's answer (top level, or under ``data``).
+def read_receipt(
+    response: httpx.Response, request_id: str, handle_fields: tuple[str, ...] = HANDLE_FIELDS
+) -> Receipt:
+    """The handle from a submit's answer (the first of ``handle_fields`` found, at the top
+    level or under ``data``).
 
     Raises:
-        ApiError: an error status; a 200 without a handle (retryable: nothing to poll); a job
-            refused at once (``status: failed``: this contact fails for good).
+        ApiError: an error status; a job refused at once (``status: failed``: this contact
+            fails for good); a 2xx answer without a handle (``no_handle``, terminal: the
+            submit was accepted, so paid, and sending it again would pay again).
     """
     if response.status_code not in (200, 201, 202):
         raise status_error(response, request_id)
-    payload = _json_object(response, "submit")
+    try:
+        payload = _json_object(response, "submit")
+    except RetryableApiError as exc:  # accepted, so paid: never sent again in this run
+        raise _no_handle(response.status_code, request_id, exc.message, handle_fields) from None
     inner = payload.get("data")
     data: dict[str, Any] = inner if isinstance(inner, dict) else payload
     status = data.get("status") or payload.get("status")
@@ -144,15 +159,26 @@ def read_receipt(response: httpx.Response, request_id: str) -> Receipt:
             status=response.status_code,
             request_id=request_id,
         )
-    handle = data.get("requestId") or payload.get("requestId")
-    if not isinstance(handle, str) or not handle.strip():
-        raise RetryableApiError(
-            "submit answered without a job handle (requestId)",
-            kind=ErrorKind.INVALID_BODY,
-            status=response.status_code,
-            request_id=request_id,
-        )
-    return Receipt(handle, word)
+    for record, name in ((r, n) for n in handle_fields for r in (data, payload)):
+        handle = record.get(name)
+        if isinstance(handle, str) and handle.strip():
+            return Receipt(handle, word)
+    found = f"fields {', '.join(sorted(map(str, data)))[:200]}" if data else "an empty object"
+    raise _no_handle(response.status_code, request_id, found, handle_fields)
+
+
+def _no_handle(
+    status: int, request_id: str, found: str, handle_fields: tuple[str, ...]
+) -> TerminalApiError:
+    return TerminalApiError(
+        f"submit accepted (HTTP {status}, so paid) without a job handle "
+        f"({' or '.join(handle_fields)}; found {found}): its result cannot be fetched and the "
+        "run stops; if the API names the handle otherwise, set async_handle_fields; to pay for "
+        "this contact again, run with --retry-failed",
+        kind=ErrorKind.NO_HANDLE,
+        status=status,
+        request_id=request_id,
+    )
 
 
 def read_status(response: httpx.Response, handle: str) -> JobAnswer:

@@ -304,7 +304,7 @@ class OctaveClient:
         """POST one request to the async endpoint (reshaped per the contract): its handle.
 
         Raises:
-            ApiError: as :meth:`run`; a 200 without a handle is retryable.
+            ApiError: as :meth:`run`; a 2xx without a handle is ``no_handle`` (terminal).
         """
         contract = self._contract
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
@@ -315,7 +315,7 @@ class OctaveClient:
             response = await self._send("POST", url, headers, wire)
         except Exception as exc:
             raise transport_error(exc, request_id) from None
-        return read_receipt(response, request_id)
+        return read_receipt(response, request_id, contract.handle_fields)
 
     async def poll(self, handle: str) -> JobAnswer:
         """GET one job's status (not paid); a done job's result is judged as :meth:`run`'s
@@ -404,6 +404,7 @@ async def open_client(
                 settings.async_status_param,
                 settings.async_body,
                 settings.callback_url,
+                settings.async_handle_fields,
             ),
         )
 

@@ -114,6 +114,14 @@ class Admission:
                 # An earlier run's async job: its result is polled, never paid again.
                 frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
                 return SKIP
+            elif (
+                self.state.lost_jobs
+                and built.request_id in self.state.lost_jobs
+                and not self.settings.resubmit_expired
+            ):  # paid by an earlier run, its job line lost: paid again only when asked
+                stats.jobs_lost += 1
+                frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
+                return SKIP
             elif built.key in self.state.errors.permanent and not self.settings.retry_failed:
                 stats.skipped_failed += 1
                 frontier.add(end_line, rejects_size, "skipped_failed")

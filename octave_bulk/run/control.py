@@ -25,7 +25,11 @@ from octave_bulk.settings import Settings
 if TYPE_CHECKING:
     from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 
-__all__ = ["NEVER_CONNECTED", "RunControl", "Stopped", "connect_cause"]
+__all__ = ["CONTRACT_ERRORS", "NEVER_CONNECTED", "RunControl", "Stopped", "connect_cause"]
+
+CONTRACT_ERRORS = frozenset({ErrorKind.NO_HANDLE})
+"""Answers that break the API's contract on a paid call: the run stops as on a fatal answer
+(exit 3), the contact's failure is recorded (never retried: it was paid)."""
 
 NEVER_CONNECTED = 10
 """Connect errors in a row that stop a run no call of which ever reached a server (exit 4):
@@ -48,7 +52,7 @@ class RunControl:
     def __init__(self, settings: Settings, stats: RunStats, run_id: str) -> None:
         self.settings, self.stats, self.run_id = settings, stats, run_id
         self.reason: StopReason | None = None
-        self.fatal: FatalApiError | None = None
+        self.fatal: ApiError | None = None
         self.dispatch_scope = anyio.CancelScope()
         self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
         self.halted = anyio.Event()
@@ -145,12 +149,13 @@ class RunControl:
             self.stop(StopReason.BREAKER)
 
     def on_error(self, exc: ApiError) -> None:
-        """A call failed (not with a 429): a fatal error stops the run at once; retryable
+        """A call failed (not with a 429): a fatal answer or a contract error stops the run at
+        once (the contract error is recorded as its contact's failure by the worker); retryable
         failures in a row, pool-wide, trip the breaker (:data:`NEVER_CONNECTED` connect errors,
         when no call of the run has reached a server yet)."""
         self._consecutive_refusals = 0  # the server answered something other than 429
         self._reached_server = self._reached_server or exc.status is not None
-        if isinstance(exc, FatalApiError):
+        if isinstance(exc, FatalApiError) or exc.kind in CONTRACT_ERRORS:
             self.fatal = exc
             self.stop(StopReason.FATAL)  # no new calls; the ones in flight are paid: let them land
         elif exc.retryable:

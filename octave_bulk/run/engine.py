@@ -452,7 +452,7 @@ async def _locked_run(
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
-    carried = carried_jobs(paths, state)
+    carried = carried_jobs(paths, state, index)
     if index is not None and index.output_id is not None:  # a killed run's row, made true
         reconcile_killed_runs(history, index.output_id, paths.results, len(state.outcome_unknown))
     scan = state.results

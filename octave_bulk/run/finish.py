@@ -174,5 +174,6 @@ def _jobs_summary(run: _Run) -> dict[str, Any]:
         "polls": stats.polls,
         "poll_errors": stats.poll_errors,
         "given_up_after_job_timeout": stats.jobs_given_up,
+        "lost_not_resubmitted": stats.jobs_lost,
         "jobs_file": str(run.paths.jobs),
     }

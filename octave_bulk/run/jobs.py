@@ -21,14 +21,21 @@ goes first.
 A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
 (it stays recorded; the run ends with exit 1 and the next run polls it). A poll's answer:
 ``done`` -> a success (or ``not_found`` when the agent produced nothing); ``failed`` -> a
-retryable ``agent_error`` (the next run submits the contact again); a handle the API no longer
-knows -> ``expired`` (retryable only with ``resubmit_expired``); a result over
+retryable ``agent_error`` (the next run submits the contact again); a handle the API does not
+know (404) -> polled again, and ``expired`` (retryable only with ``resubmit_expired``) only
+after :data:`_UNKNOWN_POLLS` such answers in a row once the job is ``expire_after`` seconds old
+and older than the median job time (a status store may lag behind the submit); a result over
 ``max_response_bytes`` -> ``response_too_large``; an error status -> polled again later (a
 401/403 stops the run, as any fatal answer; the submits' breaker does not count polls: a
 status endpoint that keeps failing is bounded by ``job_timeout``). A stop by signal or a fatal
 answer ends polling at once: every job left is in ``OUT.jobs.ndjson`` and the next run polls it
 (nothing is paid again). Other stops (``max_calls``, the budget, the breaker) keep polling the
 jobs already paid for until the drain deadline.
+
+Jobs are keyed by (handle, requestId): a server that gives one handle to two live jobs (a
+contract error, logged as ``handle_repeated``) loses neither; both are kept and polled, and
+since the handle's answer cannot be told apart, each fails for good as ``handle_repeated``
+(paid: ``--retry-failed`` pays for it again on purpose).
 """
 
 from __future__ import annotations
@@ -68,6 +75,11 @@ _DONE_AT_FIRST = 0.9  # a job done at its first poll ended before it: counted a 
 _KNOWN_AFTER = 3  # finished jobs before their median is trusted
 _RECENT = 32  # the median follows the latest jobs (a server queue makes them grow)
 _POLLS_PER_END = 8.0  # the poll budget: this many polls per job that ended lately ...
+_UNKNOWN_POLLS = 3
+"""404s in a row (a later answer resets the count) before an old enough job is expired."""
+
+_Key = tuple[str, str]
+"""A job's key: (handle, requestId)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +92,12 @@ class _Live:
     """When its next poll is due (an older entry of the heap for it is skipped)."""
     pending_age: float | None = None
     """Its age at the last poll that found it still pending."""
+    unknown: int = 0
+    """404s in a row: the status endpoint does not know its handle (yet, or any more)."""
+
+    @property
+    def key(self) -> _Key:
+        return self.job.handle, self.job.request_id
 
 
 class Jobs:
@@ -105,8 +123,9 @@ class Jobs:
     ) -> None:
         self.settings, self.stats, self.control = settings, stats, control
         self.client, self.limiter, self._write = client, limiter, write
-        self._live: dict[str, _Live] = {}
-        self._due: list[tuple[float, int, str]] = []
+        self._live: dict[_Key, _Live] = {}
+        self._by_handle: dict[str, list[_Key]] = {}
+        self._due: list[tuple[float, int, _Key]] = []
         self._order = itertools.count()
         self._durations: deque[float] = deque(maxlen=_RECENT)
         self._ends: deque[float] = deque()  # when recent jobs ended (for the poll budget)
@@ -116,11 +135,23 @@ class Jobs:
         self._open = True
 
     def add(self, job: PendingJob) -> None:
-        """A job whose handle is durable: poll it until it ends."""
-        if job.handle in self._live:
+        """A job whose handle is durable: poll it until it ends (a handle another live job
+        has is a contract error: both are kept, see the module docstring)."""
+        key = (job.handle, job.request_id)
+        if key in self._live:
             return
+        sharing = self._by_handle.setdefault(job.handle, [])
+        if sharing:
+            log_event(
+                "handle_repeated",
+                level=logging.WARNING,
+                handle=job.handle,
+                request_ids=[rid for _, rid in sharing] + [job.request_id],
+                note="the API gave one job handle to several live jobs (a contract error)",
+            )
+        sharing.append(key)
         submitted = time.monotonic() - max(0.0, time.time() - job.submitted_at)
-        self._live[job.handle] = live = _Live(job, submitted)
+        self._live[key] = live = _Live(job, submitted)
         self.stats.awaiting = len(self._live)
         self._schedule(live, time.monotonic())
 
@@ -136,12 +167,21 @@ class Jobs:
             with anyio.move_on_after(1.0):  # a stop does not set this event
                 await room.wait()
 
+    def _lives(self, handle: str) -> list[_Live]:
+        """The live jobs with this handle (more than one: the API repeated it)."""
+        return [self._live[key] for key in self._by_handle.get(handle, ())]
+
     def complete(self, handle: str, answer: JobAnswer) -> bool:
         """A job's answer (from a poll or a callback): an outcome once it has ended. Returns
-        whether the job was live and has ended now (False for a duplicate or a pending job)."""
-        live = self._live.get(handle)
-        if live is None or answer.state is JobState.PENDING:
+        whether a job was live and has ended now (False for a duplicate or a pending job)."""
+        lives = self._lives(handle)
+        if not lives or answer.state is JobState.PENDING:
             return False
+        if len(lives) > 1:  # whose answer this is cannot be told
+            for each in lives:
+                self._repeated(each, len(lives))
+            return True
+        live = lives[0]
         self._drop(live)
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
@@ -204,6 +244,10 @@ class Jobs:
                 return
             try:
                 answer = await self.client.poll(live.job.handle)
+                if answer.state is not JobState.EXPIRED:
+                    live.unknown = 0
+                elif not self._expired(live):
+                    answer = JobAnswer(JobState.PENDING)  # not known yet: polled again
             except ApiError as exc:
                 self._poll_failed(live, exc, ticket)
                 continue
@@ -213,7 +257,7 @@ class Jobs:
             self.limiter.on_answer(ticket)
             self.stats.polls += 1
             live.polls += 1
-            if not self.complete(live.job.handle, answer) and live.job.handle in self._live:
+            if not self.complete(live.job.handle, answer) and live.key in self._live:
                 now = time.monotonic()
                 live.pending_age = now - live.submitted
                 self._schedule(live, now)
@@ -257,9 +301,45 @@ class Jobs:
         log_event("poll_failed", level=logging.DEBUG, kind=exc.kind, status=exc.status)
         self._schedule(live, time.monotonic())
 
+    def _expired(self, live: _Live) -> bool:
+        """Whether a 404 means the handle is gone: only after :data:`_UNKNOWN_POLLS` in a row,
+        once the job is ``expire_after`` seconds old and older than the median job time (a
+        status store that lags behind the submit answers 404 at first)."""
+        live.unknown += 1
+        age = time.monotonic() - live.submitted
+        typical = statistics.median(self._durations) if self._durations else 0.0
+        old = age >= max(self.settings.expire_after, typical)
+        if live.unknown == 1 or old:
+            log_event(
+                "job_unknown",
+                level=logging.DEBUG,
+                request_id=live.job.request_id,
+                times=live.unknown,
+                age_s=round(age, 1),
+            )
+        return live.unknown >= _UNKNOWN_POLLS and old
+
+    def _repeated(self, live: _Live, sharing: int) -> None:
+        """A job whose handle another live job has: its answer cannot be told apart."""
+        self._drop(live)
+        job = live.job
+        error = TerminalApiError(
+            f"the API gave job handle {job.handle} to {sharing} contacts at once (a contract "
+            "error): whose answer it holds cannot be told, so it is not stored; the submit "
+            "was paid: to pay for this contact again, run with --retry-failed",
+            kind=ErrorKind.HANDLE_REPEATED,
+            status=200,
+        )
+        self._write(Failure(job.request_id, job.contact, error, 1, None, (), job.handle))
+
     def _drop(self, live: _Live) -> None:
         """No longer awaited: room for another submit."""
-        del self._live[live.job.handle]
+        key = live.key
+        del self._live[key]
+        sharing = self._by_handle[key[0]]
+        sharing.remove(key)
+        if not sharing:
+            del self._by_handle[key[0]]
         self.stats.awaiting = len(self._live)
         self._room.set()
         self._room = anyio.Event()
@@ -306,7 +386,7 @@ class Jobs:
 
     def _push(self, live: _Live, due: float) -> None:
         live.due = due
-        heapq.heappush(self._due, (due, next(self._order), live.job.handle))
+        heapq.heappush(self._due, (due, next(self._order), live.key))
         self._nudge()
 
     def _nudge(self) -> None:
@@ -320,8 +400,8 @@ class Jobs:
                 return None
             wait = float("inf")
             while self._due:
-                due, _, handle = self._due[0]
-                live = self._live.get(handle)
+                due, _, key = self._due[0]
+                live = self._live.get(key)
                 if live is None or live.due != due:  # settled meanwhile, or planned again
                     heapq.heappop(self._due)
                     continue

@@ -96,6 +96,9 @@ class RunStats:
     submit_failed: int = 0
     jobs_given_up: int = 0
     """Async: jobs still pending after ``job_timeout`` (left for the next run to poll)."""
+    jobs_lost: int = 0
+    """Async: contacts skipped because an earlier run's paid submit has neither an outcome nor
+    a line in the jobs file (``--resubmit-expired`` submits them again)."""
     polls: int = 0
     poll_errors: int = 0
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
@@ -250,12 +253,15 @@ def completed_exit(stats: RunStats, conditions: frozenset[FailOn]) -> ExitRule:
     """How a run that went through its input ends: 1 when one of ``conditions`` holds, else 0.
 
     ``failed``: contacts sent in this run failed after their retries, or async jobs were still
-    pending at ``job_timeout``; ``rejects``: rows rejected or duplicated; ``skipped-failed``:
+    pending at ``job_timeout`` or found lost (a paid submit with no job line); ``rejects``: rows rejected or duplicated; ``skipped-failed``:
     contacts that failed for good in an earlier run were skipped. Earlier failures are always
     named in the reason, so a night that does not fail on them still reports them.
     """
     found = {
-        FailOn.FAILED: (stats.failed + stats.jobs_given_up, "failed in this run"),
+        FailOn.FAILED: (
+            stats.failed + stats.jobs_given_up + stats.jobs_lost,
+            "failed in this run (or async jobs given up or lost)",
+        ),
         FailOn.REJECTS: (stats.rejected + stats.duplicate, "rejected or duplicate rows"),
         FailOn.SKIPPED_FAILED: (stats.skipped_failed, "failed for good in an earlier run"),
     }

@@ -31,7 +31,7 @@ from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
 from octave_bulk.redact import scrub
 from octave_bulk.run.admission import WorkItem
-from octave_bulk.run.control import RunControl, Stopped
+from octave_bulk.run.control import CONTRACT_ERRORS, RunControl, Stopped
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 from octave_bulk.sink import Attempt, Failure, Sink, Submitted, Success
@@ -115,9 +115,10 @@ class Worker:
             await self.jobs.wait_room()
         attempts = 1
         calls: list[Attempt] = []
+        held: list[int] = []  # the slot of a paid call whose answer broke the contract
         try:
             try:
-                result, slot, latency = await self._attempt(item, calls)
+                result, slot, latency = await self._attempt(item, calls, held)
             except ApiError as first:
                 if not first.retryable or self.settings.max_attempts < 2:
                     raise
@@ -129,15 +130,16 @@ class Worker:
                         raise replay.pop()
                     attempts += 1
                     self.stats.retried += 1
-                    return await self._attempt(item, calls)
+                    return await self._attempt(item, calls, held)
 
                 result, slot, latency = await self._retrying.copy()(attempt)
         except (Stopped, FatalApiError):
             if any(call[3] not in NEVER_SENT for call in calls):
                 self.stats.unsettled += 1  # sent, answered with errors, then stopped: unknown
             return None  # not this contact's fault: the next run sends it again
-        except ApiError as exc:
-            return Failure(item.request_id, item.contact, exc, attempts, None, tuple(calls))
+        except ApiError as exc:  # its slot, if held, is released once its line is durable
+            kept = held[0] if held else None
+            return Failure(item.request_id, item.contact, exc, attempts, kept, tuple(calls))
         except BaseException as exc:  # cancelled (a second signal, the drain deadline)?
             cancelled = not isinstance(exc, Exception)  # a bug is run()'s: an internal failure
             if cancelled and calls and calls[-1][3] != _ABANDONED:  # between two attempts
@@ -166,7 +168,7 @@ class Worker:
         finally:
             self.stats.retrying -= 1
 
-    async def _attempt(self, item: WorkItem, calls: list[Attempt]) -> _Attempted:
+    async def _attempt(self, item: WorkItem, calls: list[Attempt], held: list[int]) -> _Attempted:
         control, limiter, stats = self.control, self.limiter, self.stats
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
@@ -188,7 +190,10 @@ class Worker:
                 result = await self.client.submit(item.body, item.request_id)
         except ApiError as exc:
             calls.append((sent_at, time.time(), exc.status, exc.kind))
-            self.slots.release(slot)  # an error answer: nothing was delivered that we could lose
+            if exc.kind in CONTRACT_ERRORS:  # accepted, so paid: its slot stays until the
+                held.append(slot)  # failure is durable (a kill before: outcome unknown)
+            else:  # an error answer: nothing was delivered that we could lose
+                self.slots.release(slot)
             if exc.status is not None:
                 stats.calls_answered += 1
             if exc.kind not in NEVER_SENT:

@@ -156,6 +156,15 @@ class SimulatorConfig:
     """Async body shapes accepted: ``any``, ``flat`` or ``nested`` (the other gets a 400)."""
     async_status_field: bool = False
     """Whether status answers carry ``data.status`` (undocumented; off like the reference)."""
+    async_handle_field: str = "requestId"
+    """The submit answer's field for the job handle (the reference's ``requestId``; a server
+    may use ``agentRunOId``, a name Octave's docs use too); empty: a 200 without any handle."""
+    async_repeat_handle_every: int = 0
+    """Every Nth accepted submit is answered with the handle of the submit before it (a server
+    repeating a handle; that handle's status is then the later job's); 0: never."""
+    async_status_lag: float = 0.0
+    """Seconds after its submit during which a job's status answers 404 (read-after-write
+    lag: the status store has not seen the job yet)."""
     callback_attempts: int = 3
     """Tries per callback (1, 2, 4 s apart, scaled) before it is given up."""
     time_scale: float = 1.0

@@ -7,12 +7,15 @@ Routes (docs/octave-api.md, section "Async API"):
   only one), validates the inputs with the agent's request model (400 naming the field), applies
   the submit rate limit (429), then answers at once ``{status: "pending", requestId:
   "asyncReqID_...", message, agentOId}``. Each accepted submit is a paid call (counted in
-  ``calls``, ``totals.calls``, ``totals.async_submits``).
+  ``calls``, ``totals.calls``, ``totals.async_submits``). A hostile contract is a setting:
+  ``async_handle_field`` names the handle's field (empty: none at all),
+  ``async_repeat_handle_every`` gives every Nth submit the handle of the one before it.
 - ``GET /api/v2/async/agent/run/status?requestId=`` (``agentRunOId`` is accepted too): the
   status rate limit (429), then ``{_metadata, data{requestId, createdAt, result, error}}`` -
   ``result`` null while the job runs; with ``async_status_field`` also ``data.status``
-  (``queued``, ``running``, ``completed``, ``failed``). A handle never issued, or one whose
-  result is older than ``async_retention``, gets a 404.
+  (``queued``, ``running``, ``completed``, ``failed``). A handle never issued, one whose
+  result is older than ``async_retention``, or one submitted less than ``async_status_lag``
+  seconds ago (read-after-write lag), gets a 404.
 
 Jobs run ``async_parallelism`` at a time (more wait, queued); each takes a latency draw and
 meets the fate the synchronous route would give its (requestId, attempt): ``ok`` -> ``result``
@@ -70,6 +73,8 @@ class _Job:
     request: Any
     callback_url: str | None
     created: str
+    submitted: float = 0.0
+    """When it was accepted (monotonic)."""
     state: str = "queued"
     result: Any = None
     error: str | None = None
@@ -99,6 +104,7 @@ class AsyncJobs:
         self._slots: asyncio.Semaphore | None = None  # made in the server's loop
         self._tasks: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count(1)
+        self._last_handle: str | None = None
 
     def stats(self) -> dict[str, Any]:
         """The queue's state, for ``GET /__simulator/stats`` (``async``)."""
@@ -162,12 +168,18 @@ class AsyncJobs:
         number = next(self._numbers)
         digest = hashlib.blake2b(f"{cfg.seed}:{rid}:{number}".encode(), digest_size=12)
         handle = "asyncReqID_" + digest.hexdigest()
-        job = _Job(handle, rid, agent, request, callback, now_iso())
+        every = cfg.async_repeat_handle_every
+        if every and number % every == 0 and self._last_handle is not None:
+            handle = self._last_handle  # the earlier job's result is unreachable from now on
+        self._last_handle = handle
+        job = _Job(handle, rid, agent, request, callback, now_iso(), time.monotonic())
         self.jobs[handle] = job
         task = asyncio.get_running_loop().create_task(self._work(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        answer = {"status": "pending", "requestId": handle, "message": None, "agentOId": agent_oid}
+        answer: dict[str, Any] = {"status": "pending", "message": None, "agentOId": agent_oid}
+        if cfg.async_handle_field:
+            answer[cfg.async_handle_field] = handle
         sim.by_status[200] += 1
         await send_json(send, 200, answer)
 
@@ -264,6 +276,9 @@ class AsyncJobs:
         if job is not None and job.ended_at and time.monotonic() - job.ended_at > retention:
             del self.jobs[handle]
             job = None
+        lag = cfg.async_status_lag / cfg.time_scale
+        if job is not None and time.monotonic() - job.submitted < lag:
+            job = None  # not readable yet
         if job is None:
             await send_json(send, 404, envelope("Not found", f"no async run {handle!r}"))
             return

@@ -146,6 +146,13 @@ MIGRATIONS = (
     # 6: an export mark keeps the one before it, for ``export --undo-mark``.
     "ALTER TABLE export_marks ADD COLUMN previous_lines INTEGER",
     "ALTER TABLE export_marks ADD COLUMN previous_bytes INTEGER",
+    # 7: an async submit's call is marked once its job's outcome is durable; the submits not
+    # marked are the jobs in flight (state/jobs.py compares them with OUT.jobs.ndjson). The
+    # submits of earlier versions count as settled (nothing tells).
+    "ALTER TABLE calls ADD COLUMN job_settled INTEGER",
+    "UPDATE calls SET job_settled = 1 WHERE outcome = 'submitted'",
+    """CREATE INDEX calls_unsettled_submits ON calls (output_id, request_id)
+        WHERE outcome = 'submitted' AND job_settled IS NULL""",
 )
 """The schema, one step per entry; a database at version N gets steps N+1.. applied."""
 

@@ -10,7 +10,10 @@ describe each output's files; ``OUT.ndjson`` and ``OUT.errors.ndjson`` stay the 
 - ``calls``: every attempt - requestId, run, attempt number, sent and answered (UNIX times),
   HTTP status, outcome (``success`` or an error kind), credits, and whether the call may have
   paid a second time for a contact in flight when an earlier run died. Calls indexed from the
-  files (a catch-up or a rebuild) have attempt 0 and no times: the files do not keep them.
+  files (a catch-up or a rebuild) have attempt 0 and no times: the files do not keep them. An
+  async submit's call (outcome ``submitted``) gets ``job_settled`` once its job's outcome is
+  durable: the submits without it are the jobs in flight (:meth:`OutputIndex.unsettled_submits`,
+  a partial index keeps them few to read).
 - ``contacts``: one row per person, folded from ``outcomes``: the latest requestId, its state
   and run; the latest *success*: its requestId, run and byte offset in ``OUT.ndjson``; first
   and last seen; the CRM ids of the person's other records (input rows rejected as the same
@@ -67,7 +70,14 @@ ON CONFLICT (output_id, person) DO UPDATE SET
     success_run_id = COALESCE(excluded.success_run_id, success_run_id),
     success_offset = COALESCE(excluded.success_offset, success_offset)
 """
-_INSERT_CALL = "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CALL = (
+    "INSERT INTO calls (output_id, request_id, run_id, attempt, sent_at, answered_at, status, "
+    "outcome, credits, paid_twice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SETTLE_SUBMIT = (
+    "UPDATE calls SET job_settled = 1 WHERE output_id = ? AND request_id = ? "
+    "AND outcome = 'submitted' AND job_settled IS NULL"
+)
 _CATCH_UP_ROWS = 20_000  # rows per transaction while indexing the files (bounded memory)
 
 
@@ -188,9 +198,11 @@ class OutputIndex:
         outcomes: Sequence[OutcomeRow],
         calls: Sequence[CallRow],
         coverage: tuple[int, int],
+        settled_jobs: Sequence[str] = (),
     ) -> None:
-        """Index a group of lines and their calls and move the coverage to ``coverage``, in
-        one transaction."""
+        """Index a group of lines and their calls, mark the submits of ``settled_jobs``
+        (requestIds of async jobs whose outcome is in the group) and move the coverage to
+        ``coverage``, in one transaction."""
         now, oid = time.time(), self.output_id
         lines = [
             (oid, signed(person), rid, state, run, offset, now)
@@ -199,10 +211,20 @@ class OutputIndex:
         with self.history.transaction() as db:
             db.executemany(_INSERT_OUTCOME, lines)
             db.executemany(_INSERT_CALL, [(oid, *call) for call in calls])
+            db.executemany(_SETTLE_SUBMIT, [(oid, rid) for rid in settled_jobs])
             db.execute(
                 "UPDATE outputs SET results_bytes = ?, errors_bytes = ? WHERE output_id = ?",
                 (*coverage, oid),
             )
+
+    def unsettled_submits(self) -> list[str]:
+        """requestIds of the async submits whose job has no durable outcome yet."""
+        rows = self.history.query(
+            "SELECT DISTINCT request_id FROM calls "
+            "WHERE output_id = ? AND outcome = 'submitted' AND job_settled IS NULL",
+            (self.output_id,),
+        )
+        return [row[0] for row in rows]
 
     def fold(self) -> None:
         """Bring ``contacts`` up to date with the outcomes recorded since the last fold."""

@@ -8,25 +8,39 @@ A kill -9 therefore loses no paid call: the next run polls every handle without 
 ``settled`` line instead of submitting its contact again. A ``settled`` line lost to the kill
 costs one poll: the result is then found in the done-set and not written twice.
 
-At start (:func:`load_jobs`, under the run lock) a torn last line is repaired and the file is
-rewritten without its settled jobs, so it holds at most the jobs in flight.
+At start (:func:`load_jobs`, under the run lock) a torn last line is repaired, a line that is
+not a whole record is copied to ``OUT.corrupt.ndjson`` (as a bad results line is), and the
+file is rewritten without its settled jobs and bad lines, so it holds at most the jobs in
+flight. Jobs are keyed by (handle, requestId): a handle the server gave twice loses neither.
+
+The file can still be damaged by hand or by the disk (a line lost, the file cut or deleted),
+so :func:`carried_jobs` also asks the ledger (``state/index.py``): a submit recorded there,
+whose job has no outcome and no line here, was paid and cannot be polled (the contact was not
+saved with it). Its contact is *lost*, never submitted again silently: the run skips and
+reports it, and ``--resubmit-expired`` pays for it again on purpose.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from octave_bulk.state.files import NdjsonAppender, iter_ndjson, repair_tail, write_atomic
+from octave_bulk.observe.log import log_event
+from octave_bulk.state.files import NdjsonAppender, repair_tail, write_atomic
 from octave_bulk.state.idset import id_key
+from octave_bulk.state.index import OutputIndex
+from octave_bulk.state.ledger import complete_lines, quarantine_lines
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.utc import utc_iso
 
 if TYPE_CHECKING:
     from octave_bulk.state.ledger import LedgerState
+
+_Key = tuple[str, str]  # (handle, requestId)
 
 __all__ = ["PendingJob", "carried_jobs", "load_jobs", "settled_line", "submitted_line"]
 
@@ -61,42 +75,68 @@ def settled_line(request_id: str, handle: str, state: str) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def load_jobs(path: Path, *, compact: bool = True) -> list[PendingJob]:
-    """The jobs without a ``settled`` line, in submit order; with ``compact``, the file is
-    rewritten to hold only them (readers that must not write pass False)."""
+def load_jobs(path: Path, *, quarantine: Path | None = None) -> list[PendingJob]:
+    """The jobs without a ``settled`` line, in submit order. Given ``quarantine`` (the run,
+    under its lock), the file's bad lines are copied there and the file is rewritten to hold
+    only those jobs; readers that must not write pass none."""
+    compact = quarantine is not None
     if compact:
         repair_tail(path)
-    pending: dict[str, PendingJob] = {}
-    records: dict[str, dict[str, Any]] = {}
-    settled = 0
-    for record in iter_ndjson(path):
-        handle = record.get("handle")
-        if not isinstance(handle, str):
+    pending: dict[_Key, PendingJob] = {}
+    records: dict[_Key, bytes] = {}
+    settled, bad, offset = 0, [], 0
+    for number, line in enumerate(complete_lines(path), 1):
+        start, offset = offset, offset + len(line)
+        record = _record(line)
+        handle = record.get("handle") if record is not None else None
+        rid = record.get("requestId") if record is not None else None
+        if record is None or not isinstance(handle, str) or not isinstance(rid, str):
+            bad.append((start, number, line))
             continue
+        key = (handle, rid)
         if "settled" in record:
-            settled += pending.pop(handle, None) is not None
-            records.pop(handle, None)
+            settled += pending.pop(key, None) is not None
+            records.pop(key, None)
             continue
-        rid, contact, at = record.get("requestId"), record.get("contact"), record.get("submittedAt")
-        if isinstance(rid, str) and isinstance(contact, dict) and isinstance(at, int | float):
-            pending[handle] = PendingJob(rid, handle, contact, float(at))
-            records[handle] = record
-    if compact and settled:
-        lines = b"".join(
-            orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records.values()
+        contact, at = record.get("contact"), record.get("submittedAt")
+        if not isinstance(contact, dict) or not isinstance(at, int | float):
+            bad.append((start, number, line))
+            continue
+        pending[key] = PendingJob(rid, handle, contact, float(at))
+        records[key] = line
+    if quarantine is not None and bad:
+        quarantine_lines(quarantine, path, bad)
+        log_event(
+            "corrupt_jobs",
+            level=logging.WARNING,
+            lines=len(bad),
+            action="copied to the quarantine file; the ledger tells which submits they were",
+            quarantine=str(quarantine),
         )
-        write_atomic(path, lines)
+    if compact and (settled or bad):
+        write_atomic(path, b"".join(records.values()))
     return list(pending.values())
 
 
-def carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
+def _record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def carried_jobs(
+    paths: OutputPaths, state: LedgerState, index: OutputIndex | None = None
+) -> list[PendingJob]:
     """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
-    job whose result is already durable gets its lost ``settled`` line now."""
-    if not paths.jobs.exists():
-        return []
+    job whose result is already durable gets its lost ``settled`` line now. With the ledger's
+    ``index``, ``state.lost_jobs`` gets the submits it recorded that have neither an outcome
+    nor a line in the jobs file (see the module docstring)."""
     awaited: list[PendingJob] = []
     done: list[PendingJob] = []
-    for job in load_jobs(paths.jobs):
+    loaded = load_jobs(paths.jobs, quarantine=paths.corrupt) if paths.jobs.exists() else []
+    for job in loaded:
         (done if id_key(job.request_id) in state.done else awaited).append(job)
     if done:
         appender = NdjsonAppender(paths.jobs)
@@ -107,4 +147,19 @@ def carried_jobs(paths: OutputPaths, state: LedgerState) -> list[PendingJob]:
     # A submit whose handle line made it to the file before the kill is known, not unknown
     # (its in-flight slot is released only once the line is fsynced).
     state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
+    if index is not None:
+        state.lost_jobs = frozenset(
+            rid
+            for rid in index.unsettled_submits()
+            if rid not in state.awaiting and id_key(rid) not in state.done
+        )
+        if state.lost_jobs:
+            log_event(
+                "jobs_lost",
+                level=logging.WARNING,
+                count=len(state.lost_jobs),
+                request_ids=sorted(state.lost_jobs)[:20],
+                action="paid submits with no result and no line in the jobs file: not "
+                "submitted again; --resubmit-expired pays for them again",
+            )
     return awaited

@@ -44,6 +44,7 @@ __all__ = [
     "ResultsScan",
     "complete_lines",
     "line_request_id",
+    "quarantine_lines",
     "read_state",
     "scan_errors",
     "scan_results",
@@ -179,14 +180,14 @@ def scan_results(
         if on_row is not None:
             on_row((person or id_key(rid), rid, "ok", _run_id(line), start))
     if quarantined and quarantine is not None:
-        _quarantine(quarantine, path, quarantined)
+        quarantine_lines(quarantine, path, quarantined)
     return ResultsScan(done, lines, repaired, bad, persons, path, offset)
 
 
-def _quarantine(target: Path, source: Path, bad: list[tuple[int, int, bytes]]) -> None:
-    """Copy bad lines to ``target`` (one record each: the results file, byte offset, line
-    number, the raw bytes as text), skipping those copied before. The results file keeps
-    them (readers skip a line that is not JSON); their contacts are sent again."""
+def quarantine_lines(target: Path, source: Path, bad: list[tuple[int, int, bytes]]) -> None:
+    """Copy bad lines to ``target`` (one record each: the file, byte offset, line number, the
+    raw bytes as text), skipping those copied before. The results file keeps them (readers
+    skip a line that is not JSON); their contacts are sent again."""
     seen = {(record.get("file"), record.get("offset")) for record in iter_ndjson(target)}
     appender = NdjsonAppender(target)
     try:
@@ -291,6 +292,10 @@ class LedgerState:
     awaiting: frozenset[str] = frozenset()
     """requestIds of async jobs submitted by an earlier run whose result is not in yet: they
     are polled, never submitted again (``state/jobs.py``)."""
+    lost_jobs: frozenset[str] = frozenset()
+    """requestIds of async submits the ledger recorded with no outcome and no line in the
+    jobs file (it was damaged): paid, not pollable, submitted again only with
+    ``resubmit_expired`` (``state/jobs.py``)."""
 
     @property
     def done(self) -> IdSet:

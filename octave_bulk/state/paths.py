@@ -1,7 +1,13 @@
-"""Where a run's files live: ``OUT.ndjson`` and the side files named after it."""
+"""Where a run's files live: ``OUT.ndjson`` and the side files named after it.
+
+The output's path is resolved first when a symlink is on the way (``os.path.realpath``): an
+output reached through a symlink, or through a symlinked folder, has the same side files, and
+so the same lock, as the file itself - two runs never write one results file.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +24,15 @@ class OutputPaths:
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
-        """Paths for an output file; it must end in .ndjson or .jsonl."""
-        path = Path(out)
+        """Paths for an output file (resolved: see the module docstring); the file it names
+        must end in .ndjson or .jsonl."""
+        given = Path(out)
+        real = os.path.realpath(given)
+        # Without a symlink on the way, the name as given (shorter in messages) is the file.
+        path = given if real == os.path.abspath(given) else Path(real)
         if path.suffix not in {".ndjson", ".jsonl"}:
-            raise StateError(f"{path}: the output must end in .ndjson or .jsonl")
+            target = "" if path.name == given.name else f" (a link to {path})"
+            raise StateError(f"{given}{target}: the output must end in .ndjson or .jsonl")
         return cls(path)
 
     def _side(self, suffix: str) -> Path:
