@@ -253,20 +253,22 @@ def completed_exit(stats: RunStats, conditions: frozenset[FailOn]) -> ExitRule:
     """How a run that went through its input ends: 1 when one of ``conditions`` holds, else 0.
 
     ``failed``: contacts sent in this run failed after their retries, or async jobs were still
-    pending at ``job_timeout`` or found lost (a paid submit with no job line); ``rejects``: rows rejected or duplicated; ``skipped-failed``:
-    contacts that failed for good in an earlier run were skipped. Earlier failures are always
+    pending at ``job_timeout`` or found lost (a paid submit with no job line); ``rejects``:
+    rows rejected or duplicated; ``skipped-failed``: contacts that failed for good in an
+    earlier run were skipped. Earlier failures are always
     named in the reason, so a night that does not fail on them still reports them.
     """
     found = {
-        FailOn.FAILED: (
-            stats.failed + stats.jobs_given_up + stats.jobs_lost,
-            "failed in this run (or async jobs given up or lost)",
-        ),
-        FailOn.REJECTS: (stats.rejected + stats.duplicate, "rejected or duplicate rows"),
-        FailOn.SKIPPED_FAILED: (stats.skipped_failed, "failed for good in an earlier run"),
+        FailOn.FAILED: [
+            (stats.failed, "failed in this run"),
+            (stats.jobs_given_up, "async jobs still pending at job_timeout"),
+            (stats.jobs_lost, "paid async jobs lost (--resubmit-expired sends them again)"),
+        ],
+        FailOn.REJECTS: [(stats.rejected + stats.duplicate, "rejected or duplicate rows")],
+        FailOn.SKIPPED_FAILED: [(stats.skipped_failed, "failed for good in an earlier run")],
     }
     order = tuple(c for c in FailOn if c in conditions and c is not FailOn.NONE)
-    hits = [f"{found[c][0]:,} {found[c][1]}" for c in order if found[c][0]]
+    hits = [f"{n:,} {words}" for c in order for n, words in found[c] if n]
     rule = "--fail-on " + (",".join(order) or "none")
     if hits:
         return ExitRule(ExitCode.SOME_FAILED, order, f"{rule}: " + "; ".join(hits))
