@@ -10,6 +10,7 @@ the dedup key within one input (docs/design.md, section "Resume and paying once"
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,14 +81,24 @@ def build_request(
 class RequestBuilder:
     """Builds requests row by row; a row for the person of an earlier row (same person key:
     the same email under another CRM record, say), or with its requestId, becomes a
-    ``duplicate`` reject naming that row's line (the first one wins, and is sent once).
+    ``duplicate`` reject naming that row's line (the first one wins, and is sent once) -
+    unless ``paid_elsewhere`` says another record of the person, the one paid for before, is
+    in the input: then every other record of the person is the duplicate, wherever it stands
+    (so a reordered export pays nobody again).
 
     Args:
         spec: the run-wide request fields.
         expected_rows: input size, to size the table of first lines (~17 bytes per row).
         agent: the agent the requests are for (the Sequence Agent by default).
         key_field: the field that identifies a person (``--key``), else the default key.
+        paid_elsewhere: ``(person id, request key) -> why`` the row is a duplicate of a record
+            of the same person paid for before and held by this input, or None.
     """
+
+    last: BuiltRequest | None = None
+    """The last row's request, also when it came out a duplicate (None for a model reject)."""
+    last_person: int | None = None
+    """The last row's person id (``id_key`` of its person key), when it has one."""
 
     def __init__(
         self,
@@ -95,9 +106,11 @@ class RequestBuilder:
         expected_rows: int = 1024,
         agent: Agent | None = None,
         key_field: str | None = None,
+        paid_elsewhere: Callable[[int, int], str | None] | None = None,
     ) -> None:
         self.spec, self.key_field = spec, key_field
         self.agent = agent or get_agent()
+        self._paid_elsewhere = paid_elsewhere
         self._first_line = IdSet(2 * expected_rows, with_values=True)  # ids and persons
         # (key, line) of every first row, in input order, until the resume cursor saves them
         # (see state/cursor.py: a resume that skips the settled prefix still knows its rows).
@@ -123,16 +136,22 @@ class RequestBuilder:
     def build(self, contact: Contact) -> BuiltRequest | Reject:
         """The request for this row, or why it will not be sent."""
         built = build_request(contact, self.spec, self.agent)
+        self.last = self.last_person = None
         if isinstance(built, Reject):
             return built
         line = contact.line
+        person = person_key(built.wire, self.key_field, self.agent.kind)
+        person_id = None if person is None else id_key(person)
+        self.last, self.last_person = built, person_id
+        if person_id is not None and self._paid_elsewhere is not None:
+            why = self._paid_elsewhere(person_id, built.key)
+            if why is not None:
+                return Reject(contact.line, "duplicate", "requestId", why, dict(contact.fields))
         first = self._first_line.setdefault(built.key, line)
         what = "request"
-        person = person_key(built.wire, self.key_field, self.agent.kind)
         if first == line:
             self._firsts.extend((built.key, line))
-            if person is not None:
-                person_id = id_key(person)
+            if person is not None and person_id is not None:
                 first = self._first_line.setdefault(person_id, line)
                 if first == line:
                     self._firsts.extend((person_id, line))

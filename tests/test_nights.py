@@ -4,7 +4,9 @@ lines, the report and the metrics."""
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 import socket
 import time
 from pathlib import Path
@@ -294,3 +296,42 @@ def test_a_killed_runs_history_is_corrected_and_agrees_with_status_to_the_credit
     assert 0 <= billed - status["credits"] <= 4  # at most the calls in flight at the kill
     paid = sum(run["paid_calls"] for run in runs)
     assert sim.stats()["totals"]["calls"] <= paid <= sim.stats()["totals"]["calls"] + 4
+
+
+def _export(path: Path, rows: list[list[str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Record ID", "Email", "First Name", "Last Name", "Job Title"])
+        writer.writerows(rows)
+
+
+def test_a_reordered_export_with_duplicates_that_differ_pays_nobody_again(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    rows = [[str(100 + n), f"p{n}@acme.io", f"P{n}", "Doe", "VP Sales"] for n in range(30)]
+    # Five people have a second CRM record with another title (the same email).
+    rows += [[str(900 + n), f"p{n}@acme.io", f"P{n}", "Doe", "CTO"] for n in range(5)]
+    sim = make_sim()
+    _export(tmp_path / "in.csv", rows)
+    first = night(sim.url, tmp_path)
+    assert first.exit_code == 0, first.output
+    assert sim.stats()["totals"]["calls"] == 30  # one call per person
+    for _ in range(3):  # the same rows, another order: nobody is paid again
+        rng.shuffle(rows)
+        _export(tmp_path / "in.csv", rows)
+        again = night(sim.url, tmp_path)
+        assert again.exit_code == 0, again.output
+        assert sim.stats()["totals"]["calls"] == 30
+        dups = [
+            r for r in read_lines(tmp_path / "out.rejects.ndjson") if r["reason"] == "duplicate"
+        ]
+        assert len(dups) == 5
+        for reject in dups:
+            assert "the one paid for before, is in this input and is kept" in reject["message"]
+            assert "this one differs in jobTitle changed" in reject["message"]
+            assert reject["row"]["jobTitle"] == "CTO"  # the record paid for (VP Sales) is kept
+    rows = [row for row in rows if row[4] != "VP Sales" or row[1] != "p0@acme.io"]
+    _export(tmp_path / "in.csv", rows)  # p0's paid record left the export: the other one is new
+    edited = night(sim.url, tmp_path)
+    assert edited.exit_code == 0 and sim.stats()["totals"]["calls"] == 31

@@ -62,6 +62,8 @@ class Admission:
         start: the resume cursor the reader skipped to (its rows count as read).
         control: the run's stop state (``feed`` stops with it, and stops it on a broken input).
         expected_rows: input size, to size the duplicate table.
+        paid_elsewhere: the builder's rule for people whose record paid for before is in the
+            input (``ResendReport.paid_elsewhere``, from the pass before the run).
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class Admission:
         start: ResumeCursor,
         control: RunControl,
         expected_rows: int | None = None,
+        *,
+        paid_elsewhere: Callable[[int, int], str | None] | None = None,
     ) -> None:
         self.settings, self.stats, self.state, self.control = settings, stats, state, control
         self.start = start
@@ -84,6 +88,7 @@ class Admission:
             expected_rows or 1024,
             agent=get_agent(settings.agent_type),
             key_field=settings.key,
+            paid_elsewhere=paid_elsewhere,
         )
         self.input_error: OctaveBulkError | None = None
         self.other_records: list[tuple[int, list[str]]] = []

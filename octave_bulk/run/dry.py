@@ -29,9 +29,17 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
     # Read-only: a dry run must not repair (or race) the files of a run that may be going.
     state = read_state(paths, settings.ledger)
     example: dict[str, Any] | None = None
+    resend = check_resend(input_path, settings, state)
     with open_contacts(input_path, settings) as reader:
         control = RunControl(settings, stats, "dry-run")
-        admission = Admission(settings, stats, state, ResumeCursor(), control)
+        admission = Admission(
+            settings,
+            stats,
+            state,
+            ResumeCursor(),
+            control,
+            paid_elsewhere=resend.paid_elsewhere(state.done),
+        )
         for record in reader:
             item = admission.admit(record, 0, None)
             if item is not None and item is not SKIP:
@@ -43,7 +51,7 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
     return RunSummary.from_document(
         stats.summary(
             dry_run=True,
-            resend=check_resend(input_path, settings, state).to_dict(),
+            resend=resend.to_dict(),
             would_send=stats.queued,
             example_request=example,
             exit_code=rule.code,

@@ -57,7 +57,7 @@ from octave_bulk.run.callbacks import CallbackReceiver
 from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
-from octave_bulk.run.guard import check_agent, check_resend
+from octave_bulk.run.guard import ResendReport, check_agent, check_resend
 from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
@@ -108,13 +108,22 @@ class _Run:
         *,
         identity: dict[str, Any] | None,
         fingerprint: str,
+        resend: ResendReport,
     ) -> None:
         self.settings, self.paths, self.reader, self.state = settings, paths, reader, state
         self.start, self.expected_rows = start, expected_rows
         self.run_id = uuid.uuid4().hex[:12]
         self.stats = RunStats(outcome_unknown=len(state.outcome_unknown))
         self.control = RunControl(settings, self.stats, self.run_id)
-        self.admission = Admission(settings, self.stats, state, start, self.control, expected_rows)
+        self.admission = Admission(
+            settings,
+            self.stats,
+            state,
+            start,
+            self.control,
+            expected_rows,
+            paid_elsewhere=resend.paid_elsewhere(state.done),
+        )
         builder = self.admission.builder
         if start.line:  # the prefix is skipped unread: its first rows judge duplicates still
             builder.seed(load_first_rows(paths, start))
@@ -472,6 +481,7 @@ async def _locked_run(
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
         fingerprint = settings_fingerprint(settings)
         start, cursor_note = resume_cursor(reader, paths, settings, identity, fingerprint)
+        resend = ResendReport()
         if not start.line:  # a resume whose cursor applies passed the guard already
             resend = check_resend(input_path, settings, state)
             if resend.trips(settings.resend_guard) and not settings.allow_resend:
@@ -485,6 +495,7 @@ async def _locked_run(
             expected,
             identity=identity,
             fingerprint=fingerprint,
+            resend=resend,
         )
         run.history, run.index, run.carried_jobs = history, index, carried
         sent.append(run.stats)

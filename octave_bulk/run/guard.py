@@ -22,7 +22,9 @@ right ``--agent-type`` (:func:`agent_problem`, shared with ``doctor``).
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,12 @@ from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.errors import ApiError, ConfigError
 from octave_bulk.http.client import OctaveClient
-from octave_bulk.identity import content_of, person_key
+from octave_bulk.identity import content_of
 from octave_bulk.input.records import Reject
 from octave_bulk.intake import open_contacts
 from octave_bulk.observe.log import log_event
 from octave_bulk.settings import Settings
-from octave_bulk.state.idset import id_key
+from octave_bulk.state.idset import IdSet
 from octave_bulk.state.ledger import LedgerState, complete_lines
 
 __all__ = ["FEWEST", "SAMPLE", "ResendReport", "agent_problem", "check_agent", "check_resend"]
@@ -58,6 +60,28 @@ class ResendReport:
     resent: int = 0  # ... of people done, with a new requestId
     changed_fields: Counter[str] = field(default_factory=Counter)  # field -> sampled people
     sampled: int = 0
+    paid_present: IdSet = field(default_factory=IdSet)
+    """People whose record paid for before is in the input: their other records are
+    duplicates of it, wherever they stand (a reordered export pays nobody again)."""
+    differing: dict[int, str] = field(default_factory=dict)
+    """Person -> the fields in which their other record differs from the paid one (for the
+    duplicate's message; at most :data:`SAMPLE` x 20 people)."""
+
+    def paid_elsewhere(self, done: IdSet) -> Callable[[int, int], str | None]:
+        """The builder's rule (``RequestBuilder(paid_elsewhere=...)``): a record of a person
+        whose paid record is in the input, and not that record, is a duplicate of it."""
+        present, differing = self.paid_present, self.differing
+
+        def why(person: int, key: int) -> str | None:
+            if person not in present or key in done:
+                return None
+            fields = differing.get(person) or "its content"
+            return (
+                "another record of this person, the one paid for before, is in this input "
+                f"and is kept (its answer is in the output); this one differs in {fields}"
+            )
+
+        return why
 
     @property
     def share(self) -> float:
@@ -110,58 +134,75 @@ def check_resend(
         return report
     agent = get_agent(settings.agent_type)
     builder = RequestBuilder(request_spec(settings), agent=agent, key_field=settings.key)
-    samples: dict[int, dict[str, Any]] = {}  # line of the old result -> the new body
+    resent = array("Q")  # people done whose first record here has a new requestId
+    samples: dict[int, tuple[int, dict[str, Any]]] = {}  # old line -> (person, new body)
     with open_contacts(input_path, settings) as reader:
         for record in reader:
             if isinstance(record, Reject):
                 continue
             built = builder.build(record)
+            made, person = builder.last, builder.last_person
+            line = None
+            if made is not None and person is not None:
+                if made.key in state.done:
+                    report.paid_present.add(person)  # a duplicate here too: it still counts
+                line = persons.get(person)
+                if line and made.key not in state.done and len(samples) < SAMPLE * 20:
+                    samples.setdefault(line, (person, made.wire))  # a person done, content new
             if isinstance(built, Reject):
                 continue
             report.requests += 1
             if built.key in state.done:
                 report.unchanged += 1
-                continue
-            person = person_key(built.wire, settings.key, agent.kind)
-            line = None if person is None else persons.get(id_key(person))
-            if not line:
-                continue  # a new person
-            report.resent += 1
-            if len(samples) < SAMPLE:
-                samples[line] = built.wire
-    for old, new in _old_contacts(state, samples):
-        report.sampled += 1
+            elif line and person is not None:
+                resent.append(person)  # else a new person
+    kept = [p for p in resent if p in report.paid_present]  # their paid record is here
+    report.resent = len(resent) - len(kept)
+    report.unchanged += len(kept)
+    for person, old, new in _old_contacts(state, samples):
         before, after = content_of(old), content_of(new)
-        for name in sorted(before.keys() | after.keys()):
-            if name not in before:
-                report.changed_fields[f"{name} added"] += 1
-            elif name not in after:
-                report.changed_fields[f"{name} removed"] += 1
-            elif before[name] != after[name]:
-                report.changed_fields[f"{name} changed"] += 1
+        changes = _changes(before, after)
+        if person in report.paid_present:
+            report.differing[person] = ", ".join(changes) or "nothing but its CRM ids"
+        elif report.sampled < SAMPLE:
+            report.sampled += 1
+            report.changed_fields.update(changes)
     return report
 
 
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``jobTitle changed``, ``lang added``...: how one content differs from another."""
+    changes = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in before:
+            changes.append(f"{name} added")
+        elif name not in after:
+            changes.append(f"{name} removed")
+        elif before[name] != after[name]:
+            changes.append(f"{name} changed")
+    return changes
+
+
 def _old_contacts(
-    state: LedgerState, samples: dict[int, dict[str, Any]]
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(old contact, new body) for the sampled result lines."""
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    state: LedgerState, samples: dict[int, tuple[int, dict[str, Any]]]
+) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(person, old contact, new body) for the sampled result lines (line -> person, body)."""
+    found: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
     if not samples:
-        return pairs
+        return found
     for number, line in enumerate(complete_lines(state.results.path), 1):
-        new = samples.get(number)
-        if new is not None:
+        sample = samples.get(number)
+        if sample is not None:
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
             old = record.get("contact") if isinstance(record, dict) else None
             if isinstance(old, dict):
-                pairs.append((old, new))
-            if len(pairs) == len(samples):
+                found.append((sample[0], old, sample[1]))
+            if len(found) == len(samples):
                 break
-    return pairs
+    return found
 
 
 async def check_agent(client: OctaveClient, settings: Settings) -> None:
