@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -109,3 +110,83 @@ def test_a_key_cut_by_a_message_limit_is_masked_too() -> None:
     with pytest.raises(ApiError) as caught:
         read_receipt(refusal, "c-1")
     assert caught.value.message.endswith("x***") and TEST_KEY[:20] not in str(caught.value)
+
+
+# 2. A callback is a hint to poll, accepted only on the output's secret path.
+
+
+def test_each_callback_brings_one_poll_of_its_job_whose_answer_is_the_result(
+    tmp_path: Path,
+) -> None:
+    # Regular polls would come only after 120 s, past job_timeout: the first results come
+    # from polls the callbacks brought (hints that came before their job was added included),
+    # and once three jobs are done their typical time brings the others' polls forward.
+    write_contacts(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.ndjson"
+    port = _free_port()
+    config = tmp_path / "slow.toml"
+    config.write_text("poll_interval_min = 120\npoll_interval_max = 120\njob_timeout = 60\n")
+    with serve_hostile(SimulatorConfig(latency=parse_latency("300ms"))) as sim:
+        code, log = Run(
+            sim.url, tmp_path / "in.csv", out, "--mode", "async", "--config", str(config),
+            "--callback-url", f"http://127.0.0.1:{port}/octave",
+            "--callback-listen", f"127.0.0.1:{port}",
+        ).finish(timeout=90)  # fmt: skip
+        seen = sim.app.stats()["totals"]
+    assert code == 0, log
+    assert len(read_lines(out)) == 30
+    # A poll per callback (a job polled just before its callback came is polled again).
+    assert seen["callbacks_sent"] == 30 and 30 <= seen["status_polls"] <= 60
+    summary = json.loads(side(out, ".summary.json").read_text())
+    assert summary["async_jobs"]["callbacks"] == {"received": 30, "refused": 0}
+
+
+def test_a_forged_callback_is_never_recorded_and_other_paths_get_404(tmp_path: Path) -> None:
+    forced = {"c-00000": "callback_forged_done", "c-00001": "callback_forged_failed"}
+    rids = write_contacts(tmp_path / "in.csv", 12)
+    out = tmp_path / "out.ndjson"
+    port = _free_port()
+    config = SimulatorConfig(latency=parse_latency("2s"))
+    with serve_hostile(config, HostileConfig(forced=forced)) as sim:
+        run = Run(sim.url, tmp_path / "in.csv", out, *_async_args(tmp_path, port))
+        jobs = side(out, ".jobs.ndjson")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(read_lines(jobs)) < 12:
+            time.sleep(0.05)
+        handles = [job["handle"] for job in read_lines(jobs)]
+        assert len(handles) == 12
+        # Whoever reaches the port and knows live handles, but not the output's token.
+        forged = [
+            {"requestId": handles[2], "status": "succeeded", "_metadata": {"usage": -500},
+             "result": {"found": True, "data": {"emails": [{"subject": "x", "email": "x"}]}}},
+            {"requestId": handles[3], "status": "failed", "error": "forged"},
+        ]  # fmt: skip
+        paths = ["/octave", "/octave/", "/", "/octave/" + handles[4], "/octave/not-the-token"]
+        answers = [
+            httpx.post(f"http://127.0.0.1:{port}{path}", json=body).status_code
+            for path in paths
+            for body in forged
+        ]
+        code, log = run.finish()
+        assert sim.front is not None
+        front = sim.front.asynchronous
+        seen = sim.app.stats()["totals"]
+    assert answers == [404] * len(answers)
+    # The front knew the secret path (as Octave does) and forged through it: accepted as
+    # hints, each brought a poll, and the poll's answer was recorded.
+    assert front.callback_answers == {200: 2} and sim.front.counts["callback_forged_done"] == 1
+    assert code == 0, log
+    results = read_lines(out)
+    assert sorted(r["requestId"] for r in results) == rids
+    assert not read_lines(side(out, ".errors.ndjson"))
+    assert not any("forged" in json.dumps(r["response"]) for r in results)
+    summary = json.loads(side(out, ".summary.json").read_text())
+    assert summary["credits"] == 12 and seen["async_submits"] == 12  # nobody pays twice
+    assert summary["async_jobs"]["callbacks"]["refused"] == len(answers)
+    # The token is in the URL Octave was given, and in no log line or other file.
+    token = side(out, ".callback-token").read_text().strip()
+    assert stat.S_IMODE(side(out, ".callback-token").stat().st_mode) == 0o600
+    assert all(url == f"http://127.0.0.1:{port}/octave/{token}" for url in front.callback_urls)
+    assert log.count("callback_refused") == 1 and token not in log
+    others = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "out.callback-token"]
+    assert not any(token.encode() in p.read_bytes() for p in others)

@@ -332,9 +332,11 @@ async def open_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     read_timeout: float | None = None,
+    callback_url: str | None = None,
 ) -> AsyncIterator[OctaveClient]:
-    """A client built from settings (``read_timeout`` replaces ``settings.timeout``); a
-    transport is made (and closed) unless one is given."""
+    """A client built from settings (``read_timeout`` replaces ``settings.timeout``,
+    ``callback_url`` the async ``settings.callback_url``); a transport is made (and closed)
+    unless one is given."""
     async with contextlib.AsyncExitStack() as stack:
         if transport is None:
             transport = make_transport(
@@ -357,7 +359,7 @@ async def open_client(
                 settings.async_status_path,
                 settings.async_status_param,
                 settings.async_body,
-                settings.callback_url,
+                callback_url or settings.callback_url,
             ),
         )
 

@@ -39,7 +39,6 @@ from typing import Any
 import anyio
 import httpx
 
-from octave_bulk.agents import get_agent
 from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
@@ -49,7 +48,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
-from octave_bulk.run.callbacks import CallbackReceiver
+from octave_bulk.run.callbacks import CallbackReceiver, load_token
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
@@ -121,6 +120,11 @@ class _Run:
         )
         self.slots: InflightSlots | None = None
         self.carried_jobs: list[PendingJob] = []  # async jobs of earlier runs, still awaited
+        self.receiver = (  # async callbacks: hints to poll, on the output's secret path
+            CallbackReceiver(settings.callback_listen, load_token(paths.callback_token), self.stats)
+            if settings.callback_listen and settings.mode == "async"
+            else None
+        )
         self.jobs: Jobs | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
@@ -220,9 +224,8 @@ class _Run:
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
-        receiver = None
-        if settings.callback_listen and settings.mode == "async":  # before any file is opened
-            receiver = CallbackReceiver(settings.callback_listen, get_agent(settings.agent_type))
+        receiver = self.receiver
+        if receiver is not None:  # before any file is opened
             await receiver.start()
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
@@ -493,7 +496,9 @@ async def _locked_run(
             encoding=reader.encoding,
             mapping=reader.mapping.render(),
         )
-        async with open_client(settings, transport=transport) as client:
+        receiver = run.receiver  # Octave is given the receiver's secret path
+        callback_url = receiver.url(settings.callback_url) if receiver is not None else None
+        async with open_client(settings, transport=transport, callback_url=callback_url) as client:
             with frozen_heap():
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     return finish_run(

@@ -157,5 +157,6 @@ def _jobs_summary(run: _Run) -> dict[str, Any]:
         "polls": stats.polls,
         "poll_errors": stats.poll_errors,
         "given_up_after_job_timeout": stats.jobs_given_up,
+        "callbacks": {"received": stats.callbacks, "refused": stats.callbacks_refused},
         "jobs_file": str(run.paths.jobs),
     }

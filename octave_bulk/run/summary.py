@@ -96,6 +96,10 @@ class RunStats:
     """Async: jobs still pending after ``job_timeout`` (left for the next run to poll)."""
     polls: int = 0
     poll_errors: int = 0
+    callbacks: int = 0
+    """Async: callbacks received on the output's secret path (each a hint to poll its job)."""
+    callbacks_refused: int = 0
+    """Async: requests to the callback port refused (another path, compressed, too large...)."""
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
     failures_by_kind: Counter[str] = field(default_factory=Counter)
     calls_by_status: Counter[str] = field(default_factory=Counter)
