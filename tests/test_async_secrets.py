@@ -4,6 +4,8 @@ against idle sockets, compressed and oversized bodies and malformed requests."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import socket
@@ -190,3 +192,112 @@ def test_a_forged_callback_is_never_recorded_and_other_paths_get_404(tmp_path: P
     assert log.count("callback_refused") == 1 and token not in log
     others = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "out.callback-token"]
     assert not any(token.encode() in p.read_bytes() for p in others)
+
+
+# 3. The callback port holds: idle sockets, compressed or oversized bodies, malformed requests.
+
+
+class _Listening:
+    """An async run with a callback receiver, in a subprocess whose open files are limited
+    to ``files``; its stdout and stderr go to files of their own."""
+
+    def __init__(self, url: str, tmp_path: Path, contacts: int, files: int, *extra: str) -> None:
+        write_contacts(tmp_path / "in.csv", contacts)
+        self.out, self.port = tmp_path / "out.ndjson", _free_port()
+        self.stdout, self.stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+        command = [
+            sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
+            "-o", str(self.out), "--agent", "ca_test", "--base-url", url, "--rate", "none",
+            "--no-progress", "--concurrency", "8", *_async_args(tmp_path, self.port), *extra,
+        ]  # fmt: skip
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.process = subprocess.Popen(
+                ["sh", "-c", f'ulimit -n {files} && exec "$@"', "sh", *command],
+                env=_env(), stdout=out, stderr=err, cwd=tmp_path,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not side(self.out, ".jobs.ndjson").exists():  # listening, and submitting
+            assert time.monotonic() < deadline and self.process.poll() is None, self.log()
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}/octave/"
+        token = side(self.out, ".callback-token")
+        self.hint_url = self.base + (token.read_text().strip() if token.exists() else "")
+
+    def finish(self) -> int:
+        return self.process.wait(timeout=90)
+
+    def log(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+
+def test_idle_half_sent_requests_do_not_stop_the_run(tmp_path: Path) -> None:
+    # 100 connections that never finish their headers, against a run that may open 112
+    # files (what it asks for): each held one of them, until the run's own files and calls
+    # failed with "Too many open files".
+    with serve_hostile(SimulatorConfig(latency=parse_latency("1500ms"))) as sim:
+        run = _Listening(sim.url, tmp_path, 40, 112)
+        idle = []
+        for _ in range(100):
+            knock = socket.socket()
+            knock.setblocking(False)
+            knock.connect_ex(("127.0.0.1", run.port))
+            idle.append(knock)
+        time.sleep(0.5)
+        for knock in idle:
+            try:
+                knock.send(b"POST /octave/x HTTP/1.1\r\nHost: x\r\nContent-Len")
+            except OSError:
+                pass  # still in the listen backlog, or closed: as good as idle
+        try:
+            code = run.finish()
+        finally:
+            for knock in idle:
+                knock.close()
+    assert code == 0, run.log()
+    assert len(read_lines(run.out)) == 40
+    assert "Too many open files" not in run.log()
+    summary = json.loads(side(run.out, ".summary.json").read_text())
+    assert summary["counts"]["retried"] == 0  # no call failed for want of a descriptor
+
+
+def test_compressed_and_oversized_bodies_are_refused_unread(tmp_path: Path) -> None:
+    bomb = gzip.compress(b'{"requestId": "' + b" " * (32 << 20) + b'"}')  # ~32 KB -> 32 MB
+    with serve_hostile(SimulatorConfig(latency=parse_latency("5s"))) as sim:
+        run = _Listening(sim.url, tmp_path, 5, 1024)
+        gzipped = {"content-encoding": "gzip", "content-type": "application/json"}
+        bombs = [httpx.post(run.hint_url, content=bomb, headers=gzipped) for _ in range(20)]
+        large = httpx.post(run.hint_url, content=b'{"pad": "' + b"x" * (1 << 20) + b'"}')
+        hint = httpx.post(run.hint_url, json={"requestId": "not-a-live-handle"})
+        code = run.finish()
+    assert [answer.status_code for answer in bombs] == [415] * 20
+    assert large.status_code == 413 and hint.status_code == 200
+    assert code == 0, run.log()
+    summary = json.loads(side(run.out, ".summary.json").read_text())
+    assert summary["async_jobs"]["callbacks"]["refused"] == 21
+
+
+def test_a_malformed_request_leaves_no_traceback_in_a_json_log(tmp_path: Path) -> None:
+    with serve_hostile(SimulatorConfig(latency=parse_latency("5s"))) as sim:
+        run = _Listening(sim.url, tmp_path, 5, 1024, "--log-format", "json")
+        path = run.hint_url.partition(str(run.port))[2].encode()
+        malformed = [
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST " + path + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"req',
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+        ]
+        for request in malformed:
+            with socket.create_connection(("127.0.0.1", run.port), timeout=5) as knock:
+                knock.sendall(request)
+                knock.shutdown(socket.SHUT_WR)
+                with contextlib.suppress(OSError):
+                    knock.recv(4096)
+        code = run.finish()
+    assert code == 0, run.log()
+    lines = run.stderr.read_text().splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines), lines
+    refused = [json.loads(line) for line in lines if "callback_refused" in line]
+    assert len(refused) == 1  # the first refusal, one line; the others are counted
+    summary = json.loads(side(run.out, ".summary.json").read_text())
+    assert summary["async_jobs"]["callbacks"]["refused"] >= len(malformed) - 1

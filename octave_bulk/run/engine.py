@@ -48,7 +48,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
-from octave_bulk.run.callbacks import CallbackReceiver, load_token
+from octave_bulk.run.callbacks import MAX_CONNECTIONS, CallbackReceiver, load_token
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
@@ -384,7 +384,8 @@ async def run_batch(
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
     if transport is None:
-        check_descriptors(settings.concurrency)
+        listening = settings.callback_listen is not None and settings.mode == "async"
+        check_descriptors(settings.concurrency, served=MAX_CONNECTIONS if listening else 0)
     lock = RunLock(paths.lock)
     try:
         lock.acquire()
