@@ -19,16 +19,17 @@ little while (its submit may not be durable yet), else ignored.
 ``OUT.callback-token`` side file (0600), so that a resumed run - whose jobs' callbacks were
 sent to the earlier run's URL - accepts them too; removing the file makes a new one (the
 callbacks of jobs already submitted then miss, and polling finds their results). A request is
-accepted when the last segment of its path is the token (compared in constant time, so a
-tunnel may add or strip a prefix); any other path gets a 404. The token is a registered
-secret (:mod:`octave_bulk.redact`): no file or log line ever holds it.
+accepted when the last segment of its path is the token (the last one, so that a tunnel
+may add or strip a prefix; compared in constant time); any other path gets a 404. The token
+is a registered secret (:mod:`octave_bulk.redact`): no other file or log line ever holds it.
 
 **Bounded.** At most ``MAX_CONNECTIONS`` connections are served at once (the next wait in
-the listen backlog, then the kernel refuses more); a request's headers must arrive within ``READ_TIMEOUT`` seconds of its connection (or
-of the previous request on it) and its body within ``READ_TIMEOUT`` more (408); a body is at
-most ``MAX_BODY`` bytes (a hint needs a few hundred: 413); a compressed body
-(``Content-Encoding`` other than ``identity``) is refused unread (415); anything else that is
-not a JSON object gets a 400. Refusals are counted (the summary's ``async_jobs.callbacks``)
+the listen backlog, then the kernel refuses more); a request's headers must arrive within
+``READ_TIMEOUT`` seconds of its connection (or of the previous request on it) and its body
+within ``READ_TIMEOUT`` more (408); a body is at most ``MAX_BODY`` bytes (413: a hint needs a
+few hundred; a result comes from a poll, which honours ``max_response_bytes``); a compressed
+body (``Content-Encoding`` other than ``identity``) is refused unread (415); anything else that
+is not a JSON object gets a 400. Refusals are counted (the summary's ``async_jobs.callbacks``)
 and the first of each run is logged as one line, never with a traceback, never with its path
 (aiohttp's own error reports go to the same count).
 """
