@@ -24,6 +24,8 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
+from octave_bulk.redact import scrub
+
 __all__ = [
     "ApiError",
     "ConfigError",
@@ -209,7 +211,10 @@ class ApiError(OctaveBulkError):
     """The API answered with an error or could not be reached.
 
     Args:
-        message: a short description (never contains the API key).
+        message: a short description; the API key (or any registered secret) a server
+            echoed into it is replaced by ``***`` here (:mod:`octave_bulk.redact`), so no
+            error of any path (sync, submit, poll) carries it into a file, a log or the
+            terminal.
         kind: an :class:`ErrorKind`, or ``http_<status>`` (see :func:`status_kind`).
         status: the HTTP status, or None when no response arrived.
         request_id: our requestId for the contact.
@@ -227,6 +232,7 @@ class ApiError(OctaveBulkError):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message, self.kind, self.status = message, kind, status
         self.request_id, self.retry_after = request_id, retry_after

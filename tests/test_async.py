@@ -110,9 +110,10 @@ def test_callbacks_and_polls_feed_one_completion_path(make_sim: Any, tmp_path: P
     assert sorted(r["requestId"] for r in read_lines(out)) == rids
     seen = totals(sim)
     assert seen["callbacks_sent"] == 60
-    # The first poll waits poll_interval_min (2 s): the callbacks came first, so (almost)
-    # no job needed a poll, and no result was written twice.
-    assert seen["status_polls"] < 60
+    # A callback is a hint, never the result: each brings one poll of its job (before the
+    # first regular poll, 2 s after the submit), so about one poll per job; no result was
+    # written twice (test_async_secrets.py shows the polls come from the callbacks).
+    assert 60 <= seen["status_polls"] < 90
     assert sum(r["response"]["_metadata"]["usage"] for r in read_lines(out)) == 60
 
 

@@ -40,7 +40,7 @@ from octave_bulk.http.async_api import (
     submit_body,
 )
 from octave_bulk.http.retry import status_error, transport_error
-from octave_bulk.redact import MASK, register_secret, scrub
+from octave_bulk.redact import register_secret
 
 if TYPE_CHECKING:
     from octave_bulk.settings import Settings
@@ -154,12 +154,9 @@ class OctaveClient:
         # The default transport enforces both itself (aiohttp's total timeout, a capped read);
         # any other is bounded here, around the call.
         self._bounded_inside = bool(getattr(transport, "enforces_call_bounds", False))
-        key = api_key.get_secret_value()
-        register_secret(key)
-        # The key's forms a server could echo into a body we keep (see octave_bulk.redact).
-        self._key_forms = tuple(
-            {key.encode(), quote(key, safe="").encode()} if len(key) >= 8 else ()
-        )
+        # Errors made from answers and the files they reach are scrubbed of it (octave_bulk.
+        # redact): a server may echo it in any answer.
+        register_secret(api_key.get_secret_value())
         self._agent = agent or get_agent()
         self._run_url = httpx.URL(base_url.rstrip("/") + self._agent.path)
         self._validate_url = httpx.URL(base_url.rstrip("/") + VALIDATE_PATH)
@@ -237,41 +234,31 @@ class OctaveClient:
         # Header values must be ASCII; the body keeps the requestId exactly as given.
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
         try:
-            try:
-                if self._bounded_inside or self._deadline is None:
-                    # Inlined _receive: every await layer is paid again on each resumption.
-                    response = await self._transport.handle_async_request(
-                        self._run_request(body, header_id)
-                    )
-                    try:
-                        await response.aread()
-                    finally:
-                        await response.aclose()
-                else:
-                    try:
-                        with anyio.fail_after(self._deadline):
-                            response = await self._receive(self._run_request(body, header_id))
-                    except TimeoutError:
-                        raise _past_deadline(self._deadline, request_id) from None
-            except ApiError:
-                raise
-            except TooLarge as exc:
-                raise _too_large(exc.size, self._max_body, request_id) from None
-            except Exception as exc:
-                raise transport_error(exc, request_id) from None
-            cap = self._max_body
-            if cap is not None and len(response.content) > cap:
-                raise _too_large(len(response.content), cap, request_id)
-            result = _judge(response, request_id, self._agent)
-        except ApiError as exc:
-            raise _scrubbed(exc) from None
-        forms = self._key_forms
-        if forms and any(form in result.raw for form in forms):  # an echoed key is not kept
-            raw = result.raw
-            for form in forms:
-                raw = raw.replace(form, MASK.encode())
-            result = CallSuccess(raw, result.credits, result.usage_anomaly)
-        return result
+            if self._bounded_inside or self._deadline is None:
+                # Inlined _receive: every await layer is paid again on each resumption.
+                response = await self._transport.handle_async_request(
+                    self._run_request(body, header_id)
+                )
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            else:
+                try:
+                    with anyio.fail_after(self._deadline):
+                        response = await self._receive(self._run_request(body, header_id))
+                except TimeoutError:
+                    raise _past_deadline(self._deadline, request_id) from None
+        except ApiError:
+            raise
+        except TooLarge as exc:
+            raise _too_large(exc.size, self._max_body, request_id) from None
+        except Exception as exc:
+            raise transport_error(exc, request_id) from None
+        cap = self._max_body
+        if cap is not None and len(response.content) > cap:
+            raise _too_large(len(response.content), cap, request_id)
+        return _judge(response, request_id, self._agent)
 
     def _run_request(self, body: bytes, header_id: str) -> httpx.Request:
         """The run call's request: the same method, URL, headers (names, values, order) and
@@ -355,14 +342,14 @@ class OctaveClient:
         try:
             response = await self._send("GET", url, self._headers, None, deadline=self._check)
         except Exception as exc:
-            error = _scrubbed(transport_error(exc, None))
+            error = transport_error(exc, None)
             if error.kind == ErrorKind.CONNECT:
                 self.checks_unreachable += 1
                 self.last_check_error = error.message
             raise error from None
         self.checks_answered += 1
         if response.status_code != 200:
-            raise _scrubbed(status_error(response, None))
+            raise status_error(response, None)
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -378,9 +365,11 @@ async def open_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     read_timeout: float | None = None,
+    callback_url: str | None = None,
 ) -> AsyncIterator[OctaveClient]:
-    """A client built from settings (``read_timeout`` replaces ``settings.timeout``); a
-    transport is made (and closed) unless one is given."""
+    """A client built from settings (``read_timeout`` replaces ``settings.timeout``,
+    ``callback_url`` the async ``settings.callback_url``); a transport is made (and closed)
+    unless one is given."""
     async with contextlib.AsyncExitStack() as stack:
         if transport is None:
             transport = make_transport(
@@ -403,7 +392,7 @@ async def open_client(
                 settings.async_status_path,
                 settings.async_status_param,
                 settings.async_body,
-                settings.callback_url,
+                callback_url or settings.callback_url,
                 settings.async_handle_fields,
             ),
         )
@@ -433,15 +422,6 @@ def _past_deadline(deadline: float, request_id: str | None) -> RetryableApiError
         kind=ErrorKind.TIMEOUT,
         request_id=request_id,
     )
-
-
-def _scrubbed(exc: ApiError) -> ApiError:
-    """The error with the key removed from its message (a server may echo it)."""
-    message = scrub(exc.message)
-    if message != exc.message:
-        exc.message = message
-        exc.args = (message,)
-    return exc
 
 
 def _judge(response: httpx.Response, request_id: str, agent: Agent) -> CallSuccess:

@@ -213,5 +213,6 @@ def render(data: ReportData) -> str:
 
 
 def write_report(data: ReportData, path: Path) -> None:
-    """Write the page to ``path`` (replaced atomically, readable by others: 0644)."""
-    write_atomic(path, render(data).encode("utf-8"), mode=0o644)
+    """Write the page to ``path`` (replaced atomically, 0600 like every file a run writes:
+    its examples quote contacts and error messages)."""
+    write_atomic(path, render(data).encode("utf-8"))

@@ -43,7 +43,6 @@ from typing import Any
 import anyio
 import httpx
 
-from octave_bulk.agents import get_agent
 from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
@@ -53,7 +52,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
-from octave_bulk.run.callbacks import CallbackReceiver
+from octave_bulk.run.callbacks import MAX_CONNECTIONS, CallbackReceiver, load_token
 from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
@@ -137,6 +136,16 @@ class _Run:
         )
         self.slots: InflightSlots | None = None
         self.carried_jobs: list[PendingJob] = []  # async jobs of earlier runs, still awaited
+        self.receiver = (  # async callbacks: hints to poll, on the output's secret path
+            CallbackReceiver(
+                settings.callback_listen,
+                load_token(paths.callback_token),
+                self.stats,
+                settings.async_handle_fields,
+            )
+            if settings.callback_listen and settings.mode == "async"
+            else None
+        )
         self.jobs: Jobs | None = None
         self.limiter: AdaptiveLimiter | None = None
         self.history: RunHistory | None = None
@@ -247,9 +256,8 @@ class _Run:
         )
         if self.credits.ceiling is not None:
             control.credits = CreditsCeiling(client, *self.credits.ceiling, self.stats, control)
-        receiver = None
-        if settings.callback_listen and settings.mode == "async":  # before any file is opened
-            receiver = CallbackReceiver(settings.callback_listen, get_agent(settings.agent_type))
+        receiver = self.receiver
+        if receiver is not None:  # before any file is opened
             await receiver.start()
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
@@ -416,7 +424,8 @@ async def run_batch(
     check_agent_of_output(paths, settings.agent_type)
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
     if transport is None:
-        check_descriptors(settings.concurrency)
+        listening = settings.callback_listen is not None and settings.mode == "async"
+        check_descriptors(settings.concurrency, served=MAX_CONNECTIONS if listening else 0)
     lock = RunLock(paths.lock)
     try:
         lock.acquire()
@@ -534,7 +543,9 @@ async def _locked_run(
             encoding=reader.encoding,
             mapping=reader.mapping.render(),
         )
-        async with open_client(settings, transport=transport) as client:
+        receiver = run.receiver  # Octave is given the receiver's secret path
+        callback_url = receiver.url(settings.callback_url) if receiver is not None else None
+        async with open_client(settings, transport=transport, callback_url=callback_url) as client:
             with frozen_heap():
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     return finish_run(

@@ -175,5 +175,6 @@ def _jobs_summary(run: _Run) -> dict[str, Any]:
         "poll_errors": stats.poll_errors,
         "given_up_after_job_timeout": stats.jobs_given_up,
         "lost_not_resubmitted": stats.jobs_lost,
+        "callbacks": {"received": stats.callbacks, "refused": stats.callbacks_refused},
         "jobs_file": str(run.paths.jobs),
     }

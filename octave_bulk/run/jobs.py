@@ -3,8 +3,8 @@
 Contract: :meth:`Jobs.add` takes a job whose handle is durable (``OUT.jobs.ndjson``, written
 by the sink's group commit); :meth:`Jobs.run` polls due jobs until every job is settled and
 :meth:`Jobs.close` said no more will come, and writes each job's outcome to the sink exactly
-once - from a poll or from a callback (:meth:`Jobs.complete`: whichever comes first wins, a
-duplicate is ignored).
+once, from a poll's answer (:meth:`Jobs.complete`; a duplicate is ignored). A callback is
+never an outcome: it is a hint (:meth:`Jobs.hint`) that brings the job's next poll forward.
 
 When a job is polled: first at the median duration of the latest 32 jobs that finished (each
 counted halfway from its last poll that found it pending to the one that found it done; before
@@ -16,7 +16,10 @@ two or three polls (sigma 0.1; measured in benchmarks/bench_async.py). Polls pas
 the submit's: ``poll_rate`` caps it, its 429s slow it), at most ``poll_concurrency`` are in
 flight, and a budget follows the rate jobs end at (:meth:`Jobs._spend`: a server queue would
 otherwise multiply the polls), so polling never takes the submit's pace. The oldest due job
-goes first.
+goes first. A hint (a callback naming the job) makes its next poll due at once - or
+``_HINT_GAP`` (1 s) after its last one, so that hints cannot multiply the polls - through
+the same limiter, budget and deadlines; a hint for a job not added yet (its submit not
+durable yet) is kept (the latest ``_EARLY_HINTS``) and applies when it is added.
 
 A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
 (it stays recorded; the run ends with exit 1 and the next run polls it). A poll's answer:
@@ -80,6 +83,8 @@ _UNKNOWN_POLLS = 3
 
 _Key = tuple[str, str]
 """A job's key: (handle, requestId)."""
+_HINT_GAP = 1.0  # a hinted job is polled at once, or this long after its last poll
+_EARLY_HINTS = 4096  # hints kept for jobs not added yet (their handle not durable yet)
 
 
 @dataclass(slots=True)
@@ -98,6 +103,11 @@ class _Live:
     @property
     def key(self) -> _Key:
         return self.job.handle, self.job.request_id
+
+    polling: bool = False
+    """Its poll is on its way (waiting for the limiter, or sent)."""
+    hinted: bool = False
+    """A callback named it since its last poll was sent: its next poll comes soon."""
 
 
 class Jobs:
@@ -133,6 +143,7 @@ class Jobs:
         self._wake = anyio.Event()
         self._room = anyio.Event()
         self._open = True
+        self._early: dict[str, bool] = {}  # hints for handles not added yet, oldest first
 
     def add(self, job: PendingJob) -> None:
         """A job whose handle is durable: poll it until it ends (a handle another live job
@@ -152,8 +163,27 @@ class Jobs:
         sharing.append(key)
         submitted = time.monotonic() - max(0.0, time.time() - job.submitted_at)
         self._live[key] = live = _Live(job, submitted)
+        live.hinted = self._early.pop(job.handle, False)
         self.stats.awaiting = len(self._live)
         self._schedule(live, time.monotonic())
+
+    def hint(self, handle: str) -> None:
+        """A callback named this job: poll it soon (see the module docstring). Never an
+        outcome: the poll's answer is."""
+        lives = self._lives(handle)
+        if not lives:
+            if self._open:  # its submit may not be durable yet
+                self._early[handle] = True
+                if len(self._early) > _EARLY_HINTS:
+                    del self._early[next(iter(self._early))]
+            return
+        for live in lives:  # more than one: the API repeated the handle
+            live.hinted = True
+            if not live.polling:
+                now = time.monotonic()
+                due = max(now, self._hinted_due(live))
+                if due < live.due:
+                    self._push(live, due)
 
     def close(self) -> None:
         """No more jobs will be added: :meth:`run` returns once the last one is settled."""
@@ -237,30 +267,39 @@ class Jobs:
             if time.monotonic() - live.submitted > self.settings.job_timeout:
                 self._give_up(live)
                 continue
-            await self._spend()
-            ticket = await self.limiter.acquire()
-            if self._polling_over():
-                self.limiter.on_answer(ticket)
-                return
+            live.polling = True
             try:
-                answer = await self.client.poll(live.job.handle)
-                if answer.state is not JobState.EXPIRED:
-                    live.unknown = 0
-                elif not self._expired(live):
-                    answer = JobAnswer(JobState.PENDING)  # not known yet: polled again
-            except ApiError as exc:
-                self._poll_failed(live, exc, ticket)
-                continue
-            except BaseException:
-                self.limiter.on_answer(ticket)
-                raise
+                await self._poll(live)
+            finally:
+                live.polling = False
+
+    async def _poll(self, live: _Live) -> None:
+        """Poll one due job (through the poll budget and the limiter) and act on the answer."""
+        await self._spend()
+        ticket = await self.limiter.acquire()
+        if self._polling_over():
             self.limiter.on_answer(ticket)
-            self.stats.polls += 1
-            live.polls += 1
-            if not self.complete(live.job.handle, answer) and live.key in self._live:
-                now = time.monotonic()
-                live.pending_age = now - live.submitted
-                self._schedule(live, now)
+            return
+        live.hinted = False  # a hint from now on needs a poll after this one
+        try:
+            answer = await self.client.poll(live.job.handle)
+            if answer.state is not JobState.EXPIRED:
+                live.unknown = 0
+            elif not self._expired(live):
+                answer = JobAnswer(JobState.PENDING)  # not known yet: polled again
+        except ApiError as exc:
+            self._poll_failed(live, exc, ticket)
+            return
+        except BaseException:
+            self.limiter.on_answer(ticket)
+            raise
+        self.limiter.on_answer(ticket)
+        self.stats.polls += 1
+        live.polls += 1
+        if not self.complete(live.job.handle, answer) and live.key in self._live:
+            now = time.monotonic()
+            live.pending_age = now - live.submitted
+            self._schedule(live, now)
 
     async def _spend(self) -> None:
         """Wait for the poll budget: once jobs have ended for half of ``poll_interval_max``,
@@ -354,7 +393,6 @@ class Jobs:
             "job_still_pending",
             level=logging.WARNING,
             request_id=live.job.request_id,
-            handle=live.job.handle,
             after_s=round(time.monotonic() - live.submitted),
         )
 
@@ -382,7 +420,15 @@ class Jobs:
         else:
             share = _AGE_SHARE if typical is not None else _BLIND_AGE_SHARE
             due = now + min(highest, max(lowest, age * share))
+        if live.hinted:
+            due = min(due, self._hinted_due(live))
         self._push(live, max(due, now))
+
+    def _hinted_due(self, live: _Live) -> float:
+        """The soonest a hinted job is polled: ``_HINT_GAP`` after its last poll."""
+        if live.pending_age is None:
+            return live.submitted
+        return live.submitted + live.pending_age + _HINT_GAP
 
     def _push(self, live: _Live, due: float) -> None:
         live.due = due

@@ -101,6 +101,10 @@ class RunStats:
     a line in the jobs file (``--resubmit-expired`` submits them again)."""
     polls: int = 0
     poll_errors: int = 0
+    callbacks: int = 0
+    """Async: callbacks received on the output's secret path (each a hint to poll its job)."""
+    callbacks_refused: int = 0
+    """Async: requests to the callback port refused (another path, compressed, too large...)."""
     rejects_by_reason: Counter[str] = field(default_factory=Counter)
     notes_by_code: Counter[str] = field(default_factory=Counter)  # values left out, row sent
     failures_by_kind: Counter[str] = field(default_factory=Counter)

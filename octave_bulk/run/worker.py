@@ -29,7 +29,6 @@ from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
 from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
-from octave_bulk.redact import scrub
 from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import CONTRACT_ERRORS, RunControl, Stopped
 from octave_bulk.run.summary import RunStats
@@ -103,7 +102,7 @@ class Worker:
                     log_event("internal_error", level=logging.ERROR, error=repr(exc)[:300])
                     # Recorded as retryable, so the next run tries this contact again.
                     error = RetryableApiError(
-                        scrub(f"internal error: {exc!r}")[:300], kind=ErrorKind.INTERNAL
+                        f"internal error: {exc!r}"[:300], kind=ErrorKind.INTERNAL
                     )
                     outcome = Failure(item.request_id, item.contact, error, 1, None)
                 if outcome is not None:

@@ -19,7 +19,8 @@ for a share of the run calls (or for requestIds named in ``forced``), answers it
 async status path) whose simulator answers are dribbled too (not paid calls: the checks before
 a run, polls); and ``streak_429 = (period, length)``: every call in the first ``length`` seconds of each
 ``period`` gets a 429 with ``Retry-After: retry_after_429`` (an exhausted quota, coming and
-going). Everything else passes through
+going). The async routes (submit, status, callbacks) have hostile kinds of their own:
+:mod:`octave_bulk.simulator.hostile_async`. Everything else passes through
 to the simulator unchanged. A fate is a function of ``seed``, the requestId and the attempt
 number, as in the simulator. :func:`serve_hostile` serves the pair on loopback for tests.
 """
@@ -41,6 +42,8 @@ import uvicorn
 
 from octave_bulk.simulator.app import Simulator
 from octave_bulk.simulator.config import SimulatorConfig
+from octave_bulk.simulator.hostile_async import AsyncHostility
+from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH
 from octave_bulk.simulator.server import RunningSimulator, _uvicorn_config, bind_socket
 
 __all__ = ["HOSTILE_KINDS", "HostileApp", "HostileConfig", "RunningHostile", "serve_hostile"]
@@ -88,6 +91,18 @@ class HostileApp:
         """requestId -> the kinds this front answered it with, in order."""
         self._attempts: Counter[str] = Counter()
         self._started = time.monotonic()
+        self.asynchronous = AsyncHostility(self)
+        """The async routes' hostility (its ``callback_answers``, ``callback_urls``)."""
+
+    def draw(self, rid: str, kinds: tuple[str, ...]) -> str | None:
+        """The fate of a call of ``rid`` among ``kinds`` (None: it passes through)."""
+        fate = self._fate(rid)
+        if fate not in kinds:
+            return None
+        self.fated.setdefault(rid, []).append(fate)
+        if fate.startswith("echo_"):  # answered at once (a poll's or callback's kind: later)
+            self.counts[fate] += 1
+        return fate
 
     def _fate(self, rid: str) -> str | None:
         self._attempts[rid] += 1
@@ -112,6 +127,9 @@ class HostileApp:
         if gets and get and scope["path"].endswith(gets):
             self.counts["dribble_get"] += 1
             await self._dribble(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] in (ASYNC_SUBMIT_PATH, ASYNC_STATUS_PATH):
+            await self.asynchronous(scope, receive, send)
             return
         if scope["type"] != "http" or scope["method"] != "POST" or "/agents/" not in scope["path"]:
             await self.inner(scope, receive, send)

@@ -3,6 +3,9 @@
 Every file octave-bulk writes goes through here, so these rules hold everywhere:
 
 * files are created mode 0600 (results hold personal data), whatever the umask;
+* what is written never holds the API key (or another registered secret): every line and
+  every whole file is scrubbed on its way to the disk (:mod:`octave_bulk.redact`), whichever
+  answer, message or path it came from;
 * an NDJSON record is one ``os.write`` of one whole line, so a kill -9 can tear at most the
   last line, which :func:`repair_tail` cuts off at the next start;
 * a file replaced as a whole (summary, cursor, metrics, exports) is written to a temp file,
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from octave_bulk.redact import scrub
 
 __all__ = [
     "NdjsonAppender",
@@ -78,7 +83,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``, crash-consistently (see :func:`atomic_file`)."""
     with atomic_file(path, mode=mode) as fd:
-        _write_all(fd, data)
+        _write_all(fd, scrub(data))
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -103,7 +108,8 @@ class NdjsonAppender:
         self.dirty = False
 
     def write(self, line: bytes) -> None:
-        """Write one whole line (``line`` must end with a newline)."""
+        """Write one whole line (``line`` must end with a newline), scrubbed."""
+        line = scrub(line)
         _write_all(self._fd, line)
         self.size += len(line)
         self.dirty = True

@@ -66,6 +66,7 @@ class OutputPaths:
             self.cursor_keys,
             self.limits,
             self.jobs,
+            self.callback_token,
             ledger,
             ledger.with_name(ledger.name + "-wal"),
             ledger.with_name(ledger.name + "-shm"),
@@ -121,6 +122,11 @@ class OutputPaths:
     def jobs(self) -> Path:
         """Async job handles awaiting their result (see ``octave_bulk.state.jobs``)."""
         return self._side(".jobs.ndjson")
+
+    @property
+    def callback_token(self) -> Path:
+        """The secret segment of the async callback path (see ``octave_bulk.run.callbacks``)."""
+        return self._side(".callback-token")
 
     @property
     def lock(self) -> Path:

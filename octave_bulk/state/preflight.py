@@ -138,15 +138,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_descriptors(concurrency: int) -> None:
-    """The open-file limit holds ``concurrency`` connections and the run's files: the soft
-    limit is raised up to the hard one when needed; :class:`ConfigError` when even that is
-    too low."""
+def check_descriptors(concurrency: int, *, served: int = 0) -> None:
+    """The open-file limit holds ``concurrency`` connections, ``served`` more (the callback
+    receiver's) and the run's files: the soft limit is raised up to the hard one when needed;
+    :class:`ConfigError` when even that is too low."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not a POSIX system
         return
-    needed = concurrency + 8 + _SPARE_DESCRIPTORS  # the pool holds concurrency + 8
+    needed = concurrency + 8 + served + _SPARE_DESCRIPTORS  # the pool holds concurrency + 8
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -157,7 +157,8 @@ def check_descriptors(concurrency: int) -> None:
     usable = max(1, min(soft, hard if hard != resource.RLIM_INFINITY else soft))
     raise ConfigError(
         f"--concurrency {concurrency} needs about {needed} open files, and this process may "
-        f"open {usable} (ulimit -n): use --concurrency {max(1, usable - 8 - _SPARE_DESCRIPTORS)}"
+        f"open {usable} (ulimit -n): use --concurrency "
+        f"{max(1, usable - 8 - served - _SPARE_DESCRIPTORS)}"
         " or less, or raise the limit (ulimit -n, LimitNOFILE= in a systemd unit)"
     )
 
