@@ -102,8 +102,8 @@ class AsyncHostility:
 
         await front.inner(scope, _replay(body, receive), keep)
         if fate in POLL_KINDS + CALLBACK_KINDS:
-            handle = _json(_body_of(answered)).get("requestId")
-            if isinstance(handle, str):
+            handle = _handle(_json(_body_of(answered)))
+            if handle:
                 self.planned[handle] = (fate, url if isinstance(url, str) else "")
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,3 +208,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 async def _forward(send: Send, messages: list[MutableMapping[str, Any]]) -> None:
     for message in messages:
         await send(message)
+
+
+def _handle(receipt: Any) -> str | None:
+    """A submit's job handle, under whichever name the simulator gave it (``async_handle_field``),
+    at the top level or under ``data``."""
+    for record in (receipt, receipt.get("data") if isinstance(receipt, dict) else None):
+        if isinstance(record, dict):
+            for name in ("requestId", "agentRunOId"):
+                if isinstance(record.get(name), str) and record[name]:
+                    return str(record[name])
+    return None
