@@ -300,6 +300,14 @@ class Settings(BaseSettings):
     metrics_textfile: Path | None = Field(
         None, description="Write Prometheus textfile metrics here at the end of the run."
     )
+    notify: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Apprise URLs the end of each run is posted to (slack://, json://host/path"
+        "...; a list in TOML, space-separated in OCTAVE_NOTIFY; their tokens are secrets).",
+    )
+    notify_on: Literal["always", "failure"] = Field(
+        "always", description="When to notify: always, or failure (an exit other than 0)."
+    )
     series: bool = Field(
         True,
         description="Keep the run's counters once a second in the ledger, for octave-bulk report.",
@@ -307,6 +315,17 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(30.0, description="Seconds between heartbeat log lines.")
     fsync_interval: float = Field(1.0, description="Group commit: fsync at least this often, s.")
     fsync_batch: int = Field(256, description="Group commit: fsync after this many records.")
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: Any) -> tuple[str, ...]:
+        """A list, or one string of space-separated URLs (the environment)."""
+        items = value.split() if isinstance(value, str) else list(value or ())
+        urls = tuple(str(item).strip() for item in items if str(item).strip())
+        from octave_bulk.observe.notify import check_notify
+
+        check_notify(urls)
+        return urls
 
     @field_validator("fail_on", mode="before")
     @classmethod
@@ -537,8 +556,9 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """Settings as JSON-ready data with the key reduced to its last 4 characters."""
-        data = self.model_dump(mode="json", exclude={"api_key"})
+        data = self.model_dump(mode="json", exclude={"api_key", "notify"})
         data["api_key"] = self.key_fingerprint()
+        data["notify"] = f"{len(self.notify)} URL(s), not shown" if self.notify else []
         return data
 
     def key_fingerprint(self) -> str | None:

@@ -5,9 +5,11 @@ lines, the report and the metrics."""
 from __future__ import annotations
 
 import csv
+import http.server
 import json
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -335,3 +337,61 @@ def test_a_reordered_export_with_duplicates_that_differ_pays_nobody_again(
     _export(tmp_path / "in.csv", rows)  # p0's paid record left the export: the other one is new
     edited = night(sim.url, tmp_path)
     assert edited.exit_code == 0 and sim.stats()["totals"]["calls"] == 31
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook that keeps what it is sent (``server.posts``)."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.server.posts.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_end_of_a_run_is_posted_to_the_notify_urls(make_sim: Any, tmp_path: Path) -> None:
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    hook.posts = []  # type: ignore[attr-defined]
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"json://127.0.0.1:{hook.server_address[1]}/hook-token-9f3k"
+    config = tmp_path / "night.toml"
+    config.write_text(f'notify = ["{url}"]\nnotify_on = "failure"\n')
+    try:
+        sim = make_sim(forced={"c-00001": "not_found"})
+        write_contacts(tmp_path / "in.csv", 3)
+        failed = night(sim.url, tmp_path, "--config", str(config))
+        assert failed.exit_code == 1, failed.output
+        write_contacts(tmp_path / "in.csv", 5)
+        assert night(sim.url, tmp_path, "--config", str(config)).exit_code == 0  # no post
+        other = ("--config", str(config), "--agent-type", "qualify-person")  # another agent's
+        assert night(sim.url, tmp_path, *other).exit_code == 2
+    finally:
+        hook.shutdown()
+    posts = hook.posts  # type: ignore[attr-defined]
+    assert [post["title"].split(" (")[0] for post in posts] == [
+        "octave-bulk: exit 1",
+        "octave-bulk: exit 2",
+    ]
+    assert "why: --fail-on failed: 1 failed in this run" in posts[0]["message"]
+    assert posts[0]["type"] == "failure"
+    assert "holds sequence results; a qualify-person run needs" in posts[1]["message"]
+    # The URL's token is a secret: in no file the runs wrote, the ledger's settings included.
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p != config and p.is_file())
+    assert b"hook-token-9f3k" not in written
+
+
+def test_notify_urls_apprise_cannot_use_are_refused_before_any_call(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    config = tmp_path / "night.toml"
+    config.write_text('notify = ["nosuchservice://token"]\n')
+    refused = night(sim.url, tmp_path, "--config", str(config))
+    assert (
+        refused.exit_code == 2 and "notify: URL 1 of 1 is not one Apprise knows" in refused.output
+    )
+    assert sim.stats()["totals"].get("calls", 0) == 0

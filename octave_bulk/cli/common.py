@@ -23,7 +23,15 @@ from octave_bulk.errors import (
 if TYPE_CHECKING:
     from octave_bulk.settings import Settings
 
-__all__ = ["fail", "load_settings", "parsed", "print_probe", "print_summary", "run_async"]
+__all__ = [
+    "fail",
+    "load_settings",
+    "parsed",
+    "print_probe",
+    "print_summary",
+    "run_async",
+    "summary_lines",
+]
 
 T = TypeVar("T")
 
@@ -101,6 +109,11 @@ def _next_step(summary: Mapping[str, Any]) -> str | None:
 
 def print_summary(summary: Mapping[str, Any]) -> None:
     """The end-of-run lines on stderr."""
+    click.echo("\n".join(summary_lines(summary)), err=True)
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The end-of-run lines (also the body of a notification)."""
     counts = summary.get("counts", {})
     out = summary.get("outputs", {})
     lines = [
@@ -154,7 +167,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         lines.append(
             f"  report: octave-bulk report {out.get('results')} (charts, as one HTML file)"
         )
-    click.echo("\n".join(lines), err=True)
+    return lines
 
 
 def _shown_counts(counts: Mapping[str, Any]) -> list[tuple[str, Any]]:

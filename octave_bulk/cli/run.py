@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from octave_bulk.cli.common import fail, load_settings, print_probe, print_summary, run_async
+from octave_bulk.cli.common import (
+    fail,
+    load_settings,
+    print_probe,
+    print_summary,
+    run_async,
+    summary_lines,
+)
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
     RUN_FIELDS,
@@ -51,6 +58,7 @@ def run(
     from octave_bulk.observe.log import configure_logging
     from octave_bulk.run.engine import run_batch
 
+    settings = None
     try:
         settings = load_settings(config_file, api_key_file, **flags)
         configure_logging(
@@ -62,14 +70,34 @@ def run(
             sys.exit(print_plan(input_path, output, settings))
         summary = run_async(lambda: run_batch(input_path, output, settings, handle_signals=True))
     except OctaveBulkError as exc:
+        if settings is not None:  # refused before its first call: the operator hears of it
+            _notify_refusal(settings, exc)
         fail(exc)
     if summary.get("dry_run"):
         import json
 
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str, ensure_ascii=False))
-    elif settings.log_format != "json":  # with JSON logs, the stop event is the summary
+        sys.exit(summary["exit_code"])
+    if settings.log_format != "json":  # with JSON logs, the stop event is the summary
         print_summary(summary)
+    if settings.notify:
+        from octave_bulk.observe.notify import notify
+
+        body = "\n".join(summary_lines(summary))
+        notify(settings.notify, settings.notify_on, summary, body)
     sys.exit(summary["exit_code"])
+
+
+def _notify_refusal(settings: Any, exc: OctaveBulkError) -> None:
+    """A run refused before its first call (exit 2 or 3), as a notification."""
+    if not settings.notify:
+        return
+    from octave_bulk.errors import FatalApiError
+    from octave_bulk.observe.notify import notify
+
+    code = ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE
+    summary = {"exit_code": int(code), "stop_reason": "refused before the first call"}
+    notify(settings.notify, settings.notify_on, summary, f"error: {exc}")
 
 
 @click.command()
