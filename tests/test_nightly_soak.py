@@ -9,6 +9,8 @@ import csv
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
-from octave_bulk.simulator import parse_latency
+from octave_bulk.simulator import parse_faults, parse_latency
 from octave_bulk.state.inflight import InflightSlots
 from tests.helpers import Run, side
 
@@ -34,6 +36,8 @@ class Crm:
         self.people = {n: (f"{100000 + n}", "VP Sales") for n in range(people)}
         self.next = people
         self.extra_column = False
+        self.second_title = "VP Sales"  # person 3's second CRM record's title
+        self.shuffled = False  # rows in another order than the record ids'
 
     def night(self, new: float, edited: float, deleted: float) -> tuple[set[int], set[int]]:
         """Tomorrow's export: returns (new people, edited people)."""
@@ -54,11 +58,19 @@ class Crm:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(HEADER + (["Lifecycle Stage"] if self.extra_column else []))
-            for n, (record, title) in sorted(self.people.items()):
-                row = [record, f"p{n}@example.com", f"First{n}", "Doe", "Acme", title]
-                writer.writerow(row + (["lead"] if self.extra_column else []))
+            rows = [
+                [record, f"p{n}@example.com", f"First{n}", "Doe", "Acme", title]
+                for n, (record, title) in sorted(self.people.items())
+            ]
             if 3 in self.people:  # the same person under a second CRM record
-                writer.writerow(["999999", "P3@example.com", "First3", "Doe", "Acme", "VP Sales"])
+                rows.append(
+                    ["999999", "P3@example.com", "First3", "Doe", "Acme", self.second_title]
+                )
+            if self.shuffled:  # another order, the second record of person 3 first
+                random.Random(len(rows)).shuffle(rows)
+                rows.sort(key=lambda row: row[0] != "999999")
+            for row in rows:
+                writer.writerow(row + (["lead"] if self.extra_column else []))
 
 
 @pytest.mark.slow
@@ -141,3 +153,117 @@ def test_nights_killed_at_random_moments_keep_ledger_and_files_agreeing(
 def _complete_lines(path: Path) -> list[dict[str, Any]]:
     raw = path.read_bytes() if path.exists() else b""
     return [json.loads(line) for line in raw.split(b"\n")[:-1]]
+
+
+def _recipe() -> str:
+    """The README's nightly script (section "The nightly job, end to end"), as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### The nightly job, end to end") :]
+    return section[section.index("```sh\n") + 6 : section.index("```\n", section.index("```sh"))]
+
+
+def _night(recipe: Path, env: dict[str, str]) -> tuple[int, str]:
+    done = subprocess.run(
+        ["sh", str(recipe)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_an_operators_week_runs_the_readme_recipe(make_sim: Any, tmp_path: Path) -> None:
+    """Issue 24's week: the README's nightly script over seven nights of a changing export,
+    with a permanent failure, a kill -9, a person under two CRM records that disagree, a night
+    whose export comes in another order, and a qualify -> sequence chain beside it. Every night
+    whose own contacts all succeeded exits 0; each pays its new and edited people (and the
+    calls in flight at the kill); a reorder pays nobody; history, status and the server agree
+    on the credits."""
+    sim = make_sim(seed=8, latency=parse_latency("30ms:0.5"), faults=parse_faults("not_found=0.01"))
+    crm = Crm(200, seed=13)
+    crm.second_title = "CTO"  # person 3's two CRM records disagree
+    export, out, push = tmp_path / "export.csv", tmp_path / "out.ndjson", tmp_path / "push.csv"
+    config = tmp_path / "nightly.toml"
+    config.write_text(f'base_url = "{sim.url}"\nagent_oid = "ca_1"\nprogress = false\n')
+    recipe = tmp_path / "nightly.sh"
+    recipe.write_text(_recipe())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": "k", "EXPORT": str(export), "OUT": str(out),
+            "CONFIG": str(config), "PUSH": str(push),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}  # fmt: skip
+    paid_before, in_flight_at_kill = 0, 0
+    for night in range(7):
+        crm.shuffled = night == 5  # the same people as last night, in another order
+        if night == 0:
+            added, edited = set(crm.people), set()
+        elif crm.shuffled:
+            added, edited = set(), set()
+        else:
+            added, edited = crm.night(0.05, 0.03, 0.02)
+        crm.write(export)
+        if crm.shuffled:  # the record never paid for now comes first
+            text = export.read_text()
+            assert text.index("999999,P3@") < text.index(",p3@example.com,")
+        if night == 3:  # killed mid-run; the scheduler's retry runs the script again
+            command = ["octave-bulk", "run", str(export), "-o", str(out), "--config", str(config)]
+            killed = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            _wait_for(out, paid_before + 3)
+            killed.kill()
+            killed.wait()
+            done = {line["requestId"] for line in _complete_lines(out)}
+            in_flight_at_kill = len(set(InflightSlots.leftovers(side(out, ".inflight"))) - done)
+        code, log = _night(recipe, env)
+        summary = json.loads(side(out, ".summary.json").read_text())
+        failed_tonight = summary["counts"]["failed"]
+        assert code == (1 if failed_tonight else 0), log  # an old failure fails no night
+        paid = sim.stats()["totals"]["calls"]
+        expected = len(added) + len(edited)
+        slack = in_flight_at_kill if night == 3 else 0
+        assert expected <= paid - paid_before <= expected + slack, f"night {night}: {log}"
+        if night == 5:
+            assert paid == paid_before, "a reordered export paid someone again"
+        paid_before = paid
+        with open(push, newline="", encoding="utf-8") as handle:
+            pushed = {row["email"] for row in csv.DictReader(handle)}
+        tonight = {f"p{n}@example.com" for n in (added | edited) & set(crm.people)}
+        failed = {e["contact"]["email"] for e in _lines(side(out, ".errors.ndjson"))}
+        assert tonight - failed <= pushed, f"night {night}"
+    # Beside the nightly output: qualify, then sequence only the best, each paid once.
+    scored, chained = tmp_path / "scored.ndjson", tmp_path / "chained.ndjson"
+    chain = [
+        ["run", str(export), "-o", str(scored), "--agent-type", "qualify-person"],
+        ["run", str(scored), "-o", str(chained), "--where", "score >= 5"],
+    ]
+    for time_round in range(2):  # the second time: nothing new to pay
+        before = sim.stats()["totals"]["calls"]
+        for args in chain:
+            done = CliRunner().invoke(
+                cli, [*args, "--config", str(config)], env={"OCTAVE_API_KEY": "k"}
+            )
+            assert done.exit_code in (0, 1), done.output
+        assert time_round == 0 or sim.stats()["totals"]["calls"] == before
+    best = {line["requestId"] for line in _lines(scored) if line["response"]["data"]["score"] >= 5}
+    sequenced = _lines(chained) + _lines(side(chained, ".errors.ndjson"))
+    assert len(sequenced) == len(best) > 0  # each of the best, once
+    # The week's accounting agrees: history, status and the server's bill.
+    runs = json.loads(CliRunner().invoke(cli, ["history", str(out), "--json"]).output)
+    status = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    assert sum(run["credits"] for run in runs) == status["credits"]
+    billed_here = status["credits"]
+    assert any(run["stop_reason"] == "killed" for run in runs)
+    assert billed_here <= sim.stats()["credits_used"]
+
+
+def _wait_for(path: Path, lines: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path}: fewer than {lines} lines")
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
