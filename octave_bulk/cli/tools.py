@@ -309,8 +309,8 @@ def doctor(
     from octave_bulk.agents import get_agent
     from octave_bulk.errors import FatalApiError
     from octave_bulk.http.client import open_client
-    from octave_bulk.pathcheck import settings_path_problems
     from octave_bulk.run.guard import agent_problem
+    from octave_bulk.state.preflight import settings_path_problems
 
     try:
         settings = load_settings(config_file, api_key_file, **flags)

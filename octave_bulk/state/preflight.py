@@ -4,7 +4,8 @@ hold the calls in flight.
 A run that finds out at its end that the summary or metrics file cannot be written has paid
 for its calls already; one whose output folder is read-only crashed at the lock. So every
 path is checked at the start - the output and its side files, the lock, the ledger, the
-metrics file (the log file is opened before the run) - and a path that cannot be written is a
+metrics file (the log file is opened before the run; ``doctor`` checks it by the same rules:
+:func:`settings_path_problems`) - and a path that cannot be written is a
 :class:`StateError` naming it: exit 2, nothing sent. Temp files left by a killed run (``.NAME.
 PID.tmp`` of the summary, cursor, limits or metrics) are removed here too.
 
@@ -22,45 +23,50 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.settings import Settings
 from octave_bulk.state.files import results_agent
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
+    "PATH_SETTINGS",
     "check_agent_of_output",
     "check_descriptors",
     "check_file",
     "check_writable",
     "remove_stale_temp_files",
+    "settings_path_problems",
     "writable_folder",
 ]
 
 _SPARE_DESCRIPTORS = 64  # files, the ledger, the event loop, threads: besides the sockets
 
 
-def writable_folder(folder: Path, *, create: bool) -> None:
+def writable_folder(folder: Path, *, create: bool, for_file: Path | None = None) -> None:
     """Raise :class:`StateError` unless files can be created in ``folder`` (made, with its
-    parents, when ``create``)."""
+    parents, when ``create``); ``for_file``: the file the folder is checked for, named in the
+    message."""
+    where = f"{for_file}: its folder {folder}" if for_file is not None else f"{folder}: the folder"
     existing = folder
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise StateError(f"{folder}: cannot create files there: {existing} is not a folder")
+        raise StateError(f"{where} cannot take files: {existing} is not a folder")
     if not folder.exists():
         if not create:
-            raise StateError(f"{folder}: the folder does not exist")
+            raise StateError(f"{where} does not exist (create it first)")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"{folder}: cannot create the folder: {exc.strerror}") from None
+            raise StateError(f"{where} cannot be created: {exc.strerror}") from None
     probe = folder / f".octave-bulk-probe.{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         return  # our own probe from a moment ago: the folder takes files
     except OSError as exc:
-        raise StateError(f"{folder}: cannot create files in this folder: {exc.strerror}") from None
+        raise StateError(f"{where} cannot take new files: {exc.strerror}") from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
@@ -97,12 +103,32 @@ def check_writable(
         _writable_file(path)
     ledger_path = ledger or paths.ledger
     if ledger_path.parent != folder:
-        writable_folder(ledger_path.parent, create=False)
+        writable_folder(ledger_path.parent, create=False, for_file=ledger_path)
     for suffix in ("", "-wal", "-shm"):
         _writable_file(ledger_path.with_name(ledger_path.name + suffix))
     if metrics is not None:  # replaced atomically: a temp file is made next to it
-        writable_folder(metrics.parent, create=False)
+        writable_folder(metrics.parent, create=False, for_file=metrics)
         _writable_file(metrics)
+
+
+PATH_SETTINGS = ("log_file", "metrics_textfile", "ledger")
+"""The settings that name a file a run writes (besides the output and its side files)."""
+
+
+def settings_path_problems(settings: Settings) -> list[str]:
+    """``name path: problem`` for each file the settings name that a run could not write, by
+    the rules the run itself checks with (``doctor`` asks; nothing is created)."""
+    problems = []
+    for name in PATH_SETTINGS:
+        path = getattr(settings, name)
+        if path is None:
+            continue
+        try:
+            writable_folder(Path(path).parent, create=False, for_file=Path(path))
+            _writable_file(Path(path))
+        except StateError as exc:
+            problems.append(f"{name} {exc}")
+    return problems
 
 
 def _side_files(paths: OutputPaths) -> Iterable[Path]:
