@@ -40,6 +40,7 @@ from octave_bulk.http.async_api import (
     submit_body,
 )
 from octave_bulk.http.retry import status_error, transport_error
+from octave_bulk.http.transport import TooLarge
 from octave_bulk.redact import register_secret
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ __all__ = [
     "VALIDATE_PATH",
     "CallSuccess",
     "OctaveClient",
-    "TooLarge",
     "make_transport",
     "open_client",
 ]
@@ -396,14 +396,6 @@ async def open_client(
                 settings.async_handle_fields,
             ),
         )
-
-
-class TooLarge(Exception):
-    """An answer body over the cap (raised by a transport that reads with the cap)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"answer body of {size} bytes or more")
-        self.size = size
 
 
 def _too_large(size: int, cap: int | None, request_id: str) -> TerminalApiError:

@@ -24,12 +24,18 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 from yarl import URL
 
-from octave_bulk.http.client import TooLarge
-
-__all__ = ["ReadingAiohttpTransport"]
+__all__ = ["ReadingAiohttpTransport", "TooLarge"]
 
 _HTTP11 = b"HTTP/1.1"
 _MAX_URLS = 64  # parsed URLs kept (a run uses two)
+
+
+class TooLarge(Exception):
+    """An answer body over the cap (raised by a transport that reads with the cap)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"answer body of {size} bytes or more")
+        self.size = size
 
 
 class ReadingAiohttpTransport(AiohttpTransport):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
@@ -22,10 +22,14 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings import Settings
 
-if TYPE_CHECKING:
-    from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
-
-__all__ = ["CONTRACT_ERRORS", "NEVER_CONNECTED", "RunControl", "Stopped", "connect_cause"]
+__all__ = [
+    "CONTRACT_ERRORS",
+    "NEVER_CONNECTED",
+    "Allowance",
+    "RunControl",
+    "Stopped",
+    "connect_cause",
+]
 
 CONTRACT_ERRORS = frozenset({ErrorKind.NO_HANDLE})
 """Answers that break the API's contract on a paid call: the run stops as on a fatal answer
@@ -38,6 +42,15 @@ NEVER_CONNECTED = 10
 
 class Stopped(Exception):
     """Dispatch stopped before this attempt could be sent (not an API outcome)."""
+
+
+class Allowance(Protocol):
+    """Calls a run may still pay for, asked just before each goes (``run/spend.py``: the
+    ``--budget``'s holds, the credits left when they were not checked before the run)."""
+
+    async def take(self) -> bool:
+        """Whether one more call may go (False: the run stops)."""
+        ...
 
 
 class RunControl:
@@ -60,8 +73,8 @@ class RunControl:
         as well (polling async jobs) ends at once."""
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
-        self.budget: BudgetHolds | None = None  # the --budget's holds in the ledger
-        self.credits: CreditsCeiling | None = None  # when the credits were not checked before
+        self.budget: Allowance | None = None  # the --budget's holds in the ledger
+        self.credits: Allowance | None = None  # when the credits were not checked before
         self._consecutive_failures = 0
         self._consecutive_refusals = 0
         self._refusing_since: float | None = None  # the first 429 since a call was accepted

@@ -22,6 +22,7 @@ from octave_bulk.errors import ExitCode, StateError
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
+from octave_bulk.run.spend import BudgetHolds
 from octave_bulk.run.summary import RunSummary
 from octave_bulk.state.cursor import ResumeCursor
 from octave_bulk.state.files import write_json_atomic
@@ -108,7 +109,7 @@ def finish_run(
         async_jobs=_jobs_summary(run) if run.jobs is not None else None,
         settings=settings.redacted(),
     )
-    if control.budget is not None:  # what it held and did not send goes back
+    if isinstance(control.budget, BudgetHolds):  # what it held and did not send goes back
         control.budget.release(stats.calls_sent)
     ending = {"finished_at": time.time(), "exit_code": exit_code, "stop_reason": control.reason}
     try:  # first: the history, the metrics and the summary then tell the same exit

@@ -44,7 +44,7 @@ from octave_bulk.simulator.app import Simulator
 from octave_bulk.simulator.config import SimulatorConfig
 from octave_bulk.simulator.hostile_async import AsyncHostility
 from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH
-from octave_bulk.simulator.server import RunningSimulator, _uvicorn_config, bind_socket
+from octave_bulk.simulator.server import RunningSimulator, bind_socket, uvicorn_config
 
 __all__ = ["HOSTILE_KINDS", "HostileApp", "HostileConfig", "RunningHostile", "serve_hostile"]
 
@@ -282,7 +282,7 @@ def serve_hostile(
     inner = Simulator(config)
     front = HostileApp(inner, hostile or HostileConfig())
     sock = bind_socket()
-    server = uvicorn.Server(_uvicorn_config(front, "asyncio"))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn_config(front, "asyncio"))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from octave_bulk.simulator.app import ABORT_EXTENSION, Simulator
 from octave_bulk.simulator.config import SimulatorConfig
 
-__all__ = ["RunningSimulator", "bind_socket", "run_forever", "serve_simulator"]
+__all__ = ["RunningSimulator", "bind_socket", "run_forever", "serve_simulator", "uvicorn_config"]
 
 
 class _AbortableProtocol(HttpToolsProtocol):
@@ -54,7 +54,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: Simulator, loop: str) -> uvicorn.Config:
+def uvicorn_config(app: Simulator, loop: str) -> uvicorn.Config:
+    """The uvicorn server settings every simulator (and the hostile front) is served with."""
     return uvicorn.Config(
         app,
         http=_AbortableProtocol,
@@ -95,7 +96,7 @@ def serve_simulator(
     app = Simulator(config)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(_uvicorn_config(app, "asyncio"))
+    server = uvicorn.Server(uvicorn_config(app, "asyncio"))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="octave-simulator", daemon=True
     )
@@ -116,4 +117,4 @@ def serve_simulator(
 
 def run_forever(app: Simulator, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` in the foreground until SIGINT/SIGTERM (uvloop when present)."""
-    uvicorn.Server(_uvicorn_config(app, "auto")).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, "auto")).run(sockets=[sock])
