@@ -173,6 +173,13 @@ def test_a_server_nobody_answers_is_nothing_sent(tmp_path: Path, preflight: str)
         assert not (tmp_path / "out.ndjson").exists()
 
 
+def _chained(url: str, scored: Path, out: Path, where: str) -> Result:
+    """A Sequence Agent run over an earlier run's results, filtered by ``where``."""
+    args = ["run", str(scored), "-o", str(out), "--agent", "ca_1", "--base-url", url,
+            "--no-progress", "--where", where]  # fmt: skip
+    return CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+
+
 def _scored(url: str, folder: Path, people: int) -> Path:
     """A qualify-person run's results (each response has ``data.score``, 1 to 10)."""
     write_contacts(folder / "in.csv", people)
@@ -195,23 +202,7 @@ def test_a_where_naming_no_field_of_the_results_is_refused_before_any_call(
     sim = make_sim()
     scored = _scored(sim.url, tmp_path, 5)
     paid = sim.stats()["totals"]["calls"]
-    result = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            str(scored),
-            "-o",
-            str(tmp_path / "seq.ndjson"),
-            "--agent",
-            "ca_1",
-            "--base-url",
-            sim.url,
-            "--no-progress",
-            "--where",
-            where,
-        ],  # fmt: skip
-        env={"OCTAVE_API_KEY": TEST_KEY},
-    )
+    result = _chained(sim.url, scored, tmp_path / "seq.ndjson", where)
     assert result.exit_code == 2, result.output
     assert said in result.output and "nothing was sent" in result.output
     assert sim.stats()["totals"]["calls"] == paid
@@ -220,44 +211,12 @@ def test_a_where_naming_no_field_of_the_results_is_refused_before_any_call(
 def test_a_where_that_leaves_out_every_result_warns(make_sim: Any, tmp_path: Path) -> None:
     sim = make_sim()
     scored = _scored(sim.url, tmp_path, 5)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            str(scored),
-            "-o",
-            str(tmp_path / "seq.ndjson"),
-            "--agent",
-            "ca_1",
-            "--base-url",
-            sim.url,
-            "--no-progress",
-            "--where",
-            "score > 10",
-        ],  # fmt: skip
-        env={"OCTAVE_API_KEY": TEST_KEY},
-    )
+    result = _chained(sim.url, scored, tmp_path / "seq.ndjson", "score > 10")
     assert result.exit_code == 0, result.output
     warning = "--where 'score > 10' left out all 5 results that have its fields"
     assert f"warning: {warning}" in result.output
     assert warning in json.loads((tmp_path / "seq.summary.json").read_text())["where_warning"]
-    some = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            str(scored),
-            "-o",
-            str(tmp_path / "some.ndjson"),
-            "--agent",
-            "ca_1",
-            "--base-url",
-            sim.url,
-            "--no-progress",
-            "--where",
-            "score >= 1",
-        ],  # fmt: skip
-        env={"OCTAVE_API_KEY": TEST_KEY},
-    )
+    some = _chained(sim.url, scored, tmp_path / "some.ndjson", "score >= 1")
     assert some.exit_code == 0 and "warning: --where" not in some.output
 
 
