@@ -240,7 +240,8 @@ def status(output: str, as_json: bool) -> None:
     if info["async_awaiting"]:
         click.echo(
             f"  async jobs submitted, result not in yet: {info['async_awaiting']} "
-            f"(oldest submitted {info['async_oldest_submit']}; the next run polls them)"
+            f"(oldest submitted {info['async_oldest_submit']}; `octave-bulk collect "
+            f"{output}` polls them, as does the next run)"
         )
     progress = info.get("input_progress")
     if progress:

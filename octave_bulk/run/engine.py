@@ -283,6 +283,7 @@ class _Run:
             resent=self.state.outcome_unknown,
             jobs=jobs_file,
         )
+        jobs = self.jobs = self._jobs(client, sink) if polling else None
         progress = Progress(
             self.stats,
             bar=bar,
@@ -290,8 +291,8 @@ class _Run:
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
             timeout=settings.timeout,
+            give_up_at=jobs.give_up_at if jobs is not None and not settings.detach else None,
         )
-        jobs = self.jobs = self._jobs(client, sink) if polling else None
         if receiver is not None:
             receiver.jobs = jobs
         submit = jobs if settings.mode == "async" else None
@@ -312,7 +313,7 @@ class _Run:
                     pipeline.start_soon(sink.run)
                     with control.dispatch_scope:
                         async with anyio.create_task_group() as dispatch:
-                            if jobs is not None:
+                            if jobs is not None and not settings.detach:
                                 dispatch.start_soon(jobs.run)
                             async with anyio.create_task_group() as senders:
                                 senders.start_soon(
@@ -382,6 +383,14 @@ class _Run:
             return replace(completed, code=ExitCode.USAGE, reason="stopped: no server answered")
         if reason is not None:
             return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
+        if self.settings.detach:  # submitted and left: the jobs are collect's
+            detached = (
+                f"detached: {self.stats.awaiting:,} jobs awaited, collect with "
+                f"octave-bulk collect {self.paths.results}"
+            )
+            if completed.code != ExitCode.OK:
+                detached += f"; {completed.reason}"
+            return replace(completed, reason=detached)
         return completed
 
 
@@ -392,6 +401,7 @@ async def run_batch(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
+    collect: bool = False,
 ) -> RunSummary:
     """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
     errors/rejects files. Usable inside any running asyncio loop.
@@ -403,6 +413,8 @@ async def run_batch(
         transport: an httpx transport to send through (e.g. ``httpx.ASGITransport`` in tests);
             by default one is built from the settings and closed at the end.
         handle_signals: stop gracefully on SIGINT/SIGTERM (main thread only; the CLI does).
+        collect: the input is ``collect.py``'s empty stand-in: no resume cursor is kept for it
+            and the history names no input.
 
     Returns:
         The summary also written to ``OUT.summary.json``; ``exit_code`` says how it ended.
@@ -438,7 +450,7 @@ async def run_batch(
         ledger = settings.ledger or paths.ledger
         with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
-                input_path, paths, settings, transport, handle_signals, history, sent
+                input_path, paths, settings, transport, handle_signals, history, sent, collect
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         calls = sent[0].calls_sent if sent else 0
@@ -467,6 +479,7 @@ async def _locked_run(
     handle_signals: bool,
     history: RunHistory,
     sent: list[RunStats],
+    collect: bool = False,
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
@@ -486,7 +499,7 @@ async def _locked_run(
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = count_lines(Path(input_path) if str(input_path) != "-" else None)
-        if reader.format != "csv":
+        if reader.format != "csv" or collect:
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
         fingerprint = settings_fingerprint(settings)
         start, cursor_note = resume_cursor(reader, paths, settings, identity, fingerprint)
@@ -521,7 +534,7 @@ async def _locked_run(
         history.start(
             run.run_id,
             paths.results.resolve(),
-            input_path=str(input_path),
+            input_path="(collect)" if collect else str(input_path),
             input_identity=identity,
             settings_fingerprint=fingerprint,
             settings=settings.redacted(),
