@@ -174,3 +174,27 @@ async def test_heartbeats_name_the_jobs_awaited_and_when_they_are_given_up_on(
     waiting = [b for b in beats if "jobs_awaited=1" in b]
     assert waiting, beats
     assert all(re.search(r"give_up_at=20\d\d-\d\d-\d\dT", b) for b in waiting), waiting
+
+
+def test_plan_async_counts_awaited_jobs_apart_and_times_the_submits(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("200ms"))
+    write_contacts(tmp_path / "first.csv", 40)
+    out = tmp_path / "out.ndjson"
+    assert Run(sim.url, tmp_path / "first.csv", out, "--mode", "async", "--detach").finish()[0] == 0
+    write_contacts(tmp_path / "in.csv", 60)  # the same 40 people, and 20 new ones
+    shown = octave_bulk(
+        "plan", "in.csv", "-o", str(out), "--agent", "ca_test", "--base-url", sim.url,
+        "--mode", "async", "--rate", "10/s", "--concurrency", "8", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    plan = json.loads(shown.stdout)
+    # The 40 awaited are polled, never paid again: not "to send".
+    assert plan["awaiting"] == 40 and plan["to_send"] == 20
+    # 20 submits at 10/s (loopback submits take milliseconds: the rate paces them), then
+    # one job: 30-60 s, as this output has no async result yet. Not waves of calls (90 s+).
+    assert plan["seconds"] == pytest.approx([2.0 + 30.0, 2.0 + 60.0])
+    assert "submits" in plan["time_basis"]
+    assert totals(sim)["async_submits"] == 40  # planning sends nothing
