@@ -86,7 +86,9 @@ def run(
 )
 @config_option
 @key_file_option
-@settings_options(*(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run"}), *INPUT_FIELDS)
+@settings_options(
+    *(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run", "detach"}), *INPUT_FIELDS
+)
 def probe(
     input_path: str,
     output: str,
