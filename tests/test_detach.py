@@ -21,7 +21,6 @@ import pytest
 
 from octave_bulk.errors import ConfigError
 from octave_bulk.observe.log import TextFormatter
-from octave_bulk.run.collect import collect_jobs
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
@@ -102,6 +101,8 @@ def test_detach_without_async_mode_is_a_usage_error(tmp_path: Path) -> None:
 
 
 async def test_collect_of_an_output_without_jobs_is_a_usage_error(tmp_path: Path) -> None:
+    from octave_bulk.run.collect import collect_jobs
+
     with pytest.raises(ConfigError, match="no async jobs recorded"):
         await collect_jobs(tmp_path / "out.ndjson", sim_settings("http://127.0.0.1:9"))
 
@@ -198,3 +199,41 @@ def test_plan_async_counts_awaited_jobs_apart_and_times_the_submits(
     assert plan["seconds"] == pytest.approx([2.0 + 30.0, 2.0 + 60.0])
     assert "submits" in plan["time_basis"]
     assert totals(sim)["async_submits"] == 40  # planning sends nothing
+
+
+def test_the_progress_line_names_the_jobs_awaited(make_sim: Any, tmp_path: Path) -> None:
+    import pty
+    import select
+
+    sim = make_sim(latency=parse_latency("1500ms"))
+    write_contacts(tmp_path / "in.csv", 6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "COLUMNS": "250", "LINES": "50", "TERM": "xterm"}
+    terminal, its_end = pty.openpty()  # the bar is drawn on a terminal only
+    command = [
+        sys.executable, "-m", "octave_bulk", "run", "in.csv", "-o", "out.ndjson",
+        "--agent", "ca_test", "--base-url", sim.url, "--mode", "async", "--progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdin=its_end, stdout=its_end, stderr=its_end
+    )
+    os.close(its_end)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([terminal], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the process closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    os.close(terminal)
+    assert process.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert re.search(r"6 jobs awaited; the oldest given up on at \d\d:\d\d:\d\d UTC", text), text[
+        -2000:
+    ]

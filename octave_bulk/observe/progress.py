@@ -77,6 +77,8 @@ class Progress:
         timeout: the call timeout (``--timeout``), named when the last calls hang.
         give_up_at: async: when the oldest awaited job is given up on (UNIX time, None when
             none is awaited).
+        carried: async jobs of earlier runs this run polls: their outcomes count as
+            answered, so they are part of the total.
     """
 
     def __init__(
@@ -89,10 +91,11 @@ class Progress:
         run_id: str,
         timeout: float = 180.0,
         give_up_at: Callable[[], float | None] | None = None,
+        carried: int = 0,
     ) -> None:
         self._stats, self._bar, self._total_hint = stats, bar, total_hint
         self._heartbeat_interval, self._run_id = heartbeat_interval, run_id
-        self._timeout, self._give_up_at = timeout, give_up_at
+        self._timeout, self._give_up_at, self._carried = timeout, give_up_at, carried
         self._answered, self._answered_at = 0, time.monotonic()
         self._said_waiting = False
 
@@ -146,15 +149,16 @@ class Progress:
         )
 
     def _to_send(self) -> int | None:
-        """Contacts this run sends: exact once the input is read, else estimated from the
-        input's size less the rows already settled otherwise."""
+        """Contacts this run sends (exact once the input is read, else estimated from the
+        input's size less the rows already settled otherwise), and the jobs of earlier runs it
+        polls."""
         stats = self._stats
         if stats.input_done:
-            return stats.queued
+            return stats.queued + self._carried
         if self._total_hint is None:
             return None
         settled = stats.rejected + stats.duplicate + stats.skipped_done + stats.skipped_failed
-        return max(self._total_hint - settled, stats.queued)
+        return max(self._total_hint - settled, stats.queued)  # the carried jobs' rows in it
 
     def _quiet_for(self) -> float:
         """Seconds since the last answer (or since the start)."""
@@ -194,7 +198,7 @@ class Progress:
             note = f"waiting for the first answers ({elapsed:.0f} s since start)"
         if note is None and finished:
             rate = finished / elapsed if elapsed > 0 else 0.0
-            left = (total - finished) / rate if total is not None and rate > 0 else None
+            left = max(0, total - finished) / rate if total is not None and rate > 0 else None
             note = f"{rate:.1f}/s" + (f" ETA {_clock(left)}" if left is not None else "")
         awaited = self._awaited_note()
         if awaited is not None:

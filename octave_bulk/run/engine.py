@@ -292,6 +292,7 @@ class _Run:
             run_id=self.run_id,
             timeout=settings.timeout,
             give_up_at=jobs.give_up_at if jobs is not None and not settings.detach else None,
+            carried=len(self.carried_jobs) if not settings.detach else 0,
         )
         if receiver is not None:
             receiver.jobs = jobs
