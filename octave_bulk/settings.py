@@ -498,6 +498,11 @@ class Settings(BaseSettings):
                 "detach leaves submitted jobs to `octave-bulk collect`: add --mode async "
                 '(mode = "async"), or drop it'
             )
+        if self.detach and self.callback_listen:
+            raise ValueError(
+                "detach exits once the jobs are submitted: no process would be listening for "
+                "their callbacks; drop callback_listen (collect polls them)"
+            )
         return self
 
     @classmethod

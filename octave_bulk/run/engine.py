@@ -545,7 +545,7 @@ async def _locked_run(
         log_event(
             "start",
             run_id=run.run_id,
-            input=str(input_path),
+            input="collect (no input: the awaited jobs only)" if collect else str(input_path),
             output=str(paths.results),
             already_done=done_before,
             repaired_bytes=scan.repaired_bytes,
@@ -553,9 +553,9 @@ async def _locked_run(
             jobs_awaited=len(carried),
             skipped_unread=start.counts["read"],
             cursor=cursor_note,
-            input_format=reader.format,
-            encoding=reader.encoding,
-            mapping=reader.mapping.render(),
+            input_format=None if collect else reader.format,
+            encoding=None if collect else reader.encoding,
+            mapping=None if collect else reader.mapping.render(),
         )
         receiver = run.receiver  # Octave is given the receiver's secret path
         callback_url = receiver.url(settings.callback_url) if receiver is not None else None
@@ -564,7 +564,7 @@ async def _locked_run(
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     return finish_run(
         run,
-        FinishedInput(input_path, reader, start, cursor_note),
+        FinishedInput("(collect)" if collect else input_path, reader, start, cursor_note),
         state=state,
         done_before=done_before,
         history=history,

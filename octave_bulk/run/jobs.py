@@ -162,7 +162,11 @@ class Jobs:
 
     def add(self, job: PendingJob) -> None:
         """A job whose handle is durable: poll it until it ends (a handle another live job
-        has is a contract error: both are kept, see the module docstring)."""
+        has is a contract error: both are kept, see the module docstring). With ``detach``
+        it is only counted: ``collect`` polls it."""
+        if self.settings.detach:  # never polled in this run: counted, not kept
+            self.stats.awaiting += 1
+            return
         key = (job.handle, job.request_id)
         if key in self._live:
             return
