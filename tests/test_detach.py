@@ -40,12 +40,16 @@ def awaited(out: Path) -> list[dict[str, Any]]:
     return [x for x in lines if "settled" not in x and (x["handle"], x["requestId"]) not in settled]
 
 
-def octave_bulk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: no OCTAVE_ setting but the test key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-    env["OCTAVE_API_KEY"] = TEST_KEY
+    return env | {"OCTAVE_API_KEY": TEST_KEY} | extra
+
+
+def octave_bulk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "octave_bulk", *args],
-        env=env,
+        env=cli_env(),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -53,15 +57,21 @@ def octave_bulk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def detached_run(sim: Any, tmp_path: Path, count: int) -> tuple[list[str], Path, str]:
+    """``run --mode async --detach`` of ``count`` contacts in a subprocess: their requestIds,
+    the output and the run's log (it exited 0)."""
+    rids = write_contacts(tmp_path / "first.csv", count)
+    out = tmp_path / "out.ndjson"
+    code, log = Run(sim.url, tmp_path / "first.csv", out, "--mode", "async", "--detach").finish()
+    assert code == 0, log
+    return rids, out, log
+
+
 def test_detach_submits_every_contact_and_collect_writes_every_result(
     make_sim: Any, tmp_path: Path
 ) -> None:
     sim = make_sim(latency=parse_latency("200ms:0.1"))
-    rids = write_contacts(tmp_path / "in.csv", 40)
-    out = tmp_path / "out.ndjson"
-    detached = Run(sim.url, tmp_path / "in.csv", out, "--mode", "async", "--detach")
-    code, log = detached.finish()
-    assert code == 0, log
+    rids, out, log = detached_run(sim, tmp_path, 40)
     # Every contact submitted once, every handle durable, no result polled for.
     assert totals(sim)["async_submits"] == 40
     assert sorted(x["requestId"] for x in awaited(out)) == rids
@@ -85,7 +95,7 @@ def test_detach_submits_every_contact_and_collect_writes_every_result(
     assert again["async_jobs"]["carried_from_earlier_runs"] == 40
     assert again["counts"]["succeeded"] == 40 and again["paid_calls"] == 0
     # Then the nightly run has nothing left to send.
-    night = Run(sim.url, tmp_path / "in.csv", out, "--mode", "async")
+    night = Run(sim.url, tmp_path / "first.csv", out, "--mode", "async")
     assert night.finish()[0] == 0
     assert totals(sim)["async_submits"] == 40
 
@@ -112,13 +122,9 @@ def test_a_kill_9_during_collect_loses_nothing_and_submits_nothing(
     make_sim: Any, tmp_path: Path
 ) -> None:
     sim = make_sim(latency=parse_latency("1500ms:0.3"))
-    rids = write_contacts(tmp_path / "in.csv", 150)
-    out = tmp_path / "out.ndjson"
-    detached = Run(sim.url, tmp_path / "in.csv", out, "--mode", "async", "--detach")
-    assert detached.finish()[0] == 0
+    rids, out, _ = detached_run(sim, tmp_path, 150)
     assert totals(sim)["async_submits"] == 150
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-    env["OCTAVE_API_KEY"] = TEST_KEY
+    env = cli_env()
     config = tmp_path / "polls.toml"
     config.write_text("poll_interval_min = 0.05\npoll_interval_max = 0.3\n")
     command = [sys.executable, "-m", "octave_bulk", "collect", str(out), "--no-progress"]
@@ -181,9 +187,7 @@ def test_plan_async_counts_awaited_jobs_apart_and_times_the_submits(
     make_sim: Any, tmp_path: Path
 ) -> None:
     sim = make_sim(latency=parse_latency("200ms"))
-    write_contacts(tmp_path / "first.csv", 40)
-    out = tmp_path / "out.ndjson"
-    assert Run(sim.url, tmp_path / "first.csv", out, "--mode", "async", "--detach").finish()[0] == 0
+    _, out, _ = detached_run(sim, tmp_path, 40)
     write_contacts(tmp_path / "in.csv", 60)  # the same 40 people, and 20 new ones
     shown = octave_bulk(
         "plan", "in.csv", "-o", str(out), "--agent", "ca_test", "--base-url", sim.url,
@@ -207,8 +211,7 @@ def test_the_progress_line_names_the_jobs_awaited(make_sim: Any, tmp_path: Path)
 
     sim = make_sim(latency=parse_latency("1500ms"))
     write_contacts(tmp_path / "in.csv", 6)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-    env |= {"OCTAVE_API_KEY": TEST_KEY, "COLUMNS": "250", "LINES": "50", "TERM": "xterm"}
+    env = cli_env(COLUMNS="250", LINES="50", TERM="xterm")
     terminal, its_end = pty.openpty()  # the bar is drawn on a terminal only
     command = [
         sys.executable, "-m", "octave_bulk", "run", "in.csv", "-o", "out.ndjson",

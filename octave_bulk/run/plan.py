@@ -203,8 +203,11 @@ async def credits_remaining(client: OctaveClient) -> tuple[float | None, str | N
     return remaining, None, False
 
 
-def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
-    """Seconds taken by the output's most recent successful calls (none without a ledger)."""
+def _latency_history(
+    paths: OutputPaths, settings: Settings, outcome: str = "success"
+) -> list[float]:
+    """Seconds taken by the output's most recent calls of this ``outcome`` (``success``;
+    ``submitted``: accepted async submits), sorted; none without a ledger."""
     ledger = settings.ledger or paths.ledger
     if not ledger.exists():
         return []
@@ -214,10 +217,10 @@ def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
             return []
         try:
             rows = history.query(
-                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = "
-                "'success' AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
+                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = ? "
+                "AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
                 "ORDER BY rowid DESC LIMIT ?",
-                (output_id, _HISTORY_CALLS),
+                (output_id, outcome, _HISTORY_CALLS),
             )
         except sqlite3.OperationalError:  # no calls table: a ledger older than the index
             return []
@@ -227,27 +230,6 @@ def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
 def _spread(values: list[float]) -> tuple[float, float]:
     """p50 and p90 of sorted ``values``."""
     return values[len(values) // 2], values[min(len(values) - 1, math.ceil(0.9 * len(values)) - 1)]
-
-
-def _submit_history(paths: OutputPaths, settings: Settings) -> list[float]:
-    """Seconds taken by the output's most recent accepted async submits (sorted)."""
-    ledger = settings.ledger or paths.ledger
-    if not ledger.exists():
-        return []
-    with RunHistory.open(ledger, readonly=True) as history:
-        output_id = OutputIndex(history, paths.results, readonly=True).output_id
-        if output_id is None:
-            return []
-        try:
-            rows = history.query(
-                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = "
-                "'submitted' AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
-                "ORDER BY rowid DESC LIMIT ?",
-                (output_id, _HISTORY_CALLS),
-            )
-        except sqlite3.OperationalError:
-            return []
-    return sorted(max(row[0], 1e-3) for row in rows)
 
 
 def _job_history(paths: OutputPaths) -> list[float]:
@@ -285,7 +267,7 @@ def _async_seconds(
     else:
         fast_j, slow_j = KNOWN_LATENCY_S
         basis = f"submits, then {fast_j:g}-{slow_j:g} s a job, usual for Octave's agents"
-    submits = _submit_history(paths, settings)
+    submits = _latency_history(paths, settings, "submitted")
     if submits:
         fast_s, slow_s = _spread(submits)
         basis += f"; submit p50-p90 of its last {len(submits):,} submits"
@@ -325,8 +307,7 @@ def estimate_seconds(
         return seconds_, f"{basis_}; {pace}"
     latencies = _latency_history(paths, settings)
     if latencies:
-        fast_l = latencies[len(latencies) // 2]
-        slow_l = latencies[min(len(latencies) - 1, math.ceil(0.9 * len(latencies)) - 1)]
+        fast_l, slow_l = _spread(latencies)
         basis = f"p50-p90 latency of the output's last {len(latencies):,} calls"
     else:
         fast_l, slow_l = KNOWN_LATENCY_S
