@@ -18,7 +18,9 @@ the run's row goes into the history (``state/history.py``; updated every 5 s, co
 end). A ``budget`` is held in the ledger before each batch of calls (``spend.py``).
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
-written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
+written at the end by ``finish.py``; async submits are polled by ``jobs.py`` - except with
+``detach``, where no poller runs and the exit rule says how many jobs are left to ``octave-bulk
+collect`` (``collect.py``: a run of the output with an empty input, which only polls).
 
 Before the run's row, the agent is looked up (``check_agent``) and the credits checked
 (``plan.check_credits``, whatever ``check_agent`` says); a run whose credits could not be
