@@ -84,7 +84,9 @@ def test_detach_submits_every_contact_and_collect_writes_every_result(
     assert f"octave-bulk collect {out}" in log
     # status names the awaited jobs and the command that collects them.
     status = octave_bulk("status", str(out), cwd=tmp_path)
-    assert "40" in status.stdout and "octave-bulk collect" in status.stdout, status.stdout
+    assert "result not in yet: 40" in status.stdout, status.stdout
+    assert f"`octave-bulk collect {out}` polls them" in status.stdout
+    assert "0 of 40 done, 40 awaited (async), 0 remaining" in status.stdout
     # collect: no input, no flag but the key; it polls and writes every result.
     collected = octave_bulk("collect", str(out), "--no-progress", cwd=tmp_path)
     assert collected.returncode == 0, collected.stderr

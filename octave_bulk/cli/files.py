@@ -247,7 +247,8 @@ def status(output: str, as_json: bool) -> None:
     if progress:
         click.echo(
             f"  {progress['input']}: {progress['done']:,} of {progress['requests']:,} done, "
-            f"{progress['remaining']:,} remaining"
+            + (f"{progress['awaited']:,} awaited (async), " if progress.get("awaited") else "")
+            + f"{progress['remaining']:,} remaining"
         )
     last = info.get("last_run")
     if last and last.get("finished_at") is None:
