@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from octave_bulk.errors import ConfigError
@@ -242,3 +243,25 @@ def test_the_progress_line_names_the_jobs_awaited(make_sim: Any, tmp_path: Path)
     assert re.search(r"6 jobs awaited; the oldest given up on at \d\d:\d\d:\d\d UTC", text), text[
         -2000:
     ]
+
+
+async def test_a_collect_later_than_job_timeout_still_polls_every_job(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # A collect the morning after: every job is older than the bound, and done. Each is
+    # polled (and written), not given up on unseen.
+    sim = make_sim(latency=parse_latency("20ms"))
+    rids = write_contacts(tmp_path / "in.csv", 10)
+    out = tmp_path / "out.ndjson"
+    submit = sim_settings(sim.url, detach=True, **FAST_POLLS)
+    detached = await run_batch(tmp_path / "in.csv", out, submit)
+    assert detached["exit_code"] == 0 and len(awaited(out)) == 10
+    oldest = min(x["submittedAt"] for x in awaited(out))
+    await anyio.sleep(max(0.0, oldest + 1.2 - time.time()))  # older than the bound below
+    from octave_bulk.run.collect import collect_jobs
+
+    collected = await collect_jobs(out, sim_settings(sim.url, job_timeout=1.0, **FAST_POLLS))
+    assert collected["async_jobs"]["given_up_after_job_timeout"] == 0
+    assert collected["exit_code"] == 0
+    assert sorted(r["requestId"] for r in read_lines(out)) == rids
+    assert totals(sim)["async_submits"] == 10

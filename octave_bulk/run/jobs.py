@@ -21,8 +21,10 @@ goes first. A hint (a callback naming the job) makes its next poll due at once -
 the same limiter, budget and deadlines; a hint for a job not added yet (its submit not
 durable yet) is kept (the latest ``_EARLY_HINTS``) and applies when it is added.
 
-A job still pending :meth:`Jobs.timeout` seconds after its submit is no longer polled by this
-run (it stays recorded; the run ends with exit 1 and the next run polls it). That bound is
+A job a poll finds still pending :meth:`Jobs.timeout` seconds after its submit is no longer
+polled by this run (it stays recorded; the run ends with exit 1 and the next run polls it).
+Every job is polled at least once: an earlier run's job older than the bound may well be done
+(a ``collect`` the morning after a ``--detach``). That bound is
 ``job_timeout`` when it is set; by default it is derived from the job times seen:
 ``_TIMEOUT_FACTOR`` (3) x the slowest of the latest 32 jobs that finished, never below
 ``job_timeout_floor`` (10 min: a slow start, or a server queue that builds up, is not given up
@@ -224,7 +226,8 @@ class Jobs:
         if not self._live:
             return None
         oldest = min(live.submitted for live in self._live.values())
-        return time.time() - (time.monotonic() - oldest) + self.timeout()
+        now = time.time()  # an earlier run's job past the bound: at its next poll
+        return max(now, now - (time.monotonic() - oldest) + self.timeout())
 
     async def wait_room(self) -> None:
         """Return once fewer than ``max_pending`` jobs await their result (or on a stop; at
@@ -304,8 +307,8 @@ class Jobs:
 
     async def _poll_loop(self) -> None:
         while (live := await self._next_due()) is not None:
-            if time.monotonic() - live.submitted > self.timeout():
-                self._give_up(live)
+            if live.polls and time.monotonic() - live.submitted > self.timeout():
+                self._give_up(live)  # a poll found it pending past the bound
                 continue
             live.polling = True
             try:
