@@ -265,3 +265,14 @@ async def test_a_collect_later_than_job_timeout_still_polls_every_job(
     assert collected["exit_code"] == 0
     assert sorted(r["requestId"] for r in read_lines(out)) == rids
     assert totals(sim)["async_submits"] == 10
+
+
+def test_a_pipeline_step_cannot_detach(tmp_path: Path) -> None:
+    file = tmp_path / "p.toml"
+    file.write_text(
+        'input = "in.csv"\noutput_dir = "out"\n[[steps]]\nname = "q"\nagent = "ca_1"\n'
+        'mode = "async"\ndetach = true\n'
+    )
+    done = octave_bulk("pipeline", str(file), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "steps[1] (q): detach leaves the results to a later `collect`" in done.stderr
