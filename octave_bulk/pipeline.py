@@ -121,6 +121,11 @@ def load_pipeline(path: str | Path, *, api_key_file: str | Path | None = None) -
             settings = Settings.load(api_key_file=api_key_file, **(shared | given))
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where} ({name}): {exc}") from None
+        if settings.detach:  # the next step reads its results: they must be there
+            raise ConfigError(
+                f"{path}: {where} ({name}): detach leaves the results to a later `collect`; "
+                "a pipeline's step needs them: drop detach"
+            )
         output = out_dir / f"{name}.ndjson"
         steps.append(PipelineStep(name, settings, source, output))
         source = output

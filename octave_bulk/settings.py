@@ -199,8 +199,20 @@ class Settings(BaseSettings):
         description="Async: a job whose handle the status endpoint answers 404 for is expired "
         "only once it is this old (and older than the median job), after 3 such polls, s.",
     )
-    job_timeout: float = Field(
-        3600.0, description="Async: stop polling a job pending this long, s (the next run polls)."
+    job_timeout: float | None = Field(
+        None,
+        description="Async: stop polling a job pending this long, s (the next run polls it) "
+        "[default: derived: 3 x the slowest of the latest 32 jobs, at least job_timeout_floor].",
+    )
+    job_timeout_floor: float = Field(
+        600.0,
+        description="Async: the derived job_timeout is never shorter than this, s (a slow "
+        "start is not given up on).",
+    )
+    detach: bool = Field(
+        False,
+        description="Async: submit every contact, record every handle, exit 0 without "
+        "polling; `octave-bulk collect OUT` polls them later.",
     )
 
     fail_on: Annotated[tuple[FailOn, ...], NoDecode] = Field(
@@ -451,10 +463,11 @@ class Settings(BaseSettings):
         "poll_interval_min",
         "poll_interval_max",
         "job_timeout",
+        "job_timeout_floor",
     )
     @classmethod
-    def _positive_float(cls, value: float) -> float:
-        if value <= 0:
+    def _positive_float(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
             raise ValueError("must be > 0")
         return value
 
@@ -498,6 +511,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "callback_listen receives async jobs' callbacks: add --mode async "
                 '(mode = "async"), or drop it'
+            )
+        if self.detach and self.mode != "async":
+            raise ValueError(
+                "detach leaves submitted jobs to `octave-bulk collect`: add --mode async "
+                '(mode = "async"), or drop it'
+            )
+        if self.detach and self.callback_listen:
+            raise ValueError(
+                "detach exits once the jobs are submitted: no process would be listening for "
+                "their callbacks; drop callback_listen (collect polls them)"
             )
         return self
 

@@ -48,6 +48,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
             summary = json.loads(paths.summary.read_text(encoding="utf-8"))
     leftovers = state.outcome_unknown
     awaiting = [j for j in load_jobs(paths.jobs) if id_key(j.request_id) not in state.done]
+    state.awaiting = frozenset(j.request_id for j in awaiting)  # not "remaining": polled
     return {
         "output": str(paths.results),
         "running": holder,
@@ -106,5 +107,6 @@ def _input_progress(summary: dict[str, Any] | None, state: LedgerState) -> dict[
         "input": input_path,
         "requests": report.requests,
         "done": report.unchanged,
-        "remaining": report.requests - report.unchanged,
+        "awaited": report.awaited,
+        "remaining": report.requests - report.unchanged - report.awaited,
     }

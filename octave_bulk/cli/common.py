@@ -148,7 +148,13 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
         awaiting = jobs.get("awaiting_result") or 0
         lines.append(
             f"  async: submitted {jobs.get('submitted')}, polls {jobs.get('polls')}, "
-            f"awaiting {awaiting}" + (" (the next run polls them)" if awaiting else "")
+            f"awaiting {awaiting}"
+            + (
+                f" (octave-bulk collect {out.get('results') or 'OUT'} polls them, as does the "
+                "next run)"
+                if awaiting
+                else ""
+            )
         )
     if out:
         lines.append(f"  results: {out.get('results')}")

@@ -240,13 +240,15 @@ def status(output: str, as_json: bool) -> None:
     if info["async_awaiting"]:
         click.echo(
             f"  async jobs submitted, result not in yet: {info['async_awaiting']} "
-            f"(oldest submitted {info['async_oldest_submit']}; the next run polls them)"
+            f"(oldest submitted {info['async_oldest_submit']}; `octave-bulk collect "
+            f"{output}` polls them, as does the next run)"
         )
     progress = info.get("input_progress")
     if progress:
         click.echo(
             f"  {progress['input']}: {progress['done']:,} of {progress['requests']:,} done, "
-            f"{progress['remaining']:,} remaining"
+            + (f"{progress['awaited']:,} awaited (async), " if progress.get("awaited") else "")
+            + f"{progress['remaining']:,} remaining"
         )
     last = info.get("last_run")
     if last and last.get("finished_at") is None:

@@ -21,6 +21,7 @@ from octave_bulk.errors import ExitCode
 __all__ = ["COMMANDS", "LazyGroup", "cli", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("octave_bulk.cli.run", "Poll the async jobs OUT awaits (run --mode async --detach) and write their results."),
     "demo": ("octave_bulk.cli.tools", "A real batch against the built-in simulator: no API key, no network."),
     "doctor": ("octave_bulk.cli.tools", "Check the settings, the API key and the agent: workspace, credits, agent type."),
     "export": ("octave_bulk.cli.files", "One CSV row per successful contact, ready to import into a sequencer."),

@@ -38,6 +38,7 @@ RUN_FIELDS = (
     "progress", "log_format",
     "metrics_textfile", "log_file", "ledger",
     "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",
+    "detach",
 )  # fmt: skip
 """The settings ``run`` takes as flags, in help order."""
 
@@ -54,6 +55,7 @@ _ON_OFF_FLAGS = {
     "allow_resend",
     "resubmit_expired",
     "allow_overdraft",
+    "detach",
 }  # given or not; the others of type bool are --x/--no-x
 _DEFAULT_SHOWN = {
     "poll_rate": "found",

@@ -21,17 +21,22 @@ from octave_bulk.errors import ExitCode, OctaveBulkError
 __all__ = ["plan", "print_plan"]
 
 
-def print_plan(input_path: str, output: str, settings: Any) -> ExitCode:
-    """Print the forecast of a run on stdout; 3 when the run would be refused (it would cost
-    more credits than remain), else 0."""
+def print_plan(input_path: str, output: str, settings: Any, *, as_json: bool = False) -> ExitCode:
+    """Print the forecast of a run on stdout (``as_json``: as one JSON document); 3 when the
+    run would be refused (it would cost more credits than remain), else 0."""
     from octave_bulk.run.plan import plan_with_client
 
     forecast = run_async(lambda: plan_with_client(input_path, output, settings))
+    refused = forecast.overdraft and not settings.allow_overdraft
+    if as_json:
+        import json
+
+        click.echo(json.dumps(forecast.to_dict(), indent=2))
+        return ExitCode.FATAL if refused else ExitCode.OK
     target = settings.agent_oid or settings.experiment_oid
     click.echo(f"plan: {input_path} -> {output} ({settings.agent_type} {target}); nothing sent")
     for line in forecast.lines():
         click.echo(f"  {line}")
-    refused = forecast.overdraft and not settings.allow_overdraft
     return ExitCode.FATAL if refused else ExitCode.OK
 
 
@@ -40,11 +45,17 @@ def print_plan(input_path: str, output: str, settings: Any) -> ExitCode:
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson the run would write to."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
 @config_option
 @key_file_option
 @settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS)
 def plan(
-    input_path: str, output: str, config_file: str | None, api_key_file: str | None, **flags: Any
+    input_path: str,
+    output: str,
+    as_json: bool,
+    config_file: str | None,
+    api_key_file: str | None,
+    **flags: Any,
 ) -> None:
     """Forecast a run before paying: contacts to send, credits against those left, time.
 
@@ -55,7 +66,7 @@ def plan(
     """
     try:
         settings = load_settings(config_file, api_key_file, **flags)
-        code = print_plan(input_path, output, settings)
+        code = print_plan(input_path, output, settings, as_json=as_json)
     except OctaveBulkError as exc:
         fail(exc)
     sys.exit(code)

@@ -25,7 +25,7 @@ from octave_bulk.cli.options import (
 )
 from octave_bulk.errors import ExitCode, OctaveBulkError
 
-__all__ = ["probe", "run", "validate"]
+__all__ = ["collect", "probe", "run", "validate"]
 
 
 @click.command()
@@ -114,7 +114,9 @@ def _notify_refusal(settings: Any, exc: OctaveBulkError) -> None:
 )
 @config_option
 @key_file_option
-@settings_options(*(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run"}), *INPUT_FIELDS)
+@settings_options(
+    *(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run", "detach"}), *INPUT_FIELDS
+)
 def probe(
     input_path: str,
     output: str,
@@ -243,3 +245,41 @@ def validate(
                 + (f": {', '.join(resend['changed_fields'])}" if resend["changed_fields"] else "")
             )
     sys.exit(ExitCode.SOME_FAILED if report.rejected_total else ExitCode.OK)
+
+
+@click.command()
+@click.argument("output", metavar="OUT")
+@config_option
+@key_file_option
+@settings_options(
+    "agent_type", "agent_oid", "experiment_oid", "base_url", "poll_rate", "fail_on",
+    "progress", "log_format", "log_file", "ledger", "metrics_textfile",
+)  # fmt: skip
+def collect(output: str, config_file: str | None, api_key_file: str | None, **flags: Any) -> None:
+    """Poll the async jobs OUT awaits (run --mode async --detach) and write their results.
+
+    Never submits anything: the jobs of OUT.jobs.ndjson are polled until each has its result
+    or is given up on (job_timeout), with a run's guarantees (lock, durable writes, resumable
+    after a kill, summary, exit codes). The agent, API and poll settings are the last run's
+    (OUT.summary.json) unless flags, env or --config say otherwise.
+    """
+    from octave_bulk.observe.log import configure_logging
+    from octave_bulk.run.collect import collect_jobs, remembered_settings
+
+    try:
+        given = load_settings(config_file, api_key_file, **flags)
+        remembered = {
+            name: value
+            for name, value in remembered_settings(output).items()
+            if name not in given.model_fields_set
+        }
+        settings = load_settings(config_file, api_key_file, **(flags | remembered))
+        configure_logging(
+            settings.log_format, str(settings.log_file) if settings.log_file else None
+        )
+        summary = run_async(lambda: collect_jobs(output, settings, handle_signals=True))
+    except OctaveBulkError as exc:
+        fail(exc)
+    if settings.log_format != "json":
+        print_summary(summary)
+    sys.exit(summary["exit_code"])

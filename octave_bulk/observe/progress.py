@@ -7,6 +7,10 @@ rate and ETA; until the first answers it says how long the calls in flight have 
 instead of a rate of 0. Its last frame is drawn from the final counts. Otherwise, and always
 with ``--log-format json``, a heartbeat event is logged every ``heartbeat_interval`` seconds.
 
+In async mode both also say how many submitted jobs await their result and when the run gives
+up on the oldest of them (``give_up_at``, from the poller: ``run/jobs.py``), since the
+submits themselves are soon over (``in_flight`` 0) while the run still waits for the jobs.
+
 Either way, when the input is read and the calls still in flight have given no answer for
 :func:`quiet_limit` seconds (a hung call holding the end of the run), a ``waiting`` event says
 how many, for how long, and the ``--timeout`` that ends them. Events go through the ``octave_bulk``
@@ -20,13 +24,14 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 
 from octave_bulk.observe.log import log_event, logger
 from octave_bulk.run.summary import RunStats
+from octave_bulk.utc import utc_iso
 
 __all__ = ["Progress", "quiet_limit"]
 
@@ -70,6 +75,10 @@ class Progress:
         heartbeat_interval: seconds between heartbeat events when there is no bar.
         run_id: carried by every heartbeat.
         timeout: the call timeout (``--timeout``), named when the last calls hang.
+        give_up_at: async: when the oldest awaited job is given up on (UNIX time, None when
+            none is awaited).
+        carried: async jobs of earlier runs this run polls: their outcomes count as
+            answered, so they are part of the total.
     """
 
     def __init__(
@@ -81,10 +90,12 @@ class Progress:
         heartbeat_interval: float,
         run_id: str,
         timeout: float = 180.0,
+        give_up_at: Callable[[], float | None] | None = None,
+        carried: int = 0,
     ) -> None:
         self._stats, self._bar, self._total_hint = stats, bar, total_hint
         self._heartbeat_interval, self._run_id = heartbeat_interval, run_id
-        self._timeout = timeout
+        self._timeout, self._give_up_at, self._carried = timeout, give_up_at, carried
         self._answered, self._answered_at = 0, time.monotonic()
         self._said_waiting = False
 
@@ -112,18 +123,42 @@ class Progress:
             calls=stats.calls,
             credits=stats.credits,
             counts=stats.counts(),
+            **self._awaited(),
+        )
+
+    def _awaited(self) -> dict[str, Any]:
+        """Async: the jobs awaited and when the oldest is given up on (nothing in sync mode
+        with no job awaited)."""
+        if self._give_up_at is None:
+            return {}
+        at = self._give_up_at()
+        return {
+            "jobs_awaited": self._stats.awaiting,
+            "give_up_at": utc_iso(at, ms=False) if at is not None else None,
+        }
+
+    def _awaited_note(self) -> str | None:
+        """The bar's words for the jobs awaited, or None when none is."""
+        at = self._give_up_at() if self._give_up_at is not None else None
+        if at is None:
+            return None
+        left = max(0.0, at - time.time())
+        return (
+            f"{self._stats.awaiting:,} jobs awaited; the oldest given up on at "
+            f"{utc_iso(at, ms=False)[11:19]} UTC (in {_clock(left)})"
         )
 
     def _to_send(self) -> int | None:
-        """Contacts this run sends: exact once the input is read, else estimated from the
-        input's size less the rows already settled otherwise."""
+        """Contacts this run sends (exact once the input is read, else estimated from the
+        input's size less the rows already settled otherwise), and the jobs of earlier runs it
+        polls."""
         stats = self._stats
         if stats.input_done:
-            return stats.queued
+            return stats.queued + self._carried
         if self._total_hint is None:
             return None
         settled = stats.rejected + stats.duplicate + stats.skipped_done + stats.skipped_failed
-        return max(self._total_hint - settled, stats.queued)
+        return max(self._total_hint - settled, stats.queued)  # the carried jobs' rows in it
 
     def _quiet_for(self) -> float:
         """Seconds since the last answer (or since the start)."""
@@ -163,8 +198,11 @@ class Progress:
             note = f"waiting for the first answers ({elapsed:.0f} s since start)"
         if note is None and finished:
             rate = finished / elapsed if elapsed > 0 else 0.0
-            left = (total - finished) / rate if total is not None and rate > 0 else None
+            left = max(0, total - finished) / rate if total is not None and rate > 0 else None
             note = f"{rate:.1f}/s" + (f" ETA {_clock(left)}" if left is not None else "")
+        awaited = self._awaited_note()
+        if awaited is not None:
+            note = f"{note}; {awaited}" if note else awaited
         return {
             "completed": finished,
             "total": total or None,

@@ -18,7 +18,9 @@ the run's row goes into the history (``state/history.py``; updated every 5 s, co
 end). A ``budget`` is held in the ledger before each batch of calls (``spend.py``).
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
-written at the end by ``finish.py``; async submits are polled by ``jobs.py``.
+written at the end by ``finish.py``; async submits are polled by ``jobs.py`` - except with
+``detach``, where no poller runs and the exit rule says how many jobs are left to ``octave-bulk
+collect`` (``collect.py``: a run of the output with an empty input, which only polls).
 
 Before the run's row, the agent is looked up (``check_agent``) and the credits checked
 (``plan.check_credits``, whatever ``check_agent`` says); a run whose credits could not be
@@ -283,6 +285,7 @@ class _Run:
             resent=self.state.outcome_unknown,
             jobs=jobs_file,
         )
+        jobs = self.jobs = self._jobs(client, sink) if polling else None
         progress = Progress(
             self.stats,
             bar=bar,
@@ -290,8 +293,9 @@ class _Run:
             heartbeat_interval=settings.heartbeat_interval,
             run_id=self.run_id,
             timeout=settings.timeout,
+            give_up_at=jobs.give_up_at if jobs is not None and not settings.detach else None,
+            carried=len(self.carried_jobs) if not settings.detach else 0,
         )
-        jobs = self.jobs = self._jobs(client, sink) if polling else None
         if receiver is not None:
             receiver.jobs = jobs
         submit = jobs if settings.mode == "async" else None
@@ -312,7 +316,7 @@ class _Run:
                     pipeline.start_soon(sink.run)
                     with control.dispatch_scope:
                         async with anyio.create_task_group() as dispatch:
-                            if jobs is not None:
+                            if jobs is not None and not settings.detach:
                                 dispatch.start_soon(jobs.run)
                             async with anyio.create_task_group() as senders:
                                 senders.start_soon(
@@ -382,6 +386,14 @@ class _Run:
             return replace(completed, code=ExitCode.USAGE, reason="stopped: no server answered")
         if reason is not None:
             return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
+        if self.settings.detach:  # submitted and left: the jobs are collect's
+            detached = (
+                f"detached: {self.stats.awaiting:,} jobs awaited, collect with "
+                f"octave-bulk collect {self.paths.results}"
+            )
+            if completed.code != ExitCode.OK:
+                detached += f"; {completed.reason}"
+            return replace(completed, reason=detached)
         return completed
 
 
@@ -392,6 +404,7 @@ async def run_batch(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
+    collect: bool = False,
 ) -> RunSummary:
     """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
     errors/rejects files. Usable inside any running asyncio loop.
@@ -403,6 +416,8 @@ async def run_batch(
         transport: an httpx transport to send through (e.g. ``httpx.ASGITransport`` in tests);
             by default one is built from the settings and closed at the end.
         handle_signals: stop gracefully on SIGINT/SIGTERM (main thread only; the CLI does).
+        collect: the input is ``collect.py``'s empty stand-in: no resume cursor is kept for it
+            and the history names no input.
 
     Returns:
         The summary also written to ``OUT.summary.json``; ``exit_code`` says how it ended.
@@ -438,7 +453,7 @@ async def run_batch(
         ledger = settings.ledger or paths.ledger
         with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
-                input_path, paths, settings, transport, handle_signals, history, sent
+                input_path, paths, settings, transport, handle_signals, history, sent, collect
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         calls = sent[0].calls_sent if sent else 0
@@ -467,6 +482,7 @@ async def _locked_run(
     handle_signals: bool,
     history: RunHistory,
     sent: list[RunStats],
+    collect: bool = False,
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
@@ -486,7 +502,7 @@ async def _locked_run(
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = count_lines(Path(input_path) if str(input_path) != "-" else None)
-        if reader.format != "csv":
+        if reader.format != "csv" or collect:
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
         fingerprint = settings_fingerprint(settings)
         start, cursor_note = resume_cursor(reader, paths, settings, identity, fingerprint)
@@ -521,7 +537,7 @@ async def _locked_run(
         history.start(
             run.run_id,
             paths.results.resolve(),
-            input_path=str(input_path),
+            input_path="(collect)" if collect else str(input_path),
             input_identity=identity,
             settings_fingerprint=fingerprint,
             settings=settings.redacted(),
@@ -531,7 +547,7 @@ async def _locked_run(
         log_event(
             "start",
             run_id=run.run_id,
-            input=str(input_path),
+            input="collect (no input: the awaited jobs only)" if collect else str(input_path),
             output=str(paths.results),
             already_done=done_before,
             repaired_bytes=scan.repaired_bytes,
@@ -539,9 +555,9 @@ async def _locked_run(
             jobs_awaited=len(carried),
             skipped_unread=start.counts["read"],
             cursor=cursor_note,
-            input_format=reader.format,
-            encoding=reader.encoding,
-            mapping=reader.mapping.render(),
+            input_format=None if collect else reader.format,
+            encoding=None if collect else reader.encoding,
+            mapping=None if collect else reader.mapping.render(),
         )
         receiver = run.receiver  # Octave is given the receiver's secret path
         callback_url = receiver.url(settings.callback_url) if receiver is not None else None
@@ -550,7 +566,7 @@ async def _locked_run(
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     return finish_run(
         run,
-        FinishedInput(input_path, reader, start, cursor_note),
+        FinishedInput("(collect)" if collect else input_path, reader, start, cursor_note),
         state=state,
         done_before=done_before,
         history=history,

@@ -58,6 +58,7 @@ class ResendReport:
     requests: int = 0  # valid, distinct requests of the input
     unchanged: int = 0  # ... done already (their requestId is)
     resent: int = 0  # ... of people done, with a new requestId
+    awaited: int = 0  # ... not done, but an async job submitted for them awaits its result
     changed_fields: Counter[str] = field(default_factory=Counter)  # field -> sampled people
     sampled: int = 0
     paid_present: IdSet = field(default_factory=IdSet)
@@ -154,6 +155,8 @@ def check_resend(
             report.requests += 1
             if built.key in state.done:
                 report.unchanged += 1
+            elif state.awaiting and built.request_id in state.awaiting:
+                report.awaited += 1
             elif line and person is not None:
                 resent.append(person)  # else a new person
     kept = [p for p in resent if p in report.paid_present]  # their paid record is here

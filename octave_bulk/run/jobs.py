@@ -21,8 +21,21 @@ goes first. A hint (a callback naming the job) makes its next poll due at once -
 the same limiter, budget and deadlines; a hint for a job not added yet (its submit not
 durable yet) is kept (the latest ``_EARLY_HINTS``) and applies when it is added.
 
-A job still pending ``job_timeout`` seconds after its submit is no longer polled by this run
-(it stays recorded; the run ends with exit 1 and the next run polls it). A poll's answer:
+A job a poll finds still pending :meth:`Jobs.timeout` seconds after its submit is no longer
+polled by this run (it stays recorded; the run ends with exit 1 and the next run polls it).
+Every job is polled at least once: an earlier run's job older than the bound may well be done
+(a ``collect`` the morning after a ``--detach``). That bound is
+``job_timeout`` when it is set; by default it is derived from the job times seen:
+``_TIMEOUT_FACTOR`` (3) x the slowest of the latest 32 jobs that finished, never below
+``job_timeout_floor`` (10 min: a slow start, or a server queue that builds up, is not given up
+on early), and ``_UNKNOWN_TIMEOUT`` (1 h) while fewer than three jobs have finished in this run
+(nothing to derive from; an earlier run's job found done at its first poll tells its wait,
+not its time, and is not counted). Why the slowest x 3 rather than a multiple of the median: the
+latest 32 follow a queue as it builds, the slowest of them covers the tail of a spread-out job
+time that a median hides, and x 3 leaves room for the queue to grow further; a job 3 x slower
+than every recent one is hung rather than slow (docs/design.md, "Submit and poll").
+:meth:`Jobs.give_up_at` (the oldest awaited job's give-up time) is shown by the heartbeats and
+the progress line. A poll's answer:
 ``done`` -> a success (or ``not_found`` when the agent produced nothing); ``failed`` -> a
 retryable ``agent_error`` (the next run submits the contact again); a handle the API does not
 know (404) -> polled again, and ``expired`` (retryable only with ``resubmit_expired``) only
@@ -79,6 +92,8 @@ _KNOWN_AFTER = 3  # finished jobs before their median is trusted
 _RECENT = 32  # the median follows the latest jobs (a server queue makes them grow)
 _POLLS_PER_END = 8.0  # the poll budget: this many polls per job that ended lately ...
 _UNKNOWN_POLLS = 3
+_TIMEOUT_FACTOR = 3.0  # the derived job_timeout: this many times the slowest recent job ...
+_UNKNOWN_TIMEOUT = 3600.0  # ... and this while too few jobs have finished to derive it
 """404s in a row (a later answer resets the count) before an old enough job is expired."""
 
 _Key = tuple[str, str]
@@ -138,6 +153,8 @@ class Jobs:
         self._due: list[tuple[float, int, _Key]] = []
         self._order = itertools.count()
         self._durations: deque[float] = deque(maxlen=_RECENT)
+        self._timed: deque[float] = deque(maxlen=_RECENT)  # job times for the derived bound
+        self._started = time.time()  # a job submitted before is an earlier run's
         self._ends: deque[float] = deque()  # when recent jobs ended (for the poll budget)
         self._next_poll = 0.0
         self._wake = anyio.Event()
@@ -147,7 +164,11 @@ class Jobs:
 
     def add(self, job: PendingJob) -> None:
         """A job whose handle is durable: poll it until it ends (a handle another live job
-        has is a contract error: both are kept, see the module docstring)."""
+        has is a contract error: both are kept, see the module docstring). With ``detach``
+        it is only counted: ``collect`` polls it."""
+        if self.settings.detach:  # never polled in this run: counted, not kept
+            self.stats.awaiting += 1
+            return
         key = (job.handle, job.request_id)
         if key in self._live:
             return
@@ -190,8 +211,29 @@ class Jobs:
         self._open = False
         self._nudge()
 
+    def timeout(self) -> float:
+        """Seconds after its submit that a job is given up on in this run (the module
+        docstring: ``job_timeout``, or derived from the latest job times)."""
+        settings = self.settings
+        if settings.job_timeout is not None:
+            return settings.job_timeout
+        if len(self._timed) < _KNOWN_AFTER:
+            return max(settings.job_timeout_floor, _UNKNOWN_TIMEOUT)
+        return max(settings.job_timeout_floor, _TIMEOUT_FACTOR * max(self._timed))
+
+    def give_up_at(self) -> float | None:
+        """UNIX time at which the oldest awaited job is given up on (None: none awaited)."""
+        if not self._live:
+            return None
+        oldest = min(live.submitted for live in self._live.values())
+        now = time.time()  # an earlier run's job past the bound: at its next poll
+        return max(now, now - (time.monotonic() - oldest) + self.timeout())
+
     async def wait_room(self) -> None:
-        """Return once fewer than ``max_pending`` jobs await their result (or on a stop)."""
+        """Return once fewer than ``max_pending`` jobs await their result (or on a stop; at
+        once with ``detach``: no job ends in this run)."""
+        if self.settings.detach:
+            return
         while len(self._live) >= self.settings.max_pending and not self.control.stopping:
             room = self._room
             with anyio.move_on_after(1.0):  # a stop does not set this event
@@ -218,9 +260,10 @@ class Jobs:
             # It ended between its last poll that found it pending and this one (the middle,
             # not the age seen: that would only ever push the first poll later).
             pending = live.pending_age
-            self._durations.append(
-                (pending + age) / 2 if pending is not None else age * _DONE_AT_FIRST
-            )
+            took = (pending + age) / 2 if pending is not None else age * _DONE_AT_FIRST
+            self._durations.append(took)
+            if pending is not None or job.submitted_at >= self._started:
+                self._timed.append(took)  # not an earlier run's job found done: its wait
             self._ends.append(time.monotonic())
             if len(self._durations) == _KNOWN_AFTER:
                 self._replan()
@@ -264,8 +307,8 @@ class Jobs:
 
     async def _poll_loop(self) -> None:
         while (live := await self._next_due()) is not None:
-            if time.monotonic() - live.submitted > self.settings.job_timeout:
-                self._give_up(live)
+            if live.polls and time.monotonic() - live.submitted > self.timeout():
+                self._give_up(live)  # a poll found it pending past the bound
                 continue
             live.polling = True
             try:

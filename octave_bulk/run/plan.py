@@ -12,6 +12,13 @@ p90) when there are any, else from the settings (``--rate``, ``--concurrency``) 
 a call Octave's agents are known to take (docs/octave-api.md, "Latency and timeouts"). What
 the API does not say (no key, an experiment, a failed lookup) is left unknown, with the reason.
 
+With ``--mode async`` a contact costs a submit (an accept answer, not the agent's work) and a
+job the server runs in parallel: the time is the submits - paced by the rate, or by waves of
+``window`` submits each taking the submit latency (the ledger's earlier submits, else the
+``KNOWN_SUBMIT_S`` assumed) - plus one job's time (``latencyMs`` of the output's latest async
+results, p50 to p90, else the 30-60 s of a call). The jobs the output already awaits
+(``OUT.jobs.ndjson``) are counted apart (``awaiting``): a run polls them and never pays again.
+
 :func:`check_credits` is the run's guard, before its first call (whether or not the agent is
 looked up, ``check_agent``): when the contacts to send times ``costToRun`` exceed the credits
 remaining it raises :class:`FatalApiError` (exit 3), unless ``allow_overdraft``. It reads the
@@ -30,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
+
 from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.observe.log import log_event
@@ -42,6 +51,7 @@ from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
     "KNOWN_LATENCY_S",
+    "KNOWN_SUBMIT_S",
     "CreditsCheck",
     "Plan",
     "check_credits",
@@ -54,7 +64,11 @@ __all__ = [
 KNOWN_LATENCY_S = (30.0, 60.0)
 """Seconds a call takes, assumed when the output has no latency history of its own."""
 
+KNOWN_SUBMIT_S = (0.2, 1.0)
+"""Seconds an async submit takes to be accepted, assumed without a history of submits."""
+
 _HISTORY_CALLS = 10_000  # the most recent successful calls whose latency is used
+_JOB_TAIL_BYTES = 4 << 20  # the end of the results file read for the latest async job times
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class Plan:
     """Why the credits are unknown, when they are."""
     seconds: tuple[float, float]
     time_basis: str
+    awaiting: int = 0
+    """Async jobs the output awaits: polled by the run, never paid again (not in ``to_send``)."""
 
     @property
     def credits_needed(self) -> float | None:
@@ -97,6 +113,11 @@ class Plan:
             f"to send: {self.to_send:,} contacts"
             + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
         ]
+        if self.awaiting:
+            lines.append(
+                f"awaited: {self.awaiting:,} async jobs submitted before, polled for their "
+                "result, never paid again"
+            )
         if self.credits_needed is None or self.credits_remaining is None:
             known = f"{self.credits_needed:,g} needed" if self.credits_needed is not None else ""
             left = (
@@ -182,8 +203,11 @@ async def credits_remaining(client: OctaveClient) -> tuple[float | None, str | N
     return remaining, None, False
 
 
-def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
-    """Seconds taken by the output's most recent successful calls (none without a ledger)."""
+def _latency_history(
+    paths: OutputPaths, settings: Settings, outcome: str = "success"
+) -> list[float]:
+    """Seconds taken by the output's most recent calls of this ``outcome`` (``success``;
+    ``submitted``: accepted async submits), sorted; none without a ledger."""
     ledger = settings.ledger or paths.ledger
     if not ledger.exists():
         return []
@@ -193,21 +217,78 @@ def _latency_history(paths: OutputPaths, settings: Settings) -> list[float]:
             return []
         try:
             rows = history.query(
-                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = "
-                "'success' AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
+                "SELECT answered_at - sent_at FROM calls WHERE output_id = ? AND outcome = ? "
+                "AND sent_at IS NOT NULL AND answered_at IS NOT NULL "
                 "ORDER BY rowid DESC LIMIT ?",
-                (output_id, _HISTORY_CALLS),
+                (output_id, outcome, _HISTORY_CALLS),
             )
         except sqlite3.OperationalError:  # no calls table: a ledger older than the index
             return []
     return sorted(max(row[0], 1e-3) for row in rows)
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    """p50 and p90 of sorted ``values``."""
+    return values[len(values) // 2], values[min(len(values) - 1, math.ceil(0.9 * len(values)) - 1)]
+
+
+def _job_history(paths: OutputPaths) -> list[float]:
+    """Seconds taken by the async jobs of the output's latest results (sorted; from the last
+    ``_JOB_TAIL_BYTES`` of the file: the latest jobs)."""
+    if not paths.results.exists():
+        return []
+    with open(paths.results, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - _JOB_TAIL_BYTES))
+        tail = handle.read()
+    lines = tail.split(b"\n")[1 if size > _JOB_TAIL_BYTES else 0 :]
+    seconds = []
+    for line in lines:
+        if b'"asyncHandle"' not in line:
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        took = _number(record, "latencyMs")
+        if took is not None and record.get("asyncHandle"):
+            seconds.append(max(took / 1000, 1e-3))
+    return sorted(seconds)
+
+
+def _async_seconds(
+    to_send: int, paths: OutputPaths, settings: Settings, rate: float | None, window: int
+) -> tuple[tuple[float, float], str]:
+    """The time of ``to_send`` async contacts: their submits, then one job's time."""
+    jobs = _job_history(paths)
+    if jobs:
+        fast_j, slow_j = _spread(jobs)
+        basis = f"submits, then p50-p90 of the output's last {len(jobs):,} async jobs"
+    else:
+        fast_j, slow_j = KNOWN_LATENCY_S
+        basis = f"submits, then {fast_j:g}-{slow_j:g} s a job, usual for Octave's agents"
+    submits = _latency_history(paths, settings, "submitted")
+    if submits:
+        fast_s, slow_s = _spread(submits)
+        basis += f"; submit p50-p90 of its last {len(submits):,} submits"
+    else:
+        fast_s, slow_s = KNOWN_SUBMIT_S
+        basis += f"; {fast_s:g}-{slow_s:g} s a submit (assumed)"
+    if not to_send:
+        return (0.0, 0.0), basis
+
+    def seconds(submit: float, job: float) -> float:
+        # Submits paced by the rate or by waves of ``window``; then the last job runs.
+        return max(math.ceil(to_send / window) * submit, to_send / (rate or math.inf)) + job
+
+    return (seconds(fast_s, fast_j), seconds(slow_s, slow_j)), basis
+
+
 def estimate_seconds(
     to_send: int, paths: OutputPaths, settings: Settings
 ) -> tuple[tuple[float, float], str]:
     """The time ``to_send`` contacts would take, as (fastest, slowest), and what it is
-    based on."""
+    based on (async: the module docstring)."""
     remembered_rate, remembered_window = RememberedLimits(paths.limits).get(
         limits_key(settings.base_url, settings.agent_type)
     )
@@ -218,17 +299,20 @@ def estimate_seconds(
         if "concurrency" in given or remembered_window is None
         else remembered_window
     )
+    remembered = remembered_rate is not None or remembered_window is not None
+    pace = f"{'remembered' if remembered else 'set'} --rate {f'{rate:g}/s' if rate else 'none'}"
+    pace += f" --concurrency {window}"
+    if settings.mode == "async":
+        seconds_, basis_ = _async_seconds(to_send, paths, settings, rate, window)
+        return seconds_, f"{basis_}; {pace}"
     latencies = _latency_history(paths, settings)
     if latencies:
-        fast_l = latencies[len(latencies) // 2]
-        slow_l = latencies[min(len(latencies) - 1, math.ceil(0.9 * len(latencies)) - 1)]
+        fast_l, slow_l = _spread(latencies)
         basis = f"p50-p90 latency of the output's last {len(latencies):,} calls"
     else:
         fast_l, slow_l = KNOWN_LATENCY_S
         basis = f"{fast_l:g}-{slow_l:g} s a call, usual for Octave's agents"
-    remembered = remembered_rate is not None or remembered_window is not None
-    pace = "remembered" if remembered else "set"
-    basis += f"; {pace} --rate {f'{rate:g}/s' if rate else 'none'} --concurrency {window}"
+    basis += f"; {pace}"
     if not to_send:
         return (0.0, 0.0), basis
 
@@ -258,9 +342,9 @@ async def make_plan(
     seconds, basis = estimate_seconds(to_send, paths, settings)
     kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed")
     paid_again = int(summary["resend"]["people_done_resent"])
-    return Plan(
-        {k: counts[k] for k in kept}, to_send, paid_again, cost, remaining, note, seconds, basis
-    )
+    kept_counts = {k: counts[k] for k in kept}
+    awaiting = int(summary["awaiting"])
+    return Plan(kept_counts, to_send, paid_again, cost, remaining, note, seconds, basis, awaiting)
 
 
 class CreditsCheck(NamedTuple):
