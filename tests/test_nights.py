@@ -329,6 +329,7 @@ def test_the_end_of_a_run_is_posted_to_the_notify_urls(make_sim: Any, tmp_path: 
         assert night(sim.url, tmp_path, *other).exit_code == 2
     finally:
         hook.shutdown()
+        hook.server_close()
     posts = hook.posts  # type: ignore[attr-defined]
     assert [post["title"].split(" (")[0] for post in posts] == [
         "octave-bulk: exit 1",
