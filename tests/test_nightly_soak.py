@@ -252,6 +252,32 @@ def test_an_operators_week_runs_the_readme_recipe(make_sim: Any, tmp_path: Path)
     billed_here = status["credits"]
     assert any(run["stop_reason"] == "killed" for run in runs)
     assert billed_here <= sim.stats()["credits_used"]
+    # The same export through async mode, detached: submit tonight, collect later; a few jobs
+    # hang, and the collect releases them at the bound derived from the others' times.
+    queue = make_sim(seed=8, latency=parse_latency("30ms:0.3"), faults=parse_faults("hang=0.03"))
+    later = tmp_path / "later.ndjson"
+    polls = tmp_path / "async.toml"
+    polls.write_text(
+        f'base_url = "{queue.url}"\nagent_oid = "ca_1"\nprogress = false\nmode = "async"\n'
+        "poll_interval_min = 0.05\npoll_interval_max = 0.3\njob_timeout_floor = 1.0\n"
+    )
+    detached = CliRunner().invoke(
+        cli,
+        ["run", str(export), "-o", str(later), "--config", str(polls), "--detach"],
+        env={"OCTAVE_API_KEY": "k"},
+    )
+    assert detached.exit_code == 0, detached.output
+    submitted = queue.stats()["totals"]["async_submits"]
+    assert submitted == len(crm.people) and not _lines(later)  # nothing polled yet
+    collected = CliRunner().invoke(
+        cli, ["collect", str(later), "--config", str(polls)], env={"OCTAVE_API_KEY": "k"}
+    )
+    jobs = json.loads(side(later, ".summary.json").read_text())["async_jobs"]
+    hung = jobs["given_up_after_job_timeout"]
+    assert hung >= 1 and collected.exit_code == 1, collected.output
+    assert "async jobs still pending at job_timeout" in collected.output
+    assert len(_lines(later)) + len(_lines(side(later, ".errors.ndjson"))) + hung == submitted
+    assert queue.stats()["totals"]["async_submits"] == submitted  # collecting pays nothing
 
 
 def _wait_for(path: Path, lines: int) -> None:

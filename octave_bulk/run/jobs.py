@@ -30,7 +30,9 @@ Every job is polled at least once: an earlier run's job older than the bound may
 ``job_timeout_floor`` (10 min: a slow start, or a server queue that builds up, is not given up
 on early), and ``_UNKNOWN_TIMEOUT`` (1 h) while fewer than three jobs have finished in this run
 (nothing to derive from; an earlier run's job found done at its first poll tells its wait,
-not its time, and is not counted). Why the slowest x 3 rather than a multiple of the median: the
+not its time, and is not counted). A ``collect`` times none of its jobs so: once three earlier
+jobs were found done, an earlier job still pending is waited for ``job_timeout_floor`` of the
+run, then given up on (a hung job must not hold a collect for the hour). Why the slowest x 3 rather than a multiple of the median: the
 latest 32 follow a queue as it builds, the slowest of them covers the tail of a spread-out job
 time that a median hides, and x 3 leaves room for the queue to grow further; a job 3 x slower
 than every recent one is hung rather than slow (docs/design.md, "Submit and poll").
@@ -155,6 +157,8 @@ class Jobs:
         self._durations: deque[float] = deque(maxlen=_RECENT)
         self._timed: deque[float] = deque(maxlen=_RECENT)  # job times for the derived bound
         self._started = time.time()  # a job submitted before is an earlier run's
+        self._started_clock = time.monotonic()
+        self._earlier_done = 0  # earlier runs' jobs this run found done (a collect's)
         self._ends: deque[float] = deque()  # when recent jobs ended (for the poll budget)
         self._next_poll = 0.0
         self._wake = anyio.Event()
@@ -221,6 +225,23 @@ class Jobs:
             return max(settings.job_timeout_floor, _UNKNOWN_TIMEOUT)
         return max(settings.job_timeout_floor, _TIMEOUT_FACTOR * max(self._timed))
 
+    def _past_bound(self, live: _Live) -> bool:
+        """Whether a job a poll found pending is past its bound: :meth:`timeout` after its
+        submit; or, for an earlier run's job when this run could time none of its own (a
+        ``collect``), once earlier jobs were found done and the straggler has been waited for
+        ``job_timeout_floor`` in this run (their waits tell nothing of their times)."""
+        now = time.monotonic()
+        if now - live.submitted > self.timeout():
+            return True
+        settings = self.settings
+        return (
+            settings.job_timeout is None
+            and len(self._timed) < _KNOWN_AFTER
+            and self._earlier_done >= _KNOWN_AFTER
+            and live.job.submitted_at < self._started
+            and now - self._started_clock > settings.job_timeout_floor
+        )
+
     def give_up_at(self) -> float | None:
         """UNIX time at which the oldest awaited job is given up on (None: none awaited)."""
         if not self._live:
@@ -264,6 +285,8 @@ class Jobs:
             self._durations.append(took)
             if pending is not None or job.submitted_at >= self._started:
                 self._timed.append(took)  # not an earlier run's job found done: its wait
+            else:
+                self._earlier_done += 1
             self._ends.append(time.monotonic())
             if len(self._durations) == _KNOWN_AFTER:
                 self._replan()
@@ -307,7 +330,7 @@ class Jobs:
 
     async def _poll_loop(self) -> None:
         while (live := await self._next_due()) is not None:
-            if live.polls and time.monotonic() - live.submitted > self.timeout():
+            if live.polls and self._past_bound(live):
                 self._give_up(live)  # a poll found it pending past the bound
                 continue
             live.polling = True
