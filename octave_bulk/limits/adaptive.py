@@ -45,10 +45,14 @@ from typing import Any
 
 from octave_bulk.limits.base import Ticket
 from octave_bulk.limits.epoch import Epoch
+from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import Gate
 from octave_bulk.observe.log import log_event
 
-__all__ = ["AdaptiveLimiter"]
+__all__ = ["FIRST_WINDOW", "WINDOW_BOUND", "AdaptiveLimiter"]
+
+WINDOW_BOUND = 512  # with no --concurrency: the window's safety bound (descriptors permitting)
+FIRST_WINDOW = 32  # ... and where its search starts
 
 _QUIET = 16  # known outcomes without a 429 before a probe upwards
 _VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
@@ -64,6 +68,8 @@ _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
 _CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
+_EXHAUSTED = 1 / 16  # a share accepted below this since the first 429: nothing let through
+_PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 
 
@@ -91,6 +97,7 @@ class AdaptiveLimiter:
         start_rate: float | None = None,
         search_from: float = 16.0,
         start_window: int | None = None,
+        first_window: int | None = None,
         adaptive: bool = True,
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -105,25 +112,28 @@ class AdaptiveLimiter:
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
         self._gate = Gate(
             None if first is None else _clamp(first, rate_ceiling),
-            max(1, min(window_ceiling, start_window or window_ceiling)),
+            max(1, min(window_ceiling, start_window or first_window or window_ceiling)),
             clock=clock,
             sleep=sleep,
         )
         self._epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
-        # A remembered window is a cap found before: probed past one call at a time, rarely.
-        self._cap_known = start_window is not None
+        self._evidence = Evidence()
+        # A cap proven by refusals at the same level once calls had come back: probed past
+        # one call at a time, rarely. A remembered window is not: it is verified like a guess.
+        self._cap_known = False
         # A cap sighted once (or remembered): seen again at that level, it is proven.
         self._suspected_cap = start_window + 1 if start_window else None
         self._suspected_in = -1  # the epoch of the first sighting
         self._rate_before_cap: float | None = None
+        self._rate_limited_before_cap = False  # a rate verdict came before the sighting
         # The lowest rate refused since; a remembered rate was the top of a search: just above
         # it is taken as refused, so the first probes are small.
         self.bad: float | None = start_rate * _CONVERGED if start_rate else None
         self._cut_once = start_rate is not None
         self._eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
-        self._failed_probes = 4 if start_rate or start_window else 0  # remembered: probe rarely
+        self._failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
         self._rate_step = _STEP  # the next probe's growth once cut: doubles while probes hold
@@ -132,7 +142,10 @@ class AdaptiveLimiter:
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = 0
-        self._refused_in_row = 0  # 429s since the last answer that was not one
+        # 429s since the last call accepted that was sent after them (answers to calls sent
+        # before keep landing while a quota is spent: they are no news)
+        self._refused_in_row = 0
+        self._last_refused_sent = -math.inf
         self._answers = 0  # answers other than 429s, all epochs
         self.clamped_retry_after = 0
 
@@ -166,6 +179,7 @@ class AdaptiveLimiter:
         ticket.sent_at, ticket.level = self._clock(), self._gate.in_flight
         ticket.epoch = epoch.number
         epoch.sent_one(ticket, waits)
+        self._evidence.sent(ticket.sent_at)
         self._settle()  # at 40-s calls, sends are what moves the verdicts on
         if self.adaptive:
             self._maybe_probe()
@@ -183,9 +197,12 @@ class AdaptiveLimiter:
         # No refusal takes longer than the fastest answer's round trip.
         self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self._clock() - ticket.sent_at))
         self._answers += 1
+        self._evidence.answered(ticket.sent_at, self._clock())
         if counts:
             self._accepted(ticket)
-        self._refused_in_row = 0
+        if ticket.sent_at > self._last_refused_sent:  # an old call's answer is no news
+            self._refused_in_row = 0
+            self._evidence.accepted_again()
         self._settle()
         if self.adaptive:
             self._maybe_probe()
@@ -196,6 +213,7 @@ class AdaptiveLimiter:
         counts = self._release(ticket)
         now = self._clock()
         self.refusals += 1
+        self._evidence.refused(ticket.sent_at)
         self._refusal_rtt = 0.8 * self._refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
         if retry_after is not None and retry_after > self.max_pause:
             self.clamped_retry_after += 1
@@ -206,6 +224,11 @@ class AdaptiveLimiter:
         epoch = self._epoch
         epoch.known_one(ticket, accepted=False)
         self._settle()
+        self._refused_in_row += 1
+        self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
+        window_rate = self._evidence.window_rate(now, retry_after, self.rate)
+        if self.adaptive and window_rate is not None:
+            return self._window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
         share = epoch.refused / epoch.sent
         judged = epoch.refused >= _REFUSED and (
@@ -221,7 +244,6 @@ class AdaptiveLimiter:
         concurrency = self.adaptive and self._judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self._cut_rate(now)
-        self._refused_in_row += 1
         overwhelmed = self._refused_in_row >= _VERDICT  # nothing accepted meanwhile
         if not concurrency and overwhelmed and retry_after is not None:
             if self._gate.pause(now + retry_after):
@@ -232,7 +254,15 @@ class AdaptiveLimiter:
     def _accepted(self, ticket: Ticket) -> None:
         epoch = self._epoch
         epoch.known_one(ticket, accepted=True)
-        self._refused_in_row = 0
+        if ticket.sent_at > self._last_refused_sent:
+            self._refused_in_row = 0
+            self._evidence.accepted_again()
+        cap = self.concurrency_limited_at
+        if cap is not None and not self._cap_known and ticket.level > cap:
+            # A cap inferred before calls came back, and a call above it went through: the
+            # refusals were a rate's. The window opens; the rate takes the next verdict.
+            self.concurrency_limited_at = None
+            self._set(window=self.window_ceiling, reason="not_concurrency")
         if self._suspected_cap is not None and ticket.level > self._suspected_cap:
             self._suspected_cap = None  # went through above it (one level of slack: our
             # count includes answers still in transit): no cap there
@@ -241,12 +271,33 @@ class AdaptiveLimiter:
     def _settle(self) -> None:
         """Attempts unrefused for three refusal round trips count as accepted."""
         epoch, horizon = self._epoch, self._clock() - 3 * self._refusal_rtt
-        while epoch.unknown and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon):
+        while (
+            epoch is self._epoch
+            and epoch.unknown
+            and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon)
+        ):
             ticket = epoch.unknown.popleft()
             if not ticket.answered and ticket.epoch == epoch.number:
                 self._accepted(ticket)
 
     # --- decisions --------------------------------------------------------------------
+
+    def _window_exhausted(self, now: float, window_rate: float, retry_after: float) -> float:
+        """A rate window refused until its reset: the pool waits for the reset, then sends at
+        the window's rate (the wait itself is no slower rate)."""
+        rate = self.rate
+        sent = rate if rate is not None else window_rate
+        if self.rate_limited_at is None:
+            self.rate_limited_at = sent
+        # The quota over the window is known about as well as a probe would tell: held.
+        self.bad, self.good = window_rate * _CONVERGED, None
+        self._cut_once, self._suspected_cap = True, None
+        self._failed_probe()
+        self._set(rate=window_rate * _MARGIN, reason="rate_window")
+        pause = min(retry_after, self.max_pause)
+        if self._gate.pause(now + pause):
+            log_event("paused", seconds=round(pause, 2), share_429=None)
+        return pause
 
     def _judge_concurrency(self) -> bool:
         """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
@@ -263,7 +314,10 @@ class AdaptiveLimiter:
             return False  # something at or above that level went through (or may yet)
         sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
         near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
-        if not near and self._answers >= lowest:
+        # Calls came back: in-flight levels went down and up again, and the level refused
+        # says more than the order in which a burst was sent.
+        came_back = self._answers >= lowest
+        if not near and came_back:
             # Calls have come back, so in-flight levels went down and up again: the level
             # says more than the order of sending. Proven by three 429s, two at the lowest.
             proven = refused.total() >= _CONCURRENCY_PROOF and refused[lowest] >= 2
@@ -274,22 +328,40 @@ class AdaptiveLimiter:
             if refused.total() >= _REFUSED:
                 self._suspected_cap, self._rate_before_cap = lowest, self.rate
                 self._suspected_in = epoch.number
+                self._rate_limited_before_cap = self.rate_limited_at is not None
             return False
         elif epoch.number == self._suspected_in:
             return False  # the rate has not answered the first sighting yet
+        elif not came_back and not self._spaced_out(self._clock()):
+            return False  # the same level at about the same spacing: the rate is cut further
         elif refused[lowest] < 2:
             return True  # consistent so far: wait for the proof before judging the rate
         lowest = min(lowest, *near)
         if self.concurrency_limited_at is None:
             self.concurrency_limited_at = lowest
-        self._cap_known = True
         self._failed_probe()
+        self._cap_known = came_back  # inferred before any came back: verified by a probe
         rate = self.rate
         if rate is not None and self._rate_before_cap is not None:
             rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
             self.bad, self._rate_before_cap = None, None
+            if not self._rate_limited_before_cap:  # no rate limit was met: none to remember
+                self.rate_limited_at, self.good = None, None
         self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
         return True
+
+    def _spaced_out(self, now: float) -> bool:
+        """Whether the sends, now no faster than the rate that got through since the first
+        send, are still all refused (``_VERDICT`` in a row): a rate limit (a bucket, a window
+        not spent) would let some through at that spacing; a cap refuses them all, since
+        nothing came back and the count in flight has not gone down."""
+        rate, delivered = self.rate, self._evidence.delivered(now)
+        return (
+            rate is not None
+            and delivered is not None
+            and rate <= delivered
+            and self._refused_in_row >= _VERDICT
+        )
 
     def _cut_rate(self, now: float) -> None:
         """Back to the rate that held, or to the accepted rate when none holds any more."""
@@ -308,7 +380,11 @@ class AdaptiveLimiter:
         estimate = sent * share * _MARGIN
         if self.good is not None and self.good < (rate or sent):  # a probe past what held
             target = max(self.good, estimate)  # back to what held, or what was accepted
-        elif rate is not None and self._eased < len(_EASE) and 2 * epoch.refused <= epoch.known:
+        elif (
+            rate is not None
+            and self._eased < len(_EASE)
+            and (4 if self.good is None else 2) * epoch.refused <= epoch.known
+        ):
             # A rate that held (or the user's --rate), refused now and then: the limit itself,
             # most likely (a bucket without burst refuses what arrives a little early), so
             # just below it, in two small steps; refused again before anything held, it is
@@ -320,6 +396,11 @@ class AdaptiveLimiter:
             # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
             # must not send the rate to the floor.
             target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
+            delivered = self._evidence.delivered(now)
+            if delivered is not None and share < _EXHAUSTED:
+                # Nothing let through since the first 429 (a window spent, a cap): not a
+                # bucket's share; the rate delivered lately is the estimate then.
+                target = max(target, min(sent, delivered) * _MARGIN)
         self._cut_once = True
         moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
         self._failed_probe(moved=moved)
@@ -346,6 +427,12 @@ class AdaptiveLimiter:
         quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
         if epoch.window_waits:  # a small window cannot show many outcomes at a time
             quiet = min(quiet, self.window)
+        latency = self._evidence.latency
+        if latency is not None and rate is not None:  # and no epoch lasts over a round trip
+            quiet = max(2, min(quiet, math.ceil(rate * latency)))
+        period = self._evidence.period
+        if period is not None and rate is not None:  # a window shows a rate only at its end
+            quiet = max(quiet, math.ceil(rate * period))
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
@@ -376,6 +463,9 @@ class AdaptiveLimiter:
         # Past the last refusal (or a cap), probes cost 429s: each refused one doubles the
         # quiet epochs before the next, from 4 (so that they cost about 1 % of calls).
         patience = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
+        if latency is not None and rate is not None:  # ... and at most a few round trips
+            bound = _PATIENCE_LATENCIES * 2 ** min(self._failed_probes, _MAX_BACKOFF)
+            patience = max(quiet, min(patience, math.ceil(bound * rate * latency)))
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
             bracketed = self.bad is not None and self.bad > rate * _CONVERGED
@@ -398,7 +488,7 @@ class AdaptiveLimiter:
         elif window_bound and self.window < self.window_ceiling:
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
             grown = self.window + self._window_step
-            if self.concurrency_limited_at is None and not self._cap_known:
+            if not self._cap_known:  # nor a tentative cap: doubled
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
             self._set(window=grown, reason="probe", probing=True)

@@ -44,7 +44,7 @@ from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.intake import open_contacts
-from octave_bulk.limits.adaptive import AdaptiveLimiter
+from octave_bulk.limits.adaptive import FIRST_WINDOW, WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
@@ -81,6 +81,7 @@ from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.preflight import (
     check_descriptors,
     check_writable,
+    descriptor_room,
     remove_stale_temp_files,
 )
 
@@ -129,7 +130,7 @@ class _Run:
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
         remembered_rate, remembered_window = self.limits.get(self.limits_key)
         # Limits given (flag, env or config file) win over remembered ones.
-        given = settings.model_fields_set
+        given = self.given = set(settings.model_fields_set)
         self.start_rate = None if "rate" in given else remembered_rate
         self.start_window = None if "concurrency" in given else remembered_window
 
@@ -217,6 +218,7 @@ class _Run:
             settings.concurrency,
             start_rate=self.start_rate,
             start_window=self.start_window,
+            first_window=None if "concurrency" in self.given else FIRST_WINDOW,
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
@@ -343,6 +345,17 @@ class _Run:
         return completed_exit(self.stats, fail_on_rejects=self.settings.fail_on_rejects)
 
 
+def _searched_window(settings: Settings, *, bounded: bool) -> Settings:
+    """No ``--concurrency``: the workers, the connection pool and the limiter's window
+    ceiling are the safety bound (:data:`WINDOW_BOUND`, less when the open-file limit is
+    lower); the limiter starts its window at :data:`FIRST_WINDOW` and searches up from
+    there. The setting still reads as not given (a remembered window applies)."""
+    bound = descriptor_room(WINDOW_BOUND) if bounded else WINDOW_BOUND
+    searched = settings.model_copy(update={"concurrency": bound})
+    searched.__pydantic_fields_set__.discard("concurrency")
+    return searched
+
+
 async def run_batch(
     input_path: str | Path,
     output: str | Path,
@@ -380,7 +393,9 @@ async def run_batch(
         return dry_run(input_path, paths, settings)
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
-    if transport is None:
+    if "concurrency" not in settings.model_fields_set:
+        settings = _searched_window(settings, bounded=transport is None)
+    elif transport is None:
         check_descriptors(settings.concurrency)
     lock = RunLock(paths.lock)
     try:
