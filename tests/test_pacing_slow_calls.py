@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from octave_bulk.simulator import RetryAfterMix, parse_rate_limit
 from tests.limiter_model import Server, simulate
+from tests.test_simulator import HEADERS, RUN, asgi_client, contact
 
 
 def span_ratio(server: Server, contacts: int, rate: float) -> float:
@@ -66,9 +68,6 @@ def test_a_real_cap_of_8_is_found_exactly_and_leaves_no_phantom_rate() -> None:
     assert server.refused <= 0.06 * server.calls
 
 
-@pytest.mark.xfail(
-    reason="issue 23: a remembered rate climbs too slowly (1.6/s of 2/s)", strict=True
-)
 def test_a_remembered_rate_far_below_what_holds_is_abandoned_within_a_few_latencies() -> None:
     # Last night's run left 0.32/s (a quota's exhaustion cut it there); the server allows 2/s.
     server = Server(rate=2.0, shape="moving", period=60.0, latency=5.0)
@@ -77,9 +76,6 @@ def test_a_remembered_rate_far_below_what_holds_is_abandoned_within_a_few_latenc
     assert span_ratio(server, 600, 2.0) <= 1.15
 
 
-@pytest.mark.xfail(
-    reason="issue 23: a remembered window's probes meet a moving window", strict=True
-)
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
     # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
     # flight): 5 in flight never meets a refusal, and the window must still grow.
@@ -95,3 +91,21 @@ def test_with_no_concurrency_given_the_window_grows_past_32_to_what_the_rate_nee
     simulate(server, 1200, rate_ceiling=None, window_ceiling=512, first_window=32)
     assert server.max_in_flight >= 80
     assert span_ratio(server, 1200, 2.0) <= 1.10
+
+
+# --- the simulator's windows ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["fixed", "moving"])
+async def test_the_simulator_s_windows_refuse_until_the_reset_and_say_when(shape: str) -> None:
+    limit = parse_rate_limit(f"{shape}:3/min")
+    seconds = RetryAfterMix(seconds=1.0, date=0.0, absent=0.0)
+    async with asgi_client(rate_limit=limit, retry_after_mix=seconds) as client:
+        answers = [await client.post(RUN, json=contact(f"w{i}"), headers=HEADERS) for i in range(5)]
+        stats = (await client.get("/__simulator/stats")).json()
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    waits = [int(r.headers["retry-after"]) for r in answers[3:]]
+    assert all(55 <= wait <= 60 for wait in waits)  # the reset, a minute after the first
+    assert stats["totals"]["rate_limited"] == 2
+    with pytest.raises(ValueError, match="bad fixed window"):
+        parse_rate_limit("fixed:3/hour")

@@ -63,12 +63,15 @@ _MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
 _EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (then: estimate)
 _FIRST_GROWTH = 2.0  # the rate doubles per quiet epoch until the first 429 ...
 _STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds (up to x2)
+_MAX_STEP = 1 / 2  # ... up to this: a long moving window lets a ramp through for a while
 _MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
 _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
 _CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
 _EXHAUSTED = 1 / 16  # a share accepted below this since the first 429: nothing let through
+_MIN_QUIET = 4  # the fewest quiet outcomes that make an epoch quiet
+_SLOW_CALLS = 4  # rate x latency from which searches are bounded by the calls' latency
 _PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 
@@ -127,16 +130,20 @@ class AdaptiveLimiter:
         self._suspected_in = -1  # the epoch of the first sighting
         self._rate_before_cap: float | None = None
         self._rate_limited_before_cap = False  # a rate verdict came before the sighting
-        # The lowest rate refused since; a remembered rate was the top of a search: just above
-        # it is taken as refused, so the first probes are small.
-        self.bad: float | None = start_rate * _CONVERGED if start_rate else None
+        self._delivered_at_cut: float | None = None  # calls/s let through, at the last cut
+        # The lowest rate refused since. A remembered rate is verified like any other: one
+        # that meets no 429 is probed up at the pace of a search past a cut (small steps,
+        # doubled while they hold), so a remembered rate far below what holds is left fast.
+        self.bad: float | None = None
         self._cut_once = start_rate is not None
         self._eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
         self._failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
-        self._rate_step = _STEP  # the next probe's growth once cut: doubles while probes hold
+        # The next probe's growth once cut (doubled while probes hold); from a remembered rate,
+        # unverified yet, four times larger.
+        self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self.rate_limited_at: float | None = None
@@ -226,7 +233,8 @@ class AdaptiveLimiter:
         self._settle()
         self._refused_in_row += 1
         self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
-        window_rate = self._evidence.window_rate(now, retry_after, self.rate)
+        in_row = self._refused_in_row
+        window_rate = self._evidence.window_rate(now, retry_after, self.rate, in_row)
         if self.adaptive and window_rate is not None:
             return self._window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
@@ -254,6 +262,7 @@ class AdaptiveLimiter:
     def _accepted(self, ticket: Ticket) -> None:
         epoch = self._epoch
         epoch.known_one(ticket, accepted=True)
+        self._evidence.accepted_at_level(ticket.sent_at, ticket.level)
         if ticket.sent_at > self._last_refused_sent:
             self._refused_in_row = 0
             self._evidence.accepted_again()
@@ -291,7 +300,7 @@ class AdaptiveLimiter:
             self.rate_limited_at = sent
         # The quota over the window is known about as well as a probe would tell: held.
         self.bad, self.good = window_rate * _CONVERGED, None
-        self._cut_once, self._suspected_cap = True, None
+        self._cut_once = True  # (a cap sighted stays so: seen again past the reset, it is one)
         self._failed_probe()
         self._set(rate=window_rate * _MARGIN, reason="rate_window")
         pause = min(retry_after, self.max_pause)
@@ -312,6 +321,8 @@ class AdaptiveLimiter:
         lowest = min(refused)
         if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
             return False  # something at or above that level went through (or may yet)
+        if self._evidence.highest_level(self._clock()) > lowest:
+            return False  # calls went through above it lately: a rate refusing all for now
         sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
         near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
         # Calls came back: in-flight levels went down and up again, and the level refused
@@ -332,7 +343,7 @@ class AdaptiveLimiter:
             return False
         elif epoch.number == self._suspected_in:
             return False  # the rate has not answered the first sighting yet
-        elif not came_back and not self._spaced_out(self._clock()):
+        elif not came_back and not self._spaced_out():
             return False  # the same level at about the same spacing: the rate is cut further
         elif refused[lowest] < 2:
             return True  # consistent so far: wait for the proof before judging the rate
@@ -341,21 +352,24 @@ class AdaptiveLimiter:
             self.concurrency_limited_at = lowest
         self._failed_probe()
         self._cap_known = came_back  # inferred before any came back: verified by a probe
+        if came_back:  # proven: probed past rarely (a cap is exact, and seldom moves)
+            self._failed_probes = max(_MAX_BACKOFF, self._failed_probes)
         rate = self.rate
         if rate is not None and self._rate_before_cap is not None:
             rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
             self.bad, self._rate_before_cap = None, None
             if not self._rate_limited_before_cap:  # no rate limit was met: none to remember
                 self.rate_limited_at, self.good = None, None
+                self._evidence.period = None  # nor a window: the wait was the cap's
         self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
         return True
 
-    def _spaced_out(self, now: float) -> bool:
-        """Whether the sends, now no faster than the rate that got through since the first
-        send, are still all refused (``_VERDICT`` in a row): a rate limit (a bucket, a window
-        not spent) would let some through at that spacing; a cap refuses them all, since
-        nothing came back and the count in flight has not gone down."""
-        rate, delivered = self.rate, self._evidence.delivered(now)
+    def _spaced_out(self) -> bool:
+        """Whether the sends, cut to no faster than the rate that had got through when the
+        rate was last cut, are still all refused (``_VERDICT`` in a row): a rate limit (a
+        bucket, a window not spent) would let some through at that spacing; a cap refuses
+        them all, since nothing came back and the count in flight has not gone down."""
+        rate, delivered = self.rate, self._delivered_at_cut
         return (
             rate is not None
             and delivered is not None
@@ -396,11 +410,13 @@ class AdaptiveLimiter:
             # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
             # must not send the rate to the floor.
             target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
-            delivered = self._evidence.delivered(now)
-            if delivered is not None and share < _EXHAUSTED:
-                # Nothing let through since the first 429 (a window spent, a cap): not a
-                # bucket's share; the rate delivered lately is the estimate then.
-                target = max(target, min(sent, delivered) * _MARGIN)
+            delivered, full_span = self._evidence.delivered(now) or (None, False)
+            self._delivered_at_cut = delivered
+            if delivered is not None and (share < _EXHAUSTED or full_span):
+                # Never below what got through lately: nothing let through since the first
+                # 429 (a window spent, a cap) says nothing of a rate, and a moving window that
+                # refuses all until its oldest calls leave has let that many through.
+                target = max(target, min(sent, delivered))
         self._cut_once = True
         moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
         self._failed_probe(moved=moved)
@@ -428,8 +444,10 @@ class AdaptiveLimiter:
         if epoch.window_waits:  # a small window cannot show many outcomes at a time
             quiet = min(quiet, self.window)
         latency = self._evidence.latency
-        if latency is not None and rate is not None:  # and no epoch lasts over a round trip
-            quiet = max(2, min(quiet, math.ceil(rate * latency)))
+        in_flight = rate * latency if latency is not None and rate is not None else 0.0
+        slow = in_flight >= _SLOW_CALLS  # calls slower than several send gaps
+        if latency is not None:  # no epoch lasts over two round trips of the calls
+            quiet = max(_MIN_QUIET, min(quiet, math.ceil(2 * in_flight)))
         period = self._evidence.period
         if period is not None and rate is not None:  # a window shows a rate only at its end
             quiet = max(quiet, math.ceil(rate * period))
@@ -462,10 +480,10 @@ class AdaptiveLimiter:
         self._quiet_known += epoch.known
         # Past the last refusal (or a cap), probes cost 429s: each refused one doubles the
         # quiet epochs before the next, from 4 (so that they cost about 1 % of calls).
-        patience = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
-        if latency is not None and rate is not None:  # ... and at most a few round trips
+        patience = past_cap = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
+        if slow:  # ... and no probe waits over a few round trips
             bound = _PATIENCE_LATENCIES * 2 ** min(self._failed_probes, _MAX_BACKOFF)
-            patience = max(quiet, min(patience, math.ceil(bound * rate * latency)))
+            patience = max(quiet, min(patience, math.ceil(bound * in_flight)))
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
             bracketed = self.bad is not None and self.bad > rate * _CONVERGED
@@ -480,10 +498,10 @@ class AdaptiveLimiter:
                 target = rate
             if target > rate and (self.rate_ceiling is None or rate < self.rate_ceiling):
                 if self.bad is None:  # into the unknown: faster while probes hold
-                    self._rate_step = min(_FIRST_GROWTH - 1, 2 * self._rate_step)
+                    self._rate_step = min(_MAX_STEP, 2 * self._rate_step)
                 self._set(rate=target, reason="probe", probing=True)
                 return
-        elif window_bound and self._quiet_known < patience and self._cap_known:
+        elif window_bound and self._quiet_known < past_cap and self._cap_known:
             pass  # a cap found or remembered: probed past rarely
         elif window_bound and self.window < self.window_ceiling:
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
@@ -491,7 +509,13 @@ class AdaptiveLimiter:
             if not self._cap_known:  # nor a tentative cap: doubled
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
-            self._set(window=grown, reason="probe", probing=True)
+            # The new slots are sent no faster than twice what got through: a burst at a
+            # rate far above it would meet a rate limit the window never showed.
+            delivered, _ = self._evidence.delivered(self._clock()) or (None, False)
+            pace = (
+                None if delivered is None or (rate or math.inf) <= 2 * delivered else 2 * delivered
+            )
+            self._set(rate=pace, window=grown, reason="probe", probing=True)
             return
         self._set(reason=None)
 

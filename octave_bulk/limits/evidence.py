@@ -13,8 +13,8 @@ Two things outlive an epoch and are kept here:
   stretch of refusals began, over the time from its start to the reset, is the window's rate
   (``window_rate``), where a bucket's estimate (the share accepted since the first refusal,
   zero until the reset) would read the wait as a far slower rate. The 429s count as a
-  window's only when, in a row, they point at the same reset (see :meth:`window_rate`): a
-  bucket's or a cap's say about the same wait each time. The server may be wrong (or lie):
+  window's only when many come in a row and point well past themselves (see
+  :meth:`window_rate`): a bucket's or a cap's say a second or so. The server may be wrong (or lie):
   the rate derived is an estimate that the limiter probes like any other.
 """
 
@@ -27,9 +27,10 @@ from collections import deque
 __all__ = ["Evidence"]
 
 _SENDS = 4096  # send times kept (and those refused), for the rate delivered lately
+_DELIVERED_SPAN = 8  # latencies over which the rate delivered lately is measured
 _LATENCIES = 64  # answered calls' durations kept for the median
-_RESET_GAPS = 8  # 429s in a row this many send gaps apart point at one reset: a window's ...
-_RESET_DRIFT = 0.25  # ... when their resets differ by less than this share of the time between
+_RESET_ROW = 8  # 429s in a row, nothing accepted, with a Retry-After beyond ...
+_RESET_GAPS = 8  # ... this many send gaps: a spent window's, the wait its reset
 
 
 class Evidence:
@@ -42,9 +43,10 @@ class Evidence:
         self.window_sent = 0  # calls sent since then ...
         self.window_refused = 0  # ... and refused
         self.period: float | None = None  # the window's length, once a reset was announced
-        self._first_reset: tuple[float, float] | None = None  # (at, reset) of a 429 in a row
+        self._row_since: float | None = None  # the first of the 429s in a row
         self._sends: deque[float] = deque(maxlen=_SENDS)
         self._refusals: deque[float] = deque(maxlen=_SENDS)  # their send times, in order
+        self._levels: deque[tuple[float, int]] = deque(maxlen=_SENDS)  # accepted: (sent, level)
 
     @property
     def latency(self) -> float | None:
@@ -64,6 +66,19 @@ class Evidence:
         self._latencies.append(now - sent_at)
         self._latency = None
 
+    def accepted_at_level(self, sent_at: float, level: int) -> None:
+        self._levels.append((sent_at, level))
+
+    def highest_level(self, now: float) -> int:
+        """The highest in-flight level at which a call went through lately (over the span
+        of :meth:`delivered`; 0 before any answer): no cap lies at or below it, whatever
+        refuses now."""
+        latency = self.latency
+        if latency is None:
+            return 0
+        since = now - _DELIVERED_SPAN * latency
+        return max((level for at, level in self._levels if at >= since), default=0)
+
     def refused(self, sent_at: float) -> None:
         bisect.insort(self._refusals, sent_at)  # 429s come back nearly in sending order
         if len(self._refusals) == _SENDS:
@@ -71,51 +86,47 @@ class Evidence:
         if self.window_start is not None and sent_at >= self.window_start:
             self.window_refused += 1
 
-    def delivered(self, now: float) -> float | None:
-        """Calls accepted per second lately: those sent over the last eight latencies (since
-        the first send, before any answer) that were not refused. A verdict never cuts the
-        rate below it: a moving window that refuses everything until its oldest calls leave
-        it has still let that many through."""
+    def delivered(self, now: float) -> tuple[float, bool] | None:
+        """Calls accepted per second lately: those sent over the last ``_DELIVERED_SPAN``
+        latencies (since the first send, when that is shorter) that were not refused; and
+        whether the span was the whole of them (a burst at the start no longer counts much).
+        A moving window that refuses everything until its oldest calls leave it has still let
+        that many through."""
         if not self._sends:
             return None
-        latency = self.latency
-        start = self._sends[0] if latency is None else max(self._sends[0], now - 8 * latency)
+        latency, first = self.latency, self._sends[0]
+        start = first if latency is None else max(first, now - _DELIVERED_SPAN * latency)
         if now - start <= 0:
             return None
         sent = len(self._sends) - bisect.bisect_left(self._sends, start)
         refused = len(self._refusals) - bisect.bisect_left(self._refusals, start)
-        return max(0, sent - refused) / (now - start)
+        return max(0, sent - refused) / (now - start), start > first
 
     def window_rate(
-        self, now: float, retry_after: float | None, rate: float | None
+        self, now: float, retry_after: float | None, rate: float | None, in_row: int
     ) -> float | None:
         """The rate of a window whose reset the 429s announce: the calls accepted since the
         window began over the time from then to the reset (which starts the next window);
         None while the refusals do not read as a window's.
 
-        A window's 429s in a row point at one reset, however far apart they come; a bucket's
-        (or a cap's) say about the same wait each time, so their resets move with the clock.
-        So the reset of the first 429 in a row is compared with a later one's, at least
-        ``_RESET_GAPS`` send gaps later and within a quarter of the time between them."""
+        They do when ``_RESET_ROW`` or more came in a row with nothing accepted and the
+        ``Retry-After`` reaches well past them: beyond ``_RESET_GAPS`` send gaps and twice the
+        time since the first of the row. A bucket lets a call through every 1/rate seconds
+        and says to wait about that long; a spent window refuses everything until its reset,
+        however far."""
+        if self._row_since is None:
+            self._row_since = now
         if retry_after is None or self.window_start is None or now <= self.window_start:
             return None
-        if self._first_reset is None:
-            self._first_reset = (now, now + retry_after)
-            return None
-        first_at, first_reset = self._first_reset
-        apart = now - first_at
-        if apart <= 0 or (rate is not None and apart < _RESET_GAPS / rate):
-            return None
-        if abs(now + retry_after - first_reset) > _RESET_DRIFT * apart:
-            self._first_reset = (now, now + retry_after)  # the clock moved it: not a window
+        gaps = _RESET_GAPS / rate if rate else 0.0
+        if in_row < _RESET_ROW or retry_after < max(gaps, 2 * (now - self._row_since)):
             return None
         start, reset = self.window_start, now + retry_after
         self.period = reset - start
         window_rate = max(1, self.window_sent - self.window_refused) / self.period
         self.window_start, self.window_sent, self.window_refused = reset, 0, 0
-        self._first_reset = None
         return window_rate
 
     def accepted_again(self) -> None:
         """A call sent after the last 429 was accepted: the 429s in a row are over."""
-        self._first_reset = None
+        self._row_since = None
