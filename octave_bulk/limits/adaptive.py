@@ -38,6 +38,7 @@ counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -190,7 +191,42 @@ class AdaptiveLimiter:
         self._settle()  # at 40-s calls, sends are what moves the verdicts on
         if self.adaptive:
             self._maybe_probe()
+            if self._gate.in_flight >= self.window and not epoch.held_by_window:
+                # This send filled the window: with 40-s calls nothing would move the verdicts
+                # on for 40 s. Once the epoch's sends are known (unrefused for three refusal
+                # round trips), a window full without a 429 is judged: it may grow at once.
+                epoch.held_by_window = True
+                loop = asyncio.get_running_loop()
+                loop.call_later(4 * self._refusal_rtt, self._judge_full_window, epoch)
         return ticket
+
+    def _judge_full_window(self, epoch: Epoch) -> None:
+        """The window filled during ``epoch``: with no cap known or suspected and no 429 at
+        its top levels, it doubles (the rate still paces the sends); else the epoch is
+        judged as usual."""
+        if epoch is not self._epoch or self._gate.in_flight < self.window:
+            return
+        self._settle()
+        top = self.window - 1
+        if (
+            self.concurrency_limited_at is None
+            and self._suspected_cap is None
+            and self.window < self.window_ceiling
+            and not any(level >= top for level in epoch.refused_levels)
+        ):
+            self._grow_window(self.window * 2)
+        else:
+            self._maybe_probe()
+
+    def _grow_window(self, window: int) -> None:
+        """A probe of a larger window, its new slots sent no faster than twice what got
+        through (a burst far above it would meet a rate limit the window never showed)."""
+        delivered, _ = self._evidence.delivered(self._clock()) or (None, False)
+        rate = self.rate
+        pace = None
+        if delivered is not None and (rate is None or rate > 2 * delivered):
+            pace = 2 * delivered
+        self._set(rate=pace, window=window, reason="probe", probing=True)
 
     def _release(self, ticket: Ticket) -> bool:
         """Free the ticket's window slot; whether its outcome still counts for the epoch."""
@@ -441,7 +477,7 @@ class AdaptiveLimiter:
             rate is not None and self.bad is not None and self.bad > rate * _CONVERGED
         )
         quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
-        if epoch.window_waits:  # a small window cannot show many outcomes at a time
+        if epoch.window_waits or epoch.held_by_window:  # a small window shows few at a time
             quiet = min(quiet, self.window)
         latency = self._evidence.latency
         in_flight = rate * latency if latency is not None and rate is not None else 0.0
@@ -454,9 +490,9 @@ class AdaptiveLimiter:
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
-        window_bound = (
-            epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self.window
-        )
+        window_bound = (epoch.window_waits >= epoch.sent / 4 or epoch.held_by_window) and max(
+            epoch.sent_levels
+        ) >= self.window
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._held_known += epoch.known
         self._held_refused += epoch.refused
@@ -509,13 +545,7 @@ class AdaptiveLimiter:
             if not self._cap_known:  # nor a tentative cap: doubled
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
-            # The new slots are sent no faster than twice what got through: a burst at a
-            # rate far above it would meet a rate limit the window never showed.
-            delivered, _ = self._evidence.delivered(self._clock()) or (None, False)
-            pace = (
-                None if delivered is None or (rate or math.inf) <= 2 * delivered else 2 * delivered
-            )
-            self._set(rate=pace, window=grown, reason="probe", probing=True)
+            self._grow_window(grown)
             return
         self._set(reason=None)
 
