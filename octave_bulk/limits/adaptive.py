@@ -377,6 +377,8 @@ class AdaptiveLimiter:
                 self._suspected_in = epoch.number
                 self._rate_limited_before_cap = self.rate_limited_at is not None
             return False
+        elif self.concurrency_limited_at is not None:
+            pass  # the cap found before, refused at again past it: it holds
         elif epoch.number == self._suspected_in:
             return False  # the rate has not answered the first sighting yet
         elif not came_back and not self._spaced_out():
@@ -501,7 +503,8 @@ class AdaptiveLimiter:
                 share = self._held_refused / self._held_known
                 if share > _TOLERATED_HELD:  # ... unless they add up: a little too fast
                     self.bad = rate if self.bad is None else min(self.bad, rate)
-                    self._set(rate=rate * (1 - share), reason="rate")
+                    self.good = rate * (1 - share)  # what held was a little too fast
+                    self._set(rate=self.good, reason="rate")
                     return
             self._set(reason=None)
             return
@@ -539,7 +542,9 @@ class AdaptiveLimiter:
                 return
         elif window_bound and self._quiet_known < past_cap and self._cap_known:
             pass  # a cap found or remembered: probed past rarely
-        elif window_bound and self.window < self.window_ceiling:
+        elif window_bound and self.window < self.window_ceiling and self._answers >= self.window:
+            # (a cap inferred before calls came back is probed once they have: sooner, the
+            # count in flight has only gone up, and a probe says nothing new)
             # Past a concurrency refusal: one more call, doubling the step while probes hold.
             grown = self.window + self._window_step
             if not self._cap_known:  # nor a tentative cap: doubled
