@@ -1,9 +1,11 @@
 """The adaptive limiter: finds the server's rate limit and concurrency cap while it runs.
 
-Algorithm - *epoch-judged bracketing search* on two dimensions, the in-flight **window**
-(at most ``--concurrency``) and the **rate** (at most ``--rate``), both enforced by the
-:class:`~octave_bulk.limits.gate.Gate`. Every constant counts attempts or outcomes, none
-counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4-s calls.
+Two settings, both enforced by the :class:`~octave_bulk.limits.gate.Gate`: the **rate** (at
+most ``--rate``) and the in-flight **window** (at most ``--concurrency``; with none given, the
+engine's safety bound, :data:`WINDOW_BOUND`, searched up from :data:`FIRST_WINDOW`). The
+constants count outcomes, and where calls are slower than several send gaps (rate x latency
+>= ``_SLOW_CALLS``: Octave's 30-60 s calls) the searches are bounded by the calls' latency too,
+so that a short night is not over before its search is (docs/design.md, "Pacing").
 
 * **Epochs.** Each change of setting starts an :class:`~octave_bulk.limits.epoch.Epoch`;
   only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
@@ -12,28 +14,29 @@ counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4
 * **Rate verdicts.** ``_REFUSED`` 429s, once ``_VERDICT`` outcomes are known (or at once when
   they are a quarter of them), above ``_TOLERATED``: the server accepts less than is sent. An
   overloaded token bucket accepts exactly its rate, so the new rate is the send rate times the
-  share accepted since the epoch's first 429 (its burst spent by then), less ``_MARGIN``; or
-  the rate that held (``good``) when higher; never below a quarter per verdict. The refused
-  rate is ``bad``. Isolated 429s only delay their own retry, unless over ``_HELD`` outcomes at
-  one rate they add up to more than ``_TOLERATED_HELD``: then the rate drops by that share.
-* **Concurrency verdicts.** 429s at in-flight levels at which nothing of the epoch went
-  through, at least level 3: a cap, if the pattern can be told from a bucket's. While nothing
-  comes back (40-s calls), a bucket refuses a burst level by level exactly like a cap; so a
-  first sighting goes to the rate, and the same level refused again after the rate was cut
-  proves a cap (the window becomes the level below, the rate goes back). Once calls have come
-  back, ``_CONCURRENCY_PROOF`` 429s (two at the lowest level) prove it at once. A later 429
-  well below the cap disproves it and the window opens again.
-* **Probes.** An epoch of quiet outcomes (``_VERDICT`` while bracketing, ``_QUIET`` past it)
-  held back by the rate or a full window is evidence of room. The rate doubles until the first
-  429; then bisects (geometric mean) between ``good`` and ``bad`` until they are within
-  ``_CONVERGED``, and holds. Past ``bad`` it probes in steps from ``_STEP`` (doubled while they
-  hold), after ``_QUIET`` x 4 quiet outcomes, twice as many per probe refused in a row (up to
-  ``_MAX_BACKOFF`` doublings): so a rising limit is found again within a few hundred calls and
-  a steady one costs about 1 % of calls in 429s. The window probes the same way, one call past
-  a known cap. A remembered rate or window (from the last run) starts there, probed rarely.
-* **Pauses.** The whole pool stops only after ``_VERDICT`` 429s in a row with nothing
-  accepted (a quota, not a rate) and for as long as the server said (``Retry-After``, clamped
-  to ``max_pause``).
+  share accepted since the epoch's first 429, less ``_MARGIN``; or the rate that held
+  (``good``); never below a quarter per verdict, nor below the rate delivered lately
+  (:meth:`Evidence.delivered`: a window that refuses everything until its oldest calls leave
+  has still let that many through). A rate that held, refused by a small share, eases down by
+  1-2 %. Isolated 429s over ``_HELD`` outcomes at one rate, above ``_TOLERATED_HELD``, cut it
+  by their share.
+* **Cap and window verdicts** (:mod:`octave_bulk.limits.verdicts`): a cap is told from a rate
+  by an experiment, never by the level alone; a window spent until its reset is waited out and
+  paced at its quota over its length; a full window grows at once.
+* **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
+  room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
+  and ``bad`` until they are within ``_CONVERGED``, and holds. Past ``bad`` it probes in steps
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
+  outcomes that doubles per probe refused (``_MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
+  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch is
+  shorter than it (a window shows a rate only at its end).
+* **Memory.** A remembered rate starts the run but is verified like any other setting: no
+  ``bad`` is assumed above it, and it grows in steps of 4 x ``_STEP`` while it meets no 429,
+  so that one far below what holds is left within a few probes. A remembered window is a
+  suspected cap: refused at again, it is proven; never refused, it is probed past.
+* **Pauses.** The whole pool stops after ``_VERDICT`` 429s in a row with nothing sent after
+  them accepted (answers to older calls are no news), for as long as the server said
+  (``Retry-After``, clamped to ``max_pause``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ from octave_bulk.limits.base import Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import Gate
+from octave_bulk.limits.verdicts import (
+    _CONVERGED,
+    _MAX_BACKOFF,
+    _REFUSED,
+    _VERDICT,
+    Verdicts,
+)
 from octave_bulk.observe.log import log_event
 
 __all__ = ["FIRST_WINDOW", "WINDOW_BOUND", "AdaptiveLimiter"]
@@ -56,28 +66,19 @@ WINDOW_BOUND = 512  # with no --concurrency: the window's safety bound (descript
 FIRST_WINDOW = 32  # ... and where its search starts
 
 _QUIET = 16  # known outcomes without a 429 before a probe upwards
-_VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
-_REFUSED = 2  # ... at least this many 429s ...
-_TOLERATED = 0.05  # ... that are more than this share of them
-_CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
-_MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
-_EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (then: estimate)
+_TOLERATED = 0.05  # 429s above this share of the known outcomes judge a rate (see verdicts)
 _FIRST_GROWTH = 2.0  # the rate doubles per quiet epoch until the first 429 ...
-_STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds (up to x2)
+_STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds ...
 _MAX_STEP = 1 / 2  # ... up to this: a long moving window lets a ramp through for a while
-_MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
 _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
-_CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
-_MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
-_EXHAUSTED = 1 / 16  # a share accepted below this since the first 429: nothing let through
 _MIN_QUIET = 4  # the fewest quiet outcomes that make an epoch quiet
 _SLOW_CALLS = 4  # rate x latency from which searches are bounded by the calls' latency
 _PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 
 
-class AdaptiveLimiter:
+class AdaptiveLimiter(Verdicts):
     """Admission control shared by all workers of one run (create it inside the loop).
 
     Args:
@@ -200,34 +201,6 @@ class AdaptiveLimiter:
                 loop.call_later(4 * self._refusal_rtt, self._judge_full_window, epoch)
         return ticket
 
-    def _judge_full_window(self, epoch: Epoch) -> None:
-        """The window filled during ``epoch``: with no cap known or suspected and no 429 at
-        its top levels, it doubles (the rate still paces the sends); else the epoch is
-        judged as usual."""
-        if epoch is not self._epoch or self._gate.in_flight < self.window:
-            return
-        self._settle()
-        top = self.window - 1
-        if (
-            self.concurrency_limited_at is None
-            and self._suspected_cap is None
-            and self.window < self.window_ceiling
-            and not any(level >= top for level in epoch.refused_levels)
-        ):
-            self._grow_window(self.window * 2)
-        else:
-            self._maybe_probe()
-
-    def _grow_window(self, window: int) -> None:
-        """A probe of a larger window, its new slots sent no faster than twice what got
-        through (a burst far above it would meet a rate limit the window never showed)."""
-        delivered, _ = self._evidence.delivered(self._clock()) or (None, False)
-        rate = self.rate
-        pace = None
-        if delivered is not None and (rate is None or rate > 2 * delivered):
-            pace = 2 * delivered
-        self._set(rate=pace, window=window, reason="probe", probing=True)
-
     def _release(self, ticket: Ticket) -> bool:
         """Free the ticket's window slot; whether its outcome still counts for the epoch."""
         return self._gate.leave(ticket) and ticket.epoch == self._epoch.number
@@ -326,140 +299,6 @@ class AdaptiveLimiter:
                 self._accepted(ticket)
 
     # --- decisions --------------------------------------------------------------------
-
-    def _window_exhausted(self, now: float, window_rate: float, retry_after: float) -> float:
-        """A rate window refused until its reset: the pool waits for the reset, then sends at
-        the window's rate (the wait itself is no slower rate)."""
-        rate = self.rate
-        sent = rate if rate is not None else window_rate
-        if self.rate_limited_at is None:
-            self.rate_limited_at = sent
-        # The quota over the window is known about as well as a probe would tell: held.
-        self.bad, self.good = window_rate * _CONVERGED, None
-        self._cut_once = True  # (a cap sighted stays so: seen again past the reset, it is one)
-        self._failed_probe()
-        self._set(rate=window_rate * _MARGIN, reason="rate_window")
-        pause = min(retry_after, self.max_pause)
-        if self._gate.pause(now + pause):
-            log_event("paused", seconds=round(pause, 2), share_429=None)
-        return pause
-
-    def _judge_concurrency(self) -> bool:
-        """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
-        the proof is complete); False hands them to the rate.
-
-        While nothing comes back (40-s calls), a token bucket refuses the sends of a burst at
-        rising in-flight levels exactly as a cap would. So a first sighting of the pattern is
-        left to the rate (which slows the sends down); seen again at the same level once the
-        rate was cut, it is a cap, and the rate goes back to where it was."""
-        epoch = self._epoch
-        sent, refused = epoch.sent_levels, epoch.refused_levels
-        lowest = min(refused)
-        if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
-            return False  # something at or above that level went through (or may yet)
-        if self._evidence.highest_level(self._clock()) > lowest:
-            return False  # calls went through above it lately: a rate refusing all for now
-        sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
-        near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
-        # Calls came back: in-flight levels went down and up again, and the level refused
-        # says more than the order in which a burst was sent.
-        came_back = self._answers >= lowest
-        if not near and came_back:
-            # Calls have come back, so in-flight levels went down and up again: the level
-            # says more than the order of sending. Proven by three 429s, two at the lowest.
-            proven = refused.total() >= _CONCURRENCY_PROOF and refused[lowest] >= 2
-            if not (proven and sent[lowest - 1] and epoch.known >= _VERDICT):
-                return True
-            near, self._rate_before_cap = [lowest], None
-        elif not near:
-            if refused.total() >= _REFUSED:
-                self._suspected_cap, self._rate_before_cap = lowest, self.rate
-                self._suspected_in = epoch.number
-                self._rate_limited_before_cap = self.rate_limited_at is not None
-            return False
-        elif self.concurrency_limited_at is not None:
-            pass  # the cap found before, refused at again past it: it holds
-        elif epoch.number == self._suspected_in:
-            return False  # the rate has not answered the first sighting yet
-        elif not came_back and not self._spaced_out():
-            return False  # the same level at about the same spacing: the rate is cut further
-        elif refused[lowest] < 2:
-            return True  # consistent so far: wait for the proof before judging the rate
-        lowest = min(lowest, *near)
-        if self.concurrency_limited_at is None:
-            self.concurrency_limited_at = lowest
-        self._failed_probe()
-        self._cap_known = came_back  # inferred before any came back: verified by a probe
-        if came_back:  # proven: probed past rarely (a cap is exact, and seldom moves)
-            self._failed_probes = max(_MAX_BACKOFF, self._failed_probes)
-        rate = self.rate
-        if rate is not None and self._rate_before_cap is not None:
-            rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
-            self.bad, self._rate_before_cap = None, None
-            if not self._rate_limited_before_cap:  # no rate limit was met: none to remember
-                self.rate_limited_at, self.good = None, None
-                self._evidence.period = None  # nor a window: the wait was the cap's
-        self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
-        return True
-
-    def _spaced_out(self) -> bool:
-        """Whether the sends, cut to no faster than the rate that had got through when the
-        rate was last cut, are still all refused (``_VERDICT`` in a row): a rate limit (a
-        bucket, a window not spent) would let some through at that spacing; a cap refuses
-        them all, since nothing came back and the count in flight has not gone down."""
-        rate, delivered = self.rate, self._delivered_at_cut
-        return (
-            rate is not None
-            and delivered is not None
-            and rate <= delivered
-            and self._refused_in_row >= _VERDICT
-        )
-
-    def _cut_rate(self, now: float) -> None:
-        """Back to the rate that held, or to the accepted rate when none holds any more."""
-        epoch, rate = self._epoch, self.rate
-        span = epoch.last_sent - epoch.first_sent
-        sent = (
-            (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or self._search_from)
-        )
-        sent = min(sent, rate) if rate is not None else sent
-        if self.rate_limited_at is None:
-            self.rate_limited_at = sent
-        self.bad = sent if self.bad is None else min(self.bad, sent)
-        share, samples = epoch.accepted_since_refusal()
-        if samples < _VERDICT:  # too few since the first 429: the whole epoch's share (its
-            share = epoch.accepted / epoch.known  # burst included: too high, never too low)
-        estimate = sent * share * _MARGIN
-        if self.good is not None and self.good < (rate or sent):  # a probe past what held
-            target = max(self.good, estimate)  # back to what held, or what was accepted
-        elif (
-            rate is not None
-            and self._eased < len(_EASE)
-            and (4 if self.good is None else 2) * epoch.refused <= epoch.known
-        ):
-            # A rate that held (or the user's --rate), refused now and then: the limit itself,
-            # most likely (a bucket without burst refuses what arrives a little early), so
-            # just below it, in two small steps; refused again before anything held, it is
-            # estimated.
-            target = rate * _EASE[self._eased]
-            self._eased += 1
-        else:
-            self.good = None  # what held before holds no more: estimate afresh
-            # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
-            # must not send the rate to the floor.
-            target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
-            delivered, full_span = self._evidence.delivered(now) or (None, False)
-            self._delivered_at_cut = delivered
-            if delivered is not None and (share < _EXHAUSTED or full_span):
-                # Never below what got through lately: nothing let through since the first
-                # 429 (a window spent, a cap) says nothing of a rate, and a moving window that
-                # refuses all until its oldest calls leave has let that many through.
-                target = max(target, min(sent, delivered))
-        self._cut_once = True
-        moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
-        self._failed_probe(moved=moved)
-        self._set(rate=target, reason="rate")
-        self._gate.hold_back(now + 1.0 / (self.rate or 1.0))
 
     def _failed_probe(self, moved: bool = False) -> None:
         """Count a refused probe; a setting that held and is now refused wholesale
