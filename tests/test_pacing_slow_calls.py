@@ -7,9 +7,16 @@ in-flight window is not held at 32. Virtual time (tests/limiter_model.py): runs 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from octave_bulk.simulator import RetryAfterMix, parse_rate_limit
+from octave_bulk.run.engine import run_batch
+from octave_bulk.settings import Settings
+from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
+from tests.conftest import TEST_KEY
+from tests.helpers import write_contacts
 from tests.limiter_model import Server, simulate
 from tests.test_simulator import HEADERS, RUN, asgi_client, contact
 
@@ -109,3 +116,22 @@ async def test_the_simulator_s_windows_refuse_until_the_reset_and_say_when(shape
     assert stats["totals"]["rate_limited"] == 2
     with pytest.raises(ValueError, match="bad fixed window"):
         parse_rate_limit("fixed:3/hour")
+
+
+# --- the engine: no --concurrency ------------------------------------------------------------
+
+
+async def test_with_no_concurrency_given_a_run_holds_more_than_32_calls_in_flight(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # 1-s calls, no limit at all: the search's rate soon sends over 32 a second, and the window
+    # (the old default ceiling of 32) follows it up, towards the safety bound.
+    sim = make_sim(latency=parse_latency("1s:0"))
+    write_contacts(tmp_path / "in.csv", 400)
+    settings = Settings.load(
+        base_url=sim.url, api_key=TEST_KEY, agent_oid="ca_test", rate="none", progress=False
+    )
+    assert "concurrency" not in settings.model_fields_set
+    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
+    assert summary["counts"]["succeeded"] == 400
+    assert sim.stats()["max_in_flight"] > 32
