@@ -130,7 +130,7 @@ class AdaptiveLimiter(Verdicts):
         # A cap sighted once (or remembered): seen again at that level, it is proven.
         self._suspected_cap = start_window + 1 if start_window else None
         self._suspected_in = -1  # the epoch of the first sighting
-        self._rate_before_cap: float | None = None
+        self._rate_before_cap: float | None = self._gate.rate if start_window else None
         self._rate_limited_before_cap = False  # a rate verdict came before the sighting
         self._delivered_at_cut: float | None = None  # calls/s let through, at the last cut
         # The lowest rate refused since. A remembered rate is verified like any other: one
@@ -382,11 +382,11 @@ class AdaptiveLimiter(Verdicts):
         elif window_bound and self._quiet_known < past_cap and self._cap_known:
             pass  # a cap found or remembered: probed past rarely
         elif window_bound and self.window < self.window_ceiling and self._answers >= self.window:
-            # (a cap inferred before calls came back is probed once they have: sooner, the
-            # count in flight has only gone up, and a probe says nothing new)
-            # Past a concurrency refusal: one more call, doubling the step while probes hold.
+            # Past a cap (proven, tentative or remembered): one more call, doubling the step
+            # while probes hold, once calls have come back (sooner, the count in flight has
+            # only gone up, and a probe says nothing new). With no cap in sight: doubled.
             grown = self.window + self._window_step
-            if not self._cap_known:  # nor a tentative cap: doubled
+            if self.concurrency_limited_at is None and self._suspected_cap is None:
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
             self._grow_window(grown)

@@ -28,9 +28,9 @@ from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
     "check_descriptors",
-    "descriptor_room",
     "check_file",
     "check_writable",
+    "descriptor_room",
     "remove_stale_temp_files",
     "writable_folder",
 ]
