@@ -325,13 +325,7 @@ def report(
 ) -> None:
     """Print rows as a table and write them with the machine to results/NAME.json
     (results/smoke/NAME.json for smoke runs, which are not kept)."""
-    if rows:
-        keys = list(rows[0])
-        widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
-        print(" | ".join(k.ljust(widths[k]) for k in keys))
-        print("-+-".join("-" * widths[k] for k in keys))
-        for row in rows:
-            print(" | ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
+    report_table(rows)
     folder = RESULTS / "smoke" if smoke else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -343,6 +337,18 @@ def report(
     }
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {folder / (name + '.json')}")
+
+
+def report_table(rows: list[dict[str, Any]]) -> None:
+    """Print rows as a table (the keys of the first row)."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+    print(" | ".join(k.ljust(widths[k]) for k in keys))
+    print("-+-".join("-" * widths[k] for k in keys))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
 
 
 def _fmt(value: Any) -> str:

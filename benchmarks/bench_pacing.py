@@ -96,6 +96,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import _slow_calls as slow_calls
 from _common import (
     ENGINE_ENV,
     Noise,
@@ -103,6 +104,7 @@ from _common import (
     engine_cmd,
     quietest,
     report,
+    report_table,
     run_child,
     run_summary,
     simulator,
@@ -112,8 +114,9 @@ from _common import (
 MAX_429_SHARE = 0.03
 BREAKER_EXIT = 4  # ExitCode.BREAKER: the run stopped early (a 429 streak or a failure streak)
 TARGET_UNKNOWN, TARGET_FAULTS, TARGET_KNOWN, TARGET_MEMORY = 1.10, 1.20, 1.03, 1.03
+TARGET_SHORT, TARGET_SLOW_MEMORY = 1.25, 1.05  # issue 23: a 1-minute night; a second run
 BREAKER_OFF = 10**9
-SIGMA = {0.05: 0.4}  # the ``fast`` preset's spread at 50 ms; 0.3 elsewhere
+SIGMA = {0.05: 0.4, 45: 0.2}  # 50 ms: the ``fast`` preset's spread; 45 s: 30-60 s; else 0.3
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class Cell:
     rate: float | None = None  # server's R, calls per second (unscaled)
     cap: int | None = None  # server's K, calls in flight
     user_rate: str = "none"  # "none", "4R" or "R"
-    concurrency: int = 64
+    concurrency: int | None = 64  # None: --concurrency not given (the window is searched)
+    shape: str = "bucket"  # the rate limit: bucket[:BURST], fixed:PER or moving:PER (s, min)
     change: tuple[float, float] | None = None  # (at seconds unscaled, factor)
     faults: bool = False
     twice: bool = False  # run again on the same output from the remembered limits
@@ -152,6 +156,8 @@ class Cell:
         if self.label:
             return self.label
         parts = [self.kind]
+        if self.shape != "bucket":
+            parts.append(self.shape)
         if self.rate is not None:
             parts.append(f"R={self.rate:g}/s")
         if self.cap is not None:
@@ -182,14 +188,23 @@ class Cell:
         if self.faults:
             return TARGET_FAULTS
         if self.twice:
-            return TARGET_MEMORY
+            return TARGET_SLOW_MEMORY if self.kind == "slow" else TARGET_MEMORY
         return TARGET_KNOWN if self.user_rate == "R" else TARGET_UNKNOWN
+
+    def first_target(self) -> float:
+        """A ``twice`` cell's first run (issue 23: <= 1.25 when the ideal is a minute)."""
+        return TARGET_SHORT if self.kind == "slow" and self.ideal() < 120 else TARGET_UNKNOWN
+
+    @property
+    def judges_429s(self) -> bool:
+        """429s are judged in every cell but the slow ones of a one-minute ideal."""
+        return not (self.kind == "slow" and self.ideal() < 120)
 
     def simulator_args(self) -> list[str]:
         args = ["--latency", f"{self.latency:g}s:{self.sigma:g}", "--seed", "1"]
         args += ["--time-scale", f"{self.scale:g}"]
         if self.rate is not None:
-            args += ["--rate-limit", f"{self.rate:g}/s"]
+            args += ["--rate-limit", self.rate_limit_spec()]
         if self.cap is not None:
             args += ["--max-inflight", str(self.cap)]
         if self.change is not None:
@@ -198,9 +213,18 @@ class Cell:
             args += ["--faults", "all=0.1", "--hang-seconds", f"{8 * self.latency:g}"]
         return args
 
+    def rate_limit_spec(self) -> str:
+        """The simulator's ``--rate-limit`` (unscaled: it scales itself)."""
+        assert self.rate is not None
+        kind, _, arg = self.shape.partition(":")
+        if kind == "bucket":
+            return f"{self.rate:g}/s" + (f":{arg}" if arg else "")
+        per = {"s": 1, "min": 60}[arg]
+        return f"{kind}:{round(self.rate * per)}/{arg}"
+
     def engine_flags(self, *, rate_flag: bool = True) -> list[str]:
         """The user's settings as the engine sees them (rates x F, durations / F)."""
-        flags = ["--concurrency", str(self.concurrency)]
+        flags = [] if self.concurrency is None else ["--concurrency", str(self.concurrency)]
         if rate_flag:
             if self.user_rate == "none":
                 flags += ["--rate", "none"]
@@ -284,6 +308,42 @@ def full_matrix() -> list[Cell]:
     cells += [rate_cell(r, lat, "faults", faults=True) for r, lat in FAULTY_RATE]
     cells.append(Cell("faults", 3, 1500, 10, cap=16, concurrency=256, faults=True))
     cells += [rate_cell(r, lat, "memory", twice=True) for r, lat in REMEMBERED]
+    return cells
+
+
+# Issue 23: Octave's own regime, calls of 30-60 s (median 45 s, sigma 0.2) at 2/s: 90 in
+# flight, well above the old default of 32. --concurrency unset; F = 30 (1.5-s calls, 60/s).
+SLOW_SHAPES = ("bucket:2", "bucket:1", "fixed:s", "moving:s", "fixed:min", "moving:min")
+SLOW_MINUTES = {1: "short", 5: "", 30: "long"}
+
+
+def slow_cell(shape: str, minutes: int, user: str, *, twice: bool = True) -> Cell:
+    n = int(2 * 60 * minutes) + 1
+    return Cell(
+        "slow", 45, n, 30, rate=2, user_rate=user, concurrency=None, shape=shape, twice=twice,
+        label=f"slow {shape} R=2/s L=45s {minutes}min",
+    )  # fmt: skip
+
+
+def slow_matrix() -> list[Cell]:
+    """The real-process part of the issue-23 regime (the virtual-time part covers more)."""
+    cells = [slow_cell(shape, 5, user) for shape in SLOW_SHAPES for user in ("none", "4R")]
+    cells += [slow_cell(shape, 1, "none") for shape in ("bucket:2", "fixed:min")]
+    cells += [slow_cell(shape, 30, "none") for shape in ("bucket:2", "moving:min")]
+    for minutes in (1, 5):
+        n = int(2 * 60 * minutes) + 1
+        cells.append(
+            Cell(
+                "slow",
+                45,
+                n,
+                30,
+                cap=92,
+                concurrency=None,
+                twice=True,
+                label=f"slow cap K=92 L=45s {minutes}min",
+            )  # fmt: skip
+        )
     return cells
 
 
@@ -372,10 +432,14 @@ def rows_for(cell: Cell, results: list[dict[str, Any]], noise: Noise) -> list[di
     rows = []
     for number, result in enumerate(results, start=1):
         judged = number == len(results)
-        target = cell.target() if judged else TARGET_UNKNOWN
+        target = cell.target() if judged else cell.first_target()
         name = cell.name + (f" run {number}" if cell.twice else "")
         user = cell.user_rate if number == 1 else "(remembered)"
-        rows.append(_row(cell, name, user, target, result, noise))
+        row = _row(cell, name, user, target, result, noise)
+        first = results[0]["ratio"]
+        if number == 2 and cell.kind == "slow" and first and (row["ratio"] or 0) > first + 0.01:
+            row["verdict"] += " MISS (slower than run 1)"  # issue 23: never slower
+        rows.append(row)
     return rows
 
 
@@ -383,7 +447,7 @@ def _row(
     cell: Cell, name: str, user: str, target: float, result: dict[str, Any], noise: Noise
 ) -> dict[str, Any]:
     ratio, share = result["ratio"], result["share_429"]
-    verdict = _verdict(ratio, share, target, result)
+    verdict = _verdict(ratio, share if cell.judges_429s else 0.0, target, result)
     found_rate = result["found_rate"]
     return {
         "cell": name,
@@ -444,6 +508,15 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="four small cells (~1 min)")
     parser.add_argument(
+        "--slow-calls",
+        action="store_true",
+        help="issue 23's regime only: the virtual-time matrix, then the real-process slow "
+        "cells; writes results/pacing_slow_calls.json",
+    )
+    parser.add_argument(
+        "--virtual-only", action="store_true", help="with --slow-calls: no real processes"
+    )
+    parser.add_argument(
         "--cells",
         nargs="*",
         help="run only the cells whose name or user setting contains one of these, e.g. "
@@ -454,7 +527,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     attempts = args.attempts
-    cells = select(smoke_matrix() if args.smoke else full_matrix(), args.cells)
+    virtual = virtual_rows(smoke=args.smoke) if args.slow_calls or args.smoke else []
+    if args.smoke:
+        cells = smoke_matrix()
+    elif args.slow_calls:
+        cells = [] if args.virtual_only else slow_matrix()
+    else:
+        cells = full_matrix()
+    cells = select(cells, args.cells)
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -493,10 +573,44 @@ def main() -> None:
         "missed": missed,
         "minutes": (time.monotonic() - started) / 60,
     }
-    report("pacing", table, extra, smoke=args.smoke)
+    if virtual:
+        print("\nvirtual time (tests/limiter_model.py), issue 23's regime:")
+        report_table([{k: r[k] for k in VIRTUAL_KEYS} for r in virtual])
+        extra["virtual_rows"] = virtual
+        extra["virtual_missed"] = [
+            f"{r['cell']} {r['user']}" for r in virtual if r["verdict"] != "met"
+        ]
+        extra["virtual_targets"] = {
+            "1min": TARGET_SHORT, "5min_30min": TARGET_UNKNOWN, "memory": TARGET_SLOW_MEMORY,
+            "max_429_share_5min_up": MAX_429_SHARE,
+        }  # fmt: skip
+    name = "pacing_slow_calls" if args.slow_calls else "pacing"
+    report(name, table, extra, smoke=args.smoke)
     print(f"\n{len(rows) - len(missed)}/{len(rows)} rows met their targets")
     for miss in missed:
         print(f"  MISS: {miss}")
+    if virtual:
+        met = sum(r["verdict"] == "met" for r in virtual)
+        print(f"virtual time: {met}/{len(virtual)} rows met their targets")
+        for miss in extra["virtual_missed"]:
+            print(f"  MISS (virtual): {miss}")
+
+
+def virtual_rows(*, smoke: bool) -> list[dict[str, Any]]:
+    """The issue-23 matrix in virtual time (benchmarks/_slow_calls.py), every cell twice."""
+    rows = []
+    for cell in slow_calls.matrix(smoke=smoke):
+        for row in slow_calls.run_cell(cell):
+            rows.append(row)
+            print(
+                f"[virtual] {row['cell']} {row['user']}: {row['ratio']:.3f} ({row['target']}), "
+                f"429s {row['429_share']:.1%}: {row['verdict']}",
+                flush=True,
+            )
+    return rows
+
+
+VIRTUAL_KEYS = slow_calls.TABLE_KEYS
 
 
 def _found(row: dict[str, Any]) -> str:

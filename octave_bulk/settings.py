@@ -121,7 +121,11 @@ class Settings(BaseSettings):
     rate: float | None = Field(
         None, description="Rate ceiling, e.g. 2/s, 90/min, or none (the limit is found)."
     )
-    concurrency: int = Field(32, description="Calls in flight at most (the cap is found below).")
+    concurrency: int = Field(
+        32,
+        description="Calls in flight at most (the cap is found below); not given, the window "
+        "is searched from 32 up to 512.",
+    )
     adaptive: bool = Field(True, description="Slow the pool down on 429 and climb back.")
     start_rate: float = Field(
         16.0, gt=0, description="Calls/s the search starts at with no --rate and no memory."

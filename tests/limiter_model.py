@@ -2,9 +2,19 @@
 
 The event loop is looptime's (time advances only when every task waits), so a run of
 thousands of 40-s calls takes a fraction of a second and is deterministic for a seed.
-The server is a token bucket (rate, burst) and/or a cap on calls in flight; it refuses with a
-429 at once, like a gateway. Each client retries a refused contact after the Retry-After it
-was given (1 s), as the engine's workers do.
+The server is a rate limit and/or a cap on calls in flight; it refuses with a 429 at once,
+like a gateway. The rate limit is one of the shapes API gateways and limiter libraries use:
+
+* ``bucket``: a token bucket (``rate``, ``burst``) that starts full; its 429s say
+  ``Retry-After: 1`` (``retry_after``);
+* ``fixed``: a fixed window of ``rate`` x ``period`` calls per ``period`` seconds, counted from
+  the first call (a per-minute quota: ``period`` 60); its 429s say the seconds to the reset;
+* ``moving``: a moving (sliding-log) window: a call is let through while fewer than
+  ``rate`` x ``period`` were let through in the last ``period`` seconds; its 429s say the
+  seconds until the oldest of them leaves the window.
+
+Each client retries a refused contact after the Retry-After it was given, as the engine's
+workers do.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 import anyio
@@ -27,6 +38,9 @@ class Server:
     rate: float | None = None
     burst: float = 1.0
     cap: int | None = None
+    shape: str = "bucket"  # bucket, fixed or moving (see the module docstring)
+    period: float = 1.0  # a window's length, seconds
+    retry_after: float = 1.0  # what a bucket's (and a cap's) 429 says
     latency: float = 1.0
     sigma: float = 0.3
     change_at: float | None = None  # seconds after the first call ...
@@ -44,9 +58,40 @@ class Server:
     def __post_init__(self) -> None:
         self._tokens, self._stamp = self.burst, 0.0
         self._rng = random.Random(self.seed)
+        self._window: deque[float] = deque()  # accepted calls' times (fixed: this window's)
+        self._window_start = 0.0
+        self.wait = self.retry_after  # the last refusal's Retry-After
+
+    def _rate_refuses(self, now: float) -> bool:
+        assert self.rate is not None
+        quota = max(1, round(self.rate * self.period))
+        if self.shape == "fixed":
+            if now >= self._window_start + self.period:
+                assert self.first is not None
+                elapsed = (now - self.first) // self.period * self.period
+                self._window_start = self.first + elapsed
+                self._window.clear()
+            self.wait = math.ceil(self._window_start + self.period - now)
+        elif self.shape == "moving":
+            while self._window and self._window[0] <= now - self.period:
+                self._window.popleft()
+            if self._window:
+                self.wait = math.ceil(self._window[0] + self.period - now)
+        else:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self.wait = self.retry_after
+            if self._tokens < 1:
+                return True
+            self._tokens -= 1
+            return False
+        if len(self._window) >= quota:
+            return True
+        self._window.append(now)
+        return False
 
     def take(self, now: float) -> bool:
-        """Whether a call arriving now is accepted."""
+        """Whether a call arriving now is accepted (else ``wait`` is its Retry-After)."""
         if self.first is None:
             self.first = now
         if self.change_at is not None and now - self.first >= self.change_at:
@@ -56,14 +101,11 @@ class Server:
         self.calls += 1
         if self.cap is not None and self.in_flight >= self.cap:
             self.refused += 1
+            self.wait = self.retry_after
             return False
-        if self.rate is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if self._tokens < 1:
-                self.refused += 1
-                return False
-            self._tokens -= 1
+        if self.rate is not None and self._rate_refuses(now):
+            self.refused += 1
+            return False
         self.last_accepted = now
         self.accepted_at.append(now)
         return True
@@ -90,9 +132,10 @@ async def _run(server: Server, contacts: int, limiter: AdaptiveLimiter, workers:
                     server.last_answer = loop.time()
                     limiter.on_answer(ticket)
                     break
+                wait = server.wait
                 await asyncio.sleep(0.002)  # a refusal's round trip
-                limiter.on_429(ticket, 1.0)
-                await asyncio.sleep(1.0)  # the contact's own retry waits out its Retry-After
+                pause = limiter.on_429(ticket, wait)
+                await asyncio.sleep(max(wait, pause))  # the retry waits out its Retry-After
 
     async with anyio.create_task_group() as tasks:
         for _ in range(workers):

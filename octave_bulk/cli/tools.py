@@ -42,7 +42,9 @@ def _emails_range(text: str) -> tuple[int, int]:
     show_default=True,
     callback=parsed(sim.parse_rate_limit),
     help="Server-side token bucket, RATE[:BURST] such as 50/s:5 or 600/min: BURST calls (>= 1; "
-    "default a tenth of a second's worth, at least 1) pass at once, then RATE; none to disable.",
+    "default a tenth of a second's worth, at least 1) pass at once, then RATE; or a window, "
+    "fixed:COUNT/UNIT or moving:COUNT/UNIT such as fixed:120/min (Retry-After: the reset); "
+    "none to disable.",
 )
 @click.option(
     "--max-inflight",

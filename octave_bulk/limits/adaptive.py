@@ -1,9 +1,11 @@
 """The adaptive limiter: finds the server's rate limit and concurrency cap while it runs.
 
-Algorithm - *epoch-judged bracketing search* on two dimensions, the in-flight **window**
-(at most ``--concurrency``) and the **rate** (at most ``--rate``), both enforced by the
-:class:`~octave_bulk.limits.gate.Gate`. Every constant counts attempts or outcomes, none
-counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4-s calls.
+Two settings, both enforced by the :class:`~octave_bulk.limits.gate.Gate`: the **rate** (at
+most ``--rate``) and the in-flight **window** (at most ``--concurrency``; with none given, the
+engine's safety bound, :data:`WINDOW_BOUND`, searched up from :data:`FIRST_WINDOW`). The
+constants count outcomes, and where calls are slower than several send gaps (rate x latency
+>= ``_SLOW_CALLS``: Octave's 30-60 s calls) the searches are bounded by the calls' latency too,
+so that a short night is not over before its search is (docs/design.md, "Pacing").
 
 * **Epochs.** Each change of setting starts an :class:`~octave_bulk.limits.epoch.Epoch`;
   only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
@@ -12,32 +14,34 @@ counts seconds: a run at 0.5/s with 40-s calls behaves like one at 50/s with 0.4
 * **Rate verdicts.** ``_REFUSED`` 429s, once ``_VERDICT`` outcomes are known (or at once when
   they are a quarter of them), above ``_TOLERATED``: the server accepts less than is sent. An
   overloaded token bucket accepts exactly its rate, so the new rate is the send rate times the
-  share accepted since the epoch's first 429 (its burst spent by then), less ``_MARGIN``; or
-  the rate that held (``good``) when higher; never below a quarter per verdict. The refused
-  rate is ``bad``. Isolated 429s only delay their own retry, unless over ``_HELD`` outcomes at
-  one rate they add up to more than ``_TOLERATED_HELD``: then the rate drops by that share.
-* **Concurrency verdicts.** 429s at in-flight levels at which nothing of the epoch went
-  through, at least level 3: a cap, if the pattern can be told from a bucket's. While nothing
-  comes back (40-s calls), a bucket refuses a burst level by level exactly like a cap; so a
-  first sighting goes to the rate, and the same level refused again after the rate was cut
-  proves a cap (the window becomes the level below, the rate goes back). Once calls have come
-  back, ``_CONCURRENCY_PROOF`` 429s (two at the lowest level) prove it at once. A later 429
-  well below the cap disproves it and the window opens again.
-* **Probes.** An epoch of quiet outcomes (``_VERDICT`` while bracketing, ``_QUIET`` past it)
-  held back by the rate or a full window is evidence of room. The rate doubles until the first
-  429; then bisects (geometric mean) between ``good`` and ``bad`` until they are within
-  ``_CONVERGED``, and holds. Past ``bad`` it probes in steps from ``_STEP`` (doubled while they
-  hold), after ``_QUIET`` x 4 quiet outcomes, twice as many per probe refused in a row (up to
-  ``_MAX_BACKOFF`` doublings): so a rising limit is found again within a few hundred calls and
-  a steady one costs about 1 % of calls in 429s. The window probes the same way, one call past
-  a known cap. A remembered rate or window (from the last run) starts there, probed rarely.
-* **Pauses.** The whole pool stops only after ``_VERDICT`` 429s in a row with nothing
-  accepted (a quota, not a rate) and for as long as the server said (``Retry-After``, clamped
-  to ``max_pause``).
+  share accepted since the epoch's first 429, less ``_MARGIN``; or the rate that held
+  (``good``); never below a quarter per verdict, nor below the rate delivered lately
+  (:meth:`Evidence.delivered`: a window that refuses everything until its oldest calls leave
+  has still let that many through). A rate that held, refused by a small share, eases down by
+  1-2 %. Isolated 429s over ``_HELD`` outcomes at one rate, above ``_TOLERATED_HELD``, cut it
+  by their share.
+* **Cap and window verdicts** (:mod:`octave_bulk.limits.verdicts`): a cap is told from a rate
+  by an experiment, never by the level alone; a window spent until its reset is waited out and
+  paced at its quota over its length; a full window grows at once.
+* **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
+  room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
+  and ``bad`` until they are within ``_CONVERGED``, and holds. Past ``bad`` it probes in steps
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
+  outcomes that doubles per probe refused (``_MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
+  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch is
+  shorter than it (a window shows a rate only at its end).
+* **Memory.** A remembered rate starts the run but is verified like any other setting: no
+  ``bad`` is assumed above it, and it grows in steps of 4 x ``_STEP`` while it meets no 429,
+  so that one far below what holds is left within a few probes. A remembered window is a
+  suspected cap: refused at again, it is proven; never refused, it is probed past.
+* **Pauses.** The whole pool stops after ``_VERDICT`` 429s in a row with nothing sent after
+  them accepted (answers to older calls are no news), for as long as the server said
+  (``Retry-After``, clamped to ``max_pause``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -45,29 +49,36 @@ from typing import Any
 
 from octave_bulk.limits.base import Ticket
 from octave_bulk.limits.epoch import Epoch
+from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import Gate
+from octave_bulk.limits.verdicts import (
+    _CONVERGED,
+    _MAX_BACKOFF,
+    _REFUSED,
+    _VERDICT,
+    Verdicts,
+)
 from octave_bulk.observe.log import log_event
 
-__all__ = ["AdaptiveLimiter"]
+__all__ = ["FIRST_WINDOW", "WINDOW_BOUND", "AdaptiveLimiter"]
+
+WINDOW_BOUND = 512  # with no --concurrency: the window's safety bound (descriptors permitting)
+FIRST_WINDOW = 32  # ... and where its search starts
 
 _QUIET = 16  # known outcomes without a 429 before a probe upwards
-_VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
-_REFUSED = 2  # ... at least this many 429s ...
-_TOLERATED = 0.05  # ... that are more than this share of them
-_CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
-_MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
-_EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (then: estimate)
+_TOLERATED = 0.05  # 429s above this share of the known outcomes judge a rate (see verdicts)
 _FIRST_GROWTH = 2.0  # the rate doubles per quiet epoch until the first 429 ...
-_STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds (up to x2)
-_MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
+_STEP = 1 / 16  # ... then grows by this share, doubled per probe that holds ...
+_MAX_STEP = 1 / 2  # ... up to this: a long moving window lets a ramp through for a while
 _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
-_CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
-_MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
+_MIN_QUIET = 4  # the fewest quiet outcomes that make an epoch quiet
+_SLOW_CALLS = 4  # rate x latency from which searches are bounded by the calls' latency
+_PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 
 
-class AdaptiveLimiter:
+class AdaptiveLimiter(Verdicts):
     """Admission control shared by all workers of one run (create it inside the loop).
 
     Args:
@@ -91,6 +102,7 @@ class AdaptiveLimiter:
         start_rate: float | None = None,
         search_from: float = 16.0,
         start_window: int | None = None,
+        first_window: int | None = None,
         adaptive: bool = True,
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -105,34 +117,44 @@ class AdaptiveLimiter:
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
         self._gate = Gate(
             None if first is None else _clamp(first, rate_ceiling),
-            max(1, min(window_ceiling, start_window or window_ceiling)),
+            max(1, min(window_ceiling, start_window or first_window or window_ceiling)),
             clock=clock,
             sleep=sleep,
         )
         self._epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
-        # A remembered window is a cap found before: probed past one call at a time, rarely.
-        self._cap_known = start_window is not None
+        self._evidence = Evidence()
+        # A cap proven by refusals at the same level once calls had come back: probed past
+        # one call at a time, rarely. A remembered window is not: it is verified like a guess.
+        self._cap_known = False
         # A cap sighted once (or remembered): seen again at that level, it is proven.
         self._suspected_cap = start_window + 1 if start_window else None
         self._suspected_in = -1  # the epoch of the first sighting
-        self._rate_before_cap: float | None = None
-        # The lowest rate refused since; a remembered rate was the top of a search: just above
-        # it is taken as refused, so the first probes are small.
-        self.bad: float | None = start_rate * _CONVERGED if start_rate else None
+        self._rate_before_cap: float | None = self._gate.rate if start_window else None
+        self._rate_limited_before_cap = False  # a rate verdict came before the sighting
+        self._delivered_at_cut: float | None = None  # calls/s let through, at the last cut
+        # The lowest rate refused since. A remembered rate is verified like any other: one
+        # that meets no 429 is probed up at the pace of a search past a cut (small steps,
+        # doubled while they hold), so a remembered rate far below what holds is left fast.
+        self.bad: float | None = None
         self._cut_once = start_rate is not None
         self._eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
-        self._failed_probes = 4 if start_rate or start_window else 0  # remembered: probe rarely
+        self._failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
-        self._rate_step = _STEP  # the next probe's growth once cut: doubles while probes hold
+        # The next probe's growth once cut (doubled while probes hold); from a remembered rate,
+        # unverified yet, four times larger.
+        self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = 0
-        self._refused_in_row = 0  # 429s since the last answer that was not one
+        # 429s since the last call accepted that was sent after them (answers to calls sent
+        # before keep landing while a quota is spent: they are no news)
+        self._refused_in_row = 0
+        self._last_refused_sent = -math.inf
         self._answers = 0  # answers other than 429s, all epochs
         self.clamped_retry_after = 0
 
@@ -166,9 +188,17 @@ class AdaptiveLimiter:
         ticket.sent_at, ticket.level = self._clock(), self._gate.in_flight
         ticket.epoch = epoch.number
         epoch.sent_one(ticket, waits)
+        self._evidence.sent(ticket.sent_at)
         self._settle()  # at 40-s calls, sends are what moves the verdicts on
         if self.adaptive:
             self._maybe_probe()
+            if self._gate.in_flight >= self.window and not epoch.held_by_window:
+                # This send filled the window: with 40-s calls nothing would move the verdicts
+                # on for 40 s. Once the epoch's sends are known (unrefused for three refusal
+                # round trips), a window full without a 429 is judged: it may grow at once.
+                epoch.held_by_window = True
+                loop = asyncio.get_running_loop()
+                loop.call_later(4 * self._refusal_rtt, self._judge_full_window, epoch)
         return ticket
 
     def _release(self, ticket: Ticket) -> bool:
@@ -183,9 +213,12 @@ class AdaptiveLimiter:
         # No refusal takes longer than the fastest answer's round trip.
         self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self._clock() - ticket.sent_at))
         self._answers += 1
+        self._evidence.answered(ticket.sent_at, self._clock())
         if counts:
             self._accepted(ticket)
-        self._refused_in_row = 0
+        if ticket.sent_at > self._last_refused_sent:  # an old call's answer is no news
+            self._refused_in_row = 0
+            self._evidence.accepted_again()
         self._settle()
         if self.adaptive:
             self._maybe_probe()
@@ -196,6 +229,7 @@ class AdaptiveLimiter:
         counts = self._release(ticket)
         now = self._clock()
         self.refusals += 1
+        self._evidence.refused(ticket.sent_at)
         self._refusal_rtt = 0.8 * self._refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
         if retry_after is not None and retry_after > self.max_pause:
             self.clamped_retry_after += 1
@@ -206,6 +240,12 @@ class AdaptiveLimiter:
         epoch = self._epoch
         epoch.known_one(ticket, accepted=False)
         self._settle()
+        self._refused_in_row += 1
+        self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
+        in_row = self._refused_in_row
+        window_rate = self._evidence.window_rate(now, retry_after, self.rate, in_row)
+        if self.adaptive and window_rate is not None:
+            return self._window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
         share = epoch.refused / epoch.sent
         judged = epoch.refused >= _REFUSED and (
@@ -221,7 +261,6 @@ class AdaptiveLimiter:
         concurrency = self.adaptive and self._judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self._cut_rate(now)
-        self._refused_in_row += 1
         overwhelmed = self._refused_in_row >= _VERDICT  # nothing accepted meanwhile
         if not concurrency and overwhelmed and retry_after is not None:
             if self._gate.pause(now + retry_after):
@@ -232,7 +271,16 @@ class AdaptiveLimiter:
     def _accepted(self, ticket: Ticket) -> None:
         epoch = self._epoch
         epoch.known_one(ticket, accepted=True)
-        self._refused_in_row = 0
+        self._evidence.accepted_at_level(ticket.sent_at, ticket.level)
+        if ticket.sent_at > self._last_refused_sent:
+            self._refused_in_row = 0
+            self._evidence.accepted_again()
+        cap = self.concurrency_limited_at
+        if cap is not None and not self._cap_known and ticket.level > cap:
+            # A cap inferred before calls came back, and a call above it went through: the
+            # refusals were a rate's. The window opens; the rate takes the next verdict.
+            self.concurrency_limited_at = None
+            self._set(window=self.window_ceiling, reason="not_concurrency")
         if self._suspected_cap is not None and ticket.level > self._suspected_cap:
             self._suspected_cap = None  # went through above it (one level of slack: our
             # count includes answers still in transit): no cap there
@@ -241,90 +289,16 @@ class AdaptiveLimiter:
     def _settle(self) -> None:
         """Attempts unrefused for three refusal round trips count as accepted."""
         epoch, horizon = self._epoch, self._clock() - 3 * self._refusal_rtt
-        while epoch.unknown and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon):
+        while (
+            epoch is self._epoch
+            and epoch.unknown
+            and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon)
+        ):
             ticket = epoch.unknown.popleft()
             if not ticket.answered and ticket.epoch == epoch.number:
                 self._accepted(ticket)
 
     # --- decisions --------------------------------------------------------------------
-
-    def _judge_concurrency(self) -> bool:
-        """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
-        the proof is complete); False hands them to the rate.
-
-        While nothing comes back (40-s calls), a token bucket refuses the sends of a burst at
-        rising in-flight levels exactly as a cap would. So a first sighting of the pattern is
-        left to the rate (which slows the sends down); seen again at the same level once the
-        rate was cut, it is a cap, and the rate goes back to where it was."""
-        epoch = self._epoch
-        sent, refused = epoch.sent_levels, epoch.refused_levels
-        lowest = min(refused)
-        if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
-            return False  # something at or above that level went through (or may yet)
-        sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
-        near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
-        if not near and self._answers >= lowest:
-            # Calls have come back, so in-flight levels went down and up again: the level
-            # says more than the order of sending. Proven by three 429s, two at the lowest.
-            proven = refused.total() >= _CONCURRENCY_PROOF and refused[lowest] >= 2
-            if not (proven and sent[lowest - 1] and epoch.known >= _VERDICT):
-                return True
-            near, self._rate_before_cap = [lowest], None
-        elif not near:
-            if refused.total() >= _REFUSED:
-                self._suspected_cap, self._rate_before_cap = lowest, self.rate
-                self._suspected_in = epoch.number
-            return False
-        elif epoch.number == self._suspected_in:
-            return False  # the rate has not answered the first sighting yet
-        elif refused[lowest] < 2:
-            return True  # consistent so far: wait for the proof before judging the rate
-        lowest = min(lowest, *near)
-        if self.concurrency_limited_at is None:
-            self.concurrency_limited_at = lowest
-        self._cap_known = True
-        self._failed_probe()
-        rate = self.rate
-        if rate is not None and self._rate_before_cap is not None:
-            rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
-            self.bad, self._rate_before_cap = None, None
-        self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
-        return True
-
-    def _cut_rate(self, now: float) -> None:
-        """Back to the rate that held, or to the accepted rate when none holds any more."""
-        epoch, rate = self._epoch, self.rate
-        span = epoch.last_sent - epoch.first_sent
-        sent = (
-            (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or self._search_from)
-        )
-        sent = min(sent, rate) if rate is not None else sent
-        if self.rate_limited_at is None:
-            self.rate_limited_at = sent
-        self.bad = sent if self.bad is None else min(self.bad, sent)
-        share, samples = epoch.accepted_since_refusal()
-        if samples < _VERDICT:  # too few since the first 429: the whole epoch's share (its
-            share = epoch.accepted / epoch.known  # burst included: too high, never too low)
-        estimate = sent * share * _MARGIN
-        if self.good is not None and self.good < (rate or sent):  # a probe past what held
-            target = max(self.good, estimate)  # back to what held, or what was accepted
-        elif rate is not None and self._eased < len(_EASE) and 2 * epoch.refused <= epoch.known:
-            # A rate that held (or the user's --rate), refused now and then: the limit itself,
-            # most likely (a bucket without burst refuses what arrives a little early), so
-            # just below it, in two small steps; refused again before anything held, it is
-            # estimated.
-            target = rate * _EASE[self._eased]
-            self._eased += 1
-        else:
-            self.good = None  # what held before holds no more: estimate afresh
-            # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
-            # must not send the rate to the floor.
-            target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
-        self._cut_once = True
-        moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
-        self._failed_probe(moved=moved)
-        self._set(rate=target, reason="rate")
-        self._gate.hold_back(now + 1.0 / (self.rate or 1.0))
 
     def _failed_probe(self, moved: bool = False) -> None:
         """Count a refused probe; a setting that held and is now refused wholesale
@@ -344,14 +318,22 @@ class AdaptiveLimiter:
             rate is not None and self.bad is not None and self.bad > rate * _CONVERGED
         )
         quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
-        if epoch.window_waits:  # a small window cannot show many outcomes at a time
+        if epoch.window_waits or epoch.held_by_window:  # a small window shows few at a time
             quiet = min(quiet, self.window)
+        latency = self._evidence.latency
+        in_flight = rate * latency if latency is not None and rate is not None else 0.0
+        slow = in_flight >= _SLOW_CALLS  # calls slower than several send gaps
+        if latency is not None:  # no epoch lasts over two round trips of the calls
+            quiet = max(_MIN_QUIET, min(quiet, math.ceil(2 * in_flight)))
+        period = self._evidence.period
+        if period is not None and rate is not None:  # a window shows a rate only at its end
+            quiet = max(quiet, math.ceil(rate * period))
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
-        window_bound = (
-            epoch.window_waits >= epoch.sent / 4 and max(epoch.sent_levels) >= self.window
-        )
+        window_bound = (epoch.window_waits >= epoch.sent / 4 or epoch.held_by_window) and max(
+            epoch.sent_levels
+        ) >= self.window
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._held_known += epoch.known
         self._held_refused += epoch.refused
@@ -360,7 +342,8 @@ class AdaptiveLimiter:
                 share = self._held_refused / self._held_known
                 if share > _TOLERATED_HELD:  # ... unless they add up: a little too fast
                     self.bad = rate if self.bad is None else min(self.bad, rate)
-                    self._set(rate=rate * (1 - share), reason="rate")
+                    self.good = rate * (1 - share)  # what held was a little too fast
+                    self._set(rate=self.good, reason="rate")
                     return
             self._set(reason=None)
             return
@@ -375,7 +358,10 @@ class AdaptiveLimiter:
         self._quiet_known += epoch.known
         # Past the last refusal (or a cap), probes cost 429s: each refused one doubles the
         # quiet epochs before the next, from 4 (so that they cost about 1 % of calls).
-        patience = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
+        patience = past_cap = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
+        if slow:  # ... and no probe waits over a few round trips
+            bound = _PATIENCE_LATENCIES * 2 ** min(self._failed_probes, _MAX_BACKOFF)
+            patience = max(quiet, min(patience, math.ceil(bound * in_flight)))
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
             bracketed = self.bad is not None and self.bad > rate * _CONVERGED
@@ -390,18 +376,20 @@ class AdaptiveLimiter:
                 target = rate
             if target > rate and (self.rate_ceiling is None or rate < self.rate_ceiling):
                 if self.bad is None:  # into the unknown: faster while probes hold
-                    self._rate_step = min(_FIRST_GROWTH - 1, 2 * self._rate_step)
+                    self._rate_step = min(_MAX_STEP, 2 * self._rate_step)
                 self._set(rate=target, reason="probe", probing=True)
                 return
-        elif window_bound and self._quiet_known < patience and self._cap_known:
+        elif window_bound and self._quiet_known < past_cap and self._cap_known:
             pass  # a cap found or remembered: probed past rarely
-        elif window_bound and self.window < self.window_ceiling:
-            # Past a concurrency refusal: one more call, doubling the step while probes hold.
+        elif window_bound and self.window < self.window_ceiling and self._answers >= self.window:
+            # Past a cap (proven, tentative or remembered): one more call, doubling the step
+            # while probes hold, once calls have come back (sooner, the count in flight has
+            # only gone up, and a probe says nothing new). With no cap in sight: doubled.
             grown = self.window + self._window_step
-            if self.concurrency_limited_at is None and not self._cap_known:
+            if self.concurrency_limited_at is None and self._suspected_cap is None:
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
-            self._set(window=grown, reason="probe", probing=True)
+            self._grow_window(grown)
             return
         self._set(reason=None)
 

@@ -29,6 +29,7 @@ class Epoch:
     refused_levels: Counter[int] = field(default_factory=Counter)
     rate_waits: int = 0  # attempts that waited for the rate
     window_waits: int = 0  # attempts that waited for the window
+    held_by_window: bool = False  # a sender found the window full
     outcomes: list[tuple[float, bool]] = field(default_factory=list)  # (sent at, accepted)
 
     def sent_one(self, ticket: Ticket, waits: Waits) -> None:

@@ -49,7 +49,7 @@ from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.intake import open_contacts
-from octave_bulk.limits.adaptive import AdaptiveLimiter
+from octave_bulk.limits.adaptive import FIRST_WINDOW, WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
@@ -88,6 +88,7 @@ from octave_bulk.state.preflight import (
     check_agent_of_output,
     check_descriptors,
     check_writable,
+    descriptor_room,
     remove_stale_temp_files,
 )
 from octave_bulk.state.reconcile import reconcile_killed_runs
@@ -157,7 +158,7 @@ class _Run:
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
         remembered_rate, remembered_window = self.limits.get(self.limits_key)
         # Limits given (flag, env or config file) win over remembered ones.
-        given = settings.model_fields_set
+        given = self.given = set(settings.model_fields_set)
         self.start_rate = None if "rate" in given else remembered_rate
         self.start_window = None if "concurrency" in given else remembered_window
 
@@ -253,6 +254,7 @@ class _Run:
             settings.concurrency,
             start_rate=self.start_rate,
             start_window=self.start_window,
+            first_window=None if "concurrency" in self.given else FIRST_WINDOW,
             search_from=settings.start_rate,
             adaptive=settings.adaptive,
         )
@@ -397,6 +399,17 @@ class _Run:
         return completed
 
 
+def _searched_window(settings: Settings, *, bounded: bool, served: int = 0) -> Settings:
+    """No ``--concurrency``: the workers, the connection pool and the limiter's window
+    ceiling are the safety bound (:data:`WINDOW_BOUND`, less when the open-file limit is
+    lower); the limiter starts its window at :data:`FIRST_WINDOW` and searches up from
+    there. The setting still reads as not given (a remembered window applies)."""
+    bound = descriptor_room(WINDOW_BOUND, served=served) if bounded else WINDOW_BOUND
+    searched = settings.model_copy(update={"concurrency": bound})
+    searched.__pydantic_fields_set__.discard("concurrency")
+    return searched
+
+
 async def run_batch(
     input_path: str | Path,
     output: str | Path,
@@ -438,9 +451,12 @@ async def run_batch(
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
     check_agent_of_output(paths, settings.agent_type)
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)
-    if transport is None:
-        listening = settings.callback_listen is not None and settings.mode == "async"
-        check_descriptors(settings.concurrency, served=MAX_CONNECTIONS if listening else 0)
+    listening = settings.callback_listen is not None and settings.mode == "async"
+    served = MAX_CONNECTIONS if listening else 0  # the callback receiver's connections
+    if "concurrency" not in settings.model_fields_set:
+        settings = _searched_window(settings, bounded=transport is None, served=served)
+    elif transport is None:
+        check_descriptors(settings.concurrency, served=served)
     lock = RunLock(paths.lock)
     try:
         lock.acquire()

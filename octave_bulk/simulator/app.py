@@ -15,7 +15,7 @@ Determinism: a request's fate and latency are a function of (seed, requestId, at
 attempt counts the calls for that requestId that got past both limits. Timing and
 concurrency therefore never change which requests fail; only the limits depend on them.
 
-Limits: the token bucket (``rate_limit``) and the concurrency cap (``max_inflight``) can change
+Limits: the token bucket or window (``rate_limit``) and the concurrency cap (``max_inflight``) can change
 once, ``rate_limit_change`` = (at, factor), at the first counted call's arrival + at. With
 ``time_scale`` F, the server runs F times faster (durations / F, the bucket's rate * F), and
 its stats carry F; see :mod:`octave_bulk.simulator.config`.
@@ -47,6 +47,7 @@ from octave_bulk.simulator.content import generate_data
 from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH, AsyncJobs
 from octave_bulk.simulator.wire import Receive, Scope, Send
 from octave_bulk.simulator.wire import TokenBucket as _TokenBucket
+from octave_bulk.simulator.wire import Window as _Window
 from octave_bulk.simulator.wire import changed_burst as _changed_burst
 from octave_bulk.simulator.wire import envelope as _envelope
 from octave_bulk.simulator.wire import header as _header
@@ -99,7 +100,12 @@ class Simulator:
         """Forget all counters and refill the rate-limit bucket."""
         limit = self.config.rate_limit
         scale = self.config.time_scale
-        self._bucket = _TokenBucket(limit.rate * scale, limit.burst) if limit else None
+        self._bucket: _TokenBucket | _Window | None = None
+        if limit is not None and limit.shape == "bucket":
+            self._bucket = _TokenBucket(limit.rate * scale, limit.burst)
+        elif limit is not None:
+            moving = limit.shape == "moving"
+            self._bucket = _Window(limit.quota, limit.period / scale, moving=moving)
         self.first_call_at: float | None = None
         self.limit_change_at: float | None = None
         self.calls: Counter[str] = Counter()

@@ -6,6 +6,13 @@
   The bucket starts full and banks at most BURST tokens (BURST >= 1, decimals allowed), so a
   burst of BURST calls passes at once, then one per 1/RATE s: ``50/s:5``, ``600/min:20``.
   Without ``:BURST`` it is a tenth of a second's worth, at least 1 (``50/s`` -> 5).
+  ``fixed:COUNT/UNIT`` is a fixed window instead: COUNT calls per second (``/s``) or per
+  minute (``/min``, a per-minute quota), counted from the first call, then 429s until the
+  window resets, their Retry-After the seconds to the reset (``fixed:120/min``);
+  ``moving:COUNT/UNIT`` a moving (sliding-log) window: a call passes while fewer than COUNT
+  passed in the last second or minute, the Retry-After the seconds until the oldest of them
+  leaves it. These are the shapes widely used limiter libraries offer (fixed window, moving
+  window) beside the token bucket.
 - concurrency cap (``max_inflight``): a call arriving while K are being processed gets a 429
   at once; it carries ``Retry-After: 1`` only with ``inflight_retry_after``.
 - limit change: ``none`` or ``AT:FACTOR`` such as ``30s:0.5``: AT after the first counted
@@ -85,13 +92,20 @@ LATENCY_PRESETS: dict[str, Latency] = {
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """Server-side token bucket: ``rate`` tokens per second, at most ``burst`` banked.
-
-    The bucket starts full, so ``burst`` calls pass at once, then one per ``1 / rate`` s.
-    """
+    """Server-side rate limit. A token bucket (``shape`` ``bucket``): ``rate`` tokens per
+    second, at most ``burst`` banked; it starts full, so ``burst`` calls pass at once, then
+    one per ``1 / rate`` s. A ``fixed`` or ``moving`` window: ``rate`` x ``period`` calls per
+    ``period`` seconds (``burst`` unused)."""
 
     rate: float
     burst: float
+    shape: str = "bucket"
+    period: float = 1.0
+
+    @property
+    def quota(self) -> int:
+        """A window's calls per period."""
+        return max(1, round(self.rate * self.period))
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate > 0):
@@ -225,10 +239,24 @@ def parse_latency(text: str) -> Latency:
 
 
 def parse_rate_limit(text: str) -> RateLimit | None:
-    """Parse ``none`` or ``RATE[:BURST]``; the burst defaults to one second's worth / 10, min 1."""
+    """Parse ``none``, ``RATE[:BURST]`` (the burst defaults to one second's worth / 10, min 1)
+    or ``fixed:COUNT/UNIT`` / ``moving:COUNT/UNIT`` (a window of a second or a minute)."""
     text = text.strip().lower()
     if text in {"", "none", "off", "0"}:
         return None
+    shape, _, window = text.partition(":")
+    if shape in {"fixed", "moving"}:
+        count_text, _, unit = window.partition("/")
+        periods = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "m": 60.0, "minute": 60.0}
+        try:
+            count, period = int(count_text), periods[unit.strip()]
+        except (ValueError, KeyError):
+            msg = f"bad {shape} window {window!r}: use e.g. {shape}:5/s or {shape}:120/min"
+            raise ValueError(msg) from None
+        if count < 1:
+            msg = f"a {shape} window lets at least 1 call through"
+            raise ValueError(msg)
+        return RateLimit(rate=count / period, burst=1.0, shape=shape, period=period)
     rate_text, _, burst_text = text.partition(":")
     rate = parse_rate(rate_text)  # the same rates as the client's --rate
     if rate is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "Scope",
     "Send",
     "TokenBucket",
+    "Window",
     "changed_burst",
     "envelope",
     "header",
@@ -74,6 +76,41 @@ class TokenBucket:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
+
+
+class Window:
+    """A fixed or moving window (see :class:`~octave_bulk.simulator.config.RateLimit`):
+    ``quota`` calls per ``period`` seconds. ``take`` answers like the bucket's: 0, or the
+    seconds until a call would pass (a fixed window's reset, a moving window's oldest call
+    leaving it)."""
+
+    def __init__(self, quota: int, period: float, *, moving: bool) -> None:
+        self.quota, self.period, self.moving = quota, period, moving
+        self.passed: deque[float] = deque()  # the calls let through in the (current) window
+        self.start: float | None = None  # a fixed window's start
+        self.change: tuple[float, float] | None = None
+        """(monotonic time, factor) of a change of the quota still to come."""
+
+    def take(self, now: float) -> float:
+        if self.change is not None and now >= self.change[0]:
+            self.quota = max(1, round(self.quota * self.change[1]))
+            self.change = None
+        passed = self.passed
+        if self.moving:
+            while passed and passed[0] <= now - self.period:
+                passed.popleft()
+            wait = passed[0] + self.period - now if passed else 0.0
+        else:
+            if self.start is None:
+                self.start = now
+            if now >= self.start + self.period:
+                self.start += (now - self.start) // self.period * self.period
+                passed.clear()
+            wait = self.start + self.period - now
+        if len(passed) >= self.quota:
+            return max(wait, 1e-6)
+        passed.append(now)
+        return 0.0
 
 
 def changed_burst(burst: float, factor: float) -> float:

@@ -2,7 +2,9 @@
 
 ``OUT.limits.json`` maps a key (the base URL and the agent) to the rate and the in-flight
 window at which the last run settled, when it met a limit at all. The next run on the same
-output starts there instead of searching, unless ``--rate`` / ``--concurrency`` were given.
+output starts there, unless ``--rate`` / ``--concurrency`` were given, and verifies it like any
+other setting: a remembered rate that meets no 429 is probed up, a remembered window is a
+suspected cap (docs/design.md, "Pacing"). A memory never makes a run slower than none would.
 Unreadable or foreign content is ignored (a fresh search), never an error.
 """
 

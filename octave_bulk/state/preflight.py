@@ -11,7 +11,9 @@ PID.tmp`` of the summary, cursor, limits or metrics) are removed here too.
 
 :func:`check_descriptors` compares the open-file limit with the concurrency: a pool of 2,000
 connections under ``ulimit -n 1024`` failed every connect with ``EMFILE``, which read as an API
-failure. The soft limit is raised when the hard limit allows; else a clear error.
+failure. The soft limit is raised when the hard limit allows; else a clear error. With no
+``--concurrency`` given, :func:`descriptor_room` bounds the window the limiter searches instead
+(no error: the search stays below what this process may open).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "check_descriptors",
     "check_file",
     "check_writable",
+    "descriptor_room",
     "remove_stale_temp_files",
     "settings_path_problems",
     "writable_folder",
@@ -162,6 +165,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def descriptor_room(wanted: int, *, served: int = 0) -> int:
+    """The calls in flight this process can hold connections for, up to ``wanted``, beside
+    ``served`` connections it serves: the soft open-file limit is raised (up to the hard one)
+    to fit ``wanted`` when it can."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return wanted
+    needed = wanted + 8 + served + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - 8 - served - _SPARE_DESCRIPTORS))
 
 
 def check_descriptors(concurrency: int, *, served: int = 0) -> None:

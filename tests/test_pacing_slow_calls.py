@@ -1,0 +1,137 @@
+"""Pacing when calls are slower than the gaps between sends (issue 23): rate limits of every
+shape (token buckets with little burst, fixed and moving windows, per-minute quotas) are paced
+at their rate, never read as a concurrency cap; a real cap is found exactly without leaving a
+phantom rate behind; a remembered limit never makes a run slower; with no --concurrency the
+in-flight window is not held at 32. Virtual time (tests/limiter_model.py): runs of thousands of
+3-s to 45-s calls take a fraction of a second, deterministically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from octave_bulk.run.engine import run_batch
+from octave_bulk.settings import Settings
+from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
+from tests.conftest import TEST_KEY
+from tests.helpers import write_contacts
+from tests.limiter_model import Server, simulate
+from tests.test_simulator import HEADERS, RUN, asgi_client, contact
+
+
+def span_ratio(server: Server, contacts: int, rate: float) -> float:
+    """Time from the first call to the last accepted one, over the ideal (contacts - 1) / R."""
+    assert server.first is not None
+    return (server.last_accepted - server.first) / ((contacts - 1) / rate)
+
+
+def sustained(server: Server, start: float, end: float) -> float:
+    """Calls accepted per second between ``start`` and ``end`` seconds after the first call."""
+    assert server.first is not None
+    first = server.first
+    return sum(first + start <= t < first + end for t in server.accepted_at) / (end - start)
+
+
+def test_a_token_bucket_with_little_burst_is_paced_at_its_rate_not_as_a_cap() -> None:
+    # The issue's first case: 2/s, burst 2, 3-s calls, --rate 8/s. Two 429s in the first
+    # second used to fix the window at 2 (0.65 calls/s, 2.96x the ideal time).
+    server = Server(rate=2.0, burst=2.0, latency=3.0)
+    limiter = simulate(server, 600, rate_ceiling=8.0, window_ceiling=64)
+    assert sustained(server, 30.0, 280.0) >= 0.9 * 2.0
+    assert span_ratio(server, 600, 2.0) <= 1.10
+    assert limiter.describe()["concurrency_limited_at"] is None
+    assert server.refused <= 0.10 * server.calls  # probes past a burst of 2 cost 429s
+
+
+@pytest.mark.parametrize("shape", ["moving", "fixed"])
+def test_a_window_of_5_per_second_with_3_s_calls_is_paced_at_5_per_second(shape: str) -> None:
+    server = Server(rate=5.0, shape=shape, latency=3.0)
+    limiter = simulate(server, 1500, rate_ceiling=None, window_ceiling=64)
+    assert sustained(server, 30.0, 280.0) >= 0.9 * 5.0
+    assert span_ratio(server, 1500, 5.0) <= 1.10
+    assert limiter.describe()["concurrency_limited_at"] is None
+
+
+def test_a_per_minute_quota_is_paced_at_its_rate_and_its_reset_wait_is_not_a_rate() -> None:
+    # 120 calls a minute, counted in fixed minutes, with Retry-After at the reset: the wait
+    # until the reset is no slower rate; the rate remembered is the quota's, 2/s.
+    server = Server(rate=2.0, shape="fixed", period=60.0, latency=5.0)
+    limiter = simulate(server, 600, rate_ceiling=None, window_ceiling=64)
+    assert span_ratio(server, 600, 2.0) <= 1.20
+    assert limiter.describe()["rate"] == pytest.approx(2.0, rel=0.10)
+
+
+def test_a_real_cap_of_8_is_found_exactly_and_leaves_no_phantom_rate() -> None:
+    server = Server(cap=8, latency=3.0)
+    limiter = simulate(server, 480, rate_ceiling=None, window_ceiling=64)
+    found = limiter.describe()
+    assert limiter.window == 8
+    assert found["concurrency_limited_at"] == 9
+    assert found["rate"] is None  # no rate limit was met: none to remember
+    assert server.first is not None
+    assert server.last_answer - server.first <= 1.20 * 480 * 3.0 / 8
+    assert server.refused <= 0.06 * server.calls
+
+
+def test_a_remembered_rate_far_below_what_holds_is_abandoned_within_a_few_latencies() -> None:
+    # Last night's run left 0.32/s (a quota's exhaustion cut it there); the server allows 2/s.
+    server = Server(rate=2.0, shape="moving", period=60.0, latency=5.0)
+    simulate(server, 600, rate_ceiling=None, window_ceiling=64, start_rate=0.32)
+    assert sustained(server, 30.0, 280.0) >= 0.9 * 2.0
+    assert span_ratio(server, 600, 2.0) <= 1.15
+
+
+def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
+    # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
+    # flight): 5 in flight never meets a refusal, and the window must still grow.
+    server = Server(rate=5.0, shape="moving", latency=3.0)
+    simulate(server, 1500, rate_ceiling=None, window_ceiling=64, start_window=5)
+    assert sustained(server, 30.0, 280.0) >= 0.9 * 5.0
+
+
+def test_with_no_concurrency_given_the_window_grows_past_32_to_what_the_rate_needs() -> None:
+    # 2/s with 45-s calls: 90 calls in flight. --concurrency unset: the window starts at 32
+    # and is searched up to the safety bound.
+    server = Server(rate=2.0, burst=2.0, latency=45.0)
+    simulate(server, 1200, rate_ceiling=None, window_ceiling=512, first_window=32)
+    assert server.max_in_flight >= 80
+    assert span_ratio(server, 1200, 2.0) <= 1.10
+
+
+# --- the simulator's windows ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["fixed", "moving"])
+async def test_the_simulator_s_windows_refuse_until_the_reset_and_say_when(shape: str) -> None:
+    limit = parse_rate_limit(f"{shape}:3/min")
+    seconds = RetryAfterMix(seconds=1.0, date=0.0, absent=0.0)
+    async with asgi_client(rate_limit=limit, retry_after_mix=seconds) as client:
+        answers = [await client.post(RUN, json=contact(f"w{i}"), headers=HEADERS) for i in range(5)]
+        stats = (await client.get("/__simulator/stats")).json()
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    waits = [int(r.headers["retry-after"]) for r in answers[3:]]
+    assert all(55 <= wait <= 60 for wait in waits)  # the reset, a minute after the first
+    assert stats["totals"]["rate_limited"] == 2
+    with pytest.raises(ValueError, match="bad fixed window"):
+        parse_rate_limit("fixed:3/hour")
+
+
+# --- the engine: no --concurrency ------------------------------------------------------------
+
+
+async def test_with_no_concurrency_given_a_run_holds_more_than_32_calls_in_flight(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # 1-s calls, no limit at all: the search's rate soon sends over 32 a second, and the window
+    # (the old default ceiling of 32) follows it up, towards the safety bound.
+    sim = make_sim(latency=parse_latency("1s:0"))
+    write_contacts(tmp_path / "in.csv", 400)
+    settings = Settings.load(
+        base_url=sim.url, api_key=TEST_KEY, agent_oid="ca_test", rate="none", progress=False
+    )
+    assert "concurrency" not in settings.model_fields_set
+    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
+    assert summary["counts"]["succeeded"] == 400
+    assert sim.stats()["max_in_flight"] > 32
