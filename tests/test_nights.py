@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from octave_bulk.cli import cli
 from octave_bulk.simulator import parse_latency
+from octave_bulk.state.limits import RememberedLimits, limits_key
 from tests.conftest import TEST_KEY
 from tests.helpers import Run, read_lines, write_contacts
 
@@ -355,3 +356,28 @@ def test_notify_urls_apprise_cannot_use_are_refused_before_any_call(
         refused.exit_code == 2 and "notify: URL 1 of 1 is not one Apprise knows" in refused.output
     )
     assert sim.stats()["totals"].get("calls", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("written", "starts_at"),
+    [('rate = "none"', 3.0), ('rate = "1/s"', 1.0), ('rate = "9/s"', 3.0)],  # memory 3/s
+)
+def test_remembered_limits_start_the_run_whatever_the_config_file_says(
+    make_sim: Any, tmp_path: Path, written: str, starts_at: float
+) -> None:
+    """A config file that writes the default (rate = "none"), or any ceiling, used to count as
+    an explicit rate and turn the memory off for good; now the memory starts the run,
+    clamped by the ceiling."""
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 4)
+    RememberedLimits(tmp_path / "out.limits.json").put(limits_key(sim.url, "sequence"), 3.0, None)
+    config = tmp_path / "night.toml"
+    config.write_text(written + "\n")
+    args = ["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.ndjson"), "--agent",
+            "ca_1", "--base-url", sim.url, "--no-progress", "--config", str(config)]  # fmt: skip
+    done = CliRunner().invoke(cli, args, env={"OCTAVE_API_KEY": TEST_KEY})
+    assert done.exit_code == 0, done.output
+    limits = summary(tmp_path)["limits"]
+    assert limits["started_from_memory"] is True
+    held = float(limits["suggested_flags"].removeprefix("--rate ").removesuffix("/s"))
+    assert starts_at <= held <= starts_at * 1.5  # from memory (or the ceiling), probed up

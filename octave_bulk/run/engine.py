@@ -81,7 +81,7 @@ from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.jobs import PendingJob, carried_jobs
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
-from octave_bulk.state.limits import RememberedLimits, limits_key
+from octave_bulk.state.limits import RememberedLimits, limits_key, start_limits
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.preflight import (
@@ -156,11 +156,11 @@ class _Run:
         self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
-        remembered_rate, remembered_window = self.limits.get(self.limits_key)
-        # Limits given (flag, env or config file) win over remembered ones.
-        given = self.given = set(settings.model_fields_set)
-        self.start_rate = None if "rate" in given else remembered_rate
-        self.start_window = None if "concurrency" in given else remembered_window
+        self.given = set(settings.model_fields_set)
+        # Remembered limits start the run, clamped by the ceilings set (never turned off).
+        self.start_rate, self.start_window = start_limits(
+            settings.rate, settings.concurrency, self.limits.get(self.limits_key)
+        )
 
     def remember_limits(self) -> dict[str, Any]:
         """Store the limits the run settled at, for the next run; returns them, with the

@@ -46,7 +46,7 @@ from octave_bulk.run.dry import dry_run
 from octave_bulk.settings import Settings
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.limits import RememberedLimits, limits_key
+from octave_bulk.state.limits import RememberedLimits, limits_key, start_limits
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
@@ -289,16 +289,13 @@ def estimate_seconds(
 ) -> tuple[tuple[float, float], str]:
     """The time ``to_send`` contacts would take, as (fastest, slowest), and what it is
     based on (async: the module docstring)."""
-    remembered_rate, remembered_window = RememberedLimits(paths.limits).get(
-        limits_key(settings.base_url, settings.agent_type)
+    remembered_rate, remembered_window = start_limits(
+        settings.rate,
+        settings.concurrency,
+        RememberedLimits(paths.limits).get(limits_key(settings.base_url, settings.agent_type)),
     )
-    given = settings.model_fields_set
-    rate = settings.rate if "rate" in given or remembered_rate is None else remembered_rate
-    window = (
-        settings.concurrency
-        if "concurrency" in given or remembered_window is None
-        else remembered_window
-    )
+    rate = remembered_rate if remembered_rate is not None else settings.rate
+    window = remembered_window if remembered_window is not None else settings.concurrency
     remembered = remembered_rate is not None or remembered_window is not None
     pace = f"{'remembered' if remembered else 'set'} --rate {f'{rate:g}/s' if rate else 'none'}"
     pace += f" --concurrency {window}"

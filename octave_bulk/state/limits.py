@@ -2,8 +2,9 @@
 
 ``OUT.limits.json`` maps a key (the base URL and the agent) to the rate and the in-flight
 window at which the last run settled, when it met a limit at all. The next run on the same
-output starts there, unless ``--rate`` / ``--concurrency`` were given, and verifies it like any
-other setting: a remembered rate that meets no 429 is probed up, a remembered window is a
+output starts there (:func:`start_limits`: clamped by ``--rate`` / ``--concurrency`` when
+they are set, from a flag, the environment or a config file - a ceiling never turns the memory
+off), and verifies it like any other setting: a remembered rate that meets no 429 is probed up, a remembered window is a
 suspected cap (docs/design.md, "Pacing"). A memory never makes a run slower than none would.
 Unreadable or foreign content is ignored (a fresh search), never an error.
 """
@@ -19,12 +20,28 @@ import orjson
 from octave_bulk.state.files import write_json_atomic
 from octave_bulk.utc import utc_iso
 
-__all__ = ["RememberedLimits", "limits_key"]
+__all__ = ["RememberedLimits", "limits_key", "start_limits"]
 
 
 def limits_key(base_url: str, agent: str) -> str:
     """The key limits are remembered under: one per API and agent."""
     return f"{base_url.rstrip('/')} {agent}"
+
+
+def start_limits(
+    rate_ceiling: float | None,
+    window_ceiling: int | None,
+    remembered: tuple[float | None, int | None],
+) -> tuple[float | None, int | None]:
+    """Where a run starts (the one rule, for the run and its forecast): the remembered rate
+    and window, each clamped by its ceiling when one is set; None where nothing is remembered
+    (the run starts at the ceiling, or searches)."""
+    rate, window = remembered
+    if rate is not None and rate_ceiling is not None:
+        rate = min(rate, rate_ceiling)
+    if window is not None and window_ceiling is not None:
+        window = min(window, window_ceiling)
+    return rate, window
 
 
 class RememberedLimits:
