@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from octave_bulk.http.retry import status_error
 from octave_bulk.run.engine import run_batch
 from octave_bulk.settings import Settings
 from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
@@ -135,3 +137,33 @@ async def test_with_no_concurrency_given_a_run_holds_more_than_32_calls_in_fligh
     summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
     assert summary["counts"]["succeeded"] == 400
     assert sim.stats()["max_in_flight"] > 32
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after": "7"}, 7.0),  # Retry-After first, whatever else is said
+        ({"retry-after": "7", "x-ratelimit-reset": "30"}, 7.0),
+        (
+            {"x-ratelimit-limit": "120", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "30"},
+            30.0,
+        ),
+        ({"ratelimit-limit": "5", "ratelimit-remaining": "0", "ratelimit-reset": "2.5"}, 2.5),
+        ({"ratelimit": "limit=10, remaining=0, reset=4"}, 4.0),  # the IETF draft's field
+        ({"ratelimit": '"default";r=0;t=6', "ratelimit-policy": '"default";q=10;w=60'}, 6.0),
+        ({"x-ratelimit-reset": str(int(1_900_000_000 + 12))}, 12.0),  # a UNIX time
+        ({"x-ratelimit-reset": "1700000000"}, None),  # a UNIX time in the past: no evidence
+        ({"x-ratelimit-reset": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_a_429_says_when_its_window_resets_with_rate_limit_headers(
+    headers: dict[str, str], wait: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers that send no Retry-After often send X-RateLimit-* or IETF RateLimit-* headers:
+    their reset is the wait (and teaches the limiter the window); never trusted past them."""
+    monkeypatch.setattr("octave_bulk.http.retry.time.time", lambda: 1_900_000_000.0)
+    request = httpx.Request("POST", "http://api.test/x")
+    refused = httpx.Response(429, headers=headers, json={"message": "slow down"}, request=request)
+    error = status_error(refused, "r1")
+    assert error.retry_after == (pytest.approx(wait) if wait is not None else None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import time
 from email.utils import parsedate_to_datetime
 
@@ -39,7 +40,9 @@ from octave_bulk.errors import (
 __all__ = [
     "FATAL_STATUSES",
     "RETRYABLE_STATUSES",
+    "parse_reset",
     "parse_retry_after",
+    "retry_after_of",
     "status_error",
     "transport_error",
     "wait_full_jitter_or_retry_after",
@@ -70,6 +73,40 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
+
+
+_RESET_IN_FIELD = re.compile(r"(?:^|[,;\s])(?:reset|t)\s*=\s*(\d+(?:\.\d+)?)")
+_EPOCH_SINCE = 1_000_000_000  # a reset this large is a UNIX time (some servers send that)
+
+
+def parse_reset(headers: httpx.Headers, *, now: float | None = None) -> float | None:
+    """Seconds until a rate limit's window resets, from the headers servers send beside (or
+    instead of) ``Retry-After``: ``RateLimit-Reset`` / ``X-RateLimit-Reset`` (delta seconds,
+    or a UNIX time), or the IETF draft's ``RateLimit`` field (``reset=N`` or ``t=N``). Evidence,
+    not an order: None when absent, unreadable or in the past."""
+    current = time.time() if now is None else now
+    for name in ("ratelimit-reset", "x-ratelimit-reset"):
+        value = headers.get(name)
+        if value:
+            try:
+                reset = float(value.strip())
+            except ValueError:
+                continue
+            seconds = reset - current if reset >= _EPOCH_SINCE else reset
+            return seconds if seconds > 0 else None
+    field = headers.get("ratelimit")
+    match = _RESET_IN_FIELD.search(field) if field else None
+    if match is None or float(match.group(1)) <= 0:
+        return None
+    return float(match.group(1))
+
+
+def retry_after_of(response: httpx.Response) -> float | None:
+    """How long a refused call should wait: its ``Retry-After``, else the reset its rate
+    limit headers announce (:func:`parse_reset`: a reset time teaches the limiter the
+    window, docs/design.md "Pacing")."""
+    said = parse_retry_after(response.headers.get("retry-after"))
+    return said if said is not None else parse_reset(response.headers)
 
 
 _CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wins
@@ -155,7 +192,7 @@ def status_error(response: httpx.Response, request_id: str | None) -> ApiError:
             kind=status_kind(status),
             status=status,
             request_id=request_id,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            retry_after=retry_after_of(response),
         )
     if status in FATAL_STATUSES:
         return FatalApiError(
