@@ -256,24 +256,33 @@ def _job_history(paths: OutputPaths) -> list[float]:
     return sorted(seconds)
 
 
+def _measured_or_known(
+    measured: list[float], known: tuple[float, float], said: str, assumed: str
+) -> tuple[tuple[float, float], str]:
+    """The p50-p90 of ``measured`` seconds and ``said`` (``{n}``: how many), or, with none,
+    the ``known`` range and ``assumed`` (``{fast}``, ``{slow}``)."""
+    if measured:
+        return _spread(measured), said.format(n=len(measured))
+    return known, assumed.format(fast=known[0], slow=known[1])
+
+
 def _async_seconds(
     to_send: int, paths: OutputPaths, settings: Settings, rate: float | None, window: int
 ) -> tuple[tuple[float, float], str]:
     """The time of ``to_send`` async contacts: their submits, then one job's time."""
-    jobs = _job_history(paths)
-    if jobs:
-        fast_j, slow_j = _spread(jobs)
-        basis = f"submits, then p50-p90 of the output's last {len(jobs):,} async jobs"
-    else:
-        fast_j, slow_j = KNOWN_LATENCY_S
-        basis = f"submits, then {fast_j:g}-{slow_j:g} s a job, usual for Octave's agents"
-    submits = _latency_history(paths, settings, "submitted")
-    if submits:
-        fast_s, slow_s = _spread(submits)
-        basis += f"; submit p50-p90 of its last {len(submits):,} submits"
-    else:
-        fast_s, slow_s = KNOWN_SUBMIT_S
-        basis += f"; {fast_s:g}-{slow_s:g} s a submit (assumed)"
+    (fast_j, slow_j), basis = _measured_or_known(
+        _job_history(paths),
+        KNOWN_LATENCY_S,
+        "submits, then p50-p90 of the output's last {n:,} async jobs",
+        "submits, then {fast:g}-{slow:g} s a job, usual for Octave's agents",
+    )
+    (fast_s, slow_s), submit_basis = _measured_or_known(
+        _latency_history(paths, settings, "submitted"),
+        KNOWN_SUBMIT_S,
+        "submit p50-p90 of its last {n:,} submits",
+        "{fast:g}-{slow:g} s a submit (assumed)",
+    )
+    basis += f"; {submit_basis}"
     if not to_send:
         return (0.0, 0.0), basis
 
@@ -302,13 +311,12 @@ def estimate_seconds(
     if settings.mode == "async":
         seconds_, basis_ = _async_seconds(to_send, paths, settings, rate, window)
         return seconds_, f"{basis_}; {pace}"
-    latencies = _latency_history(paths, settings)
-    if latencies:
-        fast_l, slow_l = _spread(latencies)
-        basis = f"p50-p90 latency of the output's last {len(latencies):,} calls"
-    else:
-        fast_l, slow_l = KNOWN_LATENCY_S
-        basis = f"{fast_l:g}-{slow_l:g} s a call, usual for Octave's agents"
+    (fast_l, slow_l), basis = _measured_or_known(
+        _latency_history(paths, settings),
+        KNOWN_LATENCY_S,
+        "p50-p90 latency of the output's last {n:,} calls",
+        "{fast:g}-{slow:g} s a call, usual for Octave's agents",
+    )
     basis += f"; {pace}"
     if not to_send:
         return (0.0, 0.0), basis
