@@ -53,10 +53,10 @@ def request_bodies(csv_path: Path, out: Path, agent_type: str = "sequence") -> s
     """The exact bodies the engine sends for these contacts, via its own request builder;
     returns the agent's endpoint."""
     from octave_bulk.agents import get_agent
-    from octave_bulk.build import build_request, request_spec
+    from octave_bulk.input.intake import open_contacts
     from octave_bulk.input.records import Contact
-    from octave_bulk.intake import open_contacts
-    from octave_bulk.settings import Settings
+    from octave_bulk.run.build import build_request, request_spec
+    from octave_bulk.settings.model import Settings
 
     settings = Settings.load(agent_oid="ca_bench", agent_type=agent_type)
     spec, agent = request_spec(settings), get_agent(agent_type)

@@ -30,7 +30,7 @@ from _common import report
 from octave_bulk.agents.base import RequestSpec
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact
-from octave_bulk.validate import validate_input
+from octave_bulk.input.validate import validate_input
 
 HEADERS = [
     "Record ID", "First Name", "Last Name", "Email", "Phone Number", "Job Title",

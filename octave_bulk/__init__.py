@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     )
     from octave_bulk.run.engine import run_batch
     from octave_bulk.run.summary import RunSummary
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
 __all__ = [
     "ApiError",
@@ -56,7 +56,7 @@ _HOMES = {
     "SequenceRequest": "octave_bulk.agents.sequence",
     "SequenceResponse": "octave_bulk.agents.sequence",
     "RunSummary": "octave_bulk.run.summary",
-    "Settings": "octave_bulk.settings",
+    "Settings": "octave_bulk.settings.model",
     "run_batch": "octave_bulk.run.engine",
 }
 

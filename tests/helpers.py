@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from tests.conftest import TEST_KEY
 
 

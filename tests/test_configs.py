@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from octave_bulk.cli import cli
 from octave_bulk.errors import ConfigError
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

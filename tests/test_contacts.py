@@ -25,7 +25,7 @@ from octave_bulk.input.normalize import (
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
 from octave_bulk.input.templates import ContentTemplates
-from octave_bulk.validate import validate_input
+from octave_bulk.input.validate import validate_input
 
 EXPORTS = Path(__file__).parent / "data" / "exports"
 SPEC = RequestSpec(agent_o_id="ca_test")

@@ -18,8 +18,8 @@ from octave_bulk.cli import cli
 from octave_bulk.input.mapping import resolve_mapping
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact, Reject
+from octave_bulk.input.validate import validate_input
 from octave_bulk.run.engine import run_batch
-from octave_bulk.validate import validate_input
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, sim_settings
 

@@ -301,7 +301,7 @@ async def test_resume_repairs_a_torn_line_and_reports_unknown(
 
 
 async def test_missing_key_or_target_is_a_config_error(tmp_path: Path) -> None:
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
     write_contacts(tmp_path / "in.csv", 1)
     with pytest.raises(ConfigError, match="no API key"):

@@ -23,7 +23,7 @@ from octave_bulk.errors import ConfigError, ErrorKind, StateError, TerminalApiEr
 from octave_bulk.http.client import OctaveClient
 from octave_bulk.http.retry import transport_error
 from octave_bulk.run.engine import run_batch
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.paths import OutputPaths
@@ -275,8 +275,8 @@ async def test_a_truncated_line_with_a_newline_is_not_done(make_sim: Any, tmp_pa
 
 
 def test_whole_result_accepts_every_line_the_sink_writes() -> None:
-    from octave_bulk.sink import Success, success_line
     from octave_bulk.state.ledger import whole_result
+    from octave_bulk.state.sink import Success, success_line
 
     item = Success("r1", {"email": "a@b.c"}, b'{"found":true,"x":{"requestId":"z"}}', 1.0, 1, 5, 0)
     line = success_line(item, "run1", 7)

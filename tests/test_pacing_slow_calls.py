@@ -15,7 +15,7 @@ import pytest
 
 from octave_bulk.http.retry import status_error
 from octave_bulk.run.engine import run_batch
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
 from tests.conftest import TEST_KEY
 from tests.helpers import write_contacts

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from octave_bulk.errors import ConfigError
-from octave_bulk.settings import Settings, parse_rate
+from octave_bulk.settings.model import Settings, parse_rate
 
 
 def test_defaults() -> None:

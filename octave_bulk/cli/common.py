@@ -21,7 +21,7 @@ from octave_bulk.errors import (
 )
 
 if TYPE_CHECKING:
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
 __all__ = [
     "fail",
@@ -65,7 +65,7 @@ def run_async(function: Callable[[], Any]) -> Any:
 
 def load_settings(config_file: str | None, api_key_file: str | None, **flags: Any) -> Settings:
     """Settings from the command's flags (None: not given), the environment and the file."""
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
     for name in ("map", "fail_on"):
         if flags.get(name) == ():

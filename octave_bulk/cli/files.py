@@ -195,9 +195,9 @@ def _other_records(results: Path, ledger: Path | None) -> dict[int, str] | None:
 def _people_of(input_path: Path) -> IdSet:
     """The person keys of a CRM export, read as ``run`` reads it (default mapping)."""
     from octave_bulk.identity import person_key
+    from octave_bulk.input.intake import open_contacts
     from octave_bulk.input.records import Contact
-    from octave_bulk.intake import open_contacts
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
     from octave_bulk.state.idset import IdSet, id_key
 
     people = IdSet(1024)
@@ -215,7 +215,7 @@ def status(output: str, as_json: bool) -> None:
     """What a run has done so far (works while a run is in progress)."""
     import json
 
-    from octave_bulk.status import read_status
+    from octave_bulk.state.status import read_status
 
     try:
         info = read_status(output)

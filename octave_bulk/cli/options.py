@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import click
 
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 
 __all__ = [
     "INPUT_FIELDS",

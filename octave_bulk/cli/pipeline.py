@@ -25,8 +25,8 @@ def pipeline(pipeline_file: str, api_key_file: str | None) -> None:
     resumes every step. Exit: the first stopped step's code, else 1 if contacts failed, else 0.
     """
     from octave_bulk.observe.log import configure_logging
-    from octave_bulk.pipeline import PipelineStep, load_pipeline, run_pipeline
     from octave_bulk.run.engine import run_batch
+    from octave_bulk.run.pipeline import PipelineStep, load_pipeline, run_pipeline
 
     def run_step(step: PipelineStep) -> Any:
         click.echo(f"step {step.name}: {step.settings.agent_type} on {step.input}", err=True)

@@ -189,12 +189,12 @@ def validate(
     import json
 
     from octave_bulk.agents import get_agent
-    from octave_bulk.build import request_spec
-    from octave_bulk.intake import reader_options
+    from octave_bulk.input.intake import reader_options
+    from octave_bulk.input.validate import validate_input
+    from octave_bulk.run.build import request_spec
     from octave_bulk.state.lock import refuse_while_running
     from octave_bulk.state.paths import OutputPaths
     from octave_bulk.state.preflight import check_file
-    from octave_bulk.validate import validate_input
 
     try:
         settings = load_settings(config_file, None, **flags)

@@ -270,8 +270,8 @@ def simulate(
 )
 def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
     """A real batch against the built-in simulator: no API key, no network."""
-    from octave_bulk.demo import run_demo
     from octave_bulk.observe.log import configure_logging
+    from octave_bulk.simulator.demo import run_demo
 
     configure_logging("text")
     click.echo(

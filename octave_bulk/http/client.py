@@ -44,7 +44,7 @@ from octave_bulk.http.transport import TooLarge
 from octave_bulk.redact import register_secret
 
 if TYPE_CHECKING:
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
 __all__ = [
     "AGENTS_GET_PATH",

@@ -21,13 +21,13 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from octave_bulk.agents import get_agent
-from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.errors import OctaveBulkError, StopReason
 from octave_bulk.identity import person_key
 from octave_bulk.input.records import Contact, Reject
+from octave_bulk.run.build import RequestBuilder, request_spec
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.summary import RunStats
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import COUNTED, Frontier, ResumeCursor
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key

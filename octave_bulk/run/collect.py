@@ -26,7 +26,7 @@ import orjson
 
 from octave_bulk.errors import ConfigError
 from octave_bulk.run.summary import RunSummary
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = ["REMEMBERED", "collect_jobs", "remembered_settings"]

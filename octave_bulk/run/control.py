@@ -20,7 +20,7 @@ from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, StopReason
 from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 
 __all__ = [
     "CONTRACT_ERRORS",

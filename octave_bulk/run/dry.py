@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.intake import open_contacts
+from octave_bulk.input.intake import open_contacts
 from octave_bulk.run.admission import SKIP, Admission
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.guard import check_resend
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import load_jobs

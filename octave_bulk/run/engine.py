@@ -47,8 +47,8 @@ import httpx
 
 from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
+from octave_bulk.input.intake import open_contacts
 from octave_bulk.input.reader import ContactReader
-from octave_bulk.intake import open_contacts
 from octave_bulk.limits.adaptive import FIRST_WINDOW, WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
@@ -66,8 +66,7 @@ from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import ExitRule, RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
-from octave_bulk.settings import Settings
-from octave_bulk.sink import Failure, Sink, Submitted, Success
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import (
     CursorKeeper,
     ResumeCursor,
@@ -92,6 +91,7 @@ from octave_bulk.state.preflight import (
     remove_stale_temp_files,
 )
 from octave_bulk.state.reconcile import reconcile_killed_runs
+from octave_bulk.state.sink import Failure, Sink, Submitted, Success
 
 __all__ = ["run_batch"]
 

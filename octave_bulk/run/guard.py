@@ -32,14 +32,14 @@ from typing import Any
 import orjson
 
 from octave_bulk.agents import AGENT_KINDS, get_agent
-from octave_bulk.build import RequestBuilder, request_spec
 from octave_bulk.errors import ApiError, ConfigError
 from octave_bulk.http.client import OctaveClient
 from octave_bulk.identity import content_of
+from octave_bulk.input.intake import open_contacts
 from octave_bulk.input.records import Reject
-from octave_bulk.intake import open_contacts
 from octave_bulk.observe.log import log_event
-from octave_bulk.settings import Settings
+from octave_bulk.run.build import RequestBuilder, request_spec
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.idset import IdSet
 from octave_bulk.state.ledger import LedgerState, complete_lines
 

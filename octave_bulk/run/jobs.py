@@ -82,9 +82,9 @@ from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.summary import RunStats
-from octave_bulk.settings import Settings
-from octave_bulk.sink import Failure, Success
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.sink import Failure, Success
 
 __all__ = ["Jobs"]
 

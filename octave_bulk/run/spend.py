@@ -42,7 +42,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.plan import credits_remaining
 from octave_bulk.run.summary import RunStats
-from octave_bulk.settings import Settings, parse_budget
+from octave_bulk.settings.model import Settings, parse_budget
 from octave_bulk.state.history import RunHistory
 
 __all__ = ["BudgetHolds", "CreditsCeiling"]

@@ -14,10 +14,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from octave_bulk.build import request_spec
+from octave_bulk.input.intake import reader_options
 from octave_bulk.input.reader import ContactReader
-from octave_bulk.intake import reader_options
-from octave_bulk.settings import Settings
+from octave_bulk.run.build import request_spec
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor, load_cursor
 from octave_bulk.state.paths import OutputPaths
 

@@ -32,10 +32,10 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import CONTRACT_ERRORS, RunControl, Stopped
 from octave_bulk.run.summary import RunStats
-from octave_bulk.settings import Settings
-from octave_bulk.sink import Attempt, Failure, Sink, Submitted, Success
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.sink import Attempt, Failure, Sink, Submitted, Success
 
 if TYPE_CHECKING:
     from octave_bulk.run.jobs import Jobs

@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from octave_bulk.settings import parse_rate
+from octave_bulk.settings.model import parse_rate
 
 __all__ = [
     "FAULT_KINDS",

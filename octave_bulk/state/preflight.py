@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from octave_bulk.errors import ConfigError, StateError
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.files import results_agent
 from octave_bulk.state.paths import OutputPaths
 

@@ -95,7 +95,7 @@ def _input_progress(summary: dict[str, Any] | None, state: LedgerState) -> dict[
     if not input_path or not Path(input_path).is_file():
         return None
     from octave_bulk.run.guard import check_resend  # the request models: only when needed
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
     saved = (summary or {}).get("settings") or {}
     try:

@@ -15,7 +15,7 @@ import anyio
 
 from octave_bulk.run.engine import run_batch
 from octave_bulk.run.summary import RunSummary
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.simulator import SimulatorConfig, parse_faults, parse_latency, parse_rate_limit
 from octave_bulk.simulator.server import serve_simulator
 

@@ -29,9 +29,9 @@ from pydantic_settings import (
 
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
-from octave_bulk.config_file import CONFIG_FILE, TomlFile, value_origin
 from octave_bulk.errors import ConfigError, FailOn
-from octave_bulk.ids import target_id_problem
+from octave_bulk.settings.ids import target_id_problem
+from octave_bulk.settings.toml_file import CONFIG_FILE, TomlFile, value_origin
 
 __all__ = ["DEFAULT_BASE_URL", "Settings", "parse_budget", "parse_rate"]
 

@@ -21,7 +21,7 @@ from octave_bulk.input.records import Contact, Reject
 from octave_bulk.state.idset import IdSet, id_key
 
 if TYPE_CHECKING:
-    from octave_bulk.settings import Settings
+    from octave_bulk.settings.model import Settings
 
 __all__ = ["BuiltRequest", "RequestBuilder", "build_request", "derive_request_id", "request_spec"]
 

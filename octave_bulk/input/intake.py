@@ -7,7 +7,7 @@ from pathlib import Path
 
 from octave_bulk.agents import COMPANY_AGENTS
 from octave_bulk.input.reader import ContactReader, ReaderOptions
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 
 __all__ = ["open_contacts", "reader_options"]
 

@@ -29,7 +29,7 @@ CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("confi
 def settings_reference() -> Path | None:
     """``default.toml``, every setting with its default: in the installed package, else in
     the source tree's ``configs/`` (None when neither is there)."""
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]  # the octave_bulk package
     for candidate in (package / "default.toml", package.parent / "configs" / "default.toml"):
         if candidate.is_file():
             return candidate

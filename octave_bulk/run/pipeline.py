@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from octave_bulk.errors import ConfigError, ExitCode, InputError, StateError
+from octave_bulk.input.intake import reader_options
 from octave_bulk.input.reader import ContactReader
-from octave_bulk.intake import reader_options
-from octave_bulk.settings import Settings
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.preflight import check_writable
 

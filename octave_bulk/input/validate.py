@@ -19,10 +19,10 @@ from typing import Any, BinaryIO
 import orjson
 
 from octave_bulk.agents.base import Agent, RequestSpec
-from octave_bulk.build import BuiltRequest, RequestBuilder
 from octave_bulk.input.mapping import ResolvedMapping
 from octave_bulk.input.reader import ContactReader, ReaderOptions
 from octave_bulk.input.records import Contact
+from octave_bulk.run.build import BuiltRequest, RequestBuilder
 
 __all__ = ["ValidationReport", "validate_input"]
 
