@@ -251,9 +251,11 @@ class Sink:
         await self.commit()
 
     async def commit(self) -> None:
-        """fsync what was written, then mark it durable and free its slots."""
-        if not self._pending:
-            return
+        """fsync what was written, then mark it durable and free its slots.
+
+        When it returns, every outcome written before the call is durable and reported,
+        including a group another commit (the committer's) was fsyncing at the time: the
+        lock is taken even with nothing pending, and held until the group is reported."""
         # Shielded: what was written must be committed even while the run is cancelled.
         with anyio.CancelScope(shield=True):
             async with self._committing:
@@ -262,6 +264,9 @@ class Sink:
                     return
                 covered = (self._results.size, self._errors.size)  # every line is in a group
                 await anyio.to_thread.run_sync(self._sync_files, group, covered)
+                self._report(group)
+
+    def _report(self, group: list[tuple[Outcome, int, int]]) -> None:
         for item, _, person in group:
             if item.slot is not None:
                 self._release_slot(item.slot)
