@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -19,7 +20,7 @@ from octave_bulk.errors import ConfigError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
 from octave_bulk.limits.factory import adaptive_limiter, limiter_factory, register_limiter
 from octave_bulk.run.engine import run_batch
-from octave_bulk.simulator import RetryAfterMix
+from octave_bulk.simulator import RetryAfterMix, Simulator, SimulatorConfig
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, sim_settings, write_contacts
 
@@ -164,6 +165,38 @@ async def test_attempts_stopped_while_waiting_are_released_not_answered(
     assert fake.calls["acquire"] == summary["paid_calls"] + fake.calls["release"]
     assert fake.spent == 10  # the released tokens were refunded
     assert fake.calls["open"] == fake.calls["aclose"] == 1
+
+
+class RefusesConnections(httpx.AsyncBaseTransport):
+    """The simulator in process, whose first ``refusals`` agent calls cannot connect."""
+
+    def __init__(self, refusals: int) -> None:
+        self.app = Simulator(SimulatorConfig())
+        self.inner = httpx.ASGITransport(app=self.app)
+        self.refusals = refusals
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/run") and self.refusals:
+            self.refusals -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_attempts_that_could_not_connect_are_released(tmp_path: Path) -> None:
+    write_contacts(tmp_path / "in.csv", 20)
+    transport = RefusesConnections(3)
+    made = Made()
+    summary = await run_batch(
+        tmp_path / "in.csv",
+        tmp_path / "out.ndjson",
+        sim_settings("http://sim", breaker_threshold=100),
+        transport=transport,
+        limiter=made,
+    )
+    fake = made.built["calls"]
+    assert summary["exit_code"] == 0 and summary["paid_calls"] == 20
+    assert fake.calls["release"] == 3 and fake.calls["on_answer"] == 20
+    assert fake.calls["acquire"] == summary["paid_calls"] + fake.calls["release"]
 
 
 async def test_a_fake_limiter_paces_submits_and_polls_of_an_async_run(

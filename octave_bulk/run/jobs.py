@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import anyio
 
 from octave_bulk.errors import (
+    NEVER_SENT,
     ApiError,
     ErrorKind,
     FatalApiError,
@@ -395,7 +396,10 @@ class Jobs:
             pause = await self.limiter.on_429(ticket, exc.retry_after)
             self._schedule(live, time.monotonic() + max(pause, exc.retry_after or 0.0))
             return
-        await self.limiter.on_answer(ticket)
+        if exc.kind in NEVER_SENT:  # it never left: released, not answered
+            await self.limiter.release(ticket)
+        else:
+            await self.limiter.on_answer(ticket)
         if isinstance(exc, FatalApiError):
             self.control.on_error(exc)  # the key or the endpoint: stop the run
             return

@@ -25,7 +25,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, RetryableApiError
+from octave_bulk.errors import (
+    NEVER_SENT,
+    ApiError,
+    ErrorKind,
+    FatalApiError,
+    RetryableApiError,
+)
 from octave_bulk.http.async_api import Receipt
 from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
@@ -47,9 +53,6 @@ __all__ = ["Worker"]
 _Attempted = tuple[CallSuccess | Receipt, int, float]  # (answer, in-flight slot, latency ms)
 
 _ABANDONED = "abandoned"  # the kind of a call cancelled on the wire (never recorded)
-
-NEVER_SENT = frozenset({ErrorKind.CONNECT, ErrorKind.LOCAL})
-"""Attempts that never reached a server (refused connection, a local limit): not charged."""
 
 
 def _retryable(exc: BaseException) -> bool:
