@@ -170,20 +170,15 @@ class AdaptiveLimiter:
         """The calls in flight let through now."""
         return self.gate.window
 
-    @property
-    def paused(self) -> bool:
-        """Whether the whole pool is paused now (after 429s with a Retry-After)."""
-        return self.gate.paused_until > self.clock()
-
     def stop(self) -> None:
         """Wake every waiter: the run is stopping (callers check that after acquire)."""
         self.gate.stop()
 
     async def open(self) -> None:
-        """Nothing to open: the limiter is local to the run."""
+        """Nothing to open: the limiter is local to the run (so is :meth:`aclose`)."""
 
     async def aclose(self) -> None:
-        """Nothing to close: the limiter is local to the run."""
+        pass
 
     async def acquire(self) -> AdaptiveTicket:
         """Wait for a slot in the window, then for the rate and any pause; returns the
@@ -437,7 +432,7 @@ class AdaptiveLimiter:
         return LimitsReport(
             rate=self.rate,
             window=self.window,
-            paused=self.paused,
+            paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
             rate_limited_at=self.rate_limited_at,
             concurrency_limited_at=self.concurrency_limited_at,
             start_rate=self.start_rate,
