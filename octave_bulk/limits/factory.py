@@ -19,7 +19,13 @@ from octave_bulk.errors import ConfigError
 from octave_bulk.limits.adaptive import FIRST_WINDOW, AdaptiveLimiter
 from octave_bulk.limits.base import Limiter, LimiterContext, LimiterFactory
 
-__all__ = ["DEFAULT_LIMITER", "adaptive_limiter", "limiter_factory", "register_limiter"]
+__all__ = [
+    "DEFAULT_LIMITER",
+    "adaptive_limiter",
+    "limiter_factory",
+    "register_limiter",
+    "start_limits",
+]
 
 DEFAULT_LIMITER = "adaptive"
 
