@@ -125,7 +125,7 @@ def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
         server = cell.server()
         started = time.monotonic()
         limiter = simulate(server, cell.n, **options)
-        found = limiter.describe()
+        found = limiter.report().summary()
         ratio = _span(cell, server) / cell.ideal()
         share = server.refused / max(1, server.calls)
         missed = []

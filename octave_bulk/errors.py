@@ -27,6 +27,7 @@ from pathlib import Path
 from octave_bulk.redact import scrub
 
 __all__ = [
+    "NEVER_SENT",
     "ApiError",
     "ConfigError",
     "ErrorKind",
@@ -154,6 +155,11 @@ class ErrorKind(enum.StrEnum):
     LOCAL = "local"
     # Not the API's doing: a bug in octave-bulk cost this contact's attempt.
     INTERNAL = "internal"
+
+
+NEVER_SENT = frozenset({ErrorKind.CONNECT, ErrorKind.LOCAL})
+"""The kinds of an attempt that never reached a server: not charged, and released to the
+limiter rather than counted as an answer."""
 
 
 def status_kind(status: int) -> str:

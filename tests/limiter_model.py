@@ -130,11 +130,11 @@ async def _run(server: Server, contacts: int, limiter: AdaptiveLimiter, workers:
                     await asyncio.sleep(server.draw())
                     server.in_flight -= 1
                     server.last_answer = loop.time()
-                    limiter.on_answer(ticket)
+                    await limiter.on_answer(ticket)
                     break
                 wait = server.wait
                 await asyncio.sleep(0.002)  # a refusal's round trip
-                pause = limiter.on_429(ticket, wait)
+                pause = await limiter.on_429(ticket, wait)
                 await asyncio.sleep(max(wait, pause))  # the retry waits out its Retry-After
 
     async with anyio.create_task_group() as tasks:

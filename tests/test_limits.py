@@ -34,7 +34,7 @@ def test_a_token_bucket_is_found_and_kept_saturated(
     # regressions (a bucket without burst refuses some calls even just below its rate).
     assert span_ratio(server, contacts, rate) <= 1.15
     assert server.refused <= 0.10 * server.calls
-    found = limiter.describe()
+    found = limiter.report().summary()
     assert found["rate"] == pytest.approx(rate, rel=0.10)
     assert found["concurrency_limited_at"] is None
 
@@ -54,7 +54,7 @@ def test_an_in_flight_cap_is_found_as_a_window(cap: int, latency: float) -> None
     server = Server(cap=cap, latency=latency)
     limiter = simulate(server, contacts, rate_ceiling=None, window_ceiling=256)
     assert limiter.window == cap
-    assert limiter.describe()["concurrency_limited_at"] == cap + 1
+    assert limiter.report().concurrency_limited_at == cap + 1
     assert server.first is not None
     elapsed = server.last_answer - server.first
     assert elapsed <= 1.20 * contacts * latency / cap  # the last wave's slowest call included
@@ -83,18 +83,18 @@ async def test_an_isolated_429_neither_pauses_nor_slows_the_pool() -> None:
     limiter = AdaptiveLimiter(100.0, 64, start_rate=100.0)
     tickets = [await limiter.acquire() for _ in range(40)]
     for ticket in tickets[:-1]:
-        limiter.on_answer(ticket)
+        await limiter.on_answer(ticket)
     rate = limiter.rate
-    assert limiter.on_429(tickets[-1], 30.0) == 0.0
+    assert await limiter.on_429(tickets[-1], 30.0) == 0.0
     assert limiter.rate == rate and limiter.window == 64
 
 
 @pytest.mark.slow
 async def test_a_retry_after_beyond_the_longest_pause_is_clamped_and_counted() -> None:
     limiter = AdaptiveLimiter(None, 64, max_pause=5.0, sleep=_no_wait)
-    pauses = [limiter.on_429(await limiter.acquire(), 86400.0) for _ in range(10)]
+    pauses = [await limiter.on_429(await limiter.acquire(), 86400.0) for _ in range(10)]
     assert max(pauses) == 5.0  # refused everything: the pool waits, 5 s at most
-    assert limiter.describe()["retry_after_clamped"] == 10
+    assert limiter.report().retry_after_clamped == 10
 
 
 async def _no_wait(_seconds: float) -> None:

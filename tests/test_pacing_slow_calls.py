@@ -43,7 +43,7 @@ def test_a_token_bucket_with_little_burst_is_paced_at_its_rate_not_as_a_cap() ->
     limiter = simulate(server, 600, rate_ceiling=8.0, window_ceiling=64)
     assert sustained(server, 30.0, 280.0) >= 0.9 * 2.0
     assert span_ratio(server, 600, 2.0) <= 1.10
-    assert limiter.describe()["concurrency_limited_at"] is None
+    assert limiter.report().concurrency_limited_at is None
     assert server.refused <= 0.10 * server.calls  # probes past a burst of 2 cost 429s
 
 
@@ -53,7 +53,7 @@ def test_a_window_of_5_per_second_with_3_s_calls_is_paced_at_5_per_second(shape:
     limiter = simulate(server, 1500, rate_ceiling=None, window_ceiling=64)
     assert sustained(server, 30.0, 280.0) >= 0.9 * 5.0
     assert span_ratio(server, 1500, 5.0) <= 1.10
-    assert limiter.describe()["concurrency_limited_at"] is None
+    assert limiter.report().concurrency_limited_at is None
 
 
 def test_a_per_minute_quota_is_paced_at_its_rate_and_its_reset_wait_is_not_a_rate() -> None:
@@ -62,13 +62,13 @@ def test_a_per_minute_quota_is_paced_at_its_rate_and_its_reset_wait_is_not_a_rat
     server = Server(rate=2.0, shape="fixed", period=60.0, latency=5.0)
     limiter = simulate(server, 600, rate_ceiling=None, window_ceiling=64)
     assert span_ratio(server, 600, 2.0) <= 1.20
-    assert limiter.describe()["rate"] == pytest.approx(2.0, rel=0.10)
+    assert limiter.report().summary()["rate"] == pytest.approx(2.0, rel=0.10)
 
 
 def test_a_real_cap_of_8_is_found_exactly_and_leaves_no_phantom_rate() -> None:
     server = Server(cap=8, latency=3.0)
     limiter = simulate(server, 480, rate_ceiling=None, window_ceiling=64)
-    found = limiter.describe()
+    found = limiter.report().summary()
     assert limiter.window == 8
     assert found["concurrency_limited_at"] == 9
     assert found["rate"] is None  # no rate limit was met: none to remember

@@ -11,7 +11,7 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
   only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
   for three refusal round trips: a 429 comes back at network speed, an accepted call after
   the agent's work, so verdicts at 40-s calls take milliseconds.
-* **Rate verdicts.** ``_REFUSED`` 429s, once ``_VERDICT`` outcomes are known (or at once when
+* **Rate verdicts.** ``REFUSED`` 429s, once ``VERDICT`` outcomes are known (or at once when
   they are a quarter of them), above ``_TOLERATED``: the server accepts less than is sent. An
   overloaded token bucket accepts exactly its rate, so the new rate is the send rate times the
   share accepted since the epoch's first 429, less ``_MARGIN``; or the rate that held
@@ -25,16 +25,16 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
   paced at its quota over its length; a full window grows at once.
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
-  and ``bad`` until they are within ``_CONVERGED``, and holds. Past ``bad`` it probes in steps
+  and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
   from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
-  outcomes that doubles per probe refused (``_MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
+  outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
   latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch is
   shorter than it (a window shows a rate only at its end).
 * **Memory.** A remembered rate starts the run but is verified like any other setting: no
   ``bad`` is assumed above it, and it grows in steps of 4 x ``_STEP`` while it meets no 429,
   so that one far below what holds is left within a few probes. A remembered window is a
   suspected cap: refused at again, it is proven; never refused, it is probed past.
-* **Pauses.** The whole pool stops after ``_VERDICT`` 429s in a row with nothing sent after
+* **Pauses.** The whole pool stops after ``VERDICT`` 429s in a row with nothing sent after
   them accepted (answers to older calls are no news), for as long as the server said
   (``Retry-After``, clamped to ``max_pause``).
 """
@@ -45,17 +45,16 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from octave_bulk.limits.base import Ticket
+from octave_bulk.limits.base import LimitsReport, Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
-from octave_bulk.limits.gate import Gate
+from octave_bulk.limits.gate import AdaptiveTicket, Gate
 from octave_bulk.limits.verdicts import (
-    _CONVERGED,
-    _MAX_BACKOFF,
-    _REFUSED,
-    _VERDICT,
+    CONVERGED,
+    MAX_BACKOFF,
+    REFUSED,
+    VERDICT,
     Verdicts,
 )
 from octave_bulk.observe.log import log_event
@@ -78,7 +77,7 @@ _PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of q
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
 
 
-class AdaptiveLimiter(Verdicts):
+class AdaptiveLimiter:
     """Admission control shared by all workers of one run (create it inside the loop).
 
     Args:
@@ -110,37 +109,38 @@ class AdaptiveLimiter(Verdicts):
         name: str = "pacing",
     ) -> None:
         self.name = name
+        self.start_rate, self.start_window = start_rate, start_window
         self.rate_ceiling, self.window_ceiling = rate_ceiling, window_ceiling
         self.adaptive, self.max_pause = adaptive, max_pause
-        self._clock = clock
-        self._search_from = search_from
+        self.clock = clock
+        self.search_from = search_from
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
-        self._gate = Gate(
+        self.gate = Gate(
             None if first is None else _clamp(first, rate_ceiling),
             max(1, min(window_ceiling, start_window or first_window or window_ceiling)),
             clock=clock,
             sleep=sleep,
         )
-        self._epoch = Epoch(0)
+        self.epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
-        self._evidence = Evidence()
+        self.evidence = Evidence()
         # A cap proven by refusals at the same level once calls had come back: probed past
         # one call at a time, rarely. A remembered window is not: it is verified like a guess.
-        self._cap_known = False
+        self.cap_known = False
         # A cap sighted once (or remembered): seen again at that level, it is proven.
-        self._suspected_cap = start_window + 1 if start_window else None
-        self._suspected_in = -1  # the epoch of the first sighting
-        self._rate_before_cap: float | None = self._gate.rate if start_window else None
-        self._rate_limited_before_cap = False  # a rate verdict came before the sighting
-        self._delivered_at_cut: float | None = None  # calls/s let through, at the last cut
+        self.suspected_cap = start_window + 1 if start_window else None
+        self.suspected_in = -1  # the epoch of the first sighting
+        self.rate_before_cap: float | None = self.gate.rate if start_window else None
+        self.rate_limited_before_cap = False  # a rate verdict came before the sighting
+        self.delivered_at_cut: float | None = None  # calls/s let through, at the last cut
         # The lowest rate refused since. A remembered rate is verified like any other: one
         # that meets no 429 is probed up at the pace of a search past a cut (small steps,
         # doubled while they hold), so a remembered rate far below what holds is left fast.
         self.bad: float | None = None
-        self._cut_once = start_rate is not None
-        self._eased = 0  # small steps down since a quiet epoch (see _cut_rate)
+        self.cut_once = start_rate is not None
+        self.eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
-        self._failed_probes = 0
+        self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
         # The next probe's growth once cut (doubled while probes hold); from a remembered rate,
@@ -153,144 +153,156 @@ class AdaptiveLimiter(Verdicts):
         self.refusals = 0
         # 429s since the last call accepted that was sent after them (answers to calls sent
         # before keep landing while a quota is spent: they are no news)
-        self._refused_in_row = 0
+        self.refused_in_row = 0
         self._last_refused_sent = -math.inf
-        self._answers = 0  # answers other than 429s, all epochs
+        self.answers = 0  # answers other than 429s, all epochs
         self.clamped_retry_after = 0
+        self.released = 0  # tickets handed back unsent
+        self.verdicts = Verdicts(self)
 
     @property
     def rate(self) -> float | None:
         """The rate let through now, calls per second (None: no rate gate)."""
-        return self._gate.rate
+        return self.gate.rate
 
     @property
     def window(self) -> int:
         """The calls in flight let through now."""
-        return self._gate.window
-
-    @property
-    def paused(self) -> bool:
-        """Whether the whole pool is paused now (after 429s with a Retry-After)."""
-        return self._gate.paused_until > self._clock()
+        return self.gate.window
 
     def stop(self) -> None:
         """Wake every waiter: the run is stopping (callers check that after acquire)."""
-        self._gate.stop()
+        self.gate.stop()
 
-    async def acquire(self) -> Ticket:
+    async def open(self) -> None:
+        """Nothing to open: the limiter is local to the run (so is :meth:`aclose`)."""
+
+    async def aclose(self) -> None:
+        pass
+
+    async def acquire(self) -> AdaptiveTicket:
         """Wait for a slot in the window, then for the rate and any pause; returns the
-        attempt's ticket (give it back to :meth:`on_answer` or :meth:`on_429`)."""
-        ticket = Ticket(0.0, 0, -1)
-        waits = await self._gate.enter(ticket)
+        attempt's ticket (give it back to :meth:`on_answer`, :meth:`on_429` or
+        :meth:`release`)."""
+        ticket = AdaptiveTicket()
+        waits = await self.gate.enter(ticket)
         if waits is None:
             return ticket  # stopped: no slot, nothing to send
-        epoch = self._epoch
-        ticket.sent_at, ticket.level = self._clock(), self._gate.in_flight
+        epoch = self.epoch
+        ticket.sent_at, ticket.level = self.clock(), self.gate.in_flight
         ticket.epoch = epoch.number
         epoch.sent_one(ticket, waits)
-        self._evidence.sent(ticket.sent_at)
-        self._settle()  # at 40-s calls, sends are what moves the verdicts on
+        self.evidence.sent(ticket.sent_at)
+        self.settle()  # at 40-s calls, sends are what moves the verdicts on
         if self.adaptive:
-            self._maybe_probe()
-            if self._gate.in_flight >= self.window and not epoch.held_by_window:
+            self.maybe_probe()
+            if self.gate.in_flight >= self.window and not epoch.held_by_window:
                 # This send filled the window: with 40-s calls nothing would move the verdicts
                 # on for 40 s. Once the epoch's sends are known (unrefused for three refusal
                 # round trips), a window full without a 429 is judged: it may grow at once.
                 epoch.held_by_window = True
                 loop = asyncio.get_running_loop()
-                loop.call_later(4 * self._refusal_rtt, self._judge_full_window, epoch)
+                loop.call_later(4 * self._refusal_rtt, self.verdicts.judge_full_window, epoch)
         return ticket
 
-    def _release(self, ticket: Ticket) -> bool:
+    def _leave(self, ticket: Ticket) -> tuple[AdaptiveTicket, bool]:
         """Free the ticket's window slot; whether its outcome still counts for the epoch."""
-        return self._gate.leave(ticket) and ticket.epoch == self._epoch.number
+        if not isinstance(ticket, AdaptiveTicket):
+            raise TypeError(f"not a ticket of this limiter: {ticket!r}")
+        return ticket, self.gate.leave(ticket) and ticket.epoch == self.epoch.number
+
+    async def release(self, ticket: Ticket) -> None:
+        """The attempt was never sent: its window slot goes back, and it judges nothing."""
+        own, _ = self._leave(ticket)
+        own.epoch = -1  # never counted as accepted (see settle)
+        self.released += 1
 
     # --- answers ----------------------------------------------------------------------
 
-    def on_answer(self, ticket: Ticket) -> None:
+    async def on_answer(self, ticket: Ticket) -> None:
         """The attempt ended without a 429 (a success, or any other outcome)."""
-        counts = self._release(ticket)
+        ticket, counts = self._leave(ticket)
         # No refusal takes longer than the fastest answer's round trip.
-        self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self._clock() - ticket.sent_at))
-        self._answers += 1
-        self._evidence.answered(ticket.sent_at, self._clock())
+        self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self.clock() - ticket.sent_at))
+        self.answers += 1
+        self.evidence.answered(ticket.sent_at, self.clock())
         if counts:
             self._accepted(ticket)
         if ticket.sent_at > self._last_refused_sent:  # an old call's answer is no news
-            self._refused_in_row = 0
-            self._evidence.accepted_again()
-        self._settle()
+            self.refused_in_row = 0
+            self.evidence.accepted_again()
+        self.settle()
         if self.adaptive:
-            self._maybe_probe()
+            self.maybe_probe()
 
-    def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
         """The attempt was refused; returns the pool-wide pause this caused (0: only this
         attempt's own retry waits). A Retry-After beyond ``max_pause`` is clamped."""
-        counts = self._release(ticket)
-        now = self._clock()
+        ticket, counts = self._leave(ticket)
+        now = self.clock()
         self.refusals += 1
-        self._evidence.refused(ticket.sent_at)
+        self.evidence.refused(ticket.sent_at)
         self._refusal_rtt = 0.8 * self._refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
         if retry_after is not None and retry_after > self.max_pause:
             self.clamped_retry_after += 1
             log_event("retry_after_clamped", asked_s=round(retry_after), used_s=self.max_pause)
             retry_after = self.max_pause
         if not counts:
-            return max(0.0, self._gate.paused_until - now)  # sent before the last change
-        epoch = self._epoch
+            return max(0.0, self.gate.paused_until - now)  # sent before the last change
+        epoch = self.epoch
         epoch.known_one(ticket, accepted=False)
-        self._settle()
-        self._refused_in_row += 1
+        self.settle()
+        self.refused_in_row += 1
         self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
-        in_row = self._refused_in_row
-        window_rate = self._evidence.window_rate(now, retry_after, self.rate, in_row)
+        in_row = self.refused_in_row
+        window_rate = self.evidence.window_rate(now, retry_after, self.rate, in_row)
         if self.adaptive and window_rate is not None:
-            return self._window_exhausted(now, window_rate, retry_after or 0.0)
+            return self.verdicts.window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
         share = epoch.refused / epoch.sent
-        judged = epoch.refused >= _REFUSED and (
-            epoch.known >= _VERDICT or 4 * epoch.refused >= epoch.known  # a quarter: at once
+        judged = epoch.refused >= REFUSED and (
+            epoch.known >= VERDICT or 4 * epoch.refused >= epoch.known  # a quarter: at once
         )
         cap = self.concurrency_limited_at
         if self.adaptive and cap is not None and ticket.level < cap - 1:
             # Refused below the cap it seemed to have: it was a rate (a token bucket's
             # refusals follow the in-flight count when sends come in bursts), not a cap.
             self.concurrency_limited_at = None
-            self._set(window=self.window_ceiling, reason="not_concurrency")
+            self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
-        concurrency = self.adaptive and self._judge_concurrency()
+        concurrency = self.adaptive and self.verdicts.judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
-            self._cut_rate(now)
-        overwhelmed = self._refused_in_row >= _VERDICT  # nothing accepted meanwhile
+            self.verdicts.cut_rate(now)
+        overwhelmed = self.refused_in_row >= VERDICT  # nothing accepted meanwhile
         if not concurrency and overwhelmed and retry_after is not None:
-            if self._gate.pause(now + retry_after):
+            if self.gate.pause(now + retry_after):
                 log_event("paused", seconds=round(retry_after, 2), share_429=round(share, 2))
             return retry_after
         return 0.0
 
-    def _accepted(self, ticket: Ticket) -> None:
-        epoch = self._epoch
+    def _accepted(self, ticket: AdaptiveTicket) -> None:
+        epoch = self.epoch
         epoch.known_one(ticket, accepted=True)
-        self._evidence.accepted_at_level(ticket.sent_at, ticket.level)
+        self.evidence.accepted_at_level(ticket.sent_at, ticket.level)
         if ticket.sent_at > self._last_refused_sent:
-            self._refused_in_row = 0
-            self._evidence.accepted_again()
+            self.refused_in_row = 0
+            self.evidence.accepted_again()
         cap = self.concurrency_limited_at
-        if cap is not None and not self._cap_known and ticket.level > cap:
+        if cap is not None and not self.cap_known and ticket.level > cap:
             # A cap inferred before calls came back, and a call above it went through: the
             # refusals were a rate's. The window opens; the rate takes the next verdict.
             self.concurrency_limited_at = None
-            self._set(window=self.window_ceiling, reason="not_concurrency")
-        if self._suspected_cap is not None and ticket.level > self._suspected_cap:
-            self._suspected_cap = None  # went through above it (one level of slack: our
+            self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
+        if self.suspected_cap is not None and ticket.level > self.suspected_cap:
+            self.suspected_cap = None  # went through above it (one level of slack: our
             # count includes answers still in transit): no cap there
         ticket.epoch = -1  # counted: its answer, if it comes later, must not count again
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """Attempts unrefused for three refusal round trips count as accepted."""
-        epoch, horizon = self._epoch, self._clock() - 3 * self._refusal_rtt
+        epoch, horizon = self.epoch, self.clock() - 3 * self._refusal_rtt
         while (
-            epoch is self._epoch
+            epoch is self.epoch
             and epoch.unknown
             and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon)
         ):
@@ -300,32 +312,32 @@ class AdaptiveLimiter(Verdicts):
 
     # --- decisions --------------------------------------------------------------------
 
-    def _failed_probe(self, moved: bool = False) -> None:
+    def failed_probe(self, moved: bool = False) -> None:
         """Count a refused probe; a setting that held and is now refused wholesale
         (``moved``) means the limit moved, and the search starts afresh."""
         if self._probing:
-            self._failed_probes += 1
+            self.failed_probes += 1
         elif moved:
-            self._failed_probes = 0
+            self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
         self._rate_step = _STEP
 
-    def _maybe_probe(self) -> None:
-        epoch = self._epoch
+    def maybe_probe(self) -> None:
+        epoch = self.epoch
         rate = self.rate
-        searching = not self._cut_once or (
-            rate is not None and self.bad is not None and self.bad > rate * _CONVERGED
+        searching = not self.cut_once or (
+            rate is not None and self.bad is not None and self.bad > rate * CONVERGED
         )
-        quiet = _VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
+        quiet = VERDICT if searching else _QUIET  # a bracket narrows fast; past it, probes cost
         if epoch.window_waits or epoch.held_by_window:  # a small window shows few at a time
             quiet = min(quiet, self.window)
-        latency = self._evidence.latency
+        latency = self.evidence.latency
         in_flight = rate * latency if latency is not None and rate is not None else 0.0
         slow = in_flight >= _SLOW_CALLS  # calls slower than several send gaps
         if latency is not None:  # no epoch lasts over two round trips of the calls
             quiet = max(_MIN_QUIET, min(quiet, math.ceil(2 * in_flight)))
-        period = self._evidence.period
+        period = self.evidence.period
         if period is not None and rate is not None:  # a window shows a rate only at its end
             quiet = max(quiet, math.ceil(rate * period))
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
@@ -343,31 +355,31 @@ class AdaptiveLimiter(Verdicts):
                 if share > _TOLERATED_HELD:  # ... unless they add up: a little too fast
                     self.bad = rate if self.bad is None else min(self.bad, rate)
                     self.good = rate * (1 - share)  # what held was a little too fast
-                    self._set(rate=self.good, reason="rate")
+                    self.start_epoch(rate=self.good, reason="rate")
                     return
-            self._set(reason=None)
+            self.start_epoch(reason=None)
             return
         if rate_bound:
-            self._eased = 0  # a quiet epoch at the rate: the next refusal may ease again
+            self.eased = 0  # a quiet epoch at the rate: the next refusal may ease again
         if self._probing and (rate_bound or window_bound):
             if self.bad is None or window_bound:
-                self._failed_probes = 0  # a probe into the unknown held: probe freely again
+                self.failed_probes = 0  # a probe into the unknown held: probe freely again
         elif self._probing:
-            self._set(reason=None, probing=True)  # not tested yet: nothing held it back
+            self.start_epoch(reason=None, probing=True)  # not tested yet: nothing held it back
             return
         self._quiet_known += epoch.known
         # Past the last refusal (or a cap), probes cost 429s: each refused one doubles the
         # quiet epochs before the next, from 4 (so that they cost about 1 % of calls).
-        patience = past_cap = _QUIET * 2 ** (min(self._failed_probes, _MAX_BACKOFF) + 2)
+        patience = past_cap = _QUIET * 2 ** (min(self.failed_probes, MAX_BACKOFF) + 2)
         if slow:  # ... and no probe waits over a few round trips
-            bound = _PATIENCE_LATENCIES * 2 ** min(self._failed_probes, _MAX_BACKOFF)
+            bound = _PATIENCE_LATENCIES * 2 ** min(self.failed_probes, MAX_BACKOFF)
             patience = max(quiet, min(patience, math.ceil(bound * in_flight)))
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
-            bracketed = self.bad is not None and self.bad > rate * _CONVERGED
+            bracketed = self.bad is not None and self.bad > rate * CONVERGED
             if not bracketed and self._quiet_known >= patience:
                 self.bad = None  # forgiven: the limit may have risen
-            step = self._rate_step if self._cut_once else _FIRST_GROWTH - 1
+            step = self._rate_step if self.cut_once else _FIRST_GROWTH - 1
             if self.bad is None:
                 target = rate * (1 + step)
             elif bracketed and self.bad is not None:
@@ -377,23 +389,23 @@ class AdaptiveLimiter(Verdicts):
             if target > rate and (self.rate_ceiling is None or rate < self.rate_ceiling):
                 if self.bad is None:  # into the unknown: faster while probes hold
                     self._rate_step = min(_MAX_STEP, 2 * self._rate_step)
-                self._set(rate=target, reason="probe", probing=True)
+                self.start_epoch(rate=target, reason="probe", probing=True)
                 return
-        elif window_bound and self._quiet_known < past_cap and self._cap_known:
+        elif window_bound and self._quiet_known < past_cap and self.cap_known:
             pass  # a cap found or remembered: probed past rarely
-        elif window_bound and self.window < self.window_ceiling and self._answers >= self.window:
+        elif window_bound and self.window < self.window_ceiling and self.answers >= self.window:
             # Past a cap (proven, tentative or remembered): one more call, doubling the step
             # while probes hold, once calls have come back (sooner, the count in flight has
             # only gone up, and a probe says nothing new). With no cap in sight: doubled.
             grown = self.window + self._window_step
-            if self.concurrency_limited_at is None and self._suspected_cap is None:
+            if self.concurrency_limited_at is None and self.suspected_cap is None:
                 grown = max(grown, self.window * 2)
             self._window_step *= 2
-            self._grow_window(grown)
+            self.verdicts.grow_window(grown)
             return
-        self._set(reason=None)
+        self.start_epoch(reason=None)
 
-    def _set(
+    def start_epoch(
         self,
         *,
         rate: float | None = None,
@@ -403,28 +415,33 @@ class AdaptiveLimiter(Verdicts):
     ) -> None:
         """Start a new epoch, with a new rate and/or window when given."""
         if rate is not None:
-            self._gate.set_rate(_clamp(rate, self.rate_ceiling))
+            self.gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
         if window is not None:
-            self._gate.set_window(max(1, min(window, self.window_ceiling)))
+            self.gate.set_window(max(1, min(window, self.window_ceiling)))
         self._probing = probing
         if reason is not None:
             if reason != "probe":
                 self._quiet_known = 0
             log_event(self.name, reason=reason, rate=_round(self.rate), window=self.window)
-        self._epoch = Epoch(self._epoch.number + 1)
+        self.epoch = Epoch(self.epoch.number + 1)
 
-    def describe(self) -> dict[str, Any]:
-        """What was learnt of the server, JSON-ready: the settled rate (None when no rate
-        limit was met) and window, where the 429s began, and the 429 counts."""
-        return {
-            "rate": _round(self.rate) if self.rate_limited_at is not None else None,
-            "window": self.window,
-            "rate_limited_at": _round(self.rate_limited_at),
-            "concurrency_limited_at": self.concurrency_limited_at,
-            "refusals_429": self.refusals,
-            "retry_after_clamped": self.clamped_retry_after,
-        }
+    def report(self) -> LimitsReport:
+        """What was learnt of the server: the rate and window let through now, where the
+        429s began, the counts."""
+        return LimitsReport(
+            rate=self.rate,
+            window=self.window,
+            paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
+            rate_limited_at=self.rate_limited_at,
+            concurrency_limited_at=self.concurrency_limited_at,
+            start_rate=self.start_rate,
+            start_window=self.start_window,
+            accepted=self.answers,
+            refused=self.refusals,
+            released=self.released,
+            retry_after_clamped=self.clamped_retry_after,
+        )
 
 
 def _clamp(rate: float, ceiling: float | None) -> float:

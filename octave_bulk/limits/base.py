@@ -1,62 +1,154 @@
-"""The limiter contract: every attempt passes a limiter before it is sent.
+"""The limiter contract (v2): every attempt passes a limiter before it is sent.
 
-A run holds one :class:`Limiter`, shared by all its workers. A worker calls :meth:`acquire`
-before each attempt and gets a :class:`Ticket`, then reports how that attempt ended with
-exactly one of :meth:`~Limiter.on_answer` (anything but a 429: a success, another error, a
-transport failure) or :meth:`~Limiter.on_429`, passing the ticket back. :meth:`~Limiter.stop`
-wakes every waiter when the run stops.
+A run holds one :class:`Limiter` for its calls (and one for its async status polls), shared
+by all its workers, built by a :data:`LimiterFactory` (``limits/registry.py``: the
+``limiter`` setting names one; ``run_batch(limiter=...)`` takes one). A worker calls
+:meth:`~Limiter.acquire` before each attempt and gets an opaque :class:`Ticket`, then hands
+it back exactly once:
+
+* :meth:`~Limiter.on_answer`: the attempt was sent and ended without a 429 (a success,
+  another error, a transport failure after sending, or a cancellation while it was on the
+  wire: it may have been paid);
+* :meth:`~Limiter.on_429`: the attempt was refused with a 429;
+* :meth:`~Limiter.release`: the attempt was never sent (the run stopped while it waited, a
+  connect failure, an error before the request went out): it does not count as accepted, and
+  a token limiter may refund it.
+
+:meth:`~Limiter.stop` wakes every waiter when the run stops. :meth:`~Limiter.open` and
+:meth:`~Limiter.aclose` bracket the run (no-ops for a local limiter; a shared one does its I/O
+there). :meth:`~Limiter.report` says what the limiter let through and learnt, as a
+:class:`LimitsReport` (the run's summary, series, CLI and report read it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-__all__ = ["Limiter", "Ticket"]
+if TYPE_CHECKING:
+    from octave_bulk.settings.model import Settings
+
+__all__ = ["Limiter", "LimiterContext", "LimiterFactory", "LimitsReport", "Ticket"]
 
 
-@dataclass(slots=True, eq=False)  # hashed by identity (a borrower of a capacity limiter)
 class Ticket:
-    """One attempt's pass: when it was sent, at which in-flight level, in which epoch."""
+    """One attempt's pass, opaque to the caller: each limiter subclasses it with what it
+    needs to know of the attempt (hashed by identity)."""
 
-    sent_at: float
-    level: int
-    epoch: int
-    answered: bool = False
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsReport:
+    """What a limiter let through and learnt of the server.
+
+    Attributes:
+        rate: the rate let through now, calls per second (None: no rate gate).
+        window: the calls in flight let through now.
+        paused: whether the whole pool is paused now (after 429s).
+        rate_limited_at: the send rate at which 429s began (None: no rate limit met).
+        concurrency_limited_at: the in-flight level at which 429s began (None: no cap met).
+        start_rate, start_window: the remembered limits the limiter started from (None each
+            where it started from none).
+        accepted: attempts that ended without a 429.
+        refused: attempts refused with a 429.
+        released: attempts handed back unsent.
+        retry_after_clamped: Retry-After values longer than the longest pause, clamped.
+    """
+
+    rate: float | None
+    window: int
+    paused: bool = False
+    rate_limited_at: float | None = None
+    concurrency_limited_at: int | None = None
+    start_rate: float | None = None
+    start_window: int | None = None
+    accepted: int = 0
+    refused: int = 0
+    released: int = 0
+    retry_after_clamped: int = 0
+
+    @property
+    def settled_rate(self) -> float | None:
+        """The rate the run settled at once a rate limit was met (None: none met)."""
+        return self.rate if self.rate_limited_at is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        """The summary's ``limits`` keys (``OUT.summary.json``), JSON-ready."""
+        return {
+            "rate": _round(self.settled_rate),
+            "window": self.window,
+            "rate_limited_at": _round(self.rate_limited_at),
+            "concurrency_limited_at": self.concurrency_limited_at,
+            "refusals_429": self.refused,
+            "retry_after_clamped": self.retry_after_clamped,
+        }
 
 
 class Limiter(Protocol):
     """Admission control shared by the workers of one run."""
 
-    @property
-    def rate(self) -> float | None:
-        """The rate currently let through, calls per second; None for no limit."""
+    async def open(self) -> None:
+        """Before the first :meth:`acquire` (a shared limiter connects here)."""
         ...
 
-    @property
-    def window(self) -> int:
-        """The calls in flight currently let through."""
+    async def aclose(self) -> None:
+        """After the last ticket was handed back, whatever the run's end."""
         ...
 
     async def acquire(self) -> Ticket:
-        """Wait until a call may be sent; returns its ticket.
+        """Wait until an attempt may be sent; returns its ticket.
 
-        Returns early once :meth:`stop` was called; callers check for a stop after it."""
+        Returns early once :meth:`stop` was called; callers check for a stop after it (and
+        :meth:`release` the ticket)."""
         ...
 
-    def on_answer(self, ticket: Ticket) -> None:
-        """The attempt ended without a 429."""
+    async def on_answer(self, ticket: Ticket) -> None:
+        """The attempt was sent and ended without a 429."""
         ...
 
-    def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
         """The attempt was refused with a 429; returns how long the whole pool now pauses
         (0 when only this attempt's own retry has to wait)."""
+        ...
+
+    async def release(self, ticket: Ticket) -> None:
+        """The attempt was never sent: its place goes back, and it counts as nothing."""
         ...
 
     def stop(self) -> None:
         """Wake every waiter: the run is stopping."""
         ...
 
-    def describe(self) -> dict[str, Any]:
-        """What the limiter learnt of the server, JSON-ready (for the summary)."""
+    def report(self) -> LimitsReport:
+        """What the limiter let through and learnt, now."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterContext:
+    """What a :data:`LimiterFactory` builds a limiter from.
+
+    Attributes:
+        settings: the run's settings (ceilings, start rate, adaptive, poll settings).
+        purpose: ``calls`` (the agent's calls or async submits) or ``polls`` (async status
+            polls: their limits are the status endpoint's own).
+        remembered: the (rate, window) the output's last run settled at; None each for what
+            is not known (always none for polls).
+        clock: the monotonic clock.
+    """
+
+    settings: Settings
+    purpose: Literal["calls", "polls"] = "calls"
+    remembered: tuple[float | None, int | None] = (None, None)
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
+LimiterFactory = Callable[[LimiterContext], Limiter]
+"""Builds one limiter of a run (called inside the run's event loop)."""
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

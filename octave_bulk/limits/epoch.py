@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from octave_bulk.limits.base import Ticket
-from octave_bulk.limits.gate import Waits
+from octave_bulk.limits.gate import AdaptiveTicket, Waits
 
 __all__ = ["Epoch"]
 
@@ -18,7 +17,7 @@ class Epoch:
     """The attempts of one setting, counted by outcome and in-flight level."""
 
     number: int
-    unknown: deque[Ticket] = field(default_factory=deque)  # outcome not known yet
+    unknown: deque[AdaptiveTicket] = field(default_factory=deque)  # outcome not known yet
     sent: int = 0
     first_sent: float = 0.0
     last_sent: float = 0.0
@@ -32,7 +31,7 @@ class Epoch:
     held_by_window: bool = False  # a sender found the window full
     outcomes: list[tuple[float, bool]] = field(default_factory=list)  # (sent at, accepted)
 
-    def sent_one(self, ticket: Ticket, waits: Waits) -> None:
+    def sent_one(self, ticket: AdaptiveTicket, waits: Waits) -> None:
         self.unknown.append(ticket)
         self.sent += 1
         self.sent_levels[ticket.level] += 1
@@ -41,7 +40,7 @@ class Epoch:
         self.rate_waits += waits.rate
         self.window_waits += waits.window
 
-    def known_one(self, ticket: Ticket, *, accepted: bool) -> None:
+    def known_one(self, ticket: AdaptiveTicket, *, accepted: bool) -> None:
         self.known += 1
         self.accepted += accepted
         self.refused += not accepted

@@ -17,15 +17,27 @@ rate and the pauses; the gate only enforces them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 
 from octave_bulk.limits.base import Ticket
 
-__all__ = ["Gate", "Waits"]
+__all__ = ["AdaptiveTicket", "Gate", "Waits"]
 
 _TOLERANCE = 0.1  # calls a turn may come early (the timer's lateness made up) ...
 _CATCH_UP_ABOVE = 100.0  # ... above this rate (calls per second) only
+
+
+@dataclass(slots=True, eq=False)  # hashed by identity (a borrower of a capacity limiter)
+class AdaptiveTicket(Ticket):
+    """The adaptive limiter's ticket: when the attempt was sent, at which in-flight level, in
+    which epoch (-1 once it counts no more); ``answered`` once its slot is free."""
+
+    sent_at: float = 0.0
+    level: int = 0
+    epoch: int = -1
+    answered: bool = False
 
 
 class Waits:
@@ -92,7 +104,7 @@ class Gate:
         for scope in self._window_waiters:
             scope.cancel()
 
-    async def enter(self, ticket: Ticket) -> Waits | None:
+    async def enter(self, ticket: AdaptiveTicket) -> Waits | None:
         """Wait for a window slot, the rate and any pause; None when the run stopped while
         waiting for a slot (then none is held: ``ticket.answered`` is set)."""
         waits = Waits()
@@ -118,7 +130,7 @@ class Gate:
             self._slots.release_on_behalf_of(ticket)
             waits.window = True
 
-    def leave(self, ticket: Ticket) -> bool:
+    def leave(self, ticket: AdaptiveTicket) -> bool:
         """Free the ticket's slot; False when it held none (or was left already)."""
         if ticket.answered:
             return False
@@ -127,7 +139,7 @@ class Gate:
         self._slots.release_on_behalf_of(ticket)
         return True
 
-    async def _wait_for_window(self, ticket: Ticket) -> bool:
+    async def _wait_for_window(self, ticket: AdaptiveTicket) -> bool:
         with anyio.CancelScope() as scope:
             self._window_waiters.add(scope)
             try:

@@ -1,4 +1,4 @@
-"""The adaptive limiter's verdicts: how far a rate refused is cut (:meth:`_cut_rate`, see
+"""The adaptive limiter's verdicts: how far a rate refused is cut (:meth:`Verdicts.cut_rate`, see
 :mod:`octave_bulk.limits.adaptive`), which refusals are a concurrency cap, which a rate window
 spent until its reset, and when a full window may grow.
 
@@ -11,7 +11,7 @@ experiment, never the level alone:
 * **A first sighting** (429s at one in-flight level, nothing of the epoch through at or above
   it, level 3 or more) goes to the rate: it is cut to what got through (the rate delivered
   since the first send, for a burst that let nothing through after its first 429).
-* **Proof before calls came back:** the same level refused again, ``_VERDICT`` 429s in a row,
+* **Proof before calls came back:** the same level refused again, ``VERDICT`` 429s in a row,
   while the sends are no faster than what had got through at the cut. A rate limit lets some
   through at that spacing; a cap refuses all. The window becomes the level below and the rate
   goes back to where it was (and a rate "met" only by the cap's first burst is forgotten: no
@@ -34,31 +34,29 @@ experiment, never the level alone:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
+from octave_bulk.limits.gate import Gate
 from octave_bulk.observe.log import log_event
 
-if TYPE_CHECKING:
-    from octave_bulk.limits.gate import Gate
+__all__ = ["CONVERGED", "MAX_BACKOFF", "REFUSED", "VERDICT", "Pacer", "Verdicts"]
 
-__all__ = ["Verdicts"]
-
-_VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
-_REFUSED = 2  # ... at least this many 429s ...
+VERDICT = 8  # known outcomes of an epoch before its 429s judge its rate ...
+REFUSED = 2  # ... at least this many 429s ...
 _CONCURRENCY_PROOF = 3  # 429s above every accepted level (two at the lowest) to cut the window
 _MARGIN = 0.97  # after an estimate, stay this far below the accepted rate
-_CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
+CONVERGED = 1.07  # good and bad this close: hold (a probe past it costs 429s)
 _EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (then: estimate)
 _EXHAUSTED = 1 / 16  # a share accepted below this since the first 429: nothing let through
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
-_MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
+MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
 
 
-class Verdicts:
-    """The cap and window verdicts of :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter`
-    (a mixin: the state is the limiter's, declared here for the type checker)."""
+class Pacer(Protocol):
+    """What the verdicts read and move of the limiter they judge for
+    (:class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` satisfies it)."""
 
     window_ceiling: int
     max_pause: float
@@ -66,142 +64,146 @@ class Verdicts:
     bad: float | None
     rate_limited_at: float | None
     concurrency_limited_at: int | None
-    _gate: Gate
-    _clock: Callable[[], float]
-    _epoch: Epoch
-    _evidence: Evidence
-    _cap_known: bool
-    _cut_once: bool
-    _suspected_cap: int | None
-    _suspected_in: int
-    _rate_before_cap: float | None
-    _rate_limited_before_cap: bool
-    _delivered_at_cut: float | None
-    _search_from: float
-    _eased: int
-    _failed_probes: int
-    _refused_in_row: int
-    _answers: int
+    gate: Gate
+    clock: Callable[[], float]
+    epoch: Epoch
+    evidence: Evidence
+    cap_known: bool
+    cut_once: bool
+    suspected_cap: int | None
+    suspected_in: int
+    rate_before_cap: float | None
+    rate_limited_before_cap: bool
+    delivered_at_cut: float | None
+    search_from: float
+    eased: int
+    failed_probes: int
+    refused_in_row: int
+    answers: int
 
     @property
-    def rate(self) -> float | None:
-        raise NotImplementedError
+    def rate(self) -> float | None: ...
 
     @property
-    def window(self) -> int:
-        raise NotImplementedError
+    def window(self) -> int: ...
 
-    def _settle(self) -> None:
-        raise NotImplementedError
+    def settle(self) -> None: ...
 
-    def _maybe_probe(self) -> None:
-        raise NotImplementedError
+    def maybe_probe(self) -> None: ...
 
-    def _failed_probe(self, moved: bool = False) -> None:
-        raise NotImplementedError
+    def failed_probe(self, moved: bool = False) -> None: ...
 
-    def _set(
+    def start_epoch(
         self,
         *,
         rate: float | None = None,
         window: int | None = None,
         reason: str | None,
         probing: bool = False,
-    ) -> None:
-        raise NotImplementedError
+    ) -> None: ...
 
-    def _cut_rate(self, now: float) -> None:
+
+class Verdicts:
+    """The rate cuts, cap and window verdicts of one limiter (a collaborator: the search's
+    state is the limiter's, read and moved through :class:`Pacer`)."""
+
+    def __init__(self, limiter: Pacer) -> None:
+        self.limiter = limiter
+
+    def cut_rate(self, now: float) -> None:
         """Back to the rate that held, or to the accepted rate when none holds any more."""
-        epoch, rate = self._epoch, self.rate
+        lim = self.limiter
+        epoch, rate = lim.epoch, lim.rate
         span = epoch.last_sent - epoch.first_sent
-        sent = (
-            (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or self._search_from)
-        )
+        sent = (epoch.sent - 1) / span if span > 0 and epoch.sent > 1 else (rate or lim.search_from)
         sent = min(sent, rate) if rate is not None else sent
-        if self.rate_limited_at is None:
-            self.rate_limited_at = sent
-        self.bad = sent if self.bad is None else min(self.bad, sent)
+        if lim.rate_limited_at is None:
+            lim.rate_limited_at = sent
+        lim.bad = sent if lim.bad is None else min(lim.bad, sent)
         share, samples = epoch.accepted_since_refusal()
-        if samples < _VERDICT:  # too few since the first 429: the whole epoch's share (its
+        if samples < VERDICT:  # too few since the first 429: the whole epoch's share (its
             share = epoch.accepted / epoch.known  # burst included: too high, never too low)
         estimate = sent * share * _MARGIN
-        if self.good is not None and self.good < (rate or sent):  # a probe past what held
-            target = max(self.good, estimate)  # back to what held, or what was accepted
+        if lim.good is not None and lim.good < (rate or sent):  # a probe past what held
+            target = max(lim.good, estimate)  # back to what held, or what was accepted
         elif (
             rate is not None
-            and self._eased < len(_EASE)
-            and (4 if self.good is None else 2) * epoch.refused <= epoch.known
+            and lim.eased < len(_EASE)
+            and (4 if lim.good is None else 2) * epoch.refused <= epoch.known
         ):
             # A rate that held (or the user's --rate), refused now and then: the limit itself,
             # most likely (a bucket without burst refuses what arrives a little early), so
             # just below it, in two small steps; refused again before anything held, it is
             # estimated.
-            target = rate * _EASE[self._eased]
-            self._eased += 1
+            target = rate * _EASE[lim.eased]
+            lim.eased += 1
         else:
-            self.good = None  # what held before holds no more: estimate afresh
+            lim.good = None  # what held before holds no more: estimate afresh
             # One verdict divides the rate by 4 at most: a few 429s of a burst of retries
             # must not send the rate to the floor.
             target = estimate if rate is None else max(estimate, rate / 4 * _MARGIN)
-            delivered, full_span = self._evidence.delivered(now) or (None, False)
-            self._delivered_at_cut = delivered
+            delivered, full_span = lim.evidence.delivered(now) or (None, False)
+            lim.delivered_at_cut = delivered
             if delivered is not None and (share < _EXHAUSTED or full_span):
                 # Never below what got through lately: nothing let through since the first
                 # 429 (a window spent, a cap) says nothing of a rate, and a moving window that
                 # refuses all until its oldest calls leave has let that many through.
                 target = max(target, min(sent, delivered))
-        self._cut_once = True
-        moved = epoch.refused >= _VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
-        self._failed_probe(moved=moved)
-        self._set(rate=target, reason="rate")
-        self._gate.hold_back(now + 1.0 / (self.rate or 1.0))
+        lim.cut_once = True
+        moved = epoch.refused >= VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
+        lim.failed_probe(moved=moved)
+        lim.start_epoch(rate=target, reason="rate")
+        lim.gate.hold_back(now + 1.0 / (lim.rate or 1.0))
 
-    def _judge_full_window(self, epoch: Epoch) -> None:
+    def judge_full_window(self, epoch: Epoch) -> None:
         """The window filled during ``epoch``: with no cap known or suspected and no 429 at
         its top levels, it doubles (the rate still paces the sends); else the epoch is
         judged as usual."""
-        if epoch is not self._epoch or self._gate.in_flight < self.window:
+        lim = self.limiter
+        if epoch is not lim.epoch or lim.gate.in_flight < lim.window:
             return
-        self._settle()
-        top = self.window - 1
+        lim.settle()
+        top = lim.window - 1
         if (
-            self.concurrency_limited_at is None
-            and self._suspected_cap is None
-            and self.window < self.window_ceiling
+            lim.concurrency_limited_at is None
+            and lim.suspected_cap is None
+            and lim.window < lim.window_ceiling
             and not any(level >= top for level in epoch.refused_levels)
         ):
-            self._grow_window(self.window * 2)
+            self.grow_window(lim.window * 2)
         else:
-            self._maybe_probe()
+            lim.maybe_probe()
 
-    def _grow_window(self, window: int) -> None:
+    def grow_window(self, window: int) -> None:
         """A probe of a larger window, its new slots sent no faster than twice what got
         through (a burst far above it would meet a rate limit the window never showed)."""
-        delivered, _ = self._evidence.delivered(self._clock()) or (None, False)
-        rate = self.rate
+        lim = self.limiter
+        delivered, _ = lim.evidence.delivered(lim.clock()) or (None, False)
+        rate = lim.rate
         pace = None
         if delivered is not None and (rate is None or rate > 2 * delivered):
             pace = 2 * delivered
-        self._set(rate=pace, window=window, reason="probe", probing=True)
+        lim.start_epoch(rate=pace, window=window, reason="probe", probing=True)
 
-    def _window_exhausted(self, now: float, window_rate: float, retry_after: float) -> float:
+    def window_exhausted(self, now: float, window_rate: float, retry_after: float) -> float:
         """A rate window refused until its reset: the pool waits for the reset, then sends at
         the window's rate (the wait itself is no slower rate)."""
-        rate = self.rate
+        lim = self.limiter
+        rate = lim.rate
         sent = rate if rate is not None else window_rate
-        if self.rate_limited_at is None:
-            self.rate_limited_at = sent
+        if lim.rate_limited_at is None:
+            lim.rate_limited_at = sent
         # The quota over the window is known about as well as a probe would tell: held.
-        self.bad, self.good = window_rate * _CONVERGED, None
-        self._cut_once = True  # (a cap sighted stays so: seen again past the reset, it is one)
-        self._failed_probe()
-        self._set(rate=window_rate * _MARGIN, reason="rate_window")
-        pause = min(retry_after, self.max_pause)
-        if self._gate.pause(now + pause):
+        lim.bad, lim.good = window_rate * CONVERGED, None
+        lim.cut_once = True  # (a cap sighted stays so: seen again past the reset, it is one)
+        lim.failed_probe()
+        lim.start_epoch(rate=window_rate * _MARGIN, reason="rate_window")
+        pause = min(retry_after, lim.max_pause)
+        if lim.gate.pause(now + pause):
             log_event("paused", seconds=round(pause, 2), share_429=None)
         return pause
 
-    def _judge_concurrency(self) -> bool:
+    def judge_concurrency(self) -> bool:
         """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
         the proof is complete); False hands them to the rate.
 
@@ -209,65 +211,67 @@ class Verdicts:
         rising in-flight levels exactly as a cap would. So a first sighting of the pattern is
         left to the rate (which slows the sends down); seen again at the same level once the
         rate was cut, it is a cap, and the rate goes back to where it was."""
-        epoch = self._epoch
+        lim = self.limiter
+        epoch = lim.epoch
         sent, refused = epoch.sent_levels, epoch.refused_levels
         lowest = min(refused)
         if lowest < 3 or any(sent[lv] > refused[lv] for lv in sent if lv >= lowest):
             return False  # something at or above that level went through (or may yet)
-        if self._evidence.highest_level(self._clock()) > lowest:
+        if lim.evidence.highest_level(lim.clock()) > lowest:
             return False  # calls went through above it lately: a rate refusing all for now
-        sighted = [c for c in (self._suspected_cap, self.concurrency_limited_at) if c]
+        sighted = [c for c in (lim.suspected_cap, lim.concurrency_limited_at) if c]
         near = [cap for cap in sighted if abs(lowest - cap) <= 1]  # our count may be 1 over
         # Calls came back: in-flight levels went down and up again, and the level refused
         # says more than the order in which a burst was sent.
-        came_back = self._answers >= lowest
+        came_back = lim.answers >= lowest
         if not near and came_back:
             # Calls have come back, so in-flight levels went down and up again: the level
             # says more than the order of sending. Proven by three 429s, two at the lowest.
             proven = refused.total() >= _CONCURRENCY_PROOF and refused[lowest] >= 2
-            if not (proven and sent[lowest - 1] and epoch.known >= _VERDICT):
+            if not (proven and sent[lowest - 1] and epoch.known >= VERDICT):
                 return True
-            near, self._rate_before_cap = [lowest], None
+            near, lim.rate_before_cap = [lowest], None
         elif not near:
-            if refused.total() >= _REFUSED:
-                self._suspected_cap, self._rate_before_cap = lowest, self.rate
-                self._suspected_in = epoch.number
-                self._rate_limited_before_cap = self.rate_limited_at is not None
+            if refused.total() >= REFUSED:
+                lim.suspected_cap, lim.rate_before_cap = lowest, lim.rate
+                lim.suspected_in = epoch.number
+                lim.rate_limited_before_cap = lim.rate_limited_at is not None
             return False
-        elif self.concurrency_limited_at is not None:
+        elif lim.concurrency_limited_at is not None:
             pass  # the cap found before, refused at again past it: it holds
-        elif epoch.number == self._suspected_in:
+        elif epoch.number == lim.suspected_in:
             return False  # the rate has not answered the first sighting yet
         elif not came_back and not self._spaced_out():
             return False  # the same level at about the same spacing: the rate is cut further
         elif refused[lowest] < 2:
             return True  # consistent so far: wait for the proof before judging the rate
         lowest = min(lowest, *near)
-        if self.concurrency_limited_at is None:
-            self.concurrency_limited_at = lowest
-        self._failed_probe()
-        self._cap_known = came_back  # inferred before any came back: verified by a probe
+        if lim.concurrency_limited_at is None:
+            lim.concurrency_limited_at = lowest
+        lim.failed_probe()
+        lim.cap_known = came_back  # inferred before any came back: verified by a probe
         if came_back:  # proven: probed past rarely (a cap is exact, and seldom moves)
-            self._failed_probes = max(_MAX_BACKOFF, self._failed_probes)
-        rate = self.rate
-        if rate is not None and self._rate_before_cap is not None:
-            rate = max(rate, self._rate_before_cap)  # the cut was the cap's, not the rate's
-            self.bad, self._rate_before_cap = None, None
-            if not self._rate_limited_before_cap:  # no rate limit was met: none to remember
-                self.rate_limited_at, self.good = None, None
-                self._evidence.period = None  # nor a window: the wait was the cap's
-        self._set(rate=rate, window=min(lowest - 1, self.window), reason="concurrency")
+            lim.failed_probes = max(MAX_BACKOFF, lim.failed_probes)
+        rate = lim.rate
+        if rate is not None and lim.rate_before_cap is not None:
+            rate = max(rate, lim.rate_before_cap)  # the cut was the cap's, not the rate's
+            lim.bad, lim.rate_before_cap = None, None
+            if not lim.rate_limited_before_cap:  # no rate limit was met: none to remember
+                lim.rate_limited_at, lim.good = None, None
+                lim.evidence.period = None  # nor a window: the wait was the cap's
+        lim.start_epoch(rate=rate, window=min(lowest - 1, lim.window), reason="concurrency")
         return True
 
     def _spaced_out(self) -> bool:
         """Whether the sends, cut to no faster than the rate that had got through when the
-        rate was last cut, are still all refused (``_VERDICT`` in a row): a rate limit (a
+        rate was last cut, are still all refused (``VERDICT`` in a row): a rate limit (a
         bucket, a window not spent) would let some through at that spacing; a cap refuses
         them all, since nothing came back and the count in flight has not gone down."""
-        rate, delivered = self.rate, self._delivered_at_cut
+        lim = self.limiter
+        rate, delivered = lim.rate, lim.delivered_at_cut
         return (
             rate is not None
             and delivered is not None
             and rate <= delivered
-            and self._refused_in_row >= _VERDICT
+            and lim.refused_in_row >= VERDICT
         )

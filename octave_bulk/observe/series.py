@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from octave_bulk.errors import StateError
-from octave_bulk.limits.adaptive import AdaptiveLimiter
+from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.state.history import RunHistory
@@ -49,7 +49,7 @@ class SeriesRecorder:
     Args:
         run_id: the run the samples belong to.
         stats: the run's counters.
-        limiter: the run's limiter (its rate, window and pause).
+        limiter: the run's limiter (its report: rate, window and pause).
         history: the ledger; None records nothing.
         interval: seconds between samples.
         write_every: samples per write.
@@ -59,7 +59,7 @@ class SeriesRecorder:
         self,
         run_id: str,
         stats: RunStats,
-        limiter: AdaptiveLimiter,
+        limiter: Limiter,
         history: RunHistory | None,
         *,
         interval: float = 1.0,
@@ -80,10 +80,11 @@ class SeriesRecorder:
 
     def sample(self) -> None:
         """Take one sample of the counters as they are now."""
-        stats, limiter = self.stats, self.limiter
+        stats = self.stats
         latest = stats.latency.since(self._latency)
         self._latency = stats.latency.copy()
-        rate = limiter.rate
+        found = self.limiter.report()
+        rate = found.rate
         self._pending.append(
             (
                 self.run_id,
@@ -98,8 +99,8 @@ class SeriesRecorder:
                 stats.retrying,
                 stats.credits,
                 None if rate is None else round(rate, 3),
-                limiter.window,
-                int(limiter.paused),
+                found.window,
+                int(found.paused),
                 latest.percentile(50),
                 latest.percentile(95),
                 latest.percentile(99),

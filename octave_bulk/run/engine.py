@@ -49,7 +49,9 @@ from octave_bulk.errors import ConfigError, ExitCode, StateError, StopReason
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.input.intake import open_contacts
 from octave_bulk.input.reader import ContactReader
-from octave_bulk.limits.adaptive import FIRST_WINDOW, WINDOW_BOUND, AdaptiveLimiter
+from octave_bulk.limits.adaptive import WINDOW_BOUND
+from octave_bulk.limits.base import Limiter, LimiterContext, LimiterFactory
+from octave_bulk.limits.factory import limiter_factory
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
@@ -80,7 +82,7 @@ from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.jobs import PendingJob, carried_jobs
 from octave_bulk.state.ledger import LedgerState, NdjsonLedger
-from octave_bulk.state.limits import RememberedLimits, limits_key, start_limits
+from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.preflight import (
@@ -111,6 +113,7 @@ class _Run:
         identity: dict[str, Any] | None,
         fingerprint: str,
         resend: ResendReport,
+        limiter: LimiterFactory,
     ) -> None:
         self.settings, self.paths, self.reader, self.state = settings, paths, reader, state
         self.start, self.expected_rows = start, expected_rows
@@ -150,42 +153,20 @@ class _Run:
             else None
         )
         self.jobs: Jobs | None = None
-        self.limiter: AdaptiveLimiter | None = None
+        self.make_limiter = limiter
+        self.limiter: Limiter | None = None
         self.history: RunHistory | None = None
         self.credits = CreditsCheck()  # what the credits check before the run found
         self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
-        self.given = set(settings.model_fields_set)
-        # Remembered limits start the run, clamped by the ceilings set (never turned off).
-        self.start_rate, self.start_window = start_limits(
-            settings.rate, settings.concurrency, self.limits.get(self.limits_key)
-        )
 
     def remember_limits(self) -> dict[str, Any]:
         """Store the limits the run settled at, for the next run; returns them, with the
         flags that would start there."""
-        found = self.limiter.describe() if self.limiter is not None else {}
-        limiter = self.limiter
-        # A limit met in this run, or one remembered that still held (its setting now).
-        rate = found.get("rate")
-        if rate is None and self.start_rate is not None and limiter is not None:
-            rate = limiter.rate and round(limiter.rate, 3)
-        window = found.get("window") if found.get("concurrency_limited_at") else None
-        if window is None and self.start_window is not None and limiter is not None:
-            window = limiter.window
-        if rate is not None or window is not None:
-            self.limits.put(self.limits_key, rate, window)
-        flags = []
-        if rate is not None:
-            flags.append(f"--rate {rate:g}/s")
-        if window is not None:
-            flags.append(f"--concurrency {window}")
-        return {
-            **found,
-            "started_from_memory": bool(self.start_rate or self.start_window),
-            "suggested_flags": " ".join(flags) or None,
-        }
+        if self.limiter is None:
+            return {"started_from_memory": False, "suggested_flags": None}
+        return self.limits.keep(self.limits_key, self.limiter.report())
 
     def progress_columns(self) -> dict[str, Any]:
         """The run's counts as the history keeps them."""
@@ -249,15 +230,9 @@ class _Run:
 
     async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
         settings, paths, control = self.settings, self.paths, self.control
-        limiter = control.limiter = self.limiter = AdaptiveLimiter(
-            settings.rate,
-            settings.concurrency,
-            start_rate=self.start_rate,
-            start_window=self.start_window,
-            first_window=None if "concurrency" in self.given else FIRST_WINDOW,
-            search_from=settings.start_rate,
-            adaptive=settings.adaptive,
-        )
+        remembered = self.limits.get(self.limits_key)  # where the factory may start
+        limiter = self.make_limiter(LimiterContext(settings, "calls", remembered))
+        control.limiter = self.limiter = limiter
         if self.credits.ceiling is not None:
             control.credits = CreditsCeiling(client, *self.credits.ceiling, self.stats, control)
         receiver = self.receiver
@@ -306,6 +281,14 @@ class _Run:
         series = SeriesRecorder(self.run_id, self.stats, limiter, recorded)
         reader = self.reader
         work_send, work_recv = anyio.create_memory_object_stream[WorkItem](settings.concurrency)
+        limiters = [limiter] if jobs is None else [limiter, jobs.limiter]
+        for opened, each in enumerate(limiters):
+            try:
+                await each.open()
+            except BaseException:
+                for other in limiters[:opened]:
+                    await other.aclose()
+                raise
         try:
             async with anyio.create_task_group() as helpers:
                 helpers.start_soon(progress.run)
@@ -343,6 +326,8 @@ class _Run:
                 await receiver.stop()
             with anyio.CancelScope(shield=True):
                 await sink.commit()
+                for each in limiters:
+                    await each.aclose()
             for appender in (results, errors, rejects, jobs_file):
                 if appender is not None:
                     appender.close()
@@ -363,13 +348,7 @@ class _Run:
         """The poller, with its own limiter (the status endpoint's limits are its own), and
         the jobs earlier runs left awaiting."""
         settings = self.settings
-        limiter = AdaptiveLimiter(
-            settings.poll_rate,
-            settings.poll_concurrency,
-            search_from=settings.start_rate,
-            adaptive=settings.adaptive,
-            name="poll_pacing",
-        )
+        limiter = self.make_limiter(LimiterContext(settings, "polls"))
         jobs = Jobs(settings, self.stats, self.control, client, limiter, sink.write)
         for job in self.carried_jobs:
             jobs.add(job)
@@ -418,6 +397,7 @@ async def run_batch(
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
     collect: bool = False,
+    limiter: LimiterFactory | None = None,
 ) -> RunSummary:
     """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
     errors/rejects files. Usable inside any running asyncio loop.
@@ -431,6 +411,8 @@ async def run_batch(
         handle_signals: stop gracefully on SIGINT/SIGTERM (main thread only; the CLI does).
         collect: the input is ``collect.py``'s empty stand-in: no resume cursor is kept for it
             and the history names no input.
+        limiter: the factory of the run's limiters (calls, polls); by default the one the
+            ``limiter`` setting names (``limits/factory.py``).
 
     Returns:
         The summary also written to ``OUT.summary.json``; ``exit_code`` says how it ended.
@@ -446,6 +428,7 @@ async def run_batch(
     if settings.api_key is None and not settings.dry_run:
         raise ConfigError("no API key: set OCTAVE_API_KEY or use --api-key-file PATH")
     paths = OutputPaths.for_output(output)
+    make_limiter = limiter or limiter_factory(settings.limiter)
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
@@ -469,7 +452,15 @@ async def run_batch(
         ledger = settings.ledger or paths.ledger
         with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
             return await _locked_run(
-                input_path, paths, settings, transport, handle_signals, history, sent, collect
+                input_path,
+                paths,
+                settings,
+                transport,
+                handle_signals,
+                history,
+                sent,
+                collect,
+                make_limiter,
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         calls = sent[0].calls_sent if sent else 0
@@ -498,7 +489,8 @@ async def _locked_run(
     handle_signals: bool,
     history: RunHistory,
     sent: list[RunStats],
-    collect: bool = False,
+    collect: bool,
+    limiter: LimiterFactory,
 ) -> RunSummary:
     index = OutputIndex(history, paths.results) if settings.ledger_index else None
     state = NdjsonLedger(paths, index).load()
@@ -537,6 +529,7 @@ async def _locked_run(
             identity=identity,
             fingerprint=fingerprint,
             resend=resend,
+            limiter=limiter,
         )
         run.history, run.index, run.carried_jobs = history, index, carried
         sent.append(run.stats)

@@ -12,7 +12,7 @@ three have finished, ``poll_interval_min`` after its submit), then every ``5 %``
 (``100 %`` while no duration is known; once one is, those polls are brought forward), within
 ``[poll_interval_min, poll_interval_max]``: a 40-s job is seen about 1 s after its end, after
 two or three polls (sigma 0.1; measured in benchmarks/bench_async.py). Polls pass their own
-:class:`~octave_bulk.limits.adaptive.AdaptiveLimiter` (the status endpoint's limits are not
+:class:`~octave_bulk.limits.base.Limiter` (the status endpoint's limits are not
 the submit's: ``poll_rate`` caps it, its 429s slow it), at most ``poll_concurrency`` are in
 flight, and a budget follows the rate jobs end at (:meth:`Jobs._spend`: a server queue would
 otherwise multiply the polls), so polling never takes the submit's pace. The oldest due job
@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import anyio
 
 from octave_bulk.errors import (
+    NEVER_SENT,
     ApiError,
     ErrorKind,
     FatalApiError,
@@ -344,7 +345,7 @@ class Jobs:
         await self._spend()
         ticket = await self.limiter.acquire()
         if self._polling_over():
-            self.limiter.on_answer(ticket)
+            await self.limiter.release(ticket)  # never sent
             return
         live.hinted = False  # a hint from now on needs a poll after this one
         try:
@@ -354,12 +355,13 @@ class Jobs:
             elif not self._expired(live):
                 answer = JobAnswer(JobState.PENDING)  # not known yet: polled again
         except ApiError as exc:
-            self._poll_failed(live, exc, ticket)
+            await self._poll_failed(live, exc, ticket)
             return
         except BaseException:
-            self.limiter.on_answer(ticket)
+            with anyio.CancelScope(shield=True):  # (it may have left: counted as sent)
+                await self.limiter.on_answer(ticket)
             raise
-        self.limiter.on_answer(ticket)
+        await self.limiter.on_answer(ticket)
         self.stats.polls += 1
         live.polls += 1
         if not self.complete(live.job.handle, answer) and live.key in self._live:
@@ -387,14 +389,17 @@ class Jobs:
         if start > now:
             await anyio.sleep(start - now)
 
-    def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
+    async def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
         self.stats.poll_errors += 1
         live.polls += 1
         if exc.status == 429:
-            pause = self.limiter.on_429(ticket, exc.retry_after)
+            pause = await self.limiter.on_429(ticket, exc.retry_after)
             self._schedule(live, time.monotonic() + max(pause, exc.retry_after or 0.0))
             return
-        self.limiter.on_answer(ticket)
+        if exc.kind in NEVER_SENT:  # it never left: released, not answered
+            await self.limiter.release(ticket)
+        else:
+            await self.limiter.on_answer(ticket)
         if isinstance(exc, FatalApiError):
             self.control.on_error(exc)  # the key or the endpoint: stop the run
             return

@@ -41,12 +41,13 @@ import orjson
 
 from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
 from octave_bulk.http.client import OctaveClient, open_client
+from octave_bulk.limits.factory import start_limits
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.dry import dry_run
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.limits import RememberedLimits, limits_key, start_limits
+from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.paths import OutputPaths
 
 __all__ = [

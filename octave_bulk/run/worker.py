@@ -6,7 +6,9 @@ stops, and for each writes exactly one outcome to the sink (:class:`Success` or
 fatal answer stopped the run (not this contact's fault: the next run sends it again).
 
 Each attempt passes the limiter, claims an in-flight slot (so a kill -9 knows the call may have
-been paid), is sent, and reports its answer to the limiter and to :class:`RunControl`. The
+been paid), is sent, and reports its answer to the limiter and to :class:`RunControl`; an
+attempt that never left (the run stopped while it waited, a connect failure, a local error)
+is released to the limiter instead, so that it counts as nothing (``limits/base.py``). The
 first attempt is made directly: most calls succeed at once, and building tenacity's retry
 state costs ~18 us per contact. From the first retryable failure on, tenacity owns every
 retry decision and wait (:class:`~octave_bulk.http.retry.wait_full_jitter_or_retry_after`),
@@ -23,7 +25,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from octave_bulk.errors import ApiError, ErrorKind, FatalApiError, RetryableApiError
+from octave_bulk.errors import (
+    NEVER_SENT,
+    ApiError,
+    ErrorKind,
+    FatalApiError,
+    RetryableApiError,
+)
 from octave_bulk.http.async_api import Receipt
 from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
@@ -45,9 +53,6 @@ __all__ = ["Worker"]
 _Attempted = tuple[CallSuccess | Receipt, int, float]  # (answer, in-flight slot, latency ms)
 
 _ABANDONED = "abandoned"  # the kind of a call cancelled on the wire (never recorded)
-
-NEVER_SENT = frozenset({ErrorKind.CONNECT, ErrorKind.LOCAL})
-"""Attempts that never reached a server (refused connection, a local limit): not charged."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -176,7 +181,7 @@ class Worker:
             (control.budget is not None or control.credits is not None)
             and not await control.may_pay()
         ):
-            limiter.on_answer(ticket)  # never sent: its window slot goes back
+            await limiter.release(ticket)  # never sent: its place goes back
             raise Stopped
         stats.calls += 1
         stats.in_flight += 1
@@ -197,10 +202,10 @@ class Worker:
                 stats.calls_answered += 1
             if exc.kind not in NEVER_SENT:
                 stats.calls_sent += 1
-            self._count_error(exc, ticket)
+            await self._count_error(exc, ticket)
             raise
         except Exception:
-            limiter.on_answer(ticket)  # a bug: the window slot goes back
+            await limiter.release(ticket)  # a bug, before anything was answered: not sent
             raise
         except BaseException:
             # A cancellation (a second signal, the drain deadline): the call was on the wire and
@@ -208,7 +213,8 @@ class Worker:
             stats.abandoned += 1
             stats.calls_sent += 1
             calls.append((sent_at, time.time(), None, _ABANDONED))
-            limiter.on_answer(ticket)  # the window slot goes back
+            with anyio.CancelScope(shield=True):  # (it left: it counts as sent)
+                await limiter.on_answer(ticket)
             raise
         finally:
             stats.in_flight -= 1
@@ -216,29 +222,33 @@ class Worker:
         stats.calls_answered += 1
         calls.append((sent_at, time.time(), 200, "success" if self.jobs is None else "submitted"))
         stats.calls_by_status["200"] += 1
-        limiter.on_answer(ticket)
+        await limiter.on_answer(ticket)
         control.on_success()
         return result, slot, (time.perf_counter() - started) * 1000
 
-    def _count_error(self, exc: ApiError, ticket: Ticket) -> None:
+    async def _count_error(self, exc: ApiError, ticket: Ticket) -> None:
         stats = self.stats
         stats.calls_by_status[str(exc.status) if exc.status else exc.kind] += 1
         if exc.status == 429:
             stats.rate_limited += 1
             self.control.on_refused(exc.retry_after)
             asked = exc.retry_after
-            pause = self.limiter.on_429(
+            pause = await self.limiter.on_429(
                 ticket, None if asked is None else self.control.refusal_wait(asked)
             )
+            found = self.limiter.report()
             log_event(
                 "rate_limited",
                 retry_after_s=exc.retry_after,
                 pool_pause_s=round(pause, 2),
-                rate=self.limiter.rate and round(self.limiter.rate, 3),
-                window=self.limiter.window,
+                rate=found.rate and round(found.rate, 3),
+                window=found.window,
             )
             return
-        self.limiter.on_answer(ticket)
+        if exc.kind in NEVER_SENT:  # it never left (connect, local): nothing to count
+            await self.limiter.release(ticket)
+        else:
+            await self.limiter.on_answer(ticket)
         if exc.kind == ErrorKind.TIMEOUT:
             stats.timeouts += 1
         self.control.on_error(exc)

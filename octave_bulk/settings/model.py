@@ -127,6 +127,9 @@ class Settings(BaseSettings):
         "is searched from 32 up to 512.",
     )
     adaptive: bool = Field(True, description="Slow the pool down on 429 and climb back.")
+    limiter: str = Field(
+        "adaptive", description="The limiter every call passes, by name (adaptive: the built-in)."
+    )
     start_rate: float = Field(
         16.0, gt=0, description="Calls/s the search starts at with no --rate and no memory."
     )

@@ -2,11 +2,12 @@
 
 ``OUT.limits.json`` maps a key (the base URL and the agent) to the rate and the in-flight
 window at which the last run settled, when it met a limit at all. The next run on the same
-output starts there (:func:`start_limits`: clamped by ``--rate`` / ``--concurrency`` when
-they are set, from a flag, the environment or a config file - a ceiling never turns the memory
-off), and verifies it like any other setting: a remembered rate that meets no 429 is probed up, a remembered window is a
-suspected cap (docs/design.md, "Pacing"). A memory never makes a run slower than none would.
-Unreadable or foreign content is ignored (a fresh search), never an error.
+output hands them to its limiter factory, which decides where to start
+(``limits/factory.py``: the default clamps them by ``--rate`` / ``--concurrency`` when they
+are set - a ceiling never turns the memory off - and verifies them like any other setting: a
+remembered rate that meets no 429 is probed up, a remembered window is a suspected cap;
+docs/design.md, "Pacing"). :meth:`RememberedLimits.keep` stores what a run's limiter reports
+at its end. Unreadable or foreign content is ignored (a fresh search), never an error.
 """
 
 from __future__ import annotations
@@ -17,31 +18,16 @@ from typing import Any
 
 import orjson
 
+from octave_bulk.limits.base import LimitsReport
 from octave_bulk.state.files import write_json_atomic
 from octave_bulk.utc import utc_iso
 
-__all__ = ["RememberedLimits", "limits_key", "start_limits"]
+__all__ = ["RememberedLimits", "limits_key"]
 
 
 def limits_key(base_url: str, agent: str) -> str:
     """The key limits are remembered under: one per API and agent."""
     return f"{base_url.rstrip('/')} {agent}"
-
-
-def start_limits(
-    rate_ceiling: float | None,
-    window_ceiling: int | None,
-    remembered: tuple[float | None, int | None],
-) -> tuple[float | None, int | None]:
-    """Where a run starts (the one rule, for the run and its forecast): the remembered rate
-    and window, each clamped by its ceiling when one is set; None where nothing is remembered
-    (the run starts at the ceiling, or searches)."""
-    rate, window = remembered
-    if rate is not None and rate_ceiling is not None:
-        rate = min(rate, rate_ceiling)
-    if window is not None and window_ceiling is not None:
-        window = min(window, window_ceiling)
-    return rate, window
 
 
 class RememberedLimits:
@@ -72,3 +58,27 @@ class RememberedLimits:
         data = self._read()
         data[key] = {"rate": rate, "window": window, "saved_at": utc_iso(ms=False)}
         write_json_atomic(self.path, data)
+
+    def keep(self, key: str, found: LimitsReport) -> dict[str, Any]:
+        """Store the limits a run settled at, for the next run: a limit met in this run, or
+        one remembered that still held (its setting now). Returns the summary's ``limits``,
+        with the flags that would start there."""
+        rate = found.settled_rate
+        if rate is None and found.start_rate is not None:
+            rate = found.rate
+        rate = None if rate is None else round(rate, 3)
+        window = found.window if found.concurrency_limited_at else None
+        if window is None and found.start_window is not None:
+            window = found.window
+        if rate is not None or window is not None:
+            self.put(key, rate, window)
+        flags = []
+        if rate is not None:
+            flags.append(f"--rate {rate:g}/s")
+        if window is not None:
+            flags.append(f"--concurrency {window}")
+        return {
+            **found.summary(),
+            "started_from_memory": bool(found.start_rate or found.start_window),
+            "suggested_flags": " ".join(flags) or None,
+        }
