@@ -1,0 +1,188 @@
+"""One rate shared through PostgreSQL: 1, 2 or 3 worker processes get R in all, not N x R.
+
+The rates are measured from the times each ``acquire`` returned in the worker processes
+(merged), never from the test's own duration. The control runs three processes with a limiter
+of their own each (separate rows): they must reach about 3 R, so the test tells a shared rate
+from independent ones. Run as ``python -m tests.test_pg_limiter URL KEY RATE COUNT TASKS``, this
+file is one such worker process: it prints ``ready``, waits for a line on stdin, acquires COUNT
+turns with TASKS concurrent tasks, and prints the monotonic times as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from octave_bulk.limits.shared_pg import SharedRateLimiter
+from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
+from octave_bulk.state.pg.schema import migrate
+from tests.pgserver import PgServer, postgres_or_skip
+
+ROOT = Path(__file__).resolve().parent.parent
+RATE = 40.0
+TURNS = 200  # ~5 s at 40/s in all
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def db_url(pg: PgServer) -> str:
+    url = pg.create_database(f"limiter{os.getpid()}")
+
+    async def schema() -> None:
+        async with await connect(LedgerUrl.parse(url)) as conn:
+            await migrate(conn)
+
+    asyncio.run(schema())
+    return url
+
+
+@pytest.fixture
+async def limiters(db_url: str) -> AsyncIterator[list[SharedRateLimiter]]:
+    made: list[SharedRateLimiter] = []
+    yield made
+    for limiter in made:
+        await limiter.aclose()
+
+
+def _limiter(db_url: str, key: str, rate: float, **kw: float) -> SharedRateLimiter:
+    url = LedgerUrl.parse(db_url)
+
+    async def open_connection() -> PgConnection:
+        return await connect(url)
+
+    return SharedRateLimiter(open_connection, key=key, rate=rate, **kw)
+
+
+def _run_workers(db_url: str, keys: list[str], turns_each: int) -> list[float]:
+    """Start one worker process per key, release them together, return every acquire time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.test_pg_limiter", db_url, key, str(RATE), str(turns_each), "4"],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for key in keys
+    ]  # fmt: skip
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        times: list[float] = []
+        for worker in workers:
+            out, _ = worker.communicate(timeout=90)
+            assert worker.returncode == 0
+            times.extend(json.loads(out))
+        return sorted(times)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
+def _rate(times: list[float]) -> float:
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_sharing_one_row_get_the_rate_in_all(db_url: str, workers: int) -> None:
+    times = _run_workers(db_url, [f"shared-{workers}"] * workers, TURNS // workers)
+    assert len(times) == TURNS // workers * workers
+    assert _rate(times) == pytest.approx(RATE, rel=0.05)
+
+
+@pytest.mark.slow
+def test_control_three_independent_limiters_reach_three_times_the_rate(db_url: str) -> None:
+    times = _run_workers(db_url, ["own-a", "own-b", "own-c"], TURNS // 2)
+    assert _rate(times) > 2.5 * RATE
+
+
+async def test_a_429_pauses_every_worker_sharing_the_row(
+    db_url: str, limiters: list[SharedRateLimiter]
+) -> None:
+    first, second = _limiter(db_url, "pause", 50.0), _limiter(db_url, "pause", 50.0)
+    limiters += [first, second]
+    await first.open()
+    await second.open()
+    ticket = await first.acquire()
+    pause = await first.on_429(ticket, retry_after=1.5)
+    assert 1.0 < pause <= 1.5
+    before = time.monotonic()
+    await second.on_answer(await second.acquire())  # the other worker waits out the pause
+    assert time.monotonic() - before >= pause - 0.1
+    assert first.report().refused == 1 and second.report().accepted == 1
+    clamped = await first.on_429(await first.acquire(), retry_after=3600)
+    assert clamped <= 60.0 and first.report().retry_after_clamped == 1
+
+
+async def test_a_released_turn_goes_back_to_the_schedule(
+    db_url: str, limiters: list[SharedRateLimiter]
+) -> None:
+    slow = _limiter(db_url, "refund", 0.1)  # a turn every 10 s
+    limiters.append(slow)
+    await slow.open()
+    ticket = await slow.acquire()
+    await slow.release(ticket)
+    before = time.monotonic()
+    second = await slow.acquire()  # without the refund this turn would be 10 s away
+    assert second.send_at - before < 5.0
+    await slow.on_answer(second)
+    report = slow.report()
+    assert report.released == 1 and report.accepted == 1 and report.rate == 0.1
+
+
+async def test_stop_wakes_a_waiter_at_once(db_url: str, limiters: list[SharedRateLimiter]) -> None:
+    slow = _limiter(db_url, "stop", 0.05)  # a turn every 20 s
+    limiters.append(slow)
+    await slow.open()
+    await slow.on_answer(await slow.acquire())
+    waiter = asyncio.ensure_future(slow.acquire())
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    slow.stop()
+    ticket = await asyncio.wait_for(waiter, timeout=10)
+    assert ticket.send_at - time.monotonic() > 5.0  # its turn had not come: it was woken
+    await slow.release(ticket)
+
+
+async def _acquire_for_a_worker(url: str, key: str, rate: float, count: int, tasks: int) -> None:
+    limiter = _limiter(url, key, rate)
+    await limiter.open()
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    times: list[float] = []
+    left = [count]
+
+    async def task() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            ticket = await limiter.acquire()
+            times.append(time.monotonic())
+            await limiter.on_answer(ticket)
+
+    await asyncio.gather(*(task() for _ in range(tasks)))
+    await limiter.aclose()
+    print(json.dumps(times), flush=True)
+
+
+if __name__ == "__main__":
+    url, key, rate, count, tasks = sys.argv[1:6]
+    asyncio.run(_acquire_for_a_worker(url, key, float(rate), int(count), int(tasks)))
