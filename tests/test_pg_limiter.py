@@ -3,9 +3,11 @@
 The rates are measured from the times each ``acquire`` returned in the worker processes
 (merged), never from the test's own duration. The control runs three processes with a limiter
 of their own each (separate rows): they must reach about 3 R, so the test tells a shared rate
-from independent ones. Run as ``python -m tests.test_pg_limiter URL KEY RATE COUNT TASKS``, this
+from independent ones. Run as ``python -m tests.test_pg_limiter URL KEY RATE COUNT TASKS WINDOW
+HOLD``, this
 file is one such worker process: it prints ``ready``, waits for a line on stdin, acquires COUNT
-turns with TASKS concurrent tasks, and prints the monotonic times as JSON.
+turns with TASKS concurrent tasks (under a shared WINDOW of permits when not 0, each held HOLD
+seconds), and prints each turn's (acquired, answered) monotonic times as JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +60,7 @@ async def limiters(db_url: str) -> AsyncIterator[list[SharedRateLimiter]]:
         await limiter.aclose()
 
 
-def _limiter(db_url: str, key: str, rate: float, **kw: float) -> SharedRateLimiter:
+def _limiter(db_url: str, key: str, rate: float, **kw: Any) -> SharedRateLimiter:
     url = LedgerUrl.parse(db_url)
 
     async def open_connection() -> PgConnection:
@@ -66,13 +69,22 @@ def _limiter(db_url: str, key: str, rate: float, **kw: float) -> SharedRateLimit
     return SharedRateLimiter(open_connection, key=key, rate=rate, **kw)
 
 
-def _run_workers(db_url: str, keys: list[str], turns_each: int) -> list[float]:
-    """Start one worker process per key, release them together, return every acquire time."""
+def _run_workers(
+    db_url: str,
+    keys: list[str],
+    turns_each: int,
+    *,
+    window: int = 0,
+    hold: float = 0.0,
+    rate: float = RATE,
+) -> list[tuple[float, float]]:
+    """Start one worker process per key, release them together; returns every attempt's
+    (acquired, answered) times."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
     env["PYTHONPATH"] = str(ROOT)
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.test_pg_limiter", db_url, key, str(RATE), str(turns_each), "4"],
+            [sys.executable, "-m", "tests.test_pg_limiter", db_url, key, str(rate), str(turns_each), "4", str(window), str(hold)],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         for key in keys
@@ -84,11 +96,11 @@ def _run_workers(db_url: str, keys: list[str], turns_each: int) -> list[float]:
             assert worker.stdin is not None
             worker.stdin.write("go\n")
             worker.stdin.flush()
-        times: list[float] = []
+        times: list[tuple[float, float]] = []
         for worker in workers:
             out, _ = worker.communicate(timeout=90)
             assert worker.returncode == 0
-            times.extend(json.loads(out))
+            times.extend((start, end) for start, end in json.loads(out))
         return sorted(times)
     finally:
         for worker in workers:
@@ -97,8 +109,18 @@ def _run_workers(db_url: str, keys: list[str], turns_each: int) -> list[float]:
                 worker.wait()
 
 
-def _rate(times: list[float]) -> float:
-    return (len(times) - 1) / (times[-1] - times[0])
+def _rate(times: list[tuple[float, float]]) -> float:
+    return (len(times) - 1) / (times[-1][0] - times[0][0])
+
+
+def _most_in_flight(times: list[tuple[float, float]]) -> int:
+    """The most attempts held at once (an answer at the same instant as a start ends first)."""
+    events = sorted([(start, 1) for start, _ in times] + [(end, -1) for _, end in times])
+    level = most = 0
+    for _, step in events:
+        level += step
+        most = max(most, level)
+    return most
 
 
 @pytest.mark.slow
@@ -113,6 +135,31 @@ def test_workers_sharing_one_row_get_the_rate_in_all(db_url: str, workers: int) 
 def test_control_three_independent_limiters_reach_three_times_the_rate(db_url: str) -> None:
     times = _run_workers(db_url, ["own-a", "own-b", "own-c"], TURNS // 2)
     assert _rate(times) > 2.5 * RATE
+
+
+@pytest.mark.slow
+def test_a_shared_window_is_never_exceeded_by_all_workers_together(db_url: str) -> None:
+    shared = _run_workers(db_url, ["window"] * 3, 30, window=4, hold=0.02, rate=1000.0)
+    assert len(shared) == 90 and 2 <= _most_in_flight(shared) <= 4
+    # control: a window of 4 each, not shared, lets more through at once
+    own = _run_workers(db_url, ["win-a", "win-b", "win-c"], 30, window=4, hold=0.02, rate=1000.0)
+    assert _most_in_flight(own) > 4
+
+
+async def test_a_dead_holders_permit_is_free_again_after_its_lease(
+    db_url: str, limiters: list[SharedRateLimiter]
+) -> None:
+    dead = _limiter(db_url, "lease", 100.0, window=1, permit_lease=0.5)
+    other = _limiter(db_url, "lease", 100.0, window=1, permit_lease=0.5)
+    limiters += [dead, other]
+    await dead.open()
+    await other.open()
+    held = await dead.acquire()
+    assert held.permit == 1  # never handed back: its holder "died"
+    before = time.monotonic()
+    ticket = await other.acquire()
+    assert ticket.permit == 1 and time.monotonic() - before >= 0.3
+    await other.on_answer(ticket)
 
 
 async def test_a_429_pauses_every_worker_sharing_the_row(
@@ -163,19 +210,24 @@ async def test_stop_wakes_a_waiter_at_once(db_url: str, limiters: list[SharedRat
     await slow.release(ticket)
 
 
-async def _acquire_for_a_worker(url: str, key: str, rate: float, count: int, tasks: int) -> None:
-    limiter = _limiter(url, key, rate)
+async def _acquire_for_a_worker(
+    url: str, key: str, rate: float, count: int, tasks: int, window: int, hold: float
+) -> None:
+    limiter = _limiter(url, key, rate, window=window or None)
     await limiter.open()
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     left = [count]
 
     async def task() -> None:
         while left[0] > 0:
             left[0] -= 1
             ticket = await limiter.acquire()
-            times.append(time.monotonic())
+            acquired = time.monotonic()
+            if hold:
+                await asyncio.sleep(hold)
+            times.append((acquired, time.monotonic()))
             await limiter.on_answer(ticket)
 
     await asyncio.gather(*(task() for _ in range(tasks)))
@@ -184,5 +236,9 @@ async def _acquire_for_a_worker(url: str, key: str, rate: float, count: int, tas
 
 
 if __name__ == "__main__":
-    url, key, rate, count, tasks = sys.argv[1:6]
-    asyncio.run(_acquire_for_a_worker(url, key, float(rate), int(count), int(tasks)))
+    url, key, rate, count, tasks, window, hold = sys.argv[1:8]
+    asyncio.run(
+        _acquire_for_a_worker(
+            url, key, float(rate), int(count), int(tasks), int(window), float(hold)
+        )
+    )

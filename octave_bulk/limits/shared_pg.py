@@ -15,6 +15,12 @@ a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N 
 all, not N x R. The row lock serialises bookings; at tens of calls a second that is far below
 what one row sustains.
 
+- **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
+  permit rows (``ob_permit``) with ``FOR UPDATE SKIP LOCKED`` and holds it, under a lease
+  (``permit_lease``, renewed by :meth:`renew_permits`), until its answer: C calls in flight in
+  all, across hosts. A permit whose holder died without handing it back is free again once
+  its lease ran out. A worker waiting for a permit looks again every ``permit_poll`` seconds,
+  and at once when one of its own is handed back.
 - **Shared pause**: :meth:`on_429` pushes ``paused_until`` (the Retry-After, else
   ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn is
   booked after it.
@@ -31,6 +37,9 @@ fails open).
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +57,20 @@ RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - cloc
           epoch, rate
 """
 
+_TAKE_PERMIT = """
+WITH free AS (
+    SELECT key, slot FROM ob_permit
+    WHERE key = %(key)s AND slot <= %(window)s
+      AND (holder IS NULL OR expires_at < clock_timestamp())
+    ORDER BY slot LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ob_permit p SET holder = %(holder)s,
+                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+FROM free WHERE p.key = free.key AND p.slot = free.slot
+RETURNING p.slot
+"""
+
 _PAUSE = """
 UPDATE ob_rate SET paused_until = greatest(paused_until, clock_timestamp()
                                            + make_interval(secs => %(pause)s)),
@@ -62,9 +85,11 @@ class SharedRateTicket:
     """One attempt's turn: the ``tat`` its booking left (for a refund), its epoch and when
     the caller may send (the limiter's clock)."""
 
-    booked_tat: dt.datetime
+    booked_tat: dt.datetime | None
     epoch: int
     send_at: float
+    permit: int | None = None
+    """The shared window's permit held (its slot), None without a shared window."""
     settled: bool = False
 
 
@@ -74,7 +99,7 @@ class SharedRateReport:
     report carries)."""
 
     rate: float | None
-    window: int
+    window: int | None
     paused: bool = False
     accepted: int = 0
     refused: int = 0
@@ -99,7 +124,11 @@ class SharedRateLimiter:
             ``lambda: connect(url)``; called by :meth:`open`.
         key: what the rate belongs to (a workspace URL + agent).
         rate: the known rate, attempts per second in all (published on the row at open).
-        window: the calls in flight each worker lets through (not shared yet).
+        window: the calls in flight let through by all workers together (leased permits);
+            None for no shared cap.
+        holder: this limiter's name on the permits it holds (unique across hosts).
+        permit_lease: seconds a permit stays held without :meth:`renew_permits`.
+        permit_poll: seconds between looks for a free permit.
         default_pause: the shared pause after a 429 without a Retry-After, seconds.
         max_pause: the longest shared pause a Retry-After may ask for, seconds.
         clock: a monotonic clock, seconds.
@@ -111,18 +140,26 @@ class SharedRateLimiter:
         *,
         key: str,
         rate: float,
-        window: int = 32,
+        window: int | None = None,
+        holder: str | None = None,
+        permit_lease: float = 600.0,
+        permit_poll: float = 0.05,
         default_pause: float = 1.0,
         max_pause: float = 60.0,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
+        if window is not None and window < 1:
+            raise ValueError("window must be >= 1")
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.permit_lease, self.permit_poll = permit_lease, permit_poll
         self._connect, self.key, self._rate, self._window = connect, key, rate, window
         self.default_pause, self.max_pause = default_pause, max_pause
         self._clock = clock
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
+        self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
         self._counts = _Counts()
 
     @property
@@ -130,7 +167,7 @@ class SharedRateLimiter:
         return self._rate
 
     @property
-    def window(self) -> int:
+    def window(self) -> int | None:
         return self._window
 
     async def open(self) -> None:
@@ -141,20 +178,38 @@ class SharedRateLimiter:
             " ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, updated_at = clock_timestamp()",
             (self.key, self._rate),
         )
+        if self._window is not None:
+            await self._conn.execute(
+                "INSERT INTO ob_permit (key, slot) SELECT %s, generate_series(1, %s)"
+                " ON CONFLICT DO NOTHING",
+                (self.key, self._window),
+            )
 
     async def aclose(self) -> None:
+        """Hand back every permit still held, and disconnect."""
         if self._conn is not None:
+            await self._conn.execute(
+                "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
+                (self.holder,),
+            )
             await self._conn.close()
             self._conn = None
 
     async def acquire(self) -> SharedRateTicket:
-        """Book the next shared turn and wait for it (or for :meth:`stop`)."""
+        """Take a permit of the shared window (if any), then book the next shared turn and
+        wait for it; returns early, unbooked, once :meth:`stop` was called."""
+        permit = None
+        if self._window is not None:
+            permit = await self._take_permit()
+            if permit is None:  # stopped while waiting
+                return SharedRateTicket(None, 0, self._clock())
         row = await (await self._connection().execute(_BOOK, (self.key,))).fetchone()
         if row is None:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
         booked_tat, wait, epoch, rate = row
         self._rate = float(rate)
-        ticket = SharedRateTicket(booked_tat, int(epoch), self._clock() + max(float(wait), 0.0))
+        send_at = self._clock() + max(float(wait), 0.0)
+        ticket = SharedRateTicket(booked_tat, int(epoch), send_at, permit)
         if float(wait) > 0:
             with anyio.move_on_after(float(wait)):
                 await self._stopped.wait()
@@ -164,12 +219,14 @@ class SharedRateLimiter:
         if not ticket.settled:
             ticket.settled = True
             self._counts.accepted += 1
+            await self._give_back(ticket)
 
     async def on_429(self, ticket: SharedRateTicket, retry_after: float | None) -> float:
         """Pause every worker: returns the pause now in force, seconds."""
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
+            await self._give_back(ticket)
         pause = self.default_pause if retry_after is None else retry_after
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
@@ -185,14 +242,26 @@ class SharedRateLimiter:
             return
         ticket.settled = True
         self._counts.released += 1
-        await self._connection().execute(
-            "UPDATE ob_rate SET tat = tat - make_interval(secs => 1.0 / rate)"
-            " WHERE key = %s AND tat = %s",
-            (self.key, ticket.booked_tat),
+        await self._give_back(ticket)
+        if ticket.booked_tat is not None:
+            await self._connection().execute(
+                "UPDATE ob_rate SET tat = tat - make_interval(secs => 1.0 / rate)"
+                " WHERE key = %s AND tat = %s",
+                (self.key, ticket.booked_tat),
+            )
+
+    async def renew_permits(self) -> int:
+        """Extend the lease of every permit this limiter holds; returns how many."""
+        cur = await self._connection().execute(
+            "UPDATE ob_permit SET expires_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE holder = %s",
+            (self.permit_lease, self.holder),
         )
+        return max(cur.rowcount, 0)
 
     def stop(self) -> None:
         self._stopped.set()
+        self._freed.set()
 
     def report(self) -> SharedRateReport:
         counts = self._counts
@@ -205,6 +274,35 @@ class SharedRateLimiter:
             released=counts.released,
             retry_after_clamped=counts.clamped,
         )
+
+    async def _take_permit(self) -> int | None:
+        params = {
+            "key": self.key,
+            "window": self._window,
+            "holder": self.holder,
+            "lease": self.permit_lease,
+        }
+        while not self._stopped.is_set():
+            row = await (await self._connection().execute(_TAKE_PERMIT, params)).fetchone()
+            if row is not None:
+                return int(row[0])
+            freed = self._freed
+            with anyio.move_on_after(self.permit_poll):
+                await freed.wait()
+            if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
+                self._freed = anyio.Event()
+        return None
+
+    async def _give_back(self, ticket: SharedRateTicket) -> None:
+        if ticket.permit is None:
+            return
+        slot, ticket.permit = ticket.permit, None
+        await self._connection().execute(
+            "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
+            " WHERE key = %s AND slot = %s AND holder = %s",
+            (self.key, slot, self.holder),
+        )
+        self._freed.set()
 
     def _connection(self) -> PgConnection:
         if self._conn is None:
