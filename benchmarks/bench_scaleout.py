@@ -38,7 +38,7 @@ from octave_bulk.state.pg.claims import Outcome, WorkItem, WorkQueue  # noqa: E4
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection  # noqa: E402
 from octave_bulk.state.pg.leases import WorkerLease  # noqa: E402
 from octave_bulk.state.pg.schema import migrate  # noqa: E402
-from tests.pgserver import running_postgres  # noqa: E402
+from tests.pgserver import outputs_released_together, running_postgres  # noqa: E402
 
 
 class CountingConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
@@ -115,16 +115,8 @@ def acquire_row(url: str, count: int, workers: int) -> dict[str, Any]:
         )
         for _ in range(workers)
     ]  # fmt: skip
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
     latencies: list[float] = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0
+    for out in outputs_released_together(procs):
         latencies.extend(json.loads(out))
     latencies.sort()
     return {

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PgServer", "find_binaries", "postgres_or_skip", "running_postgres"]
+__all__ = [
+    "PgServer",
+    "find_binaries",
+    "outputs_released_together",
+    "postgres_or_skip",
+    "running_postgres",
+]
 
 SUPERUSER = "postgres"
 
@@ -166,3 +172,26 @@ def postgres_or_skip() -> Iterator[PgServer]:
                 pytest.fail(reason)
             pytest.skip(reason)
         yield server
+
+
+def outputs_released_together(processes: list[subprocess.Popen[str]]) -> list[str]:
+    """Wait until every worker process printed ``ready``, send each ``go`` on its stdin at once,
+    and return what each printed after (so their measured parts overlap)."""
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = []
+        for process in processes:
+            out, _ = process.communicate(timeout=300)
+            assert process.returncode == 0, process.returncode
+            outputs.append(out)
+        return outputs
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -27,7 +27,7 @@ import pytest
 from octave_bulk.limits.shared_pg import SharedRateLimiter
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 from octave_bulk.state.pg.schema import migrate
-from tests.pgserver import PgServer, postgres_or_skip
+from tests.pgserver import PgServer, outputs_released_together, postgres_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 40.0
@@ -89,24 +89,10 @@ def _run_workers(
         )
         for key in keys
     ]  # fmt: skip
-    try:
-        for worker in workers:
-            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        times: list[tuple[float, float]] = []
-        for worker in workers:
-            out, _ = worker.communicate(timeout=90)
-            assert worker.returncode == 0
-            times.extend((start, end) for start, end in json.loads(out))
-        return sorted(times)
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    times: list[tuple[float, float]] = []
+    for out in outputs_released_together(workers):
+        times.extend((start, end) for start, end in json.loads(out))
+    return sorted(times)
 
 
 def _rate(times: list[tuple[float, float]]) -> float:
