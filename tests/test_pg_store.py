@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,6 +28,7 @@ from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.schema import LATEST, migrate
 from tests.pgserver import PgServer, postgres_or_skip
 
+ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count()
 
 
@@ -259,6 +264,90 @@ async def test_a_worker_that_cannot_renew_within_half_its_lease_stops_sending(
     assert worker.may_send() and worker.send_deadline() == 110.0
 
 
+@pytest.mark.slow
+def test_a_frozen_worker_fences_itself_is_reaped_once_and_its_late_answers_are_counted(
+    db_url: str,
+) -> None:
+    async def prepare() -> None:
+        async with await connect(LedgerUrl.parse(db_url)) as setup:
+            await migrate(setup)
+            await _job(setup, 2)
+
+    asyncio.run(prepare())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    frozen = subprocess.Popen(
+        [sys.executable, "-m", "tests.test_pg_store", db_url],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert frozen.stdout is not None and frozen.stdout.readline().strip() == "ready"
+        frozen.send_signal(signal.SIGSTOP)  # SIGSTOP: frozen mid-call, past its 2 s lease
+
+        async def meanwhile() -> list[str]:
+            async with await connect(LedgerUrl.parse(db_url)) as conn:
+                reaped = []
+                for _ in range(300):  # its own lease (2 s) runs out on the server's clock
+                    reaped = await reap(conn)
+                    if reaped:
+                        break
+                    await asyncio.sleep(0.1)
+                await _worker(conn, "fresh")
+                queue = WorkQueue(conn, "nightly")
+                [claim] = await queue.claim("fresh", 1)
+                assert await queue.settle(claim, Outcome(done=True, result={"by": "fresh"}))
+                return [r.request_id for r in reaped if r.outcome_unknown]
+
+        assert asyncio.run(meanwhile()) == ["c-00000", "c-00001"]
+        frozen.send_signal(signal.SIGCONT)
+        out, _ = frozen.communicate(timeout=60)
+    finally:
+        if frozen.poll() is None:
+            frozen.kill()
+            frozen.wait()
+    woken = json.loads(out)
+    assert woken["may_send_on_waking"] is False  # it had not renewed within half its lease
+    assert woken["fenced"] is True
+    assert woken["settled"] == {"c-00000": "duplicate", "c-00001": "late"}
+
+    async def after() -> tuple[dict[str, int], list[Any]]:
+        async with await connect(LedgerUrl.parse(db_url)) as conn:
+            return await WorkQueue(conn, "nightly").counts(), await reap(conn, lease=0.0)
+
+    counts, reaped_again = asyncio.run(after())
+    assert reaped_again == []  # reaped once
+    assert counts["done"] == 2 and counts["outcome_unknown"] == 2
+    assert counts["paid_calls"] == 3 and counts["late_answers"] == 2  # paid twice: c-00000
+
+
+async def _frozen_worker(url: str) -> None:
+    """The child of the test above: claims, heartbeats, is frozen, wakes and answers late."""
+    async with (
+        await connect(LedgerUrl.parse(url)) as conn,
+        await connect(LedgerUrl.parse(url)) as beats,
+    ):
+        lease = await _worker(beats, "frozen", lease=2.0)
+        claims = await WorkQueue(conn, "nightly").claim("frozen", 2)
+        renewing = asyncio.ensure_future(lease.keep_renewed())
+        print("ready", flush=True)
+        last = time.monotonic()
+        while True:  # its calls are in flight: it watches whether it may still send
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            if now - last > 1.5:  # it was frozen
+                may_send_on_waking = lease.may_send()
+                break
+            last = now
+        await renewing  # its next heartbeat finds it reaped: fenced, the beats stop
+        queue = WorkQueue(conn, "nightly")
+        settled = {c.request_id: await queue.settle(c, Outcome(done=True)) for c in claims}
+    print(
+        json.dumps(
+            {"may_send_on_waking": may_send_on_waking, "fenced": lease.fenced, "settled": settled}
+        )
+    )
+
+
 async def _contact(conn: PgConnection, claim: Claim) -> tuple[Any, ...]:
     cur = await conn.execute(
         "SELECT state, result, paid_calls FROM ob_contact WHERE job = %s AND request_id = %s",
@@ -275,3 +364,7 @@ async def _calls(conn: PgConnection, claim: Claim) -> list[tuple[Any, ...]]:
         (claim.job, claim.request_id),
     )
     return [tuple(row) for row in await cur.fetchall()]
+
+
+if __name__ == "__main__":
+    asyncio.run(_frozen_worker(sys.argv[1]))

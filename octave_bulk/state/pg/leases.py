@@ -3,7 +3,8 @@
 Contract (docs/scale-out.md, "Leases and fencing"):
 
 - :meth:`WorkerLease.register` makes a worker live; :meth:`WorkerLease.renew` is its heartbeat
-  (``heartbeat_at = clock_timestamp()``, the server's clock, so hosts' clocks never matter).
+  (``heartbeat_at = clock_timestamp()``, the server's clock, so hosts' clocks never matter),
+  sent every quarter lease by :meth:`WorkerLease.keep_renewed`.
 - **Self-fencing**: :meth:`WorkerLease.may_send` is True only while the last renewal that
   succeeded was *sent* less than half a lease ago (the worker's own monotonic clock), and the
   worker was never reaped. A worker checks it before every paid call: cut off from the
@@ -28,6 +29,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import anyio
+import psycopg
 
 from octave_bulk.state.pg.dsn import PgConnection
 
@@ -98,6 +102,18 @@ class WorkerLease:
             return False
         self._renewed_at = sent_at
         return True
+
+    async def keep_renewed(self, in_flight: Callable[[], int] = lambda: 0) -> None:
+        """Renew every quarter lease until fenced (run it in the worker's task group).
+
+        A renewal that fails (the database unreachable) is tried again at the next beat;
+        meanwhile :meth:`may_send` turns False at half the lease on its own."""
+        while not self.fenced:
+            try:
+                await self.renew(in_flight())
+            except psycopg.Error:
+                pass  # unreachable: the fence falls at half the lease by itself
+            await anyio.sleep(self.lease / 4)
 
     def may_send(self) -> bool:
         """Whether a paid call may be sent now: not fenced, renewed within half a lease."""
