@@ -264,6 +264,26 @@ async def test_a_worker_that_cannot_renew_within_half_its_lease_stops_sending(
     assert worker.may_send() and worker.send_deadline() == 110.0
 
 
+async def test_what_was_committed_survives_a_crash_of_the_server(pg: PgServer, db_url: str) -> None:
+    async with await connect(LedgerUrl.parse(db_url)) as conn:
+        await migrate(conn)
+        queue = await _job(conn, 6)
+        await _worker(conn, "w1")
+        claims = await queue.claim("w1", 4)
+        for claim in claims[:3]:
+            await queue.settle(claim, Outcome(done=True, result={"n": claim.request_id}))
+        pg.restart_immediate()  # pg_ctl stop -m immediate: no shutdown checkpoint
+        with pytest.raises(psycopg.OperationalError):
+            await queue.counts()  # the old connection is gone: nothing is sent without it
+    async with await connect(LedgerUrl.parse(db_url)) as again:
+        counts = await WorkQueue(again, "nightly").counts()
+        assert counts["done"] == 3 and counts["claimed"] == 1 and counts["todo"] == 2
+        # the claim committed before the crash is still held: its answer settles as first
+        assert await WorkQueue(again, "nightly").settle(claims[3], Outcome(done=True)) == (
+            Settled.FIRST
+        )
+
+
 @pytest.mark.slow
 def test_a_frozen_worker_fences_itself_is_reaped_once_and_its_late_answers_are_counted(
     db_url: str,
@@ -299,6 +319,7 @@ def test_a_frozen_worker_fences_itself_is_reaped_once_and_its_late_answers_are_c
                 return [r.request_id for r in reaped if r.outcome_unknown]
 
         assert asyncio.run(meanwhile()) == ["c-00000", "c-00001"]
+        time.sleep(1.0)  # frozen well past the 1.5 s gap the child takes for a freeze
         frozen.send_signal(signal.SIGCONT)
         out, _ = frozen.communicate(timeout=60)
     finally:
@@ -330,11 +351,11 @@ async def _frozen_worker(url: str) -> None:
         claims = await WorkQueue(conn, "nightly").claim("frozen", 2)
         renewing = asyncio.ensure_future(lease.keep_renewed())
         print("ready", flush=True)
-        last = time.monotonic()
-        while True:  # its calls are in flight: it watches whether it may still send
+        last, may_send_on_waking = time.monotonic(), None
+        for _ in range(3000):  # its calls are in flight: it watches whether it may still send
             await asyncio.sleep(0.02)
             now = time.monotonic()
-            if now - last > 1.5:  # it was frozen
+            if now - last > 1.5:  # it was frozen (the test holds it 2.5 s at least)
                 may_send_on_waking = lease.may_send()
                 break
             last = now
