@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("octave_bulk.cli.tools", "Check the settings, the API key and the agent: workspace, credits, agent type."),
     "export": ("octave_bulk.cli.files", "One CSV row per successful contact, ready to import into a sequencer."),
     "history": ("octave_bulk.cli.files", "Every run of an output: when, sent, succeeded, failed, credits, exit."),
-    "ledger": ("octave_bulk.cli.ledger", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
+    "ledger": ("octave_bulk.cli.ledger_pg", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
     "pipeline": ("octave_bulk.cli.pipeline", "Run several agents in turn, each on the results of the one before."),
     "plan": ("octave_bulk.cli.plan", "Forecast a run before paying: contacts to send, credits against those left, time."),
     "probe": ("octave_bulk.cli.run", "Measure what your workspace sustains: rate, calls in flight, latency."),

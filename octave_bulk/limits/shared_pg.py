@@ -1,0 +1,310 @@
+"""One rate shared by every worker of every host: a GCRA row in PostgreSQL, on the server's clock.
+
+Contract (docs/scale-out.md, "One shared rate"): a :class:`SharedRateLimiter` lets through at
+most ``rate`` attempts per second **in all** across the workers using the same ``key`` (a
+workspace URL + agent), however many hosts they run on. Its shape is the limiter contract's
+(``open``, ``acquire``, async ``on_answer``/``on_429``, ``release``, ``stop``, ``aclose``,
+``report``), so the engine drives it as it drives the in-process limiter.
+
+How (the generic cell rate algorithm, as redis-cell and Inngest's Lua script do it, here in SQL):
+the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:`acquire` is
+**one** ``UPDATE … RETURNING``: ``tat = greatest(tat, now, paused_until) + 1/rate``, where
+``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
+booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
+a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
+all, not N x R. The row lock serialises bookings; at tens of calls a second that is far below
+what one row sustains.
+
+- **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
+  permit rows (``ob_permit``) with ``FOR UPDATE SKIP LOCKED`` and holds it, under a lease
+  (``permit_lease``, renewed by :meth:`renew_permits`), until its answer: C calls in flight in
+  all, across hosts. A permit whose holder died without handing it back is free again once
+  its lease ran out. A worker waiting for a permit looks again every ``permit_poll`` seconds,
+  and at once when one of its own is handed back.
+- **Shared pause**: :meth:`on_429` pushes ``paused_until`` (the Retry-After, else
+  ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn is
+  booked after it.
+- :meth:`release` (an attempt never sent) hands its turn back when no later turn was booked
+  since (``tat`` unchanged), so a stopped run does not leave a gap in everyone's schedule.
+- :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
+  waiter is lost, once).
+
+A database error in :meth:`acquire` raises (the worker must not send without its turn: no
+call leaves without the database's say-so, so PostgreSQL being down stops sending; it never
+fails open).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from octave_bulk.state.pg.dsn import PgConnection
+
+__all__ = ["SharedRateLimiter", "SharedRateReport", "SharedRateTicket"]
+
+_BOOK = """
+UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
+                        + make_interval(secs => 1.0 / rate)
+WHERE key = %s
+RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
+          epoch, rate
+"""
+
+_TAKE_PERMIT = """
+WITH free AS (
+    SELECT key, slot FROM ob_permit
+    WHERE key = %(key)s AND slot <= %(window)s
+      AND (holder IS NULL OR expires_at < clock_timestamp())
+    ORDER BY slot LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ob_permit p SET holder = %(holder)s,
+                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+FROM free WHERE p.key = free.key AND p.slot = free.slot
+RETURNING p.slot
+"""
+
+_PAUSE = """
+UPDATE ob_rate SET paused_until = greatest(paused_until, clock_timestamp()
+                                           + make_interval(secs => %(pause)s)),
+                   epoch = epoch + 1, updated_at = clock_timestamp()
+WHERE key = %(key)s
+RETURNING extract(epoch FROM paused_until - clock_timestamp())
+"""
+
+
+@dataclass(slots=True, eq=False)
+class SharedRateTicket:
+    """One attempt's turn: the ``tat`` its booking left (for a refund), its epoch and when
+    the caller may send (the limiter's clock)."""
+
+    booked_tat: dt.datetime | None
+    epoch: int
+    send_at: float
+    permit: int | None = None
+    """The shared window's permit held (its slot), None without a shared window."""
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRateReport:
+    """What this worker's share of the limiter let through (the fields the limiter contract's
+    report carries)."""
+
+    rate: float | None
+    window: int | None
+    paused: bool = False
+    accepted: int = 0
+    refused: int = 0
+    released: int = 0
+    retry_after_clamped: int = 0
+
+
+@dataclass(slots=True)
+class _Counts:
+    accepted: int = 0
+    refused: int = 0
+    released: int = 0
+    clamped: int = 0
+    paused_until: float = field(default=float("-inf"))
+
+
+class SharedRateLimiter:
+    """A GCRA rate shared through PostgreSQL by every worker with the same ``key``.
+
+    Args:
+        connect: opens this limiter's own connection (autocommit), e.g.
+            ``lambda: connect(url)``; called by :meth:`open`.
+        key: what the rate belongs to (a workspace URL + agent).
+        rate: the known rate, attempts per second in all (published on the row at open).
+        window: the calls in flight let through by all workers together (leased permits);
+            None for no shared cap.
+        holder: this limiter's name on the permits it holds (unique across hosts).
+        permit_lease: seconds a permit stays held without :meth:`renew_permits`.
+        permit_poll: seconds between looks for a free permit.
+        default_pause: the shared pause after a 429 without a Retry-After, seconds.
+        max_pause: the longest shared pause a Retry-After may ask for, seconds.
+        clock: a monotonic clock, seconds.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[PgConnection]],
+        *,
+        key: str,
+        rate: float,
+        window: int | None = None,
+        holder: str | None = None,
+        permit_lease: float = 600.0,
+        permit_poll: float = 0.05,
+        default_pause: float = 1.0,
+        max_pause: float = 60.0,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        if window is not None and window < 1:
+            raise ValueError("window must be >= 1")
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.permit_lease, self.permit_poll = permit_lease, permit_poll
+        self._connect, self.key, self._rate, self._window = connect, key, rate, window
+        self.default_pause, self.max_pause = default_pause, max_pause
+        self._clock = clock
+        self._conn: PgConnection | None = None
+        self._stopped = anyio.Event()
+        self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
+        self._counts = _Counts()
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate
+
+    @property
+    def window(self) -> int | None:
+        return self._window
+
+    async def open(self) -> None:
+        """Connect and publish the rate on the shared row (created on first use)."""
+        self._conn = await self._connect()
+        await self._conn.execute(
+            "INSERT INTO ob_rate (key, rate) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, updated_at = clock_timestamp()",
+            (self.key, self._rate),
+        )
+        if self._window is not None:
+            await self._conn.execute(
+                "INSERT INTO ob_permit (key, slot) SELECT %s, generate_series(1, %s)"
+                " ON CONFLICT DO NOTHING",
+                (self.key, self._window),
+            )
+
+    async def aclose(self) -> None:
+        """Hand back every permit still held, and disconnect."""
+        if self._conn is not None:
+            await self._conn.execute(
+                "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
+                (self.holder,),
+            )
+            await self._conn.close()
+            self._conn = None
+
+    async def acquire(self) -> SharedRateTicket:
+        """Take a permit of the shared window (if any), then book the next shared turn and
+        wait for it; returns early, unbooked, once :meth:`stop` was called."""
+        permit = None
+        if self._window is not None:
+            permit = await self._take_permit()
+            if permit is None:  # stopped while waiting
+                return SharedRateTicket(None, 0, self._clock())
+        row = await (await self._connection().execute(_BOOK, (self.key,))).fetchone()
+        if row is None:
+            raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
+        booked_tat, wait, epoch, rate = row
+        self._rate = float(rate)
+        send_at = self._clock() + max(float(wait), 0.0)
+        ticket = SharedRateTicket(booked_tat, int(epoch), send_at, permit)
+        if float(wait) > 0:
+            with anyio.move_on_after(float(wait)):
+                await self._stopped.wait()
+        return ticket
+
+    async def on_answer(self, ticket: SharedRateTicket) -> None:
+        if not ticket.settled:
+            ticket.settled = True
+            self._counts.accepted += 1
+            await self._give_back(ticket)
+
+    async def on_429(self, ticket: SharedRateTicket, retry_after: float | None) -> float:
+        """Pause every worker: returns the pause now in force, seconds."""
+        if not ticket.settled:
+            ticket.settled = True
+            self._counts.refused += 1
+            await self._give_back(ticket)
+        pause = self.default_pause if retry_after is None else retry_after
+        if pause > self.max_pause:
+            pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
+        params = {"key": self.key, "pause": max(pause, 0.0)}
+        row = await (await self._connection().execute(_PAUSE, params)).fetchone()
+        left = max(float(row[0]), 0.0) if row else 0.0
+        self._counts.paused_until = self._clock() + left
+        return left
+
+    async def release(self, ticket: SharedRateTicket) -> None:
+        """The attempt was never sent: hand its turn back if nobody booked after it."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self._counts.released += 1
+        await self._give_back(ticket)
+        if ticket.booked_tat is not None:
+            await self._connection().execute(
+                "UPDATE ob_rate SET tat = tat - make_interval(secs => 1.0 / rate)"
+                " WHERE key = %s AND tat = %s",
+                (self.key, ticket.booked_tat),
+            )
+
+    async def renew_permits(self) -> int:
+        """Extend the lease of every permit this limiter holds; returns how many."""
+        cur = await self._connection().execute(
+            "UPDATE ob_permit SET expires_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE holder = %s",
+            (self.permit_lease, self.holder),
+        )
+        return max(cur.rowcount, 0)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._freed.set()
+
+    def report(self) -> SharedRateReport:
+        counts = self._counts
+        return SharedRateReport(
+            rate=self._rate,
+            window=self._window,
+            paused=self._clock() < counts.paused_until,
+            accepted=counts.accepted,
+            refused=counts.refused,
+            released=counts.released,
+            retry_after_clamped=counts.clamped,
+        )
+
+    async def _take_permit(self) -> int | None:
+        params = {
+            "key": self.key,
+            "window": self._window,
+            "holder": self.holder,
+            "lease": self.permit_lease,
+        }
+        while not self._stopped.is_set():
+            row = await (await self._connection().execute(_TAKE_PERMIT, params)).fetchone()
+            if row is not None:
+                return int(row[0])
+            freed = self._freed
+            with anyio.move_on_after(self.permit_poll):
+                await freed.wait()
+            if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
+                self._freed = anyio.Event()
+        return None
+
+    async def _give_back(self, ticket: SharedRateTicket) -> None:
+        if ticket.permit is None:
+            return
+        slot, ticket.permit = ticket.permit, None
+        await self._connection().execute(
+            "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
+            " WHERE key = %s AND slot = %s AND holder = %s",
+            (self.key, slot, self.holder),
+        )
+        self._freed.set()
+
+    def _connection(self) -> PgConnection:
+        if self._conn is None:
+            raise RuntimeError("the shared limiter is not open: call open() first")
+        return self._conn
