@@ -45,7 +45,7 @@ from _common import (
     write_contacts,
 )
 
-from octave_bulk.simulator.app import _uniforms
+from octave_bulk.simulator.wire import uniforms as _uniforms
 from octave_bulk.simulator.config import parse_latency
 
 TARGET = 0.95
