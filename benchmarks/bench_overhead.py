@@ -32,7 +32,16 @@ tar -x -C DIR``) that snapshot's engine is measured in the same alternation
 (``PYTHONPATH=DIR``): before and after, under the same load. Each row also carries the
 engine's CPU seconds per 1k contacts, steadier than the wall on a loaded machine.
 
+Instructions (``--instructions``, needs valgrind): the CPU work itself, which the load of other
+processes does not change (wall and CPU seconds do, on a shared VM): each client's whole
+process run under ``valgrind --tool=cachegrind --cache-sim=no`` at 200 and 2,200 contacts;
+the difference / 2,000 is its instructions per contact, the 200-contact run less 200 of them
+its fixed cost (start-up and finish). The engine, ``--baseline`` if given, and the bare aiohttp
+loop; their ratio at ``--contacts`` is what the engine would reach against the loop were both
+bound by their CPU alone (results/overhead_instructions.json).
+
     python benchmarks/bench_overhead.py [--contacts 20000] [--concurrency 64] [--smoke]
+    python benchmarks/bench_overhead.py --instructions --contacts 12000 --baseline /tmp/base
     python benchmarks/bench_overhead.py --ratio-only --contacts 12000 --baseline /tmp/base
 """
 
@@ -300,6 +309,51 @@ def ratio_only(
     report("overhead_ratio", rows, extra, smoke=smoke)
 
 
+def instructions(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Instructions of one whole process under cachegrind."""
+    grind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    done = subprocess.run([*grind, *cmd], env=env, capture_output=True, text=True, cwd=cwd)
+    done.check_returncode()
+    refs = [line for line in done.stderr.splitlines() if "I" in line and "refs:" in line]
+    return int(refs[-1].split(":")[1].replace(",", "").split()[0])
+
+
+def instruction_counts(
+    sim: Simulator, work: Path, n: int, concurrency: int, baseline: Path | None, *, smoke: bool
+) -> None:
+    """Instructions per contact and fixed, engine (and baseline) vs the bare aiohttp loop."""
+    small, large = (20, 220) if smoke else (200, 2200)
+    for size in (small, large):
+        write_contacts(work / f"c{size}.csv", size)
+        request_bodies(work / f"c{size}.csv", work / f"b{size}.ndjson")
+    kinds = ["engine", *(["engine-baseline"] if baseline else []), "aiohttp"]
+    rows = []
+    for kind in kinds:
+        counts = {}
+        for size in (small, large):
+            sim.reset()
+            if kind == "aiohttp":
+                cmd = [sys.executable, str(HERE / "_plain_clients.py"), "aiohttp", sim.url,
+                       str(work / f"b{size}.ndjson"), str(concurrency)]  # fmt: skip
+                counts[size] = instructions(cmd)
+            else:
+                env = {**os.environ, "OCTAVE_API_KEY": "bench"}
+                if kind == "engine-baseline":
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        filter(None, [str(baseline), env.get("PYTHONPATH")])
+                    )
+                cmd = engine_run_cmd(sim.url, work / f"c{size}.csv", clear_out(work), concurrency)
+                counts[size] = instructions(cmd[cmd.index(sys.executable) :], env)
+        per = (counts[large] - counts[small]) / (large - small)
+        fixed = counts[small] - small * per
+        rows.append({"client": kind, "instructions_per_contact": per, "fixed_instructions": fixed,
+                     "at_contacts": n, "total_at_contacts": fixed + n * per})  # fmt: skip
+    bare = rows[-1]["total_at_contacts"]
+    for row in rows:
+        row["cpu_bound_ratio"] = bare / row["total_at_contacts"]
+    report("overhead_instructions", rows, {"target": f">= {AIOHTTP_TARGET}"}, smoke=smoke)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--contacts", type=int, default=20_000)
@@ -318,6 +372,11 @@ def main() -> None:
         help="only the engine against the bare aiohttp loop (results/overhead_ratio.json)",
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per contact under valgrind (results/overhead_instructions.json)",
+    )
+    parser.add_argument(
         "--baseline", type=Path, help="a directory holding another octave_bulk to measure too"
     )
     args = parser.parse_args()
@@ -327,6 +386,9 @@ def main() -> None:
         work = Path(tmp)
         write_contacts(work / "in.csv", n)
         request_bodies(work / "in.csv", work / "bodies.ndjson")
+        if args.instructions:
+            instruction_counts(sim, work, n, args.concurrency, args.baseline, smoke=args.smoke)
+            return
         if args.ratio_only:
             ratio_only(sim, work, n, args.concurrency, repeat, args.baseline, smoke=args.smoke)
             return
