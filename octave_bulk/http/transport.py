@@ -94,8 +94,9 @@ class ReadingAiohttpTransport(AiohttpTransport):
         headers=head + [x-external-request-id, content-length], extensions=extensions)``
         (``head`` is in httpx's form: lower-case names, in order, ``host`` first). Returns the
         body for the usual answer (200, no content-encoding): nothing of httpx is built for
-        it (~15 us a call: docs/performance.md, section "Per-contact CPU"); any other answer
-        as the ``httpx.Response`` that method returns. Raises what it raises."""
+        it (~130k instructions a call, a tenth of a contact's CPU: docs/performance.md,
+        section "Second pass"); any other answer as the ``httpx.Response`` that method
+        returns. Raises what it raises."""
         aio_url = self._url(str(url))
         timeout = self._timeout(extensions.get("timeout", {}))
 
