@@ -138,7 +138,9 @@ def run_engine(
     env = {**os.environ, "OCTAVE_API_KEY": "bench", "OCTAVE_SERIES": str(series).lower()}
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    # Run from the work folder: ``python -m`` puts the current folder first on sys.path, and a
+    # checkout there would be measured instead of the snapshot (or the installed package).
+    subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=out_dir)
     return time.perf_counter() - start, child_cpu(before)
 
 
@@ -343,7 +345,7 @@ def instruction_counts(
                         filter(None, [str(baseline), env.get("PYTHONPATH")])
                     )
                 cmd = engine_run_cmd(sim.url, work / f"c{size}.csv", clear_out(work), concurrency)
-                counts[size] = instructions(cmd[cmd.index(sys.executable) :], env)
+                counts[size] = instructions(cmd[cmd.index(sys.executable) :], env, work)
         per = (counts[large] - counts[small]) / (large - small)
         fixed = counts[small] - small * per
         rows.append({"client": kind, "instructions_per_contact": per, "fixed_instructions": fixed,

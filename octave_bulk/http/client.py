@@ -183,7 +183,7 @@ class OctaveClient:
             self._run_head = None
         # The default transport can take a run's calls without httpx's request and response
         # objects (its ``poster``: the same request on the wire; docs/performance.md, section
-        # "Per-contact CPU"); it bounds each call itself.
+        # "Second pass"); it bounds each call itself.
         self._post: Callable[[bytes, str], Awaitable[bytes | httpx.Response]] | None = None
         poster = getattr(transport, "poster", None)
         if poster is not None and self._bounded_inside and self._run_head is not None:
