@@ -107,13 +107,13 @@ class AsyncHostility:
 
         async def keep(message: MutableMapping[str, Any]) -> None:
             answered.append(message)
-            await send(message)
 
         await front.inner(scope, _replay(body, receive), keep)
         if fate in POLL_KINDS + CALLBACK_KINDS:
             handle = _handle(_json(_body_of(answered)))
-            if handle:
+            if handle:  # planned before the client can know the handle and poll it
                 self.planned[handle] = (fate, url if isinstance(url, str) else "")
+        await _forward(send, answered)
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode())
