@@ -45,15 +45,15 @@ from _common import (
     write_contacts,
 )
 
-from octave_bulk.simulator.app import _uniforms
 from octave_bulk.simulator.config import parse_latency
+from octave_bulk.simulator.wire import uniforms
 
 TARGET = 0.95
 
 
 def drawn_latency(request_id: str, median: float, sigma: float, seed: int = 0) -> float:
     """The latency the simulator draws for a request's first attempt (see simulator/app.py)."""
-    u = _uniforms(seed, request_id, 0)[1]
+    u = uniforms(seed, request_id, 0)[1]
     return median * math.exp(sigma * NormalDist().inv_cdf(min(max(u, 1e-9), 1 - 1e-9)))
 
 

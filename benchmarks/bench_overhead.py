@@ -25,7 +25,24 @@ ratio; and the recorder's own CPU per sampled second (a sample, and a fifth of a
 real ledger, with thousands of latencies added between samples) as a share of that second.
 Target: <= 1 % either way.
 
+Ratio only (``--ratio-only``): the engine and the bare aiohttp loop alone, alternated
+``--repeat`` times, the best of each kept (results/overhead_ratio.json). With ``--baseline
+DIR`` (DIR holding another snapshot of the package, e.g. ``git archive 7d39119 octave_bulk |
+tar -x -C DIR``) that snapshot's engine is measured in the same alternation
+(``PYTHONPATH=DIR``): before and after, under the same load. Each row also carries the
+engine's CPU seconds per 1k contacts, steadier than the wall on a loaded machine.
+
+Instructions (``--instructions``, needs valgrind): the CPU work itself, which the load of other
+processes does not change (wall and CPU seconds do, on a shared VM): each client's whole
+process run under ``valgrind --tool=cachegrind --cache-sim=no`` at 200 and 2,200 contacts;
+the difference / 2,000 is its instructions per contact, the 200-contact run less 200 of them
+its fixed cost (start-up and finish). The engine, ``--baseline`` if given, and the bare aiohttp
+loop; their ratio at ``--contacts`` is what the engine would reach against the loop were both
+bound by their CPU alone (results/overhead_instructions.json).
+
     python benchmarks/bench_overhead.py [--contacts 20000] [--concurrency 64] [--smoke]
+    python benchmarks/bench_overhead.py --instructions --contacts 12000 --baseline /tmp/base
+    python benchmarks/bench_overhead.py --ratio-only --contacts 12000 --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -111,12 +128,19 @@ def run_engine(
     agent_type: str = "sequence",
     *,
     series: bool = True,
+    code: Path | None = None,
 ) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole engine run; ``code``: a snapshot's directory, put
+    first on PYTHONPATH (None: the installed package)."""
     cmd = engine_run_cmd(url, csv_path, clear_out(out_dir), concurrency, "--agent-type", agent_type)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     env = {**os.environ, "OCTAVE_API_KEY": "bench", "OCTAVE_SERIES": str(series).lower()}
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    # Run from the work folder: ``python -m`` puts the current folder first on sys.path, and a
+    # checkout there would be measured instead of the snapshot (or the installed package).
+    subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=out_dir)
     return time.perf_counter() - start, child_cpu(before)
 
 
@@ -245,6 +269,93 @@ def recorder_cpu_share(work: Path, seconds: int = 500, per_second: int = 4000) -
     return spent / seconds / recorder.interval
 
 
+def ratio_only(
+    sim: Simulator,
+    work: Path,
+    n: int,
+    concurrency: int,
+    repeat: int,
+    baseline: Path | None,
+    *,
+    smoke: bool,
+) -> None:
+    """The engine (and a baseline snapshot's) against the bare aiohttp loop, alternated."""
+    kinds = ["engine", *(["engine-baseline"] if baseline else []), "aiohttp"]
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        for kind in kinds:
+            sim.reset()
+            with Noise() as noise:
+                if kind == "aiohttp":
+                    wall, _loop, cpu = run_plain(kind, sim.url, work / "bodies.ndjson", concurrency)
+                else:
+                    code = baseline if kind == "engine-baseline" else None
+                    wall, cpu = run_engine(sim.url, work / "in.csv", work, concurrency, code=code)
+            served = sim.stats()["totals"].get("successes", 0)
+            assert served == n, f"{kind}: simulator served {served} of {n}"
+            row = {"per_s": n / wall, "cpu_s_per_1k": cpu / n * 1000, "others_cores": noise.others}
+            print(f"{kind:16} {row['per_s']:8,.0f}/s  cpu {row['cpu_s_per_1k']:.3f} s/1k  "
+                  f"others {noise.others:.2f} cores", flush=True)  # fmt: skip
+            if kind not in best or row["per_s"] > best[kind]["per_s"]:
+                best[kind] = row
+    bare = best["aiohttp"]["per_s"]
+    rows = [
+        {"client": kind, "contacts": n, **r, "engine_over_aiohttp": r["per_s"] / bare}
+        for kind, r in best.items()
+    ]
+    extra = {
+        "repeat": repeat,
+        "baseline": str(baseline) if baseline else None,
+        "target": f"engine / aiohttp >= {AIOHTTP_TARGET}",
+    }
+    report("overhead_ratio", rows, extra, smoke=smoke)
+
+
+def instructions(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Instructions of one whole process under cachegrind."""
+    grind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    done = subprocess.run([*grind, *cmd], env=env, capture_output=True, text=True, cwd=cwd)
+    done.check_returncode()
+    refs = [line for line in done.stderr.splitlines() if "I" in line and "refs:" in line]
+    return int(refs[-1].split(":")[1].replace(",", "").split()[0])
+
+
+def instruction_counts(
+    sim: Simulator, work: Path, n: int, concurrency: int, baseline: Path | None, *, smoke: bool
+) -> None:
+    """Instructions per contact and fixed, engine (and baseline) vs the bare aiohttp loop."""
+    small, large = (20, 220) if smoke else (200, 2200)
+    for size in (small, large):
+        write_contacts(work / f"c{size}.csv", size)
+        request_bodies(work / f"c{size}.csv", work / f"b{size}.ndjson")
+    kinds = ["engine", *(["engine-baseline"] if baseline else []), "aiohttp"]
+    rows = []
+    for kind in kinds:
+        counts = {}
+        for size in (small, large):
+            sim.reset()
+            if kind == "aiohttp":
+                cmd = [sys.executable, str(HERE / "_plain_clients.py"), "aiohttp", sim.url,
+                       str(work / f"b{size}.ndjson"), str(concurrency)]  # fmt: skip
+                counts[size] = instructions(cmd)
+            else:
+                env = {**os.environ, "OCTAVE_API_KEY": "bench"}
+                if kind == "engine-baseline":
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        filter(None, [str(baseline), env.get("PYTHONPATH")])
+                    )
+                cmd = engine_run_cmd(sim.url, work / f"c{size}.csv", clear_out(work), concurrency)
+                counts[size] = instructions(cmd[cmd.index(sys.executable) :], env, work)
+        per = (counts[large] - counts[small]) / (large - small)
+        fixed = counts[small] - small * per
+        rows.append({"client": kind, "instructions_per_contact": per, "fixed_instructions": fixed,
+                     "at_contacts": n, "total_at_contacts": fixed + n * per})  # fmt: skip
+    bare = rows[-1]["total_at_contacts"]
+    for row in rows:
+        row["cpu_bound_ratio"] = bare / row["total_at_contacts"]
+    report("overhead_instructions", rows, {"target": f">= {AIOHTTP_TARGET}"}, smoke=smoke)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--contacts", type=int, default=20_000)
@@ -257,6 +368,19 @@ def main() -> None:
         default=["qualify-person", "enrich-company"],
         help="agents measured besides the Sequence Agent: engine vs bare aiohttp loop",
     )
+    parser.add_argument(
+        "--ratio-only",
+        action="store_true",
+        help="only the engine against the bare aiohttp loop (results/overhead_ratio.json)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per contact under valgrind (results/overhead_instructions.json)",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="a directory holding another octave_bulk to measure too"
+    )
     args = parser.parse_args()
     n = 500 if args.smoke else args.contacts
     repeat = 1 if args.smoke else args.repeat
@@ -264,6 +388,12 @@ def main() -> None:
         work = Path(tmp)
         write_contacts(work / "in.csv", n)
         request_bodies(work / "in.csv", work / "bodies.ndjson")
+        if args.instructions:
+            instruction_counts(sim, work, n, args.concurrency, args.baseline, smoke=args.smoke)
+            return
+        if args.ratio_only:
+            ratio_only(sim, work, n, args.concurrency, repeat, args.baseline, smoke=args.smoke)
+            return
         results: dict[str, dict[str, float]] = {}
         for _ in range(repeat):
             for kind in ("engine", "httpx-post", "httpx-transport", "aiohttp"):

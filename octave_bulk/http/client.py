@@ -5,20 +5,17 @@ transport by default: httpx's own transport slows down as concurrency grows, htt
 does not (docs/performance.md, section "HTTP stack"). ``Settings.transport = "httpx"`` swaps
 it back; tests inject any transport (e.g. ``httpx.ASGITransport`` or ``httpx.MockTransport``).
 
-A call succeeds when the answer is HTTP 200, valid JSON with the response envelope
-(``_metadata``, ``found``) and the agent says its payload is there (e.g. at least one email);
-a 200 without it is ``not_found``, permanent. Everything else is classified in
+What an answer means: :mod:`octave_bulk.http.answer` (a run call's) and
+:mod:`octave_bulk.http.async_api` (a submit's, a poll's); error statuses and transport errors:
 :mod:`octave_bulk.http.retry`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
@@ -28,8 +25,8 @@ from pydantic import SecretStr
 
 from octave_bulk.agents import get_agent
 from octave_bulk.agents.base import Agent
-from octave_bulk.agents.fields import read_usage
-from octave_bulk.errors import ApiError, ErrorKind, RetryableApiError, TerminalApiError
+from octave_bulk.errors import ApiError, ErrorKind, RetryableApiError
+from octave_bulk.http.answer import CallSuccess, judge_body, past_deadline, too_large
 from octave_bulk.http.async_api import (
     AsyncContract,
     JobAnswer,
@@ -60,16 +57,6 @@ VALIDATE_PATH = "/api/v2/api-key/validate"
 AGENTS_GET_PATH = "/api/v2/agents/get"
 AGENTS_LIST_PATH = "/api/v2/agents/list"
 USER_AGENT = "octave-bulk"
-
-
-@dataclass(frozen=True, slots=True)
-class CallSuccess:
-    """A complete, valid response: the raw body (kept byte for byte) and the credits it used."""
-
-    raw: bytes
-    credits: float
-    usage_anomaly: str | None = None
-    """Why ``_metadata.usage`` was not counted as given (``agents.fields.read_usage``)."""
 
 
 def _env_proxy(base_url: str) -> httpx.Proxy | None:
@@ -194,6 +181,14 @@ class OctaveClient:
             ]
         except UnicodeEncodeError:
             self._run_head = None
+        # The default transport can take a run's calls without httpx's request and response
+        # objects (its ``poster``: the same request on the wire; docs/performance.md, section
+        # "Second pass"); it bounds each call itself.
+        self._post: Callable[[bytes, str], Awaitable[bytes | httpx.Response]] | None = None
+        poster = getattr(transport, "poster", None)
+        if poster is not None and self._bounded_inside and self._run_head is not None:
+            head = [(name.decode().lower(), value.decode()) for name, value in self._run_head]
+            self._post = poster(self._run_url, head, self._extensions)
 
     async def _send(
         self,
@@ -234,31 +229,42 @@ class OctaveClient:
         # Header values must be ASCII; the body keeps the requestId exactly as given.
         header_id = request_id if request_id.isascii() else quote(request_id, safe="")
         try:
-            if self._bounded_inside or self._deadline is None:
-                # Inlined _receive: every await layer is paid again on each resumption.
-                response = await self._transport.handle_async_request(
-                    self._run_request(body, header_id)
-                )
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
+            if self._post is not None:
+                answer = await self._post(body, header_id)
             else:
-                try:
-                    with anyio.fail_after(self._deadline):
-                        response = await self._receive(self._run_request(body, header_id))
-                except TimeoutError:
-                    raise _past_deadline(self._deadline, request_id) from None
+                answer = await self._run_via_httpx(body, header_id, request_id)
         except ApiError:
             raise
         except TooLarge as exc:
-            raise _too_large(exc.size, self._max_body, request_id) from None
+            raise too_large(exc.size, self._max_body, request_id) from None
         except Exception as exc:
             raise transport_error(exc, request_id) from None
+        raw = answer if isinstance(answer, bytes) else answer.content
         cap = self._max_body
-        if cap is not None and len(response.content) > cap:
-            raise _too_large(len(response.content), cap, request_id)
-        return _judge(response, request_id, self._agent)
+        if cap is not None and len(raw) > cap:
+            raise too_large(len(raw), cap, request_id)
+        if not isinstance(answer, bytes) and answer.status_code != 200:
+            raise status_error(answer, request_id)
+        return judge_body(raw, request_id, self._agent)
+
+    async def _run_via_httpx(self, body: bytes, header_id: str, request_id: str) -> httpx.Response:
+        """The run call through any httpx transport, bounded by the call deadline here unless
+        the transport enforces it itself."""
+        if self._bounded_inside or self._deadline is None:
+            # Inlined _receive: every await layer is paid again on each resumption.
+            response = await self._transport.handle_async_request(
+                self._run_request(body, header_id)
+            )
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
+        try:
+            with anyio.fail_after(self._deadline):
+                return await self._receive(self._run_request(body, header_id))
+        except TimeoutError:
+            raise past_deadline(self._deadline, request_id) from None
 
     def _run_request(self, body: bytes, header_id: str) -> httpx.Request:
         """The run call's request: the same method, URL, headers (names, values, order) and
@@ -317,7 +323,7 @@ class OctaveClient:
         try:
             response = await self._send("GET", url, self._headers, None)
         except TooLarge as exc:  # a result over the cap: the job fails as a sync call would
-            raise _too_large(exc.size, self._max_body, handle) from None
+            raise too_large(exc.size, self._max_body, handle) from None
         except Exception as exc:
             raise transport_error(exc, None) from None
         return judged(read_status(response, handle), self._agent)
@@ -396,78 +402,3 @@ async def open_client(
                 settings.async_handle_fields,
             ),
         )
-
-
-def _too_large(size: int, cap: int | None, request_id: str) -> TerminalApiError:
-    return TerminalApiError(
-        f"answer body of {size:,} bytes or more, over max_response_bytes ({cap:,}); "
-        "not kept, not retried",
-        kind=ErrorKind.RESPONSE_TOO_LARGE,
-        status=200,
-        request_id=request_id,
-    )
-
-
-def _past_deadline(deadline: float, request_id: str | None) -> RetryableApiError:
-    return RetryableApiError(
-        f"no complete answer within the call deadline ({deadline:g} s)",
-        kind=ErrorKind.TIMEOUT,
-        request_id=request_id,
-    )
-
-
-def _judge(response: httpx.Response, request_id: str, agent: Agent) -> CallSuccess:
-    if response.status_code != 200:
-        raise status_error(response, request_id)
-    raw = response.content
-    # orjson plus a few checks, not the pydantic model: the body is stored byte for byte, so
-    # only what decides success is examined (half the CPU of a full model validation).
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        repaired = _lenient_json(raw)
-        if repaired is None:
-            raise RetryableApiError(
-                f"HTTP 200 with a body that is not JSON: {exc}"[:300],
-                kind=ErrorKind.INVALID_JSON,
-                status=200,
-                request_id=request_id,
-            ) from None
-        raw, payload = repaired
-    metadata = payload.get("_metadata") if isinstance(payload, dict) else None
-    found = payload.get("found") if isinstance(payload, dict) else None
-    if not isinstance(metadata, dict) or not isinstance(found, bool):
-        raise RetryableApiError(
-            "HTTP 200 without the response envelope (_metadata, found)",
-            kind=ErrorKind.INVALID_BODY,
-            status=200,
-            request_id=request_id,
-        )
-    why = agent.failure(payload)
-    if why is not None:
-        raise TerminalApiError(
-            why[:500], kind=ErrorKind.NOT_FOUND, status=200, request_id=request_id
-        )
-    return CallSuccess(raw, *read_usage(metadata.get("usage")))
-
-
-def _lenient_json(raw: bytes) -> tuple[bytes, Any] | None:
-    """A body that is valid JSON but that orjson refuses (a BOM, lone surrogate escapes from
-    cut emoji, 1e400) is paid for: keep it, re-encoded so that every later reader can parse
-    it (lone surrogates become U+FFFD). None when it is not JSON at all."""
-    try:
-        payload = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: not usable
-        return None
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, dict):
-            return {clean(k): clean(v) for k, v in value.items()}
-        return value
-
-    payload = clean(payload)
-    return orjson.dumps(payload), payload

@@ -9,19 +9,24 @@ Same interface, same requests on the wire, same exceptions (the transport's own
   an async stream that httpx pulls chunk by chunk through two generators and a context
   manager per chunk;
 * what is the same for every call of a run is built once: the ``ClientTimeout`` per timeout
-  setting, the aiohttp URL per request URL, the proxy arguments.
+  setting, the aiohttp URL per request URL, the proxy arguments;
+* a run's calls can skip httpx altogether (:meth:`ReadingAiohttpTransport.poster`): the same
+  request on the wire, and the usual answer (200, no content-encoding) handed back as its
+  body, without an ``httpx.Request`` or ``httpx.Response`` made for it.
 
 Imported only when the aiohttp transport is made (aiohttp takes ~0.1 s to import).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from aiohttp import BasicAuth, ClientResponse, ClientSession, ClientTimeout, hdrs
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
+from multidict import CIMultiDict
 from yarl import URL
 
 __all__ = ["ReadingAiohttpTransport", "TooLarge"]
@@ -45,7 +50,7 @@ class ReadingAiohttpTransport(AiohttpTransport):
     Bounds each call itself (``enforces_call_bounds``): the request's ``timeout`` extension's
     ``total`` is aiohttp's whole-call timeout (connect, send and the entire body: a server
     dribbling a byte under the read timeout is cut there), and its ``max_body`` extension caps
-    the body read (:class:`~octave_bulk.http.client.TooLarge` beyond it, before it is held)."""
+    the body read (:class:`TooLarge` beyond it, before it is held)."""
 
     enforces_call_bounds = True
 
@@ -61,11 +66,55 @@ class ReadingAiohttpTransport(AiohttpTransport):
         }
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        client = self.client
-        if not isinstance(client, ClientSession):
-            client = self.client = self.get_client()
         extensions = request.extensions
-        timeout = extensions.get("timeout", {})
+        try:
+            data: bytes | httpx.AsyncByteStream | None = request.content
+            if data == b"":
+                data = None
+        except httpx.RequestNotRead:
+            data = request.stream  # type: ignore[assignment]
+            request.headers.pop("transfer-encoding", None)  # handled by aiohttp
+        raw_url = str(request.url) if request.url else "https://127.0.0.1:8000/"
+        answer = await self._exchange(
+            request.method,
+            self._url(raw_url),
+            request.headers,
+            data,
+            self._timeout(extensions.get("timeout", {})),
+            extensions,
+        )
+        return _response(request, *answer)
+
+    def poster(
+        self, url: httpx.URL, head: list[tuple[str, str]], extensions: dict[str, Any]
+    ) -> Callable[[bytes, str], Awaitable[bytes | httpx.Response]]:
+        """A POST to one URL with fixed headers and extensions, made once for many calls
+        (a run's calls): ``post(body, request_id_header)`` sends the same request on the wire
+        as :meth:`handle_async_request` given ``httpx.Request("POST", url, content=body,
+        headers=head + [x-external-request-id, content-length], extensions=extensions)``
+        (``head`` is in httpx's form: lower-case names, in order, ``host`` first). Returns the
+        body for the usual answer (200, no content-encoding): nothing of httpx is built for
+        it (~130k instructions a call, a tenth of a contact's CPU: docs/performance.md,
+        section "Second pass"); any other answer as the ``httpx.Response`` that method
+        returns. Raises what it raises."""
+        aio_url = self._url(str(url))
+        timeout = self._timeout(extensions.get("timeout", {}))
+
+        async def post(body: bytes, header_id: str) -> bytes | httpx.Response:
+            headers = CIMultiDict(head)
+            headers.add("x-external-request-id", header_id)
+            headers.add("content-length", str(len(body)))
+            status, reason, raw_headers, answer, encoded = await self._exchange(
+                "POST", aio_url, headers, body or None, timeout, extensions
+            )
+            if status == 200 and not encoded:
+                return answer
+            request = httpx.Request("POST", url, headers=list(headers.items()), content=body)
+            return _response(request, status, reason, raw_headers, answer, encoded)
+
+        return post
+
+    def _timeout(self, timeout: dict[str, Any]) -> ClientTimeout:
         key = (
             timeout.get("connect"),
             timeout.get("read"),
@@ -78,26 +127,35 @@ class ReadingAiohttpTransport(AiohttpTransport):
                 sock_connect=key[0], sock_read=key[1], connect=key[2], total=key[3]
             )
             self._timeouts[key] = client_timeout
-        raw_url = str(request.url) if request.url else "https://127.0.0.1:8000/"
+        return client_timeout
+
+    def _url(self, raw_url: str) -> URL:
         url = self._urls.get(raw_url)
         if url is None:
             if len(self._urls) >= _MAX_URLS:
                 self._urls.clear()
             url = self._urls[raw_url] = URL(raw_url)
+        return url
 
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        headers: Any,
+        data: bytes | httpx.AsyncByteStream | None,
+        client_timeout: ClientTimeout,
+        extensions: dict[str, Any],
+    ) -> tuple[int, str | None, Any, bytes, bool]:
+        """One request through aiohttp: (status, reason, raw headers, body, whether the body
+        has a content-encoding)."""
+        client = self.client
+        if not isinstance(client, ClientSession):
+            client = self.client = self.get_client()
         try:
-            data: bytes | httpx.AsyncByteStream | None
-            try:
-                data = request.content
-                if data == b"":
-                    data = None
-            except httpx.RequestNotRead:
-                data = request.stream  # type: ignore[assignment]
-                request.headers.pop("transfer-encoding", None)  # handled by aiohttp
             async with client.request(
-                method=request.method,
+                method=method,
                 url=url,
-                headers=request.headers,
+                headers=headers,
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,
@@ -111,8 +169,8 @@ class ReadingAiohttpTransport(AiohttpTransport):
                     body = await response.read()  # the usual answer: a length within the cap
                 else:
                     body = await _read_capped(response, cap)
-                status, reason, raw_headers = response.status, response.reason, response.raw_headers
                 encoded = hdrs.CONTENT_ENCODING in response.headers
+                return response.status, response.reason, response.raw_headers, body, encoded
         except TooLarge:
             raise
         except Exception as exc:
@@ -120,25 +178,36 @@ class ReadingAiohttpTransport(AiohttpTransport):
             # only on a failure: a context manager around every call costs ~1 us.
             with map_aiohttp_exceptions():
                 raise exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
-        response_extensions = {"http_version": _HTTP11}
-        if reason:
-            response_extensions["reason_phrase"] = reason.encode()
-        result = httpx.Response(
-            status_code=status,
-            headers=raw_headers,
-            stream=httpx.ByteStream(body),
-            request=request,
-            extensions=response_extensions,
-        )
-        if encoded:
-            result.read()  # decodes the content-encoding, as httpx would while streaming
-        else:
-            # Identity: the content is the body. httpx's read() would get there through three
-            # context managers and two generators (~6 us a call); should httpx ever keep the
-            # content elsewhere, aread() still reads it from the stream.
-            result._content = body
-        return result
+
+def _response(
+    request: httpx.Request,
+    status: int,
+    reason: str | None,
+    raw_headers: Any,
+    body: bytes,
+    encoded: bool,
+) -> httpx.Response:
+    """The answer as httpx's transport would return it, fully read."""
+    response_extensions = {"http_version": _HTTP11}
+    if reason:
+        response_extensions["reason_phrase"] = reason.encode()
+    result = httpx.Response(
+        status_code=status,
+        headers=raw_headers,
+        stream=httpx.ByteStream(body),
+        request=request,
+        extensions=response_extensions,
+    )
+    if encoded:
+        result.read()  # decodes the content-encoding, as httpx would while streaming
+    else:
+        # Identity: the content is the body. httpx's read() would get there through three
+        # context managers and two generators (~6 us a call); should httpx ever keep the
+        # content elsewhere, aread() still reads it from the stream.
+        result._content = body
+    return result
 
 
 async def _read_capped(response: ClientResponse, cap: int) -> bytes:

@@ -50,13 +50,7 @@ from octave_bulk.limits.base import LimitsReport, Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import AdaptiveTicket, Gate
-from octave_bulk.limits.verdicts import (
-    CONVERGED,
-    MAX_BACKOFF,
-    REFUSED,
-    VERDICT,
-    Verdicts,
-)
+from octave_bulk.limits.verdicts import CONVERGED, MAX_BACKOFF, REFUSED, VERDICT, Verdicts
 from octave_bulk.observe.log import log_event
 
 __all__ = ["FIRST_WINDOW", "WINDOW_BOUND", "AdaptiveLimiter"]

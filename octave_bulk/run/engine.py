@@ -60,8 +60,8 @@ from octave_bulk.run.callbacks import MAX_CONNECTIONS, CallbackReceiver, load_to
 from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.dry import dry_run
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
+from octave_bulk.run.gc_tuning import gc_tuned_for_run
 from octave_bulk.run.guard import ResendReport, check_agent, check_resend
-from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
 from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
@@ -571,7 +571,7 @@ async def _locked_run(
         receiver = run.receiver  # Octave is given the receiver's secret path
         callback_url = receiver.url(settings.callback_url) if receiver is not None else None
         async with open_client(settings, transport=transport, callback_url=callback_url) as client:
-            with frozen_heap():
+            with gc_tuned_for_run():
                 await run.execute(client, handle_signals=handle_signals, bar=bar)
     return finish_run(
         run,

@@ -6,43 +6,20 @@ by the sink's group commit); :meth:`Jobs.run` polls due jobs until every job is 
 once, from a poll's answer (:meth:`Jobs.complete`; a duplicate is ignored). A callback is
 never an outcome: it is a hint (:meth:`Jobs.hint`) that brings the job's next poll forward.
 
-When a job is polled: first at the median duration of the latest 32 jobs that finished (each
-counted halfway from its last poll that found it pending to the one that found it done; before
-three have finished, ``poll_interval_min`` after its submit), then every ``5 %`` of its age
-(``100 %`` while no duration is known; once one is, those polls are brought forward), within
-``[poll_interval_min, poll_interval_max]``: a 40-s job is seen about 1 s after its end, after
-two or three polls (sigma 0.1; measured in benchmarks/bench_async.py). Polls pass their own
-:class:`~octave_bulk.limits.base.Limiter` (the status endpoint's limits are not
-the submit's: ``poll_rate`` caps it, its 429s slow it), at most ``poll_concurrency`` are in
-flight, and a budget follows the rate jobs end at (:meth:`Jobs._spend`: a server queue would
-otherwise multiply the polls), so polling never takes the submit's pace. The oldest due job
-goes first. A hint (a callback naming the job) makes its next poll due at once - or
-``_HINT_GAP`` (1 s) after its last one, so that hints cannot multiply the polls - through
-the same limiter, budget and deadlines; a hint for a job not added yet (its submit not
-durable yet) is kept (the latest ``_EARLY_HINTS``) and applies when it is added.
+When a job is polled, how polls are budgeted and when a job still pending is given up on:
+:mod:`octave_bulk.run.poll_timing`. Polls pass their own limiter (not the submit's), at most
+``poll_concurrency`` are in flight, the oldest due job goes first. A hint (a callback naming
+the job) makes its next poll due soon through the same limiter, budget and deadlines; a hint
+for a job not added yet (its submit not durable yet) is kept (the latest ``_EARLY_HINTS``) and
+applies when it is added.
 
-A job a poll finds still pending :meth:`Jobs.timeout` seconds after its submit is no longer
-polled by this run (it stays recorded; the run ends with exit 1 and the next run polls it).
-Every job is polled at least once: an earlier run's job older than the bound may well be done
-(a ``collect`` the morning after a ``--detach``). That bound is
-``job_timeout`` when it is set; by default it is derived from the job times seen:
-``_TIMEOUT_FACTOR`` (3) x the slowest of the latest 32 jobs that finished, never below
-``job_timeout_floor`` (10 min: a slow start, or a server queue that builds up, is not given up
-on early), and ``_UNKNOWN_TIMEOUT`` (1 h) while fewer than three jobs have finished in this run
-(nothing to derive from; an earlier run's job found done at its first poll tells its wait,
-not its time, and is not counted). A ``collect`` times none of its jobs so: once three earlier
-jobs were found done, an earlier job still pending is waited for ``job_timeout_floor`` of the
-run, then given up on (a hung job must not hold a collect for the hour). Why the slowest x 3 rather than a multiple of the median: the
-latest 32 follow a queue as it builds, the slowest of them covers the tail of a spread-out job
-time that a median hides, and x 3 leaves room for the queue to grow further; a job 3 x slower
-than every recent one is hung rather than slow (docs/design.md, "Submit and poll").
 :meth:`Jobs.give_up_at` (the oldest awaited job's give-up time) is shown by the heartbeats and
 the progress line. A poll's answer:
 ``done`` -> a success (or ``not_found`` when the agent produced nothing); ``failed`` -> a
 retryable ``agent_error`` (the next run submits the contact again); a handle the API does not
 know (404) -> polled again, and ``expired`` (retryable only with ``resubmit_expired``) only
-after :data:`_UNKNOWN_POLLS` such answers in a row once the job is ``expire_after`` seconds old
-and older than the median job time (a status store may lag behind the submit); a result over
+after :data:`~octave_bulk.run.poll_timing.UNKNOWN_POLLS` such answers in a row once the job is
+``expire_after`` seconds old and older than the median job time; a result over
 ``max_response_bytes`` -> ``response_too_large``; an error status -> polled again later (a
 401/403 stops the run, as any fatal answer; the submits' breaker does not count polls: a
 status endpoint that keeps failing is bounded by ``job_timeout``). A stop by signal or a fatal
@@ -61,11 +38,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import statistics
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 
@@ -82,6 +56,7 @@ from octave_bulk.http.client import OctaveClient
 from octave_bulk.limits.base import Limiter, Ticket
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.control import RunControl
+from octave_bulk.run.poll_timing import JobKey, LiveJob, PollTiming
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.jobs import PendingJob
@@ -89,43 +64,7 @@ from octave_bulk.state.sink import Failure, Success
 
 __all__ = ["Jobs"]
 
-_AGE_SHARE, _BLIND_AGE_SHARE = 0.05, 1.0
-_DONE_AT_FIRST = 0.9  # a job done at its first poll ended before it: counted a little earlier
-_KNOWN_AFTER = 3  # finished jobs before their median is trusted
-_RECENT = 32  # the median follows the latest jobs (a server queue makes them grow)
-_POLLS_PER_END = 8.0  # the poll budget: this many polls per job that ended lately ...
-_UNKNOWN_POLLS = 3
-_TIMEOUT_FACTOR = 3.0  # the derived job_timeout: this many times the slowest recent job ...
-_UNKNOWN_TIMEOUT = 3600.0  # ... and this while too few jobs have finished to derive it
-"""404s in a row (a later answer resets the count) before an old enough job is expired."""
-
-_Key = tuple[str, str]
-"""A job's key: (handle, requestId)."""
-_HINT_GAP = 1.0  # a hinted job is polled at once, or this long after its last poll
 _EARLY_HINTS = 4096  # hints kept for jobs not added yet (their handle not durable yet)
-
-
-@dataclass(slots=True)
-class _Live:
-    job: PendingJob
-    submitted: float
-    """The submit's answer on this process's monotonic clock."""
-    polls: int = 0
-    due: float = 0.0
-    """When its next poll is due (an older entry of the heap for it is skipped)."""
-    pending_age: float | None = None
-    """Its age at the last poll that found it still pending."""
-    unknown: int = 0
-    """404s in a row: the status endpoint does not know its handle (yet, or any more)."""
-
-    @property
-    def key(self) -> _Key:
-        return self.job.handle, self.job.request_id
-
-    polling: bool = False
-    """Its poll is on its way (waiting for the limiter, or sent)."""
-    hinted: bool = False
-    """A callback named it since its last poll was sent: its next poll comes soon."""
 
 
 class Jobs:
@@ -151,17 +90,11 @@ class Jobs:
     ) -> None:
         self.settings, self.stats, self.control = settings, stats, control
         self.client, self.limiter, self._write = client, limiter, write
-        self._live: dict[_Key, _Live] = {}
-        self._by_handle: dict[str, list[_Key]] = {}
-        self._due: list[tuple[float, int, _Key]] = []
+        self._live: dict[JobKey, LiveJob] = {}
+        self._by_handle: dict[str, list[JobKey]] = {}
+        self._due: list[tuple[float, int, JobKey]] = []
         self._order = itertools.count()
-        self._durations: deque[float] = deque(maxlen=_RECENT)
-        self._timed: deque[float] = deque(maxlen=_RECENT)  # job times for the derived bound
-        self._started = time.time()  # a job submitted before is an earlier run's
-        self._started_clock = time.monotonic()
-        self._earlier_done = 0  # earlier runs' jobs this run found done (a collect's)
-        self._ends: deque[float] = deque()  # when recent jobs ended (for the poll budget)
-        self._next_poll = 0.0
+        self._timing = PollTiming(settings)
         self._wake = anyio.Event()
         self._room = anyio.Event()
         self._open = True
@@ -188,7 +121,7 @@ class Jobs:
             )
         sharing.append(key)
         submitted = time.monotonic() - max(0.0, time.time() - job.submitted_at)
-        self._live[key] = live = _Live(job, submitted)
+        self._live[key] = live = LiveJob(job, submitted)
         live.hinted = self._early.pop(job.handle, False)
         self.stats.awaiting = len(self._live)
         self._schedule(live, time.monotonic())
@@ -207,7 +140,7 @@ class Jobs:
             live.hinted = True
             if not live.polling:
                 now = time.monotonic()
-                due = max(now, self._hinted_due(live))
+                due = max(now, self._timing.hinted_due(live))
                 if due < live.due:
                     self._push(live, due)
 
@@ -217,31 +150,9 @@ class Jobs:
         self._nudge()
 
     def timeout(self) -> float:
-        """Seconds after its submit that a job is given up on in this run (the module
-        docstring: ``job_timeout``, or derived from the latest job times)."""
-        settings = self.settings
-        if settings.job_timeout is not None:
-            return settings.job_timeout
-        if len(self._timed) < _KNOWN_AFTER:
-            return max(settings.job_timeout_floor, _UNKNOWN_TIMEOUT)
-        return max(settings.job_timeout_floor, _TIMEOUT_FACTOR * max(self._timed))
-
-    def _past_bound(self, live: _Live) -> bool:
-        """Whether a job a poll found pending is past its bound: :meth:`timeout` after its
-        submit; or, for an earlier run's job when this run could time none of its own (a
-        ``collect``), once earlier jobs were found done and the straggler has been waited for
-        ``job_timeout_floor`` in this run (their waits tell nothing of their times)."""
-        now = time.monotonic()
-        if now - live.submitted > self.timeout():
-            return True
-        settings = self.settings
-        return (
-            settings.job_timeout is None
-            and len(self._timed) < _KNOWN_AFTER
-            and self._earlier_done >= _KNOWN_AFTER
-            and live.job.submitted_at < self._started
-            and now - self._started_clock > settings.job_timeout_floor
-        )
+        """Seconds after its submit that a job is given up on in this run
+        (:meth:`~octave_bulk.run.poll_timing.PollTiming.timeout`)."""
+        return self._timing.timeout()
 
     def give_up_at(self) -> float | None:
         """UNIX time at which the oldest awaited job is given up on (None: none awaited)."""
@@ -261,7 +172,7 @@ class Jobs:
             with anyio.move_on_after(1.0):  # a stop does not set this event
                 await room.wait()
 
-    def _lives(self, handle: str) -> list[_Live]:
+    def _lives(self, handle: str) -> list[LiveJob]:
         """The live jobs with this handle (more than one: the API repeated it)."""
         return [self._live[key] for key in self._by_handle.get(handle, ())]
 
@@ -279,17 +190,7 @@ class Jobs:
         self._drop(live)
         job, age = live.job, time.monotonic() - live.submitted
         if answer.state is JobState.DONE and answer.nothing is None:
-            # It ended between its last poll that found it pending and this one (the middle,
-            # not the age seen: that would only ever push the first poll later).
-            pending = live.pending_age
-            took = (pending + age) / 2 if pending is not None else age * _DONE_AT_FIRST
-            self._durations.append(took)
-            if pending is not None or job.submitted_at >= self._started:
-                self._timed.append(took)  # not an earlier run's job found done: its wait
-            else:
-                self._earlier_done += 1
-            self._ends.append(time.monotonic())
-            if len(self._durations) == _KNOWN_AFTER:
+            if self._timing.ended(live, age):
                 self._replan()
             outcome: Success | Failure = Success(
                 request_id=job.request_id,
@@ -331,7 +232,7 @@ class Jobs:
 
     async def _poll_loop(self) -> None:
         while (live := await self._next_due()) is not None:
-            if live.polls and self._past_bound(live):
+            if live.polls and self._timing.past_bound(live):
                 self._give_up(live)  # a poll found it pending past the bound
                 continue
             live.polling = True
@@ -340,9 +241,9 @@ class Jobs:
             finally:
                 live.polling = False
 
-    async def _poll(self, live: _Live) -> None:
+    async def _poll(self, live: LiveJob) -> None:
         """Poll one due job (through the poll budget and the limiter) and act on the answer."""
-        await self._spend()
+        await self._timing.spend(len(self._live))
         ticket = await self.limiter.acquire()
         if self._polling_over():
             await self.limiter.release(ticket)  # never sent
@@ -352,7 +253,7 @@ class Jobs:
             answer = await self.client.poll(live.job.handle)
             if answer.state is not JobState.EXPIRED:
                 live.unknown = 0
-            elif not self._expired(live):
+            elif not self._timing.expired(live):
                 answer = JobAnswer(JobState.PENDING)  # not known yet: polled again
         except ApiError as exc:
             await self._poll_failed(live, exc, ticket)
@@ -369,27 +270,7 @@ class Jobs:
             live.pending_age = now - live.submitted
             self._schedule(live, now)
 
-    async def _spend(self) -> None:
-        """Wait for the poll budget: once jobs have ended for half of ``poll_interval_max``,
-        polls follow the rate they end at (``_POLLS_PER_END`` per job ended over the last
-        ``poll_interval_max``), and never less than one poll per job awaited per
-        ``poll_interval_max``; a server queue then cannot multiply the polls (a job waiting
-        there is not polled every few seconds)."""
-        now, settings, ends = time.monotonic(), self.settings, self._ends
-        while ends and ends[0] < now - settings.poll_interval_max:
-            ends.popleft()
-        if not ends or now - ends[0] < settings.poll_interval_max / 2:
-            return  # too few ends to tell their rate: the limiter alone paces the polls
-        span = now - ends[0]
-        budget = max(
-            _POLLS_PER_END * len(ends) / span, len(self._live) / settings.poll_interval_max
-        )
-        start = max(now, self._next_poll)
-        self._next_poll = start + 1 / budget
-        if start > now:
-            await anyio.sleep(start - now)
-
-    async def _poll_failed(self, live: _Live, exc: ApiError, ticket: Ticket) -> None:
+    async def _poll_failed(self, live: LiveJob, exc: ApiError, ticket: Ticket) -> None:
         self.stats.poll_errors += 1
         live.polls += 1
         if exc.status == 429:
@@ -411,25 +292,7 @@ class Jobs:
         log_event("poll_failed", level=logging.DEBUG, kind=exc.kind, status=exc.status)
         self._schedule(live, time.monotonic())
 
-    def _expired(self, live: _Live) -> bool:
-        """Whether a 404 means the handle is gone: only after :data:`_UNKNOWN_POLLS` in a row,
-        once the job is ``expire_after`` seconds old and older than the median job time (a
-        status store that lags behind the submit answers 404 at first)."""
-        live.unknown += 1
-        age = time.monotonic() - live.submitted
-        typical = statistics.median(self._durations) if self._durations else 0.0
-        old = age >= max(self.settings.expire_after, typical)
-        if live.unknown == 1 or old:
-            log_event(
-                "job_unknown",
-                level=logging.DEBUG,
-                request_id=live.job.request_id,
-                times=live.unknown,
-                age_s=round(age, 1),
-            )
-        return live.unknown >= _UNKNOWN_POLLS and old
-
-    def _repeated(self, live: _Live, sharing: int) -> None:
+    def _repeated(self, live: LiveJob, sharing: int) -> None:
         """A job whose handle another live job has: its answer cannot be told apart."""
         self._drop(live)
         job = live.job
@@ -442,7 +305,7 @@ class Jobs:
         )
         self._write(Failure(job.request_id, job.contact, error, 1, None, (), job.handle))
 
-    def _drop(self, live: _Live) -> None:
+    def _drop(self, live: LiveJob) -> None:
         """No longer awaited: room for another submit."""
         key = live.key
         del self._live[key]
@@ -455,7 +318,7 @@ class Jobs:
         self._room = anyio.Event()
         self._nudge()
 
-    def _give_up(self, live: _Live) -> None:
+    def _give_up(self, live: LiveJob) -> None:
         """A job pending longer than ``job_timeout``: no longer polled in this run (its
         handle stays recorded: the next run polls it again; nothing is paid again)."""
         self._drop(live)
@@ -474,34 +337,16 @@ class Jobs:
         """The typical job time is known now: a job polled blind whose next poll comes later
         than that is brought forward."""
         now = time.monotonic()
-        first = statistics.median(self._durations)
+        first = self._timing.typical()
         for live in self._live.values():
             due = max(now, live.submitted + first)
             if live.due > due:
                 self._push(live, due)
 
-    def _schedule(self, live: _Live, now: float) -> None:
-        settings, age = self.settings, now - live.submitted
-        lowest, highest = settings.poll_interval_min, settings.poll_interval_max
-        known = len(self._durations) >= _KNOWN_AFTER
-        typical = statistics.median(self._durations) if known else None
-        if live.polls == 0:  # a job of an earlier run is old already: polled at once
-            first = typical if typical is not None else lowest
-            due = live.submitted + first
-        else:
-            share = _AGE_SHARE if typical is not None else _BLIND_AGE_SHARE
-            due = now + min(highest, max(lowest, age * share))
-        if live.hinted:
-            due = min(due, self._hinted_due(live))
-        self._push(live, max(due, now))
+    def _schedule(self, live: LiveJob, now: float) -> None:
+        self._push(live, self._timing.due(live, now))
 
-    def _hinted_due(self, live: _Live) -> float:
-        """The soonest a hinted job is polled: ``_HINT_GAP`` after its last poll."""
-        if live.pending_age is None:
-            return live.submitted
-        return live.submitted + live.pending_age + _HINT_GAP
-
-    def _push(self, live: _Live, due: float) -> None:
+    def _push(self, live: LiveJob, due: float) -> None:
         live.due = due
         heapq.heappush(self._due, (due, next(self._order), live.key))
         self._nudge()
@@ -510,7 +355,7 @@ class Jobs:
         self._wake.set()
         self._wake = anyio.Event()
 
-    async def _next_due(self) -> _Live | None:
+    async def _next_due(self) -> LiveJob | None:
         """The next job to poll, when it is due; None when polling is over."""
         while True:
             if self._polling_over() or (not self._open and not self._live):

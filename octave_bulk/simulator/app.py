@@ -4,8 +4,9 @@ Routes:
 - ``POST /api/v2/agents/sequence/run``: checks ``api_key`` (401), validates the body with the
   same request model the client uses (400 naming the field), applies the concurrency cap and
   then the rate limit (429 at once; a refused call never counts as in flight), then the
-  request's fate (success or one fault kind) after a latency draw.
-- ``GET /api/v2/api-key/validate``: the key's workspace and a credits object.
+  request's fate (success or one fault kind) after a latency draw
+  (:mod:`octave_bulk.simulator.answers`).
+- the key check and the workspace's agents: :mod:`octave_bulk.simulator.workspace`.
 - the async agent API (submit, status, callbacks): :mod:`octave_bulk.simulator.jobs`.
 - ``GET /__simulator/stats`` (``?detail=0`` leaves out the per-requestId maps and the arrival
   times; ``first_call_unix`` is the Unix time the first run call arrived, for start-up
@@ -24,39 +25,37 @@ its stats carry F; see :mod:`octave_bulk.simulator.config`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
-import random
 import time
 from collections import Counter, deque
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from statistics import NormalDist
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
 from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.agents.base import Agent
 from octave_bulk.agents.sequence import SEQUENCE, SequenceRequest
-from octave_bulk.simulator.agents import agent_data
-from octave_bulk.simulator.config import FAULT_KINDS, SimulatorConfig
-from octave_bulk.simulator.content import generate_data
+from octave_bulk.simulator import answers, workspace
+from octave_bulk.simulator.config import SimulatorConfig
 from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH, AsyncJobs
-from octave_bulk.simulator.wire import Receive, Scope, Send
-from octave_bulk.simulator.wire import TokenBucket as _TokenBucket
-from octave_bulk.simulator.wire import Window as _Window
-from octave_bulk.simulator.wire import changed_burst as _changed_burst
-from octave_bulk.simulator.wire import envelope as _envelope
-from octave_bulk.simulator.wire import header as _header
-from octave_bulk.simulator.wire import now_iso as _now_iso
-from octave_bulk.simulator.wire import read_body as _read_body
-from octave_bulk.simulator.wire import send_body as _send
-from octave_bulk.simulator.wire import send_json as _send_json
-from octave_bulk.simulator.wire import send_start as _send_start
-from octave_bulk.simulator.wire import uniforms as _uniforms
+from octave_bulk.simulator.wire import (
+    Receive,
+    Scope,
+    Send,
+    TokenBucket,
+    Window,
+    changed_burst,
+    envelope,
+    header,
+    read_body,
+    send_body,
+    send_json,
+    send_start,
+    uniforms,
+)
 
 __all__ = ["ABORT_EXTENSION", "Receive", "Scope", "Send", "Simulator"]
 
@@ -68,24 +67,6 @@ with an RST when ``reset`` is true, else with a normal close (a truncated respon
 RUN_PATH = SEQUENCE.path
 AGENT_PATHS = {agent.path: agent for agent in map(get_agent, AGENT_KINDS)}
 """Every agent's endpoint (the same faults, latency and limits for all)."""
-VALIDATE_PATH = "/api/v2/api-key/validate"
-AGENTS_LIST_PATH = "/api/v2/agents/list"
-AGENTS_GET_PATH = "/api/v2/agents/get"
-_NORMAL = NormalDist()
-_IMMEDIATE = frozenset({"429", "400", "401", "402", "403"})
-_ERROR_TEXT = {
-    "400": ("Bad request", "Invalid request body"),
-    "401": ("Unauthorized", "Invalid API key"),
-    "402": ("Payment required", "Not enough credits to run this agent"),
-    "403": ("Forbidden", "API key validation failed"),
-    "429": ("Too many requests", "Rate limit exceeded, slow down"),
-    "500": ("Internal server error", "Agent run failed unexpectedly"),
-    "503": ("Service unavailable", "Agent capacity exhausted, retry later"),
-    "504": ("Gateway timeout", "Agent run timed out upstream"),
-}
-_HTML_502 = (
-    b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
-)
 
 
 class Simulator:
@@ -100,12 +81,12 @@ class Simulator:
         """Forget all counters and refill the rate-limit bucket."""
         limit = self.config.rate_limit
         scale = self.config.time_scale
-        self._bucket: _TokenBucket | _Window | None = None
+        self._bucket: TokenBucket | Window | None = None
         if limit is not None and limit.shape == "bucket":
-            self._bucket = _TokenBucket(limit.rate * scale, limit.burst)
+            self._bucket = TokenBucket(limit.rate * scale, limit.burst)
         elif limit is not None:
             moving = limit.shape == "moving"
-            self._bucket = _Window(limit.quota, limit.period / scale, moving=moving)
+            self._bucket = Window(limit.quota, limit.period / scale, moving=moving)
         self.first_call_at: float | None = None
         self.limit_change_at: float | None = None
         self.calls: Counter[str] = Counter()
@@ -177,19 +158,20 @@ class Simulator:
             await self._run(scope, receive, send, AGENT_PATHS[path])
         elif path in (ASYNC_SUBMIT_PATH, ASYNC_STATUS_PATH):
             await self.jobs.handle(scope, receive, send)
-        elif path == VALIDATE_PATH and method == "GET":
-            await self._validate_key(scope, send)
-        elif path in (AGENTS_LIST_PATH, AGENTS_GET_PATH) and method == "GET":
-            await self._agents(scope, send, listing=path == AGENTS_LIST_PATH)
+        elif path == workspace.VALIDATE_PATH and method == "GET":
+            await workspace.validate_key(self, scope, send)
+        elif path in (workspace.AGENTS_LIST_PATH, workspace.AGENTS_GET_PATH) and method == "GET":
+            listing = path == workspace.AGENTS_LIST_PATH
+            await workspace.agents(self, scope, send, listing=listing)
         elif path == "/__simulator/stats" and method == "GET":
             query = parse_qs(scope.get("query_string", b"").decode())
             detail = query.get("detail", ["1"])[0] not in {"0", "false", "no"}
-            await _send_json(send, 200, self.stats(detail=detail))
+            await send_json(send, 200, self.stats(detail=detail))
         elif path == "/__simulator/reset" and method == "POST":
             self.reset()
-            await _send_json(send, 200, {"reset": True})
+            await send_json(send, 200, {"reset": True})
         else:
-            await _send_json(send, 404, _envelope("Not found", f"no route {method} {path}"))
+            await send_json(send, 404, envelope("Not found", f"no route {method} {path}"))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -202,74 +184,17 @@ class Simulator:
 
     def key_error(self, scope: Scope) -> bytes | None:
         """Why the request's key is refused (None when it is accepted)."""
-        key = _header(scope, b"api_key")
+        key = header(scope, b"api_key")
         expected = self.config.api_key
         if not key or (expected is not None and key != expected.encode()):
             return b"Invalid API key"
         return None
 
-    async def _validate_key(self, scope: Scope, send: Send) -> None:
-        if self.key_error(scope):
-            await _send_json(send, 401, _envelope("Unauthorized", "Invalid API key"))
-            return
-        cfg = self.config
-        remaining = max(0.0, cfg.credits_max - self.credits_used)
-        credits = {
-            "totalUsed": self.credits_used,
-            "totalRemaining": remaining,
-            "totalMax": cfg.credits_max,
-            "quotaUsed": self.credits_used,
-            "quotaAvailable": remaining,
-            "quotaMax": cfg.credits_max,
-            "period": "month",
-            "creditsUsed": 0,
-            "creditsAvailable": 0,
-        }
-        data = {
-            "valid": True,
-            "workspaceOId": "wa_simulator",
-            "workspaceName": "Octave simulator",
-            "organizationOId": "og_simulator",
-            "credits": credits,
-        }
-        await _send_json(send, 200, {**_envelope("API key is valid", None), "data": data})
-
-    async def _agents(self, scope: Scope, send: Send, *, listing: bool) -> None:
-        """``GET /api/v2/agents/list?type=`` and ``/get?oId=`` over ``config.agents``."""
-        if self.key_error(scope):
-            await _send_json(send, 401, _envelope("Unauthorized", "Invalid API key"))
-            return
-        query = parse_qs(scope.get("query_string", b"").decode())
-        records = [
-            {
-                "oId": o_id,
-                "name": f"Simulated {kind.lower()} agent",
-                "type": kind,
-                "costToRun": self.config.usage_per_run,
-                "itemType": "AGENT",
-            }  # fmt: skip
-            for o_id, kind in self.config.agents.items()
-        ]
-        if listing:
-            wanted = query.get("type", [None])[0]
-            found = [r for r in records if wanted is None or r["type"] == wanted]
-            body = {"hasNext": False, "total": len(found), "data": found}
-            await _send_json(send, 200, {**_envelope("Agents", None), **body})
-            return
-        o_id = query.get("oId", [""])[0]
-        match = [r for r in records if r["oId"] == o_id]
-        if not self.config.agents and o_id.startswith("ca_"):  # no workspace modelled: any
-            match = [{"oId": o_id, "name": "Simulated agent", "type": None}]
-        if not match:
-            await _send_json(send, 404, _envelope("Not found", f"Agent {o_id!r} not found"))
-            return
-        await _send_json(send, 200, {**_envelope("Agent", None), "data": match[0]})
-
     async def _run(self, scope: Scope, receive: Receive, send: Send, agent: Agent) -> None:
         arrived = time.monotonic()
         if self.first_call_unix is None:
             self.first_call_unix = time.time()
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if self.key_error(scope):
             self.totals["unauthorized"] += 1
             await self._error(send, "401")
@@ -278,11 +203,11 @@ class Simulator:
             request = agent.request_model.model_validate_json(body)
         except ValidationError as exc:
             self.totals["bad_request"] += 1
-            await _send_json(send, 400, _envelope("Bad request", _describe(exc)))
+            await send_json(send, 400, envelope("Bad request", answers.describe(exc)))
             self.by_status[400] += 1
             return
         own = request.request_id if isinstance(request, SequenceRequest) else None
-        rid = own or _header(scope, b"x-external-request-id").decode() or "-"
+        rid = own or header(scope, b"x-external-request-id").decode() or "-"
         self.calls[rid] += 1
         self.totals["calls"] += 1
         if self.first_call_at is None:
@@ -335,7 +260,7 @@ class Simulator:
         limit = cfg.rate_limit
         if limit is None:
             return {"max_inflight": cap, "rate": None, "burst": None}
-        burst = limit.burst if factor == 1.0 else _changed_burst(limit.burst, factor)
+        burst = limit.burst if factor == 1.0 else changed_burst(limit.burst, factor)
         return {"max_inflight": cap, "rate": limit.rate * factor, "burst": burst}
 
     def _refusal(self) -> tuple[bool, float] | None:
@@ -368,18 +293,18 @@ class Simulator:
         if kind == "ok":
             await self._success(request, agent, rid, send)
         elif kind == "empty":
-            payload = {**_envelope("Done", None), "found": True, "data": {}}
-            await _send_json(send, 200, payload)
+            payload = {**envelope("Done", None), "found": True, "data": {}}
+            await send_json(send, 200, payload)
             self.by_status[200] += 1
         elif kind == "not_found":
-            payload = {**_envelope("Nothing found", None), "found": False, "data": None}
+            payload = {**envelope("Nothing found", None), "found": False, "data": None}
             payload["message"] = f"The {agent.kind} agent produced nothing for this input"
-            await _send_json(send, 200, payload)
+            await send_json(send, 200, payload)
             self.by_status[200] += 1
         elif kind == "429":
             await self._too_many(send, rid, 1.0, u_form)
         elif kind == "502":
-            await _send(send, 502, _HTML_502, b"text/html; charset=utf-8")
+            await send_body(send, 502, answers.HTML_502, b"text/html; charset=utf-8")
             self.by_status[502] += 1
         elif kind == "503":
             await self._error(send, "503", [(b"retry-after", self.retry_after(1.0))])
@@ -388,8 +313,8 @@ class Simulator:
         elif kind == "reset":
             await self._drop(scope, receive, send, reset=True)
         elif kind == "truncate":
-            raw = self._success_body(request, agent, rid)
-            await _send_start(send, 200, len(raw), b"application/json")
+            raw = self.success_body(request, agent, rid)
+            await send_start(send, 200, len(raw), b"application/json")
             await send(
                 {"type": "http.response.body", "body": raw[: len(raw) // 2], "more_body": True}
             )
@@ -397,7 +322,7 @@ class Simulator:
             await self._drop(scope, receive, send, reset=False)
         elif kind == "invalid_json":
             raw = b'{"_metadata": {"requestId": "sim_broken", "usage": 0}, "found": tr<upstream error>'
-            await _send(send, 200, raw, b"application/json")
+            await send_body(send, 200, raw, b"application/json")
             self.by_status[200] += 1
         else:  # 400, 401, 402, 403, 500, 504
             await self._error(send, kind)
@@ -408,45 +333,17 @@ class Simulator:
         cfg = self.config
         attempt = self._attempts[rid]
         self._attempts[rid] += 1
-        u_fate, u_latency, u_form = _uniforms(cfg.seed, rid, attempt)
-        kind = cfg.forced.get(rid) or _pick_fate(cfg.faults, u_fate)
+        u_fate, u_latency, u_form = uniforms(cfg.seed, rid, attempt)
+        kind = cfg.forced.get(rid) or answers.pick_fate(cfg.faults, u_fate)
         self.totals[f"fate_{kind}"] += 1
-        seconds = 0.0
-        if kind not in _IMMEDIATE and cfg.latency.median > 0:
-            z = _NORMAL.inv_cdf(min(max(u_latency, 1e-9), 1 - 1e-9))
-            seconds = cfg.latency.median * math.exp(cfg.latency.sigma * z)
-        return kind, seconds, u_form
+        return kind, answers.latency_seconds(cfg, kind, u_latency), u_form
 
     def success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes:
         """A success's whole body for this request (deterministic per requestId)."""
-        return self._success_body(request, agent, rid)
-
-    def _success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes:
-        cfg = self.config
-        if not isinstance(request, SequenceRequest):
-            wire = request.model_dump(by_alias=True, exclude_none=True)
-            data = agent_data(agent.kind, wire, cfg.seed)
-            metadata = {"requestId": "sim_" + hashlib.blake2b(rid.encode(), digest_size=8).hexdigest(),
-                        "timestamp": _now_iso(), "usage": cfg.usage_per_run}  # fmt: skip
-            return orjson.dumps({"_metadata": metadata, "found": True, "data": data})
-        content_seed = hashlib.blake2b(f"{cfg.seed}:{rid}:content".encode(), digest_size=8)
-        rng = random.Random(int.from_bytes(content_seed.digest(), "big"))
-        n_emails = rng.randint(cfg.emails_min, cfg.emails_max)
-        payload = {
-            "_metadata": {
-                "requestId": "sim_" + hashlib.blake2b(rid.encode(), digest_size=8).hexdigest(),
-                "timestamp": _now_iso(),
-                "usage": cfg.usage_per_run,
-                "message": "Sequence generated",
-            },
-            "found": True,
-            "message": f"Generated {n_emails} emails",
-            "data": generate_data(request, rng, n_emails),
-        }
-        return orjson.dumps(payload)
+        return answers.success_body(self.config, request, agent, rid)
 
     async def _success(self, request: BaseModel, agent: Agent, rid: str, send: Send) -> None:
-        await _send(send, 200, self._success_body(request, agent, rid), b"application/json")
+        await send_body(send, 200, self.success_body(request, agent, rid), b"application/json")
         self.by_status[200] += 1
         self.successes[rid] += 1
         self.totals["successes"] += 1
@@ -458,7 +355,7 @@ class Simulator:
         """A 429 with a Retry-After form from the mix; ``wait`` in the simulated regime's s."""
         mix = self.config.retry_after_mix
         if u_form is None:
-            u_form = _uniforms(self.config.seed, rid, "429", self.totals["rate_limited"])[0]
+            u_form = uniforms(self.config.seed, rid, "429", self.totals["rate_limited"])[0]
         total = mix.seconds + mix.date + mix.absent
         point = u_form * total
         seconds = self.retry_after(wait)
@@ -484,9 +381,9 @@ class Simulator:
     async def _error(
         self, send: Send, kind: str, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
-        title, detail = _ERROR_TEXT[kind]
+        title, detail = answers.ERROR_TEXT[kind]
         status = int(kind)
-        await _send_json(send, status, _envelope(title, detail), headers)
+        await send_json(send, status, envelope(title, detail), headers)
         self.by_status[status] += 1
 
     async def _hang(self, receive: Receive, send: Send) -> None:
@@ -519,20 +416,3 @@ class Simulator:
 
 def _changed_cap(cap: int, factor: float) -> int:
     return max(1, math.floor(cap * factor + 0.5))
-
-
-def _pick_fate(faults: dict[str, float], u: float) -> str:
-    edge = 0.0
-    for kind in FAULT_KINDS:
-        edge += faults.get(kind, 0.0)
-        if u < edge:
-            return kind
-    return "ok"
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

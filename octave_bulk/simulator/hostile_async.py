@@ -29,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import httpx
@@ -39,10 +39,7 @@ import orjson
 from octave_bulk.simulator.jobs import ASYNC_STATUS_PATH, ASYNC_SUBMIT_PATH
 from octave_bulk.simulator.wire import Receive, Scope, Send, envelope, header, read_body, send_json
 
-if TYPE_CHECKING:
-    from octave_bulk.simulator.hostile import HostileApp
-
-__all__ = ["ASYNC_HOSTILE_KINDS", "AsyncHostility"]
+__all__ = ["ASYNC_HOSTILE_KINDS", "AsyncHostility", "HostileFront"]
 
 SUBMIT_KINDS = ("echo_400", "echo_500", "echo_401", "echo_refused")
 POLL_KINDS = ("poll_echo_500", "poll_echo_401", "poll_echo_failed", "poll_echo_done")
@@ -52,10 +49,22 @@ _SILENT_CALLBACK = "https://hostile-front.invalid/"  # the simulator never calls
 _ERROR_STATUS = {"echo_400": 400, "echo_500": 500, "echo_401": 401}
 
 
+class HostileFront(Protocol):
+    """What the async routes use of the hostile front: the app it wraps, its fate draw and
+    its counts. :class:`~octave_bulk.simulator.hostile.HostileApp` is the one implementation."""
+
+    counts: Counter[str]
+
+    @property
+    def inner(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]: ...
+
+    def draw(self, rid: str, kinds: tuple[str, ...]) -> str | None: ...
+
+
 class AsyncHostility:
     """The async routes of one hostile front (see the module docstring)."""
 
-    def __init__(self, front: HostileApp) -> None:
+    def __init__(self, front: HostileFront) -> None:
         self.front = front
         self.planned: dict[str, tuple[str, str]] = {}
         """handle -> (kind, callbackUrl) of a job whose poll or callback is still to come."""
@@ -98,13 +107,13 @@ class AsyncHostility:
 
         async def keep(message: MutableMapping[str, Any]) -> None:
             answered.append(message)
-            await send(message)
 
         await front.inner(scope, _replay(body, receive), keep)
         if fate in POLL_KINDS + CALLBACK_KINDS:
             handle = _handle(_json(_body_of(answered)))
-            if handle:
+            if handle:  # planned before the client can know the handle and poll it
                 self.planned[handle] = (fate, url if isinstance(url, str) else "")
+        await _forward(send, answered)
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode())

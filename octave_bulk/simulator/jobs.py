@@ -33,7 +33,7 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.agents.base import Agent
 from octave_bulk.simulator.wire import (
+    AgentServer,
     Receive,
     Scope,
     Send,
@@ -53,9 +54,6 @@ from octave_bulk.simulator.wire import (
     read_body,
     send_json,
 )
-
-if TYPE_CHECKING:
-    from octave_bulk.simulator.app import Simulator
 
 __all__ = ["ASYNC_STATUS_PATH", "ASYNC_SUBMIT_PATH", "AsyncJobs"]
 
@@ -82,9 +80,9 @@ class _Job:
 
 
 class AsyncJobs:
-    """The async routes of one :class:`~octave_bulk.simulator.app.Simulator`."""
+    """The async routes of one agent server (the simulator's synchronous side)."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: AgentServer) -> None:
         self.sim = sim
         cfg = sim.config
         scale = cfg.time_scale

@@ -44,13 +44,21 @@ class _AbortableProtocol(HttpToolsProtocol):
         self.transport.abort()
 
 
+_BACKLOG = 4096
+
+
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening-ready socket bound to (host, port); port 0 picks a free one."""
+    """A socket bound to (host, port) and listening; port 0 picks a free one.
+
+    It listens at once, so a client that connects as soon as the URL is known (``simulate``
+    prints it before the server has started) waits in the backlog until the server accepts,
+    rather than being refused."""
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
     # says TCP, and without it Nagle holds each response body for a delayed ACK (~40 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(_BACKLOG)
     return sock
 
 
@@ -63,7 +71,7 @@ def uvicorn_config(app: Simulator, loop: str) -> uvicorn.Config:
         lifespan="off",
         log_level="warning",
         access_log=False,
-        backlog=4096,
+        backlog=_BACKLOG,
         # Hanging requests must not hold up shutdown.
         timeout_graceful_shutdown=1,
         timeout_keep_alive=30,

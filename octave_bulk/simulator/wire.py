@@ -1,20 +1,27 @@
-"""The simulator's HTTP plumbing: raw ASGI sends, Octave's error envelope, a token bucket.
+"""The simulator's HTTP plumbing: raw ASGI sends, Octave's error envelope, a token bucket,
+and :class:`AgentServer`, what the routes share of the simulator.
 
-Shared by the synchronous agent routes (``app.py``) and the async job routes (``jobs.py``).
+Shared by the synchronous agent routes (``app.py``), the workspace routes (``workspace.py``)
+and the async job routes (``jobs.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from pydantic import BaseModel
+
+from octave_bulk.agents.base import Agent
+from octave_bulk.simulator.config import SimulatorConfig
 
 __all__ = [
+    "AgentServer",
     "Receive",
     "Scope",
     "Send",
@@ -35,6 +42,25 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class AgentServer(Protocol):
+    """What the async routes share with the synchronous agent route: its settings, its
+    counters, its key check and each (requestId, attempt)'s fate.
+    :class:`~octave_bulk.simulator.app.Simulator` is the one implementation."""
+
+    config: SimulatorConfig
+    calls: Counter[str]
+    successes: Counter[str]
+    totals: Counter[str]
+    by_status: Counter[int]
+    credits_used: float
+    first_call_unix: float | None
+
+    def key_error(self, scope: Scope) -> bytes | None: ...
+    def retry_after(self, wait: float) -> bytes: ...
+    def draw_fate(self, rid: str) -> tuple[str, float, float]: ...
+    def success_body(self, request: BaseModel, agent: Agent, rid: str) -> bytes: ...
 
 
 def now_iso() -> str:

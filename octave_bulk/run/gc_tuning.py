@@ -7,13 +7,13 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["frozen_heap"]
+__all__ = ["gc_tuned_for_run"]
 
 _GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections during a run (default 700)
 
 
 @contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
+def gc_tuned_for_run() -> Iterator[None]:
     """The cyclic GC, tuned for the run and restored after it (docs/performance.md, section
     "Per-contact CPU"; ~300 ms of a 20k-contact run at instant latency before):
 
