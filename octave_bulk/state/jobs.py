@@ -33,12 +33,12 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.files import NdjsonAppender, repair_tail, write_atomic
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.ledger import complete_lines, quarantine_lines
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.scan import complete_lines, quarantine_lines
 from octave_bulk.utc import utc_iso
 
 if TYPE_CHECKING:
-    from octave_bulk.state.ledger import LedgerState
+    from octave_bulk.state.file_view import LedgerState
 
 _Key = tuple[str, str]  # (handle, requestId)
 
