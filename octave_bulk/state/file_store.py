@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -30,19 +31,22 @@ import anyio
 from octave_bulk.errors import StateError
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.file_view import LedgerState, load_output
+from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.history import RunHistory
+from octave_bulk.state.idset import id_key
 from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.jobs import carried_jobs
+from octave_bulk.state.jobs import PendingJob, load_jobs, settled_line
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
 from octave_bulk.state.reconcile import reconcile_killed_runs
-from octave_bulk.state.store import CallRow, FinishedRun, Group, OutcomeRow
+from octave_bulk.state.rows import CallRow, OutcomeRow
+from octave_bulk.state.store import FinishedRun, Group
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
 
-__all__ = ["FileClaims", "FileStore", "open_file_store"]
+__all__ = ["FileClaims", "FileStore", "open_file_store", "open_ledger"]
 
 
 class FileClaims:
@@ -88,7 +92,7 @@ class FileStore:
         paths, history = self.paths, self.history
         index = self.index = OutputIndex(history, paths.results) if self.indexed else None
         state = self.state = load_output(paths, index)
-        state.jobs = carried_jobs(paths, state, index)
+        state.jobs = _carried_jobs(paths, state, index)
         if index is not None and index.output_id is not None:  # a killed run's row, made true
             reconcile_killed_runs(
                 history, index.output_id, paths.results, len(state.outcome_unknown)
@@ -152,6 +156,20 @@ class FileStore:
         return self.state
 
 
+@contextlib.contextmanager
+def open_ledger(
+    results: Path, ledger: Path | None = None, *, readonly: bool = False
+) -> Iterator[RunHistory]:
+    """The ledger database of the output ``results`` (``ledger``: a shared one, when given),
+    for the commands that read its history or move its export marks.
+
+    Raises:
+        StateError: not a ledger, newer than this version, locked, or (``readonly``) none yet.
+    """
+    with RunHistory.open(ledger or OutputPaths.for_output(results).ledger, readonly=readonly) as db:
+        yield db
+
+
 @contextlib.asynccontextmanager
 async def open_file_store(paths: OutputPaths, settings: Settings) -> AsyncIterator[FileStore]:
     """The default store factory: the output's run lock, then its ledger (see the module
@@ -172,3 +190,42 @@ async def open_file_store(paths: OutputPaths, settings: Settings) -> AsyncIterat
             yield FileStore(paths, history, indexed=settings.ledger_index)
     finally:
         lock.release()
+
+
+def _carried_jobs(
+    paths: OutputPaths, state: LedgerState, index: OutputIndex | None = None
+) -> list[PendingJob]:
+    """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
+    job whose result is already durable gets its lost ``settled`` line now. With the ledger's
+    ``index``, ``state.lost_jobs`` gets the submits it recorded that have neither an outcome
+    nor a line in the jobs file (see the module docstring)."""
+    awaited: list[PendingJob] = []
+    done: list[PendingJob] = []
+    loaded = load_jobs(paths.jobs, quarantine=paths.corrupt) if paths.jobs.exists() else []
+    for job in loaded:
+        (done if id_key(job.request_id) in state.done else awaited).append(job)
+    if done:
+        appender = NdjsonAppender(paths.jobs)
+        for job in done:
+            appender.write(settled_line(job.request_id, job.handle, "ok"))
+        appender.close()
+    state.awaiting = frozenset(job.request_id for job in awaited)
+    # A submit whose handle line made it to the file before the kill is known, not unknown
+    # (its in-flight slot is released only once the line is fsynced).
+    state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
+    if index is not None:
+        state.lost_jobs = frozenset(
+            rid
+            for rid in index.unsettled_submits()
+            if rid not in state.awaiting and id_key(rid) not in state.done
+        )
+        if state.lost_jobs:
+            log_event(
+                "jobs_lost",
+                level=logging.WARNING,
+                count=len(state.lost_jobs),
+                request_ids=sorted(state.lost_jobs)[:20],
+                action="paid submits with no result and no line in the jobs file: not "
+                "submitted again; --resubmit-expired pays for them again",
+            )
+    return awaited

@@ -46,7 +46,7 @@ from typing import Any
 
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet
-from octave_bulk.state.store import CallRow, OutcomeRow
+from octave_bulk.state.rows import CallRow, OutcomeRow
 
 __all__ = ["CallRow", "CatchUp", "OutcomeRow", "OutputIndex", "Snapshot", "signed"]
 

@@ -30,7 +30,7 @@ import orjson
 from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, read_person_hash
 from octave_bulk.state.files import NdjsonAppender, iter_ndjson, repair_tail
 from octave_bulk.state.idset import IdSet, id_key
-from octave_bulk.state.store import OutcomeRow
+from octave_bulk.state.rows import OutcomeRow
 
 __all__ = [
     "ErrorsScan",

@@ -33,7 +33,8 @@ from octave_bulk.identity import person_key
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import PendingJob, settled_line, submitted_line
-from octave_bulk.state.store import CallRow, Group, OutcomeRow
+from octave_bulk.state.rows import CallRow, OutcomeRow
+from octave_bulk.state.store import Group
 from octave_bulk.utc import utc_iso
 
 __all__ = [

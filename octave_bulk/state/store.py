@@ -37,7 +37,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from octave_bulk.state.rows import CallRow, OutcomeRow
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from octave_bulk.settings.model import Settings
     from octave_bulk.state.jobs import PendingJob
     from octave_bulk.state.paths import OutputPaths
@@ -55,14 +59,6 @@ __all__ = [
     "StoreFactory",
     "StoreView",
 ]
-
-OutcomeRow = tuple[int, str, str, str | None, int]
-"""(person, requestId, state, run id, position): ``state`` is ``ok``, ``retryable`` or
-``permanent``; ``position`` is where the outcome's line starts in its file (the byte offset;
-a store without files may ignore it)."""
-
-CallRow = tuple[str, str | None, int, float | None, float | None, int | None, str, float, int]
-"""(requestId, run id, attempt, sent at, answered at, status, outcome, credits, paid twice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +180,20 @@ class RunRecords(Protocol):
 
 
 class ExportMarks(Protocol):
-    """How far ``export --new`` has written an output out, per preset (lines, bytes)."""
+    """How far ``export --new`` has written an output out, per preset: (results lines, their
+    bytes). The output is named by its results file, as every run of it names it."""
 
-    def export_mark(self, output: Any, preset: str) -> tuple[int, int]: ...
+    def export_mark(self, output: Path, preset: str) -> tuple[int, int]:
+        """The mark of the preset (0, 0 when none)."""
+        ...
 
-    def set_export_mark(self, output: Any, preset: str, lines: int, size: int) -> None: ...
+    def set_export_mark(self, output: Path, preset: str, lines: int, size: int) -> None:
+        """Move the mark once the export is written (the mark before is kept for undo)."""
+        ...
 
-    def undo_export_mark(self, output: Any, preset: str) -> tuple[int, int] | None: ...
+    def undo_export_mark(self, output: Path, preset: str) -> tuple[int, int] | None:
+        """The mark one export back: (lines before, lines now), None when nothing to undo."""
+        ...
 
 
 @dataclass
