@@ -12,12 +12,12 @@ between receiving a response and writing it: measured, the second stream and its
 hand-off cost ~15 us per contact); the committer makes lines durable in groups.
 
 Before the first call: the output's store is opened (``state/store.py``: the claim on the
-output, then what it holds: by default its files and ledger, ``state/file_store.py``), the re-send guard
-reads the input once (``guard.py``: too many people already done would be paid again: exit 2;
-not on a resume whose cursor applies: the same input and settings passed it already),
-the run's row goes into the store's run history (updated every 5 s, completed at the
-end). A ``budget`` is held in the history before each batch of calls (``spend.py``). Each call
-is claimed in the store before it is sent; each group the sink makes durable is recorded
+output, then what it holds; by default its files and ledger, ``state/file_store.py``), the
+re-send guard reads the input once (``guard.py``: too many people already done would be paid
+again: exit 2; not on a resume whose cursor applies: the same input and settings passed it
+already), the run's row goes into the store's run history (updated every 5 s, completed at
+the end). A ``budget`` is held in the history before each batch of calls (``spend.py``). Each
+call is claimed in the store before it is sent; each group the sink makes durable is recorded
 in the store before its outcomes count.
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are

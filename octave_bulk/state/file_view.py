@@ -43,7 +43,7 @@ from octave_bulk.state.scan import (
 )
 from octave_bulk.state.store import StoreCounts
 
-__all__ = ["LedgerState", "load_output", "read_state"]
+__all__ = ["LedgerState", "NdjsonLedger", "load_output", "read_state"]
 
 
 @dataclass
