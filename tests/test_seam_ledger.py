@@ -32,6 +32,7 @@ class MemoryRuns:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.series = 0
+        self.holds = 0  # calls held by every run (a budget's period never ends here)
 
     def start(self, run_id: str, output: str, **fields: Any) -> None:
         self.rows[run_id] = {"output": output, **fields}
@@ -42,10 +43,13 @@ class MemoryRuns:
     def hold_calls(
         self, run_id: str, limit: int, since: float, batch: Callable[[int], int]
     ) -> tuple[int, int]:
-        return batch(limit), 0
+        spent = self.holds
+        granted = batch(limit - spent) if limit > spent else 0
+        self.holds += granted
+        return granted, spent
 
     def release_calls(self, run_id: str, calls: int) -> None:
-        pass
+        self.holds -= calls
 
     def add_series(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.series += len(rows)
@@ -241,3 +245,20 @@ async def test_a_store_claimed_by_another_run_refuses_the_run_before_any_call(
                 tmp_path / "in.csv", tmp_path / "a.ndjson", settings, ledger=memory.open
             )
     assert sim.stats()["calls"] == {} and memory.history.rows == {}
+
+
+async def test_a_budget_is_held_in_the_store_across_runs(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 30)
+    memory = MemoryStore()
+    settings = sim_settings(sim.url, budget="12/day", concurrency=4)
+    first = await run_batch(
+        tmp_path / "in.csv", tmp_path / "a.ndjson", settings, ledger=memory.open
+    )
+    assert first["stop_reason"] == "budget" and first["paid_calls"] == 12
+    assert memory.history.holds == 12  # held, all sent: nothing given back
+    second = await run_batch(
+        tmp_path / "in.csv", tmp_path / "a.ndjson", settings, ledger=memory.open
+    )
+    assert second["stop_reason"] == "budget" and second["paid_calls"] == 0
+    assert sum(sim.stats()["calls"].values()) == 12
