@@ -198,7 +198,7 @@ def _carried_jobs(
     """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
     job whose result is already durable gets its lost ``settled`` line now. With the ledger's
     ``index``, ``state.lost_jobs`` gets the submits it recorded that have neither an outcome
-    nor a line in the jobs file (see the module docstring)."""
+    nor a line in the jobs file (``state/jobs.py``'s docstring says why they are lost)."""
     awaited: list[PendingJob] = []
     done: list[PendingJob] = []
     loaded = load_jobs(paths.jobs, quarantine=paths.corrupt) if paths.jobs.exists() else []
