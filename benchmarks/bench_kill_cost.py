@@ -42,7 +42,7 @@ from _common import (
 )
 
 from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.ledger import line_request_id
+from octave_bulk.state.scan import line_request_id
 
 
 def lines_by_id(out: Path) -> Counter[str]:

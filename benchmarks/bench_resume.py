@@ -185,7 +185,7 @@ def scan_memory(out: Path) -> dict:
 import json, resource, sys, time
 from pathlib import Path
 import psutil
-from octave_bulk.state.ledger import scan_results
+from octave_bulk.state.scan import scan_results
 rss0 = psutil.Process().memory_info().rss
 peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t = time.perf_counter()

@@ -14,8 +14,8 @@ from octave_bulk.errors import StateError
 from octave_bulk.state.files import repair_tail, write_json_atomic
 from octave_bulk.state.idset import IdSet, id_key
 from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.ledger import scan_errors, scan_results
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.scan import scan_errors, scan_results
 
 
 @given(st.lists(st.integers(min_value=1, max_value=2**64 - 1), max_size=3000))

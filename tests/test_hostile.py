@@ -275,7 +275,7 @@ async def test_a_truncated_line_with_a_newline_is_not_done(make_sim: Any, tmp_pa
 
 
 def test_whole_result_accepts_every_line_the_sink_writes() -> None:
-    from octave_bulk.state.ledger import whole_result
+    from octave_bulk.state.scan import whole_result
     from octave_bulk.state.sink import Success, success_line
 
     item = Success("r1", {"email": "a@b.c"}, b'{"found":true,"x":{"requestId":"z"}}', 1.0, 1, 5, 0)

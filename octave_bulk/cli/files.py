@@ -14,6 +14,7 @@ from octave_bulk.errors import OctaveBulkError
 
 if TYPE_CHECKING:
     from octave_bulk.state.idset import IdSet
+    from octave_bulk.state.store import ExportMarks
 
 __all__ = ["export", "history", "status"]
 
@@ -97,8 +98,7 @@ def export(
     back one export (the next --new writes those rows again).
     """
     from octave_bulk.export import export_results
-    from octave_bulk.state.history import RunHistory
-    from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.state.file_store import open_ledger
 
     path = Path(results)
     if undo_mark:
@@ -117,11 +117,10 @@ def export(
         with contextlib.ExitStack() as stack:
             mark, selected = (0, 0), frozenset(run_ids) if run_ids else None
             if only_new or since is not None:
-                history = stack.enter_context(
-                    RunHistory.open(ledger or OutputPaths.for_output(path).ledger)
-                )
+                history = stack.enter_context(open_ledger(path, ledger))
+                marks: ExportMarks = history
             if only_new:
-                mark = history.export_mark(path, preset)
+                mark = marks.export_mark(path, preset)
             if since is not None:
                 start = since.replace(tzinfo=datetime.UTC).timestamp()
                 recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
@@ -141,7 +140,7 @@ def export(
                 other_crm_ids=others,
             )
             if only_new:
-                history.set_export_mark(path, preset, report.lines, report.bytes)
+                marks.set_export_mark(path, preset, report.lines, report.bytes)
     except OctaveBulkError as exc:
         fail(exc)
     for warning in report.warnings():
@@ -158,12 +157,11 @@ def export(
 
 def _undo_mark(results: Path, preset: str, ledger: Path | None) -> None:
     """``export --undo-mark``: the preset's mark one export back."""
-    from octave_bulk.state.history import RunHistory
-    from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.state.file_store import open_ledger
 
     try:
-        with RunHistory.open(ledger or OutputPaths.for_output(results).ledger) as history:
-            undone = history.undo_export_mark(results, preset)
+        with open_ledger(results, ledger) as marks:
+            undone = marks.undo_export_mark(results, preset)
     except OctaveBulkError as exc:
         fail(exc)
     if undone is None:
@@ -275,13 +273,11 @@ def history(output: str, ledger: Path | None, last: int | None, as_json: bool) -
     run whose counts the next run took from the ledger and the files."""
     import json
 
-    from octave_bulk.state.history import RunHistory
-    from octave_bulk.state.paths import OutputPaths
+    from octave_bulk.state.file_store import open_ledger
     from octave_bulk.utc import utc_iso
 
     try:
-        path = ledger or OutputPaths.for_output(output).ledger
-        with RunHistory.open(path, readonly=True) as runs_db:
+        with open_ledger(Path(output), ledger, readonly=True) as runs_db:
             mine = str(Path(output).resolve())
             runs = [run for run in runs_db.runs(last) if ledger is None or run["output"] == mine]
     except OctaveBulkError as exc:

@@ -154,7 +154,7 @@ def _resend_against(input_path: str, output: str, settings: Any) -> dict[str, An
     """What a run of INPUT on OUT would pay again (the re-send guard's numbers), when OUT has
     results."""
     from octave_bulk.run.guard import check_resend
-    from octave_bulk.state.ledger import read_state
+    from octave_bulk.state.file_view import read_state
     from octave_bulk.state.paths import OutputPaths
 
     paths = OutputPaths.for_output(output)

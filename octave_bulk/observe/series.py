@@ -28,6 +28,7 @@ from octave_bulk.limits.base import Limiter
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.summary import RunStats
 from octave_bulk.state.history import RunHistory
+from octave_bulk.state.store import RunRecords
 
 __all__ = ["SERIES_COLUMNS", "SeriesRecorder", "read_series"]
 
@@ -36,11 +37,6 @@ SERIES_COLUMNS = (
     "retrying", "credits", "rate", "window", "paused", "p50_ms", "p95_ms", "p99_ms",
 )  # fmt: skip
 """The columns of one sample (besides its run id), as :func:`read_series` returns them."""
-
-_INSERT = (
-    f"INSERT OR REPLACE INTO series (run_id, {', '.join(SERIES_COLUMNS)}) "  # noqa: S608 (constant names)
-    f"VALUES (?, {', '.join('?' for _ in SERIES_COLUMNS)})"
-)
 
 
 class SeriesRecorder:
@@ -60,7 +56,7 @@ class SeriesRecorder:
         run_id: str,
         stats: RunStats,
         limiter: Limiter,
-        history: RunHistory | None,
+        history: RunRecords | None,
         *,
         interval: float = 1.0,
         write_every: int = 5,
@@ -114,8 +110,7 @@ class SeriesRecorder:
         if not rows or self.history is None:
             return
         try:
-            with self.history.transaction() as db:
-                db.executemany(_INSERT, rows)
+            self.history.add_series(rows)
         except StateError as exc:
             log_event("series_not_written", level=logging.WARNING, error=str(exc))
 

@@ -31,7 +31,7 @@ from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import COUNTED, Frontier, ResumeCursor
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key
-from octave_bulk.state.ledger import LedgerState
+from octave_bulk.state.store import StoreView
 
 __all__ = ["SKIP", "Admission", "WorkItem"]
 
@@ -70,7 +70,7 @@ class Admission:
         self,
         settings: Settings,
         stats: RunStats,
-        state: LedgerState,
+        state: StoreView,
         start: ResumeCursor,
         control: RunControl,
         expected_rows: int | None = None,
@@ -111,7 +111,7 @@ class Admission:
             built = self.builder.build(record)
             if isinstance(built, Reject):
                 record = built
-            elif built.key in self.state.done:
+            elif self.state.is_done(built.key):
                 stats.skipped_done += 1
                 frontier.add(end_line, rejects_size, "skipped_done")
                 return SKIP
@@ -127,7 +127,7 @@ class Admission:
                 stats.jobs_lost += 1
                 frontier.add(end_line, rejects_size, "skipped_done", open_id=built.request_id)
                 return SKIP
-            elif built.key in self.state.errors.permanent and not self.settings.retry_failed:
+            elif self.state.failed_for_good(built.key) and not self.settings.retry_failed:
                 stats.skipped_failed += 1
                 frontier.add(end_line, rejects_size, "skipped_failed")
                 return SKIP

@@ -14,9 +14,9 @@ from octave_bulk.run.guard import check_resend
 from octave_bulk.run.summary import RunStats, RunSummary, completed_exit
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor
+from octave_bulk.state.file_view import LedgerState, read_state
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import load_jobs
-from octave_bulk.state.ledger import LedgerState, read_state
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.preflight import check_agent_of_output
 
@@ -49,7 +49,7 @@ def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> R
             state,
             ResumeCursor(),
             control,
-            paid_elsewhere=resend.paid_elsewhere(state.done),
+            paid_elsewhere=resend.paid_elsewhere(state.is_done),
         )
         for record in reader:
             item = admission.admit(record, 0, None)

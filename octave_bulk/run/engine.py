@@ -11,11 +11,14 @@ on the input. Workers write their outcome's line themselves, synchronously (no s
 between receiving a response and writing it: measured, the second stream and its shielded
 hand-off cost ~15 us per contact); the committer makes lines durable in groups.
 
-Before the first call: the output's state is scanned (``state/ledger.py``), the re-send guard
-reads the input once (``guard.py``: too many people already done would be paid again: exit 2;
-not on a resume whose cursor applies: the same input and settings passed it already),
-the run's row goes into the history (``state/history.py``; updated every 5 s, completed at the
-end). A ``budget`` is held in the ledger before each batch of calls (``spend.py``).
+Before the first call: the output's store is opened (``state/store.py``: the claim on the
+output, then what it holds; by default its files and ledger, ``state/file_store.py``), the
+re-send guard reads the input once (``guard.py``: too many people already done would be paid
+again: exit 2; not on a resume whose cursor applies: the same input and settings passed it
+already), the run's row goes into the store's run history (updated every 5 s, completed at
+the end). A ``budget`` is held in the history before each batch of calls (``spend.py``). Each
+call is claimed in the store before it is sent; each group the sink makes durable is recorded
+in the store before its outcomes count.
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
 written at the end by ``finish.py``; async submits are polled by ``jobs.py`` - except with
@@ -75,16 +78,12 @@ from octave_bulk.state.cursor import (
     input_identity,
     load_first_rows,
 )
+from octave_bulk.state.file_store import open_file_store
 from octave_bulk.state.files import NdjsonAppender
-from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import id_key
-from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.jobs import PendingJob, carried_jobs
-from octave_bulk.state.ledger import LedgerState, NdjsonLedger
+from octave_bulk.state.jobs import PendingJob
 from octave_bulk.state.limits import RememberedLimits, limits_key
-from octave_bulk.state.lock import RunLock
-from octave_bulk.state.paths import OutputPaths, migrate_jsonl_side_files
+from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.preflight import (
     check_agent_of_output,
     check_descriptors,
@@ -92,8 +91,8 @@ from octave_bulk.state.preflight import (
     descriptor_room,
     remove_stale_temp_files,
 )
-from octave_bulk.state.reconcile import reconcile_killed_runs
 from octave_bulk.state.sink import Failure, Sink, Submitted, Success
+from octave_bulk.state.store import Claims, Store, StoreFactory, StoreView
 
 __all__ = ["run_batch"]
 
@@ -106,7 +105,7 @@ class _Run:
         settings: Settings,
         paths: OutputPaths,
         reader: ContactReader,
-        state: LedgerState,
+        state: StoreView,
         start: ResumeCursor,
         expected_rows: int | None,
         *,
@@ -127,7 +126,7 @@ class _Run:
             start,
             self.control,
             expected_rows,
-            paid_elsewhere=resend.paid_elsewhere(state.done),
+            paid_elsewhere=resend.paid_elsewhere(state.is_done),
         )
         builder = self.admission.builder
         if start.line:  # the prefix is skipped unread: its first rows judge duplicates still
@@ -140,7 +139,7 @@ class _Run:
             first_rows=builder.take_firsts,
             keys_bytes=start.keys_bytes,
         )
-        self.slots: InflightSlots | None = None
+        self.slots: Claims | None = None
         self.carried_jobs: list[PendingJob] = []  # async jobs of earlier runs, still awaited
         self.receiver = (  # async callbacks: hints to poll, on the output's secret path
             CallbackReceiver(
@@ -155,9 +154,8 @@ class _Run:
         self.jobs: Jobs | None = None
         self.make_limiter = limiter
         self.limiter: Limiter | None = None
-        self.history: RunHistory | None = None
+        self.store: Store | None = None
         self.credits = CreditsCheck()  # what the credits check before the run found
-        self.index: OutputIndex | None = None
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
 
@@ -185,9 +183,9 @@ class _Run:
     async def record_progress(self, interval: float = 5.0) -> None:
         """Until cancelled: the history's row follows the run (a budget counts its calls
         even if the run is killed)."""
-        while self.history is not None:
+        while self.store is not None:
             await anyio.sleep(interval)
-            update = functools.partial(record_history, self.history, self.run_id)
+            update = functools.partial(record_history, self.store.runs, self.run_id)
             await anyio.to_thread.run_sync(update, self.progress_columns())
 
     def on_durable(self, outcome: Success | Failure | Submitted, person: int) -> None:
@@ -200,9 +198,6 @@ class _Run:
             return
         if isinstance(outcome, Failure) and outcome.handle is None and self.jobs is not None:
             stats.submit_failed += 1
-        retryable = isinstance(outcome, Failure) and outcome.error.retryable
-        ok = isinstance(outcome, Success)
-        self.state.settle(outcome.request_id, person, ok=ok, retryable=retryable)
         if isinstance(outcome, Success):
             stats.succeeded += 1
             stats.credits += outcome.credits
@@ -228,7 +223,9 @@ class _Run:
                 self.slots.settle(outcome.request_id)
             frontier.settle(outcome.request_id, "skipped_failed")
 
-    async def execute(self, client: OctaveClient, *, handle_signals: bool, bar: bool) -> None:
+    async def execute(
+        self, client: OctaveClient, store: Store, *, handle_signals: bool, bar: bool
+    ) -> None:
         settings, paths, control = self.settings, self.paths, self.control
         remembered = self.limits.get(self.limits_key)  # where the factory may start
         limiter = self.make_limiter(LimiterContext(settings, "calls", remembered))
@@ -241,10 +238,10 @@ class _Run:
         results = NdjsonAppender(paths.results)
         errors = NdjsonAppender(paths.errors)
         rejects = NdjsonAppender(paths.rejects, keep=self.start.rejects_bytes)
-        slots = self.slots = InflightSlots(paths.inflight, carry=self.state.outcome_unknown)
+        slots = self.slots = store.claims(self.state.outcome_unknown)
         if not settings.retry_failed:  # failed for good since: never sent again, reported once
             for rid in self.state.outcome_unknown:
-                if id_key(rid) in self.state.errors.permanent:
+                if self.state.failed_for_good(id_key(rid)):
                     slots.settle(rid)
         polling = settings.mode == "async" or bool(self.carried_jobs)
         jobs_file = NdjsonAppender(paths.jobs) if polling else None
@@ -258,7 +255,7 @@ class _Run:
             release_slot=slots.release,
             batch=settings.fsync_batch,
             interval=settings.fsync_interval,
-            index=self.index,
+            record=store.record,
             resent=self.state.outcome_unknown,
             jobs=jobs_file,
         )
@@ -277,7 +274,7 @@ class _Run:
             receiver.jobs = jobs
         submit = jobs if settings.mode == "async" else None
         worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
-        recorded = self.history if settings.series else None
+        recorded = store.runs if settings.series else None
         series = SeriesRecorder(self.run_id, self.stats, limiter, recorded)
         reader = self.reader
         work_send, work_recv = anyio.create_memory_object_stream[WorkItem](settings.concurrency)
@@ -331,8 +328,6 @@ class _Run:
             for appender in (results, errors, rejects, jobs_file):
                 if appender is not None:
                     appender.close()
-            self.state.results.size, self.state.errors.size = results.size, errors.size
-            slots.sync()
             slots.close()
             self.cursor.save()
             series.close()
@@ -398,6 +393,7 @@ async def run_batch(
     handle_signals: bool = False,
     collect: bool = False,
     limiter: LimiterFactory | None = None,
+    ledger: StoreFactory | None = None,
 ) -> RunSummary:
     """Run (or resume) a batch: every contact of ``input_path`` ends in ``output`` or its
     errors/rejects files. Usable inside any running asyncio loop.
@@ -413,6 +409,9 @@ async def run_batch(
             and the history names no input.
         limiter: the factory of the run's limiters (calls, polls); by default the one the
             ``limiter`` setting names (``limits/factory.py``).
+        ledger: opens the output's store (``state/store.py``: what is done, claims, the run
+            history); by default its files and the SQLite ledger beside them
+            (``state/file_store.py``).
 
     Returns:
         The summary also written to ``OUT.summary.json``; ``exit_code`` says how it ended.
@@ -440,24 +439,18 @@ async def run_batch(
         settings = _searched_window(settings, bounded=transport is None, served=served)
     elif transport is None:
         check_descriptors(settings.concurrency, served=served)
-    lock = RunLock(paths.lock)
-    try:
-        lock.acquire()
-    except OSError as exc:
-        raise StateError(f"{paths.lock}: cannot take the run lock: {exc.strerror}") from None
+    open_store = ledger or open_file_store
     sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
     try:
-        migrate_jsonl_side_files(paths)
-        remove_stale_temp_files(_replaced_files(paths, settings))
-        ledger = settings.ledger or paths.ledger
-        with RunHistory.open(ledger, timeout=settings.ledger_timeout) as history:
+        async with open_store(paths, settings) as store:  # the claim on the output
+            remove_stale_temp_files(_replaced_files(paths, settings))
             return await _locked_run(
                 input_path,
                 paths,
                 settings,
                 transport,
                 handle_signals,
-                history,
+                store,
                 sent,
                 collect,
                 make_limiter,
@@ -469,8 +462,6 @@ async def run_batch(
             "before this is safe: fix the cause, then run the same command to resume",
             calls_sent=calls,
         ) from None
-    finally:
-        lock.release()
 
 
 def _replaced_files(paths: OutputPaths, settings: Settings) -> list[Path]:
@@ -487,26 +478,14 @@ async def _locked_run(
     settings: Settings,
     transport: httpx.AsyncBaseTransport | None,
     handle_signals: bool,
-    history: RunHistory,
+    store: Store,
     sent: list[RunStats],
     collect: bool,
     limiter: LimiterFactory,
 ) -> RunSummary:
-    index = OutputIndex(history, paths.results) if settings.ledger_index else None
-    state = NdjsonLedger(paths, index).load()
-    carried = carried_jobs(paths, state, index)
-    if index is not None and index.output_id is not None:  # a killed run's row, made true
-        reconcile_killed_runs(history, index.output_id, paths.results, len(state.outcome_unknown))
-    scan = state.results
-    done_before = scan.lines  # the state follows the run from here
-    if scan.bad_lines:
-        log_event(
-            "corrupt_results",
-            level=logging.WARNING,
-            lines=scan.bad_lines,
-            action="not counted as done (sent again); copied to the quarantine file",
-            quarantine=str(paths.corrupt),
-        )
+    state = await store.load()
+    carried = list(state.awaited_jobs())
+    counts = state.counts()  # the view follows the run from here
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
         expected = count_lines(Path(input_path) if str(input_path) != "-" else None)
@@ -531,7 +510,7 @@ async def _locked_run(
             resend=resend,
             limiter=limiter,
         )
-        run.history, run.index, run.carried_jobs = history, index, carried
+        run.store, run.carried_jobs = store, carried
         sent.append(run.stats)
         async with open_client(settings, transport=transport) as client:  # before the row
             await check_agent(client, settings)  # (exit 2 or 3 leaves none)
@@ -542,10 +521,10 @@ async def _locked_run(
                     f"{connect_cause(client.last_check_error, settings.base_url)}; nothing was sent"
                 )
         if settings.budget is not None:
-            run.control.budget = BudgetHolds(history, run.run_id, settings, run.control)
-        history.start(
+            run.control.budget = BudgetHolds(store.runs, run.run_id, settings, run.control)
+        store.runs.start(
             run.run_id,
-            paths.results.resolve(),
+            str(paths.results.resolve()),
             input_path="(collect)" if collect else str(input_path),
             input_identity=identity,
             settings_fingerprint=fingerprint,
@@ -558,8 +537,8 @@ async def _locked_run(
             run_id=run.run_id,
             input="collect (no input: the awaited jobs only)" if collect else str(input_path),
             output=str(paths.results),
-            already_done=done_before,
-            repaired_bytes=scan.repaired_bytes,
+            already_done=counts.results,
+            repaired_bytes=counts.repaired_bytes,
             outcome_unknown=len(state.outcome_unknown),
             jobs_awaited=len(carried),
             skipped_unread=start.counts["read"],
@@ -572,14 +551,13 @@ async def _locked_run(
         callback_url = receiver.url(settings.callback_url) if receiver is not None else None
         async with open_client(settings, transport=transport, callback_url=callback_url) as client:
             with gc_tuned_for_run():
-                await run.execute(client, handle_signals=handle_signals, bar=bar)
-    return finish_run(
+                await run.execute(client, store, handle_signals=handle_signals, bar=bar)
+    return await finish_run(
         run,
         FinishedInput("(collect)" if collect else input_path, reader, start, cursor_note),
-        state=state,
-        done_before=done_before,
-        history=history,
-        index=index,
+        store=store,
+        outcome_unknown=state.outcome_unknown,
+        counts=counts,
     )
 
 

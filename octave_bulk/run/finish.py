@@ -1,13 +1,15 @@
-"""The end of a run: its summary document, the metrics, the ledger's fold and snapshot, the
-history row, the ``stop`` event.
+"""The end of a run: its summary document, the metrics, the store's finish (the ledger's fold
+and snapshot), the history row, the ``stop`` event.
 
 Contract: :func:`finish_run` takes a run whose dispatch is over (done, stopped or cancelled,
-every outcome durable) and returns its :class:`RunSummary`, written to ``OUT.summary.json``.
+every outcome durable) - anything with the attributes of :class:`FinishingRun`, so that this
+module does not import the engine - and returns its :class:`RunSummary`, written to
+``OUT.summary.json``.
 The run's history row is completed first, then the metrics file, then the summary, so that
 all three tell the same exit code: a history row or a metrics file that cannot be written is
 exit 6 (stopped after sending; the ``--budget`` does not depend on the row: ``spend.py``), a
 summary that cannot be written is a :class:`StateError` carrying the calls sent (exit 6). The
-ledger's index (fold, snapshot) that cannot be updated is logged, never worth the run.
+store's finish (``Store.finish``: the index folded, the snapshot) is never worth the run.
 """
 
 from __future__ import annotations
@@ -16,25 +18,47 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from octave_bulk.errors import ExitCode, StateError
 from octave_bulk.input.reader import ContactReader
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
+from octave_bulk.run.admission import Admission
+from octave_bulk.run.control import RunControl
+from octave_bulk.run.jobs import Jobs
+from octave_bulk.run.plan import CreditsCheck
 from octave_bulk.run.spend import BudgetHolds
-from octave_bulk.run.summary import RunSummary
+from octave_bulk.run.summary import ExitRule, RunStats, RunSummary
+from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor
 from octave_bulk.state.files import write_json_atomic
-from octave_bulk.state.history import RunHistory
-from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.ledger import LedgerState
+from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.store import FinishedRun, RunRecords, Store, StoreCounts
 from octave_bulk.utc import utc_iso
 
-if TYPE_CHECKING:
-    from octave_bulk.run.engine import _Run
+__all__ = ["FinishedInput", "FinishingRun", "finish_run", "record_history"]
 
-__all__ = ["FinishedInput", "finish_run", "record_history"]
+
+class FinishingRun(Protocol):
+    """What :func:`finish_run` reads of a run (the engine's run has these)."""
+
+    settings: Settings
+    paths: OutputPaths
+    run_id: str
+    stats: RunStats
+    control: RunControl
+    credits: CreditsCheck
+    admission: Admission
+    jobs: Jobs | None
+    carried_jobs: list[PendingJob]
+
+    def exit_rule(self) -> ExitRule: ...
+
+    def remember_limits(self) -> dict[str, Any]: ...
+
+    def progress_columns(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +71,7 @@ class FinishedInput:
     cursor_note: str
 
 
-def record_history(history: RunHistory, run_id: str, columns: dict[str, Any]) -> None:
+def record_history(history: RunRecords, run_id: str, columns: dict[str, Any]) -> None:
     """Update the run's history row; a ledger that cannot be written (locked by another
     writer past the busy timeout, a full disk) is logged, never worth the run."""
     try:
@@ -56,18 +80,18 @@ def record_history(history: RunHistory, run_id: str, columns: dict[str, Any]) ->
         log_event("history_not_updated", level=logging.WARNING, error=str(exc))
 
 
-def finish_run(
-    run: _Run,
+async def finish_run(
+    run: FinishingRun,
     given: FinishedInput,
     *,
-    state: LedgerState,
-    done_before: int,
-    history: RunHistory,
-    index: OutputIndex | None,
+    store: Store,
+    outcome_unknown: list[str],
+    counts: StoreCounts,
 ) -> RunSummary:
-    """Write what the run did (see the module docstring) and return its summary."""
+    """Write what the run did (see the module docstring) and return its summary;
+    ``outcome_unknown`` and ``counts``: the store's view at the start of the run."""
     settings, paths, reader, start = run.settings, run.paths, given.reader, given.start
-    scan, cursor_note = state.results, given.cursor_note
+    cursor_note, history = given.cursor_note, store.runs
     stats, control = run.stats, run.control
     rule = run.exit_rule()
     exit_code = rule.code
@@ -101,11 +125,11 @@ def finish_run(
             "rejects": str(paths.rejects),
             "summary": str(paths.summary),
         },
-        already_done_before_run=done_before,
+        already_done_before_run=counts.results,
         resume_cursor={"rows_skipped_unread": start.counts["read"], "note": cursor_note},
-        repaired_bytes=scan.repaired_bytes,
-        corrupt_result_lines=scan.bad_lines,
-        unknown_request_ids=state.outcome_unknown[:100],
+        repaired_bytes=counts.repaired_bytes,
+        corrupt_result_lines=counts.bad_lines,
+        unknown_request_ids=outcome_unknown[:100],
         async_jobs=_jobs_summary(run) if run.jobs is not None else None,
         settings=settings.redacted(),
     )
@@ -136,13 +160,7 @@ def finish_run(
             "is safe: fix the cause, then run the same command to resume",
             calls_sent=stats.calls_sent,
         ) from None
-    if index is not None:
-        try:
-            index.fold()
-            index.add_other_records(run.admission.other_records)
-            index.save_snapshot(state.snapshot())  # the next start reads this, not the files
-        except StateError as exc:
-            log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
+    await store.finish(FinishedRun(run.admission.other_records))
     log_event(
         "stop",
         run_id=run.run_id,
@@ -164,7 +182,7 @@ def _file_error(document: dict[str, Any], why: str) -> ExitCode:
     return ExitCode.FILE_ERROR
 
 
-def _jobs_summary(run: _Run) -> dict[str, Any]:
+def _jobs_summary(run: FinishingRun) -> dict[str, Any]:
     """The async section of the summary."""
     stats = run.stats
     return {

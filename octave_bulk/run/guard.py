@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from octave_bulk.agents import AGENT_KINDS, get_agent
 from octave_bulk.errors import ApiError, ConfigError
 from octave_bulk.http.client import OctaveClient
@@ -41,7 +39,7 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.run.build import RequestBuilder, request_spec
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.idset import IdSet
-from octave_bulk.state.ledger import LedgerState, complete_lines
+from octave_bulk.state.store import StoreView
 
 __all__ = ["FEWEST", "SAMPLE", "ResendReport", "agent_problem", "check_agent", "check_resend"]
 
@@ -68,13 +66,13 @@ class ResendReport:
     """Person -> the fields in which their other record differs from the paid one (for the
     duplicate's message; at most :data:`SAMPLE` x 20 people)."""
 
-    def paid_elsewhere(self, done: IdSet) -> Callable[[int, int], str | None]:
+    def paid_elsewhere(self, is_done: Callable[[int], bool]) -> Callable[[int, int], str | None]:
         """The builder's rule (``RequestBuilder(paid_elsewhere=...)``): a record of a person
         whose paid record is in the input, and not that record, is a duplicate of it."""
         present, differing = self.paid_present, self.differing
 
         def why(person: int, key: int) -> str | None:
-            if person not in present or key in done:
+            if person not in present or is_done(key):
                 return None
             fields = differing.get(person) or "its content"
             return (
@@ -125,13 +123,12 @@ class ResendReport:
 
 
 def check_resend(
-    input_path: str | Path, settings: Settings, state: LedgerState, *, always: bool = False
+    input_path: str | Path, settings: Settings, state: StoreView, *, always: bool = False
 ) -> ResendReport:
     """Count the people of the input already done that would be paid again (see above);
     nothing is read when the output has no results yet, unless ``always`` (``status``)."""
     report = ResendReport()
-    persons = state.results.persons
-    if (not len(persons) and not always) or str(input_path) == "-":
+    if (not state.counts().people and not always) or str(input_path) == "-":
         return report
     agent = get_agent(settings.agent_type)
     builder = RequestBuilder(request_spec(settings), agent=agent, key_field=settings.key)
@@ -145,15 +142,15 @@ def check_resend(
             made, person = builder.last, builder.last_person
             line = None
             if made is not None and person is not None:
-                if made.key in state.done:
+                if state.is_done(made.key):
                     report.paid_present.add(person)  # a duplicate here too: it still counts
-                line = persons.get(person)
-                if line and made.key not in state.done and len(samples) < SAMPLE * 20:
+                line = state.latest_result(person)
+                if line and not state.is_done(made.key) and len(samples) < SAMPLE * 20:
                     samples.setdefault(line, (person, made.wire))  # a person done, content new
             if isinstance(built, Reject):
                 continue
             report.requests += 1
-            if built.key in state.done:
+            if state.is_done(built.key):
                 report.unchanged += 1
             elif state.awaiting and built.request_id in state.awaiting:
                 report.awaited += 1
@@ -187,25 +184,11 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 def _old_contacts(
-    state: LedgerState, samples: dict[int, tuple[int, dict[str, Any]]]
+    state: StoreView, samples: dict[int, tuple[int, dict[str, Any]]]
 ) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
-    """(person, old contact, new body) for the sampled result lines (line -> person, body)."""
-    found: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
-    if not samples:
-        return found
-    for number, line in enumerate(complete_lines(state.results.path), 1):
-        sample = samples.get(number)
-        if sample is not None:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            old = record.get("contact") if isinstance(record, dict) else None
-            if isinstance(old, dict):
-                found.append((sample[0], old, sample[1]))
-            if len(found) == len(samples):
-                break
-    return found
+    """(person, old contact, new body) for the sampled results (position -> person, body)."""
+    old = state.result_contacts(samples.keys()) if samples else {}
+    return [(samples[at][0], contact, samples[at][1]) for at, contact in old.items()]
 
 
 async def check_agent(client: OctaveClient, settings: Settings) -> None:

@@ -43,7 +43,7 @@ from octave_bulk.run.control import RunControl
 from octave_bulk.run.plan import credits_remaining
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings, parse_budget
-from octave_bulk.state.history import RunHistory
+from octave_bulk.state.store import RunRecords
 
 __all__ = ["BudgetHolds", "CreditsCeiling"]
 
@@ -61,7 +61,7 @@ class BudgetHolds:
     """
 
     def __init__(
-        self, history: RunHistory, run_id: str, settings: Settings, control: RunControl
+        self, history: RunRecords, run_id: str, settings: Settings, control: RunControl
     ) -> None:
         if settings.budget is None:
             raise ValueError("no budget to hold")

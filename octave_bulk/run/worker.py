@@ -41,9 +41,9 @@ from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import CONTRACT_ERRORS, RunControl, Stopped
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings
-from octave_bulk.state.inflight import InflightSlots
 from octave_bulk.state.jobs import PendingJob
 from octave_bulk.state.sink import Attempt, Failure, Sink, Submitted, Success
+from octave_bulk.state.store import Claims
 
 if TYPE_CHECKING:
     from octave_bulk.run.jobs import Jobs
@@ -82,7 +82,7 @@ class Worker:
         control: RunControl,
         client: OctaveClient,
         limiter: Limiter,
-        slots: InflightSlots,
+        slots: Claims,
         jobs: Jobs | None = None,
     ) -> None:
         self.settings, self.stats, self.control = settings, stats, control
@@ -185,7 +185,7 @@ class Worker:
             raise Stopped
         stats.calls += 1
         stats.in_flight += 1
-        slot = self.slots.claim(item.request_id)
+        slot = await self.slots.claim(item.request_id)
         started, sent_at = time.perf_counter(), time.time()
         try:
             if self.jobs is None:

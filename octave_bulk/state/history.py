@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,8 @@ _HOLDS_KEPT = 8 * 86_400  # seconds budget holds are kept: longer than the longe
 
 # Calls spent within a budget's period: the holds of the runs that hold (run/spend.py), and
 # the paid calls of the runs that do not (no --budget, or a version before the holds).
+_INSERT_SERIES = f"INSERT OR REPLACE INTO series VALUES ({', '.join('?' * 17)})"  # noqa: S608
+
 _SPENT = """
 SELECT (SELECT COALESCE(SUM(calls), 0) FROM budget_holds WHERE at >= :since)
      + (SELECT COALESCE(SUM(paid_calls), 0) FROM runs WHERE updated_at >= :since
@@ -232,7 +234,7 @@ class RunHistory:
         finally:
             db.close()
 
-    def start(self, run_id: str, output: Path, **fields: Any) -> None:
+    def start(self, run_id: str, output: str | Path, **fields: Any) -> None:
         """Insert a run's row before its first call (``fields``: columns of the table)."""
         now = time.time()
         row = {"run_id": run_id, "output": str(output), "started_at": now, "updated_at": now}
@@ -282,6 +284,12 @@ class RunHistory:
                 db.execute("UPDATE budget_holds SET calls = ? WHERE rowid = ?", (held - cut, rowid))
                 calls -= cut
             db.execute("DELETE FROM budget_holds WHERE at < ?", (time.time() - _HOLDS_KEPT,))
+
+    def add_series(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Samples of the run's counters (``observe/series.py``: run id, then the columns of
+        table ``series`` in order), in one transaction."""
+        with self.transaction() as db:
+            db.executemany(_INSERT_SERIES, rows)
 
     def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The runs, newest first (JSON columns decoded)."""

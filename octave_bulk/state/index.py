@@ -46,14 +46,10 @@ from typing import Any
 
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet
+from octave_bulk.state.rows import CallRow, OutcomeRow
 
 __all__ = ["CallRow", "CatchUp", "OutcomeRow", "OutputIndex", "Snapshot", "signed"]
 
-OutcomeRow = tuple[int, str, str, str | None, int]
-"""(person, requestId, state, run id, byte offset of the line in its file)."""
-
-CallRow = tuple[str, str | None, int, float | None, float | None, int | None, str, float, int]
-"""(requestId, run id, attempt, sent at, answered at, status, outcome, credits, paid twice)."""
 
 _INSERT_OUTCOME = "INSERT INTO outcomes VALUES (NULL, ?, ?, ?, ?, ?, ?, ?)"
 _FOLD = """

@@ -14,7 +14,8 @@ file is rewritten without its settled jobs and bad lines, so it holds at most th
 flight. Jobs are keyed by (handle, requestId): a handle the server gave twice loses neither.
 
 The file can still be damaged by hand or by the disk (a line lost, the file cut or deleted),
-so :func:`carried_jobs` also asks the ledger (``state/index.py``): a submit recorded there,
+so the file store's start (``state/file_store.py``) also asks the ledger (``state/index.py``): a
+submit recorded there,
 whose job has no outcome and no line here, was paid and cannot be polled (the contact was not
 saved with it). Its contact is *lost*, never submitted again silently: the run skips and
 reports it, and ``--resubmit-expired`` pays for it again on purpose.
@@ -25,24 +26,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from octave_bulk.observe.log import log_event
-from octave_bulk.state.files import NdjsonAppender, repair_tail, write_atomic
-from octave_bulk.state.idset import id_key
-from octave_bulk.state.index import OutputIndex
-from octave_bulk.state.ledger import complete_lines, quarantine_lines
-from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.files import repair_tail, write_atomic
+from octave_bulk.state.scan import complete_lines, quarantine_lines
 from octave_bulk.utc import utc_iso
-
-if TYPE_CHECKING:
-    from octave_bulk.state.ledger import LedgerState
 
 _Key = tuple[str, str]  # (handle, requestId)
 
-__all__ = ["PendingJob", "carried_jobs", "load_jobs", "settled_line", "submitted_line"]
+__all__ = ["PendingJob", "load_jobs", "settled_line", "submitted_line"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,42 +119,3 @@ def _record(line: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
-
-
-def carried_jobs(
-    paths: OutputPaths, state: LedgerState, index: OutputIndex | None = None
-) -> list[PendingJob]:
-    """The async jobs earlier runs left awaiting (their contacts are not submitted again); a
-    job whose result is already durable gets its lost ``settled`` line now. With the ledger's
-    ``index``, ``state.lost_jobs`` gets the submits it recorded that have neither an outcome
-    nor a line in the jobs file (see the module docstring)."""
-    awaited: list[PendingJob] = []
-    done: list[PendingJob] = []
-    loaded = load_jobs(paths.jobs, quarantine=paths.corrupt) if paths.jobs.exists() else []
-    for job in loaded:
-        (done if id_key(job.request_id) in state.done else awaited).append(job)
-    if done:
-        appender = NdjsonAppender(paths.jobs)
-        for job in done:
-            appender.write(settled_line(job.request_id, job.handle, "ok"))
-        appender.close()
-    state.awaiting = frozenset(job.request_id for job in awaited)
-    # A submit whose handle line made it to the file before the kill is known, not unknown
-    # (its in-flight slot is released only once the line is fsynced).
-    state.outcome_unknown = [rid for rid in state.outcome_unknown if rid not in state.awaiting]
-    if index is not None:
-        state.lost_jobs = frozenset(
-            rid
-            for rid in index.unsettled_submits()
-            if rid not in state.awaiting and id_key(rid) not in state.done
-        )
-        if state.lost_jobs:
-            log_event(
-                "jobs_lost",
-                level=logging.WARNING,
-                count=len(state.lost_jobs),
-                request_ids=sorted(state.lost_jobs)[:20],
-                action="paid submits with no result and no line in the jobs file: not "
-                "submitted again; --resubmit-expired pays for them again",
-            )
-    return awaited

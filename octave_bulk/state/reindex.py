@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from octave_bulk.state.file_view import load_output
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutcomeRow, OutputIndex, signed
-from octave_bulk.state.ledger import NdjsonLedger, scan_results
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.scan import scan_results
 
 __all__ = ["check", "rebuild"]
 
@@ -34,7 +35,7 @@ def rebuild(paths: OutputPaths, ledger: Path | None = None) -> dict[str, Any]:
         with RunHistory.open(ledger or paths.ledger) as history:
             index = OutputIndex(history, paths.results)
             index.reset()
-            state = NdjsonLedger(paths, index).load()
+            state = load_output(paths, index)
             index.save_snapshot(state.snapshot())
             return index.counts()
     finally:

@@ -21,8 +21,7 @@ are the lines of its run. ``personKey`` is the hashed person key
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +30,11 @@ import orjson
 
 from octave_bulk.errors import ApiError, StateError
 from octave_bulk.identity import person_key
-from octave_bulk.observe.log import log_event
 from octave_bulk.state.files import NdjsonAppender
 from octave_bulk.state.idset import id_key
-from octave_bulk.state.index import CallRow, OutcomeRow, OutputIndex
 from octave_bulk.state.jobs import PendingJob, settled_line, submitted_line
+from octave_bulk.state.rows import CallRow, OutcomeRow
+from octave_bulk.state.store import Group
 from octave_bulk.utc import utc_iso
 
 __all__ = [
@@ -169,8 +168,9 @@ class Sink:
         run_id: the run's id, written into every line.
         key_field: the field that identifies a person (``--key``), else the default key.
         kind: the agent's kind (part of the person key of every agent but ``sequence``).
-        index: the ledger's index of this output, given each group's rows after its fsync
-            (``state/index.py``); a group it cannot take (a locked ledger) goes with the next.
+        record: the store's :meth:`~octave_bulk.state.store.Store.record`, given each group
+            (its outcomes and calls) after its fsync and before its outcomes are acknowledged
+            (``on_durable``); None records nothing.
         resent: requestIds in flight when an earlier run died: their calls may pay twice.
         jobs: the async job handles file (async mode): a :class:`Submitted` outcome's line
             goes there; a result of a job gets its ``settled`` line after its commit.
@@ -188,13 +188,12 @@ class Sink:
         release_slot: Callable[[int], None],
         batch: int,
         interval: float,
-        index: OutputIndex | None = None,
+        record: Callable[[Group], Awaitable[None]] | None = None,
         resent: Collection[str] = (),
         jobs: NdjsonAppender | None = None,
     ) -> None:
         self._run_id, self._key_field, self._kind = run_id, key_field, kind
-        self._index, self._resent = index, frozenset(resent)
-        self._unindexed: tuple[list[OutcomeRow], list[CallRow], list[str]] = ([], [], [])
+        self._record, self._resent = record, frozenset(resent)
         self._results, self._errors, self._jobs = results, errors, jobs
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
@@ -263,7 +262,9 @@ class Sink:
                 if not group:
                     return
                 covered = (self._results.size, self._errors.size)  # every line is in a group
-                await anyio.to_thread.run_sync(self._sync_files, group, covered)
+                rows = await anyio.to_thread.run_sync(self._sync_files, group, covered)
+                if rows is not None and self._record is not None:
+                    await self._record(rows)
                 self._report(group)
 
     def _report(self, group: list[tuple[Outcome, int, int]]) -> None:
@@ -276,14 +277,19 @@ class Sink:
                 self._jobs.write(settled_line(item.request_id, item.handle, state))
             self._on_durable(item, person)
 
-    def _sync_files(self, group: list[tuple[Outcome, int, int]], covered: Any) -> None:
+    def _sync_files(
+        self, group: list[tuple[Outcome, int, int]], covered: tuple[int, int]
+    ) -> Group | None:
+        """fsync the files; the group's rows for the store (None when nothing records)."""
         self._results.sync()
         self._errors.sync()
         if self._jobs is not None:
             self._jobs.sync()
-        if self._index is None:
-            return
-        contacts, calls, settled = self._unindexed
+        if self._record is None:
+            return None
+        contacts: list[OutcomeRow] = []
+        calls: list[CallRow] = []
+        settled: list[str] = []
         run_id, resent = self._run_id, self._resent
         for item, offset, person in group:
             rid = item.request_id
@@ -303,9 +309,4 @@ class Sink:
                     item.credits if outcome == "success" and isinstance(item, Success) else 0.0
                 )
                 calls.append((rid, run_id, number, sent, answered, status, outcome, credits, twice))
-        try:
-            self._index.record(contacts, calls, covered, settled)
-        except StateError as exc:  # the files are durable; the rows go with the next group
-            log_event("ledger_not_updated", level=logging.WARNING, error=str(exc))
-            return
-        self._unindexed = ([], [], [])
+        return Group(contacts, calls, settled, covered)

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from octave_bulk.errors import OctaveBulkError, StateError
+from octave_bulk.state.file_view import LedgerState, read_state
 from octave_bulk.state.files import iter_ndjson
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.jobs import load_jobs
-from octave_bulk.state.ledger import LedgerState, complete_lines, read_state
 from octave_bulk.state.lock import RunLock
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.reconcile import line_credits
+from octave_bulk.state.scan import complete_lines
 from octave_bulk.utc import utc_iso
 
 __all__ = ["read_status"]

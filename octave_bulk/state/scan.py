@@ -1,17 +1,18 @@
-"""The ledger: what an output already holds, read at the start of every run.
+"""The scan of an output's NDJSON files: what its results and errors lines say.
 
-Contract: :class:`Ledger` ``load()`` returns a :class:`LedgerState`: the done-set (keys of the
-requestIds with a durable success), the contacts whose last outcome was a failure (permanent
-or retryable, and not done since), and the calls that were on the wire when the last run died.
-The results file stays the source of truth; a ledger only indexes it.
+Contract: :func:`scan_results` returns a :class:`ResultsScan` (the done-set: keys of the
+requestIds with a durable success; the people done; bad lines), :func:`scan_errors` an
+:class:`ErrorsScan` (the contacts whose last outcome was a failure, permanent or retryable,
+and not done since). The file store (``state/file_store.py``) builds its start-up view from
+them.
 
-:class:`NdjsonLedger` scans the files. On start it repairs a torn last line (a kill -9 can
-only tear the line being written), then builds the done-set. Every results line starts with
+A scan first repairs a torn last line (a kill -9 can only tear the line being written), then
+builds the done-set. Every results line starts with
 ``{"requestId":"...``, so the scan finds the id with a byte search instead of parsing JSON
-(docs/performance.md, section "Resume scan and done-set"). Given the ledger database's index
-(``state/index.py``), it starts from the snapshot the last run saved and reads only the lines
-written since, and it indexes the lines the database lacks (:class:`~octave_bulk.state.index.
-CatchUp`): a million results load in a fraction of a second (docs/performance.md, "Ledger").
+(docs/performance.md, section "Resume scan and done-set"). Given a base (the snapshot the last
+run saved, ``state/file_store.py``), it reads only the lines written since, and hands each
+row to ``on_row`` (the index's catch-up): a million results load in a fraction of a second
+(docs/performance.md, "Ledger").
 A result written before the person key (a *legacy* id, :mod:`octave_bulk.identity`) also puts
 the id this version derives for its contact in the done-set: an old output is adopted without
 paying anyone again.
@@ -19,33 +20,24 @@ paying anyone again.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from octave_bulk.errors import StateError
 from octave_bulk.identity import derive_request_id, is_legacy_id, person_key, read_person_hash
 from octave_bulk.state.files import NdjsonAppender, iter_ndjson, repair_tail
-from octave_bulk.state.history import RunHistory
 from octave_bulk.state.idset import IdSet, id_key
-from octave_bulk.state.index import CatchUp, OutcomeRow, OutputIndex, Snapshot
-from octave_bulk.state.inflight import InflightSlots
-from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.rows import OutcomeRow
 
 __all__ = [
     "ErrorsScan",
-    "Ledger",
-    "LedgerState",
-    "NdjsonLedger",
     "ResultsScan",
     "complete_lines",
     "line_request_id",
     "quarantine_lines",
-    "read_state",
     "scan_errors",
     "scan_results",
     "whole_result",
@@ -277,162 +269,3 @@ def scan_errors(
         {k for k in scan.retryable if k not in done},
         offset,
     )
-
-
-@dataclass
-class LedgerState:
-    """What an output holds at the start of a run."""
-
-    results: ResultsScan
-    errors: ErrorsScan
-    outcome_unknown: list[str]
-    """requestIds that were on the wire when the last run died and are not done since."""
-    from_snapshot: bool = False
-    """Whether the ledger's snapshot spared the scan of the files' indexed part."""
-    awaiting: frozenset[str] = frozenset()
-    """requestIds of async jobs submitted by an earlier run whose result is not in yet: they
-    are polled, never submitted again (``state/jobs.py``)."""
-    lost_jobs: frozenset[str] = frozenset()
-    """requestIds of async submits the ledger recorded with no outcome and no line in the
-    jobs file (it was damaged): paid, not pollable, submitted again only with
-    ``resubmit_expired`` (``state/jobs.py``)."""
-
-    @property
-    def done(self) -> IdSet:
-        """Keys of the requestIds with a durable success."""
-        return self.results.done
-
-    def settle(self, request_id: str, person: int, *, ok: bool, retryable: bool) -> None:
-        """A run's outcome, durable in the files: the state follows (for the snapshot)."""
-        key, errors = id_key(request_id), self.errors
-        errors.permanent.discard(key)
-        errors.retryable.discard(key)
-        if ok:
-            self.results.lines += 1
-            self.results.done.add(key)
-            self.results.persons.put(person, self.results.lines)
-        else:
-            (errors.retryable if retryable else errors.permanent).add(key)
-
-    def snapshot(self) -> Snapshot:
-        """The state as the ledger saves it for the next start."""
-        results, errors = self.results, self.errors
-        return Snapshot(
-            results.size,
-            results.lines,
-            results.bad_lines,
-            errors.size,
-            _tail(results.path, results.size),
-            results.done,
-            results.persons,
-            errors.permanent,
-            errors.retryable,
-        )
-
-
-def _tail(path: Path, size: int) -> bytes:
-    """The (up to) 64 bytes before ``size``: what a snapshot checks is still there."""
-    if size == 0 or not path.exists():
-        return b""
-    with open(path, "rb") as handle:
-        handle.seek(max(0, size - 64))
-        return handle.read(min(64, size))
-
-
-class Ledger(Protocol):
-    """Where a run learns what its output already holds."""
-
-    def load(self, *, repair: bool = True) -> LedgerState:
-        """Read the state; ``repair=False`` for readers that must not write (dry run, status)."""
-        ...
-
-
-def read_state(paths: OutputPaths, ledger: Path | None = None) -> LedgerState:
-    """The state for readers that must not write (status, dry run, validate): from the
-    ledger's snapshot when there is a usable one, else from the files alone."""
-    path = ledger or paths.ledger
-    if path.exists():
-        with contextlib.suppress(StateError), RunHistory.open(path, readonly=True) as history:
-            index = OutputIndex(history, paths.results, readonly=True)
-            return NdjsonLedger(paths, index).load(repair=False)
-    return NdjsonLedger(paths).load(repair=False)
-
-
-class NdjsonLedger:
-    """The ledger read from the output's own files (results, errors, in-flight slots), with
-    the ledger database's snapshot and index when given (``index``)."""
-
-    def __init__(self, paths: OutputPaths, index: OutputIndex | None = None) -> None:
-        self.paths, self.index = paths, index
-
-    def load(self, *, repair: bool = True) -> LedgerState:
-        """Scan the files (see the module docstring): only what lies past a valid snapshot,
-        and index what lies past the index's coverage (unless ``repair`` is false)."""
-        paths, index = self.paths, self.index
-        covered = index.coverage() if index is not None else (0, 0)
-        catch_up, repaired = None, 0
-        if index is not None and repair:
-            repaired = repair_tail(paths.results)
-            repair_tail(paths.errors)
-            catch_up = CatchUp(index, covered, (_size(paths.results), _size(paths.errors)))
-            covered = catch_up.covered  # (0, 0) after a reset
-        base = _usable(index.snapshot() if index else None, paths, covered)
-        results_base = errors_base = None
-        if base is not None:
-            results_base = ResultsScan(
-                base.done,
-                base.results_lines,
-                0,
-                base.bad_lines,
-                base.persons,
-                paths.results,
-                base.results_bytes,
-            )
-            errors_base = ErrorsScan(base.permanent, base.retryable, base.errors_bytes)
-        results = scan_results(
-            paths.results,
-            repair=repair and catch_up is None,
-            base=results_base,
-            on_row=catch_up.add_result if catch_up else None,
-            quarantine=paths.corrupt if repair else None,
-        )
-        if catch_up is not None:
-            catch_up.results_read(results.size)
-            results.repaired_bytes = repaired
-        errors = scan_errors(
-            paths.errors,
-            results.done,
-            repair=repair and catch_up is None,
-            base=errors_base,
-            on_row=catch_up.add_error if catch_up else None,
-        )
-        if catch_up is not None:
-            catch_up.finish(errors.size)
-        unknown = [
-            rid
-            for rid in InflightSlots.leftovers(paths.inflight)
-            if id_key(rid) not in results.done
-        ]
-        return LedgerState(results, errors, unknown, from_snapshot=base is not None)
-
-
-def _usable(
-    snapshot: Snapshot | None, paths: OutputPaths, covered: tuple[int, int]
-) -> Snapshot | None:
-    """The snapshot if the files still hold what it covers (same bytes at its end) and the
-    index covers it too (else the scan must read the lines the index lacks)."""
-    if snapshot is None:
-        return None
-    for path, size, rows in (
-        (paths.results, snapshot.results_bytes, covered[0]),
-        (paths.errors, snapshot.errors_bytes, covered[1]),
-    ):
-        if size > rows or (size and (not path.exists() or path.stat().st_size < size)):
-            return None
-    if _tail(paths.results, snapshot.results_bytes) != snapshot.tail:
-        return None
-    return snapshot
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
