@@ -320,8 +320,9 @@ class ContactReader:
                     return Reject(record.line, "superseded", None, message, {})
             response = orjson.loads(row[RESPONSE_KEY])
             verdict = self._filter.verdict(response, row) if self._filter is not None else None
-            if verdict is not None:
-                return Reject(record.line, verdict[0], None, verdict[1], {})
+            if verdict is not None:  # a row left out is kept in its record
+                kept = row if verdict[0] == "filtered_out" else {}
+                return Reject(record.line, verdict[0], None, verdict[1], kept)
         if self._groups and (found := self._disagree(row)) is not None:
             return Reject(record.line, "ambiguous_column", found[0], self._resolution(*found), row)
         fields: dict[str, str] = {}
