@@ -249,6 +249,12 @@ class ContactReader:
         """A report's footer lines dropped so far (``Grand Totals (...)``, ``Copyright``...)."""
         return self._source.footer.rows
 
+    def estimated_rows(self) -> int | None:
+        """Input records, roughly (lines less the header), from the head read at open: for
+        the progress bar's total when nothing counted them; None for stdin or a pipe."""
+        lines = self._source.estimated_lines()
+        return None if lines is None else max(0, lines - 1)
+
     @property
     def lines_read(self) -> int:
         """Physical input lines consumed so far (the line the last record ended on)."""

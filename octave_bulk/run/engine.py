@@ -66,7 +66,6 @@ from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
 from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
 from octave_bulk.run.start import (
-    estimate_rows,
     input_file,
     resume_cursor,
     settings_fingerprint,
@@ -544,7 +543,7 @@ async def _locked_run(
                 planned.append(plan_input(input_path, settings, state, exact=False))
             return planned[0].to_send
 
-        expected = planned[0].stats.read if planned else estimate_rows(file and file[0])
+        expected = planned[0].stats.read if planned else reader.estimated_rows()
         run = _Run(
             settings,
             paths,

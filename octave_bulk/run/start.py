@@ -5,9 +5,8 @@ input is.
   still applies (same input, same settings fingerprint; CSV only, not with ``--retry-failed``).
 - :func:`settings_fingerprint` is what must match for it: the agent, how rows are read, how
   requests are built.
-- :func:`input_file` says whether the input can be read twice (a regular file) and its size;
-  :func:`estimate_rows` is the input's rough size from its head, for the progress bar and the
-  duplicate table, when no plan pass counted it.
+- :func:`input_file` says whether the input can be read twice (a regular file) and its size
+  in bytes (an upper bound of its rows, for the credit check).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor, load_cursor
 from octave_bulk.state.paths import OutputPaths
 
-__all__ = ["estimate_rows", "input_file", "resume_cursor", "settings_fingerprint"]
+__all__ = ["input_file", "resume_cursor", "settings_fingerprint"]
 
 
 def resume_cursor(
@@ -60,19 +59,3 @@ def input_file(input_path: str | Path) -> tuple[Path, int] | None:
     if str(input_path) == "-" or not path.is_file():
         return None
     return path, path.stat().st_size
-
-
-def estimate_rows(path: Path | None, head_bytes: int = 1 << 20) -> int | None:
-    """Input records, roughly, for the progress bar's total and the duplicate table when no
-    plan pass counted them: the lines of the file's first ``head_bytes`` (all of a smaller
-    file) scaled to its size, less the header. Not a pass over the input: one read of its
-    head."""
-    if path is None or not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        head = handle.read(head_bytes)
-        size = handle.seek(0, 2)
-    lines = head.count(b"\n")
-    if len(head) < size and head:
-        lines = round(lines * size / len(head))
-    return max(0, lines - 1)
