@@ -42,8 +42,8 @@ def print_plan(
         click.echo(f"  {line}")
     if listing:
         click.echo(f"to be paid ({len(forecast.contacts or ())}):")
-        for line in forecast.listed():
-            click.echo(f"  {line}")
+        for c in forecast.contacts or ():  # input line, who, requestId, why
+            click.echo(f"  line {c.line}: {c.who or '-'} ({c.request_id}): {c.reason}")
     return ExitCode.FATAL if refused else ExitCode.OK
 
 

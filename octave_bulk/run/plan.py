@@ -35,7 +35,7 @@ import logging
 import math
 import sqlite3
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -106,18 +106,14 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (``contacts`` only when listed)."""
-        data = asdict(self) | {"credits_needed": self.credits_needed, "overdraft": self.overdraft}
+        data = asdict(replace(self, contacts=None)) | {
+            "credits_needed": self.credits_needed,
+            "overdraft": self.overdraft,
+        }
         data.pop("contacts")
         if self.contacts is not None:
             data["contacts"] = [contact.to_dict() for contact in self.contacts]
         return data
-
-    def listed(self) -> list[str]:
-        """The contacts to send, one line each: input line, who, requestId, why."""
-        return [
-            f"line {c.line}: {c.who or '-'} ({c.request_id}): {c.reason}"
-            for c in self.contacts or ()
-        ]
 
     def lines(self) -> list[str]:
         """The plan in words, one line each."""
