@@ -108,7 +108,7 @@ async def test_validate_plan_dry_run_and_run_count_a_messy_night_alike(
     expected = {"read": 15, "rejected": 2, "duplicate": 2, "skipped_done": 6, "skipped_failed": 1}
     assert {k: counted[k] for k in expected} == expected
     assert counted["queued"] == 4 and ran["paid_calls"] == 4  # p4, p20, p21, flaky-1
-    assert planned["counts"] == expected and planned["to_send"] == 4
+    assert planned["counts"] == expected | {"filtered_out": 0} and planned["to_send"] == 4
     assert {k: dry["counts"][k] for k in expected} == expected and dry["would_send"] == 4
     # validate has no output: everything kept is valid, the rejects and duplicates the same.
     assert checked["read"] == 15 and checked["duplicates"] == 2
@@ -215,6 +215,7 @@ async def test_rows_left_out_by_where_are_counted_apart_with_their_row(
         "--json",
     )
     assert planned["to_send"] == kept and planned["counts"]["rejected"] == 0
+    assert planned["counts"]["filtered_out"] == 6 - kept
     out = tmp_path / "next.ndjson"
     done = await run_cli(
         "run", str(scored), "-o", str(out), *sim_flags(sim.url), "--no-progress", *where

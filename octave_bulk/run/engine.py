@@ -65,11 +65,7 @@ from octave_bulk.run.heap import frozen_heap
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
 from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
-from octave_bulk.run.start import (
-    input_file,
-    resume_cursor,
-    settings_fingerprint,
-)
+from octave_bulk.run.start import input_file, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import ExitRule, RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings.model import Settings

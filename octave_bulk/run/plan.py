@@ -78,7 +78,8 @@ class Plan:
     """What a run of an input on an output would do (see the module docstring)."""
 
     counts: dict[str, int]
-    """Rows read, rejected, duplicate, already done (skipped), failed for good (skipped)."""
+    """Rows read, rejected, duplicate, already done (skipped), failed for good (skipped), left
+    out by ``--where``."""
     to_send: int
     paid_again: int
     """People already done whose content changed: part of ``to_send``, paid a second time."""
@@ -120,7 +121,8 @@ class Plan:
         c = self.counts
         lines = [
             f"rows read {c['read']:,}: rejected {c['rejected']:,}, duplicates {c['duplicate']:,}, "
-            f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}",
+            f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}"
+            + (f", left out by --where {c['filtered_out']:,}" if c.get("filtered_out") else ""),
             f"to send: {self.to_send:,} contacts"
             + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
         ]
@@ -361,7 +363,7 @@ async def make_plan(
         credits = await _credits(client, settings)
     cost, remaining, note, _ = credits
     seconds, basis = estimate_seconds(to_send, paths, settings)
-    kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed")
+    kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed", "filtered_out")
     paid_again = int(summary["resend"]["people_done_resent"])
     kept_counts = {k: counts[k] for k in kept}
     awaiting = int(summary["awaiting"])
