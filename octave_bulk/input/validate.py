@@ -131,7 +131,7 @@ def validate_input(
                     examples.setdefault(code, f"line {record.line}: {message}")
             yield record
 
-    admission = Admission(None, stats, builder=RequestBuilder(spec, agent=agent))
+    admission = Admission(None, stats, builder=RequestBuilder(spec, agent=agent), follow=False)
     with ContactReader(path, options) as reader:
         out = NdjsonAppender(rejects_path, keep=0) if rejects_path is not None else None
         try:

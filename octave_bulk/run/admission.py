@@ -91,6 +91,8 @@ class Admission:
         paid_elsewhere: the builder's rule for people whose record paid for before is in the
             input (``ResendReport.paid_elsewhere``, from the pass before the run).
         builder: the request builder, when not made from ``settings``.
+        follow: whether the resume frontier follows the records (the run: its cursor); a
+            pass that only counts keeps no frontier (no span per record to send).
     """
 
     def __init__(
@@ -104,13 +106,14 @@ class Admission:
         *,
         paid_elsewhere: Callable[[int, int], str | None] | None = None,
         builder: RequestBuilder | None = None,
+        follow: bool = True,
     ) -> None:
         self.stats, self.state, self.control = stats, state, control
         self.start = start = start or ResumeCursor()
         self.limit = settings.limit if settings is not None else None
         self.retry_failed = settings is not None and settings.retry_failed
         self.resubmit_expired = settings is not None and settings.resubmit_expired
-        self.frontier = Frontier(start)
+        self.frontier = Frontier(start) if follow else _Unfollowed(start)
         for name in COUNTED:  # the rows skipped unread count as a full re-read would
             setattr(stats, name, getattr(stats, name) + start.counts[name])
         stats.rejects_by_reason.update(start.rejects_by_reason)
@@ -293,6 +296,21 @@ class Admission:
 
 
 _NOT_KEPT = frozenset({Verdict.REJECTED, Verdict.DUPLICATE, Verdict.FILTERED})
+
+
+class _Unfollowed(Frontier):
+    """The frontier of a pass that keeps no cursor: records are not followed."""
+
+    def add(
+        self,
+        end_line: int,
+        rejects_bytes: int,
+        kind: str,
+        *,
+        open_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        return None
 
 
 async def _put(stream: MemoryObjectSendStream[WorkItem], item: WorkItem) -> None:

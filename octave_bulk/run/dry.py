@@ -138,7 +138,7 @@ def _admit(
             sent.append((line, item))
 
     with open_contacts(input_path, settings) as reader:
-        admission = Admission(settings, plan.stats, state, paid_elsewhere=rule)
+        admission = Admission(settings, plan.stats, state, paid_elsewhere=rule, follow=False)
         admission.admit_all(reader, on_record=tally, on_send=on_send)
     return plan
 

@@ -226,7 +226,7 @@ def check_resend(
         return ResendReport()
     tally = ResendTally(state)
     with open_contacts(input_path, settings) as reader:
-        Admission(settings, RunStats(), state).admit_all(reader, on_record=tally)
+        Admission(settings, RunStats(), state, follow=False).admit_all(reader, on_record=tally)
     return tally.close()
 
 
