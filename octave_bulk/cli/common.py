@@ -177,11 +177,14 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _shown_counts(counts: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The counts as printed: duplicates inside "rejected", as validate and status count."""
-    shown = {k: v for k, v in counts.items() if k != "duplicate"}
+    """The counts as printed: duplicates inside "rejected", as validate and status count;
+    rows ``--where`` leaves out apart from them."""
+    shown = {k: v for k, v in counts.items() if k not in ("duplicate", "filtered_out")}
     duplicates = counts.get("duplicate", 0)
     if duplicates:
         shown["rejected"] = f"{counts.get('rejected', 0) + duplicates} ({duplicates} duplicates)"
+    if counts.get("filtered_out"):
+        shown["left out by --where"] = counts["filtered_out"]
     return list(shown.items())
 
 

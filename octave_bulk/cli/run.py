@@ -229,6 +229,8 @@ def validate(
         )
         click.echo(report.mapping.render())
         click.echo(f"read {report.read}, valid {report.valid}, rejected {report.rejected_total}")
+        if report.filtered_out:
+            click.echo(f"  left out by --where: {report.filtered_out}")
         if report.footer_rows:
             click.echo(f"  (and {report.footer_rows} report footer lines, dropped)")
         for reason, count in sorted(report.rejected.items(), key=lambda kv: -kv[1]):

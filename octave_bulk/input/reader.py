@@ -249,6 +249,12 @@ class ContactReader:
         """A report's footer lines dropped so far (``Grand Totals (...)``, ``Copyright``...)."""
         return self._source.footer.rows
 
+    def estimated_rows(self) -> int | None:
+        """Input records, roughly (lines less the header), from the head read at open: for
+        the progress bar's total when nothing counted them; None for stdin or a pipe."""
+        lines = self._source.estimated_lines()
+        return None if lines is None else max(0, lines - 1)
+
     @property
     def lines_read(self) -> int:
         """Physical input lines consumed so far (the line the last record ended on)."""
@@ -320,8 +326,9 @@ class ContactReader:
                     return Reject(record.line, "superseded", None, message, {})
             response = orjson.loads(row[RESPONSE_KEY])
             verdict = self._filter.verdict(response, row) if self._filter is not None else None
-            if verdict is not None:
-                return Reject(record.line, verdict[0], None, verdict[1], {})
+            if verdict is not None:  # a row left out is kept in its record
+                kept = row if verdict[0] == "filtered_out" else {}
+                return Reject(record.line, verdict[0], None, verdict[1], kept)
         if self._groups and (found := self._disagree(row)) is not None:
             return Reject(record.line, "ambiguous_column", found[0], self._resolution(*found), row)
         fields: dict[str, str] = {}

@@ -35,6 +35,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class RecordSource:
         self.headers: tuple[str, ...] = ()
         self.copies: dict[str, str] = {}
         self.sample: list[dict[str, str]] = []
+        self._head = (0, 0)  # bytes and lines read at open (see estimated_lines)
         self.footer = FooterFilter()  # a report's footer lines, dropped and counted
         self._text: io.TextIOWrapper | None = None
         self._lines: LineFeed | None = None
@@ -215,6 +217,7 @@ class RecordSource:
         binary, owned = self._binary()
         try:
             sample = _read_up_to(binary, SAMPLE_BYTES, self.label)
+            self._head = (len(sample), sample.count(b"\n"))
             if not self._encoding:
                 self.encoding, self.encoding_note = detect_encoding(
                     sample, complete=len(sample) < SAMPLE_BYTES, label=self.label
@@ -312,6 +315,15 @@ class RecordSource:
                 self.sample.append({str(k).strip(): _as_text(v) for k, v in value.items()})
 
     # -- reading -----------------------------------------------------------------------------
+
+    def estimated_lines(self) -> int | None:
+        """The file's lines, roughly: those of the head read at open (all of a small file)
+        scaled to its size, without reading more; None for stdin or a pipe."""
+        if self._path == "-" or not os.path.isfile(self._path):
+            return None
+        size = os.stat(self._path).st_size
+        head, lines = self._head
+        return round(lines * size / head) if 0 < head < size else lines
 
     @property
     def lines_read(self) -> int:

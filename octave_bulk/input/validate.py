@@ -1,28 +1,30 @@
 """The ``validate`` command's library function: read, map and check an input, no API call.
 
 Contract: :func:`validate_input` reads the input exactly as ``run`` would (a
-:class:`~octave_bulk.input.reader.ContactReader`), puts every contact through the request model
-and the duplicate check (``invalid_field`` and ``duplicate`` rejects), writes every reject as one
-JSON line to the rejects file (mode 0600), counts the notes of valid rows (a value left out:
-``records.NOTE_REASONS``), and returns a :class:`ValidationReport`. Whole-file
-problems raise :class:`InputError` or :class:`ConfigError` before any row is read.
+:class:`~octave_bulk.input.reader.ContactReader`) and admits every record as ``run`` does (the
+run's classifier, ``run/admission.py``, with no output: the request model and the duplicate
+check make ``invalid_field`` and ``duplicate`` rejects; rows ``--where`` leaves out are counted
+apart), writes every reject as one JSON line to the rejects file (mode 0600), counts the notes
+of valid rows (a value left out: ``records.NOTE_REASONS``), and returns a
+:class:`ValidationReport`. Whole-file problems raise :class:`InputError` or
+:class:`ConfigError` before any row is read.
 """
 
 from __future__ import annotations
 
-import collections
-import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import orjson
+from typing import Any
 
 from octave_bulk.agents.base import Agent, RequestSpec
 from octave_bulk.input.mapping import ResolvedMapping
 from octave_bulk.input.reader import ContactReader, ReaderOptions
-from octave_bulk.input.records import Contact
-from octave_bulk.run.build import BuiltRequest, RequestBuilder
+from octave_bulk.input.records import Contact, Reject
+from octave_bulk.run.admission import Admission
+from octave_bulk.run.build import RequestBuilder
+from octave_bulk.run.summary import RunStats
+from octave_bulk.state.files import NdjsonAppender
 
 __all__ = ["ValidationReport", "validate_input"]
 
@@ -38,6 +40,7 @@ class ValidationReport:
         read: records read (blank ones not counted).
         valid: records that would be sent (first of their requestId).
         rejected: reject count by reason (``duplicate`` included).
+        filtered_out: rows ``--where`` leaves out (an earlier run's results): not rejects.
         rejects_path: where the rejects were written, if anywhere.
         footer_rows: a report's footer lines, dropped (not rows, not rejects).
         notes: valid rows sent with a value left out, by note (``records.NOTE_REASONS``).
@@ -58,6 +61,7 @@ class ValidationReport:
     footer_rows: int = 0
     notes: dict[str, int] = field(default_factory=dict)
     note_examples: dict[str, str] = field(default_factory=dict)
+    filtered_out: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -66,7 +70,8 @@ class ValidationReport:
 
     @property
     def rejected_total(self) -> int:
-        """All rejects, duplicates included (``read == valid + rejected_total``)."""
+        """All rejects, duplicates included (``read == valid + rejected_total +
+        filtered_out``)."""
         return sum(self.rejected.values())
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class ValidationReport:
             "valid": self.valid,
             "rejected": dict(self.rejected),
             "duplicates": self.duplicates,
+            "filteredOut": self.filtered_out,
             "rejectsPath": None if self.rejects_path is None else str(self.rejects_path),
             "footerRows": self.footer_rows,
             "notes": dict(self.notes),
@@ -94,16 +100,6 @@ class ValidationReport:
             f"  note {code}: {count} (sent without it), e.g. {self.note_examples[code]}"
             for code, count in sorted(self.notes.items())
         ]
-
-
-def _open_private(path: Path) -> BinaryIO:
-    """``path`` truncated for writing, mode 0600 even if it existed."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:  # pragma: no cover - a filesystem without modes
-        pass
-    return os.fdopen(fd, "wb", buffering=1 << 16)
 
 
 def validate_input(
@@ -125,27 +121,21 @@ def validate_input(
         InputError: the input cannot be read or its header is unusable.
         ConfigError: bad options, overrides or templates.
     """
-    counts: collections.Counter[str] = collections.Counter()
-    notes: collections.Counter[str] = collections.Counter()
+    stats = RunStats()
     examples: dict[str, str] = {}
-    builder = RequestBuilder(spec, agent=agent)
-    valid = 0
+
+    def noted(records: Iterable[Contact | Reject]) -> Iterator[Contact | Reject]:
+        for record in records:
+            if isinstance(record, Contact):
+                for code, message in record.notes:
+                    examples.setdefault(code, f"line {record.line}: {message}")
+            yield record
+
+    admission = Admission(None, stats, builder=RequestBuilder(spec, agent=agent), follow=False)
     with ContactReader(path, options) as reader:
-        out = _open_private(rejects_path) if rejects_path is not None else None
+        out = NdjsonAppender(rejects_path, keep=0) if rejects_path is not None else None
         try:
-            for item in reader:
-                if isinstance(item, Contact):
-                    for code, message in item.notes:
-                        notes[code] += 1
-                        examples.setdefault(code, f"line {item.line}: {message}")
-                    built = builder.build(item)
-                    if isinstance(built, BuiltRequest):
-                        valid += 1
-                        continue
-                    item = built
-                counts[item.reason] += 1
-                if out is not None:
-                    out.write(orjson.dumps(item.to_record()) + b"\n")
+            admission.admit_all(noted(reader), out)
         finally:
             if out is not None:
                 out.close()
@@ -158,10 +148,11 @@ def validate_input(
         header_line=reader.header_line,
         mapping=reader.mapping,
         read=reader.rows_read,
-        valid=valid,
-        rejected=dict(counts),
+        valid=stats.queued,
+        rejected=dict(stats.rejects_by_reason),
         rejects_path=rejects_path,
         footer_rows=reader.footer_rows,
-        notes=dict(notes),
+        notes=dict(stats.notes_by_code),
         note_examples=examples,
+        filtered_out=stats.filtered_out,
     )

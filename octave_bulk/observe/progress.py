@@ -158,6 +158,7 @@ class Progress:
         if self._total_hint is None:
             return None
         settled = stats.rejected + stats.duplicate + stats.skipped_done + stats.skipped_failed
+        settled += stats.filtered_out
         return max(self._total_hint - settled, stats.queued)  # the carried jobs' rows in it
 
     def _quiet_for(self) -> float:

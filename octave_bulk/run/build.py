@@ -47,22 +47,29 @@ def request_spec(settings: Settings) -> RequestSpec:
 @dataclass(frozen=True, slots=True)
 class BuiltRequest:
     """A request that passed the model: its requestId, its done-set key, the body to send,
-    and the contact as the results record it (the body, plus the row's CRM ids when the
-    agent's body leaves them out: a write-back needs them)."""
+    the contact as the results record it (the body, plus the row's CRM ids when the agent's
+    body leaves them out: a write-back needs them), and its person.
+
+    ``person`` is the ``id_key`` of the person key of ``record`` (:func:`person_key` with the
+    run's ``--key`` and agent), None when it names nobody: computed once here, it is the
+    dedup key, the re-send guard's, and the ``personKey`` the sink writes (the key files
+    written before hold: always taken from the record, never from the wire body)."""
 
     request_id: str
     key: int
     wire: dict[str, Any]
     record: dict[str, Any]
+    person: int | None = None
 
 
 _CRM_IDS = ("crmContactId", "crmLeadId", "crmAccountId")
 
 
 def build_request(
-    contact: Contact, spec: RequestSpec, agent: Agent | None = None
+    contact: Contact, spec: RequestSpec, agent: Agent | None = None, key_field: str | None = None
 ) -> BuiltRequest | Reject:
-    """Build the request for one contact, or a reject naming the field the model refused."""
+    """Build the request for one contact, or a reject naming the field the model refused
+    (``key_field``: ``--key``, for the person)."""
     agent = agent or get_agent()
     body = agent.build_body(contact, spec)
     if isinstance(body, Reject):
@@ -70,12 +77,16 @@ def build_request(
     if not body.get("requestId"):
         body["requestId"] = derive_request_id(body, agent.kind)
     if agent.sends_request_id:
-        return BuiltRequest(body["requestId"], id_key(body["requestId"]), body, body)
-    request_id = body.pop("requestId")
-    kept = _CRM_IDS if agent.subject == "person" else ("crmAccountId",)
-    fields = contact.fields
-    record = body | {name: fields[name] for name in kept if fields.get(name) and name not in body}
-    return BuiltRequest(request_id, id_key(request_id), body, record)
+        record = body
+        request_id = body["requestId"]
+    else:
+        request_id = body.pop("requestId")
+        kept = _CRM_IDS if agent.subject == "person" else ("crmAccountId",)
+        fields = contact.fields
+        record = body | {n: fields[n] for n in kept if fields.get(n) and n not in body}
+    person = person_key(record, key_field, agent.kind)
+    person_id = None if person is None else id_key(person)
+    return BuiltRequest(request_id, id_key(request_id), body, record, person_id)
 
 
 class RequestBuilder:
@@ -98,7 +109,7 @@ class RequestBuilder:
     last: BuiltRequest | None = None
     """The last row's request, also when it came out a duplicate (None for a model reject)."""
     last_person: int | None = None
-    """The last row's person id (``id_key`` of its person key), when it has one."""
+    """The last row's person id (``BuiltRequest.person``), when it has one."""
 
     def __init__(
         self,
@@ -135,13 +146,12 @@ class RequestBuilder:
 
     def build(self, contact: Contact) -> BuiltRequest | Reject:
         """The request for this row, or why it will not be sent."""
-        built = build_request(contact, self.spec, self.agent)
+        built = build_request(contact, self.spec, self.agent, self.key_field)
         self.last = self.last_person = None
         if isinstance(built, Reject):
             return built
         line = contact.line
-        person = person_key(built.wire, self.key_field, self.agent.kind)
-        person_id = None if person is None else id_key(person)
+        person_id = built.person
         self.last, self.last_person = built, person_id
         if person_id is not None and self._paid_elsewhere is not None:
             why = self._paid_elsewhere(person_id, built.key)
@@ -151,13 +161,20 @@ class RequestBuilder:
         what = "request"
         if first == line:
             self._firsts.extend((built.key, line))
-            if person is not None and person_id is not None:
+            if person_id is not None:
                 first = self._first_line.setdefault(person_id, line)
                 if first == line:
                     self._firsts.extend((person_id, line))
-                subject = "company" if self.agent.subject == "company" else "person"
-                what = f"{subject} ({person.rpartition('|')[2].partition(':')[0]})"
+                    return built
+                what = self._person_kind(built.record)
         if first == line:
             return built
         message = f"the same {what} as line {first} (requestId {built.request_id})"
         return Reject(contact.line, "duplicate", "requestId", message, dict(contact.fields))
+
+    def _person_kind(self, record: dict[str, Any]) -> str:
+        """``person (email)``, ``company (domain)``...: what a duplicate shares (its person
+        key's kind, named only for a duplicate's message)."""
+        key = person_key(record, self.key_field, self.agent.kind) or ""
+        subject = "company" if self.agent.subject == "company" else "person"
+        return f"{subject} ({key.rpartition('|')[2].partition(':')[0]})"

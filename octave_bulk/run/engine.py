@@ -12,13 +12,15 @@ between receiving a response and writing it: measured, the second stream and its
 hand-off cost ~15 us per contact); the committer makes lines durable in groups.
 
 Before the first call: the output's store is opened (``state/store.py``: the claim on the
-output, then what it holds; by default its files and ledger, ``state/file_store.py``), the
-re-send guard reads the input once (``guard.py``: too many people already done would be paid
-again: exit 2; not on a resume whose cursor applies: the same input and settings passed it
-already), the run's row goes into the store's run history (updated every 5 s, completed at
-the end). A ``budget`` is held in the history before each batch of calls (``spend.py``). Each
-call is claimed in the store before it is sent; each group the sink makes durable is recorded
-in the store before its outcomes count.
+output, then what it holds; by default its files and ledger, ``state/file_store.py``), the plan
+pass reads the input once (``dry.py``, admitting as the run will) for the re-send guard
+(``guard.py``: too many people already done would be paid again: exit 2; not on a resume whose
+cursor applies: the same input and settings passed it already) and the credit check's count -
+made only when one of them needs it, so the input is read at most twice before the first call;
+the run's row goes into the store's run history (updated every 5 s, completed at the end). A
+``budget`` is held in the history before each batch of calls (``spend.py``). Each call is
+claimed in the store before it is sent; each group the sink makes durable is recorded in the
+store before its outcomes count.
 
 Where the input resumes is decided in ``start.py``; the summary, metrics and ledger are
 written at the end by ``finish.py``; async submits are polled by ``jobs.py`` - except with
@@ -61,14 +63,14 @@ from octave_bulk.observe.series import SeriesRecorder
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.callbacks import MAX_CONNECTIONS, CallbackReceiver, load_token
 from octave_bulk.run.control import RunControl, connect_cause
-from octave_bulk.run.dry import dry_run
+from octave_bulk.run.dry import InputPlan, dry_run, plan_input
 from octave_bulk.run.finish import FinishedInput, finish_run, record_history
 from octave_bulk.run.gc_tuning import gc_tuned_for_run
-from octave_bulk.run.guard import ResendReport, check_agent, check_resend
+from octave_bulk.run.guard import ResendReport, check_agent, needs_resend_check
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.plan import CreditsCheck, check_credits
 from octave_bulk.run.spend import BudgetHolds, CreditsCeiling
-from octave_bulk.run.start import count_lines, resume_cursor, settings_fingerprint
+from octave_bulk.run.start import input_file, resume_cursor, settings_fingerprint
 from octave_bulk.run.summary import ExitRule, RunStats, RunSummary, completed_exit
 from octave_bulk.run.worker import Worker
 from octave_bulk.settings.model import Settings
@@ -488,16 +490,27 @@ async def _locked_run(
     counts = state.counts()  # the view follows the run from here
     identity = input_identity(input_path)  # before reading: a file changed since is "changed"
     with open_contacts(input_path, settings) as reader:
-        expected = count_lines(Path(input_path) if str(input_path) != "-" else None)
         if reader.format != "csv" or collect:
             identity = None  # no cursor is saved for NDJSON (see _resume_cursor)
         fingerprint = settings_fingerprint(settings)
         start, cursor_note = resume_cursor(reader, paths, settings, identity, fingerprint)
-        resend = ResendReport()
-        if not start.line:  # a resume whose cursor applies passed the guard already
-            resend = check_resend(input_path, settings, state)
+        # The plan pass (run/dry.py): the input read once before it is read to send, for the
+        # re-send guard (not on a resume whose cursor applies: the same input and settings
+        # passed it already) and, made then or later, the credit check's count.
+        file = input_file(input_path)
+        planned: list[InputPlan] = []
+        if not start.line and needs_resend_check(input_path, state):
+            planned.append(plan_input(input_path, settings, state, exact=False))
+            resend = planned[0].resend
             if resend.trips(settings.resend_guard) and not settings.allow_resend:
                 raise ConfigError(resend.refusal(settings.resend_guard, paths.results))
+
+        def count_to_send() -> int:
+            if not planned:
+                planned.append(plan_input(input_path, settings, state, exact=False))
+            return planned[0].to_send
+
+        expected = planned[0].stats.read if planned else reader.estimated_rows()
         run = _Run(
             settings,
             paths,
@@ -507,14 +520,16 @@ async def _locked_run(
             expected,
             identity=identity,
             fingerprint=fingerprint,
-            resend=resend,
+            resend=planned[0].resend if planned else ResendReport(),
             limiter=limiter,
         )
         run.store, run.carried_jobs = store, carried
         sent.append(run.stats)
         async with open_client(settings, transport=transport) as client:  # before the row
             await check_agent(client, settings)  # (exit 2 or 3 leaves none)
-            run.credits = await check_credits(client, settings, input_path, paths.results, expected)
+            bound = planned[0].to_send if planned else file and file[1]
+            count = count_to_send if file is not None else None
+            run.credits = await check_credits(client, settings, bound, count)
             if client.checks_unreachable and not client.checks_answered:
                 raise ConfigError(  # nothing there to pay: exit 2 before the first call
                     f"the checks before the run could not connect "

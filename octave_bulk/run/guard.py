@@ -1,18 +1,20 @@
 """Checks before a run pays anyone: the mass re-send guard (how many people already done would
 be paid again, and why) and the agent lookup.
 
-Contract: :func:`check_resend` reads the whole input once, as the run will (reader, mapping,
-request builder), and sorts each person the output has already done
-(``LedgerState.results.persons``) into *unchanged* (the requestId is done) or *re-sent* (a new
-requestId: the content changed). For a sample of the re-sent (:data:`SAMPLE`), it reads their
+Contract: :class:`ResendTally` takes the verdicts of one admission pass over the whole input
+(``run/admission.py``: the run's own reader, mapping, request builder and person key) and
+sorts each person the output has already done (``StoreView.latest_result``) into
+*unchanged* (the requestId is done) or *re-sent* (a new requestId: the content changed);
+:func:`check_resend` is that pass alone (``status``, ``validate``). For a sample of the re-sent (:data:`SAMPLE`), it reads their
 latest result line and names the fields whose change makes the new id (added, removed or
 changed). :class:`ResendReport` carries the numbers; the engine refuses the run (exit 2, before
 any call) when the re-sent share of the people done exceeds ``resend_guard`` and
 ``allow_resend`` is not set (and at least :data:`FEWEST` people would be paid again), and the
 dry run reports it.
 
-It costs one more pass over the input (~20 us a row), made only when the output has results
-and the input is a file (stdin cannot be read twice).
+The pass is the plan's (``run/dry.py``: the dry run, ``plan`` and the run's credit check count
+from the same pass), made only when the output has results or the credits need a count, and
+the input is a file (stdin cannot be read twice).
 
 :func:`check_agent` looks ``--agent`` up (``GET /api/v2/agents/get``, not paid): one that
 does not exist, or is of another type than ``--agent-type``, stops the run with exit 2 and the
@@ -34,14 +36,25 @@ from octave_bulk.errors import ApiError, ConfigError
 from octave_bulk.http.client import OctaveClient
 from octave_bulk.identity import content_of
 from octave_bulk.input.intake import open_contacts
-from octave_bulk.input.records import Reject
 from octave_bulk.observe.log import log_event
-from octave_bulk.run.build import RequestBuilder, request_spec
+from octave_bulk.run.admission import Admission, Verdict
+from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.idset import IdSet
 from octave_bulk.state.store import StoreView
 
-__all__ = ["FEWEST", "SAMPLE", "ResendReport", "agent_problem", "check_agent", "check_resend"]
+__all__ = [
+    "FEWEST",
+    "SAMPLE",
+    "ResendReport",
+    "ResendTally",
+    "agent_problem",
+    "changed_fields",
+    "check_agent",
+    "check_resend",
+    "needs_resend_check",
+    "old_contacts",
+]
 
 SAMPLE = 50
 """Re-sent people whose old and new content are compared to name the changed fields."""
@@ -122,52 +135,103 @@ class ResendReport:
         }
 
 
+class ResendTally:
+    """The re-send guard's count, taken from the verdicts of one admission pass
+    (``Admission.admit_all(on_record=tally)``): it sees every valid record the builder made
+    (with whether it was kept, not a duplicate) and sorts the people already done.
+
+    :attr:`rule_applies` says whether the builder's ``paid_elsewhere`` rule, unknown during
+    the pass (it needs the whole input), would have changed any verdict of it: a record of a
+    person whose paid record is in the input, with another requestId. When it would not, the
+    pass's verdicts are the run's; when it would, they are re-taken with the rule.
+    """
+
+    def __init__(self, state: StoreView) -> None:
+        self.report = ResendReport()
+        self._state = state
+        self._resent = array("Q")  # people done whose first record here has a new requestId
+        self._samples: dict[int, tuple[int, dict[str, Any]]] = {}  # old line -> (person, body)
+        self._new_keyed = IdSet()  # people with a record of a requestId not done
+        self._sent_resent = array("Q")  # ... of them, those the pass would send
+        self.rule_applies = False
+
+    def __call__(self, admission: Admission, kept: bool) -> None:
+        made = admission.builder.last
+        if made is None:
+            return
+        state, report, person = self._state, self.report, made.person
+        done = state.is_done(made.key)
+        line = None
+        if person is not None:
+            if done:
+                report.paid_present.add(person)  # a duplicate here too: it still counts
+                self.rule_applies = self.rule_applies or person in self._new_keyed
+            else:
+                self._new_keyed.add(person)
+                self.rule_applies = self.rule_applies or person in report.paid_present
+            line = state.latest_result(person)
+            if line and not done and len(self._samples) < SAMPLE * 20:
+                self._samples.setdefault(line, (person, made.wire))  # a person done, content new
+        if not kept:
+            return
+        report.requests += 1
+        if done:
+            report.unchanged += 1
+        elif state.awaiting and made.request_id in state.awaiting:
+            report.awaited += 1
+        elif line and person is not None:
+            self._resent.append(person)  # else a new person
+            if admission.verdict is Verdict.SEND:
+                self._sent_resent.append(person)
+
+    @property
+    def sent_instead(self) -> int:
+        """Records the pass would send that the rule makes duplicates (their person's paid
+        record is in the input; known after :meth:`close`)."""
+        present = self.report.paid_present
+        return sum(1 for person in self._sent_resent if person in present)
+
+    def close(self) -> ResendReport:
+        """The report, once the pass has read the whole input."""
+        report, state = self.report, self._state
+        kept = [p for p in self._resent if p in report.paid_present]  # their paid record is here
+        report.resent = len(self._resent) - len(kept)
+        report.unchanged += len(kept)
+        for person, old, new in old_contacts(state, self._samples):
+            before, after = content_of(old), content_of(new)
+            changes = _changes(before, after)
+            if person in report.paid_present:
+                report.differing[person] = ", ".join(changes) or "nothing but its CRM ids"
+            elif report.sampled < SAMPLE:
+                report.sampled += 1
+                report.changed_fields.update(changes)
+        return report
+
+
+def needs_resend_check(input_path: str | Path, state: StoreView) -> bool:
+    """Whether the guard has anyone to count: the output has results, and the input can be
+    read before the run reads it (a file, not stdin)."""
+    return bool(state.counts().people) and str(input_path) != "-"
+
+
 def check_resend(
     input_path: str | Path, settings: Settings, state: StoreView, *, always: bool = False
 ) -> ResendReport:
     """Count the people of the input already done that would be paid again (see above);
-    nothing is read when the output has no results yet, unless ``always`` (``status``)."""
-    report = ResendReport()
-    if (not state.counts().people and not always) or str(input_path) == "-":
-        return report
-    agent = get_agent(settings.agent_type)
-    builder = RequestBuilder(request_spec(settings), agent=agent, key_field=settings.key)
-    resent = array("Q")  # people done whose first record here has a new requestId
-    samples: dict[int, tuple[int, dict[str, Any]]] = {}  # old line -> (person, new body)
+    nothing is read when the output has no results yet, unless ``always`` (``status``). One
+    admission pass (the run's verdicts), past any ``--limit``."""
+    if not (needs_resend_check(input_path, state) or (always and str(input_path) != "-")):
+        return ResendReport()
+    tally = ResendTally(state)
     with open_contacts(input_path, settings) as reader:
-        for record in reader:
-            if isinstance(record, Reject):
-                continue
-            built = builder.build(record)
-            made, person = builder.last, builder.last_person
-            line = None
-            if made is not None and person is not None:
-                if state.is_done(made.key):
-                    report.paid_present.add(person)  # a duplicate here too: it still counts
-                line = state.latest_result(person)
-                if line and not state.is_done(made.key) and len(samples) < SAMPLE * 20:
-                    samples.setdefault(line, (person, made.wire))  # a person done, content new
-            if isinstance(built, Reject):
-                continue
-            report.requests += 1
-            if state.is_done(built.key):
-                report.unchanged += 1
-            elif state.awaiting and built.request_id in state.awaiting:
-                report.awaited += 1
-            elif line and person is not None:
-                resent.append(person)  # else a new person
-    kept = [p for p in resent if p in report.paid_present]  # their paid record is here
-    report.resent = len(resent) - len(kept)
-    report.unchanged += len(kept)
-    for person, old, new in _old_contacts(state, samples):
-        before, after = content_of(old), content_of(new)
-        changes = _changes(before, after)
-        if person in report.paid_present:
-            report.differing[person] = ", ".join(changes) or "nothing but its CRM ids"
-        elif report.sampled < SAMPLE:
-            report.sampled += 1
-            report.changed_fields.update(changes)
-    return report
+        Admission(settings, RunStats(), state, follow=False).admit_all(reader, on_record=tally)
+    return tally.close()
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``jobTitle changed``, ``lang added``...: how a person's recorded contact differs from
+    the body that would be sent now (their content, CRM ids and requestId left out)."""
+    return _changes(content_of(old), content_of(new))
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -183,10 +247,11 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return changes
 
 
-def _old_contacts(
+def old_contacts(
     state: StoreView, samples: dict[int, tuple[int, dict[str, Any]]]
 ) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
-    """(person, old contact, new body) for the sampled results (position -> person, body)."""
+    """(sample's first item, old contact, new body) for the sampled results (position ->
+    (first item, body))."""
     old = state.result_contacts(samples.keys()) if samples else {}
     return [(samples[at][0], contact, samples[at][1]) for at, contact in old.items()]
 

@@ -21,9 +21,10 @@ results, p50 to p90, else the 30-60 s of a call). The jobs the output already aw
 
 :func:`check_credits` is the run's guard, before its first call (whether or not the agent is
 looked up, ``check_agent``): when the contacts to send times ``costToRun`` exceed the credits
-remaining it raises :class:`FatalApiError` (exit 3), unless ``allow_overdraft``. It reads the
-input again only when its line count could cost more than what remains; unknown credits or cost
-never stop a run. On stdin, which cannot be read twice, ``--limit``/``--max-calls`` bound the
+remaining it raises :class:`FatalApiError` (exit 3), unless ``allow_overdraft``. It counts the
+contacts from the run's plan pass (``dry.plan_input``), made for it only when no cheaper bound
+(the file's size in bytes, ``--limit``, ``--max-calls``) is covered by what remains; unknown
+credits or cost never stop a run. On stdin, which cannot be read twice, ``--limit``/``--max-calls`` bound the
 contacts; without either the credits are not checked - said in a warning and in the summary -
 and the run stops once they are spent (``run/spend.py``).
 """
@@ -33,7 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,7 +45,7 @@ from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.limits.factory import start_limits
 from octave_bulk.observe.log import log_event
-from octave_bulk.run.dry import dry_run
+from octave_bulk.run.dry import PaidContact, dry_plan
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutputIndex
@@ -77,7 +79,8 @@ class Plan:
     """What a run of an input on an output would do (see the module docstring)."""
 
     counts: dict[str, int]
-    """Rows read, rejected, duplicate, already done (skipped), failed for good (skipped)."""
+    """Rows read, rejected, duplicate, already done (skipped), failed for good (skipped), left
+    out by ``--where``."""
     to_send: int
     paid_again: int
     """People already done whose content changed: part of ``to_send``, paid a second time."""
@@ -89,6 +92,8 @@ class Plan:
     time_basis: str
     awaiting: int = 0
     """Async jobs the output awaits: polled by the run, never paid again (not in ``to_send``)."""
+    contacts: tuple[PaidContact, ...] | None = None
+    """With ``listing``: every contact to send, and why it would be paid (``plan --list``)."""
 
     @property
     def credits_needed(self) -> float | None:
@@ -102,15 +107,23 @@ class Plan:
         return needed is not None and remaining is not None and needed > remaining
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as JSON-ready data."""
-        return asdict(self) | {"credits_needed": self.credits_needed, "overdraft": self.overdraft}
+        """The plan as JSON-ready data (``contacts`` only when listed)."""
+        data = asdict(replace(self, contacts=None)) | {
+            "credits_needed": self.credits_needed,
+            "overdraft": self.overdraft,
+        }
+        data.pop("contacts")
+        if self.contacts is not None:
+            data["contacts"] = [contact.to_dict() for contact in self.contacts]
+        return data
 
     def lines(self) -> list[str]:
         """The plan in words, one line each."""
         c = self.counts
         lines = [
             f"rows read {c['read']:,}: rejected {c['rejected']:,}, duplicates {c['duplicate']:,}, "
-            f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}",
+            f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}"
+            + (f", left out by --where {c['filtered_out']:,}" if c.get("filtered_out") else ""),
             f"to send: {self.to_send:,} contacts"
             + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
         ]
@@ -330,12 +343,17 @@ def estimate_seconds(
 
 
 async def make_plan(
-    input_path: str | Path, output: str | Path, settings: Settings, *, client: OctaveClient | None
+    input_path: str | Path,
+    output: str | Path,
+    settings: Settings,
+    *,
+    client: OctaveClient | None,
+    listing: bool = False,
 ) -> Plan:
     """The forecast of a run of ``input_path`` on ``output`` (``client``: None when there is
-    no key: the credits stay unknown)."""
+    no key: the credits stay unknown; ``listing``: with every contact to send, and why)."""
     paths = OutputPaths.for_output(output)
-    summary = dry_run(input_path, paths, settings)
+    summary, planned = dry_plan(input_path, paths, settings, listing=listing)
     counts = summary.counts
     to_send = int(summary["would_send"])
     if settings.max_calls is not None:
@@ -346,11 +364,16 @@ async def make_plan(
         credits = await _credits(client, settings)
     cost, remaining, note, _ = credits
     seconds, basis = estimate_seconds(to_send, paths, settings)
-    kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed")
+    kept = ("read", "rejected", "duplicate", "skipped_done", "skipped_failed", "filtered_out")
     paid_again = int(summary["resend"]["people_done_resent"])
     kept_counts = {k: counts[k] for k in kept}
     awaiting = int(summary["awaiting"])
-    return Plan(kept_counts, to_send, paid_again, cost, remaining, note, seconds, basis, awaiting)
+    listed = None
+    if planned.paid is not None:  # --max-calls sends the first ones
+        listed = tuple(planned.paid[: to_send if settings.max_calls is not None else None])
+    return Plan(
+        kept_counts, to_send, paid_again, cost, remaining, note, seconds, basis, awaiting, listed
+    )
 
 
 class CreditsCheck(NamedTuple):
@@ -367,14 +390,15 @@ class CreditsCheck(NamedTuple):
 async def check_credits(
     client: OctaveClient,
     settings: Settings,
-    input_path: str | Path,
-    output: Path,
-    rows: int | None,
+    bound: int | None,
+    count: Callable[[], int] | None,
 ) -> CreditsCheck:
     """Before the first paid call: refuse a run whose contacts would cost more credits than
-    remain (``rows``: the input's line count, an upper bound; None for stdin). On stdin the
-    bound is ``--limit``/``--max-calls``; without either the run is not refused but warned
-    (``credits_not_checked``) and given a ceiling.
+    remain. ``bound`` is an upper bound of the contacts known without reading the input (the
+    plan's count, or the file's size: a row takes a byte at least; None for stdin);
+    ``count`` counts them exactly (the plan pass, made only when the bound is not enough;
+    None for stdin). On stdin the bound is ``--limit``/``--max-calls``; without either the
+    run is not refused but warned (``credits_not_checked``) and given a ceiling.
 
     Raises:
         FatalApiError: the run would (or, on stdin, could) overdraw the credits, and
@@ -388,7 +412,7 @@ async def check_credits(
             log_event("credits_not_checked", level=logging.WARNING, reason=note)
             return CreditsCheck(f"the credits could not be checked: {note}")
         return CreditsCheck()
-    bounds = [n for n in (rows, settings.limit, settings.max_calls) if n is not None]
+    bounds = [n for n in (bound, settings.limit, settings.max_calls) if n is not None]
     if not bounds:
         why = (
             "the input is stdin: how many contacts it holds is unknown before reading it "
@@ -397,21 +421,23 @@ async def check_credits(
         action = f"the run stops once the {remaining:,g} credits remaining are spent"
         log_event("credits_not_checked", level=logging.WARNING, reason=why, action=action)
         return CreditsCheck(f"{why}; {action}", (cost, remaining) if cost > 0 else None)
-    bound = min(bounds)
-    if bound * cost <= remaining:
-        return CreditsCheck()  # even every row sent would be covered: no second pass
-    if rows is None:  # stdin cannot be read twice: the bound is all that is known
+    most = min(bounds)
+    if most * cost <= remaining:
+        return CreditsCheck()  # even every row sent would be covered: no count needed
+    if count is None:  # stdin cannot be read twice: the bound is all that is known
         raise FatalApiError(
-            f"up to {bound:,} contacts (--limit, --max-calls) x {cost:g} credits = "
-            f"{bound * cost:,g} credits, but {remaining:,g} remain; nothing was sent. Send "
+            f"up to {most:,} contacts (--limit, --max-calls) x {cost:g} credits = "
+            f"{most * cost:,g} credits, but {remaining:,g} remain; nothing was sent. Send "
             "fewer, or add --allow-overdraft to run until the credits run out",
             kind=ErrorKind.PAYMENT_REQUIRED,
         )
-    plan = await make_plan(input_path, output, settings, client=None)
-    needed = plan.to_send * cost
+    to_send = count()
+    if settings.max_calls is not None:
+        to_send = min(to_send, settings.max_calls)
+    needed = to_send * cost
     if needed > remaining:
         raise FatalApiError(
-            f"{plan.to_send:,} contacts to send x {cost:g} credits = {needed:,g} credits, "
+            f"{to_send:,} contacts to send x {cost:g} credits = {needed:,g} credits, "
             f"but {remaining:,g} remain; nothing was sent. Send fewer (--limit, --max-calls) or "
             "add --allow-overdraft to run until the credits run out",
             kind=ErrorKind.PAYMENT_REQUIRED,
@@ -419,7 +445,9 @@ async def check_credits(
     return CreditsCheck()
 
 
-async def plan_with_client(input_path: str | Path, output: str | Path, settings: Settings) -> Plan:
+async def plan_with_client(
+    input_path: str | Path, output: str | Path, settings: Settings, *, listing: bool = False
+) -> Plan:
     """:func:`make_plan` with a client of its own (none without an API key).
 
     Raises:
@@ -430,6 +458,6 @@ async def plan_with_client(input_path: str | Path, output: str | Path, settings:
             "no target: give --agent ca_... (or OCTAVE_AGENT_OID) or --experiment ae_..."
         )
     if settings.api_key is None:
-        return await make_plan(input_path, output, settings, client=None)
+        return await make_plan(input_path, output, settings, client=None, listing=listing)
     async with open_client(settings, read_timeout=settings.connect_timeout + 20) as client:
-        return await make_plan(input_path, output, settings, client=client)
+        return await make_plan(input_path, output, settings, client=client, listing=listing)

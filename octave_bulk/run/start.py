@@ -5,7 +5,8 @@ input is.
   still applies (same input, same settings fingerprint; CSV only, not with ``--retry-failed``).
 - :func:`settings_fingerprint` is what must match for it: the agent, how rows are read, how
   requests are built.
-- :func:`count_lines` is the input's rough size, for the progress bar and the duplicate table.
+- :func:`input_file` says whether the input can be read twice (a regular file) and its size
+  in bytes (an upper bound of its rows, for the credit check).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from octave_bulk.settings.model import Settings
 from octave_bulk.state.cursor import ResumeCursor, load_cursor
 from octave_bulk.state.paths import OutputPaths
 
-__all__ = ["count_lines", "resume_cursor", "settings_fingerprint"]
+__all__ = ["input_file", "resume_cursor", "settings_fingerprint"]
 
 
 def resume_cursor(
@@ -51,12 +52,10 @@ def settings_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(shape.encode()).hexdigest()
 
 
-def count_lines(path: Path | None) -> int | None:
-    """Input records, roughly (lines minus the header), for the progress bar's total."""
-    if path is None or not path.is_file():
+def input_file(input_path: str | Path) -> tuple[Path, int] | None:
+    """The input as a regular file and its size in bytes (an upper bound of its rows);
+    None for stdin, a pipe or anything else that cannot be read twice."""
+    path = Path(input_path)
+    if str(input_path) == "-" or not path.is_file():
         return None
-    lines = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return max(0, lines - 1)
+    return path, path.stat().st_size

@@ -68,6 +68,8 @@ class RunStats:
     read: int = 0
     rejected: int = 0
     duplicate: int = 0
+    filtered_out: int = 0
+    """Rows ``--where`` leaves out (an earlier run's results): neither sent nor rejected."""
     skipped_done: int = 0
     skipped_failed: int = 0
     queued: int = 0
@@ -132,6 +134,7 @@ class RunStats:
             "read": self.read,
             "rejected": self.rejected,
             "duplicate": self.duplicate,
+            "filtered_out": self.filtered_out,
             "skipped_done": self.skipped_done,
             "skipped_failed": self.skipped_failed,
             "queued": self.queued,

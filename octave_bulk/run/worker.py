@@ -109,7 +109,9 @@ class Worker:
                     error = RetryableApiError(
                         f"internal error: {exc!r}"[:300], kind=ErrorKind.INTERNAL
                     )
-                    outcome = Failure(item.request_id, item.contact, error, 1, None)
+                    outcome = Failure(
+                        item.request_id, item.contact, error, 1, None, person=item.person
+                    )
                 if outcome is not None:
                     sink.write(outcome)
 
@@ -143,7 +145,9 @@ class Worker:
             return None  # not this contact's fault: the next run sends it again
         except ApiError as exc:  # its slot, if held, is released once its line is durable
             kept = held[0] if held else None
-            return Failure(item.request_id, item.contact, exc, attempts, kept, tuple(calls))
+            return Failure(
+                item.request_id, item.contact, exc, attempts, kept, tuple(calls), person=item.person
+            )
         except BaseException as exc:  # cancelled (a second signal, the drain deadline)?
             cancelled = not isinstance(exc, Exception)  # a bug is run()'s: an internal failure
             if cancelled and calls and calls[-1][3] != _ABANDONED:  # between two attempts
@@ -151,7 +155,7 @@ class Worker:
             raise
         if isinstance(result, Receipt):
             job = PendingJob(item.request_id, result.handle, item.contact, time.time())
-            return Submitted(job, attempts, slot, tuple(calls))
+            return Submitted(job, attempts, slot, tuple(calls), item.person)
         self.stats.latency.add(latency)
         return Success(
             request_id=item.request_id,
@@ -163,6 +167,7 @@ class Worker:
             slot=slot,
             calls=tuple(calls),
             usage_anomaly=result.usage_anomaly,
+            person=item.person,
         )
 
     async def _sleep(self, seconds: float) -> None:

@@ -59,7 +59,7 @@ __all__ = [
 
 _VERSION = 2  # 2: keys_bytes (the prefix's first rows)
 _HEAD_BYTES = 64 * 1024
-COUNTED = ("read", "skipped_done", "skipped_failed", "rejected", "duplicate")
+COUNTED = ("read", "skipped_done", "skipped_failed", "rejected", "duplicate", "filtered_out")
 
 
 def input_identity(path: str | Path) -> dict[str, Any] | None:

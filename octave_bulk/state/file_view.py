@@ -80,6 +80,10 @@ class LedgerState:
         """Whether the requestId's last outcome was a permanent failure."""
         return key in self.errors.permanent
 
+    def failed_before(self, key: int) -> bool:
+        """Whether the requestId's last outcome was a failure (retryable or permanent)."""
+        return key in self.errors.retryable or key in self.errors.permanent
+
     def latest_result(self, person: int) -> int | None:
         """The results line (1-based) of the person's latest success, None when none."""
         return self.results.persons.get(person) or None

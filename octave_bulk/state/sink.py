@@ -16,7 +16,9 @@ for the resume scan:
 
 ``runId`` names the run that wrote the line (the summary's ``run_id``): results of one night
 are the lines of its run. ``personKey`` is the hashed person key
-(16 hex digits of its ``id_key``), near the start so that a scan finds it.
+(16 hex digits of its ``id_key``), near the start so that a scan finds it: the person the
+request builder found once per contact (``BuiltRequest.person``, from the recorded contact),
+carried here on the outcome.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class Success:
     """The async job this result came from (None in sync mode)."""
     usage_anomaly: str | None = None
     """Why ``_metadata.usage`` was not counted as given (``agents.fields.read_usage``)."""
+    person: int | None = None
+    """The contact's person (``BuiltRequest.person``); None: not carried, taken from
+    ``contact`` (an async job of an earlier run)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,8 @@ class Submitted:
     attempts: int
     slot: int
     calls: tuple[Attempt, ...] = ()
+    person: int | None = None
+    """As :attr:`Success.person`."""
 
     @property
     def request_id(self) -> str:
@@ -103,6 +110,8 @@ class Failure:
     calls: tuple[Attempt, ...] = ()
     handle: str | None = None
     """The async job this failure came from (None in sync mode)."""
+    person: int | None = None
+    """As :attr:`Success.person`."""
 
 
 Outcome = Success | Failure | Submitted
@@ -204,8 +213,10 @@ class Sink:
 
     def write(self, item: Outcome) -> None:
         """Write one outcome's line now; it becomes durable at the next group commit."""
-        key = person_key(item.contact, self._key_field, self._kind)
-        person = id_key(key) if key is not None else None
+        person = item.person
+        if person is None:  # not carried (an earlier run's async job): the same rule
+            key = person_key(item.contact, self._key_field, self._kind)
+            person = id_key(key) if key is not None else None
         if isinstance(item, Submitted):
             if self._jobs is None:
                 raise StateError("an async submit needs the jobs file")
@@ -227,6 +238,7 @@ class Sink:
                 item.calls,
                 item.handle,
                 item.usage_anomaly,
+                person,
             )
         else:
             offset = self._errors.size

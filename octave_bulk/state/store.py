@@ -110,6 +110,11 @@ class StoreView(Protocol):
         """Whether the requestId's last outcome was a permanent failure (and not done since)."""
         ...
 
+    def failed_before(self, key: int) -> bool:
+        """Whether the requestId's last outcome was a failure, retryable or permanent (and
+        not done since): ``plan --list``'s "failed before"."""
+        ...
+
     def latest_result(self, person: int) -> int | None:
         """Where the person's latest success is (a position :meth:`result_contacts` reads),
         None when the person has none."""
