@@ -26,8 +26,8 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.observe.metrics import write_metrics
 from octave_bulk.run.admission import Admission
 from octave_bulk.run.control import RunControl
+from octave_bulk.run.credits import CreditsCheck
 from octave_bulk.run.jobs import Jobs
-from octave_bulk.run.plan import CreditsCheck
 from octave_bulk.run.spend import BudgetHolds
 from octave_bulk.run.summary import ExitRule, RunStats, RunSummary
 from octave_bulk.settings.model import Settings

@@ -22,7 +22,7 @@ cannot be written (the ledger locked past its busy timeout, a full disk) stops t
 (:attr:`StopReason.LEDGER`): the budget could not be kept.
 
 :class:`CreditsCeiling` serves a run whose credits were not checked before it (stdin without
-``--limit``/``--max-calls``, ``plan.check_credits``): it lets ``remaining / cost`` calls go
+``--limit``/``--max-calls``, ``credits.check_credits``): it lets ``remaining / cost`` calls go
 (every attempt counts: Octave does not say which are billed), then asks the API again
 (``GET api-key/validate``, not paid) and lets go what the new figure covers beyond the calls
 still in flight or awaited; when that is nothing, or the API does not say, the run stops
@@ -40,7 +40,7 @@ from octave_bulk.errors import StateError, StopReason
 from octave_bulk.http.client import OctaveClient
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.control import RunControl
-from octave_bulk.run.plan import credits_remaining
+from octave_bulk.run.credits import credits_remaining
 from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings, parse_budget
 from octave_bulk.state.store import RunRecords
