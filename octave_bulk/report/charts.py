@@ -308,7 +308,7 @@ def run_seconds(run: dict[str, Any]) -> float:
 
 
 def _per_run(
-    runs: list[dict[str, Any]], bars: dict[str, str], title: str, barmode: str = "group"
+    runs: list[dict[str, Any]], bars: dict[str, str], title: str, *, counts: bool = False
 ) -> go.Figure:
     """One bar per run for each of ``bars`` (a run's key -> the trace's name)."""
     labels = [run_label(run) for run in runs]
