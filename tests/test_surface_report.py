@@ -1,0 +1,175 @@
+"""What a user reads (issue 28): the report's axes, legends and size, the week view drawn in a
+real browser, SQL over results and history, and the wording of runs, logs and errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from octave_bulk.cli import cli
+from octave_bulk.report.charts import charts
+from octave_bulk.report.data import ReportData, gather
+from octave_bulk.report.page import render
+from octave_bulk.run.engine import run_batch
+from octave_bulk.simulator import parse_latency
+from tests.helpers import sim_settings, write_contacts
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPORT_LIMIT = 1_500_000
+"""Bytes a report page may take (issue 28's target; the full Plotly bundle alone was 4.8 MB)."""
+
+
+def _run(out: Path, csv: Path, url: str, **overrides: Any) -> Any:
+    settings = sim_settings(url, **overrides)
+    return anyio.run(lambda: run_batch(csv, out, settings))
+
+
+def _invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args))
+
+
+def _chromium(page: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+           "--v=0", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
+
+
+def _figures(data: ReportData) -> dict[str, dict[str, Any]]:
+    return {title: figure.to_plotly_json() for title, figure in charts(data)}
+
+
+# --- the report's charts ---------------------------------------------------------------------
+
+
+def test_report_axes_ticks_and_legends_read_plainly(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(latency=parse_latency("fast"), faults={"500": 0.05})
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 60)
+    _run(out, csv, sim.url, concurrency=6)
+    figures = _figures(gather(out))
+
+    latency = figures["Latency of successful calls"]
+    axis = latency["layout"]["xaxis"]
+    assert axis["type"] == "log" and axis["title"]["text"] == "latency, ms"
+    # Plain ticks at 1-2-5 steps, labelled as the numbers they are (not "6 7 8 9 1000 2 3").
+    assert axis["ticktext"] == [
+        f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in axis["tickvals"]
+    ] and all(
+        re.fullmatch(r"[125](0*|,000)*|0\.[125]", t.replace(",", "")) for t in axis["ticktext"]
+    )
+    lines = [t for t in latency["data"] if t["name"].startswith("p")]
+    assert [t["name"].split()[0] for t in lines] == ["p99", "p95", "p50"]
+    widths = [t["line"]["width"] for t in lines]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3  # each one shows
+
+    for title, figure in figures.items():
+        legend = figure["layout"]["legend"]
+        assert legend["y"] >= 1 and legend["yanchor"] == "bottom", title  # above the plot
+        assert figure["layout"]["xaxis"]["automargin"] is True, title
+        assert all(trace.get("showlegend", True) for trace in figure["data"]), title
+
+    in_flight = figures["Throughput and calls in flight"]["layout"]["yaxis2"]
+    assert in_flight["tickmode"] == "linear" and in_flight["tick0"] == 0
+    assert isinstance(in_flight["dtick"], int)  # ticks 0, 1, 2 ... never 7.99 / 15.98
+    window = figures["Rate and window the limiter let through"]["layout"]["yaxis2"]
+    assert isinstance(window["dtick"], int)
+    credits = figures["Credits and paid calls per run of this output"]["layout"]["xaxis"]
+    assert credits["automargin"] is True and credits["type"] == "category"
+
+
+def _night(hours: float) -> ReportData:
+    """A long night's run as the report reads it: a sample a second, 50,000 latencies."""
+    start, seconds = 1_780_000_000.0, int(hours * 3600)
+    run = {
+        "run_id": "r1", "started_at": start, "finished_at": start + seconds,
+        "updated_at": start + seconds, "read": 50_000, "succeeded": 49_000, "failed": 1_000,
+        "rejected": 12, "skipped_done": 0, "paid_calls": 50_500, "credits": 49_000.0,
+        "exit_code": 1, "stop_reason": None, "limits": {"suggested_flags": "--rate 2/s"},
+    }  # fmt: skip
+    series = [
+        {"at": start + s, "calls": 2 * s, "succeeded": 2 * s - s // 50, "failed": s // 50,
+         "rate_limited": s // 30, "retried": s // 40, "timeouts": 0, "in_flight": 17 + s % 5,
+         "retrying": s % 3, "rate": 2.0 + (s % 7) / 10, "window": 24, "paused": 0,
+         "p50_ms": 3000.0 + s % 97, "p95_ms": 9000.0 + s % 89, "p99_ms": 12000.0 + s % 83,
+         "credits": float(s)}
+        for s in range(1, seconds + 1)
+    ]  # fmt: skip
+    return ReportData(
+        output=Path("night.ndjson"),
+        run=run,
+        runs=[run],
+        series=series,
+        latencies_ms=[1000.0 + (n * 7919) % 40_000 for n in range(50_000)],
+        attempts=Counter(success=49_000, http_500=1_500, rate_limited=4_000),
+        retries=1_500,
+        failures=Counter(http_500=1_000),
+    )
+
+
+def test_a_long_nights_report_is_under_one_and_a_half_megabytes() -> None:
+    page = render(_night(hours=8)).encode("utf-8")
+    assert len(page) <= REPORT_LIMIT, len(page)
+    # Still whole and offline: the charts' script is embedded, nothing fetched.
+    assert not re.search(rb"<(script|link|img)[^>]+(src|href)=", page)
+    assert b"plotly.js (basic - minified)" in page
+    assert page.count(b'class="plotly-graph-div chart"') == 7
+
+
+# --- the week view ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_week_view_links_each_run_and_draws_in_chromium(make_sim: Any, tmp_path: Path) -> None:
+    sim = make_sim(latency=parse_latency("fast"), forced={"c-00031": "not_found"})
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    run_ids = []
+    for night in range(3):  # each night's export adds 15 people
+        write_contacts(csv, 15 * (night + 1))
+        run_ids.append(_run(out, csv, sim.url, concurrency=4)["run_id"])
+
+    week = _invoke("report", str(out), "--since", "7d")
+    assert week.exit_code == 0, week.output
+    page = tmp_path / "out.week.html"
+    assert f"report: {page} (3 runs, each linked to its page)" in week.output
+    text = page.read_text(encoding="utf-8")
+    links = re.findall(r'<a href="([^"]+)">([0-9a-f]+)</a>', text)
+    assert sorted(run for _, run in links) == sorted(run_ids)
+    for href, run_id in links:
+        linked = (tmp_path / href).read_text(encoding="utf-8")  # written beside it
+        assert f"run {run_id}" in linked and len(linked.encode()) <= REPORT_LIMIT
+    assert len(text.encode()) <= REPORT_LIMIT
+    for title in ("Throughput per run", "Credits and paid calls per run",
+                  "Failures, rejects and 429s per run", "Limits found per run"):  # fmt: skip
+        assert title in text
+
+    drawn = _chromium(page)
+    assert not re.findall(r"CONSOLE[^\n]*", drawn.stderr)  # no console message, no error
+    assert 'data-charts-drawn="4"' in drawn.stdout
+    assert '<pre id="report-errors"></pre>' in drawn.stdout
+
+    latest = _invoke("report", str(out), "--runs", "2", "-o", str(tmp_path / "two.html"))
+    assert latest.exit_code == 0, latest.output
+    two = (tmp_path / "two.html").read_text(encoding="utf-8")
+    assert run_ids[0] not in two and run_ids[1] in two and run_ids[2] in two
+
+
+def test_week_view_names_what_is_missing(live_sim: Any, tmp_path: Path) -> None:
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 3)
+    _run(out, csv, live_sim.url)
+    bad = _invoke("report", str(out), "--since", "a week")
+    assert bad.exit_code == 2 and "not a span" in bad.output
+    both = _invoke("report", str(out), "--since", "7d", "--run", "x")
+    assert both.exit_code == 2 and "--run shows one run" in both.output
+    one = _invoke("report", str(out), "--runs", "5")
+    assert one.exit_code == 0 and "(1 run, each linked to its page)" in one.output
