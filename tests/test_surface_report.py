@@ -3,6 +3,7 @@ real browser, SQL over results and history, and the wording of runs, logs and er
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -173,3 +174,47 @@ def test_week_view_names_what_is_missing(live_sim: Any, tmp_path: Path) -> None:
     assert both.exit_code == 2 and "--run shows one run" in both.output
     one = _invoke("report", str(out), "--runs", "5")
     assert one.exit_code == 0 and "(1 run, each linked to its page)" in one.output
+
+
+# --- SQL over results and history ------------------------------------------------------------
+
+
+def test_query_answers_who_got_sequences_this_week_in_one_line(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(latency=parse_latency("fast"), forced={"c-00002": "not_found"})
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 5)
+    run_id = _run(out, csv, sim.url)["run_id"]
+    ledger = out.with_name("out.ledger.sqlite")
+    before = ledger.read_bytes()
+
+    sql = ("SELECT email, record ->> '$.response.data.emails[0].subject' AS subject, run_id "
+           "FROM results JOIN runs USING (run_id) "
+           "WHERE started_at > unixepoch('now', '-7 days') ORDER BY email")  # fmt: skip
+    table = _invoke("query", str(out), sql)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["email", "subject", "run_id"]
+    assert [line.split()[0] for line in lines[2:]] == [
+        f"p{n}@example.com" for n in (0, 1, 3, 4)
+    ]  # the one not found is in errors, not results
+    assert all(line.rstrip().endswith(run_id) for line in lines[2:])
+
+    as_json = _invoke("query", str(out), "SELECT kind, request_id FROM errors", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == [{"kind": "not_found", "request_id": "c-00002"}]
+
+    for write in ("DELETE FROM runs", "CREATE TABLE x (a)", "DELETE FROM results"):
+        refused = _invoke("query", str(out), write)
+        assert refused.exit_code == 2
+        assert "query only reads" in refused.stderr
+    assert ledger.read_bytes() == before  # nothing written, not even a view
+
+    several = _invoke("query", str(out), "SELECT 1; SELECT 2")
+    assert several.exit_code == 2 and "one statement at a time" in several.stderr
+    typo = _invoke("query", str(out), "SELEC 1")
+    assert typo.exit_code == 2 and 'error: SQL: near "SELEC": syntax error' in typo.stderr
+    assert "nothing was sent" not in typo.stderr + several.stderr
+    missing = _invoke("query", str(tmp_path / "none.ndjson"), "SELECT 1")
+    assert missing.exit_code == 2 and "none.ledger.sqlite: no ledger" in missing.stderr
