@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from octave_bulk.report.charts import charts
 from octave_bulk.report.data import ReportData, gather
 from octave_bulk.report.page import render
 from octave_bulk.run.engine import run_batch
-from octave_bulk.simulator import parse_latency
-from tests.helpers import sim_settings, write_contacts
+from octave_bulk.simulator import parse_latency, parse_rate_limit
+from octave_bulk.simulator.config import RetryAfterMix
+from tests.conftest import TEST_KEY
+from tests.helpers import side, sim_settings, write_contacts
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPORT_LIMIT = 1_500_000
@@ -218,3 +221,106 @@ def test_query_answers_who_got_sequences_this_week_in_one_line(
     assert "nothing was sent" not in typo.stderr + several.stderr
     missing = _invoke("query", str(tmp_path / "none.ndjson"), "SELECT 1")
     assert missing.exit_code == 2 and "none.ledger.sqlite: no ledger" in missing.stderr
+
+
+# --- wording ---------------------------------------------------------------------------------
+
+
+def _cli_run(url: str, csv: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "octave_bulk", "run", str(csv), "-o", str(out), "--agent",
+           "ca_1", "--base-url", url, "--rate", "none", "--no-progress", *extra]  # fmt: skip
+    env = {"OCTAVE_API_KEY": TEST_KEY, "PATH": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=100)
+
+
+def test_one_contact_is_one_contact_and_rows_all_read_are_not_unread(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(forced={"c-00001": "500"})
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 3)
+    with open(csv, "a", encoding="utf-8") as handle:
+        handle.write(",p0@example.com,First0,Doe,Acme,VP\n")  # a duplicate of contact 0
+    # The third call spends --max-calls while contact 1 is still to retry: every row was read.
+    stopped = _cli_run(sim.url, csv, out, "--max-calls", "3", "--concurrency", "1")
+    assert stopped.returncode == 5, stopped.stderr
+    assert re.search(r"remaining 1 contact\n", stopped.stderr)
+    assert "rejected 1 (1 duplicate)" in stopped.stderr
+    assert "not read yet" not in stopped.stderr and "1 contacts" not in stopped.stderr
+    assert json.loads(side(out, ".summary.json").read_text())["input_read_whole"] is True
+
+
+def test_doctor_says_the_cost_is_unknown_rather_than_none(live_sim: Any) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["doctor", "--agent", "ca_1", "--base-url", live_sim.url],
+        env={"OCTAVE_API_KEY": TEST_KEY},
+    )
+    assert result.exit_code == 0, result.output
+    assert "cost per run not given by the API: ok" in result.output
+    assert "None" not in result.output
+
+
+def test_a_chained_run_does_not_call_the_chains_columns_unmapped(
+    live_sim: Any, tmp_path: Path
+) -> None:
+    csv, first = tmp_path / "in.csv", tmp_path / "first.ndjson"
+    write_contacts(csv, 2)
+    _run(first, csv, live_sim.url)
+    chained = _cli_run(live_sim.url, first, tmp_path / "second.ndjson")
+    assert chained.returncode == 0, chained.stderr
+    assert re.search(r"@response +-> - +the earlier step's answer", chained.stderr)
+    assert re.search(r"@personKey +-> - +the earlier result's person key", chained.stderr)
+    assert "not a name this profile knows" not in chained.stderr
+    summary = json.loads((tmp_path / "second.summary.json").read_text())
+    assert "@response" not in json.dumps(summary.get("mapping", {}).get("unmapped", []))
+
+
+def test_errors_of_commands_that_send_nothing_end_without_a_runs_trailer(
+    live_sim: Any, tmp_path: Path
+) -> None:
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 2)
+    _run(out, csv, live_sim.url)
+    wrong = _invoke("export", str(out), "--preset", "qualify-person", "-o", str(tmp_path / "x"))
+    assert wrong.exit_code == 2
+    assert "--preset qualify-person does not fit them" in wrong.stderr
+    assert wrong.stderr.endswith("fix it and run the command again.\n")
+    missing = _invoke("export", str(tmp_path / "none.ndjson"), "-o", str(tmp_path / "y"))
+    assert missing.exit_code == 2
+    for result in (wrong, missing):
+        assert (
+            "nothing was sent" not in result.stderr
+            and "nothing already written" not in result.stderr
+        )
+    # A run's error still says it: there, something could have been paid.
+    run = _cli_run(live_sim.url, tmp_path / "absent.csv", tmp_path / "z.ndjson")
+    assert run.returncode == 2 and "nothing was sent" in run.stderr
+
+
+def test_log_numbers_are_rounded_and_429s_are_a_line_a_second(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # HTTP dates: the wait read from one is a fraction of a second with many decimals.
+    sim = make_sim(rate_limit=parse_rate_limit("10/s:2"), retry_after_mix=RetryAfterMix(0, 1, 0))
+    csv, out, log = tmp_path / "in.csv", tmp_path / "out.ndjson", tmp_path / "run.log"
+    write_contacts(csv, 40)
+    result = _cli_run(sim.url, csv, out, "--concurrency", "8", "--log-format", "json",
+                      "--log-file", str(log))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    limited = [e for e in events if e["event"] == "rate_limited"]
+    refused = json.loads(side(out, ".summary.json").read_text())["counts"]["rate_limited_429"]
+    assert refused >= 2 and limited
+    assert sum(e["count"] for e in limited) == refused  # every 429 counted, once
+    seconds = [e["time"] for e in limited]
+    assert len(seconds) == len(set(seconds))  # at most one line a second
+    assert [e["event"] for e in events][-1] == "stop"  # the last second's line came before
+
+    def plain(value: float) -> bool:  # 2 decimals, or 2 significant digits below 1
+        return value == round(value, 2) or value == float(f"{value:.2g}")
+
+    floats = [v for e in events for v in e.values() if isinstance(v, float)]
+    assert floats and all(plain(v) for v in floats)  # 0.33, 0.049: no 0.331911563873291
+    waits = [e["retry_after_s"] for e in limited if e["retry_after_s"] is not None]
+    assert waits and all(plain(wait) for wait in waits)

@@ -174,8 +174,9 @@ class Admission:
                     control.stop(StopReason.INPUT_ERROR)
                     break
                 if not batch:
+                    self.stats.input_read = True
                     break
-                for record, end_line in batch:
+                for admitted, (record, end_line) in enumerate(batch, start=1):  # noqa: B007 - read after
                     item = self.admit(record, end_line, rejects)
                     if item is not None:
                         accepted += 1
@@ -187,6 +188,8 @@ class Admission:
                             self.stats.queued += 1
                     if control.stopping or (limit is not None and accepted >= limit):
                         break
+                # A short batch is the input's end: every row read once all of it is admitted.
+                self.stats.input_read = admitted == len(batch) < _READ_BATCH
             self.stats.input_done = True
 
 

@@ -111,6 +111,8 @@ class RunStats:
     calls_by_status: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     input_done: bool = False
+    input_read: bool = False
+    """Every row of the input was read and admitted (its end was reached)."""
 
     @property
     def failed(self) -> int:
@@ -167,6 +169,7 @@ class RunStats:
             },
             "credits": self.credits,
             "usage_anomalies": self.usage_anomalies,
+            "input_read_whole": self.input_read,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
             "latency_ms": {
                 "p50": self.latency.percentile(50),
