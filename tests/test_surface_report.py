@@ -248,6 +248,9 @@ def test_one_contact_is_one_contact_and_rows_all_read_are_not_unread(
     assert "rejected 1 (1 duplicate)" in stopped.stderr
     assert "not read yet" not in stopped.stderr and "1 contacts" not in stopped.stderr
     assert json.loads(side(out, ".summary.json").read_text())["input_read_whole"] is True
+    exported = _invoke("export", str(out), "-o", str(tmp_path / "one.csv"))
+    assert exported.exit_code == 0, exported.output
+    assert re.search(r"exported 1 contact with up to \d+ steps? to ", exported.stderr)
 
 
 def test_doctor_says_the_cost_is_unknown_rather_than_none(live_sim: Any) -> None:
