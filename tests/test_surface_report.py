@@ -327,3 +327,18 @@ def test_log_numbers_are_rounded_and_429s_are_a_line_a_second(
     assert floats and all(plain(v) for v in floats)  # 0.33, 0.049: no 0.331911563873291
     waits = [e["retry_after_s"] for e in limited if e["retry_after_s"] is not None]
     assert waits and all(plain(wait) for wait in waits)
+
+
+def test_plan_counts_one_contact_as_one(live_sim: Any, tmp_path: Path) -> None:
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 3)
+    _run(out, csv, live_sim.url)
+    write_contacts(csv, 4)  # the night after: one new person
+    planned = CliRunner().invoke(
+        cli,
+        ["plan", str(csv), "-o", str(out), "--agent", "ca_test", "--base-url", live_sim.url],
+        env={"OCTAVE_API_KEY": TEST_KEY},
+    )
+    assert planned.exit_code == 0, planned.output
+    assert "to send: 1 contact\n" in planned.output
+    assert "time: under 1 s (" in planned.output  # not "about under 1 s"

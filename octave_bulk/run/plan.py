@@ -42,6 +42,7 @@ import orjson
 from octave_bulk.errors import ApiError, ConfigError, ErrorKind, FatalApiError
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.observe.log import log_event
+from octave_bulk.observe.words import counted
 from octave_bulk.run.dry import dry_run
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.history import RunHistory
@@ -110,7 +111,7 @@ class Plan:
         lines = [
             f"rows read {c['read']:,}: rejected {c['rejected']:,}, duplicates {c['duplicate']:,}, "
             f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}",
-            f"to send: {self.to_send:,} contacts"
+            f"to send: {counted(self.to_send, 'contact')}"
             + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
         ]
         if self.awaiting:
@@ -136,7 +137,8 @@ class Plan:
                 f"of {self.credits_remaining:,g} remaining: {verdict}"
             )
         low, high = (_duration(s) for s in self.seconds)
-        span = f"about {low}" if low == high else f"{low} to {high}"
+        span = f"about {low}" if low[0].isdigit() else low  # not "about under 1 s"
+        span = span if low == high else f"{low} to {high}"
         lines.append(f"time: {span} ({self.time_basis})")
         return lines
 
