@@ -342,3 +342,16 @@ def test_plan_counts_one_contact_as_one(live_sim: Any, tmp_path: Path) -> None:
     assert planned.exit_code == 0, planned.output
     assert "to send: 1 contact\n" in planned.output
     assert "time: under 1 s (" in planned.output  # not "about under 1 s"
+
+
+def test_text_logs_leave_unknown_values_out_rather_than_print_none(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    # 429s without Retry-After: the wait asked for is unknown.
+    sim = make_sim(rate_limit=parse_rate_limit("10/s:2"), retry_after_mix=RetryAfterMix(0, 0, 1))
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 30)
+    result = _cli_run(sim.url, csv, out, "--concurrency", "8")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"rate_limited count=\d+ pool_pause_s=", result.stderr), result.stderr
+    assert "None" not in result.stderr

@@ -148,6 +148,8 @@ class TextFormatter(logging.Formatter):
             return f"{clock} {start_text(fields)}"
         parts = [clock, record.getMessage()]
         for key, value in fields.items():
+            if value is None:
+                continue  # not known: said by its absence, never as "None"
             if isinstance(value, dict):
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v)
             parts.append(
