@@ -359,3 +359,14 @@ def test_text_logs_leave_unknown_values_out_rather_than_print_none(
     assert result.returncode == 0, result.stderr
     assert re.search(r"rate_limited count=\d+ pool_pause_s=", result.stderr), result.stderr
     assert "None" not in result.stderr
+
+
+def test_the_embedded_bundle_is_plotlys_own_major_version() -> None:
+    import plotly.offline
+
+    from octave_bulk.report.page import plotly_js
+
+    header = re.search(r"plotly\.js \(basic - minified\) v(\d+)\.", plotly_js()[:300])
+    assert header is not None
+    # The figures are built by the plotly package: its plotly.js and ours share a major version.
+    assert header[1] == plotly.offline.get_plotlyjs_version().split(".")[0]
