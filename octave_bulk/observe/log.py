@@ -32,10 +32,10 @@ from octave_bulk.state.files import open_private
 from octave_bulk.utc import utc_iso
 
 __all__ = [
+    "PER_SECOND",
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
-    "PER_SECOND",
     "flush_events",
     "log_event",
     "logger",

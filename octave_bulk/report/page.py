@@ -27,14 +27,7 @@ from octave_bulk.report.data import ReportData, WeekData
 from octave_bulk.state.files import write_atomic
 from octave_bulk.utc import utc_iso
 
-__all__ = [
-    "PLOTLY_BUNDLE",
-    "plotly_js",
-    "render",
-    "render_week",
-    "write_report",
-    "write_week",
-]
+__all__ = ["PLOTLY_BUNDLE", "plotly_js", "render", "render_week", "write_report", "write_week"]
 
 PLOTLY_BUNDLE = "plotly-basic.min.js"
 """Plotly's basic partial bundle, shipped beside this module (npm ``plotly.js-basic-dist-min``
