@@ -202,9 +202,9 @@ def _throughput_line(summary: Mapping[str, Any]) -> str:
     """Successes per second, and the contacts a next run would still send."""
     counts = summary.get("counts", {})
     remaining = counts.get("not_sent", 0) + counts.get("failed_retryable", 0)
-    unread = ""
+    unread = ""  # and so when every row was read, whatever stopped the run
     if summary.get("input_read_whole"):
-        unread = ""  # nothing is left to read, whatever stopped the run
+        pass
     elif summary.get("stop_reason"):
         unread = " and the input rows not read yet"
     elif (summary.get("settings") or {}).get("limit") is not None:
