@@ -370,3 +370,13 @@ def test_the_embedded_bundle_is_plotlys_own_major_version() -> None:
     assert header is not None
     # The figures are built by the plotly package: its plotly.js and ours share a major version.
     assert header[1] == plotly.offline.get_plotlyjs_version().split(".")[0]
+
+
+def test_the_exit_rule_counts_one_row_as_one(live_sim: Any, tmp_path: Path) -> None:
+    csv, out = tmp_path / "in.csv", tmp_path / "out.ndjson"
+    write_contacts(csv, 2)
+    with open(csv, "a", encoding="utf-8") as handle:
+        handle.write(",p1@example.com,First1,Doe,Acme,VP\n")  # a duplicate of contact 1
+    result = _cli_run(live_sim.url, csv, out, "--fail-on", "rejects")
+    assert result.returncode == 1, result.stderr
+    assert "why: --fail-on rejects: 1 rejected or duplicate row\n" in result.stderr
