@@ -163,7 +163,7 @@ async def test_a_hung_job_is_given_up_on_at_the_derived_bound(
     assert summary["async_jobs"]["given_up_after_job_timeout"] == 1
     assert summary["counts"]["succeeded"] == 11
     assert summary["exit_code"] == 1
-    assert "1 async jobs still pending at job_timeout" in summary["exit_rule"]["reason"]
+    assert "1 async job still pending at job_timeout" in summary["exit_rule"]["reason"]
     assert [x["requestId"] for x in awaited(out)] == [rids[3]]  # left for the next run
 
 

@@ -55,7 +55,7 @@ def test_an_old_permanent_failure_does_not_fail_every_later_night(
         rule = summary(tmp_path)["exit_rule"]
         assert rule["fail_on"] == ["failed"]
         assert "1 contact failed for good in an earlier run" in rule["reason"]
-        assert "--retry-failed sends them" in rule["reason"]
+        assert "was not sent again: --retry-failed sends it" in rule["reason"]
         assert "1 contact failed for good in an earlier run" in later.output
     assert sim.stats()["calls"]["c-00001"] == 1  # reported, never paid again
 
@@ -77,7 +77,7 @@ def test_fail_on_chooses_what_fails_a_night(make_sim: Any, tmp_path: Path) -> No
     assert both.exit_code == 1, both.output
     assert summary(tmp_path)["exit_rule"] == {
         "fail_on": ["failed", "rejects"],
-        "reason": "--fail-on failed,rejects: 1 rejected or duplicate rows",
+        "reason": "--fail-on failed,rejects: 1 rejected or duplicate row",
     }
 
 

@@ -82,7 +82,7 @@ def test_dry_run_prints_the_plan_and_the_request_on_demand(live_sim: Any, tmp_pa
     )
     plan = CliRunner().invoke(cli, _args("run", csv, out, live_sim.url, "--dry-run"), env=ENV)
     assert plan.exit_code == 0, plan.output
-    assert "to send: 1 contacts" in plan.output and "credits:" in plan.output
+    assert "to send: 1 contact\n" in plan.output and "credits:" in plan.output
     shown = CliRunner().invoke(
         cli, _args("run", csv, out, live_sim.url, "--dry-run", "--show-request"), env=ENV
     )

@@ -239,7 +239,7 @@ def test_the_end_of_run_lines_count_as_validate_and_status_do(
     out = tmp_path / "out.ndjson"
     result = _run(sim.url, rows, out)
     assert result.exit_code == 0, result.output
-    assert "rejected 2 (1 duplicates)" in result.output
+    assert "rejected 2 (1 duplicate)" in result.output
     assert "latency p50 1.2" in result.output and " s\n" in result.output
     assert " ms" not in result.output.split("latency p50", 1)[1].splitlines()[0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.")) == [

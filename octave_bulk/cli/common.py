@@ -19,6 +19,7 @@ from octave_bulk.errors import (
     OctaveBulkError,
     StateError,
 )
+from octave_bulk.observe.words import counted
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
@@ -40,6 +41,14 @@ _HINTS = {
     InputError: "fix the input file and try again; nothing was sent or changed.",
     StateError: "nothing already written is lost; run the same command again once fixed.",
 }
+_SENDING = frozenset({"run", "pipeline", "collect", "probe", "demo"})
+"""The commands that send paid calls: only their errors say that nothing was sent."""
+_QUIET_HINTS = {
+    ConfigError: "fix it and run the command again.",
+    InputError: "fix the file named above and run the command again.",
+}
+"""The hints of the other commands (export, status, history, report, plan ...): no run's
+trailer where no run could have sent anything."""
 
 
 def parsed(parser: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str], T]:
@@ -86,7 +95,9 @@ def fail(exc: OctaveBulkError) -> NoReturn:
             err=True,
         )
         sys.exit(ExitCode.FILE_ERROR)
-    hint = next((h for cls, h in _HINTS.items() if isinstance(exc, cls)), "")
+    context = click.get_current_context(silent=True)
+    hints = _HINTS if context is None or context.info_name in _SENDING else _QUIET_HINTS
+    hint = next((h for cls, h in hints.items() if isinstance(exc, cls)), "")
     if hint:
         click.echo(f"  {hint}", err=True)
     sys.exit(ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE)
@@ -182,7 +193,9 @@ def _shown_counts(counts: Mapping[str, Any]) -> list[tuple[str, Any]]:
     shown = {k: v for k, v in counts.items() if k not in ("duplicate", "filtered_out")}
     duplicates = counts.get("duplicate", 0)
     if duplicates:
-        shown["rejected"] = f"{counts.get('rejected', 0) + duplicates} ({duplicates} duplicates)"
+        shown["rejected"] = (
+            f"{counts.get('rejected', 0) + duplicates} ({counted(duplicates, 'duplicate')})"
+        )
     if counts.get("filtered_out"):
         shown["left out by --where"] = counts["filtered_out"]
     return list(shown.items())
@@ -192,14 +205,16 @@ def _throughput_line(summary: Mapping[str, Any]) -> str:
     """Successes per second, and the contacts a next run would still send."""
     counts = summary.get("counts", {})
     remaining = counts.get("not_sent", 0) + counts.get("failed_retryable", 0)
-    unread = ""
-    if summary.get("stop_reason"):
+    unread = ""  # and so when every row was read, whatever stopped the run
+    if summary.get("input_read_whole"):
+        pass
+    elif summary.get("stop_reason"):
         unread = " and the input rows not read yet"
     elif (summary.get("settings") or {}).get("limit") is not None:
         unread = " and the input rows past --limit"
     throughput = summary.get("throughput_per_second")
     rate = "-" if throughput is None else f"{throughput:,.1f}/s"
-    return f"  throughput {rate}, remaining {remaining:,} contacts{unread}"
+    return f"  throughput {rate}, remaining {counted(remaining, 'contact')}{unread}"
 
 
 def _seconds(milliseconds: float | None) -> str:

@@ -11,6 +11,7 @@ import click
 
 from octave_bulk.cli.common import fail
 from octave_bulk.errors import OctaveBulkError
+from octave_bulk.observe.words import counted
 
 if TYPE_CHECKING:
     from octave_bulk.state.idset import IdSet
@@ -148,9 +149,9 @@ def export(
     where = "stdout" if target == "-" else target
     older = f" ({report.superseded} older results left out)" if report.superseded else ""
     what = (
-        f"{report.rows} rows with {len(report.agent_columns)} {preset} columns"
+        f"{counted(report.rows, 'row')} with {len(report.agent_columns)} {preset} columns"
         if preset in (*_AGENT_PRESETS, "hubspot", "salesforce")
-        else f"{report.rows} contacts with up to {report.steps} steps"
+        else f"{counted(report.rows, 'contact')} with up to {counted(report.steps, 'step')}"
     )
     click.echo(f"exported {what} to {where}{older}", err=True)
 

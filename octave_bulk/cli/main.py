@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("octave_bulk.cli.pipeline", "Run several agents in turn, each on the results of the one before."),
     "plan": ("octave_bulk.cli.plan", "Forecast a run before paying: contacts to send, credits against those left, time."),
     "probe": ("octave_bulk.cli.run", "Measure what your workspace sustains: rate, calls in flight, latency."),
+    "query": ("octave_bulk.cli.query", "Run one SQL statement over OUT's results and run history; nothing is written."),
     "report": ("octave_bulk.cli.report", "Write a run's report: throughput, latency, 429s, limits, failures, credits, as HTML."),
     "run": ("octave_bulk.cli.run", "Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin)."),
     "simulate": ("octave_bulk.cli.tools", "Run the Octave simulator as a standalone server (no API key or network needed)."),

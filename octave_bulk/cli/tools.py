@@ -375,7 +375,7 @@ def doctor(
     records = [r for r in listed.get("data") or [] if isinstance(r, dict)]
     click.echo(f"{settings.agent_type} agents ({api_type}) in this workspace: {len(records)}")
     for record in records[:20]:
-        click.echo(f"  {record.get('oId')}  {record.get('name')}  cost {record.get('costToRun')}")
+        click.echo(f"  {record.get('oId')}  {record.get('name')}  {_cost(record.get('costToRun'))}")
     if not settings.agent_oid:
         return
     problem = agent_problem(settings.agent_oid, settings.agent_type, agent)
@@ -387,7 +387,14 @@ def doctor(
     info = agent.get("data") if isinstance(agent, dict) else None
     info = info if isinstance(info, dict) else {}
     click.echo(f"agent: {settings.agent_oid} '{info.get('name')}' ({api_type}), "
-               f"cost {info.get('costToRun')} per run: ok")  # fmt: skip
+               f"{_cost(info.get('costToRun'))}: ok")  # fmt: skip
+
+
+def _cost(value: Any) -> str:
+    """An agent's ``costToRun`` in words: a number of credits, or that the API gave none."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g} credit{'' if value == 1 else 's'} per run"
+    return "cost per run not given by the API"
 
 
 _DOCTOR_HANDLE = "asyncReqID_octave_bulk_doctor_probe"

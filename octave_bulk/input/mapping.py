@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from octave_bulk.errors import ConfigError
+from octave_bulk.input.chain import PERSON_KEY, RESPONSE_KEY
 from octave_bulk.input.profiles import (
     GENERIC_RANK,
     PROFILES,
@@ -44,6 +45,13 @@ __all__ = [
     "header_key",
     "resolve_mapping",
 ]
+
+_CHAINED = {
+    RESPONSE_KEY: "the earlier step's answer (for --where and context_from), not sent as a field",
+    PERSON_KEY: "the earlier result's person key (the chain's join key), not sent as a field",
+}
+"""The columns a results file read as input carries (``input/chain.py``), and what they are:
+never "unmapped" (they are not fields of a CRM export left out)."""
 
 MUST_AGREE = frozenset(
     {"email", "linkedInProfile", "crmContactId", "crmLeadId", "crmAccountId", "companyDomain"}
@@ -227,6 +235,8 @@ def resolve_mapping(
             target, rank = hit if hit is not None else (None, 0)
             if original is not None:
                 reasons[column] = f"copy of {original!r}"
+            elif column in _CHAINED:  # a results file read as input: not a CRM column
+                reasons[column] = _CHAINED[column]
             elif target is None:
                 reasons[column] = "not a name this profile knows"
             else:
@@ -242,7 +252,7 @@ def resolve_mapping(
         profile=name,
         detected=profile == "auto",
         columns=tuple((column, target) for *_, column, target in ranked),
-        unmapped=tuple(h for h in headers if h not in mapped),
+        unmapped=tuple(h for h in headers if h not in mapped and h not in _CHAINED),
         overridden=tuple(c for c in headers if c in forced),
         headers=tuple(headers),
         reasons=tuple((c, reasons[c]) for c in headers),

@@ -3,13 +3,23 @@
 Events go through the ``octave_bulk`` logger with their fields attached; they carry counts,
 never the API key and never request or response bodies. Every formatted line is scrubbed of
 the key (:mod:`octave_bulk.redact`): an error message echoed by a server cannot carry it in.
+
+Numbers are rounded as they are written (:func:`rounded`: ``retry_after_s=0.33``, not
+``0.331911563873291``). Events that come in bursts (:data:`PER_SECOND`: ``rate_limited``) are
+written once per second with their ``count`` and the last one's fields: the line for a second
+is written (timed at the first of them) when the next such event falls in a later second, when
+another event is logged after that second, before the run's ``stop``, or at exit - so a night
+of 429s is a line a second, not one line per 429.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,20 +32,97 @@ from octave_bulk.state.files import open_private
 from octave_bulk.utc import utc_iso
 
 __all__ = [
+    "PER_SECOND",
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
+    "flush_events",
     "log_event",
     "logger",
+    "rounded",
     "start_text",
 ]
 
 logger = logging.getLogger("octave_bulk")
 
 
+PER_SECOND = frozenset({"rate_limited"})
+"""Events written at most once a second, with their count (see the module docstring)."""
+
+
+class _Burst:
+    """The events of :data:`PER_SECOND` of the current second, not written yet."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[str, tuple[float, int, int, dict[str, Any]]] = {}
+        """event -> (the time of its first in this second, level, count, the last's fields)."""
+
+    def add(self, event: str, level: int, fields: dict[str, Any]) -> None:
+        now = time.time()
+        with self.lock:
+            held = self.pending.get(event)
+            if held is not None and int(held[0]) != int(now):
+                self.write(event)
+                held = None
+            if held is None:
+                self.pending[event] = (now, level, 1, fields)
+            else:
+                self.pending[event] = (held[0], max(level, held[1]), held[2] + 1, fields)
+
+    def write(self, event: str) -> None:
+        """Write an event's line, timed at the first of its second (the lock held)."""
+        first, level, count, fields = self.pending.pop(event)
+        fields = {"count": count, **fields}
+        record = logger.makeRecord(
+            logger.name, level, "", 0, event, (), None, extra={"event_fields": fields}
+        )
+        record.created = first
+        if logger.isEnabledFor(level):
+            logger.handle(record)
+
+    def flush(self, *, ended_seconds_only: bool) -> None:
+        """Write the pending lines (those of seconds already over, or all of them)."""
+        now = int(time.time())
+        with self.lock:
+            for event, held in list(self.pending.items()):
+                if not ended_seconds_only or int(held[0]) < now:
+                    self.write(event)
+
+
+_burst = _Burst()
+
+_FINAL = frozenset({"stop"})
+"""Events after which a run logs nothing more: every pending line is written before them."""
+
+
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a structured event (``start``, ``heartbeat``, ``stop``, ...)."""
+    if event in PER_SECOND:
+        _burst.add(event, level, fields)
+        return
+    _burst.flush(ended_seconds_only=event not in _FINAL)  # earlier lines first
     logger.log(level, event, extra={"event_fields": fields})
+
+
+def flush_events() -> None:
+    """Write the events of :data:`PER_SECOND` not written yet (also done at exit)."""
+    _burst.flush(ended_seconds_only=False)
+
+
+atexit.register(flush_events)
+
+
+def rounded(value: Any) -> Any:
+    """A field as written: floats to 2 decimals (2 significant digits below 1), dicts and
+    lists item by item, anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value, 2) if abs(value) >= 1 else float(f"{value:.2g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +133,7 @@ class JsonFormatter(logging.Formatter):
             "time": utc_iso(record.created, ms=False),
             "level": record.levelname.lower(),
             "event": record.getMessage(),
-            **getattr(record, "event_fields", {}),
+            **rounded(getattr(record, "event_fields", {})),
         }
         return scrub(orjson.dumps(payload, default=str).decode())
 
@@ -55,12 +142,14 @@ class TextFormatter(logging.Formatter):
     """``HH:MM:SS event key=value ...``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "event_fields", {})
+        fields = rounded(getattr(record, "event_fields", {}))
         clock = time.strftime("%H:%M:%S", time.localtime(record.created))
         if record.getMessage() == "start":
             return f"{clock} {start_text(fields)}"
         parts = [clock, record.getMessage()]
         for key, value in fields.items():
+            if value is None:
+                continue  # not known: said by its absence, never as "None"
             if isinstance(value, dict):
                 value = " ".join(f"{k}={v}" for k, v in value.items() if v)
             parts.append(

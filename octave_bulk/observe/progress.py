@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 
 from octave_bulk.observe.log import log_event, logger
+from octave_bulk.observe.words import counted
 from octave_bulk.run.summary import RunStats
 from octave_bulk.utc import utc_iso
 
@@ -144,7 +145,7 @@ class Progress:
             return None
         left = max(0.0, at - time.time())
         return (
-            f"{self._stats.awaiting:,} jobs awaited; the oldest given up on at "
+            f"{counted(self._stats.awaiting, 'job')} awaited; the oldest given up on at "
             f"{utc_iso(at, ms=False)[11:19]} UTC (in {_clock(left)})"
         )
 

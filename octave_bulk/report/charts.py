@@ -4,9 +4,17 @@ Contract: :func:`charts` returns (title, figure) pairs in page order - throughpu
 flight; 429s, retries and pauses; the rate and window the limiter let through; the latency
 distribution with p50/p95/p99 and the latency of each second; attempts and failures by kind;
 credits per run across the output's history; rejects by reason. A chart whose data the run did
-not record (no series, no calls) is left out; :func:`percentiles` gives the latency figures the
+not record (no series, no calls) is left out; :func:`week_charts` gives the week view's charts
+(one bar or point per run: throughput, credits and paid calls, failures, rejects and 429s, the
+rate and window found); :func:`percentiles` gives the latency figures the
 page prints too. Series longer than :data:`MAX_POINTS` samples are averaged over consecutive
-samples, so that a night's run stays a light page.
+samples, so that a night's run stays a light page; values are rounded and times are given as
+epoch milliseconds on date axes, for the same reason.
+
+Axes: counts of calls in flight (and the window) get integer ticks; the latency histogram's log
+axis is ticked at 1-2-5 steps, labelled in plain milliseconds; legends stand above the plot and
+margins grow to fit rotated labels; lines that may coincide (p95 and p99) are drawn widest first,
+so each stays visible.
 """
 
 from __future__ import annotations
@@ -18,21 +26,35 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from octave_bulk.report.data import ReportData
+from octave_bulk.report.data import ReportData, WeekData
 from octave_bulk.utc import utc_iso
 
-__all__ = ["MAX_POINTS", "charts", "percentiles"]
+__all__ = [
+    "MAX_POINTS",
+    "charts",
+    "count_ticks",
+    "log_ticks",
+    "percentiles",
+    "run_label",
+    "run_seconds",
+    "week_charts",
+]
 
-MAX_POINTS = 2000
+MAX_POINTS = 600
 """Points per series line at most (longer runs are averaged over consecutive seconds)."""
 
 _COUNTERS = ("calls", "succeeded", "failed", "rate_limited", "retried", "timeouts")
 _LAYOUT: dict[str, Any] = {
     "height": 340,
-    "margin": {"l": 60, "r": 60, "t": 30, "b": 40},
-    "legend": {"orientation": "h", "y": -0.18},
+    "margin": {"l": 60, "r": 60, "t": 40, "b": 40},
+    # Above the plot: below it, a legend runs into the x axis's title and tick labels.
+    "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+    "xaxis": {"automargin": True},
+    "yaxis": {"automargin": True},
     "template": "plotly_white",
 }
+_PERCENTILE_LINES = {"p99": (6, "solid"), "p95": (4, "dash"), "p50": (2, "dot")}
+"""Width and dash of each percentile's line, drawn in this order (widest first)."""
 
 
 def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
@@ -80,8 +102,34 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _times(rows: list[dict[str, Any]]) -> list[str]:
-    return [utc_iso(row["at"]) for row in rows]
+def _times(rows: list[dict[str, Any]]) -> list[int]:
+    """Epoch milliseconds (a date axis reads them as UTC; shorter than ISO text)."""
+    return [round(row["at"] * 1000) for row in rows]
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[float | None]:
+    return [None if row[key] is None else round(row[key], 3) for row in rows]
+
+
+def count_ticks(highest: float) -> dict[str, Any]:
+    """An axis of counts (calls in flight, a window): integer ticks from 0, about 5 of them."""
+    top = max(1, math.ceil(highest))
+    step = 1
+    while top / step > 6:
+        step = next(s * 10**e for e in range(10) for s in (1, 2, 5) if s * 10**e > step)
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "range": [0, top * 1.05]}
+
+
+def log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """Tick values at 1-2-5 steps covering [low, high], and their labels in plain numbers
+    (``500``, ``1,000``, ``2,000``: not Plotly's ``6 7 8 9 1000 2 3``)."""
+    values = [
+        step * 10.0**exponent
+        for exponent in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+        for step in (1, 2, 5)
+    ]
+    inside = [v for v in values if low / 1.5 <= v <= high * 1.5] or [low, high]
+    return inside, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in inside]
 
 
 def _two_axes(
@@ -96,9 +144,12 @@ def _two_axes(
     x = _times(rows)
     for axis, traces in ((False, left), (True, right)):
         for key, name in traces.items():
-            trace = go.Scatter(x=x, y=[r[key] for r in rows], name=name, line=line)
+            trace = go.Scatter(x=x, y=_values(rows, key), name=name, line=line)
             figure.add_trace(trace, secondary_y=axis)
         figure.update_yaxes(title_text=titles[axis], rangemode="tozero", secondary_y=axis)
+    counts = [r[key] or 0 for r in rows for key in right]
+    figure.update_yaxes(secondary_y=True, showgrid=False, **count_ticks(max(counts, default=1)))
+    figure.update_xaxes(type="date")
     return figure.update_layout(**_LAYOUT)
 
 
@@ -114,19 +165,20 @@ def _throughput(rows: list[dict[str, Any]]) -> go.Figure:
 def _refusals(rows: list[dict[str, Any]]) -> go.Figure:
     x = _times(rows)
     figure = go.Figure()
-    figure.add_trace(go.Bar(x=x, y=[r["rate_limited"] for r in rows], name="429s / s"))
-    figure.add_trace(go.Scatter(x=x, y=[r["retried"] for r in rows], name="retries / s"))
-    figure.add_trace(go.Scatter(x=x, y=[r["failed"] for r in rows], name="contacts failed / s"))
+    figure.add_trace(go.Bar(x=x, y=_values(rows, "rate_limited"), name="429s / s"))
+    figure.add_trace(go.Scatter(x=x, y=_values(rows, "retried"), name="retries / s"))
+    figure.add_trace(go.Scatter(x=x, y=_values(rows, "failed"), name="contacts failed / s"))
     figure.add_trace(
         go.Scatter(
             x=x,
-            y=[r["paused"] for r in rows],
+            y=_values(rows, "paused"),
             name="pool paused (1: yes)",
             line={"shape": "hv", "dash": "dot"},
             fill="tozeroy",
         )
     )
     figure.update_yaxes(title_text="per second", rangemode="tozero")
+    figure.update_xaxes(type="date")
     return figure.update_layout(**_LAYOUT)
 
 
@@ -148,24 +200,27 @@ def _latency(latencies_ms: Sequence[float]) -> go.Figure:
     for value in latencies_ms:
         step = math.log(max(value, low) / low) / math.log(high / low) * 40 if high > low else 0
         counts[min(39, int(step))] += 1
-    centers = [math.sqrt(a * b) for a, b in zip(edges, edges[1:], strict=False)]
+    centers = [round(math.sqrt(a * b), 3) for a, b in zip(edges, edges[1:], strict=False)]
     figure = go.Figure(
         go.Scatter(
             x=centers, y=counts, name="successful calls", line={"shape": "hvh"}, fill="tozeroy"
         )
     )
-    for name, value in percentiles(latencies_ms).items():
+    found = percentiles(latencies_ms)
+    for name, (width, dash) in _PERCENTILE_LINES.items():
         # A trace, not a shape: traces take data coordinates on a log axis too.
+        value = found[name]
         figure.add_trace(
             go.Scatter(
                 x=[value, value],
                 y=[0, max(counts)],
                 name=f"{name} {_ms(value)}",
                 mode="lines",
-                line={"dash": "dash"},
+                line={"dash": dash, "width": width},
             )
         )
-    figure.update_xaxes(title_text="latency, ms", type="log")
+    ticks, labels = log_ticks(low, high)
+    figure.update_xaxes(title_text="latency, ms", type="log", tickvals=ticks, ticktext=labels)
     figure.update_yaxes(title_text="calls")
     return figure.update_layout(**_LAYOUT)
 
@@ -174,9 +229,10 @@ def _latency_over_time(rows: list[dict[str, Any]]) -> go.Figure:
     x = _times(rows)
     figure = go.Figure()
     for name in ("p50_ms", "p95_ms", "p99_ms"):
-        y = [r[name] for r in rows]
+        y = _values(rows, name)
         figure.add_trace(go.Scatter(x=x, y=y, name=name.replace("_ms", ""), mode="lines+markers"))
     figure.update_yaxes(title_text="latency of the second's successes, ms", rangemode="tozero")
+    figure.update_xaxes(type="date")
     return figure.update_layout(**_LAYOUT)
 
 
@@ -190,20 +246,27 @@ def _by_kind(data: ReportData) -> go.Figure:
     figure.add_trace(
         go.Bar(x=kinds, y=[data.failures.get(k, 0) for k in kinds], name="contacts failed")
     )
-    figure.update_yaxes(title_text="count")
+    highest = max([*failed_attempts.values(), *data.failures.values()], default=1)
+    figure.update_yaxes(title_text="count", **count_ticks(highest))
     return figure.update_layout(barmode="group", **_LAYOUT)
 
 
 def _credits(data: ReportData) -> go.Figure:
     runs = data.runs
-    labels = [f"{utc_iso(r['started_at'], ms=False)} {r['run_id']}" for r in runs]
+    labels = [run_label(r) for r in runs]
     colors = ["#d62728" if r["run_id"] == data.run["run_id"] else "#1f77b4" for r in runs]
     figure = go.Figure(
         go.Bar(x=labels, y=[r["credits"] for r in runs], marker_color=colors, name="credits")
     )
     figure.add_trace(go.Scatter(x=labels, y=[r["paid_calls"] for r in runs], name="paid calls"))
     figure.update_yaxes(title_text="credits, paid calls", rangemode="tozero")
+    figure.update_xaxes(type="category", tickangle=-30)
     return figure.update_layout(**_LAYOUT)
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """A run's short name on a chart: its start (UTC, to the minute) and its id."""
+    return f"{utc_iso(run['started_at'], ms=False)[5:16].replace('T', ' ')} {run['run_id']}"
 
 
 def _rejects(data: ReportData) -> go.Figure:
@@ -211,7 +274,7 @@ def _rejects(data: ReportData) -> go.Figure:
     figure = go.Figure(
         go.Bar(y=reasons, x=[data.rejects[r] for r in reasons], orientation="h", name="rows")
     )
-    figure.update_xaxes(title_text="input rows rejected")
+    figure.update_xaxes(title_text="input rows rejected", **count_ticks(max(data.rejects.values())))
     return figure.update_layout(**_LAYOUT)
 
 
@@ -237,3 +300,59 @@ def charts(data: ReportData) -> list[tuple[str, go.Figure]]:
     if data.rejects:
         found.append(("Input rows rejected, by reason", _rejects(data)))
     return found
+
+
+def run_seconds(run: dict[str, Any]) -> float:
+    """A run's wall time so far (to its end, or its last update when it has none)."""
+    return float(max((run["finished_at"] or run["updated_at"]) - run["started_at"], 1e-3))
+
+
+def _per_run(
+    runs: list[dict[str, Any]], bars: dict[str, str], title: str, *, counts: bool = False
+) -> go.Figure:
+    """One bar per run for each of ``bars`` (a run's key -> the trace's name)."""
+    labels = [run_label(run) for run in runs]
+    figure = go.Figure()
+    for key, name in bars.items():
+        figure.add_trace(go.Bar(x=labels, y=[run[key] or 0 for run in runs], name=name))
+    figure.update_yaxes(title_text=title, rangemode="tozero")
+    if counts:
+        highest = max((run[key] or 0 for run in runs for key in bars), default=1)
+        figure.update_yaxes(**count_ticks(highest))
+    figure.update_xaxes(type="category", tickangle=-30)
+    return figure.update_layout(barmode="group", **_LAYOUT)
+
+
+def week_charts(data: WeekData) -> list[tuple[str, go.Figure]]:
+    """The week view's charts, in order (see the module docstring)."""
+    runs = [
+        run
+        | {"throughput": round(run["succeeded"] / run_seconds(run), 3)}
+        | {"rate": (run.get("limits") or {}).get("rate")}
+        | {"window": (run.get("limits") or {}).get("window")}
+        for run in data.runs
+    ]
+    labels = [run_label(run) for run in runs]
+    credits = _per_run(runs, {"credits": "credits"}, "credits, paid calls")
+    credits.add_trace(go.Scatter(x=labels, y=[r["paid_calls"] for r in runs], name="paid calls"))
+    troubles = {"failed": "contacts failed", "rejected": "rows rejected", "rate_limited": "429s"}
+    limits = make_subplots(specs=[[{"secondary_y": True}]])
+    limits.add_trace(
+        go.Scatter(x=labels, y=[r["rate"] for r in runs], name="rate found (calls/s)"),
+        secondary_y=False,
+    )
+    limits.add_trace(
+        go.Scatter(x=labels, y=[r["window"] for r in runs], name="window found (in flight)"),
+        secondary_y=True,
+    )
+    limits.update_yaxes(title_text="calls / s", rangemode="tozero", secondary_y=False)
+    windows = [r["window"] or 0 for r in runs]
+    limits.update_yaxes(title_text="in flight", secondary_y=True, **count_ticks(max(windows)))
+    limits.update_xaxes(type="category", tickangle=-30)
+    limits.update_layout(**_LAYOUT)
+    return [
+        ("Throughput per run", _per_run(runs, {"throughput": "successes / s"}, "per second")),
+        ("Credits and paid calls per run", credits),
+        ("Failures, rejects and 429s per run", _per_run(runs, troubles, "count", counts=True)),
+        ("Limits found per run", limits),
+    ]

@@ -7,12 +7,17 @@ the successful ones, attempts by outcome, retries), its failures by kind and exa
 (``OUT.errors.ndjson``, the lines of this run), the rejects by reason with examples
 (``OUT.rejects.ndjson``) and, when it is this run's, the summary (``OUT.summary.json``: the
 stop's detail). Raises :class:`StateError` when the output has no ledger or no such run.
+
+:func:`gather_week` returns a :class:`WeekData`: the output's runs that started within a span
+(``--since 7d``) or its latest N (``--runs N``), oldest first, each with its 429s (the last
+sample of its series; 0 without one).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,8 +31,9 @@ from octave_bulk.observe.series import read_series
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.utc import utc_iso
 
-__all__ = ["EXAMPLES", "ReportData", "gather"]
+__all__ = ["EXAMPLES", "ReportData", "WeekData", "gather", "gather_week"]
 
 EXAMPLES = 3
 """Examples kept per reject reason and per failure kind."""
@@ -88,6 +94,58 @@ def gather(
     _read_rejects(paths.rejects, data)
     data.summary = _summary(paths.summary, run["run_id"])
     return data
+
+
+@dataclass
+class WeekData:
+    """Runs of an output over a span, oldest first (see the module docstring)."""
+
+    output: Path
+    runs: list[dict[str, Any]]
+    span: str
+    """What was asked for, in words (``runs started since 2026-11-27T20:00:00Z``)."""
+
+
+def gather_week(
+    output: str | Path,
+    *,
+    ledger: Path | None = None,
+    since_seconds: float | None = None,
+    runs: int | None = None,
+) -> WeekData:
+    """The runs of ``output`` started in the last ``since_seconds``, or its latest ``runs``.
+
+    Raises:
+        StateError: no ledger, or no run of this output in the span.
+    """
+    paths = OutputPaths.for_output(output)
+    mine = str(paths.results.resolve())
+    with RunHistory.open(ledger or paths.ledger, readonly=True) as history:
+        found = [run for run in reversed(history.runs()) if run["output"] == mine]
+        if since_seconds is not None:
+            found = [run for run in found if run["started_at"] >= time.time() - since_seconds]
+        if runs is not None:
+            found = found[-runs:]
+        if not found:
+            raise StateError(f"{paths.results}: no run of this output in {history.path} then")
+        limited = _rate_limited(history, [run["run_id"] for run in found])
+    for run in found:
+        run["rate_limited"] = limited.get(run["run_id"], 0)
+    words = ["runs"]
+    if since_seconds is not None:
+        words.append(f"started since {utc_iso(time.time() - since_seconds, ms=False)}")
+    if runs is not None:
+        words.append(f"(the latest {runs} at most)")
+    return WeekData(output=paths.results, runs=found, span=" ".join(words))
+
+
+def _rate_limited(history: RunHistory, run_ids: list[str]) -> dict[str, int]:
+    """Each run's 429s, from the last sample of its series (none without a series table)."""
+    query = "SELECT MAX(rate_limited) FROM series WHERE run_id = ?"
+    try:
+        return {run_id: int(history.query(query, (run_id,))[0][0] or 0) for run_id in run_ids}
+    except sqlite3.OperationalError:  # a ledger older than the series table
+        return {}
 
 
 def _series(history: RunHistory, run_id: str) -> list[dict[str, Any]]:

@@ -3,8 +3,10 @@
 Contract: :func:`render` turns a :class:`ReportData` into the page's HTML: how the run ended
 (exit code, stop reason and its detail), its counts, throughput and latency, the charts
 (``report/charts.py``), the failures by kind and the rejects by reason with examples, and the
-output's runs. Plotly's JavaScript (plotly.min.js, shipped in the ``plotly`` package) is
-embedded once: no CDN, no network, nothing loaded from anywhere. A script error while drawing
+output's runs. Plotly's JavaScript is embedded once - its *basic* partial bundle
+(``plotly-basic.min.js``, scatter and bar traces: all the report draws, 1.2 MB against the full
+bundle's 4.8 MB; docs/design.md, "The report") - so no CDN, no network, nothing loaded from
+anywhere. A script error while drawing
 is shown at the top of the page (``#report-errors``), not lost. Text from the input and the
 errors file is HTML-escaped. :func:`write_report` writes the page atomically.
 """
@@ -12,19 +14,24 @@ errors file is HTML-escaped. :func:`write_report` writes the page atomically.
 from __future__ import annotations
 
 import html
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import plotly.io
-import plotly.offline
 
 from octave_bulk.errors import ErrorKind
-from octave_bulk.report.charts import charts, percentiles
-from octave_bulk.report.data import ReportData
+from octave_bulk.report.charts import charts, percentiles, run_seconds, week_charts
+from octave_bulk.report.data import ReportData, WeekData
 from octave_bulk.state.files import write_atomic
 from octave_bulk.utc import utc_iso
 
-__all__ = ["render", "write_report"]
+__all__ = ["PLOTLY_BUNDLE", "plotly_js", "render", "render_week", "write_report", "write_week"]
+
+PLOTLY_BUNDLE = "plotly-basic.min.js"
+"""Plotly's basic partial bundle, shipped beside this module (npm ``plotly.js-basic-dist-min``
+at the plotly.js version the ``plotly`` package ships; docs/design.md says how to update it)."""
 
 _STOPS = {
     "fatal": "the key, the credits or the endpoint were refused",
@@ -69,6 +76,12 @@ if (window.reportErrors.length) {
   document.getElementById("report-errors").textContent = window.reportErrors.join("\\n");
 }
 """
+
+
+@cache
+def plotly_js() -> str:
+    """The JavaScript every page embeds (read once per process)."""
+    return resources.files("octave_bulk.report").joinpath(PLOTLY_BUNDLE).read_text("utf-8")
 
 
 def _e(value: Any) -> str:
@@ -171,10 +184,10 @@ def _runs(data: ReportData) -> str:
     return _table(header, rows)
 
 
-def render(data: ReportData) -> str:
-    """The whole page (see the module docstring)."""
+def _charts(found: list[tuple[str, Any]]) -> str:
+    """The charts' sections: a title and a div each, drawn by the page's one Plotly script."""
     sections = []
-    for number, (title, figure) in enumerate(charts(data)):
+    for number, (title, figure) in enumerate(found):
         div = plotly.io.to_html(
             figure,
             include_plotlyjs=False,
@@ -183,22 +196,36 @@ def render(data: ReportData) -> str:
             config={"displaylogo": False, "responsive": True},
         )
         sections.append(f"<h2>{_e(title)}</h2>{div}")
-    if not data.series:
-        sections.insert(0, "<p>No time series was recorded for this run (series = false, "
-                           "or it ended within its first seconds).</p>")  # fmt: skip
-    body = "".join(sections)
     # plotly.io.to_html names its divs "plotly-graph-div"; ours are also "chart"s.
-    body = body.replace('class="plotly-graph-div"', 'class="plotly-graph-div chart"')
-    title = f"octave-bulk report: {data.output.name}, run {data.run['run_id']}"
+    return "".join(sections).replace('class="plotly-graph-div"', 'class="plotly-graph-div chart"')
+
+
+def _page(title: str, body: str) -> str:
+    """A whole page: Plotly embedded, errors caught onto the page, the charts counted."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>{_STYLE}</style>
 <script>{_CATCH_ERRORS}</script>
-<script>{plotly.offline.get_plotlyjs()}</script>
+<script>{plotly_js()}</script>
 </head><body>
 <h1>{_e(title)}</h1>
 <pre id="report-errors"></pre>
-{_ending(data)}
+{body}
+<script>{_COUNT_CHARTS}</script>
+</body></html>
+"""
+
+
+def render(data: ReportData) -> str:
+    """The whole page (see the module docstring)."""
+    body = _charts(charts(data))
+    if not data.series:
+        body = ("<p>No time series was recorded for this run (series = false, "
+                "or it ended within its first seconds).</p>") + body  # fmt: skip
+    title = f"octave-bulk report: {data.output.name}, run {data.run['run_id']}"
+    return _page(
+        title,
+        f"""{_ending(data)}
 {_overview(data)}
 {body}
 <h2>Contacts failed, by kind: examples</h2>
@@ -206,13 +233,41 @@ def render(data: ReportData) -> str:
 <h2>Input rows rejected, by reason: examples</h2>
 {_examples(dict(data.rejects), dict(data.reject_examples), "reason")}
 <h2>Runs of this output</h2>
-{_runs(data)}
-<script>{_COUNT_CHARTS}</script>
-</body></html>
-"""
+{_runs(data)}""",
+    )
+
+
+def render_week(data: WeekData, pages: dict[str, str]) -> str:
+    """The week view: one row and one bar per run, each run linked to its page (``pages``:
+    run id -> the page's address relative to this one)."""
+    header = ("started (UTC)", "run", "read", "succeeded", "failed", "rejected", "paid calls",
+              "credits", "successes/s", "429s", "limits found", "exit")  # fmt: skip
+    rows = []
+    for run in reversed(data.runs):
+        link = pages.get(run["run_id"])
+        name = f'<a href="{_e(link)}">{_e(run["run_id"])}</a>' if link else _e(run["run_id"])
+        ended = "-" if run["finished_at"] is None else run["exit_code"]
+        counts = [
+            run["read"], run["succeeded"], run["failed"], run["rejected"], run["paid_calls"],
+            run["credits"], f"{run['succeeded'] / run_seconds(run):,.2f}", run["rate_limited"],
+            (run.get("limits") or {}).get("suggested_flags") or "-",
+            f"{ended} {run['stop_reason'] or ''}".strip(),
+        ]  # fmt: skip
+        cells = [_e(utc_iso(run["started_at"], ms=False)), name, *(_e(c) for c in counts)]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    table = f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    count = len(data.runs)
+    title = f"octave-bulk report: {data.output.name}, {count} run{'' if count == 1 else 's'}"
+    return _page(title, f"<p>{_e(data.span)}.</p>\n{table}\n{_charts(week_charts(data))}")
 
 
 def write_report(data: ReportData, path: Path) -> None:
     """Write the page to ``path`` (replaced atomically, 0600 like every file a run writes:
     its examples quote contacts and error messages)."""
     write_atomic(path, render(data).encode("utf-8"))
+
+
+def write_week(data: WeekData, path: Path, pages: dict[str, str]) -> None:
+    """Write the week view to ``path`` (atomically, 0600)."""
+    write_atomic(path, render_week(data, pages).encode("utf-8"))

@@ -281,8 +281,9 @@ class Admission:
                     control.stop(StopReason.INPUT_ERROR)
                     break
                 if not batch:
+                    self.stats.input_read = True
                     break
-                for record, end_line in batch:
+                for admitted, (record, end_line) in enumerate(batch, start=1):  # noqa: B007 - read after
                     item = self.take(record, end_line, rejects)
                     if item is not None:
                         try:
@@ -292,6 +293,8 @@ class Admission:
                         self.stats.queued += 1
                     if control.stopping or self.full:
                         break
+                # A short batch is the input's end: every row read once all of it is admitted.
+                self.stats.input_read = admitted == len(batch) < _READ_BATCH
             self.stats.input_done = True
 
 

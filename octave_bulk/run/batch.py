@@ -31,6 +31,7 @@ from octave_bulk.limits.base import Limiter, LimiterContext, LimiterFactory
 from octave_bulk.observe.log import log_event
 from octave_bulk.observe.progress import Progress
 from octave_bulk.observe.series import SeriesRecorder
+from octave_bulk.observe.words import counted
 from octave_bulk.run.admission import Admission, WorkItem
 from octave_bulk.run.callbacks import CallbackReceiver, load_token
 from octave_bulk.run.control import RunControl
@@ -325,7 +326,7 @@ class BatchRun:
             return replace(completed, code=reason.exit_code, reason=f"stopped: {reason}")
         if self.settings.detach:  # submitted and left: the jobs are collect's
             detached = (
-                f"detached: {self.stats.awaiting:,} jobs awaited, collect with "
+                f"detached: {counted(self.stats.awaiting, 'job')} awaited, collect with "
                 f"octave-bulk collect {self.paths.results}"
             )
             if completed.code != ExitCode.OK:

@@ -35,6 +35,7 @@ import orjson
 from octave_bulk.errors import ConfigError
 from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.limits.factory import start_limits
+from octave_bulk.observe.words import counted
 from octave_bulk.run.credits import Credits, agent_credits, number_in
 from octave_bulk.run.dry import PaidContact, dry_plan
 from octave_bulk.settings.model import Settings
@@ -112,7 +113,7 @@ class Plan:
             f"rows read {c['read']:,}: rejected {c['rejected']:,}, duplicates {c['duplicate']:,}, "
             f"already done {c['skipped_done']:,}, failed for good before {c['skipped_failed']:,}"
             + (f", left out by --where {c['filtered_out']:,}" if c.get("filtered_out") else ""),
-            f"to send: {self.to_send:,} contacts"
+            f"to send: {counted(self.to_send, 'contact')}"
             + (f" ({self.paid_again:,} already done, content changed)" if self.paid_again else ""),
         ]
         if self.awaiting:
@@ -138,7 +139,8 @@ class Plan:
                 f"of {self.credits_remaining:,g} remaining: {verdict}"
             )
         low, high = (_duration(s) for s in self.seconds)
-        span = f"about {low}" if low == high else f"{low} to {high}"
+        span = f"about {low}" if low[0].isdigit() else low  # not "about under 1 s"
+        span = span if low == high else f"{low} to {high}"
         lines.append(f"time: {span} ({self.time_basis})")
         return lines
 

@@ -39,6 +39,7 @@ import anyio
 from octave_bulk.errors import StateError, StopReason
 from octave_bulk.http.client import OctaveClient
 from octave_bulk.observe.log import log_event
+from octave_bulk.observe.words import counted
 from octave_bulk.run.control import RunControl
 from octave_bulk.run.credits import credits_remaining
 from octave_bulk.run.summary import RunStats
@@ -101,7 +102,7 @@ class BudgetHolds:
         if not granted:
             self._spent = True
             self.control.detail = (
-                f"the budget {self.budget} is spent ({spent:,} calls sent or held within the "
+                f"the budget {self.budget} is spent ({counted(spent, 'call')} sent or held within the "
                 "period by the runs sharing the ledger; see octave-bulk history)"
             )
             self.control.stop(StopReason.BUDGET)
@@ -169,7 +170,7 @@ class CreditsCeiling:
             return
         self._spent = True
         self.control.detail = (
-            f"the credits remaining are spent ({calls:,} calls sent at {self.cost:g} credits; "
+            f"the credits remaining are spent ({counted(calls, 'call')} sent at {self.cost:g} credits; "
             + (f"{remaining:,g} left, {unbilled} calls not billed yet)" if remaining is not None
                else f"{note})")
             + ": add credits, then run the same command again to resume"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from octave_bulk.errors import ExitCode, FailOn, StopReason
+from octave_bulk.observe.words import counted
 
 __all__ = ["ExitRule", "LatencyHistogram", "RunStats", "RunSummary", "completed_exit"]
 
@@ -113,6 +114,8 @@ class RunStats:
     calls_by_status: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     input_done: bool = False
+    input_read: bool = False
+    """Every row of the input was read and admitted (its end was reached)."""
 
     @property
     def failed(self) -> int:
@@ -170,6 +173,7 @@ class RunStats:
             },
             "credits": self.credits,
             "usage_anomalies": self.usage_anomalies,
+            "input_read_whole": self.input_read,
             "throughput_per_second": round(self.succeeded / wall, 3) if wall > 0 else None,
             "latency_ms": {
                 "p50": self.latency.percentile(50),
@@ -232,10 +236,6 @@ class RunSummary(Mapping[str, Any]):
         return dict(self.document)
 
 
-def _contacts(n: int) -> str:
-    return f"{n:,} contact" + ("" if n == 1 else "s")
-
-
 @dataclass(frozen=True)
 class ExitRule:
     """The exit code of a run that went through its input, and the rule that produced it.
@@ -265,24 +265,30 @@ def completed_exit(stats: RunStats, conditions: frozenset[FailOn]) -> ExitRule:
     earlier run were skipped. Earlier failures are always
     named in the reason, so a night that does not fail on them still reports them.
     """
+    jobs, lost, rows = stats.jobs_given_up, stats.jobs_lost, stats.rejected + stats.duplicate
     found = {
         FailOn.FAILED: [
-            (stats.failed, "failed in this run"),
-            (stats.jobs_given_up, "async jobs still pending at job_timeout"),
-            (stats.jobs_lost, "paid async jobs lost (--resubmit-expired sends them again)"),
+            (stats.failed, f"{stats.failed:,} failed in this run"),
+            (jobs, f"{counted(jobs, 'async job')} still pending at job_timeout"),
+            (lost, f"{counted(lost, 'paid async job')} lost (--resubmit-expired sends "
+                   f"{'it' if lost == 1 else 'them'} again)"),
         ],
-        FailOn.REJECTS: [(stats.rejected + stats.duplicate, "rejected or duplicate rows")],
-        FailOn.SKIPPED_FAILED: [(stats.skipped_failed, "failed for good in an earlier run")],
-    }
+        FailOn.REJECTS: [(rows, counted(rows, "rejected or duplicate row"))],
+        FailOn.SKIPPED_FAILED: [
+            (stats.skipped_failed, f"{stats.skipped_failed:,} failed for good in an earlier run")
+        ],
+    }  # fmt: skip
     order = tuple(c for c in FailOn if c in conditions and c is not FailOn.NONE)
-    hits = [f"{n:,} {words}" for c in order for n, words in found[c] if n]
+    hits = [words for c in order for n, words in found[c] if n]
     rule = "--fail-on " + (",".join(order) or "none")
     if hits:
         return ExitRule(ExitCode.SOME_FAILED, order, f"{rule}: " + "; ".join(hits))
     words = f"{rule}: nothing it names happened"
-    if stats.skipped_failed and FailOn.SKIPPED_FAILED not in conditions:
+    earlier = stats.skipped_failed
+    if earlier and FailOn.SKIPPED_FAILED not in conditions:
         words += (
-            f" ({_contacts(stats.skipped_failed)} failed for good in an earlier run and were"
-            " not sent again: --retry-failed sends them)"
+            f" ({counted(earlier, 'contact')} failed for good in an earlier run and "
+            f"{'was' if earlier == 1 else 'were'} not sent again: --retry-failed sends "
+            f"{'it' if earlier == 1 else 'them'})"
         )
     return ExitRule(ExitCode.OK, order, words)
