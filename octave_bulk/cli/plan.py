@@ -11,7 +11,9 @@ import click
 from octave_bulk.cli.common import fail, load_settings, run_async
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
+    PLAN_SHOWN,
     RUN_FIELDS,
+    SectionedCommand,
     config_option,
     key_file_option,
     settings_options,
@@ -40,7 +42,7 @@ def print_plan(input_path: str, output: str, settings: Any, *, as_json: bool = F
     return ExitCode.FATAL if refused else ExitCode.OK
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson the run would write to."
@@ -48,7 +50,7 @@ def print_plan(input_path: str, output: str, settings: Any, *, as_json: bool = F
 @click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
 @config_option
 @key_file_option
-@settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS)
+@settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS, shown=PLAN_SHOWN)
 def plan(
     input_path: str,
     output: str,
