@@ -187,3 +187,22 @@ def test_every_count_the_docs_state_is_the_codes() -> None:
     assert stated is not None
     assert int(stated.group(2)) == len(_options_listed(_help("run")))
     assert int(stated.group(1)) > int(stated.group(2))
+
+
+_OTHER_PROGRAMS = {"--check", "--strict", "--header", "--smoke", "--cache-sim", "--slow-calls"}
+"""Flags the docs name of other programs: cog, mypy, curl, the benchmarks' scripts."""
+
+
+def test_every_flag_the_docs_name_is_an_option_of_a_command() -> None:
+    ctx = click.Context(cli)
+    flags = {"--help", "--version"}
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        commands = [command, *getattr(command, "commands", {}).values()]
+        for each in commands:
+            for param in getattr(each, "params", []):
+                if isinstance(param, click.Option):
+                    flags.update(param.opts + param.secondary_opts)
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", path.read_text(encoding="utf-8")))
+        assert not named - flags - _OTHER_PROGRAMS, f"{path.name} names no such flag"
