@@ -138,6 +138,10 @@ def probe(
 ) -> None:
     """Measure what your workspace sustains: rate, calls in flight, latency.
 
+    \b
+    octave-bulk probe export.csv -o results.ndjson --agent ca_... --max-calls 200
+    octave-bulk probe export.csv -o results.ndjson --agent ca_... --max-calls 200 --concurrency 128
+
     Spends at most --max-calls paid calls on the first contacts of INPUT (their results are
     kept in OUT like any run's), ramping the rate and the calls in flight as run does, and
     reports the latency, where 429s began and the flags to use. The limits found are stored
