@@ -31,6 +31,7 @@ __all__ = [
     "RUN_SHOWN",
     "SECTIONS",
     "SectionedCommand",
+    "SettingOption",
     "config_option",
     "default_text",
     "key_file_option",
