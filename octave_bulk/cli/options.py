@@ -129,6 +129,9 @@ class SectionedCommand(click.Command):
             for param in self.get_params(ctx)
             if isinstance(param, click.Option) and (record := param.get_help_record(ctx))
         }
+        # One width for the first column of every section (click sizes each list alone).
+        width = min(30, max((len(flags) for flags, _ in records.values()), default=0))
+        records = {name: (flags.ljust(width), text) for name, (flags, text) in records.items()}
         has_settings = any(isinstance(p, SettingOption) for p in self.params)
         if has_settings:
             formatter.write_paragraph()
