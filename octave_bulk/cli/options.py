@@ -191,6 +191,7 @@ def _base_type(annotation: Any) -> Any:
 
 
 def default_text(name: str, default: Any) -> str | None:
+    """A setting's default as ``--help`` and docs/reference.md print it (None: none shown)."""
     if name in _DEFAULT_SHOWN:
         return _DEFAULT_SHOWN[name]
     if default is None or default == () or isinstance(default, bool):

@@ -9,6 +9,8 @@ no command's flag. The counts it states are computed here, so they cannot go sta
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 from octave_bulk.cli.main import COMMANDS, cli
@@ -20,6 +22,19 @@ __all__ = ["flag_settings", "reference_markdown", "visible_options"]
 
 def _cell(text: object) -> str:
     return " ".join(str(text).replace("\b", "").replace("|", "\\|").split())
+
+
+def _help_text(text: str) -> list[str]:
+    """A command's help as Markdown: paragraphs, and its examples (click's ``\\b`` blocks) as
+    a code block."""
+    lines: list[str] = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        if paragraph.startswith("\b"):
+            lines += ["```bash", *paragraph.removeprefix("\b").strip("\n").splitlines(), "```"]
+        else:
+            lines.append(" ".join(paragraph.split()))
+        lines.append("")
+    return lines[:-1]
 
 
 def _commands() -> list[tuple[str, click.Command]]:
@@ -101,7 +116,7 @@ def reference_markdown() -> str:
     for name, command in commands:
         ctx = click.Context(command, info_name=name)
         usage = " ".join(command.collect_usage_pieces(ctx))
-        lines += ["", f"### `octave-bulk {name} {usage}`", "", _cell(command.help or "")]
+        lines += ["", f"### `octave-bulk {name} {usage}`", "", *_help_text(command.help or "")]
         lines += ["", "| option | setting, environment | default | in --help | what |"]
         lines.append("|---|---|---|---|---|")
         lines += [_option_row(p) for p in command.params if isinstance(p, click.Option)]
