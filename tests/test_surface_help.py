@@ -80,6 +80,8 @@ def test_old_flag_names_still_work_and_give_the_same_run(make_sim: Any, tmp_path
                 format_flag, "csv", *common]  # fmt: skip
         result = CliRunner().invoke(cli, args, env=env)
         assert result.exit_code == 0, result.output
+        renamed = "note: --key is now --person-key; the old name goes in a later release"
+        assert (renamed in result.output) == (key_flag == "--key")
         outputs.append(out)
     new, old = (read_lines(out) for out in outputs)
     assert [r["requestId"] for r in new] == [r["requestId"] for r in old] and len(new) == 4

@@ -13,11 +13,12 @@ import copy
 import enum
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import click
+from click.core import ParameterSource
 
 from octave_bulk.settings.model import Settings
 
@@ -162,6 +163,33 @@ class SettingOption(click.Option):
         shown = copy.copy(self)
         shown.opts = [flag for flag in self.opts if flag != self.old_name]
         return click.Option.get_help_record(shown, ctx)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        """The old name is parsed apart, so that using it can be pointed out."""
+        if self.old_name is None:
+            super().add_to_parser(parser, ctx)
+            return
+        shown = copy.copy(self)
+        shown.opts = [flag for flag in self.opts if flag != self.old_name]
+        click.Option.add_to_parser(shown, parser, ctx)
+        parser.add_option(obj=self, opts=[self.old_name], dest=self._old_dest, nargs=self.nargs)
+
+    def consume_value(
+        self, ctx: click.Context, opts: Mapping[str, Any]
+    ) -> tuple[Any, ParameterSource]:
+        if self.old_name is not None and opts.get(self._old_dest) is not None:
+            new = next(flag for flag in self.opts if flag != self.old_name)
+            click.echo(
+                f"note: {self.old_name} is now {new}; the old name goes in a later release",
+                err=True,
+            )
+            if opts.get(self.name) is None:
+                opts = {**opts, self.name: opts[self._old_dest]}
+        return super().consume_value(ctx, opts)
+
+    @property
+    def _old_dest(self) -> str:
+        return f"{self.name}__old_name"
 
 
 _ON_OFF_FLAGS = {
