@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from octave_bulk.agents import AgentKind
 from octave_bulk.agents.envelope import StepMapping
 from octave_bulk.agents.fields import OutputFormat
 from octave_bulk.errors import FailOn
@@ -33,16 +34,7 @@ class SettingsFields(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="From OCTAVE_API_KEY or a key file only, never a flag or the file."
     )
-    agent_type: Literal[
-        "sequence",
-        "enrich-person",
-        "enrich-company",
-        "qualify-person",
-        "qualify-company",
-        "content",
-        "call-prep",
-        "prospector",
-    ] = Field("sequence", description="Which Octave agent --agent is.")
+    agent_type: AgentKind = Field("sequence", description="Which Octave agent --agent is.")
     agent_oid: str | None = Field(None, description="Agent to run (ca_...).")
     experiment_oid: str | None = Field(None, description="Experiment to run instead (ae_...).")
     check_agent: bool = Field(
