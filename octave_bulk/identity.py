@@ -3,7 +3,7 @@ and the requestId derived from both (docs/design.md, section "Resume and paying 
 
 * **Person key**: the normalised email (the address the sequence is written for), else the
   normalised LinkedIn profile, else the CRM id (``crmContactId``, then ``crmLeadId``). Two rows
-  of one person share it, whatever their CRM record ids. ``--key FIELD`` makes one field the
+  of one person share it, whatever their CRM record ids. ``--person-key FIELD`` makes one field the
   key instead (``crmAccountId`` for company-level work: one request per account). A company
   (the body of a company agent) is keyed by its domain, else its account id, else its name:
   two rows of one domain are one company. Every agent but the Sequence Agent prefixes the
@@ -48,7 +48,7 @@ def person_key(
     body: Mapping[str, Any], field: str | None = None, kind: str = "sequence"
 ) -> str | None:
     """The person (or company) a request body is for, or None when it names nobody.
-    ``field`` (``--key``) names the field that identifies it instead (a CRM id for
+    ``field`` (``--person-key``) names the field that identifies it instead (a CRM id for
     company-level work); ``kind``, the agent, prefixes the key of every agent but the
     Sequence Agent (one person enriched and written to are two entries)."""
     key = _key(body, field)

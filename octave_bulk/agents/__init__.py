@@ -8,14 +8,14 @@ that the input stage can use ``envelope`` without loading every agent).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from octave_bulk.agents.base import Agent
 
-__all__ = ["AGENT_KINDS", "COMPANY_AGENTS", "get_agent"]
+__all__ = ["AGENT_KINDS", "COMPANY_AGENTS", "AgentKind", "get_agent"]
 
-AGENT_KINDS = (
+AgentKind = Literal[
     "sequence",
     "enrich-person",
     "enrich-company",
@@ -24,7 +24,10 @@ AGENT_KINDS = (
     "content",
     "call-prep",
     "prospector",
-)
+]
+"""An agent kind, as ``--agent-type`` (the ``agent_type`` setting) names it."""
+
+AGENT_KINDS: tuple[str, ...] = get_args(AgentKind)
 """Every agent kind ``--agent-type`` accepts."""
 
 COMPANY_AGENTS = frozenset({"enrich-company", "qualify-company", "prospector"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,12 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
 
 @click.command()
 @click.argument("results", metavar="OUT.ndjson")
-@click.option("-o", "--output", "target", help="CSV file to write, or - for stdout.")
+@click.option(
+    "-o",
+    "--output",
+    "target",
+    help="CSV file to write, or - for stdout [default: stdout when it is not a terminal].",
+)
 @click.option(
     "--preset",
     type=click.Choice(["generic", *_SEQUENCERS, *_AGENT_PRESETS, "hubspot", "salesforce"]),
@@ -105,8 +111,12 @@ def export(
     if undo_mark:
         _undo_mark(path, preset, ledger)
         return
-    if target is None:
-        raise click.UsageError("Missing option '-o' / '--output' (a CSV file, or - for stdout).")
+    if target is None and (only_new or sys.stdout.isatty()):
+        raise click.UsageError(
+            "Missing option '-o' / '--output': a CSV file, or - for stdout (the default when "
+            "stdout is a pipe or a file, without --new)."
+        )
+    target = target or "-"
     if only_new and target == "-":
         raise click.UsageError(
             "--new cannot write to stdout: the mark would move over rows the reader may never "
@@ -210,14 +220,15 @@ def _people_of(input_path: Path) -> IdSet:
 @click.command()
 @click.argument("output", metavar="OUT.ndjson")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(output: str, as_json: bool) -> None:
+@click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
+def status(output: str, as_json: bool, ledger: Path | None) -> None:
     """What a run has done so far (works while a run is in progress)."""
     import json
 
     from octave_bulk.state.status import read_status
 
     try:
-        info = read_status(output)
+        info = read_status(output, ledger=ledger)
     except OctaveBulkError as exc:
         fail(exc)
     if as_json:

@@ -1,27 +1,40 @@
 """Command options made from :class:`Settings` fields: one source for names, help texts,
-choices and defaults (a flag, ``OCTAVE_<NAME>`` and the TOML key all name one field).
+choices and defaults (a flag, ``OCTAVE_<NAME>`` and the TOML key all name one field), and the
+help that prints them in sections.
 
 Every generated option defaults to None, meaning "not given": the environment, then the
-config file, then the field's default decide (see :meth:`Settings.load`).
+config file, then the field's default decide (see :meth:`Settings.load`). A setting only an
+expert sets stays a flag but is hidden from ``--help``; docs/reference.md lists every one.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import click
+from click.core import ParameterSource
 
 from octave_bulk.settings.model import Settings
 
 __all__ = [
+    "FLAG_NAMES",
     "INPUT_FIELDS",
+    "OLD_FLAG_NAMES",
+    "PLAN_SHOWN",
+    "PROBE_SHOWN",
     "RUN_FIELDS",
+    "RUN_SHOWN",
+    "SECTIONS",
+    "SectionedCommand",
+    "SettingOption",
     "config_option",
+    "default_text",
     "key_file_option",
     "settings_option",
     "settings_options",
@@ -40,14 +53,145 @@ RUN_FIELDS = (
     "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",
     "detach",
 )  # fmt: skip
-"""The settings ``run`` takes as flags, in help order."""
+"""The settings ``run`` takes as flags."""
 
 INPUT_FIELDS = (
     "profile", "map", "input_format", "encoding", "delimiter", "skip_lines", "max_field_bytes",
 )  # fmt: skip
 """The settings that say how to read and map the input (``run`` and ``validate``)."""
 
-_FLAG_NAMES = {"agent_oid": "--agent", "experiment_oid": "--experiment", "input_format": "--format"}
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Target": ("agent_oid", "experiment_oid", "agent_type", "base_url", "api_key_file",
+               "config_file"),
+    "Input": ("input_format", "profile", "map", "key", "where", "context_from", "encoding",
+              "delimiter", "skip_lines", "max_field_bytes"),
+    "Pacing": ("rate", "concurrency", "adaptive", "max_attempts", "timeout", "call_deadline",
+               "max_response_bytes"),
+    "Safety": ("dry_run", "show_request", "limit", "max_calls", "probe_calls", "budget",
+               "retry_failed", "allow_resend", "resend_guard", "allow_overdraft", "fail_on",
+               "fail_on_rejects"),
+    "Output": ("output", "progress", "log_format", "log_file", "ledger", "metrics_textfile"),
+    "Async": ("mode", "detach", "async_body", "callback_url", "callback_listen",
+              "resubmit_expired", "poll_rate"),
+    "Agent options": ("output_format", "context", "instructions", "lang", "url",
+                      "prospect_limit", "prospect_minimal", "search_context"),
+}  # fmt: skip
+"""Help sections, in order: each parameter (by name) under its heading; the others follow."""
+
+RUN_SHOWN = frozenset({
+    "agent_oid", "experiment_oid", "agent_type", "base_url",
+    "input_format", "profile", "map", "key", "where", "context_from",
+    "rate", "concurrency",
+    "dry_run", "limit", "max_calls", "budget", "retry_failed", "allow_resend", "fail_on",
+    "progress", "log_format",
+    "mode", "detach",
+    "output_format", "context", "instructions",
+})  # fmt: skip
+"""The settings ``run --help`` lists; the others are accepted as flags but hidden."""
+
+PLAN_SHOWN = RUN_SHOWN - {"dry_run", "progress", "log_format", "detach", "fail_on"}
+"""What ``plan --help`` lists: what changes the forecast (not logs, progress or exit rules)."""
+
+PROBE_SHOWN = RUN_SHOWN - {"dry_run", "detach", "fail_on", "max_calls", "retry_failed",
+                           "allow_resend", "limit"}  # fmt: skip
+"""What ``probe --help`` lists."""
+
+FLAG_NAMES = {
+    "agent_oid": "--agent",
+    "experiment_oid": "--experiment",
+    "input_format": "--input-format",
+    "key": "--person-key",
+}
+"""Settings whose flag is not ``--`` + the name with ``-`` for ``_``."""
+
+OLD_FLAG_NAMES = {"input_format": "--format", "key": "--key"}
+"""Names a flag had before it was renamed: still accepted, not shown (for one release)."""
+
+_SETTINGS_RULE = (
+    "Every option here is also a setting: NAME in the --config TOML file (or the file "
+    "OCTAVE_CONFIG names) and OCTAVE_NAME in the environment, NAME being the flag with _ for - "
+    "unless [setting: ...] says otherwise. Flags win over the environment, the environment "
+    "over the file."
+)
+_MORE_SETTINGS = (
+    "More settings (deadlines, byte caps, callbacks, poll rate, metrics and log files, "
+    "agent-specific knobs) are set in the file or the environment (also accepted as flags): "
+    "docs/reference.md lists every option and setting."
+)
+
+
+class SectionedCommand(click.Command):
+    """A command whose options are printed under the headings of :data:`SECTIONS`, with the
+    settings rule said once (for a command that takes settings)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {
+            param.name: record
+            for param in self.get_params(ctx)
+            if isinstance(param, click.Option) and (record := param.get_help_record(ctx))
+        }
+        # One width for the first column of every section (click sizes each list alone).
+        width = min(30, max((len(flags) for flags, _ in records.values()), default=0))
+        records = {name: (flags.ljust(width), text) for name, (flags, text) in records.items()}
+        has_settings = any(isinstance(p, SettingOption) for p in self.params)
+        if has_settings:
+            formatter.write_paragraph()
+            formatter.write_text(_SETTINGS_RULE)
+        for title, names in SECTIONS.items():
+            rows = [records.pop(name) for name in names if name in records]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        if records:
+            with formatter.section("Other options"):
+                formatter.write_dl(list(records.values()))
+        if has_settings and any(p.hidden for p in self.params if isinstance(p, click.Option)):
+            formatter.write_paragraph()
+            formatter.write_text(_MORE_SETTINGS)
+
+
+class SettingOption(click.Option):
+    """An option made from a Settings field; an old name it had works but is not shown."""
+
+    def __init__(self, *args: Any, old_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_name = old_name
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self.old_name is None:
+            return super().get_help_record(ctx)
+        shown = copy.copy(self)
+        shown.opts = [flag for flag in self.opts if flag != self.old_name]
+        return click.Option.get_help_record(shown, ctx)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        """The old name is parsed apart, so that using it can be pointed out."""
+        if self.old_name is None:
+            super().add_to_parser(parser, ctx)
+            return
+        shown = copy.copy(self)
+        shown.opts = [flag for flag in self.opts if flag != self.old_name]
+        click.Option.add_to_parser(shown, parser, ctx)
+        parser.add_option(obj=self, opts=[self.old_name], dest=self._old_dest, nargs=self.nargs)
+
+    def consume_value(
+        self, ctx: click.Context, opts: Mapping[str, Any]
+    ) -> tuple[Any, ParameterSource]:
+        if self.old_name is not None and opts.get(self._old_dest) is not None:
+            new = next(flag for flag in self.opts if flag != self.old_name)
+            click.echo(
+                f"note: {self.old_name} is now {new}; the old name goes in a later release",
+                err=True,
+            )
+            if opts.get(self.name) is None:
+                opts = {**opts, self.name: opts[self._old_dest]}
+        return super().consume_value(ctx, opts)
+
+    @property
+    def _old_dest(self) -> str:
+        return f"{self.name}__old_name"
+
+
 _ON_OFF_FLAGS = {
     "dry_run",
     "retry_failed",
@@ -74,33 +218,42 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _default_text(name: str, default: Any) -> str | None:
+def default_text(name: str, default: Any) -> str | None:
+    """A setting's default as ``--help`` and docs/reference.md print it (None: none shown)."""
     if name in _DEFAULT_SHOWN:
         return _DEFAULT_SHOWN[name]
     if default is None or default == () or isinstance(default, bool):
         return None if not isinstance(default, bool) else ("on" if default else "off")
     if isinstance(default, enum.Enum):
         return str(default.value)
+    if isinstance(default, tuple):
+        return ",".join(str(getattr(item, "value", item)) for item in default)
     if isinstance(default, float) and default.is_integer():
         return str(int(default))
     return str(default)
 
 
-def settings_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def settings_option(
+    name: str, *, hidden: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The click option for one Settings field (the parameter is named after the field)."""
     field = Settings.model_fields[name]
     kind = _base_type(field.annotation)
-    flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-    help_text = f"{field.description} Env OCTAVE_{name.upper()}."
-    shown = _default_text(name, field.get_default(call_default_factory=True))
+    flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    help_text = str(field.description)
+    if name in FLAG_NAMES:
+        help_text += f" [setting: {name}]"
+    shown = default_text(name, field.get_default(call_default_factory=True))
     if shown is not None:
         help_text += f" [default: {shown}]"
-    extra: dict[str, Any] = {}
+    old = OLD_FLAG_NAMES.get(name)
+    extra: dict[str, Any] = {"cls": SettingOption, "hidden": hidden, "old_name": old}
+    flags = [flag, old] if old else [flag]
     if kind is bool and name in _ON_OFF_FLAGS:
-        return click.option(flag, name, is_flag=True, default=None, help=help_text)
+        return click.option(*flags, name, is_flag=True, default=None, help=help_text, **extra)
     if kind is bool:
-        flags = f"{flag}/--no-{flag.removeprefix('--')}"
-        return click.option(flags, name, default=None, help=help_text)
+        flags = [f"{flag}/--no-{flag.removeprefix('--')}"]
+        return click.option(*flags, name, default=None, help=help_text, **extra)
     if typing.get_origin(kind) is Literal:
         extra["type"] = click.Choice([str(c) for c in typing.get_args(kind)])
     elif isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -113,15 +266,18 @@ def settings_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
         extra["type"] = click.Path(dir_okay=False)
     if name in ("rate", "poll_rate"):
         extra.pop("type", None)  # "2/s", "90/min" or "none": Settings parses it
-    return click.option(flag, name, default=None, help=help_text, **extra)
+    return click.option(*flags, name, default=None, help=help_text, **extra)
 
 
-def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Options for several fields, in the order given."""
+def settings_options(
+    *names: str, shown: Collection[str] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options for several fields; those not in ``shown`` (when given) hidden from help."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for name in reversed(names):
-            command = settings_option(name)(command)
+            hidden = shown is not None and name not in shown
+            command = settings_option(name, hidden=hidden)(command)
         return command
 
     return decorate
@@ -133,7 +289,8 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--config",
         "config_file",
         type=click.Path(dir_okay=False),
-        help="TOML file with settings (flags win over env, env over the file).",
+        envvar="OCTAVE_CONFIG",
+        help="TOML file with settings [env: OCTAVE_CONFIG].",
     )(command)
 
 
@@ -142,5 +299,5 @@ def key_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--api-key-file",
         type=click.Path(dir_okay=False),
-        help="File holding the API key (else env OCTAVE_API_KEY).",
+        help="File holding the API key [default: env OCTAVE_API_KEY; never a flag's value].",
     )(command)

@@ -11,7 +11,9 @@ import click
 from octave_bulk.cli.common import fail, load_settings, run_async
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
+    PLAN_SHOWN,
     RUN_FIELDS,
+    SectionedCommand,
     config_option,
     key_file_option,
     settings_options,
@@ -47,7 +49,7 @@ def print_plan(
     return ExitCode.FATAL if refused else ExitCode.OK
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson the run would write to."
@@ -61,7 +63,7 @@ def print_plan(
 )
 @config_option
 @key_file_option
-@settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS)
+@settings_options(*(f for f in RUN_FIELDS if f != "dry_run"), *INPUT_FIELDS, shown=PLAN_SHOWN)
 def plan(
     input_path: str,
     output: str,

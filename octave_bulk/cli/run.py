@@ -18,7 +18,10 @@ from octave_bulk.cli.common import (
 )
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
+    PROBE_SHOWN,
     RUN_FIELDS,
+    RUN_SHOWN,
+    SectionedCommand,
     config_option,
     key_file_option,
     settings_options,
@@ -28,7 +31,7 @@ from octave_bulk.errors import ExitCode, OctaveBulkError
 __all__ = ["collect", "probe", "run", "validate"]
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
@@ -36,11 +39,12 @@ __all__ = ["collect", "probe", "run", "validate"]
 @click.option(
     "--show-request",
     is_flag=True,
+    hidden=True,
     help="With --dry-run: print the first request and the counts as JSON instead of the plan.",
 )
 @config_option
 @key_file_option
-@settings_options(*RUN_FIELDS, *INPUT_FIELDS)
+@settings_options(*RUN_FIELDS, *INPUT_FIELDS, shown=RUN_SHOWN)
 def run(
     input_path: str,
     output: str,
@@ -51,9 +55,14 @@ def run(
 ) -> None:
     """Run an Octave agent for every contact of INPUT (CSV, NDJSON or results, - for stdin).
 
+    \b
+    octave-bulk run export.csv -o results.ndjson --agent ca_...
+    octave-bulk run results.ndjson -o best.ndjson --agent ca_... --where "score >= 7"
+
     The Sequence Agent unless --agent-type says otherwise. INPUT may be an earlier run's
     OUT.ndjson (chaining: --where, --context-from). Re-running the same command resumes:
-    contacts already in OUT are skipped.
+    contacts already in OUT are skipped. Exit 0: done; 1: contacts failed tonight (--fail-on);
+    2: nothing sent, fix the cause; 3-6 and 130: stopped, the same command resumes.
     """
     from octave_bulk.observe.log import configure_logging
     from octave_bulk.run.engine import run_batch
@@ -100,7 +109,7 @@ def _notify_refusal(settings: Any, exc: OctaveBulkError) -> None:
     notify(settings.notify, settings.notify_on, summary, f"error: {exc}")
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o", "--output", required=True, help="Results file OUT.ndjson (side files go next to it)."
@@ -115,7 +124,9 @@ def _notify_refusal(settings: Any, exc: OctaveBulkError) -> None:
 @config_option
 @key_file_option
 @settings_options(
-    *(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run", "detach"}), *INPUT_FIELDS
+    *(f for f in RUN_FIELDS if f not in {"max_calls", "dry_run", "detach"}),
+    *INPUT_FIELDS,
+    shown=PROBE_SHOWN,
 )
 def probe(
     input_path: str,
@@ -126,6 +137,10 @@ def probe(
     **flags: Any,
 ) -> None:
     """Measure what your workspace sustains: rate, calls in flight, latency.
+
+    \b
+    octave-bulk probe export.csv -o results.ndjson --agent ca_... --max-calls 200
+    octave-bulk probe export.csv -o results.ndjson --agent ca_... --max-calls 200 --concurrency 128
 
     Spends at most --max-calls paid calls on the first contacts of INPUT (their results are
     kept in OUT like any run's), ramping the rate and the calls in flight as run does, and
@@ -164,7 +179,7 @@ def _resend_against(input_path: str, output: str, settings: Any) -> dict[str, An
     return check_resend(input_path, settings, state).to_dict()
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o",
@@ -249,7 +264,7 @@ def validate(
     sys.exit(ExitCode.SOME_FAILED if report.rejected_total else ExitCode.OK)
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("output", metavar="OUT")
 @config_option
 @key_file_option

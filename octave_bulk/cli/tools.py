@@ -10,7 +10,12 @@ import click
 
 from octave_bulk import simulator as sim
 from octave_bulk.cli.common import fail, load_settings, parsed, print_summary, run_async
-from octave_bulk.cli.options import config_option, key_file_option, settings_options
+from octave_bulk.cli.options import (
+    SectionedCommand,
+    config_option,
+    key_file_option,
+    settings_options,
+)
 from octave_bulk.errors import ApiError, ExitCode, OctaveBulkError
 
 __all__ = ["demo", "doctor", "simulate"]
@@ -287,7 +292,7 @@ def demo(contacts: int, out_dir: str, progress: bool | None) -> None:
     sys.exit(summary["exit_code"])
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @config_option
 @key_file_option
 @settings_options("base_url", "agent_type", "agent_oid")

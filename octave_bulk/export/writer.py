@@ -295,7 +295,7 @@ class _Selection:
 
 
 def _person(result: Result) -> int:
-    if result.person is not None:  # the key the run used (its --key, if any)
+    if result.person is not None:  # the key the run used (its --person-key, if any)
         return result.person
     return id_key(person_key(result.contact) or result.request_id)
 

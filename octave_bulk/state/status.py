@@ -26,7 +26,7 @@ from octave_bulk.utc import utc_iso
 __all__ = ["read_status"]
 
 
-def read_status(output: str | Path) -> dict[str, Any]:
+def read_status(output: str | Path, *, ledger: Path | None = None) -> dict[str, Any]:
     """Counts from the results, errors and rejects files plus the last run's summary; with
     async runs, the jobs submitted whose result is not in yet (``async_awaiting``).
 
@@ -40,7 +40,7 @@ def read_status(output: str | Path) -> dict[str, Any]:
             f"{paths.results}: no such output (no results and no summary): check the path "
             "given to -o when the run was started"
         )
-    state = read_state(paths)
+    state = read_state(paths, ledger)
     credits = sum(line_credits(line) for line in complete_lines(paths.results))
     rejects = sum(1 for _ in iter_ndjson(paths.rejects))
     summary = None
@@ -63,17 +63,19 @@ def read_status(output: str | Path) -> dict[str, Any]:
         "async_awaiting": len(awaiting),
         "async_oldest_submit": utc_iso(min(j.submitted_at for j in awaiting)) if awaiting else None,
         "input_progress": _input_progress(summary, state),
-        "last_run": _last_run(paths, summary),
+        "last_run": _last_run(paths, summary, ledger or paths.ledger),
     }
 
 
-def _last_run(paths: OutputPaths, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+def _last_run(
+    paths: OutputPaths, summary: dict[str, Any] | None, ledger: Path
+) -> dict[str, Any] | None:
     """The last run's summary; or, when the ledger knows a later run (one still going, or
     killed before it wrote a summary), that run's row."""
-    if not paths.ledger.exists():
+    if not ledger.exists():
         return summary
     try:
-        with RunHistory.open(paths.ledger, readonly=True) as history:
+        with RunHistory.open(ledger, readonly=True) as history:
             rows = history.query(
                 "SELECT run_id, started_at, finished_at, exit_code, stop_reason FROM runs "
                 "WHERE output = ? ORDER BY started_at DESC LIMIT 1",
