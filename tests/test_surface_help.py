@@ -191,7 +191,17 @@ def test_every_count_the_docs_state_is_the_codes() -> None:
     assert int(stated.group(1)) > int(stated.group(2))
 
 
-_OTHER_PROGRAMS = {"--check", "--strict", "--header", "--smoke", "--cache-sim", "--slow-calls"}
+_OTHER_PROGRAMS = {
+    "--check",
+    "--strict",
+    "--header",
+    "--smoke",
+    "--cache-sim",
+    "--slow-calls",
+    "--baseline",
+    "--ratio-only",
+    "--instructions",
+}
 """Flags the docs name of other programs: cog, mypy, curl, the benchmarks' scripts."""
 
 
