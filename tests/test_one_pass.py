@@ -253,7 +253,7 @@ async def test_the_person_key_on_disk_is_the_one_earlier_versions_wrote(
     tuesday = night("tuesday.csv", "CTO")
     planned = await cli_json(
         "plan", str(tuesday), "-o", str(out), *sim_flags(sim.url),
-        "--agent-type", "enrich-person", "--key", "crmContactId", "--json", "--list",
+        "--agent-type", "enrich-person", "--person-key", "crmContactId", "--json", "--list",
     )  # fmt: skip
     assert [c["reason"] for c in planned["contacts"]] == ["jobTitle changed"]
     again = await run_batch(monday, out, sim_settings(sim.url, check_agent=False, **flags))
