@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ class Run:
     def finish(self, timeout: float = 60) -> tuple[int, str]:
         self.process.wait(timeout=timeout)
         return self.process.returncode, self.log.read_text(errors="replace")
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 60.0) -> None:
+    """Wait until ``path`` holds at least ``count`` complete lines (a run under way: a kill
+    then lands mid-run however slowly the machine started it), or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.01)
 
 
 def write_contacts(path: Path, count: int, *, start: int = 0, ids: bool = True) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from octave_bulk.cli import cli
 from octave_bulk.simulator import parse_latency
 from octave_bulk.state.inflight import InflightSlots
 from tests.conftest import TEST_KEY
-from tests.helpers import Run, read_lines, side
+from tests.helpers import Run, read_lines, side, wait_for_lines
 
 PERSON_AGENTS = ("enrich-person", "qualify-person", "content", "call-prep")
 COMPANY_AGENTS = ("enrich-company", "qualify-company", "prospector")
@@ -171,7 +170,7 @@ def test_an_agent_run_killed_with_9_resumes_losing_nothing(
     sim = make_sim(seed=2, latency=parse_latency("30ms:0.5"))
     out = tmp_path / "out.ndjson"
     killed = Run(sim.url, tmp_path / "in.csv", out, "--agent-type", kind, "--concurrency", "8")
-    time.sleep(1.2)
+    wait_for_lines(out, 5)  # under way, however slowly it started
     killed.kill()
     done = {line["requestId"] for line in _complete(out)}
     in_flight = set(InflightSlots.leftovers(side(out, ".inflight"))) - done

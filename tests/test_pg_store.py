@@ -326,6 +326,8 @@ def test_a_frozen_worker_fences_itself_is_reaped_once_and_its_late_answers_are_c
         if frozen.poll() is None:
             frozen.kill()
             frozen.wait()
+        if frozen.stdout is not None:
+            frozen.stdout.close()  # not left for a later test's garbage collection
     woken = json.loads(out)
     assert woken["may_send_on_waking"] is False  # it had not renewed within half its lease
     assert woken["fenced"] is True
