@@ -308,6 +308,11 @@ class Settings(BaseSettings):
     ledger: Path | None = Field(
         None, description="Run history database [default: OUT.ledger.sqlite]; may be shared."
     )
+    ledger_url: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="The shared ledger on PostgreSQL: set by a --ledger postgresql://... value.",
+    )
     ledger_index: bool = Field(
         True,
         description="Index every person and call in the ledger (off: the run history only, "
@@ -433,6 +438,15 @@ class Settings(BaseSettings):
         if value is not None:
             parse_budget(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_ledger(cls, data: Any) -> Any:
+        """A ``ledger`` given as a postgresql:// URL names the shared ledger, not a file."""
+        ledger = data.get("ledger") if isinstance(data, dict) else None
+        if isinstance(ledger, str) and ledger.startswith(("postgresql://", "postgres://")):
+            data = {**data, "ledger": None, "ledger_url": ledger}
+        return data
 
     @field_validator("rate", "poll_rate", mode="before")
     @classmethod
