@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ import psycopg
 import pytest
 
 from octave_bulk.run.engine import run_batch
+from octave_bulk.simulator import Latency, parse_rate_limit
+from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, sim_settings, write_contacts
 from tests.pgserver import PgServer, postgres_or_skip
 
@@ -67,3 +72,91 @@ async def test_a_run_on_the_shared_ledger_pays_once_and_a_second_run_pays_nothin
 def _mentioned(folder: Path, secret: str) -> list[str]:
     """The files in ``folder`` whose text holds ``secret``."""
     return [p.name for p in folder.iterdir() if secret in p.read_text(errors="replace")]
+
+
+def _run(
+    url: str, contacts: Path, out: Path, ledger: str | None, *extra: str
+) -> subprocess.Popen[str]:
+    """``octave-bulk run`` in a process, its ledger (when given) from ``OCTAVE_LEDGER``; calls
+    time out after 2 s and a drain lasts 1 s, so a worker's lease is 5 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
+    if ledger is not None:
+        env["OCTAVE_LEDGER"] = ledger
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
+        "--agent", "ca_test", "--base-url", url, "--no-progress", "--timeout", "2", *extra,
+    ]  # fmt: skip
+    with open(out.with_suffix(".log"), "w") as log:  # the process keeps its own copy
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen[str], out: Path) -> str:
+    process.wait(timeout=240)
+    text = out.with_suffix(".log").read_text(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    return text
+
+
+def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    rate = 20
+    sim = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 160)
+    limits = ("--rate", f"{rate}/s", "--concurrency", "8")
+    runs = [
+        (_run(sim.url, tmp_path / "in.csv", tmp_path / f"{n}.ndjson", db_url, *limits), n)
+        for n in "ab"
+    ]
+    logs = [_finish(process, tmp_path / f"{n}.ndjson") for process, n in runs]
+    shared = sim.stats()
+    assert shared["successes"] == dict.fromkeys(rids, 1)  # each contact paid once in all
+    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    done_by = [len(read_lines(tmp_path / f"{n}.ndjson")) for n in "ab"]
+    assert sum(done_by) == 160  # each result written once, by whichever run claimed it
+    assert all(pg.password not in log for log in logs)
+    assert not _mentioned(tmp_path, pg.password)
+    # The control: two runs on their own file ledgers, each pacing to the whole limit alone.
+    alone = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+    control = [
+        (_run(alone.url, tmp_path / "in.csv", tmp_path / f"own-{n}.ndjson", None, *limits), n)
+        for n in "ab"
+    ]
+    for process, n in control:
+        _finish(process, tmp_path / f"own-{n}.ndjson")
+    refused_alone = alone.stats()["totals"].get("rate_limited", 0)
+    refused_shared = shared["totals"].get("rate_limited", 0)
+    assert sum(alone.stats()["successes"].values()) == 320  # each paid for every contact
+    assert refused_alone >= 8 and refused_shared * 2 < refused_alone, (
+        refused_shared,
+        refused_alone,
+    )
+
+
+def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=Latency(0.3, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    limits = ("--rate", "40/s", "--concurrency", "8")
+    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    deadline = time.monotonic() + 120
+    while len(read_lines(tmp_path / "a.ndjson")) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    held = [rid for rid, (state, _, _) in _contacts(db_url).items() if state == "claimed"]
+    assert held  # calls were in flight at the kill
+    time.sleep(6)  # the killed worker's lease (5 s) runs out: its claims may be reaped
+    _finish(
+        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        tmp_path / "b.ndjson",
+    )
+    ledger = _contacts(db_url)
+    assert {state for state, _, _ in ledger.values()} == {"done"} and set(ledger) == set(rids)
+    unknown = sum(u for _, _, u in ledger.values())
+    assert unknown == len(held)  # each claim of the dead worker reaped once
+    paid = sum(sim.stats()["successes"].values())
+    assert 0 <= paid - len(rids) <= unknown
+    assert all(sim.stats()["successes"][rid] == 1 for rid in rids if rid not in held)
