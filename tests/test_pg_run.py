@@ -160,3 +160,30 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     paid = sum(sim.stats()["successes"].values())
     assert 0 <= paid - len(rids) <= unknown
     assert all(sim.stats()["successes"][rid] == 1 for rid in rids if rid not in held)
+
+
+def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unknown_twice(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    sim = make_sim(latency=Latency(0.1, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 150)
+    limits = ("--rate", "30/s", "--concurrency", "4")
+    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    deadline = time.monotonic() + 120
+    while len(read_lines(tmp_path / "a.ndjson")) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pg.restart_immediate()  # as a crash would: every connection cut
+    log = _finish(first, tmp_path / "a.ndjson")
+    assert pg.password not in log
+    written = {line["requestId"] for line in read_lines(tmp_path / "a.ndjson")}
+    ledger = _contacts(db_url)
+    assert all(ledger[rid][0] == "done" for rid in written)  # every local result settled
+    # What the cut left to do (not sent while the database was away) is done by the next run.
+    _finish(
+        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        tmp_path / "b.ndjson",
+    )
+    ledger = _contacts(db_url)
+    assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
+    unknown = sum(u for _, _, u in ledger.values())
+    assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown

@@ -29,23 +29,26 @@ what one row sustains.
 - :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
   waiter is lost, once).
 
-A database error in :meth:`acquire` raises (the worker must not send without its turn: no
-call leaves without the database's say-so, so PostgreSQL being down stops sending; it never
-fails open).
+While the database is out of reach :meth:`acquire` waits (the worker must not send without
+its turn: no call leaves without the database's say-so, so PostgreSQL being down stops
+sending; it never fails open), and goes on on a new connection when the server is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import psycopg
 
-from octave_bulk.errors import ConfigError
+from octave_bulk.errors import ConfigError, StateError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
@@ -176,11 +179,12 @@ class SharedRateLimiter:
     async def aclose(self) -> None:
         """Hand back every permit still held, and disconnect."""
         if self._conn is not None:
-            await self._conn.execute(
+            await self._quietly(
                 "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
                 (self.holder,),
             )
-            await self._conn.close()
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
             self._conn = None
 
     async def acquire(self) -> SharedRateTicket:
@@ -191,8 +195,10 @@ class SharedRateLimiter:
             permit = await self._take_permit()
             if permit is None:  # stopped while waiting
                 return SharedRateTicket(None, 0, self._clock())
-        row = await (await self._connection().execute(_BOOK, (self.key,))).fetchone()
-        if row is None:
+        row = await self._book()
+        if row is None:  # stopped while the database was out of reach
+            return SharedRateTicket(None, 0, self._clock(), permit)
+        if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
         booked_tat, wait, epoch, rate = row
         self._rate = float(rate)
@@ -221,7 +227,7 @@ class SharedRateLimiter:
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
         params = {"key": self.key, "pause": max(pause, 0.0)}
-        row = await (await self._connection().execute(_PAUSE, params)).fetchone()
+        row = await self._quietly(_PAUSE, params)
         left = max(float(row[0]), 0.0) if row else 0.0
         self._counts.paused_until = self._clock() + left
         return left
@@ -235,7 +241,7 @@ class SharedRateLimiter:
         self._counts.released += 1
         await self._give_back(ticket)
         if ticket.booked_tat is not None:
-            await self._connection().execute(
+            await self._quietly(
                 "UPDATE ob_rate SET tat = tat - make_interval(secs => 1.0 / rate)"
                 " WHERE key = %s AND tat = %s",
                 (self.key, ticket.booked_tat),
@@ -275,7 +281,7 @@ class SharedRateLimiter:
             "lease": self.permit_lease,
         }
         while not self._stopped.is_set():
-            row = await (await self._connection().execute(_TAKE_PERMIT, params)).fetchone()
+            row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
             if row is not None:
                 return int(row[0])
             freed = self._freed
@@ -289,7 +295,7 @@ class SharedRateLimiter:
         if ticket.permit is None:
             return
         slot, ticket.permit = ticket.permit, None
-        await self._connection().execute(
+        await self._quietly(
             "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
             " WHERE key = %s AND slot = %s AND holder = %s",
             (self.key, slot, self.holder),
@@ -300,6 +306,36 @@ class SharedRateLimiter:
         if self._conn is None:
             raise RuntimeError("the shared limiter is not open: call open() first")
         return self._conn
+
+    async def _usable(self) -> PgConnection:
+        """The connection, opened again when it broke (a server restarted)."""
+        conn = self._connection()
+        if conn.broken or conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            conn = self._conn = await self._connect()
+        return conn
+
+    async def _quietly(self, query: str, params: Any) -> tuple[Any, ...] | None:
+        """One statement whose failure only costs pacing (a permit's lease runs out, a refund
+        or a pause is lost): None when the database is out of reach."""
+        try:
+            cur = await (await self._usable()).execute(query.encode(), params)
+            return await cur.fetchone() if cur.description else None
+        except (psycopg.Error, StateError):
+            return None
+
+    async def _book(self) -> tuple[Any, ...] | None:
+        """Book the next turn, waiting while the database is out of reach (never failing
+        open: no turn, no call); None once stopped, () when the row is missing."""
+        while not self._stopped.is_set():
+            try:
+                cur = await (await self._usable()).execute(_BOOK, (self.key,))
+                return await cur.fetchone() or ()
+            except (psycopg.Error, StateError):
+                with anyio.move_on_after(self.permit_poll * 10):
+                    await self._stopped.wait()
+        return None
 
 
 def _own(ticket: Ticket) -> SharedRateTicket:

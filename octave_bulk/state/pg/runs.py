@@ -44,20 +44,33 @@ class PgRuns:
     def __init__(self, url: LedgerUrl, job: str, worker: str) -> None:
         self.url, self.job, self.worker = url, job, worker
         self._lock = threading.Lock()  # one statement at a time on the connection
-        try:
-            self._conn = psycopg.connect(
-                url.dsn, autocommit=True, application_name="octave-bulk runs", connect_timeout=10
-            )
-        except psycopg.Error as exc:
-            raise StateError(describe_failure(url, exc)) from None
+        self._conn = self._connect()
 
     def close(self) -> None:
         self._conn.close()
 
+    def _usable(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, opened again when it broke (a server restarted)."""
+        if self._conn.broken or self._conn.closed:
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            return psycopg.connect(
+                self.url.dsn,
+                autocommit=True,
+                application_name="octave-bulk runs",
+                connect_timeout=10,
+            )
+        except psycopg.Error as exc:
+            raise StateError(describe_failure(self.url, exc)) from None
+
     def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                cur = self._conn.execute(sql.encode(), params)
+                cur = self._usable().execute(sql.encode(), params)
                 return cur.fetchall() if cur.description else []
             except psycopg.Error as exc:
                 raise StateError(describe_failure(self.url, exc)) from None
@@ -86,15 +99,16 @@ class PgRuns:
     ) -> tuple[int, int]:
         with self._lock:
             try:
-                with self._conn.transaction():
-                    self._conn.execute(
+                conn = self._usable()
+                with conn.transaction():
+                    conn.execute(
                         "SELECT pg_advisory_xact_lock(hashtext('ob_budget:' || %s))", (self.job,)
                     )
-                    row = self._conn.execute(_SPENT.encode(), (self.job, since)).fetchone()
+                    row = conn.execute(_SPENT.encode(), (self.job, since)).fetchone()
                     spent = int(row[0]) if row else 0
                     granted = batch(limit - spent) if limit > spent else 0
                     if granted > 0:
-                        self._conn.execute(
+                        conn.execute(
                             "UPDATE ob_run SET summary = jsonb_set(summary, '{held}',"
                             " to_jsonb(coalesce((summary->>'held')::int, 0) + %s))"
                             " WHERE job = %s AND summary->>'run_id' = %s",

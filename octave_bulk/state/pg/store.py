@@ -21,7 +21,9 @@ Contract (docs/scale-out.md, "The store on PostgreSQL"):
 - :meth:`PgStore.record`: a group's outcomes and calls are settled in **one statement** (one
   transaction): a success is done, a permanent failure failed, a retryable one to do again. A
   contact whose claim was lost settles only as a late success (when not done yet); otherwise
-  its paid call is counted (paid twice) and nothing is overwritten.
+  its paid call is counted (paid twice) and nothing is overwritten. A database out of reach
+  keeps the group (durable in the local output) for the next one; a run that ends with groups
+  still unsettled says so (its claims are reaped later, outcomes unknown).
 - :attr:`PgStore.runs` is ``state/pg/runs.py``. The results' bodies stay in the run's local
   NDJSON output (the sink writes it as for any store); the database holds states and counts.
 - Every error names the server by its URL without the password.
@@ -30,6 +32,8 @@ Contract (docs/scale-out.md, "The store on PostgreSQL"):
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import socket
 import uuid
@@ -40,6 +44,7 @@ import anyio
 import psycopg
 
 from octave_bulk.errors import ClaimRefused, ConfigError, StateError
+from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
@@ -122,6 +127,8 @@ SELECT job, request_id, %(worker)s, claim_seq, 'reap', 'outcome_unknown', NULL
 FROM upd WHERE request_id = ANY(%(on_wire)s)
 """
 
+_LEAVE_TRIES = 15  # seconds a run's end waits for the database to settle its last groups
+
 
 def lease_seconds(settings: Settings) -> float:
     """A worker's lease: at least twice the call timeout plus the drain (docs/scale-out.md,
@@ -197,10 +204,12 @@ class PgClaims:
             raise ClaimRefused("this worker's lease is not renewed: it sends nothing")
         params = {"job": store.job, "worker": store.worker, "request_id": request_id}
         try:
-            cur = await store.claim_conn.execute(_CLAIM_ONE, params)
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
+            conn = await store.connection("claims")
+            row = await (await conn.execute(_CLAIM_ONE, params)).fetchone()
+        except psycopg.Error as exc:  # out of reach: nothing is sent
             raise ClaimRefused(describe_failure(store.url, exc)) from None
+        except StateError as exc:
+            raise ClaimRefused(str(exc)) from None
         if row is None:
             raise ClaimRefused(f"{request_id}: held or settled by another worker")
         number = next(self.numbers)
@@ -226,24 +235,26 @@ class PgStore:
         url: LedgerUrl,
         job: str,
         lease: WorkerLease,
-        conns: tuple[PgConnection, PgConnection],
+        conns: dict[str, PgConnection],
         runs: PgRuns,
     ) -> None:
         self.url, self.job, self.lease = url, job, lease
         self.worker = lease.worker
-        self.claim_conn, self.record_conn = conns
+        self.conns = conns  # "claims", "records": one each, so a claim never waits on a group
         self.history = runs
         self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
         self.view: PgView | None = None
+        self.unsettled: list[dict[str, Any]] = []  # groups the database did not take yet
 
     @property
     def runs(self) -> PgRuns:
         return self.history
 
     async def load(self) -> PgView:
-        await reap(self.record_conn)
-        cur = await self.record_conn.execute(
+        conn = await self.connection("records")
+        await reap(conn)
+        cur = await conn.execute(
             "SELECT request_id, state, person_key, settled_seq FROM ob_contact"
             " WHERE job = %s AND settled_seq IS NOT NULL ORDER BY settled_seq",
             (self.job,),
@@ -275,25 +286,62 @@ class PgStore:
             "call_statuses": [call[5] for call in group.calls],
             "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in group.calls],
         }
-        try:
-            await self.record_conn.execute(_SETTLE_GROUP, params)
-        except psycopg.Error as exc:
-            raise StateError(describe_failure(self.url, exc)) from None
+        self.unsettled.append(params)
+        await self._settle_unsettled()
         view = self.view
         if view is not None:
             for person, request_id, state, _, _ in outcomes:
                 done = "done" if state == "ok" else "failed" if state == "permanent" else "todo"
                 view._follow(id_key(request_id), done, str(person), 0)
 
+    async def connection(self, purpose: str) -> PgConnection:
+        """The connection for ``claims`` or ``records``, opened again when the last one broke
+        (a server restarted); raises :class:`StateError` while the server is out of reach."""
+        conn = self.conns[purpose]
+        if conn.broken or conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            conn = self.conns[purpose] = await connect(self.url)
+        return conn
+
+    async def _settle_unsettled(self) -> None:
+        """Settle the groups not settled yet, oldest first; a database out of reach keeps
+        them for the next group (their results are durable in the local output)."""
+        while self.unsettled:
+            try:
+                conn = await self.connection("records")
+                await conn.execute(_SETTLE_GROUP, self.unsettled[0])
+            except (psycopg.Error, StateError) as exc:
+                log_event(
+                    "ledger_not_updated",
+                    level=logging.WARNING,
+                    error=describe_failure(self.url, exc),
+                    groups_waiting=len(self.unsettled),
+                )
+                return
+            self.unsettled.pop(0)
+
     async def finish(self, run: FinishedRun) -> None:
-        """Nothing to fold: every group is settled in the database as it comes."""
+        """Settle what is left (every group is settled as it comes when the database is up)."""
+        await self._settle_unsettled()
 
     async def leave(self) -> None:
         """Give back the claims still held (those on the wire counted as outcome unknown),
         then leave the job."""
+        for _ in range(_LEAVE_TRIES):  # the database may be on its way back
+            await self._settle_unsettled()
+            if not self.unsettled:
+                break
+            await anyio.sleep(1.0)
+        if self.unsettled:  # still out of reach: the claims are reaped later (outcome unknown)
+            raise StateError(
+                f"{len(self.unsettled)} groups of results are in the local output but not in "
+                f"the shared ledger {self.url.display}: its claims will be reaped and sent again"
+            )
         params = {"worker": self.worker, "on_wire": list(self.on_wire.values())}
-        async with self.record_conn.transaction():
-            await self.record_conn.execute(_LEAVE, params)
+        conn = await self.connection("records")
+        async with conn.transaction():
+            await conn.execute(_LEAVE, params)
         await self.lease.leave()
 
 
@@ -321,20 +369,29 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
     job = job_name(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     async with contextlib.AsyncExitStack() as stack:
-        conns = [await stack.enter_async_context(await connect(url)) for _ in range(3)]
-        lease_conn, claim_conn, record_conn = conns
+        conns: dict[str, PgConnection] = {}  # the store's (opened again when one breaks)
+        stack.push_async_callback(_close_all, conns)
+        for purpose in ("lease", "claims", "records"):
+            conns[purpose] = await connect(url)
+        lease = WorkerLease(
+            conns.pop("lease"), worker=worker, job=job, lease=lease_seconds(settings)
+        )
+        stack.push_async_callback(lambda: _close_all({"lease": lease.conn}))
         try:
-            await migrate(record_conn)
-            await WorkQueue(record_conn, job).open_job(agent=settings.agent_type)
-            lease = WorkerLease(lease_conn, worker=worker, job=job, lease=lease_seconds(settings))
+            await migrate(conns["records"])
+            await WorkQueue(conns["records"], job).open_job(agent=settings.agent_type)
             await lease.register()
         except psycopg.Error as exc:
             raise StateError(describe_failure(url, exc)) from None
         runs = await anyio.to_thread.run_sync(PgRuns, url, job, worker)
         stack.callback(runs.close)
-        store = PgStore(url, job, lease, (claim_conn, record_conn), runs)
+        store = PgStore(url, job, lease, conns, runs)
         async with anyio.create_task_group() as heartbeat:
-            heartbeat.start_soon(lease.keep_renewed, lambda: len(store.on_wire))
+            heartbeat.start_soon(
+                functools.partial(
+                    lease.keep_renewed, lambda: len(store.on_wire), reconnect=lambda: connect(url)
+                )
+            )
             try:
                 yield store
             finally:
@@ -344,3 +401,9 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
                         await store.leave()
                     except psycopg.Error as exc:  # reaped later: counted then
                         raise StateError(describe_failure(url, exc)) from None
+
+
+async def _close_all(conns: dict[str, PgConnection]) -> None:
+    for conn in conns.values():
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()
