@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from octave_bulk.state.jobs import PendingJob
     from octave_bulk.state.paths import OutputPaths
 
-__all__ = ["PgClaims", "PgStore", "PgView", "lease_seconds", "open_pg_store"]
+__all__ = ["PgClaims", "PgStore", "PgView", "job_name", "lease_seconds", "open_pg_store"]
 
 _CLAIM_ONE = """
 WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = 'live' FOR SHARE)
