@@ -98,6 +98,7 @@ def _finish(process: subprocess.Popen[str], out: Path) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
 ) -> None:
@@ -134,6 +135,7 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     )
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     make_sim: Any, tmp_path: Path, db_url: str
 ) -> None:
@@ -162,6 +164,7 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     assert all(sim.stats()["successes"][rid] == 1 for rid in rids if rid not in held)
 
 
+@pytest.mark.slow
 def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unknown_twice(
     make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
 ) -> None:
