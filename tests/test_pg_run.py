@@ -19,8 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from octave_bulk.errors import ClaimRefused, ConfigError
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, parse_rate_limit
+from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.pg.store import open_pg_store
+from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, sim_settings, write_contacts
 from tests.pgserver import PgServer, postgres_or_skip
@@ -72,6 +76,58 @@ async def test_a_run_on_the_shared_ledger_pays_once_and_a_second_run_pays_nothin
 def _mentioned(folder: Path, secret: str) -> list[str]:
     """The files in ``folder`` whose text holds ``secret``."""
     return [p.name for p in folder.iterdir() if secret in p.read_text(errors="replace")]
+
+
+async def test_a_contact_held_by_one_run_is_refused_to_another_and_a_late_answer_counts_twice(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = sim_settings("http://127.0.0.1:9", ledger=db_url)
+    paths = OutputPaths.for_output(tmp_path / "a.ndjson")
+    async with open_pg_store(paths, settings) as first, open_pg_store(paths, settings) as second:
+        await first.load()
+        mine, theirs = first.claims(()), second.claims(())
+        await mine.claim("c-1")
+        with pytest.raises(ClaimRefused, match="held or settled by another worker"):
+            await theirs.claim("c-1")
+        ok_call = ("c-1", "r1", 1, 1.0, 2.0, 200, "success", 1.0, 0)
+        await first.record(Group([(7, "c-1", "ok", "r1", 0)], [ok_call]))
+        assert _contacts(db_url)["c-1"] == ("done", 1, 0)
+        with pytest.raises(ClaimRefused):  # settled: nobody claims it again
+            await theirs.claim("c-1")
+        # An answer for a claim it does not hold (a frozen worker's late call): paid twice,
+        # the done contact left as it was.
+        await second.record(Group([(7, "c-1", "permanent", "r2", 0)], [ok_call]))
+        assert _contacts(db_url)["c-1"] == ("done", 2, 0)
+        view = await second.load()
+        assert view.counts().results == 1 and view.counts().failed_permanent == 0
+    with psycopg.connect(db_url) as conn:
+        late = conn.execute("SELECT late_answers FROM ob_contact").fetchone()
+        workers = conn.execute("SELECT DISTINCT state FROM ob_worker").fetchall()
+    assert late == (1,) and workers == [("left",)]
+
+
+async def test_a_budget_is_held_across_runs_on_the_shared_ledger(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 30)
+    settings = sim_settings(sim.url, ledger=db_url, budget="12/day", concurrency=4)
+    first = await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert first["stop_reason"] == "budget" and first["paid_calls"] == 12
+    second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
+    assert second["stop_reason"] == "budget" and second["paid_calls"] == 0
+    assert sum(sim.stats()["successes"].values()) == 12
+
+
+async def test_async_mode_on_the_shared_ledger_is_refused_before_any_call(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 5)
+    settings = sim_settings(sim.url, ledger=db_url, mode="async")
+    with pytest.raises(ConfigError, match="async"):
+        await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert sim.stats()["totals"].get("calls", 0) == 0
 
 
 def _run(
