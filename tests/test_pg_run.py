@@ -147,6 +147,16 @@ def _run(
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for_lines(path: Path, count: int) -> None:
+    """Until ``path`` holds ``count`` whole lines (a line being written is not counted)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name}: fewer than {count} lines after 120 s")
+
+
 def _finish(process: subprocess.Popen[str], out: Path) -> str:
     process.wait(timeout=240)
     text = out.with_suffix(".log").read_text(errors="replace")
@@ -199,9 +209,7 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     rids = write_contacts(tmp_path / "in.csv", 120)
     limits = ("--rate", "40/s", "--concurrency", "8")
     first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
-    deadline = time.monotonic() + 120
-    while len(read_lines(tmp_path / "a.ndjson")) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_lines(tmp_path / "a.ndjson", 30)
     first.kill()
     first.wait()
     held = [rid for rid, (state, _, _) in _contacts(db_url).items() if state == "claimed"]
@@ -228,9 +236,7 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     rids = write_contacts(tmp_path / "in.csv", 150)
     limits = ("--rate", "30/s", "--concurrency", "4")
     first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
-    deadline = time.monotonic() + 120
-    while len(read_lines(tmp_path / "a.ndjson")) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_lines(tmp_path / "a.ndjson", 30)
     pg.restart_immediate()  # as a crash would: every connection cut
     log = _finish(first, tmp_path / "a.ndjson")
     assert pg.password not in log
