@@ -169,7 +169,13 @@ async def run_batch(
 
 def _shared_store() -> StoreFactory:
     """The store of ``--ledger postgresql://`` (its driver is an optional extra)."""
-    from octave_bulk.state.pg.store import open_pg_store
+    try:
+        from octave_bulk.state.pg.store import open_pg_store
+    except ImportError:
+        raise ConfigError(
+            "--ledger postgresql://… needs the PostgreSQL driver: "
+            "pip install 'octave-bulk[postgres]'"
+        ) from None
 
     return open_pg_store
 
