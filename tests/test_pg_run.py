@@ -252,3 +252,25 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     unknown = sum(u for _, _, u in ledger.values())
     assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown
+
+
+def test_a_shared_ledger_out_of_reach_stops_the_run_before_any_call_and_hides_the_password(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    secret = "S3cret-Ledger-Pw"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
+            "-o", str(tmp_path / "a.ndjson"), "--agent", "ca_test", "--base-url", sim.url,
+            "--no-progress", "--ledger", f"postgresql://bob:{secret}@127.0.0.1:1/octave",
+        ],
+        env=env | {"OCTAVE_API_KEY": TEST_KEY},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "postgresql://bob@127.0.0.1:1/octave" in done.stderr
+    assert secret not in done.stdout + done.stderr and not _mentioned(tmp_path, secret)
+    assert sim.stats()["totals"].get("calls", 0) == 0
