@@ -171,7 +171,9 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     rate = 20
     sim = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
     rids = write_contacts(tmp_path / "in.csv", 160)
-    limits = ("--rate", f"{rate}/s", "--concurrency", "8")
+    # --no-adaptive: each run paces at --rate whatever the 429s (the control then shows the
+    # whole excess, not what an adaptive search would win back).
+    limits = ("--rate", f"{rate}/s", "--concurrency", "8", "--no-adaptive")
     runs = [
         (_run(sim.url, tmp_path / "in.csv", tmp_path / f"{n}.ndjson", db_url, *limits), n)
         for n in "ab"
@@ -195,7 +197,7 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     refused_alone = alone.stats()["totals"].get("rate_limited", 0)
     refused_shared = shared["totals"].get("rate_limited", 0)
     assert sum(alone.stats()["successes"].values()) == 320  # each paid for every contact
-    assert refused_alone >= 8 and refused_shared * 2 < refused_alone, (
+    assert refused_alone >= 40 and refused_shared * 10 < refused_alone, (
         refused_shared,
         refused_alone,
     )
