@@ -1,11 +1,11 @@
 """The PostgreSQL store: the :class:`~octave_bulk.state.store.Store` contract on the shared
 ledger, so that ``run --ledger postgresql://…`` runs on several hosts at once and pays once.
 
-Contract (docs/scale-out.md, "The store on PostgreSQL"):
+Contract (docs/scale-out.md, "A run on the shared ledger"):
 
 - :func:`open_pg_store` (a :data:`~octave_bulk.state.store.StoreFactory`) connects, brings the
-  schema up to date, opens the job (named by the agent), reaps workers silent
-  for longer than their lease (their claims go back to be done, each an outcome unknown), and
+  schema up to date, opens the job (named by the agent), reaps workers silent for longer
+  than their lease (their claims go back to be done, each an outcome unknown), and
   joins the job as a live worker that heartbeats (``state/pg/leases.py``). Several runs may
   hold the same job at once: the database, not a lock file, keeps them apart. Leaving it gives
   back the claims whose calls were never sent; a claim whose call was on the wire when the run
