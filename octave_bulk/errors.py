@@ -29,6 +29,7 @@ from octave_bulk.redact import scrub
 __all__ = [
     "NEVER_SENT",
     "ApiError",
+    "ClaimRefused",
     "ConfigError",
     "ErrorKind",
     "ExitCode",
@@ -211,6 +212,11 @@ class StateError(OctaveBulkError):
     def __init__(self, message: str, *, calls_sent: int = 0) -> None:
         super().__init__(message)
         self.calls_sent = calls_sent
+
+
+class ClaimRefused(StateError):
+    """A contact could not be claimed: another worker holds or settled it, or this worker
+    lost its lease (the shared ledger, docs/scale-out.md): it is not sent."""
 
 
 class ApiError(OctaveBulkError):

@@ -21,9 +21,11 @@ from octave_bulk.limits.base import Limiter, LimiterContext, LimiterFactory
 
 __all__ = [
     "DEFAULT_LIMITER",
+    "SHARED_LIMITER",
     "adaptive_limiter",
     "limiter_factory",
     "register_limiter",
+    "shared_limiter",
     "start_limits",
 ]
 
@@ -73,7 +75,24 @@ def adaptive_limiter(context: LimiterContext) -> Limiter:
     )
 
 
-_FACTORIES: dict[str, LimiterFactory] = {DEFAULT_LIMITER: adaptive_limiter}
+def shared_limiter(context: LimiterContext) -> Limiter:
+    """The ``postgresql`` limiter: one rate (and window) shared through the shared ledger by
+    every worker of every host (``limits/shared_pg.py``; its driver is imported on use).
+    Async status polls keep an in-process limiter (their limits are the status endpoint's)."""
+    if context.purpose == "polls":
+        return adaptive_limiter(context)
+    from octave_bulk.limits.shared_pg import shared_limiter as build
+
+    return build(context)
+
+
+SHARED_LIMITER = "postgresql"
+"""The limiter chosen by default for a run on a shared ledger (``--ledger postgresql://``)."""
+
+_FACTORIES: dict[str, LimiterFactory] = {
+    DEFAULT_LIMITER: adaptive_limiter,
+    SHARED_LIMITER: shared_limiter,
+}
 
 
 def register_limiter(name: str, factory: LimiterFactory) -> None:

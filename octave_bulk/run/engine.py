@@ -43,7 +43,7 @@ from octave_bulk.http.client import open_client
 from octave_bulk.input.intake import open_contacts
 from octave_bulk.limits.adaptive import WINDOW_BOUND
 from octave_bulk.limits.base import LimiterFactory
-from octave_bulk.limits.factory import limiter_factory
+from octave_bulk.limits.factory import DEFAULT_LIMITER, SHARED_LIMITER, limiter_factory
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.batch import BatchRun
 from octave_bulk.run.callbacks import MAX_CONNECTIONS
@@ -128,7 +128,9 @@ async def run_batch(
     if settings.api_key is None and not settings.dry_run:
         raise ConfigError("no API key: set OCTAVE_API_KEY or use --api-key-file PATH")
     paths = OutputPaths.for_output(output)
-    make_limiter = limiter or limiter_factory(settings.limiter)
+    shared = settings.ledger_url is not None  # --ledger postgresql://: the shared ledger
+    chosen = SHARED_LIMITER if shared and settings.limiter == DEFAULT_LIMITER else settings.limiter
+    make_limiter = limiter or limiter_factory(chosen)
     if settings.dry_run:
         return dry_run(input_path, paths, settings)
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
@@ -140,7 +142,7 @@ async def run_batch(
         settings = _searched_window(settings, bounded=transport is None, served=served)
     elif transport is None:
         check_descriptors(settings.concurrency, served=served)
-    open_store = ledger or open_file_store
+    open_store = ledger or (_shared_store() if shared else open_file_store)
     sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
     try:
         async with open_store(paths, settings) as store:  # the claim on the output
@@ -163,6 +165,19 @@ async def run_batch(
             "before this is safe: fix the cause, then run the same command to resume",
             calls_sent=calls,
         ) from None
+
+
+def _shared_store() -> StoreFactory:
+    """The store of ``--ledger postgresql://`` (its driver is an optional extra)."""
+    try:
+        from octave_bulk.state.pg.store import open_pg_store
+    except ImportError:
+        raise ConfigError(
+            "--ledger postgresql://… needs the PostgreSQL driver: "
+            "pip install 'octave-bulk[postgres]'"
+        ) from None
+
+    return open_pg_store
 
 
 def _replaced_files(paths: OutputPaths, settings: Settings) -> list[Path]:

@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from octave_bulk.errors import (
     NEVER_SENT,
     ApiError,
+    ClaimRefused,
     ErrorKind,
     FatalApiError,
     RetryableApiError,
@@ -188,9 +189,13 @@ class Worker:
         ):
             await limiter.release(ticket)  # never sent: its place goes back
             raise Stopped
+        try:
+            slot = await self.slots.claim(item.request_id)
+        except ClaimRefused:  # another worker holds or settled it (a shared ledger): not ours
+            await limiter.release(ticket)
+            raise Stopped from None
         stats.calls += 1
         stats.in_flight += 1
-        slot = await self.slots.claim(item.request_id)
         started, sent_at = time.perf_counter(), time.time()
         try:
             if self.jobs is None:

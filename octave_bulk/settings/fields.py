@@ -250,6 +250,11 @@ class SettingsFields(BaseSettings):
     ledger: Path | None = Field(
         None, description="Run history database [default: OUT.ledger.sqlite]; may be shared."
     )
+    ledger_url: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="The shared ledger on PostgreSQL: set by a --ledger postgresql://... value.",
+    )
     ledger_index: bool = Field(
         True,
         description="Index every person and call in the ledger (off: the run history only, "

@@ -126,6 +126,15 @@ class Settings(SettingsFields):
             parse_budget(value)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_ledger(cls, data: Any) -> Any:
+        """A ``ledger`` given as a postgresql:// URL names the shared ledger, not a file."""
+        ledger = data.get("ledger") if isinstance(data, dict) else None
+        if isinstance(ledger, str) and ledger.startswith(("postgresql://", "postgres://")):
+            data = {**data, "ledger": None, "ledger_url": ledger}
+        return data
+
     @field_validator("rate", "poll_rate", mode="before")
     @classmethod
     def _rate(cls, value: Any) -> float | None:

@@ -24,15 +24,17 @@ then settled as late or duplicate (:mod:`octave_bulk.state.pg.claims`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 import psycopg
 
+from octave_bulk.errors import StateError
 from octave_bulk.state.pg.dsn import PgConnection
 
 __all__ = ["Reaped", "WorkerLease", "reap"]
@@ -103,15 +105,25 @@ class WorkerLease:
         self._renewed_at = sent_at
         return True
 
-    async def keep_renewed(self, in_flight: Callable[[], int] = lambda: 0) -> None:
+    async def keep_renewed(
+        self,
+        in_flight: Callable[[], int] = lambda: 0,
+        *,
+        reconnect: Callable[[], Awaitable[PgConnection]] | None = None,
+    ) -> None:
         """Renew every quarter lease until fenced (run it in the worker's task group).
 
-        A renewal that fails (the database unreachable) is tried again at the next beat;
+        A renewal that fails (the database unreachable) is tried again at the next beat, on a
+        new connection from ``reconnect`` when the last one broke (a server restarted);
         meanwhile :meth:`may_send` turns False at half the lease on its own."""
         while not self.fenced:
             try:
+                if reconnect is not None and (self.conn.broken or self.conn.closed):
+                    with contextlib.suppress(psycopg.Error):
+                        await self.conn.close()
+                    self.conn = await reconnect()
                 await self.renew(in_flight())
-            except psycopg.Error:
+            except (psycopg.Error, StateError):
                 pass  # unreachable: the fence falls at half the lease by itself
             await anyio.sleep(self.lease / 4)
 

@@ -142,6 +142,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "contacts claimed by a run before any enqueue: their input order",
+        """
+        CREATE SEQUENCE ob_contact_seq;
+        ALTER TABLE ob_contact ALTER COLUMN seq SET DEFAULT nextval('ob_contact_seq');
+        """,
+    ),
 )
 """(description, SQL) per version, version = position + 1. Append only: never edit one."""
 

@@ -1,0 +1,409 @@
+"""The PostgreSQL store: the :class:`~octave_bulk.state.store.Store` contract on the shared
+ledger, so that ``run --ledger postgresql://…`` runs on several hosts at once and pays once.
+
+Contract (docs/scale-out.md, "A run on the shared ledger"):
+
+- :func:`open_pg_store` (a :data:`~octave_bulk.state.store.StoreFactory`) connects, brings the
+  schema up to date, opens the job (named by the agent), reaps workers silent for longer
+  than their lease (their claims go back to be done, each an outcome unknown), and
+  joins the job as a live worker that heartbeats (``state/pg/leases.py``). Several runs may
+  hold the same job at once: the database, not a lock file, keeps them apart. Leaving it gives
+  back the claims whose calls were never sent; a claim whose call was on the wire when the run
+  ended is counted as an outcome unknown and given back too (it may have been paid).
+- :meth:`PgStore.load`: the view is the **database's**: done, failed for good, failed before
+  and the people done come from ``ob_contact``, whatever local output the run writes.
+  Claims of dead workers are reaped, not carried: they are sent again (counted).
+- :meth:`PgStore.claims`: a contact is claimed in **one statement committed before the paid
+  call** (inserting its row when the job did not have it): only when it is to do, or already
+  this worker's (a retry). A contact another worker holds or settled, or any contact once this
+  worker's lease is not renewed (self-fencing), raises :class:`~octave_bulk.errors.ClaimRefused`:
+  the run does not send it.
+- :meth:`PgStore.record`: a group's outcomes and calls are settled in **one statement** (one
+  transaction): a success is done, a permanent failure failed, a retryable one to do again. A
+  contact whose claim was lost settles only as a late success (when not done yet); otherwise
+  its paid call is counted (paid twice) and nothing is overwritten. A database out of reach
+  keeps the group (durable in the local output) for the next one; a run that ends with groups
+  still unsettled says so (its claims are reaped later, outcomes unknown).
+- :attr:`PgStore.runs` is ``state/pg/runs.py``. The results' bodies stay in the run's local
+  NDJSON output (the sink writes it as for any store); the database holds states and counts.
+- Every error names the server by its URL without the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import psycopg
+
+from octave_bulk.errors import ClaimRefused, ConfigError, StateError
+from octave_bulk.observe.log import log_event
+from octave_bulk.state.idset import id_key
+from octave_bulk.state.pg.claims import WorkQueue
+from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
+from octave_bulk.state.pg.leases import WorkerLease, reap
+from octave_bulk.state.pg.runs import PgRuns
+from octave_bulk.state.pg.schema import migrate
+from octave_bulk.state.store import FinishedRun, Group, StoreCounts
+
+if TYPE_CHECKING:
+    from octave_bulk.settings.model import Settings
+    from octave_bulk.state.jobs import PendingJob
+    from octave_bulk.state.paths import OutputPaths
+
+__all__ = ["PgClaims", "PgStore", "PgView", "job_name", "lease_seconds", "open_pg_store"]
+
+_CLAIM_ONE = """
+WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = 'live' FOR SHARE)
+INSERT INTO ob_contact (job, request_id, body, state, claim_seq, holder, claimed_at)
+SELECT %(job)s, %(request_id)s, '{}', 'claimed', 1, me.worker, clock_timestamp() FROM me
+ON CONFLICT (job, request_id) DO UPDATE
+SET state = 'claimed', holder = excluded.holder, claimed_at = clock_timestamp(),
+    claim_seq = ob_contact.claim_seq + (ob_contact.state = 'todo')::int
+WHERE ob_contact.state = 'todo'
+   OR (ob_contact.state = 'claimed' AND ob_contact.holder = excluded.holder)
+RETURNING claim_seq
+"""
+
+_SETTLE_GROUP = """
+WITH g AS (
+    SELECT * FROM unnest(%(rids)s::text[], %(seqs)s::int[], %(outcomes)s::text[],
+                         %(persons)s::text[], %(paid)s::int[])
+             AS g(request_id, claim_seq, outcome, person_key, paid)
+), prev AS (
+    SELECT g.*, CASE
+        WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq AND c.state = 'claimed'
+            THEN 'first'
+        WHEN g.outcome = 'ok' AND c.state <> 'done' THEN 'late'
+        ELSE 'duplicate' END AS settled
+    FROM ob_contact c JOIN g ON c.job = %(job)s AND c.request_id = g.request_id
+    FOR UPDATE OF c
+), upd AS (
+    UPDATE ob_contact c SET
+        state = CASE WHEN p.settled = 'duplicate' THEN c.state
+                     WHEN p.outcome = 'ok' THEN 'done'
+                     WHEN p.outcome = 'permanent' THEN 'failed' ELSE 'todo' END,
+        holder = CASE WHEN p.settled = 'duplicate' THEN c.holder ELSE NULL END,
+        person_key = CASE WHEN p.settled = 'duplicate' THEN c.person_key ELSE p.person_key END,
+        error = CASE WHEN p.settled = 'duplicate' THEN c.error
+                     WHEN p.outcome = 'ok' THEN NULL
+                     ELSE jsonb_build_object('outcome', p.outcome) END,
+        settled_seq = CASE WHEN p.settled = 'duplicate' THEN c.settled_seq
+                           ELSE nextval('ob_settled_seq') END,
+        settled_at = CASE WHEN p.settled = 'duplicate' THEN c.settled_at
+                          ELSE clock_timestamp() END,
+        paid_calls = c.paid_calls + p.paid,
+        late_answers = c.late_answers + (p.settled <> 'first')::int
+    FROM prev p WHERE c.job = %(job)s AND c.request_id = p.request_id
+    RETURNING p.request_id
+), calls AS (
+    INSERT INTO ob_call (job, request_id, worker, kind, outcome, status, paid, credits)
+    SELECT %(job)s, request_id, %(worker)s, 'call', outcome, status, status = 200, credits
+    FROM unnest(%(call_rids)s::text[], %(call_outcomes)s::text[], %(call_statuses)s::int[],
+                %(call_credits)s::float8[]) AS k(request_id, outcome, status, credits)
+)
+SELECT count(*) FROM upd
+"""
+
+_LEAVE = """
+WITH mine AS (
+    SELECT job, request_id FROM ob_contact
+    WHERE holder = %(worker)s AND state = 'claimed' FOR UPDATE
+), upd AS (
+    UPDATE ob_contact c SET state = 'todo', holder = NULL,
+        outcome_unknown = c.outcome_unknown + (c.request_id = ANY(%(on_wire)s))::int
+    FROM mine WHERE c.job = mine.job AND c.request_id = mine.request_id
+    RETURNING c.job, c.request_id, c.claim_seq
+)
+INSERT INTO ob_call (job, request_id, worker, claim_seq, kind, outcome, paid)
+SELECT job, request_id, %(worker)s, claim_seq, 'reap', 'outcome_unknown', NULL
+FROM upd WHERE request_id = ANY(%(on_wire)s)
+"""
+
+_LEAVE_TRIES = 15  # seconds a run's end waits for the database to settle its last groups
+
+
+def lease_seconds(settings: Settings) -> float:
+    """A worker's lease: at least twice the call timeout plus the drain (docs/scale-out.md,
+    "Leases and self-fencing"), and at least 4 s."""
+    return max(2 * settings.timeout + settings.drain_timeout, 4.0)
+
+
+class PgView:
+    """What the shared ledger holds for the job when the run starts; it follows the run's
+    records. Keys are ``id_key`` of requestIds and person keys."""
+
+    def __init__(self, rows: Sequence[tuple[str, str, str | None, int | None]]) -> None:
+        self.done: set[int] = set()
+        self.permanent: set[int] = set()
+        self.failed: set[int] = set()  # the last outcome a failure (retryable or permanent)
+        self.persons: dict[int, int] = {}
+        for request_id, state, person, settled in rows:
+            self._follow(id_key(request_id), state, person, settled or 0)
+        self.outcome_unknown: list[str] = []  # reaped claims are to do again, not carried
+        self.awaiting: frozenset[str] = frozenset()
+        self.lost_jobs: frozenset[str] = frozenset()
+
+    def _follow(self, key: int, state: str, person: str | None, position: int) -> None:
+        if state == "done":
+            self.done.add(key)
+            self.permanent.discard(key)
+            self.failed.discard(key)
+            if person is not None:
+                self.persons[int(person)] = position
+        elif state == "failed":
+            self.permanent.add(key)
+            self.failed.add(key)
+        else:
+            self.failed.add(key)  # settled retryable: to do again
+
+    def is_done(self, key: int) -> bool:
+        return key in self.done
+
+    def failed_for_good(self, key: int) -> bool:
+        return key in self.permanent
+
+    def failed_before(self, key: int) -> bool:
+        return key in self.failed
+
+    def latest_result(self, person: int) -> int | None:
+        return self.persons.get(person)
+
+    def result_contacts(self, positions: Collection[int]) -> dict[int, dict[str, Any]]:
+        return {}  # the contacts' bodies are not kept on the shared ledger
+
+    def counts(self) -> StoreCounts:
+        return StoreCounts(
+            results=len(self.done),
+            failed_permanent=len(self.permanent),
+            failed_retryable=len(self.failed - self.permanent),
+            people=len(self.persons),
+        )
+
+    def awaited_jobs(self) -> Sequence[PendingJob]:
+        return []
+
+
+class PgClaims:
+    """Claims as rows of ``ob_contact`` held by this worker (see the module docstring)."""
+
+    def __init__(self, store: PgStore) -> None:
+        self.store = store
+        self.numbers = iter(range(1, 2**62))
+
+    async def claim(self, request_id: str) -> int:
+        store = self.store
+        if not store.lease.may_send():  # cut off or frozen past half the lease: fenced
+            raise ClaimRefused("this worker's lease is not renewed: it sends nothing")
+        params = {"job": store.job, "worker": store.worker, "request_id": request_id}
+        try:
+            conn = await store.connection("claims")
+            row = await (await conn.execute(_CLAIM_ONE, params)).fetchone()
+        except psycopg.Error as exc:  # out of reach: nothing is sent
+            raise ClaimRefused(describe_failure(store.url, exc)) from None
+        except StateError as exc:
+            raise ClaimRefused(str(exc)) from None
+        if row is None:
+            raise ClaimRefused(f"{request_id}: held or settled by another worker")
+        number = next(self.numbers)
+        store.claim_seq[request_id] = int(row[0])
+        store.on_wire[number] = request_id
+        return number
+
+    def release(self, claim: int) -> None:
+        self.store.on_wire.pop(claim, None)
+
+    def settle(self, request_id: str) -> None:
+        """Nothing is carried (the view's ``outcome_unknown`` is empty)."""
+
+    def close(self) -> None:
+        """Claims still held are given back when the store closes."""
+
+
+class PgStore:
+    """The shared ledger's store for one run of a job; build it with :func:`open_pg_store`."""
+
+    def __init__(
+        self,
+        url: LedgerUrl,
+        job: str,
+        lease: WorkerLease,
+        conns: dict[str, PgConnection],
+        runs: PgRuns,
+    ) -> None:
+        self.url, self.job, self.lease = url, job, lease
+        self.worker = lease.worker
+        self.conns = conns  # "claims", "records": one each, so a claim never waits on a group
+        self.history = runs
+        self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
+        self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
+        self.view: PgView | None = None
+        self.unsettled: list[dict[str, Any]] = []  # groups the database did not take yet
+
+    @property
+    def runs(self) -> PgRuns:
+        return self.history
+
+    async def load(self) -> PgView:
+        conn = await self.connection("records")
+        await reap(conn)
+        cur = await conn.execute(
+            "SELECT request_id, state, person_key, settled_seq FROM ob_contact"
+            " WHERE job = %s AND settled_seq IS NOT NULL ORDER BY settled_seq",
+            (self.job,),
+        )
+        self.view = PgView(await cur.fetchall())
+        return self.view
+
+    def claims(self, carry: Collection[str]) -> PgClaims:
+        return PgClaims(self)
+
+    async def record(self, group: Group) -> None:
+        outcomes = group.outcomes
+        if not outcomes:
+            return
+        paid: dict[str, int] = {}
+        for call in group.calls:
+            if call[5] == 200:
+                paid[call[0]] = paid.get(call[0], 0) + 1
+        params = {
+            "job": self.job,
+            "worker": self.worker,
+            "rids": [row[1] for row in outcomes],
+            "seqs": [self.claim_seq.pop(row[1], 0) for row in outcomes],
+            "outcomes": [row[2] for row in outcomes],
+            "persons": [str(row[0]) for row in outcomes],
+            "paid": [paid.get(row[1], 0) for row in outcomes],
+            "call_rids": [call[0] for call in group.calls],
+            "call_outcomes": [call[6] for call in group.calls],
+            "call_statuses": [call[5] for call in group.calls],
+            "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in group.calls],
+        }
+        self.unsettled.append(params)
+        await self._settle_unsettled()
+        view = self.view
+        if view is not None:
+            for person, request_id, state, _, _ in outcomes:
+                done = "done" if state == "ok" else "failed" if state == "permanent" else "todo"
+                view._follow(id_key(request_id), done, str(person), 0)
+
+    async def connection(self, purpose: str) -> PgConnection:
+        """The connection for ``claims`` or ``records``, opened again when the last one broke
+        (a server restarted); raises :class:`StateError` while the server is out of reach."""
+        conn = self.conns[purpose]
+        if conn.broken or conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            conn = self.conns[purpose] = await connect(self.url)
+        return conn
+
+    async def _settle_unsettled(self) -> None:
+        """Settle the groups not settled yet, oldest first; a database out of reach keeps
+        them for the next group (their results are durable in the local output)."""
+        while self.unsettled:
+            try:
+                conn = await self.connection("records")
+                await conn.execute(_SETTLE_GROUP, self.unsettled[0])
+            except (psycopg.Error, StateError) as exc:
+                log_event(
+                    "ledger_not_updated",
+                    level=logging.WARNING,
+                    error=describe_failure(self.url, exc),
+                    groups_waiting=len(self.unsettled),
+                )
+                return
+            self.unsettled.pop(0)
+
+    async def finish(self, run: FinishedRun) -> None:
+        """Settle what is left (every group is settled as it comes when the database is up)."""
+        await self._settle_unsettled()
+
+    async def leave(self) -> None:
+        """Give back the claims still held (those on the wire counted as outcome unknown),
+        then leave the job."""
+        for _ in range(_LEAVE_TRIES):  # the database may be on its way back
+            await self._settle_unsettled()
+            if not self.unsettled:
+                break
+            await anyio.sleep(1.0)
+        if self.unsettled:  # still out of reach: the claims are reaped later (outcome unknown)
+            raise StateError(
+                f"{len(self.unsettled)} groups of results are in the local output but not in "
+                f"the shared ledger {self.url.display}: its claims will be reaped and sent again"
+            )
+        params = {"worker": self.worker, "on_wire": list(self.on_wire.values())}
+        conn = await self.connection("records")
+        async with conn.transaction():
+            await conn.execute(_LEAVE, params)
+        await self.lease.leave()
+
+
+def job_name(settings: Settings) -> str:
+    """The job a run works on: the agent (or experiment) it runs."""
+    target = settings.agent_oid or settings.experiment_oid
+    if not target:
+        raise ConfigError("a shared ledger's job needs --agent or --experiment")
+    return str(target)
+
+
+@contextlib.asynccontextmanager
+async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator[PgStore]:
+    """The store factory of ``--ledger postgresql://…`` (see the module docstring).
+
+    Raises:
+        ConfigError: no shared ledger URL in the settings, or async mode (not built yet).
+        StateError: the server cannot be reached, or the job runs another agent.
+    """
+    if settings.ledger_url is None:
+        raise ConfigError("--ledger: no postgresql:// URL given")
+    if settings.mode == "async":
+        raise ConfigError("--mode async with a shared ledger is not available yet: use sync")
+    url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
+    job = job_name(settings)
+    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    async with contextlib.AsyncExitStack() as stack:
+        conns: dict[str, PgConnection] = {}  # the store's (opened again when one breaks)
+        stack.push_async_callback(_close_all, conns)
+        for purpose in ("lease", "claims", "records"):
+            conns[purpose] = await connect(url)
+        lease = WorkerLease(
+            conns.pop("lease"), worker=worker, job=job, lease=lease_seconds(settings)
+        )
+        stack.push_async_callback(lambda: _close_all({"lease": lease.conn}))
+        try:
+            await migrate(conns["records"])
+            await WorkQueue(conns["records"], job).open_job(agent=settings.agent_type)
+            await lease.register()
+        except psycopg.Error as exc:
+            raise StateError(describe_failure(url, exc)) from None
+        runs = await anyio.to_thread.run_sync(PgRuns, url, job, worker)
+        stack.callback(runs.close)
+        store = PgStore(url, job, lease, conns, runs)
+        async with anyio.create_task_group() as heartbeat:
+            heartbeat.start_soon(
+                functools.partial(
+                    lease.keep_renewed, lambda: len(store.on_wire), reconnect=lambda: connect(url)
+                )
+            )
+            try:
+                yield store
+            finally:
+                heartbeat.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await store.leave()
+                    except psycopg.Error as exc:  # reaped later: counted then
+                        raise StateError(describe_failure(url, exc)) from None
+
+
+async def _close_all(conns: dict[str, PgConnection]) -> None:
+    for conn in conns.values():
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()

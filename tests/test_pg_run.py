@@ -1,0 +1,278 @@
+"""``run --ledger postgresql://…`` on a real PostgreSQL: the shared ledger is the truth for
+"done", claims keep concurrent runs from paying twice, and one rate is shared across them.
+
+Every test gets a fresh database on one throwaway server (tests/pgserver.py); in CI a server
+that cannot start fails these tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from octave_bulk.errors import ClaimRefused, ConfigError
+from octave_bulk.run.engine import run_batch
+from octave_bulk.simulator import Latency, parse_rate_limit
+from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.pg.store import open_pg_store
+from octave_bulk.state.store import Group
+from tests.conftest import TEST_KEY
+from tests.helpers import read_lines, sim_settings, write_contacts
+from tests.pgserver import PgServer, postgres_or_skip
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture
+def db_url(pg: PgServer) -> str:
+    """A fresh empty database's URL (with the superuser's password in it)."""
+    return pg.create_database(f"r{os.getpid()}_{next(_names)}")
+
+
+def _contacts(db_url: str) -> dict[str, tuple[str, int, int]]:
+    """requestId -> (state, paid calls, outcomes unknown) in the shared ledger."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT request_id, state, paid_calls, outcome_unknown FROM ob_contact"
+        ).fetchall()
+    return {rid: (state, paid, unknown) for rid, state, paid, unknown in rows}
+
+
+async def test_a_run_on_the_shared_ledger_pays_once_and_a_second_run_pays_nothing(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    sim = make_sim()
+    rids = write_contacts(tmp_path / "in.csv", 40)
+    settings = sim_settings(sim.url, ledger=db_url)
+    first = await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert first["exit_code"] == 0 and first["paid_calls"] == 40
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1)
+    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert len(read_lines(tmp_path / "a.ndjson")) == 40  # the local copy, for inspection
+    # Another output, empty: only the database knows these contacts are done.
+    second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
+    assert second["exit_code"] == 0 and second["paid_calls"] == 0
+    assert second["counts"]["skipped_done"] == 40
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1)
+    assert not (tmp_path / "a.ledger.sqlite").exists()  # no SQLite beside the output
+    assert not _mentioned(tmp_path, pg.password)
+
+
+def _mentioned(folder: Path, secret: str) -> list[str]:
+    """The files in ``folder`` whose text holds ``secret``."""
+    return [p.name for p in folder.iterdir() if secret in p.read_text(errors="replace")]
+
+
+async def test_a_contact_held_by_one_run_is_refused_to_another_and_a_late_answer_counts_twice(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = sim_settings("http://127.0.0.1:9", ledger=db_url)
+    paths = OutputPaths.for_output(tmp_path / "a.ndjson")
+    async with open_pg_store(paths, settings) as first, open_pg_store(paths, settings) as second:
+        await first.load()
+        mine, theirs = first.claims(()), second.claims(())
+        await mine.claim("c-1")
+        with pytest.raises(ClaimRefused, match="held or settled by another worker"):
+            await theirs.claim("c-1")
+        ok_call = ("c-1", "r1", 1, 1.0, 2.0, 200, "success", 1.0, 0)
+        await first.record(Group([(7, "c-1", "ok", "r1", 0)], [ok_call]))
+        assert _contacts(db_url)["c-1"] == ("done", 1, 0)
+        with pytest.raises(ClaimRefused):  # settled: nobody claims it again
+            await theirs.claim("c-1")
+        # An answer for a claim it does not hold (a frozen worker's late call): paid twice,
+        # the done contact left as it was.
+        await second.record(Group([(7, "c-1", "permanent", "r2", 0)], [ok_call]))
+        assert _contacts(db_url)["c-1"] == ("done", 2, 0)
+        view = await second.load()
+        assert view.counts().results == 1 and view.counts().failed_permanent == 0
+    with psycopg.connect(db_url) as conn:
+        late = conn.execute("SELECT late_answers FROM ob_contact").fetchone()
+        workers = conn.execute("SELECT DISTINCT state FROM ob_worker").fetchall()
+    assert late == (1,) and workers == [("left",)]
+
+
+async def test_a_budget_is_held_across_runs_on_the_shared_ledger(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 30)
+    settings = sim_settings(sim.url, ledger=db_url, budget="12/day", concurrency=4)
+    first = await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert first["stop_reason"] == "budget" and first["paid_calls"] == 12
+    second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
+    assert second["stop_reason"] == "budget" and second["paid_calls"] == 0
+    assert sum(sim.stats()["successes"].values()) == 12
+
+
+async def test_async_mode_on_the_shared_ledger_is_refused_before_any_call(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 5)
+    settings = sim_settings(sim.url, ledger=db_url, mode="async")
+    with pytest.raises(ConfigError, match="async"):
+        await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert sim.stats()["totals"].get("calls", 0) == 0
+
+
+def _run(
+    url: str, contacts: Path, out: Path, ledger: str | None, *extra: str
+) -> subprocess.Popen[str]:
+    """``octave-bulk run`` in a process, its ledger (when given) from ``OCTAVE_LEDGER``; calls
+    time out after 2 s and a drain lasts 1 s, so a worker's lease is 5 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
+    if ledger is not None:
+        env["OCTAVE_LEDGER"] = ledger
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
+        "--agent", "ca_test", "--base-url", url, "--no-progress", "--timeout", "2", *extra,
+    ]  # fmt: skip
+    with open(out.with_suffix(".log"), "w") as log:  # the process keeps its own copy
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_lines(path: Path, count: int) -> None:
+    """Until ``path`` holds ``count`` whole lines (a line being written is not counted)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name}: fewer than {count} lines after 120 s")
+
+
+def _finish(process: subprocess.Popen[str], out: Path) -> str:
+    process.wait(timeout=240)
+    text = out.with_suffix(".log").read_text(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    return text
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    rate = 20
+    sim = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 160)
+    # --no-adaptive: each run paces at --rate whatever the 429s (the control then shows the
+    # whole excess, not what an adaptive search would win back).
+    limits = ("--rate", f"{rate}/s", "--concurrency", "8", "--no-adaptive")
+    runs = [
+        (_run(sim.url, tmp_path / "in.csv", tmp_path / f"{n}.ndjson", db_url, *limits), n)
+        for n in "ab"
+    ]
+    logs = [_finish(process, tmp_path / f"{n}.ndjson") for process, n in runs]
+    shared = sim.stats()
+    assert shared["successes"] == dict.fromkeys(rids, 1)  # each contact paid once in all
+    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    done_by = [len(read_lines(tmp_path / f"{n}.ndjson")) for n in "ab"]
+    assert sum(done_by) == 160  # each result written once, by whichever run claimed it
+    assert all(pg.password not in log for log in logs)
+    assert not _mentioned(tmp_path, pg.password)
+    # The control: two runs on their own file ledgers, each pacing to the whole limit alone.
+    alone = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+    control = [
+        (_run(alone.url, tmp_path / "in.csv", tmp_path / f"own-{n}.ndjson", None, *limits), n)
+        for n in "ab"
+    ]
+    for process, n in control:
+        _finish(process, tmp_path / f"own-{n}.ndjson")
+    refused_alone = alone.stats()["totals"].get("rate_limited", 0)
+    refused_shared = shared["totals"].get("rate_limited", 0)
+    assert sum(alone.stats()["successes"].values()) == 320  # each paid for every contact
+    assert refused_alone >= 40 and refused_shared * 10 < refused_alone, (
+        refused_shared,
+        refused_alone,
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=Latency(0.3, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    limits = ("--rate", "40/s", "--concurrency", "8")
+    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    _wait_for_lines(tmp_path / "a.ndjson", 30)
+    first.kill()
+    first.wait()
+    held = [rid for rid, (state, _, _) in _contacts(db_url).items() if state == "claimed"]
+    assert held  # calls were in flight at the kill
+    time.sleep(6)  # the killed worker's lease (5 s) runs out: its claims may be reaped
+    _finish(
+        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        tmp_path / "b.ndjson",
+    )
+    ledger = _contacts(db_url)
+    assert {state for state, _, _ in ledger.values()} == {"done"} and set(ledger) == set(rids)
+    unknown = sum(u for _, _, u in ledger.values())
+    assert unknown == len(held)  # each claim of the dead worker reaped once
+    paid = sum(sim.stats()["successes"].values())
+    assert 0 <= paid - len(rids) <= unknown
+    assert all(sim.stats()["successes"][rid] == 1 for rid in rids if rid not in held)
+
+
+@pytest.mark.slow
+def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unknown_twice(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    sim = make_sim(latency=Latency(0.1, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 150)
+    limits = ("--rate", "30/s", "--concurrency", "4")
+    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    _wait_for_lines(tmp_path / "a.ndjson", 30)
+    pg.restart_immediate()  # as a crash would: every connection cut
+    log = _finish(first, tmp_path / "a.ndjson")
+    assert pg.password not in log
+    written = {line["requestId"] for line in read_lines(tmp_path / "a.ndjson")}
+    ledger = _contacts(db_url)
+    assert all(ledger[rid][0] == "done" for rid in written)  # every local result settled
+    # What the cut left to do (not sent while the database was away) is done by the next run.
+    _finish(
+        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        tmp_path / "b.ndjson",
+    )
+    ledger = _contacts(db_url)
+    assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
+    unknown = sum(u for _, _, u in ledger.values())
+    assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown
+
+
+def test_a_shared_ledger_out_of_reach_stops_the_run_before_any_call_and_hides_the_password(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 3)
+    secret = "S3cret-Ledger-Pw"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
+            "-o", str(tmp_path / "a.ndjson"), "--agent", "ca_test", "--base-url", sim.url,
+            "--no-progress", "--ledger", f"postgresql://bob:{secret}@127.0.0.1:1/octave",
+        ],
+        env=env | {"OCTAVE_API_KEY": TEST_KEY},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "postgresql://bob@127.0.0.1:1/octave" in done.stderr
+    assert secret not in done.stdout + done.stderr and not _mentioned(tmp_path, secret)
+    assert sim.stats()["totals"].get("calls", 0) == 0
