@@ -46,7 +46,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from octave_bulk.limits.base import LimitsReport, Ticket
+from octave_bulk.limits.base import LimitsReport, RefusalHints, Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import AdaptiveTicket, Gate
@@ -127,6 +127,7 @@ class AdaptiveLimiter:
         self.rate_before_cap: float | None = self.gate.rate if start_window else None
         self.rate_limited_before_cap = False  # a rate verdict came before the sighting
         self.delivered_at_cut: float | None = None  # calls/s let through, at the last cut
+        self.announced_rate: float | None = None  # a limit per window the 429s announced
         # The lowest rate refused since. A remembered rate is verified like any other: one
         # that meets no 429 is probed up at the pace of a search past a cut (small steps,
         # doubled while they hold), so a remembered rate far below what holds is left fast.
@@ -229,10 +230,13 @@ class AdaptiveLimiter:
         if self.adaptive:
             self.maybe_probe()
 
-    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(
+        self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
+    ) -> float:
         """The attempt was refused; returns the pool-wide pause this caused (0: only this
-        attempt's own retry waits). A Retry-After beyond ``max_pause`` is clamped."""
+        attempt's own retry waits); ``hints``: evidence (:meth:`Verdicts.heard`)."""
         ticket, counts = self._leave(ticket)
+        rate_said = self.verdicts.heard(hints)
         now = self.clock()
         self.refusals += 1
         self.evidence.refused(ticket.sent_at)
@@ -248,8 +252,7 @@ class AdaptiveLimiter:
         self.settle()
         self.refused_in_row += 1
         self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
-        in_row = self.refused_in_row
-        window_rate = self.evidence.window_rate(now, retry_after, self.rate, in_row)
+        window_rate = self.evidence.window_rate(now, retry_after, self.rate, self.refused_in_row)
         if self.adaptive and window_rate is not None:
             return self.verdicts.window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
@@ -258,13 +261,14 @@ class AdaptiveLimiter:
             epoch.known >= VERDICT or 4 * epoch.refused >= epoch.known  # a quarter: at once
         )
         cap = self.concurrency_limited_at
-        if self.adaptive and cap is not None and ticket.level < cap - 1:
-            # Refused below the cap it seemed to have: it was a rate (a token bucket's
-            # refusals follow the in-flight count when sends come in bursts), not a cap.
+        below = cap is not None and (ticket.level < cap - 1 or rate_said and not self.cap_known)
+        if self.adaptive and below:
+            # Refused below the cap it seemed to have, or its quota spent by the server's word
+            # before calls came back: a rate (a bucket's refusals follow the count in flight).
             self.concurrency_limited_at = None
             self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
-        concurrency = self.adaptive and self.verdicts.judge_concurrency()
+        concurrency = self.adaptive and not rate_said and self.verdicts.judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self.verdicts.cut_rate(now)
         overwhelmed = self.refused_in_row >= VERDICT  # nothing accepted meanwhile

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from octave_bulk.errors import RefusalHints
 from octave_bulk.state.pg.dsn import PgConnection
 
 __all__ = ["SharedRateLimiter", "SharedRateReport", "SharedRateTicket"]
@@ -221,8 +222,13 @@ class SharedRateLimiter:
             self._counts.accepted += 1
             await self._give_back(ticket)
 
-    async def on_429(self, ticket: SharedRateTicket, retry_after: float | None) -> float:
-        """Pause every worker: returns the pause now in force, seconds."""
+    async def on_429(
+        self,
+        ticket: SharedRateTicket,
+        retry_after: float | None,
+        hints: RefusalHints | None = None,
+    ) -> float:
+        """Pause every worker: returns the pause now in force, seconds (``hints`` unused)."""
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
