@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from octave_bulk.errors import RefusalHints
@@ -17,6 +18,7 @@ from octave_bulk.http.retry import refusal_hints, status_error
 from octave_bulk.limits.base import LimiterContext, Ticket
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
+from octave_bulk.state.limits import RememberedLimits
 from tests.helpers import sim_settings, write_contacts
 from tests.limiter_model import Server, simulate
 from tests.test_pacing_slow_calls import span_ratio
@@ -190,3 +192,46 @@ async def test_a_run_hands_each_429_s_hints_to_its_limiter(make_sim: Any, tmp_pa
     spent = [h for h in heard if h is not None]
     assert len(spent) == rate_refusals and all(h.rate_spent and h.limit == 2 for h in spent)
     assert heard.count(None) == totals["over_capacity"]  # the cap's 429s say nothing
+
+
+# --- memory: the quota's period ---------------------------------------------------------------
+
+
+def _quota_night(tmp_path: Path) -> tuple[float, Server]:
+    """One night of 601 45-s calls against a moving window of 120 calls a minute, starting
+    from what ``OUT.limits.json`` remembers (and remembering what it learnt there)."""
+    memory, key = RememberedLimits(tmp_path / "out.limits.json"), "http://sim ca_test"
+    rate, _ = memory.get(key)
+    server = Server(rate=2.0, shape="moving", period=60.0, latency=45.0, sigma=0.2)
+    limiter = simulate(
+        server,
+        601,
+        rate_ceiling=None,
+        window_ceiling=512,
+        first_window=32,
+        start_rate=rate,
+        start_period=memory.period(key) if rate is not None else None,
+    )
+    memory.keep(key, limiter.report())
+    return span_ratio(server, 601, 2.0), server
+
+
+def test_a_second_night_against_a_per_minute_quota_remembers_its_period(tmp_path: Path) -> None:
+    # The first night learns the quota's minute from its reset-time Retry-After and keeps it
+    # with the rate; the second starts there and paces at the minute's scale: no faster
+    # probes into the quota's end, so never slower than the first (it was, without the period).
+    first, _ = _quota_night(tmp_path)
+    kept = orjson.loads((tmp_path / "out.limits.json").read_bytes())["http://sim ca_test"]
+    assert kept["period"] == pytest.approx(60.0, abs=2.0)
+    second, server = _quota_night(tmp_path)
+    assert second <= first and second <= 1.05
+    assert server.refused <= 0.03 * server.calls
+
+
+def test_a_limits_file_written_before_the_period_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "out.limits.json"
+    path.write_bytes(orjson.dumps({"u a": {"rate": 1.5, "window": None, "saved_at": "x"}}))
+    memory = RememberedLimits(path)
+    assert (memory.get("u a"), memory.period("u a")) == ((1.5, None), None)
+    memory.put("u a", 1.5, None, 60.0)
+    assert (memory.get("u a"), memory.period("u a")) == ((1.5, None), 60.0)

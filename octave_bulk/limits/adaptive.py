@@ -81,6 +81,7 @@ class AdaptiveLimiter:
             ``search_from``.
         search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
+        start_period: a rate window's length remembered (a per-minute quota's 60 s).
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
@@ -95,6 +96,7 @@ class AdaptiveLimiter:
         start_rate: float | None = None,
         search_from: float = 16.0,
         start_window: int | None = None,
+        start_period: float | None = None,
         first_window: int | None = None,
         adaptive: bool = True,
         max_pause: float = 600.0,
@@ -118,6 +120,7 @@ class AdaptiveLimiter:
         self.epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
         self.evidence = Evidence()
+        self.evidence.period = start_period  # no epoch shorter: a window shows its rate at its end
         # A cap proven by refusals at the same level once calls had come back: probed past
         # one call at a time, rarely. A remembered window is not: it is verified like a guess.
         self.cap_known = False
@@ -145,14 +148,11 @@ class AdaptiveLimiter:
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
-        self.refusals = 0
+        self.refusals = self.clamped_retry_after = 0
+        self.answers = self.released = 0  # answers other than 429s; tickets handed back unsent
         # 429s since the last call accepted that was sent after them (answers to calls sent
         # before keep landing while a quota is spent: they are no news)
-        self.refused_in_row = 0
-        self._last_refused_sent = -math.inf
-        self.answers = 0  # answers other than 429s, all epochs
-        self.clamped_retry_after = 0
-        self.released = 0  # tickets handed back unsent
+        self.refused_in_row, self._last_refused_sent = 0, -math.inf
         self.verdicts = Verdicts(self)
 
     @property
@@ -172,8 +172,7 @@ class AdaptiveLimiter:
     async def open(self) -> None:
         """Nothing to open: the limiter is local to the run (so is :meth:`aclose`)."""
 
-    async def aclose(self) -> None:
-        pass
+    async def aclose(self) -> None: ...
 
     async def acquire(self) -> AdaptiveTicket:
         """Wait for a slot in the window, then for the rate and any pause; returns the
@@ -439,6 +438,7 @@ class AdaptiveLimiter:
             refused=self.refusals,
             released=self.released,
             retry_after_clamped=self.clamped_retry_after,
+            period=self.evidence.period,
         )
 
 

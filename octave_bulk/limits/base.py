@@ -66,6 +66,8 @@ class LimitsReport:
         refused: attempts refused with a 429.
         released: attempts handed back unsent.
         retry_after_clamped: Retry-After values longer than the longest pause, clamped.
+        period: the length of the rate window learnt (a reset-time Retry-After, an announced
+            window), seconds; None: no window known.
     """
 
     rate: float | None
@@ -79,6 +81,7 @@ class LimitsReport:
     refused: int = 0
     released: int = 0
     retry_after_clamped: int = 0
+    period: float | None = None
 
     @property
     def settled_rate(self) -> float | None:
@@ -151,12 +154,15 @@ class LimiterContext:
         remembered: the (rate, window) the output's last run settled at; None each for what
             is not known (always none for polls).
         clock: the monotonic clock.
+        remembered_period: the rate window's length the last run learnt, seconds (None:
+            none known).
     """
 
     settings: Settings
     purpose: Literal["calls", "polls"] = "calls"
     remembered: tuple[float | None, int | None] = (None, None)
     clock: Callable[[], float] = field(default=time.monotonic)
+    remembered_period: float | None = None
 
 
 LimiterFactory = Callable[[LimiterContext], Limiter]
