@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from octave_bulk.cli import cli
 from octave_bulk.errors import RefusalHints
 from octave_bulk.http.retry import refusal_hints, status_error
 from octave_bulk.limits.base import LimiterContext, Ticket
@@ -235,3 +237,20 @@ def test_a_limits_file_written_before_the_period_still_reads(tmp_path: Path) -> 
     assert (memory.get("u a"), memory.period("u a")) == ((1.5, None), None)
     memory.put("u a", 1.5, None, 60.0)
     assert (memory.get("u a"), memory.period("u a")) == ((1.5, None), 60.0)
+
+
+def test_simulate_sends_rate_limit_headers_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import octave_bulk.simulator.server as server
+
+    served: list[Any] = []
+
+    def run_forever(app: Any, sock: Any) -> None:
+        sock.close()
+        served.append(app)
+
+    monkeypatch.setattr(server, "run_forever", run_forever)
+    for flag in ("--rate-limit-headers", "--no-rate-limit-headers"):
+        args = ["simulate", "--port", "0", "--rate-limit", "fixed:120/min", flag]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    assert [app.config.rate_limit_headers for app in served] == [True, False]
