@@ -254,3 +254,17 @@ def test_simulate_sends_rate_limit_headers_when_asked(monkeypatch: pytest.Monkey
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
     assert [app.config.rate_limit_headers for app in served] == [True, False]
+
+
+def test_a_second_night_from_a_remembered_rate_fills_the_window_past_32_at_once() -> None:
+    # 2/s with a burst of 2 and 45-s calls (90 in flight). The remembered rate is probed up at
+    # once; its isolated 429 at the full window's top level is the rate's, not a cap's, so
+    # the window still doubles when full (else it held 32 for a whole latency: 1.11x).
+    first_server = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
+    first = simulate(first_server, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
+    remembered = first.report().summary()["rate"]
+    server = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
+    simulate(
+        server, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    )
+    assert span_ratio(server, 601, 2.0) <= min(1.05, span_ratio(first_server, 601, 2.0) + 0.01)

@@ -25,9 +25,10 @@ experiment, never the level alone:
 * **Windows:** many 429s in a row whose ``Retry-After`` reaches well past them
   (:meth:`Evidence.window_rate`): the pool waits for the reset and then sends at the window's
   rate, its quota over its length; the reset wait is no slower rate.
-* **A full window** (the sends filled it, no 429 at its top, no cap in sight) doubles once
-  its sends are known, a few refusal round trips later, rather than at the next answer (40 s
-  away); its new slots are paced at twice the rate delivered, so that a burst into a rate
+* **A full window** (the sends filled it, at most one 429 at its top - a cap refuses every
+  send there, one alone is a rate probe's - no cap in sight) doubles once its sends are
+  known, a few refusal round trips later, rather than at the next answer (40 s away); its new
+  slots are paced at twice the rate delivered, so that a burst into a rate
   limit is not mistaken for a cap.
 """
 
@@ -187,7 +188,7 @@ class Verdicts:
             lim.concurrency_limited_at is None
             and lim.suspected_cap is None
             and lim.window < lim.window_ceiling
-            and not any(level >= top for level in epoch.refused_levels)
+            and sum(n for level, n in epoch.refused_levels.items() if level >= top) < REFUSED
         ):
             self.grow_window(lim.window * 2)
         else:
