@@ -335,8 +335,8 @@ class AdaptiveLimiter:
         if latency is not None:  # no epoch lasts over two round trips of the calls
             quiet = max(_MIN_QUIET, min(quiet, math.ceil(2 * in_flight)))
         period = self.evidence.period
-        if period is not None and rate is not None:  # a window shows a rate only at its end
-            quiet = max(quiet, math.ceil(rate * period))
+        if period is not None and rate is not None and not epoch.held_by_window:
+            quiet = max(quiet, math.ceil(rate * period))  # a rate window shows a rate at its end
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
