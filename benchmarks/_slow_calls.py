@@ -17,6 +17,10 @@ Shapes (R the limit's rate; a cap's K = R x mean latency, the same throughput):
   or moving (Retry-After: until the oldest call leaves it);
 * ``cap``: K calls in flight (Retry-After: 1).
 
+Each rate shape also runs with ``+hdr``: its 429s carry what limiter libraries'
+``X-RateLimit-Limit/Remaining/Reset`` say (the limit per period, remaining 0, the reset), which
+the limiter takes as evidence of a rate (user "none" only).
+
 Regimes: R = 2/s with median latency 45 s (sigma 0.2: 30-60 s; R x L = 90 in flight), and
 R = 5/s with 3-s calls (R x L = 15). N such that the ideal is 1, 5 and 30 minutes.
 
@@ -56,6 +60,7 @@ class SlowCell:
     sigma: float
     minutes: int
     user: str  # "none" or "4R"
+    headers: bool = False  # the rate limit's 429s say X-RateLimit-* (RefusalHints)
 
     @property
     def n(self) -> int:
@@ -71,10 +76,15 @@ class SlowCell:
 
     @property
     def name(self) -> str:
-        return f"{self.shape} R={self.rate:g}/s L={self.latency:g}s {self.minutes}min"
+        shape = self.shape + ("+hdr" if self.headers else "")
+        return f"{shape} R={self.rate:g}/s L={self.latency:g}s {self.minutes}min"
 
     def server(self) -> Server:
-        common: dict[str, Any] = {"latency": self.latency, "sigma": self.sigma}
+        common: dict[str, Any] = {
+            "latency": self.latency,
+            "sigma": self.sigma,
+            "headers": self.headers,
+        }
         rate = self.rate
         if self.shape == "cap":
             return Server(cap=self.cap, **common)
@@ -102,11 +112,13 @@ def _span(cell: SlowCell, server: Server) -> float:
     return end - server.first
 
 
-def _remembered(found: dict[str, Any]) -> dict[str, Any]:
-    """What the engine would store in OUT.limits.json and start the next run from."""
+def _remembered(found: dict[str, Any], period: float | None) -> dict[str, Any]:
+    """What the engine would store in OUT.limits.json and start the next run from (the rate
+    window's length with the rate, as ``limits/factory.py`` hands it on)."""
     start: dict[str, Any] = {}
     if found.get("rate") is not None:
         start["start_rate"] = found["rate"]
+        start["start_period"] = period
     if found.get("concurrency_limited_at"):
         start["start_window"] = found["window"]
     return start
@@ -125,7 +137,8 @@ def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
         server = cell.server()
         started = time.monotonic()
         limiter = simulate(server, cell.n, **options)
-        found = limiter.report().summary()
+        report = limiter.report()
+        found = report.summary()
         ratio = _span(cell, server) / cell.ideal()
         share = server.refused / max(1, server.calls)
         missed = []
@@ -159,7 +172,7 @@ def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
             "rate_ceiling": None,
             "window_ceiling": WINDOW_BOUND,
             "first_window": FIRST_WINDOW,
-            **_remembered(found),
+            **_remembered(found, report.period),
         }
     return rows
 
@@ -176,6 +189,12 @@ def matrix(smoke: bool = False) -> list[SlowCell]:
         for shape in SHAPES
         for minutes in MINUTES
         for user in ("none", "4R")
+    ] + [
+        SlowCell(shape, rate, latency, sigma, minutes, "none", headers=True)
+        for rate, latency, sigma in REGIMES
+        for shape in SHAPES
+        if shape != "cap"
+        for minutes in MINUTES
     ]
 
 

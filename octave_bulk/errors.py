@@ -22,6 +22,7 @@ maps to its exit code; :class:`ErrorKind` names what went wrong with one call.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from pathlib import Path
 
 from octave_bulk.redact import scrub
@@ -37,6 +38,7 @@ __all__ = [
     "FatalApiError",
     "InputError",
     "OctaveBulkError",
+    "RefusalHints",
     "RetryableApiError",
     "StateError",
     "StopReason",
@@ -219,6 +221,38 @@ class ClaimRefused(StateError):
     lost its lease (the shared ledger, docs/scale-out.md): it is not sent."""
 
 
+@dataclass(frozen=True, slots=True)
+class RefusalHints:
+    """What a 429 said of the rate limit behind it, beside its ``Retry-After``: the de-facto
+    ``X-RateLimit-*`` headers or the IETF ``RateLimit-*`` fields (``http/retry.refusal_hints``).
+    Evidence for the limiter, never a setting (docs/design.md, "Pacing").
+
+    Attributes:
+        limit: the calls the server announces per window (None: not said).
+        remaining: the calls left in the window (0: a rate's quota is spent).
+        reset: seconds until the window resets.
+        window: the window's length in seconds (an IETF policy's ``w=``).
+    """
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+    window: float | None = None
+
+    @property
+    def rate_spent(self) -> bool:
+        """The refusal is a rate limit's whose quota is spent (remaining 0), not a cap's."""
+        return self.remaining is not None and self.remaining <= 0
+
+    @property
+    def announced_rate(self) -> float | None:
+        """The limit per window, calls per second: a candidate rate to verify (None: the
+        server did not say both)."""
+        if self.limit is None or not self.window:
+            return None
+        return self.limit / self.window
+
+
 class ApiError(OctaveBulkError):
     """The API answered with an error or could not be reached.
 
@@ -231,6 +265,7 @@ class ApiError(OctaveBulkError):
         status: the HTTP status, or None when no response arrived.
         request_id: our requestId for the contact.
         retry_after: seconds the server asked us to wait, when it said.
+        hints: what a 429 said of its rate limit (None: nothing, or not a 429).
     """
 
     retryable = False
@@ -243,11 +278,12 @@ class ApiError(OctaveBulkError):
         status: int | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        hints: RefusalHints | None = None,
     ) -> None:
         message = scrub(message)
         super().__init__(message)
         self.message, self.kind, self.status = message, kind, status
-        self.request_id, self.retry_after = request_id, retry_after
+        self.request_id, self.retry_after, self.hints = request_id, retry_after, hints
 
 
 class RetryableApiError(ApiError):

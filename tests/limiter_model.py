@@ -13,6 +13,10 @@ like a gateway. The rate limit is one of the shapes API gateways and limiter lib
   ``rate`` x ``period`` were let through in the last ``period`` seconds; its 429s say the
   seconds until the oldest of them leaves the window.
 
+With ``headers`` on, a rate limit's 429s say what limiter libraries' ``X-RateLimit-*`` headers
+say (the limit per period, remaining 0, the reset: :class:`~octave_bulk.errors.RefusalHints`),
+and with ``policy`` the period too (the IETF ``RateLimit-Policy``'s ``w=``); a cap's say nothing.
+
 Each client retries a refused contact after the Retry-After it was given, as the engine's
 workers do.
 """
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 import anyio
 import looptime
 
+from octave_bulk.errors import RefusalHints
 from octave_bulk.limits.adaptive import AdaptiveLimiter
 
 
@@ -45,6 +50,8 @@ class Server:
     sigma: float = 0.3
     change_at: float | None = None  # seconds after the first call ...
     change_factor: float = 1.0  # ... the limits are multiplied by this
+    headers: bool = False  # a rate limit's 429s carry RefusalHints (module docstring)
+    policy: bool = False  # ... and the period
     seed: int = 1
     calls: int = 0
     refused: int = 0
@@ -61,6 +68,7 @@ class Server:
         self._window: deque[float] = deque()  # accepted calls' times (fixed: this window's)
         self._window_start = 0.0
         self.wait = self.retry_after  # the last refusal's Retry-After
+        self.hints: RefusalHints | None = None  # ... and its rate limit headers
 
     def _rate_refuses(self, now: float) -> bool:
         assert self.rate is not None
@@ -99,12 +107,17 @@ class Server:
             self.cap = self.cap and max(1, round(self.cap * self.change_factor))
             self.change_at = None
         self.calls += 1
+        self.hints = None
         if self.cap is not None and self.in_flight >= self.cap:
             self.refused += 1
             self.wait = self.retry_after
             return False
         if self.rate is not None and self._rate_refuses(now):
             self.refused += 1
+            if self.headers:
+                quota = max(1, round(self.rate * self.period))
+                window = self.period if self.policy else None
+                self.hints = RefusalHints(quota, 0, self.wait, window)
             return False
         self.last_accepted = now
         self.accepted_at.append(now)
@@ -134,7 +147,7 @@ async def _run(server: Server, contacts: int, limiter: AdaptiveLimiter, workers:
                     break
                 wait = server.wait
                 await asyncio.sleep(0.002)  # a refusal's round trip
-                pause = await limiter.on_429(ticket, wait)
+                pause = await limiter.on_429(ticket, wait, server.hints)
                 await asyncio.sleep(max(wait, pause))  # the retry waits out its Retry-After
 
     async with anyio.create_task_group() as tasks:

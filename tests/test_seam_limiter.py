@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from octave_bulk.cli import cli
 from octave_bulk.errors import ConfigError
-from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
+from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, RefusalHints, Ticket
 from octave_bulk.limits.factory import adaptive_limiter, limiter_factory, register_limiter
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import RetryAfterMix, Simulator, SimulatorConfig
@@ -76,7 +76,9 @@ class TokenWindow:
         self._back(ticket)
         self.calls["on_answer"] += 1
 
-    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(
+        self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
+    ) -> float:
         self._back(ticket)
         self.calls["on_429"] += 1
         return 0.0

@@ -65,6 +65,13 @@ def _emails_range(text: str) -> tuple[int, int]:
     help="Whether a 429 from --max-inflight carries Retry-After: 1 (a typical gateway: no).",
 )
 @click.option(
+    "--rate-limit-headers/--no-rate-limit-headers",
+    default=False,
+    show_default=True,
+    help="Whether --rate-limit's 429s carry X-RateLimit-Limit/Remaining/Reset, as limiter "
+    "libraries send them (--max-inflight's never do).",
+)
+@click.option(
     "--limit-change",
     default="none",
     show_default=True,
@@ -194,6 +201,7 @@ def simulate(
     rate_limit: sim.RateLimit | None,
     max_inflight: int | None,
     inflight_retry_after: bool,
+    rate_limit_headers: bool,
     limit_change: tuple[float, float] | None,
     time_scale: float,
     faults: dict[str, float],
@@ -236,6 +244,7 @@ def simulate(
             hang_seconds=hang_seconds,
             max_inflight=max_inflight,
             inflight_retry_after=inflight_retry_after,
+            rate_limit_headers=rate_limit_headers,
             rate_limit_change=limit_change,
             time_scale=time_scale,
             async_parallelism=async_parallelism,

@@ -32,6 +32,7 @@ from octave_bulk.errors import (
     ApiError,
     ErrorKind,
     FatalApiError,
+    RefusalHints,
     RetryableApiError,
     TerminalApiError,
     status_kind,
@@ -42,6 +43,7 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "parse_reset",
     "parse_retry_after",
+    "refusal_hints",
     "retry_after_of",
     "status_error",
     "transport_error",
@@ -107,6 +109,41 @@ def retry_after_of(response: httpx.Response) -> float | None:
     window, docs/design.md "Pacing")."""
     said = parse_retry_after(response.headers.get("retry-after"))
     return said if said is not None else parse_reset(response.headers)
+
+
+_LEADING_NUMBER = re.compile(r"^\s*(\d+)")
+_LIMIT_IN_FIELD = re.compile(r"(?:^|[,;\s])(?:limit|q)\s*=\s*(\d+)")
+_REMAINING_IN_FIELD = re.compile(r"(?:^|[,;\s])(?:remaining|r)\s*=\s*(\d+)")
+_WINDOW_IN_FIELD = re.compile(r"(?:^|[,;\s])w\s*=\s*(\d+(?:\.\d+)?)")
+
+
+def _first(pattern: re.Pattern[str], *values: str | None) -> str | None:
+    for value in values:
+        match = pattern.search(value) if value else None
+        if match is not None:
+            return match.group(1)
+    return None
+
+
+def refusal_hints(headers: httpx.Headers, *, now: float | None = None) -> RefusalHints | None:
+    """What a 429's rate limit headers say, beside its ``Retry-After``: ``X-RateLimit-Limit`` /
+    ``-Remaining`` / ``-Reset``, the IETF draft's ``RateLimit-Limit`` / ``-Remaining`` /
+    ``-Reset`` / ``-Policy`` (``10;w=1``), or its ``RateLimit`` field (``limit=10, remaining=0,
+    reset=4``, or ``"default";r=0;t=6`` with ``RateLimit-Policy: "default";q=10;w=60``).
+    Evidence for the limiter, never a setting; None when none of them was said."""
+    limit_text = headers.get("x-ratelimit-limit") or headers.get("ratelimit-limit")
+    remaining_text = headers.get("x-ratelimit-remaining") or headers.get("ratelimit-remaining")
+    field, policy = headers.get("ratelimit"), headers.get("ratelimit-policy")
+    limit = _first(_LEADING_NUMBER, limit_text) or _first(_LIMIT_IN_FIELD, field, policy)
+    remaining = _first(_LEADING_NUMBER, remaining_text) or _first(_REMAINING_IN_FIELD, field)
+    window = _first(_WINDOW_IN_FIELD, policy, limit_text, field)
+    hints = RefusalHints(
+        limit=None if limit is None else int(limit),
+        remaining=None if remaining is None else int(remaining),
+        reset=parse_reset(headers, now=now),
+        window=None if window is None or float(window) <= 0 else float(window),
+    )
+    return None if hints == RefusalHints() else hints
 
 
 _CAUSE_KINDS = (  # (fragment of the exception class name, kind), first match wins
@@ -193,6 +230,7 @@ def status_error(response: httpx.Response, request_id: str | None) -> ApiError:
             status=status,
             request_id=request_id,
             retry_after=retry_after_of(response),
+            hints=refusal_hints(response.headers) if status == 429 else None,
         )
     if status in FATAL_STATUSES:
         return FatalApiError(

@@ -46,7 +46,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from octave_bulk.limits.base import LimitsReport, Ticket
+from octave_bulk.limits.base import LimitsReport, RefusalHints, Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import AdaptiveTicket, Gate
@@ -81,6 +81,7 @@ class AdaptiveLimiter:
             ``search_from``.
         search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
+        start_period: a rate window's length remembered (a per-minute quota's 60 s).
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
@@ -95,6 +96,7 @@ class AdaptiveLimiter:
         start_rate: float | None = None,
         search_from: float = 16.0,
         start_window: int | None = None,
+        start_period: float | None = None,
         first_window: int | None = None,
         adaptive: bool = True,
         max_pause: float = 600.0,
@@ -118,6 +120,7 @@ class AdaptiveLimiter:
         self.epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
         self.evidence = Evidence()
+        self.evidence.period = start_period  # no epoch shorter: a window shows its rate at its end
         # A cap proven by refusals at the same level once calls had come back: probed past
         # one call at a time, rarely. A remembered window is not: it is verified like a guess.
         self.cap_known = False
@@ -127,6 +130,7 @@ class AdaptiveLimiter:
         self.rate_before_cap: float | None = self.gate.rate if start_window else None
         self.rate_limited_before_cap = False  # a rate verdict came before the sighting
         self.delivered_at_cut: float | None = None  # calls/s let through, at the last cut
+        self.announced_rate: float | None = None  # a limit per window the 429s announced
         # The lowest rate refused since. A remembered rate is verified like any other: one
         # that meets no 429 is probed up at the pace of a search past a cut (small steps,
         # doubled while they hold), so a remembered rate far below what holds is left fast.
@@ -144,14 +148,11 @@ class AdaptiveLimiter:
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
-        self.refusals = 0
+        self.refusals = self.clamped_retry_after = 0
+        self.answers = self.released = 0  # answers other than 429s; tickets handed back unsent
         # 429s since the last call accepted that was sent after them (answers to calls sent
         # before keep landing while a quota is spent: they are no news)
-        self.refused_in_row = 0
-        self._last_refused_sent = -math.inf
-        self.answers = 0  # answers other than 429s, all epochs
-        self.clamped_retry_after = 0
-        self.released = 0  # tickets handed back unsent
+        self.refused_in_row, self._last_refused_sent = 0, -math.inf
         self.verdicts = Verdicts(self)
 
     @property
@@ -171,8 +172,7 @@ class AdaptiveLimiter:
     async def open(self) -> None:
         """Nothing to open: the limiter is local to the run (so is :meth:`aclose`)."""
 
-    async def aclose(self) -> None:
-        pass
+    async def aclose(self) -> None: ...
 
     async def acquire(self) -> AdaptiveTicket:
         """Wait for a slot in the window, then for the rate and any pause; returns the
@@ -229,10 +229,13 @@ class AdaptiveLimiter:
         if self.adaptive:
             self.maybe_probe()
 
-    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(
+        self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
+    ) -> float:
         """The attempt was refused; returns the pool-wide pause this caused (0: only this
-        attempt's own retry waits). A Retry-After beyond ``max_pause`` is clamped."""
+        attempt's own retry waits); ``hints``: evidence (:meth:`Verdicts.heard`)."""
         ticket, counts = self._leave(ticket)
+        rate_said = self.verdicts.heard(hints)
         now = self.clock()
         self.refusals += 1
         self.evidence.refused(ticket.sent_at)
@@ -248,8 +251,7 @@ class AdaptiveLimiter:
         self.settle()
         self.refused_in_row += 1
         self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
-        in_row = self.refused_in_row
-        window_rate = self.evidence.window_rate(now, retry_after, self.rate, in_row)
+        window_rate = self.evidence.window_rate(now, retry_after, self.rate, self.refused_in_row)
         if self.adaptive and window_rate is not None:
             return self.verdicts.window_exhausted(now, window_rate, retry_after or 0.0)
         # Refusals come back at network speed: an attempt not refused yet most likely is not.
@@ -258,13 +260,14 @@ class AdaptiveLimiter:
             epoch.known >= VERDICT or 4 * epoch.refused >= epoch.known  # a quarter: at once
         )
         cap = self.concurrency_limited_at
-        if self.adaptive and cap is not None and ticket.level < cap - 1:
-            # Refused below the cap it seemed to have: it was a rate (a token bucket's
-            # refusals follow the in-flight count when sends come in bursts), not a cap.
+        below = cap is not None and (ticket.level < cap - 1 or rate_said and not self.cap_known)
+        if self.adaptive and below:
+            # Refused below the cap it seemed to have, or its quota spent by the server's word
+            # before calls came back: a rate (a bucket's refusals follow the count in flight).
             self.concurrency_limited_at = None
             self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
-        concurrency = self.adaptive and self.verdicts.judge_concurrency()
+        concurrency = self.adaptive and not rate_said and self.verdicts.judge_concurrency()
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self.verdicts.cut_rate(now)
         overwhelmed = self.refused_in_row >= VERDICT  # nothing accepted meanwhile
@@ -332,8 +335,8 @@ class AdaptiveLimiter:
         if latency is not None:  # no epoch lasts over two round trips of the calls
             quiet = max(_MIN_QUIET, min(quiet, math.ceil(2 * in_flight)))
         period = self.evidence.period
-        if period is not None and rate is not None:  # a window shows a rate only at its end
-            quiet = max(quiet, math.ceil(rate * period))
+        if period is not None and rate is not None and not epoch.held_by_window:
+            quiet = max(quiet, math.ceil(rate * period))  # a rate window shows a rate at its end
         if epoch.known < quiet or epoch.refused > _TOLERATED * epoch.sent:
             return  # too early, or a verdict on the rate is due
         # Held back by the window, and the window was full: calls at its top level went through.
@@ -435,6 +438,7 @@ class AdaptiveLimiter:
             refused=self.refusals,
             released=self.released,
             retry_after_clamped=self.clamped_retry_after,
+            period=self.evidence.period,
         )
 
 

@@ -9,7 +9,8 @@ it back exactly once:
 * :meth:`~Limiter.on_answer`: the attempt was sent and ended without a 429 (a success,
   another error, a transport failure after sending, or a cancellation while it was on the
   wire: it may have been paid);
-* :meth:`~Limiter.on_429`: the attempt was refused with a 429;
+* :meth:`~Limiter.on_429`: the attempt was refused with a 429 (with what the server said of
+  its rate limit, :class:`~octave_bulk.errors.RefusalHints`, when it said anything);
 * :meth:`~Limiter.release`: the attempt was never sent (the run stopped while it waited, a
   connect failure, an error before the request went out): it does not count as accepted, and
   a token limiter may refund it.
@@ -27,10 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from octave_bulk.errors import RefusalHints
+
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
 
-__all__ = ["Limiter", "LimiterContext", "LimiterFactory", "LimitsReport", "Ticket"]
+__all__ = [
+    "Limiter",
+    "LimiterContext",
+    "LimiterFactory",
+    "LimitsReport",
+    "RefusalHints",
+    "Ticket",
+]
 
 
 class Ticket:
@@ -56,6 +66,8 @@ class LimitsReport:
         refused: attempts refused with a 429.
         released: attempts handed back unsent.
         retry_after_clamped: Retry-After values longer than the longest pause, clamped.
+        period: the length of the rate window learnt (a reset-time Retry-After, an announced
+            window), seconds; None: no window known.
     """
 
     rate: float | None
@@ -69,6 +81,7 @@ class LimitsReport:
     refused: int = 0
     released: int = 0
     retry_after_clamped: int = 0
+    period: float | None = None
 
     @property
     def settled_rate(self) -> float | None:
@@ -109,9 +122,12 @@ class Limiter(Protocol):
         """The attempt was sent and ended without a 429."""
         ...
 
-    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
+    async def on_429(
+        self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
+    ) -> float:
         """The attempt was refused with a 429; returns how long the whole pool now pauses
-        (0 when only this attempt's own retry has to wait)."""
+        (0 when only this attempt's own retry has to wait). ``hints``: what the 429's rate
+        limit headers said (None: nothing), evidence a limiter may use or ignore."""
         ...
 
     async def release(self, ticket: Ticket) -> None:
@@ -138,12 +154,15 @@ class LimiterContext:
         remembered: the (rate, window) the output's last run settled at; None each for what
             is not known (always none for polls).
         clock: the monotonic clock.
+        remembered_period: the rate window's length the last run learnt, seconds (None:
+            none known).
     """
 
     settings: Settings
     purpose: Literal["calls", "polls"] = "calls"
     remembered: tuple[float | None, int | None] = (None, None)
     clock: Callable[[], float] = field(default=time.monotonic)
+    remembered_period: float | None = None
 
 
 LimiterFactory = Callable[[LimiterContext], Limiter]

@@ -68,6 +68,7 @@ def adaptive_limiter(context: LimiterContext) -> Limiter:
         settings.concurrency,
         start_rate=start_rate,
         start_window=start_window,
+        start_period=context.remembered_period if start_rate is not None else None,
         first_window=FIRST_WINDOW if searched else None,
         search_from=settings.start_rate,
         adaptive=settings.adaptive,

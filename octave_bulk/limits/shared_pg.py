@@ -48,7 +48,7 @@ from typing import Any
 import anyio
 import psycopg
 
-from octave_bulk.errors import ConfigError, StateError
+from octave_bulk.errors import ConfigError, RefusalHints, StateError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
@@ -216,8 +216,10 @@ class SharedRateLimiter:
             self._counts.accepted += 1
             await self._give_back(ticket)
 
-    async def on_429(self, ticket: Ticket, retry_after: float | None) -> float:
-        """Pause every worker: returns the pause now in force, seconds."""
+    async def on_429(
+        self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
+    ) -> float:
+        """Pause every worker: returns the pause now in force, seconds (``hints`` unused)."""
         ticket = _own(ticket)
         if not ticket.settled:
             ticket.settled = True

@@ -25,9 +25,10 @@ experiment, never the level alone:
 * **Windows:** many 429s in a row whose ``Retry-After`` reaches well past them
   (:meth:`Evidence.window_rate`): the pool waits for the reset and then sends at the window's
   rate, its quota over its length; the reset wait is no slower rate.
-* **A full window** (the sends filled it, no 429 at its top, no cap in sight) doubles once
-  its sends are known, a few refusal round trips later, rather than at the next answer (40 s
-  away); its new slots are paced at twice the rate delivered, so that a burst into a rate
+* **A full window** (the sends filled it, at most one 429 at its top - a cap refuses every
+  send there, one alone is a rate probe's - no cap in sight) doubles once its sends are
+  known, a few refusal round trips later, rather than at the next answer (40 s away); its new
+  slots are paced at twice the rate delivered, so that a burst into a rate
   limit is not mistaken for a cap.
 """
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from octave_bulk.errors import RefusalHints
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import Gate
@@ -75,6 +77,7 @@ class Pacer(Protocol):
     rate_before_cap: float | None
     rate_limited_before_cap: bool
     delivered_at_cut: float | None
+    announced_rate: float | None
     search_from: float
     eased: int
     failed_probes: int
@@ -149,11 +152,28 @@ class Verdicts:
                 # 429 (a window spent, a cap) says nothing of a rate, and a moving window that
                 # refuses all until its oldest calls leave has let that many through.
                 target = max(target, min(sent, delivered))
+        announced = lim.announced_rate
+        if announced is not None and announced < sent:
+            # The server announced its limit per window, below what was sent: a candidate to
+            # verify (probes go on past it), no setting - and no lower than what it says.
+            target = max(target, announced * _MARGIN)
         lim.cut_once = True
         moved = epoch.refused >= VERDICT // 2 and epoch.refused > _MOVED * epoch.sent
         lim.failed_probe(moved=moved)
         lim.start_epoch(rate=target, reason="rate")
         lim.gate.hold_back(now + 1.0 / (lim.rate or 1.0))
+
+    def heard(self, hints: RefusalHints | None) -> bool:
+        """Take a 429's rate limit headers as evidence; returns whether they say a rate's
+        quota is spent (remaining 0: the refusal is a rate's, never a cap's). A limit per
+        window they announce is a candidate rate for the next cut (:meth:`cut_rate`), and
+        the window's length the period no epoch is shorter than."""
+        lim = self.limiter
+        if hints is not None and hints.announced_rate is not None:
+            lim.announced_rate = hints.announced_rate
+            if lim.evidence.period is None and hints.window is not None and hints.window > 1:
+                lim.evidence.period = hints.window  # a window shows its rate at its end
+        return hints is not None and hints.rate_spent
 
     def judge_full_window(self, epoch: Epoch) -> None:
         """The window filled during ``epoch``: with no cap known or suspected and no 429 at
@@ -168,7 +188,7 @@ class Verdicts:
             lim.concurrency_limited_at is None
             and lim.suspected_cap is None
             and lim.window < lim.window_ceiling
-            and not any(level >= top for level in epoch.refused_levels)
+            and sum(n for level, n in epoch.refused_levels.items() if level >= top) < REFUSED
         ):
             self.grow_window(lim.window * 2)
         else:

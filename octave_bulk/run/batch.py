@@ -190,7 +190,9 @@ class BatchRun:
     ) -> None:
         settings, paths, control = self.settings, self.paths, self.control
         remembered = self.limits.get(self.limits_key)  # where the factory may start
-        limiter = self.make_limiter(LimiterContext(settings, "calls", remembered))
+        period = self.limits.period(self.limits_key)
+        context = LimiterContext(settings, "calls", remembered, remembered_period=period)
+        limiter = self.make_limiter(context)
         control.limiter = self.limiter = limiter
         if self.credits.ceiling is not None:
             control.credits = CreditsCeiling(client, *self.credits.ceiling, self.stats, control)

@@ -274,7 +274,7 @@ class Jobs:
         self.stats.poll_errors += 1
         live.polls += 1
         if exc.status == 429:
-            pause = await self.limiter.on_429(ticket, exc.retry_after)
+            pause = await self.limiter.on_429(ticket, exc.retry_after, exc.hints)
             self._schedule(live, time.monotonic() + max(pause, exc.retry_after or 0.0))
             return
         if exc.kind in NEVER_SENT:  # it never left: released, not answered

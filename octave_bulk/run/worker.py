@@ -244,7 +244,7 @@ class Worker:
             self.control.on_refused(exc.retry_after)
             asked = exc.retry_after
             pause = await self.limiter.on_429(
-                ticket, None if asked is None else self.control.refusal_wait(asked)
+                ticket, None if asked is None else self.control.refusal_wait(asked), exc.hints
             )
             found = self.limiter.report()
             log_event(

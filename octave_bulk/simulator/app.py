@@ -226,7 +226,7 @@ class Simulator:
                     retry_after.append((b"retry-after", self.retry_after(1.0)))
                 await self._error(send, "429", retry_after)
             else:
-                await self._too_many(send, rid, wait * self.config.time_scale)
+                await self._too_many(send, rid, wait * self.config.time_scale, spent=True)
             return
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -350,9 +350,10 @@ class Simulator:
         self.credits_used += self.config.usage_per_run
 
     async def _too_many(
-        self, send: Send, rid: str, wait: float, u_form: float | None = None
+        self, send: Send, rid: str, wait: float, u_form: float | None = None, spent: bool = False
     ) -> None:
-        """A 429 with a Retry-After form from the mix; ``wait`` in the simulated regime's s."""
+        """A 429 with a Retry-After form from the mix; ``wait`` in the simulated regime's s;
+        ``spent``: the rate limit refused it (its headers, when on, say so)."""
         mix = self.config.retry_after_mix
         if u_form is None:
             u_form = uniforms(self.config.seed, rid, "429", self.totals["rate_limited"])[0]
@@ -360,6 +361,14 @@ class Simulator:
         point = u_form * total
         seconds = self.retry_after(wait)
         headers: list[tuple[bytes, bytes]] = []
+        limit = self.config.rate_limit
+        if spent and self.config.rate_limit_headers and limit is not None:
+            quota = limit.quota if limit.shape != "bucket" else max(1, round(limit.rate))
+            headers += [
+                (b"x-ratelimit-limit", str(quota).encode()),
+                (b"x-ratelimit-remaining", b"0"),
+                (b"x-ratelimit-reset", seconds),
+            ]
         if point < mix.seconds:
             headers.append((b"retry-after", seconds))
         elif point < mix.seconds + mix.date:

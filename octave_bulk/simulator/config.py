@@ -13,6 +13,10 @@
   passed in the last second or minute, the Retry-After the seconds until the oldest of them
   leaves it. These are the shapes widely used limiter libraries offer (fixed window, moving
   window) beside the token bucket.
+- rate limit headers (``rate_limit_headers``): the rate limit's 429s also say
+  ``X-RateLimit-Limit`` (the calls per period: a window's quota, a bucket's rate per second),
+  ``X-RateLimit-Remaining: 0`` and ``X-RateLimit-Reset`` (seconds, scaled like Retry-After), as
+  limiter libraries send them; a concurrency cap's 429s never do.
 - concurrency cap (``max_inflight``): a call arriving while K are being processed gets a 429
   at once; it carries ``Retry-After: 1`` only with ``inflight_retry_after``.
 - limit change: ``none`` or ``AT:FACTOR`` such as ``30s:0.5``: AT after the first counted
@@ -154,6 +158,9 @@ class SimulatorConfig:
     once, like a gateway's cap (None: no cap)."""
     inflight_retry_after: bool = False
     """Whether a 429 from the concurrency cap carries ``Retry-After: 1`` (default: none)."""
+    rate_limit_headers: bool = False
+    """Whether the rate limit's 429s carry ``X-RateLimit-Limit/Remaining/Reset`` (see the
+    module docstring); the cap's never do."""
     rate_limit_change: tuple[float, float] | None = None
     """(at_seconds, factor): from ``at_seconds`` after the first counted call on, the rate
     limit's rate and burst (at least 1) and the concurrency cap (rounded half up, at least 1)

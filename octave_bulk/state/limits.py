@@ -1,7 +1,9 @@
 """Remembered limits: what the server sustained, kept next to the output for the next run.
 
 ``OUT.limits.json`` maps a key (the base URL and the agent) to the rate and the in-flight
-window at which the last run settled, when it met a limit at all. The next run on the same
+window at which the last run settled, when it met a limit at all, and the length of the rate
+window it learnt (``period``: a per-minute quota's 60 s, so that the next run does not read the
+quota's exhaustion as a slower rate; files written before it have none, and read the same). The next run on the same
 output hands them to its limiter factory, which decides where to start
 (``limits/factory.py``: the default clamps them by ``--rate`` / ``--concurrency`` when they
 are set - a ceiling never turns the memory off - and verifies them like any other setting: a
@@ -53,10 +55,21 @@ class RememberedLimits:
         window = window if isinstance(window, int) and window > 0 else None
         return rate, window
 
-    def put(self, key: str, rate: float | None, window: int | None) -> None:
+    def period(self, key: str) -> float | None:
+        """The rate window's length remembered for a key, seconds (None: none known)."""
+        entry = self._read().get(key)
+        period = entry.get("period") if isinstance(entry, dict) else None
+        return float(period) if isinstance(period, int | float) and period > 0 else None
+
+    def put(
+        self, key: str, rate: float | None, window: int | None, period: float | None = None
+    ) -> None:
         """Remember what held (None: no such limit met); other keys are kept."""
         data = self._read()
-        data[key] = {"rate": rate, "window": window, "saved_at": utc_iso(ms=False)}
+        entry: dict[str, Any] = {"rate": rate, "window": window, "saved_at": utc_iso(ms=False)}
+        if period is not None:
+            entry["period"] = round(period, 3)
+        data[key] = entry
         write_json_atomic(self.path, data)
 
     def keep(self, key: str, found: LimitsReport) -> dict[str, Any]:
@@ -70,8 +83,9 @@ class RememberedLimits:
         window = found.window if found.concurrency_limited_at else None
         if window is None and found.start_window is not None:
             window = found.window
+        period = found.period if rate is not None else None  # a window's, with its rate
         if rate is not None or window is not None:
-            self.put(key, rate, window)
+            self.put(key, rate, window, period)
         flags = []
         if rate is not None:
             flags.append(f"--rate {rate:g}/s")
