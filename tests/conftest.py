@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from octave_bulk.simulator import RunningSimulator, SimulatorConfig, serve_simulator
+from tests.pgserver import PgServer, postgres_or_skip
 
 DATA = Path(__file__).parent / "data"
 TEST_KEY = "oct_test_key_do_not_leak_7f3a9c"
@@ -52,3 +55,19 @@ def make_sim() -> Iterator[Any]:
             return stack.enter_context(serve_simulator(SimulatorConfig(**kwargs)))
 
         yield start
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL for the module's tests (tests/pgserver.py: in CI it must start)."""
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture
+def db_url(pg: PgServer) -> str:
+    """A fresh empty database's URL (with the superuser's password in it)."""
+    return pg.create_database(f"d{os.getpid()}_{next(_databases)}")

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,11 @@ import pytest
 from octave_bulk.limits.shared_pg import SharedRateLimiter
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 from octave_bulk.state.pg.schema import migrate
-from tests.pgserver import PgServer, outputs_released_together, postgres_or_skip
+from tests.pgserver import PgServer, outputs_released_together
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 40.0
 TURNS = 200  # ~5 s at 40/s in all
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with postgres_or_skip() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ that cannot start fails these tests rather than skipping them.
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,7 @@ from octave_bulk.state.pg.store import open_pg_store
 from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, sim_settings, write_contacts
-from tests.pgserver import PgServer, postgres_or_skip
-
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with postgres_or_skip() as server:
-        yield server
-
-
-@pytest.fixture
-def db_url(pg: PgServer) -> str:
-    """A fresh empty database's URL (with the superuser's password in it)."""
-    return pg.create_database(f"r{os.getpid()}_{next(_names)}")
+from tests.pgserver import PgServer
 
 
 def _contacts(db_url: str) -> dict[str, tuple[str, int, int]]:

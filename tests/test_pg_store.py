@@ -7,7 +7,6 @@ that cannot start fails these tests rather than skipping them.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,9 @@ from octave_bulk.state.pg.claims import Claim, Outcome, Settled, WorkItem, WorkQ
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.schema import LATEST, migrate
-from tests.pgserver import PgServer, postgres_or_skip
+from tests.pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
-_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with postgres_or_skip() as server:
-        yield server
-
-
-@pytest.fixture
-def db_url(pg: PgServer) -> str:
-    """A fresh empty database's URL (with the superuser's password in it)."""
-    return pg.create_database(f"t{os.getpid()}_{next(_names)}")
 
 
 @pytest.fixture
