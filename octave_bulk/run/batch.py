@@ -19,10 +19,12 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from octave_bulk.errors import ExitCode, StopReason
 from octave_bulk.http.client import OctaveClient
@@ -56,7 +58,13 @@ from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.sink import Failure, Sink, Submitted, Success
 from octave_bulk.state.store import Claims, Store, StoreView
 
-__all__ = ["BatchRun"]
+__all__ = ["BatchRun", "Feed", "WorkSource"]
+
+Feed = Callable[[MemoryObjectSendStream[WorkItem]], Coroutine[Any, Any, None]]
+"""The run's admission (``Admission.feed`` on the run's input), sending into a stream."""
+WorkSource = Callable[[Feed, MemoryObjectSendStream[WorkItem]], Coroutine[Any, Any, None]]
+"""A source task in place of the admission's own: it is given the admission and the work
+stream (the shared ledger's queue, ``state/pg/queue_source.py``)."""
 
 
 class BatchRun:
@@ -117,6 +125,7 @@ class BatchRun:
         self.make_limiter = limiter
         self.limiter: Limiter | None = None
         self.store: Store | None = None
+        self.source: WorkSource | None = None  # None: the admission feeds the workers
         self.credits = CreditsCheck()  # what the credits check before the run found
         self.limits = RememberedLimits(paths.limits)
         self.limits_key = limits_key(settings.base_url, settings.agent_type)
@@ -265,13 +274,16 @@ class BatchRun:
                             if jobs is not None and not settings.detach:
                                 dispatch.start_soon(jobs.run)
                             async with anyio.create_task_group() as senders:
-                                senders.start_soon(
+                                feed = functools.partial(
                                     self.admission.feed,
                                     reader,
                                     lambda: reader.lines_read,
-                                    work_send,
-                                    rejects,
+                                    rejects=rejects,
                                 )
+                                if self.source is None:
+                                    senders.start_soon(feed, work_send)
+                                else:
+                                    senders.start_soon(self.source, feed, work_send)
                                 async with work_recv:
                                     for _ in range(settings.concurrency):
                                         senders.start_soon(worker.run, work_recv.clone(), sink)

@@ -34,6 +34,7 @@ is resumable.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,9 +46,9 @@ from octave_bulk.limits.adaptive import WINDOW_BOUND
 from octave_bulk.limits.base import LimiterFactory
 from octave_bulk.limits.factory import DEFAULT_LIMITER, SHARED_LIMITER, limiter_factory
 from octave_bulk.observe.log import log_event
-from octave_bulk.run.batch import BatchRun
+from octave_bulk.run.batch import BatchRun, WorkSource
 from octave_bulk.run.callbacks import MAX_CONNECTIONS
-from octave_bulk.run.control import connect_cause
+from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.credits import check_credits
 from octave_bulk.run.dry import InputPlan, dry_run, plan_input
 from octave_bulk.run.finish import FinishedInput, finish_run
@@ -71,7 +72,10 @@ from octave_bulk.state.preflight import (
 )
 from octave_bulk.state.store import Store, StoreFactory
 
-__all__ = ["run_batch"]
+__all__ = ["SourceFactory", "run_batch"]
+
+SourceFactory = Callable[[Store, Settings, RunStats, RunControl], WorkSource]
+"""Makes a run's source task from its open store (see ``BatchRun.source``)."""
 
 
 def _searched_window(settings: Settings, *, bounded: bool, served: int = 0) -> Settings:
@@ -143,6 +147,7 @@ async def run_batch(
     elif transport is None:
         check_descriptors(settings.concurrency, served=served)
     open_store = ledger or (_shared_store() if shared else open_file_store)
+    source = _queue_source() if shared and ledger is None else None  # enqueue + one worker
     sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
     try:
         async with open_store(paths, settings) as store:  # the claim on the output
@@ -157,6 +162,7 @@ async def run_batch(
                 sent,
                 collect,
                 make_limiter,
+                source,
             )
     except* OSError as group:  # the output's disk: full, read-only, not a file...
         calls = sent[0].calls_sent if sent else 0
@@ -180,6 +186,13 @@ def _shared_store() -> StoreFactory:
     return open_pg_store
 
 
+def _queue_source() -> SourceFactory:
+    """The source of ``--ledger postgresql://``: the job's queue (its driver is there)."""
+    from octave_bulk.state.pg.queue_source import queue_source
+
+    return queue_source
+
+
 def _replaced_files(paths: OutputPaths, settings: Settings) -> list[Path]:
     """The files a run replaces atomically (their stale temp files are removed at start)."""
     files = [paths.summary, paths.cursor, paths.limits]
@@ -198,6 +211,7 @@ async def _locked_run(
     sent: list[RunStats],
     collect: bool,
     limiter: LimiterFactory,
+    source: SourceFactory | None = None,
 ) -> RunSummary:
     state = await store.load()
     carried = list(state.awaited_jobs())
@@ -238,6 +252,8 @@ async def _locked_run(
             limiter=limiter,
         )
         run.store, run.carried_jobs = store, carried
+        if source is not None:
+            run.source = source(store, settings, run.stats, run.control)
         sent.append(run.stats)
         async with open_client(settings, transport=transport) as client:  # before the row
             await check_agent(client, settings)  # (exit 2 or 3 leaves none)

@@ -255,6 +255,13 @@ class SettingsFields(BaseSettings):
         exclude=True,
         description="The shared ledger on PostgreSQL: set by a --ledger postgresql://... value.",
     )
+    job: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The job's name on a shared ledger (--ledger postgresql://...) "
+        "[default: the agent].",
+    )
     ledger_index: bool = Field(
         True,
         description="Index every person and call in the ledger (off: the run history only, "

@@ -24,7 +24,7 @@ Every method is one round trip; the connection is the caller's (autocommit).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,16 @@ from psycopg.types.json import Jsonb
 from octave_bulk.errors import StateError
 from octave_bulk.state.pg.dsn import PgConnection
 
-__all__ = ["Claim", "Outcome", "Settled", "WorkItem", "WorkQueue"]
+__all__ = ["JOB_SETTINGS", "Claim", "Outcome", "Settled", "WorkItem", "WorkQueue"]
+
+JOB_SETTINGS = (
+    "agent_type", "agent_oid", "experiment_oid", "base_url", "key", "mode", "async_body",
+    "output_format", "lang", "context", "instructions", "url", "prospect_limit",
+    "prospect_minimal", "search_context", "include_full_annotation",
+    "playbook_selection_context",
+)  # fmt: skip
+"""The settings a job keeps (``ob_job.settings``), which its workers take: whom its requests
+go to and what shapes them (never the API key, never the ledger's URL)."""
 
 
 class Settled(enum.StrEnum):
@@ -56,6 +65,8 @@ class WorkItem:
     body: dict[str, Any]
     seq: int
     person_key: str | None = None
+    record: dict[str, Any] | None = None
+    """The contact as the results record it, when it is not the body itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,8 @@ class Claim:
     claim_seq: int
     body: dict[str, Any] = field(repr=False)
     handle: str | None = None
+    record: dict[str, Any] | None = field(default=None, repr=False)
+    person_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,7 @@ WITH me AS (
 ), next AS (
     SELECT job, request_id FROM ob_contact
     WHERE job = %(job)s AND state = 'todo' AND EXISTS (SELECT 1 FROM me)
+      AND NOT request_id = ANY(%(skip)s)
     ORDER BY seq LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 )
@@ -109,7 +123,7 @@ UPDATE ob_contact c
 SET state = 'claimed', claim_seq = c.claim_seq + 1, holder = %(worker)s,
     claimed_at = clock_timestamp()
 FROM next WHERE c.job = next.job AND c.request_id = next.request_id
-RETURNING c.seq, c.request_id, c.claim_seq, c.body, c.handle
+RETURNING c.seq, c.request_id, c.claim_seq, c.body, c.handle, c.record, c.person_key
 """
 
 _SETTLE = """
@@ -174,8 +188,8 @@ SELECT %(job)s, %(request_id)s, %(worker)s, %(claim_seq)s, %(kind)s, 'retry', %(
 """
 
 _ENQUEUE = """
-INSERT INTO ob_contact (job, request_id, seq, person_key, body)
-SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::jsonb[])
+INSERT INTO ob_contact (job, request_id, seq, person_key, body, record)
+SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::jsonb[], %s::jsonb[])
 ON CONFLICT DO NOTHING
 """
 
@@ -210,7 +224,8 @@ class WorkQueue:
         cur = await self.conn.execute(
             "INSERT INTO ob_job (job, agent, input, settings, rate_ceiling, window_ceiling)"
             " VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (job) DO UPDATE SET input = excluded.input, settings = excluded.settings,"
+            " ON CONFLICT (job) DO UPDATE SET input = coalesce(excluded.input, ob_job.input),"
+            " settings = excluded.settings,"
             " rate_ceiling = excluded.rate_ceiling, window_ceiling = excluded.window_ceiling,"
             " updated_at = clock_timestamp() WHERE ob_job.agent = excluded.agent"
             " RETURNING job",
@@ -220,6 +235,14 @@ class WorkQueue:
             raise StateError(
                 f"job {self.job!r} runs another agent than {agent}: choose another --job name"
             )
+
+    async def read_job(self) -> tuple[str, str | None, dict[str, Any]] | None:
+        """The job's agent, input and settings; None when there is no such job."""
+        cur = await self.conn.execute(
+            "SELECT agent, input, settings FROM ob_job WHERE job = %s", (self.job,)
+        )
+        row = await cur.fetchone()
+        return None if row is None else (row[0], row[1], dict(row[2]))
 
     async def enqueue(self, items: Iterable[WorkItem]) -> int:
         """Add contacts not in the job yet; returns how many were added."""
@@ -243,18 +266,32 @@ class WorkQueue:
                 [item.seq for item in batch],
                 [item.person_key for item in batch],
                 [Jsonb(item.body) for item in batch],
+                [None if item.record is None else Jsonb(item.record) for item in batch],
             ),
         )
         return max(cur.rowcount, 0)
 
-    async def claim(self, worker: str, n: int) -> list[Claim]:
-        """Up to ``n`` contacts still to do, now held by ``worker`` (none if it was reaped)."""
-        cur = await self.conn.execute(_CLAIM, {"job": self.job, "worker": worker, "n": n})
-        rows = sorted(await cur.fetchall())
+    async def claim(self, worker: str, n: int, skip: Collection[str] = ()) -> list[Claim]:
+        """Up to ``n`` contacts still to do, now held by ``worker`` (none if it was reaped),
+        in input order; never one of ``skip`` (requestIds this worker tried already)."""
+        params = {"job": self.job, "worker": worker, "n": n, "skip": list(skip)}
+        rows = sorted(await (await self.conn.execute(_CLAIM, params)).fetchall())
         return [
-            Claim(self.job, request_id, worker, claim_seq, body, handle)
-            for _, request_id, claim_seq, body, handle in rows
+            Claim(self.job, rid, worker, claim_seq, body, handle, record, person)
+            for _, rid, claim_seq, body, handle, record, person in rows
         ]
+
+    async def left(self, worker: str, skip: Collection[str] = ()) -> tuple[int, int]:
+        """(contacts to do but ``skip``, contacts held by other workers) in the job: what may
+        still come this worker's way."""
+        cur = await self.conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'todo' AND NOT request_id = ANY(%s)),"
+            " count(*) FILTER (WHERE state IN ('claimed', 'submitted') AND holder <> %s)"
+            " FROM ob_contact WHERE job = %s",
+            (list(skip), worker, self.job),
+        )
+        row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def settle(self, claim: Claim, outcome: Outcome) -> Settled:
         """Record an answered attempt's outcome, state and call row in one transaction.

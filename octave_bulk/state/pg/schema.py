@@ -149,6 +149,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE ob_contact ALTER COLUMN seq SET DEFAULT nextval('ob_contact_seq');
         """,
     ),
+    (
+        "enqueued contacts: the contact as the results record it, beside the request body",
+        """
+        ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS record jsonb;
+        """,
+    ),
 )
 """(description, SQL) per version, version = position + 1. Append only: never edit one."""
 

@@ -46,7 +46,7 @@ import psycopg
 from octave_bulk.errors import ClaimRefused, ConfigError, StateError
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
-from octave_bulk.state.pg.claims import WorkQueue
+from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.runs import PgRuns
@@ -240,7 +240,8 @@ class PgStore:
     ) -> None:
         self.url, self.job, self.lease = url, job, lease
         self.worker = lease.worker
-        self.conns = conns  # "claims", "records": one each, so a claim never waits on a group
+        self.conns = conns  # "claims", "records", "queue" (claiming batches): one each, so a
+        # claim never waits on a group
         self.history = runs
         self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
@@ -346,7 +347,9 @@ class PgStore:
 
 
 def job_name(settings: Settings) -> str:
-    """The job a run works on: the agent (or experiment) it runs."""
+    """The job a run works on: ``--job``, else the agent (or experiment) it runs."""
+    if settings.job:
+        return settings.job
     target = settings.agent_oid or settings.experiment_oid
     if not target:
         raise ConfigError("a shared ledger's job needs --agent or --experiment")
@@ -371,7 +374,7 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
     async with contextlib.AsyncExitStack() as stack:
         conns: dict[str, PgConnection] = {}  # the store's (opened again when one breaks)
         stack.push_async_callback(_close_all, conns)
-        for purpose in ("lease", "claims", "records"):
+        for purpose in ("lease", "claims", "records", "queue"):
             conns[purpose] = await connect(url)
         lease = WorkerLease(
             conns.pop("lease"), worker=worker, job=job, lease=lease_seconds(settings)
@@ -379,7 +382,10 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
         stack.push_async_callback(lambda: _close_all({"lease": lease.conn}))
         try:
             await migrate(conns["records"])
-            await WorkQueue(conns["records"], job).open_job(agent=settings.agent_type)
+            shaping = settings.model_dump(mode="json", include=set(JOB_SETTINGS))
+            await WorkQueue(conns["records"], job).open_job(
+                agent=settings.agent_type, settings=shaping
+            )
             await lease.register()
         except psycopg.Error as exc:
             raise StateError(describe_failure(url, exc)) from None

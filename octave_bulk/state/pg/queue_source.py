@@ -1,0 +1,176 @@
+"""The work source of a run on the shared ledger: the job's queue, not the input's order.
+
+Contract (docs/scale-out.md, "Workers"): :class:`QueueSource` stands in for the run's source
+task (``BatchRun.source``). It runs in two steps:
+
+1. **enqueue**: the run's own admission (``Admission.feed``: read, map, dedup, the re-send
+   guard's rule, skipped when the shared ledger has it done or failed for good) feeds a
+   stream whose items go into the job's queue in batches (:meth:`WorkQueue.enqueue`:
+   idempotent, a contact enqueued before is not added again). ``octave-bulk worker`` runs on
+   an empty input: nothing is enqueued.
+2. **drain**: contacts still to do are claimed in small batches (``SELECT … FOR UPDATE SKIP
+   LOCKED``, :meth:`WorkQueue.claim`), only as worker tasks fall idle and while the tasks
+   that hold a contact but have no call on the wire stay under :data:`MARGIN`: a worker holds
+   about what it sends, so N workers split a job evenly. Each claimed contact goes to the
+   run's workers with its request body from the database; its call still passes
+   ``PgClaims.claim`` (a claim this worker holds is accepted). The drain ends when nothing is
+   left to do and no other worker holds a contact (a dead worker's claims are reaped then and
+   done here), or when the run stops (SIGTERM, the budget, ``--max-calls``: claims not sent
+   are given back when the store closes). A contact this worker already tried and failed
+   (retryable: back to do) is not claimed again by it. A worker whose lease lapsed waits
+   (the database out of reach: it resumes when it returns); one reaped stops the run
+   (``StopReason.LEDGER``): a new worker may join instead.
+
+``stats.queued`` counts what this worker took from the queue (what it may send), not what it
+enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import orjson
+import psycopg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from octave_bulk.errors import StateError, StopReason
+from octave_bulk.observe.log import log_event
+from octave_bulk.run.admission import WorkItem
+from octave_bulk.run.batch import Feed
+from octave_bulk.run.control import RunControl
+from octave_bulk.run.summary import RunStats
+from octave_bulk.settings.model import Settings
+from octave_bulk.state.pg.claims import Claim, WorkQueue
+from octave_bulk.state.pg.claims import WorkItem as Enqueued
+from octave_bulk.state.pg.dsn import describe_failure
+from octave_bulk.state.pg.leases import reap
+from octave_bulk.state.pg.store import PgStore
+from octave_bulk.state.store import Store
+
+__all__ = ["MARGIN", "QueueSource", "queue_source"]
+
+MARGIN = 8
+"""Contacts a worker may hold beyond its calls on the wire (waiting for the limiter)."""
+
+_ENQUEUE_BATCH = 500  # contacts per INSERT
+_IDLE = 0.01  # s between looks at the worker tasks while all are busy
+_WAIT = 1.0  # s between looks at the job while other workers hold what is left
+
+
+class QueueSource:
+    """The source task of one run on the shared ledger (see the module docstring)."""
+
+    def __init__(
+        self, store: PgStore, settings: Settings, stats: RunStats, control: RunControl
+    ) -> None:
+        self.store, self.settings, self.stats, self.control = store, settings, stats, control
+        self.enqueued = 0
+        """Contacts this run added to the job (0 for a worker on an empty input)."""
+        self._seq = 0
+
+    async def __call__(self, feed: Feed, work: MemoryObjectSendStream[WorkItem]) -> None:
+        async with work:
+            admitted, into_queue = anyio.create_memory_object_stream[WorkItem](_ENQUEUE_BATCH)
+            async with anyio.create_task_group() as group:
+                group.start_soon(feed, admitted)
+                taken = await self._enqueue(into_queue)
+            self.stats.queued -= taken  # counted again as each is claimed
+            if not self.control.stopping:
+                await self._drain(work)
+
+    async def _enqueue(self, items: MemoryObjectReceiveStream[WorkItem]) -> int:
+        """Everything admitted into the queue; returns how many items came."""
+        taken, batch = 0, []
+        async with items:
+            async for item in items:
+                taken += 1
+                batch.append(item)
+                if len(batch) >= _ENQUEUE_BATCH or items.statistics().current_buffer_used == 0:
+                    await self._insert(batch)
+                    batch = []
+            if batch:
+                await self._insert(batch)
+        return taken
+
+    async def _insert(self, batch: list[WorkItem]) -> None:
+        rows = []
+        for item in batch:
+            body = orjson.loads(item.body)
+            record = None if item.contact == body else item.contact
+            person = None if item.person is None else str(item.person)
+            rows.append(Enqueued(item.request_id, body, self._seq, person, record))
+            self._seq += 1
+        while not self.control.stopping:
+            try:
+                conn = await self.store.connection("queue")
+                self.enqueued += await WorkQueue(conn, self.store.job).enqueue(rows)
+                return
+            except (psycopg.Error, StateError) as exc:  # out of reach: tried again
+                await self._unreachable(exc)
+
+    async def _drain(self, work: MemoryObjectSendStream[WorkItem]) -> None:
+        """Claim and hand out contacts until the job is drained or the run stops."""
+        store, control, stats = self.store, self.control, self.stats
+        tried: set[str] = set()
+        skip: list[str] = []  # tried here and back to do: left to the other workers
+        tasks = self.settings.concurrency
+        while not control.stopping:
+            if store.lease.fenced:
+                log_event("worker_fenced", level=logging.WARNING, worker=store.worker)
+                control.stop(StopReason.LEDGER)
+                return
+            waiting = work.statistics().tasks_waiting_receive
+            holding = tasks - waiting  # tasks with a contact (on the wire or not)
+            room = min(waiting, stats.in_flight + stats.retrying + MARGIN - holding)
+            if room <= 0 or not store.lease.may_send():
+                await anyio.sleep(_IDLE)
+                continue
+            try:
+                conn = await store.connection("queue")
+                queue = WorkQueue(conn, store.job)
+                claims = await queue.claim(store.worker, room, skip)
+                if not claims:
+                    todo, held = await queue.left(store.worker, skip)
+                    if not todo and not held:
+                        return  # drained
+                    await reap(conn)  # a silent worker's claims come back to be done
+                    with anyio.move_on_after(_WAIT):
+                        await control.stopped.wait()
+                    continue
+                for claim in claims:
+                    if claim.request_id in tried:  # failed here before: not again
+                        skip.append(claim.request_id)
+                        await queue.unclaim(claim)
+                        continue
+                    tried.add(claim.request_id)
+                    work.send_nowait(_work_item(claim))
+                    stats.queued += 1
+            except (psycopg.Error, StateError) as exc:
+                await self._unreachable(exc)
+
+    async def _unreachable(self, exc: Exception) -> None:
+        text = exc if isinstance(exc, StateError) else describe_failure(self.store.url, exc)
+        log_event("ledger_unreachable", level=logging.WARNING, error=str(text))
+        with anyio.move_on_after(_WAIT):
+            await self.control.stopped.wait()
+
+
+def _work_item(claim: Claim) -> WorkItem:
+    """A claimed contact as the run's workers take it: its body as stored."""
+    person = None if claim.person_key is None else int(claim.person_key)
+    contact = claim.record if claim.record is not None else claim.body
+    return WorkItem(claim.request_id, orjson.dumps(claim.body), contact, person)
+
+
+def queue_source(
+    store: Store, settings: Settings, stats: RunStats, control: RunControl
+) -> QueueSource:
+    """The source of a run whose store is the shared ledger's.
+
+    Raises:
+        TypeError: the store is not a :class:`PgStore`.
+    """
+    if not isinstance(store, PgStore):
+        raise TypeError(f"a queue source needs the shared ledger's store, not {store!r}")
+    return QueueSource(store, settings, stats, control)
