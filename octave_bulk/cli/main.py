@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("octave_bulk.cli.run", "Poll the async jobs OUT awaits (run --mode async --detach) and write their results."),
     "demo": ("octave_bulk.cli.tools", "A real batch against the built-in simulator: no API key, no network."),
     "doctor": ("octave_bulk.cli.tools", "Check the settings, the API key and the agent: workspace, credits, agent type."),
+    "enqueue": ("octave_bulk.cli.jobs_pg", "Admit INPUT as run would and add what is to send to the job NAME on the shared ledger."),
     "export": ("octave_bulk.cli.files", "One CSV row per successful contact, ready to import into a sequencer."),
     "history": ("octave_bulk.cli.files", "Every run of an output: when, sent, succeeded, failed, credits, exit."),
     "ledger": ("octave_bulk.cli.ledger_pg", "Rebuild or check the ledger (OUT.ledger.sqlite) from the output's files."),
@@ -37,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("octave_bulk.cli.tools", "Run the Octave simulator as a standalone server (no API key or network needed)."),
     "status": ("octave_bulk.cli.files", "What a run has done so far (works while a run is in progress)."),
     "validate": ("octave_bulk.cli.run", "Read, map and validate INPUT exactly as run would; zero API calls."),
+    "worker": ("octave_bulk.cli.jobs_pg", "Claim, pace, send and settle the contacts of the job NAME until it is drained."),
 }  # fmt: skip
 """Command name -> (module defining it, its one-line summary: the first line of its help)."""
 

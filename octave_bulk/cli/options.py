@@ -25,6 +25,8 @@ from octave_bulk.settings.model import Settings
 __all__ = [
     "FLAG_NAMES",
     "INPUT_FIELDS",
+    "JOB_OPTION",
+    "WORKER_FIELDS",
     "OLD_FLAG_NAMES",
     "PLAN_SHOWN",
     "PROBE_SHOWN",
@@ -49,7 +51,7 @@ RUN_FIELDS = (
     "limit", "dry_run", "retry_failed", "key", "resend_guard", "allow_resend", "allow_overdraft",
     "fail_on", "fail_on_rejects",
     "progress", "log_format",
-    "metrics_textfile", "log_file", "ledger",
+    "metrics_textfile", "log_file", "ledger", "job",
     "mode", "async_body", "callback_url", "callback_listen", "resubmit_expired", "poll_rate",
     "detach",
 )  # fmt: skip
@@ -70,7 +72,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Safety": ("dry_run", "show_request", "limit", "max_calls", "probe_calls", "budget",
                "retry_failed", "allow_resend", "resend_guard", "allow_overdraft", "fail_on",
                "fail_on_rejects"),
-    "Output": ("output", "progress", "log_format", "log_file", "ledger", "metrics_textfile"),
+    "Output": ("output", "progress", "log_format", "log_file", "ledger", "job",
+               "metrics_textfile"),
     "Async": ("mode", "detach", "async_body", "callback_url", "callback_listen",
               "resubmit_expired", "poll_rate"),
     "Agent options": ("output_format", "context", "instructions", "lang", "url",
@@ -301,3 +304,15 @@ def key_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False),
         help="File holding the API key [default: env OCTAVE_API_KEY; never a flag's value].",
     )(command)
+
+
+JOB_OPTION = settings_option("job")
+"""``--job NAME``: the job on the shared ledger (``enqueue``, ``worker``, and ``run``)."""
+
+WORKER_FIELDS = (
+    "base_url", "rate", "concurrency", "adaptive", "timeout", "call_deadline",
+    "max_response_bytes", "max_attempts", "max_calls", "budget", "allow_overdraft", "fail_on",
+    "progress", "log_format", "log_file", "metrics_textfile", "ledger",
+)  # fmt: skip
+"""The settings ``worker`` takes as flags: pacing, deadlines and stops; what its requests are
+comes from the job."""

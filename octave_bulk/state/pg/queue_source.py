@@ -48,7 +48,7 @@ from octave_bulk.state.pg.leases import reap
 from octave_bulk.state.pg.store import PgStore
 from octave_bulk.state.store import Store
 
-__all__ = ["MARGIN", "QueueSource", "queue_source"]
+__all__ = ["MARGIN", "QueueSource", "queue_source", "to_enqueue"]
 
 MARGIN = 8
 """Contacts a worker may hold beyond its calls on the wire (waiting for the limiter)."""
@@ -94,13 +94,8 @@ class QueueSource:
         return taken
 
     async def _insert(self, batch: list[WorkItem]) -> None:
-        rows = []
-        for item in batch:
-            body = orjson.loads(item.body)
-            record = None if item.contact == body else item.contact
-            person = None if item.person is None else str(item.person)
-            rows.append(Enqueued(item.request_id, body, self._seq, person, record))
-            self._seq += 1
+        rows = [to_enqueue(item, self._seq + n) for n, item in enumerate(batch)]
+        self._seq += len(rows)
         while not self.control.stopping:
             try:
                 conn = await self.store.connection("queue")
@@ -154,6 +149,15 @@ class QueueSource:
         log_event("ledger_unreachable", level=logging.WARNING, error=str(text))
         with anyio.move_on_after(_WAIT):
             await self.control.stopped.wait()
+
+
+def to_enqueue(item: WorkItem, seq: int) -> Enqueued:
+    """An admitted contact as the job's queue keeps it: the body as sent, the contact as the
+    results record it (when it is not the body), its person, its place in the input."""
+    body = orjson.loads(item.body)
+    record = None if item.contact == body else item.contact
+    person = None if item.person is None else str(item.person)
+    return Enqueued(item.request_id, body, seq, person, record)
 
 
 def _work_item(claim: Claim) -> WorkItem:

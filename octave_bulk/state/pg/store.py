@@ -58,7 +58,15 @@ if TYPE_CHECKING:
     from octave_bulk.state.jobs import PendingJob
     from octave_bulk.state.paths import OutputPaths
 
-__all__ = ["PgClaims", "PgStore", "PgView", "job_name", "lease_seconds", "open_pg_store"]
+__all__ = [
+    "PgClaims",
+    "PgStore",
+    "PgView",
+    "job_name",
+    "lease_seconds",
+    "open_pg_store",
+    "read_view",
+]
 
 _CLAIM_ONE = """
 WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = 'live' FOR SHARE)
@@ -255,12 +263,7 @@ class PgStore:
     async def load(self) -> PgView:
         conn = await self.connection("records")
         await reap(conn)
-        cur = await conn.execute(
-            "SELECT request_id, state, person_key, settled_seq FROM ob_contact"
-            " WHERE job = %s AND settled_seq IS NOT NULL ORDER BY settled_seq",
-            (self.job,),
-        )
-        self.view = PgView(await cur.fetchall())
+        self.view = await read_view(conn, self.job)
         return self.view
 
     def claims(self, carry: Collection[str]) -> PgClaims:
@@ -344,6 +347,16 @@ class PgStore:
         async with conn.transaction():
             await conn.execute(_LEAVE, params)
         await self.lease.leave()
+
+
+async def read_view(conn: PgConnection, job: str) -> PgView:
+    """What the shared ledger holds for the job: its settled contacts, in settling order."""
+    cur = await conn.execute(
+        "SELECT request_id, state, person_key, settled_seq FROM ob_contact"
+        " WHERE job = %s AND settled_seq IS NOT NULL ORDER BY settled_seq",
+        (job,),
+    )
+    return PgView(await cur.fetchall())
 
 
 def job_name(settings: Settings) -> str:
