@@ -122,3 +122,183 @@ def test_three_workers_split_one_job_evenly_and_pay_each_contact_once(
     assert sim.stats()["successes"] == dict.fromkeys(rids, 1)
     assert sum(sim.stats()["calls"].values()) == 240  # paid calls = contacts
     assert all(pg.password not in log and TEST_KEY not in log for log in logs)
+
+
+def _run_alone(url: str, contacts: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    """``octave-bulk run`` on its own file ledger (the control: one host's limiter each)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
+        "--agent", "ca_test", "--base-url", url, "--no-progress", *_LEASE_FLAGS, *extra,
+    ]  # fmt: skip
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
+    with open(out.with_suffix(".log"), "w") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _accepted_rate(stats: dict[str, Any]) -> float:
+    """Calls the simulator let through per second, over the middle 80 % of them."""
+    ok = [at for at, what in zip(stats["arrivals"], stats["arrival_outcomes"], strict=True)
+          if what == "ok"]  # fmt: skip
+    low, high = len(ok) // 10, len(ok) - 1 - len(ok) // 10
+    return (high - low) / (ok[high] - ok[low])
+
+
+@pytest.mark.slow
+def test_one_to_three_workers_share_one_rate_and_three_lone_runs_do_not(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    rate, contacts = 20, 160
+    write_contacts(tmp_path / "in.csv", contacts)
+    # --no-adaptive: each worker paces at --rate, shared; a lone run paces there alone.
+    pacing = ("--rate", f"{rate}/s", "--concurrency", "8", "--no-adaptive")
+    shared: list[dict[str, Any]] = []
+    for n in (1, 2, 3):
+        sim = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+        job = f"rate-{n}"
+        subprocess.run(
+            [sys.executable, "-m", "octave_bulk", "enqueue", str(tmp_path / "in.csv"),
+             "--job", job, "--agent", "ca_test", "--base-url", sim.url],
+            env=_env(db_url), capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        outs = [tmp_path / f"{job}-{k}.ndjson" for k in range(n)]
+        procs = [_worker(db_url, out, *pacing, "--base-url", sim.url, job=job) for out in outs]
+        for process, out in zip(procs, outs, strict=True):
+            _finish(process, out)
+        stats = sim.stats()
+        assert sum(stats["successes"].values()) == contacts
+        assert abs(_accepted_rate(stats) - rate) <= 0.05 * rate, (n, _accepted_rate(stats))
+        shared.append(stats["totals"])
+    alone = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
+    outs = [tmp_path / f"alone-{k}.ndjson" for k in range(3)]
+    for process, out in [(_run_alone(alone.url, tmp_path / "in.csv", o, *pacing), o) for o in outs]:
+        _finish(process, out)
+    control = alone.stats()["totals"]
+    three = shared[2]
+    assert sum(alone.stats()["successes"].values()) == 3 * contacts  # each paid for all
+    assert control["calls"] >= 2.5 * three["calls"], (control, three)  # ~3x the attempts
+    assert control.get("rate_limited", 0) > control["calls"] / 2  # most refused
+    assert three.get("rate_limited", 0) < three["calls"] / 10, three
+
+
+@pytest.mark.slow
+def test_three_workers_never_exceed_a_server_cap_of_calls_in_flight(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    cap = 6
+    sim = make_sim(max_inflight=cap, latency=Latency(0.2, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 150)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
+    procs = [_worker(db_url, out, "--concurrency", "2", "--base-url", sim.url) for out in outs]
+    for process, out in zip(procs, outs, strict=True):
+        _finish(process, out)
+    stats = sim.stats()
+    assert stats["max_in_flight"] <= cap
+    assert stats["totals"].get("over_capacity", 0) == 0  # 3 x 2 in flight: never over
+    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+
+
+def _settled(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM ob_contact WHERE state = 'done'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_settled(db_url: str, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while _settled(db_url) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} contacts done after 120 s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_workers_killed_five_times_and_restarted_do_every_contact_once(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=Latency(0.3, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 300)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    flags = ("--rate", "40/s", "--concurrency", "4", "--base-url", sim.url)
+    started = 0
+
+    def start() -> tuple[subprocess.Popen[str], Path]:
+        nonlocal started
+        started += 1
+        out = tmp_path / f"w{started}.ndjson"
+        return _worker(db_url, out, *flags), out
+
+    running = [start() for _ in range(3)]
+    chance = random.Random(27)
+    for kill in range(1, 6):
+        _wait_settled(db_url, 40 * kill)
+        process, _ = running.pop(chance.randrange(len(running)))
+        process.kill()  # kill -9: calls in flight are outcomes unknown
+        process.wait()
+        running.append(start())
+    for process, out in running:
+        _finish(process, out)
+    ledger = _contacts(db_url)
+    assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
+    unknown = sum(u for _, _, u in ledger.values())
+    paid = sum(sim.stats()["successes"].values())
+    assert 0 <= paid - len(rids) <= unknown, (paid, unknown)
+    assert all(paid_calls >= 1 for _, paid_calls, _ in ledger.values())
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_is_fenced_reaped_once_and_its_late_answers_never_overwrite(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=Latency(1.0, 0.0))  # calls in flight while it is frozen
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    flags = ("--rate", "30/s", "--concurrency", "4", "--base-url", sim.url)
+    frozen = _worker(db_url, tmp_path / "frozen.ndjson", *flags)
+    _wait_settled(db_url, 8)
+    frozen.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)
+    with psycopg.connect(db_url) as conn:
+        held = conn.execute("SELECT count(*) FROM ob_contact WHERE state = 'claimed'").fetchone()
+    assert held and held[0] > 0
+    other = _worker(db_url, tmp_path / "other.ndjson", *flags)
+    time.sleep(7)  # past the frozen worker's lease (5 s): the other reaps its claims
+    frozen.send_signal(signal.SIGCONT)
+    log = _finish(frozen, tmp_path / "frozen.ndjson", 6)  # fenced: stopped, may resume
+    assert "fenced" in log
+    _finish(other, tmp_path / "other.ndjson")
+    ledger = _contacts(db_url)
+    assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
+    with psycopg.connect(db_url) as conn:
+        reaps = conn.execute(
+            "SELECT request_id, count(*) FROM ob_call WHERE kind = 'reap' GROUP BY request_id"
+        ).fetchall()
+        late = conn.execute("SELECT sum(late_answers) FROM ob_contact").fetchone()
+    assert reaps and all(count == 1 for _, count in reaps)  # reaped once
+    unknown = sum(u for _, _, u in ledger.values())
+    assert unknown == len(reaps)
+    paid = sum(sim.stats()["successes"].values())
+    assert 0 <= paid - len(rids) <= unknown
+    assert late is not None and late[0] == paid - len(rids)  # each late answer recorded
+
+
+@pytest.mark.slow
+def test_workers_through_a_postgresql_restart_lose_no_result_and_resume(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    sim = make_sim(latency=Latency(0.1, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 200)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    flags = ("--rate", "30/s", "--concurrency", "4", "--base-url", sim.url)
+    outs = [tmp_path / f"w{n}.ndjson" for n in range(2)]
+    procs = [_worker(db_url, out, *flags) for out in outs]
+    _wait_settled(db_url, 40)
+    pg.restart_immediate()  # as a crash would: every connection cut
+    logs = [_finish(process, out) for process, out in zip(procs, outs, strict=True)]
+    assert all(pg.password not in log for log in logs)
+    ledger = _contacts(db_url)
+    assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
+    written = {line["requestId"] for out in outs for line in read_lines(out)}
+    assert written == set(rids)  # every local result is settled in the database too
+    unknown = sum(u for _, _, u in ledger.values())
+    assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown

@@ -281,6 +281,16 @@ class WorkQueue:
             for _, rid, claim_seq, body, handle, record, person in rows
         ]
 
+    async def give_back(self, worker: str, keep: Collection[str] = ()) -> list[str]:
+        """Give back every contact ``worker`` holds claimed but ``keep`` (its calls never sent);
+        returns their requestIds."""
+        cur = await self.conn.execute(
+            "UPDATE ob_contact SET state = 'todo', holder = NULL WHERE job = %s AND holder = %s"
+            " AND state = 'claimed' AND NOT request_id = ANY(%s) RETURNING request_id",
+            (self.job, worker, list(keep)),
+        )
+        return [row[0] for row in await cur.fetchall()]
+
     async def left(self, worker: str, skip: Collection[str] = ()) -> tuple[int, int]:
         """(contacts to do but ``skip``, contacts held by other workers) in the job: what may
         still come this worker's way."""

@@ -17,7 +17,9 @@ task (``BatchRun.source``). It runs in two steps:
    left to do and no other worker holds a contact (a dead worker's claims are reaped then and
    done here), or when the run stops (SIGTERM, the budget, ``--max-calls``: claims not sent
    are given back when the store closes). A contact this worker already tried and failed
-   (retryable: back to do) is not claimed again by it. A worker whose lease lapsed waits
+   (retryable: back to do) is not claimed again by it. Once every task is idle, a contact it
+   still holds but never sent (its call refused while the ledger was out of reach) is given
+   back, so that no two workers wait on each other's leftovers. A worker whose lease lapsed waits
    (the database out of reach: it resumes when it returns); one reaped stops the run
    (``StopReason.LEDGER``): a new worker may join instead.
 
@@ -126,6 +128,11 @@ class QueueSource:
                 queue = WorkQueue(conn, store.job)
                 claims = await queue.claim(store.worker, room, skip)
                 if not claims:
+                    if waiting == tasks and not stats.in_flight:  # every task idle
+                        for rid in await queue.give_back(store.worker, self._unrecorded()):
+                            tried.discard(rid)  # dropped unsent (the ledger was away): again
+                            if rid in skip:
+                                skip.remove(rid)
                     todo, held = await queue.left(store.worker, skip)
                     if not todo and not held:
                         return  # drained
@@ -143,6 +150,12 @@ class QueueSource:
                     stats.queued += 1
             except (psycopg.Error, StateError) as exc:
                 await self._unreachable(exc)
+
+    def _unrecorded(self) -> set[str]:
+        """Contacts this worker sent whose outcomes the ledger has not taken yet."""
+        store = self.store
+        waiting = {rid for group in store.unsettled for rid in group["rids"]}
+        return waiting | set(store.claim_seq)
 
     async def _unreachable(self, exc: Exception) -> None:
         text = exc if isinstance(exc, StateError) else describe_failure(self.store.url, exc)
