@@ -251,21 +251,24 @@ def test_a_frozen_worker_is_fenced_reaped_once_and_its_late_answers_never_overwr
     make_sim: Any, tmp_path: Path, db_url: str
 ) -> None:
     sim = make_sim(latency=Latency(1.0, 0.0))  # calls in flight while it is frozen
-    rids = write_contacts(tmp_path / "in.csv", 120)
+    rids = write_contacts(tmp_path / "in.csv", 40)
     _enqueue(db_url, sim.url, tmp_path / "in.csv")
-    flags = ("--rate", "30/s", "--concurrency", "4", "--base-url", sim.url)
-    frozen = _worker(db_url, tmp_path / "frozen.ndjson", *flags)
-    _wait_settled(db_url, 8)
+    frozen = _worker(
+        db_url, tmp_path / "frozen.ndjson", "--concurrency", "4", "--base-url", sim.url
+    )
+    _wait_settled(db_url, 4)
     frozen.send_signal(signal.SIGSTOP)
-    time.sleep(0.5)
     with psycopg.connect(db_url) as conn:
         held = conn.execute("SELECT count(*) FROM ob_contact WHERE state = 'claimed'").fetchone()
     assert held and held[0] > 0
+    # The other worker does the rest, then waits for the frozen one's claims: past its lease
+    # (5 s) it reaps them and sends them again.
+    flags = ("--concurrency", "16", "--base-url", sim.url)
     other = _worker(db_url, tmp_path / "other.ndjson", *flags)
-    time.sleep(7)  # past the frozen worker's lease (5 s): the other reaps its claims
+    time.sleep(10)
     frozen.send_signal(signal.SIGCONT)
-    log = _finish(frozen, tmp_path / "frozen.ndjson", 6)  # fenced: stopped, may resume
-    assert "fenced" in log
+    log = _finish(frozen, tmp_path / "frozen.ndjson", 6)  # fenced: stopped, exit 6
+    assert "worker_fenced" in log
     _finish(other, tmp_path / "other.ndjson")
     ledger = _contacts(db_url)
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
@@ -278,8 +281,9 @@ def test_a_frozen_worker_is_fenced_reaped_once_and_its_late_answers_never_overwr
     unknown = sum(u for _, _, u in ledger.values())
     assert unknown == len(reaps)
     paid = sum(sim.stats()["successes"].values())
-    assert 0 <= paid - len(rids) <= unknown
-    assert late is not None and late[0] == paid - len(rids)  # each late answer recorded
+    # A late answer is counted as paid twice (never settles the contact again); one the
+    # frozen worker's own timeout cut is paid at the server but never heard of.
+    assert late is not None and 0 <= late[0] <= paid - len(rids) <= unknown
 
 
 @pytest.mark.slow
