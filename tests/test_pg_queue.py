@@ -177,8 +177,9 @@ def test_one_to_three_workers_share_one_rate_and_three_lone_runs_do_not(
     three = shared[2]
     assert sum(alone.stats()["successes"].values()) == 3 * contacts  # each paid for all
     assert control["calls"] >= 2.5 * three["calls"], (control, three)  # ~3x the attempts
-    assert control.get("rate_limited", 0) > control["calls"] / 2  # most refused
-    assert three.get("rate_limited", 0) < three["calls"] / 10, three
+    refused_alone = control.get("rate_limited", 0) / control["calls"]
+    refused_shared = three.get("rate_limited", 0) / three["calls"]
+    assert refused_alone > 0.25 and refused_shared * 10 < refused_alone, (control, three)
 
 
 @pytest.mark.slow
