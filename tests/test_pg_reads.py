@@ -24,7 +24,10 @@ import psycopg
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, SimulatorConfig, serve_simulator
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
+from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.pg.read import SETTLING
+from octave_bulk.state.pg.store import open_pg_store
+from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
 from tests.helpers import Run, read_lines, sim_settings, wait_for_lines, write_contacts
 from tests.pgserver import PgServer
@@ -241,3 +244,23 @@ def test_an_unknown_job_or_a_server_out_of_reach_exits_2_naming_it(
     done = _cli("status", "--job", JOB, "--ledger", away)
     assert done.returncode == 2 and "postgresql://" in done.stderr
     assert pg.password not in done.stderr
+
+
+async def test_a_late_duplicate_never_overwrites_the_stored_result(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = sim_settings("http://127.0.0.1:9", ledger=db_url)
+    paths = OutputPaths.for_output(tmp_path / "a.ndjson")
+    first_line = b'{"requestId":"c-1","runId":"r1","response":{"n":1}}\n'
+    late_line = b'{"requestId":"c-1","runId":"r2","response":{"n":2}}\n'
+    ok = ("c-1", "r", 1, 1.0, 2.0, 200, "success", 1.0, 0)
+    async with open_pg_store(paths, settings) as first, open_pg_store(paths, settings) as second:
+        await first.load()
+        await first.claims(()).claim("c-1")
+        await first.record(Group([(7, "c-1", "ok", "r1", 0)], [ok], lines=[first_line]))
+        await second.record(Group([(7, "c-1", "ok", "r2", 0)], [ok], lines=[late_line]))
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT result, paid_calls, late_answers FROM ob_contact WHERE request_id = 'c-1'"
+        ).fetchone()
+    assert row == ({"requestId": "c-1", "runId": "r1", "response": {"n": 1}}, 2, 1)

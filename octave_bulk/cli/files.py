@@ -6,12 +6,19 @@ import contextlib
 import datetime
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from octave_bulk.cli.common import fail
-from octave_bulk.cli.job import JOB_OPTION, export_job, history_job, status_job
+from octave_bulk.cli.job import (
+    ExportChoice,
+    export_job,
+    history_job,
+    job_option,
+    selected_runs,
+    status_job,
+)
 from octave_bulk.errors import OctaveBulkError
 from octave_bulk.observe.words import counted
 
@@ -88,7 +95,7 @@ _NO_OUTPUT = "Missing argument 'OUT.ndjson' (or --job NAME to read a job of the 
     help="Leave out the people not in this CRM export (deleted from the CRM since).",
 )
 @click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
-@JOB_OPTION
+@job_option
 def export(
     results: str | None,
     target: str,
@@ -137,13 +144,12 @@ def export(
         )
     try:
         present = None if current_input is None else _people_of(current_input)
-        choice: dict[str, Any] = {"preset": preset, "body_format": body_format, "max_field_chars": max_field_chars,
-                  "only_new": only_new, "run_ids": run_ids, "since": since,
-                  "all_versions": all_versions, "present": present}  # fmt: skip
+        choice = ExportChoice(preset, body_format, max_field_chars, only_new, run_ids, since,
+                              all_versions, present)  # fmt: skip
         if job is not None:
-            report = export_job(job, ledger_text, target, **choice)
+            report = export_job(job, ledger_text, target, choice)
         else:
-            report = _export_file(path, ledger, target, **choice)
+            report = _export_file(path, ledger, target, choice)
     except OctaveBulkError as exc:
         fail(exc)
     for warning in report.warnings():
@@ -159,18 +165,7 @@ def export(
 
 
 def _export_file(
-    path: Path,
-    ledger: Path | None,
-    target: str,
-    *,
-    preset: str,
-    body_format: str,
-    max_field_chars: int | None,
-    only_new: bool,
-    run_ids: tuple[str, ...],
-    since: datetime.datetime | None,
-    all_versions: bool,
-    present: IdSet | None,
+    path: Path, ledger: Path | None, target: str, choice: ExportChoice
 ) -> ExportReport:
     """``export OUT``: the output's results file as the preset's CSV (its --new mark in the
     output's ledger)."""
@@ -178,32 +173,29 @@ def _export_file(
     from octave_bulk.state.file_store import open_ledger
 
     with contextlib.ExitStack() as stack:
-        mark, selected = (0, 0), frozenset(run_ids) if run_ids else None
-        if only_new or since is not None:
+        mark = (0, 0)
+        if choice.only_new or choice.since is not None:
             history = stack.enter_context(open_ledger(path, ledger))
             marks: ExportMarks = history
-        if only_new:
-            mark = marks.export_mark(path, preset)
-        if since is not None:
-            start = since.replace(tzinfo=datetime.UTC).timestamp()
-            recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
-            selected = frozenset(recent) if selected is None else selected & recent
-        others = _other_records(path, ledger) if preset not in _SEQUENCERS else None
+        if choice.only_new:
+            mark = marks.export_mark(path, choice.preset)
+        selected = selected_runs(choice.run_ids, choice.since, lambda: history.runs())
+        others = _other_records(path, ledger) if choice.preset not in _SEQUENCERS else None
         report = export_results(
             path,
             target,
-            preset=preset,
-            body_format=body_format,  # type: ignore[arg-type]
-            max_field_chars=max_field_chars,
+            preset=choice.preset,
+            body_format=choice.body_format,  # type: ignore[arg-type]
+            max_field_chars=choice.max_field_chars,
             after_line=mark[0],
             after_byte=mark[1],
             run_ids=selected,
-            all_versions=all_versions,
-            present=present,
+            all_versions=choice.all_versions,
+            present=choice.present,
             other_crm_ids=others,
         )
-        if only_new:
-            marks.set_export_mark(path, preset, report.lines, report.bytes)
+        if choice.only_new:
+            marks.set_export_mark(path, choice.preset, report.lines, report.bytes)
     return report
 
 
@@ -271,7 +263,7 @@ def _people_of(input_path: Path) -> IdSet:
 @click.argument("output", metavar="OUT.ndjson", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
-@JOB_OPTION
+@job_option
 def status(output: str | None, as_json: bool, ledger_text: str | None, job: str | None) -> None:
     """What a run has done so far (works while a run is in progress).
 
@@ -336,7 +328,7 @@ def status(output: str | None, as_json: bool, ledger_text: str | None, job: str 
 @click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
 @click.option("--last", type=click.IntRange(min=1), help="Only the last N runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-@JOB_OPTION
+@job_option
 def history(
     output: str | None, ledger_text: str | None, last: int | None, as_json: bool, job: str | None
 ) -> None:

@@ -1,7 +1,7 @@
 """``status/history/export/report --job NAME``: a job of the shared ledger, read from the
 database (docs/scale-out.md, "Reading a job: status, history, export, report").
 
-Contract: :data:`JOB_OPTION` is the option; :func:`open_job` opens the job named by ``--job`` on the ledger of ``--ledger`` (or
+Contract: :func:`job_option` is the option; :func:`open_job` opens the job named by ``--job`` on the ledger of ``--ledger`` (or
 ``OCTAVE_LEDGER``), a ``postgresql://`` URL; a missing URL is a usage error, a server out of
 reach or a job the ledger does not hold exits 2 with the URL shown without its password. The
 other functions are the commands' ``--job`` paths; what they print mirrors the commands on an
@@ -14,30 +14,45 @@ import datetime
 import json
 import os
 import re
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from octave_bulk.cli.common import fail
-from octave_bulk.errors import ConfigError, ExitCode, OctaveBulkError
+from octave_bulk.errors import ConfigError, OctaveBulkError
 
 if TYPE_CHECKING:
     from octave_bulk.export.writer import ExportReport
+    from octave_bulk.report.data import ReportData
     from octave_bulk.state.idset import IdSet
     from octave_bulk.state.pg.read import JobReader
 
-__all__ = ["JOB_OPTION", "export_job", "history_job", "open_job", "report_job", "status_job"]
+__all__ = [
+    "ExportChoice",
+    "export_job",
+    "history_job",
+    "job_option",
+    "job_report",
+    "open_job",
+    "report_name",
+    "selected_runs",
+    "status_job",
+]
 
-JOB_OPTION = click.option(
-    "--job",
-    metavar="NAME",
-    help="Read the job NAME (its agent) from the shared ledger (--ledger postgresql://… or "
-    "OCTAVE_LEDGER) instead of an output's files.",
-)
-"""``--job NAME`` of the commands that read a job. Here rather than in ``cli/options.py``:
-``status`` must not load the settings model (pydantic) to read an output's files."""
+
+def job_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--job NAME``: read a job of the shared ledger instead of an output's files. Here
+    rather than in ``cli/options.py``: ``status`` must not load the settings model (pydantic)
+    to read an output's files."""
+    return click.option(
+        "--job",
+        metavar="NAME",
+        help="Read the job NAME (its agent) from the shared ledger (--ledger postgresql://… or "
+        "OCTAVE_LEDGER) instead of an output's files.",
+    )(command)
 
 
 def open_job(job: str, ledger: str | None) -> JobReader:
@@ -58,49 +73,46 @@ def open_job(job: str, ledger: str | None) -> JobReader:
         fail(exc)
 
 
-def export_job(
-    job: str,
-    ledger: str | None,
-    target: str,
-    *,
-    preset: str,
-    body_format: str,
-    max_field_chars: int | None,
-    only_new: bool,
-    run_ids: tuple[str, ...],
-    since: datetime.datetime | None,
-    all_versions: bool,
-    present: IdSet | None,
-) -> ExportReport:
+@dataclass(frozen=True, slots=True)
+class ExportChoice:
+    """What ``export`` was asked for (its options), whichever source it reads."""
+
+    preset: str
+    body_format: str
+    max_field_chars: int | None
+    only_new: bool
+    run_ids: tuple[str, ...]
+    since: datetime.datetime | None
+    all_versions: bool
+    present: IdSet | None
+
+
+def export_job(job: str, ledger: str | None, target: str, choice: ExportChoice) -> ExportReport:
     """``export --job``: the job's results (done contacts, in the order they settled) as the
     preset's CSV; with ``only_new`` the rows after the job's mark of the preset, then the mark
     moves (``ob_export_mark``, one per job and preset, shared by every host)."""
     from octave_bulk.export.writer import export_lines
 
-    fmt: Literal["text", "html"] = "html" if body_format == "html" else "text"
+    fmt: Literal["text", "html"] = "html" if choice.body_format == "html" else "text"
     with open_job(job, ledger) as reader:
         try:
-            selected = frozenset(run_ids) if run_ids else None
-            if since is not None:
-                start = since.replace(tzinfo=datetime.UTC).timestamp()
-                recent = {run["run_id"] for run in reader.runs() if run["started_at"] >= start}
-                selected = frozenset(recent) if selected is None else selected & recent
+            selected = selected_runs(choice.run_ids, choice.since, reader.runs)
             options: dict[str, Any] = {
                 "kind": reader.agent,
                 "label": f"job {job}",
-                "preset": preset,
+                "preset": choice.preset,
                 "body_format": fmt,
-                "max_field_chars": max_field_chars,
+                "max_field_chars": choice.max_field_chars,
                 "run_ids": selected,
-                "all_versions": all_versions,
-                "present": present,
+                "all_versions": choice.all_versions,
+                "present": choice.present,
             }
-            if not only_new:
+            if not choice.only_new:
                 upto = reader.horizon()  # both passes read the same rows
                 return export_lines(
                     lambda count, _: reader.result_lines(0, upto, count), target, **options
                 )
-            with reader.export_mark(preset) as increment:
+            with reader.export_mark(choice.preset) as increment:
                 after, upto = increment.after, increment.upto
                 return export_lines(
                     lambda count, _: reader.result_lines(after, upto, count), target, **options
@@ -143,20 +155,29 @@ def history_job(job: str, ledger: str | None, last: int | None) -> list[dict[str
             fail(exc)
 
 
-def report_job(job: str, ledger: str | None, html_path: Path | None, run_id: str | None) -> None:
-    """``report --job``: the run's report from the database (``report/job.py`` says what it
-    leaves out), written to ``html_path`` or ``JOB.report.html`` in the current folder."""
+def job_report(job: str, ledger: str | None, run_id: str | None) -> ReportData:
+    """``report --job``: the run's report data from the database (``report/job.py`` says what
+    it leaves out)."""
     from octave_bulk.report.job import gather_job
-    from octave_bulk.report.page import write_report
 
     with open_job(job, ledger) as reader:
-        try:
-            data = gather_job(reader, run_id)
-            target = html_path or Path(re.sub(r"[^\w.-]", "_", job) + ".report.html")
-            write_report(data, target)
-        except OctaveBulkError as exc:
-            fail(exc)
-        except OSError as exc:
-            click.echo(f"error: cannot write the report ({exc})", err=True)
-            sys.exit(ExitCode.USAGE)
-    click.echo(f"report: {target} (job {job}, run {data.run['run_id']})")
+        return gather_job(reader, run_id)
+
+
+def report_name(job: str) -> Path:
+    """Where ``report --job`` writes by default: ``JOB.report.html`` in the current folder."""
+    return Path(re.sub(r"[^\w.-]", "_", job) + ".report.html")
+
+
+def selected_runs(
+    run_ids: tuple[str, ...],
+    since: datetime.datetime | None,
+    runs: Callable[[], list[dict[str, Any]]],
+) -> frozenset[str] | None:
+    """``export --run/--since``: the runs whose results are exported (None: every run)."""
+    selected = frozenset(run_ids) if run_ids else None
+    if since is not None:
+        start = since.replace(tzinfo=datetime.UTC).timestamp()
+        recent = {run["run_id"] for run in runs() if run["started_at"] >= start}
+        selected = frozenset(recent) if selected is None else selected & recent
+    return selected

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from octave_bulk.cli.common import fail, parsed
-from octave_bulk.cli.job import JOB_OPTION, report_job
+from octave_bulk.cli.job import job_option, job_report, report_name
 from octave_bulk.errors import ExitCode, OctaveBulkError
 
 __all__ = ["parse_span", "report"]
@@ -58,7 +58,7 @@ def parse_span(text: str) -> float:
     help="The run history database, when not OUT.ledger.sqlite (a shared one); with --job: the "
     "shared ledger's postgresql:// URL [env: OCTAVE_LEDGER].",
 )
-@JOB_OPTION
+@job_option
 def report(
     output: str | None,
     html_path: Path | None,
@@ -82,26 +82,28 @@ def report(
     if job is not None:
         if output is not None or since_seconds is not None or runs is not None:
             raise click.UsageError("--job shows one run of the job: no OUT, --since or --runs")
-        report_job(job, ledger_text, html_path, run_id)
-        return
-    if output is None:
+    elif output is None:
         raise click.UsageError(
             "Missing argument 'OUT.ndjson' (or --job NAME to read a job of the shared ledger)."
         )
-    if ledger_text is not None and ledger_text.startswith(("postgresql://", "postgres://")):
+    elif ledger_text is not None and ledger_text.startswith(("postgresql://", "postgres://")):
         raise click.UsageError("--ledger postgresql://… is read with --job NAME")
-    ledger = None if ledger_text is None else Path(ledger_text)
-    if since_seconds is not None or runs is not None:
+    ledger = None if ledger_text is None or job is not None else Path(ledger_text)
+    if job is None and (since_seconds is not None or runs is not None):
         if run_id is not None:
             raise click.UsageError("--run shows one run; --since and --runs show several")
-        _week(output, html_path, ledger, since_seconds, runs)
+        _week(str(output), html_path, ledger, since_seconds, runs)
         return
     from octave_bulk.report.data import gather
     from octave_bulk.report.page import write_report
 
     try:
-        data = gather(output, ledger=ledger, run_id=run_id)
-        target = html_path or data.output.with_name(data.output.stem + ".report.html")
+        if job is not None:
+            data, default = job_report(job, ledger_text, run_id), report_name(job)
+        else:
+            data = gather(str(output), ledger=ledger, run_id=run_id)
+            default = data.output.with_name(data.output.stem + ".report.html")
+        target = html_path or default
         write_report(data, target)
     except OctaveBulkError as exc:
         fail(exc)
