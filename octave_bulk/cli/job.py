@@ -1,8 +1,8 @@
 """``status/history/export/report --job NAME``: a job of the shared ledger, read from the
 database (docs/scale-out.md, "Reading a job: status, history, export, report").
 
-Contract: :func:`job_option` is the option; :func:`open_job` opens the job named by ``--job`` on the ledger of ``--ledger`` (or
-``OCTAVE_LEDGER``), a ``postgresql://`` URL; a missing URL is a usage error, a server out of
+Contract: :func:`job_option` is the option; :func:`open_job` opens the job named by ``--job``
+on the ledger of ``--ledger`` (or ``OCTAVE_LEDGER``), a ``postgresql://`` URL; a missing URL is a usage error, a server out of
 reach or a job the ledger does not hold exits 2 with the URL shown without its password. The
 other functions are the commands' ``--job`` paths; what they print mirrors the commands on an
 output's files (``cli/files.py``, ``cli/report.py``).
