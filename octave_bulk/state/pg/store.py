@@ -186,7 +186,7 @@ class PgView:
         return self.persons.get(person)
 
     def result_contacts(self, positions: Collection[int]) -> dict[int, dict[str, Any]]:
-        return {}  # the contacts' bodies are not kept on the shared ledger
+        return {}  # results are in ob_contact, but not read back at start: no guard samples
 
     def counts(self) -> StoreCounts:
         return StoreCounts(
