@@ -11,10 +11,19 @@ from typing import TYPE_CHECKING
 import click
 
 from octave_bulk.cli.common import fail
+from octave_bulk.cli.job import (
+    ExportChoice,
+    export_job,
+    history_job,
+    job_option,
+    selected_runs,
+    status_job,
+)
 from octave_bulk.errors import OctaveBulkError
 from octave_bulk.observe.words import counted
 
 if TYPE_CHECKING:
+    from octave_bulk.export.writer import ExportReport
     from octave_bulk.state.idset import IdSet
     from octave_bulk.state.store import ExportMarks
 
@@ -23,11 +32,15 @@ __all__ = ["export", "history", "status"]
 _SEQUENCERS = ("instantly", "smartlead", "lemlist")  # their importers get no CRM id columns
 _AGENT_PRESETS = ("enrich-person", "enrich-company", "qualify-person", "qualify-company",
                   "content", "call-prep", "prospector")  # fmt: skip
-_LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared one)."
+_LEDGER_HELP = (
+    "The run history database, when not OUT.ledger.sqlite (a shared one); with --job: the "
+    "shared ledger's postgresql:// URL [env: OCTAVE_LEDGER]."
+)
+_NO_OUTPUT = "Missing argument 'OUT.ndjson' (or --job NAME to read a job of the shared ledger)."
 
 
 @click.command()
-@click.argument("results", metavar="OUT.ndjson")
+@click.argument("results", metavar="OUT.ndjson", required=False)
 @click.option(
     "-o",
     "--output",
@@ -81,9 +94,10 @@ _LEDGER_HELP = "The run history database, when not OUT.ledger.sqlite (a shared o
     type=click.Path(path_type=Path),
     help="Leave out the people not in this CRM export (deleted from the CRM since).",
 )
-@click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
+@click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
+@job_option
 def export(
-    results: str,
+    results: str | None,
     target: str,
     preset: str,
     body_format: str,
@@ -94,7 +108,8 @@ def export(
     since: datetime.datetime | None,
     all_versions: bool,
     current_input: Path | None,
-    ledger: Path | None,
+    ledger_text: str | None,
+    job: str | None,
 ) -> None:
     """One CSV row per successful contact, ready to import into a sequencer.
 
@@ -103,11 +118,15 @@ def export(
     that could run as spreadsheet formulas are escaped. With --new, the mark moves only once
     the file is written: an export that fails is done again next time; --undo-mark moves it
     back one export (the next --new writes those rows again).
-    """
-    from octave_bulk.export import export_results
-    from octave_bulk.state.file_store import open_ledger
 
-    path = Path(results)
+    With --job NAME: the job's results in the shared ledger (every host's), one row per
+    person; --new marks are per job and preset, shared by every host.
+    """
+    if job is None and results is None:
+        raise click.UsageError(_NO_OUTPUT)
+    if job is not None and (undo_mark or results is not None):
+        raise click.UsageError("--job reads the shared ledger: no OUT.ndjson, no --undo-mark")
+    path, ledger = Path(results or "."), _ledger_path(ledger_text, job)
     if undo_mark:
         _undo_mark(path, preset, ledger)
         return
@@ -125,33 +144,12 @@ def export(
         )
     try:
         present = None if current_input is None else _people_of(current_input)
-        with contextlib.ExitStack() as stack:
-            mark, selected = (0, 0), frozenset(run_ids) if run_ids else None
-            if only_new or since is not None:
-                history = stack.enter_context(open_ledger(path, ledger))
-                marks: ExportMarks = history
-            if only_new:
-                mark = marks.export_mark(path, preset)
-            if since is not None:
-                start = since.replace(tzinfo=datetime.UTC).timestamp()
-                recent = {run["run_id"] for run in history.runs() if run["started_at"] >= start}
-                selected = frozenset(recent) if selected is None else selected & recent
-            others = _other_records(path, ledger) if preset not in _SEQUENCERS else None
-            report = export_results(
-                path,
-                target,
-                preset=preset,
-                body_format=body_format,  # type: ignore[arg-type]
-                max_field_chars=max_field_chars,
-                after_line=mark[0],
-                after_byte=mark[1],
-                run_ids=selected,
-                all_versions=all_versions,
-                present=present,
-                other_crm_ids=others,
-            )
-            if only_new:
-                marks.set_export_mark(path, preset, report.lines, report.bytes)
+        choice = ExportChoice(preset, body_format, max_field_chars, only_new, run_ids, since,
+                              all_versions, present)  # fmt: skip
+        if job is not None:
+            report = export_job(job, ledger_text, target, choice)
+        else:
+            report = _export_file(path, ledger, target, choice)
     except OctaveBulkError as exc:
         fail(exc)
     for warning in report.warnings():
@@ -164,6 +162,50 @@ def export(
         else f"{counted(report.rows, 'contact')} with up to {counted(report.steps, 'step')}"
     )
     click.echo(f"exported {what} to {where}{older}", err=True)
+
+
+def _export_file(
+    path: Path, ledger: Path | None, target: str, choice: ExportChoice
+) -> ExportReport:
+    """``export OUT``: the output's results file as the preset's CSV (its --new mark in the
+    output's ledger)."""
+    from octave_bulk.export import export_results
+    from octave_bulk.state.file_store import open_ledger
+
+    with contextlib.ExitStack() as stack:
+        mark = (0, 0)
+        if choice.only_new or choice.since is not None:
+            history = stack.enter_context(open_ledger(path, ledger))
+            marks: ExportMarks = history
+        if choice.only_new:
+            mark = marks.export_mark(path, choice.preset)
+        selected = selected_runs(choice.run_ids, choice.since, lambda: history.runs())
+        others = _other_records(path, ledger) if choice.preset not in _SEQUENCERS else None
+        report = export_results(
+            path,
+            target,
+            preset=choice.preset,
+            body_format=choice.body_format,  # type: ignore[arg-type]
+            max_field_chars=choice.max_field_chars,
+            after_line=mark[0],
+            after_byte=mark[1],
+            run_ids=selected,
+            all_versions=choice.all_versions,
+            present=choice.present,
+            other_crm_ids=others,
+        )
+        if choice.only_new:
+            marks.set_export_mark(path, choice.preset, report.lines, report.bytes)
+    return report
+
+
+def _ledger_path(text: str | None, job: str | None) -> Path | None:
+    """``--ledger`` as the run history's path (None with --job: the URL is read there)."""
+    if text is None or job is not None:
+        return None
+    if text.startswith(("postgresql://", "postgres://")):
+        raise click.UsageError("--ledger postgresql://… is read with --job NAME")
+    return Path(text)
 
 
 def _undo_mark(results: Path, preset: str, ledger: Path | None) -> None:
@@ -218,17 +260,26 @@ def _people_of(input_path: Path) -> IdSet:
 
 
 @click.command()
-@click.argument("output", metavar="OUT.ndjson")
+@click.argument("output", metavar="OUT.ndjson", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@click.option("--ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
-def status(output: str, as_json: bool, ledger: Path | None) -> None:
-    """What a run has done so far (works while a run is in progress)."""
+@click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
+@job_option
+def status(output: str | None, as_json: bool, ledger_text: str | None, job: str | None) -> None:
+    """What a run has done so far (works while a run is in progress).
+
+    With --job NAME: the job's contacts by state, paid calls, outcomes unknown, late answers
+    (paid twice) and live workers, from the shared ledger."""
     import json
 
     from octave_bulk.state.status import read_status
 
+    if job is not None:
+        status_job(job, ledger_text, as_json)
+        return
+    if output is None:
+        raise click.UsageError(_NO_OUTPUT)
     try:
-        info = read_status(output, ledger=ledger)
+        info = read_status(output, ledger=_ledger_path(ledger_text, job))
     except OctaveBulkError as exc:
         fail(exc)
     if as_json:
@@ -273,27 +324,37 @@ def status(output: str, as_json: bool, ledger: Path | None) -> None:
 
 
 @click.command()
-@click.argument("output", metavar="OUT.ndjson")
-@click.option("--ledger", "ledger", type=click.Path(path_type=Path), help=_LEDGER_HELP)
+@click.argument("output", metavar="OUT.ndjson", required=False)
+@click.option("--ledger", "ledger_text", metavar="PATH|URL", help=_LEDGER_HELP)
 @click.option("--last", type=click.IntRange(min=1), help="Only the last N runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
-def history(output: str, ledger: Path | None, last: int | None, as_json: bool) -> None:
+@job_option
+def history(
+    output: str | None, ledger_text: str | None, last: int | None, as_json: bool, job: str | None
+) -> None:
     """Every run of an output: when, sent, succeeded, failed, credits, exit.
 
     "twice?" counts calls possibly paid twice (on the wire when a run was killed, sent again);
     an exit of "-" is a run still going, or one killed before its end; "killed" is a killed
-    run whose counts the next run took from the ledger and the files."""
+    run whose counts the next run took from the ledger and the files. With --job NAME: the
+    job's runs on every host, from the shared ledger."""
     import json
 
     from octave_bulk.state.file_store import open_ledger
     from octave_bulk.utc import utc_iso
 
-    try:
-        with open_ledger(Path(output), ledger, readonly=True) as runs_db:
-            mine = str(Path(output).resolve())
-            runs = [run for run in runs_db.runs(last) if ledger is None or run["output"] == mine]
-    except OctaveBulkError as exc:
-        fail(exc)
+    if job is not None:
+        runs = history_job(job, ledger_text, last)
+    elif output is None:
+        raise click.UsageError(_NO_OUTPUT)
+    else:
+        ledger = _ledger_path(ledger_text, job)
+        try:
+            with open_ledger(Path(output), ledger, readonly=True) as runs_db:
+                mine = str(Path(output).resolve())
+                runs = [r for r in runs_db.runs(last) if ledger is None or r["output"] == mine]
+        except OctaveBulkError as exc:
+            fail(exc)
     if as_json:
         for run in runs:
             for name in ("started_at", "updated_at", "finished_at"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from octave_bulk.cli.common import fail, parsed
+from octave_bulk.cli.job import job_option, job_report, report_name
 from octave_bulk.errors import ExitCode, OctaveBulkError
 
 __all__ = ["parse_span", "report"]
@@ -25,7 +26,7 @@ def parse_span(text: str) -> float:
 
 
 @click.command()
-@click.argument("output", metavar="OUT.ndjson")
+@click.argument("output", metavar="OUT.ndjson", required=False)
 @click.option(
     "-o",
     "--output",
@@ -52,16 +53,20 @@ def parse_span(text: str) -> float:
 )
 @click.option(
     "--ledger",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The run history database, when not OUT.ledger.sqlite (a shared one).",
+    "ledger_text",
+    metavar="PATH|URL",
+    help="The run history database, when not OUT.ledger.sqlite (a shared one); with --job: the "
+    "shared ledger's postgresql:// URL [env: OCTAVE_LEDGER].",
 )
+@job_option
 def report(
-    output: str,
+    output: str | None,
     html_path: Path | None,
     run_id: str | None,
     since_seconds: float | None,
     runs: int | None,
-    ledger: Path | None,
+    ledger_text: str | None,
+    job: str | None,
 ) -> None:
     """Write a run's report: throughput, latency, 429s, limits, failures, credits, as HTML.
 
@@ -70,18 +75,35 @@ def report(
     --runs: the week view (OUT.week.html), a row and a bar per run - throughput, credits, paid
     calls, failures, rejects, 429s, limits found - each run linked to its page, written
     beside it (OUT.week.RUN.html). Exit 2: no run of OUT in the ledger (or in the span).
+
+    With --job NAME: a run of the job from the shared ledger (JOB.report.html), as much of the
+    report as the database holds (no series charts, no rejects).
     """
-    if since_seconds is not None or runs is not None:
+    if job is not None:
+        if output is not None or since_seconds is not None or runs is not None:
+            raise click.UsageError("--job shows one run of the job: no OUT, --since or --runs")
+    elif output is None:
+        raise click.UsageError(
+            "Missing argument 'OUT.ndjson' (or --job NAME to read a job of the shared ledger)."
+        )
+    elif ledger_text is not None and ledger_text.startswith(("postgresql://", "postgres://")):
+        raise click.UsageError("--ledger postgresql://… is read with --job NAME")
+    ledger = None if ledger_text is None or job is not None else Path(ledger_text)
+    if job is None and (since_seconds is not None or runs is not None):
         if run_id is not None:
             raise click.UsageError("--run shows one run; --since and --runs show several")
-        _week(output, html_path, ledger, since_seconds, runs)
+        _week(str(output), html_path, ledger, since_seconds, runs)
         return
     from octave_bulk.report.data import gather
     from octave_bulk.report.page import write_report
 
     try:
-        data = gather(output, ledger=ledger, run_id=run_id)
-        target = html_path or data.output.with_name(data.output.stem + ".report.html")
+        if job is not None:
+            data, default = job_report(job, ledger_text, run_id), report_name(job)
+        else:
+            data = gather(str(output), ledger=ledger, run_id=run_id)
+            default = data.output.with_name(data.output.stem + ".report.html")
+        target = html_path or default
         write_report(data, target)
     except OctaveBulkError as exc:
         fail(exc)

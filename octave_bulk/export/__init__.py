@@ -11,14 +11,15 @@ nothing is dropped silently.
 One stage per module, each with its contract in its docstring: ``results`` reads the results
 file line by line into results; ``text`` decides which bodies are HTML, converts them, tells a
 blank body and escapes formula-looking cells; ``presets`` holds each sequencer's columns and
-length limit; ``writer`` runs the two passes and writes the CSV (:func:`export_results`).
+length limit; ``writer`` runs the two passes and writes the CSV (:func:`export_results`; or
+:func:`export_lines` from another source of lines: a job's results in the shared ledger).
 """
 
 from __future__ import annotations
 
 from octave_bulk.export.presets import PRESETS, Preset
 from octave_bulk.export.text import escape_formula, html_to_text, text_to_html
-from octave_bulk.export.writer import ID_LIST_CAP, ExportReport, export_results
+from octave_bulk.export.writer import ID_LIST_CAP, ExportReport, export_lines, export_results
 
 __all__ = [
     "ID_LIST_CAP",
@@ -26,6 +27,7 @@ __all__ = [
     "ExportReport",
     "Preset",
     "escape_formula",
+    "export_lines",
     "export_results",
     "html_to_text",
     "text_to_html",

@@ -15,6 +15,8 @@ Contract:
   sequence lacks, then ``num_steps, request_id, completed_at``. Every cell is escaped
   (:func:`~octave_bulk.export.text.escape_formula`). With a limit, a longer subject/body cell
   is cut to it after escaping, and counted; identity cells are never cut.
+- Source: the lines come from a :data:`LineSource`: the results file (:func:`export_results`)
+  or the shared ledger's results (:func:`export_lines`); the passes are the same.
 - Selection: with ``present``, only the people in that set (``--exclude-missing-from``: the
   people of today's CRM export); with ``after_line`` only the complete lines after the first
   ``after_line`` (``export --new``: the watermark of the last export); with ``run_ids`` only
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -50,7 +53,18 @@ from octave_bulk.identity import person_key
 from octave_bulk.state.files import atomic_file, results_agent
 from octave_bulk.state.idset import IdSet, id_key
 
-__all__ = ["ID_LIST_CAP", "ExportReport", "export_results", "presets_for"]
+__all__ = [
+    "ID_LIST_CAP",
+    "ExportReport",
+    "LineSource",
+    "export_lines",
+    "export_results",
+    "presets_for",
+]
+
+LineSource = Callable[[int | None, int], Iterator[bytes]]
+"""Where an export reads results lines: ``(count, offset)`` -> the lines from byte ``offset``
+(the first ``count`` of them when given). A results file's is :func:`read_lines`."""
 
 ID_LIST_CAP = 1000
 """At most this many requestIds / line numbers are listed per kind in an ``ExportReport``."""
@@ -187,11 +201,52 @@ def export_results(
         InputError: the results file is missing or unreadable.
         StateError: the CSV cannot be written.
     """
+    kind = results_agent(Path(results))
+    layout = _layout(preset, kind, str(results), body_format, max_field_chars)
+    results = Path(results)
+    if not results.is_file():
+        what = "is not a file" if results.exists() else "not found"
+        raise InputError(f"results file {what}", path=results)
+    if str(out) != "-" and Path(out).resolve() == results.resolve():
+        raise ConfigError(f"{out}: the export would overwrite the results file")
+    if after_byte and not _ends_line(results, after_byte):
+        after_byte = 0
+    source = functools.partial(read_lines, results)
+    selection = (after_line, after_byte, run_ids, all_versions, present, other_crm_ids)
+    return _export(source, out, layout, preset, body_format, max_field_chars, *selection)
+
+
+def export_lines(
+    lines: LineSource,
+    out: Path | str,
+    *,
+    kind: str,
+    label: str,
+    preset: str = "generic",
+    body_format: Literal["text", "html"] = "text",
+    max_field_chars: int | None = None,
+    run_ids: frozenset[str] | None = None,
+    all_versions: bool = False,
+    present: IdSet | None = None,
+) -> ExportReport:
+    """:func:`export_results` from another source of results lines (the shared ledger's
+    results, ``state/pg/read.py``): ``lines(count, 0)`` must yield the same complete lines,
+    in the same order, each time it is called; ``kind`` is their agent and ``label`` names
+    them in errors. The arguments and the report are :func:`export_results`'."""
+    layout = _layout(preset, kind, label, body_format, max_field_chars)
+    selection = (0, 0, run_ids, all_versions, present, None)
+    return _export(lines, out, layout, preset, body_format, max_field_chars, *selection)
+
+
+def _layout(
+    preset: str, kind: str | None, label: str, body_format: str, max_field_chars: int | None
+) -> Preset:
+    """The preset's layout for results of agent ``kind``; the arguments checked."""
     if preset in PRESETS or preset in CRM_PRESETS:
-        _fitting(Path(results), preset)
+        _fitting(kind, label, preset)
     layout = PRESETS.get(preset)
     if preset in CRM_PRESETS:
-        layout = _crm_layout(Path(results), preset)
+        layout = _crm_layout(kind, preset)
     if layout is None:
         names = ", ".join([*PRESETS, *CRM_PRESETS])
         raise ConfigError(f"unknown preset {preset!r}; choose one of {names}")
@@ -199,25 +254,35 @@ def export_results(
         raise ConfigError(f"unknown body format {body_format!r}; choose text or html")
     if max_field_chars is not None and max_field_chars < 0:
         raise ConfigError("--max-field-chars must be 0 (no limit) or more")
-    results = Path(results)
-    if not results.is_file():
-        what = "is not a file" if results.exists() else "not found"
-        raise InputError(f"results file {what}", path=results)
-    if str(out) != "-" and Path(out).resolve() == results.resolve():
-        raise ConfigError(f"{out}: the export would overwrite the results file")
+    return layout
+
+
+def _export(
+    lines: LineSource,
+    out: Path | str,
+    layout: Preset,
+    preset: str,
+    body_format: str,
+    max_field_chars: int | None,
+    after_line: int,
+    after_byte: int,
+    run_ids: frozenset[str] | None,
+    all_versions: bool,
+    present: IdSet | None,
+    other_crm_ids: Mapping[int, str] | None,
+) -> ExportReport:
+    """The two passes over ``lines`` (see the module docstring)."""
     report = ExportReport(str(out), preset, body_format, layout.limit(max_field_chars))
     latest = None if all_versions else IdSet(1024, with_values=True)
-    if after_byte and not _ends_line(results, after_byte):
-        after_byte = 0
     rows_of = None
     if layout.agent is not None:
         from octave_bulk.agents import get_agent
 
         rows_of = get_agent(layout.agent).export_rows
     wanted = _Selection(after_line, run_ids, latest, present, after_byte, rows_of)
-    complete = _first_pass(results, report, wanted)
+    complete = _first_pass(lines, report, wanted)
     with _open_out(out) as stream:
-        _second_pass(results, complete, stream, layout, report, wanted, other_crm_ids or {})
+        _second_pass(lines, complete, stream, layout, report, wanted, other_crm_ids or {})
     return report
 
 
@@ -229,25 +294,23 @@ def presets_for(kind: str) -> list[str]:
     return [kind, *CRM_PRESETS]
 
 
-def _fitting(results: Path, preset: str) -> None:
+def _fitting(kind: str | None, label: str, preset: str) -> None:
     """Refuse (exit 2) a preset that does not fit the results' agent: it would write 0 rows."""
-    kind = results_agent(results)
     if kind is None or preset in presets_for(kind):
         return
     if kind == "sequence" and preset in CRM_PRESETS:
         return  # _crm_layout says where sequences go
     fits = ", ".join(presets_for(kind))
     raise ConfigError(
-        f"{results}: holds {kind} results; --preset {preset} does not fit them "
-        f"(choose one of {fits})"
+        f"{label}: holds {kind} results; --preset {preset} does not fit them (choose one of {fits})"
     )
 
 
-def _crm_layout(results: Path, crm: str) -> Preset:
-    """A CRM preset for the agent the results file names (its first line's ``agentType``)."""
+def _crm_layout(kind: str | None, crm: str) -> Preset:
+    """A CRM preset for the results' agent (a file's: its first line's ``agentType``)."""
     from octave_bulk.agents import get_agent
 
-    kind = results_agent(results) or "sequence"
+    kind = kind or "sequence"
     if kind == "sequence":
         raise ConfigError(
             f"--preset {crm} writes an agent's fields back to the CRM; sequences go to a "
@@ -300,11 +363,11 @@ def _person(result: Result) -> int:
     return id_key(person_key(result.contact) or result.request_id)
 
 
-def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
+def _first_pass(lines: LineSource, report: ExportReport, wanted: _Selection) -> int:
     """Count complete lines, note bad lines and blank results, and find N."""
     complete, size = wanted.first_line - 1, wanted.after_byte
     columns: dict[str, None] = {}  # an agent's columns, in the order first met
-    for line in read_lines(results, offset=size):
+    for line in lines(None, size):
         if not line.endswith(b"\n"):
             report.torn_tail = True
             break
@@ -332,7 +395,7 @@ def _first_pass(results: Path, report: ExportReport, wanted: _Selection) -> int:
 
 
 def _second_pass(
-    results: Path,
+    source: LineSource,
     complete: int,
     stream: IO[str],
     layout: Preset,
@@ -348,7 +411,7 @@ def _second_pass(
     to_html = report.body_format == "html"
     limit = report.max_field_chars
     first = wanted.first_line
-    lines = read_lines(results, complete - first + 1, wanted.after_byte)
+    lines = source(complete - first + 1, wanted.after_byte)
     for number, line in enumerate(lines, first):
         if not line.strip() or number <= wanted.after_line:
             continue

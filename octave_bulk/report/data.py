@@ -33,7 +33,7 @@ from octave_bulk.state.index import OutputIndex
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.utc import utc_iso
 
-__all__ = ["EXAMPLES", "ReportData", "WeekData", "gather", "gather_week"]
+__all__ = ["EXAMPLES", "ReportData", "WeekData", "gather", "gather_week", "note_failure"]
 
 EXAMPLES = 3
 """Examples kept per reject reason and per failure kind."""
@@ -195,18 +195,22 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
 def _read_errors(path: Path, data: ReportData) -> None:
     run_id = data.run["run_id"]
     for record in _lines(path):
-        if record.get("runId") != run_id:
-            continue
-        error = record.get("error") or {}
-        kind = str(error.get("kind", "unknown"))
-        data.failures[kind] += 1
-        examples = data.failure_examples.setdefault(kind, [])
-        if len(examples) < EXAMPLES:
-            message = str(error.get("message", ""))[:200]
-            status = f"HTTP {error['status']}" if error.get("status") else ""
-            if status and not message.startswith(status):  # a status error's message has it
-                message = f"{status}: {message}"
-            examples.append(message)
+        if record.get("runId") == run_id:
+            note_failure(data, record)
+
+
+def note_failure(data: ReportData, record: dict[str, Any]) -> None:
+    """Count an error record's failure by kind, its message kept as an example."""
+    error = record.get("error") or {}
+    kind = str(error.get("kind", "unknown"))
+    data.failures[kind] += 1
+    examples = data.failure_examples.setdefault(kind, [])
+    if len(examples) < EXAMPLES:
+        message = str(error.get("message", ""))[:200]
+        status = f"HTTP {error['status']}" if error.get("status") else ""
+        if status and not message.startswith(status):  # a status error's message has it
+            message = f"{status}: {message}"
+        examples.append(message)
 
 
 def _read_rejects(path: Path, data: ReportData) -> None:

@@ -230,6 +230,7 @@ class BatchRun:
             interval=settings.fsync_interval,
             record=store.record,
             resent=self.state.outcome_unknown,
+            keep_lines=settings.ledger_url is not None,  # the shared ledger keeps the bodies
             jobs=jobs_file,
         )
         jobs = self.jobs = self._jobs(client, sink) if polling else None

@@ -115,6 +115,7 @@ class Failure:
 
 
 Outcome = Success | Failure | Submitted
+_Pending = tuple[Outcome, int, int, bytes]  # (item, offset, person, its line when kept)
 
 
 def success_line(item: Success, run_id: str, person: int | None, kind: str = "sequence") -> bytes:
@@ -181,6 +182,9 @@ class Sink:
             (its outcomes and calls) after its fsync and before its outcomes are acknowledged
             (``on_durable``); None records nothing.
         resent: requestIds in flight when an earlier run died: their calls may pay twice.
+        keep_lines: hand each outcome's line to ``record`` with its group
+            (:attr:`~octave_bulk.state.store.Group.lines`: a shared ledger keeps the bodies);
+            otherwise a body is dropped as soon as its line is written.
         jobs: the async job handles file (async mode): a :class:`Submitted` outcome's line
             goes there; a result of a job gets its ``settled`` line after its commit.
     """
@@ -199,14 +203,16 @@ class Sink:
         interval: float,
         record: Callable[[Group], Awaitable[None]] | None = None,
         resent: Collection[str] = (),
+        keep_lines: bool = False,
         jobs: NdjsonAppender | None = None,
     ) -> None:
         self._run_id, self._key_field, self._kind = run_id, key_field, kind
         self._record, self._resent = record, frozenset(resent)
+        self._keep_lines = keep_lines and record is not None
         self._results, self._errors, self._jobs = results, errors, jobs
         self._on_durable, self._release_slot = on_durable, release_slot
         self._batch, self._interval = batch, interval
-        self._pending: list[tuple[Outcome, int, int]] = []  # (item, offset, person)
+        self._pending: list[_Pending] = []
         self._wake = anyio.Event()
         self._closed = False
         self._committing = anyio.Lock()  # one group at a time (the index takes them in order)
@@ -217,6 +223,7 @@ class Sink:
         if person is None:  # not carried (an earlier run's async job): the same rule
             key = person_key(item.contact, self._key_field, self._kind)
             person = id_key(key) if key is not None else None
+        line = b""
         if isinstance(item, Submitted):
             if self._jobs is None:
                 raise StateError("an async submit needs the jobs file")
@@ -224,7 +231,8 @@ class Sink:
             self._jobs.write(submitted_line(item.job, self._run_id))
         elif isinstance(item, Success):
             offset = self._results.size
-            self._results.write(success_line(item, self._run_id, person, self._kind))
+            line = success_line(item, self._run_id, person, self._kind)
+            self._results.write(line)
             # The body is written; do not hold it until the commit (a positional copy:
             # dataclasses.replace costs ~2 us).
             item = Success(
@@ -242,8 +250,10 @@ class Sink:
             )
         else:
             offset = self._errors.size
-            self._errors.write(failure_line(item, self._run_id))
-        self._pending.append((item, offset, person or id_key(item.request_id)))
+            line = failure_line(item, self._run_id)
+            self._errors.write(line)
+        kept = line if self._keep_lines else b""  # held until the group is recorded
+        self._pending.append((item, offset, person or id_key(item.request_id), kept))
         if len(self._pending) >= self._batch:
             self._wake.set()
 
@@ -279,8 +289,8 @@ class Sink:
                     await self._record(rows)
                 self._report(group)
 
-    def _report(self, group: list[tuple[Outcome, int, int]]) -> None:
-        for item, _, person in group:
+    def _report(self, group: list[_Pending]) -> None:
+        for item, _, person, _ in group:
             if item.slot is not None:
                 self._release_slot(item.slot)
             if not isinstance(item, Submitted) and item.handle is not None and self._jobs:
@@ -289,9 +299,7 @@ class Sink:
                 self._jobs.write(settled_line(item.request_id, item.handle, state))
             self._on_durable(item, person)
 
-    def _sync_files(
-        self, group: list[tuple[Outcome, int, int]], covered: tuple[int, int]
-    ) -> Group | None:
+    def _sync_files(self, group: list[_Pending], covered: tuple[int, int]) -> Group | None:
         """fsync the files; the group's rows for the store (None when nothing records)."""
         self._results.sync()
         self._errors.sync()
@@ -302,8 +310,9 @@ class Sink:
         contacts: list[OutcomeRow] = []
         calls: list[CallRow] = []
         settled: list[str] = []
+        lines: list[bytes] = []
         run_id, resent = self._run_id, self._resent
-        for item, offset, person in group:
+        for item, offset, person, line in group:
             rid = item.request_id
             if isinstance(item, Submitted):
                 pass  # its calls only: the contact's outcome comes with the job's result
@@ -313,6 +322,7 @@ class Sink:
                 else:
                     state = "retryable" if item.error.retryable else "permanent"
                 contacts.append((person, rid, state, run_id, offset))
+                lines.append(line)
                 if item.handle is not None:  # a job's outcome: its submit is settled
                     settled.append(rid)
             twice = int(rid in resent)
@@ -321,4 +331,4 @@ class Sink:
                     item.credits if outcome == "success" and isinstance(item, Success) else 0.0
                 )
                 calls.append((rid, run_id, number, sent, answered, status, outcome, credits, twice))
-        return Group(contacts, calls, settled, covered)
+        return Group(contacts, calls, settled, covered, lines if self._keep_lines else ())

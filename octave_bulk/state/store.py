@@ -67,12 +67,16 @@ class Group:
 
     ``settled_jobs``: requestIds of async jobs whose outcome is in the group (their submit is
     settled); ``covered``: how far the output's results and errors are durable now (bytes:
-    where the next start may resume indexing; a store without files may ignore it)."""
+    where the next start may resume indexing; a store without files may ignore it);
+    ``lines``: when the sink was asked to keep them (a store that holds the bodies: the shared
+    ledger), each outcome's line as written to the output (its JSON record; the secrets are
+    scrubbed by whoever stores it), in the order of ``outcomes``; else empty."""
 
     outcomes: Sequence[OutcomeRow]
     calls: Sequence[CallRow]
     settled_jobs: Sequence[str] = ()
     covered: tuple[int, int] = (0, 0)
+    lines: Sequence[bytes] = ()
 
 
 @dataclass(frozen=True, slots=True)

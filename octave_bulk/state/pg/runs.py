@@ -7,7 +7,7 @@ every run of the job and takes a hold in **one transaction** under a transaction
 advisory lock on the job, so two hosts never both hold the budget's last calls. The methods
 are synchronous (the store contract says why): a blocking connection of their own. A database
 error is a :class:`~octave_bulk.errors.StateError` naming the server, never the password.
-Series samples are not kept on the shared ledger (``octave-bulk report`` reads local runs).
+Series samples are not kept on the shared ledger (``report --job`` shows no series charts).
 """
 
 from __future__ import annotations

@@ -24,8 +24,13 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   its paid call is counted (paid twice) and nothing is overwritten. A database out of reach
   keeps the group (durable in the local output) for the next one; a run that ends with groups
   still unsettled says so (its claims are reaped later, outcomes unknown).
-- :attr:`PgStore.runs` is ``state/pg/runs.py``. The results' bodies stay in the run's local
-  NDJSON output (the sink writes it as for any store); the database holds states and counts.
+- The group's records settle with it: a success's record (its NDJSON line's JSON object) in
+  ``ob_contact.result``, a failure's in ``ob_contact.error`` (with its ``outcome``), the
+  secrets scrubbed (``state/pg/read.py``, :func:`stored_record`); a duplicate overwrites
+  neither. Each group settles under the job's shared settle lock, so that ``export --new``
+  can find a horizon no settle in progress is below (``state/pg/read.py``). The bodies are
+  dropped once the group is settled; the sink still writes the local NDJSON output.
+- :attr:`PgStore.runs` is ``state/pg/runs.py``.
 - Every error names the server by its URL without the password.
 """
 
@@ -49,6 +54,7 @@ from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
 from octave_bulk.state.pg.leases import WorkerLease, reap
+from octave_bulk.state.pg.read import SETTLING, stored_record
 from octave_bulk.state.pg.runs import PgRuns
 from octave_bulk.state.pg.schema import migrate
 from octave_bulk.state.store import FinishedRun, Group, StoreCounts
@@ -83,8 +89,8 @@ RETURNING claim_seq
 _SETTLE_GROUP = """
 WITH g AS (
     SELECT * FROM unnest(%(rids)s::text[], %(seqs)s::int[], %(outcomes)s::text[],
-                         %(persons)s::text[], %(paid)s::int[])
-             AS g(request_id, claim_seq, outcome, person_key, paid)
+                         %(persons)s::text[], %(paid)s::int[], %(records)s::text[])
+             AS g(request_id, claim_seq, outcome, person_key, paid, record)
 ), prev AS (
     SELECT g.*, CASE
         WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq AND c.state = 'claimed'
@@ -100,9 +106,12 @@ WITH g AS (
                      WHEN p.outcome = 'permanent' THEN 'failed' ELSE 'todo' END,
         holder = CASE WHEN p.settled = 'duplicate' THEN c.holder ELSE NULL END,
         person_key = CASE WHEN p.settled = 'duplicate' THEN c.person_key ELSE p.person_key END,
+        result = CASE WHEN p.settled <> 'duplicate' AND p.outcome = 'ok'
+                      THEN p.record::jsonb ELSE c.result END,
         error = CASE WHEN p.settled = 'duplicate' THEN c.error
                      WHEN p.outcome = 'ok' THEN NULL
-                     ELSE jsonb_build_object('outcome', p.outcome) END,
+                     ELSE coalesce(p.record::jsonb, '{}')
+                          || jsonb_build_object('outcome', p.outcome) END,
         settled_seq = CASE WHEN p.settled = 'duplicate' THEN c.settled_seq
                            ELSE nextval('ob_settled_seq') END,
         settled_at = CASE WHEN p.settled = 'duplicate' THEN c.settled_at
@@ -185,7 +194,7 @@ class PgView:
         return self.persons.get(person)
 
     def result_contacts(self, positions: Collection[int]) -> dict[int, dict[str, Any]]:
-        return {}  # the contacts' bodies are not kept on the shared ledger
+        return {}  # results are in ob_contact, but not read back at start: no guard samples
 
     def counts(self) -> StoreCounts:
         return StoreCounts(
@@ -277,6 +286,7 @@ class PgStore:
         for call in group.calls:
             if call[5] == 200:
                 paid[call[0]] = paid.get(call[0], 0) + 1
+        records: list[str | None] = [stored_record(line) for line in group.lines]
         params = {
             "job": self.job,
             "worker": self.worker,
@@ -285,6 +295,7 @@ class PgStore:
             "outcomes": [row[2] for row in outcomes],
             "persons": [str(row[0]) for row in outcomes],
             "paid": [paid.get(row[1], 0) for row in outcomes],
+            "records": records or [None] * len(outcomes),
             "call_rids": [call[0] for call in group.calls],
             "call_outcomes": [call[6] for call in group.calls],
             "call_statuses": [call[5] for call in group.calls],
@@ -314,7 +325,9 @@ class PgStore:
         while self.unsettled:
             try:
                 conn = await self.connection("records")
-                await conn.execute(_SETTLE_GROUP, self.unsettled[0])
+                async with conn.pipeline(), conn.transaction():  # one round trip
+                    await conn.execute(SETTLING, {"job": self.job})
+                    await conn.execute(_SETTLE_GROUP, self.unsettled[0])
             except (psycopg.Error, StateError) as exc:
                 log_event(
                     "ledger_not_updated",
