@@ -67,12 +67,15 @@ class Group:
 
     ``settled_jobs``: requestIds of async jobs whose outcome is in the group (their submit is
     settled); ``covered``: how far the output's results and errors are durable now (bytes:
-    where the next start may resume indexing; a store without files may ignore it)."""
+    where the next start may resume indexing; a store without files may ignore it);
+    ``submitted``: the async jobs whose submit is in the group, their handles durable in the
+    output's jobs file (a shared ledger commits them with the claims' move to submitted)."""
 
     outcomes: Sequence[OutcomeRow]
     calls: Sequence[CallRow]
     settled_jobs: Sequence[str] = ()
     covered: tuple[int, int] = (0, 0)
+    submitted: Sequence[PendingJob] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,10 +48,11 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
+from octave_bulk.state.pg.handles import adopt, submit_statement
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.runs import PgRuns
 from octave_bulk.state.pg.schema import migrate
-from octave_bulk.state.store import FinishedRun, Group, StoreCounts
+from octave_bulk.state.store import CallRow, FinishedRun, Group, StoreCounts
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
@@ -79,8 +80,8 @@ WITH g AS (
              AS g(request_id, claim_seq, outcome, person_key, paid)
 ), prev AS (
     SELECT g.*, CASE
-        WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq AND c.state = 'claimed'
-            THEN 'first'
+        WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq
+             AND c.state IN ('claimed', 'submitted') THEN 'first'
         WHEN g.outcome = 'ok' AND c.state <> 'done' THEN 'late'
         ELSE 'duplicate' END AS settled
     FROM ob_contact c JOIN g ON c.job = %(job)s AND c.request_id = g.request_id
@@ -150,6 +151,7 @@ class PgView:
         self.outcome_unknown: list[str] = []  # reaped claims are to do again, not carried
         self.awaiting: frozenset[str] = frozenset()
         self.lost_jobs: frozenset[str] = frozenset()
+        self.jobs: list[PendingJob] = []  # submitted contacts this worker polls (handles.py)
 
     def _follow(self, key: int, state: str, person: str | None, position: int) -> None:
         if state == "done":
@@ -188,7 +190,7 @@ class PgView:
         )
 
     def awaited_jobs(self) -> Sequence[PendingJob]:
-        return []
+        return self.jobs
 
 
 class PgClaims:
@@ -245,7 +247,7 @@ class PgStore:
         self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
         self.view: PgView | None = None
-        self.unsettled: list[dict[str, Any]] = []  # groups the database did not take yet
+        self.unsettled: list[tuple[str, dict[str, Any]]] = []  # statements not taken yet
 
     @property
     def runs(self) -> PgRuns:
@@ -260,17 +262,30 @@ class PgStore:
             (self.job,),
         )
         self.view = PgView(await cur.fetchall())
+        adopted = await adopt(conn, self.job, self.worker)  # left or dead workers' handles
+        self.claim_seq.update((job.request_id, seq) for job, seq in adopted)
+        self.view.jobs = [job for job, _ in adopted]
+        self.view.awaiting = frozenset(job.request_id for job in self.view.jobs)
         return self.view
 
     def claims(self, carry: Collection[str]) -> PgClaims:
         return PgClaims(self)
 
     async def record(self, group: Group) -> None:
+        calls: Sequence[CallRow] = group.calls
+        if group.submitted:  # handles first: committed with the claims' move to submitted
+            rids = {job.request_id for job in group.submitted}
+            submits = [call for call in calls if call[0] in rids]
+            calls = [call for call in calls if call[0] not in rids]
+            self.unsettled.append(
+                submit_statement(self.job, self.worker, group.submitted, self.claim_seq, submits)
+            )
         outcomes = group.outcomes
         if not outcomes:
+            await self._settle_unsettled()
             return
         paid: dict[str, int] = {}
-        for call in group.calls:
+        for call in calls:
             if call[5] == 200:
                 paid[call[0]] = paid.get(call[0], 0) + 1
         params = {
@@ -281,12 +296,12 @@ class PgStore:
             "outcomes": [row[2] for row in outcomes],
             "persons": [str(row[0]) for row in outcomes],
             "paid": [paid.get(row[1], 0) for row in outcomes],
-            "call_rids": [call[0] for call in group.calls],
-            "call_outcomes": [call[6] for call in group.calls],
-            "call_statuses": [call[5] for call in group.calls],
-            "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in group.calls],
+            "call_rids": [call[0] for call in calls],
+            "call_outcomes": [call[6] for call in calls],
+            "call_statuses": [call[5] for call in calls],
+            "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in calls],
         }
-        self.unsettled.append(params)
+        self.unsettled.append((_SETTLE_GROUP, params))
         await self._settle_unsettled()
         view = self.view
         if view is not None:
@@ -310,7 +325,7 @@ class PgStore:
         while self.unsettled:
             try:
                 conn = await self.connection("records")
-                await conn.execute(_SETTLE_GROUP, self.unsettled[0])
+                await conn.execute(*self.unsettled[0])
             except (psycopg.Error, StateError) as exc:
                 log_event(
                     "ledger_not_updated",
@@ -358,13 +373,11 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
     """The store factory of ``--ledger postgresql://…`` (see the module docstring).
 
     Raises:
-        ConfigError: no shared ledger URL in the settings, or async mode (not built yet).
+        ConfigError: no shared ledger URL in the settings.
         StateError: the server cannot be reached, or the job runs another agent.
     """
     if settings.ledger_url is None:
         raise ConfigError("--ledger: no postgresql:// URL given")
-    if settings.mode == "async":
-        raise ConfigError("--mode async with a shared ledger is not available yet: use sync")
     url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
     job = job_name(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
