@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -145,8 +148,12 @@ def _wait(what: str, ready: Any, timeout: float = 120) -> None:
 
 
 def _paid_in_ledger(db_url: str) -> int:
+    """The paid calls the shared ledger holds (0 before a run made its tables)."""
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT coalesce(sum(paid_calls), 0) FROM ob_contact").fetchone()
+        try:
+            row = conn.execute("SELECT coalesce(sum(paid_calls), 0) FROM ob_contact").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
     return int(row[0]) if row else 0
 
 
@@ -224,3 +231,49 @@ def _ledger_counts(db_url: str) -> dict[str, int]:
         ).fetchone()
     assert row is not None
     return {"done": int(row[0]), "paid": int(row[1]), "unknown": int(row[2])}
+
+
+async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_and_settles_it(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=parse_latency("5s"))
+    write_contacts(tmp_path / "b.csv", 3)
+    theirs = write_contacts(tmp_path / "a.csv", 3, start=100)
+    port = _free_port()
+    listening = {
+        "callback_url": f"http://127.0.0.1:{port}/octave",
+        "callback_listen": f"127.0.0.1:{port}",
+    }
+    settings = sim_settings(sim.url, ledger=db_url, **FAST_POLLS)
+    # Run B listens for callbacks; its own jobs keep it running for 5 s.
+    b_out = tmp_path / "b.ndjson"
+    running = asyncio.create_task(
+        run_batch(tmp_path / "b.csv", b_out, settings.model_copy(update=listening))
+    )
+    committed = functools.partial(_wait, "B's submits", lambda: _paid_in_ledger(db_url) >= 3)
+    await asyncio.to_thread(committed)  # B has started, and committed its submits
+    # Run A submits three jobs and leaves without polling them (B started before: it does not
+    # poll them either).
+    a_settings = settings.model_copy(update={"detach": True})
+    await run_batch(tmp_path / "a.csv", tmp_path / "a.ndjson", a_settings)
+    handles = {rid: handle for rid, (_, _, handle) in _ledger(db_url).items() if rid in theirs}
+    token = side(b_out, ".callback-token").read_text().strip()
+    async with httpx.AsyncClient() as client:  # the callbacks Octave would send to B
+        for handle in [*handles.values(), "asyncReqID_forged"]:
+            answer = await client.post(
+                f"http://127.0.0.1:{port}/octave/{token}", json={"requestId": handle}
+            )
+            assert answer.status_code == 200
+    summary = await running
+    assert summary["exit_code"] == 0, summary
+    results = {line["requestId"]: line["asyncHandle"] for line in read_lines(b_out)}
+    assert {rid: results[rid] for rid in theirs} == handles  # B polled A's jobs: done by B
+    assert all(_ledger(db_url)[rid][0] == "done" for rid in results)
+    assert _submits(sim) == 6 and "asyncReqID_forged" not in results.values()
+    assert summary["async_jobs"]["callbacks"]["received"] >= 4
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -54,7 +54,7 @@ from octave_bulk.state.jobs import PendingJob
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.sink import Failure, Sink, Submitted, Success
-from octave_bulk.state.store import Claims, Store, StoreView
+from octave_bulk.state.store import Claims, Store, StoreView, TakesOverJobs
 
 __all__ = ["BatchRun"]
 
@@ -236,6 +236,8 @@ class BatchRun:
         )
         if receiver is not None:
             receiver.jobs = jobs
+            if isinstance(store, TakesOverJobs):  # a shared ledger: other runs' jobs too
+                receiver.adopt = store.adopt_job
         submit = jobs if settings.mode == "async" else None
         worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
         recorded = store.runs if settings.series else None

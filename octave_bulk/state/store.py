@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from octave_bulk.state.rows import CallRow, OutcomeRow
 
@@ -58,6 +58,7 @@ __all__ = [
     "StoreCounts",
     "StoreFactory",
     "StoreView",
+    "TakesOverJobs",
 ]
 
 
@@ -235,6 +236,16 @@ class Store(Protocol):
 
     async def finish(self, run: FinishedRun) -> None:
         """The run ended: what the next start needs (never worth the run)."""
+        ...
+
+
+@runtime_checkable
+class TakesOverJobs(Protocol):
+    """A store shared by several runs at once (the shared ledger): a callback may name an async
+    job another run submitted and no live run polls (it left, or died)."""
+
+    async def adopt_job(self, handle: str) -> PendingJob | None:
+        """The job of ``handle``, now this run's to poll; None when it is not such a job."""
         ...
 
 

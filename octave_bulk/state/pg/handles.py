@@ -16,8 +16,8 @@ Contract (docs/scale-out.md, "Async mode on several hosts"):
   (it left, or died and was reaped): this worker polls them from now on, holding them, so two
   live workers never poll one handle. One statement; concurrent adopters skip each other's
   rows. Polling is free, so a dead worker's submits cost nothing again.
-- :func:`is_awaited` says whether a handle belongs to a job's submitted contact (a callback
-  naming any other handle is ignored).
+- :func:`adopt` with a ``handle``: the same for that one handle only (a callback named it);
+  a handle that is not a submitted contact's, or that a live worker holds, gives nothing.
 
 A job's outcome is settled by the store's group statement, as a sync call's (the holder and
 claim sequence the adoption returned make it this worker's).
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from octave_bulk.state.pg.dsn import PgConnection
     from octave_bulk.state.rows import CallRow
 
-__all__ = ["SUBMIT_GROUP", "adopt", "is_awaited", "submit_statement"]
+__all__ = ["SUBMIT_GROUP", "adopt", "submit_statement"]
 
 SUBMIT_GROUP = """
 WITH g AS (
@@ -78,6 +78,7 @@ WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = '
 orphans AS (
     SELECT c.job, c.request_id FROM ob_contact c
     WHERE c.job = %(job)s AND c.state = 'submitted' AND EXISTS (SELECT 1 FROM me)
+      AND (%(handle)s::text IS NULL OR c.handle = %(handle)s)
       AND (c.holder IS NULL OR NOT EXISTS (
           SELECT 1 FROM ob_worker w WHERE w.worker = c.holder AND w.state = 'live'))
     FOR UPDATE OF c SKIP LOCKED
@@ -117,10 +118,13 @@ def submit_statement(
     return SUBMIT_GROUP, params
 
 
-async def adopt(conn: PgConnection, job: str, worker: str) -> list[tuple[PendingJob, int]]:
-    """Take over the job's submitted contacts no live worker holds; returns each job to poll
-    with the claim sequence it was submitted under, in submit order."""
-    cur = await conn.execute(_ADOPT, {"job": job, "worker": worker})
+async def adopt(
+    conn: PgConnection, job: str, worker: str, handle: str | None = None
+) -> list[tuple[PendingJob, int]]:
+    """Take over the job's submitted contacts no live worker holds (only the one with
+    ``handle``, when given); returns each job to poll with the claim sequence it was
+    submitted under, in submit order."""
+    cur = await conn.execute(_ADOPT, {"job": job, "worker": worker, "handle": handle})
     rows, now = await cur.fetchall(), time.time()
     jobs = [
         (PendingJob(rid, handle, contact or {}, float(at or now)), int(seq))
@@ -128,12 +132,3 @@ async def adopt(conn: PgConnection, job: str, worker: str) -> list[tuple[Pending
         if handle
     ]
     return sorted(jobs, key=lambda pair: pair[0].submitted_at)
-
-
-async def is_awaited(conn: PgConnection, job: str, handle: str) -> bool:
-    """Whether ``handle`` is the handle of one of the job's submitted contacts."""
-    cur = await conn.execute(
-        "SELECT 1 FROM ob_contact WHERE job = %s AND handle = %s AND state = 'submitted'",
-        (job, handle),
-    )
-    return await cur.fetchone() is not None

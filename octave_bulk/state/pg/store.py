@@ -309,6 +309,21 @@ class PgStore:
                 done = "done" if state == "ok" else "failed" if state == "permanent" else "todo"
                 view._follow(id_key(request_id), done, str(person), 0)
 
+    async def adopt_job(self, handle: str) -> PendingJob | None:
+        """The job of ``handle`` (a callback named it), taken over to be polled by this run
+        when it is a submitted contact no live worker holds (``state/pg/handles.py``); None
+        for any other handle (a forged one, one a live worker polls) or the database out of
+        reach."""
+        try:
+            conn = await self.connection("records")
+            adopted = await adopt(conn, self.job, self.worker, handle)
+        except (psycopg.Error, StateError):
+            return None
+        for job, seq in adopted:
+            self.claim_seq[job.request_id] = seq
+            return job
+        return None
+
     async def connection(self, purpose: str) -> PgConnection:
         """The connection for ``claims`` or ``records``, opened again when the last one broke
         (a server restarted); raises :class:`StateError` while the server is out of reach."""
