@@ -27,8 +27,13 @@ import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
+from octave_bulk.errors import ClaimRefused
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_latency
+from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.pg.store import open_pg_store
+from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, sim_settings, write_contacts
 from tests.pgserver import PgServer
@@ -119,6 +124,31 @@ async def test_a_handle_submitted_by_a_run_that_left_is_polled_by_the_next_and_e
     assert sorted(emails) == sorted(f"p{n}@example.com" for n in range(30))  # each once
 
 
+async def test_a_submitted_contact_is_claimed_by_nobody_and_polled_by_the_next_run(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = sim_settings("http://127.0.0.1:9", ledger=db_url, mode="async")
+    paths = OutputPaths.for_output(tmp_path / "a.ndjson")
+    job = PendingJob("c-1", "asyncReqID_1", {"email": "p1@example.com"}, time.time())
+    submit = ("c-1", "r1", 1, 1.0, 2.0, 200, "submitted", 0.0, 0)
+    async with open_pg_store(paths, settings) as first:
+        await first.load()
+        await first.claims(()).claim("c-1")
+        await first.record(Group([], [submit], submitted=[job]))
+        assert _ledger(db_url) == {"c-1": ("submitted", 1, "asyncReqID_1")}
+        async with open_pg_store(paths, settings) as second:
+            assert not (await second.load()).awaited_jobs()  # the first run, live, polls it
+            with pytest.raises(ClaimRefused):  # never submitted again, by anyone
+                await second.claims(()).claim("c-1")
+    # The first run left with its job pending: the next run polls it, and its answer settles.
+    async with open_pg_store(paths, settings) as third:
+        view = await third.load()
+        assert list(view.awaited_jobs()) == [job] and view.awaiting == {"c-1"}
+        await third.record(Group([(7, "c-1", "ok", "r3", 0)], [], settled_jobs=["c-1"]))
+    assert _ledger(db_url) == {"c-1": ("done", 1, "asyncReqID_1")}
+    assert _ledger_counts(db_url) == {"done": 1, "paid": 1, "unknown": 0, "late": 0}
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -201,6 +231,7 @@ def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_
         run.wait()
         left = {h: rid for rid, (state, _, h) in _ledger(db_url).items() if state == "submitted"}
         assert left, out.with_suffix(".log").read_text(errors="replace")[-3000:]
+        print(f"kill {kill}: {_submits(sim)} submitted, {len(left)} awaited at the kill")
         left_at_kill.append({h: rid for h, rid in left.items() if h is not None})
         _wait("the killed run's lease to run out", lambda: _leases_out(db_url))
     last = tmp_path / "last.ndjson"
@@ -210,7 +241,7 @@ def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_
     assert final.returncode == 0, log[-3000:]
     # 0 extra paid: one submit per contact in all, however many runs were killed.
     assert sim.stats()["calls"] == dict.fromkeys(rids, 1) and _submits(sim) == 100
-    assert _ledger_counts(db_url) == {"done": 100, "paid": 100, "unknown": 0}
+    assert _ledger_counts(db_url) == {"done": 100, "paid": 100, "unknown": 0, "late": 0}
     outs = [tmp_path / f"killed-{kill}.ndjson" for kill in range(3)] + [last]
     written = {
         line["asyncHandle"]: (n, line["requestId"])
@@ -226,11 +257,11 @@ def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_
 def _ledger_counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE state = 'done'), sum(paid_calls), sum(outcome_unknown)"
-            " FROM ob_contact"
+            "SELECT count(*) FILTER (WHERE state = 'done'), sum(paid_calls), sum(outcome_unknown),"
+            " sum(late_answers) FROM ob_contact"
         ).fetchone()
     assert row is not None
-    return {"done": int(row[0]), "paid": int(row[1]), "unknown": int(row[2])}
+    return {"done": row[0], "paid": row[1], "unknown": row[2], "late": row[3]}
 
 
 async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_and_settles_it(
