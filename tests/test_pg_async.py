@@ -25,6 +25,7 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from octave_bulk.cli import cli
 from octave_bulk.errors import ClaimRefused
@@ -80,6 +81,36 @@ async def test_two_async_runs_at_once_submit_each_contact_once_and_settle_it_onc
     assert third["exit_code"] == 0 and third["counts"]["skipped_done"] == 60
     assert _submits(sim) == 60 and sim.stats()["totals"]["status_polls"] == polls
     assert all(pg.password not in text for text in _texts(tmp_path))
+    assert TEST_KEY not in _database_text(db_url)  # the key is in no row either
+
+
+def _database_text(db_url: str) -> str:
+    """Every row of the shared ledger's tables, as text."""
+    with psycopg.connect(db_url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'ob\\_%'"
+        ).fetchall()
+        return "\n".join(
+            str(
+                conn.execute(
+                    sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(table))
+                ).fetchall()
+            )
+            for (table,) in tables
+        )
+
+
+async def test_a_budget_holds_async_submits_across_runs_on_the_shared_ledger(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=parse_latency("100ms"))
+    write_contacts(tmp_path / "in.csv", 30)
+    settings = sim_settings(sim.url, ledger=db_url, budget="12/day", concurrency=4, **FAST_POLLS)
+    first = await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert first["stop_reason"] == "budget" and first["async_jobs"]["submitted"] == 12
+    second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
+    assert second["stop_reason"] == "budget" and second["async_jobs"]["submitted"] == 0
+    assert _submits(sim) == 12 and len(read_lines(tmp_path / "a.ndjson")) == 12
 
 
 def _texts(folder: Path) -> list[str]:

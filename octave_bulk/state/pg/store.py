@@ -323,10 +323,11 @@ class PgStore:
             adopted = await adopt(conn, self.job, self.worker, handle)
         except (psycopg.Error, StateError):
             return None
-        for job, seq in adopted:
-            self.claim_seq[job.request_id] = seq
-            return job
-        return None
+        if not adopted:
+            return None
+        job, seq = adopted[0]
+        self.claim_seq[job.request_id] = seq
+        return job
 
     async def connection(self, purpose: str) -> PgConnection:
         """The connection for ``claims`` or ``records``, opened again when the last one broke
