@@ -285,6 +285,36 @@ def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_
         assert all(written[h][0] > kill for h in left)
 
 
+@pytest.mark.slow
+def test_a_run_polls_the_handles_of_a_run_killed_beside_it_once_its_lease_ran_out(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=parse_latency("3s:0.1"))
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    config = tmp_path / "async.toml"
+    config.write_text(
+        "max_pending = 20\nfsync_interval = 0.05\npoll_interval_min = 0.1\n"
+        "poll_interval_max = 0.5\n"
+    )
+    killed = _start(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, config)
+    beside = _start(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, config)
+    _wait("both runs paused after their submits", lambda: _paused(sim, db_url, 20))
+    killed.kill()
+    killed.wait()
+    left = {h: rid for rid, (state, _, h) in _ledger(db_url).items() if state == "submitted"}
+    beside.wait(timeout=240)
+    log = tmp_path.joinpath("b.log").read_text(errors="replace")
+    assert beside.returncode == 0, log[-3000:]
+    # The run beside it took the killed run's jobs over (once its lease ran out) and polled
+    # them: every contact done by the two runs, each submitted once.
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1) and _submits(sim) == 120
+    assert {state for state, _, _ in _ledger(db_url).values()} == {"done"}
+    results = {line["asyncHandle"]: line["requestId"] for line in read_lines(tmp_path / "b.ndjson")}
+    theirs = {line["handle"] for line in read_lines(side(tmp_path / "a.ndjson", ".jobs.ndjson"))}
+    killed_jobs = {h: rid for h, rid in left.items() if h in theirs}
+    assert killed_jobs and all(results.get(h) == rid for h, rid in killed_jobs.items())
+
+
 def _ledger_counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(

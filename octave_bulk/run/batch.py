@@ -260,6 +260,8 @@ class BatchRun:
                 helpers.start_soon(series.run)
                 if handle_signals:
                     helpers.start_soon(control.watch_signals)
+                if jobs is not None and not settings.detach and isinstance(store, TakesOverJobs):
+                    helpers.start_soon(store.watch_jobs, jobs.add)  # of runs that die meanwhile
                 async with anyio.create_task_group() as pipeline:
                     pipeline.start_soon(sink.run)
                     with control.dispatch_scope:

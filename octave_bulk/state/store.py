@@ -241,11 +241,17 @@ class Store(Protocol):
 
 @runtime_checkable
 class TakesOverJobs(Protocol):
-    """A store shared by several runs at once (the shared ledger): a callback may name an async
-    job another run submitted and no live run polls (it left, or died)."""
+    """A store shared by several runs at once (the shared ledger): async jobs another run
+    submitted may be left to nobody while this run goes on (that run left, or died)."""
 
     async def adopt_job(self, handle: str) -> PendingJob | None:
-        """The job of ``handle``, now this run's to poll; None when it is not such a job."""
+        """The job of ``handle`` (a callback named it), now this run's to poll; None when it is
+        not a job that nobody polls."""
+        ...
+
+    async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
+        """Until cancelled: hand ``add`` each job left to nobody (its run died or left), now
+        this run's to poll."""
         ...
 
 

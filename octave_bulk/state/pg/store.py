@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -246,7 +246,7 @@ class PgStore:
     ) -> None:
         self.url, self.job, self.lease = url, job, lease
         self.worker = lease.worker
-        self.conns = conns  # "claims", "records": one each, so a claim never waits on a group
+        self.conns = conns  # "claims", "records", "watch": one each, none waits on another
         self.history = runs
         self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
@@ -329,11 +329,30 @@ class PgStore:
         self.claim_seq[job.request_id] = seq
         return job
 
+    async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
+        """Until cancelled, every quarter lease: reap the workers silent for longer than their
+        lease and take over the submitted contacts no live worker holds, handing each job to
+        ``add`` (the run's poller). On a connection of its own: a reap is a transaction."""
+        while True:
+            await anyio.sleep(self.lease.lease / 4)
+            try:
+                conn = await self.connection("watch")
+                await reap(conn)
+                adopted = await adopt(conn, self.job, self.worker)
+            except (psycopg.Error, StateError):
+                continue  # out of reach: the next beat tries again
+            for job, seq in adopted:
+                self.claim_seq[job.request_id] = seq
+                add(job)
+
     async def connection(self, purpose: str) -> PgConnection:
-        """The connection for ``claims`` or ``records``, opened again when the last one broke
-        (a server restarted); raises :class:`StateError` while the server is out of reach."""
-        conn = self.conns[purpose]
-        if conn.broken or conn.closed:
+        """The connection for ``claims``, ``records`` or ``watch``, opened when there is none
+        or the last one broke (a server restarted); raises :class:`StateError` while the
+        server is out of reach."""
+        conn = self.conns.get(purpose)
+        if conn is None:
+            conn = self.conns[purpose] = await connect(self.url)
+        elif conn.broken or conn.closed:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
             conn = self.conns[purpose] = await connect(self.url)
