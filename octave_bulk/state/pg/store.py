@@ -27,7 +27,8 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
 - Async mode (``state/pg/handles.py``): a group's accepted submits are committed with their
   claims' move to ``submitted`` before the group's outcomes; :meth:`PgStore.load` takes over
   the submitted contacts no live worker holds (the view's :meth:`PgView.awaited_jobs`: polled,
-  never submitted again), and :meth:`PgStore.adopt_job` one that a callback names.
+  never submitted again), :meth:`PgStore.watch_jobs` those of workers that die while the run
+  polls, and :meth:`PgStore.adopt_job` one that a callback names.
 - :attr:`PgStore.runs` is ``state/pg/runs.py``. The results' bodies stay in the run's local
   NDJSON output (the sink writes it as for any store); the database holds states and counts.
 - Every error names the server by its URL without the password.
