@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from octave_bulk.errors import ClaimRefused, ConfigError
+from octave_bulk.errors import ClaimRefused
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, parse_rate_limit
 from octave_bulk.state.paths import OutputPaths
@@ -101,17 +101,6 @@ async def test_a_budget_is_held_across_runs_on_the_shared_ledger(
     second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
     assert second["stop_reason"] == "budget" and second["paid_calls"] == 0
     assert sum(sim.stats()["successes"].values()) == 12
-
-
-async def test_async_mode_on_the_shared_ledger_is_refused_before_any_call(
-    make_sim: Any, tmp_path: Path, db_url: str
-) -> None:
-    sim = make_sim()
-    write_contacts(tmp_path / "in.csv", 5)
-    settings = sim_settings(sim.url, ledger=db_url, mode="async")
-    with pytest.raises(ConfigError, match="async"):
-        await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
-    assert sim.stats()["totals"].get("calls", 0) == 0
 
 
 def _run(

@@ -56,7 +56,7 @@ from octave_bulk.state.jobs import PendingJob
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.sink import Failure, Sink, Submitted, Success
-from octave_bulk.state.store import Claims, Store, StoreView
+from octave_bulk.state.store import Claims, Store, StoreView, TakesOverJobs
 
 __all__ = ["BatchRun", "Feed", "WorkSource"]
 
@@ -246,6 +246,8 @@ class BatchRun:
         )
         if receiver is not None:
             receiver.jobs = jobs
+            if isinstance(store, TakesOverJobs):  # a shared ledger: other runs' jobs too
+                receiver.adopt = store.adopt_job
         submit = jobs if settings.mode == "async" else None
         worker = Worker(settings, self.stats, control, client, limiter, slots, submit)
         recorded = store.runs if settings.series else None
@@ -268,6 +270,8 @@ class BatchRun:
                 helpers.start_soon(series.run)
                 if handle_signals:
                     helpers.start_soon(control.watch_signals)
+                if jobs is not None and not settings.detach and isinstance(store, TakesOverJobs):
+                    helpers.start_soon(store.watch_jobs, jobs.add)  # of runs that die meanwhile
                 async with anyio.create_task_group() as pipeline:
                     pipeline.start_soon(sink.run)
                     with control.dispatch_scope:

@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from octave_bulk.redact import register_secret
 from octave_bulk.run.jobs import Jobs
 from octave_bulk.run.summary import RunStats
 from octave_bulk.state.files import open_private, write_atomic
+from octave_bulk.state.jobs import PendingJob
 
 __all__ = ["MAX_BODY", "MAX_CONNECTIONS", "READ_TIMEOUT", "CallbackReceiver", "load_token"]
 
@@ -98,7 +100,9 @@ class CallbackReceiver:
         handle_fields: the names a job handle may go by (``async_handle_fields``).
 
     ``jobs`` is the poller each hint goes to (set once it exists; a callback before that is
-    answered and ignored).
+    answered and ignored). ``adopt`` (a shared ledger's store, ``TakesOverJobs.adopt_job``)
+    takes over a job this run does not await when the database has it submitted and no
+    live run polls it: a forged handle is not in the database, and gives nothing.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class CallbackReceiver:
         self._token = token.encode()
         self.stats = stats
         self.jobs: Jobs | None = None
+        self.adopt: Callable[[str], Awaitable[PendingJob | None]] | None = None
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -217,8 +222,13 @@ class CallbackReceiver:
             _handle(inner, names) if isinstance(inner, dict) else None
         )
         self.stats.callbacks += 1
-        if handle is not None and self.jobs is not None:
-            self.jobs.hint(handle)  # polled now: the poll's answer is the outcome
+        jobs = self.jobs
+        if handle is not None and jobs is not None:
+            if self.adopt is not None and not jobs.awaits(handle):  # another run's job?
+                adopted = await self.adopt(handle)
+                if adopted is not None:
+                    jobs.add(adopted)
+            jobs.hint(handle)  # polled now: the poll's answer is the outcome
         return web.json_response({"ok": True})
 
     def _refuse(self, status: int, why: str) -> web.Response:

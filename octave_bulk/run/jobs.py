@@ -144,6 +144,10 @@ class Jobs:
                 if due < live.due:
                     self._push(live, due)
 
+    def awaits(self, handle: str) -> bool:
+        """Whether a job with this handle is awaited in this run."""
+        return bool(self._by_handle.get(handle))
+
     def close(self) -> None:
         """No more jobs will be added: :meth:`run` returns once the last one is settled."""
         self._open = False

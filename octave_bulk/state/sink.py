@@ -311,11 +311,12 @@ class Sink:
         calls: list[CallRow] = []
         settled: list[str] = []
         lines: list[bytes] = []
+        submitted: list[PendingJob] = []
         run_id, resent = self._run_id, self._resent
         for item, offset, person, line in group:
             rid = item.request_id
-            if isinstance(item, Submitted):
-                pass  # its calls only: the contact's outcome comes with the job's result
+            if isinstance(item, Submitted):  # its handle and calls; its outcome comes later
+                submitted.append(item.job)
             else:
                 if isinstance(item, Success):
                     state = "ok"
@@ -331,4 +332,11 @@ class Sink:
                     item.credits if outcome == "success" and isinstance(item, Success) else 0.0
                 )
                 calls.append((rid, run_id, number, sent, answered, status, outcome, credits, twice))
-        return Group(contacts, calls, settled, covered, lines if self._keep_lines else ())
+        return Group(
+            contacts,
+            calls,
+            settled,
+            covered,
+            lines=lines if self._keep_lines else (),
+            submitted=submitted,
+        )

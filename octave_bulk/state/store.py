@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from octave_bulk.state.rows import CallRow, OutcomeRow
 
@@ -58,6 +58,7 @@ __all__ = [
     "StoreCounts",
     "StoreFactory",
     "StoreView",
+    "TakesOverJobs",
 ]
 
 
@@ -70,13 +71,16 @@ class Group:
     where the next start may resume indexing; a store without files may ignore it);
     ``lines``: when the sink was asked to keep them (a store that holds the bodies: the shared
     ledger), each outcome's line as written to the output (its JSON record; the secrets are
-    scrubbed by whoever stores it), in the order of ``outcomes``; else empty."""
+    scrubbed by whoever stores it), in the order of ``outcomes``; else empty.
+    ``submitted``: the async jobs whose submit is in the group, their handles durable in the
+    output's jobs file (a shared ledger commits them with the claims' move to submitted)."""
 
     outcomes: Sequence[OutcomeRow]
     calls: Sequence[CallRow]
     settled_jobs: Sequence[str] = ()
     covered: tuple[int, int] = (0, 0)
     lines: Sequence[bytes] = ()
+    submitted: Sequence[PendingJob] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +240,22 @@ class Store(Protocol):
 
     async def finish(self, run: FinishedRun) -> None:
         """The run ended: what the next start needs (never worth the run)."""
+        ...
+
+
+@runtime_checkable
+class TakesOverJobs(Protocol):
+    """A store shared by several runs at once (the shared ledger): async jobs another run
+    submitted may be left to nobody while this run goes on (that run left, or died)."""
+
+    async def adopt_job(self, handle: str) -> PendingJob | None:
+        """The job of ``handle`` (a callback named it), now this run's to poll; None when it is
+        not a job that nobody polls."""
+        ...
+
+    async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
+        """Until cancelled: hand ``add`` each job left to nobody (its run died or left), now
+        this run's to poll."""
         ...
 
 

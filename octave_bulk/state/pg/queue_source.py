@@ -154,7 +154,7 @@ class QueueSource:
     def _unrecorded(self) -> set[str]:
         """Contacts this worker sent whose outcomes the ledger has not taken yet."""
         store = self.store
-        waiting = {rid for group in store.unsettled for rid in group["rids"]}
+        waiting = {rid for _, params in store.unsettled for rid in params["rids"]}
         return waiting | set(store.claim_seq)
 
     async def _unreachable(self, exc: Exception) -> None:

@@ -155,6 +155,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS record jsonb;
         """,
     ),
+    (
+        "async jobs across workers: a submitted contact's contact and submit time",
+        """
+        ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS job_contact jsonb;
+        ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS submitted_at double precision;
+        CREATE INDEX IF NOT EXISTS ob_contact_submitted ON ob_contact (job)
+            WHERE state = 'submitted';
+        """,
+    ),
 )
 """(description, SQL) per version, version = position + 1. Append only: never edit one."""
 

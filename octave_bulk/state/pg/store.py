@@ -30,6 +30,11 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   neither. Each group settles under the job's shared settle lock, so that ``export --new``
   can find a horizon no settle in progress is below (``state/pg/read.py``). The bodies are
   dropped once the group is settled; the sink still writes the local NDJSON output.
+- Async mode (``state/pg/handles.py``): a group's accepted submits are committed with their
+  claims' move to ``submitted`` before the group's outcomes; :meth:`PgStore.load` takes over
+  the submitted contacts no live worker holds (the view's :meth:`PgView.awaited_jobs`: polled,
+  never submitted again), :meth:`PgStore.watch_jobs` those of workers that die while the run
+  polls, and :meth:`PgStore.adopt_job` one that a callback names.
 - :attr:`PgStore.runs` is ``state/pg/runs.py``.
 - Every error names the server by its URL without the password.
 """
@@ -42,7 +47,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -53,11 +58,12 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
+from octave_bulk.state.pg.handles import adopt, submit_statement
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.read import SETTLING, stored_record
 from octave_bulk.state.pg.runs import PgRuns
 from octave_bulk.state.pg.schema import migrate
-from octave_bulk.state.store import FinishedRun, Group, StoreCounts
+from octave_bulk.state.store import CallRow, FinishedRun, Group, StoreCounts
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
@@ -93,8 +99,8 @@ WITH g AS (
              AS g(request_id, claim_seq, outcome, person_key, paid, record)
 ), prev AS (
     SELECT g.*, CASE
-        WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq AND c.state = 'claimed'
-            THEN 'first'
+        WHEN c.holder = %(worker)s AND c.claim_seq = g.claim_seq
+             AND c.state IN ('claimed', 'submitted') THEN 'first'
         WHEN g.outcome = 'ok' AND c.state <> 'done' THEN 'late'
         ELSE 'duplicate' END AS settled
     FROM ob_contact c JOIN g ON c.job = %(job)s AND c.request_id = g.request_id
@@ -167,6 +173,7 @@ class PgView:
         self.outcome_unknown: list[str] = []  # reaped claims are to do again, not carried
         self.awaiting: frozenset[str] = frozenset()
         self.lost_jobs: frozenset[str] = frozenset()
+        self.jobs: list[PendingJob] = []  # submitted contacts this worker polls (handles.py)
 
     def _follow(self, key: int, state: str, person: str | None, position: int) -> None:
         if state == "done":
@@ -205,7 +212,7 @@ class PgView:
         )
 
     def awaited_jobs(self) -> Sequence[PendingJob]:
-        return []
+        return self.jobs
 
 
 class PgClaims:
@@ -257,13 +264,13 @@ class PgStore:
     ) -> None:
         self.url, self.job, self.lease = url, job, lease
         self.worker = lease.worker
-        self.conns = conns  # "claims", "records", "queue" (claiming batches): one each, so a
-        # claim never waits on a group
+        self.conns = conns  # "claims", "records", "queue" (claiming batches), "watch": one
+        # each, so a claim never waits on a group
         self.history = runs
         self.claim_seq: dict[str, int] = {}  # requestId -> the claim sequence this worker holds
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
         self.view: PgView | None = None
-        self.unsettled: list[dict[str, Any]] = []  # groups the database did not take yet
+        self.unsettled: list[tuple[str, dict[str, Any]]] = []  # statements not taken yet
 
     @property
     def runs(self) -> PgRuns:
@@ -273,17 +280,30 @@ class PgStore:
         conn = await self.connection("records")
         await reap(conn)
         self.view = await read_view(conn, self.job)
+        adopted = await adopt(conn, self.job, self.worker)  # left or dead workers' handles
+        self.claim_seq.update((job.request_id, seq) for job, seq in adopted)
+        self.view.jobs = [job for job, _ in adopted]
+        self.view.awaiting = frozenset(job.request_id for job in self.view.jobs)
         return self.view
 
     def claims(self, carry: Collection[str]) -> PgClaims:
         return PgClaims(self)
 
     async def record(self, group: Group) -> None:
+        calls: Sequence[CallRow] = group.calls
+        if group.submitted:  # handles first: committed with the claims' move to submitted
+            rids = {job.request_id for job in group.submitted}
+            submits = [call for call in calls if call[0] in rids]
+            calls = [call for call in calls if call[0] not in rids]
+            self.unsettled.append(
+                submit_statement(self.job, self.worker, group.submitted, self.claim_seq, submits)
+            )
         outcomes = group.outcomes
         if not outcomes:
+            await self._settle_unsettled()
             return
         paid: dict[str, int] = {}
-        for call in group.calls:
+        for call in calls:
             if call[5] == 200:
                 paid[call[0]] = paid.get(call[0], 0) + 1
         records: list[str | None] = [stored_record(line) for line in group.lines]
@@ -296,12 +316,12 @@ class PgStore:
             "persons": [str(row[0]) for row in outcomes],
             "paid": [paid.get(row[1], 0) for row in outcomes],
             "records": records or [None] * len(outcomes),
-            "call_rids": [call[0] for call in group.calls],
-            "call_outcomes": [call[6] for call in group.calls],
-            "call_statuses": [call[5] for call in group.calls],
-            "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in group.calls],
+            "call_rids": [call[0] for call in calls],
+            "call_outcomes": [call[6] for call in calls],
+            "call_statuses": [call[5] for call in calls],
+            "call_credits": [call[7] if call[7] and call[7] >= 0 else None for call in calls],
         }
-        self.unsettled.append(params)
+        self.unsettled.append((_SETTLE_GROUP, params))
         await self._settle_unsettled()
         view = self.view
         if view is not None:
@@ -309,11 +329,46 @@ class PgStore:
                 done = "done" if state == "ok" else "failed" if state == "permanent" else "todo"
                 view._follow(id_key(request_id), done, str(person), 0)
 
+    async def adopt_job(self, handle: str) -> PendingJob | None:
+        """The job of ``handle`` (a callback named it), taken over to be polled by this run
+        when it is a submitted contact no live worker holds (``state/pg/handles.py``); None
+        for any other handle (a forged one, one a live worker polls) or the database out of
+        reach."""
+        try:
+            conn = await self.connection("records")
+            adopted = await adopt(conn, self.job, self.worker, handle)
+        except (psycopg.Error, StateError):
+            return None
+        if not adopted:
+            return None
+        job, seq = adopted[0]
+        self.claim_seq[job.request_id] = seq
+        return job
+
+    async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
+        """Until cancelled, every quarter lease: reap the workers silent for longer than their
+        lease and take over the submitted contacts no live worker holds, handing each job to
+        ``add`` (the run's poller). On a connection of its own: a reap is a transaction."""
+        while True:
+            await anyio.sleep(self.lease.lease / 4)
+            try:
+                conn = await self.connection("watch")
+                await reap(conn)
+                adopted = await adopt(conn, self.job, self.worker)
+            except (psycopg.Error, StateError):
+                continue  # out of reach: the next beat tries again
+            for job, seq in adopted:
+                self.claim_seq[job.request_id] = seq
+                add(job)
+
     async def connection(self, purpose: str) -> PgConnection:
-        """The connection for ``claims`` or ``records``, opened again when the last one broke
-        (a server restarted); raises :class:`StateError` while the server is out of reach."""
-        conn = self.conns[purpose]
-        if conn.broken or conn.closed:
+        """The connection for ``claims``, ``records`` or ``watch``, opened when there is none
+        or the last one broke (a server restarted); raises :class:`StateError` while the
+        server is out of reach."""
+        conn = self.conns.get(purpose)
+        if conn is None:
+            conn = self.conns[purpose] = await connect(self.url)
+        elif conn.broken or conn.closed:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
             conn = self.conns[purpose] = await connect(self.url)
@@ -325,9 +380,10 @@ class PgStore:
         while self.unsettled:
             try:
                 conn = await self.connection("records")
+                sql, params = self.unsettled[0]
                 async with conn.pipeline(), conn.transaction():  # one round trip
                     await conn.execute(SETTLING, {"job": self.job})
-                    await conn.execute(_SETTLE_GROUP, self.unsettled[0])
+                    await conn.execute(sql, params)
             except (psycopg.Error, StateError) as exc:
                 log_event(
                     "ledger_not_updated",
@@ -387,13 +443,11 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
     """The store factory of ``--ledger postgresql://…`` (see the module docstring).
 
     Raises:
-        ConfigError: no shared ledger URL in the settings, or async mode (not built yet).
+        ConfigError: no shared ledger URL in the settings.
         StateError: the server cannot be reached, or the job runs another agent.
     """
     if settings.ledger_url is None:
         raise ConfigError("--ledger: no postgresql:// URL given")
-    if settings.mode == "async":
-        raise ConfigError("--mode async with a shared ledger is not available yet: use sync")
     url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
     job = job_name(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
