@@ -292,11 +292,12 @@ class WorkQueue:
         return [row[0] for row in await cur.fetchall()]
 
     async def left(self, worker: str, skip: Collection[str] = ()) -> tuple[int, int]:
-        """(contacts to do but ``skip``, contacts held by other workers) in the job: what may
-        still come this worker's way."""
+        """(contacts to do but ``skip``, contacts other workers hold claimed) in the job: what
+        may still come this worker's way. A submitted contact (async) is not waited for: its
+        handle is known, it is polled by its holder or taken over, never sent again."""
         cur = await self.conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'todo' AND NOT request_id = ANY(%s)),"
-            " count(*) FILTER (WHERE state IN ('claimed', 'submitted') AND holder <> %s)"
+            " count(*) FILTER (WHERE state = 'claimed' AND holder <> %s)"
             " FROM ob_contact WHERE job = %s",
             (list(skip), worker, self.job),
         )
