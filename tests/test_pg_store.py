@@ -164,7 +164,7 @@ async def test_a_late_duplicate_is_counted_as_paid_twice_and_never_overwrites(
 ) -> None:
     queue = await _job(conn, 2)
     first = await _worker(conn, "slow")
-    slow_claims = await queue.claim("slow", 2)
+    slow_claims = await queue.claim("slow", 2, sending=True)  # their calls on the wire
     assert [c.request_id for c in slow_claims] == ["c-00000", "c-00001"]
     reaped = await reap(conn, lease=0.0)  # silent for longer than a lease of 0 s
     assert {r.request_id for r in reaped} == {"c-00000", "c-00001"}
@@ -191,10 +191,11 @@ async def test_a_late_duplicate_is_counted_as_paid_twice_and_never_overwrites(
 
 
 async def test_a_silent_workers_claims_are_reaped_once(conn: PgConnection, db_url: str) -> None:
-    queue = await _job(conn, 4)
+    queue = await _job(conn, 5)
     silent = await _worker(conn, "silent")
-    claims = await queue.claim("silent", 3)
+    claims = await queue.claim("silent", 3, sending=True)  # their calls on the wire
     await queue.submitted(claims[2], "job-handle-1")
+    await queue.claim("silent", 1)  # reserved, its call never sent
     async with (
         await connect(LedgerUrl.parse(db_url)) as other,
         await connect(LedgerUrl.parse(db_url)) as third,
@@ -205,12 +206,13 @@ async def test_a_silent_workers_claims_are_reaped_once(conn: PgConnection, db_ur
         ("c-00000", True),
         ("c-00001", True),
         ("c-00002", False),  # submitted: its handle is kept, polling it costs nothing
+        ("c-00003", False),  # only reserved: given back, no outcome unknown
     ]
     assert await reap(conn, lease=0.0) == []
     assert not await silent.renew() and silent.fenced
     assert await queue.claim("silent", 5) == []  # a reaped worker claims nothing more
     counts = await queue.counts()
-    assert counts["todo"] == 3 and counts["submitted"] == 1 and counts["outcome_unknown"] == 2
+    assert counts["todo"] == 4 and counts["submitted"] == 1 and counts["outcome_unknown"] == 2
     rows = await (
         await conn.execute("SELECT request_id FROM ob_call WHERE kind = 'reap' ORDER BY 1")
     ).fetchall()
@@ -336,7 +338,7 @@ async def _frozen_worker(url: str) -> None:
         await connect(LedgerUrl.parse(url)) as beats,
     ):
         lease = await _worker(beats, "frozen", lease=2.0)
-        claims = await WorkQueue(conn, "nightly").claim("frozen", 2)
+        claims = await WorkQueue(conn, "nightly").claim("frozen", 2, sending=True)
         renewing = asyncio.ensure_future(lease.keep_renewed())
         print("ready", flush=True)
         last, may_send_on_waking = time.monotonic(), None

@@ -121,7 +121,7 @@ WITH me AS (
 )
 UPDATE ob_contact c
 SET state = 'claimed', claim_seq = c.claim_seq + 1, holder = %(worker)s,
-    claimed_at = clock_timestamp()
+    claimed_at = clock_timestamp(), sending = %(sending)s
 FROM next WHERE c.job = next.job AND c.request_id = next.request_id
 RETURNING c.seq, c.request_id, c.claim_seq, c.body, c.handle, c.record, c.person_key
 """
@@ -271,10 +271,17 @@ class WorkQueue:
         )
         return max(cur.rowcount, 0)
 
-    async def claim(self, worker: str, n: int, skip: Collection[str] = ()) -> list[Claim]:
+    async def claim(
+        self, worker: str, n: int, skip: Collection[str] = (), *, sending: bool = False
+    ) -> list[Claim]:
         """Up to ``n`` contacts still to do, now held by ``worker`` (none if it was reaped),
-        in input order; never one of ``skip`` (requestIds this worker tried already)."""
-        params = {"job": self.job, "worker": worker, "n": n, "skip": list(skip)}
+        in input order; never one of ``skip`` (requestIds this worker tried already).
+
+        A claim only reserves the contact: its call is marked as on the wire by the claim
+        statement the run takes right before the paid call (``PgClaims.claim``), so a reaper
+        counts an outcome unknown only for a call that may have been sent. ``sending`` marks
+        them on the wire at once (a worker that sends as soon as it claims)."""
+        params = {"job": self.job, "worker": worker, "n": n, "skip": list(skip), "sending": sending}
         rows = sorted(await (await self.conn.execute(_CLAIM, params)).fetchall())
         return [
             Claim(self.job, rid, worker, claim_seq, body, handle, record, person)

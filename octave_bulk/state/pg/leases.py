@@ -48,8 +48,9 @@ class Reaped:
     request_id: str
     worker: str
     outcome_unknown: bool
-    """True for a claimed contact (its call may have been paid); False for a submitted one
-    (its handle is known: polling it costs nothing)."""
+    """True for a claimed contact whose call was marked on the wire (it may have been paid);
+    False for one only reserved (never sent) or a submitted one (its handle is known: polling
+    it costs nothing)."""
 
 
 class WorkerLease:
@@ -178,27 +179,29 @@ async def reap(conn: PgConnection, *, lease: float | None = None) -> list[Reaped
         cur = await conn.execute(_TAKE_BACK, {"workers": workers})
         rows = await cur.fetchall()
     return [
-        Reaped(job, request_id, worker, outcome_unknown=state == "claimed")
-        for job, request_id, worker, state in sorted(rows)
+        Reaped(job, request_id, worker, outcome_unknown=unknown)
+        for job, request_id, worker, unknown in sorted(rows)
     ]
 
 
 _TAKE_BACK = """
 WITH old AS (
-    SELECT job, request_id, holder, state FROM ob_contact
+    SELECT job, request_id, holder, state, state = 'claimed' AND sending AS unknown
+    FROM ob_contact
     WHERE holder = ANY(%(workers)s) AND state IN ('claimed', 'submitted')
     FOR UPDATE
 ), upd AS (
     UPDATE ob_contact c SET
         holder = NULL,
         state = CASE WHEN c.state = 'claimed' THEN 'todo' ELSE c.state END,
-        outcome_unknown = c.outcome_unknown + (c.state = 'claimed')::int
+        sending = false,
+        outcome_unknown = c.outcome_unknown + old.unknown::int
     FROM old WHERE c.job = old.job AND c.request_id = old.request_id
-    RETURNING old.job, old.request_id, old.holder, old.state, c.claim_seq
+    RETURNING old.job, old.request_id, old.holder, old.unknown, c.claim_seq
 ), call AS (
     INSERT INTO ob_call (job, request_id, worker, claim_seq, kind, outcome, paid)
     SELECT job, request_id, holder, claim_seq, 'reap', 'outcome_unknown', NULL
-    FROM upd WHERE state = 'claimed'
+    FROM upd WHERE unknown
 )
-SELECT job, request_id, holder, state FROM upd
+SELECT job, request_id, holder, unknown FROM upd
 """

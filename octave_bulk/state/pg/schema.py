@@ -164,6 +164,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             WHERE state = 'submitted';
         """,
     ),
+    (
+        "a claim's call marked on the wire: only those are outcomes unknown when reaped",
+        """
+        ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS sending boolean NOT NULL DEFAULT false;
+        """,
+    ),
 )
 """(description, SQL) per version, version = position + 1. Append only: never edit one."""
 

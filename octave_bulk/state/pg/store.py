@@ -82,10 +82,10 @@ __all__ = [
 
 _CLAIM_ONE = """
 WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = 'live' FOR SHARE)
-INSERT INTO ob_contact (job, request_id, body, state, claim_seq, holder, claimed_at)
-SELECT %(job)s, %(request_id)s, '{}', 'claimed', 1, me.worker, clock_timestamp() FROM me
+INSERT INTO ob_contact (job, request_id, body, state, claim_seq, holder, claimed_at, sending)
+SELECT %(job)s, %(request_id)s, '{}', 'claimed', 1, me.worker, clock_timestamp(), true FROM me
 ON CONFLICT (job, request_id) DO UPDATE
-SET state = 'claimed', holder = excluded.holder, claimed_at = clock_timestamp(),
+SET state = 'claimed', holder = excluded.holder, claimed_at = clock_timestamp(), sending = true,
     claim_seq = ob_contact.claim_seq + (ob_contact.state = 'todo')::int
 WHERE ob_contact.state = 'todo'
    OR (ob_contact.state = 'claimed' AND ob_contact.holder = excluded.holder)
