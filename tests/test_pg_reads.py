@@ -21,11 +21,12 @@ from typing import Any
 import anyio
 import psycopg
 
+from octave_bulk.redact import register_secret
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, SimulatorConfig, serve_simulator
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from octave_bulk.state.paths import OutputPaths
-from octave_bulk.state.pg.read import SETTLING
+from octave_bulk.state.pg.read import SETTLING, stored_record
 from octave_bulk.state.pg.store import open_pg_store
 from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
@@ -264,3 +265,22 @@ async def test_a_late_duplicate_never_overwrites_the_stored_result(
             "SELECT result, paid_calls, late_answers FROM ob_contact WHERE request_id = 'c-1'"
         ).fetchone()
     assert row == ({"requestId": "c-1", "runId": "r1", "response": {"n": 1}}, 2, 1)
+
+
+def test_every_record_is_one_the_database_takes_and_none_holds_the_key(db_url: str) -> None:
+    register_secret(TEST_KEY)
+    lines = [
+        b'{"requestId":"a","response":{"usage":NaN,"big":1e400}}\n',  # a body passed verbatim
+        b'{"requestId":"b","response":{"text":"\\u0000 and \\\\u0000"}}\n',
+        b'{"requestId":"c","response":{"text":"\\ud800"}}\n',  # a lone surrogate
+        b'{"requestId":"d","error":{"message":"error for key ' + TEST_KEY.encode() + b'"}}\n',
+    ]
+    with psycopg.connect(db_url) as conn:
+        stored = [
+            conn.execute("SELECT %s::jsonb", (stored_record(line),)).fetchone()[0]  # type: ignore[index]
+            for line in lines
+        ]
+    assert stored[0] == {"requestId": "a", "response": {"usage": None, "big": None}}
+    assert stored[1] == {"requestId": "b", "response": {"text": "\ufffd and \\u0000"}}
+    assert "unstorable" in stored[2]
+    assert stored[3]["error"]["message"] == "error for key ***"

@@ -11,7 +11,7 @@ nothing is dropped silently.
 One stage per module, each with its contract in its docstring: ``results`` reads the results
 file line by line into results; ``text`` decides which bodies are HTML, converts them, tells a
 blank body and escapes formula-looking cells; ``presets`` holds each sequencer's columns and
-length limit; ``writer`` runs the two passes and writes the CSV (:func:`export_results`; or
+length limit; ``outcome`` is what an export wrote and left out; ``writer`` runs the two passes and writes the CSV (:func:`export_results`; or
 :func:`export_lines` from another source of lines: a job's results in the shared ledger).
 """
 

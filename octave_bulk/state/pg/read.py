@@ -6,7 +6,10 @@ Contract:
 - :func:`stored_record` is how a settled outcome's NDJSON line becomes ``ob_contact.result`` or
   ``.error`` (``state/pg/store.py``): the line with every registered secret scrubbed
   (:mod:`octave_bulk.redact`, as the NDJSON writer does) and each ``\\u0000`` escape made
-  ``\\ufffd`` (PostgreSQL's ``jsonb`` cannot hold a NUL character).
+  ``\\ufffd`` (PostgreSQL's ``jsonb`` cannot hold a NUL character). A line that is not strict
+  JSON (a body passed on verbatim with ``NaN`` or ``1e400`` in it) is re-encoded, those numbers
+  ``null``; one that cannot be (a lone surrogate) is stored as ``{"unstorable": ...}``: no
+  record can make a group's settle fail.
 - :data:`SETTLING`, run first in every settle transaction, takes the job's settle lock
   *shared*; :meth:`JobReader.horizon` takes it exclusively for an instant and reads the highest
   ``settled_seq`` then: every settle that drew a lower number has committed, and every later
@@ -26,11 +29,13 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 
 from octave_bulk.errors import StateError
@@ -80,7 +85,15 @@ def stored_record(line: bytes) -> str:
     line = scrub(line).rstrip(b"\n")
     if b"\\u0000" in line:
         line = _NUL.sub(rb"\1\\ufffd", line)
-    return line.decode("utf-8", "replace")
+    try:
+        orjson.loads(line)  # strict JSON: what jsonb takes
+        return line.decode()
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        pass
+    try:  # a body the API sent verbatim with NaN or 1e400 in it: those become null
+        return orjson.dumps(json.loads(line.decode("utf-8", "replace"))).decode()
+    except (ValueError, TypeError):  # a lone surrogate...: never a group the database refuses
+        return '{"unstorable": "the record is not JSON the database can hold"}'
 
 
 @dataclass
