@@ -397,6 +397,8 @@ class PgStore:
         conn = await self.connection("records")
         async with conn.transaction():
             await conn.execute(_LEAVE, params)
+        if self.lease.conn.broken or self.lease.conn.closed:  # a beat cancelled mid-query
+            self.lease.conn = await connect(self.url)
         await self.lease.leave()
 
 
