@@ -24,11 +24,10 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   its paid call is counted (paid twice) and nothing is overwritten. A database out of reach
   keeps the group (durable in the local output) for the next one; a run that ends with groups
   still unsettled says so (its claims are reaped later, outcomes unknown).
-- Async mode (``state/pg/handles.py``): a group's accepted submits are committed with their
-  claims' move to ``submitted`` before the group's outcomes; :meth:`PgStore.load` takes over
-  the submitted contacts no live worker holds (the view's :meth:`PgView.awaited_jobs`: polled,
-  never submitted again), :meth:`PgStore.watch_jobs` those of workers that die while the run
-  polls, and :meth:`PgStore.adopt_job` one that a callback names.
+- Async mode (``state/pg/handles.py``): submits are committed with their claims' move to
+  ``submitted``; the submitted contacts no live worker holds are taken over and polled, at
+  :meth:`PgStore.load` (:meth:`PgView.awaited_jobs`), by :meth:`PgStore.watch_jobs` while the
+  run polls, and by :meth:`PgStore.adopt_job` when a callback names one.
 - :attr:`PgStore.runs` is ``state/pg/runs.py``. The results' bodies stay in the run's local
   NDJSON output (the sink writes it as for any store); the database holds states and counts.
 - Every error names the server by its URL without the password.
@@ -53,11 +52,11 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
-from octave_bulk.state.pg.handles import adopt, submit_statement
+from octave_bulk.state.pg.handles import submit_statement, take_over, watch_orphans
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.runs import PgRuns
 from octave_bulk.state.pg.schema import migrate
-from octave_bulk.state.store import CallRow, FinishedRun, Group, StoreCounts
+from octave_bulk.state.store import FinishedRun, Group, StoreCounts
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
@@ -267,9 +266,7 @@ class PgStore:
             (self.job,),
         )
         self.view = PgView(await cur.fetchall())
-        adopted = await adopt(conn, self.job, self.worker)  # left or dead workers' handles
-        self.claim_seq.update((job.request_id, seq) for job, seq in adopted)
-        self.view.jobs = [job for job, _ in adopted]
+        self.view.jobs = await take_over(conn, self.job, self.worker, self.claim_seq)
         self.view.awaiting = frozenset(job.request_id for job in self.view.jobs)
         return self.view
 
@@ -277,14 +274,8 @@ class PgStore:
         return PgClaims(self)
 
     async def record(self, group: Group) -> None:
-        calls: Sequence[CallRow] = group.calls
-        if group.submitted:  # handles first: committed with the claims' move to submitted
-            rids = {job.request_id for job in group.submitted}
-            submits = [call for call in calls if call[0] in rids]
-            calls = [call for call in calls if call[0] not in rids]
-            self.unsettled.append(
-                submit_statement(self.job, self.worker, group.submitted, self.claim_seq, submits)
-            )
+        submits, calls = submit_statement(self.job, self.worker, group, self.claim_seq)
+        self.unsettled.extend(submits)  # handles first, with the claims' move to submitted
         outcomes = group.outcomes
         if not outcomes:
             await self._settle_unsettled()
@@ -321,30 +312,17 @@ class PgStore:
         reach."""
         try:
             conn = await self.connection("records")
-            adopted = await adopt(conn, self.job, self.worker, handle)
+            jobs = await take_over(conn, self.job, self.worker, self.claim_seq, handle)
         except (psycopg.Error, StateError):
             return None
-        if not adopted:
-            return None
-        job, seq = adopted[0]
-        self.claim_seq[job.request_id] = seq
-        return job
+        return jobs[0] if jobs else None
 
     async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
-        """Until cancelled, every quarter lease: reap the workers silent for longer than their
-        lease and take over the submitted contacts no live worker holds, handing each job to
-        ``add`` (the run's poller). On a connection of its own: a reap is a transaction."""
-        while True:
-            await anyio.sleep(self.lease.lease / 4)
-            try:
-                conn = await self.connection("watch")
-                await reap(conn)
-                adopted = await adopt(conn, self.job, self.worker)
-            except (psycopg.Error, StateError):
-                continue  # out of reach: the next beat tries again
-            for job, seq in adopted:
-                self.claim_seq[job.request_id] = seq
-                add(job)
+        """Until cancelled: ``handles.watch_orphans`` every quarter lease, on a connection of
+        its own (a reap is a transaction)."""
+        connection = functools.partial(self.connection, "watch")
+        args = (self.job, self.worker, self.claim_seq)
+        await watch_orphans(connection, self.lease.lease / 4, *args, add=add)
 
     async def connection(self, purpose: str) -> PgConnection:
         """The connection for ``claims``, ``records`` or ``watch``, opened when there is none
