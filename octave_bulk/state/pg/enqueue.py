@@ -44,7 +44,8 @@ from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkItem, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, connect, describe_failure
 from octave_bulk.state.pg.queue_source import to_enqueue
 from octave_bulk.state.pg.schema import migrate
-from octave_bulk.state.pg.store import PgView, job_name, read_view
+from octave_bulk.state.pg.store import job_name
+from octave_bulk.state.pg.view import PgView, read_view
 
 __all__ = ["Enqueued", "enqueue_input", "job_output", "job_settings", "run_worker"]
 

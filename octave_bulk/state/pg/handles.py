@@ -18,6 +18,10 @@ Contract (docs/scale-out.md, "Async mode on several hosts"):
   rows. Polling is free, so a dead worker's submits cost nothing again.
 - :func:`adopt` with a ``handle``: the same for that one handle only (a callback named it);
   a handle that is not a submitted contact's, or that a live worker holds, gives nothing.
+  :func:`take_over` is :func:`adopt` noting each job's claim sequence for the store.
+- :func:`watch_orphans`: until cancelled, every ``every`` seconds, reap the workers silent
+  for longer than their lease and take over what they left (a run polls the jobs of runs
+  that die beside it).
 
 A job's outcome is settled by the store's group statement, as a sync call's (the holder and
 claim sequence the adoption returned make it this worker's).
@@ -26,18 +30,23 @@ claim sequence the adoption returned make it this worker's).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import psycopg
 from psycopg.types.json import Jsonb
 
+from octave_bulk.errors import StateError
 from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.pg.leases import reap
 
 if TYPE_CHECKING:
     from octave_bulk.state.pg.dsn import PgConnection
     from octave_bulk.state.rows import CallRow
+    from octave_bulk.state.store import Group
 
-__all__ = ["SUBMIT_GROUP", "adopt", "submit_statement"]
+__all__ = ["SUBMIT_GROUP", "adopt", "submit_statement", "take_over", "watch_orphans"]
 
 SUBMIT_GROUP = """
 WITH g AS (
@@ -90,14 +99,17 @@ RETURNING c.request_id, c.handle, coalesce(c.job_contact, c.body), c.submitted_a
 
 
 def submit_statement(
-    job: str,
-    worker: str,
-    submitted: Sequence[PendingJob],
-    claim_seqs: Mapping[str, int],
-    calls: Sequence[CallRow],
-) -> tuple[str, dict[str, Any]]:
-    """The statement and parameters committing ``submitted`` (a group's accepted submits,
-    with their calls) as this worker's (see the module docstring)."""
+    job: str, worker: str, group: Group, claim_seqs: Mapping[str, int]
+) -> tuple[list[tuple[str, dict[str, Any]]], list[CallRow]]:
+    """The statement (with its parameters) committing the group's accepted submits, and their
+    calls, as this worker's (see the module docstring): none when the group has no submit;
+    and the group's other calls."""
+    submitted = group.submitted
+    rids = {each.request_id for each in submitted}
+    calls = [call for call in group.calls if call[0] in rids]
+    others = [call for call in group.calls if call[0] not in rids]
+    if not submitted:
+        return [], others
     paid: dict[str, int] = {}
     for call in calls:
         if call[5] == 200:
@@ -115,7 +127,7 @@ def submit_statement(
         "call_outcomes": [call[6] for call in calls],
         "call_statuses": [call[5] for call in calls],
     }
-    return SUBMIT_GROUP, params
+    return [(SUBMIT_GROUP, params)], others
 
 
 async def adopt(
@@ -132,3 +144,40 @@ async def adopt(
         if handle
     ]
     return sorted(jobs, key=lambda pair: pair[0].submitted_at)
+
+
+async def take_over(
+    conn: PgConnection,
+    job: str,
+    worker: str,
+    claim_seqs: dict[str, int],
+    handle: str | None = None,
+) -> list[PendingJob]:
+    """:func:`adopt`, with each job's claim sequence noted in ``claim_seqs`` (requestId ->
+    sequence: what makes the job's outcome settle as this worker's)."""
+    adopted = await adopt(conn, job, worker, handle)
+    claim_seqs.update((each.request_id, seq) for each, seq in adopted)
+    return [each for each, _ in adopted]
+
+
+async def watch_orphans(
+    connection: Callable[[], Awaitable[PgConnection]],
+    every: float,
+    job: str,
+    worker: str,
+    claim_seqs: dict[str, int],
+    *,
+    add: Callable[[PendingJob], None],
+) -> None:
+    """Until cancelled, every ``every`` seconds: reap, take over, hand each job to ``add``;
+    a database out of reach is tried again at the next beat."""
+    while True:
+        await anyio.sleep(every)
+        try:
+            conn = await connection()
+            await reap(conn)
+            jobs = await take_over(conn, job, worker, claim_seqs)
+        except (psycopg.Error, StateError):
+            continue
+        for each in jobs:
+            add(each)

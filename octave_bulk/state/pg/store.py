@@ -30,11 +30,10 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   neither. Each group settles under the job's shared settle lock, so that ``export --new``
   can find a horizon no settle in progress is below (``state/pg/read.py``). The bodies are
   dropped once the group is settled; the sink still writes the local NDJSON output.
-- Async mode (``state/pg/handles.py``): a group's accepted submits are committed with their
-  claims' move to ``submitted`` before the group's outcomes; :meth:`PgStore.load` takes over
-  the submitted contacts no live worker holds (the view's :meth:`PgView.awaited_jobs`: polled,
-  never submitted again), :meth:`PgStore.watch_jobs` those of workers that die while the run
-  polls, and :meth:`PgStore.adopt_job` one that a callback names.
+- Async mode (``state/pg/handles.py``): submits are committed with their claims' move to
+  ``submitted``; the submitted contacts no live worker holds are taken over and polled, at
+  :meth:`PgStore.load` (:meth:`PgView.awaited_jobs`), by :meth:`PgStore.watch_jobs` while the
+  run polls, and by :meth:`PgStore.adopt_job` when a callback names one.
 - :attr:`PgStore.runs` is ``state/pg/runs.py``.
 - Every error names the server by its URL without the password.
 """
@@ -47,7 +46,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -58,12 +57,13 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
-from octave_bulk.state.pg.handles import adopt, submit_statement
+from octave_bulk.state.pg.handles import submit_statement, take_over, watch_orphans
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.read import SETTLING, stored_record
 from octave_bulk.state.pg.runs import PgRuns
 from octave_bulk.state.pg.schema import migrate
-from octave_bulk.state.store import CallRow, FinishedRun, Group, StoreCounts
+from octave_bulk.state.pg.view import PgView, read_view
+from octave_bulk.state.store import FinishedRun, Group
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
@@ -73,11 +73,9 @@ if TYPE_CHECKING:
 __all__ = [
     "PgClaims",
     "PgStore",
-    "PgView",
     "job_name",
     "lease_seconds",
     "open_pg_store",
-    "read_view",
 ]
 
 _CLAIM_ONE = """
@@ -159,62 +157,6 @@ def lease_seconds(settings: Settings) -> float:
     return max(2 * settings.timeout + settings.drain_timeout, 4.0)
 
 
-class PgView:
-    """What the shared ledger holds for the job when the run starts; it follows the run's
-    records. Keys are ``id_key`` of requestIds and person keys."""
-
-    def __init__(self, rows: Sequence[tuple[str, str, str | None, int | None]]) -> None:
-        self.done: set[int] = set()
-        self.permanent: set[int] = set()
-        self.failed: set[int] = set()  # the last outcome a failure (retryable or permanent)
-        self.persons: dict[int, int] = {}
-        for request_id, state, person, settled in rows:
-            self._follow(id_key(request_id), state, person, settled or 0)
-        self.outcome_unknown: list[str] = []  # reaped claims are to do again, not carried
-        self.awaiting: frozenset[str] = frozenset()
-        self.lost_jobs: frozenset[str] = frozenset()
-        self.jobs: list[PendingJob] = []  # submitted contacts this worker polls (handles.py)
-
-    def _follow(self, key: int, state: str, person: str | None, position: int) -> None:
-        if state == "done":
-            self.done.add(key)
-            self.permanent.discard(key)
-            self.failed.discard(key)
-            if person is not None:
-                self.persons[int(person)] = position
-        elif state == "failed":
-            self.permanent.add(key)
-            self.failed.add(key)
-        else:
-            self.failed.add(key)  # settled retryable: to do again
-
-    def is_done(self, key: int) -> bool:
-        return key in self.done
-
-    def failed_for_good(self, key: int) -> bool:
-        return key in self.permanent
-
-    def failed_before(self, key: int) -> bool:
-        return key in self.failed
-
-    def latest_result(self, person: int) -> int | None:
-        return self.persons.get(person)
-
-    def result_contacts(self, positions: Collection[int]) -> dict[int, dict[str, Any]]:
-        return {}  # results are in ob_contact, but not read back at start: no guard samples
-
-    def counts(self) -> StoreCounts:
-        return StoreCounts(
-            results=len(self.done),
-            failed_permanent=len(self.permanent),
-            failed_retryable=len(self.failed - self.permanent),
-            people=len(self.persons),
-        )
-
-    def awaited_jobs(self) -> Sequence[PendingJob]:
-        return self.jobs
-
-
 class PgClaims:
     """Claims as rows of ``ob_contact`` held by this worker (see the module docstring)."""
 
@@ -280,9 +222,7 @@ class PgStore:
         conn = await self.connection("records")
         await reap(conn)
         self.view = await read_view(conn, self.job)
-        adopted = await adopt(conn, self.job, self.worker)  # left or dead workers' handles
-        self.claim_seq.update((job.request_id, seq) for job, seq in adopted)
-        self.view.jobs = [job for job, _ in adopted]
+        self.view.jobs = await take_over(conn, self.job, self.worker, self.claim_seq)
         self.view.awaiting = frozenset(job.request_id for job in self.view.jobs)
         return self.view
 
@@ -290,14 +230,8 @@ class PgStore:
         return PgClaims(self)
 
     async def record(self, group: Group) -> None:
-        calls: Sequence[CallRow] = group.calls
-        if group.submitted:  # handles first: committed with the claims' move to submitted
-            rids = {job.request_id for job in group.submitted}
-            submits = [call for call in calls if call[0] in rids]
-            calls = [call for call in calls if call[0] not in rids]
-            self.unsettled.append(
-                submit_statement(self.job, self.worker, group.submitted, self.claim_seq, submits)
-            )
+        submits, calls = submit_statement(self.job, self.worker, group, self.claim_seq)
+        self.unsettled.extend(submits)  # handles first, with the claims' move to submitted
         outcomes = group.outcomes
         if not outcomes:
             await self._settle_unsettled()
@@ -336,30 +270,17 @@ class PgStore:
         reach."""
         try:
             conn = await self.connection("records")
-            adopted = await adopt(conn, self.job, self.worker, handle)
+            jobs = await take_over(conn, self.job, self.worker, self.claim_seq, handle)
         except (psycopg.Error, StateError):
             return None
-        if not adopted:
-            return None
-        job, seq = adopted[0]
-        self.claim_seq[job.request_id] = seq
-        return job
+        return jobs[0] if jobs else None
 
     async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
-        """Until cancelled, every quarter lease: reap the workers silent for longer than their
-        lease and take over the submitted contacts no live worker holds, handing each job to
-        ``add`` (the run's poller). On a connection of its own: a reap is a transaction."""
-        while True:
-            await anyio.sleep(self.lease.lease / 4)
-            try:
-                conn = await self.connection("watch")
-                await reap(conn)
-                adopted = await adopt(conn, self.job, self.worker)
-            except (psycopg.Error, StateError):
-                continue  # out of reach: the next beat tries again
-            for job, seq in adopted:
-                self.claim_seq[job.request_id] = seq
-                add(job)
+        """Until cancelled: ``handles.watch_orphans`` every quarter lease, on a connection of
+        its own (a reap is a transaction)."""
+        connection = functools.partial(self.connection, "watch")
+        args = (self.job, self.worker, self.claim_seq)
+        await watch_orphans(connection, self.lease.lease / 4, *args, add=add)
 
     async def connection(self, purpose: str) -> PgConnection:
         """The connection for ``claims``, ``records`` or ``watch``, opened when there is none
@@ -415,17 +336,9 @@ class PgStore:
         conn = await self.connection("records")
         async with conn.transaction():
             await conn.execute(_LEAVE, params)
+        if self.lease.conn.broken or self.lease.conn.closed:  # a beat cancelled mid-query
+            self.lease.conn = await connect(self.url)
         await self.lease.leave()
-
-
-async def read_view(conn: PgConnection, job: str) -> PgView:
-    """What the shared ledger holds for the job: its settled contacts, in settling order."""
-    cur = await conn.execute(
-        "SELECT request_id, state, person_key, settled_seq FROM ob_contact"
-        " WHERE job = %s AND settled_seq IS NOT NULL ORDER BY settled_seq",
-        (job,),
-    )
-    return PgView(await cur.fetchall())
 
 
 def job_name(settings: Settings) -> str:
