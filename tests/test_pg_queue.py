@@ -24,6 +24,7 @@ from octave_bulk.simulator import Latency, parse_rate_limit
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, write_contacts
 from tests.pgserver import PgServer
+from tests.test_pg_run import ledger_contacts
 
 _LEASE_FLAGS = ("--timeout", "2")  # with OCTAVE_DRAIN_TIMEOUT=1: a 5 s lease
 
@@ -61,13 +62,10 @@ def _finish(process: subprocess.Popen[str], out: Path, code: int = 0) -> str:
     return text
 
 
-def _contacts(db_url: str) -> dict[str, tuple[str, int, int]]:
-    """requestId -> (state, paid calls, outcomes unknown) in the shared ledger."""
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT request_id, state, paid_calls, outcome_unknown FROM ob_contact"
-        ).fetchall()
-    return {rid: (state, paid, unknown) for rid, state, paid, unknown in rows}
+def _workers(db_url: str, outs: list[Path], *flags: str, job: str = "nightly") -> list[str]:
+    """One worker per output, all at once, each until it exits 0; their logs."""
+    started = [_worker(db_url, out, *flags, job=job) for out in outs]
+    return [_finish(process, out) for process, out in zip(started, outs, strict=True)]
 
 
 def _lines(path: Path) -> int:
@@ -85,7 +83,7 @@ def test_enqueue_twice_adds_nothing_and_the_job_keeps_no_secret(
     assert "0 contacts added" in again, again
     write_contacts(tmp_path / "more.csv", 45)  # the same 40, and 5 new
     assert "5 contacts added" in _enqueue(db_url, sim.url, tmp_path / "more.csv")
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert len(ledger) == 45 and set(rids) < set(ledger)
     assert {state for state, _, _ in ledger.values()} == {"todo"}
     assert sim.stats()["totals"].get("calls", 0) == 0  # enqueueing pays nothing
@@ -109,19 +107,43 @@ def test_three_workers_split_one_job_evenly_and_pay_each_contact_once(
     make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
 ) -> None:
     sim = make_sim(latency=Latency(0.1, 0.2))
-    rids = write_contacts(tmp_path / "in.csv", 240)
+    rids = write_contacts(tmp_path / "in.csv", 300)
     _enqueue(db_url, sim.url, tmp_path / "in.csv")
-    # One shared rate makes the job last ~8 s: longer than the workers take to start.
-    flags = ("--concurrency", "4", "--rate", "30/s", "--base-url", sim.url)
+    # One shared rate makes the job last ~15 s: far longer than the workers take to start,
+    # even on a loaded machine (a second or three).
+    flags = ("--concurrency", "4", "--rate", "20/s", "--base-url", sim.url)
     outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
-    workers = [_worker(db_url, out, *flags) for out in outs]
-    logs = [_finish(process, out) for process, out in zip(workers, outs, strict=True)]
+    logs = _workers(db_url, outs, *flags)
     done_by = [_lines(out) for out in outs]
-    assert sum(done_by) == 240 and min(done_by) >= 40, done_by  # each a fair share
-    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert sum(done_by) == 300 and min(done_by) >= 45, done_by  # each a fair share
+    assert ledger_contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
     assert sim.stats()["successes"] == dict.fromkeys(rids, 1)
-    assert sum(sim.stats()["calls"].values()) == 240  # paid calls = contacts
+    assert sum(sim.stats()["calls"].values()) == 300  # paid calls = contacts
     assert all(pg.password not in log and TEST_KEY not in log for log in logs)
+
+
+def test_a_worker_stopped_by_sigterm_drains_gives_back_its_claims_and_another_finishes(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim(latency=Latency(0.1, 0.2))
+    rids = write_contacts(tmp_path / "in.csv", 100)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    flags = ("--rate", "20/s", "--concurrency", "4", "--base-url", sim.url)
+    first = _worker(db_url, tmp_path / "a.ndjson", *flags)
+    _wait_settled(db_url, 15)
+    first.send_signal(signal.SIGTERM)
+    log = _finish(first, tmp_path / "a.ndjson", 130)  # drained: stopped, resumable
+    ledger = ledger_contacts(db_url)
+    assert {state for state, _, _ in ledger.values()} == {"done", "todo"}  # none held
+    assert sum(u for _, _, u in ledger.values()) == 0  # the calls in flight finished
+    with psycopg.connect(db_url) as conn:
+        workers = conn.execute("SELECT state FROM ob_worker").fetchall()
+    assert workers == [("left",)]
+    _finish(_worker(db_url, tmp_path / "b.ndjson", *flags), tmp_path / "b.ndjson")
+    assert ledger_contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert sim.stats()["successes"] == dict.fromkeys(rids, 1)  # nothing paid twice
+    assert _lines(tmp_path / "a.ndjson") + _lines(tmp_path / "b.ndjson") == 100
+    assert TEST_KEY not in log
 
 
 def _run_alone(url: str, contacts: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -162,20 +184,19 @@ def test_one_to_three_workers_share_one_rate_and_three_lone_runs_do_not(
             env=_env(db_url), capture_output=True, timeout=120, check=True,
         )  # fmt: skip
         outs = [tmp_path / f"{job}-{k}.ndjson" for k in range(n)]
-        procs = [_worker(db_url, out, *pacing, "--base-url", sim.url, job=job) for out in outs]
-        for process, out in zip(procs, outs, strict=True):
-            _finish(process, out)
+        _workers(db_url, outs, *pacing, "--base-url", sim.url, job=job)
         stats = sim.stats()
         assert sum(stats["successes"].values()) == contacts
         assert abs(_accepted_rate(stats) - rate) <= 0.05 * rate, (n, _accepted_rate(stats))
         shared.append(stats["totals"])
     alone = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
-    outs = [tmp_path / f"alone-{k}.ndjson" for k in range(3)]
-    for process, out in [(_run_alone(alone.url, tmp_path / "in.csv", o, *pacing), o) for o in outs]:
-        _finish(process, out)
+    lone = [_run_alone(alone.url, tmp_path / "in.csv", tmp_path / f"alone-{k}.ndjson", *pacing)
+            for k in range(3)]  # fmt: skip
+    for process in lone:  # 1: a contact refused max-attempts times is left to the next run
+        assert process.wait(timeout=240) in (0, 1)
     control = alone.stats()["totals"]
     three = shared[2]
-    assert sum(alone.stats()["successes"].values()) == 3 * contacts  # each paid for all
+    assert sum(alone.stats()["successes"].values()) >= 2.9 * contacts  # each paid for ~all
     assert control["calls"] >= 2.5 * three["calls"], (control, three)  # ~3x the attempts
     refused_alone = control.get("rate_limited", 0) / control["calls"]
     refused_shared = three.get("rate_limited", 0) / three["calls"]
@@ -191,13 +212,11 @@ def test_three_workers_never_exceed_a_server_cap_of_calls_in_flight(
     rids = write_contacts(tmp_path / "in.csv", 150)
     _enqueue(db_url, sim.url, tmp_path / "in.csv")
     outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
-    procs = [_worker(db_url, out, "--concurrency", "2", "--base-url", sim.url) for out in outs]
-    for process, out in zip(procs, outs, strict=True):
-        _finish(process, out)
+    _workers(db_url, outs, "--concurrency", "2", "--base-url", sim.url)
     stats = sim.stats()
     assert stats["max_in_flight"] <= cap
     assert stats["totals"].get("over_capacity", 0) == 0  # 3 x 2 in flight: never over
-    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert ledger_contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
 
 
 def _settled(db_url: str) -> int:
@@ -239,7 +258,7 @@ def test_workers_killed_five_times_and_restarted_do_every_contact_once(
         running.append(start())
     for process, out in running:
         _finish(process, out)
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     unknown = sum(u for _, _, u in ledger.values())
     paid = sum(sim.stats()["successes"].values())
@@ -271,7 +290,7 @@ def test_a_frozen_worker_is_fenced_reaped_once_and_its_late_answers_never_overwr
     log = _finish(frozen, tmp_path / "frozen.ndjson", 6)  # fenced: stopped, exit 6
     assert "worker_fenced" in log
     _finish(other, tmp_path / "other.ndjson")
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     with psycopg.connect(db_url) as conn:
         reaps = conn.execute(
@@ -301,7 +320,7 @@ def test_workers_through_a_postgresql_restart_lose_no_result_and_resume(
     pg.restart_immediate()  # as a crash would: every connection cut
     logs = [_finish(process, out) for process, out in zip(procs, outs, strict=True)]
     assert all(pg.password not in log for log in logs)
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     written = {line["requestId"] for out in outs for line in read_lines(out)}
     assert written == set(rids)  # every local result is settled in the database too

@@ -28,7 +28,7 @@ from tests.helpers import read_lines, sim_settings, write_contacts
 from tests.pgserver import PgServer
 
 
-def _contacts(db_url: str) -> dict[str, tuple[str, int, int]]:
+def ledger_contacts(db_url: str) -> dict[str, tuple[str, int, int]]:
     """requestId -> (state, paid calls, outcomes unknown) in the shared ledger."""
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
@@ -46,7 +46,7 @@ async def test_a_run_on_the_shared_ledger_pays_once_and_a_second_run_pays_nothin
     first = await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
     assert first["exit_code"] == 0 and first["paid_calls"] == 40
     assert sim.stats()["calls"] == dict.fromkeys(rids, 1)
-    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert ledger_contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
     assert len(read_lines(tmp_path / "a.ndjson")) == 40  # the local copy, for inspection
     # Another output, empty: only the database knows these contacts are done.
     second = await run_batch(tmp_path / "in.csv", tmp_path / "b.ndjson", settings)
@@ -75,13 +75,13 @@ async def test_a_contact_held_by_one_run_is_refused_to_another_and_a_late_answer
             await theirs.claim("c-1")
         ok_call = ("c-1", "r1", 1, 1.0, 2.0, 200, "success", 1.0, 0)
         await first.record(Group([(7, "c-1", "ok", "r1", 0)], [ok_call]))
-        assert _contacts(db_url)["c-1"] == ("done", 1, 0)
+        assert ledger_contacts(db_url)["c-1"] == ("done", 1, 0)
         with pytest.raises(ClaimRefused):  # settled: nobody claims it again
             await theirs.claim("c-1")
         # An answer for a claim it does not hold (a frozen worker's late call): paid twice,
         # the done contact left as it was.
         await second.record(Group([(7, "c-1", "permanent", "r2", 0)], [ok_call]))
-        assert _contacts(db_url)["c-1"] == ("done", 2, 0)
+        assert ledger_contacts(db_url)["c-1"] == ("done", 2, 0)
         view = await second.load()
         assert view.counts().results == 1 and view.counts().failed_permanent == 0
     with psycopg.connect(db_url) as conn:
@@ -154,7 +154,7 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     logs = [_finish(process, tmp_path / f"{n}.ndjson") for process, n in runs]
     shared = sim.stats()
     assert shared["successes"] == dict.fromkeys(rids, 1)  # each contact paid once in all
-    assert _contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
+    assert ledger_contacts(db_url) == dict.fromkeys(rids, ("done", 1, 0))
     done_by = [len(read_lines(tmp_path / f"{n}.ndjson")) for n in "ab"]
     assert sum(done_by) == 160  # each result written once, by whichever run claimed it
     assert all(pg.password not in log for log in logs)
@@ -187,14 +187,14 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     _wait_for_lines(tmp_path / "a.ndjson", 30)
     first.kill()
     first.wait()
-    held = [rid for rid, (state, _, _) in _contacts(db_url).items() if state == "claimed"]
+    held = [rid for rid, (state, _, _) in ledger_contacts(db_url).items() if state == "claimed"]
     assert held  # calls were in flight at the kill
     time.sleep(6)  # the killed worker's lease (5 s) runs out: its claims may be reaped
     _finish(
         _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
         tmp_path / "b.ndjson",
     )
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert {state for state, _, _ in ledger.values()} == {"done"} and set(ledger) == set(rids)
     unknown = sum(u for _, _, u in ledger.values())
     assert unknown == len(held)  # each claim of the dead worker reaped once
@@ -216,14 +216,14 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     log = _finish(first, tmp_path / "a.ndjson")
     assert pg.password not in log
     written = {line["requestId"] for line in read_lines(tmp_path / "a.ndjson")}
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert all(ledger[rid][0] == "done" for rid in written)  # every local result settled
     # What the cut left to do (not sent while the database was away) is done by the next run.
     _finish(
         _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
         tmp_path / "b.ndjson",
     )
-    ledger = _contacts(db_url)
+    ledger = ledger_contacts(db_url)
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     unknown = sum(u for _, _, u in ledger.values())
     assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown

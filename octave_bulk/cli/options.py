@@ -26,17 +26,18 @@ __all__ = [
     "FLAG_NAMES",
     "INPUT_FIELDS",
     "JOB_OPTION",
-    "WORKER_FIELDS",
     "OLD_FLAG_NAMES",
     "PLAN_SHOWN",
     "PROBE_SHOWN",
     "RUN_FIELDS",
     "RUN_SHOWN",
     "SECTIONS",
+    "WORKER_FIELDS",
     "SectionedCommand",
     "SettingOption",
     "config_option",
     "default_text",
+    "job_option",
     "key_file_option",
     "settings_option",
     "settings_options",
@@ -306,8 +307,13 @@ def key_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-JOB_OPTION = settings_option("job")
-"""``--job NAME``: the job on the shared ledger (``enqueue``, ``worker``, and ``run``)."""
+def job_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--job NAME``: the job on the shared ledger (``enqueue``, ``worker``; ``run`` takes it
+    among its settings)."""
+    return settings_option("job")(command)
+
+
+JOB_OPTION = job_option
 
 WORKER_FIELDS = (
     "base_url", "rate", "concurrency", "adaptive", "timeout", "call_deadline",
