@@ -36,8 +36,10 @@ sending; it never fails open), and goes on on a new connection when the server i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import os
 import socket
 import uuid
@@ -50,22 +52,43 @@ import psycopg
 
 from octave_bulk.errors import ConfigError, RefusalHints, StateError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
+from octave_bulk.limits.pg_judge import ANSWERED, REFUSED, RELEASED, SENT, Judge, JudgeSettings
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
 
-_BOOK = """
+_TELL = """
+INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after)
+SELECT %(key)s, u.epoch, %(worker)s, u.ticket, u.kind, u.at, u.waited, u.retry_after
+FROM unnest(%(epochs)s::int[], %(tickets)s::bigint[], %(kinds)s::smallint[],
+            %(ats)s::float8[], %(waited)s::bool[], %(retry)s::float8[])
+     AS u(epoch, ticket, kind, at, waited, retry_after)
+"""
+
+_BOOK = (
+    "WITH told AS (" + _TELL + ")"
+    """
 UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
                         + make_interval(secs => 1.0 / rate)
-WHERE key = %s
+WHERE key = %(key)s
 RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
-          epoch, rate
+          epoch, rate, extract(epoch FROM clock_timestamp()), window_size
+"""
+)
+
+_START = """
+INSERT INTO ob_rate (key, rate) VALUES (%(key)s, %(rate)s)
+ON CONFLICT (key) DO UPDATE
+SET rate = excluded.rate, judge = NULL, epoch = ob_rate.epoch + 1, window_size = NULL,
+    updated_at = clock_timestamp()
+WHERE %(always)s OR ob_rate.updated_at < clock_timestamp() - make_interval(secs => %(stale)s)
 """
 
 _TAKE_PERMIT = """
 WITH free AS (
     SELECT key, slot FROM ob_permit
-    WHERE key = %(key)s AND slot <= %(window)s
+    WHERE key = %(key)s AND slot <= least(%(window)s, coalesce(
+        (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s))
       AND (holder IS NULL OR expires_at < clock_timestamp())
     ORDER BY slot LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -96,6 +119,20 @@ class SharedRateTicket(Ticket):
     permit: int | None = None
     """The shared window's permit held (its slot), None without a shared window."""
     settled: bool = False
+    number: int = 0
+    """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Told:
+    """One outcome for the judge: an ``ob_outcome`` row (``at`` on the server's clock)."""
+
+    epoch: int
+    number: int
+    kind: int
+    at: float
+    waited: bool
+    retry_after: float | None = None
 
 
 @dataclass(slots=True)
@@ -120,8 +157,12 @@ class SharedRateLimiter:
         holder: this limiter's name on the permits it holds (unique across hosts).
         permit_lease: seconds a permit stays held without :meth:`renew_permits`.
         permit_poll: seconds between looks for a free permit.
-        default_pause: the shared pause after a 429 without a Retry-After, seconds.
+        default_pause: the shared pause after a 429 without a Retry-After, seconds (without
+            a judge: with one, the judge decides the pauses).
         max_pause: the longest shared pause a Retry-After may ask for, seconds.
+        judge: the adaptive search's settings: this worker tells the judge every outcome and
+            takes its turn at judging (``limits/pg_judge.py``); None holds ``rate`` (and the
+            worker pauses everyone on each 429 itself).
         clock: a monotonic clock, seconds.
     """
 
@@ -137,6 +178,7 @@ class SharedRateLimiter:
         permit_poll: float = 0.05,
         default_pause: float = 1.0,
         max_pause: float = 60.0,
+        judge: JudgeSettings | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if rate <= 0:
@@ -152,6 +194,11 @@ class SharedRateLimiter:
         self._stopped = anyio.Event()
         self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
         self._counts = _Counts()
+        self._judge = judge
+        self._judging: asyncio.Task[None] | None = None
+        self._told: list[_Told] = []  # outcomes not yet in ob_outcome (sent with a booking)
+        self._numbers = itertools.count(1)
+        self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
     def rate(self) -> float | None:
@@ -162,23 +209,34 @@ class SharedRateLimiter:
         return self._window
 
     async def open(self) -> None:
-        """Connect and publish the rate on the shared row (created on first use)."""
+        """Connect and publish the rate on the shared row (created on first use; with a judge,
+        only when no judge is alive: then the judge publishes), and take a turn at judging."""
         self._conn = await self._connect()
-        await self._conn.execute(
-            "INSERT INTO ob_rate (key, rate) VALUES (%s, %s)"
-            " ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, updated_at = clock_timestamp()",
-            (self.key, self._rate),
-        )
+        always = self._judge is None
+        params = {"key": self.key, "rate": self._rate, "always": always, "stale": self.permit_lease}
+        await self._conn.execute(_START.encode(), params)
         if self._window is not None:
             await self._conn.execute(
                 "INSERT INTO ob_permit (key, slot) SELECT %s, generate_series(1, %s)"
                 " ON CONFLICT DO NOTHING",
                 (self.key, self._window),
             )
+        if self._judge is not None:
+            judge = Judge(self._connect, key=self.key, holder=self.holder, settings=self._judge)
+            self._judging = asyncio.create_task(judge.run(), name="octave-bulk judge")
 
     async def aclose(self) -> None:
-        """Hand back every permit still held, and disconnect."""
+        """Stop judging, tell the judge the last outcomes, hand back every permit still held,
+        and disconnect."""
+        if self._judging is not None:
+            self._judging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._judging
+            self._judging = None
         if self._conn is not None:
+            told, self._told = self._told, []
+            if told:
+                await self._quietly(_TELL, self._tell_params(told))
             await self._quietly(
                 "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
                 (self.holder,),
@@ -200,13 +258,20 @@ class SharedRateLimiter:
             return SharedRateTicket(None, 0, self._clock(), permit)
         if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate = row
-        self._rate = float(rate)
-        send_at = self._clock() + max(float(wait), 0.0)
-        ticket = SharedRateTicket(booked_tat, int(epoch), send_at, permit)
-        if float(wait) > 0:
-            with anyio.move_on_after(float(wait)):
+        booked_tat, wait, epoch, rate, server_now, _ = row
+        self._rate, wait = float(rate), max(float(wait), 0.0)
+        self._offset = float(server_now) - self._clock()
+        send_at = self._clock() + wait
+        ticket = SharedRateTicket(
+            booked_tat, int(epoch), send_at, permit, number=next(self._numbers)
+        )
+        if wait > 0:
+            with anyio.move_on_after(wait):
                 await self._stopped.wait()
+        if self._judge is not None:  # told at its turn, with the next booking
+            self._told.append(
+                _Told(ticket.epoch, ticket.number, SENT, float(server_now) + wait, wait > 0)
+            )
         return ticket
 
     async def on_answer(self, ticket: Ticket) -> None:
@@ -214,17 +279,22 @@ class SharedRateLimiter:
         if not ticket.settled:
             ticket.settled = True
             self._counts.accepted += 1
+            self._tell(ticket, ANSWERED)
             await self._give_back(ticket)
 
     async def on_429(
         self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
     ) -> float:
-        """Pause every worker: returns the pause now in force, seconds (``hints`` unused)."""
+        """Without a judge, pause every worker: returns the pause now in force, seconds. With
+        one, tell the judge (it decides the pauses): returns 0. ``hints`` unused."""
         ticket = _own(ticket)
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
+            self._tell(ticket, REFUSED, retry_after)
             await self._give_back(ticket)
+        if self._judge is not None:
+            return 0.0
         pause = self.default_pause if retry_after is None else retry_after
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
@@ -241,6 +311,7 @@ class SharedRateLimiter:
             return
         ticket.settled = True
         self._counts.released += 1
+        self._tell(ticket, RELEASED)
         await self._give_back(ticket)
         if ticket.booked_tat is not None:
             await self._quietly(
@@ -274,6 +345,24 @@ class SharedRateLimiter:
             released=counts.released,
             retry_after_clamped=counts.clamped,
         )
+
+    def _tell(self, ticket: SharedRateTicket, kind: int, retry_after: float | None = None) -> None:
+        """Keep an outcome for the judge (sent with this worker's next booking)."""
+        if self._judge is not None and ticket.number:
+            at = self._clock() + self._offset
+            self._told.append(_Told(ticket.epoch, ticket.number, kind, at, False, retry_after))
+
+    def _tell_params(self, told: list[_Told]) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "worker": self.holder,
+            "epochs": [t.epoch for t in told],
+            "tickets": [t.number for t in told],
+            "kinds": [t.kind for t in told],
+            "ats": [t.at for t in told],
+            "waited": [t.waited for t in told],
+            "retry": [t.retry_after for t in told],
+        }
 
     async def _take_permit(self) -> int | None:
         params = {
@@ -331,10 +420,13 @@ class SharedRateLimiter:
         """Book the next turn, waiting while the database is out of reach (never failing
         open: no turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
+            told, self._told = self._told, []  # the outcomes since the last booking go with it
             try:
-                cur = await (await self._usable()).execute(_BOOK, (self.key,))
+                conn = await self._usable()
+                cur = await conn.execute(_BOOK.encode(), self._tell_params(told))
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
+                self._told[:0] = told
                 with anyio.move_on_after(self.permit_poll * 10):
                     await self._stopped.wait()
         return None
@@ -347,24 +439,38 @@ def _own(ticket: Ticket) -> SharedRateTicket:
 
 
 DEFAULT_SHARED_RATE = 10.0
-"""Calls per second in all when a shared-ledger run gives no ``--rate`` (the one judge that
-will search for the rate across hosts is not built yet: docs/scale-out.md)."""
+"""Calls per second in all when a shared-ledger run with ``--no-adaptive`` gives no
+``--rate`` (with the search on, the judge starts from ``--start-rate`` and searches)."""
 
 
 def shared_limiter(context: LimiterContext) -> Limiter:
-    """The calls' limiter of a run on the shared ledger: one rate (``--rate``, else
-    :data:`DEFAULT_SHARED_RATE`) and, with ``--concurrency``, one window for every worker of
-    every host (``limits/factory.py`` registers it as ``postgresql``)."""
+    """The calls' limiter of a run on the shared ledger: one rate and, with ``--concurrency``,
+    one window for every worker of every host, searched by one judge (``--no-adaptive``:
+    ``--rate`` held, else :data:`DEFAULT_SHARED_RATE`); ``limits/factory.py`` registers it as
+    ``postgresql``."""
     settings = context.settings
     if settings.ledger_url is None:
         raise ConfigError("limiter = 'postgresql' needs --ledger postgresql://...")
     url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
     target = settings.agent_oid or settings.experiment_oid
     window = settings.concurrency if "concurrency" in settings.model_fields_set else None
+    lease = 2 * settings.timeout + settings.drain_timeout
+    judge = None
+    if settings.adaptive:
+        judge = JudgeSettings(
+            rate_ceiling=settings.rate,
+            window_ceiling=window,
+            search_from=settings.start_rate,
+            workspace=settings.base_url,
+            agent=str(target),
+            lease=lease,
+        )
+    start = settings.rate or (settings.start_rate if judge else DEFAULT_SHARED_RATE)
     return SharedRateLimiter(
         lambda: connect(url, application_name="octave-bulk limiter"),
         key=f"{settings.base_url}|{target}",
-        rate=settings.rate or DEFAULT_SHARED_RATE,
+        rate=start,
         window=window,
-        permit_lease=2 * settings.timeout + settings.drain_timeout,
+        permit_lease=lease,
+        judge=judge,
     )
