@@ -86,9 +86,7 @@ def remembered(db_url: str) -> float | None:
 
 
 def simulator(make_sim: Any) -> RunningSimulator:
-    sim: RunningSimulator = make_sim(
-        rate_limit=parse_rate_limit(LIMIT), latency=Latency(0.05, 0.2)
-    )
+    sim: RunningSimulator = make_sim(rate_limit=parse_rate_limit(LIMIT), latency=Latency(0.05, 0.2))
     return sim
 
 
@@ -136,9 +134,8 @@ def test_when_the_judge_is_killed_another_worker_takes_over_and_the_search_goes_
         time.sleep(0.1)
     assert now[2] is not None and now[2] != judge  # another worker judges
     assert int(now[2].split(":")[1]) in by_pid
-    finish(
-        [p for p in workers if p is not first], [o for p, o in zip(workers, outs) if p is not first]
-    )
+    left = [n for n, process in enumerate(workers) if process is not first]
+    finish([workers[n] for n in left], [outs[n] for n in left])
     rate, epoch, _ = shared_row(db_url)
     assert epoch > epoch_at_kill  # the new judge published (and searched on)
     assert rate == pytest.approx(RATE, rel=0.2)

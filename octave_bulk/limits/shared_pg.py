@@ -12,7 +12,9 @@ the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:
 ``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
 booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
 a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
-all, not N x R. The row lock serialises bookings; at tens of calls a second that is far below
+all, not N x R. A worker books one turn at a time (its next task books once the turn before
+came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a rate the
+judge may be about to change. The row lock serialises bookings; at tens of calls a second that is far below
 what one row sustains.
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
@@ -198,6 +200,7 @@ class SharedRateLimiter:
         self._judging: asyncio.Task[None] | None = None
         self._told: list[_Told] = []  # outcomes not yet in ob_outcome (sent with a booking)
         self._numbers = itertools.count(1)
+        self._turn_lock = anyio.Lock()
         self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
@@ -253,6 +256,10 @@ class SharedRateLimiter:
             permit = await self._take_permit()
             if permit is None:  # stopped while waiting
                 return SharedRateTicket(None, 0, self._clock())
+        async with self._turn_lock:  # one turn booked ahead per worker, not one per task
+            return await self._take_turn(permit)
+
+    async def _take_turn(self, permit: int | None) -> SharedRateTicket:
         row = await self._book()
         if row is None:  # stopped while the database was out of reach
             return SharedRateTicket(None, 0, self._clock(), permit)
@@ -420,7 +427,8 @@ class SharedRateLimiter:
         """Book the next turn, waiting while the database is out of reach (never failing
         open: no turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
-            told, self._told = self._told, []  # the outcomes since the last booking go with it
+            told, self._told = self._told, []
+            # the outcomes since the last booking go with it
             try:
                 conn = await self._usable()
                 cur = await conn.execute(_BOOK.encode(), self._tell_params(told))
