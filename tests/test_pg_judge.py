@@ -54,11 +54,24 @@ def finish(processes: list[subprocess.Popen[str]], outs: list[Path]) -> None:
         assert process.returncode == 0, log[-3000:]
 
 
+def lists(tmp_path: Path, count: int, each: int, first: int = 0) -> list[Path]:
+    """``count`` contact lists of ``each`` contacts, none shared (an agency's clients: one
+    workspace limit, a list each)."""
+    paths = [tmp_path / f"list{first + n}.csv" for n in range(count)]
+    for n, path in enumerate(paths):
+        write_contacts(path, each, start=(first + n) * each)
+    return paths
+
+
 def run_workers(
-    sim: RunningSimulator, tmp_path: Path, name: str, count: int, ledger: str | None
+    sim: RunningSimulator, tmp_path: Path, name: str, inputs: list[Path], ledger: str | None
 ) -> None:
-    outs = [tmp_path / f"{name}-{n}.ndjson" for n in range(count)]
-    finish([start_worker(sim.url, tmp_path / "in.csv", out, ledger) for out in outs], outs)
+    """One worker per list, all at once, until each is done."""
+    outs = [tmp_path / f"{name}-{n}.ndjson" for n in range(len(inputs))]
+    workers = [
+        start_worker(sim.url, path, out, ledger) for path, out in zip(inputs, outs, strict=True)
+    ]
+    finish(workers, outs)
 
 
 def accepted_rate(sim: RunningSimulator, skip: float = 0.25) -> tuple[float, float]:
@@ -94,12 +107,13 @@ def simulator(make_sim: Any) -> RunningSimulator:
 def test_three_hosts_with_no_rate_find_one_limit_together_not_three(
     make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
 ) -> None:
-    write_contacts(tmp_path / "in.csv", 480)  # ~24 s at the limit
     alone = simulator(make_sim)
-    run_workers(alone, tmp_path, "alone", 1, pg.create_database(f"alone{os.getpid()}"))
+    everything = lists(tmp_path, 1, 480, first=9)  # ~24 s at the limit
+    run_workers(alone, tmp_path, "alone", everything, pg.create_database(f"alone{os.getpid()}"))
     rate_alone, refused_alone = accepted_rate(alone)
     shared = simulator(make_sim)
-    run_workers(shared, tmp_path, "shared", 3, db_url)
+    thirds = lists(tmp_path, 3, 160)
+    run_workers(shared, tmp_path, "shared", thirds, db_url)
     rate_shared, refused_shared = accepted_rate(shared)
     assert rate_shared == pytest.approx(RATE, rel=0.1), (rate_shared, rate_alone)
     assert refused_shared <= max(1.5 * refused_alone, 0.02), (refused_shared, refused_alone)
@@ -107,7 +121,7 @@ def test_three_hosts_with_no_rate_find_one_limit_together_not_three(
     assert remembered(db_url) == pytest.approx(RATE, rel=0.15)  # the limit that held
     # The control: three hosts, each searching alone on its own file ledger.
     control = simulator(make_sim)
-    run_workers(control, tmp_path, "own", 3, None)
+    run_workers(control, tmp_path, "own", thirds, None)
     _, refused_control = accepted_rate(control)
     assert refused_control > 2 * max(refused_shared, 0.02), (refused_control, refused_shared)
 
@@ -116,10 +130,12 @@ def test_three_hosts_with_no_rate_find_one_limit_together_not_three(
 def test_when_the_judge_is_killed_another_worker_takes_over_and_the_search_goes_on(
     make_sim: Any, tmp_path: Path, db_url: str
 ) -> None:
-    write_contacts(tmp_path / "in.csv", 600)
     sim = simulator(make_sim)
     outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
-    workers = [start_worker(sim.url, tmp_path / "in.csv", out, db_url) for out in outs]
+    inputs = lists(tmp_path, 3, 200)
+    workers = [
+        start_worker(sim.url, path, out, db_url) for path, out in zip(inputs, outs, strict=True)
+    ]
     by_pid = {process.pid: process for process in workers}
     deadline = time.monotonic() + 120
     while (judge := shared_row(db_url)[2]) is None and time.monotonic() < deadline:
@@ -149,9 +165,8 @@ def test_a_second_night_starts_from_the_limit_remembered_and_is_not_slower(
 ) -> None:
     nights = []
     for night in range(2):
-        write_contacts(tmp_path / "in.csv", 300, start=1000 * night)  # a new list each night
         sim = simulator(make_sim)
-        run_workers(sim, tmp_path, f"night{night}", 2, db_url)
+        run_workers(sim, tmp_path, f"night{night}", lists(tmp_path, 2, 150, 2 * night), db_url)
         nights.append((accepted_rate(sim, skip=0.0), sim.stats()["totals"].get("rate_limited", 0)))
         if night == 0:
             memory = remembered(db_url)

@@ -190,18 +190,6 @@ class Judge:
             cur = await conn.execute(_CONSUME.encode(), {"key": self.key})
             rows = await cur.fetchall()
             await self._replay(search, [row[1:] for row in rows if row[1] is not None])
-            log_event(
-                "judge_tick",
-                rows=len(rows),
-                epoch=self.epoch,
-                rate=search.rate,
-                e=search.epoch.number,
-                sent=search.epoch.sent,
-                known=search.epoch.known,
-                rw=search.epoch.rate_waits,
-                tk=len(self._tickets),
-                first=rows[:2],
-            )
             if rows:
                 self.now = max(self.now, float(rows[0][0]))
             self._drop_unanswered()

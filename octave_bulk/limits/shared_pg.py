@@ -318,7 +318,12 @@ class SharedRateLimiter:
             return
         ticket.settled = True
         self._counts.released += 1
-        self._tell(ticket, RELEASED)
+        sent = _Told(ticket.epoch, ticket.number, SENT, 0.0, False)
+        told = [t for t in self._told if (t.number, t.kind) != (sent.number, SENT)]
+        if len(told) < len(self._told):
+            self._told = told  # the judge never heard of it: nothing to take back
+        else:
+            self._tell(ticket, RELEASED)
         await self._give_back(ticket)
         if ticket.booked_tat is not None:
             await self._quietly(
