@@ -86,10 +86,13 @@ def accepted_rate(sim: RunningSimulator, skip: float = 0.25) -> tuple[float, flo
 
 
 def shared_row(db_url: str) -> tuple[float, int, str | None]:
+    """The shared row's rate, epoch and judge ((0, 0, None) before the first run made it)."""
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT rate, epoch, judge FROM ob_rate").fetchone()
-    assert row is not None
-    return float(row[0]), int(row[1]), row[2]
+        try:
+            row = conn.execute("SELECT rate, epoch, judge FROM ob_rate").fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+    return (0.0, 0, None) if row is None else (float(row[0]), int(row[1]), row[2])
 
 
 def remembered(db_url: str) -> float | None:

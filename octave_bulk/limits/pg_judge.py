@@ -56,8 +56,11 @@ __all__ = [
     "SENT",
     "TICK",
     "TRY_EVERY",
+    "TELL",
     "Judge",
     "JudgeSettings",
+    "Outcomes",
+    "Told",
     "ReplayGate",
     "lock_id",
 ]
@@ -65,6 +68,15 @@ __all__ = [
 SENT, ANSWERED, REFUSED, RELEASED = 0, 1, 2, 3  # ob_outcome.kind (released: never sent)
 TICK = 0.5  # seconds between the judge's reads of the outcomes (one round trip each)
 TRY_EVERY = 2.0  # seconds between another worker's tries for the lock
+
+TELL = """
+INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after)
+SELECT %(key)s, u.epoch, %(worker)s, u.ticket, u.kind, u.at, u.waited, u.retry_after
+FROM unnest(%(epochs)s::int[], %(tickets)s::bigint[], %(kinds)s::smallint[],
+            %(ats)s::float8[], %(waited)s::bool[], %(retry)s::float8[])
+     AS u(epoch, ticket, kind, at, waited, retry_after)
+"""
+"""How a worker's outcomes reach ``ob_outcome`` (inside its booking, or alone at its end)."""
 
 _CONSUME = """
 WITH told AS (
@@ -92,6 +104,61 @@ ON CONFLICT (workspace, agent) DO UPDATE
 SET rate = excluded.rate, window_size = excluded.window_size, evidence = excluded.evidence,
     measured_at = clock_timestamp()
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """One outcome for the judge: an ``ob_outcome`` row (``at`` on the server's clock)."""
+
+    epoch: int
+    number: int
+    kind: int
+    at: float
+    waited: bool = False
+    retry_after: float | None = None
+
+
+class Outcomes:
+    """A worker's outcomes not yet in ``ob_outcome``: taken by its next booking (put back
+    when the booking failed)."""
+
+    def __init__(self) -> None:
+        self._kept: list[Told] = []
+
+    def sent(self, epoch: int, number: int, at: float, waited: bool) -> None:
+        self._kept.append(Told(epoch, number, SENT, at, waited))
+
+    def answered(
+        self, epoch: int, number: int, kind: int, at: float, retry_after: float | None
+    ) -> None:
+        self._kept.append(Told(epoch, number, kind, at, False, retry_after))
+
+    def unsent(self, number: int) -> bool:
+        """Forget a send not handed over yet (it was never made); False when it was."""
+        kept = [t for t in self._kept if (t.number, t.kind) != (number, SENT)]
+        found, self._kept = len(kept) < len(self._kept), kept
+        return found
+
+    def take(self) -> list[Told]:
+        kept, self._kept = self._kept, []
+        return kept
+
+    def put_back(self, told: list[Told]) -> None:
+        self._kept[:0] = told
+
+    @staticmethod
+    def params(key: str, worker: str, told: list[Told]) -> dict[str, Any]:
+        """:data:`TELL`'s parameters (one array per column)."""
+        return {
+            "key": key,
+            "worker": worker,
+            "epochs": [t.epoch for t in told],
+            "tickets": [t.number for t in told],
+            "kinds": [t.kind for t in told],
+            "ats": [t.at for t in told],
+            "waited": [t.waited for t in told],
+            "retry": [t.retry_after for t in told],
+        }
 
 
 def lock_id(key: str) -> int:
@@ -170,6 +237,9 @@ class Judge:
                 await self._judge(conn)
             except psycopg.Error:
                 await anyio.sleep(TRY_EVERY)
+            except Exception as exc:  # a bug must not stop the run: the rate published holds
+                log_event("judge_failed", error=f"{type(exc).__name__}: {exc}")
+                await anyio.sleep(TRY_EVERY)
             finally:
                 if conn is not None:
                     with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error):
@@ -192,7 +262,7 @@ class Judge:
             await self._replay(search, [row[1:] for row in rows if row[1] is not None])
             if rows:
                 self.now = max(self.now, float(rows[0][0]))
-            self._drop_unanswered()
+            await self._drop_unanswered(search)
             search.settle()  # with slow calls, time moves the verdicts on
             search.maybe_probe()
             await self._publish(conn, search)
@@ -240,7 +310,9 @@ class Judge:
         for _, epoch, worker, number, kind, at, waited, retry_after in rows:
             self.now = max(self.now, float(at))
             if kind == SENT:
-                if epoch == self.epoch:  # booked under the setting in force
+                # Booked under the setting published, and the search has not moved since (a
+                # batch holds many: those after a move were sent at the old setting).
+                if epoch == self.epoch and (search.rate, search.window) == self._published[:2]:
                     gate.waited = bool(waited)
                     self._tickets[worker, number] = await search.acquire()
                 continue
@@ -254,14 +326,13 @@ class Judge:
             else:
                 await search.release(ticket)
 
-    def _drop_unanswered(self) -> None:
+    async def _drop_unanswered(self, search: AdaptiveLimiter) -> None:
         """Sends never answered within a lease: their worker died; they judge nothing."""
         horizon = self.now - self.settings.lease
         for key, ticket in list(self._tickets.items()):
             if ticket.sent_at < horizon:
                 del self._tickets[key]
-                ticket.epoch = -1
-                ticket.answered = True
+                await search.release(ticket)
 
     async def _publish(
         self, conn: PgConnection, search: AdaptiveLimiter, *, force: bool = False

@@ -54,21 +54,21 @@ import psycopg
 
 from octave_bulk.errors import ConfigError, RefusalHints, StateError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
-from octave_bulk.limits.pg_judge import ANSWERED, REFUSED, RELEASED, SENT, Judge, JudgeSettings
+from octave_bulk.limits.pg_judge import (
+    ANSWERED,
+    REFUSED,
+    RELEASED,
+    TELL,
+    Judge,
+    JudgeSettings,
+    Outcomes,
+)
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
 
-_TELL = """
-INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after)
-SELECT %(key)s, u.epoch, %(worker)s, u.ticket, u.kind, u.at, u.waited, u.retry_after
-FROM unnest(%(epochs)s::int[], %(tickets)s::bigint[], %(kinds)s::smallint[],
-            %(ats)s::float8[], %(waited)s::bool[], %(retry)s::float8[])
-     AS u(epoch, ticket, kind, at, waited, retry_after)
-"""
-
 _BOOK = (
-    "WITH told AS (" + _TELL + ")"
+    "WITH told AS (" + TELL + ")"
     """
 UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
                         + make_interval(secs => 1.0 / rate)
@@ -123,18 +123,6 @@ class SharedRateTicket(Ticket):
     settled: bool = False
     number: int = 0
     """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Told:
-    """One outcome for the judge: an ``ob_outcome`` row (``at`` on the server's clock)."""
-
-    epoch: int
-    number: int
-    kind: int
-    at: float
-    waited: bool
-    retry_after: float | None = None
 
 
 @dataclass(slots=True)
@@ -198,7 +186,7 @@ class SharedRateLimiter:
         self._counts = _Counts()
         self._judge = judge
         self._judging: asyncio.Task[None] | None = None
-        self._told: list[_Told] = []  # outcomes not yet in ob_outcome (sent with a booking)
+        self._told = Outcomes()  # not yet in ob_outcome (they go with the next booking)
         self._numbers = itertools.count(1)
         self._turn_lock = anyio.Lock()
         self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
@@ -237,9 +225,9 @@ class SharedRateLimiter:
                 await self._judging
             self._judging = None
         if self._conn is not None:
-            told, self._told = self._told, []
+            told = self._told.take()
             if told:
-                await self._quietly(_TELL, self._tell_params(told))
+                await self._quietly(TELL, self._told.params(self.key, self.holder, told))
             await self._quietly(
                 "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
                 (self.holder,),
@@ -276,9 +264,7 @@ class SharedRateLimiter:
             with anyio.move_on_after(wait):
                 await self._stopped.wait()
         if self._judge is not None:  # told at its turn, with the next booking
-            self._told.append(
-                _Told(ticket.epoch, ticket.number, SENT, float(server_now) + wait, wait > 0)
-            )
+            self._told.sent(ticket.epoch, ticket.number, float(server_now) + wait, wait > 0)
         return ticket
 
     async def on_answer(self, ticket: Ticket) -> None:
@@ -318,11 +304,7 @@ class SharedRateLimiter:
             return
         ticket.settled = True
         self._counts.released += 1
-        sent = _Told(ticket.epoch, ticket.number, SENT, 0.0, False)
-        told = [t for t in self._told if (t.number, t.kind) != (sent.number, SENT)]
-        if len(told) < len(self._told):
-            self._told = told  # the judge never heard of it: nothing to take back
-        else:
+        if not self._told.unsent(ticket.number):  # the judge heard of it: take it back
             self._tell(ticket, RELEASED)
         await self._give_back(ticket)
         if ticket.booked_tat is not None:
@@ -359,22 +341,10 @@ class SharedRateLimiter:
         )
 
     def _tell(self, ticket: SharedRateTicket, kind: int, retry_after: float | None = None) -> None:
-        """Keep an outcome for the judge (sent with this worker's next booking)."""
+        """Keep an outcome for the judge (it goes with this worker's next booking)."""
         if self._judge is not None and ticket.number:
             at = self._clock() + self._offset
-            self._told.append(_Told(ticket.epoch, ticket.number, kind, at, False, retry_after))
-
-    def _tell_params(self, told: list[_Told]) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "worker": self.holder,
-            "epochs": [t.epoch for t in told],
-            "tickets": [t.number for t in told],
-            "kinds": [t.kind for t in told],
-            "ats": [t.at for t in told],
-            "waited": [t.waited for t in told],
-            "retry": [t.retry_after for t in told],
-        }
+            self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after)
 
     async def _take_permit(self) -> int | None:
         params = {
@@ -432,14 +402,15 @@ class SharedRateLimiter:
         """Book the next turn, waiting while the database is out of reach (never failing
         open: no turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
-            told, self._told = self._told, []
+            told = self._told.take()
             # the outcomes since the last booking go with it
             try:
                 conn = await self._usable()
-                cur = await conn.execute(_BOOK.encode(), self._tell_params(told))
+                params = self._told.params(self.key, self.holder, told)
+                cur = await conn.execute(_BOOK.encode(), params)
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
-                self._told[:0] = told
+                self._told.put_back(told)
                 with anyio.move_on_after(self.permit_poll * 10):
                     await self._stopped.wait()
         return None
