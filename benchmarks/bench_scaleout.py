@@ -175,14 +175,17 @@ def acquire_row(url: str, count: int, workers: int) -> dict[str, Any]:
     }
 
 
-def statements(url: str) -> int:
-    """The statements the database ran since the last reset (``pg_stat_statements``)."""
+def statements(url: str) -> tuple[int, list[tuple[int, str]]]:
+    """The statements the database ran since the last reset (``pg_stat_statements``), and the
+    five most run (calls, the statement's start)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+        rows = conn.execute(
+            "SELECT calls, regexp_replace(left(query, 60), '\\s+', ' ', 'g')"
+            " FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        ).fetchone()
-    return int(row[0]) if row else 0
+            " ORDER BY calls DESC"
+        ).fetchall()
+    return sum(int(calls) for calls, _ in rows), [(int(c), q) for c, q in rows[:5]]
 
 
 def count_statements(server: PgServer) -> None:
@@ -244,7 +247,7 @@ def host_cell(
             proc.wait(timeout=900)
         stats = sim.stats()
     failed = [proc.args for proc in procs if proc.returncode != 0]
-    trips = statements(url)
+    trips, most = statements(url)
     arrivals = list(zip(stats["arrivals"], stats["arrival_outcomes"], strict=True))
     ok = sorted(at for at, outcome in arrivals if outcome == "ok")
     span = ok[-1] - arrivals[0][0] if ok else float("nan")
@@ -262,6 +265,7 @@ def host_cell(
         "trips_per_contact": trips / (each * hosts),
         "paid_per_contact": paid / (each * hosts),
         "failed_workers": len(failed),
+        "most_run": "; ".join(f"{calls / (each * hosts):.2f} {query}" for calls, query in most),
     }
 
 
