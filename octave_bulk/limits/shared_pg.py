@@ -21,8 +21,11 @@ what one row sustains.
   permit rows (``ob_permit``) with ``FOR UPDATE SKIP LOCKED`` and holds it, under a lease
   (``permit_lease``, renewed by :meth:`renew_permits`), until its answer: C calls in flight in
   all, across hosts. A permit whose holder died without handing it back is free again once
-  its lease ran out. A worker waiting for a permit looks again every ``permit_poll`` seconds,
-  and at once when one of its own is handed back.
+  its lease ran out. An answer's permit stays the worker's for ``permit_poll`` seconds: its
+  next attempt takes it with no round trip (while two thirds of its lease are left); unused,
+  it goes back. One task per worker looks for a free permit in the database, every
+  ``permit_poll`` seconds doubled while none is free (up to 20 x), and at once when one of
+  its own is freed.
 - **Shared pause**: :meth:`on_429` pushes ``paused_until`` (the Retry-After, else
   ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn is
   booked after it.
@@ -183,6 +186,12 @@ class SharedRateLimiter:
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
         self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
+        self._taken: dict[int, float] = {}  # permits in use: slot -> when taken (our clock)
+        self._spare: dict[int, float] = {}  # permits still ours, unused for now
+        self._returning: asyncio.Task[None] | None = None
+        self._window_now = window  # the judge's window (bounded by ours)
+        self._permit_lock = anyio.Lock()  # one task per worker looks for a free permit
+        self._poll = permit_poll
         self._counts = _Counts()
         self._judge = judge
         self._judging: asyncio.Task[None] | None = None
@@ -219,6 +228,8 @@ class SharedRateLimiter:
     async def aclose(self) -> None:
         """Stop judging, tell the judge the last outcomes, hand back every permit still held,
         and disconnect."""
+        if self._returning is not None:
+            self._returning.cancel()
         if self._judging is not None:
             self._judging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,7 +264,9 @@ class SharedRateLimiter:
             return SharedRateTicket(None, 0, self._clock(), permit)
         if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate, server_now, _ = row
+        booked_tat, wait, epoch, rate, server_now, published = row
+        if self._window is not None and published:
+            self._window_now = min(self._window, int(published))
         self._rate, wait = float(rate), max(float(wait), 0.0)
         self._offset = float(server_now) - self._clock()
         send_at = self._clock() + wait
@@ -347,6 +360,9 @@ class SharedRateLimiter:
             self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after)
 
     async def _take_permit(self) -> int | None:
+        """A permit of ours just freed, else one from the database: one task per worker
+        looks there, every ``permit_poll`` seconds doubled while none is free (up to 20 x),
+        and at once when one of ours is freed."""
         params = {
             "key": self.key,
             "window": self._window,
@@ -354,26 +370,65 @@ class SharedRateLimiter:
             "lease": self.permit_lease,
         }
         while not self._stopped.is_set():
-            row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
-            if row is not None:
-                return int(row[0])
-            freed = self._freed
-            with anyio.move_on_after(self.permit_poll):
-                await freed.wait()
-            if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
-                self._freed = anyio.Event()
+            slot = self._reuse()
+            if slot is not None:
+                return slot
+            async with self._permit_lock:
+                slot = self._reuse()
+                if slot is not None:
+                    return slot
+                row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
+                if row is not None:
+                    self._poll = self.permit_poll
+                    self._taken[int(row[0])] = self._clock()
+                    return int(row[0])
+                freed = self._freed
+                with anyio.move_on_after(self._poll):
+                    await freed.wait()
+                self._poll = min(2 * self._poll, 20 * self.permit_poll)
+                if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
+                    self._freed = anyio.Event()
+        return None
+
+    def _reuse(self) -> int | None:
+        """A permit of ours that an answer just freed, for this attempt (no round trip): one
+        with two thirds of its lease left (longer than any call) and inside the window."""
+        while self._spare:
+            slot, taken = self._spare.popitem()
+            fits = self._window_now is None or slot <= self._window_now
+            if fits and self._clock() - taken < self.permit_lease / 3:
+                self._taken[slot] = taken
+                return slot
+            self._spare_back([slot])
         return None
 
     async def _give_back(self, ticket: SharedRateTicket) -> None:
+        """The attempt's permit stays ours for a moment (the next attempt here takes it with
+        no round trip); unused after ``permit_poll``, it goes back to every host."""
         if ticket.permit is None:
             return
         slot, ticket.permit = ticket.permit, None
-        await self._quietly(
-            "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
-            " WHERE key = %s AND slot = %s AND holder = %s",
-            (self.key, slot, self.holder),
-        )
+        self._spare[slot] = self._taken.pop(slot, self._clock())
         self._freed.set()
+        if self._returning is None or self._returning.done():
+            self._returning = asyncio.create_task(self._return_spare())
+
+    async def _return_spare(self) -> None:
+        await anyio.sleep(self.permit_poll)
+        slots, self._spare = list(self._spare), {}
+        await self._hand_back(slots)
+
+    def _spare_back(self, slots: list[int]) -> None:
+        task = asyncio.create_task(self._hand_back(slots))
+        task.add_done_callback(lambda _: None)
+
+    async def _hand_back(self, slots: list[int]) -> None:
+        if slots:
+            await self._quietly(
+                "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
+                " WHERE key = %s AND slot = ANY(%s) AND holder = %s",
+                (self.key, slots, self.holder),
+            )
 
     def _connection(self) -> PgConnection:
         if self._conn is None:
