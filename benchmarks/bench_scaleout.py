@@ -235,7 +235,7 @@ def host_cell(
             cmd = [
                 sys.executable, "-m", "octave_bulk", "run", str(path),
                 "-o", str(path.with_suffix(".ndjson")), "--agent", "ca_bench",
-                "--base-url", sim.url, "--no-progress", "--timeout", "10", *spec["flags"],
+                "--base-url", sim.url, "--no-progress", *spec["flags"],
             ]  # fmt: skip
             log = open(path.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
             procs.append(

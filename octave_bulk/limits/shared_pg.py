@@ -191,7 +191,7 @@ class SharedRateLimiter:
         self._returning: asyncio.Task[None] | None = None
         self._window_now = window  # the judge's window (bounded by ours)
         self._permit_lock = anyio.Lock()  # one task per worker looks for a free permit
-        self._poll = permit_poll
+        self._poll, self._looked_at = permit_poll, float("-inf")
         self._counts = _Counts()
         self._judge = judge
         self._judging: asyncio.Task[None] | None = None
@@ -377,15 +377,18 @@ class SharedRateLimiter:
                 slot = self._reuse()
                 if slot is not None:
                     return slot
-                row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
-                if row is not None:
-                    self._poll = self.permit_poll
-                    self._taken[int(row[0])] = self._clock()
-                    return int(row[0])
+                due = self._looked_at + self._poll - self._clock()
+                if due <= 0:  # not looked lately (by any task here): look now
+                    self._looked_at = self._clock()
+                    row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
+                    if row is not None:
+                        self._poll = self.permit_poll
+                        self._taken[int(row[0])] = self._clock()
+                        return int(row[0])
+                    self._poll = due = min(2 * self._poll, 20 * self.permit_poll)
                 freed = self._freed
-                with anyio.move_on_after(self._poll):
+                with anyio.move_on_after(due):
                     await freed.wait()
-                self._poll = min(2 * self._poll, 20 * self.permit_poll)
                 if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
                     self._freed = anyio.Event()
         return None
