@@ -243,8 +243,13 @@ def host_cell(
                     cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=capped
                 )
             )
-        for proc in procs:
-            proc.wait(timeout=900)
+        try:
+            for proc in procs:
+                proc.wait(timeout=900)
+        finally:  # interrupted: no worker outlives the bench
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
         stats = sim.stats()
     failed = [proc.args for proc in procs if proc.returncode != 0]
     trips, most = statements(url)

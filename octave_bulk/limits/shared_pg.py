@@ -14,21 +14,17 @@ booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from
 a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
 all, not N x R. A worker books one turn at a time (its next task books once the turn before
 came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a rate the
-judge may be about to change. The row lock serialises bookings; at tens of calls a second that is far below
-what one row sustains.
+judge may be about to change. The row lock serialises bookings; at tens of calls a second
+that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
+also carries this worker's outcomes since the last one, and reads back the judge's rate,
+window and pause.
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
-  permit rows (``ob_permit``) with ``FOR UPDATE SKIP LOCKED`` and holds it, under a lease
-  (``permit_lease``, renewed by :meth:`renew_permits`), until its answer: C calls in flight in
-  all, across hosts. A permit whose holder died without handing it back is free again once
-  its lease ran out. An answer's permit stays the worker's for ``permit_poll`` seconds: its
-  next attempt takes it with no round trip (while two thirds of its lease are left); unused,
-  it goes back. One task per worker looks for a free permit in the database, every
-  ``permit_poll`` seconds doubled while none is free (up to 20 x), and at once when one of
-  its own is freed.
-- **Shared pause**: :meth:`on_429` pushes ``paused_until`` (the Retry-After, else
-  ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn is
-  booked after it.
+  permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
+  hosts (``limits/pg_window.py``).
+- **Shared pause**: without a judge, :meth:`on_429` pushes ``paused_until`` (the Retry-After,
+  else ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn
+  is booked after it. With one, the judge decides the pauses as the single-host search does.
 - :meth:`release` (an attempt never sent) hands its turn back when no later turn was booked
   since (``tat`` unchanged), so a stopped run does not leave a gap in everyone's schedule.
 - :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
@@ -66,6 +62,7 @@ from octave_bulk.limits.pg_judge import (
     JudgeSettings,
     Outcomes,
 )
+from octave_bulk.limits.pg_window import SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
@@ -87,21 +84,6 @@ ON CONFLICT (key) DO UPDATE
 SET rate = excluded.rate, judge = NULL, epoch = ob_rate.epoch + 1, window_size = NULL,
     updated_at = clock_timestamp()
 WHERE %(always)s OR ob_rate.updated_at < clock_timestamp() - make_interval(secs => %(stale)s)
-"""
-
-_TAKE_PERMIT = """
-WITH free AS (
-    SELECT key, slot FROM ob_permit
-    WHERE key = %(key)s AND slot <= least(%(window)s, coalesce(
-        (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s))
-      AND (holder IS NULL OR expires_at < clock_timestamp())
-    ORDER BY slot LIMIT 1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE ob_permit p SET holder = %(holder)s,
-                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
-FROM free WHERE p.key = free.key AND p.slot = free.slot
-RETURNING p.slot
 """
 
 _PAUSE = """
@@ -185,13 +167,19 @@ class SharedRateLimiter:
         self._clock = clock
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
-        self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
-        self._taken: dict[int, float] = {}  # permits in use: slot -> when taken (our clock)
-        self._spare: dict[int, float] = {}  # permits still ours, unused for now
-        self._returning: asyncio.Task[None] | None = None
-        self._window_now = window  # the judge's window (bounded by ours)
-        self._permit_lock = anyio.Lock()  # one task per worker looks for a free permit
-        self._poll, self._looked_at = permit_poll, float("-inf")
+        self._permits = (
+            None
+            if window is None
+            else SharedWindow(
+                self._quietly,
+                key=key,
+                window=window,
+                holder=self.holder,
+                lease=permit_lease,
+                poll=permit_poll,
+                clock=clock,
+            )
+        )
         self._counts = _Counts()
         self._judge = judge
         self._judging: asyncio.Task[None] | None = None
@@ -228,8 +216,8 @@ class SharedRateLimiter:
     async def aclose(self) -> None:
         """Stop judging, tell the judge the last outcomes, hand back every permit still held,
         and disconnect."""
-        if self._returning is not None:
-            self._returning.cancel()
+        if self._permits is not None:
+            self._permits.close()
         if self._judging is not None:
             self._judging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,8 +239,8 @@ class SharedRateLimiter:
         """Take a permit of the shared window (if any), then book the next shared turn and
         wait for it; returns early, unbooked, once :meth:`stop` was called."""
         permit = None
-        if self._window is not None:
-            permit = await self._take_permit()
+        if self._permits is not None:
+            permit = await self._permits.take()
             if permit is None:  # stopped while waiting
                 return SharedRateTicket(None, 0, self._clock())
         async with self._turn_lock:  # one turn booked ahead per worker, not one per task
@@ -265,8 +253,8 @@ class SharedRateLimiter:
         if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
         booked_tat, wait, epoch, rate, server_now, published = row
-        if self._window is not None and published:
-            self._window_now = min(self._window, int(published))
+        if self._permits is not None and published:
+            self._permits.published(int(published))
         self._rate, wait = float(rate), max(float(wait), 0.0)
         self._offset = float(server_now) - self._clock()
         send_at = self._clock() + wait
@@ -338,7 +326,8 @@ class SharedRateLimiter:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._freed.set()
+        if self._permits is not None:
+            self._permits.stop()
 
     def report(self) -> LimitsReport:
         """This worker's share: what it let through (the rate and window are everyone's)."""
@@ -359,79 +348,11 @@ class SharedRateLimiter:
             at = self._clock() + self._offset
             self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after)
 
-    async def _take_permit(self) -> int | None:
-        """A permit of ours just freed, else one from the database: one task per worker
-        looks there, every ``permit_poll`` seconds doubled while none is free (up to 20 x),
-        and at once when one of ours is freed."""
-        params = {
-            "key": self.key,
-            "window": self._window,
-            "holder": self.holder,
-            "lease": self.permit_lease,
-        }
-        while not self._stopped.is_set():
-            slot = self._reuse()
-            if slot is not None:
-                return slot
-            async with self._permit_lock:
-                slot = self._reuse()
-                if slot is not None:
-                    return slot
-                due = self._looked_at + self._poll - self._clock()
-                if due <= 0:  # not looked lately (by any task here): look now
-                    self._looked_at = self._clock()
-                    row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
-                    if row is not None:
-                        self._poll = self.permit_poll
-                        self._taken[int(row[0])] = self._clock()
-                        return int(row[0])
-                    self._poll = due = min(2 * self._poll, 20 * self.permit_poll)
-                freed = self._freed
-                with anyio.move_on_after(due):
-                    await freed.wait()
-                if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
-                    self._freed = anyio.Event()
-        return None
-
-    def _reuse(self) -> int | None:
-        """A permit of ours that an answer just freed, for this attempt (no round trip): one
-        with two thirds of its lease left (longer than any call) and inside the window."""
-        while self._spare:
-            slot, taken = self._spare.popitem()
-            fits = self._window_now is None or slot <= self._window_now
-            if fits and self._clock() - taken < self.permit_lease / 3:
-                self._taken[slot] = taken
-                return slot
-            self._spare_back([slot])
-        return None
-
     async def _give_back(self, ticket: SharedRateTicket) -> None:
-        """The attempt's permit stays ours for a moment (the next attempt here takes it with
-        no round trip); unused after ``permit_poll``, it goes back to every host."""
-        if ticket.permit is None:
-            return
-        slot, ticket.permit = ticket.permit, None
-        self._spare[slot] = self._taken.pop(slot, self._clock())
-        self._freed.set()
-        if self._returning is None or self._returning.done():
-            self._returning = asyncio.create_task(self._return_spare())
-
-    async def _return_spare(self) -> None:
-        await anyio.sleep(self.permit_poll)
-        slots, self._spare = list(self._spare), {}
-        await self._hand_back(slots)
-
-    def _spare_back(self, slots: list[int]) -> None:
-        task = asyncio.create_task(self._hand_back(slots))
-        task.add_done_callback(lambda _: None)
-
-    async def _hand_back(self, slots: list[int]) -> None:
-        if slots:
-            await self._quietly(
-                "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
-                " WHERE key = %s AND slot = ANY(%s) AND holder = %s",
-                (self.key, slots, self.holder),
-            )
+        """The attempt's permit (if any) back to the shared window."""
+        if ticket.permit is not None and self._permits is not None:
+            self._permits.give_back(ticket.permit)
+        ticket.permit = None
 
     def _connection(self) -> PgConnection:
         if self._conn is None:
