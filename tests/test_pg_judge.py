@@ -64,21 +64,28 @@ def lists(tmp_path: Path, count: int, each: int, first: int = 0) -> list[Path]:
 
 
 def run_workers(
-    sim: RunningSimulator, tmp_path: Path, name: str, inputs: list[Path], ledger: str | None
+    sim: RunningSimulator,
+    tmp_path: Path,
+    name: str,
+    inputs: list[Path],
+    ledger: str | None,
+    *extra: str,
 ) -> None:
     """One worker per list, all at once, until each is done."""
     outs = [tmp_path / f"{name}-{n}.ndjson" for n in range(len(inputs))]
     workers = [
-        start_worker(sim.url, path, out, ledger) for path, out in zip(inputs, outs, strict=True)
+        start_worker(sim.url, path, out, ledger, *extra)
+        for path, out in zip(inputs, outs, strict=True)
     ]
     finish(workers, outs)
 
 
-def accepted_rate(sim: RunningSimulator, skip: float = 0.25) -> tuple[float, float]:
+def accepted_rate(sim: RunningSimulator, skip: float = 0.25, since: int = 0) -> tuple[float, float]:
     """The calls accepted per second, the ``skip`` share of the first left out (the search's
-    first steps), and the share of all calls refused with a 429."""
+    first steps), and the share of all calls refused with a 429 (of the calls after the
+    first ``since``)."""
     stats = sim.stats()
-    outcomes = list(zip(stats["arrivals"], stats["arrival_outcomes"], strict=True))
+    outcomes = list(zip(stats["arrivals"], stats["arrival_outcomes"], strict=True))[since:]
     ok = sorted(at for at, outcome in outcomes if outcome == "ok")
     tail = ok[int(len(ok) * skip) :]
     refused = sum(outcome == "429" for _, outcome in outcomes)
@@ -126,12 +133,13 @@ def test_three_hosts_with_no_rate_find_one_limit_together_not_three(
     assert refused_shared <= 1.5 * refused_alone + 0.02, found
     assert sum(shared.stats()["successes"].values()) == 300  # each contact paid once in all
     assert remembered(db_url) == pytest.approx(RATE, rel=0.15)  # the limit that held
-    # The control: three hosts, each searching alone on its own file ledger.
+    # The control: three hosts on their own file ledgers, each pacing to the whole limit (as
+    # each would with a limit of its own): three times the attempts, and most refused.
     control = simulator(make_sim)
-    run_workers(control, tmp_path, "own", thirds, None)
+    run_workers(control, tmp_path, "own", thirds, None, "--rate", f"{RATE:g}/s", "--no-adaptive")
     _, refused_control = accepted_rate(control)
     print("control 429 share:", refused_control)
-    assert refused_control > 2 * max(refused_shared, 0.02), (refused_control, refused_shared)
+    assert refused_control > max(3 * refused_shared, 0.4), (refused_control, refused_shared)
 
 
 @pytest.mark.slow
@@ -173,18 +181,27 @@ def test_when_the_judge_is_killed_another_worker_takes_over_and_the_search_goes_
 def test_a_second_night_starts_from_the_limit_remembered_and_is_not_slower(
     make_sim: Any, tmp_path: Path, db_url: str
 ) -> None:
+    sim = simulator(make_sim)  # one workspace: its limits are remembered under its URL
     nights = []
     for night in range(2):
-        sim = simulator(make_sim)
+        since = len(sim.stats()["arrivals"])
         run_workers(sim, tmp_path, f"night{night}", lists(tmp_path, 2, 100, 2 * night), db_url)
-        nights.append((accepted_rate(sim, skip=0.0), sim.stats()["totals"].get("rate_limited", 0)))
+        nights.append(accepted_rate(sim, skip=0.0, since=since))
         if night == 0:
             memory = remembered(db_url)
             assert memory == pytest.approx(RATE, rel=0.15)
             # The next night starts where this one settled (the row is stale by then).
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute("UPDATE ob_rate SET updated_at = '-infinity'")
-    (first_rate, _), first_refused = nights[0]
-    (second_rate, _), second_refused = nights[1]
-    assert second_rate >= 0.95 * first_rate, (second_rate, first_rate)
-    assert second_refused <= first_refused, (second_refused, first_refused)
+    (first_rate, first_refused), (second_rate, second_refused) = nights
+    found = (first_rate, second_rate, first_refused, second_refused)
+    assert second_rate >= 0.95 * first_rate, found
+    # Its judge started from the memory (the log's "judge" line: where the search began).
+    lines = [
+        line.split()
+        for path in tmp_path.glob("night1-*.log")
+        for line in path.read_text().splitlines()
+        if " judge holder=" in line
+    ]
+    started = [float(words[-1].removeprefix("rate=")) for words in lines]
+    assert memory is not None and started and started[0] == pytest.approx(memory, rel=0.01)
