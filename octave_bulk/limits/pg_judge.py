@@ -54,14 +54,14 @@ __all__ = [
     "REFUSED",
     "RELEASED",
     "SENT",
+    "TELL",
     "TICK",
     "TRY_EVERY",
-    "TELL",
     "Judge",
     "JudgeSettings",
     "Outcomes",
-    "Told",
     "ReplayGate",
+    "Told",
     "lock_id",
 ]
 
