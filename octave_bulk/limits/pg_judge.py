@@ -43,7 +43,6 @@ from psycopg.types.json import Jsonb
 
 from octave_bulk.limits.adaptive import WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.limits.base import Ticket
-from octave_bulk.limits.factory import start_limits
 from octave_bulk.limits.gate import AdaptiveTicket, Gate, Waits
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.limits import to_remember
@@ -287,8 +286,11 @@ class Judge:
                 (s.workspace, s.agent),
             )
             memory = await cur.fetchone()
-            if memory is not None:
-                start, _ = start_limits(s.rate_ceiling, s.window_ceiling, (memory[0], None))
+            if memory is not None and memory[0] is not None:
+                # start_limits' rule (limits/factory.py, which imports this module): a ceiling
+                # clamps the memory, never turns it off
+                ceiling = s.rate_ceiling
+                start = float(memory[0]) if ceiling is None else min(float(memory[0]), ceiling)
         search = AdaptiveLimiter(
             s.rate_ceiling,
             s.window_ceiling or WINDOW_BOUND,
