@@ -21,7 +21,7 @@ within :data:`TRY_EVERY` seconds of its session's end. The judge
 
 It starts from the rate a live judge published (a takeover continues the search: that rate
 is verified like a remembered one), else from ``ob_limit`` (clamped by ``--rate``), else from
-``--rate``, else searches up from ``--start-rate``.
+``--rate``, else searches up from the ``start_rate`` setting.
 
 Publishing goes through the lock's own connection: a judge whose session ended cannot publish
 (its successor holds the lock), and a judge frozen with its session alive leaves the last rate

@@ -403,7 +403,7 @@ def _own(ticket: Ticket) -> SharedRateTicket:
 
 DEFAULT_SHARED_RATE = 10.0
 """Calls per second in all when a shared-ledger run with ``--no-adaptive`` gives no
-``--rate`` (with the search on, the judge starts from ``--start-rate`` and searches)."""
+``--rate`` (with the search on, the judge starts from the ``start_rate`` setting and searches)."""
 
 
 def shared_limiter(context: LimiterContext) -> Limiter:
