@@ -1,24 +1,37 @@
-"""The shared ledger's costs on a real PostgreSQL (a throwaway server, as the tests start one).
+"""Several hosts on one shared ledger and one workspace limit, on a real PostgreSQL (a
+throwaway server, as the tests start one) and the simulator over loopback.
 
+* ``hosts`` (the matrix): N = 1, 2, 3 ``octave-bulk run`` processes, a contact list each (an
+  agency's clients against one workspace), on one database and one simulator, in three
+  regimes: ``known`` (a 20/s limit, ``--rate 20/s``), ``unknown`` (the same limit, no
+  ``--rate``: the one judge searches it), ``cap`` (16 calls in flight at most, 2-s calls,
+  ``--concurrency 16``: one shared window). Per cell: the accepted calls per second over the
+  limit (``throughput_per_limit``), the 429 share and its ratio to one host's, the database
+  round trips per contact (every statement the database ran in the cell, from
+  ``pg_stat_statements``: ledger, limiter, judge, heartbeats, start-up), paid calls per
+  contact. Plus ``more hosts help``: a per-host cap (each process's open-file limit lets it
+  hold 8 calls of 1 s) under a shared 20/s: throughput grows with N up to the limit.
 * ``claims``: C contacts enqueued, then claimed in batches of B and settled one by one by one
-  worker: database round trips (statements sent) per contact for the claim and for the settle,
-  and the contacts settled per second on one connection.
+  worker: database round trips per contact for the claim and for the settle.
 * ``acquire``: the shared rate limiter's ``acquire`` at a rate far above what is asked (so it
   never waits for its turn): the latency it adds to every attempt, p50 and p99, with 1 and with
   3 worker processes booking turns on the same row at once.
 
-Targets (docs/scale-out.md): at most 3 round trips per contact (claim + settle + the
-heartbeats' share); acquire p99 well under the calls' own latency (tens of ms at most).
-The server runs with ``fsync=off`` (as in the tests): commit latency on real disks is higher.
+Targets (docs/scale-out.md): throughput / limit >= 0.95 at N = 3 with the limit unknown; 429
+share <= 1.5 x one host's; <= 3 round trips per contact. The server runs with ``fsync=off``
+(as in the tests): commit latency on real disks is higher.
 
-    python benchmarks/bench_scaleout.py [--contacts 5000] [--acquires 2000] [--smoke]
+    python benchmarks/bench_scaleout.py [--contacts 600] [--acquires 2000] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,11 +47,45 @@ sys.path.insert(0, str(ROOT))  # the tests' throwaway server
 import psycopg  # noqa: E402
 
 from octave_bulk.limits.shared_pg import SharedRateLimiter  # noqa: E402
+from octave_bulk.simulator import (  # noqa: E402
+    Latency,
+    SimulatorConfig,
+    parse_rate_limit,
+    serve_simulator,
+)
 from octave_bulk.state.pg.claims import Outcome, WorkItem, WorkQueue  # noqa: E402
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection  # noqa: E402
 from octave_bulk.state.pg.leases import WorkerLease  # noqa: E402
 from octave_bulk.state.pg.schema import migrate  # noqa: E402
-from tests.pgserver import outputs_released_together, running_postgres  # noqa: E402
+from tests.pgserver import PgServer, outputs_released_together, running_postgres  # noqa: E402
+
+KEY = "bench-key"  # the simulator's API key (any: it checks only that one is sent)
+RATE = 20.0  # the shared rate limit, calls per second
+CAP, CAP_LATENCY = 16, 2.0  # the cap regime: calls in flight at most, and their duration
+HOST_CAP_FILES = 80  # open files a "more hosts help" host may hold: 8 calls in flight
+REGIMES: dict[str, dict[str, Any]] = {
+    "known": {
+        "sim": {"rate_limit": f"{RATE:g}:2", "latency": (0.05, 0.2)},
+        "flags": ["--rate", f"{RATE:g}/s"],
+        "limit": RATE,
+    },
+    "unknown": {
+        "sim": {"rate_limit": f"{RATE:g}:2", "latency": (0.05, 0.2)},
+        "flags": [],
+        "limit": RATE,
+    },
+    "cap": {
+        "sim": {"max_inflight": CAP, "latency": (CAP_LATENCY, 0.1)},
+        "flags": ["--concurrency", str(CAP)],
+        "limit": CAP / CAP_LATENCY,
+    },
+    "more hosts help": {
+        "sim": {"rate_limit": f"{RATE:g}:2", "latency": (1.0, 0.1)},
+        "flags": ["--rate", f"{RATE:g}/s"],
+        "limit": RATE,
+        "files": HOST_CAP_FILES,
+    },
+}
 
 
 class CountingConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
@@ -128,9 +175,125 @@ def acquire_row(url: str, count: int, workers: int) -> dict[str, Any]:
     }
 
 
+def statements(url: str) -> tuple[int, list[tuple[int, str]]]:
+    """The statements the database ran since the last reset (``pg_stat_statements``), and the
+    five most run (calls, the statement's start)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT calls, regexp_replace(left(query, 60), '\\s+', ' ', 'g')"
+            " FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY calls DESC"
+        ).fetchall()
+    return sum(int(calls) for calls, _ in rows), [(int(c), q) for c, q in rows[:5]]
+
+
+def count_statements(server: PgServer) -> None:
+    """Load ``pg_stat_statements`` (a restart): every statement the workers send is counted."""
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    server.pg_ctl("-m", "fast", "-w", "stop")
+    server.start()
+
+
+def write_list(path: Path, first: int, count: int) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["requestId", "email", "firstName", "lastName", "companyName", "jobTitle"])
+        for n in range(first, first + count):
+            out.writerow([f"c-{n:06d}", f"p{n}@example.com", f"F{n}", "Doe", "Acme", "VP"])
+
+
+def host_cell(
+    server: PgServer, folder: Path, regime: str, hosts: int, contacts: int
+) -> dict[str, Any]:
+    """N hosts, a list each, on a fresh database and simulator: what they got in all."""
+    spec = REGIMES[regime]
+    name = f"h{hosts}_{regime.replace(' ', '_')}_{os.getpid()}"
+    url = server.create_database(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+    sim_spec = dict(spec["sim"])
+    latency = Latency(*sim_spec.pop("latency"))
+    if "rate_limit" in sim_spec:
+        sim_spec["rate_limit"] = parse_rate_limit(sim_spec["rate_limit"])
+    each = contacts // hosts
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": KEY, "OCTAVE_DRAIN_TIMEOUT": "1", "OCTAVE_LEDGER": url}
+    files = spec.get("files")
+
+    def capped() -> None:  # a host that holds only so many connections
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+    with serve_simulator(SimulatorConfig(latency=latency, **sim_spec)) as sim:
+        procs = []
+        for host in range(hosts):
+            path = folder / f"{name}-{host}.csv"
+            write_list(path, host * each, each)
+            cmd = [
+                sys.executable, "-m", "octave_bulk", "run", str(path),
+                "-o", str(path.with_suffix(".ndjson")), "--agent", "ca_bench",
+                "--base-url", sim.url, "--no-progress", *spec["flags"],
+            ]  # fmt: skip
+            log = open(path.with_suffix(".log"), "w")  # noqa: SIM115 (closed with the process)
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=capped
+                )
+            )
+        try:
+            for proc in procs:
+                proc.wait(timeout=900)
+        finally:  # interrupted: no worker outlives the bench
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        stats = sim.stats()
+    failed = [proc.args for proc in procs if proc.returncode != 0]
+    trips, most = statements(url)
+    arrivals = list(zip(stats["arrivals"], stats["arrival_outcomes"], strict=True))
+    ok = sorted(at for at, outcome in arrivals if outcome == "ok")
+    span = ok[-1] - arrivals[0][0] if ok else float("nan")
+    totals = stats["totals"]
+    paid = sum(stats["successes"].values())
+    return {
+        "case": "hosts",
+        "regime": regime,
+        "workers": hosts,
+        "contacts": each * hosts,
+        "limit_per_s": spec["limit"],
+        "accepted_per_s": len(ok) / span,
+        "throughput_per_limit": len(ok) / span / spec["limit"],
+        "share_429": totals.get("rate_limited", 0) / max(1, totals.get("calls", 0)),
+        "trips_per_contact": trips / (each * hosts),
+        "paid_per_contact": paid / (each * hosts),
+        "failed_workers": len(failed),
+        "most_run": "; ".join(f"{calls / (each * hosts):.2f} {query}" for calls, query in most),
+    }
+
+
+def hosts_rows(server: PgServer, folder: Path, contacts: int, smoke: bool) -> list[dict[str, Any]]:
+    regimes = ["known"] if smoke else list(REGIMES)
+    counts = (1, 2) if smoke else (1, 2, 3)
+    rows = []
+    for regime in regimes:
+        scale = CAP / CAP_LATENCY / RATE if regime == "cap" else 1.0
+        one_host: float | None = None
+        for hosts in counts:
+            row = host_cell(server, folder, regime, hosts, max(hosts, int(contacts * scale)))
+            one_host = row["share_429"] if hosts == 1 else one_host
+            row["share_429_vs_one_host"] = row["share_429"] / one_host if one_host else None
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--contacts", type=int, default=5000)
+    parser.add_argument("--contacts", type=int, default=5000, help="the claims case")
+    parser.add_argument("--cell-contacts", type=int, default=600, help="per matrix cell")
     parser.add_argument("--acquires", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="500 contacts, 300 acquires")
     parser.add_argument(
@@ -142,8 +305,10 @@ def main() -> None:
         print(json.dumps(asyncio.run(acquire_latencies(url, "bench", int(count), go=True))))
         return
     contacts, acquires = (500, 300) if args.smoke else (args.contacts, args.acquires)
+    cell_contacts = 60 if args.smoke else args.cell_contacts
     rows = []
     with running_postgres() as server:
+        count_statements(server)
         url = server.create_database("bench")
 
         async def schema() -> None:
@@ -153,12 +318,18 @@ def main() -> None:
         asyncio.run(schema())
         rows.append(asyncio.run(claims(url, contacts, batch=10)))
         rows.extend(acquire_row(url, acquires, workers) for workers in (1, 3))
+        folder = server.data_dir.parent / "hosts"
+        folder.mkdir(exist_ok=True)
+        rows.extend(hosts_rows(server, folder, cell_contacts, args.smoke))
         display = LedgerUrl.parse(url).display
     columns = {key: None for row in rows for key in row}
     rows = [columns | row for row in rows]
     extra = {
         "server": f"throwaway PostgreSQL (fsync=off) at {display}",
-        "target": "<= 3 round trips per contact; acquire p99 in ms, far below a call",
+        "target": (
+            "throughput/limit >= 0.95 at N = 3 unknown; 429 share <= 1.5x one host's;"
+            " <= 3 round trips per contact; acquire p99 in ms, far below a call"
+        ),
     }
     report("scaleout", rows, extra, smoke=args.smoke)
 

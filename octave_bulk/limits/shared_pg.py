@@ -12,18 +12,19 @@ the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:
 ``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
 booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
 a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
-all, not N x R. The row lock serialises bookings; at tens of calls a second that is far below
-what one row sustains.
+all, not N x R. A worker books one turn at a time (its next task books once the turn before
+came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a rate the
+judge may be about to change. The row lock serialises bookings; at tens of calls a second
+that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
+also carries this worker's outcomes since the last one, and reads back the judge's rate,
+window and pause.
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
-  permit rows (``ob_permit``) with ``FOR UPDATE SKIP LOCKED`` and holds it, under a lease
-  (``permit_lease``, renewed by :meth:`renew_permits`), until its answer: C calls in flight in
-  all, across hosts. A permit whose holder died without handing it back is free again once
-  its lease ran out. A worker waiting for a permit looks again every ``permit_poll`` seconds,
-  and at once when one of its own is handed back.
-- **Shared pause**: :meth:`on_429` pushes ``paused_until`` (the Retry-After, else
-  ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn is
-  booked after it.
+  permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
+  hosts (``limits/pg_window.py``).
+- **Shared pause**: without a judge, :meth:`on_429` pushes ``paused_until`` (the Retry-After,
+  else ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn
+  is booked after it. With one, the judge decides the pauses as the single-host search does.
 - :meth:`release` (an attempt never sent) hands its turn back when no later turn was booked
   since (``tat`` unchanged), so a stopped run does not leave a gap in everyone's schedule.
 - :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
@@ -36,8 +37,10 @@ sending; it never fails open), and goes on on a new connection when the server i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import os
 import socket
 import uuid
@@ -50,30 +53,37 @@ import psycopg
 
 from octave_bulk.errors import ConfigError, RefusalHints, StateError
 from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
+from octave_bulk.limits.pg_judge import (
+    ANSWERED,
+    REFUSED,
+    RELEASED,
+    TELL,
+    Judge,
+    JudgeSettings,
+    Outcomes,
+)
+from octave_bulk.limits.pg_window import SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
 
-_BOOK = """
+_BOOK = (
+    "WITH told AS (" + TELL + ")"
+    """
 UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
                         + make_interval(secs => 1.0 / rate)
-WHERE key = %s
+WHERE key = %(key)s
 RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
-          epoch, rate
+          epoch, rate, extract(epoch FROM clock_timestamp()), window_size
 """
-
-_TAKE_PERMIT = """
-WITH free AS (
-    SELECT key, slot FROM ob_permit
-    WHERE key = %(key)s AND slot <= %(window)s
-      AND (holder IS NULL OR expires_at < clock_timestamp())
-    ORDER BY slot LIMIT 1
-    FOR UPDATE SKIP LOCKED
 )
-UPDATE ob_permit p SET holder = %(holder)s,
-                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
-FROM free WHERE p.key = free.key AND p.slot = free.slot
-RETURNING p.slot
+
+_START = """
+INSERT INTO ob_rate (key, rate) VALUES (%(key)s, %(rate)s)
+ON CONFLICT (key) DO UPDATE
+SET rate = excluded.rate, judge = NULL, epoch = ob_rate.epoch + 1, window_size = NULL,
+    updated_at = clock_timestamp()
+WHERE %(always)s OR ob_rate.updated_at < clock_timestamp() - make_interval(secs => %(stale)s)
 """
 
 _PAUSE = """
@@ -96,6 +106,8 @@ class SharedRateTicket(Ticket):
     permit: int | None = None
     """The shared window's permit held (its slot), None without a shared window."""
     settled: bool = False
+    number: int = 0
+    """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
 
 
 @dataclass(slots=True)
@@ -120,8 +132,12 @@ class SharedRateLimiter:
         holder: this limiter's name on the permits it holds (unique across hosts).
         permit_lease: seconds a permit stays held without :meth:`renew_permits`.
         permit_poll: seconds between looks for a free permit.
-        default_pause: the shared pause after a 429 without a Retry-After, seconds.
+        default_pause: the shared pause after a 429 without a Retry-After, seconds (without
+            a judge: with one, the judge decides the pauses).
         max_pause: the longest shared pause a Retry-After may ask for, seconds.
+        judge: the adaptive search's settings: this worker tells the judge every outcome and
+            takes its turn at judging (``limits/pg_judge.py``); None holds ``rate`` (and the
+            worker pauses everyone on each 429 itself).
         clock: a monotonic clock, seconds.
     """
 
@@ -137,6 +153,7 @@ class SharedRateLimiter:
         permit_poll: float = 0.05,
         default_pause: float = 1.0,
         max_pause: float = 60.0,
+        judge: JudgeSettings | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if rate <= 0:
@@ -150,8 +167,26 @@ class SharedRateLimiter:
         self._clock = clock
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
-        self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
+        self._permits = (
+            None
+            if window is None
+            else SharedWindow(
+                self._quietly,
+                key=key,
+                window=window,
+                holder=self.holder,
+                lease=permit_lease,
+                poll=permit_poll,
+                clock=clock,
+            )
+        )
         self._counts = _Counts()
+        self._judge = judge
+        self._judging: asyncio.Task[None] | None = None
+        self._told = Outcomes()  # not yet in ob_outcome (they go with the next booking)
+        self._numbers = itertools.count(1)
+        self._turn_lock = anyio.Lock()
+        self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
     def rate(self) -> float | None:
@@ -162,23 +197,36 @@ class SharedRateLimiter:
         return self._window
 
     async def open(self) -> None:
-        """Connect and publish the rate on the shared row (created on first use)."""
+        """Connect and publish the rate on the shared row (created on first use; with a judge,
+        only when no judge is alive: then the judge publishes), and take a turn at judging."""
         self._conn = await self._connect()
-        await self._conn.execute(
-            "INSERT INTO ob_rate (key, rate) VALUES (%s, %s)"
-            " ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, updated_at = clock_timestamp()",
-            (self.key, self._rate),
-        )
+        always = self._judge is None
+        params = {"key": self.key, "rate": self._rate, "always": always, "stale": self.permit_lease}
+        await self._conn.execute(_START.encode(), params)
         if self._window is not None:
             await self._conn.execute(
                 "INSERT INTO ob_permit (key, slot) SELECT %s, generate_series(1, %s)"
                 " ON CONFLICT DO NOTHING",
                 (self.key, self._window),
             )
+        if self._judge is not None:
+            judge = Judge(self._connect, key=self.key, holder=self.holder, settings=self._judge)
+            self._judging = asyncio.create_task(judge.run(), name="octave-bulk judge")
 
     async def aclose(self) -> None:
-        """Hand back every permit still held, and disconnect."""
+        """Stop judging, tell the judge the last outcomes, hand back every permit still held,
+        and disconnect."""
+        if self._permits is not None:
+            self._permits.close()
+        if self._judging is not None:
+            self._judging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._judging
+            self._judging = None
         if self._conn is not None:
+            told = self._told.take()
+            if told:
+                await self._quietly(TELL, self._told.params(self.key, self.holder, told))
             await self._quietly(
                 "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
                 (self.holder,),
@@ -191,22 +239,33 @@ class SharedRateLimiter:
         """Take a permit of the shared window (if any), then book the next shared turn and
         wait for it; returns early, unbooked, once :meth:`stop` was called."""
         permit = None
-        if self._window is not None:
-            permit = await self._take_permit()
+        if self._permits is not None:
+            permit = await self._permits.take()
             if permit is None:  # stopped while waiting
                 return SharedRateTicket(None, 0, self._clock())
+        async with self._turn_lock:  # one turn booked ahead per worker, not one per task
+            return await self._take_turn(permit)
+
+    async def _take_turn(self, permit: int | None) -> SharedRateTicket:
         row = await self._book()
         if row is None:  # stopped while the database was out of reach
             return SharedRateTicket(None, 0, self._clock(), permit)
         if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate = row
-        self._rate = float(rate)
-        send_at = self._clock() + max(float(wait), 0.0)
-        ticket = SharedRateTicket(booked_tat, int(epoch), send_at, permit)
-        if float(wait) > 0:
-            with anyio.move_on_after(float(wait)):
+        booked_tat, wait, epoch, rate, server_now, published = row
+        if self._permits is not None and published:
+            self._permits.published(int(published))
+        self._rate, wait = float(rate), max(float(wait), 0.0)
+        self._offset = float(server_now) - self._clock()
+        send_at = self._clock() + wait
+        ticket = SharedRateTicket(
+            booked_tat, int(epoch), send_at, permit, number=next(self._numbers)
+        )
+        if wait > 0:
+            with anyio.move_on_after(wait):
                 await self._stopped.wait()
+        if self._judge is not None:  # told at its turn, with the next booking
+            self._told.sent(ticket.epoch, ticket.number, float(server_now) + wait, wait > 0)
         return ticket
 
     async def on_answer(self, ticket: Ticket) -> None:
@@ -214,17 +273,22 @@ class SharedRateLimiter:
         if not ticket.settled:
             ticket.settled = True
             self._counts.accepted += 1
+            self._tell(ticket, ANSWERED)
             await self._give_back(ticket)
 
     async def on_429(
         self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
     ) -> float:
-        """Pause every worker: returns the pause now in force, seconds (``hints`` unused)."""
+        """Without a judge, pause every worker: returns the pause now in force, seconds. With
+        one, tell the judge (it decides the pauses): returns 0. ``hints`` unused."""
         ticket = _own(ticket)
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
+            self._tell(ticket, REFUSED, retry_after)
             await self._give_back(ticket)
+        if self._judge is not None:
+            return 0.0
         pause = self.default_pause if retry_after is None else retry_after
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
@@ -241,6 +305,8 @@ class SharedRateLimiter:
             return
         ticket.settled = True
         self._counts.released += 1
+        if not self._told.unsent(ticket.number):  # the judge heard of it: take it back
+            self._tell(ticket, RELEASED)
         await self._give_back(ticket)
         if ticket.booked_tat is not None:
             await self._quietly(
@@ -260,7 +326,8 @@ class SharedRateLimiter:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._freed.set()
+        if self._permits is not None:
+            self._permits.stop()
 
     def report(self) -> LimitsReport:
         """This worker's share: what it let through (the rate and window are everyone's)."""
@@ -275,34 +342,17 @@ class SharedRateLimiter:
             retry_after_clamped=counts.clamped,
         )
 
-    async def _take_permit(self) -> int | None:
-        params = {
-            "key": self.key,
-            "window": self._window,
-            "holder": self.holder,
-            "lease": self.permit_lease,
-        }
-        while not self._stopped.is_set():
-            row = await self._quietly(_TAKE_PERMIT, params)  # out of reach: none free
-            if row is not None:
-                return int(row[0])
-            freed = self._freed
-            with anyio.move_on_after(self.permit_poll):
-                await freed.wait()
-            if freed.is_set() and not self._stopped.is_set() and freed is self._freed:
-                self._freed = anyio.Event()
-        return None
+    def _tell(self, ticket: SharedRateTicket, kind: int, retry_after: float | None = None) -> None:
+        """Keep an outcome for the judge (it goes with this worker's next booking)."""
+        if self._judge is not None and ticket.number:
+            at = self._clock() + self._offset
+            self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after)
 
     async def _give_back(self, ticket: SharedRateTicket) -> None:
-        if ticket.permit is None:
-            return
-        slot, ticket.permit = ticket.permit, None
-        await self._quietly(
-            "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
-            " WHERE key = %s AND slot = %s AND holder = %s",
-            (self.key, slot, self.holder),
-        )
-        self._freed.set()
+        """The attempt's permit (if any) back to the shared window."""
+        if ticket.permit is not None and self._permits is not None:
+            self._permits.give_back(ticket.permit)
+        ticket.permit = None
 
     def _connection(self) -> PgConnection:
         if self._conn is None:
@@ -331,10 +381,15 @@ class SharedRateLimiter:
         """Book the next turn, waiting while the database is out of reach (never failing
         open: no turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
+            told = self._told.take()
+            # the outcomes since the last booking go with it
             try:
-                cur = await (await self._usable()).execute(_BOOK, (self.key,))
+                conn = await self._usable()
+                params = self._told.params(self.key, self.holder, told)
+                cur = await conn.execute(_BOOK.encode(), params)
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
+                self._told.put_back(told)
                 with anyio.move_on_after(self.permit_poll * 10):
                     await self._stopped.wait()
         return None
@@ -347,24 +402,38 @@ def _own(ticket: Ticket) -> SharedRateTicket:
 
 
 DEFAULT_SHARED_RATE = 10.0
-"""Calls per second in all when a shared-ledger run gives no ``--rate`` (the one judge that
-will search for the rate across hosts is not built yet: docs/scale-out.md)."""
+"""Calls per second in all when a shared-ledger run with ``--no-adaptive`` gives no
+``--rate`` (with the search on, the judge starts from the ``start_rate`` setting and searches)."""
 
 
 def shared_limiter(context: LimiterContext) -> Limiter:
-    """The calls' limiter of a run on the shared ledger: one rate (``--rate``, else
-    :data:`DEFAULT_SHARED_RATE`) and, with ``--concurrency``, one window for every worker of
-    every host (``limits/factory.py`` registers it as ``postgresql``)."""
+    """The calls' limiter of a run on the shared ledger: one rate and, with ``--concurrency``,
+    one window for every worker of every host, searched by one judge (``--no-adaptive``:
+    ``--rate`` held, else :data:`DEFAULT_SHARED_RATE`); ``limits/factory.py`` registers it as
+    ``postgresql``."""
     settings = context.settings
     if settings.ledger_url is None:
         raise ConfigError("limiter = 'postgresql' needs --ledger postgresql://...")
     url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
     target = settings.agent_oid or settings.experiment_oid
     window = settings.concurrency if "concurrency" in settings.model_fields_set else None
+    lease = 2 * settings.timeout + settings.drain_timeout
+    judge = None
+    if settings.adaptive:
+        judge = JudgeSettings(
+            rate_ceiling=settings.rate,
+            window_ceiling=window,
+            search_from=settings.start_rate,
+            workspace=settings.base_url,
+            agent=str(target),
+            lease=lease,
+        )
+    start = settings.rate or (settings.start_rate if judge else DEFAULT_SHARED_RATE)
     return SharedRateLimiter(
         lambda: connect(url, application_name="octave-bulk limiter"),
         key=f"{settings.base_url}|{target}",
-        rate=settings.rate or DEFAULT_SHARED_RATE,
+        rate=start,
         window=window,
-        permit_lease=2 * settings.timeout + settings.drain_timeout,
+        permit_lease=lease,
+        judge=judge,
     )

@@ -24,12 +24,27 @@ from octave_bulk.limits.base import LimitsReport
 from octave_bulk.state.files import write_json_atomic
 from octave_bulk.utc import utc_iso
 
-__all__ = ["RememberedLimits", "limits_key"]
+__all__ = ["RememberedLimits", "limits_key", "to_remember"]
 
 
 def limits_key(base_url: str, agent: str) -> str:
     """The key limits are remembered under: one per API and agent."""
     return f"{base_url.rstrip('/')} {agent}"
+
+
+def to_remember(found: LimitsReport) -> tuple[float | None, int | None, float | None]:
+    """What a limiter's report leaves for the next run (the one rule, for this file and the
+    shared ledger's ``ob_limit``): (rate, window, period), None each where nothing held - a
+    limit met in this run, or one remembered that still held (its setting now)."""
+    rate = found.settled_rate
+    if rate is None and found.start_rate is not None:
+        rate = found.rate
+    rate = None if rate is None else round(rate, 3)
+    window = found.window if found.concurrency_limited_at else None
+    if window is None and found.start_window is not None:
+        window = found.window
+    period = found.period if rate is not None else None  # a window's, with its rate
+    return rate, window, period
 
 
 class RememberedLimits:
@@ -76,14 +91,7 @@ class RememberedLimits:
         """Store the limits a run settled at, for the next run: a limit met in this run, or
         one remembered that still held (its setting now). Returns the summary's ``limits``,
         with the flags that would start there."""
-        rate = found.settled_rate
-        if rate is None and found.start_rate is not None:
-            rate = found.rate
-        rate = None if rate is None else round(rate, 3)
-        window = found.window if found.concurrency_limited_at else None
-        if window is None and found.start_window is not None:
-            window = found.window
-        period = found.period if rate is not None else None  # a window's, with its rate
+        rate, window, period = to_remember(found)
         if rate is not None or window is not None:
             self.put(key, rate, window, period)
         flags = []

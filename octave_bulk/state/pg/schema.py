@@ -16,7 +16,9 @@ The tables (docs/scale-out.md, "Tables"), all prefixed ``ob_`` so they can share
 - ``ob_call``: every attempt (and every reap), as the single-host ``calls`` table;
 - ``ob_run``, ``ob_export_mark``: runs and ``export --new`` marks;
 - ``ob_limit``: remembered limits per workspace URL and agent;
-- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits.
+- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits;
+- ``ob_outcome``: every worker's sends and answers, until the judge (``limits/pg_judge.py``)
+  has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds).
 """
 
 from __future__ import annotations
@@ -168,6 +170,24 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "a claim's call marked on the wire: only those are outcomes unknown when reaped",
         """
         ALTER TABLE ob_contact ADD COLUMN IF NOT EXISTS sending boolean NOT NULL DEFAULT false;
+        """,
+    ),
+    (
+        "the shared limit's judge: every worker's outcomes, and who judges",
+        """
+        CREATE TABLE IF NOT EXISTS ob_outcome (
+            id              bigserial PRIMARY KEY,
+            key             text NOT NULL,
+            epoch           integer NOT NULL,
+            worker          text NOT NULL,
+            ticket          bigint NOT NULL,
+            kind            smallint NOT NULL CHECK (kind IN (0, 1, 2, 3)),
+            at              double precision NOT NULL,
+            waited          boolean NOT NULL DEFAULT false,
+            retry_after     double precision
+        );
+        CREATE INDEX IF NOT EXISTS ob_outcome_key ON ob_outcome (key, id);
+        ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS judge text;
         """,
     ),
 )

@@ -1,0 +1,168 @@
+"""The shared window: at most C calls in flight in all, across hosts, as C leased permit rows.
+
+Contract (docs/scale-out.md, "One shared rate, one shared window"): :meth:`SharedWindow.take`
+returns a permit slot held by this worker (``ob_permit.holder``), under a lease, or None once
+stopped; :meth:`give_back` returns it. At most ``window`` slots (and no more than the judge
+publishes, ``ob_rate.window_size``) are held at once by all the workers sharing a key.
+
+- A permit whose holder died without handing it back is free again once its lease ran out.
+- An answer's permit stays the worker's for ``poll`` seconds: its next attempt takes it with
+  no round trip (while two thirds of its lease are left, longer than any call); unused, it
+  goes back to every host.
+- One task per worker looks for a free permit in the database, once per ``poll`` seconds,
+  doubled while none is free (up to 20 x), and at once when one of its own is freed.
+
+Database failures only cost pacing here (``quietly`` returns None: no permit free, a hand
+back lost until its lease ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+__all__ = ["SharedWindow"]
+
+_TAKE = """
+WITH free AS (
+    SELECT key, slot FROM ob_permit
+    WHERE key = %(key)s AND slot <= least(%(window)s, coalesce(
+        (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s))
+      AND (holder IS NULL OR expires_at < clock_timestamp())
+    ORDER BY slot LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ob_permit p SET holder = %(holder)s,
+                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+FROM free WHERE p.key = free.key AND p.slot = free.slot
+RETURNING p.slot
+"""
+
+
+Quietly = Callable[[str, Any], Awaitable[tuple[Any, ...] | None]]
+"""Runs one statement; None when the database is out of reach (or nothing came back)."""
+
+
+class SharedWindow:
+    """The permits of one key, as one worker takes and gives them back.
+
+    Args:
+        quietly: runs one statement on the worker's connection (see :data:`Quietly`).
+        key, window: the limit's key and its window (the permit rows 1..window).
+        holder: this worker's name on the permits it holds.
+        lease: seconds a permit stays held.
+        poll: seconds between looks for a free permit (and a spare permit's linger).
+        clock: a monotonic clock, seconds.
+    """
+
+    def __init__(
+        self,
+        quietly: Quietly,
+        *,
+        key: str,
+        window: int,
+        holder: str,
+        lease: float,
+        poll: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._quietly, self.key, self.window, self.holder = quietly, key, window, holder
+        self.lease, self.poll, self._clock = lease, poll, clock
+        self.window_now = window  # the judge's window (bounded by ours)
+        self._stopped = False
+        self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
+        self._taken: dict[int, float] = {}  # permits in use: slot -> when taken (our clock)
+        self._spare: dict[int, float] = {}  # permits still ours, unused for now
+        self._returning: asyncio.Task[None] | None = None
+        self._handing_back: set[asyncio.Task[None]] = set()
+        self._lock = anyio.Lock()  # one task per worker looks for a free permit
+        self._poll, self._looked_at = poll, float("-inf")
+
+    def published(self, window: int) -> None:
+        """The judge's window, read with a booking: no slot above it is taken again."""
+        self.window_now = min(self.window, window)
+
+    def stop(self) -> None:
+        """Wake every waiter: none takes a permit any more."""
+        self._stopped = True
+        self._freed.set()
+
+    def close(self) -> None:
+        """No more hand backs in the background (the caller hands back all it holds)."""
+        if self._returning is not None:
+            self._returning.cancel()
+
+    async def take(self) -> int | None:
+        """A permit of ours just freed, else one from the database: one task per worker
+        looks there, every ``poll`` seconds doubled while none is free (up to 20 x),
+        and at once when one of ours is freed."""
+        params = {
+            "key": self.key,
+            "window": self.window,
+            "holder": self.holder,
+            "lease": self.lease,
+        }
+        while not self._stopped:
+            slot = self._reuse()
+            if slot is not None:
+                return slot
+            async with self._lock:
+                slot = self._reuse()
+                if slot is not None:
+                    return slot
+                due = self._looked_at + self._poll - self._clock()
+                if due <= 0:  # not looked lately (by any task here): look now
+                    self._looked_at = self._clock()
+                    row = await self._quietly(_TAKE, params)  # out of reach: none free
+                    if row is not None:
+                        self._poll = self.poll
+                        self._taken[int(row[0])] = self._clock()
+                        return int(row[0])
+                    self._poll = due = min(2 * self._poll, 20 * self.poll)
+                freed = self._freed
+                with anyio.move_on_after(due):
+                    await freed.wait()
+                if freed.is_set() and not self._stopped and freed is self._freed:
+                    self._freed = anyio.Event()
+        return None
+
+    def _reuse(self) -> int | None:
+        """A permit of ours that an answer just freed, for this attempt (no round trip): one
+        with two thirds of its lease left (longer than any call) and inside the window."""
+        while self._spare:
+            slot, taken = self._spare.popitem()
+            fits = slot <= self.window_now
+            if fits and self._clock() - taken < self.lease / 3:
+                self._taken[slot] = taken
+                return slot
+            self._spare_back([slot])
+        return None
+
+    def give_back(self, slot: int) -> None:
+        """An answer's permit stays ours for a moment (the next attempt here takes it with
+        no round trip); unused after ``poll``, it goes back to every host."""
+        self._spare[slot] = self._taken.pop(slot, self._clock())
+        self._freed.set()
+        if self._returning is None or self._returning.done():
+            self._returning = asyncio.create_task(self._return_spare())
+
+    async def _return_spare(self) -> None:
+        await anyio.sleep(self.poll)
+        slots, self._spare = list(self._spare), {}
+        await self._hand_back(slots)
+
+    def _spare_back(self, slots: list[int]) -> None:
+        task = asyncio.create_task(self._hand_back(slots))
+        self._handing_back.add(task)  # referenced until done
+        task.add_done_callback(self._handing_back.discard)
+
+    async def _hand_back(self, slots: list[int]) -> None:
+        if slots:
+            await self._quietly(
+                "UPDATE ob_permit SET holder = NULL, expires_at = NULL"
+                " WHERE key = %s AND slot = ANY(%s) AND holder = %s",
+                (self.key, slots, self.holder),
+            )
