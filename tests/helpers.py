@@ -97,3 +97,21 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 def side(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
+
+
+def start_run(
+    url: str, contacts: Path, out: Path, ledger: str | None, *extra: str
+) -> subprocess.Popen[str]:
+    """``octave-bulk run`` in a process against the simulator at ``url``, its ledger (when
+    given) from ``OCTAVE_LEDGER``; calls time out after 2 s and a drain lasts 1 s (a shared
+    ledger's lease is then 5 s). Its output goes to ``OUT.log``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
+    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
+    if ledger is not None:
+        env["OCTAVE_LEDGER"] = ledger
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
+        "--agent", "ca_test", "--base-url", url, "--no-progress", "--timeout", "2", *extra,
+    ]  # fmt: skip
+    with open(out.with_suffix(".log"), "w") as log:  # the process keeps its own copy
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

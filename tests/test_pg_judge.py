@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,11 @@ import psycopg
 import pytest
 
 from octave_bulk.simulator import Latency, RunningSimulator, parse_rate_limit
-from tests.conftest import TEST_KEY
-from tests.helpers import write_contacts
+from tests.helpers import start_run, write_contacts
 from tests.pgserver import PgServer
 
 RATE = 20.0  # the simulator's limit, calls per second; nobody tells the workers
 LIMIT = f"{RATE:g}:2"
-
-
-def start_worker(
-    sim_url: str, contacts: Path, out: Path, ledger: str | None, *extra: str
-) -> subprocess.Popen[str]:
-    """One ``octave-bulk run`` process (no ``--rate``: the limit is searched); its ledger,
-    when given, from ``OCTAVE_LEDGER``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
-    if ledger is not None:
-        env["OCTAVE_LEDGER"] = ledger
-    cmd = [
-        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
-        "--agent", "ca_test", "--base-url", sim_url, "--no-progress", "--timeout", "2", *extra,
-    ]  # fmt: skip
-    with open(out.with_suffix(".log"), "w") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(processes: list[subprocess.Popen[str]], outs: list[Path]) -> None:
@@ -74,7 +55,7 @@ def run_workers(
     """One worker per list, all at once, until each is done."""
     outs = [tmp_path / f"{name}-{n}.ndjson" for n in range(len(inputs))]
     workers = [
-        start_worker(sim.url, path, out, ledger, *extra)
+        start_run(sim.url, path, out, ledger, *extra)
         for path, out in zip(inputs, outs, strict=True)
     ]
     finish(workers, outs)
@@ -151,7 +132,7 @@ def test_when_the_judge_is_killed_another_worker_takes_over_and_the_search_goes_
     outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
     inputs = lists(tmp_path, 3, 150)
     workers = [
-        start_worker(sim.url, path, out, db_url) for path, out in zip(inputs, outs, strict=True)
+        start_run(sim.url, path, out, db_url) for path, out in zip(inputs, outs, strict=True)
     ]
     by_pid = {process.pid: process for process in workers}
     deadline = time.monotonic() + 120

@@ -24,7 +24,7 @@ from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.pg.store import open_pg_store
 from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
-from tests.helpers import read_lines, sim_settings, write_contacts
+from tests.helpers import read_lines, sim_settings, start_run, write_contacts
 from tests.pgserver import PgServer
 
 
@@ -103,23 +103,6 @@ async def test_a_budget_is_held_across_runs_on_the_shared_ledger(
     assert sum(sim.stats()["successes"].values()) == 12
 
 
-def _run(
-    url: str, contacts: Path, out: Path, ledger: str | None, *extra: str
-) -> subprocess.Popen[str]:
-    """``octave-bulk run`` in a process, its ledger (when given) from ``OCTAVE_LEDGER``; calls
-    time out after 2 s and a drain lasts 1 s, so a worker's lease is 5 s."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")}
-    env |= {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1"}
-    if ledger is not None:
-        env["OCTAVE_LEDGER"] = ledger
-    cmd = [
-        sys.executable, "-m", "octave_bulk", "run", str(contacts), "-o", str(out),
-        "--agent", "ca_test", "--base-url", url, "--no-progress", "--timeout", "2", *extra,
-    ]  # fmt: skip
-    with open(out.with_suffix(".log"), "w") as log:  # the process keeps its own copy
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
 def _wait_for_lines(path: Path, count: int) -> None:
     """Until ``path`` holds ``count`` whole lines (a line being written is not counted)."""
     deadline = time.monotonic() + 120
@@ -148,7 +131,7 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     # whole excess, not what an adaptive search would win back).
     limits = ("--rate", f"{rate}/s", "--concurrency", "8", "--no-adaptive")
     runs = [
-        (_run(sim.url, tmp_path / "in.csv", tmp_path / f"{n}.ndjson", db_url, *limits), n)
+        (start_run(sim.url, tmp_path / "in.csv", tmp_path / f"{n}.ndjson", db_url, *limits), n)
         for n in "ab"
     ]
     logs = [_finish(process, tmp_path / f"{n}.ndjson") for process, n in runs]
@@ -162,7 +145,7 @@ def test_two_runs_on_one_ledger_at_once_never_pay_twice_and_share_one_rate(
     # The control: two runs on their own file ledgers, each pacing to the whole limit alone.
     alone = make_sim(rate_limit=parse_rate_limit(f"{rate}/s:2"), latency=Latency(0.05, 0.2))
     control = [
-        (_run(alone.url, tmp_path / "in.csv", tmp_path / f"own-{n}.ndjson", None, *limits), n)
+        (start_run(alone.url, tmp_path / "in.csv", tmp_path / f"own-{n}.ndjson", None, *limits), n)
         for n in "ab"
     ]
     for process, n in control:
@@ -183,7 +166,7 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     sim = make_sim(latency=Latency(0.3, 0.2))
     rids = write_contacts(tmp_path / "in.csv", 120)
     limits = ("--rate", "40/s", "--concurrency", "8")
-    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    first = start_run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
     _wait_for_lines(tmp_path / "a.ndjson", 30)
     first.kill()
     first.wait()
@@ -191,7 +174,7 @@ def test_a_run_killed_mid_run_and_restarted_leaves_every_contact_done_once(
     assert held  # calls were in flight at the kill
     time.sleep(6)  # the killed worker's lease (5 s) runs out: its claims may be reaped
     _finish(
-        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        start_run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
         tmp_path / "b.ndjson",
     )
     ledger = ledger_contacts(db_url)
@@ -210,7 +193,7 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     sim = make_sim(latency=Latency(0.1, 0.2))
     rids = write_contacts(tmp_path / "in.csv", 150)
     limits = ("--rate", "30/s", "--concurrency", "4")
-    first = _run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    first = start_run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
     _wait_for_lines(tmp_path / "a.ndjson", 30)
     pg.restart_immediate()  # as a crash would: every connection cut
     log = _finish(first, tmp_path / "a.ndjson")
@@ -220,7 +203,7 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     assert all(ledger[rid][0] == "done" for rid in written)  # every local result settled
     # What the cut left to do (not sent while the database was away) is done by the next run.
     _finish(
-        _run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        start_run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
         tmp_path / "b.ndjson",
     )
     ledger = ledger_contacts(db_url)
