@@ -85,6 +85,34 @@ def test_a_remembered_rate_far_below_what_holds_is_abandoned_within_a_few_latenc
     assert span_ratio(server, 600, 2.0) <= 1.15
 
 
+@pytest.mark.parametrize("shape", ["fixed", "moving"])
+def test_a_remembered_per_minute_quota_does_not_hold_a_full_window_for_a_minute(
+    shape: str,
+) -> None:
+    # A second night from a per-minute quota remembered (1.94/s, its 60-s period), calls of
+    # 37-39 s: the window of 32 fills just as the first answers come back, so it is judged
+    # by its outcomes, not at once. The period must not make that epoch last a minute's
+    # outcomes (117, four windows of 32) before the window grows: one window's is enough
+    # (the window's verdict is no rate's, which a window of a minute shows only at its end).
+    slowest = []
+    for latency in (37.0, 38.0, 39.0):
+        for seed in (1, 2, 3):
+            server = Server(
+                rate=2.0, shape=shape, period=60.0, latency=latency, sigma=0.2, seed=seed
+            )
+            simulate(
+                server,
+                301,
+                rate_ceiling=None,
+                window_ceiling=512,
+                first_window=32,
+                start_rate=1.94,
+                start_period=60.0,
+            )
+            slowest.append(sustained(server, 30.0, 90.0))
+    assert min(slowest) >= 0.9 * 2.0
+
+
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
     # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
     # flight): 5 in flight never meets a refusal, and the window must still grow.
