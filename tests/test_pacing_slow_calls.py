@@ -90,9 +90,9 @@ def test_a_remembered_per_minute_quota_does_not_hold_a_full_window_for_a_minute(
     shape: str,
 ) -> None:
     # A second night from a per-minute quota remembered (1.94/s, its 60-s period), calls of
-    # 37-39 s: the window of 32 fills just as the first answers come back, so it is judged
-    # by its outcomes, not at once. The period must not make that epoch last a minute's
-    # outcomes (117, four windows of 32) before the window grows: one window's is enough
+    # 37-39 s: the window, doubled from 32 to 64, fills just as the first answers come back,
+    # so it is judged by its outcomes, not at once. The period must not make that epoch last
+    # a minute's outcomes (117) before the window grows again: one window's is enough
     # (the window's verdict is no rate's, which a window of a minute shows only at its end).
     slowest = []
     for latency in (37.0, 38.0, 39.0):
