@@ -113,6 +113,37 @@ def test_a_remembered_per_minute_quota_does_not_hold_a_full_window_for_a_minute(
     assert min(slowest) >= 0.9 * 2.0
 
 
+def test_a_remembered_rate_in_front_of_a_bucket_without_burst_is_no_slower() -> None:
+    # A bucket of 2/s that lets no two calls through closer than 0.5 s, 45-s calls. A new
+    # rate (a probe's) must not send its first call at once after the last one: each probe
+    # up from the remembered rate was refused at its first call, and the run from memory
+    # took 1.08x where the first took 1.03x.
+    first = Server(rate=2.0, burst=1.0, latency=45.0, sigma=0.2)
+    found = simulate(first, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
+    remembered = found.report().summary()["rate"]
+    second = Server(rate=2.0, burst=1.0, latency=45.0, sigma=0.2)
+    simulate(
+        second, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    )
+    assert span_ratio(second, 601, 2.0) <= min(1.05, span_ratio(first, 601, 2.0))
+
+
+def test_a_rate_probe_refused_once_goes_back_at_once() -> None:
+    # A second night in front of a bucket of 2/s with a burst of 2, 45-s calls, from the rate
+    # the first remembered. A probe a few percent over 2/s holds for its burst, then costs a
+    # 429 every few seconds: it must go back at its first 429, not be kept until enough add
+    # up (3.2 % of the calls were refused).
+    first = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
+    found = simulate(first, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
+    remembered = found.report().summary()["rate"]
+    second = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
+    simulate(
+        second, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    )
+    assert second.refused <= 0.015 * second.calls
+    assert span_ratio(second, 601, 2.0) <= 1.05
+
+
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
     # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
     # flight): 5 in flight never meets a refusal, and the window must still grow.

@@ -28,8 +28,10 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
   from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
   outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
-  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch is
-  shorter than it (a window shows a rate only at its end).
+  latencies (doubled likewise) with slow calls. Past the first cut, a rate probe refused
+  even once goes back to the rate that held (a probe a few percent over a bucket holds for
+  its burst, then costs a 429 every few seconds). Once a window's period is known, no epoch
+  is shorter than it (a window shows a rate only at its end).
 * **Memory.** A remembered rate starts the run but is verified like any other setting: no
   ``bad`` is assumed above it, and it grows in steps of 4 x ``_STEP`` while it meets no 429,
   so that one far below what holds is left within a few probes. A remembered window is a
@@ -138,6 +140,7 @@ class AdaptiveLimiter:
         self.cut_once = start_rate is not None
         self.eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
+        self._probed_from: float | None = None  # the rate that held before a rate probe
         self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
@@ -268,6 +271,15 @@ class AdaptiveLimiter:
             self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
         concurrency = self.adaptive and not rate_said and self.verdicts.judge_concurrency()
+        probed_from = self._probed_from
+        if self.adaptive and not concurrency and probed_from is not None and self.cut_once:
+            # A rate probe refused, even once: back to the rate that held. Left running, a
+            # probe a few percent over a bucket's rate holds for its burst's worth of calls,
+            # then costs a 429 every few seconds until enough add up to cut it (_HELD).
+            self.bad = self.rate if self.bad is None else min(self.bad, self.rate or self.bad)
+            self.failed_probe()
+            self.start_epoch(rate=probed_from, reason="rate")
+            return 0.0
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self.verdicts.cut_rate(now)
         overwhelmed = self.refused_in_row >= VERDICT  # nothing accepted meanwhile
@@ -411,6 +423,11 @@ class AdaptiveLimiter:
         probing: bool = False,
     ) -> None:
         """Start a new epoch, with a new rate and/or window when given."""
+        before = self.rate
+        if probing and rate is not None and before is not None and rate > before:
+            self._probed_from = before  # a rate probe: refused once, it goes back there
+        elif not probing or (rate is not None and rate != before):
+            self._probed_from = None  # (a window probe at the same rate goes on testing it)
         if rate is not None:
             self.gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
