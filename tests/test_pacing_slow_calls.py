@@ -144,6 +144,15 @@ def test_a_rate_probe_refused_once_goes_back_at_once() -> None:
     assert span_ratio(second, 601, 2.0) <= 1.05
 
 
+def test_the_rate_remembered_is_the_one_that_held_not_a_probe_cut_short() -> None:
+    # A fixed window of 2 calls a second, 45-s calls: the run ends while a probe to 2.09/s
+    # is under way, not judged yet. What the next night starts from is the rate that held
+    # below the limit, not the probe (which would cost it a 429 every few seconds).
+    server = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
+    limiter = simulate(server, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
+    assert limiter.report().summary()["rate"] <= 2.0
+
+
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
     # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
     # flight): 5 in flight never meets a refusal, and the window must still grow.

@@ -441,10 +441,15 @@ class AdaptiveLimiter:
         self.epoch = Epoch(self.epoch.number + 1)
 
     def report(self) -> LimitsReport:
-        """What was learnt of the server: the rate and window let through now, where the
-        429s began, the counts."""
+        """What was learnt of the server: the rate and window let through now (a rate probe
+        with fewer than ``VERDICT`` outcomes known counts as the rate it probes from: the run
+        remembers what held, not a probe its end cut short), where the 429s began, the
+        counts."""
+        rate, probed_from = self.rate, self._probed_from
+        if probed_from is not None and self.epoch.known < VERDICT:
+            rate = probed_from
         return LimitsReport(
-            rate=self.rate,
+            rate=rate,
             window=self.window,
             paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
             rate_limited_at=self.rate_limited_at,
