@@ -26,7 +26,8 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
-  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way
+  into a bracket that held too narrow to bisect) after a patience of quiet
   outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
   latencies (doubled likewise) with slow calls. Past the first cut, a rate probe refused
   even once goes back to the rate that held (a probe a few percent over a bucket holds for
@@ -141,6 +142,7 @@ class AdaptiveLimiter:
         self.eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
         self._probed_from: float | None = None  # the rate that held before a rate probe
+        self.refused_probe: float | None = None  # the last rate probe refused at once
         self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
@@ -277,6 +279,7 @@ class AdaptiveLimiter:
             # probe a few percent over a bucket's rate holds for its burst's worth of calls,
             # then costs a 429 every few seconds until enough add up to cut it (_HELD).
             self.bad = self.rate if self.bad is None else min(self.bad, self.rate or self.bad)
+            self.refused_probe = self.bad
             self.failed_probe()
             self.start_epoch(rate=probed_from, reason="rate")
             return 0.0
@@ -386,11 +389,20 @@ class AdaptiveLimiter:
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
             bracketed = self.bad is not None and self.bad > rate * CONVERGED
+            forgiven = None
             if not bracketed and self._quiet_known >= patience:
-                self.bad = None  # forgiven: the limit may have risen
+                forgiven, self.bad = self.bad, None  # forgiven: the limit may have risen
             step = self._rate_step if self.cut_once else _FIRST_GROWTH - 1
             if self.bad is None:
                 target = rate * (1 + step)
+                if forgiven is not None and forgiven > rate and forgiven == self.refused_probe:
+                    # Into a bracket too narrow to bisect (within CONVERGED) whose top a probe
+                    # met at once: half way first (geometric), not one step past it again (a
+                    # rate held 6 % below a window, its probes refused each time). A top
+                    # found by 429s adding up over a held rate is a bucket's burst hiding a
+                    # small excess: a probe into it would hold as long, and is not made.
+                    inside = max(math.sqrt(rate * forgiven), rate * (1 + _STEP / 4))
+                    target = min(target, inside)
             elif bracketed and self.bad is not None:
                 target = math.sqrt(rate * self.bad)  # bisection (geometric: rates span decades)
             else:
