@@ -142,7 +142,7 @@ class AdaptiveLimiter:
         self.eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
         self._probed_from: float | None = None  # the rate that held before a rate probe
-        self.refused_probe: float | None = None  # the last rate probe refused at once
+        self._refused_probe: float | None = None  # the last rate probe refused at once
         self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
@@ -279,7 +279,7 @@ class AdaptiveLimiter:
             # probe a few percent over a bucket's rate holds for its burst's worth of calls,
             # then costs a 429 every few seconds until enough add up to cut it (_HELD).
             self.bad = self.rate if self.bad is None else min(self.bad, self.rate or self.bad)
-            self.refused_probe = self.bad
+            self._refused_probe = self.bad
             self.failed_probe()
             self.start_epoch(rate=probed_from, reason="rate")
             return 0.0
@@ -395,7 +395,7 @@ class AdaptiveLimiter:
             step = self._rate_step if self.cut_once else _FIRST_GROWTH - 1
             if self.bad is None:
                 target = rate * (1 + step)
-                if forgiven is not None and forgiven > rate and forgiven == self.refused_probe:
+                if forgiven is not None and forgiven > rate and forgiven == self._refused_probe:
                     # Into a bracket too narrow to bisect (within CONVERGED) whose top a probe
                     # met at once: half way first (geometric), not one step past it again (a
                     # rate held 6 % below a window, its probes refused each time). A top
