@@ -168,6 +168,21 @@ def test_a_rate_held_a_few_percent_below_a_window_is_probed_closer() -> None:
     assert span_ratio(second, 601, 2.0) <= 1.05
 
 
+def test_a_window_full_as_a_new_epoch_begins_still_grows() -> None:
+    # A one-minute night (121 calls) in front of a fixed window of 2/s, 45-s calls, from the
+    # rate the first run remembered. The window of 64 fills just as a new epoch begins (the
+    # rate moves back from a probe): it must still grow at once, not wait for an answer to
+    # free a slot and a send to fill it again (5 s at 1.2 calls/s: 1.10x the ideal time).
+    first = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
+    found = simulate(first, 121, rate_ceiling=None, window_ceiling=512, first_window=32)
+    remembered = found.report().summary()["rate"]
+    second = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
+    simulate(
+        second, 121, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    )
+    assert span_ratio(second, 121, 2.0) <= min(1.05, span_ratio(first, 121, 2.0) + 0.01)
+
+
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:
     # A wrong cap of 5 remembered in front of a moving window of 5/s with 3-s calls (15 in
     # flight): 5 in flight never meets a refusal, and the window must still grow.

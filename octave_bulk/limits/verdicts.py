@@ -36,7 +36,8 @@ experiment, never the level alone:
   rate, its quota over its length; the reset wait is no slower rate.
 * **A full window** (the sends filled it, at most one 429 at its top - a cap refuses every
   send there, one alone is a rate probe's - no cap in sight) doubles once its sends are
-  known, a few refusal round trips later, rather than at the next answer (40 s away); its new
+  known, a few refusal round trips later (even if a new epoch began meanwhile at the same
+  window), rather than at the next answer (40 s away); its new
   slots are paced at twice the rate delivered, so that a burst into a rate
   limit is not mistaken for a cap.
 * **A rate probe refused**, even once, past the first cut, goes back to the rate that held:
@@ -207,15 +208,21 @@ class Verdicts:
         its top levels, it doubles (the rate still paces the sends); else the epoch is
         judged as usual."""
         lim = self.limiter
-        if epoch is not lim.epoch or lim.gate.in_flight < lim.window:
-            return
+        if lim.gate.in_flight < lim.window or lim.window != max(epoch.sent_levels):
+            return  # no longer full, or another window since (an epoch that began meanwhile
+            # at the same window is judged too: with 40-s calls it is not full again soon)
         lim.settle()
         top = lim.window - 1
+        refused = (
+            epoch.refused_levels + lim.epoch.refused_levels
+            if epoch is not lim.epoch
+            else epoch.refused_levels
+        )
         if (
             lim.concurrency_limited_at is None
             and lim.suspected_cap is None
             and lim.window < lim.window_ceiling
-            and sum(n for level, n in epoch.refused_levels.items() if level >= top) < REFUSED
+            and sum(n for level, n in refused.items() if level >= top) < REFUSED
         ):
             self.grow_window(lim.window * 2)
         else:
