@@ -7,6 +7,8 @@ in-flight window is not held at 32. Virtual time (tests/limiter_model.py): runs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,18 @@ def sustained(server: Server, start: float, end: float) -> float:
     assert server.first is not None
     first = server.first
     return sum(first + start <= t < first + end for t in server.accepted_at) / (end - start)
+
+
+def two_nights(server: Callable[[], Server], contacts: int, **first: Any) -> tuple[Server, Server]:
+    """A first run (``--concurrency`` unset), then a second on a fresh server that starts from
+    the rate the first remembered; both servers, for their counts."""
+    options: dict[str, Any] = {"window_ceiling": 512, "first_window": 32}
+    night = server()
+    found = simulate(night, contacts, **{"rate_ceiling": None, **options, **first})
+    remembered = found.report().summary()["rate"]
+    again = server()
+    simulate(again, contacts, rate_ceiling=None, start_rate=remembered, **options)
+    return night, again
 
 
 def test_a_token_bucket_with_little_burst_is_paced_at_its_rate_not_as_a_cap() -> None:
@@ -118,13 +132,7 @@ def test_a_remembered_rate_in_front_of_a_bucket_without_burst_is_no_slower() -> 
     # rate (a probe's) must not send its first call at once after the last one: each probe
     # up from the remembered rate was refused at its first call, and the run from memory
     # took 1.08x where the first took 1.03x.
-    first = Server(rate=2.0, burst=1.0, latency=45.0, sigma=0.2)
-    found = simulate(first, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
-    remembered = found.report().summary()["rate"]
-    second = Server(rate=2.0, burst=1.0, latency=45.0, sigma=0.2)
-    simulate(
-        second, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
-    )
+    first, second = two_nights(partial(Server, rate=2.0, burst=1.0, latency=45.0, sigma=0.2), 601)
     assert span_ratio(second, 601, 2.0) <= min(1.05, span_ratio(first, 601, 2.0))
 
 
@@ -133,13 +141,7 @@ def test_a_rate_probe_refused_once_goes_back_at_once() -> None:
     # the first remembered. A probe a few percent over 2/s holds for its burst, then costs a
     # 429 every few seconds: it must go back at its first 429, not be kept until enough add
     # up (3.2 % of the calls were refused).
-    first = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
-    found = simulate(first, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
-    remembered = found.report().summary()["rate"]
-    second = Server(rate=2.0, burst=2.0, latency=45.0, sigma=0.2)
-    simulate(
-        second, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
-    )
+    _, second = two_nights(partial(Server, rate=2.0, burst=2.0, latency=45.0, sigma=0.2), 601)
     assert second.refused <= 0.025 * second.calls
     assert span_ratio(second, 601, 2.0) <= 1.05
 
@@ -158,12 +160,8 @@ def test_a_rate_held_a_few_percent_below_a_window_is_probed_closer() -> None:
     # what the first remembered: a rate held 5 % below the limit (its probes one step past
     # it refused, too close to bisect) must probe half way into that gap, not the step past
     # the limit again each time (1.06x the ideal time).
-    first = Server(rate=2.0, shape="moving", latency=45.0, sigma=0.2)
-    found = simulate(first, 601, rate_ceiling=8.0, window_ceiling=512, first_window=32)
-    remembered = found.report().summary()["rate"]
-    second = Server(rate=2.0, shape="moving", latency=45.0, sigma=0.2)
-    simulate(
-        second, 601, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    _, second = two_nights(
+        partial(Server, rate=2.0, shape="moving", latency=45.0, sigma=0.2), 601, rate_ceiling=8.0
     )
     assert span_ratio(second, 601, 2.0) <= 1.05
 
@@ -173,12 +171,8 @@ def test_a_window_full_as_a_new_epoch_begins_still_grows() -> None:
     # rate the first run remembered. The window of 64 fills just as a new epoch begins (the
     # rate moves back from a probe): it must still grow at once, not wait for an answer to
     # free a slot and a send to fill it again (5 s at 1.2 calls/s: 1.10x the ideal time).
-    first = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
-    found = simulate(first, 121, rate_ceiling=None, window_ceiling=512, first_window=32)
-    remembered = found.report().summary()["rate"]
-    second = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
-    simulate(
-        second, 121, rate_ceiling=None, window_ceiling=512, first_window=32, start_rate=remembered
+    first, second = two_nights(
+        partial(Server, rate=2.0, shape="fixed", latency=45.0, sigma=0.2), 121
     )
     assert span_ratio(second, 121, 2.0) <= min(1.05, span_ratio(first, 121, 2.0) + 0.01)
 
