@@ -28,6 +28,12 @@ Measures: rate shapes, first call -> last accepted call over (N - 1) / R; caps, 
 last answer over N x mean latency / K. 429 share: refusals over calls. Targets: <= 1.25 at 1
 minute, <= 1.10 at 5 and 30; the second run <= 1.05 and never slower than the first; 429s
 <= 3 % at 5 minutes and up.
+
+A cap's N x mean latency / K is a bound no client reaches at 1 or 5 minutes: its last wave of
+K calls ends with the slowest of them (121 calls of 45 s through 92 slots are two waves). So a
+cap row also gives ``floor``, the ratio of a client that knew K from the start (the same
+server and seed, K calls sent at once, no search), and is judged on ``ratio / floor``: what the
+search costs. Rate rows have no floor (1.0: a rate's ideal is reached by pacing at R).
 """
 
 from __future__ import annotations
@@ -124,9 +130,20 @@ def _remembered(found: dict[str, Any], period: float | None) -> dict[str, Any]:
     return start
 
 
+def floor(cell: SlowCell) -> float:
+    """The ratio of a client that knew the limit: for a cap, K calls in flight from the start
+    (no search, no 429); 1.0 for a rate (paced at R, its ideal is reached)."""
+    if cell.shape != "cap":
+        return 1.0
+    server = cell.server()
+    simulate(server, cell.n, rate_ceiling=None, window_ceiling=cell.cap, adaptive=False)
+    return _span(cell, server) / cell.ideal()
+
+
 def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
     """The cell's two runs (first, then from memory); one row each."""
     rows = []
+    reached = floor(cell)
     options: dict[str, Any] = {
         "rate_ceiling": 4 * cell.rate if cell.user == "4R" else None,
         "window_ceiling": WINDOW_BOUND,
@@ -142,7 +159,7 @@ def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
         ratio = _span(cell, server) / cell.ideal()
         share = server.refused / max(1, server.calls)
         missed = []
-        if ratio > cell.target(run):
+        if ratio / reached > cell.target(run):
             missed.append("time")
         if run == 2 and first_ratio is not None and ratio > first_ratio + 0.01:
             missed.append("slower than run 1")
@@ -156,6 +173,7 @@ def run_cell(cell: SlowCell) -> list[dict[str, Any]]:
                 "N": cell.n,
                 "ideal_s": cell.ideal(),
                 "ratio": ratio,
+                "floor": None if cell.shape != "cap" else reached,
                 "target": f"<= {cell.target(run):g}",
                 "429_share": share,
                 "found_rate": found["rate"],
@@ -199,6 +217,6 @@ def matrix(smoke: bool = False) -> list[SlowCell]:
 
 
 TABLE_KEYS = (
-    "cell", "user", "N", "ideal_s", "ratio", "target", "429_share", "found_rate", "window",
+    "cell", "user", "N", "ideal_s", "ratio", "floor", "target", "429_share", "found_rate", "window",
     "cap_at", "max_in_flight", "verdict",
 )  # fmt: skip

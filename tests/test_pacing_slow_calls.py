@@ -7,6 +7,8 @@ in-flight window is not held at 32. Virtual time (tests/limiter_model.py): runs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,18 @@ def sustained(server: Server, start: float, end: float) -> float:
     assert server.first is not None
     first = server.first
     return sum(first + start <= t < first + end for t in server.accepted_at) / (end - start)
+
+
+def two_nights(server: Callable[[], Server], contacts: int, **first: Any) -> tuple[Server, Server]:
+    """A first run (``--concurrency`` unset), then a second on a fresh server that starts from
+    the rate the first remembered; both servers, for their counts."""
+    options: dict[str, Any] = {"window_ceiling": 512, "first_window": 32}
+    night = server()
+    found = simulate(night, contacts, **{"rate_ceiling": None, **options, **first})
+    remembered = found.report().summary()["rate"]
+    again = server()
+    simulate(again, contacts, rate_ceiling=None, start_rate=remembered, **options)
+    return night, again
 
 
 def test_a_token_bucket_with_little_burst_is_paced_at_its_rate_not_as_a_cap() -> None:
@@ -83,6 +97,84 @@ def test_a_remembered_rate_far_below_what_holds_is_abandoned_within_a_few_latenc
     simulate(server, 600, rate_ceiling=None, window_ceiling=64, start_rate=0.32)
     assert sustained(server, 30.0, 280.0) >= 0.9 * 2.0
     assert span_ratio(server, 600, 2.0) <= 1.15
+
+
+@pytest.mark.parametrize("shape", ["fixed", "moving"])
+def test_a_remembered_per_minute_quota_does_not_hold_a_full_window_for_a_minute(
+    shape: str,
+) -> None:
+    # A second night from a per-minute quota remembered (1.94/s, its 60-s period), calls of
+    # 37-39 s: the window, doubled from 32 to 64, fills just as the first answers come back,
+    # so it is judged by its outcomes, not at once. The period must not make that epoch last
+    # a minute's outcomes (117) before the window grows again: one window's is enough
+    # (the window's verdict is no rate's, which a window of a minute shows only at its end).
+    slowest = []
+    for latency in (37.0, 38.0, 39.0):
+        for seed in (1, 2, 3):
+            server = Server(
+                rate=2.0, shape=shape, period=60.0, latency=latency, sigma=0.2, seed=seed
+            )
+            simulate(
+                server,
+                301,
+                rate_ceiling=None,
+                window_ceiling=512,
+                first_window=32,
+                start_rate=1.94,
+                start_period=60.0,
+            )
+            slowest.append(sustained(server, 30.0, 90.0))
+    assert min(slowest) >= 0.9 * 2.0
+
+
+def test_a_remembered_rate_in_front_of_a_bucket_without_burst_is_no_slower() -> None:
+    # A bucket of 2/s that lets no two calls through closer than 0.5 s, 45-s calls. A new
+    # rate (a probe's) must not send its first call at once after the last one: each probe
+    # up from the remembered rate was refused at its first call, and the run from memory
+    # took 1.08x where the first took 1.03x.
+    first, second = two_nights(partial(Server, rate=2.0, burst=1.0, latency=45.0, sigma=0.2), 601)
+    assert span_ratio(second, 601, 2.0) <= min(1.05, span_ratio(first, 601, 2.0))
+
+
+def test_a_rate_probe_refused_once_goes_back_at_once() -> None:
+    # A second night in front of a bucket of 2/s with a burst of 2, 45-s calls, from the rate
+    # the first remembered. A probe a few percent over 2/s holds for its burst, then costs a
+    # 429 every few seconds: it must go back at its first 429, not be kept until enough add
+    # up (3.2 % of the calls were refused).
+    _, second = two_nights(partial(Server, rate=2.0, burst=2.0, latency=45.0, sigma=0.2), 601)
+    assert second.refused <= 0.025 * second.calls
+    assert span_ratio(second, 601, 2.0) <= 1.05
+
+
+def test_the_rate_remembered_is_the_one_that_held_not_a_probe_cut_short() -> None:
+    # A fixed window of 2 calls a second, 45-s calls: the run ends while a probe to 2.09/s
+    # is under way, not judged yet. What the next night starts from is the rate that held
+    # below the limit, not the probe (which would cost it a 429 every few seconds).
+    server = Server(rate=2.0, shape="fixed", latency=45.0, sigma=0.2)
+    limiter = simulate(server, 601, rate_ceiling=None, window_ceiling=512, first_window=32)
+    assert limiter.report().summary()["rate"] <= 2.0
+
+
+def test_a_rate_held_a_few_percent_below_a_window_is_probed_closer() -> None:
+    # A moving window of 2 calls a second, 45-s calls, --rate 8/s, then a second night from
+    # what the first remembered: a rate held 5 % below the limit (its probes one step past
+    # it refused, too close to bisect) must probe half way into that gap, not the step past
+    # the limit again each time (1.06x the ideal time).
+    _, second = two_nights(
+        partial(Server, rate=2.0, shape="moving", latency=45.0, sigma=0.2), 601, rate_ceiling=8.0
+    )
+    assert span_ratio(second, 601, 2.0) <= 1.05
+
+
+def test_a_window_full_as_a_new_epoch_begins_still_grows() -> None:
+    # A one-minute night (121 calls) in front of a fixed window of 2/s, 45-s calls, from the
+    # rate the first run remembered. The window of 64 fills just as a new epoch begins (the
+    # rate moves back from a probe): it must still grow at once, not wait for an answer to
+    # free a slot and a send to fill it again (5 s at 1.2 calls/s: 1.10x the ideal time).
+    first, second = two_nights(
+        partial(Server, rate=2.0, shape="fixed", latency=45.0, sigma=0.2), 121
+    )
+    assert span_ratio(second, 121, 2.0) <= min(1.05, span_ratio(first, 121, 2.0) + 0.01)
 
 
 def test_a_remembered_window_below_a_rate_limit_is_abandoned() -> None:

@@ -11,32 +11,23 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
   only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
   for three refusal round trips: a 429 comes back at network speed, an accepted call after
   the agent's work, so verdicts at 40-s calls take milliseconds.
-* **Rate verdicts.** ``REFUSED`` 429s, once ``VERDICT`` outcomes are known (or at once when
-  they are a quarter of them), above ``_TOLERATED``: the server accepts less than is sent. An
-  overloaded token bucket accepts exactly its rate, so the new rate is the send rate times the
-  share accepted since the epoch's first 429, less ``_MARGIN``; or the rate that held
-  (``good``); never below a quarter per verdict, nor below the rate delivered lately
-  (:meth:`Evidence.delivered`: a window that refuses everything until its oldest calls leave
-  has still let that many through). A rate that held, refused by a small share, eases down by
-  1-2 %. Isolated 429s over ``_HELD`` outcomes at one rate, above ``_TOLERATED_HELD``, cut it
-  by their share.
-* **Cap and window verdicts** (:mod:`octave_bulk.limits.verdicts`): a cap is told from a rate
-  by an experiment, never by the level alone; a window spent until its reset is waited out and
-  paced at its quota over its length; a full window grows at once.
+* **Verdicts** (:mod:`octave_bulk.limits.verdicts`): how far a refused rate is cut; a cap
+  told from a rate by an experiment, never by the level alone; a window spent until its reset
+  waited out and paced at its quota over its length; a full window grown at once; a rate
+  probe refused once gone back from.
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
-  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``) after a patience of quiet
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way
+  into a bracket too narrow to bisect) after a patience of quiet
   outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
-  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch is
-  shorter than it (a window shows a rate only at its end).
+  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch
+  is shorter than it (a window shows a rate only at its end).
 * **Memory.** A remembered rate starts the run but is verified like any other setting: no
-  ``bad`` is assumed above it, and it grows in steps of 4 x ``_STEP`` while it meets no 429,
-  so that one far below what holds is left within a few probes. A remembered window is a
+  ``bad`` above it, steps of 4 x ``_STEP`` while it meets no 429. A remembered window is a
   suspected cap: refused at again, it is proven; never refused, it is probed past.
-* **Pauses.** The whole pool stops after ``VERDICT`` 429s in a row with nothing sent after
-  them accepted (answers to older calls are no news), for as long as the server said
-  (``Retry-After``, clamped to ``max_pause``).
+* **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older
+  calls' answers are no news), the pool stops for the ``Retry-After`` (at most ``max_pause``).
 """
 
 from __future__ import annotations
@@ -121,9 +112,7 @@ class AdaptiveLimiter:
         self.good: float | None = start_rate  # the highest rate that held
         self.evidence = Evidence()
         self.evidence.period = start_period  # no epoch shorter: a window shows its rate at its end
-        # A cap proven by refusals at the same level once calls had come back: probed past
-        # one call at a time, rarely. A remembered window is not: it is verified like a guess.
-        self.cap_known = False
+        self.cap_known = False  # proven once calls came back (not remembered): probed rarely
         # A cap sighted once (or remembered): seen again at that level, it is proven.
         self.suspected_cap = start_window + 1 if start_window else None
         self.suspected_in = -1  # the epoch of the first sighting
@@ -131,18 +120,16 @@ class AdaptiveLimiter:
         self.rate_limited_before_cap = False  # a rate verdict came before the sighting
         self.delivered_at_cut: float | None = None  # calls/s let through, at the last cut
         self.announced_rate: float | None = None  # a limit per window the 429s announced
-        # The lowest rate refused since. A remembered rate is verified like any other: one
-        # that meets no 429 is probed up at the pace of a search past a cut (small steps,
-        # doubled while they hold), so a remembered rate far below what holds is left fast.
-        self.bad: float | None = None
+        self.bad: float | None = None  # the lowest rate refused since (none above memory)
         self.cut_once = start_rate is not None
         self.eased = 0  # small steps down since a quiet epoch (see _cut_rate)
         self._probing = False
+        self.probed_from: float | None = None  # the rate that held before a rate probe
+        self.refused_probe: float | None = None  # the last rate probe refused (see verdicts)
         self.failed_probes = 0
         self._quiet_known = 0
         self._window_step = 1
-        # The next probe's growth once cut (doubled while probes hold); from a remembered rate,
-        # unverified yet, four times larger.
+        # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
@@ -150,8 +137,7 @@ class AdaptiveLimiter:
         self.concurrency_limited_at: int | None = None
         self.refusals = self.clamped_retry_after = 0
         self.answers = self.released = 0  # answers other than 429s; tickets handed back unsent
-        # 429s since the last call accepted that was sent after them (answers to calls sent
-        # before keep landing while a quota is spent: they are no news)
+        # 429s since the last call accepted that was sent after them (older calls: no news)
         self.refused_in_row, self._last_refused_sent = 0, -math.inf
         self.verdicts = Verdicts(self)
 
@@ -268,6 +254,8 @@ class AdaptiveLimiter:
             self.start_epoch(window=self.window_ceiling, reason="not_concurrency")
             return 0.0
         concurrency = self.adaptive and not rate_said and self.verdicts.judge_concurrency()
+        if self.adaptive and not concurrency and self.verdicts.probe_refused():
+            return 0.0
         if self.adaptive and not concurrency and judged and share > _TOLERATED:
             self.verdicts.cut_rate(now)
         overwhelmed = self.refused_in_row >= VERDICT  # nothing accepted meanwhile
@@ -374,11 +362,17 @@ class AdaptiveLimiter:
         if rate_bound and rate is not None:
             self.good = rate if self.good is None else max(self.good, rate)
             bracketed = self.bad is not None and self.bad > rate * CONVERGED
+            forgiven = None
             if not bracketed and self._quiet_known >= patience:
-                self.bad = None  # forgiven: the limit may have risen
+                forgiven, self.bad = self.bad, None  # forgiven: the limit may have risen
             step = self._rate_step if self.cut_once else _FIRST_GROWTH - 1
             if self.bad is None:
                 target = rate * (1 + step)
+                if forgiven is not None and forgiven > rate and forgiven == self.refused_probe:
+                    # Half way into a bracket too narrow to bisect, its top met by a probe
+                    # (not by 429s adding up: a bucket's burst) (docs/design.md, "Pacing").
+                    inside = max(math.sqrt(rate * forgiven), rate * (1 + _STEP / 4))
+                    target = min(target, inside)
             elif bracketed and self.bad is not None:
                 target = math.sqrt(rate * self.bad)  # bisection (geometric: rates span decades)
             else:
@@ -411,6 +405,11 @@ class AdaptiveLimiter:
         probing: bool = False,
     ) -> None:
         """Start a new epoch, with a new rate and/or window when given."""
+        before = self.rate
+        if probing and rate is not None and before is not None and rate > before:
+            self.probed_from = before  # a rate probe: refused once, it goes back there
+        elif not probing or (rate is not None and rate != before):
+            self.probed_from = None  # (a window probe at the same rate goes on testing it)
         if rate is not None:
             self.gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
@@ -424,10 +423,11 @@ class AdaptiveLimiter:
         self.epoch = Epoch(self.epoch.number + 1)
 
     def report(self) -> LimitsReport:
-        """What was learnt of the server: the rate and window let through now, where the
-        429s began, the counts."""
+        """What was learnt of the server: the rate (a probe with under ``VERDICT`` outcomes
+        known: the rate it probes from, not remembered) and window now, the counts."""
+        probing = self.probed_from is not None and self.epoch.known < VERDICT
         return LimitsReport(
-            rate=self.rate,
+            rate=self.probed_from if probing else self.rate,
             window=self.window,
             paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
             rate_limited_at=self.rate_limited_at,

@@ -9,8 +9,9 @@ rate and the pauses; the gate only enforces them.
   lateness (~0.1-1 ms, which costs 10-20 % at 400/s if never made up); below it, never (a
   millisecond costs 1 % at 10/s, 5 % at 50/s: docs/performance.md weighs it), as a server
   that slow may have no burst at all (a token bucket of 1 refuses any call that comes even a
-  little early, so a catch-up would be refused at exactly its rate). One waiter books its turn at a time, so that nothing is booked ahead
-  at a rate that is about to change.
+  little early, so a catch-up would be refused at exactly its rate). One waiter books its
+  turn at a time, so that nothing is booked ahead at a rate that is about to change; a new
+  rate's first turn is a gap of that rate after the last send, never at once.
 * **Pause.** Until ``paused_until`` nothing is sent.
 """
 
@@ -66,6 +67,7 @@ class Gate:
         self._clock, self._sleep = clock, sleep
         self._slots = anyio.CapacityLimiter(window)
         self._next_turn = 0.0
+        self._last_turn = -float("inf")  # the last turn given (a send's)
         self._stopped = anyio.Event()
         self._woken = anyio.Event()  # set (and replaced) when the run stops or the rate moves
         self._turn_lock = anyio.Lock()
@@ -76,9 +78,12 @@ class Gate:
         return self._stopped.is_set()
 
     def set_rate(self, rate: float | None) -> None:
-        """A new rate from now on; the waiter for a turn books it again."""
+        """A new rate from now on, its first turn a gap of the new rate after the last send
+        (never at once: a send right after the last is a burst that a bucket without burst
+        refuses, and a probe's first send would be refused for no fault of its rate); the
+        waiter for a turn books it again."""
         self.rate = rate
-        self._next_turn = self._clock()
+        self._next_turn = self._last_turn + 1.0 / rate if rate else self._clock()
         self._wake()
 
     def set_window(self, window: int) -> None:
@@ -158,6 +163,7 @@ class Gate:
             turn = max(now - early, self._next_turn)
             if turn <= now:
                 self._next_turn = turn + 1.0 / rate
+                self._last_turn = turn
                 break
             waited = True
             await self._nap(turn - now)  # the rate may change meanwhile: computed again

@@ -1,6 +1,15 @@
-"""The adaptive limiter's verdicts: how far a rate refused is cut (:meth:`Verdicts.cut_rate`, see
-:mod:`octave_bulk.limits.adaptive`), which refusals are a concurrency cap, which a rate window
-spent until its reset, and when a full window may grow.
+"""The adaptive limiter's verdicts: how far a rate refused is cut, which refusals are a
+concurrency cap, which a rate window spent until its reset, when a full window may grow, and
+when a rate probe goes back.
+
+**Rate verdicts** (:meth:`Verdicts.cut_rate`): 2 or more 429s once ``VERDICT`` outcomes of an
+epoch are known (at once when they are a quarter of them), over 5 % of them: the server accepts
+less than is sent. An overloaded token bucket accepts exactly its rate, so the new rate is the
+send rate times the share accepted since the epoch's first 429, less ``_MARGIN``; or the rate
+that held (``good``); never below a quarter per verdict, nor below the rate delivered lately
+(:meth:`Evidence.delivered`: a window that refuses everything until its oldest calls leave has
+still let that many through). A rate that held, refused by a small share, eases down by 1-2 %.
+(Isolated 429s are the limiter's: over 128 outcomes at one rate, above 2 %, they cut it.)
 
 A cap refuses by the number in flight, whatever the spacing of the sends; a rate limit (a
 token bucket, a fixed or moving window) refuses by the spacing, whatever the number in flight.
@@ -27,9 +36,13 @@ experiment, never the level alone:
   rate, its quota over its length; the reset wait is no slower rate.
 * **A full window** (the sends filled it, at most one 429 at its top - a cap refuses every
   send there, one alone is a rate probe's - no cap in sight) doubles once its sends are
-  known, a few refusal round trips later, rather than at the next answer (40 s away); its new
+  known, a few refusal round trips later (even if a new epoch began meanwhile at the same
+  window), rather than at the next answer (40 s away); its new
   slots are paced at twice the rate delivered, so that a burst into a rate
   limit is not mistaken for a cap.
+* **A rate probe refused**, even once, past the first cut, goes back to the rate that held:
+  left running, a probe a few percent over a bucket holds for its burst's worth of calls,
+  then costs a 429 every few seconds until 128 outcomes add up (:meth:`probe_refused`).
 """
 
 from __future__ import annotations
@@ -77,6 +90,8 @@ class Pacer(Protocol):
     rate_before_cap: float | None
     rate_limited_before_cap: bool
     delivered_at_cut: float | None
+    probed_from: float | None
+    refused_probe: float | None
     announced_rate: float | None
     search_from: float
     eased: int
@@ -163,6 +178,19 @@ class Verdicts:
         lim.start_epoch(rate=target, reason="rate")
         lim.gate.hold_back(now + 1.0 / (lim.rate or 1.0))
 
+    def probe_refused(self) -> bool:
+        """A 429 in a rate probe's epoch past the first cut: back to the rate it probed from
+        (its rate the lowest refused); False when the epoch is no rate probe's."""
+        lim = self.limiter
+        probed_from, rate = lim.probed_from, lim.rate
+        if probed_from is None or rate is None or not lim.cut_once:
+            return False
+        lim.bad = rate if lim.bad is None else min(lim.bad, rate)
+        lim.refused_probe = lim.bad
+        lim.failed_probe()
+        lim.start_epoch(rate=probed_from, reason="rate")
+        return True
+
     def heard(self, hints: RefusalHints | None) -> bool:
         """Take a 429's rate limit headers as evidence; returns whether they say a rate's
         quota is spent (remaining 0: the refusal is a rate's, never a cap's). A limit per
@@ -180,15 +208,21 @@ class Verdicts:
         its top levels, it doubles (the rate still paces the sends); else the epoch is
         judged as usual."""
         lim = self.limiter
-        if epoch is not lim.epoch or lim.gate.in_flight < lim.window:
-            return
+        if lim.gate.in_flight < lim.window or lim.window != max(epoch.sent_levels):
+            return  # no longer full, or another window since (an epoch that began meanwhile
+            # at the same window is judged too: with 40-s calls it is not full again soon)
         lim.settle()
         top = lim.window - 1
+        refused = (
+            epoch.refused_levels + lim.epoch.refused_levels
+            if epoch is not lim.epoch
+            else epoch.refused_levels
+        )
         if (
             lim.concurrency_limited_at is None
             and lim.suspected_cap is None
             and lim.window < lim.window_ceiling
-            and sum(n for level, n in epoch.refused_levels.items() if level >= top) < REFUSED
+            and sum(n for level, n in refused.items() if level >= top) < REFUSED
         ):
             self.grow_window(lim.window * 2)
         else:
