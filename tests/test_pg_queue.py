@@ -225,6 +225,12 @@ def _settled(db_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _reaped(db_url: str) -> bool:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM ob_worker WHERE state = 'reaped'").fetchone()
+    return bool(row and row[0])
+
+
 def _wait_settled(db_url: str, count: int) -> None:
     deadline = time.monotonic() + 120
     while _settled(db_url) < count:
@@ -285,7 +291,10 @@ def test_a_frozen_worker_is_fenced_reaped_once_and_its_late_answers_never_overwr
     # (5 s) it reaps them and sends them again.
     flags = ("--concurrency", "16", "--base-url", sim.url)
     other = _worker(db_url, tmp_path / "other.ndjson", *flags)
-    time.sleep(10)
+    deadline = time.monotonic() + 120  # frozen until the other worker has reaped it
+    while not _reaped(db_url):
+        assert time.monotonic() < deadline, "the frozen worker was not reaped after 120 s"
+        time.sleep(0.1)
     frozen.send_signal(signal.SIGCONT)
     log = _finish(frozen, tmp_path / "frozen.ndjson", 6)  # fenced: stopped, exit 6
     assert "worker_fenced" in log

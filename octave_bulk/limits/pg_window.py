@@ -7,8 +7,8 @@ publishes, ``ob_rate.window_size``) are held at once by all the workers sharing 
 
 - A permit whose holder died without handing it back is free again once its lease ran out.
 - An answer's permit stays the worker's for ``poll`` seconds: its next attempt takes it with
-  no round trip (while two thirds of its lease are left, longer than any call); unused, it
-  goes back to every host.
+  no round trip while two thirds of its lease are left (longer than any call), else with its
+  lease renewed in place; unused, it goes back to every host.
 - One task per worker looks for a free permit in the database, once per ``poll`` seconds,
   doubled while none is free (up to 20 x), and at once when one of its own is freed.
 
@@ -106,11 +106,11 @@ class SharedWindow:
             "lease": self.lease,
         }
         while not self._stopped:
-            slot = self._reuse()
+            slot = await self._reuse()
             if slot is not None:
                 return slot
             async with self._lock:
-                slot = self._reuse()
+                slot = await self._reuse()
                 if slot is not None:
                     return slot
                 due = self._looked_at + self._poll - self._clock()
@@ -129,16 +129,28 @@ class SharedWindow:
                     self._freed = anyio.Event()
         return None
 
-    def _reuse(self) -> int | None:
-        """A permit of ours that an answer just freed, for this attempt (no round trip): one
-        with two thirds of its lease left (longer than any call) and inside the window."""
+    async def _reuse(self) -> int | None:
+        """A permit of ours that an answer just freed, for this attempt: with no round trip
+        while two thirds of its lease are left (longer than any call), else its lease renewed
+        in place (one round trip; handing it back and taking one again would leave every host
+        waiting for a free permit at once, as all were taken together); inside the window."""
         while self._spare:
             slot, taken = self._spare.popitem()
-            fits = slot <= self.window_now
-            if fits and self._clock() - taken < self.lease / 3:
-                self._taken[slot] = taken
-                return slot
-            self._spare_back([slot])
+            if slot > self.window_now:
+                self._spare_back([slot])
+                continue
+            if self._clock() - taken >= self.lease / 3:
+                renewed = await self._quietly(
+                    "UPDATE ob_permit SET expires_at = clock_timestamp()"
+                    " + make_interval(secs => %s) WHERE key = %s AND slot = %s AND holder = %s"
+                    " RETURNING slot",
+                    (self.lease, self.key, slot, self.holder),
+                )
+                if renewed is None:  # lost (its lease ran out and another took it) or away
+                    continue
+                taken = self._clock()
+            self._taken[slot] = taken
+            return slot
         return None
 
     def give_back(self, slot: int) -> None:
