@@ -430,7 +430,7 @@ def shared_limiter(context: LimiterContext) -> Limiter:
         )
     start = settings.rate or (settings.start_rate if judge else DEFAULT_SHARED_RATE)
     return SharedRateLimiter(
-        lambda: connect(url, application_name="octave-bulk limiter", durable=False),
+        lambda: connect(url, application_name="octave-bulk limiter"),
         key=f"{settings.base_url}|{target}",
         rate=start,
         window=window,

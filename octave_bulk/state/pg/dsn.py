@@ -83,13 +83,8 @@ def describe_failure(url: LedgerUrl, exc: BaseException) -> str:
     return url.hide(f"the shared ledger {url.display}: {reason}")
 
 
-async def connect(
-    url: LedgerUrl, *, application_name: str = "octave-bulk", durable: bool = True
-) -> PgConnection:
-    """An autocommit connection to ``url``. ``durable=False`` commits without waiting for the
-    server's write-ahead log to reach its disk (``synchronous_commit = off``): for state whose
-    last milliseconds may be lost in a server crash at no cost but pacing (the shared
-    limiter's bookings), never for claims or results.
+async def connect(url: LedgerUrl, *, application_name: str = "octave-bulk") -> PgConnection:
+    """An autocommit connection to ``url``.
 
     Raises:
         StateError: the server cannot be reached or refused us (the message names
@@ -97,11 +92,7 @@ async def connect(
     """
     try:
         return await psycopg.AsyncConnection.connect(
-            url.dsn,
-            autocommit=True,
-            application_name=application_name,
-            connect_timeout=10,
-            options="" if durable else "-c synchronous_commit=off",
+            url.dsn, autocommit=True, application_name=application_name, connect_timeout=10
         )
     except psycopg.Error as exc:
         raise StateError(describe_failure(url, exc)) from None
