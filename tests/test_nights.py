@@ -299,7 +299,7 @@ def test_a_reordered_export_with_duplicates_that_differ_pays_nobody_again(
     assert edited.exit_code == 0 and sim.stats()["totals"]["calls"] == 31
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
+class Hook(http.server.BaseHTTPRequestHandler):
     """A webhook that keeps what it is sent (``server.posts``)."""
 
     def do_POST(self) -> None:
@@ -313,7 +313,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_end_of_a_run_is_posted_to_the_notify_urls(make_sim: Any, tmp_path: Path) -> None:
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     hook.posts = []  # type: ignore[attr-defined]
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     url = f"json://127.0.0.1:{hook.server_address[1]}/hook-token-9f3k"

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "fail",
     "load_settings",
+    "notify_end",
+    "notify_refusal",
     "parsed",
     "print_probe",
     "print_summary",
@@ -116,6 +118,26 @@ def _next_step(summary: Mapping[str, Any]) -> str | None:
     if code in (ExitCode.BREAKER, ExitCode.MAX_CALLS, ExitCode.INTERRUPTED):
         return "run the same command again to resume where it stopped."
     return None
+
+
+def notify_end(settings: Settings, summary: Mapping[str, Any]) -> None:
+    """The end-of-run lines posted to the ``notify`` URLs (``run``, ``worker``)."""
+    if settings.notify:
+        from octave_bulk.observe.notify import notify
+
+        body = "\n".join(summary_lines(summary))
+        notify(settings.notify, settings.notify_on, summary, body)
+
+
+def notify_refusal(settings: Settings, exc: OctaveBulkError) -> None:
+    """A run refused before its first call (exit 2 or 3), as a notification."""
+    if not settings.notify:
+        return
+    from octave_bulk.observe.notify import notify
+
+    code = ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE
+    summary = {"exit_code": int(code), "stop_reason": "refused before the first call"}
+    notify(settings.notify, settings.notify_on, summary, f"error: {exc}")
 
 
 def print_summary(summary: Mapping[str, Any]) -> None:

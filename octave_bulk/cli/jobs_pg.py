@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from octave_bulk.cli.common import fail, load_settings, print_summary, run_async
+from octave_bulk.cli.common import (
+    fail,
+    load_settings,
+    notify_end,
+    notify_refusal,
+    print_summary,
+    run_async,
+)
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
     JOB_OPTION,
@@ -115,12 +122,13 @@ def worker(
     SIGTERM/SIGINT: stop claiming, finish the calls in flight, give back the rest, exit 130.
     Exit 0: the job is drained; 2: nothing sent, fix the cause; 3-6: stopped.
     """
+    settings = None
     try:
         _driver()
         from octave_bulk.observe.log import configure_logging
         from octave_bulk.state.pg.enqueue import job_output, job_settings, run_worker
 
-        asked = load_settings(config_file, api_key_file, **flags)
+        settings = asked = load_settings(config_file, api_key_file, **flags)
         stored = run_async(lambda: job_settings(asked))
         if flags.get("base_url") is not None:  # this host's way to the API wins
             stored.pop("base_url", None)
@@ -131,7 +139,10 @@ def worker(
         out = output or job_output(str(settings.job))
         summary = run_async(lambda: run_worker(out, settings, handle_signals=True))
     except OctaveBulkError as exc:
+        if settings is not None:  # refused before its first call: the operator hears of it
+            notify_refusal(settings, exc)
         fail(exc)
     if settings.log_format != "json":
         print_summary(summary)
+    notify_end(settings, summary)
     sys.exit(summary["exit_code"])

@@ -11,10 +11,11 @@ import click
 from octave_bulk.cli.common import (
     fail,
     load_settings,
+    notify_end,
+    notify_refusal,
     print_probe,
     print_summary,
     run_async,
-    summary_lines,
 )
 from octave_bulk.cli.options import (
     INPUT_FIELDS,
@@ -80,7 +81,7 @@ def run(
         summary = run_async(lambda: run_batch(input_path, output, settings, handle_signals=True))
     except OctaveBulkError as exc:
         if settings is not None:  # refused before its first call: the operator hears of it
-            _notify_refusal(settings, exc)
+            notify_refusal(settings, exc)
         fail(exc)
     if summary.get("dry_run"):
         import json
@@ -89,24 +90,8 @@ def run(
         sys.exit(summary["exit_code"])
     if settings.log_format != "json":  # with JSON logs, the stop event is the summary
         print_summary(summary)
-    if settings.notify:
-        from octave_bulk.observe.notify import notify
-
-        body = "\n".join(summary_lines(summary))
-        notify(settings.notify, settings.notify_on, summary, body)
+    notify_end(settings, summary)
     sys.exit(summary["exit_code"])
-
-
-def _notify_refusal(settings: Any, exc: OctaveBulkError) -> None:
-    """A run refused before its first call (exit 2 or 3), as a notification."""
-    if not settings.notify:
-        return
-    from octave_bulk.errors import FatalApiError
-    from octave_bulk.observe.notify import notify
-
-    code = ExitCode.FATAL if isinstance(exc, FatalApiError) else ExitCode.USAGE
-    summary = {"exit_code": int(code), "stop_reason": "refused before the first call"}
-    notify(settings.notify, settings.notify_on, summary, f"error: {exc}")
 
 
 @click.command(cls=SectionedCommand)
