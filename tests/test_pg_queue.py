@@ -368,3 +368,31 @@ def test_a_worker_posts_its_end_and_its_refusal_to_the_notify_urls(
     ]
     assert "no job 'nope'" in posts[0]["message"]
     assert "hook-token-7q" not in log
+
+
+def test_plan_and_a_dry_run_count_against_the_shared_ledger_not_the_local_output(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 5)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv")
+    _finish(_worker(db_url, tmp_path / "w.ndjson"), tmp_path / "w.ndjson")
+    write_contacts(tmp_path / "more.csv", 8)  # the 5 done, and 3 new
+    fresh = tmp_path / "elsewhere.ndjson"  # another host's output: it holds nothing
+    common = ["-o", str(fresh), "--agent", "ca_test", "--base-url", sim.url, "--job", "nightly"]
+    forecasts = [
+        subprocess.run(
+            [sys.executable, "-m", "octave_bulk", *cmd, str(tmp_path / "more.csv"), *common],
+            env=_env(db_url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        for cmd in (["plan"], ["run", "--dry-run"])
+    ]
+    for done in forecasts:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "to send: 3 contacts" in done.stdout, done.stdout
+    assert sum(sim.stats()["calls"].values()) == 5  # forecasting paid nothing
+    assert not fresh.exists()

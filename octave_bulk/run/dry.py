@@ -12,6 +12,9 @@ pass with the rule - the run's own - while the run's credit check takes the firs
 less the records the rule turns into duplicates. So the input is read once to plan (twice in
 that rare case), and the run reads it once more to send.
 
+With a shared ledger (``--ledger postgresql://``), :func:`shared_view` reads the job's view
+from the database (read only), and the plan counts against it instead of the output's files.
+
 With ``listing``, every contact the pass would send is listed with why it would be paid
 (:class:`PaidContact`: new, ``<field> changed``, failed before, outcome unknown, a lost job).
 """
@@ -41,7 +44,15 @@ from octave_bulk.state.paths import OutputPaths
 from octave_bulk.state.preflight import check_agent_of_output
 from octave_bulk.state.store import StoreView
 
-__all__ = ["InputPlan", "PaidContact", "awaited_jobs", "dry_plan", "dry_run", "plan_input"]
+__all__ = [
+    "InputPlan",
+    "PaidContact",
+    "awaited_jobs",
+    "dry_plan",
+    "dry_run",
+    "plan_input",
+    "shared_view",
+]
 
 _WHO = ("email", "linkedInProfile", "companyDomain", "companyName", "crmContactId", "crmLeadId")
 
@@ -181,15 +192,25 @@ def _reasons(
 
 
 def dry_plan(
-    input_path: str | Path, paths: OutputPaths, settings: Settings, *, listing: bool = False
+    input_path: str | Path,
+    paths: OutputPaths,
+    settings: Settings,
+    *,
+    listing: bool = False,
+    shared: StoreView | None = None,
 ) -> tuple[RunSummary, InputPlan]:
     """The dry run's summary, and the plan it counts (an output that holds another agent's
-    results is refused, as a run would be)."""
-    check_agent_of_output(paths, settings.agent_type)
-    # Read-only: a dry run must not repair (or race) the files of a run that may be going.
-    state = read_state(paths, settings.ledger)
-    awaited = awaited_jobs(paths, state)
-    state.awaiting = frozenset(awaited)  # polled by the run, never submitted again
+    results is refused, as a run would be). ``shared``: the shared ledger's view of the job
+    (``--ledger postgresql://``), counted against instead of the output's files."""
+    if shared is not None:
+        state, awaited = shared, list(shared.awaiting)
+    else:
+        check_agent_of_output(paths, settings.agent_type)
+        # Read-only: a dry run must not repair (or race) the files of a run that may be going.
+        file_state = read_state(paths, settings.ledger)
+        awaited = awaited_jobs(paths, file_state)
+        file_state.awaiting = frozenset(awaited)  # polled by the run, never submitted again
+        state = file_state
     plan = plan_input(input_path, settings, state, listing=listing)
     stats = plan.stats
     rule = completed_exit(stats, settings.exit_conditions)
@@ -208,6 +229,20 @@ def dry_plan(
     return summary, plan
 
 
-def dry_run(input_path: str | Path, paths: OutputPaths, settings: Settings) -> RunSummary:
+async def shared_view(settings: Settings) -> StoreView | None:
+    """The shared ledger's view of the job (``--ledger postgresql://``), else None."""
+    if settings.ledger_url is None:
+        return None
+    from octave_bulk.state.pg.enqueue import plan_view
+
+    return await plan_view(settings)
+
+
+def dry_run(
+    input_path: str | Path,
+    paths: OutputPaths,
+    settings: Settings,
+    shared: StoreView | None = None,
+) -> RunSummary:
     """Read and build every request, print nothing, send nothing, write nothing."""
-    return dry_plan(input_path, paths, settings)[0]
+    return dry_plan(input_path, paths, settings, shared=shared)[0]

@@ -50,7 +50,7 @@ from octave_bulk.run.batch import BatchRun, WorkSource
 from octave_bulk.run.callbacks import MAX_CONNECTIONS
 from octave_bulk.run.control import RunControl, connect_cause
 from octave_bulk.run.credits import check_credits
-from octave_bulk.run.dry import InputPlan, dry_run, plan_input
+from octave_bulk.run.dry import InputPlan, dry_run, plan_input, shared_view
 from octave_bulk.run.finish import FinishedInput, finish_run
 from octave_bulk.run.gc_tuning import gc_tuned_for_run
 from octave_bulk.run.guard import ResendReport, check_agent, needs_resend_check
@@ -136,7 +136,7 @@ async def run_batch(
     chosen = SHARED_LIMITER if shared and settings.limiter == DEFAULT_LIMITER else settings.limiter
     make_limiter = limiter or limiter_factory(chosen)
     if settings.dry_run:
-        return dry_run(input_path, paths, settings)
+        return dry_run(input_path, paths, settings, await shared_view(settings))
     # Every path the run writes, before the lock and the first call (exit 2, nothing sent).
     check_agent_of_output(paths, settings.agent_type)
     check_writable(paths, ledger=settings.ledger, metrics=settings.metrics_textfile)

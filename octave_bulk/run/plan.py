@@ -37,7 +37,7 @@ from octave_bulk.http.client import OctaveClient, open_client
 from octave_bulk.limits.factory import start_limits
 from octave_bulk.observe.words import counted
 from octave_bulk.run.credits import Credits, agent_credits, number_in
-from octave_bulk.run.dry import PaidContact, dry_plan
+from octave_bulk.run.dry import PaidContact, dry_plan, shared_view
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.history import RunHistory
 from octave_bulk.state.index import OutputIndex
@@ -293,7 +293,8 @@ async def make_plan(
     """The forecast of a run of ``input_path`` on ``output`` (``client``: None when there is
     no key: the credits stay unknown; ``listing``: with every contact to send, and why)."""
     paths = OutputPaths.for_output(output)
-    summary, planned = dry_plan(input_path, paths, settings, listing=listing)
+    shared = await shared_view(settings)
+    summary, planned = dry_plan(input_path, paths, settings, listing=listing, shared=shared)
     counts = summary.counts
     to_send = int(summary["would_send"])
     if settings.max_calls is not None:
