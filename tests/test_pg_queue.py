@@ -37,11 +37,11 @@ def _env(db_url: str) -> dict[str, str]:
     return env | {"OCTAVE_API_KEY": TEST_KEY, "OCTAVE_DRAIN_TIMEOUT": "1", "OCTAVE_LEDGER": db_url}
 
 
-def _enqueue(db_url: str, url: str, contacts: Path, job: str = "nightly") -> str:
+def _enqueue(db_url: str, url: str, contacts: Path, *extra: str, job: str = "nightly") -> str:
     done = subprocess.run(
         [
             sys.executable, "-m", "octave_bulk", "enqueue", str(contacts), "--job", job,
-            "--agent", "ca_test", "--base-url", url,
+            "--agent", "ca_test", "--base-url", url, *extra,
         ],
         env=_env(db_url), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -396,3 +396,36 @@ def test_plan_and_a_dry_run_count_against_the_shared_ledger_not_the_local_output
         assert "to send: 3 contacts" in done.stdout, done.stdout
     assert sum(sim.stats()["calls"].values()) == 5  # forecasting paid nothing
     assert not fresh.exists()
+
+
+def _submits_committed(sim: Any, db_url: str) -> int:
+    """Async submits paid, once each is committed in the ledger (else 0)."""
+    submits = int(sim.stats()["totals"].get("async_submits", 0))
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT coalesce(sum(paid_calls), 0) FROM ob_contact").fetchone()
+    return submits if row and int(row[0]) == submits else 0
+
+
+@pytest.mark.slow
+def test_async_workers_poll_the_jobs_of_a_worker_killed_beside_them_before_they_stop(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    """A killed worker's submitted jobs are no one's until its lease runs out: the workers
+    left wait for that, take them over and poll them; the job is drained, nothing paid twice."""
+    sim = make_sim(latency=Latency(3.0, 0.1))  # jobs of 3 s: the killed one leaves some
+    rids = write_contacts(tmp_path / "in.csv", 40)
+    _enqueue(db_url, sim.url, tmp_path / "in.csv", "--mode", "async")
+    flags = ("--rate", "40/s", "--concurrency", "4", "--base-url", sim.url)
+    killed = _worker(db_url, tmp_path / "killed.ndjson", *flags)
+    deadline = time.monotonic() + 120
+    while _submits_committed(sim, db_url) < 4:
+        assert time.monotonic() < deadline, "no submits committed after 120 s"
+        time.sleep(0.05)
+    killed.kill()  # kill -9 with its jobs submitted and not yet done
+    killed.wait()
+    survivor = _worker(db_url, tmp_path / "survivor.ndjson", *flags)
+    _finish(survivor, tmp_path / "survivor.ndjson")
+    ledger = ledger_contacts(db_url)
+    assert {state for state, _, _ in ledger.values()} == {"done"}, ledger
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1)  # one submit per contact
+    assert len(read_lines(tmp_path / "survivor.ndjson")) + _lines(tmp_path / "killed.ndjson") == 40

@@ -43,8 +43,8 @@ _ENQUEUE_FIELDS = tuple(
     not in {
         "job", "dry_run", "detach", "progress", "log_format", "metrics_textfile", "log_file",
         "fail_on", "fail_on_rejects", "max_calls", "budget", "rate", "concurrency", "adaptive",
-        "timeout", "call_deadline", "max_attempts", "mode", "callback_url", "callback_listen",
-        "resubmit_expired", "poll_rate", "async_body",
+        "timeout", "call_deadline", "max_attempts", "callback_url", "callback_listen",
+        "resubmit_expired", "poll_rate",
     }
 )  # fmt: skip
 

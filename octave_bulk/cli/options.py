@@ -319,6 +319,7 @@ WORKER_FIELDS = (
     "base_url", "rate", "concurrency", "adaptive", "timeout", "call_deadline",
     "max_response_bytes", "max_attempts", "max_calls", "budget", "allow_overdraft", "fail_on",
     "progress", "log_format", "log_file", "metrics_textfile", "ledger",
+    "callback_url", "callback_listen", "poll_rate", "resubmit_expired",
 )  # fmt: skip
-"""The settings ``worker`` takes as flags: pacing, deadlines and stops; what its requests are
-comes from the job."""
+"""The settings ``worker`` takes as flags: pacing, deadlines, stops and this host's way to
+hear of async jobs; what its requests are (``--mode`` included) comes from the job."""

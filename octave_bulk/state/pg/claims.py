@@ -298,15 +298,22 @@ class WorkQueue:
         )
         return [row[0] for row in await cur.fetchall()]
 
-    async def left(self, worker: str, skip: Collection[str] = ()) -> tuple[int, int]:
-        """(contacts to do but ``skip``, contacts other workers hold claimed) in the job: what
-        may still come this worker's way. A submitted contact (async) is not waited for: its
-        handle is known, it is polled by its holder or taken over, never sent again."""
+    async def left(
+        self, worker: str, skip: Collection[str] = (), *, submitted: bool = True
+    ) -> tuple[int, int]:
+        """(contacts to do but ``skip``, contacts other workers hold claimed or, with
+        ``submitted``, submitted) in the job: what may still come this worker's way, or end
+        while it waits. A submitted contact (async) is never sent again: its holder polls it,
+        but a worker that died holds it until its lease runs out, then it is taken over and
+        polled by a worker still there (``handles.watch_orphans``). So a worker that polls
+        waits for the others' submitted contacts too; one that does not (``--detach``) does
+        not."""
+        held = ["claimed", "submitted"] if submitted else ["claimed"]
         cur = await self.conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'todo' AND NOT request_id = ANY(%s)),"
-            " count(*) FILTER (WHERE state = 'claimed' AND holder <> %s)"
+            " count(*) FILTER (WHERE state = ANY(%s) AND holder <> %s)"
             " FROM ob_contact WHERE job = %s",
-            (list(skip), worker, self.job),
+            (list(skip), held, worker, self.job),
         )
         row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -15,7 +15,8 @@ task (``BatchRun.source``). It runs in two steps:
    run's workers with its request body from the database; its call still passes
    ``PgClaims.claim`` (a claim this worker holds is accepted). The drain ends when nothing is
    left to do and no other worker holds a contact (a dead worker's claims are reaped then and
-   done here), or when the run stops (SIGTERM, the budget, ``--max-calls``: claims not sent
+   done here; a dead worker's submitted async jobs are taken over and polled here, unless
+   this run is ``--detach``), or when the run stops (SIGTERM, the budget, ``--max-calls``: claims not sent
    are given back when the store closes). A contact this worker already tried and failed
    (retryable: back to do) is not claimed again by it. Once every task is idle, a contact it
    still holds but never sent (its call refused while the ledger was out of reach) is given
@@ -133,7 +134,8 @@ class QueueSource:
                             tried.discard(rid)  # dropped unsent (the ledger was away): again
                             if rid in skip:
                                 skip.remove(rid)
-                    todo, held = await queue.left(store.worker, skip)
+                    polls = not self.settings.detach  # waits for others' async jobs
+                    todo, held = await queue.left(store.worker, skip, submitted=polls)
                     if not todo and not held:
                         return  # drained
                     await reap(conn)  # a silent worker's claims come back to be done
