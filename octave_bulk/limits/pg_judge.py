@@ -38,9 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from octave_bulk.errors import RefusalHints
 from octave_bulk.limits.adaptive import WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.limits.base import Ticket
 from octave_bulk.limits.gate import AdaptiveTicket, Gate, Waits
@@ -69,18 +71,19 @@ TICK = 0.5  # seconds between the judge's reads of the outcomes (one round trip 
 TRY_EVERY = 2.0  # seconds between another worker's tries for the lock
 
 TELL = """
-INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after)
-SELECT %(key)s, u.epoch, %(worker)s, u.ticket, u.kind, u.at, u.waited, u.retry_after
+INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after, hints)
+SELECT %(key)s, u.epoch, %(worker)s, u.ticket, u.kind, u.at, u.waited, u.retry_after,
+       u.hints::jsonb
 FROM unnest(%(epochs)s::int[], %(tickets)s::bigint[], %(kinds)s::smallint[],
-            %(ats)s::float8[], %(waited)s::bool[], %(retry)s::float8[])
-     AS u(epoch, ticket, kind, at, waited, retry_after)
+            %(ats)s::float8[], %(waited)s::bool[], %(retry)s::float8[], %(hints)s::text[])
+     AS u(epoch, ticket, kind, at, waited, retry_after, hints)
 """
 """How a worker's outcomes reach ``ob_outcome`` (inside its booking, or alone at its end)."""
 
 _CONSUME = """
 WITH told AS (
     DELETE FROM ob_outcome WHERE key = %(key)s
-    RETURNING id, epoch, worker, ticket, kind, at, waited, retry_after
+    RETURNING id, epoch, worker, ticket, kind, at, waited, retry_after, hints
 ), alive AS (
     UPDATE ob_rate SET updated_at = clock_timestamp() WHERE key = %(key)s
     RETURNING extract(epoch FROM clock_timestamp())::float8 AS now
@@ -115,6 +118,8 @@ class Told:
     at: float
     waited: bool = False
     retry_after: float | None = None
+    hints: RefusalHints | None = None
+    """What a refusal's rate limit headers said (evidence for the search, as on one host)."""
 
 
 class Outcomes:
@@ -128,9 +133,15 @@ class Outcomes:
         self._kept.append(Told(epoch, number, SENT, at, waited))
 
     def answered(
-        self, epoch: int, number: int, kind: int, at: float, retry_after: float | None
+        self,
+        epoch: int,
+        number: int,
+        kind: int,
+        at: float,
+        retry_after: float | None,
+        hints: RefusalHints | None = None,
     ) -> None:
-        self._kept.append(Told(epoch, number, kind, at, False, retry_after))
+        self._kept.append(Told(epoch, number, kind, at, False, retry_after, hints))
 
     def unsent(self, number: int) -> bool:
         """Forget a send not handed over yet (it was never made); False when it was."""
@@ -157,6 +168,7 @@ class Outcomes:
             "ats": [t.at for t in told],
             "waited": [t.waited for t in told],
             "retry": [t.retry_after for t in told],
+            "hints": [None if t.hints is None else orjson.dumps(t.hints).decode() for t in told],
         }
 
 
@@ -309,7 +321,7 @@ class Judge:
     async def _replay(self, search: AdaptiveLimiter, rows: list[tuple[Any, ...]]) -> None:
         """Each worker's sends and answers, in the order they reached the database."""
         gate = self._gate
-        for _, epoch, worker, number, kind, at, waited, retry_after in rows:
+        for _, epoch, worker, number, kind, at, waited, retry_after, hints in rows:
             self.now = max(self.now, float(at))
             if kind == SENT:
                 # Booked under the setting published, and the search has not moved since (a
@@ -324,7 +336,7 @@ class Judge:
             if kind == ANSWERED:
                 await search.on_answer(ticket)
             elif kind == REFUSED:
-                await search.on_429(ticket, retry_after)
+                await search.on_429(ticket, retry_after, _hints(hints))
             else:
                 await search.release(ticket)
 
@@ -377,3 +389,11 @@ class Judge:
             "evidence": evidence,
         }
         await conn.execute(_REMEMBER.encode(), params)
+
+
+def _hints(stored: dict[str, Any] | None) -> RefusalHints | None:
+    """A refusal's hints as ``ob_outcome.hints`` keeps them (a JSON object), or None."""
+    if not stored:
+        return None
+    fields = {name: stored.get(name) for name in ("limit", "remaining", "reset", "window")}
+    return RefusalHints(**fields)

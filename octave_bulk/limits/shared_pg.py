@@ -280,12 +280,13 @@ class SharedRateLimiter:
         self, ticket: Ticket, retry_after: float | None, hints: RefusalHints | None = None
     ) -> float:
         """Without a judge, pause every worker: returns the pause now in force, seconds. With
-        one, tell the judge (it decides the pauses): returns 0. ``hints`` unused."""
+        one, tell the judge (it decides the pauses, and weighs the ``hints`` as the search
+        on one host does): returns 0."""
         ticket = _own(ticket)
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
-            self._tell(ticket, REFUSED, retry_after)
+            self._tell(ticket, REFUSED, retry_after, hints)
             await self._give_back(ticket)
         if self._judge is not None:
             return 0.0
@@ -342,11 +343,17 @@ class SharedRateLimiter:
             retry_after_clamped=counts.clamped,
         )
 
-    def _tell(self, ticket: SharedRateTicket, kind: int, retry_after: float | None = None) -> None:
+    def _tell(
+        self,
+        ticket: SharedRateTicket,
+        kind: int,
+        retry_after: float | None = None,
+        hints: RefusalHints | None = None,
+    ) -> None:
         """Keep an outcome for the judge (it goes with this worker's next booking)."""
         if self._judge is not None and ticket.number:
             at = self._clock() + self._offset
-            self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after)
+            self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after, hints)
 
     async def _give_back(self, ticket: SharedRateTicket) -> None:
         """The attempt's permit (if any) back to the shared window."""

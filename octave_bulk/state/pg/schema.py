@@ -18,7 +18,8 @@ The tables (docs/scale-out.md, "Tables"), all prefixed ``ob_`` so they can share
 - ``ob_limit``: remembered limits per workspace URL and agent;
 - ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits;
 - ``ob_outcome``: every worker's sends and answers, until the judge (``limits/pg_judge.py``)
-  has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds).
+  has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds;
+  ``hints``: a refusal's rate limit headers, :class:`~octave_bulk.errors.RefusalHints`).
 """
 
 from __future__ import annotations
@@ -188,6 +189,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         CREATE INDEX IF NOT EXISTS ob_outcome_key ON ob_outcome (key, id);
         ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS judge text;
+        """,
+    ),
+    (
+        "a refusal's rate limit headers, told to the judge",
+        """
+        ALTER TABLE ob_outcome ADD COLUMN IF NOT EXISTS hints jsonb;
         """,
     ),
 )
