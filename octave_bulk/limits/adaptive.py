@@ -72,7 +72,12 @@ class AdaptiveLimiter:
             ``search_from``.
         search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
+        first_window: with neither a remembered window nor a remembered rate, where the
+            window's search starts (a remembered rate paces the sends from the first: the
+            window starts at the ceiling, never held below what that rate needs).
         start_period: a rate window's length remembered (a per-minute quota's 60 s).
+        refusal_rtt: the seconds a 429 is taken to need to come back until one has (a send
+            is judged unrefused after three; the ``refusal_round_trip`` setting).
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
@@ -89,6 +94,7 @@ class AdaptiveLimiter:
         start_window: int | None = None,
         start_period: float | None = None,
         first_window: int | None = None,
+        refusal_rtt: float = 0.1,
         adaptive: bool = True,
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -102,9 +108,10 @@ class AdaptiveLimiter:
         self.clock = clock
         self.search_from = search_from
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
+        searched = None if start_rate else first_window
         self.gate = Gate(
             None if first is None else _clamp(first, rate_ceiling),
-            max(1, min(window_ceiling, start_window or first_window or window_ceiling)),
+            max(1, min(window_ceiling, start_window or searched or window_ceiling)),
             clock=clock,
             sleep=sleep,
         )
@@ -132,7 +139,7 @@ class AdaptiveLimiter:
         # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
-        self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
+        self._refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = self.clamped_retry_after = 0
