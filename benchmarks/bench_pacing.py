@@ -108,6 +108,7 @@ from _common import (
     RESULTS,
     Noise,
     clear_outputs,
+    code_version,
     engine_cmd,
     quietest,
     report,
@@ -603,6 +604,12 @@ def main() -> None:
     if args.real_only:  # the virtual rows of the last results stay
         kept = json.loads((RESULTS / f"{name}.json").read_text())
         extra |= {k: v for k, v in kept.items() if k.startswith("virtual")}
+    if args.virtual_only:  # ... and with --virtual-only, the real-process rows (their commit)
+        kept = json.loads((RESULTS / f"{name}.json").read_text())
+        real = {k: v for k, v in kept.items() if not k.startswith("virtual") and k != "benchmark"}
+        table = real.pop("rows", table)
+        extra = {**real, **{k: v for k, v in extra.items() if k.startswith("virtual")}}
+        extra["virtual_rows_code"] = code_version()["commit"]
     report(name, table, extra, smoke=args.smoke)
     print(f"\n{len(rows) - len(missed)}/{len(rows)} rows met their targets")
     for miss in missed:
