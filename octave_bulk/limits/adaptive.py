@@ -18,14 +18,14 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
-  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way
-  into a bracket too narrow to bisect) after a patience of quiet
-  outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
-  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch
-  is shorter than it (a window shows a rate only at its end).
-* **Memory.** A remembered rate starts the run but is verified like any other setting: no
-  ``bad`` above it, steps of 4 x ``_STEP`` while it meets no 429. A remembered window is a
-  suspected cap: refused at again, it is proven; never refused, it is probed past.
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way into a
+  bracket too narrow to bisect) after a patience of quiet outcomes that doubles per probe
+  refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES`` latencies (doubled likewise) with
+  slow calls. Once a window's period is known, no epoch is shorter (it shows a rate at its end).
+* **Memory.** A remembered rate starts the run (the window at its ceiling: that rate paces the
+  sends) but is verified like any other setting: no ``bad`` above it, steps of 4 x ``_STEP``
+  while it meets no 429. A remembered window is a suspected cap: refused at again, it is
+  proven; never refused, it is probed past.
 * **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older
   calls' answers are no news), the pool stops for the ``Retry-After`` (at most ``max_pause``).
 """
@@ -72,12 +72,9 @@ class AdaptiveLimiter:
             ``search_from``.
         search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
-        first_window: with neither a remembered window nor a remembered rate, where the
-            window's search starts (a remembered rate paces the sends from the first: the
-            window starts at the ceiling, never held below what that rate needs).
+        first_window: where the window's search starts when nothing is remembered.
         start_period: a rate window's length remembered (a per-minute quota's 60 s).
-        refusal_rtt: the seconds a 429 is taken to need to come back until one has (a send
-            is judged unrefused after three; the ``refusal_round_trip`` setting).
+        refusal_rtt: a 429's round trip, seconds, until one is measured.
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
@@ -426,7 +423,7 @@ class AdaptiveLimiter:
         if reason is not None:
             if reason != "probe":
                 self._quiet_known = 0
-            log_event(self.name, reason=reason, rate=_round(self.rate), window=self.window)
+            log_event(self.name, reason=reason, rate=self.rate, window=self.window)
         self.epoch = Epoch(self.epoch.number + 1)
 
     def report(self) -> LimitsReport:
@@ -451,7 +448,3 @@ class AdaptiveLimiter:
 
 def _clamp(rate: float, ceiling: float | None) -> float:
     return max(_MIN_RATE, rate if ceiling is None else min(rate, ceiling))
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
