@@ -23,6 +23,11 @@ with it:
 * the limiter's starting rate with ``--rate none`` and nothing remembered (``start_rate``,
   16 calls per second): multiplied by F through ``OCTAVE_START_RATE``, so that every cell
   starts its search where the unscaled regime would (R = 0.5/s: 32 x R; R = 200/s: R / 12).
+* the limiter's first guess of a 429's round trip (``refusal_round_trip``, 0.1 s: until a
+  429 has come back, a send is judged unrefused after three, and a full window grows after
+  four): divided by F through ``OCTAVE_REFUSAL_ROUND_TRIP``. Left at 0.1 s, it stood for 3 s
+  of the unscaled regime at F = 30: a second run from memory (no 429 to teach it) held every
+  full window 0.4 s of real time, 12 s unscaled, and lost ~5 % of a 5-minute cell.
 
 Cells (``--rate``/``--concurrency`` are the user's ceilings; R, K the server's limits):
 
@@ -103,6 +108,7 @@ from _common import (
     RESULTS,
     Noise,
     clear_outputs,
+    code_version,
     engine_cmd,
     quietest,
     report,
@@ -244,6 +250,7 @@ class Cell:
             "OCTAVE_BACKOFF_INITIAL": f"{1.0 / self.scale:g}",
             "OCTAVE_BACKOFF_MAX": f"{60.0 / self.scale:g}",
             "OCTAVE_START_RATE": f"{16.0 * self.scale:g}",
+            "OCTAVE_REFUSAL_ROUND_TRIP": f"{0.1 / self.scale:g}",
         }
         if self.breaker_off:
             env["OCTAVE_BREAKER_THRESHOLD"] = str(BREAKER_OFF)
@@ -597,6 +604,12 @@ def main() -> None:
     if args.real_only:  # the virtual rows of the last results stay
         kept = json.loads((RESULTS / f"{name}.json").read_text())
         extra |= {k: v for k, v in kept.items() if k.startswith("virtual")}
+    if args.virtual_only:  # ... and with --virtual-only, the real-process rows (their commit)
+        kept = json.loads((RESULTS / f"{name}.json").read_text())
+        real = {k: v for k, v in kept.items() if not k.startswith("virtual") and k != "benchmark"}
+        table = real.pop("rows", table)
+        extra = {**real, **{k: v for k, v in extra.items() if k.startswith("virtual")}}
+        extra["virtual_rows_code"] = code_version()["commit"]
     report(name, table, extra, smoke=args.smoke)
     print(f"\n{len(rows) - len(missed)}/{len(rows)} rows met their targets")
     for miss in missed:

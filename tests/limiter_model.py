@@ -61,6 +61,7 @@ class Server:
     in_flight: int = 0
     max_in_flight: int = 0
     accepted_at: list[float] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)  # every call, refused or not
 
     def __post_init__(self) -> None:
         self._tokens, self._stamp = self.burst, 0.0
@@ -107,6 +108,7 @@ class Server:
             self.cap = self.cap and max(1, round(self.cap * self.change_factor))
             self.change_at = None
         self.calls += 1
+        self.arrived_at.append(now)
         self.hints = None
         if self.cap is not None and self.in_flight >= self.cap:
             self.refused += 1

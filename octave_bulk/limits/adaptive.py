@@ -18,14 +18,14 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
-  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way
-  into a bracket too narrow to bisect) after a patience of quiet
-  outcomes that doubles per probe refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES``
-  latencies (doubled likewise) with slow calls. Once a window's period is known, no epoch
-  is shorter than it (a window shows a rate only at its end).
-* **Memory.** A remembered rate starts the run but is verified like any other setting: no
-  ``bad`` above it, steps of 4 x ``_STEP`` while it meets no 429. A remembered window is a
-  suspected cap: refused at again, it is proven; never refused, it is probed past.
+  from ``_STEP`` (doubled while they hold, up to ``_MAX_STEP``; the first one half way into a
+  bracket too narrow to bisect) after a patience of quiet outcomes that doubles per probe
+  refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES`` latencies (doubled likewise) with
+  slow calls. Once a window's period is known, no epoch is shorter (it shows a rate at its end).
+* **Memory.** A remembered rate starts the run (the window at its ceiling: that rate paces the
+  sends) but is verified like any other setting: no ``bad`` above it, steps of 4 x ``_STEP``
+  while it meets no 429. A remembered window is a suspected cap: refused at again, it is
+  proven; never refused, it is probed past.
 * **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older
   calls' answers are no news), the pool stops for the ``Retry-After`` (at most ``max_pause``).
 """
@@ -72,7 +72,9 @@ class AdaptiveLimiter:
             ``search_from``.
         search_from: with neither, the rate the search starts at (doubling while it holds).
         start_window: the window to start at (a remembered one), else the ceiling.
+        first_window: where the window's search starts when nothing is remembered.
         start_period: a rate window's length remembered (a per-minute quota's 60 s).
+        refusal_rtt: a 429's round trip, seconds, until one is measured.
         adaptive: False holds the starting setting (an overwhelmed pool still pauses).
         max_pause: the longest pool pause a Retry-After can impose, seconds.
         clock, sleep: the monotonic clock and its sleep, replaceable in tests.
@@ -89,6 +91,7 @@ class AdaptiveLimiter:
         start_window: int | None = None,
         start_period: float | None = None,
         first_window: int | None = None,
+        refusal_rtt: float = 0.1,
         adaptive: bool = True,
         max_pause: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -102,9 +105,10 @@ class AdaptiveLimiter:
         self.clock = clock
         self.search_from = search_from
         first = start_rate or rate_ceiling or (search_from if adaptive else None)
+        searched = None if start_rate else first_window
         self.gate = Gate(
             None if first is None else _clamp(first, rate_ceiling),
-            max(1, min(window_ceiling, start_window or first_window or window_ceiling)),
+            max(1, min(window_ceiling, start_window or searched or window_ceiling)),
             clock=clock,
             sleep=sleep,
         )
@@ -132,7 +136,7 @@ class AdaptiveLimiter:
         # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
-        self._refusal_rtt = 0.1  # seconds a refusal takes to come back (the network's): learnt
+        self._refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = self.clamped_retry_after = 0
@@ -419,7 +423,7 @@ class AdaptiveLimiter:
         if reason is not None:
             if reason != "probe":
                 self._quiet_known = 0
-            log_event(self.name, reason=reason, rate=_round(self.rate), window=self.window)
+            log_event(self.name, reason=reason, rate=self.rate, window=self.window)
         self.epoch = Epoch(self.epoch.number + 1)
 
     def report(self) -> LimitsReport:
@@ -444,7 +448,3 @@ class AdaptiveLimiter:
 
 def _clamp(rate: float, ceiling: float | None) -> float:
     return max(_MIN_RATE, rate if ceiling is None else min(rate, ceiling))
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

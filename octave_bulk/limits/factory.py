@@ -57,6 +57,7 @@ def adaptive_limiter(context: LimiterContext) -> Limiter:
             settings.poll_rate,
             settings.poll_concurrency,
             search_from=settings.start_rate,
+            refusal_rtt=settings.refusal_round_trip,
             adaptive=settings.adaptive,
             clock=context.clock,
             name="poll_pacing",
@@ -71,6 +72,7 @@ def adaptive_limiter(context: LimiterContext) -> Limiter:
         start_period=context.remembered_period if start_rate is not None else None,
         first_window=FIRST_WINDOW if searched else None,
         search_from=settings.start_rate,
+        refusal_rtt=settings.refusal_round_trip,
         adaptive=settings.adaptive,
         clock=context.clock,
     )

@@ -81,8 +81,8 @@ SourceFactory = Callable[[Store, Settings, RunStats, RunControl], WorkSource]
 def _searched_window(settings: Settings, *, bounded: bool, served: int = 0) -> Settings:
     """No ``--concurrency``: the workers, the connection pool and the limiter's window
     ceiling are the safety bound (:data:`WINDOW_BOUND`, less when the open-file limit is
-    lower); the limiter starts its window at :data:`FIRST_WINDOW` and searches up from
-    there. The setting still reads as not given (a remembered window applies)."""
+    lower); the limiter starts its window at :data:`FIRST_WINDOW` (with no rate remembered)
+    and searches up from there. The setting still reads as not given (a remembered window applies)."""
     bound = descriptor_room(WINDOW_BOUND, served=served) if bounded else WINDOW_BOUND
     searched = settings.model_copy(update={"concurrency": bound})
     searched.__pydantic_fields_set__.discard("concurrency")

@@ -75,6 +75,12 @@ class SettingsFields(BaseSettings):
     start_rate: float = Field(
         16.0, gt=0, description="Calls/s the search starts at with no --rate and no memory."
     )
+    refusal_round_trip: float = Field(
+        0.1,
+        gt=0,
+        description="Seconds a 429 is taken to need to come back until one has (the pacer "
+        "judges a send unrefused after three).",
+    )
     timeout: float = Field(180.0, description="Read timeout per call, seconds.")
     connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")
     call_deadline: float = Field(
