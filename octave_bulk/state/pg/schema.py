@@ -16,7 +16,8 @@ The tables (docs/scale-out.md, "Tables"), all prefixed ``ob_`` so they can share
 - ``ob_call``: every attempt (and every reap), as the single-host ``calls`` table;
 - ``ob_run``, ``ob_export_mark``: runs and ``export --new`` marks;
 - ``ob_limit``: remembered limits per workspace URL and agent;
-- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits;
+- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits (and
+  ``fair_share``: the share a host under it asked every holder of the window to keep);
 - ``ob_outcome``: every worker's sends and answers, until the judge (``limits/pg_judge.py``)
   has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds).
 """
@@ -188,6 +189,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         CREATE INDEX IF NOT EXISTS ob_outcome_key ON ob_outcome (key, id);
         ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS judge text;
+        """,
+    ),
+    (
+        "a fair share of the shared window: the share a host under it asks the others to keep",
+        """
+        ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share integer;
+        ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share_until timestamptz;
         """,
     ),
 )
