@@ -10,15 +10,18 @@ publishes, ``ob_rate.window_size``) are held at once by all the workers sharing 
   its next attempt takes it with no round trip while two thirds of its lease are left (longer
   than any call), else with its lease renewed in place; unused, it goes back to every host.
 - One task per worker looks for a free permit in the database, once per ``poll`` seconds,
-  doubled while none is free (up to 20 x; 4 x while under its fair share), and at once when
-  one of its own is freed.
-- **Fair share.** A worker's fair share is the window over the hosts holding a permit (itself
-  included), rounded up. A worker under its share that finds no free permit asks, with that
-  look: it publishes the share on ``ob_rate.fair_share`` for ``10 x poll`` seconds. Every
-  worker reads it with its next booking; one holding more than the share hands an answer's
-  permit back rather than keeping it, and one at or above it takes no free permit while the
-  ask stands. Permits flow one way only, from hosts above the share to hosts under it, so two
-  hungry hosts never both hand theirs back (docs/scale-out.md, "Fair share of the window").
+  doubled while none is free (up to 20 x; 4 x while short), and at once when one of its
+  own is freed.
+- **Fair share.** A worker is *short* when another host holds two permits more than it does
+  (a permit moved between them makes the split fairer). A short worker that finds no free
+  permit asks, with that look: it publishes on ``ob_rate.fair_share``, for ``10 x poll``
+  seconds, the most a host may keep: the window over the hosts holding permits, rounded up
+  (or, when nobody holds more than that, one less than the most any host holds). Every worker
+  reads it with its next booking; one holding more hands an answer's permit back instead of
+  keeping it, and one holding as many takes no free permit while the ask stands. Permits
+  flow one way only, from hosts above the mark to hosts under it, so two hungry hosts never
+  both hand theirs back, and once no host holds two more than another nobody asks
+  (docs/scale-out.md, "Fair share of the window").
 
 Database failures only cost pacing here (``quietly`` returns None: no permit free, a hand
 back lost until its lease ends).
@@ -35,15 +38,24 @@ import anyio
 __all__ = ["ASKED", "SharedWindow"]
 
 _TAKE = """
-WITH fair AS (
-    SELECT size, asked, ceil(size::numeric / (1 + (
-               SELECT count(DISTINCT holder) FROM ob_permit
-               WHERE key = %(key)s AND holder <> %(holder)s AND expires_at >= clock_timestamp()
-           )))::int AS share
-    FROM (SELECT least(%(window)s, coalesce(
-                     (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s)) AS size,
-                 (SELECT fair_share FROM ob_rate WHERE key = %(key)s
-                  AND fair_share_until > clock_timestamp()) AS asked) AS limits
+WITH held AS (
+    SELECT holder, count(*) AS n FROM ob_permit
+    WHERE key = %(key)s AND holder <> %(holder)s AND expires_at >= clock_timestamp()
+    GROUP BY holder
+),
+now AS (
+    SELECT least(%(window)s, coalesce(
+               (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s)) AS size,
+           (SELECT fair_share FROM ob_rate WHERE key = %(key)s
+            AND fair_share_until > clock_timestamp()) AS asked,
+           (SELECT coalesce(max(n), 0) FROM held) AS most,
+           (SELECT 1 + count(*) FROM held) AS hosts
+),
+fair AS (
+    SELECT size, asked, most >= %(held)s + 2 AS short,
+           CASE WHEN most > ceil(size::numeric / hosts) THEN ceil(size::numeric / hosts)::int
+                ELSE most - 1 END AS keep
+    FROM now
 ),
 free AS (
     SELECT p.key, p.slot FROM ob_permit p, fair
@@ -60,22 +72,21 @@ took AS (
     RETURNING p.slot
 ),
 ask AS (
-    UPDATE ob_rate SET fair_share = fair.share,
+    UPDATE ob_rate SET fair_share = fair.keep,
                        fair_share_until = clock_timestamp() + make_interval(secs => %(ask_for)s)
     FROM fair
-    WHERE key = %(key)s AND %(held)s < fair.share AND NOT EXISTS (SELECT FROM took)
+    WHERE key = %(key)s AND fair.short AND NOT EXISTS (SELECT FROM took)
 )
-SELECT (SELECT slot FROM took), (SELECT %(held)s < share FROM fair)
+SELECT (SELECT slot FROM took), (SELECT short FROM fair)
 """
-"""Take a free permit, unless a host under its fair share asked for one and we are at or above
-it; finding none while under our own share, ask for it. Returns (the slot or NULL, whether we
-are under our share)."""
+"""Take a free permit, unless a short host asks and we hold as many as it asks the others to
+keep; short and finding none, ask. Returns (the slot or NULL, whether we are short)."""
 
 ASKED = """
 CASE WHEN fair_share_until > clock_timestamp() THEN fair_share END
 """
-"""The fair share a host under it asks for, or NULL: read with each booking (an ``ob_rate``
-expression), given to :meth:`SharedWindow.published`."""
+"""The most permits a short host asks every host to keep, or NULL: read with each booking (an
+``ob_rate`` expression), given to :meth:`SharedWindow.published`."""
 
 
 Quietly = Callable[[str, Any], Awaitable[tuple[Any, ...] | None]]
@@ -116,7 +127,7 @@ class SharedWindow:
         self._handing_back: set[asyncio.Task[None]] = set()
         self._lock = anyio.Lock()  # one task per worker looks for a free permit
         self._poll, self._looked_at = poll, float("-inf")
-        self._asked: int | None = None  # the fair share a host under it asks us to keep
+        self._asked: int | None = None  # the most a short host asks every host to keep
 
     @property
     def held(self) -> int:
@@ -125,10 +136,10 @@ class SharedWindow:
 
     def published(self, window: int | None, asked: int | None = None) -> None:
         """What a booking read: the judge's window (no slot above it is taken again) and the
-        fair share a host under it asks for (:data:`ASKED`; None: nobody asks)."""
+        most a short host asks every host to keep (:data:`ASKED`; None: nobody asks)."""
         if window:
             self.window_now = min(self.window, int(window))
-        self._asked = int(asked) if asked else None
+        self._asked = None if asked is None else int(asked)
 
     def stop(self) -> None:
         """Wake every waiter: none takes a permit any more."""
@@ -143,7 +154,7 @@ class SharedWindow:
     async def take(self) -> int | None:
         """A permit of ours just freed, else one from the database: one task per worker
         looks there, every ``poll`` seconds doubled while none is free (up to 20 x, 4 x while
-        under its fair share), and at once when one of ours is freed."""
+        short), and at once when one of ours is freed."""
         params = {
             "key": self.key,
             "window": self.window,
@@ -163,12 +174,12 @@ class SharedWindow:
                 if due <= 0:  # not looked lately (by any task here): look now
                     self._looked_at = self._clock()
                     row = await self._quietly(_TAKE, params | {"held": self.held})
-                    taken, under_share = row or (None, False)  # out of reach: none free
+                    taken, short = row or (None, False)  # out of reach: none free
                     if taken is not None:
                         self._poll = self.poll
                         self._taken[int(taken)] = self._clock()
                         return int(taken)
-                    most = (4 if under_share else 20) * self.poll
+                    most = (4 if short else 20) * self.poll
                     self._poll = due = min(2 * self._poll, most)
                 freed = self._freed
                 with anyio.move_on_after(due):
@@ -203,11 +214,11 @@ class SharedWindow:
 
     def give_back(self, slot: int) -> None:
         """An answer's permit stays ours for a moment (the next attempt here takes it with
-        no round trip); unused after ``poll``, it goes back to every host. While a host under
-        its fair share asks, one above that share goes back at once."""
+        no round trip); unused after ``poll``, it goes back to every host. While a short host
+        asks, one above what it asks us to keep goes back at once."""
         taken = self._taken.pop(slot, self._clock())
         if self._asked is not None and self.held >= self._asked:
-            self._spare_back([slot])  # ours would be more than the share asked for
+            self._spare_back([slot])  # we would keep more than the short host asks
             return
         self._spare[slot] = (taken, self._clock())
         self._freed.set()

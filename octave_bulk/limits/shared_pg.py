@@ -21,8 +21,8 @@ window and pause.
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
   permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
-  hosts (``limits/pg_window.py``); each booking also reads the fair share a host under it
-  asks the others to keep.
+  hosts (``limits/pg_window.py``); each booking also reads what a host short of permits
+  asks every host to keep (the most it may hold).
 - **Shared pause**: without a judge, :meth:`on_429` pushes ``paused_until`` (the Retry-After,
   else ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn
   is booked after it. With one, the judge decides the pauses as the single-host search does.

@@ -17,7 +17,7 @@ The tables (docs/scale-out.md, "Tables"), all prefixed ``ob_`` so they can share
 - ``ob_run``, ``ob_export_mark``: runs and ``export --new`` marks;
 - ``ob_limit``: remembered limits per workspace URL and agent;
 - ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits (and
-  ``fair_share``: the share a host under it asked every holder of the window to keep);
+  ``fair_share``: the most permits a host short of them asked every host to keep);
 - ``ob_outcome``: every worker's sends and answers, until the judge (``limits/pg_judge.py``)
   has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds).
 """
@@ -192,7 +192,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        "a fair share of the shared window: the share a host under it asks the others to keep",
+        "a fair shared window: the most permits a host short of them asks every host to keep",
         """
         ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share integer;
         ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share_until timestamptz;
