@@ -15,6 +15,7 @@ database round trips per contact (``pg_stat_statements``, as ``bench_scaleout.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -64,25 +65,21 @@ def cell(server: PgServer, folder: Path, hosts: int, contacts: int) -> dict[str,
     write_list(contacts_csv, 0, contacts)  # one list: one job for every host
     outs = [folder / f"{name}-{host}.ndjson" for host in range(hosts)]
     config = SimulatorConfig(max_inflight=CAP, latency=Latency(CAP_LATENCY, 0.1))
-    with serve_simulator(config) as sim:
+    with serve_simulator(config) as sim, contextlib.ExitStack() as started:
         procs: list[subprocess.Popen[bytes]] = []
-        try:
-            for host, out in enumerate(outs):
-                while sum(lines(o) for o in outs[:host]) < CAP * host:
-                    time.sleep(0.05)  # the hosts before hold and use the whole window
-                cmd = [
-                    sys.executable, "-m", "octave_bulk", "run", str(contacts_csv), "-o", str(out),
-                    "--agent", "ca_bench", "--base-url", sim.url, "--no-progress",
-                    *REGIMES["cap"]["flags"],
-                ]  # fmt: skip
-                with open(out.with_suffix(".log"), "w") as log:
-                    procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log))
-            for proc in procs:
-                proc.wait(timeout=900)
-        finally:  # interrupted: no worker outlives the bench
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
+        for host, out in enumerate(outs):
+            while sum(lines(o) for o in outs[:host]) < CAP * host:
+                time.sleep(0.05)  # the hosts before hold and use the whole window
+            cmd = [
+                sys.executable, "-m", "octave_bulk", "run", str(contacts_csv), "-o", str(out),
+                "--agent", "ca_bench", "--base-url", sim.url, "--no-progress",
+                *REGIMES["cap"]["flags"],
+            ]  # fmt: skip
+            with open(out.with_suffix(".log"), "w") as log:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log))
+            started.callback(procs[-1].kill)  # interrupted: no host outlives the bench
+        for proc in procs:
+            proc.wait(timeout=900)
         stats = sim.stats()
     trips, most = statements(url)
     arrivals = zip(stats["arrivals"], stats["arrival_outcomes"], strict=True)
