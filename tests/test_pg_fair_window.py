@@ -5,7 +5,9 @@ simulator's cap of C calls in flight, so the window binds: every permit is busy 
 A run that starts while the others hold every permit gets its fair share of them (the window
 over the hosts), and two hungry runs keep the throughput one run alone gets. The cap is never
 exceeded. Throughput is measured from the simulator's arrival times, as a ratio of two runs in
-the same test, never from the test's own clock.
+the same test, never from the test's own clock. And a permit an answer freed stays its host's
+for ``permit_poll`` from that answer (not swept back with older ones: permits leaked between
+hosts so).
 """
 
 from __future__ import annotations
