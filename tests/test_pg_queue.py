@@ -115,7 +115,7 @@ def test_three_workers_split_one_job_evenly_and_pay_each_contact_once(
     # One shared rate makes the job last ~15 s: far longer than the workers take to start,
     # even on a loaded machine (a second or three). The shared window (12 in all) does not
     # bind at 20/s: the turns of the shared rate split the work (a binding window splits it
-    # as its permits go, and its permits stay with the hosts that use them: docs/scale-out.md).
+    # by its permits, which move to a host holding two fewer than another: docs/scale-out.md).
     flags = ("--concurrency", "12", "--rate", "20/s", "--base-url", sim.url)
     outs = [tmp_path / f"w{n}.ndjson" for n in range(3)]
     logs = _workers(db_url, outs, *flags)

@@ -6,11 +6,22 @@ stopped; :meth:`give_back` returns it. At most ``window`` slots (and no more tha
 publishes, ``ob_rate.window_size``) are held at once by all the workers sharing a key.
 
 - A permit whose holder died without handing it back is free again once its lease ran out.
-- An answer's permit stays the worker's for ``poll`` seconds: its next attempt takes it with
-  no round trip while two thirds of its lease are left (longer than any call), else with its
-  lease renewed in place; unused, it goes back to every host.
+- An answer's permit stays the worker's for ``poll`` seconds (counted from its own answer):
+  its next attempt takes it with no round trip while two thirds of its lease are left (longer
+  than any call), else with its lease renewed in place; unused, it goes back to every host.
 - One task per worker looks for a free permit in the database, once per ``poll`` seconds,
-  doubled while none is free (up to 20 x), and at once when one of its own is freed.
+  doubled while none is free (up to 20 x; 4 x while short), and at once when one of its
+  own is freed.
+- **Fair share.** A worker is *short* when another host holds two permits more than it does
+  (a permit moved between them makes the split fairer). A short worker that finds no free
+  permit asks, with that look: it publishes on ``ob_rate.fair_share``, for ``10 x poll``
+  seconds, the most a host may keep: the window over the hosts holding permits, rounded up
+  (or, when nobody holds more than that, one less than the most any host holds). Every worker
+  reads it with its next booking; one holding more hands an answer's permit back instead of
+  keeping it, and one holding as many takes no free permit while the ask stands. Permits
+  flow one way only, from hosts above the mark to hosts under it, so two hungry hosts never
+  both hand theirs back, and once no host holds two more than another nobody asks
+  (docs/scale-out.md, "Fair share of the window").
 
 Database failures only cost pacing here (``quietly`` returns None: no permit free, a hand
 back lost until its lease ends).
@@ -24,22 +35,58 @@ from typing import Any
 
 import anyio
 
-__all__ = ["SharedWindow"]
+__all__ = ["ASKED", "SharedWindow"]
 
 _TAKE = """
-WITH free AS (
-    SELECT key, slot FROM ob_permit
-    WHERE key = %(key)s AND slot <= least(%(window)s, coalesce(
-        (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s))
-      AND (holder IS NULL OR expires_at < clock_timestamp())
-    ORDER BY slot LIMIT 1
-    FOR UPDATE SKIP LOCKED
+WITH held AS (
+    SELECT holder, count(*) AS n FROM ob_permit
+    WHERE key = %(key)s AND holder <> %(holder)s AND expires_at >= clock_timestamp()
+    GROUP BY holder
+),
+now AS (
+    SELECT least(%(window)s, coalesce(
+               (SELECT window_size FROM ob_rate WHERE key = %(key)s), %(window)s)) AS size,
+           (SELECT fair_share FROM ob_rate WHERE key = %(key)s
+            AND fair_share_until > clock_timestamp()) AS asked,
+           (SELECT coalesce(max(n), 0) FROM held) AS most,
+           (SELECT 1 + count(*) FROM held) AS hosts
+),
+fair AS (
+    SELECT size, asked, most >= %(held)s + 2 AS short,
+           CASE WHEN most > ceil(size::numeric / hosts) THEN ceil(size::numeric / hosts)::int
+                ELSE most - 1 END AS keep
+    FROM now
+),
+free AS (
+    SELECT p.key, p.slot FROM ob_permit p, fair
+    WHERE p.key = %(key)s AND p.slot <= fair.size
+      AND (p.holder IS NULL OR p.expires_at < clock_timestamp())
+      AND (fair.asked IS NULL OR %(held)s < fair.asked)
+    ORDER BY p.slot LIMIT 1
+    FOR UPDATE OF p SKIP LOCKED
+),
+took AS (
+    UPDATE ob_permit p SET holder = %(holder)s,
+                           expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+    FROM free WHERE p.key = free.key AND p.slot = free.slot
+    RETURNING p.slot
+),
+ask AS (
+    UPDATE ob_rate SET fair_share = fair.keep,
+                       fair_share_until = clock_timestamp() + make_interval(secs => %(ask_for)s)
+    FROM fair
+    WHERE key = %(key)s AND fair.short AND NOT EXISTS (SELECT FROM took)
 )
-UPDATE ob_permit p SET holder = %(holder)s,
-                       expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
-FROM free WHERE p.key = free.key AND p.slot = free.slot
-RETURNING p.slot
+SELECT (SELECT slot FROM took), (SELECT short FROM fair)
 """
+"""Take a free permit, unless a short host asks and we hold as many as it asks the others to
+keep; short and finding none, ask. Returns (the slot or NULL, whether we are short)."""
+
+ASKED = """
+CASE WHEN fair_share_until > clock_timestamp() THEN fair_share END
+"""
+"""The most permits a short host asks every host to keep, or NULL: read with each booking (an
+``ob_rate`` expression), given to :meth:`SharedWindow.published`."""
 
 
 Quietly = Callable[[str, Any], Awaitable[tuple[Any, ...] | None]]
@@ -75,15 +122,24 @@ class SharedWindow:
         self._stopped = False
         self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
         self._taken: dict[int, float] = {}  # permits in use: slot -> when taken (our clock)
-        self._spare: dict[int, float] = {}  # permits still ours, unused for now
+        self._spare: dict[int, tuple[float, float]] = {}  # unused for now: (taken, freed)
         self._returning: asyncio.Task[None] | None = None
         self._handing_back: set[asyncio.Task[None]] = set()
         self._lock = anyio.Lock()  # one task per worker looks for a free permit
         self._poll, self._looked_at = poll, float("-inf")
+        self._asked: int | None = None  # the most a short host asks every host to keep
 
-    def published(self, window: int) -> None:
-        """The judge's window, read with a booking: no slot above it is taken again."""
-        self.window_now = min(self.window, window)
+    @property
+    def held(self) -> int:
+        """The permits this worker holds: in use, or kept for its next attempt."""
+        return len(self._taken) + len(self._spare)
+
+    def published(self, window: int | None, asked: int | None = None) -> None:
+        """What a booking read: the judge's window (no slot above it is taken again) and the
+        most a short host asks every host to keep (:data:`ASKED`; None: nobody asks)."""
+        if window:
+            self.window_now = min(self.window, int(window))
+        self._asked = None if asked is None else int(asked)
 
     def stop(self) -> None:
         """Wake every waiter: none takes a permit any more."""
@@ -97,13 +153,14 @@ class SharedWindow:
 
     async def take(self) -> int | None:
         """A permit of ours just freed, else one from the database: one task per worker
-        looks there, every ``poll`` seconds doubled while none is free (up to 20 x),
-        and at once when one of ours is freed."""
+        looks there, every ``poll`` seconds doubled while none is free (up to 20 x, 4 x while
+        short), and at once when one of ours is freed."""
         params = {
             "key": self.key,
             "window": self.window,
             "holder": self.holder,
             "lease": self.lease,
+            "ask_for": 10 * self.poll,
         }
         while not self._stopped:
             slot = await self._reuse()
@@ -116,12 +173,14 @@ class SharedWindow:
                 due = self._looked_at + self._poll - self._clock()
                 if due <= 0:  # not looked lately (by any task here): look now
                     self._looked_at = self._clock()
-                    row = await self._quietly(_TAKE, params)  # out of reach: none free
-                    if row is not None:
+                    row = await self._quietly(_TAKE, params | {"held": self.held})
+                    taken, short = row or (None, False)  # out of reach: none free
+                    if taken is not None:
                         self._poll = self.poll
-                        self._taken[int(row[0])] = self._clock()
-                        return int(row[0])
-                    self._poll = due = min(2 * self._poll, 20 * self.poll)
+                        self._taken[int(taken)] = self._clock()
+                        return int(taken)
+                    most = (4 if short else 20) * self.poll
+                    self._poll = due = min(2 * self._poll, most)
                 freed = self._freed
                 with anyio.move_on_after(due):
                     await freed.wait()
@@ -135,7 +194,7 @@ class SharedWindow:
         in place (one round trip; handing it back and taking one again would leave every host
         waiting for a free permit at once, as all were taken together); inside the window."""
         while self._spare:
-            slot, taken = self._spare.popitem()
+            slot, (taken, _) = self._spare.popitem()
             if slot > self.window_now:
                 self._spare_back([slot])
                 continue
@@ -155,16 +214,28 @@ class SharedWindow:
 
     def give_back(self, slot: int) -> None:
         """An answer's permit stays ours for a moment (the next attempt here takes it with
-        no round trip); unused after ``poll``, it goes back to every host."""
-        self._spare[slot] = self._taken.pop(slot, self._clock())
+        no round trip); unused after ``poll``, it goes back to every host. While a short host
+        asks, one above what it asks us to keep goes back at once."""
+        taken = self._taken.pop(slot, self._clock())
+        if self._asked is not None and self.held >= self._asked:
+            self._spare_back([slot])  # we would keep more than the short host asks
+            return
+        self._spare[slot] = (taken, self._clock())
         self._freed.set()
         if self._returning is None or self._returning.done():
             self._returning = asyncio.create_task(self._return_spare())
 
     async def _return_spare(self) -> None:
-        await anyio.sleep(self.poll)
-        slots, self._spare = list(self._spare), {}
-        await self._hand_back(slots)
+        """Each spare permit back to every host once it was unused for ``poll`` seconds
+        (not every spare at once: one freed a moment ago is about to be used here)."""
+        while self._spare:
+            oldest = min(freed for _, freed in self._spare.values())
+            await anyio.sleep(oldest + self.poll - self._clock())
+            now = self._clock()
+            unused = [slot for slot, (_, freed) in self._spare.items() if now - freed >= self.poll]
+            for slot in unused:
+                del self._spare[slot]
+            await self._hand_back(unused)
 
     def _spare_back(self, slots: list[int]) -> None:
         task = asyncio.create_task(self._hand_back(slots))

@@ -21,7 +21,8 @@ window and pause.
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
   permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
-  hosts (``limits/pg_window.py``).
+  hosts (``limits/pg_window.py``); each booking also reads what a host short of permits
+  asks every host to keep (the most it may hold).
 - **Shared pause**: without a judge, :meth:`on_429` pushes ``paused_until`` (the Retry-After,
   else ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn
   is booked after it. With one, the judge decides the pauses as the single-host search does.
@@ -62,7 +63,7 @@ from octave_bulk.limits.pg_judge import (
     JudgeSettings,
     Outcomes,
 )
-from octave_bulk.limits.pg_window import SharedWindow
+from octave_bulk.limits.pg_window import ASKED, SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
@@ -74,8 +75,7 @@ UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
                         + make_interval(secs => 1.0 / rate)
 WHERE key = %(key)s
 RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
-          epoch, rate, extract(epoch FROM clock_timestamp()), window_size
-"""
+          epoch, rate, extract(epoch FROM clock_timestamp()), window_size,""" + ASKED
 )
 
 _START = """
@@ -252,9 +252,9 @@ class SharedRateLimiter:
             return SharedRateTicket(None, 0, self._clock(), permit)
         if not row:
             raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate, server_now, published = row
-        if self._permits is not None and published:
-            self._permits.published(int(published))
+        booked_tat, wait, epoch, rate, server_now, published, asked = row
+        if self._permits is not None:
+            self._permits.published(published, asked)
         self._rate, wait = float(rate), max(float(wait), 0.0)
         self._offset = float(server_now) - self._clock()
         send_at = self._clock() + wait

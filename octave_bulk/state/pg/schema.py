@@ -16,7 +16,8 @@ The tables (docs/scale-out.md, "Tables"), all prefixed ``ob_`` so they can share
 - ``ob_call``: every attempt (and every reap), as the single-host ``calls`` table;
 - ``ob_run``, ``ob_export_mark``: runs and ``export --new`` marks;
 - ``ob_limit``: remembered limits per workspace URL and agent;
-- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits;
+- ``ob_rate``, ``ob_permit``: the shared limiter's GCRA row and leased window permits (and
+  ``fair_share``: the most permits a host short of them asked every host to keep);
 - ``ob_outcome``: every worker's sends and answers, until the judge (``limits/pg_judge.py``)
   has read them (kind 0 sent, 1 answered, 2 refused, 3 never sent; ``at`` on the server's clock, seconds;
   ``hints``: a refusal's rate limit headers, :class:`~octave_bulk.errors.RefusalHints`).
@@ -189,6 +190,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         CREATE INDEX IF NOT EXISTS ob_outcome_key ON ob_outcome (key, id);
         ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS judge text;
+        """,
+    ),
+    (
+        "a fair shared window: the most permits a host short of them asks every host to keep",
+        """
+        ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share integer;
+        ALTER TABLE ob_rate ADD COLUMN IF NOT EXISTS fair_share_until timestamptz;
         """,
     ),
     (
