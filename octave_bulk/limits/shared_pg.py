@@ -12,9 +12,11 @@ the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:
 ``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
 booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
 a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
-all, not N x R. A worker books one turn at a time (its next task books once the turn before
-came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a rate the
-judge may be about to change. The row lock serialises bookings; at tens of calls a second
+all, not N x R. A worker books for the tasks waiting for a turn at that moment, in one
+statement, but never past :data:`HORIZON` seconds of turns (its next booking comes once those
+turns came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a
+rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
+spacing of its time is dropped (taken late it would be a burst). The row lock serialises bookings; at tens of calls a second
 that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
 also carries this worker's outcomes since the last one, and reads back the judge's rate,
 window and pause.
@@ -38,6 +40,7 @@ sending; it never fails open), and goes on on a new connection when the server i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -65,17 +68,26 @@ from octave_bulk.limits.pg_judge import (
 from octave_bulk.limits.pg_window import SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
-__all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
+__all__ = ["HORIZON", "SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
+
+HORIZON = 0.25
+"""Seconds of turns one booking may take at once, when several of this worker's tasks wait
+for a turn: the turns of the next :data:`HORIZON` seconds at most (one booking per turn
+otherwise). The judge's new rate or pause applies to every booking after it."""
+
+_TURNS = "least(%(turns)s::int, greatest(1, floor(%(horizon)s * rate)::int))"
 
 _BOOK = (
-    "WITH told AS (" + TELL + ")"
+    "WITH told AS ("
+    + TELL
+    + ")"
     """
 UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
-                        + make_interval(secs => 1.0 / rate)
+                        + make_interval(secs => TURNS / rate)
 WHERE key = %(key)s
-RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
-          epoch, rate, extract(epoch FROM clock_timestamp()), window_size
-"""
+RETURNING tat, extract(epoch FROM tat - make_interval(secs => TURNS / rate) - clock_timestamp()),
+          epoch, rate, extract(epoch FROM clock_timestamp()), window_size, TURNS
+""".replace("TURNS", _TURNS)
 )
 
 _START = """
@@ -108,6 +120,16 @@ class SharedRateTicket(Ticket):
     settled: bool = False
     number: int = 0
     """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """A turn booked ahead (by a booking of several), for the next task that waits."""
+
+    send_at: float  # the limiter's clock
+    server_at: float  # the server's clock
+    epoch: int
+    booked_tat: dt.datetime | None  # the last turn of its booking only (a refund needs it)
 
 
 @dataclass(slots=True)
@@ -186,6 +208,7 @@ class SharedRateLimiter:
         self._told = Outcomes()  # not yet in ob_outcome (they go with the next booking)
         self._numbers = itertools.count(1)
         self._turn_lock = anyio.Lock()
+        self._ahead: collections.deque[_Turn] = collections.deque()  # booked, not yet taken
         self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
@@ -247,26 +270,55 @@ class SharedRateLimiter:
             return await self._take_turn(permit)
 
     async def _take_turn(self, permit: int | None) -> SharedRateTicket:
-        row = await self._book()
-        if row is None:  # stopped while the database was out of reach
-            return SharedRateTicket(None, 0, self._clock(), permit)
-        if not row:
-            raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate, server_now, published = row
-        if self._permits is not None and published:
-            self._permits.published(int(published))
-        self._rate, wait = float(rate), max(float(wait), 0.0)
-        self._offset = float(server_now) - self._clock()
-        send_at = self._clock() + wait
+        turn = self._turn_ahead()
+        if turn is None:
+            waiting = self._turn_lock.statistics().tasks_waiting  # will want the next turns
+            row = await self._book(1 + waiting)
+            if row is None:  # stopped while the database was out of reach
+                return SharedRateTicket(None, 0, self._clock(), permit)
+            if not row:
+                raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
+            turn = self._booked(row)
         ticket = SharedRateTicket(
-            booked_tat, int(epoch), send_at, permit, number=next(self._numbers)
+            turn.booked_tat, turn.epoch, turn.send_at, permit, number=next(self._numbers)
         )
+        wait = turn.send_at - self._clock()
         if wait > 0:
             with anyio.move_on_after(wait):
                 await self._stopped.wait()
         if self._judge is not None:  # told at its turn, with the next booking
-            self._told.sent(ticket.epoch, ticket.number, float(server_now) + wait, wait > 0)
+            self._told.sent(ticket.epoch, ticket.number, turn.server_at, wait > 0)
         return ticket
+
+    def _booked(self, row: tuple[Any, ...]) -> _Turn:
+        """The first turn of a booking; the others wait in ``_ahead`` for the next tasks."""
+        booked_tat, wait, epoch, rate, server_now, published, turns = row
+        if self._permits is not None and published:
+            self._permits.published(int(published))
+        self._rate, wait = float(rate), max(float(wait), 0.0)
+        self._offset = float(server_now) - self._clock()
+        first, spacing = self._clock() + wait, 1.0 / self._rate
+        self._ahead.extend(
+            _Turn(
+                first + n * spacing,
+                float(server_now) + wait + n * spacing,
+                int(epoch),
+                booked_tat if n == turns - 1 else None,
+            )
+            for n in range(int(turns))
+        )
+        return self._ahead.popleft()
+
+    def _turn_ahead(self) -> _Turn | None:
+        """The next turn booked ahead, unless its time passed by more than a turn's spacing
+        (taken that late it would make a burst: dropped, as the schedule drops a turn nobody
+        booked in time)."""
+        spacing = 1.0 / self._rate if self._rate else 0.0
+        while self._ahead:
+            turn = self._ahead.popleft()
+            if turn.send_at >= self._clock() - spacing:
+                return turn
+        return None
 
     async def on_answer(self, ticket: Ticket) -> None:
         ticket = _own(ticket)
@@ -293,6 +345,7 @@ class SharedRateLimiter:
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
         params = {"key": self.key, "pause": max(pause, 0.0)}
+        self._ahead.clear()  # booked before the pause: every turn now comes after it
         row = await self._quietly(_PAUSE, params)
         left = max(float(row[0]), 0.0) if row else 0.0
         self._counts.paused_until = self._clock() + left
@@ -326,6 +379,7 @@ class SharedRateLimiter:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._ahead.clear()
         if self._permits is not None:
             self._permits.stop()
 
@@ -377,15 +431,17 @@ class SharedRateLimiter:
         except (psycopg.Error, StateError):
             return None
 
-    async def _book(self) -> tuple[Any, ...] | None:
-        """Book the next turn, waiting while the database is out of reach (never failing
-        open: no turn, no call); None once stopped, () when the row is missing."""
+    async def _book(self, turns: int) -> tuple[Any, ...] | None:
+        """Book the next ``turns`` turns (fewer when they would reach past :data:`HORIZON`),
+        waiting while the database is out of reach (never failing open: no turn, no call);
+        None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
             told = self._told.take()
             # the outcomes since the last booking go with it
             try:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
+                params |= {"turns": turns, "horizon": HORIZON}
                 cur = await conn.execute(_BOOK.encode(), params)
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
