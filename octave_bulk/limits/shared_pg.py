@@ -16,7 +16,9 @@ all, not N x R. A worker books for the tasks waiting for a turn at that moment, 
 statement, but never past :data:`HORIZON` seconds of turns (its next booking comes once those
 turns came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a
 rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
-spacing of its time is dropped (taken late it would be a burst). The row lock serialises bookings; at tens of calls a second
+spacing of its time is dropped (taken late it would be a burst), and so is every turn booked
+ahead once a 429 came: the next booking, at once, tells the judge of it and takes the pause
+or the rate in force. The row lock serialises bookings; at tens of calls a second
 that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
 also carries this worker's outcomes since the last one, and reads back the judge's rate,
 window and pause.
@@ -334,6 +336,7 @@ class SharedRateLimiter:
         """Without a judge, pause every worker: returns the pause now in force, seconds. With
         one, tell the judge (it decides the pauses): returns 0. ``hints`` unused."""
         ticket = _own(ticket)
+        self._ahead.clear()  # booked before the refusal: the next turn is booked anew, with it
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
@@ -345,7 +348,6 @@ class SharedRateLimiter:
         if pause > self.max_pause:
             pause, self._counts.clamped = self.max_pause, self._counts.clamped + 1
         params = {"key": self.key, "pause": max(pause, 0.0)}
-        self._ahead.clear()  # booked before the pause: every turn now comes after it
         row = await self._quietly(_PAUSE, params)
         left = max(float(row[0]), 0.0) if row else 0.0
         self._counts.paused_until = self._clock() + left
