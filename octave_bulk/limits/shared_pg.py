@@ -72,10 +72,11 @@ from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["HORIZON", "SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
 
-HORIZON = 0.25
+HORIZON = 0.1
 """Seconds of turns one booking may take at once, when several of this worker's tasks wait
 for a turn: the turns of the next :data:`HORIZON` seconds at most (one booking per turn
-otherwise). The judge's new rate or pause applies to every booking after it."""
+otherwise). The judge's new rate or pause applies to every booking after it. Short, as the
+outcomes reach the judge with the bookings (docs/scale-out.md, "One shared rate")."""
 
 _TURNS = "least(%(turns)s::int, greatest(1, floor(%(horizon)s * rate)::int))"
 
