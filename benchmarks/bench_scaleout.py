@@ -191,7 +191,7 @@ STATEMENT_KINDS = (  # (what a statement is, a fragment only its text holds), fi
     ("heartbeat", "UPDATE ob_worker SET heartbeat_at"),
     ("permit take", "UPDATE ob_permit p SET holder"),
     ("permit renew", "UPDATE ob_permit SET expires_at"),
-    ("permit hand back", "UPDATE ob_permit SET holder = NULL"),
+    ("permit hand back", "UPDATE ob_permit SET holder = $"),
     ("turn refund", "UPDATE ob_rate SET tat = tat -"),
     ("give back", "AND NOT request_id = ANY"),
     ("left to do", "count(*) FILTER"),
