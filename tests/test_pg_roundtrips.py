@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from octave_bulk.limits.shared_pg import HORIZON, SharedRateLimiter, SharedRateTicket
+from octave_bulk.limits.pg_turns import HORIZON
+from octave_bulk.limits.shared_pg import SharedRateLimiter, SharedRateTicket
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency
 from octave_bulk.state.pg.dsn import PgConnection

@@ -42,7 +42,6 @@ sending; it never fails open), and goes on on a new connection when the server i
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -67,31 +66,11 @@ from octave_bulk.limits.pg_judge import (
     JudgeSettings,
     Outcomes,
 )
+from octave_bulk.limits.pg_turns import BOOK, HORIZON, Turn, TurnsAhead
 from octave_bulk.limits.pg_window import SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
-__all__ = ["HORIZON", "SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
-
-HORIZON = 0.1
-"""Seconds of turns one booking may take at once, when several of this worker's tasks wait
-for a turn: the turns of the next :data:`HORIZON` seconds at most (one booking per turn
-otherwise). The judge's new rate or pause applies to every booking after it. Short, as the
-outcomes reach the judge with the bookings (docs/scale-out.md, "One shared rate")."""
-
-_TURNS = "least(%(turns)s::int, greatest(1, floor(%(horizon)s * rate)::int))"
-
-_BOOK = (
-    "WITH told AS ("
-    + TELL
-    + ")"
-    """
-UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
-                        + make_interval(secs => TURNS / rate)
-WHERE key = %(key)s
-RETURNING tat, extract(epoch FROM tat - make_interval(secs => TURNS / rate) - clock_timestamp()),
-          epoch, rate, extract(epoch FROM clock_timestamp()), window_size, TURNS
-""".replace("TURNS", _TURNS)
-)
+__all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
 
 _START = """
 INSERT INTO ob_rate (key, rate) VALUES (%(key)s, %(rate)s)
@@ -123,16 +102,6 @@ class SharedRateTicket(Ticket):
     settled: bool = False
     number: int = 0
     """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    """A turn booked ahead (by a booking of several), for the next task that waits."""
-
-    send_at: float  # the limiter's clock
-    server_at: float  # the server's clock
-    epoch: int
-    booked_tat: dt.datetime | None  # the last turn of its booking only (a refund needs it)
 
 
 @dataclass(slots=True)
@@ -211,7 +180,7 @@ class SharedRateLimiter:
         self._told = Outcomes()  # not yet in ob_outcome (they go with the next booking)
         self._numbers = itertools.count(1)
         self._turn_lock = anyio.Lock()
-        self._ahead: collections.deque[_Turn] = collections.deque()  # booked, not yet taken
+        self._ahead = TurnsAhead(clock)  # booked, not yet taken
         self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
@@ -273,7 +242,7 @@ class SharedRateLimiter:
             return await self._take_turn(permit)
 
     async def _take_turn(self, permit: int | None) -> SharedRateTicket:
-        turn = self._turn_ahead()
+        turn = self._ahead.next(self._rate)
         if turn is None:
             waiting = self._turn_lock.statistics().tasks_waiting  # will want the next turns
             row = await self._book(1 + waiting)
@@ -293,35 +262,14 @@ class SharedRateLimiter:
             self._told.sent(ticket.epoch, ticket.number, turn.server_at, wait > 0)
         return ticket
 
-    def _booked(self, row: tuple[Any, ...]) -> _Turn:
-        """The first turn of a booking; the others wait in ``_ahead`` for the next tasks."""
-        booked_tat, wait, epoch, rate, server_now, published, turns = row
+    def _booked(self, row: tuple[Any, ...]) -> Turn:
+        """The first turn of a booking (the others wait in ``_ahead`` for the next tasks)."""
+        published, rate, server_now = row[5], row[3], row[4]
         if self._permits is not None and published:
             self._permits.published(int(published))
-        self._rate, wait = float(rate), max(float(wait), 0.0)
+        self._rate = float(rate)
         self._offset = float(server_now) - self._clock()
-        first, spacing = self._clock() + wait, 1.0 / self._rate
-        self._ahead.extend(
-            _Turn(
-                first + n * spacing,
-                float(server_now) + wait + n * spacing,
-                int(epoch),
-                booked_tat if n == turns - 1 else None,
-            )
-            for n in range(int(turns))
-        )
-        return self._ahead.popleft()
-
-    def _turn_ahead(self) -> _Turn | None:
-        """The next turn booked ahead, unless its time passed by more than a turn's spacing
-        (taken that late it would make a burst: dropped, as the schedule drops a turn nobody
-        booked in time)."""
-        spacing = 1.0 / self._rate if self._rate else 0.0
-        while self._ahead:
-            turn = self._ahead.popleft()
-            if turn.send_at >= self._clock() - spacing:
-                return turn
-        return None
+        return self._ahead.booked(row)
 
     async def on_answer(self, ticket: Ticket) -> None:
         ticket = _own(ticket)
@@ -445,7 +393,7 @@ class SharedRateLimiter:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
                 params |= {"turns": turns, "horizon": HORIZON}
-                cur = await conn.execute(_BOOK.encode(), params)
+                cur = await conn.execute(BOOK.encode(), params)
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
                 self._told.put_back(told)
