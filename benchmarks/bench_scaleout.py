@@ -8,7 +8,9 @@ throwaway server, as the tests start one) and the simulator over loopback.
   ``--concurrency 16``: one shared window). Per cell: the accepted calls per second over the
   limit (``throughput_per_limit``), the 429 share and its ratio to one host's, the database
   round trips per contact (every statement the database ran in the cell, from
-  ``pg_stat_statements``: ledger, limiter, judge, heartbeats, start-up), paid calls per
+  ``pg_stat_statements``: ledger, limiter, judge, heartbeats, start-up; also without the
+  schema's creation, which ``ledger init`` does once per database, and broken down by what
+  each statement is, ``trips_by_kind``, printed per cell), paid calls per
   contact. Plus ``more hosts help``: a per-host cap (each process's open-file limit lets it
   hold 8 calls of 1 s) under a shared 20/s: throughput grows with N up to the limit.
 * ``claims``: C contacts enqueued, then claimed in batches of B and settled one by one by one
@@ -31,6 +33,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -175,17 +178,54 @@ def acquire_row(url: str, count: int, workers: int) -> dict[str, Any]:
     }
 
 
-def statements(url: str) -> tuple[int, list[tuple[int, str]]]:
-    """The statements the database ran since the last reset (``pg_stat_statements``), and the
-    five most run (calls, the statement's start)."""
+SCHEMA = "ledger init (once per database)"
+STATEMENT_KINDS = (  # (what a statement is, a fragment only its text holds), first match wins
+    ("queue claim (batch)", "ORDER BY seq LIMIT"),
+    ("call claim (sending)", "INSERT INTO ob_contact (job, request_id, body, state, claim_seq"),
+    ("booking (+ outcomes)", "UPDATE ob_rate SET tat = greatest"),
+    ("judge read", "DELETE FROM ob_outcome"),
+    ("judge publish", "UPDATE ob_rate SET rate ="),
+    ("judge lock try", "pg_try_advisory_lock"),
+    ("settle group", "AS g(request_id, claim_seq"),
+    ("settle lock", "pg_advisory_xact_lock_shared"),
+    ("heartbeat", "UPDATE ob_worker SET heartbeat_at"),
+    ("permit take", "UPDATE ob_permit p SET holder"),
+    ("permit renew", "UPDATE ob_permit SET expires_at"),
+    ("permit hand back", "UPDATE ob_permit SET holder = $"),
+    ("turn refund", "UPDATE ob_rate SET tat = tat -"),
+    ("give back", "AND NOT request_id = ANY"),
+    ("left to do", "count(*) FILTER"),
+    ("reap", "UPDATE ob_worker SET state = $1, ended_at"),
+    (SCHEMA, "ob_schema_version"),
+    (SCHEMA, "CREATE "),
+    (SCHEMA, "ALTER TABLE"),
+    ("transaction", "BEGIN"),
+    ("transaction", "COMMIT"),
+)
+
+
+def statement_kind(query: str) -> str:
+    """What a statement is (``STATEMENT_KINDS``), else the first 50 characters of its text."""
+    for kind, fragment in STATEMENT_KINDS:
+        if fragment in query:
+            return kind
+    return re.sub(r"\s+", " ", query)[:50]
+
+
+def statements(url: str) -> tuple[int, dict[str, int]]:
+    """The statements the database ran since the last reset (``pg_stat_statements``), in all
+    and by what they are (:func:`statement_kind`), most run first."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT calls, regexp_replace(left(query, 60), '\\s+', ' ', 'g')"
-            " FROM pg_stat_statements"
+            "SELECT calls, query FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " ORDER BY calls DESC"
         ).fetchall()
-    return sum(int(calls) for calls, _ in rows), [(int(c), q) for c, q in rows[:5]]
+    kinds: dict[str, int] = {}
+    for calls, query in rows:
+        kind = statement_kind(query)
+        kinds[kind] = kinds.get(kind, 0) + int(calls)
+    ranked = dict(sorted(kinds.items(), key=lambda item: -item[1]))
+    return sum(ranked.values()), ranked
 
 
 def count_statements(server: PgServer) -> None:
@@ -252,7 +292,8 @@ def host_cell(
                     proc.kill()
         stats = sim.stats()
     failed = [proc.args for proc in procs if proc.returncode != 0]
-    trips, most = statements(url)
+    trips, kinds = statements(url)
+    contacts_done = each * hosts
     arrivals = list(zip(stats["arrivals"], stats["arrival_outcomes"], strict=True))
     ok = sorted(at for at, outcome in arrivals if outcome == "ok")
     span = ok[-1] - arrivals[0][0] if ok else float("nan")
@@ -267,16 +308,21 @@ def host_cell(
         "accepted_per_s": len(ok) / span,
         "throughput_per_limit": len(ok) / span / spec["limit"],
         "share_429": totals.get("rate_limited", 0) / max(1, totals.get("calls", 0)),
-        "trips_per_contact": trips / (each * hosts),
+        "trips_per_contact": trips / contacts_done,
+        "trips_per_contact_after_init": (trips - kinds.get(SCHEMA, 0)) / contacts_done,
         "paid_per_contact": paid / (each * hosts),
         "failed_workers": len(failed),
-        "most_run": "; ".join(f"{calls / (each * hosts):.2f} {query}" for calls, query in most),
+        "trips_by_kind": {
+            kind: round(calls / contacts_done, 3)
+            for kind, calls in kinds.items()
+            if calls / contacts_done >= 0.005
+        },
     }
 
 
-def hosts_rows(server: PgServer, folder: Path, contacts: int, smoke: bool) -> list[dict[str, Any]]:
-    regimes = ["known"] if smoke else list(REGIMES)
-    counts = (1, 2) if smoke else (1, 2, 3)
+def hosts_rows(
+    server: PgServer, folder: Path, contacts: int, regimes: list[str], counts: list[int]
+) -> list[dict[str, Any]]:
     rows = []
     for regime in regimes:
         scale = CAP / CAP_LATENCY / RATE if regime == "cap" else 1.0
@@ -285,7 +331,9 @@ def hosts_rows(server: PgServer, folder: Path, contacts: int, smoke: bool) -> li
             row = host_cell(server, folder, regime, hosts, max(hosts, int(contacts * scale)))
             one_host = row["share_429"] if hosts == 1 else one_host
             row["share_429_vs_one_host"] = row["share_429"] / one_host if one_host else None
-            print(row, flush=True)
+            print({k: v for k, v in row.items() if k != "trips_by_kind"}, flush=True)
+            for kind, per_contact in row["trips_by_kind"].items():
+                print(f"    {per_contact:6.3f} per contact  {kind}", flush=True)
             rows.append(row)
     return rows
 
@@ -296,6 +344,16 @@ def main() -> None:
     parser.add_argument("--cell-contacts", type=int, default=600, help="per matrix cell")
     parser.add_argument("--acquires", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="500 contacts, 300 acquires")
+    parser.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=list(REGIMES),
+        help="matrix cells (default: all; smoke: known)",
+    )
+    parser.add_argument("--hosts", nargs="+", type=int, help="N (default 1 2 3; smoke: 1 2)")
+    parser.add_argument(
+        "--only-hosts", action="store_true", help="skip the claims and acquire rows"
+    )
     parser.add_argument(
         "--acquire-worker", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS
     )
@@ -316,11 +374,14 @@ def main() -> None:
                 await migrate(conn)
 
         asyncio.run(schema())
-        rows.append(asyncio.run(claims(url, contacts, batch=10)))
-        rows.extend(acquire_row(url, acquires, workers) for workers in (1, 3))
+        if not args.only_hosts:
+            rows.append(asyncio.run(claims(url, contacts, batch=10)))
+            rows.extend(acquire_row(url, acquires, workers) for workers in (1, 3))
         folder = server.data_dir.parent / "hosts"
         folder.mkdir(exist_ok=True)
-        rows.extend(hosts_rows(server, folder, cell_contacts, args.smoke))
+        regimes = args.regimes or (["known"] if args.smoke else list(REGIMES))
+        counts = args.hosts or ([1, 2] if args.smoke else [1, 2, 3])
+        rows.extend(hosts_rows(server, folder, cell_contacts, regimes, counts))
         display = LedgerUrl.parse(url).display
     columns = {key: None for row in rows for key in row}
     rows = [columns | row for row in rows]

@@ -12,9 +12,13 @@ the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:
 ``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
 booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
 a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
-all, not N x R. A worker books one turn at a time (its next task books once the turn before
-came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a rate the
-judge may be about to change. The row lock serialises bookings; at tens of calls a second
+all, not N x R. A worker books for the tasks waiting for a turn at that moment, in one
+statement, but never past :data:`HORIZON` seconds of turns (its next booking comes once those
+turns came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a
+rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
+spacing of its time is dropped (taken late it would be a burst), and so is every turn booked
+ahead once a 429 came: the next booking, at once, tells the judge of it and takes the pause
+or the rate in force. The row lock serialises bookings; at tens of calls a second
 that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
 also carries this worker's outcomes since the last one, and reads back the judge's rate,
 window and pause.
@@ -63,20 +67,11 @@ from octave_bulk.limits.pg_judge import (
     JudgeSettings,
     Outcomes,
 )
-from octave_bulk.limits.pg_window import ASKED, SharedWindow
+from octave_bulk.limits.pg_turns import BOOK, HORIZON, Turn, TurnsAhead
+from octave_bulk.limits.pg_window import SharedWindow
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
-
-_BOOK = (
-    "WITH told AS (" + TELL + ")"
-    """
-UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
-                        + make_interval(secs => 1.0 / rate)
-WHERE key = %(key)s
-RETURNING tat, extract(epoch FROM tat - make_interval(secs => 1.0 / rate) - clock_timestamp()),
-          epoch, rate, extract(epoch FROM clock_timestamp()), window_size,""" + ASKED
-)
 
 _START = """
 INSERT INTO ob_rate (key, rate) VALUES (%(key)s, %(rate)s)
@@ -186,6 +181,7 @@ class SharedRateLimiter:
         self._told = Outcomes()  # not yet in ob_outcome (they go with the next booking)
         self._numbers = itertools.count(1)
         self._turn_lock = anyio.Lock()
+        self._ahead = TurnsAhead(clock)  # booked, not yet taken
         self._offset = 0.0  # the server's clock minus ours, seconds (learnt at each booking)
 
     @property
@@ -247,26 +243,34 @@ class SharedRateLimiter:
             return await self._take_turn(permit)
 
     async def _take_turn(self, permit: int | None) -> SharedRateTicket:
-        row = await self._book()
-        if row is None:  # stopped while the database was out of reach
-            return SharedRateTicket(None, 0, self._clock(), permit)
-        if not row:
-            raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
-        booked_tat, wait, epoch, rate, server_now, published, asked = row
-        if self._permits is not None:
-            self._permits.published(published, asked)
-        self._rate, wait = float(rate), max(float(wait), 0.0)
-        self._offset = float(server_now) - self._clock()
-        send_at = self._clock() + wait
+        turn = self._ahead.next(self._rate)
+        if turn is None:
+            waiting = self._turn_lock.statistics().tasks_waiting  # will want the next turns
+            row = await self._book(1 + waiting)
+            if row is None:  # stopped while the database was out of reach
+                return SharedRateTicket(None, 0, self._clock(), permit)
+            if not row:
+                raise RuntimeError(f"no shared rate row for {self.key!r}: open() first")
+            turn = self._booked(row)
         ticket = SharedRateTicket(
-            booked_tat, int(epoch), send_at, permit, number=next(self._numbers)
+            turn.booked_tat, turn.epoch, turn.send_at, permit, number=next(self._numbers)
         )
+        wait = turn.send_at - self._clock()
         if wait > 0:
             with anyio.move_on_after(wait):
                 await self._stopped.wait()
         if self._judge is not None:  # told at its turn, with the next booking
-            self._told.sent(ticket.epoch, ticket.number, float(server_now) + wait, wait > 0)
+            self._told.sent(ticket.epoch, ticket.number, turn.server_at, wait > 0)
         return ticket
+
+    def _booked(self, row: tuple[Any, ...]) -> Turn:
+        """The first turn of a booking (the others wait in ``_ahead`` for the next tasks)."""
+        rate, server_now, published, asked = row[3], row[4], row[5], row[7]
+        if self._permits is not None:
+            self._permits.published(published, asked)
+        self._rate = float(rate)
+        self._offset = float(server_now) - self._clock()
+        return self._ahead.booked(row)
 
     async def on_answer(self, ticket: Ticket) -> None:
         ticket = _own(ticket)
@@ -283,6 +287,7 @@ class SharedRateLimiter:
         one, tell the judge (it decides the pauses, and weighs the ``hints`` as the search
         on one host does): returns 0."""
         ticket = _own(ticket)
+        self._ahead.clear()  # booked before the refusal: the next turn is booked anew, with it
         if not ticket.settled:
             ticket.settled = True
             self._counts.refused += 1
@@ -327,6 +332,7 @@ class SharedRateLimiter:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._ahead.clear()
         if self._permits is not None:
             self._permits.stop()
 
@@ -384,16 +390,18 @@ class SharedRateLimiter:
         except (psycopg.Error, StateError):
             return None
 
-    async def _book(self) -> tuple[Any, ...] | None:
-        """Book the next turn, waiting while the database is out of reach (never failing
-        open: no turn, no call); None once stopped, () when the row is missing."""
+    async def _book(self, turns: int) -> tuple[Any, ...] | None:
+        """Book the next ``turns`` turns (fewer when they would reach past :data:`HORIZON`),
+        waiting while the database is out of reach (never failing open: no turn, no call);
+        None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
             told = self._told.take()
             # the outcomes since the last booking go with it
             try:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
-                cur = await conn.execute(_BOOK.encode(), params)
+                params |= {"turns": turns, "horizon": HORIZON}
+                cur = await conn.execute(BOOK.encode(), params)
                 return await cur.fetchone() or ()
             except (psycopg.Error, StateError):
                 self._told.put_back(told)

@@ -8,10 +8,11 @@ task (``BatchRun.source``). It runs in two steps:
    stream whose items go into the job's queue in batches (:meth:`WorkQueue.enqueue`:
    idempotent, a contact enqueued before is not added again). ``octave-bulk worker`` runs on
    an empty input: nothing is enqueued.
-2. **drain**: contacts still to do are claimed in small batches (``SELECT … FOR UPDATE SKIP
-   LOCKED``, :meth:`WorkQueue.claim`), only as worker tasks fall idle and while the tasks
-   that hold a contact but have no call on the wire stay under :data:`MARGIN`: a worker holds
-   about what it sends, so N workers split a job evenly. Each claimed contact goes to the
+2. **drain**: contacts still to do are claimed in batches (``SELECT … FOR UPDATE SKIP
+   LOCKED``, :meth:`WorkQueue.claim`): once the contacts this worker holds without a call on
+   the wire (at the limiter, or in the work stream's buffer for the next idle task) fall to
+   :data:`REFILL_AT`, it claims up to :data:`MARGIN` of them again, one statement for the
+   batch. A worker holds about what it sends, so N workers split a job evenly. Each claimed contact goes to the
    run's workers with its request body from the database; its call still passes
    ``PgClaims.claim`` (a claim this worker holds is accepted). The drain ends when nothing is
    left to do and no other worker holds a contact (a dead worker's claims are reaped then and
@@ -51,10 +52,14 @@ from octave_bulk.state.pg.leases import reap
 from octave_bulk.state.pg.store import PgStore
 from octave_bulk.state.store import Store
 
-__all__ = ["MARGIN", "QueueSource", "queue_source", "to_enqueue"]
+__all__ = ["MARGIN", "REFILL_AT", "QueueSource", "queue_source", "to_enqueue"]
 
 MARGIN = 8
 """Contacts a worker may hold beyond its calls on the wire (waiting for the limiter)."""
+REFILL_AT = MARGIN // 4
+"""A worker claims again once it holds no more than this many contacts beyond its calls on
+the wire: it claims ``MARGIN - REFILL_AT`` or more at a time, while enough are still waiting
+for their turn that its sends never wait for a claim."""
 
 _ENQUEUE_BATCH = 500  # contacts per INSERT
 _IDLE = 0.01  # s between looks at the worker tasks while all are busy
@@ -118,12 +123,11 @@ class QueueSource:
                 log_event("worker_fenced", level=logging.WARNING, worker=store.worker)
                 control.stop(StopReason.LEDGER)
                 return
-            waiting = work.statistics().tasks_waiting_receive
-            holding = tasks - waiting  # tasks with a contact (on the wire or not)
-            room = min(waiting, stats.in_flight + stats.retrying + MARGIN - holding)
+            room = _room(work, tasks, stats.in_flight + stats.retrying)
             if room <= 0 or not store.lease.may_send():
                 await anyio.sleep(_IDLE)
                 continue
+            waiting = work.statistics().tasks_waiting_receive
             try:
                 conn = await store.connection("queue")
                 queue = WorkQueue(conn, store.job)
@@ -164,6 +168,20 @@ class QueueSource:
         log_event("ledger_unreachable", level=logging.WARNING, error=str(text))
         with anyio.move_on_after(_WAIT):
             await self.control.stopped.wait()
+
+
+def _room(work: MemoryObjectSendStream[WorkItem], tasks: int, on_wire: int) -> int:
+    """How many contacts to claim now: none while this worker holds more than
+    :data:`REFILL_AT` unsent (waiting for the limiter, or for a task); else up to
+    :data:`MARGIN` unsent in all, as far as idle tasks and the work stream's buffer take them
+    at once. A batch of several costs one statement for all."""
+    state = work.statistics()
+    holding = tasks - state.tasks_waiting_receive  # tasks with a contact (on the wire or not)
+    unsent = max(holding - on_wire, 0) + state.current_buffer_used
+    if unsent > REFILL_AT:
+        return 0
+    space = state.tasks_waiting_receive + int(state.max_buffer_size) - state.current_buffer_used
+    return min(MARGIN - unsent, space)
 
 
 def to_enqueue(item: WorkItem, seq: int) -> Enqueued:

@@ -27,8 +27,10 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
 - The group's records settle with it: a success's record (its NDJSON line's JSON object) in
   ``ob_contact.result``, a failure's in ``ob_contact.error`` (with its ``outcome``), the
   secrets scrubbed (``state/pg/read.py``, :func:`stored_record`); a duplicate overwrites
-  neither. Each group settles under the job's shared settle lock, so that ``export --new``
-  can find a horizon no settle in progress is below (``state/pg/read.py``). The bodies are
+  neither. Each group settles under the job's shared settle lock, taken by the settle
+  statement itself before it draws a ``settled_seq`` (one statement: one round trip, no
+  ``BEGIN``/``COMMIT``), so that ``export --new`` can find a horizon no settle in progress is
+  below (``state/pg/read.py``). The bodies are
   dropped once the group is settled; the sink still writes the local NDJSON output.
 - Async mode (``state/pg/handles.py``): submits are committed with their claims' move to
   ``submitted``; the submitted contacts no live worker holds are taken over and polled, at
@@ -90,10 +92,12 @@ WHERE ob_contact.state = 'todo'
 RETURNING claim_seq
 """
 
-_SETTLE_GROUP = """
-WITH g AS (
-    SELECT * FROM unnest(%(rids)s::text[], %(seqs)s::int[], %(outcomes)s::text[],
-                         %(persons)s::text[], %(paid)s::int[], %(records)s::text[])
+_SETTLE_GROUP = (
+    "WITH settling AS MATERIALIZED (" + SETTLING + ")"  # noqa: S608 (constants only)
+    """, g AS (
+    SELECT g.* FROM settling,
+           unnest(%(rids)s::text[], %(seqs)s::int[], %(outcomes)s::text[],
+                  %(persons)s::text[], %(paid)s::int[], %(records)s::text[])
              AS g(request_id, claim_seq, outcome, person_key, paid, record)
 ), prev AS (
     SELECT g.*, CASE
@@ -132,6 +136,9 @@ WITH g AS (
 )
 SELECT count(*) FROM upd
 """
+)
+"""A group settled in one statement (its own transaction): every row of ``g`` comes after the
+job's settle lock is held shared (``settling``), so no ``settled_seq`` is drawn before it."""
 
 _LEAVE = """
 WITH mine AS (
@@ -302,9 +309,7 @@ class PgStore:
             try:
                 conn = await self.connection("records")
                 sql, params = self.unsettled[0]
-                async with conn.pipeline(), conn.transaction():  # one round trip
-                    await conn.execute(SETTLING, {"job": self.job})
-                    await conn.execute(sql, params)
+                await conn.execute(sql, params)  # one statement, one transaction
             except (psycopg.Error, StateError) as exc:
                 log_event(
                     "ledger_not_updated",
