@@ -98,7 +98,9 @@ def cell(server: PgServer, folder: Path, hosts: int, contacts: int) -> dict[str,
         "max_in_flight": stats["max_in_flight"],
         "trips_per_contact": trips / contacts,
         "failed_hosts": sum(proc.returncode != 0 for proc in procs),
-        "most_run": "; ".join(f"{calls / contacts:.2f} {query}" for calls, query in most),
+        "most_run": "; ".join(
+            f"{calls / contacts:.2f} {kind}" for kind, calls in list(most.items())[:5]
+        ),
     }
 
 

@@ -18,12 +18,15 @@ throwaway server, as the tests start one) and the simulator over loopback.
 * ``acquire``: the shared rate limiter's ``acquire`` at a rate far above what is asked (so it
   never waits for its turn): the latency it adds to every attempt, p50 and p99, with 1 and with
   3 worker processes booking turns on the same row at once.
+* ``kills`` (``_scaleout_kills.py``): one job worked by three ``worker`` processes, one killed
+  with kill -9 and replaced K times, in sync and in async mode: paid calls per contact, the
+  outcomes unknown, and whether paid - contacts <= outcomes unknown held.
 
 Targets (docs/scale-out.md): throughput / limit >= 0.95 at N = 3 with the limit unknown; 429
 share <= 1.5 x one host's; <= 3 round trips per contact. The server runs with ``fsync=off``
 (as in the tests): commit latency on real disks is higher.
 
-    python benchmarks/bench_scaleout.py [--contacts 600] [--acquires 2000] [--smoke]
+    python benchmarks/bench_scaleout.py [--contacts 600] [--acquires 2000] [--kills 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import report
+from _scaleout_kills import kills_row
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' throwaway server
@@ -355,6 +359,9 @@ def main() -> None:
         "--only-hosts", action="store_true", help="skip the claims and acquire rows"
     )
     parser.add_argument(
+        "--kills", type=int, default=5, help="workers killed with kill -9 in the kills rows"
+    )
+    parser.add_argument(
         "--acquire-worker", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -382,6 +389,12 @@ def main() -> None:
         regimes = args.regimes or (["known"] if args.smoke else list(REGIMES))
         counts = args.hosts or ([1, 2] if args.smoke else [1, 2, 3])
         rows.extend(hosts_rows(server, folder, cell_contacts, regimes, counts))
+        if not args.only_hosts:  # paid per contact with workers killed, sync and async
+            killed, kills = (120, 2) if args.smoke else (600, args.kills)
+            for mode in ("sync", "async"):
+                row = kills_row(server, folder, write_list, mode, killed, kills)
+                print(row, flush=True)
+                rows.append(row)
         display = LedgerUrl.parse(url).display
     columns = {key: None for row in rows for key in row}
     rows = [columns | row for row in rows]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +119,30 @@ def start_run(
     ]  # fmt: skip
     with open(out.with_suffix(".log"), "w") as log:  # the process keeps its own copy
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook that keeps the JSON documents it is sent (``server.posts``)."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.server.posts.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """A webhook on loopback for the block: its port, and the documents posted to it."""
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    posts: list[dict[str, Any]] = []
+    hook.posts = posts  # type: ignore[attr-defined]
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        yield hook.server_address[1], posts
+    finally:
+        hook.shutdown()
+        hook.server_close()

@@ -5,11 +5,9 @@ lines, the report and the metrics."""
 from __future__ import annotations
 
 import csv
-import http.server
 import json
 import random
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from octave_bulk.cli import cli
 from octave_bulk.simulator import parse_latency
 from octave_bulk.state.limits import RememberedLimits, limits_key
 from tests.conftest import TEST_KEY
-from tests.helpers import Run, read_lines, write_contacts
+from tests.helpers import Run, read_lines, webhook, write_contacts
 
 
 def night(url: str, tmp_path: Path, *extra: str) -> Result:
@@ -299,27 +297,11 @@ def test_a_reordered_export_with_duplicates_that_differ_pays_nobody_again(
     assert edited.exit_code == 0 and sim.stats()["totals"]["calls"] == 31
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
-    """A webhook that keeps what it is sent (``server.posts``)."""
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        self.server.posts.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_the_end_of_a_run_is_posted_to_the_notify_urls(make_sim: Any, tmp_path: Path) -> None:
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    hook.posts = []  # type: ignore[attr-defined]
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    url = f"json://127.0.0.1:{hook.server_address[1]}/hook-token-9f3k"
-    config = tmp_path / "night.toml"
-    config.write_text(f'notify = ["{url}"]\nnotify_on = "failure"\n')
-    try:
+    with webhook() as (port, posts):
+        url = f"json://127.0.0.1:{port}/hook-token-9f3k"
+        config = tmp_path / "night.toml"
+        config.write_text(f'notify = ["{url}"]\nnotify_on = "failure"\n')
         sim = make_sim(forced={"c-00001": "not_found"})
         write_contacts(tmp_path / "in.csv", 3)
         failed = night(sim.url, tmp_path, "--config", str(config))
@@ -328,10 +310,6 @@ def test_the_end_of_a_run_is_posted_to_the_notify_urls(make_sim: Any, tmp_path: 
         assert night(sim.url, tmp_path, "--config", str(config)).exit_code == 0  # no post
         other = ("--config", str(config), "--agent-type", "qualify-person")  # another agent's
         assert night(sim.url, tmp_path, *other).exit_code == 2
-    finally:
-        hook.shutdown()
-        hook.server_close()
-    posts = hook.posts  # type: ignore[attr-defined]
     assert [post["title"].split(" (")[0] for post in posts] == [
         "octave-bulk: exit 1",
         "octave-bulk: exit 2",

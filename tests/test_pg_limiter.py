@@ -192,6 +192,31 @@ async def test_stop_wakes_a_waiter_at_once(db_url: str, limiters: list[SharedRat
     await slow.release(ticket)
 
 
+async def test_a_429_s_rate_limit_headers_reach_the_judge_with_its_outcome(
+    db_url: str, limiters: list[SharedRateLimiter]
+) -> None:
+    """What a refusal's headers said goes to the judge with the refusal (as the search on one
+    host hears it). Another session holds the judge's lock, so the outcomes stay to be read."""
+    settings = JudgeSettings(
+        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
+    )
+    async with await connect(LedgerUrl.parse(db_url)) as judging:
+        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id("hints"),))
+        worker = _limiter(db_url, "hints", 50.0, judge=settings)
+        limiters.append(worker)
+        await worker.open()
+        said = RefusalHints(limit=120, remaining=0, reset=30.0)
+        await worker.on_429(await worker.acquire(), 30.0, said)
+        await worker.on_answer(await worker.acquire())  # its booking carries the refusal
+        cur = await judging.execute(
+            "SELECT hints FROM ob_outcome WHERE key = 'hints' AND kind = %s", (REFUSED,)
+        )
+        rows = await cur.fetchall()
+    assert [row[0] for row in rows] == [
+        {"limit": 120, "remaining": 0, "reset": 30.0, "window": None}
+    ]
+
+
 async def _acquire_for_a_worker(
     url: str, key: str, rate: float, count: int, tasks: int, window: int, hold: float
 ) -> None:
@@ -224,28 +249,3 @@ if __name__ == "__main__":
             url, key, float(rate), int(count), int(tasks), int(window), float(hold)
         )
     )
-
-
-async def test_a_429_s_rate_limit_headers_reach_the_judge_with_its_outcome(
-    db_url: str, limiters: list[SharedRateLimiter]
-) -> None:
-    """What a refusal's headers said goes to the judge with the refusal (as the search on one
-    host hears it). Another session holds the judge's lock, so the outcomes stay to be read."""
-    settings = JudgeSettings(
-        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
-    )
-    async with await connect(LedgerUrl.parse(db_url)) as judging:
-        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id("hints"),))
-        worker = _limiter(db_url, "hints", 50.0, judge=settings)
-        limiters.append(worker)
-        await worker.open()
-        said = RefusalHints(limit=120, remaining=0, reset=30.0)
-        await worker.on_429(await worker.acquire(), 30.0, said)
-        await worker.on_answer(await worker.acquire())  # its booking carries the refusal
-        cur = await judging.execute(
-            "SELECT hints FROM ob_outcome WHERE key = 'hints' AND kind = %s", (REFUSED,)
-        )
-        rows = await cur.fetchall()
-    assert [row[0] for row in rows] == [
-        {"limit": 120, "remaining": 0, "reset": 30.0, "window": None}
-    ]

@@ -128,7 +128,7 @@ async def test_tasks_waiting_at_once_book_their_turns_in_fewer_statements_still_
         booked = opened[0].statements - before
     finally:
         await limiter.aclose()
-    # At most HORIZON seconds of turns per booking: 10 at 40/s; one booking each before.
+    # At most HORIZON seconds of turns per booking: 4 at 40/s; one booking each before.
     assert booked <= tasks / 2
     assert booked >= tasks / (rate * HORIZON)
     turns = sorted(ticket.send_at for ticket in tickets if isinstance(ticket, SharedRateTicket))

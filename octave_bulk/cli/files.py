@@ -268,7 +268,7 @@ def status(output: str | None, as_json: bool, ledger_text: str | None, job: str 
     """What a run has done so far (works while a run is in progress).
 
     With --job NAME: the job's contacts by state, paid calls, outcomes unknown, late answers
-    (paid twice) and live workers, from the shared ledger."""
+    (answers after their claim was lost) and live workers, from the shared ledger."""
     import json
 
     from octave_bulk.state.status import read_status

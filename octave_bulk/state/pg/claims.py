@@ -304,14 +304,14 @@ class WorkQueue:
         """(contacts to do but ``skip``, contacts other workers hold claimed or, with
         ``submitted``, submitted) in the job: what may still come this worker's way, or end
         while it waits. A submitted contact (async) is never sent again: its holder polls it,
-        but a worker that died holds it until its lease runs out, then it is taken over and
-        polled by a worker still there (``handles.watch_orphans``). So a worker that polls
-        waits for the others' submitted contacts too; one that does not (``--detach``) does
-        not."""
+        but a worker that died holds it until its lease runs out, then it is nobody's (a
+        reap leaves no holder) until a worker still there takes it over and polls it
+        (``handles.watch_orphans``). So a worker that polls waits for the others' submitted
+        contacts too; one that does not (``--detach``) does not."""
         held = ["claimed", "submitted"] if submitted else ["claimed"]
         cur = await self.conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'todo' AND NOT request_id = ANY(%s)),"
-            " count(*) FILTER (WHERE state = ANY(%s) AND holder <> %s)"
+            " count(*) FILTER (WHERE state = ANY(%s) AND holder IS DISTINCT FROM %s)"
             " FROM ob_contact WHERE job = %s",
             (list(skip), held, worker, self.job),
         )

@@ -151,8 +151,12 @@ class QueueSource:
                         skip.append(claim.request_id)
                         await queue.unclaim(claim)
                         continue
+                    try:  # room was counted before the claim: a stop may have taken it
+                        work.send_nowait(_work_item(claim))
+                    except (anyio.WouldBlock, anyio.BrokenResourceError):
+                        await queue.unclaim(claim)  # back to do, for whoever works next
+                        continue
                     tried.add(claim.request_id)
-                    work.send_nowait(_work_item(claim))
                     stats.queued += 1
             except (psycopg.Error, StateError) as exc:
                 await self._unreachable(exc)

@@ -10,9 +10,9 @@ Contract:
   JSON (a body passed on verbatim with ``NaN`` or ``1e400`` in it) is re-encoded, those numbers
   ``null``; one that cannot be (a lone surrogate) is stored as ``{"unstorable": ...}``: no
   record can make a group's settle fail.
-- :data:`SETTLING`, run first in every settle transaction, takes the job's settle lock
-  *shared*; :meth:`JobReader.horizon` takes it exclusively for an instant and reads the highest
-  ``settled_seq`` then: every settle that drew a lower number has committed, and every later
+- :data:`SETTLING`, taken in every settle (a CTE of the one settle statement, before any
+  ``settled_seq`` is drawn), takes the job's settle lock *shared*; :meth:`JobReader.horizon`
+  takes it exclusively for an instant and reads the highest ``settled_seq`` then: every settle that drew a lower number has committed, and every later
   one draws a higher number. So an export up to the horizon never skips a row that commits
   late (``settled_seq`` is drawn in the settle, committed some milliseconds after).
 - :class:`JobReader` opens a job (a blocking connection; :class:`~octave_bulk.errors.StateError`
@@ -46,7 +46,8 @@ __all__ = ["SETTLING", "ExportIncrement", "JobReader", "stored_record"]
 
 _SETTLE_CLASS = 0x0B5E7  # the first key of the job's settle lock (the second: the job's hash)
 SETTLING = f"SELECT pg_advisory_xact_lock_shared({_SETTLE_CLASS}, hashtext(%(job)s))"
-"""First statement of a settle transaction (``%(job)s``): see the module docstring."""
+"""The job's settle lock, shared (``%(job)s``), taken before a settle draws a ``settled_seq``:
+see the module docstring."""
 
 _NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -154,7 +155,7 @@ class JobReader:
         return rows[0] if rows else None
 
     def status(self) -> dict[str, Any]:
-        """The job's counts by state, paid calls, outcomes unknown, late answers (paid twice)
+        """The job's counts by state, paid calls, outcomes unknown, late answers (after their claim was lost)
         and live workers (host, pid, heartbeat age in seconds, calls in flight)."""
         states = dict.fromkeys(("todo", "claimed", "submitted", "done", "failed"), 0)
         paid = unknown = late = 0
