@@ -24,11 +24,11 @@ DEFAULT_SHARED_RATE = 10.0
 
 
 def shared_limiter(context: LimiterContext) -> Limiter:
-    """The calls' limiter of a run on the shared ledger: one rate and, with ``--concurrency``,
-    one window for every worker of every host (``--concurrency``, else the one the judge
-    finds), searched by one judge (``--no-adaptive``:
-    ``--rate`` held, else :data:`DEFAULT_SHARED_RATE`); ``limits/factory.py`` registers it as
-    ``postgresql``."""
+    """The calls' limiter of a run on the shared ledger: one rate and one window for every
+    worker of every host (``--concurrency``, else the window the judge finds, once it finds
+    one), searched by one judge (``--no-adaptive``: ``--rate`` held, else
+    :data:`DEFAULT_SHARED_RATE`, and a window only with ``--concurrency``);
+    ``limits/factory.py`` registers it as ``postgresql``."""
     settings = context.settings
     if settings.ledger_url is None:
         raise ConfigError("limiter = 'postgresql' needs --ledger postgresql://...")

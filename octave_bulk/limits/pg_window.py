@@ -159,8 +159,9 @@ class SharedWindow:
         elif self.found_only and self.window_now is not None:
             self.window_now = None  # the judge cleared it: waiters go on without a permit
             self._freed.set()
-            self._spare_back(list(self._spare))
-            self._spare.clear()
+            if self._spare:
+                self._spare_back(list(self._spare))
+                self._spare.clear()
         self._asked = None if asked is None else int(asked)
 
     def stop(self) -> None:
