@@ -254,7 +254,7 @@ class SharedWindow:
         (not every spare at once: one freed a moment ago is about to be used here)."""
         while self._spare:
             oldest = min(freed for _, freed in self._spare.values())
-            await anyio.sleep(oldest + self.poll - self._clock())
+            await anyio.sleep(max(0.0, oldest + self.poll - self._clock()))  # may be past
             now = self._clock()
             unused = [slot for slot, (_, freed) in self._spare.items() if now - freed >= self.poll]
             for slot in unused:
