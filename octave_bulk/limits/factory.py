@@ -84,7 +84,7 @@ def shared_limiter(context: LimiterContext) -> Limiter:
     Async status polls keep an in-process limiter (their limits are the status endpoint's)."""
     if context.purpose == "polls":
         return adaptive_limiter(context)
-    from octave_bulk.limits.shared_pg import shared_limiter as build
+    from octave_bulk.limits.pg_factory import shared_limiter as build
 
     return build(context)
 

@@ -15,7 +15,9 @@ within :data:`TRY_EVERY` seconds of its session's end. The judge
   judges);
 * publishes what the search decided - rate, window, pause - on ``ob_rate`` (a new rate or
   window bumps ``epoch``: outcomes of attempts booked before it judge nothing), which every
-  worker's enforcement (``limits/shared_pg.py``) reads with its next booking;
+  worker's enforcement (``limits/shared_pg.py``) reads with its next booking; with no
+  ``--concurrency``, a window at the safety bound (no cap found) is published as NULL, and
+  workers take permits only while a window is published;
 * remembers the limit that held in ``ob_limit`` (workspace URL, agent), by the single-host
   rule (:func:`~octave_bulk.state.limits.to_remember`), read back by the next night's start.
 
@@ -359,7 +361,7 @@ class Judge:
         params = {
             "key": self.key,
             "rate": search.rate,
-            "window": search.window,
+            "window": self._window(search),
             "judge": self.holder,
             "paused": setting[2],
             "bump": int(moved),
@@ -371,6 +373,12 @@ class Judge:
         self._published = setting
         if moved and search.rate_limited_at is not None:
             await self._remember(conn)
+
+    def _window(self, search: AdaptiveLimiter) -> int | None:
+        """The window to publish: the search's, or None (no cap found) while it is at the
+        safety bound and no ``--concurrency`` bounds it: the workers then take no permit."""
+        unbounded = self.settings.window_ceiling is None and search.window >= WINDOW_BOUND
+        return None if unbounded else search.window
 
     async def _remember(self, conn: PgConnection) -> None:
         """The limit that held, for the next night (nothing when none was met)."""

@@ -2,8 +2,15 @@
 
 Contract (docs/scale-out.md, "One shared rate, one shared window"): :meth:`SharedWindow.take`
 returns a permit slot held by this worker (``ob_permit.holder``), under a lease, or None once
-stopped; :meth:`give_back` returns it. At most ``window`` slots (and no more than the judge
-publishes, ``ob_rate.window_size``) are held at once by all the workers sharing a key.
+stopped (or, see below, while no window is enforced); :meth:`give_back` returns it. At most
+``window`` slots (and no more than the judge publishes, ``ob_rate.window_size``) are held at
+once by all the workers sharing a key.
+
+- **A found window** (``found_only``: no ``--concurrency``, the judge searches): the window is
+  enforced only while the judge publishes one. Until then (:attr:`enforced` False) the caller
+  takes no permit, so the rate regime makes no permit statement; once a booking reads a
+  window, every attempt takes a permit of slots 1..that window; when the judge clears it
+  again, waiters go on without one and permits held go back.
 
 - A permit whose holder died without handing it back is free again once its lease ran out.
 - An answer's permit stays the worker's for ``poll`` seconds (counted from its own answer):
@@ -103,6 +110,7 @@ class SharedWindow:
         lease: seconds a permit stays held.
         poll: seconds between looks for a free permit (and a spare permit's linger).
         clock: a monotonic clock, seconds.
+        found_only: enforce only the window the judge publishes (none until it does).
     """
 
     def __init__(
@@ -115,10 +123,13 @@ class SharedWindow:
         lease: float,
         poll: float,
         clock: Callable[[], float],
+        found_only: bool = False,
     ) -> None:
         self._quietly, self.key, self.window, self.holder = quietly, key, window, holder
         self.lease, self.poll, self._clock = lease, poll, clock
-        self.window_now = window  # the judge's window (bounded by ours)
+        self.found_only = found_only
+        # the judge's window (bounded by ours); None: none enforced (a found window's, unset)
+        self.window_now: int | None = None if found_only else window
         self._stopped = False
         self._freed = anyio.Event()  # one of our permits was handed back (or we stop)
         self._taken: dict[int, float] = {}  # permits in use: slot -> when taken (our clock)
@@ -134,11 +145,23 @@ class SharedWindow:
         """The permits this worker holds: in use, or kept for its next attempt."""
         return len(self._taken) + len(self._spare)
 
+    @property
+    def enforced(self) -> bool:
+        """Whether attempts take a permit now (False: a found window not published)."""
+        return self.window_now is not None
+
     def published(self, window: int | None, asked: int | None = None) -> None:
-        """What a booking read: the judge's window (no slot above it is taken again) and the
-        most a short host asks every host to keep (:data:`ASKED`; None: nobody asks)."""
+        """What a booking read: the judge's window (no slot above it is taken again; with
+        ``found_only``, None stops the enforcing) and the most a short host asks every host
+        to keep (:data:`ASKED`; None: nobody asks)."""
         if window:
             self.window_now = min(self.window, int(window))
+        elif self.found_only and self.window_now is not None:
+            self.window_now = None  # the judge cleared it: waiters go on without a permit
+            self._freed.set()
+            if self._spare:
+                self._spare_back(list(self._spare))
+                self._spare.clear()
         self._asked = None if asked is None else int(asked)
 
     def stop(self) -> None:
@@ -154,7 +177,8 @@ class SharedWindow:
     async def take(self) -> int | None:
         """A permit of ours just freed, else one from the database: one task per worker
         looks there, every ``poll`` seconds doubled while none is free (up to 20 x, 4 x while
-        short), and at once when one of ours is freed."""
+        short), and at once when one of ours is freed. None once stopped, or while no window
+        is enforced (:attr:`enforced`)."""
         params = {
             "key": self.key,
             "window": self.window,
@@ -162,13 +186,13 @@ class SharedWindow:
             "lease": self.lease,
             "ask_for": 10 * self.poll,
         }
-        while not self._stopped:
+        while not self._stopped and self.enforced:
             slot = await self._reuse()
             if slot is not None:
                 return slot
             async with self._lock:
                 slot = await self._reuse()
-                if slot is not None:
+                if slot is not None or not self.enforced:
                     return slot
                 due = self._looked_at + self._poll - self._clock()
                 if due <= 0:  # not looked lately (by any task here): look now
@@ -184,7 +208,7 @@ class SharedWindow:
                 freed = self._freed
                 with anyio.move_on_after(due):
                     await freed.wait()
-                if freed.is_set() and not self._stopped and freed is self._freed:
+                if freed.is_set() and self.enforced and not self._stopped and freed is self._freed:
                     self._freed = anyio.Event()
         return None
 
@@ -195,7 +219,7 @@ class SharedWindow:
         waiting for a free permit at once, as all were taken together); inside the window."""
         while self._spare:
             slot, (taken, _) = self._spare.popitem()
-            if slot > self.window_now:
+            if self.window_now is None or slot > self.window_now:
                 self._spare_back([slot])
                 continue
             if self._clock() - taken >= self.lease / 3:
@@ -217,7 +241,7 @@ class SharedWindow:
         no round trip); unused after ``poll``, it goes back to every host. While a short host
         asks, one above what it asks us to keep goes back at once."""
         taken = self._taken.pop(slot, self._clock())
-        if self._asked is not None and self.held >= self._asked:
+        if not self.enforced or self._asked is not None and self.held >= self._asked:
             self._spare_back([slot])  # we would keep more than the short host asks
             return
         self._spare[slot] = (taken, self._clock())
@@ -230,7 +254,7 @@ class SharedWindow:
         (not every spare at once: one freed a moment ago is about to be used here)."""
         while self._spare:
             oldest = min(freed for _, freed in self._spare.values())
-            await anyio.sleep(oldest + self.poll - self._clock())
+            await anyio.sleep(max(0.0, oldest + self.poll - self._clock()))  # may be past
             now = self._clock()
             unused = [slot for slot, (_, freed) in self._spare.items() if now - freed >= self.poll]
             for slot in unused:

@@ -26,7 +26,9 @@ window and pause.
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
   permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
   hosts (``limits/pg_window.py``); each booking also reads what a host short of permits
-  asks every host to keep (the most it may hold).
+  asks every host to keep (the most it may hold). With no ``window`` but a judge
+  (``found_window``: no ``--concurrency``), the window the judge publishes is enforced so,
+  and only while it publishes one: until then no permit is taken (no statement per call).
 - **Shared pause**: without a judge, :meth:`on_429` pushes ``paused_until`` (the Retry-After,
   else ``default_pause``; at most ``max_pause``) and bumps ``epoch``; every worker's next turn
   is booked after it. With one, the judge decides the pauses as the single-host search does.
@@ -56,8 +58,8 @@ from typing import Any
 import anyio
 import psycopg
 
-from octave_bulk.errors import ConfigError, RefusalHints, StateError
-from octave_bulk.limits.base import Limiter, LimiterContext, LimitsReport, Ticket
+from octave_bulk.errors import RefusalHints, StateError
+from octave_bulk.limits.base import LimitsReport, Ticket
 from octave_bulk.limits.pg_judge import (
     ANSWERED,
     REFUSED,
@@ -69,9 +71,9 @@ from octave_bulk.limits.pg_judge import (
 )
 from octave_bulk.limits.pg_turns import BOOK, HORIZON, Turn, TurnsAhead
 from octave_bulk.limits.pg_window import SharedWindow
-from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
+from octave_bulk.state.pg.dsn import PgConnection
 
-__all__ = ["SharedRateLimiter", "SharedRateTicket", "shared_limiter"]
+__all__ = ["SharedRateLimiter", "SharedRateTicket"]
 
 _START = """
 INSERT INTO ob_rate (key, rate) VALUES (%(key)s, %(rate)s)
@@ -123,7 +125,9 @@ class SharedRateLimiter:
         key: what the rate belongs to (a workspace URL + agent).
         rate: the known rate, attempts per second in all (published on the row at open).
         window: the calls in flight let through by all workers together (leased permits);
-            None for no shared cap.
+            None for no shared cap (but see ``found_window``).
+        found_window: with no ``window``: enforce the window a judge publishes
+            (``ob_rate.window_size``) while it publishes one, up to this many permits.
         holder: this limiter's name on the permits it holds (unique across hosts).
         permit_lease: seconds a permit stays held without :meth:`renew_permits`.
         permit_poll: seconds between looks for a free permit.
@@ -149,6 +153,7 @@ class SharedRateLimiter:
         default_pause: float = 1.0,
         max_pause: float = 60.0,
         judge: JudgeSettings | None = None,
+        found_window: int | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if rate <= 0:
@@ -162,17 +167,19 @@ class SharedRateLimiter:
         self._clock = clock
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
+        permits = window or found_window
         self._permits = (
             None
-            if window is None
+            if permits is None
             else SharedWindow(
                 self._quietly,
                 key=key,
-                window=window,
+                window=permits,
                 holder=self.holder,
                 lease=permit_lease,
                 poll=permit_poll,
                 clock=clock,
+                found_only=window is None,
             )
         )
         self._counts = _Counts()
@@ -199,11 +206,11 @@ class SharedRateLimiter:
         always = self._judge is None
         params = {"key": self.key, "rate": self._rate, "always": always, "stale": self.permit_lease}
         await self._conn.execute(_START.encode(), params)
-        if self._window is not None:
+        if self._permits is not None:  # a found window's: as many as the judge may publish
             await self._conn.execute(
                 "INSERT INTO ob_permit (key, slot) SELECT %s, generate_series(1, %s)"
                 " ON CONFLICT DO NOTHING",
-                (self.key, self._window),
+                (self.key, self._permits.window),
             )
         if self._judge is not None:
             judge = Judge(self._connect, key=self.key, holder=self.holder, settings=self._judge)
@@ -232,12 +239,12 @@ class SharedRateLimiter:
             self._conn = None
 
     async def acquire(self) -> SharedRateTicket:
-        """Take a permit of the shared window (if any), then book the next shared turn and
-        wait for it; returns early, unbooked, once :meth:`stop` was called."""
+        """Take a permit of the shared window (if one is enforced), then book the next shared
+        turn and wait for it; returns early, unbooked, once :meth:`stop` was called."""
         permit = None
-        if self._permits is not None:
+        if self._permits is not None and self._permits.enforced:
             permit = await self._permits.take()
-            if permit is None:  # stopped while waiting
+            if permit is None and self._stopped.is_set():
                 return SharedRateTicket(None, 0, self._clock())
         async with self._turn_lock:  # one turn booked ahead per worker, not one per task
             return await self._take_turn(permit)
@@ -341,7 +348,7 @@ class SharedRateLimiter:
         counts = self._counts
         return LimitsReport(
             rate=self._rate,
-            window=self._window or 0,
+            window=self._window or (self._permits and self._permits.window_now) or 0,
             paused=self._clock() < counts.paused_until,
             accepted=counts.accepted,
             refused=counts.refused,
@@ -414,41 +421,3 @@ def _own(ticket: Ticket) -> SharedRateTicket:
     if not isinstance(ticket, SharedRateTicket):
         raise TypeError(f"not a shared limiter's ticket: {ticket!r}")
     return ticket
-
-
-DEFAULT_SHARED_RATE = 10.0
-"""Calls per second in all when a shared-ledger run with ``--no-adaptive`` gives no
-``--rate`` (with the search on, the judge starts from the ``start_rate`` setting and searches)."""
-
-
-def shared_limiter(context: LimiterContext) -> Limiter:
-    """The calls' limiter of a run on the shared ledger: one rate and, with ``--concurrency``,
-    one window for every worker of every host, searched by one judge (``--no-adaptive``:
-    ``--rate`` held, else :data:`DEFAULT_SHARED_RATE`); ``limits/factory.py`` registers it as
-    ``postgresql``."""
-    settings = context.settings
-    if settings.ledger_url is None:
-        raise ConfigError("limiter = 'postgresql' needs --ledger postgresql://...")
-    url = LedgerUrl.parse(settings.ledger_url.get_secret_value())
-    target = settings.agent_oid or settings.experiment_oid
-    window = settings.concurrency if "concurrency" in settings.model_fields_set else None
-    lease = 2 * settings.timeout + settings.drain_timeout
-    judge = None
-    if settings.adaptive:
-        judge = JudgeSettings(
-            rate_ceiling=settings.rate,
-            window_ceiling=window,
-            search_from=settings.start_rate,
-            workspace=settings.base_url,
-            agent=str(target),
-            lease=lease,
-        )
-    start = settings.rate or (settings.start_rate if judge else DEFAULT_SHARED_RATE)
-    return SharedRateLimiter(
-        lambda: connect(url, application_name="octave-bulk limiter"),
-        key=f"{settings.base_url}|{target}",
-        rate=start,
-        window=window,
-        permit_lease=lease,
-        judge=judge,
-    )
