@@ -45,6 +45,7 @@ def shared_limiter(context: LimiterContext) -> Limiter:
             workspace=settings.base_url,
             agent=str(target),
             lease=lease,
+            refusal_round_trip=settings.refusal_round_trip,
         )
     start = settings.rate or (settings.start_rate if judge else DEFAULT_SHARED_RATE)
     return SharedRateLimiter(

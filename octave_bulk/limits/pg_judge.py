@@ -210,6 +210,7 @@ class JudgeSettings:
     workspace: str
     agent: str
     lease: float  # a send never answered for this long is dropped (its worker died)
+    refusal_round_trip: float = 0.1  # a 429's round trip until one is measured (the setting)
 
 
 class Judge:
@@ -310,6 +311,7 @@ class Judge:
             s.window_ceiling or WINDOW_BOUND,
             start_rate=start,
             search_from=s.search_from,
+            refusal_rtt=s.refusal_round_trip,
             clock=lambda: self.now,
             name="shared_pacing",
         )
