@@ -233,7 +233,7 @@ async def shared_view(settings: Settings) -> StoreView | None:
     """The shared ledger's view of the job (``--ledger postgresql://``), else None."""
     if settings.ledger_url is None:
         return None
-    from octave_bulk.state.pg.enqueue import plan_view
+    from octave_bulk.state.pg.plan_view import plan_view
 
     return await plan_view(settings)
 

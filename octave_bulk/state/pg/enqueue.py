@@ -10,9 +10,6 @@ Contract (docs/scale-out.md, "Workers"):
   the API key or the ledger's URL) and its contacts with their request bodies. Enqueueing the
   same input again adds nothing; a contact edited since its result has another requestId and
   is added (paid again: the re-send guard says how many).
-- :func:`plan_view` is what ``plan`` and ``run --dry-run`` count against with a shared
-  ledger: the job's done and failed contacts and those submitted (polled, never sent again),
-  read only (a ledger not initialised yet holds nothing).
 - :func:`job_settings` reads a job's settings back for its workers (a job that does not
   exist is a :class:`ConfigError`: enqueue it first).
 - :func:`run_worker` is ``octave-bulk worker``: a run (``run/engine.py``'s ``run_batch``) of
@@ -55,7 +52,6 @@ __all__ = [
     "enqueue_input",
     "job_output",
     "job_settings",
-    "plan_view",
     "run_worker",
 ]
 
@@ -120,29 +116,6 @@ async def enqueue_input(input_path: str | Path, settings: Settings) -> Enqueued:
         except psycopg.Error as exc:
             raise StateError(describe_failure(url, exc)) from None
     return Enqueued(job, url.display, plan, added)
-
-
-async def plan_view(settings: Settings) -> PgView:
-    """What the shared ledger holds for the job a run would work on, read only.
-
-    Raises:
-        StateError: the ledger is out of reach.
-    """
-    url = _ledger_url(settings)
-    job = job_name(settings)
-    async with await connect(url) as conn:
-        try:
-            view = await read_view(conn, job)
-            cur = await conn.execute(
-                "SELECT request_id FROM ob_contact WHERE job = %s AND state = 'submitted'",
-                (job,),
-            )
-            view.awaiting = frozenset(row[0] for row in await cur.fetchall())
-        except psycopg.errors.UndefinedTable:  # never initialised: nothing done yet
-            return PgView([])
-        except psycopg.Error as exc:
-            raise StateError(describe_failure(url, exc)) from None
-    return view
 
 
 async def job_settings(settings: Settings) -> dict[str, Any]:
