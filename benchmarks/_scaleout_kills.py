@@ -12,6 +12,7 @@ no contact is submitted twice, since a submit's handle is committed with its cla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -75,7 +76,9 @@ def kills_row(
 
         running = [start() for _ in range(3)]
         chance = random.Random(27)
-        try:
+        with contextlib.ExitStack() as started:
+            for proc in running:
+                started.callback(proc.kill)  # interrupted: no worker outlives the bench
             for kill in range(1, kills + 1):
                 deadline = time.monotonic() + 300
                 while _settled(url) < contacts * kill // (kills + 1):
@@ -86,12 +89,9 @@ def kills_row(
                 victim.kill()  # kill -9: its calls in flight are outcomes unknown
                 victim.wait()
                 running.append(start())
+                started.callback(running[-1].kill)
             for proc in running:
                 proc.wait(timeout=600)
-        finally:  # interrupted: no worker outlives the bench
-            for proc in running:
-                if proc.poll() is None:
-                    proc.kill()
         stats = sim.stats()
     with psycopg.connect(url) as conn:
         done, rows, unknown, late = conn.execute(_LEDGER).fetchone() or (0, 0, 0, 0)
