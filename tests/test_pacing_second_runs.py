@@ -47,3 +47,17 @@ def test_the_first_guess_of_a_refusal_s_round_trip_sets_how_soon_a_full_window_g
         gaps[guess] = largest_gap(server, 30.0)
     assert gaps[0.01] <= 0.15
     assert gaps[1.0] >= 3.5
+
+
+def test_a_short_night_remembers_the_rate_that_held_not_the_probe_it_ended_in() -> None:
+    # 300 fast calls against 20/s with a burst of 2: the night ends before the search has
+    # settled. A probe a few outcomes old (it holds for the bucket's burst), or a rate refused
+    # now and then, is not what the next night starts from: the last rate proven is, or what
+    # the refused-now-and-then rate let through. Remembered: 1.00-1.03x of the limit over
+    # these seeds (the probes remembered were up to 1.05x).
+    remembered = []
+    for seed in range(1, 9):
+        server = Server(rate=20.0, burst=2.0, latency=0.12, seed=seed)
+        found = simulate(server, 300, rate_ceiling=None, window_ceiling=512, search_from=16.0)
+        remembered.append(found.report().summary()["rate"] / 20.0)
+    assert all(0.95 <= ratio <= 1.03 for ratio in remembered), remembered

@@ -6,7 +6,7 @@ A run that starts while the others hold every permit gets its fair share of them
 over the hosts), and two hungry runs keep the throughput one run alone gets. The cap is never
 exceeded. Throughput is measured from the simulator's arrival times, as a ratio of two runs in
 the same test, never from the test's own clock. And a permit an answer freed stays its host's
-for ``permit_poll`` from that answer (not swept back with older ones: permits leaked between
+for its linger (``LINGER x permit_poll``) from that answer (not swept back with older ones: permits leaked between
 hosts so).
 """
 
@@ -19,6 +19,7 @@ import anyio
 import psycopg
 import pytest
 
+from octave_bulk.limits.pg_window import LINGER
 from octave_bulk.limits.shared_pg import SharedRateLimiter
 from octave_bulk.simulator import Latency
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
@@ -109,7 +110,7 @@ def test_two_hungry_runs_on_a_binding_window_keep_one_runs_throughput(
 
 
 @pytest.mark.slow
-async def test_an_answers_permit_goes_back_to_every_host_only_once_unused_for_the_poll(
+async def test_an_answers_permit_goes_back_to_every_host_only_once_unused_for_its_linger(
     db_url: str,
 ) -> None:
     url = LedgerUrl.parse(db_url)
@@ -119,18 +120,18 @@ async def test_an_answers_permit_goes_back_to_every_host_only_once_unused_for_th
     async def open_connection() -> PgConnection:
         return await connect(url)
 
-    poll = 3.0  # a spare permit of ours goes back to every host after 3 s unused
+    linger = 3.0  # a spare permit of ours goes back to every host after 3 s unused
     limiter = SharedRateLimiter(
-        open_connection, key="spare", rate=1000.0, window=2, permit_poll=poll
+        open_connection, key="spare", rate=1000.0, window=2, permit_poll=linger / LINGER
     )
     await limiter.open()
     try:
         first, second = await limiter.acquire(), await limiter.acquire()
         early, late = first.permit, second.permit
         await limiter.on_answer(first)  # unused from now: back to every host in 3 s
-        await anyio.sleep(poll / 2)
+        await anyio.sleep(linger / 2)
         await limiter.on_answer(second)  # unused from now: still ours 3 s on
-        await anyio.sleep(poll * 3 / 4)  # past the first's 3 s, 1.5 s before the second's
+        await anyio.sleep(linger * 3 / 4)  # past the first's 3 s, 1.5 s before the second's
         with psycopg.connect(db_url) as conn:
             rows = conn.execute("SELECT slot, holder FROM ob_permit WHERE key = 'spare'")
             holders = dict(rows.fetchall())

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from octave_bulk.errors import RefusalHints
-from octave_bulk.limits.pg_judge import REFUSED, JudgeSettings, lock_id
+from octave_bulk.limits.pg_judge import REFUSED, SENT, JudgeSettings, lock_id
 from octave_bulk.limits.shared_pg import SharedRateLimiter
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect
 from octave_bulk.state.pg.schema import migrate
@@ -215,6 +215,26 @@ async def test_a_429_s_rate_limit_headers_reach_the_judge_with_its_outcome(
     assert [row[0] for row in rows] == [
         {"limit": 120, "remaining": 0, "reset": 30.0, "window": None}
     ]
+
+
+async def test_a_429_reaches_the_judge_at_once_not_with_the_next_booking(
+    db_url: str, limiters: list[SharedRateLimiter]
+) -> None:
+    """A refusal is told as it comes (with the sends kept before it): waiting for the next
+    booking, it would reach the judge after the judge counted the refused send as accepted
+    (unrefused for three refusal round trips), and its verdicts would miss it."""
+    settings = JudgeSettings(
+        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
+    )
+    async with await connect(LedgerUrl.parse(db_url)) as judging:
+        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id("at-once"),))
+        worker = _limiter(db_url, "at-once", 50.0, judge=settings)
+        limiters.append(worker)
+        await worker.open()
+        await worker.on_429(await worker.acquire(), 1.0)  # no booking after it
+        cur = await judging.execute("SELECT kind FROM ob_outcome WHERE key = 'at-once' ORDER BY id")
+        kinds = [row[0] for row in await cur.fetchall()]
+    assert kinds == [SENT, REFUSED]
 
 
 async def _acquire_for_a_worker(

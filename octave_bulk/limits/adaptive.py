@@ -57,6 +57,7 @@ _MAX_STEP = 1 / 2  # ... up to this: a long moving window lets a ramp through fo
 _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
 _MIN_QUIET = 4  # the fewest quiet outcomes that make an epoch quiet
+_PROVEN = 2 * _QUIET  # outcomes at one rate that prove it (a next run may start there)
 _SLOW_CALLS = 4  # rate x latency from which searches are bounded by the calls' latency
 _PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
@@ -136,6 +137,7 @@ class AdaptiveLimiter:
         # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
+        self._proven = start_rate  # the last rate come down to, or held _PROVEN outcomes
         self._refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
@@ -338,6 +340,8 @@ class AdaptiveLimiter:
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._held_known += epoch.known
         self._held_refused += epoch.refused
+        if rate_bound and rate is not None and self._held_known >= _PROVEN:
+            self._proven = self._delivered(rate)
         if epoch.refused:  # isolated refusals: the setting holds, but shows no room ...
             if rate_bound and rate is not None and self._held_known >= _HELD:
                 share = self._held_refused / self._held_known
@@ -415,6 +419,8 @@ class AdaptiveLimiter:
         elif not probing or (rate is not None and rate != before):
             self.probed_from = None  # (a window probe at the same rate goes on testing it)
         if rate is not None:
+            if before is not None and rate < before:
+                self._proven = self._delivered(rate)  # came down to: the best estimate there is
             self.gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
         if window is not None:
@@ -426,12 +432,26 @@ class AdaptiveLimiter:
             log_event(self.name, reason=reason, rate=self.rate, window=self.window)
         self.epoch = Epoch(self.epoch.number + 1)
 
+    def _delivered(self, rate: float) -> float:
+        """``rate``, or what the epoch ending sent per second when less (a starved host, or
+        shared turns left unused): a rate is proven only as far as it was sent."""
+        epoch, span = self.epoch, self.epoch.last_sent - self.epoch.first_sent
+        return rate if epoch.sent < VERDICT or span <= 0 else min(rate, (epoch.sent - 1) / span)
+
     def report(self) -> LimitsReport:
         """What was learnt of the server: the rate (a probe with under ``VERDICT`` outcomes
         known: the rate it probes from, not remembered) and window now, the counts."""
         probing = self.probed_from is not None and self.epoch.known < VERDICT
+        rate = self.probed_from if probing else self.rate
+        proven = self._proven if self._proven is not None and rate and self._proven < rate else None
+        known = self._held_known + self.epoch.known
+        refused = self._held_refused + self.epoch.refused
+        if rate and refused and known >= VERDICT and refused <= known / 4:  # now and then:
+            let_through = rate * (1 - refused / known)  # a bucket's rate, sent a little fast
+            proven = let_through if proven is None else min(proven, let_through)
         return LimitsReport(
-            rate=self.probed_from if probing else self.rate,
+            rate=rate,
+            proven_rate=proven,
             window=self.window,
             paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
             rate_limited_at=self.rate_limited_at,

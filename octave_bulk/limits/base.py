@@ -68,6 +68,8 @@ class LimitsReport:
         retry_after_clamped: Retry-After values longer than the longest pause, clamped.
         period: the length of the rate window learnt (a reset-time Retry-After, an announced
             window), seconds; None: no window known.
+        proven_rate: the last rate the search proved (came down to, or held over many
+            outcomes) while ``rate`` is a step above it not proven yet; None: ``rate`` is.
     """
 
     rate: float | None
@@ -82,11 +84,18 @@ class LimitsReport:
     released: int = 0
     retry_after_clamped: int = 0
     period: float | None = None
+    proven_rate: float | None = None
+
+    @property
+    def held_rate(self) -> float | None:
+        """The rate that held: ``rate``, or below it the one proven (a probe a few outcomes
+        old is no limit to start a next run from)."""
+        return self.rate if self.proven_rate is None else self.proven_rate
 
     @property
     def settled_rate(self) -> float | None:
         """The rate the run settled at once a rate limit was met (None: none met)."""
-        return self.rate if self.rate_limited_at is not None else None
+        return self.held_rate if self.rate_limited_at is not None else None
 
     def summary(self) -> dict[str, Any]:
         """The summary's ``limits`` keys (``OUT.summary.json``), JSON-ready."""

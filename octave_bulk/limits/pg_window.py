@@ -13,15 +13,16 @@ once by all the workers sharing a key.
   again, waiters go on without one and permits held go back.
 
 - A permit whose holder died without handing it back is free again once its lease ran out.
-- An answer's permit stays the worker's for ``poll`` seconds (counted from its own answer):
+- An answer's permit stays the worker's for ``LINGER x poll`` seconds (from its answer):
   its next attempt takes it with no round trip while two thirds of its lease are left (longer
   than any call), else with its lease renewed in place; unused, it goes back to every host.
-- One task per worker looks for a free permit in the database, once per ``poll`` seconds,
+- One task per worker looks for free permits in the database, once per ``poll`` seconds,
   doubled while none is free (up to 20 x; 4 x while short), and at once when one of its
-  own is freed.
+  own is freed; one look takes a permit for each task then waiting, up to the sends due
+  within the next bookings' horizon (the others are spare until those tasks take them).
 - **Fair share.** A worker is *short* when another host holds two permits more than it does
   (a permit moved between them makes the split fairer). A short worker that finds no free
-  permit asks, with that look: it publishes on ``ob_rate.fair_share``, for ``10 x poll``
+  permit asks, with that look: it publishes on ``ob_rate.fair_share``, for ``LINGER x poll``
   seconds, the most a host may keep: the window over the hosts holding permits, rounded up
   (or, when nobody holds more than that, one less than the most any host holds). Every worker
   reads it with its next booking; one holding more hands an answer's permit back instead of
@@ -42,7 +43,9 @@ from typing import Any
 
 import anyio
 
-__all__ = ["ASKED", "SharedWindow"]
+__all__ = ["ASKED", "LINGER", "SharedWindow"]
+
+LINGER = 10  # polls a spare permit waits for this worker's next attempt (as long as an ask)
 
 _TAKE = """
 WITH held AS (
@@ -69,7 +72,8 @@ free AS (
     WHERE p.key = %(key)s AND p.slot <= fair.size
       AND (p.holder IS NULL OR p.expires_at < clock_timestamp())
       AND (fair.asked IS NULL OR %(held)s < fair.asked)
-    ORDER BY p.slot LIMIT 1
+    ORDER BY p.slot
+    LIMIT (SELECT greatest(0, least(%(want)s, coalesce(asked - %(held)s, %(want)s))) FROM fair)
     FOR UPDATE OF p SKIP LOCKED
 ),
 took AS (
@@ -84,10 +88,10 @@ ask AS (
     FROM fair
     WHERE key = %(key)s AND fair.short AND NOT EXISTS (SELECT FROM took)
 )
-SELECT (SELECT slot FROM took), (SELECT short FROM fair)
+SELECT (SELECT array_agg(slot) FROM took), (SELECT short FROM fair)
 """
-"""Take a free permit, unless a short host asks and we hold as many as it asks the others to
-keep; short and finding none, ask. Returns (the slot or NULL, whether we are short)."""
+"""Take up to ``want`` free permits (never past what a short host asks us to keep); short and
+finding none, ask. Returns (the slots or NULL, whether we are short)."""
 
 ASKED = """
 CASE WHEN fair_share_until > clock_timestamp() THEN fair_share END
@@ -108,7 +112,8 @@ class SharedWindow:
         key, window: the limit's key and its window (the permit rows 1..window).
         holder: this worker's name on the permits it holds.
         lease: seconds a permit stays held.
-        poll: seconds between looks for a free permit (and a spare permit's linger).
+        poll: seconds between looks for a free permit (:data:`LINGER` of them: a spare
+            permit's linger).
         clock: a monotonic clock, seconds.
         found_only: enforce only the window the judge publishes (none until it does).
     """
@@ -127,6 +132,7 @@ class SharedWindow:
     ) -> None:
         self._quietly, self.key, self.window, self.holder = quietly, key, window, holder
         self.lease, self.poll, self._clock = lease, poll, clock
+        self.linger = LINGER * poll  # a spare permit's wait for the next attempt here
         self.found_only = found_only
         # the judge's window (bounded by ours); None: none enforced (a found window's, unset)
         self.window_now: int | None = None if found_only else window
@@ -174,17 +180,18 @@ class SharedWindow:
         if self._returning is not None:
             self._returning.cancel()
 
-    async def take(self) -> int | None:
+    async def take(self, most: int = 1) -> int | None:
         """A permit of ours just freed, else one from the database: one task per worker
         looks there, every ``poll`` seconds doubled while none is free (up to 20 x, 4 x while
-        short), and at once when one of ours is freed. None once stopped, or while no window
-        is enforced (:attr:`enforced`)."""
+        short), and at once when one of ours is freed; a look takes one for each task waiting,
+        up to ``most`` (the sends due soon). None once stopped, or while no window is
+        enforced (:attr:`enforced`)."""
         params = {
             "key": self.key,
             "window": self.window,
             "holder": self.holder,
             "lease": self.lease,
-            "ask_for": 10 * self.poll,
+            "ask_for": LINGER * self.poll,
         }
         while not self._stopped and self.enforced:
             slot = await self._reuse()
@@ -196,15 +203,20 @@ class SharedWindow:
                     return slot
                 due = self._looked_at + self._poll - self._clock()
                 if due <= 0:  # not looked lately (by any task here): look now
-                    self._looked_at = self._clock()
-                    row = await self._quietly(_TAKE, params | {"held": self.held})
+                    self._looked_at = now = self._clock()
+                    want = min(most, 1 + self._lock.statistics().tasks_waiting)
+                    row = await self._quietly(_TAKE, params | {"held": self.held, "want": want})
                     taken, short = row or (None, False)  # out of reach: none free
-                    if taken is not None:
+                    if taken:
                         self._poll = self.poll
-                        self._taken[int(taken)] = self._clock()
-                        return int(taken)
-                    most = (4 if short else 20) * self.poll
-                    self._poll = due = min(2 * self._poll, most)
+                        first, *others = (int(slot) for slot in taken)
+                        self._taken[first] = now
+                        self._spare.update((slot, (now, now)) for slot in others)
+                        if others:
+                            self._keep_spares()
+                        return first
+                    slowest = (4 if short else 20) * self.poll
+                    self._poll = due = min(2 * self._poll, slowest)
                 freed = self._freed
                 with anyio.move_on_after(due):
                     await freed.wait()
@@ -238,13 +250,17 @@ class SharedWindow:
 
     def give_back(self, slot: int) -> None:
         """An answer's permit stays ours for a moment (the next attempt here takes it with
-        no round trip); unused after ``poll``, it goes back to every host. While a short host
+        no round trip); unused for its linger, it goes back to every host. While a short host
         asks, one above what it asks us to keep goes back at once."""
         taken = self._taken.pop(slot, self._clock())
         if not self.enforced or self._asked is not None and self.held >= self._asked:
             self._spare_back([slot])  # we would keep more than the short host asks
             return
         self._spare[slot] = (taken, self._clock())
+        self._keep_spares()
+
+    def _keep_spares(self) -> None:
+        """Wake a waiter for the spare permits, and hand back those left unused."""
         self._freed.set()
         if self._returning is None or self._returning.done():
             self._returning = asyncio.create_task(self._return_spare())
@@ -254,9 +270,9 @@ class SharedWindow:
         (not every spare at once: one freed a moment ago is about to be used here)."""
         while self._spare:
             oldest = min(freed for _, freed in self._spare.values())
-            await anyio.sleep(max(0.0, oldest + self.poll - self._clock()))  # may be past
+            await anyio.sleep(max(0.0, oldest + self.linger - self._clock()))  # may be past
             now = self._clock()
-            unused = [slot for slot, (_, freed) in self._spare.items() if now - freed >= self.poll]
+            unused = [s for s, (_, freed) in self._spare.items() if now - freed >= self.linger]
             for slot in unused:
                 del self._spare[slot]
             await self._hand_back(unused)

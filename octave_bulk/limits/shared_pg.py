@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import math
 import os
 import socket
 import uuid
@@ -227,9 +228,7 @@ class SharedRateLimiter:
                 await self._judging
             self._judging = None
         if self._conn is not None:
-            told = self._told.take()
-            if told:
-                await self._quietly(TELL, self._told.params(self.key, self.holder, told))
+            await self._tell_now()
             await self._quietly(
                 "UPDATE ob_permit SET holder = NULL, expires_at = NULL WHERE holder = %s",
                 (self.holder,),
@@ -243,7 +242,7 @@ class SharedRateLimiter:
         turn and wait for it; returns early, unbooked, once :meth:`stop` was called."""
         permit = None
         if self._permits is not None and self._permits.enforced:
-            permit = await self._permits.take()
+            permit = await self._permits.take(math.ceil(self._rate * HORIZON))
             if permit is None and self._stopped.is_set():
                 return SharedRateTicket(None, 0, self._clock())
         async with self._turn_lock:  # one turn booked ahead per worker, not one per task
@@ -301,6 +300,7 @@ class SharedRateLimiter:
             self._tell(ticket, REFUSED, retry_after, hints)
             await self._give_back(ticket)
         if self._judge is not None:
+            await self._tell_now()
             return 0.0
         pause = self.default_pause if retry_after is None else retry_after
         if pause > self.max_pause:
@@ -367,6 +367,18 @@ class SharedRateLimiter:
         if self._judge is not None and ticket.number:
             at = self._clock() + self._offset
             self._told.answered(ticket.epoch, ticket.number, kind, at, retry_after, hints)
+
+    async def _tell_now(self) -> None:
+        """The outcomes kept so far to the judge at once, not with the next booking: a 429
+        must reach it before it counts the refused send as accepted (unrefused for three
+        refusal round trips, by the time it reads), so its verdicts see every refusal."""
+        told = self._told.take()
+        if told:
+            try:
+                conn = await self._usable()
+                await conn.execute(TELL.encode(), self._told.params(self.key, self.holder, told))
+            except (psycopg.Error, StateError):
+                self._told.put_back(told)  # out of reach: they go with the next booking
 
     async def _give_back(self, ticket: SharedRateTicket) -> None:
         """The attempt's permit (if any) back to the shared window."""

@@ -38,7 +38,7 @@ def to_remember(found: LimitsReport) -> tuple[float | None, int | None, float | 
     limit met in this run, or one remembered that still held (its setting now)."""
     rate = found.settled_rate
     if rate is None and found.start_rate is not None:
-        rate = found.rate
+        rate = found.held_rate
     rate = None if rate is None else round(rate, 3)
     window = found.window if found.concurrency_limited_at else None
     if window is None and found.start_window is not None:
