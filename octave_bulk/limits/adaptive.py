@@ -1,20 +1,17 @@
 """The adaptive limiter: finds the server's rate limit and concurrency cap while it runs.
 
 Two settings, both enforced by the :class:`~octave_bulk.limits.gate.Gate`: the **rate** (at
-most ``--rate``) and the in-flight **window** (at most ``--concurrency``; with none given, the
-engine's safety bound, :data:`WINDOW_BOUND`, searched up from :data:`FIRST_WINDOW`). The
-constants count outcomes, and where calls are slower than several send gaps (rate x latency
->= ``_SLOW_CALLS``: Octave's 30-60 s calls) the searches are bounded by the calls' latency too,
-so that a short night is not over before its search is (docs/design.md, "Pacing").
+most ``--rate``) and the in-flight **window** (at most ``--concurrency``, else the safety bound
+:data:`WINDOW_BOUND`, searched up from :data:`FIRST_WINDOW`). The constants count outcomes;
+with calls slower than several send gaps (rate x latency >= ``_SLOW_CALLS``: Octave's 30-60 s)
+the searches are bounded by the calls' latency too (docs/design.md, "Pacing").
 
-* **Epochs.** Each change of setting starts an :class:`~octave_bulk.limits.epoch.Epoch`;
-  only attempts sent in it judge it. An outcome is *known* when answered, or once unrefused
-  for three refusal round trips: a 429 comes back at network speed, an accepted call after
-  the agent's work, so verdicts at 40-s calls take milliseconds.
-* **Verdicts** (:mod:`octave_bulk.limits.verdicts`): how far a refused rate is cut; a cap
-  told from a rate by an experiment, never by the level alone; a window spent until its reset
-  waited out and paced at its quota over its length; a full window grown at once; a rate
-  probe refused once gone back from.
+* **Epochs.** Each change of setting starts an :class:`~octave_bulk.limits.epoch.Epoch`, judged
+  by its own attempts only. An outcome is *known* when answered, or once unrefused for three
+  refusal round trips (a 429 comes back at network speed): verdicts at 40-s calls take ms.
+* **Verdicts** (:mod:`octave_bulk.limits.verdicts`): how far a refused rate is cut; a cap told
+  from a rate by an experiment, never by the level alone; a window spent until its reset
+  waited out and paced at its quota; a full window grown at once; a refused probe gone back from.
 * **Probes.** An epoch of quiet outcomes held back by the rate or a full window is evidence of
   room. The rate doubles until the first 429, then bisects (geometric mean) between ``good``
   and ``bad`` until they are within ``CONVERGED``, and holds. Past ``bad`` it probes in steps
@@ -22,10 +19,9 @@ so that a short night is not over before its search is (docs/design.md, "Pacing"
   bracket too narrow to bisect) after a patience of quiet outcomes that doubles per probe
   refused (``MAX_BACKOFF``), at most ``_PATIENCE_LATENCIES`` latencies (doubled likewise) with
   slow calls. Once a window's period is known, no epoch is shorter (it shows a rate at its end).
-* **Memory.** A remembered rate starts the run (the window at its ceiling: that rate paces the
-  sends) but is verified like any other setting: no ``bad`` above it, steps of 4 x ``_STEP``
-  while it meets no 429. A remembered window is a suspected cap: refused at again, it is
-  proven; never refused, it is probed past.
+* **Memory.** A remembered rate starts the run (the window at its bound) and is verified like
+  any other (no ``bad`` above it; steps of 4 x ``_STEP``); a remembered window is a suspected
+  cap. What a next run starts from: :mod:`octave_bulk.limits.proven`.
 * **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older
   calls' answers are no news), the pool stops for the ``Retry-After`` (at most ``max_pause``).
 """
@@ -41,6 +37,7 @@ from octave_bulk.limits.base import LimitsReport, RefusalHints, Ticket
 from octave_bulk.limits.epoch import Epoch
 from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.gate import AdaptiveTicket, Gate
+from octave_bulk.limits.proven import PROVEN, ProvenRate
 from octave_bulk.limits.verdicts import CONVERGED, MAX_BACKOFF, REFUSED, VERDICT, Verdicts
 from octave_bulk.observe.log import log_event
 
@@ -57,7 +54,6 @@ _MAX_STEP = 1 / 2  # ... up to this: a long moving window lets a ramp through fo
 _HELD = 8 * _QUIET  # outcomes at one rate before its isolated 429s are added up ...
 _TOLERATED_HELD = 0.02  # ... and, above this share, cut it by that share
 _MIN_QUIET = 4  # the fewest quiet outcomes that make an epoch quiet
-_PROVEN = 2 * _QUIET  # outcomes at one rate that prove it (a next run may start there)
 _SLOW_CALLS = 4  # rate x latency from which searches are bounded by the calls' latency
 _PATIENCE_LATENCIES = 4  # a probe waits at most this many calls' latencies of quiet outcomes
 _MIN_RATE = 0.01  # one call per 100 s: a floor, so that a run never stops by pacing alone
@@ -137,7 +133,7 @@ class AdaptiveLimiter:
         # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
-        self._proven = start_rate  # the last rate come down to, or held _PROVEN outcomes
+        self.proven = ProvenRate(start_rate)  # what a next run may start from
         self._refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
@@ -214,9 +210,7 @@ class AdaptiveLimiter:
         self.evidence.answered(ticket.sent_at, self.clock())
         if counts:
             self._accepted(ticket)
-        if ticket.sent_at > self._last_refused_sent:  # an old call's answer is no news
-            self.refused_in_row = 0
-            self.evidence.accepted_again()
+        self._accepted_again(ticket)
         self.settle()
         if self.adaptive:
             self.maybe_probe()
@@ -275,9 +269,7 @@ class AdaptiveLimiter:
         epoch = self.epoch
         epoch.known_one(ticket, accepted=True)
         self.evidence.accepted_at_level(ticket.sent_at, ticket.level)
-        if ticket.sent_at > self._last_refused_sent:
-            self.refused_in_row = 0
-            self.evidence.accepted_again()
+        self._accepted_again(ticket)
         cap = self.concurrency_limited_at
         if cap is not None and not self.cap_known and ticket.level > cap:
             # A cap inferred before calls came back, and a call above it went through: the
@@ -289,15 +281,15 @@ class AdaptiveLimiter:
             # count includes answers still in transit): no cap there
         ticket.epoch = -1  # counted: its answer, if it comes later, must not count again
 
+    def _accepted_again(self, ticket: AdaptiveTicket) -> None:
+        if ticket.sent_at > self._last_refused_sent:  # an old call's answer is no news
+            self.refused_in_row = 0
+            self.evidence.accepted_again()
+
     def settle(self) -> None:
         """Attempts unrefused for three refusal round trips count as accepted."""
         epoch, horizon = self.epoch, self.clock() - 3 * self._refusal_rtt
-        while (
-            epoch is self.epoch
-            and epoch.unknown
-            and (epoch.unknown[0].answered or epoch.unknown[0].sent_at < horizon)
-        ):
-            ticket = epoch.unknown.popleft()
+        while epoch is self.epoch and (ticket := epoch.next_known(horizon)) is not None:
             if not ticket.answered and ticket.epoch == epoch.number:
                 self._accepted(ticket)
 
@@ -315,8 +307,7 @@ class AdaptiveLimiter:
         self._rate_step = _STEP
 
     def maybe_probe(self) -> None:
-        epoch = self.epoch
-        rate = self.rate
+        epoch, rate = self.epoch, self.rate
         searching = not self.cut_once or (
             rate is not None and self.bad is not None and self.bad > rate * CONVERGED
         )
@@ -340,8 +331,8 @@ class AdaptiveLimiter:
         rate_bound = rate is not None and epoch.rate_waits >= epoch.sent / 2 and not window_bound
         self._held_known += epoch.known
         self._held_refused += epoch.refused
-        if rate_bound and rate is not None and self._held_known >= _PROVEN:
-            self._proven = self._delivered(rate)
+        if rate_bound and rate is not None and self._held_known >= PROVEN:
+            self.proven.proved(rate, epoch)
         if epoch.refused:  # isolated refusals: the setting holds, but shows no room ...
             if rate_bound and rate is not None and self._held_known >= _HELD:
                 share = self._held_refused / self._held_known
@@ -420,7 +411,7 @@ class AdaptiveLimiter:
             self.probed_from = None  # (a window probe at the same rate goes on testing it)
         if rate is not None:
             if before is not None and rate < before:
-                self._proven = self._delivered(rate)  # came down to: the best estimate there is
+                self.proven.proved(rate, self.epoch)  # came down to: the best estimate there is
             self.gate.set_rate(_clamp(rate, self.rate_ceiling))
             self._held_known = self._held_refused = 0
         if window is not None:
@@ -432,26 +423,15 @@ class AdaptiveLimiter:
             log_event(self.name, reason=reason, rate=self.rate, window=self.window)
         self.epoch = Epoch(self.epoch.number + 1)
 
-    def _delivered(self, rate: float) -> float:
-        """``rate``, or what the epoch ending sent per second when less (a starved host, or
-        shared turns left unused): a rate is proven only as far as it was sent."""
-        epoch, span = self.epoch, self.epoch.last_sent - self.epoch.first_sent
-        return rate if epoch.sent < VERDICT or span <= 0 else min(rate, (epoch.sent - 1) / span)
-
     def report(self) -> LimitsReport:
         """What was learnt of the server: the rate (a probe with under ``VERDICT`` outcomes
         known: the rate it probes from, not remembered) and window now, the counts."""
         probing = self.probed_from is not None and self.epoch.known < VERDICT
-        rate = self.probed_from if probing else self.rate
-        proven = self._proven if self._proven is not None and rate and self._proven < rate else None
-        known = self._held_known + self.epoch.known
-        refused = self._held_refused + self.epoch.refused
-        if rate and refused and known >= VERDICT and refused <= known / 4:  # now and then:
-            let_through = rate * (1 - refused / known)  # a bucket's rate, sent a little fast
-            proven = let_through if proven is None else min(proven, let_through)
+        rate, epoch = self.probed_from if probing else self.rate, self.epoch
+        known, refused = self._held_known + epoch.known, self._held_refused + epoch.refused
         return LimitsReport(
             rate=rate,
-            proven_rate=proven,
+            proven_rate=self.proven.below(rate, known, refused),
             window=self.window,
             paused=self.gate.paused_until > self.clock(),  # after 429s with a Retry-After
             rate_limited_at=self.rate_limited_at,

@@ -48,6 +48,13 @@ class Epoch:
             self.refused_levels[ticket.level] += 1
         self.outcomes.append((ticket.sent_at, accepted))
 
+    def next_known(self, horizon: float) -> AdaptiveTicket | None:
+        """The oldest attempt not judged yet whose outcome is known (answered, or sent before
+        ``horizon``: unrefused for long enough), taken off; None while it is not."""
+        if self.unknown and (self.unknown[0].answered or self.unknown[0].sent_at < horizon):
+            return self.unknown.popleft()
+        return None
+
     def accepted_since_refusal(self) -> tuple[float, int]:
         """The share accepted of the attempts sent since the epoch's first refused one, and
         their number: a token bucket is empty from then on (its burst spent), so that share
