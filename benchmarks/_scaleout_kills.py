@@ -76,9 +76,9 @@ def kills_row(
 
         running = [start() for _ in range(3)]
         chance = random.Random(27)
-        with contextlib.ExitStack() as started:
+        with contextlib.ExitStack() as workers:
             for proc in running:
-                started.callback(proc.kill)  # interrupted: no worker outlives the bench
+                workers.callback(proc.kill)  # interrupted: no worker outlives the bench
             for kill in range(1, kills + 1):
                 deadline = time.monotonic() + 300
                 while _settled(url) < contacts * kill // (kills + 1):
@@ -89,7 +89,7 @@ def kills_row(
                 victim.kill()  # kill -9: its calls in flight are outcomes unknown
                 victim.wait()
                 running.append(start())
-                started.callback(running[-1].kill)
+                workers.callback(running[-1].kill)
             for proc in running:
                 proc.wait(timeout=600)
         stats = sim.stats()
