@@ -96,6 +96,24 @@ async def test_a_run_costs_at_most_three_statements_per_contact_and_one_claim_pe
     assert (every - schema) / contacts <= 3.0, sorted(rows, reverse=True)[:8]
 
 
+@pytest.mark.slow
+async def test_the_judge_reads_seldom_when_few_calls_come(
+    make_sim: Any, tmp_path: Path, counting_pg: PgServer
+) -> None:
+    # Two calls a second (Octave's own regime is a few): a read of the outcomes every 0.5 s
+    # would be one statement per contact; the judge stretches its reads while each brings
+    # fewer sends than a verdict needs (and no 429), up to one every 4 s.
+    url = counted_database(counting_pg, "few_calls")
+    sim = make_sim(latency=Latency(0.05, 0.1))
+    contacts = 16
+    write_contacts(tmp_path / "in.csv", contacts)
+    settings = sim_settings(sim.url, ledger=url, rate="2/s", timeout=2.0)
+    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
+    assert summary["exit_code"] == 0 and summary["paid_calls"] == contacts
+    reads = calls_of(statements(url), "RETURNING id, epoch, worker, ticket, kind")
+    assert 1 <= reads <= contacts / 2
+
+
 class CountingConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
     """A connection that counts the statements it sends (one round trip each)."""
 

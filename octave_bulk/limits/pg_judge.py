@@ -7,9 +7,10 @@ within :data:`TRY_EVERY` seconds of its session's end. The judge
 
 * holds ``pg_try_advisory_lock(key)`` on its own connection (a *session* lock: released by
   the server when that session ends, a killed process's included);
-* each :data:`TICK` reads and deletes the outcomes every worker left in ``ob_outcome`` (sends,
-  answers, 429s with their Retry-After; one statement, which also stamps ``ob_rate.updated_at``:
-  the judge is alive) and replays them, in order, into the single-host search,
+* each :data:`TICK` (doubled up to :data:`SLOWEST_TICK` while few outcomes come) reads and
+  deletes the outcomes every worker left in ``ob_outcome`` (sends, answers, 429s with their
+  Retry-After; one statement, which also stamps ``ob_rate.updated_at``: the judge is alive)
+  and replays them, in order, into the single-host search,
   :class:`~octave_bulk.limits.adaptive.AdaptiveLimiter`, driven through its public methods
   on the server's clock (:class:`ReplayGate`: the shared row enforces; the search only
   judges);
@@ -48,6 +49,7 @@ from octave_bulk.errors import RefusalHints
 from octave_bulk.limits.adaptive import WINDOW_BOUND, AdaptiveLimiter
 from octave_bulk.limits.base import Ticket
 from octave_bulk.limits.gate import AdaptiveTicket, Gate, Waits
+from octave_bulk.limits.verdicts import VERDICT
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.limits import to_remember
 from octave_bulk.state.pg.dsn import PgConnection
@@ -58,6 +60,7 @@ __all__ = [
     "RELEASED",
     "SENT",
     "TELL",
+    "SLOWEST_TICK",
     "TICK",
     "TRY_EVERY",
     "Judge",
@@ -69,7 +72,8 @@ __all__ = [
 ]
 
 SENT, ANSWERED, REFUSED, RELEASED = 0, 1, 2, 3  # ob_outcome.kind (released: never sent)
-TICK = 0.5  # seconds between the judge's reads of the outcomes (one round trip each)
+TICK = 0.5  # seconds between the judge's reads of the outcomes (one round trip each) ...
+SLOWEST_TICK = 4.0  # ... doubled up to this while a read brings under VERDICT sends and no 429
 TRY_EVERY = 2.0  # seconds between another worker's tries for the lock
 
 TELL = """
@@ -270,6 +274,7 @@ class Judge:
         self.search = search = await self._start(conn)
         log_event("judge", holder=self.holder, rate=search.rate)
         await self._publish(conn, search, force=True)
+        tick = TICK
         while True:
             cur = await conn.execute(_CONSUME.encode(), {"key": self.key})
             rows = await cur.fetchall()
@@ -280,7 +285,8 @@ class Judge:
             search.settle()  # with slow calls, time moves the verdicts on
             search.maybe_probe()
             await self._publish(conn, search)
-            await anyio.sleep(TICK)
+            tick = _next_tick(tick, [row[5] for row in rows if row[1] is not None])
+            await anyio.sleep(tick)
 
     async def _start(self, conn: PgConnection) -> AdaptiveLimiter:
         """The search, from the rate a live judge published, else the remembered limit."""
@@ -407,3 +413,13 @@ def _hints(stored: dict[str, Any] | None) -> RefusalHints | None:
         return None
     fields = {name: stored.get(name) for name in ("limit", "remaining", "reset", "window")}
     return RefusalHints(**fields)
+
+
+def _next_tick(tick: float, kinds: list[int]) -> float:
+    """The wait before the next read: :data:`TICK` once a read brought a verdict's worth of
+    sends or any 429, else twice the last (up to :data:`SLOWEST_TICK`): at a few calls a
+    second a read every 0.5 s would cost more statements than the calls, and a verdict needs
+    ``VERDICT`` outcomes anyway."""
+    if REFUSED in kinds or kinds.count(SENT) >= VERDICT:
+        return TICK
+    return min(2 * tick, SLOWEST_TICK)
