@@ -13,6 +13,7 @@ seconds), and prints each turn's (acquired, answered) monotonic times as JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -192,19 +193,29 @@ async def test_stop_wakes_a_waiter_at_once(db_url: str, limiters: list[SharedRat
     await slow.release(ticket)
 
 
+@contextlib.asynccontextmanager
+async def _unjudged_worker(
+    db_url: str, key: str, limiters: list[SharedRateLimiter]
+) -> AsyncIterator[tuple[PgConnection, SharedRateLimiter]]:
+    """A worker with a judge's settings whose judge never judges: another session (yielded)
+    holds the lock, so the outcomes the worker tells stay in ``ob_outcome`` to be read."""
+    settings = JudgeSettings(
+        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
+    )
+    async with await connect(LedgerUrl.parse(db_url)) as judging:
+        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id(key),))
+        worker = _limiter(db_url, key, 50.0, judge=settings)
+        limiters.append(worker)
+        await worker.open()
+        yield judging, worker
+
+
 async def test_a_429_s_rate_limit_headers_reach_the_judge_with_its_outcome(
     db_url: str, limiters: list[SharedRateLimiter]
 ) -> None:
     """What a refusal's headers said goes to the judge with the refusal (as the search on one
     host hears it). Another session holds the judge's lock, so the outcomes stay to be read."""
-    settings = JudgeSettings(
-        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
-    )
-    async with await connect(LedgerUrl.parse(db_url)) as judging:
-        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id("hints"),))
-        worker = _limiter(db_url, "hints", 50.0, judge=settings)
-        limiters.append(worker)
-        await worker.open()
+    async with _unjudged_worker(db_url, "hints", limiters) as (judging, worker):
         said = RefusalHints(limit=120, remaining=0, reset=30.0)
         await worker.on_429(await worker.acquire(), 30.0, said)
         await worker.on_answer(await worker.acquire())  # its booking carries the refusal
@@ -223,14 +234,7 @@ async def test_a_429_reaches_the_judge_at_once_not_with_the_next_booking(
     """A refusal is told as it comes (with the sends kept before it): waiting for the next
     booking, it would reach the judge after the judge counted the refused send as accepted
     (unrefused for three refusal round trips), and its verdicts would miss it."""
-    settings = JudgeSettings(
-        rate_ceiling=None, window_ceiling=None, search_from=16.0, workspace="w", agent="a", lease=5
-    )
-    async with await connect(LedgerUrl.parse(db_url)) as judging:
-        await judging.execute("SELECT pg_advisory_lock(%s)", (lock_id("at-once"),))
-        worker = _limiter(db_url, "at-once", 50.0, judge=settings)
-        limiters.append(worker)
-        await worker.open()
+    async with _unjudged_worker(db_url, "at-once", limiters) as (judging, worker):
         await worker.on_429(await worker.acquire(), 1.0)  # no booking after it
         cur = await judging.execute("SELECT kind FROM ob_outcome WHERE key = 'at-once' ORDER BY id")
         kinds = [row[0] for row in await cur.fetchall()]

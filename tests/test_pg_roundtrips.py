@@ -59,21 +59,29 @@ def calls_of(rows: list[tuple[int, str]], fragment: str) -> int:
     return sum(calls for calls, query in rows if fragment in query)
 
 
+async def counted_run(
+    sim: Any, tmp_path: Path, server: PgServer, name: str, contacts: int, **settings: Any
+) -> list[tuple[int, str]]:
+    """One run of ``contacts`` contacts on a fresh counted database: its statements."""
+    url = counted_database(server, name)
+    write_contacts(tmp_path / "in.csv", contacts)
+    options = sim_settings(sim.url, ledger=url, timeout=2.0, **settings)
+    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", options)
+    assert summary["exit_code"] == 0 and summary["paid_calls"] == contacts
+    return statements(url)
+
+
 @pytest.mark.slow
 async def test_a_run_costs_at_most_three_statements_per_contact_and_one_claim_per_paid_call(
     make_sim: Any, tmp_path: Path, counting_pg: PgServer
 ) -> None:
-    url = counted_database(counting_pg, "one_run")
-    sim = make_sim(latency=Latency(0.05, 0.2))
     contacts = 80
-    write_contacts(tmp_path / "in.csv", contacts)
-    settings = sim_settings(
-        sim.url, ledger=url, rate="40/s", adaptive=False, concurrency=64, timeout=2.0
-    )
-    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
-    assert summary["exit_code"] == 0 and summary["paid_calls"] == contacts
+    sim = make_sim(latency=Latency(0.05, 0.2))
+    rows = await counted_run(
+        sim, tmp_path, counting_pg, "one_run", contacts,
+        rate="40/s", adaptive=False, concurrency=64,
+    )  # fmt: skip
     assert sum(sim.stats()["successes"].values()) == contacts
-    rows = statements(url)
     # Exactly one claim marks each paid call as sent, right before it (the exact count of
     # outcomes unknown rests on it).
     assert calls_of(rows, "INSERT INTO ob_contact (job, request_id, body, state, claim_seq") == (
@@ -103,14 +111,10 @@ async def test_the_judge_reads_seldom_when_few_calls_come(
     # Two calls a second (Octave's own regime is a few): a read of the outcomes every 0.5 s
     # would be one statement per contact; the judge stretches its reads while each brings
     # fewer sends than a verdict needs (and no 429), up to one every 4 s.
-    url = counted_database(counting_pg, "few_calls")
-    sim = make_sim(latency=Latency(0.05, 0.1))
     contacts = 16
-    write_contacts(tmp_path / "in.csv", contacts)
-    settings = sim_settings(sim.url, ledger=url, rate="2/s", timeout=2.0)
-    summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
-    assert summary["exit_code"] == 0 and summary["paid_calls"] == contacts
-    reads = calls_of(statements(url), "RETURNING id, epoch, worker, ticket, kind")
+    sim = make_sim(latency=Latency(0.05, 0.1))
+    rows = await counted_run(sim, tmp_path, counting_pg, "few_calls", contacts, rate="2/s")
+    reads = calls_of(rows, "RETURNING id, epoch, worker, ticket, kind")
     assert 1 <= reads <= contacts / 2
 
 
