@@ -104,6 +104,24 @@ async def test_a_run_costs_at_most_three_statements_per_contact_and_one_claim_pe
     assert (every - schema) / contacts <= 3.0, sorted(rows, reverse=True)[:8]
 
 
+async def test_a_turn_and_its_calls_claim_cost_one_statement_when_tasks_come_one_at_a_time(
+    make_sim: Any, tmp_path: Path, counting_pg: PgServer
+) -> None:
+    # One task: every turn is booked alone, and the booking carries the claim of the call it
+    # is for (the same database). Booked apart they were two statements per paid call.
+    contacts = 12
+    sim = make_sim(latency=Latency(0.01, 0.02))
+    rows = await counted_run(
+        sim, tmp_path, counting_pg, "carried", contacts,
+        rate="50/s", adaptive=False, concurrency=1,
+    )  # fmt: skip
+    bookings = calls_of(rows, "UPDATE ob_rate SET tat = greatest")
+    claims = calls_of(rows, "INSERT INTO ob_contact (job, request_id, body, state, claim_seq")
+    carried = calls_of(rows, "SELECT claim_seq FROM claimed")
+    assert claims == contacts  # still exactly one claim per paid call
+    assert bookings == carried == contacts
+
+
 @pytest.mark.slow
 async def test_the_judge_reads_seldom_when_few_calls_come(
     make_sim: Any, tmp_path: Path, counting_pg: PgServer

@@ -18,9 +18,13 @@ import psycopg
 import pytest
 
 from octave_bulk.errors import ClaimRefused
+from octave_bulk.limits.base import LimiterContext
+from octave_bulk.limits.pg_factory import shared_limiter
+from octave_bulk.limits.shared_pg import SharedRateLimiter
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, parse_rate_limit
 from octave_bulk.state.paths import OutputPaths
+from octave_bulk.state.pg.dsn import LedgerUrl, connect
 from octave_bulk.state.pg.store import open_pg_store
 from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
@@ -88,6 +92,51 @@ async def test_a_contact_held_by_one_run_is_refused_to_another_and_a_late_answer
         late = conn.execute("SELECT late_answers FROM ob_contact").fetchone()
         workers = conn.execute("SELECT DISTINCT state FROM ob_worker").fetchall()
     assert late == (1,) and workers == [("left",)]
+
+
+async def test_a_claim_riding_on_the_shared_limiters_booking_is_taken_and_refused_alike(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = sim_settings("http://127.0.0.1:9", ledger=db_url, rate="50/s", adaptive=False)
+    paths = OutputPaths.for_output(tmp_path / "a.ndjson")
+    limiter = shared_limiter(LimiterContext(settings))
+    assert isinstance(limiter, SharedRateLimiter)
+    elsewhere = SharedRateLimiter(lambda: connect(LedgerUrl.parse(db_url)), key="k", rate=50.0)
+    async with open_pg_store(paths, settings) as first, open_pg_store(paths, settings) as second:
+        await first.load()
+        await limiter.open()
+        await elsewhere.open()
+        try:
+            await first.claims(()).claim("c-1")
+            theirs = second.claims(())
+            held = theirs.rider("c-1")
+            ticket = await limiter.acquire_carrying(held)
+            with pytest.raises(ClaimRefused, match="held or settled by another worker"):
+                await held.claim()
+            await limiter.release(ticket)
+            free = theirs.rider("c-2")
+            await limiter.acquire_carrying(free)
+            assert ledger_holders(db_url) == {"c-1": first.worker, "c-2": second.worker}
+            await free.claim()
+            # A limiter that does not book in the ledger's database carries no claim: the
+            # claim is taken alone, right before the call.
+            alone = theirs.rider("c-3")
+            await elsewhere.acquire_carrying(alone)
+            assert "c-3" not in ledger_holders(db_url)
+            await alone.claim()
+            assert ledger_holders(db_url)["c-3"] == second.worker
+        finally:
+            await elsewhere.aclose()
+            await limiter.aclose()
+
+
+def ledger_holders(db_url: str) -> dict[str, str]:
+    """requestId -> the worker holding its claim, with its call marked as on the wire."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT request_id, holder FROM ob_contact WHERE state = 'claimed' AND sending"
+        ).fetchall()
+    return dict(rows)
 
 
 async def test_a_budget_is_held_across_runs_on_the_shared_ledger(

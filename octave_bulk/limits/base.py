@@ -26,14 +26,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from octave_bulk.errors import RefusalHints
 
 if TYPE_CHECKING:
     from octave_bulk.settings.model import Settings
+    from octave_bulk.state.store import ClaimRider
 
 __all__ = [
+    "ClaimCarrier",
     "Limiter",
     "LimiterContext",
     "LimiterFactory",
@@ -149,6 +151,18 @@ class Limiter(Protocol):
 
     def report(self) -> LimitsReport:
         """What the limiter let through and learnt, now."""
+        ...
+
+
+@runtime_checkable
+class ClaimCarrier(Protocol):
+    """A limiter that books its turns in a database may take a call's claim there in the same
+    statement, when the claims live in that database (the shared ledger's): one round trip
+    for the turn and the claim instead of two."""
+
+    async def acquire_carrying(self, rider: ClaimRider) -> Ticket:
+        """:meth:`Limiter.acquire`, taking ``rider``'s claim with the booking it makes (if it
+        makes one, in the rider's database); ``rider.claim()`` then finishes the claim."""
         ...
 
 

@@ -56,4 +56,5 @@ def shared_limiter(context: LimiterContext) -> Limiter:
         permit_lease=lease,
         judge=judge,
         found_window=WINDOW_BOUND if judge is not None and window is None else None,
+        ledger=url,
     )

@@ -4,7 +4,8 @@ worker booked ahead for its tasks.
 Contract (docs/scale-out.md, "One shared rate, one shared window"): :data:`BOOK` moves the
 GCRA row's ``tat`` by k turns (``k / rate``) in one statement, k being the tasks that wait
 for a turn at that moment but never more than :data:`HORIZON` seconds of turns, and carries
-the worker's outcomes for the judge (``limits/pg_judge.py``, ``TELL``). :class:`TurnsAhead`
+the worker's outcomes for the judge (``limits/pg_judge.py``, ``TELL``); :data:`BOOK_CARRYING`
+also a call's claim (``state/pg/call_claims.py``). :class:`TurnsAhead`
 hands those k turns out one by one, 1/rate apart: :meth:`TurnsAhead.booked` takes a booking's
 row and returns its first turn, :meth:`TurnsAhead.next` the next one still on time (a turn
 whose time passed by more than its spacing is dropped: taken that late it would be a burst,
@@ -22,8 +23,9 @@ from typing import Any
 
 from octave_bulk.limits.pg_judge import TELL
 from octave_bulk.limits.pg_window import ASKED
+from octave_bulk.state.pg.call_claims import CARRIED
 
-__all__ = ["BOOK", "HORIZON", "Turn", "TurnsAhead"]
+__all__ = ["BOOK", "BOOK_CARRYING", "HORIZON", "Turn", "TurnsAhead"]
 
 HORIZON = 0.1
 """Seconds of turns one booking may take at once, when several of this worker's tasks wait
@@ -33,10 +35,10 @@ outcomes reach the judge with the bookings (docs/scale-out.md, "One shared rate"
 
 _TURNS = "least(%(turns)s::int, greatest(1, floor(%(horizon)s * rate)::int))"
 
-BOOK = (
+_BOOK = (
     "WITH told AS ("
     + TELL
-    + ")"
+    + ")CARRIED"
     """
 UPDATE ob_rate SET tat = greatest(tat, clock_timestamp(), paused_until)
                         + make_interval(secs => TURNS / rate)
@@ -46,10 +48,17 @@ RETURNING tat, extract(epoch FROM tat - make_interval(secs => TURNS / rate) - cl
 """.replace("TURNS", _TURNS)
     + ASKED
 )
+
+BOOK = _BOOK.replace("CARRIED", "")
 """Book ``%(turns)s`` turns (at most :data:`HORIZON` seconds of them, ``%(horizon)s``) with
 the outcomes told; returns the ``tat`` left, the wait for the first turn (s), the epoch, the
 rate, the server's clock (s), the judge's window, the turns booked and what a host short of
 the shared window's permits asks every host to keep (``limits/pg_window.py``)."""
+
+
+BOOK_CARRYING = _BOOK.replace("CARRIED", CARRIED) + ", (SELECT claim_seq FROM claimed)"  # noqa: S608
+""":data:`BOOK` carrying a call's claim (``state/pg/call_claims.py``, with its parameters):
+its row ends with the claim's sequence (NULL: the contact is not this worker's to send)."""
 
 
 @dataclass(frozen=True, slots=True)

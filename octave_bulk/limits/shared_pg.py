@@ -18,10 +18,10 @@ turns came): hundreds of tasks booking at once would fill the schedule seconds a
 rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
 spacing of its time is dropped (taken late it would be a burst), and so is every turn booked
 ahead once a 429 came: the next booking, at once, tells the judge of it and takes the pause
-or the rate in force. The row lock serialises bookings; at tens of calls a second
-that is far below what one row sustains. With a judge (``limits/pg_judge.py``), each booking
-also carries this worker's outcomes since the last one, and reads back the judge's rate,
-window and pause.
+or the rate in force. The row lock serialises bookings (far below what one row sustains at
+tens of calls a second). With a judge (``limits/pg_judge.py``), each booking carries this
+worker's outcomes since the last one and reads back the judge's rate, window and pause;
+:meth:`acquire_carrying`'s also takes its call's claim (``state/pg/call_claims.py``).
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
   permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
@@ -70,9 +70,11 @@ from octave_bulk.limits.pg_judge import (
     JudgeSettings,
     Outcomes,
 )
-from octave_bulk.limits.pg_turns import BOOK, HORIZON, Turn, TurnsAhead
+from octave_bulk.limits.pg_turns import BOOK, BOOK_CARRYING, HORIZON, Turn, TurnsAhead
 from octave_bulk.limits.pg_window import SharedWindow
-from octave_bulk.state.pg.dsn import PgConnection
+from octave_bulk.state.pg.call_claims import ClaimRider as PgRider
+from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection
+from octave_bulk.state.store import ClaimRider
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket"]
 
@@ -138,6 +140,8 @@ class SharedRateLimiter:
         judge: the adaptive search's settings: this worker tells the judge every outcome and
             takes its turn at judging (``limits/pg_judge.py``); None holds ``rate`` (and the
             worker pauses everyone on each 429 itself).
+        ledger: the shared ledger's database when it is this limiter's too: a booking then
+            takes the claim of the call it books for (:meth:`acquire_carrying`).
         clock: a monotonic clock, seconds.
     """
 
@@ -155,6 +159,7 @@ class SharedRateLimiter:
         max_pause: float = 60.0,
         judge: JudgeSettings | None = None,
         found_window: int | None = None,
+        ledger: LedgerUrl | None = None,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         if rate <= 0:
@@ -165,7 +170,7 @@ class SharedRateLimiter:
         self.permit_lease, self.permit_poll = permit_lease, permit_poll
         self._connect, self.key, self._rate, self._window = connect, key, rate, window
         self.default_pause, self.max_pause = default_pause, max_pause
-        self._clock = clock
+        self._clock, self.ledger = clock, ledger
         self._conn: PgConnection | None = None
         self._stopped = anyio.Event()
         permits = window or found_window
@@ -240,19 +245,25 @@ class SharedRateLimiter:
     async def acquire(self) -> SharedRateTicket:
         """Take a permit of the shared window (if one is enforced), then book the next shared
         turn and wait for it; returns early, unbooked, once :meth:`stop` was called."""
+        return await self.acquire_carrying(None)
+
+    async def acquire_carrying(self, rider: ClaimRider | None) -> SharedRateTicket:
+        """:meth:`acquire`; a booking it makes also takes ``rider``'s claim when the claim
+        belongs to this limiter's database (``state/pg/call_claims.py``)."""
+        carried = rider if isinstance(rider, PgRider) and rider.ledger == self.ledger else None
         permit = None
         if self._permits is not None and self._permits.enforced:
             permit = await self._permits.take(math.ceil(self._rate * HORIZON))
             if permit is None and self._stopped.is_set():
                 return SharedRateTicket(None, 0, self._clock())
         async with self._turn_lock:  # one turn booked ahead per worker, not one per task
-            return await self._take_turn(permit)
+            return await self._take_turn(permit, carried)
 
-    async def _take_turn(self, permit: int | None) -> SharedRateTicket:
+    async def _take_turn(self, permit: int | None, rider: PgRider | None) -> SharedRateTicket:
         turn = self._ahead.next(self._rate)
         if turn is None:
             waiting = self._turn_lock.statistics().tasks_waiting  # will want the next turns
-            row = await self._book(1 + waiting)
+            row = await self._book(1 + waiting, rider)
             if row is None:  # stopped while the database was out of reach
                 return SharedRateTicket(None, 0, self._clock(), permit)
             if not row:
@@ -409,10 +420,10 @@ class SharedRateLimiter:
         except (psycopg.Error, StateError):
             return None
 
-    async def _book(self, turns: int) -> tuple[Any, ...] | None:
-        """Book the next ``turns`` turns (fewer when they would reach past :data:`HORIZON`),
-        waiting while the database is out of reach (never failing open: no turn, no call);
-        None once stopped, () when the row is missing."""
+    async def _book(self, turns: int, rider: PgRider | None) -> tuple[Any, ...] | None:
+        """Book the next ``turns`` turns (fewer past :data:`HORIZON`) and ``rider``'s claim in
+        one statement, waiting while the database is out of reach (never failing open: no
+        turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
             told = self._told.take()
             # the outcomes since the last booking go with it
@@ -420,8 +431,12 @@ class SharedRateLimiter:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
                 params |= {"turns": turns, "horizon": HORIZON}
-                cur = await conn.execute(BOOK.encode(), params)
-                return await cur.fetchone() or ()
+                query = BOOK if rider is None else BOOK_CARRYING
+                cur = await conn.execute(query.encode(), params | (rider.params() if rider else {}))
+                row = await cur.fetchone() or ()
+                if rider is not None:
+                    rider.took(row[-1] if row else None)
+                return row
             except (psycopg.Error, StateError):
                 self._told.put_back(told)
                 with anyio.move_on_after(self.permit_poll * 10):

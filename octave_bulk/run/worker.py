@@ -6,7 +6,8 @@ stops, and for each writes exactly one outcome to the sink (:class:`Success` or
 fatal answer stopped the run (not this contact's fault: the next run sends it again).
 
 Each attempt passes the limiter, claims an in-flight slot (so a kill -9 knows the call may have
-been paid), is sent, and reports its answer to the limiter and to :class:`RunControl`; an
+been paid; with the limiter's booking, in one round trip, when both live in one database:
+``limits/base.py``, :class:`~octave_bulk.limits.base.ClaimCarrier`), is sent, and reports its answer to the limiter and to :class:`RunControl`; an
 attempt that never left (the run stopped while it waited, a connect failure, a local error)
 is released to the limiter instead, so that it counts as nothing (``limits/base.py``). The
 first attempt is made directly: most calls succeed at once, and building tenacity's retry
@@ -36,7 +37,7 @@ from octave_bulk.errors import (
 from octave_bulk.http.async_api import Receipt
 from octave_bulk.http.client import CallSuccess, OctaveClient
 from octave_bulk.http.retry import wait_full_jitter_or_retry_after
-from octave_bulk.limits.base import Limiter, Ticket
+from octave_bulk.limits.base import ClaimCarrier, Limiter, Ticket
 from octave_bulk.observe.log import log_event
 from octave_bulk.run.admission import WorkItem
 from octave_bulk.run.control import CONTRACT_ERRORS, RunControl, Stopped
@@ -44,7 +45,7 @@ from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.jobs import PendingJob
 from octave_bulk.state.sink import Attempt, Failure, Sink, Submitted, Success
-from octave_bulk.state.store import Claims
+from octave_bulk.state.store import Claims, RidingClaims
 
 if TYPE_CHECKING:
     from octave_bulk.run.jobs import Jobs
@@ -88,6 +89,8 @@ class Worker:
     ) -> None:
         self.settings, self.stats, self.control = settings, stats, control
         self.client, self.limiter, self.slots, self.jobs = client, limiter, slots, jobs
+        self._carrier = limiter if isinstance(limiter, ClaimCarrier) else None
+        self._riders = slots if isinstance(slots, RidingClaims) else None
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(settings.max_attempts),
             wait=wait_full_jitter_or_retry_after(settings.backoff_initial, settings.backoff_max),
@@ -182,7 +185,11 @@ class Worker:
         control, limiter, stats = self.control, self.limiter, self.stats
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
-        ticket = await limiter.acquire()
+        if self._carrier is None or self._riders is None:
+            ticket, rider = await limiter.acquire(), None
+        else:  # the claim goes with the limiter's booking (one round trip for both)
+            rider = self._riders.rider(item.request_id)
+            ticket = await self._carrier.acquire_carrying(rider)
         if not control.may_send() or (  # ... and after: others may have stopped the run
             (control.budget is not None or control.credits is not None)
             and not await control.may_pay()
@@ -190,7 +197,7 @@ class Worker:
             await limiter.release(ticket)  # never sent: its place goes back
             raise Stopped
         try:
-            slot = await self.slots.claim(item.request_id)
+            slot = await (self.slots.claim(item.request_id) if rider is None else rider.claim())
         except ClaimRefused:  # another worker holds or settled it (a shared ledger): not ours
             await limiter.release(ticket)
             raise Stopped from None

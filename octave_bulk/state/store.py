@@ -48,11 +48,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallRow",
+    "ClaimRider",
     "Claims",
     "ExportMarks",
     "FinishedRun",
     "Group",
     "OutcomeRow",
+    "RidingClaims",
     "RunRecords",
     "Store",
     "StoreCounts",
@@ -160,6 +162,25 @@ class Claims(Protocol):
 
     def close(self) -> None:
         """The run's dispatch is over: claims still held stay for the next run."""
+        ...
+
+
+class ClaimRider(Protocol):
+    """One call's claim that a limiter booking its turn in the same database may take in its
+    own statement (one round trip for both; ``limits/base.py``, :class:`ClaimCarrier`)."""
+
+    async def claim(self) -> int:
+        """The claim's slot, right before the paid call: the carried claim's, or one claimed
+        now (as :meth:`Claims.claim`; raises ``ClaimRefused`` alike)."""
+        ...
+
+
+@runtime_checkable
+class RidingClaims(Protocol):
+    """Claims whose claim may ride on a limiter's statement (the shared ledger's)."""
+
+    def rider(self, request_id: str) -> ClaimRider:
+        """The claim of a call about to be sent, not taken yet."""
         ...
 
 

@@ -14,10 +14,7 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   and the people done come from ``ob_contact``, whatever local output the run writes.
   Claims of dead workers are reaped, not carried: they are sent again (counted).
 - :meth:`PgStore.claims`: a contact is claimed in **one statement committed before the paid
-  call** (inserting its row when the job did not have it): only when it is to do, or already
-  this worker's (a retry). A contact another worker holds or settled, or any contact once this
-  worker's lease is not renewed (self-fencing), raises :class:`~octave_bulk.errors.ClaimRefused`:
-  the run does not send it.
+  call**, alone or carried by the shared limiter's booking (``state/pg/call_claims.py``).
 - :meth:`PgStore.record`: a group's outcomes and calls are settled in **one statement** (one
   transaction): a success is done, a permanent failure failed, a retryable one to do again. A
   contact whose claim was lost settles only as a late success (when not done yet); otherwise
@@ -54,9 +51,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import psycopg
 
-from octave_bulk.errors import ClaimRefused, ConfigError, StateError
+from octave_bulk.errors import ConfigError, StateError
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
+from octave_bulk.state.pg.call_claims import PgClaims
 from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
 from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
 from octave_bulk.state.pg.handles import submit_statement, take_over, watch_orphans
@@ -73,24 +71,11 @@ if TYPE_CHECKING:
     from octave_bulk.state.paths import OutputPaths
 
 __all__ = [
-    "PgClaims",
     "PgStore",
     "job_name",
     "lease_seconds",
     "open_pg_store",
 ]
-
-_CLAIM_ONE = """
-WITH me AS (SELECT worker FROM ob_worker WHERE worker = %(worker)s AND state = 'live' FOR SHARE)
-INSERT INTO ob_contact (job, request_id, body, state, claim_seq, holder, claimed_at, sending)
-SELECT %(job)s, %(request_id)s, '{}', 'claimed', 1, me.worker, clock_timestamp(), true FROM me
-ON CONFLICT (job, request_id) DO UPDATE
-SET state = 'claimed', holder = excluded.holder, claimed_at = clock_timestamp(), sending = true,
-    claim_seq = ob_contact.claim_seq + (ob_contact.state = 'todo')::int
-WHERE ob_contact.state = 'todo'
-   OR (ob_contact.state = 'claimed' AND ob_contact.holder = excluded.holder)
-RETURNING claim_seq
-"""
 
 _SETTLE_GROUP = (
     "WITH settling AS MATERIALIZED (" + SETTLING + ")"  # noqa: S608 (constants only)
@@ -162,42 +147,6 @@ def lease_seconds(settings: Settings) -> float:
     """A worker's lease: at least twice the call timeout plus the drain (docs/scale-out.md,
     "Leases and self-fencing"), and at least 4 s."""
     return max(2 * settings.timeout + settings.drain_timeout, 4.0)
-
-
-class PgClaims:
-    """Claims as rows of ``ob_contact`` held by this worker (see the module docstring)."""
-
-    def __init__(self, store: PgStore) -> None:
-        self.store = store
-        self.numbers = iter(range(1, 2**62))
-
-    async def claim(self, request_id: str) -> int:
-        store = self.store
-        if not store.lease.may_send():  # cut off or frozen past half the lease: fenced
-            raise ClaimRefused("this worker's lease is not renewed: it sends nothing")
-        params = {"job": store.job, "worker": store.worker, "request_id": request_id}
-        try:
-            conn = await store.connection("claims")
-            row = await (await conn.execute(_CLAIM_ONE, params)).fetchone()
-        except psycopg.Error as exc:  # out of reach: nothing is sent
-            raise ClaimRefused(describe_failure(store.url, exc)) from None
-        except StateError as exc:
-            raise ClaimRefused(str(exc)) from None
-        if row is None:
-            raise ClaimRefused(f"{request_id}: held or settled by another worker")
-        number = next(self.numbers)
-        store.claim_seq[request_id] = int(row[0])
-        store.on_wire[number] = request_id
-        return number
-
-    def release(self, claim: int) -> None:
-        self.store.on_wire.pop(claim, None)
-
-    def settle(self, request_id: str) -> None:
-        """Nothing is carried (the view's ``outcome_unknown`` is empty)."""
-
-    def close(self) -> None:
-        """Claims still held are given back when the store closes."""
 
 
 class PgStore:
