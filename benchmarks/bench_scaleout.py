@@ -185,6 +185,7 @@ def acquire_row(url: str, count: int, workers: int) -> dict[str, Any]:
 SCHEMA = "ledger init (once per database)"
 STATEMENT_KINDS = (  # (what a statement is, a fragment only its text holds), first match wins
     ("queue claim (batch)", "ORDER BY seq LIMIT"),
+    ("booking + call claim", "SELECT claim_seq FROM claimed"),
     ("call claim (sending)", "INSERT INTO ob_contact (job, request_id, body, state, claim_seq"),
     ("booking (+ outcomes)", "UPDATE ob_rate SET tat = greatest"),
     ("judge read", "DELETE FROM ob_outcome"),
@@ -197,9 +198,10 @@ STATEMENT_KINDS = (  # (what a statement is, a fragment only its text holds), fi
     ("permit renew", "UPDATE ob_permit SET expires_at"),
     ("permit hand back", "UPDATE ob_permit SET holder = $"),
     ("turn refund", "UPDATE ob_rate SET tat = tat -"),
-    ("give back", "AND NOT request_id = ANY"),
     ("left to do", "count(*) FILTER"),
-    ("reap", "UPDATE ob_worker SET state = $1, ended_at"),
+    ("give back", "AND NOT request_id = ANY"),
+    ("reap", "ended_at = clock_timestamp() WHERE state"),
+    ("worker leaves", "ended_at = clock_timestamp() WHERE worker"),
     (SCHEMA, "ob_schema_version"),
     (SCHEMA, "CREATE "),
     (SCHEMA, "ALTER TABLE"),

@@ -202,7 +202,9 @@ def test_one_to_three_workers_share_one_rate_and_three_lone_runs_do_not(
     assert control["calls"] >= 2.5 * three["calls"], (control, three)  # ~3x the attempts
     refused_alone = control.get("rate_limited", 0) / control["calls"]
     refused_shared = three.get("rate_limited", 0) / three["calls"]
-    assert refused_alone > 0.25 and refused_shared * 10 < refused_alone, (control, three)
+    # The lone runs' refused share depends on how their starts overlap: 0.21-0.32 over 6 runs
+    # on 2026-12-05 (the shared runs: none refused).
+    assert refused_alone > 0.1 and refused_shared * 10 < refused_alone, (control, three)
 
 
 @pytest.mark.slow

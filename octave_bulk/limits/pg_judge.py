@@ -74,7 +74,7 @@ __all__ = [
 SENT, ANSWERED, REFUSED, RELEASED = 0, 1, 2, 3  # ob_outcome.kind (released: never sent)
 TICK = 0.5  # seconds between the judge's reads of the outcomes (one round trip each) ...
 SLOWEST_TICK = 4.0  # ... doubled up to this while a read brings under VERDICT sends and no 429
-TRY_EVERY = 2.0  # seconds between another worker's tries for the lock
+TRY_EVERY = 4.0  # seconds between another worker's tries for the lock (a statement each)
 
 TELL = """
 INSERT INTO ob_outcome (key, epoch, worker, ticket, kind, at, waited, retry_after, hints)

@@ -17,7 +17,8 @@ once by all the workers sharing a key.
   its next attempt takes it with no round trip while two thirds of its lease are left (longer
   than any call), else with its lease renewed in place; unused, it goes back to every host.
 - One task per worker looks for free permits in the database, once per ``poll`` seconds,
-  doubled while none is free (up to 20 x; 4 x while short), and at once when one of its
+  doubled while none is free (up to 20 x; 4 x while short; 20 x at once while it has
+  permits in use and is not short: their answers wake it), and at once when one of its
   own is freed; one look takes a permit for each task then waiting, up to the sends due
   within the next bookings' horizon (the others are spare until those tasks take them).
 - **Fair share.** A worker is *short* when another host holds two permits more than it does
@@ -216,7 +217,9 @@ class SharedWindow:
                             self._keep_spares()
                         return first
                     slowest = (4 if short else 20) * self.poll
-                    self._poll = due = min(2 * self._poll, slowest)
+                    # While ours are in use their answers wake us (``_freed``): look seldom.
+                    doubled = slowest if self._taken and not short else 2 * self._poll
+                    self._poll = due = min(doubled, slowest)
                 freed = self._freed
                 with anyio.move_on_after(due):
                     await freed.wait()

@@ -300,23 +300,27 @@ class WorkQueue:
 
     async def left(
         self, worker: str, skip: Collection[str] = (), *, submitted: bool = True
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """(contacts to do but ``skip``, contacts other workers hold claimed or, with
-        ``submitted``, submitted) in the job: what may still come this worker's way, or end
-        while it waits. A submitted contact (async) is never sent again: its holder polls it,
-        but a worker that died holds it until its lease runs out, then it is nobody's (a
-        reap leaves no holder) until a worker still there takes it over and polls it
-        (``handles.watch_orphans``). So a worker that polls waits for the others' submitted
-        contacts too; one that does not (``--detach``) does not."""
+        ``submitted``, submitted, live workers silent for longer than their lease) in the
+        job: what may still come this worker's way, or end while it waits, and whether a reap
+        would take anything back (``leases.reap``: only then is it worth its transaction). A
+        submitted contact (async) is never sent again: its holder polls it, but a worker that
+        died holds it until its lease runs out, then it is nobody's (a reap leaves no holder)
+        until a worker still there takes it over and polls it (``handles.watch_orphans``). So
+        a worker that polls waits for the others' submitted contacts too; one that does not
+        (``--detach``) does not."""
         held = ["claimed", "submitted"] if submitted else ["claimed"]
         cur = await self.conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'todo' AND NOT request_id = ANY(%s)),"
-            " count(*) FILTER (WHERE state = ANY(%s) AND holder IS DISTINCT FROM %s)"
+            " count(*) FILTER (WHERE state = ANY(%s) AND holder IS DISTINCT FROM %s),"
+            " (SELECT count(*) FROM ob_worker WHERE state = 'live'"
+            "  AND heartbeat_at < clock_timestamp() - make_interval(secs => lease_seconds))"
             " FROM ob_contact WHERE job = %s",
             (list(skip), held, worker, self.job),
         )
         row = await cur.fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
     async def settle(self, claim: Claim, outcome: Outcome) -> Settled:
         """Record an answered attempt's outcome, state and call row in one transaction.

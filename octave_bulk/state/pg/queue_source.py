@@ -117,6 +117,7 @@ class QueueSource:
         store, control, stats = self.store, self.control, self.stats
         tried: set[str] = set()
         skip: list[str] = []  # tried here and back to do: left to the other workers
+        given_back = False  # since the last claim (nothing held unsent is claimed anew)
         tasks = self.settings.concurrency
         while not control.stopping:
             if store.lease.fenced:
@@ -133,19 +134,22 @@ class QueueSource:
                 queue = WorkQueue(conn, store.job)
                 claims = await queue.claim(store.worker, room, skip)
                 if not claims:
-                    if waiting == tasks and not stats.in_flight:  # every task idle
+                    if waiting == tasks and not stats.in_flight and not given_back:  # all idle
                         for rid in await queue.give_back(store.worker, self._unrecorded()):
                             tried.discard(rid)  # dropped unsent (the ledger was away): again
                             if rid in skip:
                                 skip.remove(rid)
+                        given_back = True
                     polls = not self.settings.detach  # waits for others' async jobs
-                    todo, held = await queue.left(store.worker, skip, submitted=polls)
+                    todo, held, silent = await queue.left(store.worker, skip, submitted=polls)
                     if not todo and not held:
                         return  # drained
-                    await reap(conn)  # a silent worker's claims come back to be done
+                    if silent:
+                        await reap(conn)  # a silent worker's claims come back to be done
                     with anyio.move_on_after(_WAIT):
                         await control.stopped.wait()
                     continue
+                given_back = False
                 for claim in claims:
                     if claim.request_id in tried:  # failed here before: not again
                         skip.append(claim.request_id)
