@@ -125,6 +125,18 @@ async def test_a_claim_riding_on_the_shared_limiters_booking_is_taken_and_refuse
             assert "c-3" not in ledger_holders(db_url)
             await alone.claim()
             assert ledger_holders(db_url)["c-3"] == second.worker
+            # Reaped (silent past its lease, say), the worker fences itself at its next
+            # renewal: no booking carries its claims any more, and none is taken.
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE ob_worker SET state = 'reaped' WHERE worker = %s", (second.worker,)
+                )
+            assert not await second.lease.renew(0)
+            fenced = theirs.rider("c-4")
+            await limiter.acquire_carrying(fenced)
+            with pytest.raises(ClaimRefused, match="lease is not renewed"):
+                await fenced.claim()
+            assert "c-4" not in ledger_holders(db_url)
         finally:
             await elsewhere.aclose()
             await limiter.aclose()

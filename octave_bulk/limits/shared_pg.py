@@ -250,7 +250,7 @@ class SharedRateLimiter:
     async def acquire_carrying(self, rider: ClaimRider | None) -> SharedRateTicket:
         """:meth:`acquire`; a booking it makes also takes ``rider``'s claim when the claim
         belongs to this limiter's database (``state/pg/call_claims.py``)."""
-        carried = rider if isinstance(rider, PgRider) and rider.ledger == self.ledger else None
+        carried = rider if isinstance(rider, PgRider) and rider.rides_in(self.ledger) else None
         permit = None
         if self._permits is not None and self._permits.enforced:
             permit = await self._permits.take(math.ceil(self._rate * HORIZON))

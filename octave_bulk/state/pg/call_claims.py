@@ -99,17 +99,20 @@ class ClaimRider:
     """One call's claim, carried by a booking in the same database or taken alone (see the
     module docstring)."""
 
-    __slots__ = ("_claims", "_seq", "carried", "request_id")
+    __slots__ = ("_claims", "_seq", "carried", "ledger", "request_id")
 
     def __init__(self, claims: PgClaims, request_id: str) -> None:
         self._claims, self.request_id = claims, request_id
         self.carried = False
         self._seq: int | None = None
+        store = claims.store
+        self.ledger: LedgerUrl | None = store.url if store.lease.may_send() else None
+        """The database the claim belongs to (a booking elsewhere may not carry it); None
+        once this worker is fenced: no booking carries it, and :meth:`claim` refuses it."""
 
-    @property
-    def ledger(self) -> LedgerUrl:
-        """The database the claim belongs to (a booking elsewhere may not carry it)."""
-        return self._claims.store.url
+    def rides_in(self, ledger: LedgerUrl | None) -> bool:
+        """Whether a booking in ``ledger`` may carry the claim."""
+        return self.ledger is not None and self.ledger == ledger
 
     def params(self) -> dict[str, Any]:
         """:data:`CARRIED`'s (and :data:`CLAIM_ONE`'s) parameters."""
