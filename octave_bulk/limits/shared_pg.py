@@ -249,8 +249,8 @@ class SharedRateLimiter:
 
     async def acquire_carrying(self, rider: ClaimRider | None) -> SharedRateTicket:
         """:meth:`acquire`; a booking it makes also takes ``rider``'s claim when the claim
-        belongs to this limiter's database (``state/pg/call_claims.py``)."""
-        carried = rider if isinstance(rider, PgRider) and rider.rides_in(self.ledger) else None
+        may ride there (``ClaimRider.rides_in``, ``state/pg/call_claims.py``)."""
+        carried = rider if isinstance(rider, PgRider) else None
         permit = None
         if self._permits is not None and self._permits.enforced:
             permit = await self._permits.take(math.ceil(self._rate * HORIZON))
@@ -425,17 +425,17 @@ class SharedRateLimiter:
         one statement, waiting while the database is out of reach (never failing open: no
         turn, no call); None once stopped, () when the row is missing."""
         while not self._stopped.is_set():
-            told = self._told.take()
-            # the outcomes since the last booking go with it
+            told = self._told.take()  # the outcomes since the last booking go with it
+            carry = rider if rider is not None and rider.rides_in(self.ledger) else None
             try:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
                 params |= {"turns": turns, "horizon": HORIZON}
-                query = BOOK if rider is None else BOOK_CARRYING
-                cur = await conn.execute(query.encode(), params | (rider.params() if rider else {}))
+                query = BOOK if carry is None else BOOK_CARRYING
+                cur = await conn.execute(query.encode(), params | (carry.params() if carry else {}))
                 row = await cur.fetchone() or ()
-                if rider is not None:
-                    rider.took(row[-1] if row else None)
+                if carry is not None:
+                    carry.took(row[-1] if row else None)
                 return row
             except (psycopg.Error, StateError):
                 self._told.put_back(told)

@@ -13,10 +13,13 @@ Contract (docs/scale-out.md, "A run on the shared ledger" and "Round trips"):
   statement with :meth:`ClaimRider.params`, and hands the claim's sequence back with
   :meth:`ClaimRider.took`. :meth:`ClaimRider.claim`, right before the paid call, returns the
   claim's slot: the carried claim's, or (no booking carried it: a turn booked ahead, another
-  database) one claimed alone then. A carried claim is committed before the wait for the turn:
-  a worker killed in that wait leaves it to be reaped as an outcome unknown though its call
-  never left (the bound on calls paid twice grows by the calls waiting for a turn, never
-  shrinks); one that stops normally gives it back uncounted (it never was on the wire).
+  database, a fenced worker) one claimed alone then. A carried claim is committed before the
+  wait for the turn: a worker killed in that wait leaves it to be reaped as an outcome
+  unknown though its call never left (the bound on calls paid twice grows by at most one
+  call per worker killed: one task at a time books and waits, under the limiter's turn
+  lock); one that stops normally gives it back uncounted (it never was on the wire). The
+  claim's row locks are taken while the booking holds the shared rate row, so a claim that
+  waits (on a heartbeat, a reap of its worker) holds every host's next booking that long.
 """
 
 from __future__ import annotations
@@ -99,20 +102,18 @@ class ClaimRider:
     """One call's claim, carried by a booking in the same database or taken alone (see the
     module docstring)."""
 
-    __slots__ = ("_claims", "_seq", "carried", "ledger", "request_id")
+    __slots__ = ("_claims", "_seq", "carried", "request_id")
 
     def __init__(self, claims: PgClaims, request_id: str) -> None:
         self._claims, self.request_id = claims, request_id
         self.carried = False
         self._seq: int | None = None
-        store = claims.store
-        self.ledger: LedgerUrl | None = store.url if store.lease.may_send() else None
-        """The database the claim belongs to (a booking elsewhere may not carry it); None
-        once this worker is fenced: no booking carries it, and :meth:`claim` refuses it."""
 
     def rides_in(self, ledger: LedgerUrl | None) -> bool:
-        """Whether a booking in ``ledger`` may carry the claim."""
-        return self.ledger is not None and self.ledger == ledger
+        """Whether a booking in ``ledger`` may carry the claim now: the claim's database, and
+        this worker not fenced (asked right before each booking: a booking may wait long)."""
+        store = self._claims.store
+        return ledger == store.url and store.lease.may_send()
 
     def params(self) -> dict[str, Any]:
         """:data:`CARRIED`'s (and :data:`CLAIM_ONE`'s) parameters."""
