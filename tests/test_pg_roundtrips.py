@@ -55,6 +55,10 @@ def statements(url: str) -> list[tuple[int, str]]:
     return [(int(calls), str(query)) for calls, query in rows]
 
 
+CLAIM = "INSERT INTO ob_contact (job, request_id, body, state, claim_seq"  # before a paid call
+BOOKING = "UPDATE ob_rate SET tat = greatest"  # a shared turn's booking
+
+
 def calls_of(rows: list[tuple[int, str]], fragment: str) -> int:
     return sum(calls for calls, query in rows if fragment in query)
 
@@ -84,13 +88,11 @@ async def test_a_run_costs_at_most_three_statements_per_contact_and_one_claim_pe
     assert sum(sim.stats()["successes"].values()) == contacts
     # Exactly one claim marks each paid call as sent, right before it (the exact count of
     # outcomes unknown rests on it).
-    assert calls_of(rows, "INSERT INTO ob_contact (job, request_id, body, state, claim_seq") == (
-        contacts
-    )
+    assert calls_of(rows, CLAIM) == contacts
     # The queue is claimed in batches (one statement for several contacts), not per contact.
     assert calls_of(rows, "ORDER BY seq LIMIT") <= contacts / 3
     # Turns are booked several at once while several tasks wait for one.
-    assert calls_of(rows, "UPDATE ob_rate SET tat = greatest") <= contacts / 2
+    assert calls_of(rows, BOOKING) <= contacts / 2
     # A group settles in one statement that takes the settle lock itself: the lock is never
     # a statement (and a transaction) of its own.
     assert calls_of(rows, "AS g(request_id, claim_seq") >= 1
@@ -115,11 +117,9 @@ async def test_a_turn_and_its_calls_claim_cost_one_statement_when_tasks_come_one
         sim, tmp_path, counting_pg, "carried", contacts,
         rate="50/s", adaptive=False, concurrency=1,
     )  # fmt: skip
-    bookings = calls_of(rows, "UPDATE ob_rate SET tat = greatest")
-    claims = calls_of(rows, "INSERT INTO ob_contact (job, request_id, body, state, claim_seq")
     carried = calls_of(rows, "SELECT claim_seq FROM claimed")
-    assert claims == contacts  # still exactly one claim per paid call
-    assert bookings == carried == contacts
+    assert calls_of(rows, CLAIM) == contacts  # still exactly one claim per paid call
+    assert calls_of(rows, BOOKING) == carried == contacts
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ fatal answer stopped the run (not this contact's fault: the next run sends it ag
 
 Each attempt passes the limiter, claims an in-flight slot (so a kill -9 knows the call may have
 been paid; with the limiter's booking, in one round trip, when both live in one database:
-``limits/base.py``, :class:`~octave_bulk.limits.base.ClaimCarrier`), is sent, and reports its answer to the limiter and to :class:`RunControl`; an
-attempt that never left (the run stopped while it waited, a connect failure, a local error)
-is released to the limiter instead, so that it counts as nothing (``limits/base.py``). The
-first attempt is made directly: most calls succeed at once, and building tenacity's retry
-state costs ~18 us per contact. From the first retryable failure on, tenacity owns every
-retry decision and wait (:class:`~octave_bulk.http.retry.wait_full_jitter_or_retry_after`),
-starting with that failure.
+:class:`~octave_bulk.limits.base.ClaimCarrier`), is sent, and reports its answer to the
+limiter and to :class:`RunControl`; an attempt that never left (the run stopped while it
+waited, a connect failure, a local error) is released to the limiter instead, so that it
+counts as nothing (``limits/base.py``). The first attempt is made directly: most calls
+succeed at once, and building tenacity's retry state costs ~18 us per contact. From the first
+retryable failure on, tenacity owns every retry decision and wait
+(:class:`~octave_bulk.http.retry.wait_full_jitter_or_retry_after`), starting with that failure.
 """
 
 from __future__ import annotations
