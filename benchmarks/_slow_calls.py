@@ -15,6 +15,9 @@ Shapes (R the limit's rate; a cap's K = R x mean latency, the same throughput):
 * ``fixed``, ``moving``: a fixed or moving window of R calls per second;
 * ``quota_fixed``, ``quota_moving``: 60 R calls per minute, fixed (Retry-After: the reset)
   or moving (Retry-After: until the oldest call leaves it);
+* ``quota_clock``: the fixed one on the clock's minutes (gateways that count per calendar
+  minute), the run's first call coming :data:`CLOCK_PHASE` seconds into one: its first,
+  partial minute lets a whole quota through, so its ratio may be under 1;
 * ``cap``: K calls in flight (Retry-After: 1).
 
 Each rate shape also runs with ``+hdr``: its 429s carry what limiter libraries'
@@ -51,8 +54,10 @@ from octave_bulk.limits.adaptive import FIRST_WINDOW, WINDOW_BOUND
 from tests.limiter_model import Server, simulate
 
 SHAPES = (
-    "bucket1", "bucket2", "bucketR", "fixed", "moving", "quota_fixed", "quota_moving", "cap",
+    "bucket1", "bucket2", "bucketR", "fixed", "moving", "quota_fixed", "quota_moving",
+    "quota_clock", "cap",
 )  # fmt: skip
+CLOCK_PHASE = 40.0  # seconds into a clock minute the first call of a quota_clock cell comes
 REGIMES = ((2.0, 45.0, 0.2), (5.0, 3.0, 0.3))  # (R, median latency, sigma)
 MINUTES = (1, 5, 30)
 TARGET_SHORT, TARGET, TARGET_MEMORY, MAX_429_SHARE = 1.25, 1.10, 1.05, 0.03
@@ -97,6 +102,8 @@ class SlowCell:
         if self.shape.startswith("bucket"):
             burst = {"bucket1": 1.0, "bucket2": 2.0, "bucketR": rate}[self.shape]
             return Server(rate=rate, burst=burst, **common)
+        if self.shape == "quota_clock":
+            return Server(rate=rate, shape="fixed", period=60.0, phase=CLOCK_PHASE, **common)
         shape = self.shape.removeprefix("quota_")
         period = 60.0 if self.shape.startswith("quota") else 1.0
         return Server(rate=rate, shape=shape, period=period, **common)

@@ -8,7 +8,9 @@ like a gateway. The rate limit is one of the shapes API gateways and limiter lib
 * ``bucket``: a token bucket (``rate``, ``burst``) that starts full; its 429s say
   ``Retry-After: 1`` (``retry_after``);
 * ``fixed``: a fixed window of ``rate`` x ``period`` calls per ``period`` seconds, counted from
-  the first call (a per-minute quota: ``period`` 60); its 429s say the seconds to the reset;
+  the first call (a per-minute quota: ``period`` 60), or with ``phase`` from the clock's
+  windows, the first call coming ``phase`` seconds into one; its 429s say the seconds to the
+  reset;
 * ``moving``: a moving (sliding-log) window: a call is let through while fewer than
   ``rate`` x ``period`` were let through in the last ``period`` seconds; its 429s say the
   seconds until the oldest of them leaves the window.
@@ -45,6 +47,7 @@ class Server:
     cap: int | None = None
     shape: str = "bucket"  # bucket, fixed or moving (see the module docstring)
     period: float = 1.0  # a window's length, seconds
+    phase: float = 0.0  # a fixed window's: how far into a window the first call comes
     retry_after: float = 1.0  # what a bucket's (and a cap's) 429 says
     latency: float = 1.0
     sigma: float = 0.3
@@ -75,12 +78,13 @@ class Server:
         assert self.rate is not None
         quota = max(1, round(self.rate * self.period))
         if self.shape == "fixed":
-            if now >= self._window_start + self.period:
-                assert self.first is not None
-                elapsed = (now - self.first) // self.period * self.period
-                self._window_start = self.first + elapsed
+            assert self.first is not None
+            origin = self.first - self.phase  # windows start at origin + k x period
+            start = origin + (now - origin) // self.period * self.period
+            if start != self._window_start:
+                self._window_start = start
                 self._window.clear()
-            self.wait = math.ceil(self._window_start + self.period - now)
+            self.wait = math.ceil(start + self.period - now)
         elif self.shape == "moving":
             while self._window and self._window[0] <= now - self.period:
                 self._window.popleft()

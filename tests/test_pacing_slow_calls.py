@@ -212,6 +212,25 @@ async def test_the_simulator_s_windows_refuse_until_the_reset_and_say_when(shape
         parse_rate_limit("fixed:3/hour")
 
 
+async def test_a_clock_window_s_first_reset_comes_at_its_phase_not_a_period_after_the_first_call() -> (
+    None
+):
+    # fixed:3/min@40: the first call comes 40 s into a minute of the clock, so that minute
+    # resets 20 s later (a gateway counting per calendar minute), not 60 s after it.
+    limit = parse_rate_limit("fixed:3/min@40")
+    seconds = RetryAfterMix(seconds=1.0, date=0.0, absent=0.0)
+    async with asgi_client(rate_limit=limit, retry_after_mix=seconds) as client:
+        answers = [await client.post(RUN, json=contact(f"c{i}"), headers=HEADERS) for i in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert 15 <= int(answers[3].headers["retry-after"]) <= 20
+    for bad, error in [
+        ("moving:3/min@40", "only a fixed window"),
+        ("fixed:3/min@60", "below its period"),
+    ]:
+        with pytest.raises(ValueError, match=error):
+            parse_rate_limit(bad)
+
+
 # --- the engine: no --concurrency ------------------------------------------------------------
 
 

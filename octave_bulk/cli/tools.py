@@ -48,8 +48,8 @@ def _emails_range(text: str) -> tuple[int, int]:
     callback=parsed(sim.parse_rate_limit),
     help="Server-side token bucket, RATE[:BURST] such as 50/s:5 or 600/min: BURST calls (>= 1; "
     "default a tenth of a second's worth, at least 1) pass at once, then RATE; or a window, "
-    "fixed:COUNT/UNIT or moving:COUNT/UNIT such as fixed:120/min (Retry-After: the reset); "
-    "none to disable.",
+    "fixed:COUNT/UNIT or moving:COUNT/UNIT such as fixed:120/min (Retry-After: the reset; "
+    "fixed:120/min@40: on the clock's minutes, the first call 40 s into one); none to disable.",
 )
 @click.option(
     "--max-inflight",

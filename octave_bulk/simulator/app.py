@@ -86,7 +86,8 @@ class Simulator:
             self._bucket = TokenBucket(limit.rate * scale, limit.burst)
         elif limit is not None:
             moving = limit.shape == "moving"
-            self._bucket = Window(limit.quota, limit.period / scale, moving=moving)
+            period = limit.period / scale
+            self._bucket = Window(limit.quota, period, moving=moving, phase=limit.phase / scale)
         self.first_call_at: float | None = None
         self.limit_change_at: float | None = None
         self.calls: Counter[str] = Counter()

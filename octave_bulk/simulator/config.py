@@ -8,7 +8,10 @@
   Without ``:BURST`` it is a tenth of a second's worth, at least 1 (``50/s`` -> 5).
   ``fixed:COUNT/UNIT`` is a fixed window instead: COUNT calls per second (``/s``) or per
   minute (``/min``, a per-minute quota), counted from the first call, then 429s until the
-  window resets, their Retry-After the seconds to the reset (``fixed:120/min``);
+  window resets, their Retry-After the seconds to the reset (``fixed:120/min``); with
+  ``@SECONDS`` its windows are the clock's, the first call coming SECONDS into one (as
+  gateways that count per calendar minute do: the first window is a partial one,
+  ``fixed:120/min@40``);
   ``moving:COUNT/UNIT`` a moving (sliding-log) window: a call passes while fewer than COUNT
   passed in the last second or minute, the Retry-After the seconds until the oldest of them
   leaves it. These are the shapes widely used limiter libraries offer (fixed window, moving
@@ -105,6 +108,8 @@ class RateLimit:
     burst: float
     shape: str = "bucket"
     period: float = 1.0
+    phase: float = 0.0
+    """A fixed window's: how far into a window the first call comes, seconds (unscaled)."""
 
     @property
     def quota(self) -> int:
@@ -117,6 +122,9 @@ class RateLimit:
             raise ValueError(msg)
         if not (math.isfinite(self.burst) and self.burst >= 1):
             msg = "rate-limit burst must be >= 1"
+            raise ValueError(msg)
+        if not (0 <= self.phase < self.period):
+            msg = "a fixed window's @SECONDS must be >= 0 and below its period"
             raise ValueError(msg)
 
 
@@ -247,12 +255,17 @@ def parse_latency(text: str) -> Latency:
 
 def parse_rate_limit(text: str) -> RateLimit | None:
     """Parse ``none``, ``RATE[:BURST]`` (the burst defaults to one second's worth / 10, min 1)
-    or ``fixed:COUNT/UNIT`` / ``moving:COUNT/UNIT`` (a window of a second or a minute)."""
+    or ``fixed:COUNT/UNIT[@SECONDS]`` / ``moving:COUNT/UNIT`` (a window of a second or a
+    minute; ``@SECONDS``: the fixed window's phase at the first call)."""
     text = text.strip().lower()
     if text in {"", "none", "off", "0"}:
         return None
     shape, _, window = text.partition(":")
     if shape in {"fixed", "moving"}:
+        window, at, phase_text = window.partition("@")
+        if at and shape != "fixed":
+            msg = "only a fixed window takes @SECONDS (its phase at the first call)"
+            raise ValueError(msg)
         count_text, _, unit = window.partition("/")
         periods = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "m": 60.0, "minute": 60.0}
         try:
@@ -263,7 +276,8 @@ def parse_rate_limit(text: str) -> RateLimit | None:
         if count < 1:
             msg = f"a {shape} window lets at least 1 call through"
             raise ValueError(msg)
-        return RateLimit(rate=count / period, burst=1.0, shape=shape, period=period)
+        phase = _parse_seconds(phase_text) if at else 0.0
+        return RateLimit(count / period, 1.0, shape=shape, period=period, phase=phase)
     rate_text, _, burst_text = text.partition(":")
     rate = parse_rate(rate_text)  # the same rates as the client's --rate
     if rate is None:

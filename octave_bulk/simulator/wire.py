@@ -110,8 +110,8 @@ class Window:
     seconds until a call would pass (a fixed window's reset, a moving window's oldest call
     leaving it)."""
 
-    def __init__(self, quota: int, period: float, *, moving: bool) -> None:
-        self.quota, self.period, self.moving = quota, period, moving
+    def __init__(self, quota: int, period: float, *, moving: bool, phase: float = 0.0) -> None:
+        self.quota, self.period, self.moving, self.phase = quota, period, moving, phase
         self.passed: deque[float] = deque()  # the calls let through in the (current) window
         self.start: float | None = None  # a fixed window's start
         self.change: tuple[float, float] | None = None
@@ -127,8 +127,8 @@ class Window:
                 passed.popleft()
             wait = passed[0] + self.period - now if passed else 0.0
         else:
-            if self.start is None:
-                self.start = now
+            if self.start is None:  # the first call comes ``phase`` into a window
+                self.start = now - self.phase
             if now >= self.start + self.period:
                 self.start += (now - self.start) // self.period * self.period
                 passed.clear()
