@@ -13,16 +13,14 @@ Two things outlive an epoch and are kept here:
   stretch of refusals began, over the time from its start to the reset, is the window's rate
   (``window_rate``), where a bucket's estimate (the share accepted since the first refusal,
   zero until the reset) would read the wait as a far slower rate. The 429s count as a
-  window's only when many come in a row (one, once a period is known and the window was spent
-  early) and point well past themselves (see :meth:`window_rate`): a bucket's or a cap's say
-  a second or so. The server may be wrong (or lie): the rate derived is an estimate that the
-  limiter probes like any other.
+  window's only when many come in a row and point well past themselves (see
+  :meth:`window_rate`): a bucket's or a cap's say a second or so. The server may be wrong (or lie):
+  the rate derived is an estimate that the limiter probes like any other.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import statistics
 from collections import deque
 
@@ -121,28 +119,13 @@ class Evidence:
         if retry_after is None or self.window_start is None or now <= self.window_start:
             return None
         gaps = _RESET_GAPS / rate if rate else 0.0
-        if in_row < self._row_needed(now, retry_after) or retry_after < max(
-            gaps, 2 * (now - self._row_since)
-        ):
+        if in_row < _RESET_ROW or retry_after < max(gaps, 2 * (now - self._row_since)):
             return None
         start, reset = self.window_start, now + retry_after
         self.period = reset - start
         window_rate = max(1, self.window_sent - self.window_refused) / self.period
         self.window_start, self.window_sent, self.window_refused = reset, 0, 0
         return window_rate
-
-    def _row_needed(self, now: float, retry_after: float) -> int:
-        """429s in a row that make a spent window: one when a window's period is known and
-        this one was spent early (a quarter of the period or more still to wait) or outlasts
-        the period believed (the first window of a run that began mid-window reads short),
-        else :data:`_RESET_ROW`. At a window's end, a quota paced right is refused now and
-        then with its reset near: that is no spent window."""
-        period, start = self.period, self.window_start
-        if period is None or start is None:
-            return _RESET_ROW
-        due = start + period * math.ceil((now - start) / period)  # the reset believed next
-        early = retry_after >= period / 4 or now + retry_after > due + 0.05 * period
-        return 1 if early else _RESET_ROW
 
     def accepted_again(self) -> None:
         """A call sent after the last 429 was accepted: the 429s in a row are over."""
