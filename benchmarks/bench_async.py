@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="contacts of the headline cells")
     args = parser.parse_args()
     smoke = args.smoke
-    n = 300 if smoke else args.n
+    n = 150 if smoke else args.n
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:

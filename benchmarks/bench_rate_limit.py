@@ -114,9 +114,9 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; judged on the median")
     parser.add_argument("--cases", default="abc", help="which cases to run, e.g. ab")
-    parser.add_argument("--smoke", action="store_true", help="300 contacts")
+    parser.add_argument("--smoke", action="store_true", help="150 contacts")
     args = parser.parse_args()
-    n = 300 if args.smoke else args.contacts
+    n = 150 if args.smoke else args.contacts
     ideal = n / R
     cap = ideal * (5 if args.smoke else 10)
     rows, verdicts = [], []

@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=5000, help="the claims case")
     parser.add_argument("--cell-contacts", type=int, default=600, help="per matrix cell")
     parser.add_argument("--acquires", type=int, default=2000)
-    parser.add_argument("--smoke", action="store_true", help="500 contacts, 300 acquires")
+    parser.add_argument("--smoke", action="store_true", help="250 contacts, 300 acquires")
     parser.add_argument(
         "--regimes",
         nargs="+",
@@ -371,7 +371,7 @@ def main() -> None:
         url, count = args.acquire_worker
         print(json.dumps(asyncio.run(acquire_latencies(url, "bench", int(count), go=True))))
         return
-    contacts, acquires = (500, 300) if args.smoke else (args.contacts, args.acquires)
+    contacts, acquires = (250, 300) if args.smoke else (args.contacts, args.acquires)
     cell_contacts = 60 if args.smoke else args.cell_contacts
     rows = []
     with running_postgres() as server:

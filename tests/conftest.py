@@ -18,6 +18,26 @@ DATA = Path(__file__).parent / "data"
 TEST_KEY = "oct_test_key_do_not_leak_7f3a9c"
 
 
+# Modules whose tests measure rates, 429 shares or lease timings against real processes and
+# real clocks: under pytest-xdist (pyproject's addopts) they all run on one worker, one after
+# another, never two of them at once (the other worker runs the rest beside them).
+MEASURED = {
+    "test_engine",
+    "test_limits",
+    "test_pacing_hints",
+    "test_pacing_slow_calls",
+    "test_probe",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module.startswith("test_pg_") or module in MEASURED:
+            item.add_marker(pytest.mark.xdist_group("measured"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

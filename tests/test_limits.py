@@ -91,14 +91,25 @@ async def test_an_isolated_429_neither_pauses_nor_slows_the_pool() -> None:
 
 @pytest.mark.slow
 async def test_a_retry_after_beyond_the_longest_pause_is_clamped_and_counted() -> None:
-    limiter = AdaptiveLimiter(None, 64, max_pause=5.0, sleep=_no_wait)
+    clock = _ScriptedClock()
+    limiter = AdaptiveLimiter(None, 64, max_pause=5.0, clock=clock, sleep=clock.sleep)
     pauses = [await limiter.on_429(await limiter.acquire(), 86400.0) for _ in range(10)]
     assert max(pauses) == 5.0  # refused everything: the pool waits, 5 s at most
     assert limiter.report().retry_after_clamped == 10
+    assert clock.now >= 5.0  # the pauses were waited, on the scripted clock
 
 
-async def _no_wait(_seconds: float) -> None:
-    """A sleep for scripted tests: the limiter's waits pass at once."""
+class _ScriptedClock:
+    """A clock for scripted tests: the limiter's waits move it on at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
 
 
 async def test_stop_wakes_every_waiter() -> None:

@@ -340,8 +340,10 @@ async def _frozen_worker(url: str) -> None:
         lease = await _worker(beats, "frozen", lease=2.0)
         claims = await WorkQueue(conn, "nightly").claim("frozen", 2, sending=True)
         renewing = asyncio.ensure_future(lease.keep_renewed())
-        print("ready", flush=True)
+        # The clock is read before "ready": the freeze may land at once, and a reading taken
+        # after it would hide the gap (the loop below then watches for a minute).
         last, may_send_on_waking = time.monotonic(), None
+        print("ready", flush=True)
         for _ in range(3000):  # its calls are in flight: it watches whether it may still send
             await asyncio.sleep(0.02)
             now = time.monotonic()
