@@ -52,7 +52,7 @@ from octave_bulk.limits.gate import AdaptiveTicket, Gate, Waits
 from octave_bulk.limits.verdicts import VERDICT
 from octave_bulk.observe.log import log_event
 from octave_bulk.state.limits import to_remember
-from octave_bulk.state.pg.dsn import PgConnection
+from octave_bulk.state.pg.dsn import PgConnection, out_of_reach
 
 __all__ = [
     "ANSWERED",
@@ -253,7 +253,9 @@ class Judge:
                 while not await self._try_lock(conn):  # noqa: ASYNC110 (the server's lock)
                     await anyio.sleep(TRY_EVERY)
                 await self._judge(conn)
-            except psycopg.Error:
+            except psycopg.Error as exc:
+                if not out_of_reach(exc):  # refused (a table missing): the workers will stop
+                    log_event("judge_failed", error=f"{type(exc).__name__}: {exc}")
                 await anyio.sleep(TRY_EVERY)
             except Exception as exc:  # a bug must not stop the run: the rate published holds
                 log_event("judge_failed", error=f"{type(exc).__name__}: {exc}")

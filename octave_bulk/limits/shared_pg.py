@@ -7,12 +7,10 @@ workspace URL + agent), however many hosts they run on. Its shape is the limiter
 ``report``), so the engine drives it as it drives the in-process limiter.
 
 How (the generic cell rate algorithm, as redis-cell and Inngest's Lua script do it, here in SQL):
-the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``. Each :meth:`acquire` is
-**one** ``UPDATE … RETURNING``: ``tat = greatest(tat, now, paused_until) + 1/rate``, where
-``now`` is ``clock_timestamp()`` (the server's clock: hosts' clocks never matter). The turn
-booked is ``tat - 1/rate``; the caller sleeps until it (the wait comes back from the server as
-a duration). Turns are spaced exactly ``1/rate`` apart whoever books them, so N workers get R in
-all, not N x R. A worker books for the tasks waiting for a turn at that moment, in one
+the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``; each :meth:`acquire` is
+**one** ``UPDATE … RETURNING``: ``tat = greatest(tat, now, paused_until) + 1/rate``, ``now``
+the server's ``clock_timestamp()``. The turn booked is ``tat - 1/rate`` (the wait comes back as
+a duration): turns are ``1/rate`` apart whoever books them, N workers get R in all. A worker books for the tasks waiting for a turn at that moment, in one
 statement, but never past :data:`HORIZON` seconds of turns (its next booking comes once those
 turns came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a
 rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
@@ -37,9 +35,9 @@ worker's outcomes since the last one and reads back the judge's rate, window and
 - :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
   waiter is lost, once).
 
-While the database is out of reach :meth:`acquire` waits (the worker must not send without
-its turn: no call leaves without the database's say-so, so PostgreSQL being down stops
-sending; it never fails open), and goes on on a new connection when the server is back.
+While the database is out of reach :meth:`acquire` waits (no call leaves without its turn:
+it never fails open) and goes on on a new connection when the server is back; a statement the
+server refuses (``state/pg/dsn.out_of_reach``: a table missing) raises: no wait mends it.
 """
 
 from __future__ import annotations
@@ -72,8 +70,9 @@ from octave_bulk.limits.pg_judge import (
 )
 from octave_bulk.limits.pg_turns import BOOK, BOOK_CARRYING, HORIZON, Turn, TurnsAhead
 from octave_bulk.limits.pg_window import SharedWindow
+from octave_bulk.redact import scrub
 from octave_bulk.state.pg.call_claims import ClaimRider as PgRider
-from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection
+from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, out_of_reach
 from octave_bulk.state.store import ClaimRider
 
 __all__ = ["SharedRateLimiter", "SharedRateTicket"]
@@ -103,11 +102,9 @@ class SharedRateTicket(Ticket):
     booked_tat: dt.datetime | None
     epoch: int
     send_at: float
-    permit: int | None = None
-    """The shared window's permit held (its slot), None without a shared window."""
+    permit: int | None = None  # the shared window's permit held (its slot); None: no window
     settled: bool = False
-    number: int = 0
-    """Its number among this limiter's tickets (the judge's name for it, with the holder's)."""
+    number: int = 0  # its number among this limiter's tickets (the judge's name for it)
 
 
 @dataclass(slots=True)
@@ -123,19 +120,16 @@ class SharedRateLimiter:
     """A GCRA rate shared through PostgreSQL by every worker with the same ``key``.
 
     Args:
-        connect: opens this limiter's own connection (autocommit), e.g.
-            ``lambda: connect(url)``; called by :meth:`open`.
+        connect: opens this limiter's own connection (autocommit), by :meth:`open`.
         key: what the rate belongs to (a workspace URL + agent).
         rate: the known rate, attempts per second in all (published on the row at open).
-        window: the calls in flight let through by all workers together (leased permits);
-            None for no shared cap (but see ``found_window``).
+        window: the calls in flight let through in all (leased permits); None: no cap.
         found_window: with no ``window``: enforce the window a judge publishes
             (``ob_rate.window_size``) while it publishes one, up to this many permits.
         holder: this limiter's name on the permits it holds (unique across hosts).
         permit_lease: seconds a permit stays held without :meth:`renew_permits`.
         permit_poll: seconds between looks for a free permit.
-        default_pause: the shared pause after a 429 without a Retry-After, seconds (without
-            a judge: with one, the judge decides the pauses).
+        default_pause: the shared pause after a 429 with no Retry-After and no judge, s.
         max_pause: the longest shared pause a Retry-After may ask for, seconds.
         judge: the adaptive search's settings: this worker tells the judge every outcome and
             takes its turn at judging (``limits/pg_judge.py``); None holds ``rate`` (and the
@@ -244,7 +238,11 @@ class SharedRateLimiter:
 
     async def acquire(self) -> SharedRateTicket:
         """Take a permit of the shared window (if one is enforced), then book the next shared
-        turn and wait for it; returns early, unbooked, once :meth:`stop` was called."""
+        turn and wait for it; returns early, unbooked, once :meth:`stop` was called.
+
+        Raises:
+            StateError: the database refused the booking (not out of reach: a table missing,
+                a permission denied), which no wait mends."""
         return await self.acquire_carrying(None)
 
     async def acquire_carrying(self, rider: ClaimRider | None) -> SharedRateTicket:
@@ -423,7 +421,7 @@ class SharedRateLimiter:
     async def _book(self, turns: int, rider: PgRider | None) -> tuple[Any, ...] | None:
         """Book the next ``turns`` turns (fewer past :data:`HORIZON`) and ``rider``'s claim in
         one statement, waiting while the database is out of reach (never failing open: no
-        turn, no call); None once stopped, () when the row is missing."""
+        turn, no call; a statement refused raises); None once stopped, () with no row."""
         while not self._stopped.is_set():
             told = self._told.take()  # the outcomes since the last booking go with it
             carry = rider if rider is not None and rider.rides_in(self.ledger) else None
@@ -437,8 +435,10 @@ class SharedRateLimiter:
                 if carry is not None:
                     carry.took(row[-1] if row else None)
                 return row
-            except (psycopg.Error, StateError):
+            except (psycopg.Error, StateError) as exc:
                 self._told.put_back(told)
+                if not out_of_reach(exc):
+                    raise StateError(f"the shared rate's database: {scrub(str(exc))}") from None
                 with anyio.move_on_after(self.permit_poll * 10):
                     await self._stopped.wait()
         return None

@@ -9,6 +9,7 @@ one); a second cancels at once. Every stop is resumable.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -69,8 +70,8 @@ class RunControl:
         self.dispatch_scope = anyio.CancelScope()
         self.stopped = anyio.Event()  # wakes every sleeping worker when the run stops
         self.halted = anyio.Event()
-        """Set once the run stops by signal or a fatal answer: work that the next run can do
-        as well (polling async jobs) ends at once."""
+        """Set once the run stops by signal, a fatal answer or a ledger failure: work that the
+        next run can do as well (polling async jobs) ends at once."""
         self.limiter: Limiter | None = None
         self.detail: str | None = None  # the reason in words, when a count decided the stop
         self.budget: Allowance | None = None  # the --budget's holds in the ledger
@@ -84,6 +85,16 @@ class RunControl:
     def stopping(self) -> bool:
         """True once the run stops dispatching."""
         return self.reason is not None
+
+    def ledger_failed(self, exc: Exception) -> None:
+        """A database the run depends on refused a statement (no wait mends it: a table
+        missing, a permission denied): the run stops (``StopReason.LEDGER``), its polls too
+        (the jobs left are the next run's), and ``detail`` says why."""
+        log_event("ledger_failed", level=logging.ERROR, error=str(exc))
+        if self.reason is None:
+            self.detail = str(exc)
+        self.stop(StopReason.LEDGER)
+        self.halted.set()
 
     def stop(self, reason: StopReason) -> None:
         """Stop dispatching; calls in flight finish within ``drain_timeout`` (then cancelled)."""

@@ -49,6 +49,7 @@ from octave_bulk.errors import (
     ErrorKind,
     FatalApiError,
     RetryableApiError,
+    StateError,
     TerminalApiError,
 )
 from octave_bulk.http.async_api import JobAnswer, JobState
@@ -248,7 +249,11 @@ class Jobs:
     async def _poll(self, live: LiveJob) -> None:
         """Poll one due job (through the poll budget and the limiter) and act on the answer."""
         await self._timing.spend(len(self._live))
-        ticket = await self.limiter.acquire()
+        try:
+            ticket = await self.limiter.acquire()
+        except StateError as exc:  # a limiter's database refused it: the run stops
+            self.control.ledger_failed(exc)
+            return
         if self._polling_over():
             await self.limiter.release(ticket)  # never sent
             return

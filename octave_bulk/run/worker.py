@@ -10,7 +10,8 @@ been paid; with the limiter's booking, in one round trip, when both live in one 
 :class:`~octave_bulk.limits.base.ClaimCarrier`), is sent, and reports its answer to the
 limiter and to :class:`RunControl`; an attempt that never left (the run stopped while it
 waited, a connect failure, a local error) is released to the limiter instead, so that it
-counts as nothing (``limits/base.py``). The first attempt is made directly: most calls
+counts as nothing (``limits/base.py``). A limiter whose database refuses a statement (a
+:class:`StateError`) stops the run (``StopReason.LEDGER``). The first attempt is made directly: most calls
 succeed at once, and building tenacity's retry state costs ~18 us per contact. From the first
 retryable failure on, tenacity owns every retry decision and wait
 (:class:`~octave_bulk.http.retry.wait_full_jitter_or_retry_after`), starting with that failure.
@@ -33,6 +34,7 @@ from octave_bulk.errors import (
     ErrorKind,
     FatalApiError,
     RetryableApiError,
+    StateError,
 )
 from octave_bulk.http.async_api import Receipt
 from octave_bulk.http.client import CallSuccess, OctaveClient
@@ -185,11 +187,15 @@ class Worker:
         control, limiter, stats = self.control, self.limiter, self.stats
         if not control.may_send():  # checked before waiting for the limiter...
             raise Stopped
-        if self._carrier is None or self._riders is None:
-            ticket, rider = await limiter.acquire(), None
-        else:  # the claim goes with the limiter's booking (one round trip for both)
-            rider = self._riders.rider(item.request_id)
-            ticket = await self._carrier.acquire_carrying(rider)
+        try:
+            if self._carrier is None or self._riders is None:
+                ticket, rider = await limiter.acquire(), None
+            else:  # the claim goes with the limiter's booking (one round trip for both)
+                rider = self._riders.rider(item.request_id)
+                ticket = await self._carrier.acquire_carrying(rider)
+        except StateError as exc:  # a limiter's database refused it: no wait mends that
+            control.ledger_failed(exc)
+            raise Stopped from None
         if not control.may_send() or (  # ... and after: others may have stopped the run
             (control.budget is not None or control.credits is not None)
             and not await control.may_pay()

@@ -6,7 +6,8 @@ so logs, files and tracebacks show ``***`` for it; :attr:`LedgerUrl.display` is 
 the password, the only form printed. :func:`connect` opens an autocommit connection (each
 statement is its own transaction unless a caller opens one) and turns every failure into a
 :class:`~octave_bulk.errors.StateError` whose message names the server by its display form and
-never carries the password (whatever the driver put in its message).
+never carries the password (whatever the driver put in its message). :func:`out_of_reach`
+tells a failure that passes by itself (waited out) from one that does not (the run stops).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from octave_bulk.errors import ConfigError, StateError
 from octave_bulk.redact import MASK, register_secret, scrub
 
-__all__ = ["LedgerUrl", "PgConnection", "connect", "describe_failure"]
+__all__ = ["LedgerUrl", "PgConnection", "connect", "describe_failure", "out_of_reach"]
 
 PgConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 """An open connection to the shared ledger (rows as tuples)."""
@@ -75,6 +76,18 @@ def _hide(text: str, dsn: str) -> str:
     except psycopg.Error:
         return MASK  # unreadable: show nothing of it
     return text.replace(str(password), MASK) if password else scrub(text)
+
+
+def out_of_reach(exc: BaseException) -> bool:
+    """Whether a database failure passes by itself, so that waiting is right: the connection
+    failed or was cut (a server restarting, the network; psycopg's ``OperationalError``, which
+    covers deadlocks, serialization failures and cancelled statements too, and
+    ``InterfaceError``), a standby refusing writes during a failover, or a
+    :class:`~octave_bulk.errors.StateError` from :func:`connect`. Any other failure is a
+    statement the server refuses (a missing table or column, a permission denied): waiting
+    does not mend it, and the run stops on it rather than wait for ever."""
+    waited_out = (psycopg.OperationalError, psycopg.InterfaceError, StateError)
+    return isinstance(exc, (*waited_out, psycopg.errors.ReadOnlySqlTransaction))
 
 
 def describe_failure(url: LedgerUrl, exc: BaseException) -> str:

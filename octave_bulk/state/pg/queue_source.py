@@ -23,7 +23,8 @@ task (``BatchRun.source``). It runs in two steps:
    still holds but never sent (its call refused while the ledger was out of reach) is given
    back, so that no two workers wait on each other's leftovers. A worker whose lease lapsed waits
    (the database out of reach: it resumes when it returns); one reaped stops the run
-   (``StopReason.LEDGER``): a new worker may join instead.
+   (``StopReason.LEDGER``): a new worker may join instead, and so does a statement the
+   database refuses (``dsn.out_of_reach``: no wait mends a table missing).
 
 ``stats.queued`` counts what this worker took from the queue (what it may send), not what it
 enqueued.
@@ -47,7 +48,7 @@ from octave_bulk.run.summary import RunStats
 from octave_bulk.settings.model import Settings
 from octave_bulk.state.pg.claims import Claim, WorkQueue
 from octave_bulk.state.pg.claims import WorkItem as Enqueued
-from octave_bulk.state.pg.dsn import describe_failure
+from octave_bulk.state.pg.dsn import describe_failure, out_of_reach
 from octave_bulk.state.pg.leases import reap
 from octave_bulk.state.pg.store import PgStore
 from octave_bulk.state.store import Store
@@ -172,7 +173,12 @@ class QueueSource:
         return waiting | set(store.claim_seq)
 
     async def _unreachable(self, exc: Exception) -> None:
+        """Wait a while for a database out of reach; one that refused the statement stops
+        the run (no wait mends it)."""
         text = exc if isinstance(exc, StateError) else describe_failure(self.store.url, exc)
+        if not out_of_reach(exc):
+            self.control.ledger_failed(StateError(str(text)))
+            return
         log_event("ledger_unreachable", level=logging.WARNING, error=str(text))
         with anyio.move_on_after(_WAIT):
             await self.control.stopped.wait()
