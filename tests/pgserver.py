@@ -17,7 +17,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 __all__ = [
     "PgServer",
@@ -47,12 +48,6 @@ def find_binaries() -> Path | None:
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
     )
     return versions[-1].parent if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(slots=True)
@@ -126,7 +121,7 @@ def running_postgres() -> Iterator[PgServer]:
         bin_dir=bin_dir,
         data_dir=root / "data",
         socket_dir=root,
-        port=_free_port(),
+        port=free_port(),
         password=secrets.token_urlsafe(18),
         as_postgres=as_postgres,
     )
@@ -151,7 +146,7 @@ def running_postgres() -> Iterator[PgServer]:
             except RuntimeError:
                 if attempt == 2:
                     raise
-                server.port = _free_port()  # taken between the probe and the start: another
+                server.port = free_port()  # taken between the probe and the start: another
         yield server
     finally:
         with contextlib.suppress(Exception):

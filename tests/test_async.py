@@ -21,6 +21,7 @@ from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
 from tests.helpers import Run, read_lines, side, sim_settings, write_contacts
+from tests.ports import free_port
 
 FAST_POLLS = {"mode": "async", "poll_interval_min": 0.05, "poll_interval_max": 0.5}
 
@@ -97,7 +98,7 @@ def test_a_kill_9_loses_no_paid_call_the_next_run_polls_its_handles(
 
 @pytest.mark.slow
 def test_callbacks_and_polls_feed_one_completion_path(make_sim: Any, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     sim = make_sim(latency=parse_latency("200ms"))
     rids = write_contacts(tmp_path / "in.csv", 60)
     out = tmp_path / "out.ndjson"
@@ -247,9 +248,3 @@ def _poll_config(tmp_path: Path) -> Path:
     config = tmp_path / "polls.toml"
     config.write_text("poll_interval_min = 0.1\npoll_interval_max = 0.5\n")
     return config
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -25,12 +25,7 @@ from octave_bulk.simulator import SimulatorConfig, parse_latency
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from tests.conftest import TEST_KEY
 from tests.helpers import Run, read_lines, side, write_contacts
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.ports import free_port
 
 
 def _config(tmp_path: Path, **values: float) -> Path:
@@ -69,7 +64,7 @@ def test_a_key_echoed_by_async_submits_polls_and_callbacks_is_in_no_file(tmp_pat
     write_contacts(tmp_path / "in.csv", 10)
     out = tmp_path / "out" / "o.ndjson"
     out.parent.mkdir()
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "out" / "run.log"
     config = SimulatorConfig(latency=parse_latency("300ms"))
     with serve_hostile(config, HostileConfig(forced=forced)) as sim:
@@ -125,7 +120,7 @@ def test_each_callback_brings_one_poll_of_its_job_whose_answer_is_the_result(
     # and once three jobs are done their typical time brings the others' polls forward.
     write_contacts(tmp_path / "in.csv", 30)
     out = tmp_path / "out.ndjson"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "slow.toml"
     config.write_text("poll_interval_min = 120\npoll_interval_max = 120\njob_timeout = 60\n")
     with serve_hostile(SimulatorConfig(latency=parse_latency("300ms"))) as sim:
@@ -147,7 +142,7 @@ def test_a_forged_callback_is_never_recorded_and_other_paths_get_404(tmp_path: P
     forced = {"c-00000": "callback_forged_done", "c-00001": "callback_forged_failed"}
     rids = write_contacts(tmp_path / "in.csv", 12)
     out = tmp_path / "out.ndjson"
-    port = _free_port()
+    port = free_port()
     config = SimulatorConfig(latency=parse_latency("2s"))
     with serve_hostile(config, HostileConfig(forced=forced)) as sim:
         run = Run(sim.url, tmp_path / "in.csv", out, *_async_args(tmp_path, port))
@@ -203,7 +198,7 @@ class _Listening:
 
     def __init__(self, url: str, tmp_path: Path, contacts: int, files: int, *extra: str) -> None:
         write_contacts(tmp_path / "in.csv", contacts)
-        self.out, self.port = tmp_path / "out.ndjson", _free_port()
+        self.out, self.port = tmp_path / "out.ndjson", free_port()
         self.stdout, self.stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         command = [
             sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),

@@ -13,7 +13,6 @@ import asyncio
 import csv
 import functools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from octave_bulk.state.store import Group
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, sim_settings, write_contacts
 from tests.pgserver import PgServer
+from tests.ports import free_port
 
 FAST_POLLS = {"mode": "async", "poll_interval_min": 0.05, "poll_interval_max": 0.5}
 
@@ -331,7 +331,7 @@ async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_an
     sim = make_sim(latency=parse_latency("5s"))
     write_contacts(tmp_path / "b.csv", 3)
     theirs = write_contacts(tmp_path / "a.csv", 3, start=100)
-    port = _free_port()
+    port = free_port()
     listening = {
         "callback_url": f"http://127.0.0.1:{port}/octave",
         "callback_listen": f"127.0.0.1:{port}",
@@ -363,9 +363,3 @@ async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_an
     assert all(_ledger(db_url)[rid][0] == "done" for rid in results)
     assert _submits(sim) == 6 and "asyncReqID_forged" not in results.values()
     assert summary["async_jobs"]["callbacks"]["received"] >= 4
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
