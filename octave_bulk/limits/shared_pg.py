@@ -10,10 +10,10 @@ How (the generic cell rate algorithm, as redis-cell and Inngest's Lua script do 
 the row ``ob_rate(key)`` holds the theoretical arrival time ``tat``; each :meth:`acquire` is
 **one** ``UPDATE … RETURNING``: ``tat = greatest(tat, now, paused_until) + 1/rate``, ``now``
 the server's ``clock_timestamp()``. The turn booked is ``tat - 1/rate`` (the wait comes back as
-a duration): turns are ``1/rate`` apart whoever books them, N workers get R in all. A worker books for the tasks waiting for a turn at that moment, in one
-statement, but never past :data:`HORIZON` seconds of turns (its next booking comes once those
-turns came): hundreds of tasks booking at once would fill the schedule seconds ahead, at a
-rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
+a duration): turns are ``1/rate`` apart whoever books them, N workers get R in all. A worker
+books for the tasks waiting for a turn then, in one statement, never past :data:`HORIZON`
+seconds of turns (its next booking comes once those turns came): hundreds of tasks booking at
+once would fill the schedule seconds ahead, at a rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
 spacing of its time is dropped (taken late it would be a burst), and so is every turn booked
 ahead once a 429 came: the next booking, at once, tells the judge of it and takes the pause
 or the rate in force. The row lock serialises bookings (far below what one row sustains at

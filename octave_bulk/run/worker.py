@@ -11,9 +11,9 @@ been paid; with the limiter's booking, in one round trip, when both live in one 
 limiter and to :class:`RunControl`; an attempt that never left (the run stopped while it
 waited, a connect failure, a local error) is released to the limiter instead, so that it
 counts as nothing (``limits/base.py``). A limiter whose database refuses a statement (a
-:class:`StateError`) stops the run (``StopReason.LEDGER``). The first attempt is made directly: most calls
-succeed at once, and building tenacity's retry state costs ~18 us per contact. From the first
-retryable failure on, tenacity owns every retry decision and wait
+:class:`StateError`) stops the run (``StopReason.LEDGER``). The first attempt is made
+directly: most calls succeed at once, and building tenacity's retry state costs ~18 us per
+contact. From the first retryable failure on, tenacity owns every retry decision and wait
 (:class:`~octave_bulk.http.retry.wait_full_jitter_or_retry_after`), starting with that failure.
 """
 

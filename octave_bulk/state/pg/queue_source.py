@@ -23,8 +23,8 @@ task (``BatchRun.source``). It runs in two steps:
    still holds but never sent (its call refused while the ledger was out of reach) is given
    back, so that no two workers wait on each other's leftovers. A worker whose lease lapsed waits
    (the database out of reach: it resumes when it returns); one reaped stops the run
-   (``StopReason.LEDGER``): a new worker may join instead, and so does a statement the
-   database refuses (``dsn.out_of_reach``: no wait mends a table missing).
+   (``StopReason.LEDGER``): a new worker may join instead. A statement the database refuses
+   stops it too (``dsn.out_of_reach``: no wait mends a table missing).
 
 ``stats.queued`` counts what this worker took from the queue (what it may send), not what it
 enqueued.
