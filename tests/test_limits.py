@@ -7,6 +7,8 @@ import anyio
 import pytest
 
 from octave_bulk.limits.adaptive import AdaptiveLimiter
+from octave_bulk.limits.epoch import Epoch
+from octave_bulk.limits.proven import ProvenRate
 from tests.limiter_model import Server, simulate
 
 
@@ -126,3 +128,23 @@ async def test_stop_wakes_every_waiter() -> None:
         await anyio.sleep(0.05)
         limiter.stop()
     assert woken == [True] and first.level == 1
+
+
+def _sent(rate: float, count: int = 40) -> Epoch:
+    """An epoch of ``count`` sends at ``rate`` per second."""
+    return Epoch(number=1, sent=count, first_sent=100.0, last_sent=100.0 + (count - 1) / rate)
+
+
+def test_a_rate_proven_is_not_lowered_by_a_slow_tail_but_by_a_rate_come_down_to() -> None:
+    proven = ProvenRate(None)
+    proven.proved(20.0, _sent(20.0))  # held at 20/s, sent at 20/s
+    assert proven.rate == pytest.approx(20.0)
+    # A run's last contacts (or one host left at a shared job's end) send at 12/s under the
+    # same rate: they tested nothing above 12/s, and 20/s stays proven (it was 12 before).
+    proven.proved(20.0, _sent(12.0))
+    assert proven.rate == pytest.approx(20.0)
+    proven.proved(15.0, _sent(18.0))  # came down to 15/s: lowered
+    assert proven.rate == pytest.approx(15.0)
+    starved = ProvenRate(None)  # nothing proven before: only as far as it was sent
+    starved.proved(20.0, _sent(12.0))
+    assert starved.rate == pytest.approx(12.0)

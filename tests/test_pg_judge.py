@@ -109,12 +109,10 @@ def test_three_hosts_with_no_rate_find_one_limit_together_not_three(
     # with one host alone is a benchmark's figure (benchmarks/bench_scaleout.py), not a test's.
     assert 0.75 * RATE <= rate_shared <= 1.1 * RATE, found
     assert sum(shared.stats()["successes"].values()) == 300  # each contact paid once in all
-    # A limit met together, for the next night: never above the limit, and more than a third
-    # of it (the share one host would take). Not nearer: the last judge may end right after
-    # a cut on a short tail epoch (seen: 0.55 and 0.77 of the limit); the next night starts
-    # there and climbs (the test below).
+    # The limit met together, for the next night. Seen 0.99-1.05 of it; 0.55 and 0.77 before
+    # the last host's slow tail stopped lowering the rate proven (limits/proven.py).
     memory = remembered(db_url)
-    assert memory is not None and RATE / 3 < memory <= 1.1 * RATE, memory
+    assert memory is not None and 0.8 * RATE <= memory <= 1.1 * RATE, memory
     # The control: three hosts on their own file ledgers, each pacing to the whole limit (as
     # each would with a limit of its own): measured 31 % refused, against 10 % shared.
     control = simulator(make_sim)
@@ -174,7 +172,7 @@ def test_a_second_night_starts_from_the_limit_remembered_and_is_not_slower(
         if night == 0:
             memory = remembered(db_url)
             print("remembered after the first night:", memory)
-            assert memory is not None and RATE / 3 < memory <= 1.1 * RATE  # as above
+            assert memory is not None and 0.8 * RATE <= memory <= 1.1 * RATE  # as above
             # The next night starts where this one settled (the row is stale by then).
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute("UPDATE ob_rate SET updated_at = '-infinity'")

@@ -3,7 +3,8 @@ that the run's end cut short (docs/design.md, "Remembered, and verified").
 
 Contract: :class:`ProvenRate` keeps the last rate the adaptive search came down to (a verdict:
 the best estimate there is) or held over :data:`PROVEN` outcomes, each only as far as it was
-sent (a starved host, or shared turns left unused, send below the rate set).
+sent (a starved host, or shared turns left unused, send below the rate set) - never below a
+rate proven before, unless it came down below it.
 :meth:`ProvenRate.below` gives, for the rate in force, the lower rate to remember instead, or
 None when that rate is proven itself: a probe held for a bucket's burst proves nothing, and a
 rate refused now and then (at most a quarter of its outcomes) is remembered at what it let
@@ -28,10 +29,14 @@ class ProvenRate:
         self.rate = start
 
     def proved(self, rate: float, epoch: Epoch) -> None:
-        """``rate`` came down to, or held :data:`PROVEN` outcomes, in ``epoch``."""
+        """``rate`` came down to, or held :data:`PROVEN` outcomes, in ``epoch``: proven as far
+        as it was sent. Sent slower than the rate proven before (a run's last contacts; one
+        host left at the end of a shared job), it tested nothing above what it sent and
+        lowers nothing: a rate came down to is still proven (``rate`` is below)."""
         span = epoch.last_sent - epoch.first_sent
         sent = (epoch.sent - 1) / span if epoch.sent >= _FEW and span > 0 else rate
-        self.rate = min(rate, sent)
+        tested = sent if self.rate is None else max(sent, self.rate)
+        self.rate = min(rate, tested)
 
     def below(self, rate: float | None, known: int, refused: int) -> float | None:
         """What to remember instead of ``rate`` (``known`` outcomes at it, ``refused`` of
