@@ -260,6 +260,7 @@ def test_an_operators_week_runs_the_readme_recipe(make_sim: Any, tmp_path: Path)
     polls.write_text(
         f'base_url = "{queue.url}"\nagent_oid = "ca_1"\nprogress = false\nmode = "async"\n'
         "poll_interval_min = 0.05\npoll_interval_max = 0.3\njob_timeout_floor = 1.0\n"
+        "timeout = 5\n"  # a request that hangs costs seconds, not the default 180 s a try
     )
     detached = CliRunner().invoke(
         cli,
