@@ -25,6 +25,7 @@ from octave_bulk.simulator import SimulatorConfig, parse_faults, parse_latency
 from octave_bulk.simulator.hostile import HostileConfig, serve_hostile
 from tests.conftest import TEST_KEY
 from tests.helpers import read_lines, side, write_contacts
+from tests.ports import free_port
 
 SOAK = os.environ.get("OCTAVE_BULK_SOAK") == "1"
 DOCUMENTED = {0, 1, 3, 4, 5, 6, 130}  # 2 is "nothing sent": never after the first round
@@ -210,9 +211,7 @@ def test_kill_9_during_async_runs_against_a_hostile_api(tmp_path: Path) -> None:
         port = 0
         for number in range(rounds + 1):
             last = number == rounds
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
+            port = free_port()
             cmd = [
                 sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"), "-o",
                 str(out), "--agent", "ca_1", "--base-url", sim.url, "--rate", "none",
