@@ -18,10 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from octave_bulk.errors import ClaimRefused
+from octave_bulk.errors import ClaimRefused, StateError
 from octave_bulk.limits.base import LimiterContext
 from octave_bulk.limits.pg_factory import shared_limiter
 from octave_bulk.limits.shared_pg import SharedRateLimiter
+from octave_bulk.run import finish
 from octave_bulk.run.engine import run_batch
 from octave_bulk.simulator import Latency, parse_rate_limit
 from octave_bulk.state.paths import OutputPaths
@@ -278,6 +279,90 @@ def test_a_run_through_a_postgresql_restart_loses_no_result_and_pays_nothing_unk
     assert set(ledger) == set(rids) and {state for state, _, _ in ledger.values()} == {"done"}
     unknown = sum(u for _, _, u in ledger.values())
     assert 0 <= sum(sim.stats()["successes"].values()) - len(rids) <= unknown
+
+
+async def test_a_summary_that_cannot_be_written_on_the_shared_ledger_is_the_runs_error(
+    make_sim: Any, tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run's own error reaches the caller as it was raised, not wrapped in the heartbeat's
+    # task group (an ExceptionGroup the CLI did not read: a traceback and exit 1).
+    sim = make_sim()
+    write_contacts(tmp_path / "in.csv", 10)
+    real_write = finish.write_json_atomic
+
+    def refuse_summary(path: Path, document: Any) -> None:
+        if path.name.endswith(".summary.json"):
+            raise OSError(28, "No space left on device")
+        real_write(path, document)
+
+    monkeypatch.setattr(finish, "write_json_atomic", refuse_summary)
+    settings = sim_settings(sim.url, ledger=db_url)
+    with pytest.raises(StateError, match="cannot write the summary") as caught:
+        await run_batch(tmp_path / "in.csv", tmp_path / "a.ndjson", settings)
+    assert caught.value.calls_sent == 10  # exit 6: they were paid
+    assert sum(sim.stats()["successes"].values()) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("refused", ["heartbeat", "settle"])
+def test_a_statement_of_the_run_the_ledger_refuses_stops_it_and_the_next_run_finishes(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer, mode: str, refused: str
+) -> None:
+    sim = make_sim(latency=Latency(0.05, 0.1))
+    rids = write_contacts(tmp_path / "in.csv", 300)
+    limits = ("--rate", "20/s", "--concurrency", "4", "--mode", mode)
+    first = start_run(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, *limits)
+    try:
+        _wait_for_lines(tmp_path / "a.ndjson", 20)
+        # One kind of statement refused (a trigger, as a policy or a revoked grant would),
+        # the rest still working, so nothing else stops the run: the workers' rows refuse
+        # an update (its heartbeat, and its leave at the end), or the contacts' rows refuse
+        # to be done (no outcome can be settled: a sync call paid would be paid again).
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(_REFUSE[refused])
+        first.wait(timeout=90)  # before: fenced, it waited for ever; or paid for every call
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    log = (tmp_path / "a.log").read_text(errors="replace")
+    assert first.returncode == 6, log[-3000:]  # calls were sent (and a leave refused): not 2
+    assert "the ledger refuses" in log and "ledger_failed" in log
+    assert pg.password not in log
+    summary = json.loads((tmp_path / "a.summary.json").read_text())
+    assert summary["stop_reason"] == "ledger" and summary["exit_code"] == 6
+    written = {line["requestId"] for line in read_lines(tmp_path / "a.ndjson")}
+    assert written and len(set(sim.stats()["successes"])) < len(rids)
+    with psycopg.connect(db_url, autocommit=True) as conn:  # mended
+        conn.execute("DROP FUNCTION ob_refuse() CASCADE")
+    _finish(
+        start_run(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, *limits),
+        tmp_path / "b.ndjson",
+    )
+    then = {line["requestId"] for line in read_lines(tmp_path / "b.ndjson")}
+    assert written | then == set(rids)  # every contact done in the end
+    paid = sim.stats()["successes"]
+    if refused == "heartbeat":
+        assert paid == dict.fromkeys(rids, 1) and not written & then  # each paid once in all
+    else:  # paid again: only those whose settles were refused, each kept in the first output
+        assert "groups of results" in log and "count as outcomes unknown" in log
+        again = {rid for rid, times in paid.items() if times > 1}
+        assert again <= written and max(paid.values()) <= 2
+        assert len(again) < 100  # the run stopped at the first refusal, not at its end
+
+
+_REFUSE = {
+    trigger: f"""
+CREATE FUNCTION ob_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the ledger refuses this'; END $$;
+CREATE TRIGGER ob_refuse BEFORE {event} FOR EACH ROW {when} EXECUTE FUNCTION ob_refuse();
+"""
+    for trigger, event, when in (
+        ("heartbeat", "UPDATE ON ob_worker", ""),
+        ("settle", "UPDATE ON ob_contact", "WHEN (NEW.state = 'done')"),
+    )
+}
 
 
 def test_a_shared_ledger_out_of_reach_stops_the_run_before_any_call_and_hides_the_password(

@@ -148,29 +148,33 @@ async def run_batch(
         check_descriptors(settings.concurrency, served=served)
     open_store = ledger or (_shared_store() if shared else open_file_store)
     source = _queue_source() if shared and ledger is None else None  # enqueue + one worker
-    sent: list[RunStats] = []  # the run's counters, once it has some (for the error below)
+    sent: list[RunStats] = []  # the run's counters, once it has some (for the errors below)
     try:
-        async with open_store(paths, settings) as store:  # the claim on the output
-            remove_stale_temp_files(_replaced_files(paths, settings))
-            return await _locked_run(
-                input_path,
-                paths,
-                settings,
-                transport,
-                handle_signals,
-                store,
-                sent,
-                collect,
-                make_limiter,
-                source,
-            )
-    except* OSError as group:  # the output's disk: full, read-only, not a file...
-        calls = sent[0].calls_sent if sent else 0
-        raise StateError(
-            f"cannot use the output files ({_first_leaf(group)}); every result written "
-            "before this is safe: fix the cause, then run the same command to resume",
-            calls_sent=calls,
-        ) from None
+        try:
+            async with open_store(paths, settings) as store:  # the claim on the output
+                remove_stale_temp_files(_replaced_files(paths, settings))
+                return await _locked_run(
+                    input_path,
+                    paths,
+                    settings,
+                    transport,
+                    handle_signals,
+                    store,
+                    sent,
+                    collect,
+                    make_limiter,
+                    source,
+                )
+        except* OSError as group:  # the output's disk: full, read-only, not a file...
+            raise StateError(
+                f"cannot use the output files ({_first_leaf(group)}); every result written "
+                "before this is safe: fix the cause, then run the same command to resume",
+                calls_sent=sent[0].calls_sent if sent else 0,
+            ) from None
+    except StateError as exc:  # e.g. the store's end (a shared ledger left) after calls
+        if not exc.calls_sent and sent:
+            exc.calls_sent = sent[0].calls_sent  # they may have been paid: exit 6, not 2
+        raise
 
 
 def _shared_store() -> StoreFactory:

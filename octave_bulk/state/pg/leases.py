@@ -9,7 +9,9 @@ Contract (docs/scale-out.md, "Leases and fencing"):
   succeeded was *sent* less than half a lease ago (the worker's own monotonic clock), and the
   worker was never reaped. A worker checks it before every paid call: cut off from the
   database, or frozen (SIGSTOP), it stops sending at half its lease, before anyone can reap it.
-  A renewal that finds the worker reaped fences it for good (:attr:`WorkerLease.fenced`).
+  A renewal that finds the worker reaped fences it for good (:attr:`WorkerLease.fenced`); so
+  does one the server refuses (a permission, a table, a trigger: no wait mends it), kept in
+  :attr:`WorkerLease.refused` for the run to stop on.
 - :func:`reap` marks workers silent for longer than their lease (or ``lease`` seconds) as
   reaped and gives their claimed contacts back to be done, counting each as one *outcome
   unknown* (its call may have been paid) and recording a ``reap`` row in ``ob_call``. Submitted
@@ -35,7 +37,7 @@ import anyio
 import psycopg
 
 from octave_bulk.errors import StateError
-from octave_bulk.state.pg.dsn import PgConnection
+from octave_bulk.state.pg.dsn import PgConnection, out_of_reach
 
 __all__ = ["Reaped", "WorkerLease", "reap"]
 
@@ -79,6 +81,8 @@ class WorkerLease:
         self._clock = clock
         self._renewed_at: float | None = None  # when the last successful renewal was sent
         self.fenced = False
+        self.refused: Exception | None = None
+        """The failure of a renewal the server refused (set with :attr:`fenced`)."""
 
     async def register(self) -> None:
         """Join the job as a live worker (its first heartbeat)."""
@@ -116,7 +120,9 @@ class WorkerLease:
 
         A renewal that fails (the database unreachable) is tried again at the next beat, on a
         new connection from ``reconnect`` when the last one broke (a server restarted);
-        meanwhile :meth:`may_send` turns False at half the lease on its own."""
+        meanwhile :meth:`may_send` turns False at half the lease on its own. One the server
+        refuses (:func:`~octave_bulk.state.pg.dsn.out_of_reach` is False) is not tried again:
+        the worker is fenced and :attr:`refused` says why, for the run to stop on."""
         while not self.fenced:
             try:
                 if reconnect is not None and (self.conn.broken or self.conn.closed):
@@ -124,8 +130,11 @@ class WorkerLease:
                         await self.conn.close()
                     self.conn = await reconnect()
                 await self.renew(in_flight())
-            except (psycopg.Error, StateError):
-                pass  # unreachable: the fence falls at half the lease by itself
+            except (psycopg.Error, StateError) as exc:
+                if not out_of_reach(exc):  # refused: waiting would only hang the run
+                    self.refused, self.fenced = exc, True
+                    return
+                # unreachable: the fence falls at half the lease by itself
             await anyio.sleep(self.lease / 4)
 
     def may_send(self) -> bool:

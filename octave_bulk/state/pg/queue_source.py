@@ -121,6 +121,9 @@ class QueueSource:
         given_back = False  # since the last claim (nothing held unsent is claimed anew)
         tasks = self.settings.concurrency
         while not control.stopping:
+            if store.refused is not None:  # a heartbeat or a settle refused: stop, say why
+                await self._unreachable(store.refused)
+                return
             if store.lease.fenced:
                 log_event("worker_fenced", level=logging.WARNING, worker=store.worker)
                 control.stop(StopReason.LEDGER)

@@ -20,7 +20,8 @@ Contract (docs/scale-out.md, "A run on the shared ledger"):
   contact whose claim was lost settles only as a late success (when not done yet); otherwise
   its paid call is counted (paid twice) and nothing is overwritten. A database out of reach
   keeps the group (durable in the local output) for the next one; a run that ends with groups
-  still unsettled says so (its claims are reaped later, outcomes unknown).
+  still unsettled says so (its claims are reaped later, outcomes unknown). One the server
+  refuses is kept too, and :attr:`PgStore.refused` stops the run (no wait mends it).
 - The group's records settle with it: a success's record (its NDJSON line's JSON object) in
   ``ob_contact.result``, a failure's in ``ob_contact.error`` (with its ``outcome``), the
   secrets scrubbed (``state/pg/read.py``, :func:`stored_record`); a duplicate overwrites
@@ -56,7 +57,13 @@ from octave_bulk.observe.log import log_event
 from octave_bulk.state.idset import id_key
 from octave_bulk.state.pg.call_claims import PgClaims
 from octave_bulk.state.pg.claims import JOB_SETTINGS, WorkQueue
-from octave_bulk.state.pg.dsn import LedgerUrl, PgConnection, connect, describe_failure
+from octave_bulk.state.pg.dsn import (
+    LedgerUrl,
+    PgConnection,
+    connect,
+    describe_failure,
+    out_of_reach,
+)
 from octave_bulk.state.pg.handles import submit_statement, take_over, watch_orphans
 from octave_bulk.state.pg.leases import WorkerLease, reap
 from octave_bulk.state.pg.read import SETTLING, stored_record
@@ -169,6 +176,15 @@ class PgStore:
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
         self.view: PgView | None = None
         self.unsettled: list[tuple[str, dict[str, Any]]] = []  # statements not taken yet
+        self._settle_refused: Exception | None = None
+        self._set_aside: list[tuple[str, dict[str, Any]]] = []  # refused: never tried again
+
+    @property
+    def refused(self) -> Exception | None:
+        """A statement the server refused (its heartbeat or a settle: a permission, a table,
+        a trigger), which no wait mends: the run stops on it (``state/pg/queue_source.py``)
+        rather than pay for calls whose outcomes cannot be settled."""
+        return self.lease.refused or self._settle_refused
 
     @property
     def runs(self) -> PgRuns:
@@ -253,19 +269,29 @@ class PgStore:
 
     async def _settle_unsettled(self) -> None:
         """Settle the groups not settled yet, oldest first; a database out of reach keeps
-        them for the next group (their results are durable in the local output)."""
+        them for the next group (their results are durable in the local output). A statement
+        the server refuses is set aside (no wait mends it) and the next ones are tried: a
+        submit's handle that still reaches the ledger is polled by the next run, not paid
+        again."""
         while self.unsettled:
             try:
                 conn = await self.connection("records")
                 sql, params = self.unsettled[0]
                 await conn.execute(sql, params)  # one statement, one transaction
             except (psycopg.Error, StateError) as exc:
+                refused = not out_of_reach(exc)
+                if refused:
+                    self._settle_refused = self._settle_refused or exc
+                    self._set_aside.append(self.unsettled.pop(0))
                 log_event(
                     "ledger_not_updated",
                     level=logging.WARNING,
                     error=describe_failure(self.url, exc),
-                    groups_waiting=len(self.unsettled),
+                    groups_waiting=len(self.unsettled) + len(self._set_aside),
+                    refused=refused,
                 )
+                if refused:
+                    continue
                 return
             self.unsettled.pop(0)
 
@@ -275,7 +301,7 @@ class PgStore:
 
     async def leave(self) -> None:
         """Give back the claims still held (those on the wire counted as outcome unknown),
-        then leave the job."""
+        then leave the job. Groups the server refused are given back as outcomes unknown."""
         for _ in range(_LEAVE_TRIES):  # the database may be on its way back
             await self._settle_unsettled()
             if not self.unsettled:
@@ -286,13 +312,20 @@ class PgStore:
                 f"{len(self.unsettled)} groups of results are in the local output but not in "
                 f"the shared ledger {self.url.display}: its claims will be reaped and sent again"
             )
-        params = {"worker": self.worker, "on_wire": list(self.on_wire.values())}
+        refused = [rid for _, params in self._set_aside for rid in params["rids"]]
+        params = {"worker": self.worker, "on_wire": [*self.on_wire.values(), *refused]}
         conn = await self.connection("records")
         async with conn.transaction():
             await conn.execute(_LEAVE, params)
         if self.lease.conn.broken or self.lease.conn.closed:  # a beat cancelled mid-query
             self.lease.conn = await connect(self.url)
         await self.lease.leave()
+        if self._set_aside:  # given back as outcomes unknown: they were sent
+            raise StateError(
+                f"the shared ledger {self.url.display} refused {len(self._set_aside)} groups "
+                f"of results ({len(refused)} contacts, kept in the local output): they count "
+                "as outcomes unknown and are sent again"
+            )
 
 
 def job_name(settings: Settings) -> str:
@@ -339,21 +372,46 @@ async def open_pg_store(paths: OutputPaths, settings: Settings) -> AsyncIterator
         runs = await anyio.to_thread.run_sync(PgRuns, url, job, worker)
         stack.callback(runs.close)
         store = PgStore(url, job, lease, conns, runs)
-        async with anyio.create_task_group() as heartbeat:
-            heartbeat.start_soon(
-                functools.partial(
-                    lease.keep_renewed, lambda: len(store.on_wire), reconnect=lambda: connect(url)
-                )
-            )
-            try:
-                yield store
-            finally:
-                heartbeat.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await store.leave()
-                    except psycopg.Error as exc:  # reaped later: counted then
-                        raise StateError(describe_failure(url, exc)) from None
+        beat = functools.partial(
+            lease.keep_renewed, lambda: len(store.on_wire), reconnect=lambda: connect(url)
+        )
+        ended = False  # the run's body ended without an error
+        try:
+            async with anyio.create_task_group() as heartbeat:
+                heartbeat.start_soon(beat)
+                try:
+                    yield store
+                finally:
+                    heartbeat.cancel_scope.cancel()
+            ended = True
+        except BaseExceptionGroup as group:  # the heartbeat raises nothing: the run's error,
+            raise _only(group) from None  # as the run raised it (the CLI reads it so)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _leave(store, raises=ended)
+
+
+async def _leave(store: PgStore, *, raises: bool) -> None:
+    """Leave the job at the run's end. A failure (claims then reaped later, counted then) is
+    raised after a run that ended well; after one that failed, it is logged and the run's own
+    error is the one the user sees."""
+    try:
+        try:
+            await store.leave()
+        except psycopg.Error as exc:
+            raise StateError(describe_failure(store.url, exc)) from None
+    except StateError as exc:
+        if raises:
+            raise
+        log_event("ledger_not_left", level=logging.ERROR, error=str(exc))
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A task group's one error unwrapped (a group of several stays a group)."""
+    if len(group.exceptions) != 1:
+        return group
+    only = group.exceptions[0]
+    return _only(only) if isinstance(only, BaseExceptionGroup) else only
 
 
 async def _close_all(conns: dict[str, PgConnection]) -> None:
