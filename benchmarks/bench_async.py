@@ -83,6 +83,8 @@ def sim_args(scale: float, rate: float, parallelism: int, status_limit: float | 
     args = ["--latency", f"{L}s:{SIGMA}", "--time-scale", str(scale),
             "--async-parallelism", str(parallelism), "--async-submit-limit", f"{rate}/s",
             "--rate-limit", f"{rate}/s"]  # fmt: skip
+    if scale > 1:  # an HTTP date's whole second would be F seconds of the regime
+        args += ["--retry-after-mix", "seconds=1,absent=1"]
     if status_limit is not None:
         args += ["--async-status-limit", f"{status_limit}/s"]
     return args

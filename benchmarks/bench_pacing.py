@@ -28,6 +28,10 @@ with it:
   four): divided by F through ``OCTAVE_REFUSAL_ROUND_TRIP``. Left at 0.1 s, it stood for 3 s
   of the unscaled regime at F = 30: a second run from memory (no 429 to teach it) held every
   full window 0.4 s of real time, 12 s unscaled, and lost ~5 % of a 5-minute cell.
+* a 429's ``Retry-After`` as an HTTP date has one-second resolution, which at F = 30 is 30 s
+  of the unscaled regime (a per-minute quota's reset read up to half a minute early): at
+  F > 1 the simulator's 429s carry the delay in seconds (scaled, with decimals) or none,
+  half each. Before this, a third of them carried a date.
 
 Cells (``--rate``/``--concurrency`` are the user's ceilings; R, K the server's limits):
 
@@ -85,6 +89,7 @@ at 6 x its ideal (+ 60 s) is stopped with SIGTERM (the engine drains and writes 
 and marked ``capped``: its ratio is then a lower bound.
 
     python benchmarks/bench_pacing.py [--cells SUBSTRING ...] [--attempts 1] [--smoke]
+    python benchmarks/bench_pacing.py --slow-calls [--real-only [--scale F] | --virtual-only]
 
 The full matrix takes ~50-60 min; ``--smoke`` runs four small cells in well under a minute.
 """
@@ -211,6 +216,8 @@ class Cell:
     def simulator_args(self) -> list[str]:
         args = ["--latency", f"{self.latency:g}s:{self.sigma:g}", "--seed", "1"]
         args += ["--time-scale", f"{self.scale:g}"]
+        if self.scale > 1:  # an HTTP date's whole second would be F seconds of the regime
+            args += ["--retry-after-mix", "seconds=1,absent=1"]
         if self.rate is not None:
             args += ["--rate-limit", self.rate_limit_spec()]
         if self.cap is not None:
@@ -539,7 +546,15 @@ def main() -> None:
     parser.add_argument(
         "--attempts", type=int, default=1, help="runs per cell while the machine is noisy"
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        help="with --slow-calls --real-only: run the cells at this time scale instead of 30 "
+        "(what the scale itself costs); writes results/pacing_slow_calls_F<scale>.json",
+    )
     args = parser.parse_args()
+    if args.scale is not None and not (args.slow_calls and args.real_only):
+        parser.error("--scale goes with --slow-calls --real-only")
     attempts = args.attempts
     virtual = []
     if (args.slow_calls and not args.real_only) or args.smoke:
@@ -551,6 +566,8 @@ def main() -> None:
     else:
         cells = full_matrix()
     cells = select(cells, args.cells)
+    if args.scale is not None:
+        cells = [replace(cell, scale=args.scale) for cell in cells]
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -601,7 +618,9 @@ def main() -> None:
             "max_429_share_5min_up": MAX_429_SHARE,
         }  # fmt: skip
     name = "pacing_slow_calls" if args.slow_calls else "pacing"
-    if args.real_only:  # the virtual rows of the last results stay
+    if args.scale is not None:  # beside the table at F = 30, not over it
+        name += f"_F{args.scale:g}"
+    elif args.real_only:  # the virtual rows of the last results stay
         kept = json.loads((RESULTS / f"{name}.json").read_text())
         extra |= {k: v for k, v in kept.items() if k.startswith("virtual")}
     if args.virtual_only:  # ... and with --virtual-only, the real-process rows (their commit)
