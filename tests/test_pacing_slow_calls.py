@@ -127,6 +127,21 @@ def test_a_remembered_per_minute_quota_does_not_hold_a_full_window_for_a_minute(
     assert min(slowest) >= 0.9 * 2.0
 
 
+@pytest.mark.parametrize("remembered", [1.85, 1.94])
+def test_a_quota_a_probe_from_memory_spent_early_is_waited_for_not_cut(remembered: float) -> None:
+    # A second night in front of 120 calls a minute (fixed windows, Retry-After at the
+    # reset), 45-s calls, from a rate and a period remembered. The first probe from memory
+    # (25 % up) spends the minute's quota before its end: every call until the reset is
+    # refused, whatever the rate. One such 429, pointing at the reset believed, is a spent
+    # window: waited for, not eight refusals read as a rate (which cut a real run to 0.87x
+    # of the quota and left that for the next night).
+    server = Server(rate=2.0, shape="fixed", period=60.0, latency=45.0, sigma=0.2)
+    options = {"window_ceiling": 512, "first_window": 32, "start_period": 60.7}
+    simulate(server, 601, rate_ceiling=None, start_rate=remembered, **options)
+    assert server.refused <= 2
+    assert span_ratio(server, 601, 2.0) <= 1.05
+
+
 def test_a_remembered_rate_in_front_of_a_bucket_without_burst_is_no_slower() -> None:
     # A bucket of 2/s that lets no two calls through closer than 0.5 s, 45-s calls. A new
     # rate (a probe's) must not send its first call at once after the last one: each probe

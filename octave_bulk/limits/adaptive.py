@@ -22,8 +22,8 @@ the searches are bounded by the calls' latency too (docs/design.md, "Pacing").
 * **Memory.** A remembered rate starts the run (the window at its bound) and is verified like
   any other (no ``bad`` above it; steps of 4 x ``_STEP``); a remembered window is a suspected
   cap. What a next run starts from: :mod:`octave_bulk.limits.proven`.
-* **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older
-  calls' answers are no news), the pool stops for the ``Retry-After`` (at most ``max_pause``).
+* **Pauses.** After ``VERDICT`` 429s in a row, nothing sent after them accepted (older calls'
+  answers: no news), or one at a known window's reset, the pool waits out its ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -127,8 +127,7 @@ class AdaptiveLimiter:
         self._probing = False
         self.probed_from: float | None = None  # the rate that held before a rate probe
         self.refused_probe: float | None = None  # the last rate probe refused (see verdicts)
-        self.failed_probes = 0
-        self._quiet_known = 0
+        self.failed_probes = self._quiet_known = 0
         self._window_step = 1
         # The next probe's growth once cut (x2 while probes hold; x4 from a remembered rate)
         self._rate_step = _STEP * (4 if start_rate else 1)
@@ -179,12 +178,11 @@ class AdaptiveLimiter:
         if self.adaptive:
             self.maybe_probe()
             if self.gate.in_flight >= self.window and not epoch.held_by_window:
-                # This send filled the window: with 40-s calls nothing would move the verdicts
-                # on for 40 s. Once the epoch's sends are known (unrefused for three refusal
-                # round trips), a window full without a 429 is judged: it may grow at once.
-                epoch.held_by_window = True
-                loop = asyncio.get_running_loop()
-                loop.call_later(4 * self._refusal_rtt, self.verdicts.judge_full_window, epoch)
+                # This send filled the window: at 40-s calls nothing would move the verdicts on
+                # for 40 s. Once the epoch's sends are known (unrefused for three refusal round
+                # trips), a window full without a 429 is judged: it may grow at once.
+                epoch.held_by_window, judge = True, self.verdicts.judge_full_window
+                asyncio.get_running_loop().call_later(4 * self._refusal_rtt, judge, epoch)
         return ticket
 
     def _leave(self, ticket: Ticket) -> tuple[AdaptiveTicket, bool]:
@@ -237,6 +235,8 @@ class AdaptiveLimiter:
         self.settle()
         self.refused_in_row += 1
         self._last_refused_sent = max(self._last_refused_sent, ticket.sent_at)
+        if self.adaptive and (spent := self.verdicts.window_spent(now, retry_after)) is not None:
+            return spent  # a known window's quota spent before its reset: no rate's verdict
         window_rate = self.evidence.window_rate(now, retry_after, self.rate, self.refused_in_row)
         if self.adaptive and window_rate is not None:
             return self.verdicts.window_exhausted(now, window_rate, retry_after or 0.0)

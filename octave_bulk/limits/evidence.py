@@ -14,13 +14,16 @@ Two things outlive an epoch and are kept here:
   (``window_rate``), where a bucket's estimate (the share accepted since the first refusal,
   zero until the reset) would read the wait as a far slower rate. The 429s count as a
   window's only when many come in a row and point well past themselves (see
-  :meth:`window_rate`): a bucket's or a cap's say a second or so. The server may be wrong (or lie):
+  :meth:`window_rate`): a bucket's or a cap's say a second or so. Once the period is known,
+  one 429 that points at the reset believed says the window is spent
+  (:meth:`resets_as_believed`). The server may be wrong (or lie):
   the rate derived is an estimate that the limiter probes like any other.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections import deque
 
@@ -126,6 +129,21 @@ class Evidence:
         window_rate = max(1, self.window_sent - self.window_refused) / self.period
         self.window_start, self.window_sent, self.window_refused = reset, 0, 0
         return window_rate
+
+    def resets_as_believed(self, now: float, retry_after: float) -> bool:
+        """Whether a 429 says to wait for the reset this window was believed to end at
+        (within a twentieth of its period; the one already announced while it is awaited),
+        once the period is known: the window's quota is spent, whatever the rate."""
+        period, start = self.period, self.window_start
+        if period is None or start is None:
+            return False
+        due = start if start > now else start + period * max(1, math.ceil((now - start) / period))
+        return abs(now + retry_after - due) <= period / 20
+
+    def next_window(self, reset: float) -> None:
+        """A spent window ends at ``reset``: the next one is counted from there."""
+        if self.window_start is None or reset > self.window_start:
+            self.window_start, self.window_sent, self.window_refused = reset, 0, 0
 
     def accepted_again(self) -> None:
         """A call sent after the last 429 was accepted: the 429s in a row are over."""

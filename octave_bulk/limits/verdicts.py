@@ -257,6 +257,25 @@ class Verdicts:
             log_event("paused", seconds=round(pause, 2), share_429=None)
         return pause
 
+    def window_spent(self, now: float, retry_after: float | None) -> float | None:
+        """The pause when a 429 points at a known window's reset (None: it does not). Spent
+        before its reset (a probe a little too fast, a second night from memory), the window
+        refuses every call until then, whatever the rate: no rate is judged by them. A probe
+        goes back to the rate it probed from; the pool waits for the reset (the quota per
+        window is what it gets either way; at most ``max_pause``)."""
+        lim = self.limiter
+        if not retry_after or not lim.evidence.resets_as_believed(now, retry_after):
+            return None
+        if lim.rate_limited_at is None:
+            lim.rate_limited_at = lim.rate
+        if not self.probe_refused():
+            lim.start_epoch(reason=None)  # the spent window's refusals judge no setting
+        lim.evidence.next_window(now + retry_after)
+        pause = min(retry_after, lim.max_pause)
+        if lim.gate.pause(now + pause):
+            log_event("paused", seconds=round(pause, 2), share_429=None)
+        return pause
+
     def judge_concurrency(self) -> bool:
         """Whether the epoch's 429s read as a concurrency cap (then the window is cut when
         the proof is complete); False hands them to the rate.
