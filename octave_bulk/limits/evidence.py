@@ -127,7 +127,7 @@ class Evidence:
         start, reset = self.window_start, now + retry_after
         self.period = reset - start
         window_rate = max(1, self.window_sent - self.window_refused) / self.period
-        self.window_start, self.window_sent, self.window_refused = reset, 0, 0
+        self.next_window(reset)
         return window_rate
 
     def resets_as_believed(self, now: float, retry_after: float) -> bool:

@@ -13,13 +13,14 @@ the server's ``clock_timestamp()``. The turn booked is ``tat - 1/rate`` (the wai
 a duration): turns are ``1/rate`` apart whoever books them, N workers get R in all. A worker
 books for the tasks waiting for a turn then, in one statement, never past :data:`HORIZON`
 seconds of turns (its next booking comes once those turns came): hundreds of tasks booking at
-once would fill the schedule seconds ahead, at a rate the judge may be about to change. A turn booked ahead that nobody took within a turn's
-spacing of its time is dropped (taken late it would be a burst), and so is every turn booked
-ahead once a 429 came: the next booking, at once, tells the judge of it and takes the pause
-or the rate in force. The row lock serialises bookings (far below what one row sustains at
-tens of calls a second). With a judge (``limits/pg_judge.py``), each booking carries this
-worker's outcomes since the last one and reads back the judge's rate, window and pause;
-:meth:`acquire_carrying`'s also takes its call's claim (``state/pg/call_claims.py``).
+once would fill the schedule seconds ahead, at a rate the judge may be about to change. A turn
+booked ahead that nobody took within a turn's spacing of its time is dropped (taken late it
+would be a burst), and so is every turn booked ahead once a 429 came: the next booking, at
+once, tells the judge of it and takes the pause or the rate in force. The row lock
+serialises bookings (far below what one row sustains at tens of calls a second). With a judge
+(``limits/pg_judge.py``), each booking carries this worker's outcomes since the last one and
+reads back the judge's rate, window and pause; :meth:`acquire_carrying`'s also takes its
+call's claim (``state/pg/call_claims.py``).
 
 - **Shared window** (optional, ``window=C``): before its turn an attempt takes one of C
   permit rows (``ob_permit``), leased, until its answer: C calls in flight in all, across
@@ -32,8 +33,7 @@ worker's outcomes since the last one and reads back the judge's rate, window and
   is booked after it. With one, the judge decides the pauses as the single-host search does.
 - :meth:`release` (an attempt never sent) hands its turn back when no later turn was booked
   since (``tat`` unchanged), so a stopped run does not leave a gap in everyone's schedule.
-- :meth:`stop` wakes every waiter at once (their turns are not refunded: at most one turn per
-  waiter is lost, once).
+- :meth:`stop` wakes every waiter at once (turns are not refunded: one lost per waiter, once).
 
 While the database is out of reach :meth:`acquire` waits (no call leaves without its turn:
 it never fails open) and goes on on a new connection when the server is back; a statement the

@@ -396,14 +396,12 @@ async def _leave(store: PgStore, *, raises: bool) -> None:
     raised after a run that ended well; after one that failed, it is logged and the run's own
     error is the one the user sees."""
     try:
-        try:
-            await store.leave()
-        except psycopg.Error as exc:
-            raise StateError(describe_failure(store.url, exc)) from None
-    except StateError as exc:
+        await store.leave()
+    except (psycopg.Error, StateError) as exc:
+        error = exc if isinstance(exc, StateError) else StateError(describe_failure(store.url, exc))
         if raises:
-            raise
-        log_event("ledger_not_left", level=logging.ERROR, error=str(exc))
+            raise error from None
+        log_event("ledger_not_left", level=logging.ERROR, error=str(error))
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException:
