@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -315,6 +316,62 @@ def test_a_run_polls_the_handles_of_a_run_killed_beside_it_once_its_lease_ran_ou
     assert killed_jobs and all(results.get(h) == rid for h, rid in killed_jobs.items())
 
 
+_REFUSE_ADOPTION = """
+CREATE FUNCTION ob_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the ledger refuses this'; END $$;
+CREATE TRIGGER ob_refuse BEFORE UPDATE ON ob_contact FOR EACH ROW
+WHEN (OLD.state = 'submitted' AND NEW.state = 'submitted' AND NEW.holder IS NOT NULL
+      AND NEW.holder IS DISTINCT FROM OLD.holder) EXECUTE FUNCTION ob_refuse();
+"""
+"""Every take-over of a submitted job refused (a policy, a trigger): nothing else is."""
+
+
+@pytest.mark.slow
+def test_a_take_over_the_ledger_refuses_stops_the_run_beside_and_the_next_run_polls_them(
+    make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
+) -> None:
+    sim = make_sim(latency=parse_latency("3s:0.1"))
+    rids = write_contacts(tmp_path / "in.csv", 120)
+    config = tmp_path / "async.toml"
+    config.write_text(
+        "max_pending = 20\nfsync_interval = 0.05\npoll_interval_min = 0.1\n"
+        "poll_interval_max = 0.5\n"
+    )
+    killed = _start(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, config)
+    beside = _start(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, config)
+    try:
+        _wait("both runs paused after their submits", lambda: _paused(sim, db_url, 20))
+        killed.kill()
+        killed.wait()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(_REFUSE_ADOPTION)
+        beside.wait(timeout=120)  # before: it waited for ever for the killed run's jobs
+    finally:
+        for run in (killed, beside):
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    log = tmp_path.joinpath("b.log").read_text(errors="replace")
+    assert beside.returncode == 6, log[-3000:]  # submits were paid: "resume"
+    assert "the ledger refuses this" in log and "ledger_failed" in log
+    assert pg.password not in log
+    submits = _submits(sim)
+    early = _start(sim.url, tmp_path / "in.csv", tmp_path / "c0.ndjson", db_url, config)
+    early.wait(timeout=120)  # not mended yet: refused as it starts, before any call
+    log = tmp_path.joinpath("c0.log").read_text(errors="replace")
+    assert early.returncode == 2 and "the ledger refuses this" in log, log[-3000:]
+    assert "Traceback" not in log and _submits(sim) == submits
+    with psycopg.connect(db_url, autocommit=True) as conn:  # mended: the next run polls them
+        conn.execute("DROP FUNCTION ob_refuse() CASCADE")
+    last = _start(sim.url, tmp_path / "in.csv", tmp_path / "c.ndjson", db_url, config)
+    last.wait(timeout=240)
+    log = tmp_path.joinpath("c.log").read_text(errors="replace")
+    assert last.returncode == 0, log[-3000:]
+    # Nothing paid twice: every contact submitted once in all, and done.
+    assert sim.stats()["calls"] == dict.fromkeys(rids, 1) and _submits(sim) == 120
+    assert {state for state, _, _ in _ledger(db_url).values()} == {"done"}
+
+
 def _ledger_counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
@@ -325,8 +382,9 @@ def _ledger_counts(db_url: str) -> dict[str, int]:
     return {"done": row[0], "paid": row[1], "unknown": row[2], "late": row[3]}
 
 
+@pytest.mark.parametrize("refused", [False, True], ids=["taken-over", "take-over-refused"])
 async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_and_settles_it(
-    make_sim: Any, tmp_path: Path, db_url: str
+    make_sim: Any, tmp_path: Path, db_url: str, refused: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = make_sim(latency=parse_latency("5s"))
     write_contacts(tmp_path / "b.csv", 3)
@@ -349,6 +407,9 @@ async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_an
     a_settings = settings.model_copy(update={"detach": True})
     await run_batch(tmp_path / "a.csv", tmp_path / "a.ndjson", a_settings)
     handles = {rid: handle for rid, (_, _, handle) in _ledger(db_url).items() if rid in theirs}
+    if refused:  # B may not take them over: it stops, and the next run polls them
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(_REFUSE_ADOPTION)
     token = side(b_out, ".callback-token").read_text().strip()
     async with httpx.AsyncClient() as client:  # the callbacks Octave would send to B
         for handle in [*handles.values(), "asyncReqID_forged"]:
@@ -356,9 +417,25 @@ async def test_a_callback_for_a_job_a_run_that_left_submitted_brings_its_poll_an
                 f"http://127.0.0.1:{port}/octave/{token}", json={"requestId": handle}
             )
             assert answer.status_code == 200
-    summary = await running
-    assert summary["exit_code"] == 0, summary
+    with caplog.at_level(logging.ERROR, logger="octave_bulk"):
+        summary = await running
     results = {line["requestId"]: line["asyncHandle"] for line in read_lines(b_out)}
+    if refused:  # B had claimed all it would: its own jobs done, A's left to the next run
+        assert summary["exit_code"] == 0, summary
+        assert not results.keys() & theirs
+        said = [r.getMessage() for r in caplog.records if r.getMessage() == "ledger_refused"]
+        assert len(said) == len(handles)  # each callback's take-over refused, said
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DROP FUNCTION ob_refuse() CASCADE")
+        last = await run_batch(tmp_path / "a.csv", tmp_path / "c.ndjson", settings)
+        assert last["exit_code"] == 0, last
+        polled = {
+            line["requestId"]: line["asyncHandle"] for line in read_lines(tmp_path / "c.ndjson")
+        }
+        assert {rid: polled[rid] for rid in theirs} == handles  # polled, not submitted again
+        assert _submits(sim) == 6 and {s for s, _, _ in _ledger(db_url).values()} == {"done"}
+        return
+    assert summary["exit_code"] == 0, summary
     assert {rid: results[rid] for rid in theirs} == handles  # B polled A's jobs: done by B
     assert all(_ledger(db_url)[rid][0] == "done" for rid in results)
     assert _submits(sim) == 6 and "asyncReqID_forged" not in results.values()

@@ -21,7 +21,8 @@ Contract (docs/scale-out.md, "Async mode on several hosts"):
   :func:`take_over` is :func:`adopt` noting each job's claim sequence for the store.
 - :func:`watch_orphans`: until cancelled, every ``every`` seconds, reap the workers silent
   for longer than their lease and take over what they left (a run polls the jobs of runs
-  that die beside it).
+  that die beside it); a statement the server refuses ends the watch and is reported, so
+  that the run stops instead of waiting for jobs nobody polls.
 
 A job's outcome is settled by the store's group statement, as a sync call's (the holder and
 claim sequence the adoption returned make it this worker's).
@@ -39,6 +40,7 @@ from psycopg.types.json import Jsonb
 
 from octave_bulk.errors import StateError
 from octave_bulk.state.jobs import PendingJob
+from octave_bulk.state.pg.dsn import out_of_reach
 from octave_bulk.state.pg.leases import reap
 
 if TYPE_CHECKING:
@@ -168,16 +170,22 @@ async def watch_orphans(
     claim_seqs: dict[str, int],
     *,
     add: Callable[[PendingJob], None],
+    refused: Callable[[Exception], None],
 ) -> None:
     """Until cancelled, every ``every`` seconds: reap, take over, hand each job to ``add``;
-    a database out of reach is tried again at the next beat."""
+    a database out of reach is tried again at the next beat. A statement the server refuses
+    (``dsn.out_of_reach`` False: no wait mends it) goes to ``refused`` and the watch ends:
+    the run stops on it rather than wait for ever for jobs nobody polls."""
     while True:
         await anyio.sleep(every)
         try:
             conn = await connection()
             await reap(conn)
             jobs = await take_over(conn, job, worker, claim_seqs)
-        except (psycopg.Error, StateError):
-            continue
+        except (psycopg.Error, StateError) as exc:
+            if out_of_reach(exc):
+                continue
+            refused(exc)
+            return
         for each in jobs:
             add(each)

@@ -176,25 +176,34 @@ class PgStore:
         self.on_wire: dict[int, str] = {}  # claims whose outcome is not durable yet
         self.view: PgView | None = None
         self.unsettled: list[tuple[str, dict[str, Any]]] = []  # statements not taken yet
-        self._settle_refused: Exception | None = None
+        self._refused: Exception | None = None  # a settle or a take-over refused
         self._set_aside: list[tuple[str, dict[str, Any]]] = []  # refused: never tried again
 
     @property
     def refused(self) -> Exception | None:
-        """A statement the server refused (its heartbeat or a settle: a permission, a table,
-        a trigger), which no wait mends: the run stops on it (``state/pg/queue_source.py``)
-        rather than pay for calls whose outcomes cannot be settled."""
-        return self.lease.refused or self._settle_refused
+        """A statement the server refused (its heartbeat, a settle, a take-over of jobs: a
+        permission, a table, a trigger), which no wait mends: the run stops on it
+        (``state/pg/queue_source.py``) rather than pay for calls whose outcomes cannot be
+        settled, or wait for jobs nobody polls."""
+        return self.lease.refused or self._refused
 
     @property
     def runs(self) -> PgRuns:
         return self.history
 
     async def load(self) -> PgView:
-        conn = await self.connection("records")
-        await reap(conn)
-        self.view = await read_view(conn, self.job)
-        self.view.jobs = await take_over(conn, self.job, self.worker, self.claim_seq)
+        """The database's view, with the jobs of workers that left or died taken over.
+
+        Raises:
+            StateError: the server is out of reach or refuses a statement.
+        """
+        try:
+            conn = await self.connection("records")
+            await reap(conn)
+            self.view = await read_view(conn, self.job)
+            self.view.jobs = await take_over(conn, self.job, self.worker, self.claim_seq)
+        except psycopg.Error as exc:
+            raise StateError(describe_failure(self.url, exc)) from None
         self.view.awaiting = frozenset(job.request_id for job in self.view.jobs)
         return self.view
 
@@ -239,20 +248,30 @@ class PgStore:
         """The job of ``handle`` (a callback named it), taken over to be polled by this run
         when it is a submitted contact no live worker holds (``state/pg/handles.py``); None
         for any other handle (a forged one, one a live worker polls) or the database out of
-        reach."""
+        reach. One the server refuses is logged (``ledger_refused``) and stops the run while
+        it still claims (:attr:`refused`); after that, its own jobs are polled as they would
+        be without the callback, and the next run takes that job over."""
         try:
             conn = await self.connection("records")
             jobs = await take_over(conn, self.job, self.worker, self.claim_seq, handle)
-        except (psycopg.Error, StateError):
+        except (psycopg.Error, StateError) as exc:
+            if not out_of_reach(exc):
+                self._refuse(exc)
+                error = describe_failure(self.url, exc)
+                log_event("ledger_refused", level=logging.ERROR, error=error, handle=handle)
             return None
         return jobs[0] if jobs else None
 
     async def watch_jobs(self, add: Callable[[PendingJob], None]) -> None:
         """Until cancelled: ``handles.watch_orphans`` every quarter lease, on a connection of
-        its own (a reap is a transaction)."""
+        its own (a reap is a transaction); a statement refused there stops the run."""
         connection = functools.partial(self.connection, "watch")
         args = (self.job, self.worker, self.claim_seq)
-        await watch_orphans(connection, self.lease.lease / 4, *args, add=add)
+        await watch_orphans(connection, self.lease.lease / 4, *args, add=add, refused=self._refuse)
+
+    def _refuse(self, exc: Exception) -> None:
+        """Keep the first statement the server refused (:attr:`refused`: the run says it)."""
+        self._refused = self._refused or exc
 
     async def connection(self, purpose: str) -> PgConnection:
         """The connection for ``claims``, ``records`` or ``watch``, opened when there is none
@@ -281,7 +300,7 @@ class PgStore:
             except (psycopg.Error, StateError) as exc:
                 refused = not out_of_reach(exc)
                 if refused:
-                    self._settle_refused = self._settle_refused or exc
+                    self._refuse(exc)
                     self._set_aside.append(self.unsettled.pop(0))
                 log_event(
                     "ledger_not_updated",
