@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from octave_bulk.limits.pg_judge import TELL
-from octave_bulk.limits.pg_window import ASKED
+from octave_bulk.limits.pg_window import ASKED, FREE
 from octave_bulk.state.pg.call_claims import CARRIED
 
 __all__ = ["BOOK", "BOOK_CARRYING", "HORIZON", "Turn", "TurnsAhead"]
@@ -47,13 +47,16 @@ RETURNING tat, extract(epoch FROM tat - make_interval(secs => TURNS / rate) - cl
           epoch, rate, extract(epoch FROM clock_timestamp()), window_size, TURNS,
 """.replace("TURNS", _TURNS)
     + ASKED
+    + ","
+    + FREE
 )
 
 BOOK = _BOOK.replace("CARRIED", "")
 """Book ``%(turns)s`` turns (at most :data:`HORIZON` seconds of them, ``%(horizon)s``) with
 the outcomes told; returns the ``tat`` left, the wait for the first turn (s), the epoch, the
-rate, the server's clock (s), the judge's window, the turns booked and what a host short of
-the shared window's permits asks every host to keep (``limits/pg_window.py``)."""
+rate, the server's clock (s), the judge's window, the turns booked, what a host short of
+the shared window's permits asks every host to keep and the permits free
+(``limits/pg_window.py``)."""
 
 
 BOOK_CARRYING = _BOOK.replace("CARRIED", CARRIED) + ", (SELECT claim_seq FROM claimed)"  # noqa: S608

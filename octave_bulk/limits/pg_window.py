@@ -44,7 +44,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["ASKED", "LINGER", "SharedWindow"]
+__all__ = ["ASKED", "FREE", "LINGER", "SharedWindow"]
 
 LINGER = 10  # polls a spare permit waits for this worker's next attempt (as long as an ask)
 
@@ -100,6 +100,16 @@ CASE WHEN fair_share_until > clock_timestamp() THEN fair_share END
 """The most permits a short host asks every host to keep, or NULL: read with each booking (an
 ``ob_rate`` expression), given to :meth:`SharedWindow.published`."""
 
+FREE = """
+(SELECT count(*) FROM ob_permit p
+ WHERE p.key = ob_rate.key AND p.slot <= coalesce(ob_rate.window_size, p.slot)
+   AND (p.holder IS NULL OR p.expires_at < clock_timestamp()))
+"""
+"""The permits free now within the judge's window: read with each booking (an ``ob_rate``
+expression), given to :meth:`SharedWindow.published`. While it is 0, a worker whose permits
+are all in use does not look for one (their answers, and the bookings they bring, tell it
+when to)."""
+
 
 Quietly = Callable[[str, Any], Awaitable[tuple[Any, ...] | None]]
 """Runs one statement; None when the database is out of reach (or nothing came back)."""
@@ -146,6 +156,8 @@ class SharedWindow:
         self._lock = anyio.Lock()  # one task per worker looks for a free permit
         self._poll, self._looked_at = poll, float("-inf")
         self._asked: int | None = None  # the most a short host asks every host to keep
+        self._free: int | None = None  # permits free at the last booking (None: not read yet)
+        self._short = False  # the last look found another host holding two more than us
 
     @property
     def held(self) -> int:
@@ -157,10 +169,18 @@ class SharedWindow:
         """Whether attempts take a permit now (False: a found window not published)."""
         return self.window_now is not None
 
-    def published(self, window: int | None, asked: int | None = None) -> None:
+    def published(
+        self, window: int | None, asked: int | None = None, free: int | None = None
+    ) -> None:
         """What a booking read: the judge's window (no slot above it is taken again; with
-        ``found_only``, None stops the enforcing) and the most a short host asks every host
-        to keep (:data:`ASKED`; None: nobody asks)."""
+        ``found_only``, None stops the enforcing), the most a short host asks every host
+        to keep (:data:`ASKED`; None: nobody asks) and the permits free (:data:`FREE`: some
+        free, a waiter looks at once)."""
+        self._asked = None if asked is None else int(asked)
+        self._free = None if free is None else int(free)
+        if self._free and (self._asked is None or self.held < self._asked):
+            self._poll = self.poll
+            self._freed.set()
         if window:
             self.window_now = min(self.window, int(window))
         elif self.found_only and self.window_now is not None:
@@ -169,7 +189,6 @@ class SharedWindow:
             if self._spare:
                 self._spare_back(list(self._spare))
                 self._spare.clear()
-        self._asked = None if asked is None else int(asked)
 
     def stop(self) -> None:
         """Wake every waiter: none takes a permit any more."""
@@ -203,11 +222,14 @@ class SharedWindow:
                 if slot is not None or not self.enforced:
                     return slot
                 due = self._looked_at + self._poll - self._clock()
-                if due <= 0:  # not looked lately (by any task here): look now
+                if due <= 0 and self._free == 0 and self._taken and not self._short:
+                    due = 20 * self.poll  # none free, ours in use: their answers wake us
+                elif due <= 0:  # not looked lately (by any task here): look now
                     self._looked_at = now = self._clock()
                     want = min(most, 1 + self._lock.statistics().tasks_waiting)
                     row = await self._quietly(_TAKE, params | {"held": self.held, "want": want})
                     taken, short = row or (None, False)  # out of reach: none free
+                    self._short = bool(short)
                     if taken:
                         self._poll = self.poll
                         first, *others = (int(slot) for slot in taken)

@@ -280,9 +280,9 @@ class SharedRateLimiter:
 
     def _booked(self, row: tuple[Any, ...]) -> Turn:
         """The first turn of a booking (the others wait in ``_ahead`` for the next tasks)."""
-        rate, server_now, published, asked = row[3], row[4], row[5], row[7]
+        rate, server_now, published, asked, free = row[3], row[4], row[5], row[7], row[8]
         if self._permits is not None:
-            self._permits.published(published, asked)
+            self._permits.published(published, asked, free)
         self._rate = float(rate)
         self._offset = float(server_now) - self._clock()
         return self._ahead.booked(row)
