@@ -19,8 +19,10 @@ once by all the workers sharing a key.
 - One task per worker looks for free permits in the database, once per ``poll`` seconds,
   doubled while none is free (up to 20 x; 4 x while short; 20 x at once while it has
   permits in use and is not short: their answers wake it), and at once when one of its
-  own is freed; one look takes a permit for each task then waiting, up to the sends due
-  within the next bookings' horizon (the others are spare until those tasks take them).
+  own is freed or a booking says one is free (:data:`FREE`); not at all while the last
+  booking said none is free, its own are in use and it is not short. One look takes a
+  permit for each task then waiting, up to the sends due within the next bookings'
+  horizon (the others are spare until those tasks take them).
 - **Fair share.** A worker is *short* when another host holds two permits more than it does
   (a permit moved between them makes the split fairer). A short worker that finds no free
   permit asks, with that look: it publishes on ``ob_rate.fair_share``, for ``LINGER x poll``
