@@ -7,6 +7,10 @@ in-flight window is not held at 32. Virtual time (tests/limiter_model.py): runs 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -263,6 +267,56 @@ async def test_with_no_concurrency_given_a_run_holds_more_than_32_calls_in_fligh
     summary = await run_batch(tmp_path / "in.csv", tmp_path / "out.ndjson", settings)
     assert summary["counts"]["succeeded"] == 400
     assert sim.stats()["max_in_flight"] > 32
+
+
+SCALE = 30.0  # the time scale of the real runs below: 45-s calls take 1.5 s
+
+
+def _served(*args: str) -> subprocess.Popen[str]:
+    """``octave-bulk simulate`` in a process of its own at :data:`SCALE` (its first line says
+    where it listens), as the benchmarks run it: in the test's process, its timing differs."""
+    cmd = [
+        sys.executable, "-m", "octave_bulk", "simulate", "--port", "0", "--seed", "1",
+        "--time-scale", f"{SCALE:g}", "--retry-after-mix", "seconds=1,absent=1", *args,
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+@pytest.mark.slow
+def test_a_per_minute_quota_s_first_burst_is_no_cap_when_its_429s_say_to_wait(
+    tmp_path: Path,
+) -> None:
+    # Octave's regime (45-s calls, 2/s, no limit set) behind a moving window of 120 a minute,
+    # a real run against the simulator at a time scale of 30 (1.5-s calls, 60/s; refusals
+    # on the loopback come back in a millisecond or two, 30-60 ms of the regime). The first
+    # burst goes through, then every call is refused until the window moves, before any call
+    # came back: refused level after level, that read as a cap at ~122 (remembered for the
+    # next night) in 5 runs of 6. The 429s say to wait tens of seconds, which a cap cannot.
+    write_contacts(tmp_path / "in.csv", 601)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCTAVE_")} | {
+        "OCTAVE_API_KEY": TEST_KEY,
+        "OCTAVE_START_RATE": f"{16 * SCALE:g}",  # the settings of 45-s calls, scaled
+        "OCTAVE_REFUSAL_ROUND_TRIP": f"{0.1 / SCALE:g}",
+        "OCTAVE_BACKOFF_INITIAL": f"{1 / SCALE:g}",
+        "OCTAVE_BACKOFF_MAX": f"{60 / SCALE:g}",
+    }
+    with _served("--latency", "45s:0.2", "--rate-limit", "moving:120/min") as served:
+        try:
+            assert served.stdout is not None
+            url = served.stdout.readline().rsplit(" ", 1)[-1].strip()
+            cmd = [
+                sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
+                "-o", str(tmp_path / "out.ndjson"), "--agent", "ca_test", "--base-url", url,
+                "--no-progress", "--rate", "none",
+            ]  # fmt: skip
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            totals = httpx.get(f"{url}/__simulator/stats", timeout=60).json()["totals"]
+        finally:
+            served.kill()
+    assert done.returncode == 0, done.stderr[-3000:]
+    remembered = json.loads((tmp_path / "out.limits.json").read_text())
+    assert [limit["window"] for limit in remembered.values()] == [None], remembered  # no cap
+    assert totals["rate_limited"] <= 0.05 * totals["calls"]
 
 
 @pytest.mark.parametrize(
