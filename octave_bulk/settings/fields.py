@@ -79,7 +79,8 @@ class SettingsFields(BaseSettings):
         0.1,
         gt=0,
         description="Seconds a 429 is taken to need to come back until one has (the pacer "
-        "judges a send unrefused after three).",
+        "judges a send unrefused after three); a Retry-After of 30 of them is a rate's, "
+        "never a cap's.",
     )
     timeout: float = Field(180.0, description="Read timeout per call, seconds.")
     connect_timeout: float = Field(10.0, description="Connect timeout, seconds.")
