@@ -8,7 +8,6 @@ import pytest
 
 from octave_bulk.limits.adaptive import AdaptiveLimiter
 from octave_bulk.limits.epoch import Epoch
-from octave_bulk.limits.evidence import Evidence
 from octave_bulk.limits.proven import ProvenRate
 from tests.limiter_model import Server, simulate
 
@@ -40,27 +39,6 @@ def test_a_token_bucket_is_found_and_kept_saturated(
     found = limiter.report().summary()
     assert found["rate"] == pytest.approx(rate, rel=0.10)
     assert found["concurrency_limited_at"] is None
-
-
-@pytest.mark.parametrize(("retry_after", "window"), [(1.0, False), (0.5, False), (40.0, True)])
-def test_a_fast_bucket_s_whole_second_retry_after_is_no_window_s_reset(
-    retry_after: float, window: bool
-) -> None:
-    # 200 sends a second into a bucket of 50/s: eight 429s in a row within 40 ms, each saying
-    # "Retry-After: 1" (a whole second, for a wait of 1/50 s; or a date's fraction of one).
-    # That read as a window spent until a reset a second away, its rate the calls accepted
-    # over that second (15/s), and the search climbed back for seconds: 1.08-1.21x in real
-    # runs of 50/s and 200/s with --rate 4R, 1.00-1.01x since. A per-minute quota's reset,
-    # 40 s away, still teaches the window.
-    evidence = Evidence(refusal_rtt=0.1)
-    for n in range(20):  # 12 accepted, then 8 refused in a row, 5 ms apart
-        evidence.sent(n * 0.005)
-        if n >= 12:
-            evidence.refused(n * 0.005)
-    rates = [evidence.window_rate(0.1 + n * 0.005, retry_after, 200.0, n) for n in range(1, 9)]
-    assert (rates[-1] is not None) is window and all(rate is None for rate in rates[:-1])
-    if window:
-        assert rates[-1] == pytest.approx(12 / 40.135, rel=0.01)  # 12 over start to reset
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ class AdaptiveLimiter:
         )
         self.epoch = Epoch(0)
         self.good: float | None = start_rate  # the highest rate that held
-        self.evidence = Evidence(refusal_rtt)
+        self.evidence = Evidence()
         self.evidence.period = start_period  # no epoch shorter: a window shows its rate at its end
         self.cap_known = False  # proven once calls came back (not remembered): probed rarely
         # A cap sighted once (or remembered): seen again at that level, it is proven.
@@ -133,7 +133,7 @@ class AdaptiveLimiter:
         self._rate_step = _STEP * (4 if start_rate else 1)
         self._held_known = self._held_refused = 0  # outcomes, 429s since the rate last moved
         self.proven = ProvenRate(start_rate)  # what a next run may start from
-        self._refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
+        self.refusal_rtt = refusal_rtt  # seconds a refusal takes to come back: learnt
         self.rate_limited_at: float | None = None
         self.concurrency_limited_at: int | None = None
         self.refusals = self.clamped_retry_after = 0
@@ -182,7 +182,7 @@ class AdaptiveLimiter:
                 # for 40 s. Once the epoch's sends are known (unrefused for three refusal round
                 # trips), a window full without a 429 is judged: it may grow at once.
                 epoch.held_by_window, judge = True, self.verdicts.judge_full_window
-                asyncio.get_running_loop().call_later(4 * self._refusal_rtt, judge, epoch)
+                asyncio.get_running_loop().call_later(4 * self.refusal_rtt, judge, epoch)
         return ticket
 
     def _leave(self, ticket: Ticket) -> tuple[AdaptiveTicket, bool]:
@@ -203,7 +203,7 @@ class AdaptiveLimiter:
         """The attempt ended without a 429 (a success, or any other outcome)."""
         ticket, counts = self._leave(ticket)
         # No refusal takes longer than the fastest answer's round trip.
-        self._refusal_rtt = min(self._refusal_rtt, max(1e-3, self.clock() - ticket.sent_at))
+        self.refusal_rtt = min(self.refusal_rtt, max(1e-3, self.clock() - ticket.sent_at))
         self.answers += 1
         self.evidence.answered(ticket.sent_at, self.clock())
         if counts:
@@ -223,7 +223,7 @@ class AdaptiveLimiter:
         now = self.clock()
         self.refusals += 1
         self.evidence.refused(ticket.sent_at)
-        self._refusal_rtt = 0.8 * self._refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
+        self.refusal_rtt = 0.8 * self.refusal_rtt + 0.2 * max(1e-3, now - ticket.sent_at)
         if retry_after is not None and retry_after > self.max_pause:
             self.clamped_retry_after += 1
             log_event("retry_after_clamped", asked_s=round(retry_after), used_s=self.max_pause)
@@ -288,7 +288,7 @@ class AdaptiveLimiter:
 
     def settle(self) -> None:
         """Attempts unrefused for three refusal round trips count as accepted."""
-        epoch, horizon = self.epoch, self.clock() - 3 * self._refusal_rtt
+        epoch, horizon = self.epoch, self.clock() - 3 * self.refusal_rtt
         while epoch is self.epoch and (ticket := epoch.next_known(horizon)) is not None:
             if not ticket.answered and ticket.epoch == epoch.number:
                 self._accepted(ticket)

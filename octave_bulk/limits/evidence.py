@@ -14,8 +14,7 @@ Two things outlive an epoch and are kept here:
   (``window_rate``), where a bucket's estimate (the share accepted since the first refusal,
   zero until the reset) would read the wait as a far slower rate. The 429s count as a
   window's only when many come in a row and point well past themselves (see
-  :meth:`window_rate`), seconds past a bucket's or a cap's (``long_wait``): theirs say a
-  second or so. Once the period is known,
+  :meth:`window_rate`): a bucket's or a cap's say a second or so. Once the period is known,
   one 429 that points at the reset believed says the window is spent
   (:meth:`resets_as_believed`). The server may be wrong (or lie):
   the rate derived is an estimate that the limiter probes like any other.
@@ -35,16 +34,12 @@ _DELIVERED_SPAN = 8  # latencies over which the rate delivered lately is measure
 _LATENCIES = 64  # answered calls' durations kept for the median
 _RESET_ROW = 8  # 429s in a row, nothing accepted, with a Retry-After beyond ...
 _RESET_GAPS = 8  # ... this many send gaps: a spent window's, the wait its reset
-_LONG_WAIT = 30  # refusal round trips (as set): a Retry-After this long is a reset's (3 s)
 
 
 class Evidence:
     """Latencies of answered calls, and the calls accepted since the current window began."""
 
-    def __init__(self, refusal_rtt: float = 0.1) -> None:
-        # A wait a bucket (rounding up to a whole second) or a cap would not say: against the
-        # round trip set, not the one measured (a millisecond on a loopback).
-        self.long_wait = _LONG_WAIT * refusal_rtt
+    def __init__(self) -> None:
         self._latencies: deque[float] = deque(maxlen=_LATENCIES)
         self._latency: float | None = None
         self.window_start: float | None = None  # the first send, or the last announced reset
@@ -118,18 +113,16 @@ class Evidence:
         None while the refusals do not read as a window's.
 
         They do when ``_RESET_ROW`` or more came in a row with nothing accepted and the
-        ``Retry-After`` reaches well past them: beyond ``_RESET_GAPS`` send gaps, twice the
-        time since the first of the row, and :attr:`long_wait`. A bucket lets a call through
-        every 1/rate seconds and says to wait about that long (a whole second, rounded up: 50
-        send gaps at 50/s); a spent window refuses everything until its reset, however far."""
+        ``Retry-After`` reaches well past them: beyond ``_RESET_GAPS`` send gaps and twice the
+        time since the first of the row. A bucket lets a call through every 1/rate seconds
+        and says to wait about that long; a spent window refuses everything until its reset,
+        however far."""
         if self._row_since is None:
             self._row_since = now
         if retry_after is None or self.window_start is None or now <= self.window_start:
             return None
         gaps = _RESET_GAPS / rate if rate else 0.0
-        if in_row < _RESET_ROW or retry_after < max(
-            gaps, 2 * (now - self._row_since), self.long_wait
-        ):
+        if in_row < _RESET_ROW or retry_after < max(gaps, 2 * (now - self._row_since)):
             return None
         start, reset = self.window_start, now + retry_after
         self.period = reset - start

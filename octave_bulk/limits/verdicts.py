@@ -67,6 +67,7 @@ _EASE = (0.99, 0.98)  # the small steps down from a rate refused now and then (t
 _EXHAUSTED = 1 / 16  # a share accepted below this since the first 429: nothing let through
 _MOVED = 0.25  # a held rate refused this much: the limit moved, the search starts afresh
 MAX_BACKOFF = 2  # refused probes counted: at most 2 ** 4 x 16 quiet outcomes between probes
+_LONG_WAIT = 30  # refusal round trips: a Retry-After this long is a rate's (3 s at 100 ms)
 
 
 class Pacer(Protocol):
@@ -75,6 +76,7 @@ class Pacer(Protocol):
 
     window_ceiling: int
     max_pause: float
+    refusal_rtt: float
     good: float | None
     bad: float | None
     rate_limited_at: float | None
@@ -127,6 +129,8 @@ class Verdicts:
 
     def __init__(self, limiter: Pacer) -> None:
         self.limiter = limiter
+        # Against the round trip set, not the one measured (1 ms on a loopback).
+        self.long_wait = _LONG_WAIT * limiter.refusal_rtt
 
     def cut_rate(self, now: float) -> None:
         """Back to the rate that held, or to the accepted rate when none holds any more."""
@@ -194,8 +198,9 @@ class Verdicts:
     def heard(self, hints: RefusalHints | None, retry_after: float | None = None) -> bool:
         """Take a 429's rate limit headers and its ``Retry-After`` as evidence; returns
         whether they say a rate's quota is spent, never a cap's: remaining 0, or a wait of
-        ``Evidence.long_wait`` or more (a cap cannot know when a slot frees, and says a
-        second or nothing; a spent window names its reset, tens of seconds away). A
+        ``_LONG_WAIT`` refusal round trips or more, as set (a cap cannot know when a slot
+        frees, and says a second or nothing; a spent window names its reset, tens of seconds
+        away). A
         limit per window the headers announce is a candidate rate for the next cut
         (:meth:`cut_rate`), and the window's length the period no epoch is shorter than."""
         lim = self.limiter
@@ -203,7 +208,7 @@ class Verdicts:
             lim.announced_rate = hints.announced_rate
             if lim.evidence.period is None and hints.window is not None and hints.window > 1:
                 lim.evidence.period = hints.window  # a window shows its rate at its end
-        waits_long = retry_after is not None and retry_after >= lim.evidence.long_wait
+        waits_long = retry_after is not None and retry_after >= self.long_wait
         return hints is not None and hints.rate_spent or waits_long
 
     def judge_full_window(self, epoch: Epoch) -> None:
