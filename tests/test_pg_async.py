@@ -239,17 +239,23 @@ def _leases_out(db_url: str) -> bool:
     return row is not None and row[0] == 0
 
 
-@pytest.mark.slow
-def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_their_handles(
-    make_sim: Any, tmp_path: Path, db_url: str
-) -> None:
-    sim = make_sim(latency=parse_latency("3s:0.1"))
-    rids = write_contacts(tmp_path / "in.csv", 100)
-    config = tmp_path / "async.toml"  # 20 jobs awaited at most: a run pauses its submits there
+def _three_second_jobs(make_sim: Any, folder: Path, contacts: int) -> tuple[Any, list[str], Path]:
+    """A simulator of 3-s jobs, ``contacts`` in ``folder/in.csv`` and an async config: 20 jobs
+    awaited at most (a run pauses its submits there), polls 0.1-0.5 s apart."""
+    config = folder / "async.toml"
     config.write_text(
         "max_pending = 20\nfsync_interval = 0.05\npoll_interval_min = 0.1\n"
         "poll_interval_max = 0.5\n"
     )
+    sim = make_sim(latency=parse_latency("3s:0.1"))
+    return sim, write_contacts(folder / "in.csv", contacts), config
+
+
+@pytest.mark.slow
+def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_their_handles(
+    make_sim: Any, tmp_path: Path, db_url: str
+) -> None:
+    sim, rids, config = _three_second_jobs(make_sim, tmp_path, 100)
     left_at_kill: list[dict[str, str]] = []
     for kill in range(3):
         out = tmp_path / f"killed-{kill}.ndjson"
@@ -290,13 +296,7 @@ def test_async_runs_killed_after_their_submits_pay_nothing_again_the_next_polls_
 def test_a_run_polls_the_handles_of_a_run_killed_beside_it_once_its_lease_ran_out(
     make_sim: Any, tmp_path: Path, db_url: str
 ) -> None:
-    sim = make_sim(latency=parse_latency("3s:0.1"))
-    rids = write_contacts(tmp_path / "in.csv", 120)
-    config = tmp_path / "async.toml"
-    config.write_text(
-        "max_pending = 20\nfsync_interval = 0.05\npoll_interval_min = 0.1\n"
-        "poll_interval_max = 0.5\n"
-    )
+    sim, rids, config = _three_second_jobs(make_sim, tmp_path, 120)
     killed = _start(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, config)
     beside = _start(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, config)
     _wait("both runs paused after their submits", lambda: _paused(sim, db_url, 20))
@@ -330,13 +330,7 @@ WHEN (OLD.state = 'submitted' AND NEW.state = 'submitted' AND NEW.holder IS NOT 
 def test_a_take_over_the_ledger_refuses_stops_the_run_beside_and_the_next_run_polls_them(
     make_sim: Any, tmp_path: Path, db_url: str, pg: PgServer
 ) -> None:
-    sim = make_sim(latency=parse_latency("3s:0.1"))
-    rids = write_contacts(tmp_path / "in.csv", 120)
-    config = tmp_path / "async.toml"
-    config.write_text(
-        "max_pending = 20\nfsync_interval = 0.05\npoll_interval_min = 0.1\n"
-        "poll_interval_max = 0.5\n"
-    )
+    sim, rids, config = _three_second_jobs(make_sim, tmp_path, 120)
     killed = _start(sim.url, tmp_path / "in.csv", tmp_path / "a.ndjson", db_url, config)
     beside = _start(sim.url, tmp_path / "in.csv", tmp_path / "b.ndjson", db_url, config)
     try:
