@@ -146,3 +146,19 @@ def webhook() -> Iterator[tuple[int, list[dict[str, Any]]]]:
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+@contextlib.contextmanager
+def simulator_process(*args: str) -> Iterator[str]:
+    """``octave-bulk simulate ARGS`` in a process of its own, as the benchmarks run it; yields
+    its URL. In the test's process it shares the engine's interpreter lock: on a loaded
+    machine its limiter then sees arrivals bunched by its own scheduling."""
+    cmd = [sys.executable, "-m", "octave_bulk", "simulate", "--port", "0", "--seed", "1", *args]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as served:
+        try:
+            assert served.stdout is not None
+            yield served.stdout.readline().rsplit(" ", 1)[-1].strip()
+        finally:
+            served.kill()

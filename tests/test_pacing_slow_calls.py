@@ -24,7 +24,7 @@ from octave_bulk.run.engine import run_batch
 from octave_bulk.settings.model import Settings
 from octave_bulk.simulator import RetryAfterMix, parse_latency, parse_rate_limit
 from tests.conftest import TEST_KEY
-from tests.helpers import write_contacts
+from tests.helpers import simulator_process, write_contacts
 from tests.limiter_model import Server, simulate
 from tests.test_simulator import HEADERS, RUN, asgi_client, contact
 
@@ -269,17 +269,7 @@ async def test_with_no_concurrency_given_a_run_holds_more_than_32_calls_in_fligh
     assert sim.stats()["max_in_flight"] > 32
 
 
-SCALE = 30.0  # the time scale of the real runs below: 45-s calls take 1.5 s
-
-
-def _served(*args: str) -> subprocess.Popen[str]:
-    """``octave-bulk simulate`` in a process of its own at :data:`SCALE` (its first line says
-    where it listens), as the benchmarks run it: in the test's process, its timing differs."""
-    cmd = [
-        sys.executable, "-m", "octave_bulk", "simulate", "--port", "0", "--seed", "1",
-        "--time-scale", f"{SCALE:g}", "--retry-after-mix", "seconds=1,absent=1", *args,
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+SCALE = 30.0  # the time scale of the real run below: 45-s calls take 1.5 s
 
 
 @pytest.mark.slow
@@ -300,19 +290,17 @@ def test_a_per_minute_quota_s_first_burst_is_no_cap_when_its_429s_say_to_wait(
         "OCTAVE_BACKOFF_INITIAL": f"{1 / SCALE:g}",
         "OCTAVE_BACKOFF_MAX": f"{60 / SCALE:g}",
     }
-    with _served("--latency", "45s:0.2", "--rate-limit", "moving:120/min") as served:
-        try:
-            assert served.stdout is not None
-            url = served.stdout.readline().rsplit(" ", 1)[-1].strip()
-            cmd = [
-                sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
-                "-o", str(tmp_path / "out.ndjson"), "--agent", "ca_test", "--base-url", url,
-                "--no-progress", "--rate", "none",
-            ]  # fmt: skip
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            totals = httpx.get(f"{url}/__simulator/stats", timeout=60).json()["totals"]
-        finally:
-            served.kill()
+    with simulator_process(
+        "--latency", "45s:0.2", "--rate-limit", "moving:120/min",
+        "--time-scale", f"{SCALE:g}", "--retry-after-mix", "seconds=1,absent=1",
+    ) as url:  # fmt: skip
+        cmd = [
+            sys.executable, "-m", "octave_bulk", "run", str(tmp_path / "in.csv"),
+            "-o", str(tmp_path / "out.ndjson"), "--agent", "ca_test", "--base-url", url,
+            "--no-progress", "--rate", "none",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        totals = httpx.get(f"{url}/__simulator/stats", timeout=60).json()["totals"]
     assert done.returncode == 0, done.stderr[-3000:]
     remembered = json.loads((tmp_path / "out.limits.json").read_text())
     assert [limit["window"] for limit in remembered.values()] == [None], remembered  # no cap

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from octave_bulk.cli import cli
-from octave_bulk.simulator import parse_latency, parse_rate_limit
+from octave_bulk.simulator import parse_latency
 from tests.conftest import TEST_KEY
-from tests.helpers import read_lines, side, write_contacts
+from tests.helpers import read_lines, side, simulator_process, write_contacts
 
 
 def probe(url: str, tmp_path: Path, calls: int, *extra: str) -> tuple[int, str, dict[str, Any]]:
@@ -26,10 +26,12 @@ def probe(url: str, tmp_path: Path, calls: int, *extra: str) -> tuple[int, str, 
 
 
 @pytest.mark.slow
-def test_probe_finds_a_rate_limit_within_10_percent(make_sim: Any, tmp_path: Path) -> None:
-    sim = make_sim(latency=parse_latency("50ms:0.3"), rate_limit=parse_rate_limit("20/s:1"))
+def test_probe_finds_a_rate_limit_within_10_percent(tmp_path: Path) -> None:
+    # The simulator in a process of its own: in the test's, on the loaded CI machine, its
+    # bucket of burst 1 refused calls its own scheduling bunched (17.4-17.7/s found, twice).
     write_contacts(tmp_path / "in.csv", 1000)
-    code, output, summary = probe(sim.url, tmp_path, 400)
+    with simulator_process("--latency", "50ms:0.3", "--rate-limit", "20/s:1") as url:
+        code, output, summary = probe(url, tmp_path, 400)
     assert code == 0, output
     assert summary["limits"]["rate"] == pytest.approx(20.0, rel=0.10)
     assert "flags: --rate" in output and "rate limit: 429s began at" in output
