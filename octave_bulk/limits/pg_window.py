@@ -103,11 +103,12 @@ CASE WHEN fair_share_until > clock_timestamp() THEN fair_share END
 ``ob_rate`` expression), given to :meth:`SharedWindow.published`."""
 
 FREE = """
-(SELECT count(*) FROM ob_permit p
+CASE WHEN %(permits)s THEN (SELECT count(*) FROM ob_permit p
  WHERE p.key = ob_rate.key AND p.slot <= coalesce(ob_rate.window_size, p.slot)
-   AND (p.holder IS NULL OR p.expires_at < clock_timestamp()))
+   AND (p.holder IS NULL OR p.expires_at < clock_timestamp())) END
 """
-"""The permits free now within the judge's window: read with each booking (an ``ob_rate``
+"""The permits free now within the judge's window, counted only while the booking worker
+takes permits (``%(permits)s``; else NULL): read with each booking (an ``ob_rate``
 expression), given to :meth:`SharedWindow.published`. While it is 0, a worker whose permits
 are all in use does not look for one (their answers, and the bookings they bring, tell it
 when to)."""

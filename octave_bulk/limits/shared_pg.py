@@ -419,16 +419,16 @@ class SharedRateLimiter:
             return None
 
     async def _book(self, turns: int, rider: PgRider | None) -> tuple[Any, ...] | None:
-        """Book the next ``turns`` turns (fewer past :data:`HORIZON`) and ``rider``'s claim in
-        one statement, waiting while the database is out of reach (never failing open: no
-        turn, no call; a statement refused raises); None once stopped, () with no row."""
+        """Book ``turns`` turns (fewer past :data:`HORIZON`) and ``rider``'s claim in one
+        statement, waiting while the database is away (no turn, no call; a refusal raises)."""
         while not self._stopped.is_set():
             told = self._told.take()  # the outcomes since the last booking go with it
             carry = rider if rider is not None and rider.rides_in(self.ledger) else None
             try:
                 conn = await self._usable()
                 params = self._told.params(self.key, self.holder, told)
-                params |= {"turns": turns, "horizon": HORIZON}
+                permits = self._permits is not None and self._permits.enforced  # counted
+                params |= {"turns": turns, "horizon": HORIZON, "permits": permits}
                 query = BOOK if carry is None else BOOK_CARRYING
                 cur = await conn.execute(query.encode(), params | (carry.params() if carry else {}))
                 row = await cur.fetchone() or ()

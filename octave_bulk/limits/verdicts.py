@@ -200,8 +200,7 @@ class Verdicts:
         whether they say a rate's quota is spent, never a cap's: remaining 0, or a wait of
         ``_LONG_WAIT`` refusal round trips or more, as set (a cap cannot know when a slot
         frees, and says a second or nothing; a spent window names its reset, tens of seconds
-        away). A
-        limit per window the headers announce is a candidate rate for the next cut
+        away). A limit per window the headers announce is a candidate rate for the next cut
         (:meth:`cut_rate`), and the window's length the period no epoch is shorter than."""
         lim = self.limiter
         if hints is not None and hints.announced_rate is not None:
@@ -260,10 +259,7 @@ class Verdicts:
         lim.cut_once = True  # (a cap sighted stays so: seen again past the reset, it is one)
         lim.failed_probe()
         lim.start_epoch(rate=window_rate * _MARGIN, reason="rate_window")
-        pause = min(retry_after, lim.max_pause)
-        if lim.gate.pause(now + pause):
-            log_event("paused", seconds=round(pause, 2), share_429=None)
-        return pause
+        return self._wait_for_reset(now, retry_after)
 
     def window_spent(self, now: float, retry_after: float | None) -> float | None:
         """The pause when a 429 points at a known window's reset (None: it does not). Spent
@@ -279,6 +275,11 @@ class Verdicts:
         if not self.probe_refused():
             lim.start_epoch(reason=None)  # the spent window's refusals judge no setting
         lim.evidence.next_window(now + retry_after)
+        return self._wait_for_reset(now, retry_after)
+
+    def _wait_for_reset(self, now: float, retry_after: float) -> float:
+        """The pool pauses until a spent window's reset (at most ``max_pause``): the pause."""
+        lim = self.limiter
         pause = min(retry_after, lim.max_pause)
         if lim.gate.pause(now + pause):
             log_event("paused", seconds=round(pause, 2), share_429=None)
